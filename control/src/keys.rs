@@ -1,0 +1,222 @@
+//! The metadata key space. Every key starts with a one-byte subspace tag; tags are never reused
+//! (see KEYS.md). Bucket names and object keys never contain NUL, so a NUL terminator after each
+//! string component keeps the byte order of the keys equal to the order of the tuples.
+
+/// Subspace tags. A retired tag stays reserved forever.
+pub mod tag {
+    /// Singleton: the format version of the key space.
+    pub const FORMAT: u8 = 0x01;
+    /// `[0x10] bucket 0x00` → `BucketRec`
+    pub const BUCKET: u8 = 0x10;
+    /// `[0x20] bucket 0x00 key 0x00` → `HeadRec`
+    pub const HEAD: u8 = 0x20;
+    /// `[0x21] bucket 0x00 key 0x00 !version:u64be` → `VersionRec` (newest first)
+    pub const VERSION: u8 = 0x21;
+    /// `[0x30] blake3:32` → `ContentRec`
+    pub const CONTENT: u8 = 0x30;
+    /// `[0x31] drive:u16be blake3:32 shard:u8` → empty: which shards a drive holds
+    pub const DRIVE_SHARD: u8 = 0x31;
+    /// `[0x40] drive:u16be` → `DriveRec`
+    pub const DRIVE: u8 = 0x40;
+    /// `[0x50] upload:u64be` → `IntentRec`: shard files being written
+    pub const INTENT: u8 = 0x50;
+    /// `[0x60] blake3:32` → `RepairRec`: content with shards to rebuild
+    pub const REPAIR: u8 = 0x60;
+}
+
+/// The key-space format version stored under [`format`].
+pub const FORMAT_VERSION: u32 = 1;
+
+pub fn format() -> Vec<u8> {
+    vec![tag::FORMAT]
+}
+
+fn with_strs(t: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>() + 8);
+    k.push(t);
+    for p in parts {
+        debug_assert!(!p.as_bytes().contains(&0));
+        k.extend_from_slice(p.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+pub fn bucket(name: &str) -> Vec<u8> {
+    with_strs(tag::BUCKET, &[name])
+}
+
+pub fn buckets() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::BUCKET], vec![tag::BUCKET + 1])
+}
+
+pub fn head(bucket: &str, key: &str) -> Vec<u8> {
+    with_strs(tag::HEAD, &[bucket, key])
+}
+
+/// All head keys of `bucket` whose object key starts with `prefix`: `[begin, end)`.
+pub fn heads_with_prefix(bucket: &str, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut b = with_strs(tag::HEAD, &[bucket]);
+    b.extend_from_slice(prefix.as_bytes());
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+/// The object key inside a head key of `bucket`.
+pub fn key_of_head<'a>(bucket: &str, head_key: &'a [u8]) -> Option<&'a str> {
+    let rest = head_key
+        .strip_prefix(&[tag::HEAD])?
+        .strip_prefix(bucket.as_bytes())?
+        .strip_prefix(&[0])?;
+    let rest = rest.strip_suffix(&[0])?;
+    std::str::from_utf8(rest).ok()
+}
+
+pub fn version(bucket: &str, key: &str, version: u64) -> Vec<u8> {
+    let mut k = with_strs(tag::VERSION, &[bucket, key]);
+    k.extend_from_slice(&(!version).to_be_bytes());
+    k
+}
+
+/// All versions of one key, newest first in key order.
+pub fn versions(bucket: &str, key: &str) -> (Vec<u8>, Vec<u8>) {
+    let b = with_strs(tag::VERSION, &[bucket, key]);
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+pub fn content(blake3: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![tag::CONTENT];
+    k.extend_from_slice(blake3);
+    k
+}
+
+pub fn drive_shard(drive: u16, blake3: &[u8; 32], shard: u8) -> Vec<u8> {
+    let mut k = vec![tag::DRIVE_SHARD];
+    k.extend_from_slice(&drive.to_be_bytes());
+    k.extend_from_slice(blake3);
+    k.push(shard);
+    k
+}
+
+/// Every shard held by `drive`.
+pub fn drive_shards(drive: u16) -> (Vec<u8>, Vec<u8>) {
+    let mut b = vec![tag::DRIVE_SHARD];
+    b.extend_from_slice(&drive.to_be_bytes());
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+/// Parses a drive-shard key into (blake3, shard index).
+pub fn parse_drive_shard(k: &[u8]) -> Option<([u8; 32], u8)> {
+    if k.len() != 1 + 2 + 32 + 1 || k[0] != tag::DRIVE_SHARD {
+        return None;
+    }
+    Some((k[3..35].try_into().ok()?, k[35]))
+}
+
+pub fn drive(id: u16) -> Vec<u8> {
+    let mut k = vec![tag::DRIVE];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn drives() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::DRIVE], vec![tag::DRIVE + 1])
+}
+
+pub fn intent(id: u64) -> Vec<u8> {
+    let mut k = vec![tag::INTENT];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn intents() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::INTENT], vec![tag::INTENT + 1])
+}
+
+pub fn repair(blake3: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![tag::REPAIR];
+    k.extend_from_slice(blake3);
+    k
+}
+
+pub fn repairs() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::REPAIR], vec![tag::REPAIR + 1])
+}
+
+/// Object keys: UTF-8, 1..=1024 bytes, no NUL.
+pub fn valid_object_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 1024 && !key.contains('\0')
+}
+
+/// Bucket names follow S3's rules: 3..=63 of `a-z 0-9 . -`, starting and ending with a letter
+/// or digit.
+pub fn valid_bucket(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_keys() {
+        assert_eq!(bucket("default"), b"\x10default\x00");
+        assert_eq!(head("default", "a/b"), b"\x20default\x00a/b\x00");
+        assert_eq!(
+            version("default", "k", 1),
+            b"\x21default\x00k\x00\xff\xff\xff\xff\xff\xff\xff\xfe".to_vec()
+        );
+        let h = [0xABu8; 32];
+        let mut c = vec![0x30];
+        c.extend_from_slice(&h);
+        assert_eq!(content(&h), c);
+        let mut ds = vec![0x31, 0x00, 0x05];
+        ds.extend_from_slice(&h);
+        ds.push(3);
+        assert_eq!(drive_shard(5, &h, 3), ds);
+        assert_eq!(parse_drive_shard(&ds), Some((h, 3)));
+        assert_eq!(drive(258), b"\x40\x01\x02");
+        assert_eq!(intent(1), b"\x50\x00\x00\x00\x00\x00\x00\x00\x01");
+        assert_eq!(format(), b"\x01");
+    }
+
+    #[test]
+    fn order_matches_tuples() {
+        // Newer versions sort first; "a" sorts before "a/b" and "ab".
+        assert!(version("b", "k", 9) < version("b", "k", 3));
+        let mut keys = vec![
+            head("b", "ab"),
+            head("b", "a/b"),
+            head("b", "a"),
+            head("b", "b"),
+        ];
+        keys.sort();
+        let names: Vec<_> = keys.iter().map(|k| key_of_head("b", k).unwrap()).collect();
+        assert_eq!(names, vec!["a", "a/b", "ab", "b"]);
+        let (lo, hi) = heads_with_prefix("b", "a");
+        assert!(head("b", "a") >= lo && head("b", "ab") < hi && head("b", "b") >= hi);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(valid_object_key("a"));
+        assert!(valid_object_key(&"x".repeat(1024)));
+        assert!(!valid_object_key(&"x".repeat(1025)));
+        assert!(!valid_object_key(""));
+        assert!(!valid_object_key("a\0b"));
+        assert!(valid_bucket("default") && valid_bucket("my-bucket.1"));
+        assert!(
+            !valid_bucket("ab")
+                && !valid_bucket("Upper")
+                && !valid_bucket("-x-")
+                && !valid_bucket("a_b_c")
+        );
+    }
+}

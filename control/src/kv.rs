@@ -1,0 +1,140 @@
+//! The transactional key-value interface, shaped like FoundationDB's: ordered byte keys, range
+//! reads, serializable transactions retried on conflict, and commits whose outcome may be
+//! unknown (in which case the transaction is retried and must be idempotent).
+
+use thiserror::Error;
+
+/// Errors of the key-value layer.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KvError {
+    /// Another transaction changed what this one read; retry it.
+    #[error("transaction conflict; retry")]
+    Conflict,
+    /// The commit may or may not have happened; retry (the transaction must be idempotent).
+    #[error("commit result unknown; retry")]
+    CommitUnknownResult,
+    /// The transaction exceeded a size or time limit of the store; split it.
+    #[error("transaction too large: {0}")]
+    TooLarge(String),
+    /// A write inside a read-only transaction (a programming error).
+    #[error("write in a read-only transaction")]
+    ReadOnly,
+    /// The body returned an application error; the attempt was rolled back.
+    #[error("transaction aborted by its body")]
+    Aborted,
+    /// The store failed; check the disk or the cluster, the message says which.
+    #[error("metadata store: {0}")]
+    Storage(String),
+}
+
+impl KvError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, KvError::Conflict | KvError::CommitUnknownResult)
+    }
+}
+
+/// Key-value pairs from a range read.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One transaction. Reads see the transaction's own writes.
+pub trait Tx {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// Pairs with `begin <= key < end`, at most `limit`, in key order (descending if `reverse`).
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError>;
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), KvError>;
+    fn clear(&mut self, key: &[u8]) -> Result<(), KvError>;
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), KvError>;
+}
+
+/// Why an attempt's body stopped; `Abort` rolls the attempt back without retry.
+pub enum BodyError {
+    Kv(KvError),
+    Abort,
+}
+
+impl From<KvError> for BodyError {
+    fn from(e: KvError) -> Self {
+        BodyError::Kv(e)
+    }
+}
+
+/// A store: runs one attempt of a transaction body and commits it.
+pub trait Kv: Send + Sync + 'static {
+    /// Begins a transaction, runs `body`, and commits if it returned `Ok` (read-only
+    /// transactions just end). A body error rolls back.
+    fn attempt(
+        &self,
+        write: bool,
+        body: &mut dyn FnMut(&mut dyn Tx) -> Result<(), BodyError>,
+    ) -> Result<(), KvError>;
+}
+
+/// An error a transaction body may return: either from the store or from the application.
+pub trait TxnError: From<KvError> {
+    /// The store error inside, if any, so [`run`] can decide whether to retry.
+    fn kv(&self) -> Option<&KvError>;
+}
+
+/// How many times [`run`] tries a transaction before giving up.
+pub const ATTEMPTS_MAX: usize = 100;
+
+/// Runs `f` as a transaction, retrying on retryable errors like FoundationDB's `run`.
+/// `f` may run several times and must be idempotent.
+pub fn run<T, E: TxnError>(
+    kv: &dyn Kv,
+    write: bool,
+    mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS_MAX {
+        let mut out: Option<Result<T, E>> = None;
+        let r = kv.attempt(write, &mut |tx| match f(tx) {
+            Ok(v) => {
+                out = Some(Ok(v));
+                Ok(())
+            }
+            Err(e) => {
+                let abort = match e.kv() {
+                    Some(k) => BodyError::Kv(k.clone()),
+                    None => BodyError::Abort,
+                };
+                out = Some(Err(e));
+                Err(abort)
+            }
+        });
+        match r {
+            Ok(()) => return out.expect("body ran"),
+            Err(e) if e.retryable() => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => {
+                // An application error aborts without retry; a store error is returned as is.
+                return match out {
+                    Some(Err(app)) if app.kv().is_none() => Err(app),
+                    _ => Err(E::from(e)),
+                };
+            }
+        }
+    }
+    Err(E::from(last.unwrap_or(KvError::Conflict)))
+}
+
+/// The key just past every key that starts with `prefix` (FoundationDB's `strinc`).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xFF {
+            p.push(last + 1);
+            return p;
+        }
+    }
+    vec![0xFF; prefix.len() + 1]
+}

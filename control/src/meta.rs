@@ -1,0 +1,719 @@
+//! Every metadata transaction of ostore, written against [`Tx`] only.
+//!
+//! Limits: each transaction touches a bounded number of keys (one object key's head, one version,
+//! one content record and at most K+M drive-shard entries; listings read at most
+//! [`LIST_LIMIT_MAX`] + 1 pairs), far under FoundationDB's 10 MB / 5 s per transaction; the
+//! largest value is a content record with an inline body of at most [`INLINE_BYTES_MAX`] plus
+//! a few hundred bytes, under FoundationDB's 100 kB value limit.
+
+use crate::keys;
+use crate::kv::{run, Kv, KvError, Tx, TxnError};
+use crate::records::*;
+use thiserror::Error;
+
+/// Objects up to this size are stored inline in their content record.
+pub const INLINE_BYTES_MAX: usize = 16 * 1024;
+/// Most objects one listing call returns.
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    #[error("no such bucket")]
+    NoSuchBucket,
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("no such version")]
+    NoSuchVersion,
+    #[error("no such upload")]
+    NoSuchUpload,
+    #[error("bucket is not empty")]
+    BucketNotEmpty,
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+impl TxnError for MetaError {
+    fn kv(&self) -> Option<&KvError> {
+        match self {
+            MetaError::Kv(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+fn get<T: serde::de::DeserializeOwned>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
+    match tx.get(k)? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn put<T: serde::Serialize>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
+    Ok(tx.set(k, &encode(v))?)
+}
+
+/// The result of committing a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub version: u64,
+    pub created_ms: u64,
+    /// The content was already stored; the new shard files (if any) are not needed.
+    pub deduplicated: bool,
+}
+
+/// Creates the key-space format marker and the `default` bucket if missing.
+pub fn init(kv: &dyn Kv, now_ms: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        match tx.get(&keys::format())? {
+            Some(v) if v == keys::FORMAT_VERSION.to_le_bytes() => {}
+            Some(v) => {
+                return Err(MetaError::Record(RecordError(format!(
+                    "unknown key-space format {v:?}"
+                ))))
+            }
+            None => tx.set(&keys::format(), &keys::FORMAT_VERSION.to_le_bytes())?,
+        }
+        if tx.get(&keys::bucket("default"))?.is_none() {
+            put(
+                tx,
+                &keys::bucket("default"),
+                &BucketRec { created_ms: now_ms },
+            )?;
+        }
+        Ok(())
+    })
+}
+
+pub fn bucket_exists(kv: &dyn Kv, bucket: &str) -> Result<bool> {
+    run(kv, false, |tx| Ok(tx.get(&keys::bucket(bucket))?.is_some()))
+}
+
+/// Creates a bucket; returns false if it already existed.
+pub fn create_bucket(kv: &dyn Kv, bucket: &str, now_ms: u64) -> Result<bool> {
+    run(kv, true, |tx| {
+        if tx.get(&keys::bucket(bucket))?.is_some() {
+            return Ok(false);
+        }
+        put(tx, &keys::bucket(bucket), &BucketRec { created_ms: now_ms })?;
+        Ok(true)
+    })
+}
+
+/// Records the shard files an upload (or repair) is about to write.
+pub fn begin_intent(kv: &dyn Kv, id: u64, shards: &[ShardLoc], now_ms: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        if tx.get(&keys::intent(id))?.is_none() {
+            let rec = IntentRec {
+                created_ms: now_ms,
+                shards: shards.to_vec(),
+                state: IntentState::Writing,
+            };
+            put(tx, &keys::intent(id), &rec)?;
+        }
+        Ok(())
+    })
+}
+
+/// Forgets an intent whose files are now either referenced or deleted.
+pub fn end_intent(kv: &dyn Kv, id: u64) -> Result<()> {
+    run(kv, true, |tx| Ok(tx.clear(&keys::intent(id))?))
+}
+
+/// Every intent left over (for cleanup at start-up).
+pub fn intents(kv: &dyn Kv) -> Result<Vec<(u64, IntentRec)>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::intents();
+        let mut out = Vec::new();
+        for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            let id = u64::from_be_bytes(
+                k[1..9]
+                    .try_into()
+                    .map_err(|_| RecordError("intent key".into()))?,
+            );
+            out.push((id, decode(&v)?));
+        }
+        Ok(out)
+    })
+}
+
+fn append_version(
+    tx: &mut dyn Tx,
+    bucket: &str,
+    key: &str,
+    now_ms: u64,
+    size_bytes: u64,
+    blake3: [u8; 32],
+    delete_marker: bool,
+) -> Result<VersionRec> {
+    let hk = keys::head(bucket, key);
+    let mut head: HeadRec = get(tx, &hk)?.unwrap_or(HeadRec {
+        last_version: 0,
+        newest: None,
+    });
+    let v = VersionRec {
+        version: head.last_version + 1,
+        created_ms: now_ms,
+        size_bytes,
+        blake3,
+        delete_marker,
+    };
+    put(tx, &keys::version(bucket, key, v.version), &v)?;
+    head.last_version = v.version;
+    head.newest = Some(v.clone());
+    put(tx, &hk, &head)?;
+    Ok(v)
+}
+
+fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
+    let ck = keys::content(blake3);
+    let Some(mut c): Option<ContentRec> = get(tx, &ck)? else {
+        return Ok(false);
+    };
+    c.refs += 1;
+    c.unreferenced_since_ms = None;
+    put(tx, &ck, &c)?;
+    Ok(true)
+}
+
+fn drop_ref(tx: &mut dyn Tx, blake3: &[u8; 32], now_ms: u64) -> Result<()> {
+    let ck = keys::content(blake3);
+    if let Some(mut c) = get::<ContentRec>(tx, &ck)? {
+        c.refs = c.refs.saturating_sub(1);
+        if c.refs == 0 {
+            c.unreferenced_since_ms = Some(now_ms);
+        }
+        put(tx, &ck, &c)?;
+    }
+    Ok(())
+}
+
+fn require_bucket(tx: &mut dyn Tx, bucket: &str) -> Result<()> {
+    if tx.get(&keys::bucket(bucket))?.is_none() {
+        return Err(MetaError::NoSuchBucket);
+    }
+    Ok(())
+}
+
+/// The content a new version will refer to.
+#[derive(Debug, Clone)]
+pub struct NewContent {
+    pub blake3: [u8; 32],
+    pub size_bytes: u64,
+    pub stored: Stored,
+}
+
+/// Commits a new version of `key`. With `intent`, the call is idempotent: a retry after an
+/// unknown commit result returns the first outcome. If the content already exists its
+/// reference count grows and the new shard files are not adopted.
+pub fn commit_put(
+    kv: &dyn Kv,
+    bucket: &str,
+    key: &str,
+    intent: Option<u64>,
+    content: &NewContent,
+    now_ms: u64,
+) -> Result<PutOutcome> {
+    run(kv, true, |tx| {
+        require_bucket(tx, bucket)?;
+        let mut intent_rec = None;
+        if let Some(id) = intent {
+            let rec: IntentRec = get(tx, &keys::intent(id))?.ok_or(MetaError::NoSuchUpload)?;
+            if let IntentState::Committed {
+                version,
+                created_ms,
+                adopted,
+            } = rec.state
+            {
+                return Ok(PutOutcome {
+                    version,
+                    created_ms,
+                    deduplicated: !adopted,
+                });
+            }
+            intent_rec = Some((id, rec));
+        }
+        let deduplicated = add_ref(tx, &content.blake3)?;
+        if !deduplicated {
+            let rec = ContentRec {
+                size_bytes: content.size_bytes,
+                refs: 1,
+                created_ms: now_ms,
+                unreferenced_since_ms: None,
+                stored: content.stored.clone(),
+            };
+            put(tx, &keys::content(&content.blake3), &rec)?;
+            if let Stored::Sharded { shards, .. } = &content.stored {
+                for s in shards {
+                    tx.set(&keys::drive_shard(s.drive, &content.blake3, s.index), &[])?;
+                }
+            }
+        }
+        let v = append_version(
+            tx,
+            bucket,
+            key,
+            now_ms,
+            content.size_bytes,
+            content.blake3,
+            false,
+        )?;
+        if let Some((id, mut rec)) = intent_rec {
+            rec.state = IntentState::Committed {
+                version: v.version,
+                created_ms: now_ms,
+                adopted: !deduplicated,
+            };
+            put(tx, &keys::intent(id), &rec)?;
+        }
+        Ok(PutOutcome {
+            version: v.version,
+            created_ms: now_ms,
+            deduplicated,
+        })
+    })
+}
+
+/// Commits a new version whose content is already stored, without its body. Returns `None` if
+/// the content is unknown (the caller then reads the body).
+pub fn put_existing(
+    kv: &dyn Kv,
+    bucket: &str,
+    key: &str,
+    blake3: &[u8; 32],
+    now_ms: u64,
+) -> Result<Option<PutOutcome>> {
+    run(kv, true, |tx| {
+        require_bucket(tx, bucket)?;
+        let Some(c): Option<ContentRec> = get(tx, &keys::content(blake3))? else {
+            return Ok(None);
+        };
+        add_ref(tx, blake3)?;
+        let v = append_version(tx, bucket, key, now_ms, c.size_bytes, *blake3, false)?;
+        Ok(Some(PutOutcome {
+            version: v.version,
+            created_ms: now_ms,
+            deduplicated: true,
+        }))
+    })
+}
+
+/// Appends a delete marker. Returns its version, or `None` when the key has no live version
+/// (deleting what is not there changes nothing).
+pub fn delete_key(kv: &dyn Kv, bucket: &str, key: &str, now_ms: u64) -> Result<Option<u64>> {
+    run(kv, true, |tx| {
+        require_bucket(tx, bucket)?;
+        let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
+        match head.and_then(|h| h.newest) {
+            Some(n) if !n.delete_marker => {
+                let v = append_version(tx, bucket, key, now_ms, 0, [0; 32], true)?;
+                Ok(Some(v.version))
+            }
+            _ => Ok(None),
+        }
+    })
+}
+
+/// Removes one version for good, dropping its content reference.
+pub fn delete_version(
+    kv: &dyn Kv,
+    bucket: &str,
+    key: &str,
+    version: u64,
+    now_ms: u64,
+) -> Result<()> {
+    run(kv, true, |tx| {
+        require_bucket(tx, bucket)?;
+        let vk = keys::version(bucket, key, version);
+        let v: VersionRec = get(tx, &vk)?.ok_or(MetaError::NoSuchVersion)?;
+        tx.clear(&vk)?;
+        if !v.delete_marker {
+            drop_ref(tx, &v.blake3, now_ms)?;
+        }
+        let hk = keys::head(bucket, key);
+        let mut head: HeadRec = get(tx, &hk)?.ok_or(MetaError::NoSuchKey)?;
+        let (b, e) = keys::versions(bucket, key);
+        let newest = tx.get_range(&b, &e, 1, false)?;
+        head.newest = match newest.first() {
+            Some((_, val)) => Some(decode(val)?),
+            None => None,
+        };
+        put(tx, &hk, &head)?;
+        Ok(())
+    })
+}
+
+/// A version and the content it refers to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub version: VersionRec,
+    pub content: ContentRec,
+}
+
+/// Looks up the newest version (or `version`) of a key. A delete marker reads as missing.
+pub fn resolve(kv: &dyn Kv, bucket: &str, key: &str, version: Option<u64>) -> Result<Resolved> {
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        let v: VersionRec = match version {
+            Some(n) => get(tx, &keys::version(bucket, key, n))?.ok_or(MetaError::NoSuchVersion)?,
+            None => {
+                let head: HeadRec =
+                    get(tx, &keys::head(bucket, key))?.ok_or(MetaError::NoSuchKey)?;
+                head.newest.ok_or(MetaError::NoSuchKey)?
+            }
+        };
+        if v.delete_marker {
+            return Err(if version.is_some() {
+                MetaError::NoSuchVersion
+            } else {
+                MetaError::NoSuchKey
+            });
+        }
+        let content: ContentRec = get(tx, &keys::content(&v.blake3))?.ok_or_else(|| {
+            RecordError(format!("version {} refers to missing content", v.version))
+        })?;
+        Ok(Resolved {
+            version: v,
+            content,
+        })
+    })
+}
+
+/// Every version of a key, newest first; `None` if the key never existed.
+pub fn versions(kv: &dyn Kv, bucket: &str, key: &str) -> Result<Option<Vec<VersionRec>>> {
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        if tx.get(&keys::head(bucket, key))?.is_none() {
+            return Ok(None);
+        }
+        let (b, e) = keys::versions(bucket, key);
+        let mut out = Vec::new();
+        for (_, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            out.push(decode(&v)?);
+        }
+        Ok(Some(out))
+    })
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<(String, VersionRec)>,
+    /// Pass as `start_after` to continue; `None` at the end.
+    pub next_start_after: Option<String>,
+}
+
+/// Keys whose newest version is not a delete marker, in key byte order.
+pub fn list(
+    kv: &dyn Kv,
+    bucket: &str,
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Result<ListPage> {
+    let limit = limit.clamp(1, LIST_LIMIT_MAX);
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        let (mut begin, end) = keys::heads_with_prefix(bucket, prefix);
+        if let Some(sa) = start_after {
+            let mut after = keys::head(bucket, sa);
+            after.push(0);
+            begin = begin.max(after);
+        }
+        let mut objects = Vec::new();
+        let mut more = false;
+        // Delete-marked keys are skipped, so read in chunks until the page is full.
+        'scan: loop {
+            let chunk = tx.get_range(&begin, &end, limit + 1, false)?;
+            let n = chunk.len();
+            for (k, v) in chunk {
+                let head: HeadRec = decode(&v)?;
+                let key =
+                    keys::key_of_head(bucket, &k).ok_or_else(|| RecordError("head key".into()))?;
+                if let Some(newest) = head.newest.filter(|n| !n.delete_marker) {
+                    if objects.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    objects.push((key.to_string(), newest));
+                }
+                begin = k;
+                begin.push(0);
+            }
+            if n < limit + 1 {
+                break;
+            }
+        }
+        let next_start_after = if more {
+            objects.last().map(|o| o.0.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            next_start_after,
+        })
+    })
+}
+
+pub fn content(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<Option<ContentRec>> {
+    run(kv, false, |tx| get(tx, &keys::content(blake3)))
+}
+
+/// Moves shard `index` of a content to a new location (after repair wrote it there).
+/// Returns the old location, whose file the caller deletes. Idempotent.
+pub fn replace_shard(
+    kv: &dyn Kv,
+    blake3: &[u8; 32],
+    new: ShardLoc,
+    intent: u64,
+) -> Result<Option<ShardLoc>> {
+    run(kv, true, |tx| {
+        let ck = keys::content(blake3);
+        let Some(mut c): Option<ContentRec> = get(tx, &ck)? else {
+            return Ok(None);
+        };
+        let Stored::Sharded { shards, .. } = &mut c.stored else {
+            return Ok(None);
+        };
+        let Some(slot) = shards.iter_mut().find(|s| s.index == new.index) else {
+            return Ok(None);
+        };
+        let old = *slot;
+        if old == new {
+            return Ok(None);
+        }
+        *slot = new;
+        tx.clear(&keys::drive_shard(old.drive, blake3, old.index))?;
+        tx.set(&keys::drive_shard(new.drive, blake3, new.index), &[])?;
+        put(tx, &ck, &c)?;
+        tx.clear(&keys::intent(intent))?;
+        Ok(Some(old))
+    })
+}
+
+pub fn drive(kv: &dyn Kv, id: u16) -> Result<Option<DriveRec>> {
+    run(kv, false, |tx| get(tx, &keys::drive(id)))
+}
+
+pub fn set_drive(kv: &dyn Kv, id: u16, rec: &DriveRec) -> Result<()> {
+    run(kv, true, |tx| put(tx, &keys::drive(id), rec))
+}
+
+/// Up to `limit` (content, shard) pairs held by `drive`, after `after`.
+pub fn shards_on_drive(
+    kv: &dyn Kv,
+    drive: u16,
+    after: Option<([u8; 32], u8)>,
+    limit: usize,
+) -> Result<Vec<([u8; 32], u8)>> {
+    run(kv, false, |tx| {
+        let (mut b, e) = keys::drive_shards(drive);
+        if let Some((h, i)) = after {
+            b = keys::drive_shard(drive, &h, i);
+            b.push(0);
+        }
+        let mut out = Vec::new();
+        for (k, _) in tx.get_range(&b, &e, limit, false)? {
+            out.push(
+                keys::parse_drive_shard(&k).ok_or_else(|| RecordError("drive-shard key".into()))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// Queues contents for repair (idempotent).
+pub fn queue_repair(kv: &dyn Kv, contents: &[[u8; 32]], now_ms: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        for h in contents {
+            if tx.get(&keys::repair(h))?.is_none() {
+                put(tx, &keys::repair(h), &RepairRec { queued_ms: now_ms })?;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<[u8; 32]>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::repairs();
+        let mut out = Vec::new();
+        for (k, _) in tx.get_range(&b, &e, limit, false)? {
+            out.push(
+                k[1..33]
+                    .try_into()
+                    .map_err(|_| RecordError("repair key".into()))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
+pub fn repair_done(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
+    run(kv, true, |tx| Ok(tx.clear(&keys::repair(blake3))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redb_kv::RedbKv;
+
+    fn kv() -> (tempfile::TempDir, RedbKv) {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m")).unwrap();
+        init(&kv, 1).unwrap();
+        (d, kv)
+    }
+
+    fn inline(b: &[u8]) -> NewContent {
+        NewContent {
+            blake3: *blake3_stub(b),
+            size_bytes: b.len() as u64,
+            stored: Stored::Inline(b.to_vec()),
+        }
+    }
+    fn blake3_stub(b: &[u8]) -> &'static [u8; 32] {
+        // A distinct stand-in name per body; the real hash is computed by the data plane.
+        Box::leak(Box::new([b.first().copied().unwrap_or(0); 32]))
+    }
+
+    #[test]
+    fn versions_increase_and_delete_markers_hide() {
+        let (_d, kv) = kv();
+        let a = commit_put(&kv, "default", "k", None, &inline(b"a"), 10).unwrap();
+        let b = commit_put(&kv, "default", "k", None, &inline(b"b"), 11).unwrap();
+        assert_eq!((a.version, b.version), (1, 2));
+        assert_eq!(
+            resolve(&kv, "default", "k", None).unwrap().content.stored,
+            Stored::Inline(b"b".to_vec())
+        );
+        assert_eq!(delete_key(&kv, "default", "k", 12).unwrap(), Some(3));
+        assert!(matches!(
+            resolve(&kv, "default", "k", None),
+            Err(MetaError::NoSuchKey)
+        ));
+        assert_eq!(
+            resolve(&kv, "default", "k", Some(1))
+                .unwrap()
+                .version
+                .version,
+            1
+        );
+        let vs = versions(&kv, "default", "k").unwrap().unwrap();
+        assert_eq!(
+            vs.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![3, 2, 1]
+        );
+        delete_version(&kv, "default", "k", 3, 13).unwrap();
+        assert_eq!(
+            resolve(&kv, "default", "k", None).unwrap().version.version,
+            2
+        );
+        delete_version(&kv, "default", "k", 2, 13).unwrap();
+        let c = commit_put(&kv, "default", "k", None, &inline(b"c"), 14).unwrap();
+        assert_eq!(c.version, 4, "versions never reused");
+        assert!(matches!(
+            delete_version(&kv, "default", "k", 2, 15),
+            Err(MetaError::NoSuchVersion)
+        ));
+        assert!(versions(&kv, "default", "never").unwrap().is_none());
+    }
+
+    #[test]
+    fn dedup_counts_references() {
+        let (_d, kv) = kv();
+        let x = inline(b"x");
+        assert!(
+            !commit_put(&kv, "default", "a", None, &x, 1)
+                .unwrap()
+                .deduplicated
+        );
+        assert!(
+            commit_put(&kv, "default", "b", None, &x, 1)
+                .unwrap()
+                .deduplicated
+        );
+        assert!(put_existing(&kv, "default", "c", &x.blake3, 1)
+            .unwrap()
+            .is_some());
+        assert!(put_existing(&kv, "default", "d", &[9; 32], 1)
+            .unwrap()
+            .is_none());
+        assert_eq!(content(&kv, &x.blake3).unwrap().unwrap().refs, 3);
+        delete_version(&kv, "default", "a", 1, 5).unwrap();
+        delete_version(&kv, "default", "b", 1, 5).unwrap();
+        delete_version(&kv, "default", "c", 1, 6).unwrap();
+        let c = content(&kv, &x.blake3).unwrap().unwrap();
+        assert_eq!((c.refs, c.unreferenced_since_ms), (0, Some(6)));
+    }
+
+    #[test]
+    fn commit_with_intent_is_idempotent() {
+        let (_d, kv) = kv();
+        let loc = ShardLoc {
+            index: 0,
+            drive: 0,
+            file_id: 1,
+            file_tag: 2,
+        };
+        begin_intent(&kv, 7, &[loc], 1).unwrap();
+        let c = NewContent {
+            blake3: [3; 32],
+            size_bytes: 100_000,
+            stored: Stored::Sharded {
+                data: 1,
+                parity: 1,
+                shards: vec![loc],
+            },
+        };
+        let a = commit_put(&kv, "default", "k", Some(7), &c, 2).unwrap();
+        let b = commit_put(&kv, "default", "k", Some(7), &c, 3).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(versions(&kv, "default", "k").unwrap().unwrap().len(), 1);
+        assert_eq!(content(&kv, &[3; 32]).unwrap().unwrap().refs, 1);
+        assert_eq!(
+            shards_on_drive(&kv, 0, None, 10).unwrap(),
+            vec![([3; 32], 0)]
+        );
+        assert!(matches!(
+            commit_put(&kv, "default", "k", Some(8), &c, 3),
+            Err(MetaError::NoSuchUpload)
+        ));
+    }
+
+    #[test]
+    fn listing_pages_skip_deleted() {
+        let (_d, kv) = kv();
+        for k in ["a", "b", "c", "d", "e", "x/1"] {
+            commit_put(&kv, "default", k, None, &inline(k.as_bytes()), 1).unwrap();
+        }
+        delete_key(&kv, "default", "c", 2).unwrap();
+        let p = list(&kv, "default", "", None, 2).unwrap();
+        assert_eq!(
+            p.objects.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        let p = list(&kv, "default", "", p.next_start_after.as_deref(), 2).unwrap();
+        assert_eq!(
+            p.objects.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(),
+            vec!["d", "e"]
+        );
+        let p = list(&kv, "default", "", p.next_start_after.as_deref(), 2).unwrap();
+        assert_eq!(
+            p.objects.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(),
+            vec!["x/1"]
+        );
+        assert_eq!(p.next_start_after, None);
+        let p = list(&kv, "default", "x/", None, 10).unwrap();
+        assert_eq!(p.objects.len(), 1);
+        assert!(matches!(
+            list(&kv, "nobucket", "", None, 10),
+            Err(MetaError::NoSuchBucket)
+        ));
+    }
+}

@@ -1,0 +1,144 @@
+//! Values stored under the keys of [`crate::keys`]. Each value is one format byte
+//! ([`RECORD_FORMAT`]) followed by the record in postcard encoding (a specified, stable,
+//! varint-based serde format); fields are only ever appended.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Format byte leading every value.
+pub const RECORD_FORMAT: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable metadata record: {0}")]
+pub struct RecordError(pub String);
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_FORMAT];
+    out.extend(postcard::to_stdvec(v).expect("records always serialize"));
+    out
+}
+
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RecordError> {
+    match b.split_first() {
+        Some((&RECORD_FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| RecordError(e.to_string()))
+        }
+        Some((f, _)) => Err(RecordError(format!("unknown record format {f}"))),
+        None => Err(RecordError("empty value".into())),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRec {
+    pub created_ms: u64,
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRec {
+    pub version: u64,
+    pub created_ms: u64,
+    pub size_bytes: u64,
+    pub blake3: [u8; 32],
+    pub delete_marker: bool,
+}
+
+/// Per key: the highest version ever given (so versions stay strictly increasing even after the
+/// newest is removed) and a copy of the newest version for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRec {
+    pub last_version: u64,
+    pub newest: Option<VersionRec>,
+}
+
+/// Where one shard of a content lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoc {
+    pub index: u8,
+    pub drive: u16,
+    /// Names the file on the drive; see the dataplane's drive layout.
+    pub file_id: u64,
+    /// Random per file, repeated in every block trailer.
+    pub file_tag: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stored {
+    /// Small objects live in the metadata itself.
+    Inline(Vec<u8>),
+    /// Erasure coded into K+M shard files.
+    Sharded {
+        data: u8,
+        parity: u8,
+        shards: Vec<ShardLoc>,
+    },
+}
+
+/// One stored content, named by its BLAKE3; shared by every version with that content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRec {
+    pub size_bytes: u64,
+    /// Versions referring to this content. At 0 the content waits for GC.
+    pub refs: u64,
+    pub created_ms: u64,
+    /// When `refs` last fell to 0; GC removes content only after a grace period from here.
+    pub unreferenced_since_ms: Option<u64>,
+    pub stored: Stored,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveRec {
+    /// Identity written into the drive's `drive.id` file; a drive whose file is missing or
+    /// different was replaced and must be refilled.
+    pub uuid: [u8; 16],
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntentState {
+    /// Shard files are being written; on restart they are deleted.
+    Writing,
+    /// The version is committed; `adopted` says whether the files became the content's shards
+    /// (if not, identical content existed and the files are to be deleted).
+    Committed {
+        version: u64,
+        created_ms: u64,
+        adopted: bool,
+    },
+}
+
+/// Shard files being written by one upload or repair, recorded before the first byte hits a
+/// drive so that a crash leaves nothing unaccounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentRec {
+    pub created_ms: u64,
+    pub shards: Vec<ShardLoc>,
+    pub state: IntentState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRec {
+    pub queued_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_version_record() {
+        let v = VersionRec {
+            version: 3,
+            created_ms: 300,
+            size_bytes: 5,
+            blake3: [1; 32],
+            delete_marker: false,
+        };
+        let b = encode(&v);
+        let mut expect = vec![1, 3, 0xAC, 0x02, 5];
+        expect.extend_from_slice(&[1; 32]);
+        expect.push(0);
+        assert_eq!(b, expect);
+        assert_eq!(decode::<VersionRec>(&b).unwrap(), v);
+        assert!(decode::<VersionRec>(&[9, 1]).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The sans-IO core of ostore.
+//!
+//! Architecture invariant: this crate knows nothing about glommio, hyper, quinn, redb or
+//! FoundationDB. It is handed bytes and buffers and answers with bytes and decisions, so every
+//! rule here can be driven deterministically from tests (and, later, a simulator).
+
+pub mod codec;
+pub mod geometry;
+pub mod placement;
+pub mod range;
+pub mod stripe;
+
+pub use geometry::{EcParams, Geometry};
