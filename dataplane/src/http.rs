@@ -1,0 +1,831 @@
+//! The native HTTP API (see the contract) served by hyper's HTTP/1.1 server on each executor.
+
+use crate::compat::HyperIo;
+use crate::node::{wait_stopping, Node};
+use crate::store::{self, now_ms, BodySource, ShardReader, StoreError};
+use crate::time::{http_date, rfc3339_ms};
+use bytes::Bytes;
+use futures_util::stream::Stream;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ostore_control::keys::{valid_bucket, valid_object_key};
+use ostore_control::meta::{self, MetaError, LIST_LIMIT_MAX};
+use ostore_control::records::{ContentRec, Stored};
+use ostore_engine::range::{resolve, RangeDecision};
+use serde_json::json;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How long a stopping node waits for requests in flight.
+const DRAIN_S_MAX: u64 = 30;
+
+/// Response bodies: a whole buffer, or a stream produced on this executor (so not `Send`).
+pub enum RespBody {
+    Full(Option<Bytes>),
+    Stream(Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>, u64),
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = StoreError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StoreError>>> {
+        match self.get_mut() {
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Stream(s, _) => s
+                .as_mut()
+                .poll_next(cx)
+                .map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        matches!(self, RespBody::Full(None))
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RespBody::Full(None) => SizeHint::with_exact(0),
+            RespBody::Stream(_, n) => SizeHint::with_exact(*n),
+        }
+    }
+}
+
+type Resp = Response<RespBody>;
+
+/// An error answer: status, contract code, message.
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+impl ApiError {
+    fn into_response(self) -> Resp {
+        let body = json!({"error": {"code": self.code, "message": self.message}}).to_string();
+        let mut r = Response::new(RespBody::Full(Some(Bytes::from(body))));
+        *r.status_mut() = self.status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::NoSuchBucket => err(
+                StatusCode::NOT_FOUND,
+                "NoSuchBucket",
+                "the bucket does not exist",
+            ),
+            MetaError::NoSuchKey => {
+                err(StatusCode::NOT_FOUND, "NoSuchKey", "the key does not exist")
+            }
+            MetaError::NoSuchVersion => err(
+                StatusCode::NOT_FOUND,
+                "NoSuchVersion",
+                "the version does not exist",
+            ),
+            MetaError::NoSuchUpload => err(
+                StatusCode::NOT_FOUND,
+                "NoSuchUpload",
+                "the upload does not exist",
+            ),
+            MetaError::BucketNotEmpty => {
+                err(StatusCode::CONFLICT, "Conflict", "the bucket is not empty")
+            }
+            other => {
+                tracing::error!("metadata: {other}");
+                err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadDigest => err(StatusCode::BAD_REQUEST, "BadDigest", e.to_string()),
+            StoreError::Body(m) => err(StatusCode::BAD_REQUEST, "IncompleteBody", m),
+            StoreError::TooLarge => err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "EntityTooLarge",
+                e.to_string(),
+            ),
+            StoreError::InsufficientStorage(m) => {
+                err(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m)
+            }
+            StoreError::InsufficientShards { .. } => err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InsufficientShards",
+                e.to_string(),
+            ),
+            StoreError::Meta(m) => m.into(),
+            other => {
+                tracing::error!("store: {other}");
+                err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+/// Accepts connections until the node stops, then waits for connections to finish.
+pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
+    let active = Rc::new(Cell::new(0usize));
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_stopping(&node).await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                active.set(active.get() + 1);
+                let (node, active) = (node.clone(), active.clone());
+                glommio::spawn_local(async move {
+                    connection(node, stream).await;
+                    active.set(active.get() - 1);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!("accept: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(DRAIN_S_MAX);
+    while active.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn connection(node: Arc<Node>, stream: glommio::net::TcpStream) {
+    let n2 = node.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let node = n2.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&node, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(HyperIo(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let finished = futures_lite::future::or(
+        async {
+            let _ = conn.as_mut().await;
+            true
+        },
+        async {
+            wait_stopping(&node).await;
+            false
+        },
+    )
+    .await;
+    if !finished {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.as_mut().await;
+    }
+}
+
+async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let (op, resp) = match route(node, req).await {
+        Ok(x) => x,
+        Err((op, e)) => (op, e.into_response()),
+    };
+    node.metrics
+        .observe(op, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+type Routed = Result<(&'static str, Resp), (&'static str, ApiError)>;
+
+fn check_auth(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(v) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "credentials required: Authorization: Bearer <secret>",
+        ));
+    };
+    let given = v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    use subtle::ConstantTimeEq;
+    if given.is_empty() || !bool::from(given.ct_eq(node.secret.as_bytes())) {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the credentials are not valid",
+        ));
+    }
+    Ok(())
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn decode_key(raw: &str) -> Result<String, ApiError> {
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    let key = String::from_utf8(bytes)
+        .map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidKey", "key is not UTF-8"))?;
+    if !valid_object_key(&key) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "InvalidKey",
+            "keys are 1..=1024 bytes of UTF-8 without NUL",
+        ));
+    }
+    Ok(key)
+}
+
+fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
+    let b = q.get("bucket").cloned().unwrap_or_else(|| "default".into());
+    if !valid_bucket(&b) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "invalid bucket name",
+        ));
+    }
+    Ok(b)
+}
+
+fn version_of(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    match q.get("version") {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|v| *v > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "version must be a positive integer",
+                )
+            }),
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
+    let mut r = Response::new(RespBody::Full(Some(Bytes::from(v.to_string()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn empty(status: StatusCode) -> Resp {
+    let mut r = Response::new(RespBody::Full(None));
+    *r.status_mut() = status;
+    r
+}
+
+async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path == "/health" && (method == Method::GET || method == Method::HEAD) {
+        let mut r = Response::new(RespBody::Full(Some(Bytes::from_static(b"ok"))));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return Ok(("health", r));
+    }
+    let op: &'static str = match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => "metrics",
+        (&Method::GET, "/objects") => "list",
+        (&Method::PUT, p) if p.starts_with("/objects/") => "put",
+        (&Method::GET, p) if p.starts_with("/objects/") => "get",
+        (&Method::HEAD, p) if p.starts_with("/objects/") => "head",
+        (&Method::DELETE, p) if p.starts_with("/objects/") => "delete",
+        (&Method::GET, p) if p.starts_with("/versions/") => "versions",
+        (&Method::GET, p) if p.starts_with("/locate/") => "locate",
+        _ => "other",
+    };
+    check_auth(node, &req).map_err(|e| (op, e))?;
+    let r = match op {
+        "metrics" => Ok(metrics(node)),
+        "list" => list(node, &req),
+        "put" => put(node, req, &path["/objects/".len()..]).await,
+        "get" | "head" => get(node, &req, &path["/objects/".len()..], op == "head").await,
+        "delete" => delete(node, &req, &path["/objects/".len()..]).await,
+        "versions" => versions(node, &req, &path["/versions/".len()..]),
+        "locate" => locate(node, &path["/locate/".len()..]),
+        _ => Err(err(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route for {method} {path}"),
+        )),
+    };
+    r.map(|r| (op, r)).map_err(|e| (op, e))
+}
+
+fn metrics(node: &Node) -> Resp {
+    let mut free = 0u64;
+    let mut healthy = 0u64;
+    for d in &node.drives {
+        free += d.free_bytes.load(Ordering::Relaxed);
+        healthy += d.healthy.load(Ordering::Relaxed) as u64;
+    }
+    let text = node.metrics.render(&[
+        (
+            "ostore_drives",
+            "Drives of this node.",
+            node.drives.len() as f64,
+        ),
+        (
+            "ostore_drives_healthy",
+            "Drives in service.",
+            healthy as f64,
+        ),
+        (
+            "ostore_drive_free_bytes",
+            "Free bytes summed over drives.",
+            free as f64,
+        ),
+    ]);
+    let mut r = Response::new(RespBody::Full(Some(Bytes::from(text))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+struct IncomingSource<'a> {
+    body: Incoming,
+    node: &'a Node,
+}
+
+impl BodySource for IncomingSource<'_> {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            match self.body.frame().await {
+                None => return None,
+                Some(Err(e)) => return Some(Err(format!("reading the request body: {e}"))),
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        if !d.is_empty() {
+                            self.node
+                                .metrics
+                                .bytes_in
+                                .fetch_add(d.len() as u64, Ordering::Relaxed);
+                            return Some(Ok(d));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_digest(req: &Request<Incoming>) -> Result<Option<[u8; 32]>, ApiError> {
+    let Some(v) = req.headers().get("x-blake3") else {
+        return Ok(None);
+    };
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(v.as_bytes(), &mut out).map_err(|_| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "X-Blake3 must be 64 hex digits",
+        )
+    })?;
+    Ok(Some(out))
+}
+
+fn put_response(key: &str, c: &store::Committed) -> Resp {
+    let h = hex::encode(c.blake3);
+    let mut r = json_response(
+        StatusCode::CREATED,
+        json!({"key": key, "version": c.outcome.version, "size": c.size_bytes, "blake3": h}),
+    );
+    r.headers_mut().insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{h}\"")).expect("hex"),
+    );
+    r.headers_mut()
+        .insert("x-version", HeaderValue::from(c.outcome.version));
+    r
+}
+
+async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<Resp, ApiError> {
+    let key = decode_key(raw_key)?;
+    let q = query(&req);
+    let bucket = bucket_of(&q)?;
+    let digest = parse_digest(&req)?;
+    let length = match req.headers().get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidArgument",
+                        "bad Content-Length",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    if length.is_some_and(|l| l > store::OBJECT_BYTES_MAX) {
+        return Err(StoreError::TooLarge.into());
+    }
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if let (Some(h), true) = (digest, expects_continue) {
+        // Dedup without upload: the content is known, so the body is never asked for.
+        let (b, k) = (bucket.clone(), key.clone());
+        if let Some(outcome) = node
+            .meta
+            .write(move |kv| meta::put_existing(kv, &b, &k, &h, now_ms()))
+            .await?
+        {
+            let size = node
+                .meta_read(|kv| meta::content(kv, &h))?
+                .map(|c| c.size_bytes)
+                .unwrap_or(0);
+            return Ok(put_response(
+                &key,
+                &store::Committed {
+                    outcome,
+                    size_bytes: size,
+                    blake3: h,
+                },
+            ));
+        }
+    }
+    let mut src = IncomingSource {
+        body: req.into_body(),
+        node,
+    };
+    let committed = store::put(node, &bucket, &key, digest, length, &mut src).await?;
+    Ok(put_response(&key, &committed))
+}
+
+fn etag_of(blake3: &[u8; 32]) -> String {
+    format!("\"{}\"", hex::encode(blake3))
+}
+
+/// Does an `If-Match`/`If-None-Match` list match `etag`? (`weak` allows W/ prefixes.)
+fn etag_list_matches(list: &str, etag: &str, weak: bool) -> bool {
+    list.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        if weak {
+            t.trim_start_matches("W/") == etag
+        } else {
+            t == etag
+        }
+    })
+}
+
+enum Precondition {
+    Proceed { ignore_range: bool },
+    NotModified,
+    Failed,
+}
+
+/// RFC 9110 §13.2.2: evaluation order of the conditional headers for GET and HEAD.
+fn preconditions(req: &Request<Incoming>, etag: &str, modified_ms: u64) -> Precondition {
+    let h = req.headers();
+    let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let modified_s = modified_ms / 1000;
+    let date_s = |s: &str| {
+        httpdate::parse_http_date(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    if let Some(im) = text(header::IF_MATCH) {
+        if !etag_list_matches(&im, etag, false) {
+            return Precondition::Failed;
+        }
+    } else if let Some(ius) = text(header::IF_UNMODIFIED_SINCE) {
+        if date_s(&ius).is_some_and(|d| modified_s > d) {
+            return Precondition::Failed;
+        }
+    }
+    if let Some(inm) = text(header::IF_NONE_MATCH) {
+        if etag_list_matches(&inm, etag, true) {
+            return Precondition::NotModified;
+        }
+    } else if let Some(ims) = text(header::IF_MODIFIED_SINCE) {
+        if date_s(&ims).is_some_and(|d| modified_s <= d) {
+            return Precondition::NotModified;
+        }
+    }
+    let ignore_range = match text(header::IF_RANGE) {
+        None => false,
+        Some(ir) if ir.starts_with('"') => ir != etag,
+        Some(ir) => date_s(&ir) != Some(modified_s),
+    };
+    Precondition::Proceed { ignore_range }
+}
+
+async fn get(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    raw_key: &str,
+    head_only: bool,
+) -> Result<Resp, ApiError> {
+    let key = decode_key(raw_key)?;
+    let q = query(req);
+    let bucket = bucket_of(&q)?;
+    let version = version_of(&q)?;
+    let resolved = node.meta_read(|kv| meta::resolve(kv, &bucket, &key, version))?;
+    let v = &resolved.version;
+    let etag = etag_of(&v.blake3);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
+    headers.insert("x-version", HeaderValue::from(v.version));
+    headers.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&http_date(v.created_ms)).expect("date"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let ignore_range = match preconditions(req, &etag, v.created_ms) {
+        Precondition::Failed => {
+            return Err(err(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                "a precondition header did not match",
+            ))
+        }
+        Precondition::NotModified => {
+            let mut r = empty(StatusCode::NOT_MODIFIED);
+            *r.headers_mut() = headers;
+            return Ok(r);
+        }
+        Precondition::Proceed { ignore_range } => ignore_range,
+    };
+    let size = v.size_bytes;
+    let range_header = if ignore_range {
+        None
+    } else {
+        req.headers()
+            .get(header::RANGE)
+            .and_then(|h| h.to_str().ok())
+    };
+    let (status, range) = match resolve(range_header, size) {
+        RangeDecision::Full => (StatusCode::OK, 0..size),
+        RangeDecision::Partial(r) => {
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1))
+                    .expect("range"),
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        RangeDecision::Unsatisfiable => {
+            let mut e = err(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "InvalidRange",
+                format!("the object has {size} bytes"),
+            )
+            .into_response();
+            e.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).expect("range"),
+            );
+            return Ok(e);
+        }
+    };
+    let len = range.end - range.start;
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let body = if head_only {
+        RespBody::Full(None)
+    } else {
+        body_of(node, &resolved.content, v.blake3, range).await?
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    Ok(r)
+}
+
+async fn body_of(
+    node: &Arc<Node>,
+    content: &ContentRec,
+    blake3: [u8; 32],
+    range: std::ops::Range<u64>,
+) -> Result<RespBody, ApiError> {
+    let len = range.end - range.start;
+    match &content.stored {
+        Stored::Inline(b) => {
+            let piece = Bytes::copy_from_slice(&b[range.start as usize..range.end as usize]);
+            if piece.len() as u64 != len || blake3::hash(b).as_bytes() != &blake3 {
+                return Err(err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "inline content failed its digest",
+                ));
+            }
+            node.metrics.bytes_out.fetch_add(len, Ordering::Relaxed);
+            Ok(RespBody::Full(Some(piece)))
+        }
+        Stored::Sharded { .. } => {
+            let mut reader = ShardReader::new(node.clone(), blake3, content).expect("sharded");
+            reader.set_range(range);
+            // Read the first piece before answering: a missing object answers 503, not a
+            // truncated 200.
+            let first = reader.next().await;
+            let first = match first {
+                Some(Err(e)) => return Err(e.into()),
+                other => other,
+            };
+            if reader.bad.iter().any(|b| *b) {
+                node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            let n2 = node.clone();
+            let stream = futures_util::stream::unfold(
+                (reader, first, n2),
+                |(mut reader, first, node)| async move {
+                    let item = match first {
+                        Some(x) => Some(x),
+                        None => reader.next().await,
+                    };
+                    let item = item?;
+                    if let Ok(b) = &item {
+                        node.metrics
+                            .bytes_out
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                    Some((item, (reader, None, node)))
+                },
+            );
+            Ok(RespBody::Stream(Box::pin(stream), len))
+        }
+    }
+}
+
+async fn delete(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    raw_key: &str,
+) -> Result<Resp, ApiError> {
+    let key = decode_key(raw_key)?;
+    let q = query(req);
+    let bucket = bucket_of(&q)?;
+    let mut r = empty(StatusCode::NO_CONTENT);
+    match version_of(&q)? {
+        Some(v) => {
+            node.meta
+                .write(move |kv| meta::delete_version(kv, &bucket, &key, v, now_ms()))
+                .await?;
+        }
+        None => {
+            if let Some(v) = node
+                .meta
+                .write(move |kv| meta::delete_key(kv, &bucket, &key, now_ms()))
+                .await?
+            {
+                r.headers_mut().insert("x-version", HeaderValue::from(v));
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn versions(node: &Node, req: &Request<Incoming>, raw_key: &str) -> Result<Resp, ApiError> {
+    let key = decode_key(raw_key)?;
+    let bucket = bucket_of(&query(req))?;
+    let list = node
+        .meta_read(|kv| meta::versions(kv, &bucket, &key))?
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", "the key never existed"))?;
+    let versions: Vec<_> = list
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "size": v.size_bytes,
+                "blake3": if v.delete_marker { serde_json::Value::Null } else { hex::encode(v.blake3).into() },
+                "created": rfc3339_ms(v.created_ms),
+                "delete_marker": v.delete_marker,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"key": key, "versions": versions}),
+    ))
+}
+
+fn list(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let q = query(req);
+    let bucket = bucket_of(&q)?;
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let start_after = q.get("start_after").cloned();
+    let limit = match q.get("limit") {
+        None => LIST_LIMIT_MAX,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=LIST_LIMIT_MAX).contains(l))
+            .ok_or_else(|| {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    format!("limit must be 1..={LIST_LIMIT_MAX}"),
+                )
+            })?,
+    };
+    if prefix.contains('\0') || start_after.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "prefix and start_after cannot contain NUL",
+        ));
+    }
+    let page =
+        node.meta_read(|kv| meta::list(kv, &bucket, &prefix, start_after.as_deref(), limit))?;
+    let objects: Vec<_> = page
+        .objects
+        .iter()
+        .map(|(k, v)| {
+            json!({"key": k, "version": v.version, "size": v.size_bytes, "blake3": hex::encode(v.blake3), "created": rfc3339_ms(v.created_ms)})
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"objects": objects, "next_start_after": page.next_start_after}),
+    ))
+}
+
+fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(raw, &mut h).map_err(|_| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "expected a BLAKE3 digest in 64 hex digits",
+        )
+    })?;
+    let c = node
+        .meta_read(|kv| meta::content(kv, &h))?
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", "no such content"))?;
+    let body = match &c.stored {
+        Stored::Inline(_) => {
+            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "inline": true, "ec": null, "shards": []})
+        }
+        Stored::Sharded {
+            data,
+            parity,
+            shards,
+        } => {
+            let mut shards = shards.clone();
+            shards.sort_by_key(|s| s.index);
+            let list: Vec<_> = shards
+                .iter()
+                .map(|s| json!({"index": s.index, "node": node.node_id, "drive": node.drive(s.drive).root.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()}))
+                .collect();
+            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "inline": false, "ec": {"data": data, "parity": parity}, "shards": list})
+        }
+    };
+    Ok(json_response(StatusCode::OK, body))
+}

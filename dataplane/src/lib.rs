@@ -1,0 +1,13 @@
+//! The ostore data plane: a thread-per-core glommio node.
+//!
+//! Architecture invariant: everything that decides (striping, erasure coding, placement, shard
+//! format, metadata transactions) lives in `ostore-engine`, `ostore-wire` and `ostore-control`;
+//! this crate owns the runtime, the sockets and the drives, and only moves bytes.
+
+pub mod compat;
+pub mod drives;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod store;
+pub mod time;

@@ -1,0 +1,364 @@
+//! A data node: its drives, its executors (one per core, pinned), its listeners, and the
+//! background work (repair, drive watch) that runs on executor 0.
+
+use crate::drives::{Drive, DriveState};
+use crate::metrics::Metrics;
+use crate::store::{self, now_ms, StoreError};
+use anyhow::Context as _;
+use glommio::{LocalExecutorBuilder, Placement};
+use ostore_control::kv::Kv;
+use ostore_control::meta::{self, MetaError};
+use ostore_control::records::IntentState;
+use ostore_control::redb_kv::RedbKv;
+use ostore_control::service::Meta;
+use ostore_engine::EcParams;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the executors share. All fields are `Send + Sync`; per-executor state lives in
+/// the executor's tasks.
+pub struct Node {
+    pub meta: Meta,
+    pub drives: Vec<Drive>,
+    pub ec: EcParams,
+    pub secret: String,
+    pub node_id: String,
+    pub metrics: Metrics,
+    pub stopping: AtomicBool,
+    repair_tx: flume::Sender<[u8; 32]>,
+    repair_rx: flume::Receiver<[u8; 32]>,
+}
+
+impl Node {
+    pub fn drive(&self, id: u16) -> &Drive {
+        &self.drives[id as usize]
+    }
+
+    /// Runs a read transaction on the calling thread.
+    pub fn meta_read<T>(&self, f: impl FnOnce(&dyn Kv) -> T) -> T {
+        f(self.meta.kv())
+    }
+
+    /// Queues a content for repair, durably, and wakes the repair worker.
+    pub async fn queue_repair(&self, blake3: [u8; 32]) {
+        let r = self
+            .meta
+            .write(move |kv| meta::queue_repair(kv, &[blake3], now_ms()))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("queueing repair of {}: {e}", hex::encode(blake3));
+        }
+        let _ = self.repair_tx.try_send(blake3);
+    }
+}
+
+/// Options of `ostore dev`.
+pub struct DevOptions {
+    pub data: PathBuf,
+    pub http: SocketAddr,
+    pub drives: u16,
+    pub ec: EcParams,
+    pub cores: usize,
+}
+
+fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
+    if let Ok(s) = std::env::var("OSTORE_SECRET") {
+        if !s.is_empty() {
+            return Ok((s, None));
+        }
+    }
+    let path = data.join("root.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok((s.trim().to_string(), Some(path))),
+        _ => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let secret = hex::encode(rand::random::<[u8; 32]>());
+            let tmp = data.join("root.secret.tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            writeln!(f, "{secret}")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(data)?.sync_all()?;
+            Ok((secret, Some(path)))
+        }
+    }
+}
+
+/// Removes what interrupted writes left behind: every intent still open at start-up.
+fn clean_intents(node: &Node) -> anyhow::Result<()> {
+    let intents = meta::intents(node.meta.kv())?;
+    for (id, rec) in intents {
+        let delete_files = !matches!(rec.state, IntentState::Committed { adopted: true, .. });
+        if delete_files {
+            for loc in &rec.shards {
+                if let Some(d) = node.drives.get(loc.drive as usize) {
+                    let _ = std::fs::remove_file(d.shard_path(loc));
+                }
+            }
+        }
+        futures_lite::future::block_on(node.meta.write(move |kv| meta::end_intent(kv, id)))?;
+    }
+    Ok(())
+}
+
+/// Checks one drive against the metadata; a drive found empty is formatted and its shards are
+/// queued for repair. Returns whether it was refilled.
+fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
+    let recorded = meta::drive(node.meta.kv(), d.id)?;
+    let (state, rec) = d
+        .check(recorded.as_ref())
+        .with_context(|| format!("preparing drive {}", d.root.display()))?;
+    if let Some(rec) = rec {
+        let id = d.id;
+        futures_lite::future::block_on(node.meta.write(move |kv| meta::set_drive(kv, id, &rec)))?;
+    }
+    if state == (DriveState::Formatted { was_known: true }) {
+        tracing::warn!(
+            "drive {} was found empty: refilling it from the other shards",
+            d.root.display()
+        );
+        queue_drive_for_repair(node, d.id)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn queue_drive_for_repair(node: &Node, drive: u16) -> Result<(), MetaError> {
+    let mut after = None;
+    loop {
+        let page = meta::shards_on_drive(node.meta.kv(), drive, after, 1000)?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        let hashes: Vec<[u8; 32]> = page.iter().map(|p| p.0).collect();
+        futures_lite::future::block_on(
+            node.meta
+                .write(move |kv| meta::queue_repair(kv, &hashes, now_ms())),
+        )?;
+        for (h, _) in &page {
+            let _ = node.repair_tx.try_send(*h);
+        }
+        after = Some(last);
+    }
+    Ok(())
+}
+
+async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
+    let step = Duration::from_millis(50);
+    let mut left = d;
+    while !left.is_zero() {
+        if node.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        let s = left.min(step);
+        glommio::timer::sleep(s).await;
+        left -= s;
+    }
+    !node.stopping.load(Ordering::Relaxed)
+}
+
+pub async fn wait_stopping(node: &Node) {
+    while !node.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rebuilds queued contents, one at a time, until the node stops.
+async fn repair_worker(node: Arc<Node>) {
+    loop {
+        let queue = match meta::repair_queue(node.meta.kv(), 256) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!("reading the repair queue: {e}");
+                Vec::new()
+            }
+        };
+        let mut retry_later = false;
+        for h in queue {
+            if node.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            match store::repair(&node, h).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!("repaired {n} shard(s) of {}", hex::encode(h));
+                        node.metrics
+                            .shards_repaired
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    let _ = node.meta.write(move |kv| meta::repair_done(kv, &h)).await;
+                }
+                Err(StoreError::InsufficientShards { have, need }) => {
+                    tracing::error!(
+                        "content {} is unrepairable: {have} of {need} shards readable",
+                        hex::encode(h)
+                    );
+                    node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+                    let _ = node.meta.write(move |kv| meta::repair_done(kv, &h)).await;
+                }
+                Err(e) => {
+                    tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
+                    retry_later = true;
+                }
+            }
+        }
+        // Drain wake-ups; the durable queue is the source of truth.
+        while node.repair_rx.try_recv().is_ok() {}
+        let wait = if retry_later {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(5)
+        };
+        futures_lite::future::or(
+            async {
+                let _ = node.repair_rx.recv_async().await;
+            },
+            async {
+                sleep_unless_stopping(&node, wait).await;
+            },
+        )
+        .await;
+        if node.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Watches every drive: refreshes free space and notices a drive that was emptied or replaced.
+async fn drive_watcher(node: Arc<Node>) {
+    while sleep_unless_stopping(&node, Duration::from_secs(1)).await {
+        for d in &node.drives {
+            d.refresh_free();
+            if !d.identity_intact() {
+                match check_drive(&node, d) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!("drive {}: {e:#}", d.root.display());
+                        d.healthy.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
+            d.healthy.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    let local = s.local_addr()?.as_socket().context("bound address")?;
+    Ok((s, local))
+}
+
+/// Runs `ostore dev` until SIGINT or SIGTERM.
+pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data)
+        .with_context(|| format!("creating {}", opts.data.display()))?;
+    let (secret, secret_file) = load_secret(&opts.data)?;
+    let meta_dir = opts.data.join("meta");
+    std::fs::create_dir_all(&meta_dir)?;
+    let kv = RedbKv::open(&meta_dir.join("ostore.redb")).context("opening the metadata store")?;
+    let meta = Meta::start(Arc::new(kv));
+    futures_lite::future::block_on(meta.write(|kv| meta::init(kv, now_ms())))?;
+    let drives = (0..opts.drives)
+        .map(|i| Drive::new(i, opts.data.join(format!("drive-{i}"))))
+        .collect();
+    let (repair_tx, repair_rx) = flume::bounded(4096);
+    let node = Arc::new(Node {
+        meta,
+        drives,
+        ec: opts.ec,
+        secret,
+        node_id: "dev".into(),
+        metrics: Metrics::default(),
+        stopping: AtomicBool::new(false),
+        repair_tx,
+        repair_rx,
+    });
+    for d in &node.drives {
+        check_drive(&node, d)?;
+    }
+    clean_intents(&node)?;
+    if (opts.drives as usize) < opts.ec.total() {
+        tracing::warn!(
+            "{} drives for {} shards: writes of objects over the inline size will fail with 507",
+            opts.drives,
+            opts.ec.total()
+        );
+    }
+
+    let (placeholder, http_addr) = reserve_port(opts.http)?;
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut handles = Vec::new();
+    for core in 0..opts.cores {
+        let node = node.clone();
+        let bound_tx = bound_tx.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(core % cpus))
+            .name(&format!("ostore-core-{core}"));
+        let h = builder
+            .spawn(move || async move {
+                let listener = match glommio::net::TcpListener::bind(http_addr) {
+                    Ok(l) => {
+                        let _ = bound_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(anyhow::anyhow!("binding {http_addr}: {e}")));
+                        return;
+                    }
+                };
+                if core == 0 {
+                    glommio::spawn_local(repair_worker(node.clone())).detach();
+                    glommio::spawn_local(drive_watcher(node.clone())).detach();
+                }
+                crate::http::serve(node, listener).await;
+            })
+            .map_err(|e| anyhow::anyhow!("starting executor {core}: {e}"))?;
+        handles.push(h);
+    }
+    drop(bound_tx);
+    for _ in 0..opts.cores {
+        bound_rx.recv().context("executor died while starting")??;
+    }
+    drop(placeholder);
+
+    let mut line = format!("ostore ready http={http_addr}");
+    if let Some(p) = &secret_file {
+        line.push_str(&format!(" secret-file={}", p.display()));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let _ = signals.forever().next();
+    tracing::info!("stopping: no new connections, finishing requests in flight");
+    node.stopping.store(true, Ordering::SeqCst);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}

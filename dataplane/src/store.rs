@@ -1,0 +1,791 @@
+//! Object I/O on one executor: streaming PUT into erasure-coded direct-I/O shard files,
+//! verified (and if need be reconstructed) GET, and shard repair.
+//!
+//! The byte layout and the striping decisions come from `ostore-engine`; this module only moves
+//! buffers between the network, the codec and the drives.
+
+use crate::node::Node;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use ostore_control::meta::{self, MetaError, NewContent, PutOutcome, INLINE_BYTES_MAX};
+use ostore_control::records::{ContentRec, ShardLoc, Stored};
+use ostore_engine::codec::{Codec, CodecError};
+use ostore_engine::placement::{self, DriveView};
+use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
+use ostore_engine::{EcParams, Geometry};
+use ostore_wire::shard::{block_offset, open_block, ShardHeader, BLOCK_BYTES, HEADER_BYTES};
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Stripes per write batch: each shard buffer holds this many 64 KiB blocks.
+pub const WRITE_BATCH_STRIPES: usize = 4;
+/// Stripes per read batch on GET and repair.
+pub const READ_BATCH_STRIPES: u64 = 4;
+/// Largest object accepted (S3's limit).
+pub const OBJECT_BYTES_MAX: u64 = 5 << 40;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("body does not match its X-Blake3 digest")]
+    BadDigest,
+    #[error("request body failed: {0}")]
+    Body(String),
+    #[error("object larger than {OBJECT_BYTES_MAX} bytes")]
+    TooLarge,
+    #[error("not enough storage: {0}")]
+    InsufficientStorage(String),
+    #[error("only {have} of {need} shards readable")]
+    InsufficientShards { have: usize, need: usize },
+    #[error("drive I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("erasure coding: {0}")]
+    Codec(String),
+}
+
+impl From<glommio::GlommioError<()>> for StoreError {
+    fn from(e: glommio::GlommioError<()>) -> Self {
+        let io: std::io::Error = e.into();
+        if io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::EDQUOT) {
+            StoreError::InsufficientStorage(io.to_string())
+        } else {
+            StoreError::Io(io)
+        }
+    }
+}
+
+impl From<CodecError> for StoreError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::InsufficientShards { have, need } => {
+                StoreError::InsufficientShards { have, need }
+            }
+            other => StoreError::Codec(other.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a request body comes from (the HTTP layer adapts its body type to this).
+#[allow(async_fn_in_trait)]
+pub trait BodySource {
+    /// The next piece of the body; `None` at its end.
+    async fn next_chunk(&mut self) -> Option<std::result::Result<Bytes, String>>;
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A committed PUT.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub outcome: PutOutcome,
+    pub size_bytes: u64,
+    pub blake3: [u8; 32],
+}
+
+/// Writes one set of shard files (all K+M for a PUT, or some for a repair).
+struct ShardWriter {
+    files: Vec<DmaFile>,
+    bufs: Vec<Rc<glommio::io::DmaBuffer>>,
+}
+
+impl ShardWriter {
+    async fn create(node: &Node, locs: &[ShardLoc], buf_bytes: usize) -> Result<Self> {
+        let mut files = Vec::with_capacity(locs.len());
+        for loc in locs {
+            let path = node.drive(loc.drive).shard_path(loc);
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .dma_open(&path)
+                .await
+            {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    for f in files {
+                        let _ = f.remove().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let bufs = locs
+            .iter()
+            .map(|_| Rc::new(glommio::allocate_dma_buffer(buf_bytes)))
+            .collect();
+        Ok(ShardWriter { files, bufs })
+    }
+
+    fn slices(&mut self) -> Vec<&mut [u8]> {
+        self.bufs
+            .iter_mut()
+            .map(|b| Rc::get_mut(b).expect("buffer not in flight").as_bytes_mut())
+            .collect()
+    }
+
+    /// Writes `bytes` of every buffer at block `first_block`.
+    async fn write(&mut self, first_block: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let full = self.bufs[0].len();
+        let writes = self.files.iter().zip(self.bufs.iter_mut()).map(|(f, b)| {
+            let buf = if bytes < full {
+                // The final, shorter batch: write exactly the blocks.
+                let mut fresh = glommio::allocate_dma_buffer(bytes);
+                fresh.as_bytes_mut().copy_from_slice(&b.as_bytes()[..bytes]);
+                Rc::new(fresh)
+            } else {
+                b.clone()
+            };
+            async move {
+                let n = f.write_rc_at(buf, block_offset(first_block)).await?;
+                if n != bytes {
+                    return Err(StoreError::Io(std::io::Error::other(format!(
+                        "short write {n} of {bytes}"
+                    ))));
+                }
+                Ok(())
+            }
+        });
+        for r in join_all(writes).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Writes the headers and makes every file durable.
+    async fn finish(&mut self, headers: &[ShardHeader]) -> Result<()> {
+        let writes = self.files.iter().zip(headers).map(|(f, h)| async move {
+            let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
+            h.encode(buf.as_bytes_mut());
+            f.write_at(buf, 0).await?;
+            f.fdatasync().await?;
+            Ok::<_, StoreError>(())
+        });
+        for r in join_all(writes).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        for f in self.files {
+            let _ = f.close().await;
+        }
+    }
+}
+
+/// Removes shard files (best effort: a missing file is already gone).
+pub async fn remove_files(node: &Node, locs: &[ShardLoc]) {
+    for loc in locs {
+        let _ = std::fs::remove_file(node.drive(loc.drive).shard_path(loc));
+    }
+}
+
+fn drive_views(node: &Node) -> Vec<DriveView> {
+    node.drives
+        .iter()
+        .map(|d| DriveView {
+            id: d.id,
+            free_bytes: d.free_bytes.load(Ordering::Relaxed),
+            healthy: d.healthy.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+/// Streams a body into a new version of `bucket/key`.
+pub async fn put(
+    node: &Node,
+    bucket: &str,
+    key: &str,
+    expected: Option<[u8; 32]>,
+    length_hint: Option<u64>,
+    body: &mut impl BodySource,
+) -> Result<Committed> {
+    if length_hint.is_some_and(|l| l > OBJECT_BYTES_MAX) {
+        return Err(StoreError::TooLarge);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut head = Vec::new();
+    let mut overflow = None;
+    while let Some(chunk) = body.next_chunk().await {
+        let chunk = chunk.map_err(StoreError::Body)?;
+        if head.len() + chunk.len() <= INLINE_BYTES_MAX {
+            head.extend_from_slice(&chunk);
+        } else {
+            overflow = Some(chunk);
+            break;
+        }
+    }
+    let Some(overflow) = overflow else {
+        hasher.update(&head);
+        let h: [u8; 32] = *hasher.finalize().as_bytes();
+        if expected.is_some_and(|e| e != h) {
+            return Err(StoreError::BadDigest);
+        }
+        let content = NewContent {
+            blake3: h,
+            size_bytes: head.len() as u64,
+            stored: Stored::Inline(head),
+        };
+        let (b, k) = (bucket.to_string(), key.to_string());
+        let c2 = content.clone();
+        let outcome = node
+            .meta
+            .write(move |kv| meta::commit_put(kv, &b, &k, None, &c2, now_ms()))
+            .await?;
+        return Ok(Committed {
+            outcome,
+            size_bytes: content.size_bytes,
+            blake3: h,
+        });
+    };
+
+    let ec = node.ec;
+    let size_guess = length_hint.unwrap_or(head.len() as u64 + overflow.len() as u64);
+    let per_shard = Geometry::new(ec, size_guess).shard_file_bytes();
+    let spread: u64 = rand::random();
+    let drives = placement::place(&drive_views(node), ec.total(), per_shard, spread, &[])
+        .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+    let upload_id: u64 = rand::random();
+    let locs: Vec<ShardLoc> = drives
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ShardLoc {
+            index: i as u8,
+            drive: *d,
+            file_id: upload_id,
+            file_tag: rand::random(),
+        })
+        .collect();
+    let l2 = locs.clone();
+    node.meta
+        .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))
+        .await?;
+
+    let result = put_sharded(node, ec, &locs, &mut hasher, head, overflow, expected, body).await;
+    let (size, h) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            remove_files(node, &locs).await;
+            let _ = node
+                .meta
+                .write(move |kv| meta::end_intent(kv, upload_id))
+                .await;
+            return Err(e);
+        }
+    };
+    let content = NewContent {
+        blake3: h,
+        size_bytes: size,
+        stored: Stored::Sharded {
+            data: ec.data,
+            parity: ec.parity,
+            shards: locs.clone(),
+        },
+    };
+    let (b, k) = (bucket.to_string(), key.to_string());
+    let outcome = match node
+        .meta
+        .write(move |kv| meta::commit_put(kv, &b, &k, Some(upload_id), &content, now_ms()))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            remove_files(node, &locs).await;
+            let _ = node
+                .meta
+                .write(move |kv| meta::end_intent(kv, upload_id))
+                .await;
+            return Err(e.into());
+        }
+    };
+    if outcome.deduplicated {
+        remove_files(node, &locs).await;
+    }
+    let _ = node
+        .meta
+        .write(move |kv| meta::end_intent(kv, upload_id))
+        .await;
+    Ok(Committed {
+        outcome,
+        size_bytes: size,
+        blake3: h,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_sharded(
+    node: &Node,
+    ec: EcParams,
+    locs: &[ShardLoc],
+    hasher: &mut blake3::Hasher,
+    head: Vec<u8>,
+    overflow: Bytes,
+    expected: Option<[u8; 32]>,
+    body: &mut impl BodySource,
+) -> Result<(u64, [u8; 32])> {
+    let mut striper = Striper::new(ec, WRITE_BATCH_STRIPES);
+    let mut codec = Codec::new(ec);
+    let tags: Vec<u32> = locs.iter().map(|l| l.file_tag).collect();
+    let mut w = ShardWriter::create(node, locs, striper.buffer_bytes()).await?;
+    let r = async {
+        let mut pending: Vec<Bytes> = vec![Bytes::from(head), overflow];
+        let mut first = 0;
+        loop {
+            let chunk = if first < pending.len() {
+                first += 1;
+                std::mem::take(&mut pending[first - 1])
+            } else {
+                match body.next_chunk().await {
+                    Some(c) => c.map_err(StoreError::Body)?,
+                    None => break,
+                }
+            };
+            hasher.update(&chunk);
+            if striper.total_bytes() + chunk.len() as u64 > OBJECT_BYTES_MAX {
+                return Err(StoreError::TooLarge);
+            }
+            let mut off = 0;
+            while off < chunk.len() {
+                off += striper.feed(&chunk[off..], &mut w.slices());
+                if striper.batch_full() {
+                    let sealed = striper.seal(&mut w.slices(), &mut codec, &tags, false)?;
+                    w.write(sealed.first_block, sealed.bytes).await?;
+                }
+            }
+        }
+        let sealed = striper.seal(&mut w.slices(), &mut codec, &tags, true)?;
+        w.write(sealed.first_block, sealed.bytes).await?;
+        let h: [u8; 32] = *hasher.finalize().as_bytes();
+        if expected.is_some_and(|e| e != h) {
+            return Err(StoreError::BadDigest);
+        }
+        let size = striper.total_bytes();
+        let blocks = Geometry::new(ec, size).stripe_count();
+        let headers: Vec<ShardHeader> = locs
+            .iter()
+            .map(|l| ShardHeader {
+                data_shards: ec.data,
+                parity_shards: ec.parity,
+                shard_index: l.index,
+                file_tag: l.file_tag,
+                object_size_bytes: size,
+                blake3: h,
+                block_count: blocks,
+            })
+            .collect();
+        w.finish(&headers).await?;
+        Ok((size, h))
+    }
+    .await;
+    w.close().await;
+    r
+}
+
+/// Reads verified blocks of an erasure-coded content, reconstructing from parity when a block
+/// is missing or fails its checksum.
+pub struct ShardReader {
+    node: Arc<Node>,
+    blake3: [u8; 32],
+    geo: Geometry,
+    locs: Vec<ShardLoc>,
+    files: Vec<Option<Option<Rc<DmaFile>>>>,
+    codec: Codec,
+    /// Shards found bad (missing, unreadable or corrupt) so far.
+    pub bad: Vec<bool>,
+    reported: bool,
+    /// The part of the object still to be read by [`ShardReader::next`].
+    cursor: Range<u64>,
+}
+
+/// Blocks of several stripes read from each shard; `None` where unreadable.
+struct Batch {
+    s0: u64,
+    n: u64,
+    reads: Vec<Option<ReadResult>>,
+}
+
+impl ShardReader {
+    pub fn new(node: Arc<Node>, blake3: [u8; 32], content: &ContentRec) -> Option<Self> {
+        let Stored::Sharded {
+            data,
+            parity,
+            shards,
+        } = &content.stored
+        else {
+            return None;
+        };
+        let ec = EcParams {
+            data: *data,
+            parity: *parity,
+        };
+        let mut locs = shards.clone();
+        locs.sort_by_key(|l| l.index);
+        Some(ShardReader {
+            node,
+            blake3,
+            geo: Geometry::new(ec, content.size_bytes),
+            files: vec![None; locs.len()],
+            locs,
+            codec: Codec::new(ec),
+            bad: vec![false; ec.total()],
+            reported: false,
+            cursor: 0..content.size_bytes,
+        })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    async fn file(&mut self, i: usize) -> Option<Rc<DmaFile>> {
+        if self.files[i].is_none() {
+            let loc = self.locs[i];
+            let path = self.node.drive(loc.drive).shard_path(&loc);
+            let f = OpenOptions::new()
+                .read(true)
+                .dma_open(&path)
+                .await
+                .ok()
+                .map(Rc::new);
+            if f.is_none() {
+                self.bad[i] = true;
+            }
+            self.files[i] = Some(f);
+        }
+        self.files[i].clone().flatten()
+    }
+
+    fn span(&self, s0: u64, n: u64) -> usize {
+        ((n - 1) as usize) * BLOCK_BYTES + self.geo.block_len(s0 + n - 1)
+    }
+
+    async fn read_shard(&mut self, i: usize, s0: u64, n: u64) -> Option<ReadResult> {
+        let f = self.file(i).await?;
+        match f.read_at_aligned(block_offset(s0), self.span(s0, n)).await {
+            Ok(r) if r.len() == self.span(s0, n) => Some(r),
+            _ => {
+                self.bad[i] = true;
+                None
+            }
+        }
+    }
+
+    fn verify<'r>(&self, r: &'r ReadResult, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
+        let at = ((s - s0) as usize) * BLOCK_BYTES;
+        let blk = &r[at..at + self.geo.block_len(s)];
+        open_block(
+            blk,
+            self.geo.chunk_bytes(s),
+            s as u32,
+            self.locs[i].file_tag,
+        )
+        .ok()
+    }
+
+    async fn read_batch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> Batch {
+        let mut reads: Vec<Option<ReadResult>> = (0..self.locs.len()).map(|_| None).collect();
+        let mut futs = Vec::new();
+        for i in shards.clone() {
+            if let Some(f) = self.file(i).await {
+                let span = self.span(s0, n);
+                futs.push(async move {
+                    (
+                        i,
+                        f.read_at_aligned(block_offset(s0), span)
+                            .await
+                            .ok()
+                            .filter(|r| r.len() == span),
+                    )
+                });
+            }
+        }
+        for (i, r) in join_all(futs).await {
+            if r.is_none() {
+                self.bad[i] = true;
+            }
+            reads[i] = r;
+        }
+        Batch { s0, n, reads }
+    }
+
+    /// Returns the chunks of stripe `s` for shards `want` (data shards for a read, all for a
+    /// repair), reconstructing as needed. Marks shards that failed.
+    async fn stripe_chunks(
+        &mut self,
+        batch: &mut Batch,
+        s: u64,
+        want: Range<usize>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let total = self.locs.len();
+        let mut ok = vec![false; total];
+        for (i, flag) in ok.iter_mut().enumerate() {
+            if let Some(r) = &batch.reads[i] {
+                *flag = self.verify(r, i, batch.s0, s).is_some();
+                if !*flag {
+                    self.bad[i] = true;
+                }
+            }
+        }
+        if want.clone().all(|i| ok[i]) {
+            return Ok(want
+                .clone()
+                .map(|i| {
+                    self.verify(batch.reads[i].as_ref().expect("ok"), i, batch.s0, s)
+                        .expect("ok")
+                        .to_vec()
+                })
+                .collect());
+        }
+        // Degraded: make sure every shard of the batch has been tried.
+        for i in 0..total {
+            if batch.reads[i].is_none() && !self.bad[i] {
+                batch.reads[i] = self.read_shard(i, batch.s0, batch.n).await;
+                if let Some(r) = &batch.reads[i] {
+                    ok[i] = self.verify(r, i, batch.s0, s).is_some();
+                    if !ok[i] {
+                        self.bad[i] = true;
+                    }
+                }
+            }
+        }
+        let c = self.geo.chunk_bytes(s);
+        let mut chunks: Vec<Vec<u8>> = (0..total)
+            .map(|i| match (&batch.reads[i], ok[i]) {
+                (Some(r), true) => self.verify(r, i, batch.s0, s).expect("verified").to_vec(),
+                _ => vec![0; c],
+            })
+            .collect();
+        let mut refs: Vec<&mut [u8]> = chunks.iter_mut().map(|v| v.as_mut_slice()).collect();
+        self.codec.reconstruct(&mut refs, &ok)?;
+        Ok(chunks.drain(want).collect())
+    }
+
+    /// Restricts the bytes [`ShardReader::next`] returns to `range`.
+    pub fn set_range(&mut self, range: Range<u64>) {
+        self.cursor = range;
+    }
+
+    /// The next piece (up to [`READ_BATCH_STRIPES`] stripes) of the range; `None` at its end.
+    pub async fn next(&mut self) -> Option<Result<Bytes>> {
+        let range = self.cursor.clone();
+        if range.is_empty() {
+            self.report().await;
+            return None;
+        }
+        let geo = self.geo;
+        let s0 = geo.stripe_of(range.start);
+        let last = geo.stripe_of(range.end - 1);
+        let n = (last - s0 + 1).min(READ_BATCH_STRIPES);
+        let mut lo = usize::MAX;
+        let mut hi = 0;
+        let mut spans = Vec::new();
+        for s in s0..s0 + n {
+            let so = geo.stripe_offset(s);
+            let a = (range.start.max(so) - so) as usize;
+            let b = (range.end.min(so + geo.stripe_bytes(s) as u64) - so) as usize;
+            let d = data_shards_for(&geo, s, a..b);
+            lo = lo.min(d.start);
+            hi = hi.max(d.end);
+            spans.push((s, a..b, d));
+        }
+        let mut batch = self.read_batch(s0, n, lo..hi).await;
+        let mut out =
+            Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
+        for (s, within, d) in spans {
+            let chunks = match self.stripe_chunks(&mut batch, s, d.clone()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.report().await;
+                    self.cursor = range.end..range.end;
+                    return Some(Err(e));
+                }
+            };
+            let mut all: Vec<&[u8]> = vec![&[]; d.end];
+            for (j, i) in d.enumerate() {
+                all[i] = &chunks[j];
+            }
+            copy_out(&geo, s, &all, within, &mut out);
+        }
+        self.cursor.start += out.len() as u64;
+        if self.bad.iter().any(|b| *b) {
+            self.report().await;
+        }
+        Some(Ok(Bytes::from(out)))
+    }
+
+    /// Whether any shard was found bad; if so, queues the content for repair.
+    pub async fn report(&mut self) {
+        if !self.reported && self.bad.iter().any(|b| *b) {
+            self.reported = true;
+            self.node.queue_repair(self.blake3).await;
+        }
+    }
+}
+
+/// Verifies every block of every shard of a content and rewrites the shards that are missing or
+/// corrupt, onto the same drive when it is healthy (else another). Returns how many shards were
+/// rewritten.
+pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
+    let Some(content) = node.meta_read(|kv| meta::content(kv, &blake3))? else {
+        return Ok(0);
+    };
+    let Some(mut reader) = ShardReader::new(node.clone(), blake3, &content) else {
+        return Ok(0);
+    };
+    let geo = reader.geometry();
+    let total = geo.ec.total();
+    let stripes = geo.stripe_count();
+    // Pass 1: find the bad shards.
+    let mut s0 = 0;
+    while s0 < stripes {
+        let n = (stripes - s0).min(READ_BATCH_STRIPES);
+        let batch = reader.read_batch(s0, n, 0..total).await;
+        for s in s0..s0 + n {
+            for i in 0..total {
+                if let Some(r) = &batch.reads[i] {
+                    if reader.verify(r, i, s0, s).is_none() {
+                        reader.bad[i] = true;
+                    }
+                }
+            }
+        }
+        s0 += n;
+    }
+    if stripes == 0 {
+        for i in 0..total {
+            let _ = reader.file(i).await;
+        }
+    }
+    let bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
+    if bad.is_empty() {
+        return Ok(0);
+    }
+    // Choose where the rebuilt shards go.
+    let good_drives: Vec<u16> = (0..total)
+        .filter(|i| !reader.bad[*i])
+        .map(|i| reader.locs[i].drive)
+        .collect();
+    let mut views = drive_views(node);
+    let mut new_locs = Vec::new();
+    let upload_id: u64 = rand::random();
+    for &i in &bad {
+        let old = reader.locs[i];
+        let mut taken = good_drives.clone();
+        taken.extend(new_locs.iter().map(|l: &ShardLoc| l.drive));
+        let same_ok =
+            views.iter().any(|v| v.id == old.drive && v.healthy) && !taken.contains(&old.drive);
+        let drive = if same_ok {
+            old.drive
+        } else {
+            placement::place(&views, 1, geo.shard_file_bytes(), rand::random(), &taken)
+                .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?[0]
+        };
+        views.retain(|v| v.id != drive || drive == old.drive);
+        new_locs.push(ShardLoc {
+            index: old.index,
+            drive,
+            file_id: upload_id,
+            file_tag: rand::random(),
+        });
+    }
+    let l2 = new_locs.clone();
+    node.meta
+        .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))
+        .await?;
+    let r = rebuild(node, &mut reader, &bad, &new_locs).await;
+    if let Err(e) = r {
+        remove_files(node, &new_locs).await;
+        let _ = node
+            .meta
+            .write(move |kv| meta::end_intent(kv, upload_id))
+            .await;
+        return Err(e);
+    }
+    for loc in &new_locs {
+        let l = *loc;
+        let old = node
+            .meta
+            .write(move |kv| meta::replace_shard(kv, &blake3, l, upload_id))
+            .await?;
+        if let Some(old) = old {
+            if old.file_id != l.file_id || old.drive != l.drive {
+                remove_files(node, &[old]).await;
+            }
+        }
+    }
+    let _ = node
+        .meta
+        .write(move |kv| meta::end_intent(kv, upload_id))
+        .await;
+    Ok(bad.len())
+}
+
+async fn rebuild(
+    node: &Node,
+    reader: &mut ShardReader,
+    bad: &[usize],
+    new_locs: &[ShardLoc],
+) -> Result<()> {
+    let geo = reader.geometry();
+    let total = geo.ec.total();
+    let stripes = geo.stripe_count();
+    let buf_bytes = READ_BATCH_STRIPES as usize * BLOCK_BYTES;
+    let mut w = ShardWriter::create(node, new_locs, buf_bytes).await?;
+    let r = async {
+        let mut s0 = 0;
+        while s0 < stripes {
+            let n = (stripes - s0).min(READ_BATCH_STRIPES);
+            let mut batch = reader.read_batch(s0, n, 0..total).await;
+            for s in s0..s0 + n {
+                let chunks = reader.stripe_chunks(&mut batch, s, 0..total).await?;
+                let c = geo.chunk_bytes(s);
+                let base = ((s - s0) as usize) * BLOCK_BYTES;
+                let blen = geo.block_len(s);
+                for (slot, (buf, &i)) in w.slices().into_iter().zip(bad).enumerate() {
+                    buf[base..base + c].copy_from_slice(&chunks[i]);
+                    ostore_wire::shard::seal_block(
+                        &mut buf[base..base + blen],
+                        c,
+                        s as u32,
+                        new_locs[slot].file_tag,
+                    );
+                }
+            }
+            let bytes = reader.span(s0, n);
+            w.write(s0, bytes).await?;
+            s0 += n;
+        }
+        let headers: Vec<ShardHeader> = new_locs
+            .iter()
+            .map(|l| ShardHeader {
+                data_shards: geo.ec.data,
+                parity_shards: geo.ec.parity,
+                shard_index: l.index,
+                file_tag: l.file_tag,
+                object_size_bytes: geo.size_bytes,
+                blake3: reader.blake3,
+                block_count: stripes,
+            })
+            .collect();
+        w.finish(&headers).await
+    }
+    .await;
+    w.close().await;
+    r
+}
