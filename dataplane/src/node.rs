@@ -253,6 +253,32 @@ async fn drive_watcher(node: Arc<Node>) {
     }
 }
 
+/// glommio decides once per block device and thread whether reads may use the polled ring, by
+/// reading the first file it opens with direct I/O. When that file is still empty (a shard file
+/// being created) the probe read succeeds trivially and every later read on the device fails
+/// with EOPNOTSUPP on devices without poll queues. So each executor first opens a small file
+/// that has data on every drive, which makes the probe exercise a real read.
+async fn prime_iopoll_probe(node: &Node) {
+    for d in &node.drives {
+        let p = d.root.join(".iopoll-probe");
+        if std::fs::metadata(&p)
+            .map(|m| m.len() < 4096)
+            .unwrap_or(true)
+        {
+            if let Err(e) = std::fs::write(&p, [0u8; 4096]) {
+                tracing::warn!("writing {}: {e}", p.display());
+                continue;
+            }
+        }
+        match glommio::io::DmaFile::open(&p).await {
+            Ok(f) => {
+                let _ = f.close().await;
+            }
+            Err(e) => tracing::warn!("opening {}: {e}", p.display()),
+        }
+    }
+}
+
 fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -314,6 +340,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             .name(&format!("ostore-core-{core}"));
         let h = builder
             .spawn(move || async move {
+                prime_iopoll_probe(&node).await;
                 let listener = match glommio::net::TcpListener::bind(http_addr) {
                     Ok(l) => {
                         let _ = bound_tx.send(Ok(()));

@@ -505,13 +505,15 @@ impl ShardReader {
             if let Some(f) = self.file(i).await {
                 let span = self.span(s0, n);
                 futs.push(async move {
-                    (
-                        i,
-                        f.read_at_aligned(block_offset(s0), span)
-                            .await
-                            .ok()
-                            .filter(|r| r.len() == span),
-                    )
+                    let r = f.read_at_aligned(block_offset(s0), span).await;
+                    match &r {
+                        Err(e) => tracing::warn!("reading shard {i}: {e}"),
+                        Ok(r) if r.len() != span => {
+                            tracing::warn!("reading shard {i}: {} of {span} bytes", r.len())
+                        }
+                        Ok(_) => {}
+                    }
+                    (i, r.ok().filter(|r| r.len() == span))
                 });
             }
         }
@@ -542,6 +544,15 @@ impl ShardReader {
                 }
             }
         }
+        tracing::debug!(
+            "stripe {s}: reads {:?} ok {ok:?} bad {:?}",
+            batch
+                .reads
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.len()))
+                .collect::<Vec<_>>(),
+            self.bad
+        );
         if want.clone().all(|i| ok[i]) {
             return Ok(want
                 .clone()
@@ -586,6 +597,7 @@ impl ShardReader {
         let range = self.cursor.clone();
         if range.is_empty() {
             self.report().await;
+            self.close().await;
             return None;
         }
         let geo = self.geo;
@@ -627,6 +639,17 @@ impl ShardReader {
             self.report().await;
         }
         Some(Ok(Bytes::from(out)))
+    }
+
+    /// Closes the shard files this reader opened.
+    pub async fn close(&mut self) {
+        for slot in self.files.iter_mut() {
+            if let Some(Some(f)) = slot.take() {
+                if let Ok(f) = Rc::try_unwrap(f) {
+                    let _ = f.close().await;
+                }
+            }
+        }
     }
 
     /// Whether any shard was found bad; if so, queues the content for repair.
@@ -674,6 +697,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
     }
     let bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
     if bad.is_empty() {
+        reader.close().await;
         return Ok(0);
     }
     // Choose where the rebuilt shards go.
@@ -709,6 +733,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))
         .await?;
     let r = rebuild(node, &mut reader, &bad, &new_locs).await;
+    reader.close().await;
     if let Err(e) = r {
         remove_files(node, &new_locs).await;
         let _ = node

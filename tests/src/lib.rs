@@ -1,0 +1,287 @@
+//! Harness for tests that run the real binaries: start `ostore dev` on free loopback ports in a
+//! temporary directory, talk to it over HTTP, kill it (politely or with SIGKILL), restart it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built next to this test executable (`target/<profile>/NAME`).
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("OSTORE_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
+    let p = profile_dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (`cargo test --workspace` builds them; \
+         or set OSTORE_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// A running `ostore dev`.
+pub struct Dev {
+    child: Option<Child>,
+    pub http: String,
+    pub secret: String,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    client: reqwest::blocking::Client,
+}
+
+impl Dev {
+    /// Starts `ostore dev` with the default drives and EC plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> Dev {
+        let dir = tempfile::Builder::new()
+            .prefix("ostore-test-")
+            .tempdir()
+            .expect("tempdir");
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .pool_max_idle_per_host(4)
+            .build()
+            .expect("http client");
+        let mut d = Dev {
+            child: None,
+            http: String::new(),
+            secret: String::new(),
+            dir,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            client,
+        };
+        d.launch();
+        d
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn drive(&self, i: usize) -> PathBuf {
+        self.data().join(format!("drive-{i}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(binary("ostore"));
+        cmd.arg("dev").arg("--data").arg(self.data()).args([
+            "--http",
+            "127.0.0.1:0",
+            "--s3",
+            "127.0.0.1:0",
+        ]);
+        cmd.args(&self.args);
+        cmd.env_remove("OSTORE_SECRET").env(
+            "OSTORE_LOG",
+            std::env::var("OSTORE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn ostore");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(l)) = lines.next() {
+                if l.starts_with("ostore ready") {
+                    let _ = tx.send(l);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ostore printed no ready line within 60 s");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+        };
+        self.http = field("http").expect("http= in ready line");
+        let sf = field("secret-file").expect("secret-file= in ready line");
+        self.secret = std::fs::read_to_string(sf)
+            .expect("secret file")
+            .trim()
+            .to_string();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("ostore did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.secret)
+    }
+
+    pub fn put(
+        &self,
+        key: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> reqwest::blocking::Response {
+        self.req(reqwest::Method::PUT, &format!("/objects/{key}"))
+            .body(body)
+            .send()
+            .expect("PUT")
+    }
+
+    pub fn get(&self, key: &str) -> reqwest::blocking::Response {
+        self.req(reqwest::Method::GET, &format!("/objects/{key}"))
+            .send()
+            .expect("GET")
+    }
+
+    pub fn get_bytes(&self, key: &str) -> (u16, Vec<u8>) {
+        let r = self.get(key);
+        let s = r.status().as_u16();
+        (s, r.bytes().expect("body").to_vec())
+    }
+
+    pub fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.req(reqwest::Method::GET, path).send().expect("GET");
+        let s = r.status().as_u16();
+        (s, r.json().unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Deterministic pseudo-random bytes (BLAKE3 in XOF mode).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// A reader of `len` pseudo-random bytes that never holds more than one buffer.
+pub struct RandomReader {
+    xof: blake3::OutputReader,
+    left: u64,
+}
+
+impl RandomReader {
+    pub fn new(seed: u64, len: u64) -> Self {
+        RandomReader {
+            xof: blake3::Hasher::new()
+                .update(&seed.to_le_bytes())
+                .finalize_xof(),
+            left: len,
+        }
+    }
+}
+
+impl Read for RandomReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        self.xof.fill(&mut buf[..n]);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Shard files (under `shards/`) of every drive.
+pub fn shard_files(dev: &Dev, drives: usize) -> Vec<PathBuf> {
+    (0..drives)
+        .flat_map(|i| files_under(&dev.drive(i).join("shards")))
+        .collect()
+}
+
+/// Bytes on disk of the given files.
+pub fn bytes_of(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Waits until `f` holds, up to `timeout`.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Resident set size of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
