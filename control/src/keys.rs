@@ -191,7 +191,7 @@ mod tests {
     fn order_matches_tuples() {
         // Newer versions sort first; "a" sorts before "a/b" and "ab".
         assert!(version("b", "k", 9) < version("b", "k", 3));
-        let mut keys = vec![
+        let mut keys = [
             head("b", "ab"),
             head("b", "a/b"),
             head("b", "a"),

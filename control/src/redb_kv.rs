@@ -10,6 +10,8 @@ use std::path::Path;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ostore");
 
+type Entry<'a> = Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>;
+
 pub struct RedbKv {
     db: Database,
 }
@@ -46,7 +48,7 @@ fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
     }
     let it = t.range::<&[u8]>(begin..end).map_err(storage)?;
     let mut push =
-        |r: Result<(redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>), redb::StorageError>| {
+        |r: Entry| {
             let (k, v) = r.map_err(storage)?;
             out.push((k.value().to_vec(), v.value().to_vec()));
             Ok::<_, KvError>(out.len() >= limit)

@@ -526,6 +526,12 @@ impl ShardReader {
         Batch { s0, n, reads }
     }
 
+    /// The verified payloads of stripe `s` for shards `want`, borrowed from the batch, if every
+    /// one of them was read and verifies; `None` sends the caller down the degraded path.
+    fn healthy_payloads<'b>(&self, batch: &'b Batch, s: u64, want: Range<usize>) -> Option<Vec<&'b [u8]>> {
+        want.map(|i| batch.reads[i].as_ref().and_then(|r| self.verify(r, i, batch.s0, s))).collect()
+    }
+
     /// Returns the chunks of stripe `s` for shards `want` (data shards for a read, all for a
     /// repair), reconstructing as needed. Marks shards that failed.
     async fn stripe_chunks(
@@ -544,15 +550,6 @@ impl ShardReader {
                 }
             }
         }
-        tracing::debug!(
-            "stripe {s}: reads {:?} ok {ok:?} bad {:?}",
-            batch
-                .reads
-                .iter()
-                .map(|r| r.as_ref().map(|r| r.len()))
-                .collect::<Vec<_>>(),
-            self.bad
-        );
         if want.clone().all(|i| ok[i]) {
             return Ok(want
                 .clone()
@@ -564,6 +561,7 @@ impl ShardReader {
                 .collect());
         }
         // Degraded: make sure every shard of the batch has been tried.
+        #[allow(clippy::needless_range_loop)]
         for i in 0..total {
             if batch.reads[i].is_none() && !self.bad[i] {
                 batch.reads[i] = self.read_shard(i, batch.s0, batch.n).await;
@@ -620,6 +618,14 @@ impl ShardReader {
         let mut out =
             Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
         for (s, within, d) in spans {
+            if let Some(payloads) = self.healthy_payloads(&batch, s, d.clone()) {
+                let mut all: Vec<&[u8]> = vec![&[]; d.end];
+                for (j, i) in d.enumerate() {
+                    all[i] = payloads[j];
+                }
+                copy_out(&geo, s, &all, within, &mut out);
+                continue;
+            }
             let chunks = match self.stripe_chunks(&mut batch, s, d.clone()).await {
                 Ok(c) => c,
                 Err(e) => {

@@ -61,9 +61,9 @@ pub const FORMAT_VERSION: u16 = 1;
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"OSSHARD\0";
 
-const _: () = assert!(HEADER_BYTES % ALIGN_BYTES == 0);
-const _: () = assert!(BLOCK_BYTES % ALIGN_BYTES == 0);
-const _: () = assert!(BLOCK_PAYLOAD_BYTES_MAX % 2 == 0);
+const _: () = assert!(HEADER_BYTES.is_multiple_of(ALIGN_BYTES));
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(ALIGN_BYTES));
+const _: () = assert!(BLOCK_PAYLOAD_BYTES_MAX.is_multiple_of(2));
 
 // Header offsets, each derived from the one before it.
 const H_MAGIC: usize = 0;
