@@ -10,7 +10,13 @@ use std::path::Path;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ostore");
 
-type Entry<'a> = Result<(redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>), redb::StorageError>;
+type Entry<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
 
 pub struct RedbKv {
     db: Database,
@@ -47,12 +53,11 @@ fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
         return Ok(out);
     }
     let it = t.range::<&[u8]>(begin..end).map_err(storage)?;
-    let mut push =
-        |r: Entry| {
-            let (k, v) = r.map_err(storage)?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-            Ok::<_, KvError>(out.len() >= limit)
-        };
+    let mut push = |r: Entry| {
+        let (k, v) = r.map_err(storage)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+        Ok::<_, KvError>(out.len() >= limit)
+    };
     if reverse {
         for r in it.rev() {
             if push(r)? {

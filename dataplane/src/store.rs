@@ -528,8 +528,18 @@ impl ShardReader {
 
     /// The verified payloads of stripe `s` for shards `want`, borrowed from the batch, if every
     /// one of them was read and verifies; `None` sends the caller down the degraded path.
-    fn healthy_payloads<'b>(&self, batch: &'b Batch, s: u64, want: Range<usize>) -> Option<Vec<&'b [u8]>> {
-        want.map(|i| batch.reads[i].as_ref().and_then(|r| self.verify(r, i, batch.s0, s))).collect()
+    fn healthy_payloads<'b>(
+        &self,
+        batch: &'b Batch,
+        s: u64,
+        want: Range<usize>,
+    ) -> Option<Vec<&'b [u8]>> {
+        want.map(|i| {
+            batch.reads[i]
+                .as_ref()
+                .and_then(|r| self.verify(r, i, batch.s0, s))
+        })
+        .collect()
     }
 
     /// Returns the chunks of stripe `s` for shards `want` (data shards for a read, all for a

@@ -1,0 +1,542 @@
+//! The load generator: T threads, each a monoio runtime running C/T closed-loop workers, each
+//! worker on its own HTTP/1.1 connection.
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct LoadArgs {
+    /// Server endpoint.
+    #[arg(long, env = "OSTORE_ENDPOINT", default_value = "http://127.0.0.1:9080")]
+    endpoint: String,
+    /// Protocol (only http so far).
+    #[arg(long, default_value = "http")]
+    protocol: String,
+    /// put, get, mixed:P/G (percent PUT / percent GET), delete or list.
+    #[arg(long, default_value = "put")]
+    workload: String,
+    /// Object size: a size (4KiB, 1MiB) or a uniform range (1KiB..1MiB).
+    #[arg(long, default_value = "4KiB")]
+    size: String,
+    /// Objects to prepare for get, mixed, delete and list.
+    #[arg(long, default_value_t = 256)]
+    objects: u64,
+    /// Requests in flight over all threads.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Threads (each one runtime, pinned to nothing).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run this long (e.g. 30s, 500ms).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Or run this many operations.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Check every GET body against its BLAKE3 ETag.
+    #[arg(long)]
+    verify: bool,
+    /// Write the results as one JSON document to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Secret (else OSTORE_SECRET, else --secret-file).
+    #[arg(long, env = "OSTORE_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Key prefix for the objects written.
+    #[arg(long, default_value = "osbench")]
+    prefix: String,
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    Put,
+    Get,
+    Mixed { put_pct: u32 },
+    Delete,
+    List,
+}
+
+fn parse_workload(s: &str) -> anyhow::Result<Workload> {
+    Ok(match s {
+        "put" => Workload::Put,
+        "get" => Workload::Get,
+        "delete" => Workload::Delete,
+        "list" => Workload::List,
+        m if m.starts_with("mixed:") => {
+            let (p, g) = m["mixed:".len()..].split_once('/').context("mixed:P/G")?;
+            let (p, g): (u32, u32) = (p.parse()?, g.parse()?);
+            if p + g != 100 {
+                bail!("mixed:P/G must add up to 100");
+            }
+            Workload::Mixed { put_pct: p }
+        }
+        other => bail!("unknown workload {other:?}"),
+    })
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(u64, u64)> {
+    match s.split_once("..") {
+        Some((a, b)) => {
+            let (a, b) = (
+                crate::parse_bytes(a).map_err(anyhow::Error::msg)?,
+                crate::parse_bytes(b).map_err(anyhow::Error::msg)?,
+            );
+            if a > b {
+                bail!("size range {s} is empty");
+            }
+            Ok((a, b))
+        }
+        None => {
+            let n = crate::parse_bytes(s).map_err(anyhow::Error::msg)?;
+            Ok((n, n))
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return Ok(Duration::from_millis(ms.parse()?));
+    }
+    if let Some(m) = s.strip_suffix('m') {
+        return Ok(Duration::from_secs(m.parse::<u64>()? * 60));
+    }
+    Ok(Duration::from_secs_f64(
+        s.strip_suffix('s').unwrap_or(s).parse()?,
+    ))
+}
+
+/// Per-thread results, merged at the end.
+#[derive(Default)]
+struct Stats {
+    ops: BTreeMap<&'static str, OpStats>,
+}
+
+struct OpStats {
+    hist: Histogram<u64>,
+    errors: u64,
+    bytes: u64,
+}
+
+impl Default for OpStats {
+    fn default() -> Self {
+        OpStats {
+            hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            errors: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl Stats {
+    fn record(&mut self, op: &'static str, us: u64, bytes: u64, ok: bool) {
+        let s = self.ops.entry(op).or_default();
+        if ok {
+            let _ = s.hist.record(us.max(1));
+            s.bytes += bytes;
+        } else {
+            s.errors += 1;
+        }
+    }
+    fn merge(&mut self, o: Stats) {
+        for (k, v) in o.ops {
+            let s = self.ops.entry(k).or_default();
+            let _ = s.hist.add(&v.hist);
+            s.errors += v.errors;
+            s.bytes += v.bytes;
+        }
+    }
+}
+
+struct Plan {
+    host: String,
+    auth: String,
+    workload: Workload,
+    size: (u64, u64),
+    objects: u64,
+    deadline: Option<Instant>,
+    ops_left: Arc<AtomicU64>,
+    verify: bool,
+    prefix: String,
+    seq: Arc<AtomicU64>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(host: &str) -> anyhow::Result<Sender> {
+    let stream = monoio::net::TcpStream::connect(host)
+        .await
+        .with_context(|| format!("connecting to {host}"))?;
+    stream.set_nodelay(true)?;
+    let io = monoio::io::IntoPollIo::into_poll_io(stream)?;
+    let (send, conn) =
+        hyper::client::conn::http1::handshake(monoio_compat::hyper::MonoioIo::new(io)).await?;
+    monoio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+/// Object contents: a shared random buffer with the first 16 bytes made unique per object, so
+/// every PUT carries new content (no dedup) without generating fresh bytes.
+fn body_for(base: &Bytes, n: u64, size: usize) -> Bytes {
+    let mut v = Vec::with_capacity(size);
+    let tag = blake3::hash(&n.to_le_bytes());
+    let head = size.min(16);
+    v.extend_from_slice(&tag.as_bytes()[..head]);
+    v.extend_from_slice(&base[head..size]);
+    Bytes::from(v)
+}
+
+async fn request(
+    send: &mut Sender,
+    plan: &Plan,
+    method: http::Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)> {
+    send.ready().await?;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, &plan.host)
+        .header(http::header::AUTHORIZATION, &plan.auth)
+        .body(Full::new(body))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, headers, body))
+}
+
+fn pick_size(plan: &Plan) -> u64 {
+    if plan.size.0 == plan.size.1 {
+        plan.size.0
+    } else {
+        plan.size.0 + rand::random::<u64>() % (plan.size.1 - plan.size.0 + 1)
+    }
+}
+
+fn take_op(plan: &Plan) -> bool {
+    if let Some(d) = plan.deadline {
+        if Instant::now() >= d {
+            return false;
+        }
+    }
+    plan.ops_left
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+async fn worker(
+    plan: Rc<Plan>,
+    base: Bytes,
+    stats: Rc<std::cell::RefCell<Stats>>,
+) -> anyhow::Result<()> {
+    let mut send = connect(&plan.host).await?;
+    while take_op(&plan) {
+        let op = match plan.workload {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Delete => "delete",
+            Workload::List => "list",
+            Workload::Mixed { put_pct } => {
+                if rand::random::<u32>() % 100 < put_pct {
+                    "put"
+                } else {
+                    "get"
+                }
+            }
+        };
+        let t = Instant::now();
+        let (ok, bytes) = match op {
+            "put" => {
+                let n = plan.seq.fetch_add(1, Ordering::Relaxed);
+                let size = pick_size(&plan) as usize;
+                let key = match plan.workload {
+                    Workload::Mixed { .. } => format!("{}/{}", plan.prefix, n % plan.objects),
+                    _ => format!("{}/w{n}", plan.prefix),
+                };
+                let r = request(
+                    &mut send,
+                    &plan,
+                    http::Method::PUT,
+                    &format!("/objects/{key}"),
+                    body_for(&base, n, size),
+                )
+                .await;
+                (
+                    matches!(&r, Ok((s, _, _)) if s.as_u16() == 201),
+                    size as u64,
+                )
+            }
+            "get" => {
+                let i = rand::random::<u64>() % plan.objects;
+                let r = request(
+                    &mut send,
+                    &plan,
+                    http::Method::GET,
+                    &format!("/objects/{}/{i}", plan.prefix),
+                    Bytes::new(),
+                )
+                .await;
+                match r {
+                    Ok((s, h, b)) if s.as_u16() == 200 => {
+                        let good = !plan.verify || {
+                            let etag = h
+                                .get(http::header::ETAG)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("");
+                            etag.trim_matches('"') == blake3::hash(&b).to_hex().as_str()
+                        };
+                        (good, b.len() as u64)
+                    }
+                    _ => (false, 0),
+                }
+            }
+            "delete" => {
+                let n = plan.seq.fetch_add(1, Ordering::Relaxed);
+                let r = request(
+                    &mut send,
+                    &plan,
+                    http::Method::DELETE,
+                    &format!("/objects/{}/{}", plan.prefix, n % plan.objects),
+                    Bytes::new(),
+                )
+                .await;
+                (matches!(&r, Ok((s, _, _)) if s.as_u16() == 204), 0)
+            }
+            _ => {
+                let r = request(
+                    &mut send,
+                    &plan,
+                    http::Method::GET,
+                    &format!("/objects?prefix={}/&limit=1000", plan.prefix),
+                    Bytes::new(),
+                )
+                .await;
+                (matches!(&r, Ok((s, _, _)) if s.as_u16() == 200), 0)
+            }
+        };
+        stats
+            .borrow_mut()
+            .record(op, t.elapsed().as_micros() as u64, bytes, ok);
+        if !ok && send.is_closed() {
+            send = connect(&plan.host).await?;
+        }
+    }
+    Ok(())
+}
+
+fn run_threads(
+    plan_of: impl Fn() -> Plan + Send + Sync + Clone + 'static,
+    threads: usize,
+    conc: usize,
+    base: Bytes,
+) -> anyhow::Result<(Stats, f64)> {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let per = conc / threads + usize::from(t < conc % threads);
+        let plan_of = plan_of.clone();
+        let base = base.clone();
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Stats> {
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()?;
+            rt.block_on(async move {
+                let plan = Rc::new(plan_of());
+                let stats = Rc::new(std::cell::RefCell::new(Stats::default()));
+                let mut tasks = Vec::new();
+                for _ in 0..per {
+                    tasks.push(monoio::spawn(worker(
+                        plan.clone(),
+                        base.clone(),
+                        stats.clone(),
+                    )));
+                }
+                for t in tasks {
+                    t.await?;
+                }
+                Ok(Rc::try_unwrap(stats)
+                    .map_err(|_| anyhow::anyhow!("stats still shared"))?
+                    .into_inner())
+            })
+        }));
+    }
+    let mut total = Stats::default();
+    for h in handles {
+        total.merge(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("load thread panicked"))??,
+        );
+    }
+    Ok((total, start.elapsed().as_secs_f64()))
+}
+
+pub fn run(a: LoadArgs) -> anyhow::Result<()> {
+    if a.protocol != "http" {
+        bail!("--protocol {} is not available yet; use http", a.protocol);
+    }
+    let workload = parse_workload(&a.workload)?;
+    let size = parse_size(&a.size)?;
+    let secret = match (&a.secret, &a.secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => bail!("no secret: set OSTORE_SECRET, --secret or --secret-file"),
+    };
+    let host = a
+        .endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let threads = a
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
+    let conc = a.concurrency.max(1);
+    let threads = threads.min(conc);
+    let base = {
+        let mut v = vec![0u8; size.1 as usize];
+        blake3::Hasher::new()
+            .update(b"osbench")
+            .finalize_xof()
+            .fill(&mut v);
+        Bytes::from(v)
+    };
+    let seq = Arc::new(AtomicU64::new(0));
+    let auth = format!("Bearer {secret}");
+    // Prepare objects for reads and deletes: keys PREFIX/0 .. PREFIX/{objects-1}.
+    if !matches!(workload, Workload::Put) {
+        let (h, au, pfx, sq) = (
+            host.clone(),
+            auth.clone(),
+            a.prefix.clone(),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let objects = a.objects;
+        let prep = move || Plan {
+            host: h.clone(),
+            auth: au.clone(),
+            workload: Workload::Mixed { put_pct: 100 },
+            size,
+            objects,
+            deadline: None,
+            ops_left: Arc::new(AtomicU64::new(0)),
+            verify: false,
+            prefix: pfx.clone(),
+            seq: sq.clone(),
+        };
+        let ops_left = Arc::new(AtomicU64::new(objects));
+        let ol = ops_left.clone();
+        let (st, _) = run_threads(
+            move || Plan {
+                ops_left: ol.clone(),
+                ..prep()
+            },
+            threads,
+            conc,
+            base.clone(),
+        )?;
+        let errors: u64 = st.ops.values().map(|s| s.errors).sum();
+        if errors > 0 {
+            bail!("{errors} PUTs failed while preparing objects");
+        }
+    }
+    let deadline_d = a.duration.as_deref().map(parse_duration).transpose()?;
+    let ops = match (a.ops, deadline_d, workload) {
+        (Some(n), _, _) => n,
+        (None, Some(_), _) => u64::MAX,
+        (None, None, Workload::Delete) => a.objects,
+        (None, None, _) => 1000,
+    };
+    let ops_left = Arc::new(AtomicU64::new(ops));
+    let started = Instant::now();
+    let (h, au, pfx) = (host.clone(), auth.clone(), a.prefix.clone());
+    let (objects, verify) = (a.objects, a.verify);
+    let ol = ops_left.clone();
+    let plan_of = move || Plan {
+        host: h.clone(),
+        auth: au.clone(),
+        workload,
+        size,
+        objects,
+        deadline: deadline_d.map(|d| started + d),
+        ops_left: ol.clone(),
+        verify,
+        prefix: pfx.clone(),
+        seq: seq.clone(),
+    };
+    let (stats, secs) = run_threads(plan_of, threads, conc, base)?;
+    report(&a, &stats, secs, threads, conc)
+}
+
+fn report(
+    a: &LoadArgs,
+    stats: &Stats,
+    secs: f64,
+    threads: usize,
+    conc: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "osbench {} size={} concurrency={conc} threads={threads} duration={secs:.2}s",
+        a.workload, a.size
+    );
+    println!(
+        "{:<7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "op", "ops", "errors", "MB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    let mut ops = serde_json::Map::new();
+    let mut errors = 0;
+    for (op, s) in &stats.ops {
+        let n = s.hist.len();
+        let q = |p: f64| s.hist.value_at_quantile(p) as f64 / 1000.0;
+        let mb_s = s.bytes as f64 / secs / 1e6;
+        let ops_s = n as f64 / secs;
+        println!(
+            "{op:<7} {n:>9} {:>7} {mb_s:>10.1} {ops_s:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            s.errors,
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            s.hist.max() as f64 / 1000.0
+        );
+        errors += s.errors;
+        ops.insert(
+            op.to_string(),
+            serde_json::json!({
+                "count": n, "errors": s.errors, "bytes": s.bytes, "mb_s": mb_s, "ops_s": ops_s,
+                "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": s.hist.max() as f64 / 1000.0},
+            }),
+        );
+    }
+    if let Some(p) = &a.json {
+        let j = serde_json::json!({
+            "workload": a.workload, "size": a.size, "concurrency": conc, "threads": threads,
+            "duration_s": secs, "verify": a.verify, "ops": ops,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
+    }
+    if errors > 0 {
+        bail!("{errors} operations failed");
+    }
+    Ok(())
+}

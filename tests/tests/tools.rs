@@ -1,0 +1,150 @@
+//! osbench and osctl against a real `ostore dev`.
+
+use ostore_tests::{binary, Dev};
+use std::process::Command;
+
+fn osbench(dev: &Dev, args: &[&str], json: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(binary("osbench"))
+        .args(["--endpoint", &format!("http://{}", dev.http), "--json"])
+        .arg(json)
+        .args(args)
+        .env("OSTORE_SECRET", &dev.secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "osbench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("p99.9"));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn osbench_runs_every_workload_with_verify_and_no_errors() {
+    let dev = Dev::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("out.json");
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &[
+                "--workload",
+                "put",
+                "--size",
+                "4KiB",
+                "--ops",
+                "300",
+                "--concurrency",
+                "8",
+            ],
+            &["put"],
+        ),
+        (
+            &[
+                "--workload",
+                "get",
+                "--size",
+                "1MiB",
+                "--objects",
+                "8",
+                "--ops",
+                "40",
+                "--verify",
+            ],
+            &["get"],
+        ),
+        (
+            &[
+                "--workload",
+                "mixed:50/50",
+                "--size",
+                "1KiB..200KiB",
+                "--objects",
+                "16",
+                "--duration",
+                "1s",
+                "--verify",
+            ],
+            &["put", "get"],
+        ),
+        (
+            &["--workload", "list", "--objects", "5", "--ops", "20"],
+            &["list"],
+        ),
+        (&["--workload", "delete", "--objects", "10"], &["delete"]),
+    ];
+    for (args, ops) in cases {
+        let r = osbench(&dev, args, &j);
+        for op in *ops {
+            let o = &r["ops"][op];
+            assert_eq!(o["errors"], 0, "{args:?}");
+            assert!(o["count"].as_u64().unwrap() > 0, "{args:?}: no {op}");
+            for p in ["p50", "p90", "p99", "p999", "max"] {
+                assert!(o["latency_ms"][p].as_f64().unwrap() > 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn osbench_disk_measures_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("disk.json");
+    let out = Command::new(binary("osbench"))
+        .args(["disk", "--size", "64MiB", "--random-seconds", "1", "--path"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&j)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    for k in ["write_mb_s", "read_mb_s", "rand_read_4k_iops"] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    assert!(
+        !dir.path().join(".osbench-disk").exists(),
+        "scratch file left behind"
+    );
+}
+
+#[test]
+fn osctl_status_and_versions() {
+    let dev = Dev::start(&[]);
+    dev.put("v", "1");
+    dev.put("v", "2");
+    let osctl = |args: &[&str]| {
+        Command::new(binary("osctl"))
+            .args(["--endpoint", &format!("http://{}", dev.http)])
+            .args(args)
+            .env("OSTORE_SECRET", &dev.secret)
+            .output()
+            .unwrap()
+    };
+    let out = osctl(&["--json", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["drives"], 6.0);
+    assert_eq!(s["drives_healthy"], 6.0);
+    let out = osctl(&["--json", "versions", "v"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    let out = osctl(&["versions", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = osctl(&["drain", "n1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(binary("osctl"))
+        .args(["--endpoint", &format!("http://{}", dev.http), "status"])
+        .env("OSTORE_SECRET", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
