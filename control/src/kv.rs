@@ -66,7 +66,7 @@ impl From<KvError> for BodyError {
 }
 
 /// A store: runs one attempt of a transaction body and commits it.
-pub trait Kv: Send + Sync + 'static {
+pub trait Kv {
     /// Begins a transaction, runs `body`, and commits if it returned `Ok` (read-only
     /// transactions just end). A body error rolls back.
     fn attempt(
@@ -74,6 +74,17 @@ pub trait Kv: Send + Sync + 'static {
         write: bool,
         body: &mut dyn FnMut(&mut dyn Tx) -> Result<(), BodyError>,
     ) -> Result<(), KvError>;
+
+    /// Group commit: runs `f` with a store whose write transactions may all be committed
+    /// together when `f` returns, and only then. A transaction body that fails is rolled back
+    /// alone. Stores without a cheaper way simply commit each transaction on its own.
+    fn write_batch(&self, f: &mut dyn FnMut(&dyn Kv)) -> Result<(), KvError> {
+        f(self.as_dyn());
+        Ok(())
+    }
+
+    /// `self` as a trait object (for the default `write_batch`).
+    fn as_dyn(&self) -> &dyn Kv;
 }
 
 /// An error a transaction body may return: either from the store or from the application.

@@ -18,6 +18,9 @@ type Entry<'a> = Result<
     redb::StorageError,
 >;
 
+/// redb's page cache; bounded so the server's memory does not grow with the metadata.
+pub const REDB_CACHE_BYTES: usize = 64 << 20;
+
 pub struct RedbKv {
     db: Database,
 }
@@ -29,7 +32,10 @@ fn storage<E: std::fmt::Display>(e: E) -> KvError {
 impl RedbKv {
     /// Opens or creates the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, KvError> {
-        let db = Database::create(path).map_err(storage)?;
+        let db = redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create(path)
+            .map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
         w.open_table(TABLE).map_err(storage)?;
         w.commit().map_err(storage)?;
@@ -149,7 +155,119 @@ fn body_result(r: Result<(), BodyError>) -> Result<(), KvError> {
     }
 }
 
+/// All write transactions of one group commit, inside one redb write transaction. Each body
+/// writes into an overlay (reads see the overlay first), applied to the shared transaction only
+/// if the body succeeds; a failed body leaves no trace.
+struct BatchKv {
+    txn: redb::WriteTransaction,
+}
+
+/// Buffered writes of one body: `None` is a deletion.
+struct OverlayTx<'a, 'b> {
+    base: &'a mut WriteTx<'b>,
+    writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Tx for OverlayTx<'_, '_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
+    }
+    fn get_range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        if begin >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let over: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .range::<[u8], _>((
+                std::ops::Bound::Included(begin),
+                std::ops::Bound::Excluded(end),
+            ))
+            .collect();
+        // Each overlay key hides at most one stored pair, so this many stored pairs suffice.
+        let stored = self
+            .base
+            .get_range(begin, end, limit.saturating_add(over.len()), reverse)?;
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = stored
+            .into_iter()
+            .filter(|(k, _)| !self.writes.contains_key(k))
+            .collect();
+        for (k, v) in over {
+            if let Some(v) = v {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        let out: Pairs = if reverse {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        };
+        Ok(out)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+    fn clear(&mut self, key: &[u8]) -> Result<(), KvError> {
+        self.writes.insert(key.to_vec(), None);
+        Ok(())
+    }
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        for (k, _) in self.get_range(begin, end, usize::MAX, false)? {
+            self.writes.insert(k, None);
+        }
+        Ok(())
+    }
+}
+
+impl Kv for BatchKv {
+    fn attempt(
+        &self,
+        _write: bool,
+        body: &mut dyn FnMut(&mut dyn Tx) -> Result<(), BodyError>,
+    ) -> Result<(), KvError> {
+        let table = self.txn.open_table(TABLE).map_err(storage)?;
+        let mut base = WriteTx { table };
+        let mut over = OverlayTx {
+            base: &mut base,
+            writes: Default::default(),
+        };
+        body_result(body(&mut over))?;
+        let writes = std::mem::take(&mut over.writes);
+        for (k, v) in writes {
+            match v {
+                Some(v) => base.set(&k, &v)?,
+                None => base.clear(&k)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn as_dyn(&self) -> &dyn Kv {
+        self
+    }
+}
+
 impl Kv for RedbKv {
+    fn write_batch(&self, f: &mut dyn FnMut(&dyn Kv)) -> Result<(), KvError> {
+        let w = self.db.begin_write().map_err(storage)?;
+        let batch = BatchKv { txn: w };
+        f(&batch);
+        batch.txn.commit().map_err(storage)
+    }
+
+    fn as_dyn(&self) -> &dyn Kv {
+        self
+    }
+
     fn attempt(
         &self,
         write: bool,
@@ -181,6 +299,52 @@ impl Kv for RedbKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_commit_rolls_back_only_the_failed_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&dir.path().join("m.redb")).unwrap();
+        kv.write_batch(&mut |b| {
+            b.attempt(true, &mut |tx| tx.set(b"a", b"1").map_err(Into::into))
+                .unwrap();
+            let r = b.attempt(true, &mut |tx| {
+                tx.set(b"b", b"2")?;
+                Err(BodyError::Abort)
+            });
+            assert_eq!(r, Err(KvError::Aborted));
+            b.attempt(true, &mut |tx| {
+                assert_eq!(
+                    tx.get(b"a")?,
+                    Some(b"1".to_vec()),
+                    "later bodies see earlier writes"
+                );
+                tx.set(b"c", b"3")?;
+                tx.set(b"d", b"4")?;
+                tx.clear(b"a")?;
+                let r = tx.get_range(b"a", b"z", 10, false)?;
+                assert_eq!(
+                    r,
+                    vec![
+                        (b"c".to_vec(), b"3".to_vec()),
+                        (b"d".to_vec(), b"4".to_vec())
+                    ]
+                );
+                let r = tx.get_range(b"a", b"z", 1, true)?;
+                assert_eq!(r, vec![(b"d".to_vec(), b"4".to_vec())]);
+                tx.clear(b"d").map_err(Into::into)
+            })
+            .unwrap();
+        })
+        .unwrap();
+        kv.attempt(false, &mut |tx| {
+            assert_eq!(tx.get(b"a")?, None);
+            assert_eq!(tx.get(b"b")?, None, "the failed body left a write behind");
+            assert_eq!(tx.get(b"c")?, Some(b"3".to_vec()));
+            assert_eq!(tx.get(b"d")?, None);
+            Ok(())
+        })
+        .unwrap();
+    }
 
     #[test]
     fn ordered_ranges_and_rollback() {

@@ -1,30 +1,61 @@
 //! Runs metadata writes on a dedicated thread so that the data plane's executors never block on
-//! a commit's fsync. Reads run on the caller's thread: they take a snapshot and never block.
+//! a commit's fsync, and commits them in groups: every write queued while the previous commit
+//! was in flight goes into the next one (one fsync for many requests). Reads run on the
+//! caller's thread: they take a snapshot and never block.
 
-use crate::kv::Kv;
+use crate::kv::{Kv, KvError};
+use crate::meta::MetaError;
 use std::sync::Arc;
 
-type Job = Box<dyn FnOnce(&dyn Kv) + Send>;
+/// Most writes one group commit carries.
+pub const GROUP_COMMIT_WRITES_MAX: usize = 256;
+
+type Reply = Box<dyn FnOnce(Result<(), KvError>) + Send>;
+type Job = Box<dyn FnOnce(&dyn Kv) -> Reply + Send>;
 
 /// A cheap, cloneable handle to the metadata store.
 #[derive(Clone)]
 pub struct Meta {
-    kv: Arc<dyn Kv>,
+    kv: Arc<dyn Kv + Send + Sync>,
     writes: flume::Sender<Job>,
+}
+
+fn writer(kv: Arc<dyn Kv + Send + Sync>, rx: flume::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_COMMIT_WRITES_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(jobs.len());
+        let r = kv.write_batch(&mut |b| {
+            for job in jobs.drain(..) {
+                replies.push(job(b));
+            }
+        });
+        if let Err(e) = &r {
+            tracing::error!(
+                "metadata group commit of {} writes failed: {e}",
+                replies.len()
+            );
+        }
+        // Answers go out only after the commit: nobody learns of a write that may not last.
+        for reply in replies {
+            reply(r.clone());
+        }
+    }
 }
 
 impl Meta {
     /// Starts the writer thread over `kv`. The thread ends when the last handle is dropped.
-    pub fn start(kv: Arc<dyn Kv>) -> Self {
+    pub fn start(kv: Arc<dyn Kv + Send + Sync>) -> Self {
         let (tx, rx) = flume::unbounded::<Job>();
         let worker = kv.clone();
         std::thread::Builder::new()
             .name("ostore-meta".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&*worker);
-                }
-            })
+            .spawn(move || writer(worker, rx))
             .expect("spawn metadata writer thread");
         Meta { kv, writes: tx }
     }
@@ -34,19 +65,32 @@ impl Meta {
         &*self.kv
     }
 
-    /// Runs `f` (a write transaction) on the writer thread and waits for its result without
-    /// blocking the calling executor.
+    /// Runs `f` (write transactions) on the writer thread and waits, without blocking the
+    /// calling executor, until its group is committed.
     pub async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn Kv) -> T + Send + 'static,
-    ) -> T {
+        f: impl FnOnce(&dyn Kv) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
         let (tx, rx) = futures_channel::oneshot::channel();
         let job: Job = Box::new(move |kv| {
-            let _ = tx.send(f(kv));
+            let out = f(kv);
+            Box::new(move |committed: Result<(), KvError>| {
+                let _ = tx.send(match (committed, out) {
+                    (Ok(()), out) => out,
+                    (Err(e), Ok(_)) => Err(MetaError::Kv(e)),
+                    (Err(_), Err(app)) => Err(app),
+                });
+            })
         });
-        self.writes
-            .send(job)
-            .expect("metadata writer thread is running");
-        rx.await.expect("metadata writer thread answered")
+        if self.writes.send(job).is_err() {
+            return Err(MetaError::Kv(KvError::Storage(
+                "the metadata writer has stopped".into(),
+            )));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(MetaError::Kv(KvError::Storage(
+                "the metadata writer dropped a write".into(),
+            )))
+        })
     }
 }
