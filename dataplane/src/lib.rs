@@ -9,5 +9,6 @@ pub mod drives;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod shardio;
 pub mod store;
 pub mod time;

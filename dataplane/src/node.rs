@@ -14,7 +14,7 @@ use ostore_control::service::Meta;
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,10 @@ pub struct Node {
     pub node_id: String,
     pub metrics: Metrics,
     pub stopping: AtomicBool,
+    /// Mesh peer id of each executor (usize::MAX until it joined).
+    peer_ids: Vec<AtomicUsize>,
+    /// Executors still serving clients; each keeps serving its drives to the others until 0.
+    serving: AtomicUsize,
     repair_tx: flume::Sender<[u8; 32]>,
     repair_rx: flume::Receiver<[u8; 32]>,
 }
@@ -312,6 +316,10 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         node_id: "dev".into(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
+        peer_ids: (0..opts.cores)
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
+        serving: AtomicUsize::new(opts.cores),
         repair_tx,
         repair_rx,
     });
@@ -333,13 +341,19 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut handles = Vec::new();
+    let mesh = crate::shardio::mesh(opts.cores);
     for core in 0..opts.cores {
         let node = node.clone();
         let bound_tx = bound_tx.clone();
+        let mesh = mesh.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(core % cpus))
             .name(&format!("ostore-core-{core}"));
         let h = builder
             .spawn(move || async move {
+                if let Err(e) = crate::shardio::join(mesh, core, &node.peer_ids).await {
+                    let _ = bound_tx.send(Err(anyhow::anyhow!("executor {core}: {e}")));
+                    return;
+                }
                 prime_iopoll_probe(&node).await;
                 let listener = match glommio::net::TcpListener::bind(http_addr) {
                     Ok(l) => {
@@ -355,7 +369,12 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
                     glommio::spawn_local(repair_worker(node.clone())).detach();
                     glommio::spawn_local(drive_watcher(node.clone())).detach();
                 }
-                crate::http::serve(node, listener).await;
+                crate::http::serve(node.clone(), listener).await;
+                // Keep serving this executor's drives until every executor has drained.
+                node.serving.fetch_sub(1, Ordering::SeqCst);
+                while node.serving.load(Ordering::SeqCst) > 0 {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
             })
             .map_err(|e| anyhow::anyhow!("starting executor {core}: {e}"))?;
         handles.push(h);

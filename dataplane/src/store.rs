@@ -5,9 +5,9 @@
 //! buffers between the network, the codec and the drives.
 
 use crate::node::Node;
+use crate::shardio::{ReadBuf, ShardFile};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use glommio::io::{DmaFile, OpenOptions, ReadResult};
 use ostore_control::meta::{self, MetaError, NewContent, PutOutcome, INLINE_BYTES_MAX};
 use ostore_control::records::{ContentRec, ShardLoc, Stored};
 use ostore_engine::codec::{Codec, CodecError};
@@ -49,17 +49,6 @@ pub enum StoreError {
     Codec(String),
 }
 
-impl From<glommio::GlommioError<()>> for StoreError {
-    fn from(e: glommio::GlommioError<()>) -> Self {
-        let io: std::io::Error = e.into();
-        if io.raw_os_error() == Some(libc::ENOSPC) || io.raw_os_error() == Some(libc::EDQUOT) {
-            StoreError::InsufficientStorage(io.to_string())
-        } else {
-            StoreError::Io(io)
-        }
-    }
-}
-
 impl From<CodecError> for StoreError {
     fn from(e: CodecError) -> Self {
         match e {
@@ -97,7 +86,7 @@ pub struct Committed {
 
 /// Writes one set of shard files (all K+M for a PUT, or some for a repair).
 struct ShardWriter {
-    files: Vec<DmaFile>,
+    files: Vec<ShardFile>,
     bufs: Vec<Rc<glommio::io::DmaBuffer>>,
 }
 
@@ -106,19 +95,14 @@ impl ShardWriter {
         let mut files = Vec::with_capacity(locs.len());
         for loc in locs {
             let path = node.drive(loc.drive).shard_path(loc);
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .dma_open(&path)
-                .await
-            {
+            match ShardFile::open(loc.drive, &path, true).await {
                 Ok(f) => files.push(f),
                 Err(e) => {
                     for f in files {
-                        let _ = f.remove().await;
+                        f.close().await;
                     }
-                    return Err(e.into());
+                    remove_files(node, locs).await;
+                    return Err(io_error(e));
                 }
             }
         }
@@ -141,26 +125,22 @@ impl ShardWriter {
         if bytes == 0 {
             return Ok(());
         }
-        let full = self.bufs[0].len();
-        let writes = self.files.iter().zip(self.bufs.iter_mut()).map(|(f, b)| {
-            let buf = if bytes < full {
-                // The final, shorter batch: write exactly the blocks.
-                let mut fresh = glommio::allocate_dma_buffer(bytes);
-                fresh.as_bytes_mut().copy_from_slice(&b.as_bytes()[..bytes]);
-                Rc::new(fresh)
-            } else {
-                b.clone()
-            };
-            async move {
-                let n = f.write_rc_at(buf, block_offset(first_block)).await?;
+        let writes = self
+            .files
+            .iter()
+            .zip(self.bufs.iter())
+            .map(|(f, b)| async move {
+                let n = f
+                    .write_at(b, bytes, block_offset(first_block))
+                    .await
+                    .map_err(io_error)?;
                 if n != bytes {
                     return Err(StoreError::Io(std::io::Error::other(format!(
                         "short write {n} of {bytes}"
                     ))));
                 }
                 Ok(())
-            }
-        });
+            });
         for r in join_all(writes).await {
             r?;
         }
@@ -172,8 +152,10 @@ impl ShardWriter {
         let writes = self.files.iter().zip(headers).map(|(f, h)| async move {
             let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
             h.encode(buf.as_bytes_mut());
-            f.write_at(buf, 0).await?;
-            f.fdatasync().await?;
+            f.write_at(&Rc::new(buf), HEADER_BYTES, 0)
+                .await
+                .map_err(io_error)?;
+            f.fdatasync().await.map_err(io_error)?;
             Ok::<_, StoreError>(())
         });
         for r in join_all(writes).await {
@@ -184,8 +166,17 @@ impl ShardWriter {
 
     async fn close(self) {
         for f in self.files {
-            let _ = f.close().await;
+            f.close().await;
         }
+    }
+}
+
+/// Maps drive errors: a full disk is the client-visible 507.
+fn io_error(e: std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        StoreError::InsufficientStorage(e.to_string())
+    } else {
+        StoreError::Io(e)
     }
 }
 
@@ -404,7 +395,7 @@ pub struct ShardReader {
     blake3: [u8; 32],
     geo: Geometry,
     locs: Vec<ShardLoc>,
-    files: Vec<Option<Option<Rc<DmaFile>>>>,
+    files: Vec<Option<Option<Rc<ShardFile>>>>,
     codec: Codec,
     /// Shards found bad (missing, unreadable or corrupt) so far.
     pub bad: Vec<bool>,
@@ -417,7 +408,7 @@ pub struct ShardReader {
 struct Batch {
     s0: u64,
     n: u64,
-    reads: Vec<Option<ReadResult>>,
+    reads: Vec<Option<ReadBuf>>,
 }
 
 impl ShardReader {
@@ -453,16 +444,17 @@ impl ShardReader {
         self.geo
     }
 
-    async fn file(&mut self, i: usize) -> Option<Rc<DmaFile>> {
+    async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
         if self.files[i].is_none() {
             let loc = self.locs[i];
             let path = self.node.drive(loc.drive).shard_path(&loc);
-            let f = OpenOptions::new()
-                .read(true)
-                .dma_open(&path)
-                .await
-                .ok()
-                .map(Rc::new);
+            let f = match ShardFile::open(loc.drive, &path, false).await {
+                Ok(f) => Some(Rc::new(f)),
+                Err(e) => {
+                    tracing::debug!("opening shard {}: {e}", path.display());
+                    None
+                }
+            };
             if f.is_none() {
                 self.bad[i] = true;
             }
@@ -475,9 +467,9 @@ impl ShardReader {
         ((n - 1) as usize) * BLOCK_BYTES + self.geo.block_len(s0 + n - 1)
     }
 
-    async fn read_shard(&mut self, i: usize, s0: u64, n: u64) -> Option<ReadResult> {
+    async fn read_shard(&mut self, i: usize, s0: u64, n: u64) -> Option<ReadBuf> {
         let f = self.file(i).await?;
-        match f.read_at_aligned(block_offset(s0), self.span(s0, n)).await {
+        match f.read_at(block_offset(s0), self.span(s0, n)).await {
             Ok(r) if r.len() == self.span(s0, n) => Some(r),
             _ => {
                 self.bad[i] = true;
@@ -486,7 +478,7 @@ impl ShardReader {
         }
     }
 
-    fn verify<'r>(&self, r: &'r ReadResult, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
+    fn verify<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
         let at = ((s - s0) as usize) * BLOCK_BYTES;
         let blk = &r[at..at + self.geo.block_len(s)];
         open_block(
@@ -499,13 +491,13 @@ impl ShardReader {
     }
 
     async fn read_batch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> Batch {
-        let mut reads: Vec<Option<ReadResult>> = (0..self.locs.len()).map(|_| None).collect();
+        let mut reads: Vec<Option<ReadBuf>> = (0..self.locs.len()).map(|_| None).collect();
         let mut futs = Vec::new();
         for i in shards.clone() {
             if let Some(f) = self.file(i).await {
                 let span = self.span(s0, n);
                 futs.push(async move {
-                    let r = f.read_at_aligned(block_offset(s0), span).await;
+                    let r = f.read_at(block_offset(s0), span).await;
                     match &r {
                         Err(e) => tracing::warn!("reading shard {i}: {e}"),
                         Ok(r) if r.len() != span => {
@@ -662,7 +654,7 @@ impl ShardReader {
         for slot in self.files.iter_mut() {
             if let Some(Some(f)) = slot.take() {
                 if let Ok(f) = Rc::try_unwrap(f) {
-                    let _ = f.close().await;
+                    f.close().await;
                 }
             }
         }

@@ -373,3 +373,27 @@ fn sigterm_exits_cleanly_and_restart_finds_everything() {
     dev.restart();
     assert!(dev.get_bytes("keep").1 == body);
 }
+
+#[test]
+fn any_executor_count_serves_the_same_bytes() {
+    // Drives belong to executors (drive % cores); requests land on any executor, so shard I/O
+    // crosses executors whenever cores > 1.
+    for cores in ["1", "3"] {
+        let dev = Dev::start(&["--cores", cores]);
+        let body = random_bytes(77, 1_500_000);
+        assert_eq!(dev.put("x", body.clone()).status(), 201);
+        for _ in 0..6 {
+            let fresh = reqwest::blocking::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let r = fresh
+                .get(dev.url("/objects/x"))
+                .bearer_auth(&dev.secret)
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200, "--cores {cores}");
+            assert!(r.bytes().unwrap() == body, "--cores {cores}");
+        }
+    }
+}

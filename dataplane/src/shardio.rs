@@ -1,0 +1,318 @@
+//! Shard file I/O, done by the executor that owns the drive.
+//!
+//! Drive `d` belongs to executor `d % cores`. An executor opens, writes, reads and syncs files
+//! only on its own drives, through its own io_uring; for a drive it does not own it sends the
+//! operation over glommio's channel mesh to the owner and awaits the answer. The local path is
+//! zero-copy (the DMA buffer goes to the kernel as is); the remote path copies the bytes once
+//! each way into a plain buffer, because DMA buffers belong to one executor.
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Operations in flight from one executor to another, per direction.
+pub const MESH_CHANNEL_OPS_MAX: usize = 1024;
+
+type Reply<T> = futures_channel::oneshot::Sender<io::Result<T>>;
+
+/// What one executor asks the owner of a drive to do.
+pub enum Op {
+    Open {
+        path: PathBuf,
+        create: bool,
+        reply: Reply<u64>,
+    },
+    Write {
+        handle: u64,
+        pos: u64,
+        data: Vec<u8>,
+        reply: Reply<usize>,
+    },
+    Read {
+        handle: u64,
+        pos: u64,
+        len: usize,
+        reply: Reply<Vec<u8>>,
+    },
+    Sync {
+        handle: u64,
+        reply: Reply<()>,
+    },
+    Close {
+        handle: u64,
+    },
+}
+
+pub type Mesh = MeshBuilder<Op, Full>;
+
+pub fn mesh(cores: usize) -> Mesh {
+    MeshBuilder::full(cores, MESH_CHANNEL_OPS_MAX)
+}
+
+/// This executor's place in the mesh.
+struct Core {
+    index: usize,
+    /// Mesh peer id of each executor, by executor index.
+    peers: Vec<usize>,
+    senders: Senders<Op>,
+    /// Files this executor opened on behalf of others.
+    files: RefCell<HashMap<u64, Rc<DmaFile>>>,
+    next_handle: Cell<u64>,
+}
+
+thread_local! {
+    static CORE: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+fn core() -> Rc<Core> {
+    CORE.with(|c| c.borrow().clone())
+        .expect("shard I/O used outside a joined executor")
+}
+
+fn gio(e: glommio::GlommioError<()>) -> io::Error {
+    e.into()
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the executor owning this drive has stopped")
+}
+
+/// Joins the mesh as executor `index` of `peer_ids.len()`; returns when every executor has
+/// joined. Serves the operations other executors send for this executor's drives.
+pub async fn join(mesh: Mesh, index: usize, peer_ids: &[AtomicUsize]) -> io::Result<()> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| io::Error::other("joining the executor mesh"))?;
+    peer_ids[index].store(senders.peer_id(), Ordering::SeqCst);
+    // Every peer records its id right after joining; wait until all have.
+    while peer_ids
+        .iter()
+        .any(|p| p.load(Ordering::SeqCst) == usize::MAX)
+    {
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let peers = peer_ids.iter().map(|p| p.load(Ordering::SeqCst)).collect();
+    let core = Rc::new(Core {
+        index,
+        peers,
+        senders,
+        files: RefCell::new(HashMap::new()),
+        next_handle: Cell::new(1),
+    });
+    CORE.with(|c| *c.borrow_mut() = Some(core.clone()));
+    for (_, rx) in receivers.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(op) = rx.recv().await {
+                glommio::spawn_local(serve(core.clone(), op)).detach();
+            }
+        })
+        .detach();
+    }
+    Ok(())
+}
+
+async fn open_local(path: &Path, create: bool) -> io::Result<DmaFile> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if create {
+        o.write(true).create_new(true);
+    }
+    o.dma_open(path).await.map_err(gio)
+}
+
+async fn serve(core: Rc<Core>, op: Op) {
+    let file = |h: u64| {
+        core.files
+            .borrow()
+            .get(&h)
+            .cloned()
+            .ok_or_else(|| io::Error::other("unknown shard handle"))
+    };
+    match op {
+        Op::Open {
+            path,
+            create,
+            reply,
+        } => {
+            let r = open_local(&path, create).await.map(|f| {
+                let h = core.next_handle.get();
+                core.next_handle.set(h + 1);
+                core.files.borrow_mut().insert(h, Rc::new(f));
+                h
+            });
+            let _ = reply.send(r);
+        }
+        Op::Write {
+            handle,
+            pos,
+            data,
+            reply,
+        } => {
+            let r = async {
+                let f = file(handle)?;
+                let mut buf = f.alloc_dma_buffer(data.len());
+                buf.as_bytes_mut().copy_from_slice(&data);
+                f.write_at(buf, pos).await.map_err(gio)
+            }
+            .await;
+            let _ = reply.send(r);
+        }
+        Op::Read {
+            handle,
+            pos,
+            len,
+            reply,
+        } => {
+            let r = async {
+                let f = file(handle)?;
+                let rr = f.read_at_aligned(pos, len).await.map_err(gio)?;
+                Ok(rr.to_vec())
+            }
+            .await;
+            let _ = reply.send(r);
+        }
+        Op::Sync { handle, reply } => {
+            let r = async { file(handle)?.fdatasync().await.map_err(gio) }.await;
+            let _ = reply.send(r);
+        }
+        Op::Close { handle } => {
+            let f = core.files.borrow_mut().remove(&handle);
+            if let Some(f) = f.and_then(|f| Rc::try_unwrap(f).ok()) {
+                let _ = f.close().await;
+            }
+        }
+    }
+}
+
+/// Index of the executor owning `drive`.
+pub fn owner_of(drive: u16) -> usize {
+    drive as usize % core().peers.len()
+}
+
+/// A shard file, local to this executor or held by the drive's owner.
+pub enum ShardFile {
+    Local(Rc<DmaFile>),
+    Remote { peer: usize, handle: u64 },
+}
+
+/// Bytes read from a shard file.
+pub enum ReadBuf {
+    Dma(ReadResult),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for ReadBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBuf::Dma(r) => r,
+            ReadBuf::Heap(v) => v,
+        }
+    }
+}
+
+async fn ask<T>(peer: usize, make: impl FnOnce(Reply<T>) -> Op) -> io::Result<T> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    core()
+        .senders
+        .send_to(peer, make(tx))
+        .await
+        .map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
+}
+
+impl ShardFile {
+    /// Opens (or with `create`, creates a new) shard file on `drive`.
+    pub async fn open(drive: u16, path: &Path, create: bool) -> io::Result<ShardFile> {
+        let c = core();
+        let owner = drive as usize % c.peers.len();
+        if owner == c.index {
+            return Ok(ShardFile::Local(Rc::new(open_local(path, create).await?)));
+        }
+        let peer = c.peers[owner];
+        let path = path.to_path_buf();
+        let handle = ask(peer, |reply| Op::Open {
+            path,
+            create,
+            reply,
+        })
+        .await?;
+        Ok(ShardFile::Remote { peer, handle })
+    }
+
+    /// Writes `buf[..len]` at `pos` (both aligned).
+    pub async fn write_at(&self, buf: &Rc<DmaBuffer>, len: usize, pos: u64) -> io::Result<usize> {
+        match self {
+            ShardFile::Local(f) if len == buf.len() => {
+                f.write_rc_at(buf.clone(), pos).await.map_err(gio)
+            }
+            ShardFile::Local(f) => {
+                let mut b = f.alloc_dma_buffer(len);
+                b.as_bytes_mut().copy_from_slice(&buf.as_bytes()[..len]);
+                f.write_at(b, pos).await.map_err(gio)
+            }
+            ShardFile::Remote { peer, handle } => {
+                let data = buf.as_bytes()[..len].to_vec();
+                ask(*peer, |reply| Op::Write {
+                    handle: *handle,
+                    pos,
+                    data,
+                    reply,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `pos` (both aligned).
+    pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadBuf> {
+        match self {
+            ShardFile::Local(f) => f
+                .read_at_aligned(pos, len)
+                .await
+                .map(ReadBuf::Dma)
+                .map_err(gio),
+            ShardFile::Remote { peer, handle } => ask(*peer, |reply| Op::Read {
+                handle: *handle,
+                pos,
+                len,
+                reply,
+            })
+            .await
+            .map(ReadBuf::Heap),
+        }
+    }
+
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        match self {
+            ShardFile::Local(f) => f.fdatasync().await.map_err(gio),
+            ShardFile::Remote { peer, handle } => {
+                ask(*peer, |reply| Op::Sync {
+                    handle: *handle,
+                    reply,
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            ShardFile::Local(f) => {
+                if let Ok(f) = Rc::try_unwrap(f) {
+                    let _ = f.close().await;
+                }
+            }
+            ShardFile::Remote { peer, handle } => {
+                let _ = core().senders.send_to(peer, Op::Close { handle }).await;
+            }
+        }
+    }
+}
