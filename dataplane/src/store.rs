@@ -12,6 +12,7 @@ use ostore_control::meta::{self, MetaError, NewContent, PutOutcome, INLINE_BYTES
 use ostore_control::records::{ContentRec, ShardLoc, Stored};
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::placement::{self, DriveView};
+use ostore_engine::read::{next_action, BlockState, StripeAction};
 use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
 use ostore_engine::{EcParams, Geometry};
 use ostore_wire::shard::{block_offset, open_block, ShardHeader, BLOCK_BYTES, HEADER_BYTES};
@@ -409,6 +410,8 @@ struct Batch {
     s0: u64,
     n: u64,
     reads: Vec<Option<ReadBuf>>,
+    /// Shards whose read was attempted (a `None` read then means unreadable).
+    tried: Vec<bool>,
 }
 
 impl ShardReader {
@@ -515,7 +518,16 @@ impl ShardReader {
             }
             reads[i] = r;
         }
-        Batch { s0, n, reads }
+        let mut tried = vec![false; self.locs.len()];
+        for t in &mut tried[shards] {
+            *t = true;
+        }
+        Batch {
+            s0,
+            n,
+            reads,
+            tried,
+        }
     }
 
     /// The verified payloads of stripe `s` for shards `want`, borrowed from the batch, if every
@@ -543,48 +555,51 @@ impl ShardReader {
         want: Range<usize>,
     ) -> Result<Vec<Vec<u8>>> {
         let total = self.locs.len();
-        let mut ok = vec![false; total];
-        for (i, flag) in ok.iter_mut().enumerate() {
-            if let Some(r) = &batch.reads[i] {
-                *flag = self.verify(r, i, batch.s0, s).is_some();
-                if !*flag {
+        loop {
+            let states: Vec<BlockState> = (0..total)
+                .map(|i| match &batch.reads[i] {
+                    Some(r) if self.verify(r, i, batch.s0, s).is_some() => BlockState::Good,
+                    Some(_) => BlockState::Bad,
+                    None if batch.tried[i] => BlockState::Bad,
+                    None => BlockState::Unread,
+                })
+                .collect();
+            for (i, st) in states.iter().enumerate() {
+                if *st == BlockState::Bad {
                     self.bad[i] = true;
                 }
             }
-        }
-        if want.clone().all(|i| ok[i]) {
-            return Ok(want
-                .clone()
-                .map(|i| {
-                    self.verify(batch.reads[i].as_ref().expect("ok"), i, batch.s0, s)
-                        .expect("ok")
-                        .to_vec()
-                })
-                .collect());
-        }
-        // Degraded: make sure every shard of the batch has been tried.
-        #[allow(clippy::needless_range_loop)]
-        for i in 0..total {
-            if batch.reads[i].is_none() && !self.bad[i] {
-                batch.reads[i] = self.read_shard(i, batch.s0, batch.n).await;
-                if let Some(r) = &batch.reads[i] {
-                    ok[i] = self.verify(r, i, batch.s0, s).is_some();
-                    if !ok[i] {
-                        self.bad[i] = true;
+            let payload = |i: usize| -> Vec<u8> {
+                let r = batch.reads[i].as_ref().expect("good shard was read");
+                self.verify(r, i, batch.s0, s)
+                    .expect("good shard verifies")
+                    .to_vec()
+            };
+            match next_action(self.geo.ec, want.clone(), &states) {
+                StripeAction::Serve => return Ok(want.map(payload).collect()),
+                StripeAction::Read(list) => {
+                    for i in list {
+                        batch.reads[i] = self.read_shard(i, batch.s0, batch.n).await;
+                        batch.tried[i] = true;
                     }
+                }
+                StripeAction::Reconstruct => {
+                    let c = self.geo.chunk_bytes(s);
+                    let present: Vec<bool> =
+                        states.iter().map(|st| *st == BlockState::Good).collect();
+                    let mut chunks: Vec<Vec<u8>> = (0..total)
+                        .map(|i| if present[i] { payload(i) } else { vec![0; c] })
+                        .collect();
+                    let mut refs: Vec<&mut [u8]> =
+                        chunks.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    self.codec.reconstruct(&mut refs, &present)?;
+                    return Ok(chunks.drain(want).collect());
+                }
+                StripeAction::Insufficient { have, need } => {
+                    return Err(StoreError::InsufficientShards { have, need })
                 }
             }
         }
-        let c = self.geo.chunk_bytes(s);
-        let mut chunks: Vec<Vec<u8>> = (0..total)
-            .map(|i| match (&batch.reads[i], ok[i]) {
-                (Some(r), true) => self.verify(r, i, batch.s0, s).expect("verified").to_vec(),
-                _ => vec![0; c],
-            })
-            .collect();
-        let mut refs: Vec<&mut [u8]> = chunks.iter_mut().map(|v| v.as_mut_slice()).collect();
-        self.codec.reconstruct(&mut refs, &ok)?;
-        Ok(chunks.drain(want).collect())
     }
 
     /// Restricts the bytes [`ShardReader::next`] returns to `range`.
@@ -709,33 +724,26 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         return Ok(0);
     }
     // Choose where the rebuilt shards go.
-    let good_drives: Vec<u16> = (0..total)
-        .filter(|i| !reader.bad[*i])
-        .map(|i| reader.locs[i].drive)
-        .collect();
-    let mut views = drive_views(node);
-    let mut new_locs = Vec::new();
+    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+    let drives = placement::replacements(
+        &drive_views(node),
+        &current,
+        &bad,
+        geo.shard_file_bytes(),
+        rand::random(),
+    )
+    .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
     let upload_id: u64 = rand::random();
-    for &i in &bad {
-        let old = reader.locs[i];
-        let mut taken = good_drives.clone();
-        taken.extend(new_locs.iter().map(|l: &ShardLoc| l.drive));
-        let same_ok =
-            views.iter().any(|v| v.id == old.drive && v.healthy) && !taken.contains(&old.drive);
-        let drive = if same_ok {
-            old.drive
-        } else {
-            placement::place(&views, 1, geo.shard_file_bytes(), rand::random(), &taken)
-                .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?[0]
-        };
-        views.retain(|v| v.id != drive || drive == old.drive);
-        new_locs.push(ShardLoc {
-            index: old.index,
+    let new_locs: Vec<ShardLoc> = bad
+        .iter()
+        .zip(drives)
+        .map(|(&i, drive)| ShardLoc {
+            index: reader.locs[i].index,
             drive,
             file_id: upload_id,
             file_tag: rand::random(),
-        });
-    }
+        })
+        .collect();
     let l2 = new_locs.clone();
     node.meta
         .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))

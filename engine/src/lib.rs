@@ -8,6 +8,7 @@ pub mod codec;
 pub mod geometry;
 pub mod placement;
 pub mod range;
+pub mod read;
 pub mod stripe;
 
 pub use geometry::{EcParams, Geometry};

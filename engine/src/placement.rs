@@ -92,3 +92,74 @@ mod tests {
         assert!(!place(&d, 5, 10, 0, &[3]).unwrap().contains(&3));
     }
 }
+
+/// Where to rebuild the shards in `bad` (positions into `current`, the drive of every shard of
+/// one object): back on the same drive when it is healthy and holds no other shard of the
+/// object, else on another healthy drive with room, never one already holding a shard of it.
+pub fn replacements(
+    drives: &[DriveView],
+    current: &[u16],
+    bad: &[usize],
+    shard_bytes: u64,
+    spread: u64,
+) -> Result<Vec<u16>, PlacementError> {
+    let mut taken: Vec<u16> = (0..current.len())
+        .filter(|i| !bad.contains(i))
+        .map(|i| current[i])
+        .collect();
+    // First every shard that can go home does; then the others are placed around them.
+    let mut out: Vec<Option<u16>> = vec![None; bad.len()];
+    for (slot, &i) in bad.iter().enumerate() {
+        let old = current[i];
+        let home_ok = drives
+            .iter()
+            .any(|d| d.id == old && d.healthy && d.free_bytes >= shard_bytes);
+        if home_ok && !taken.contains(&old) {
+            taken.push(old);
+            out[slot] = Some(old);
+        }
+    }
+    for (slot, &i) in bad.iter().enumerate() {
+        if out[slot].is_none() {
+            let d = place(
+                drives,
+                1,
+                shard_bytes,
+                spread.wrapping_add(i as u64),
+                &taken,
+            )?[0];
+            taken.push(d);
+            out[slot] = Some(d);
+        }
+    }
+    Ok(out.into_iter().map(|d| d.expect("assigned")).collect())
+}
+
+#[cfg(test)]
+mod replacement_tests {
+    use super::*;
+
+    #[test]
+    fn same_drive_when_possible_else_a_fresh_one() {
+        let mut d: Vec<DriveView> = (0..8)
+            .map(|id| DriveView {
+                id,
+                free_bytes: 1 << 40,
+                healthy: true,
+            })
+            .collect();
+        assert_eq!(
+            replacements(&d, &[0, 1, 2, 3, 4, 5], &[1, 4], 10, 0).unwrap(),
+            vec![1, 4]
+        );
+        d[1].healthy = false;
+        let r = replacements(&d, &[0, 1, 2, 3, 4, 5], &[1, 4], 10, 0).unwrap();
+        assert_eq!(r[1], 4);
+        assert!(r[0] == 6 || r[0] == 7);
+        // Two shards on one drive (degraded placement): the second moves away.
+        let r = replacements(&d, &[0, 0, 2, 3, 4, 5], &[1], 10, 0).unwrap();
+        assert!(r[0] != 0 && ![2, 3, 4, 5].contains(&r[0]));
+        d.truncate(6);
+        assert!(replacements(&d, &[0, 1, 2, 3, 4, 5], &[1], 10, 0).is_err());
+    }
+}
