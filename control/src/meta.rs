@@ -464,35 +464,54 @@ pub fn content(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<Option<ContentRec>> {
     run(kv, false, |tx| get(tx, &keys::content(blake3)))
 }
 
-/// Moves shard `index` of a content to a new location (after repair wrote it there).
-/// Returns the old location, whose file the caller deletes. Idempotent.
-pub fn replace_shard(
+/// Points a content at its rebuilt shards `new`, all in one transaction, and turns the repair's
+/// intent into the list of files no longer referenced (the old copies; or the new ones, if the
+/// content went away meanwhile). Returns that list: the caller deletes the files, then ends the
+/// intent. A crash in between leaves the intent, and start-up deletes them. Idempotent.
+pub fn replace_shards(
     kv: &dyn Kv,
     blake3: &[u8; 32],
-    new: ShardLoc,
+    new: &[ShardLoc],
     intent: u64,
-) -> Result<Option<ShardLoc>> {
+) -> Result<Vec<ShardLoc>> {
     run(kv, true, |tx| {
-        let ck = keys::content(blake3);
-        let Some(mut c): Option<ContentRec> = get(tx, &ck)? else {
-            return Ok(None);
-        };
-        let Stored::Sharded { shards, .. } = &mut c.stored else {
-            return Ok(None);
-        };
-        let Some(slot) = shards.iter_mut().find(|s| s.index == new.index) else {
-            return Ok(None);
-        };
-        let old = *slot;
-        if old == new {
-            return Ok(None);
+        let ik = keys::intent(intent);
+        let mut rec: IntentRec = get(tx, &ik)?.ok_or(MetaError::NoSuchUpload)?;
+        if matches!(rec.state, IntentState::Committed { .. }) {
+            return Ok(rec.shards);
         }
-        *slot = new;
-        tx.clear(&keys::drive_shard(old.drive, blake3, old.index))?;
-        tx.set(&keys::drive_shard(new.drive, blake3, new.index), &[])?;
-        put(tx, &ck, &c)?;
-        tx.clear(&keys::intent(intent))?;
-        Ok(Some(old))
+        let ck = keys::content(blake3);
+        let mut content: Option<ContentRec> = get(tx, &ck)?;
+        let mut garbage = Vec::new();
+        match content.as_mut().map(|c| &mut c.stored) {
+            Some(Stored::Sharded { shards, .. }) => {
+                for n in new {
+                    match shards.iter_mut().find(|s| s.index == n.index) {
+                        Some(slot) if *slot != *n => {
+                            let old = *slot;
+                            *slot = *n;
+                            tx.clear(&keys::drive_shard(old.drive, blake3, old.index))?;
+                            tx.set(&keys::drive_shard(n.drive, blake3, n.index), &[])?;
+                            garbage.push(old);
+                        }
+                        Some(_) => {}
+                        None => garbage.push(*n),
+                    }
+                }
+            }
+            _ => garbage.extend_from_slice(new),
+        }
+        if let Some(c) = &content {
+            put(tx, &ck, c)?;
+        }
+        rec.shards = garbage.clone();
+        rec.state = IntentState::Committed {
+            version: 0,
+            created_ms: 0,
+            adopted: false,
+        };
+        put(tx, &ik, &rec)?;
+        Ok(garbage)
     })
 }
 
@@ -684,6 +703,55 @@ mod tests {
             commit_put(&kv, "default", "k", Some(8), &c, 3),
             Err(MetaError::NoSuchUpload)
         ));
+    }
+
+    #[test]
+    fn replacing_shards_is_atomic_and_idempotent() {
+        let (_d, kv) = kv();
+        let old: Vec<ShardLoc> = (0..3)
+            .map(|i| ShardLoc {
+                index: i,
+                drive: i as u16,
+                file_id: 1,
+                file_tag: 1,
+            })
+            .collect();
+        begin_intent(&kv, 1, &old, 1).unwrap();
+        let c = NewContent {
+            blake3: [5; 32],
+            size_bytes: 100_000,
+            stored: Stored::Sharded {
+                data: 2,
+                parity: 1,
+                shards: old.clone(),
+            },
+        };
+        commit_put(&kv, "default", "k", Some(1), &c, 2).unwrap();
+        end_intent(&kv, 1).unwrap();
+        let new = [ShardLoc {
+            index: 1,
+            drive: 7,
+            file_id: 2,
+            file_tag: 9,
+        }];
+        begin_intent(&kv, 2, &new, 3).unwrap();
+        let g1 = replace_shards(&kv, &[5; 32], &new, 2).unwrap();
+        let g2 = replace_shards(&kv, &[5; 32], &new, 2).unwrap();
+        assert_eq!(g1, vec![old[1]]);
+        assert_eq!(g1, g2, "a retry returns the same files to delete");
+        let Stored::Sharded { shards, .. } = content(&kv, &[5; 32]).unwrap().unwrap().stored else {
+            panic!()
+        };
+        assert_eq!(shards[1], new[0]);
+        assert_eq!(shards_on_drive(&kv, 1, None, 10).unwrap(), vec![]);
+        assert_eq!(
+            shards_on_drive(&kv, 7, None, 10).unwrap(),
+            vec![([5; 32], 1)]
+        );
+        // Until the caller ends it, the intent names the old file, so start-up would delete it.
+        let left = intents(&kv).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.shards, vec![old[1]]);
     }
 
     #[test]

@@ -758,18 +758,12 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
             .await;
         return Err(e);
     }
-    for loc in &new_locs {
-        let l = *loc;
-        let old = node
-            .meta
-            .write(move |kv| meta::replace_shard(kv, &blake3, l, upload_id))
-            .await?;
-        if let Some(old) = old {
-            if old.file_id != l.file_id || old.drive != l.drive {
-                remove_files(node, &[old]).await;
-            }
-        }
-    }
+    let l2 = new_locs.clone();
+    let garbage = node
+        .meta
+        .write(move |kv| meta::replace_shards(kv, &blake3, &l2, upload_id))
+        .await?;
+    remove_files(node, &garbage).await;
     let _ = node
         .meta
         .write(move |kv| meta::end_intent(kv, upload_id))
