@@ -4,7 +4,8 @@
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -171,7 +172,11 @@ struct Plan {
     seq: Arc<AtomicU64>,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// Request bodies: a few shared `Bytes` pieces sent without copying.
+type ReqBody = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+>;
+type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 async fn connect(host: &str) -> anyhow::Result<Sender> {
     let stream = monoio::net::TcpStream::connect(host)
@@ -187,15 +192,15 @@ async fn connect(host: &str) -> anyhow::Result<Sender> {
     Ok(send)
 }
 
-/// Object contents: a shared random buffer with the first 16 bytes made unique per object, so
-/// every PUT carries new content (no dedup) without generating fresh bytes.
-fn body_for(base: &Bytes, n: u64, size: usize) -> Bytes {
-    let mut v = Vec::with_capacity(size);
+/// Object contents: a shared random buffer whose first 16 bytes are made unique per object, so
+/// every PUT carries new content (no dedup) without generating or copying fresh bytes.
+fn body_for(base: &Bytes, n: u64, size: usize) -> Vec<Bytes> {
     let tag = blake3::hash(&n.to_le_bytes());
     let head = size.min(16);
-    v.extend_from_slice(&tag.as_bytes()[..head]);
-    v.extend_from_slice(&base[head..size]);
-    Bytes::from(v)
+    vec![
+        Bytes::copy_from_slice(&tag.as_bytes()[..head]),
+        base.slice(head..size),
+    ]
 }
 
 async fn request(
@@ -203,15 +208,24 @@ async fn request(
     plan: &Plan,
     method: http::Method,
     path: &str,
-    body: Bytes,
+    body: Vec<Bytes>,
 ) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)> {
     send.ready().await?;
-    let req = http::Request::builder()
+    let len: usize = body.iter().map(|b| b.len()).sum();
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = body
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| Ok(Frame::data(b)))
+        .collect();
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
         .header(http::header::HOST, &plan.host)
-        .header(http::header::AUTHORIZATION, &plan.auth)
-        .body(Full::new(body))?;
+        .header(http::header::AUTHORIZATION, &plan.auth);
+    if len > 0 {
+        req = req.header(http::header::CONTENT_LENGTH, len);
+    }
+    let req = req.body(StreamBody::new(futures_util::stream::iter(frames)))?;
     let resp = send.send_request(req).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -287,7 +301,7 @@ async fn worker(
                     &plan,
                     http::Method::GET,
                     &format!("/objects/{}/{i}", plan.prefix),
-                    Bytes::new(),
+                    Vec::new(),
                 )
                 .await;
                 match r {
@@ -311,7 +325,7 @@ async fn worker(
                     &plan,
                     http::Method::DELETE,
                     &format!("/objects/{}/{}", plan.prefix, n % plan.objects),
-                    Bytes::new(),
+                    Vec::new(),
                 )
                 .await;
                 (matches!(&r, Ok((s, _, _)) if s.as_u16() == 204), 0)
@@ -322,7 +336,7 @@ async fn worker(
                     &plan,
                     http::Method::GET,
                     &format!("/objects?prefix={}/&limit=1000", plan.prefix),
-                    Bytes::new(),
+                    Vec::new(),
                 )
                 .await;
                 (matches!(&r, Ok((s, _, _)) if s.as_u16() == 200), 0)

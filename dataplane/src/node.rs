@@ -46,6 +46,18 @@ impl Node {
         f(self.meta.kv())
     }
 
+    /// Forgets an intent without waiting for the commit: the intent is bookkeeping whose files
+    /// are already referenced or deleted, and a restart that still finds it does the same.
+    pub fn end_intent_later(&self, id: u64) {
+        let meta = self.meta.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = meta.write(move |kv| meta::end_intent(kv, id)).await {
+                tracing::warn!("ending intent {id:016x}: {e}");
+            }
+        })
+        .detach();
+    }
+
     /// Queues a content for repair, durably, and wakes the repair worker.
     pub async fn queue_repair(&self, blake3: [u8; 32]) {
         let r = self

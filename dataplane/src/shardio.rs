@@ -43,6 +43,11 @@ pub enum Op {
         handle: u64,
         reply: Reply<()>,
     },
+    Allocate {
+        handle: u64,
+        bytes: u64,
+        reply: Reply<()>,
+    },
     Close {
         handle: u64,
     },
@@ -182,6 +187,14 @@ async fn serve(core: Rc<Core>, op: Op) {
             let r = async { file(handle)?.fdatasync().await.map_err(gio) }.await;
             let _ = reply.send(r);
         }
+        Op::Allocate {
+            handle,
+            bytes,
+            reply,
+        } => {
+            let r = async { file(handle)?.pre_allocate(bytes, false).await.map_err(gio) }.await;
+            let _ = reply.send(r);
+        }
         Op::Close { handle } => {
             let f = core.files.borrow_mut().remove(&handle);
             if let Some(f) = f.and_then(|f| Rc::try_unwrap(f).ok()) {
@@ -290,6 +303,23 @@ impl ShardFile {
         }
     }
 
+    /// Reserves `bytes` of space and sets the file size, so that the writes that follow are
+    /// overwrites within the file: ext4 then completes them asynchronously instead of punting
+    /// each size-extending write to a kernel worker that takes the inode lock.
+    pub async fn pre_allocate(&self, bytes: u64) -> io::Result<()> {
+        match self {
+            ShardFile::Local(f) => f.pre_allocate(bytes, false).await.map_err(gio),
+            ShardFile::Remote { peer, handle } => {
+                ask(*peer, |reply| Op::Allocate {
+                    handle: *handle,
+                    bytes,
+                    reply,
+                })
+                .await
+            }
+        }
+    }
+
     pub async fn fdatasync(&self) -> io::Result<()> {
         match self {
             ShardFile::Local(f) => f.fdatasync().await.map_err(gio),
@@ -303,16 +333,30 @@ impl ShardFile {
         }
     }
 
+    /// Closes the file (for a remote file, the owner closes it).
     pub async fn close(self) {
-        match self {
-            ShardFile::Local(f) => {
-                if let Ok(f) = Rc::try_unwrap(f) {
-                    let _ = f.close().await;
+        let local = match &self {
+            ShardFile::Local(f) => Some(f.clone()),
+            ShardFile::Remote { .. } => None,
+        };
+        drop(self);
+        if let Some(f) = local.and_then(|f| Rc::try_unwrap(f).ok()) {
+            let _ = f.close().await;
+        }
+    }
+}
+
+impl Drop for ShardFile {
+    /// A remote file is closed by its owner even when the reader or writer holding it goes
+    /// away without closing (a client that disconnects mid-GET), so handles never leak.
+    fn drop(&mut self) {
+        if let ShardFile::Remote { peer, handle } = self {
+            let (peer, handle) = (*peer, *handle);
+            let _ = CORE.try_with(|c| {
+                if let Some(core) = c.borrow().as_ref() {
+                    let _ = core.senders.try_send_to(peer, Op::Close { handle });
                 }
-            }
-            ShardFile::Remote { peer, handle } => {
-                let _ = core().senders.send_to(peer, Op::Close { handle }).await;
-            }
+            });
         }
     }
 }

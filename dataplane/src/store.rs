@@ -87,50 +87,91 @@ pub struct Committed {
 
 /// Writes one set of shard files (all K+M for a PUT, or some for a repair).
 struct ShardWriter {
-    files: Vec<ShardFile>,
-    bufs: Vec<Rc<glommio::io::DmaBuffer>>,
+    files: Vec<Rc<ShardFile>>,
+    /// Two sets of per-shard buffers: one being filled while the other is being written.
+    sets: [Vec<Rc<glommio::io::DmaBuffer>>; 2],
+    current: usize,
+    in_flight: Option<glommio::Task<Result<()>>>,
 }
 
 impl ShardWriter {
-    async fn create(node: &Node, locs: &[ShardLoc], buf_bytes: usize) -> Result<Self> {
+    async fn create(
+        node: &Node,
+        locs: &[ShardLoc],
+        buf_bytes: usize,
+        file_bytes: Option<u64>,
+    ) -> Result<Self> {
         let mut files = Vec::with_capacity(locs.len());
         for loc in locs {
             let path = node.drive(loc.drive).shard_path(loc);
             match ShardFile::open(loc.drive, &path, true).await {
-                Ok(f) => files.push(f),
+                Ok(f) => files.push(Rc::new(f)),
                 Err(e) => {
                     for f in files {
-                        f.close().await;
+                        if let Ok(f) = Rc::try_unwrap(f) {
+                            f.close().await;
+                        }
                     }
                     remove_files(node, locs).await;
                     return Err(io_error(e));
                 }
             }
         }
-        let bufs = locs
+        if let Some(bytes) = file_bytes {
+            let allocs = files.iter().map(|f| f.pre_allocate(bytes));
+            for r in join_all(allocs).await {
+                if let Err(e) = r {
+                    for f in files {
+                        if let Ok(f) = Rc::try_unwrap(f) {
+                            f.close().await;
+                        }
+                    }
+                    remove_files(node, locs).await;
+                    return Err(io_error(e));
+                }
+            }
+        }
+        let set = locs
             .iter()
             .map(|_| Rc::new(glommio::allocate_dma_buffer(buf_bytes)))
-            .collect();
-        Ok(ShardWriter { files, bufs })
+            .collect::<Vec<_>>();
+        Ok(ShardWriter {
+            files,
+            sets: [set, Vec::new()],
+            current: 0,
+            in_flight: None,
+        })
     }
 
+    /// The buffers to fill next.
     fn slices(&mut self) -> Vec<&mut [u8]> {
-        self.bufs
+        if self.sets[self.current].is_empty() {
+            // The second set is allocated only for objects of more than one batch.
+            let bytes = self.sets[0][0].len();
+            self.sets[self.current] = self
+                .files
+                .iter()
+                .map(|_| Rc::new(glommio::allocate_dma_buffer(bytes)))
+                .collect();
+        }
+        self.sets[self.current]
             .iter_mut()
             .map(|b| Rc::get_mut(b).expect("buffer not in flight").as_bytes_mut())
             .collect()
     }
 
-    /// Writes `bytes` of every buffer at block `first_block`.
+    /// Starts writing `bytes` of every current buffer at block `first_block` and switches to
+    /// the other set; at most one write batch is in flight, so this first waits for the
+    /// previous one (and reports its error).
     async fn write(&mut self, first_block: u64, bytes: usize) -> Result<()> {
+        self.flush().await?;
         if bytes == 0 {
             return Ok(());
         }
-        let writes = self
-            .files
-            .iter()
-            .zip(self.bufs.iter())
-            .map(|(f, b)| async move {
+        let files = self.files.clone();
+        let bufs = self.sets[self.current].clone();
+        self.in_flight = Some(glommio::spawn_local(async move {
+            let writes = files.iter().zip(bufs.iter()).map(|(f, b)| async move {
                 let n = f
                     .write_at(b, bytes, block_offset(first_block))
                     .await
@@ -142,14 +183,26 @@ impl ShardWriter {
                 }
                 Ok(())
             });
-        for r in join_all(writes).await {
-            r?;
-        }
+            for r in join_all(writes).await {
+                r?;
+            }
+            Ok(())
+        }));
+        self.current ^= 1;
         Ok(())
+    }
+
+    /// Waits for the write in flight, if any.
+    async fn flush(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            Some(t) => t.await,
+            None => Ok(()),
+        }
     }
 
     /// Writes the headers and makes every file durable.
     async fn finish(&mut self, headers: &[ShardHeader]) -> Result<()> {
+        self.flush().await?;
         let writes = self.files.iter().zip(headers).map(|(f, h)| async move {
             let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
             h.encode(buf.as_bytes_mut());
@@ -165,9 +218,12 @@ impl ShardWriter {
         Ok(())
     }
 
-    async fn close(self) {
+    async fn close(mut self) {
+        let _ = self.flush().await;
         for f in self.files {
-            f.close().await;
+            if let Ok(f) = Rc::try_unwrap(f) {
+                f.close().await;
+            }
         }
     }
 }
@@ -269,15 +325,23 @@ pub async fn put(
         .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))
         .await?;
 
-    let result = put_sharded(node, ec, &locs, &mut hasher, head, overflow, expected, body).await;
+    let result = put_sharded(
+        node,
+        ec,
+        &locs,
+        &mut hasher,
+        head,
+        overflow,
+        expected,
+        length_hint,
+        body,
+    )
+    .await;
     let (size, h) = match result {
         Ok(v) => v,
         Err(e) => {
             remove_files(node, &locs).await;
-            let _ = node
-                .meta
-                .write(move |kv| meta::end_intent(kv, upload_id))
-                .await;
+            node.end_intent_later(upload_id);
             return Err(e);
         }
     };
@@ -299,20 +363,14 @@ pub async fn put(
         Ok(o) => o,
         Err(e) => {
             remove_files(node, &locs).await;
-            let _ = node
-                .meta
-                .write(move |kv| meta::end_intent(kv, upload_id))
-                .await;
+            node.end_intent_later(upload_id);
             return Err(e.into());
         }
     };
     if outcome.deduplicated {
         remove_files(node, &locs).await;
     }
-    let _ = node
-        .meta
-        .write(move |kv| meta::end_intent(kv, upload_id))
-        .await;
+    node.end_intent_later(upload_id);
     Ok(Committed {
         outcome,
         size_bytes: size,
@@ -329,12 +387,20 @@ async fn put_sharded(
     head: Vec<u8>,
     overflow: Bytes,
     expected: Option<[u8; 32]>,
+    length_hint: Option<u64>,
     body: &mut impl BodySource,
 ) -> Result<(u64, [u8; 32])> {
-    let mut striper = Striper::new(ec, WRITE_BATCH_STRIPES);
+    // An object whose length is known and fits in two batches is written as one batch.
+    let stripes_hint = length_hint.map(|l| Geometry::new(ec, l).stripe_count() as usize);
+    let batch = match stripes_hint {
+        Some(n) if n > 0 && n <= 2 * WRITE_BATCH_STRIPES => n,
+        _ => WRITE_BATCH_STRIPES,
+    };
+    let mut striper = Striper::new(ec, batch);
     let mut codec = Codec::new(ec);
     let tags: Vec<u32> = locs.iter().map(|l| l.file_tag).collect();
-    let mut w = ShardWriter::create(node, locs, striper.buffer_bytes()).await?;
+    let file_bytes = length_hint.map(|l| Geometry::new(ec, l).shard_file_bytes());
+    let mut w = ShardWriter::create(node, locs, striper.buffer_bytes(), file_bytes).await?;
     let r = async {
         let mut pending: Vec<Bytes> = vec![Bytes::from(head), overflow];
         let mut first = 0;
@@ -403,6 +469,25 @@ pub struct ShardReader {
     reported: bool,
     /// The part of the object still to be read by [`ShardReader::next`].
     cursor: Range<u64>,
+    /// The next piece's reads, already under way.
+    prefetch: Option<InFlight>,
+}
+
+/// One piece of a range read: stripes `s0..s0+n`, per stripe the bytes wanted (within the
+/// stripe) and the data shards holding them, and the union of those shards.
+struct PiecePlan {
+    s0: u64,
+    n: u64,
+    spans: Vec<(u64, Range<usize>, Range<usize>)>,
+    shards: Range<usize>,
+}
+
+/// Reads launched ahead of need.
+struct InFlight {
+    s0: u64,
+    n: u64,
+    shards: Range<usize>,
+    task: glommio::Task<Vec<(usize, Option<ReadBuf>)>>,
 }
 
 /// Blocks of several stripes read from each shard; `None` where unreadable.
@@ -440,6 +525,7 @@ impl ShardReader {
             bad: vec![false; ec.total()],
             reported: false,
             cursor: 0..content.size_bytes,
+            prefetch: None,
         })
     }
 
@@ -493,40 +579,87 @@ impl ShardReader {
         .ok()
     }
 
-    async fn read_batch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> Batch {
-        let mut reads: Vec<Option<ReadBuf>> = (0..self.locs.len()).map(|_| None).collect();
-        let mut futs = Vec::new();
+    /// Starts reading blocks `s0..s0+n` of `shards` (opening their files first) in a task of its
+    /// own, so the reads proceed while the caller does other work.
+    async fn launch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> InFlight {
+        let span = self.span(s0, n);
+        let mut files = Vec::new();
         for i in shards.clone() {
             if let Some(f) = self.file(i).await {
-                let span = self.span(s0, n);
-                futs.push(async move {
-                    let r = f.read_at(block_offset(s0), span).await;
-                    match &r {
-                        Err(e) => tracing::warn!("reading shard {i}: {e}"),
-                        Ok(r) if r.len() != span => {
-                            tracing::warn!("reading shard {i}: {} of {span} bytes", r.len())
-                        }
-                        Ok(_) => {}
-                    }
-                    (i, r.ok().filter(|r| r.len() == span))
-                });
+                files.push((i, f));
             }
         }
-        for (i, r) in join_all(futs).await {
+        let task = glommio::spawn_local(async move {
+            let reads = files.into_iter().map(|(i, f)| async move {
+                let r = f.read_at(block_offset(s0), span).await;
+                match &r {
+                    Err(e) => tracing::warn!("reading shard {i}: {e}"),
+                    Ok(r) if r.len() != span => {
+                        tracing::warn!("reading shard {i}: {} of {span} bytes", r.len())
+                    }
+                    Ok(_) => {}
+                }
+                (i, r.ok().filter(|r| r.len() == span))
+            });
+            join_all(reads).await
+        });
+        InFlight {
+            s0,
+            n,
+            shards,
+            task,
+        }
+    }
+
+    /// Waits for launched reads and records which shards failed.
+    async fn land(&mut self, f: InFlight) -> Batch {
+        let mut reads: Vec<Option<ReadBuf>> = (0..self.locs.len()).map(|_| None).collect();
+        for (i, r) in f.task.await {
             if r.is_none() {
                 self.bad[i] = true;
             }
             reads[i] = r;
         }
         let mut tried = vec![false; self.locs.len()];
-        for t in &mut tried[shards] {
+        for t in &mut tried[f.shards] {
             *t = true;
         }
         Batch {
-            s0,
-            n,
+            s0: f.s0,
+            n: f.n,
             reads,
             tried,
+        }
+    }
+
+    async fn read_batch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> Batch {
+        let f = self.launch(s0, n, shards).await;
+        self.land(f).await
+    }
+
+    /// The stripes of the next piece of `range`.
+    fn plan(&self, range: &Range<u64>) -> PiecePlan {
+        let geo = self.geo;
+        let s0 = geo.stripe_of(range.start);
+        let last = geo.stripe_of(range.end - 1);
+        let n = (last - s0 + 1).min(READ_BATCH_STRIPES);
+        let mut lo = usize::MAX;
+        let mut hi = 0;
+        let mut spans = Vec::new();
+        for s in s0..s0 + n {
+            let so = geo.stripe_offset(s);
+            let a = (range.start.max(so) - so) as usize;
+            let b = (range.end.min(so + geo.stripe_bytes(s) as u64) - so) as usize;
+            let d = data_shards_for(&geo, s, a..b);
+            lo = lo.min(d.start);
+            hi = hi.max(d.end);
+            spans.push((s, a..b, d));
+        }
+        PiecePlan {
+            s0,
+            n,
+            spans,
+            shards: lo..hi,
         }
     }
 
@@ -611,27 +744,29 @@ impl ShardReader {
     pub async fn next(&mut self) -> Option<Result<Bytes>> {
         let range = self.cursor.clone();
         if range.is_empty() {
+            self.prefetch = None;
             self.report().await;
             self.close().await;
             return None;
         }
         let geo = self.geo;
-        let s0 = geo.stripe_of(range.start);
-        let last = geo.stripe_of(range.end - 1);
-        let n = (last - s0 + 1).min(READ_BATCH_STRIPES);
-        let mut lo = usize::MAX;
-        let mut hi = 0;
-        let mut spans = Vec::new();
-        for s in s0..s0 + n {
-            let so = geo.stripe_offset(s);
-            let a = (range.start.max(so) - so) as usize;
-            let b = (range.end.min(so + geo.stripe_bytes(s) as u64) - so) as usize;
-            let d = data_shards_for(&geo, s, a..b);
-            lo = lo.min(d.start);
-            hi = hi.max(d.end);
-            spans.push((s, a..b, d));
+        let PiecePlan {
+            s0,
+            n,
+            spans,
+            shards,
+        } = self.plan(&range);
+        let mut batch = match self.prefetch.take() {
+            Some(p) if p.s0 == s0 && p.n == n && p.shards == shards => self.land(p).await,
+            _ => self.read_batch(s0, n, shards).await,
+        };
+        // Read ahead: the next piece's blocks load while this one is sent.
+        let next_start = range.start.max(geo.stripe_offset(s0 + n));
+        if next_start < range.end {
+            let next = next_start..range.end;
+            let p = self.plan(&next);
+            self.prefetch = Some(self.launch(p.s0, p.n, p.shards).await);
         }
-        let mut batch = self.read_batch(s0, n, lo..hi).await;
         let mut out =
             Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
         for (s, within, d) in spans {
@@ -646,6 +781,7 @@ impl ShardReader {
             let chunks = match self.stripe_chunks(&mut batch, s, d.clone()).await {
                 Ok(c) => c,
                 Err(e) => {
+                    self.prefetch = None;
                     self.report().await;
                     self.cursor = range.end..range.end;
                     return Some(Err(e));
@@ -752,10 +888,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
     reader.close().await;
     if let Err(e) = r {
         remove_files(node, &new_locs).await;
-        let _ = node
-            .meta
-            .write(move |kv| meta::end_intent(kv, upload_id))
-            .await;
+        node.end_intent_later(upload_id);
         return Err(e);
     }
     let l2 = new_locs.clone();
@@ -764,10 +897,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         .write(move |kv| meta::replace_shards(kv, &blake3, &l2, upload_id))
         .await?;
     remove_files(node, &garbage).await;
-    let _ = node
-        .meta
-        .write(move |kv| meta::end_intent(kv, upload_id))
-        .await;
+    node.end_intent_later(upload_id);
     Ok(bad.len())
 }
 
@@ -781,7 +911,8 @@ async fn rebuild(
     let total = geo.ec.total();
     let stripes = geo.stripe_count();
     let buf_bytes = READ_BATCH_STRIPES as usize * BLOCK_BYTES;
-    let mut w = ShardWriter::create(node, new_locs, buf_bytes).await?;
+    let mut w =
+        ShardWriter::create(node, new_locs, buf_bytes, Some(geo.shard_file_bytes())).await?;
     let r = async {
         let mut s0 = 0;
         while s0 < stripes {
