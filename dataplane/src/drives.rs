@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Bounds of the space kept free on every drive (see [`Drive::refresh_free`]).
+pub const DRIVE_RESERVE_BYTES_MIN: u64 = 1 << 20;
+pub const DRIVE_RESERVE_BYTES_MAX: u64 = 1 << 30;
+
 pub struct Drive {
     pub id: u16,
     pub root: PathBuf,
@@ -140,9 +144,14 @@ impl Drive {
         self.read_identity() == Some(want)
     }
 
+    /// Re-reads the space available for shards: the filesystem's free bytes less a reserve
+    /// (2 % of its size, at least 1 MiB, at most 1 GiB) kept for metadata and in-flight writes,
+    /// so a full drive answers 507 before it fails a write.
     pub fn refresh_free(&self) {
-        if let Some(free) = free_bytes(&self.root) {
-            self.free_bytes.store(free, Ordering::Relaxed);
+        if let (Some(free), Some(total)) = (free_bytes(&self.root), total_bytes(&self.root)) {
+            let reserve = (total / 50).clamp(DRIVE_RESERVE_BYTES_MIN, DRIVE_RESERVE_BYTES_MAX);
+            self.free_bytes
+                .store(free.saturating_sub(reserve), Ordering::Relaxed);
         }
     }
 }

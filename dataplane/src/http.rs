@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Most body bytes read and dropped after a PUT failed, so the client can read the error.
+const DRAIN_ON_ERROR_BYTES_MAX: u64 = 64 << 20;
+
 /// How long a stopping node waits for requests in flight.
 const DRAIN_S_MAX: u64 = 30;
 
@@ -499,7 +502,23 @@ async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<
         body: req.into_body(),
         node,
     };
-    let committed = store::put(node, &bucket, &key, digest, length, &mut src).await?;
+    let committed = match store::put(node, &bucket, &key, digest, length, &mut src).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Most clients read the answer only after sending the whole body: swallow the rest
+            // (up to a bound) so that they see the error instead of a broken connection.
+            if !matches!(e, StoreError::Body(_)) {
+                let mut drained = 0u64;
+                while drained < DRAIN_ON_ERROR_BYTES_MAX {
+                    match src.next_chunk().await {
+                        Some(Ok(b)) => drained += b.len() as u64,
+                        _ => break,
+                    }
+                }
+            }
+            return Err(e.into());
+        }
+    };
     Ok(put_response(&key, &committed))
 }
 

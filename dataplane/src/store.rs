@@ -244,9 +244,14 @@ pub async fn remove_files(node: &Node, locs: &[ShardLoc]) {
     }
 }
 
+/// Every drive as placement sees it, with free space read now (one statvfs per drive).
 fn drive_views(node: &Node) -> Vec<DriveView> {
     node.drives
         .iter()
+        .map(|d| {
+            d.refresh_free();
+            d
+        })
         .map(|d| DriveView {
             id: d.id,
             free_bytes: d.free_bytes.load(Ordering::Relaxed),

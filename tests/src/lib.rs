@@ -29,6 +29,8 @@ pub fn binary(name: &str) -> PathBuf {
 /// A running `ostore dev`.
 pub struct Dev {
     child: Option<Child>,
+    /// The data directory when not inside `dir`.
+    data_at: Option<PathBuf>,
     pub http: String,
     pub secret: String,
     dir: tempfile::TempDir,
@@ -39,6 +41,15 @@ pub struct Dev {
 impl Dev {
     /// Starts `ostore dev` with the default drives and EC plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Dev {
+        Self::start_with(None, extra)
+    }
+
+    /// Starts `ostore dev` with its data directory at `data`.
+    pub fn start_at(data: &Path, extra: &[&str]) -> Dev {
+        Self::start_with(Some(data.to_path_buf()), extra)
+    }
+
+    fn start_with(data_at: Option<PathBuf>, extra: &[&str]) -> Dev {
         let dir = tempfile::Builder::new()
             .prefix("ostore-test-")
             .tempdir()
@@ -50,6 +61,7 @@ impl Dev {
             .expect("http client");
         let mut d = Dev {
             child: None,
+            data_at,
             http: String::new(),
             secret: String::new(),
             dir,
@@ -61,7 +73,9 @@ impl Dev {
     }
 
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_at
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     pub fn drive(&self, i: usize) -> PathBuf {
