@@ -250,12 +250,11 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
         .iter()
         .map(|d| {
             d.refresh_free();
-            d
-        })
-        .map(|d| DriveView {
-            id: d.id,
-            free_bytes: d.free_bytes.load(Ordering::Relaxed),
-            healthy: d.healthy.load(Ordering::Relaxed),
+            DriveView {
+                id: d.id,
+                free_bytes: d.free_bytes.load(Ordering::Relaxed),
+                healthy: d.healthy.load(Ordering::Relaxed),
+            }
         })
         .collect()
 }
