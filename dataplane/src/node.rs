@@ -297,6 +297,16 @@ async fn prime_iopoll_probe(node: &Node) {
 
 fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        // The executors share the port through SO_REUSEPORT, which would also let a second
+        // ostore on the same port silently take half the connections: check the port is free
+        // with a plain socket first.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe
+            .bind(&addr.into())
+            .with_context(|| format!("{addr} is already in use"))?;
+    }
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_port(true)?;
     s.set_reuse_address(true)?;

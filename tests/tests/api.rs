@@ -397,3 +397,17 @@ fn any_executor_count_serves_the_same_bytes() {
         }
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let dev = Dev::start(&[]);
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(ostore_tests::binary("ostore"))
+        .args(["dev", "--http", &dev.http, "--data"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+    assert_eq!(dev.put("still", "mine").status(), 201);
+}
