@@ -29,6 +29,8 @@ pub enum MetaError {
     NoSuchUpload,
     #[error("bucket is not empty")]
     BucketNotEmpty,
+    #[error("the write's precondition does not hold")]
+    PreconditionFailed,
     #[error("{0}")]
     Record(#[from] RecordError),
     #[error(transparent)]
@@ -199,6 +201,57 @@ fn require_bucket(tx: &mut dyn Tx, bucket: &str) -> Result<()> {
     Ok(())
 }
 
+/// A precondition on a write, checked in the same transaction that commits it (RFC 9110
+/// `If-Match` / `If-None-Match` against the ETag of the key's live version).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    #[default]
+    Always,
+    /// `If-None-Match: *`: only if the key has no live version.
+    IfAbsent,
+    /// `If-Match: *`: only if the key has a live version.
+    IfPresent,
+    /// `If-Match: "e", ...`: only if the live version's content is one of these.
+    IfMatch(Vec<[u8; 32]>),
+    /// `If-None-Match: "e", ...`: only if the live version's content is none of these.
+    IfNoneMatch(Vec<[u8; 32]>),
+}
+
+impl WriteCondition {
+    fn check(&self, tx: &mut dyn Tx, bucket: &str, key: &str) -> Result<()> {
+        if *self == WriteCondition::Always {
+            return Ok(());
+        }
+        let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
+        let live = head
+            .and_then(|h| h.newest)
+            .filter(|v| !v.delete_marker)
+            .map(|v| v.blake3);
+        let ok = match (self, live) {
+            (WriteCondition::Always, _) => true,
+            (WriteCondition::IfAbsent, l) => l.is_none(),
+            (WriteCondition::IfPresent, l) => l.is_some(),
+            (WriteCondition::IfMatch(list), Some(h)) => list.contains(&h),
+            (WriteCondition::IfMatch(_), None) => false,
+            (WriteCondition::IfNoneMatch(list), Some(h)) => !list.contains(&h),
+            (WriteCondition::IfNoneMatch(_), None) => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(MetaError::PreconditionFailed)
+        }
+    }
+}
+
+/// Evaluates a write condition now, outside the commit (to refuse before receiving a body).
+pub fn check_condition(kv: &dyn Kv, bucket: &str, key: &str, cond: &WriteCondition) -> Result<()> {
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        cond.check(tx, bucket, key)
+    })
+}
+
 /// The content a new version will refer to.
 #[derive(Debug, Clone)]
 pub struct NewContent {
@@ -216,6 +269,7 @@ pub fn commit_put(
     key: &str,
     intent: Option<u64>,
     content: &NewContent,
+    cond: &WriteCondition,
     now_ms: u64,
 ) -> Result<PutOutcome> {
     run(kv, true, |tx| {
@@ -237,6 +291,7 @@ pub fn commit_put(
             }
             intent_rec = Some((id, rec));
         }
+        cond.check(tx, bucket, key)?;
         let deduplicated = add_ref(tx, &content.blake3)?;
         if !deduplicated {
             let rec = ContentRec {
@@ -285,6 +340,7 @@ pub fn put_existing(
     bucket: &str,
     key: &str,
     blake3: &[u8; 32],
+    cond: &WriteCondition,
     now_ms: u64,
 ) -> Result<Option<PutOutcome>> {
     run(kv, true, |tx| {
@@ -292,6 +348,7 @@ pub fn put_existing(
         let Some(c): Option<ContentRec> = get(tx, &keys::content(blake3))? else {
             return Ok(None);
         };
+        cond.check(tx, bucket, key)?;
         add_ref(tx, blake3)?;
         let v = append_version(tx, bucket, key, now_ms, c.size_bytes, *blake3, false)?;
         Ok(Some(PutOutcome {
@@ -604,8 +661,26 @@ mod tests {
     #[test]
     fn versions_increase_and_delete_markers_hide() {
         let (_d, kv) = kv();
-        let a = commit_put(&kv, "default", "k", None, &inline(b"a"), 10).unwrap();
-        let b = commit_put(&kv, "default", "k", None, &inline(b"b"), 11).unwrap();
+        let a = commit_put(
+            &kv,
+            "default",
+            "k",
+            None,
+            &inline(b"a"),
+            &WriteCondition::Always,
+            10,
+        )
+        .unwrap();
+        let b = commit_put(
+            &kv,
+            "default",
+            "k",
+            None,
+            &inline(b"b"),
+            &WriteCondition::Always,
+            11,
+        )
+        .unwrap();
         assert_eq!((a.version, b.version), (1, 2));
         assert_eq!(
             resolve(&kv, "default", "k", None).unwrap().content.stored,
@@ -634,7 +709,16 @@ mod tests {
             2
         );
         delete_version(&kv, "default", "k", 2, 13).unwrap();
-        let c = commit_put(&kv, "default", "k", None, &inline(b"c"), 14).unwrap();
+        let c = commit_put(
+            &kv,
+            "default",
+            "k",
+            None,
+            &inline(b"c"),
+            &WriteCondition::Always,
+            14,
+        )
+        .unwrap();
         assert_eq!(c.version, 4, "versions never reused");
         assert!(matches!(
             delete_version(&kv, "default", "k", 2, 15),
@@ -644,25 +728,61 @@ mod tests {
     }
 
     #[test]
+    fn write_conditions_hold_atomically() {
+        let (_d, kv) = kv();
+        let a = inline(b"a");
+        let put = |c: WriteCondition| commit_put(&kv, "default", "k", None, &inline(b"z"), &c, 1);
+        assert!(matches!(
+            put(WriteCondition::IfPresent),
+            Err(MetaError::PreconditionFailed)
+        ));
+        commit_put(&kv, "default", "k", None, &a, &WriteCondition::IfAbsent, 1).unwrap();
+        assert!(matches!(
+            put(WriteCondition::IfAbsent),
+            Err(MetaError::PreconditionFailed)
+        ));
+        assert!(matches!(
+            put(WriteCondition::IfMatch(vec![[7; 32]])),
+            Err(MetaError::PreconditionFailed)
+        ));
+        assert!(matches!(
+            put(WriteCondition::IfNoneMatch(vec![a.blake3])),
+            Err(MetaError::PreconditionFailed)
+        ));
+        assert_eq!(
+            versions(&kv, "default", "k").unwrap().unwrap().len(),
+            1,
+            "failed writes left versions"
+        );
+        put(WriteCondition::IfMatch(vec![a.blake3])).unwrap();
+        delete_key(&kv, "default", "k", 2).unwrap();
+        commit_put(&kv, "default", "k", None, &a, &WriteCondition::IfAbsent, 3).unwrap();
+    }
+
+    #[test]
     fn dedup_counts_references() {
         let (_d, kv) = kv();
         let x = inline(b"x");
         assert!(
-            !commit_put(&kv, "default", "a", None, &x, 1)
+            !commit_put(&kv, "default", "a", None, &x, &WriteCondition::Always, 1)
                 .unwrap()
                 .deduplicated
         );
         assert!(
-            commit_put(&kv, "default", "b", None, &x, 1)
+            commit_put(&kv, "default", "b", None, &x, &WriteCondition::Always, 1)
                 .unwrap()
                 .deduplicated
         );
-        assert!(put_existing(&kv, "default", "c", &x.blake3, 1)
-            .unwrap()
-            .is_some());
-        assert!(put_existing(&kv, "default", "d", &[9; 32], 1)
-            .unwrap()
-            .is_none());
+        assert!(
+            put_existing(&kv, "default", "c", &x.blake3, &WriteCondition::Always, 1)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            put_existing(&kv, "default", "d", &[9; 32], &WriteCondition::Always, 1)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(content(&kv, &x.blake3).unwrap().unwrap().refs, 3);
         delete_version(&kv, "default", "a", 1, 5).unwrap();
         delete_version(&kv, "default", "b", 1, 5).unwrap();
@@ -690,8 +810,8 @@ mod tests {
                 shards: vec![loc],
             },
         };
-        let a = commit_put(&kv, "default", "k", Some(7), &c, 2).unwrap();
-        let b = commit_put(&kv, "default", "k", Some(7), &c, 3).unwrap();
+        let a = commit_put(&kv, "default", "k", Some(7), &c, &WriteCondition::Always, 2).unwrap();
+        let b = commit_put(&kv, "default", "k", Some(7), &c, &WriteCondition::Always, 3).unwrap();
         assert_eq!(a, b);
         assert_eq!(versions(&kv, "default", "k").unwrap().unwrap().len(), 1);
         assert_eq!(content(&kv, &[3; 32]).unwrap().unwrap().refs, 1);
@@ -700,7 +820,7 @@ mod tests {
             vec![([3; 32], 0)]
         );
         assert!(matches!(
-            commit_put(&kv, "default", "k", Some(8), &c, 3),
+            commit_put(&kv, "default", "k", Some(8), &c, &WriteCondition::Always, 3),
             Err(MetaError::NoSuchUpload)
         ));
     }
@@ -726,7 +846,7 @@ mod tests {
                 shards: old.clone(),
             },
         };
-        commit_put(&kv, "default", "k", Some(1), &c, 2).unwrap();
+        commit_put(&kv, "default", "k", Some(1), &c, &WriteCondition::Always, 2).unwrap();
         end_intent(&kv, 1).unwrap();
         let new = [ShardLoc {
             index: 1,
@@ -758,7 +878,16 @@ mod tests {
     fn listing_pages_skip_deleted() {
         let (_d, kv) = kv();
         for k in ["a", "b", "c", "d", "e", "x/1"] {
-            commit_put(&kv, "default", k, None, &inline(k.as_bytes()), 1).unwrap();
+            commit_put(
+                &kv,
+                "default",
+                k,
+                None,
+                &inline(k.as_bytes()),
+                &WriteCondition::Always,
+                1,
+            )
+            .unwrap();
         }
         delete_key(&kv, "default", "c", 2).unwrap();
         let p = list(&kv, "default", "", None, 2).unwrap();

@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ostore_control::keys::{valid_bucket, valid_object_key};
-use ostore_control::meta::{self, MetaError, LIST_LIMIT_MAX};
+use ostore_control::meta::{self, MetaError, WriteCondition, LIST_LIMIT_MAX};
 use ostore_control::records::{ContentRec, Stored};
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
@@ -118,6 +118,11 @@ impl From<MetaError> for ApiError {
             MetaError::BucketNotEmpty => {
                 err(StatusCode::CONFLICT, "Conflict", "the bucket is not empty")
             }
+            MetaError::PreconditionFailed => err(
+                StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                "a precondition header did not match",
+            ),
             other => {
                 tracing::error!("metadata: {other}");
                 err(
@@ -434,6 +439,42 @@ fn parse_digest(req: &Request<Incoming>) -> Result<Option<[u8; 32]>, ApiError> {
     Ok(Some(out))
 }
 
+/// `If-Match` / `If-None-Match` on a PUT (RFC 9110 §13.1; If-Match compares strongly).
+fn write_condition(req: &Request<Incoming>) -> WriteCondition {
+    let list = |v: &str| -> Vec<[u8; 32]> {
+        v.split(',')
+            .filter_map(|t| {
+                let t = t.trim().strip_prefix('"')?.strip_suffix('"')?;
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(t, &mut h).ok()?;
+                Some(h)
+            })
+            .collect()
+    };
+    let text = |n: header::HeaderName| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = text(header::IF_MATCH) {
+        return if v == "*" {
+            WriteCondition::IfPresent
+        } else {
+            WriteCondition::IfMatch(list(v))
+        };
+    }
+    if let Some(v) = text(header::IF_NONE_MATCH) {
+        let weak_stripped = v.replace("W/", "");
+        return if v == "*" {
+            WriteCondition::IfAbsent
+        } else {
+            WriteCondition::IfNoneMatch(list(&weak_stripped))
+        };
+    }
+    WriteCondition::Always
+}
+
 fn put_response(key: &str, c: &store::Committed) -> Resp {
     let h = hex::encode(c.blake3);
     let mut r = json_response(
@@ -476,12 +517,26 @@ async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let cond = write_condition(&req);
+    if cond != WriteCondition::Always {
+        // Refuse early when the condition already fails; the commit checks it again atomically.
+        if let Err(e) = node.meta_read(|kv| meta::check_condition(kv, &bucket, &key, &cond)) {
+            if !expects_continue {
+                drain(&mut IncomingSource {
+                    body: req.into_body(),
+                    node,
+                })
+                .await;
+            }
+            return Err(e.into());
+        }
+    }
     if let (Some(h), true) = (digest, expects_continue) {
         // Dedup without upload: the content is known, so the body is never asked for.
-        let (b, k) = (bucket.clone(), key.clone());
+        let (b, k, c) = (bucket.clone(), key.clone(), cond.clone());
         if let Some(outcome) = node
             .meta
-            .write(move |kv| meta::put_existing(kv, &b, &k, &h, now_ms()))
+            .write(move |kv| meta::put_existing(kv, &b, &k, &h, &c, now_ms()))
             .await?
         {
             let size = node
@@ -502,24 +557,31 @@ async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<
         body: req.into_body(),
         node,
     };
-    let committed = match store::put(node, &bucket, &key, digest, length, &mut src).await {
+    let committed = match store::put(node, &bucket, &key, digest, length, &cond, &mut src).await {
         Ok(c) => c,
         Err(e) => {
             // Most clients read the answer only after sending the whole body: swallow the rest
             // (up to a bound) so that they see the error instead of a broken connection.
             if !matches!(e, StoreError::Body(_)) {
-                let mut drained = 0u64;
-                while drained < DRAIN_ON_ERROR_BYTES_MAX {
-                    match src.next_chunk().await {
-                        Some(Ok(b)) => drained += b.len() as u64,
-                        _ => break,
-                    }
-                }
+                drain(&mut src).await;
             }
             return Err(e.into());
         }
     };
     Ok(put_response(&key, &committed))
+}
+
+/// Reads and drops what is left of a request body, up to [`DRAIN_ON_ERROR_BYTES_MAX`]: most
+/// clients read the answer only after sending the whole body, so they see the error instead of
+/// a broken connection.
+async fn drain(src: &mut IncomingSource<'_>) {
+    let mut drained = 0u64;
+    while drained < DRAIN_ON_ERROR_BYTES_MAX {
+        match src.next_chunk().await {
+            Some(Ok(b)) => drained += b.len() as u64,
+            _ => break,
+        }
+    }
 }
 
 fn etag_of(blake3: &[u8; 32]) -> String {

@@ -8,7 +8,9 @@ use crate::node::Node;
 use crate::shardio::{ReadBuf, ShardFile};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use ostore_control::meta::{self, MetaError, NewContent, PutOutcome, INLINE_BYTES_MAX};
+use ostore_control::meta::{
+    self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
+};
 use ostore_control::records::{ContentRec, ShardLoc, Stored};
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::placement::{self, DriveView};
@@ -266,6 +268,7 @@ pub async fn put(
     key: &str,
     expected: Option<[u8; 32]>,
     length_hint: Option<u64>,
+    cond: &WriteCondition,
     body: &mut impl BodySource,
 ) -> Result<Committed> {
     if length_hint.is_some_and(|l| l > OBJECT_BYTES_MAX) {
@@ -294,11 +297,11 @@ pub async fn put(
             size_bytes: head.len() as u64,
             stored: Stored::Inline(head),
         };
-        let (b, k) = (bucket.to_string(), key.to_string());
+        let (b, k, cond) = (bucket.to_string(), key.to_string(), cond.clone());
         let c2 = content.clone();
         let outcome = node
             .meta
-            .write(move |kv| meta::commit_put(kv, &b, &k, None, &c2, now_ms()))
+            .write(move |kv| meta::commit_put(kv, &b, &k, None, &c2, &cond, now_ms()))
             .await?;
         return Ok(Committed {
             outcome,
@@ -358,10 +361,10 @@ pub async fn put(
             shards: locs.clone(),
         },
     };
-    let (b, k) = (bucket.to_string(), key.to_string());
+    let (b, k, cond) = (bucket.to_string(), key.to_string(), cond.clone());
     let outcome = match node
         .meta
-        .write(move |kv| meta::commit_put(kv, &b, &k, Some(upload_id), &content, now_ms()))
+        .write(move |kv| meta::commit_put(kv, &b, &k, Some(upload_id), &content, &cond, now_ms()))
         .await
     {
         Ok(o) => o,

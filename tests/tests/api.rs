@@ -411,3 +411,55 @@ fn a_second_server_on_the_same_port_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
     assert_eq!(dev.put("still", "mine").status(), 201);
 }
+
+#[test]
+fn conditional_puts() {
+    let dev = Dev::start(&[]);
+    let put = |key: &str, h: (&str, &str), body: Vec<u8>| {
+        dev.req(Method::PUT, &format!("/objects/{key}"))
+            .header(h.0, h.1)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let big = random_bytes(3, 400_000);
+    // Create-only.
+    assert_eq!(put("c", ("If-None-Match", "*"), big.clone()).status(), 201);
+    let r = put("c", ("If-None-Match", "*"), random_bytes(4, 400_000));
+    assert_eq!(r.status(), 412);
+    let j: serde_json::Value = r.json().unwrap();
+    assert_eq!(j["error"]["code"], "PreconditionFailed");
+    assert!(
+        dev.get_bytes("c").1 == big,
+        "a refused PUT changed the object"
+    );
+    assert_eq!(
+        dev.json("/versions/c").1["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Compare-and-swap on the ETag.
+    let etag = format!("\"{}\"", blake3::hash(&big).to_hex());
+    assert_eq!(
+        put("c", ("If-Match", "\"0000\""), b"x".to_vec()).status(),
+        412
+    );
+    assert_eq!(
+        put("c", ("If-Match", &etag), b"next".to_vec()).status(),
+        201
+    );
+    assert_eq!(
+        put("c", ("If-Match", &etag), b"again".to_vec()).status(),
+        412,
+        "the ETag moved on"
+    );
+    assert_eq!(dev.get_bytes("c").1, b"next");
+    assert_eq!(
+        put("absent", ("If-Match", "*"), b"x".to_vec()).status(),
+        412
+    );
+    // No shard files of refused PUTs are left behind.
+    assert_eq!(ostore_tests::shard_files(&dev, 6).len(), 6);
+}
