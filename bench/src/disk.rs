@@ -34,6 +34,42 @@ pub struct DiskArgs {
 const SEQ_BYTES: usize = 1 << 20;
 const RAND_BYTES: usize = 4096;
 
+/// Writes (or reads) `blocks` blocks of 1 MiB in order, `qd` at a time.
+async fn sequential(
+    f: &Rc<glommio::io::DmaFile>,
+    blocks: u64,
+    qd: usize,
+    write: bool,
+) -> anyhow::Result<()> {
+    let next = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for _ in 0..qd {
+        let (f, next) = (f.clone(), next.clone());
+        tasks.push(glommio::spawn_local(async move {
+            loop {
+                let i = next.get();
+                if i >= blocks {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                next.set(i + 1);
+                let pos = i * SEQ_BYTES as u64;
+                if write {
+                    let mut buf = f.alloc_dma_buffer(SEQ_BYTES);
+                    buf.as_bytes_mut().fill((i & 0xFF) as u8);
+                    f.write_at(buf, pos).await.map_err(io)?;
+                } else {
+                    let r = f.read_at_aligned(pos, SEQ_BYTES).await.map_err(io)?;
+                    anyhow::ensure!(r.len() == SEQ_BYTES, "short read");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
 pub fn run(a: DiskArgs) -> anyhow::Result<()> {
     let file = a.path.join(".osbench-disk");
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -56,54 +92,13 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
             .map_err(io)
             .with_context(|| format!("creating {}", path.display()))?,
     );
-    // Sequential write, then one fdatasync (counted).
-    let next = Rc::new(Cell::new(0u64));
+    // Sequential write, then one fdatasync (counted); then sequential read.
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..a.qd {
-        let (f, next) = (f.clone(), next.clone());
-        tasks.push(glommio::spawn_local(async move {
-            loop {
-                let i = next.get();
-                if i >= blocks {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                next.set(i + 1);
-                let mut buf = f.alloc_dma_buffer(SEQ_BYTES);
-                buf.as_bytes_mut().fill((i & 0xFF) as u8);
-                f.write_at(buf, i * SEQ_BYTES as u64).await.map_err(io)?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
+    sequential(&f, blocks, a.qd, true).await?;
     f.fdatasync().await.map_err(io)?;
     let write_s = t.elapsed().as_secs_f64();
-    // Sequential read.
-    next.set(0);
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..a.qd {
-        let (f, next) = (f.clone(), next.clone());
-        tasks.push(glommio::spawn_local(async move {
-            loop {
-                let i = next.get();
-                if i >= blocks {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                next.set(i + 1);
-                let r = f
-                    .read_at_aligned(i * SEQ_BYTES as u64, SEQ_BYTES)
-                    .await
-                    .map_err(io)?;
-                anyhow::ensure!(r.len() == SEQ_BYTES, "short read");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
+    sequential(&f, blocks, a.qd, false).await?;
     let read_s = t.elapsed().as_secs_f64();
     // Random 4 KiB reads.
     let deadline = Instant::now() + Duration::from_secs(a.random_seconds);
