@@ -68,6 +68,26 @@ pub struct PutOutcome {
     pub deduplicated: bool,
 }
 
+/// The intent under which `commit_put` lists the shard files of a damaged content it replaced
+/// (derived from the content, so a retried commit uses the same one).
+pub fn replaced_intent(blake3: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(blake3[..8].try_into().expect("8 bytes")) ^ 0x7265_706c_6163_6564
+}
+
+/// Marks a content damaged (fewer than K good shards): the next upload of it replaces it.
+pub fn mark_damaged(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
+    run(kv, true, |tx| {
+        let ck = keys::content(blake3);
+        if let Some(mut c) = get::<ContentRec>(tx, &ck)? {
+            if !c.damaged {
+                c.damaged = true;
+                put(tx, &ck, &c)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Creates the key-space format marker and the `default` bucket if missing.
 pub fn init(kv: &dyn Kv, now_ms: u64) -> Result<()> {
     run(kv, true, |tx| {
@@ -124,6 +144,11 @@ pub fn begin_intent(kv: &dyn Kv, id: u64, shards: &[ShardLoc], now_ms: u64) -> R
 /// Forgets an intent whose files are now either referenced or deleted.
 pub fn end_intent(kv: &dyn Kv, id: u64) -> Result<()> {
     run(kv, true, |tx| Ok(tx.clear(&keys::intent(id))?))
+}
+
+/// One intent, if present.
+pub fn intent(kv: &dyn Kv, id: u64) -> Result<Option<IntentRec>> {
+    run(kv, false, |tx| get(tx, &keys::intent(id)))
 }
 
 /// Every intent left over (for cleanup at start-up).
@@ -292,16 +317,39 @@ pub fn commit_put(
             intent_rec = Some((id, rec));
         }
         cond.check(tx, bucket, key)?;
-        let deduplicated = add_ref(tx, &content.blake3)?;
-        if !deduplicated {
+        let ck = keys::content(&content.blake3);
+        let existing: Option<ContentRec> = get(tx, &ck)?;
+        let deduplicated = existing.as_ref().is_some_and(|c| !c.damaged);
+        if deduplicated {
+            add_ref(tx, &content.blake3)?;
+        } else {
+            // New content, or a damaged copy that these fresh bytes replace.
+            let refs = existing.as_ref().map_or(0, |c| c.refs);
+            if let Some(Stored::Sharded { shards, .. }) = existing.as_ref().map(|c| &c.stored) {
+                for s in shards {
+                    tx.clear(&keys::drive_shard(s.drive, &content.blake3, s.index))?;
+                }
+                // The old files are garbage now: an intent makes sure they are deleted.
+                let rec = IntentRec {
+                    created_ms: now_ms,
+                    shards: shards.clone(),
+                    state: IntentState::Committed {
+                        version: 0,
+                        created_ms: 0,
+                        adopted: false,
+                    },
+                };
+                put(tx, &keys::intent(replaced_intent(&content.blake3)), &rec)?;
+            }
             let rec = ContentRec {
                 size_bytes: content.size_bytes,
-                refs: 1,
+                refs: refs + 1,
                 created_ms: now_ms,
                 unreferenced_since_ms: None,
                 stored: content.stored.clone(),
+                damaged: false,
             };
-            put(tx, &keys::content(&content.blake3), &rec)?;
+            put(tx, &ck, &rec)?;
             if let Stored::Sharded { shards, .. } = &content.stored {
                 for s in shards {
                     tx.set(&keys::drive_shard(s.drive, &content.blake3, s.index), &[])?;
@@ -348,6 +396,10 @@ pub fn put_existing(
         let Some(c): Option<ContentRec> = get(tx, &keys::content(blake3))? else {
             return Ok(None);
         };
+        if c.damaged {
+            // Ask for the body: it will replace the damaged copy.
+            return Ok(None);
+        }
         cond.check(tx, bucket, key)?;
         add_ref(tx, blake3)?;
         let v = append_version(tx, bucket, key, now_ms, c.size_bytes, *blake3, false)?;
@@ -604,34 +656,50 @@ pub fn shards_on_drive(
 }
 
 /// Queues contents for repair (idempotent).
-pub fn queue_repair(kv: &dyn Kv, contents: &[[u8; 32]], now_ms: u64) -> Result<()> {
+/// Queues contents for repair. Every call renews the request (a new `nonce`), so a repair that
+/// started before it does not clear it.
+pub fn queue_repair(kv: &dyn Kv, contents: &[[u8; 32]], nonce: u64, now_ms: u64) -> Result<()> {
     run(kv, true, |tx| {
         for h in contents {
-            if tx.get(&keys::repair(h))?.is_none() {
-                put(tx, &keys::repair(h), &RepairRec { queued_ms: now_ms })?;
-            }
+            put(
+                tx,
+                &keys::repair(h),
+                &RepairRec {
+                    queued_ms: now_ms,
+                    nonce,
+                },
+            )?;
         }
         Ok(())
     })
 }
 
-pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<[u8; 32]>> {
+/// Up to `limit` queued contents with the nonce of their latest request.
+pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
     run(kv, false, |tx| {
         let (b, e) = keys::repairs();
         let mut out = Vec::new();
-        for (k, _) in tx.get_range(&b, &e, limit, false)? {
-            out.push(
-                k[1..33]
-                    .try_into()
-                    .map_err(|_| RecordError("repair key".into()))?,
-            );
+        for (k, v) in tx.get_range(&b, &e, limit, false)? {
+            let h: [u8; 32] = k[1..33]
+                .try_into()
+                .map_err(|_| RecordError("repair key".into()))?;
+            let rec: RepairRec = decode(&v)?;
+            out.push((h, rec.nonce));
         }
         Ok(out)
     })
 }
 
-pub fn repair_done(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
-    run(kv, true, |tx| Ok(tx.clear(&keys::repair(blake3))?))
+/// Clears a repair request, unless it was renewed since `nonce` was read.
+pub fn repair_done(kv: &dyn Kv, blake3: &[u8; 32], nonce: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        if let Some(rec) = get::<RepairRec>(tx, &keys::repair(blake3))? {
+            if rec.nonce == nonce {
+                tx.clear(&keys::repair(blake3))?;
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -757,6 +825,97 @@ mod tests {
         put(WriteCondition::IfMatch(vec![a.blake3])).unwrap();
         delete_key(&kv, "default", "k", 2).unwrap();
         commit_put(&kv, "default", "k", None, &a, &WriteCondition::IfAbsent, 3).unwrap();
+    }
+
+    #[test]
+    fn a_repair_request_renewed_during_repair_survives_it() {
+        let (_d, kv) = kv();
+        queue_repair(&kv, &[[1; 32]], 10, 1).unwrap();
+        let q = repair_queue(&kv, 10).unwrap();
+        assert_eq!(q, vec![([1; 32], 10)]);
+        queue_repair(&kv, &[[1; 32]], 11, 2).unwrap();
+        repair_done(&kv, &[1; 32], 10).unwrap();
+        assert_eq!(repair_queue(&kv, 10).unwrap(), vec![([1; 32], 11)]);
+        repair_done(&kv, &[1; 32], 11).unwrap();
+        assert!(repair_queue(&kv, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_content_is_replaced_by_the_next_upload() {
+        let (_d, kv) = kv();
+        let old: Vec<ShardLoc> = (0..2)
+            .map(|i| ShardLoc {
+                index: i,
+                drive: i as u16,
+                file_id: 1,
+                file_tag: 1,
+            })
+            .collect();
+        let c = |shards: Vec<ShardLoc>| NewContent {
+            blake3: [6; 32],
+            size_bytes: 50_000,
+            stored: Stored::Sharded {
+                data: 1,
+                parity: 1,
+                shards,
+            },
+        };
+        commit_put(
+            &kv,
+            "default",
+            "a",
+            None,
+            &c(old.clone()),
+            &WriteCondition::Always,
+            1,
+        )
+        .unwrap();
+        mark_damaged(&kv, &[6; 32]).unwrap();
+        assert!(
+            put_existing(&kv, "default", "b", &[6; 32], &WriteCondition::Always, 2)
+                .unwrap()
+                .is_none()
+        );
+        let new: Vec<ShardLoc> = (0..2)
+            .map(|i| ShardLoc {
+                index: i,
+                drive: 2 + i as u16,
+                file_id: 2,
+                file_tag: 2,
+            })
+            .collect();
+        let o = commit_put(
+            &kv,
+            "default",
+            "b",
+            None,
+            &c(new.clone()),
+            &WriteCondition::Always,
+            3,
+        )
+        .unwrap();
+        assert!(
+            !o.deduplicated,
+            "fresh bytes must not be thrown away for a damaged copy"
+        );
+        let rec = content(&kv, &[6; 32]).unwrap().unwrap();
+        assert_eq!((rec.refs, rec.damaged), (2, false));
+        assert_eq!(
+            rec.stored,
+            Stored::Sharded {
+                data: 1,
+                parity: 1,
+                shards: new
+            }
+        );
+        assert!(shards_on_drive(&kv, 0, None, 10).unwrap().is_empty());
+        let left = intents(&kv).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, replaced_intent(&[6; 32]));
+        assert_eq!(
+            left[0].1.shards, old,
+            "the damaged copy's files are listed for deletion"
+        );
     }
 
     #[test]

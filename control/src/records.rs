@@ -83,6 +83,9 @@ pub struct ContentRec {
     /// When `refs` last fell to 0; GC removes content only after a grace period from here.
     pub unreferenced_since_ms: Option<u64>,
     pub stored: Stored,
+    /// Repair found fewer than K good shards: the next upload of the same bytes replaces the
+    /// stored copy instead of deduplicating against it.
+    pub damaged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +121,9 @@ pub struct IntentRec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepairRec {
     pub queued_ms: u64,
+    /// Changes with every request: a repair clears the entry only if no new request came in
+    /// while it ran.
+    pub nonce: u64,
 }
 
 #[cfg(test)]

@@ -160,6 +160,8 @@ fn body_result(r: Result<(), BodyError>) -> Result<(), KvError> {
 /// if the body succeeds; a failed body leaves no trace.
 struct BatchKv {
     txn: redb::WriteTransaction,
+    /// Set when applying a body's writes failed halfway.
+    poisoned: std::cell::Cell<bool>,
 }
 
 /// Buffered writes of one body: `None` is a deletion.
@@ -243,9 +245,14 @@ impl Kv for BatchKv {
         body_result(body(&mut over))?;
         let writes = std::mem::take(&mut over.writes);
         for (k, v) in writes {
-            match v {
-                Some(v) => base.set(&k, &v)?,
-                None => base.clear(&k)?,
+            let r = match v {
+                Some(v) => base.set(&k, &v),
+                None => base.clear(&k),
+            };
+            if let Err(e) = r {
+                // Part of this body is in the shared transaction: the whole group must not commit.
+                self.poisoned.set(true);
+                return Err(e);
             }
         }
         Ok(())
@@ -259,8 +266,17 @@ impl Kv for BatchKv {
 impl Kv for RedbKv {
     fn write_batch(&self, f: &mut dyn FnMut(&dyn Kv)) -> Result<(), KvError> {
         let w = self.db.begin_write().map_err(storage)?;
-        let batch = BatchKv { txn: w };
+        let batch = BatchKv {
+            txn: w,
+            poisoned: std::cell::Cell::new(false),
+        };
         f(&batch);
+        if batch.poisoned.get() {
+            batch.txn.abort().map_err(storage)?;
+            return Err(KvError::Storage(
+                "a write of the group failed halfway; nothing was committed".into(),
+            ));
+        }
         batch.txn.commit().map_err(storage)
     }
 

@@ -62,7 +62,7 @@ impl Node {
     pub async fn queue_repair(&self, blake3: [u8; 32]) {
         let r = self
             .meta
-            .write(move |kv| meta::queue_repair(kv, &[blake3], now_ms()))
+            .write(move |kv| meta::queue_repair(kv, &[blake3], rand::random(), now_ms()))
             .await;
         if let Err(e) = r {
             tracing::warn!("queueing repair of {}: {e}", hex::encode(blake3));
@@ -128,27 +128,29 @@ fn clean_intents(node: &Node) -> anyhow::Result<()> {
 
 /// Checks one drive against the metadata; a drive found empty is formatted and its shards are
 /// queued for repair. Returns whether it was refilled.
-fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
+async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
     let recorded = meta::drive(node.meta.kv(), d.id)?;
     let (state, rec) = d
         .check(recorded.as_ref())
         .with_context(|| format!("preparing drive {}", d.root.display()))?;
     if let Some(rec) = rec {
         let id = d.id;
-        futures_lite::future::block_on(node.meta.write(move |kv| meta::set_drive(kv, id, &rec)))?;
+        node.meta
+            .write(move |kv| meta::set_drive(kv, id, &rec))
+            .await?;
     }
     if state == (DriveState::Formatted { was_known: true }) {
         tracing::warn!(
             "drive {} was found empty: refilling it from the other shards",
             d.root.display()
         );
-        queue_drive_for_repair(node, d.id)?;
+        queue_drive_for_repair(node, d.id).await?;
         return Ok(true);
     }
     Ok(false)
 }
 
-fn queue_drive_for_repair(node: &Node, drive: u16) -> Result<(), MetaError> {
+async fn queue_drive_for_repair(node: &Node, drive: u16) -> Result<(), MetaError> {
     let mut after = None;
     loop {
         let page = meta::shards_on_drive(node.meta.kv(), drive, after, 1000)?;
@@ -156,10 +158,9 @@ fn queue_drive_for_repair(node: &Node, drive: u16) -> Result<(), MetaError> {
             break;
         };
         let hashes: Vec<[u8; 32]> = page.iter().map(|p| p.0).collect();
-        futures_lite::future::block_on(
-            node.meta
-                .write(move |kv| meta::queue_repair(kv, &hashes, now_ms())),
-        )?;
+        node.meta
+            .write(move |kv| meta::queue_repair(kv, &hashes, rand::random(), now_ms()))
+            .await?;
         for (h, _) in &page {
             let _ = node.repair_tx.try_send(*h);
         }
@@ -199,7 +200,7 @@ async fn repair_worker(node: Arc<Node>) {
             }
         };
         let mut retry_later = false;
-        for h in queue {
+        for (h, nonce) in queue {
             if node.stopping.load(Ordering::Relaxed) {
                 return;
             }
@@ -211,7 +212,10 @@ async fn repair_worker(node: Arc<Node>) {
                             .shards_repaired
                             .fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    let _ = node.meta.write(move |kv| meta::repair_done(kv, &h)).await;
+                    let _ = node
+                        .meta
+                        .write(move |kv| meta::repair_done(kv, &h, nonce))
+                        .await;
                 }
                 Err(StoreError::InsufficientShards { have, need }) => {
                     tracing::error!(
@@ -219,7 +223,12 @@ async fn repair_worker(node: Arc<Node>) {
                         hex::encode(h)
                     );
                     node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-                    let _ = node.meta.write(move |kv| meta::repair_done(kv, &h)).await;
+                    // The next upload of these bytes will replace the damaged copy.
+                    let _ = node.meta.write(move |kv| meta::mark_damaged(kv, &h)).await;
+                    let _ = node
+                        .meta
+                        .write(move |kv| meta::repair_done(kv, &h, nonce))
+                        .await;
                 }
                 Err(e) => {
                     tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
@@ -255,7 +264,7 @@ async fn drive_watcher(node: Arc<Node>) {
         for d in &node.drives {
             d.refresh_free();
             if !d.identity_intact() {
-                match check_drive(&node, d) {
+                match check_drive(&node, d).await {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!("drive {}: {e:#}", d.root.display());
@@ -346,7 +355,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         repair_rx,
     });
     for d in &node.drives {
-        check_drive(&node, d)?;
+        futures_lite::future::block_on(check_drive(&node, d))?;
     }
     clean_intents(&node)?;
     if (opts.drives as usize) < opts.ec.total() {

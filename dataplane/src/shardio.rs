@@ -354,7 +354,18 @@ impl Drop for ShardFile {
             let (peer, handle) = (*peer, *handle);
             let _ = CORE.try_with(|c| {
                 if let Some(core) = c.borrow().as_ref() {
-                    let _ = core.senders.try_send_to(peer, Op::Close { handle });
+                    if core
+                        .senders
+                        .try_send_to(peer, Op::Close { handle })
+                        .is_err()
+                    {
+                        // The channel is full: send it when there is room.
+                        let core = core.clone();
+                        glommio::spawn_local(async move {
+                            let _ = core.senders.send_to(peer, Op::Close { handle }).await;
+                        })
+                        .detach();
+                    }
                 }
             });
         }

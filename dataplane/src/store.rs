@@ -239,10 +239,31 @@ fn io_error(e: std::io::Error) -> StoreError {
     }
 }
 
-/// Removes shard files (best effort: a missing file is already gone).
-pub async fn remove_files(node: &Node, locs: &[ShardLoc]) {
+/// Removes shard files; a file already gone counts as removed. Returns whether every file is
+/// gone: only then may the intent that lists them be ended (else start-up retries).
+pub async fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
+    let mut all = true;
     for loc in locs {
-        let _ = std::fs::remove_file(node.drive(loc.drive).shard_path(loc));
+        let path = node.drive(loc.drive).shard_path(loc);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!("removing {}: {e}", path.display());
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+/// Deletes the files of a damaged copy this content's upload replaced, if any.
+async fn remove_replaced(node: &Node, blake3: &[u8; 32]) {
+    let id = meta::replaced_intent(blake3);
+    if let Ok(Some(rec)) = node.meta_read(|kv| meta::intent(kv, id)) {
+        if remove_files(node, &rec.shards).await {
+            node.end_intent_later(id);
+        }
     }
 }
 
@@ -347,8 +368,9 @@ pub async fn put(
     let (size, h) = match result {
         Ok(v) => v,
         Err(e) => {
-            remove_files(node, &locs).await;
-            node.end_intent_later(upload_id);
+            if remove_files(node, &locs).await {
+                node.end_intent_later(upload_id);
+            }
             return Err(e);
         }
     };
@@ -369,15 +391,19 @@ pub async fn put(
     {
         Ok(o) => o,
         Err(e) => {
-            remove_files(node, &locs).await;
-            node.end_intent_later(upload_id);
+            if remove_files(node, &locs).await {
+                node.end_intent_later(upload_id);
+            }
             return Err(e.into());
         }
     };
-    if outcome.deduplicated {
-        remove_files(node, &locs).await;
+    let removed = !outcome.deduplicated || remove_files(node, &locs).await;
+    if removed {
+        node.end_intent_later(upload_id);
     }
-    node.end_intent_later(upload_id);
+    if !outcome.deduplicated {
+        remove_replaced(node, &h).await;
+    }
     Ok(Committed {
         outcome,
         size_bytes: size,
@@ -894,8 +920,9 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
     let r = rebuild(node, &mut reader, &bad, &new_locs).await;
     reader.close().await;
     if let Err(e) = r {
-        remove_files(node, &new_locs).await;
-        node.end_intent_later(upload_id);
+        if remove_files(node, &new_locs).await {
+            node.end_intent_later(upload_id);
+        }
         return Err(e);
     }
     let l2 = new_locs.clone();
@@ -903,8 +930,9 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         .meta
         .write(move |kv| meta::replace_shards(kv, &blake3, &l2, upload_id))
         .await?;
-    remove_files(node, &garbage).await;
-    node.end_intent_later(upload_id);
+    if remove_files(node, &garbage).await {
+        node.end_intent_later(upload_id);
+    }
     Ok(bad.len())
 }
 

@@ -236,6 +236,31 @@ fn two_drives_emptied_are_survived_and_refilled_three_are_not() {
             );
         }
     }
+    // Repair gives up on them and marks them damaged; uploading the same bytes again (even
+    // under another key) must replace the damaged copy, not deduplicate against it.
+    let unrepairable = || {
+        let m = dev
+            .req(Method::GET, "/metrics")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("ostore_unrepairable_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(30), || unrepairable() >= sharded as u64));
+    let (k, body) = objs.iter().find(|(_, b)| b.len() > 16 * 1024).unwrap();
+    assert_eq!(dev.put("reupload", body.clone()).status(), 201);
+    assert!(
+        dev.get_bytes("reupload").1 == *body,
+        "the re-upload did not replace the damaged copy"
+    );
+    assert!(
+        dev.get_bytes(k).1 == *body,
+        "the old key shares the repaired content"
+    );
 }
 
 #[test]
