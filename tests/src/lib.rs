@@ -193,6 +193,19 @@ impl Dev {
         (s, r.bytes().expect("body").to_vec())
     }
 
+    /// The value of a counter or gauge in `/metrics` (panics if it is missing).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .req(reqwest::Method::GET, "/metrics")
+            .send()
+            .expect("GET /metrics")
+            .text()
+            .expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+
     pub fn json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.req(reqwest::Method::GET, path).send().expect("GET");
         let s = r.status().as_u16();

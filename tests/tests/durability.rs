@@ -193,17 +193,7 @@ fn two_drives_emptied_are_survived_and_refilled_three_are_not() {
             .all(|d| ostore_tests::files_under(&dev.drive(*d).join("shards")).len() == sharded)
     });
     assert!(refilled, "emptied drives were not refilled");
-    let metrics = dev
-        .req(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let repaired: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ostore_shards_repaired_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let repaired = dev.metric("ostore_shards_repaired_total") as u64;
     assert_eq!(repaired, 2 * sharded as u64);
     // Now the refilled drives carry the data: lose two others and still read everything.
     empty_dir(&dev.drive(0));
@@ -238,18 +228,7 @@ fn two_drives_emptied_are_survived_and_refilled_three_are_not() {
     }
     // Repair gives up on them and marks them damaged; uploading the same bytes again (even
     // under another key) must replace the damaged copy, not deduplicate against it.
-    let unrepairable = || {
-        let m = dev
-            .req(Method::GET, "/metrics")
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        m.lines()
-            .find_map(|l| l.strip_prefix("ostore_unrepairable_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let unrepairable = || dev.metric("ostore_unrepairable_total") as u64;
     assert!(eventually(Duration::from_secs(30), || unrepairable() >= sharded as u64));
     let (k, body) = objs.iter().find(|(_, b)| b.len() > 16 * 1024).unwrap();
     assert_eq!(dev.put("reupload", body.clone()).status(), 201);
@@ -285,35 +264,12 @@ fn a_flipped_byte_is_caught_and_repaired() {
             && shard_files(&dev, DRIVES).len() == 6),
         "the corrupt shard was not rewritten"
     );
-    let metrics = dev
-        .req(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metrics.contains("ostore_shards_repaired_total 1"),
-        "{metrics}"
-    );
-    let degraded_before = metrics
-        .lines()
-        .find(|l| l.starts_with("ostore_degraded_reads_total"))
-        .unwrap()
-        .to_string();
+    assert_eq!(dev.metric("ostore_shards_repaired_total"), 1.0);
+    let degraded_before = dev.metric("ostore_degraded_reads_total");
     assert!(dev.get_bytes("flip").1 == body);
-    let metrics = dev
-        .req(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let degraded_after = metrics
-        .lines()
-        .find(|l| l.starts_with("ostore_degraded_reads_total"))
-        .unwrap()
-        .to_string();
     assert_eq!(
-        degraded_before, degraded_after,
+        degraded_before,
+        dev.metric("ostore_degraded_reads_total"),
         "the repaired shard still reads as bad"
     );
 }
