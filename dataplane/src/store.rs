@@ -90,6 +90,8 @@ pub struct Committed {
 /// Writes one set of shard files (all K+M for a PUT, or some for a repair).
 struct ShardWriter {
     files: Vec<Rc<ShardFile>>,
+    /// The directories holding the new files, made durable with them.
+    dirs: Vec<std::path::PathBuf>,
     /// Two sets of per-shard buffers: one being filled while the other is being written.
     sets: [Vec<Rc<glommio::io::DmaBuffer>>; 2],
     current: usize,
@@ -104,8 +106,12 @@ impl ShardWriter {
         file_bytes: Option<u64>,
     ) -> Result<Self> {
         let mut files = Vec::with_capacity(locs.len());
+        let mut dirs = Vec::with_capacity(locs.len());
         for loc in locs {
             let path = node.drive(loc.drive).shard_path(loc);
+            if let Some(d) = path.parent() {
+                dirs.push(d.to_path_buf());
+            }
             match ShardFile::open(loc.drive, &path, true).await {
                 Ok(f) => files.push(Rc::new(f)),
                 Err(e) => {
@@ -139,6 +145,7 @@ impl ShardWriter {
             .collect::<Vec<_>>();
         Ok(ShardWriter {
             files,
+            dirs,
             sets: [set, Vec::new()],
             current: 0,
             in_flight: None,
@@ -215,6 +222,18 @@ impl ShardWriter {
             Ok::<_, StoreError>(())
         });
         for r in join_all(writes).await {
+            r?;
+        }
+        // The new files' directory entries must be durable too before anything refers to them.
+        let syncs = self.dirs.iter().map(|d| async move {
+            let dir = glommio::io::Directory::open(d)
+                .await
+                .map_err(|e| io_error(e.into()))?;
+            let r = dir.sync().await.map_err(|e| io_error(e.into()));
+            let _ = dir.close().await;
+            r
+        });
+        for r in join_all(syncs).await {
             r?;
         }
         Ok(())
