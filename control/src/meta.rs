@@ -66,6 +66,9 @@ pub struct PutOutcome {
     pub created_ms: u64,
     /// The content was already stored; the new shard files (if any) are not needed.
     pub deduplicated: bool,
+    /// A damaged copy of the content was replaced; its files are listed under
+    /// [`replaced_intent`] for deletion.
+    pub replaced_damaged: bool,
 }
 
 /// The intent under which `commit_put` lists the shard files of a damaged content it replaced
@@ -312,6 +315,8 @@ pub fn commit_put(
                     version,
                     created_ms,
                     deduplicated: !adopted,
+                    // Unknown after the fact; start-up deletes the listed files in any case.
+                    replaced_damaged: false,
                 });
             }
             intent_rec = Some((id, rec));
@@ -320,10 +325,12 @@ pub fn commit_put(
         let ck = keys::content(&content.blake3);
         let existing: Option<ContentRec> = get(tx, &ck)?;
         let deduplicated = existing.as_ref().is_some_and(|c| !c.damaged);
+        let mut replaced_damaged = false;
         if deduplicated {
             add_ref(tx, &content.blake3)?;
         } else {
             // New content, or a damaged copy that these fresh bytes replace.
+            replaced_damaged = existing.is_some();
             let refs = existing.as_ref().map_or(0, |c| c.refs);
             if let Some(Stored::Sharded { shards, .. }) = existing.as_ref().map(|c| &c.stored) {
                 for s in shards {
@@ -377,6 +384,7 @@ pub fn commit_put(
             version: v.version,
             created_ms: now_ms,
             deduplicated,
+            replaced_damaged,
         })
     })
 }
@@ -407,6 +415,7 @@ pub fn put_existing(
             version: v.version,
             created_ms: now_ms,
             deduplicated: true,
+            replaced_damaged: false,
         }))
     })
 }

@@ -420,7 +420,7 @@ pub async fn put(
     if removed {
         node.end_intent_later(upload_id);
     }
-    if !outcome.deduplicated {
+    if outcome.replaced_damaged {
         remove_replaced(node, &h).await;
     }
     Ok(Committed {

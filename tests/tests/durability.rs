@@ -193,8 +193,12 @@ fn two_drives_emptied_are_survived_and_refilled_three_are_not() {
             .all(|d| ostore_tests::files_under(&dev.drive(*d).join("shards")).len() == sharded)
     });
     assert!(refilled, "emptied drives were not refilled");
-    let repaired = dev.metric("ostore_shards_repaired_total") as u64;
-    assert_eq!(repaired, 2 * sharded as u64);
+    // Files appear before the repair commits and counts them: wait for the count, then check
+    // that every missing shard was rebuilt exactly once.
+    let repaired = || dev.metric("ostore_shards_repaired_total") as u64;
+    eventually(Duration::from_secs(30), || repaired() >= 2 * sharded as u64);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(repaired(), 2 * sharded as u64);
     // Now the refilled drives carry the data: lose two others and still read everything.
     empty_dir(&dev.drive(0));
     empty_dir(&dev.drive(2));
@@ -264,6 +268,10 @@ fn a_flipped_byte_is_caught_and_repaired() {
             && shard_files(&dev, DRIVES).len() == 6),
         "the corrupt shard was not rewritten"
     );
+    // The old file goes just before the repair is counted.
+    assert!(eventually(Duration::from_secs(10), || dev
+        .metric("ostore_shards_repaired_total")
+        >= 1.0));
     assert_eq!(dev.metric("ostore_shards_repaired_total"), 1.0);
     let degraded_before = dev.metric("ostore_degraded_reads_total");
     assert!(dev.get_bytes("flip").1 == body);
