@@ -730,6 +730,18 @@ mod tests {
             stored: Stored::Inline(b.to_vec()),
         }
     }
+    /// `n` shard locations on drives `drive0..`, all in file `file_id`.
+    fn locs(n: u8, drive0: u16, file_id: u64) -> Vec<ShardLoc> {
+        (0..n)
+            .map(|i| ShardLoc {
+                index: i,
+                drive: drive0 + i as u16,
+                file_id,
+                file_tag: file_id as u32,
+            })
+            .collect()
+    }
+
     fn blake3_stub(b: &[u8]) -> &'static [u8; 32] {
         // A distinct stand-in name per body; the real hash is computed by the data plane.
         Box::leak(Box::new([b.first().copied().unwrap_or(0); 32]))
@@ -852,14 +864,7 @@ mod tests {
     #[test]
     fn a_damaged_content_is_replaced_by_the_next_upload() {
         let (_d, kv) = kv();
-        let old: Vec<ShardLoc> = (0..2)
-            .map(|i| ShardLoc {
-                index: i,
-                drive: i as u16,
-                file_id: 1,
-                file_tag: 1,
-            })
-            .collect();
+        let old = locs(2, 0, 1);
         let c = |shards: Vec<ShardLoc>| NewContent {
             blake3: [6; 32],
             size_bytes: 50_000,
@@ -885,14 +890,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let new: Vec<ShardLoc> = (0..2)
-            .map(|i| ShardLoc {
-                index: i,
-                drive: 2 + i as u16,
-                file_id: 2,
-                file_tag: 2,
-            })
-            .collect();
+        let new = locs(2, 2, 2);
         let o = commit_put(
             &kv,
             "default",
@@ -996,14 +994,7 @@ mod tests {
     #[test]
     fn replacing_shards_is_atomic_and_idempotent() {
         let (_d, kv) = kv();
-        let old: Vec<ShardLoc> = (0..3)
-            .map(|i| ShardLoc {
-                index: i,
-                drive: i as u16,
-                file_id: 1,
-                file_tag: 1,
-            })
-            .collect();
+        let old = locs(3, 0, 1);
         begin_intent(&kv, 1, &old, 1).unwrap();
         let c = NewContent {
             blake3: [5; 32],

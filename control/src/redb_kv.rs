@@ -80,13 +80,16 @@ fn range_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(out)
 }
 
+fn get_of<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, KvError> {
+    Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+}
+
 impl Tx for WriteTx<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self
-            .table
-            .get(key)
-            .map_err(storage)?
-            .map(|v| v.value().to_vec()))
+        get_of(&self.table, key)
     }
     fn get_range(
         &mut self,
@@ -121,11 +124,7 @@ struct ReadTx {
 
 impl Tx for ReadTx {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self
-            .table
-            .get(key)
-            .map_err(storage)?
-            .map(|v| v.value().to_vec()))
+        get_of(&self.table, key)
     }
     fn get_range(
         &mut self,

@@ -114,12 +114,9 @@ fn clean_intents(node: &Node) -> anyhow::Result<()> {
     let intents = meta::intents(node.meta.kv())?;
     for (id, rec) in intents {
         let delete_files = !matches!(rec.state, IntentState::Committed { adopted: true, .. });
-        if delete_files {
-            for loc in &rec.shards {
-                if let Some(d) = node.drives.get(loc.drive as usize) {
-                    let _ = std::fs::remove_file(d.shard_path(loc));
-                }
-            }
+        if delete_files && !store::remove_files(node, &rec.shards) {
+            // Kept: the next start tries again.
+            continue;
         }
         futures_lite::future::block_on(node.meta.write(move |kv| meta::end_intent(kv, id)))?;
     }
@@ -335,6 +332,16 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let kv = RedbKv::open(&meta_dir.join("ostore.redb")).context("opening the metadata store")?;
     let meta = Meta::start(Arc::new(kv));
     futures_lite::future::block_on(meta.write(|kv| meta::init(kv, now_ms())))?;
+    // Drives are numbered densely; shards on a drive beyond --drives would be unreachable.
+    if let Some(rec) = meta::drive(meta.kv(), opts.drives)? {
+        anyhow::bail!(
+            "the metadata knows drive {} ({}), but --drives is {}: removing drives is not supported; \
+             start with as many drives as before",
+            opts.drives,
+            rec.path,
+            opts.drives
+        );
+    }
     let drives = (0..opts.drives)
         .map(|i| Drive::new(i, opts.data.join(format!("drive-{i}"))))
         .collect();

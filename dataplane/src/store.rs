@@ -99,6 +99,8 @@ struct ShardWriter {
 }
 
 impl ShardWriter {
+    /// Creates the files (and, with `file_bytes`, preallocates them). On error, what was
+    /// created is closed; the caller removes the files with the intent that lists them.
     async fn create(
         node: &Node,
         locs: &[ShardLoc],
@@ -107,38 +109,32 @@ impl ShardWriter {
     ) -> Result<Self> {
         let mut files = Vec::with_capacity(locs.len());
         let mut dirs = Vec::with_capacity(locs.len());
-        for loc in locs {
-            let path = node.drive(loc.drive).shard_path(loc);
-            if let Some(d) = path.parent() {
-                dirs.push(d.to_path_buf());
+        let opened = async {
+            for loc in locs {
+                let path = node.drive(loc.drive).shard_path(loc);
+                if let Some(d) = path.parent() {
+                    dirs.push(d.to_path_buf());
+                }
+                files.push(Rc::new(ShardFile::open(loc.drive, &path, true).await?));
             }
-            match ShardFile::open(loc.drive, &path, true).await {
-                Ok(f) => files.push(Rc::new(f)),
-                Err(e) => {
-                    for f in files {
-                        if let Ok(f) = Rc::try_unwrap(f) {
-                            f.close().await;
-                        }
-                    }
-                    remove_files(node, locs).await;
-                    return Err(io_error(e));
+            if let Some(bytes) = file_bytes {
+                for r in join_all(files.iter().map(|f| f.pre_allocate(bytes))).await {
+                    r?;
                 }
             }
+            Ok::<_, std::io::Error>(())
         }
-        if let Some(bytes) = file_bytes {
-            let allocs = files.iter().map(|f| f.pre_allocate(bytes));
-            for r in join_all(allocs).await {
-                if let Err(e) = r {
-                    for f in files {
-                        if let Ok(f) = Rc::try_unwrap(f) {
-                            f.close().await;
-                        }
-                    }
-                    remove_files(node, locs).await;
-                    return Err(io_error(e));
+        .await;
+        if let Err(e) = opened {
+            for f in files {
+                if let Ok(f) = Rc::try_unwrap(f) {
+                    f.close().await;
                 }
             }
+            return Err(io_error(e));
         }
+        dirs.sort();
+        dirs.dedup();
         let set = locs
             .iter()
             .map(|_| Rc::new(glommio::allocate_dma_buffer(buf_bytes)))
@@ -260,7 +256,7 @@ fn io_error(e: std::io::Error) -> StoreError {
 
 /// Removes shard files; a file already gone counts as removed. Returns whether every file is
 /// gone: only then may the intent that lists them be ended (else start-up retries).
-pub async fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
+pub fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
     let mut all = true;
     for loc in locs {
         let path = node.drive(loc.drive).shard_path(loc);
@@ -276,13 +272,18 @@ pub async fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
     all
 }
 
+/// Removes the files an intent lists and, once they are all gone, the intent.
+fn discard(node: &Node, locs: &[ShardLoc], intent: u64) {
+    if remove_files(node, locs) {
+        node.end_intent_later(intent);
+    }
+}
+
 /// Deletes the files of a damaged copy this content's upload replaced, if any.
-async fn remove_replaced(node: &Node, blake3: &[u8; 32]) {
+fn remove_replaced(node: &Node, blake3: &[u8; 32]) {
     let id = meta::replaced_intent(blake3);
     if let Ok(Some(rec)) = node.meta_read(|kv| meta::intent(kv, id)) {
-        if remove_files(node, &rec.shards).await {
-            node.end_intent_later(id);
-        }
+        discard(node, &rec.shards, id);
     }
 }
 
@@ -387,9 +388,7 @@ pub async fn put(
     let (size, h) = match result {
         Ok(v) => v,
         Err(e) => {
-            if remove_files(node, &locs).await {
-                node.end_intent_later(upload_id);
-            }
+            discard(node, &locs, upload_id);
             return Err(e);
         }
     };
@@ -410,18 +409,17 @@ pub async fn put(
     {
         Ok(o) => o,
         Err(e) => {
-            if remove_files(node, &locs).await {
-                node.end_intent_later(upload_id);
-            }
+            discard(node, &locs, upload_id);
             return Err(e.into());
         }
     };
-    let removed = !outcome.deduplicated || remove_files(node, &locs).await;
-    if removed {
+    if outcome.deduplicated {
+        discard(node, &locs, upload_id);
+    } else {
         node.end_intent_later(upload_id);
     }
     if outcome.replaced_damaged {
-        remove_replaced(node, &h).await;
+        remove_replaced(node, &h);
     }
     Ok(Committed {
         outcome,
@@ -454,17 +452,15 @@ async fn put_sharded(
     let file_bytes = length_hint.map(|l| Geometry::new(ec, l).shard_file_bytes());
     let mut w = ShardWriter::create(node, locs, striper.buffer_bytes(), file_bytes).await?;
     let r = async {
-        let mut pending: Vec<Bytes> = vec![Bytes::from(head), overflow];
-        let mut first = 0;
+        // What was read before the object turned out not to fit inline comes first.
+        let mut already = [Bytes::from(head), overflow].into_iter();
         loop {
-            let chunk = if first < pending.len() {
-                first += 1;
-                std::mem::take(&mut pending[first - 1])
-            } else {
-                match body.next_chunk().await {
+            let chunk = match already.next() {
+                Some(c) => c,
+                None => match body.next_chunk().await {
                     Some(c) => c.map_err(StoreError::Body)?,
                     None => break,
-                }
+                },
             };
             hasher.update(&chunk);
             if striper.total_bytes() + chunk.len() as u64 > OBJECT_BYTES_MAX {
@@ -532,6 +528,22 @@ struct PiecePlan {
     n: u64,
     spans: Vec<(u64, Range<usize>, Range<usize>)>,
     shards: Range<usize>,
+}
+
+/// Copies the wanted bytes of stripe `s` out of the chunks of data shards `shards`.
+fn copy_piece(
+    geo: &Geometry,
+    s: u64,
+    shards: Range<usize>,
+    chunks: &[&[u8]],
+    within: Range<usize>,
+    out: &mut Vec<u8>,
+) {
+    let mut all: Vec<&[u8]> = vec![&[]; shards.end];
+    for (chunk, i) in chunks.iter().zip(shards) {
+        all[i] = chunk;
+    }
+    copy_out(geo, s, &all, within, out);
 }
 
 /// Reads launched ahead of need.
@@ -609,14 +621,7 @@ impl ShardReader {
     }
 
     async fn read_shard(&mut self, i: usize, s0: u64, n: u64) -> Option<ReadBuf> {
-        let f = self.file(i).await?;
-        match f.read_at(block_offset(s0), self.span(s0, n)).await {
-            Ok(r) if r.len() == self.span(s0, n) => Some(r),
-            _ => {
-                self.bad[i] = true;
-                None
-            }
-        }
+        self.read_batch(s0, n, i..i + 1).await.reads[i].take()
     }
 
     fn verify<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
@@ -823,11 +828,7 @@ impl ShardReader {
             Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
         for (s, within, d) in spans {
             if let Some(payloads) = self.healthy_payloads(&batch, s, d.clone()) {
-                let mut all: Vec<&[u8]> = vec![&[]; d.end];
-                for (j, i) in d.enumerate() {
-                    all[i] = payloads[j];
-                }
-                copy_out(&geo, s, &all, within, &mut out);
+                copy_piece(&geo, s, d, &payloads, within, &mut out);
                 continue;
             }
             let chunks = match self.stripe_chunks(&mut batch, s, d.clone()).await {
@@ -839,11 +840,8 @@ impl ShardReader {
                     return Some(Err(e));
                 }
             };
-            let mut all: Vec<&[u8]> = vec![&[]; d.end];
-            for (j, i) in d.enumerate() {
-                all[i] = &chunks[j];
-            }
-            copy_out(&geo, s, &all, within, &mut out);
+            let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+            copy_piece(&geo, s, d, &chunks, within, &mut out);
         }
         self.cursor.start += out.len() as u64;
         if self.bad.iter().any(|b| *b) {
@@ -901,11 +899,6 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         }
         s0 += n;
     }
-    if stripes == 0 {
-        for i in 0..total {
-            let _ = reader.file(i).await;
-        }
-    }
     let bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
     if bad.is_empty() {
         reader.close().await;
@@ -939,9 +932,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
     let r = rebuild(node, &mut reader, &bad, &new_locs).await;
     reader.close().await;
     if let Err(e) = r {
-        if remove_files(node, &new_locs).await {
-            node.end_intent_later(upload_id);
-        }
+        discard(node, &new_locs, upload_id);
         return Err(e);
     }
     let l2 = new_locs.clone();
@@ -949,9 +940,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         .meta
         .write(move |kv| meta::replace_shards(kv, &blake3, &l2, upload_id))
         .await?;
-    if remove_files(node, &garbage).await {
-        node.end_intent_later(upload_id);
-    }
+    discard(node, &garbage, upload_id);
     Ok(bad.len())
 }
 

@@ -463,3 +463,19 @@ fn conditional_puts() {
     // No shard files of refused PUTs are left behind.
     assert_eq!(ostore_tests::shard_files(&dev, 6).len(), 6);
 }
+
+#[test]
+fn restarting_with_fewer_drives_is_refused() {
+    let mut dev = Dev::start(&[]);
+    assert_eq!(dev.put("big", random_bytes(8, 200_000)).status(), 201);
+    assert_eq!(dev.stop(), Some(0));
+    let out = std::process::Command::new(ostore_tests::binary("ostore"))
+        .args(["dev", "--http", "127.0.0.1:0", "--drives", "4", "--data"])
+        .arg(dev.data())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removing drives is not supported"));
+    dev.restart();
+    assert_eq!(dev.get("big").status(), 200);
+}
