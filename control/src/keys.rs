@@ -22,6 +22,12 @@ pub mod tag {
     pub const INTENT: u8 = 0x50;
     /// `[0x60] blake3:32` → `RepairRec`: content with shards to rebuild
     pub const REPAIR: u8 = 0x60;
+    /// `[0x70] node:u32be` → `NodeRec`: a member of the cluster
+    pub const NODE: u8 = 0x70;
+    /// Singleton: `MembershipRec` (epoch and id counters)
+    pub const MEMBERSHIP: u8 = 0x71;
+    /// Singleton: `LeaseRec` held by the control process running the background jobs
+    pub const LEADER: u8 = 0x72;
 }
 
 /// The key-space format version stored under [`format`].
@@ -91,6 +97,10 @@ pub fn content(blake3: &[u8; 32]) -> Vec<u8> {
     k
 }
 
+pub fn contents() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::CONTENT], vec![tag::CONTENT + 1])
+}
+
 pub fn drive_shard(drive: u16, blake3: &[u8; 32], shard: u8) -> Vec<u8> {
     let mut k = vec![tag::DRIVE_SHARD];
     k.extend_from_slice(&drive.to_be_bytes());
@@ -146,6 +156,24 @@ pub fn repairs() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Object keys: UTF-8, 1..=1024 bytes, no NUL.
+pub fn node(id: u32) -> Vec<u8> {
+    let mut k = vec![tag::NODE];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn nodes() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::NODE], vec![tag::NODE + 1])
+}
+
+pub fn membership() -> Vec<u8> {
+    vec![tag::MEMBERSHIP]
+}
+
+pub fn leader() -> Vec<u8> {
+    vec![tag::LEADER]
+}
+
 pub fn valid_object_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 1024 && !key.contains('\0')
 }

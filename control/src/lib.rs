@@ -9,9 +9,11 @@
 //! - Keys are built only in [`keys`]; their layout is documented in KEYS.md and pinned by golden
 //!   tests.
 
+pub mod cluster;
 pub mod keys;
 pub mod kv;
 pub mod meta;
 pub mod records;
 pub mod redb_kv;
+pub mod rpc;
 pub mod service;

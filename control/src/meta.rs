@@ -35,6 +35,9 @@ pub enum MetaError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// The control plane could not be reached or answered garbage.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl TxnError for MetaError {
@@ -60,7 +63,7 @@ fn put<T: serde::Serialize>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
 }
 
 /// The result of committing a version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PutOutcome {
     pub version: u64,
     pub created_ms: u64,
@@ -231,7 +234,7 @@ fn require_bucket(tx: &mut dyn Tx, bucket: &str) -> Result<()> {
 
 /// A precondition on a write, checked in the same transaction that commits it (RFC 9110
 /// `If-Match` / `If-None-Match` against the ETag of the key's live version).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteCondition {
     #[default]
     Always,
@@ -281,7 +284,7 @@ pub fn check_condition(kv: &dyn Kv, bucket: &str, key: &str, cond: &WriteConditi
 }
 
 /// The content a new version will refer to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewContent {
     pub blake3: [u8; 32],
     pub size_bytes: u64,
@@ -466,7 +469,7 @@ pub fn delete_version(
 }
 
 /// A version and the content it refers to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     pub version: VersionRec,
     pub content: ContentRec,
@@ -518,7 +521,7 @@ pub fn versions(kv: &dyn Kv, bucket: &str, key: &str) -> Result<Option<Vec<Versi
 }
 
 /// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
     pub objects: Vec<(String, VersionRec)>,
     /// Pass as `start_after` to continue; `None` at the end.
@@ -630,6 +633,29 @@ pub fn replace_shards(
         };
         put(tx, &ik, &rec)?;
         Ok(garbage)
+    })
+}
+
+/// Up to `limit` content records after `after`, in hash order.
+pub fn contents(
+    kv: &dyn Kv,
+    after: Option<[u8; 32]>,
+    limit: usize,
+) -> Result<Vec<([u8; 32], ContentRec)>> {
+    run(kv, false, |tx| {
+        let (mut b, e) = keys::contents();
+        if let Some(h) = after {
+            b = keys::content(&h);
+            b.push(0);
+        }
+        let mut out = Vec::new();
+        for (k, v) in tx.get_range(&b, &e, limit, false)? {
+            let h: [u8; 32] = k[1..]
+                .try_into()
+                .map_err(|_| RecordError("content key".into()))?;
+            out.push((h, decode(&v)?));
+        }
+        Ok(out)
     })
 }
 

@@ -65,6 +65,17 @@ impl Meta {
         &*self.kv
     }
 
+    /// Runs one control-plane request: reads on the calling thread, writes through the
+    /// group-commit writer. The answer is encoded as [`crate::rpc::execute`] encodes it.
+    pub async fn call(&self, req: crate::rpc::Request) -> Result<Vec<u8>, MetaError> {
+        if req.is_write() {
+            self.write(move |kv| crate::rpc::execute(kv, req, now_ms()))
+                .await
+        } else {
+            crate::rpc::execute(self.kv(), req, now_ms())
+        }
+    }
+
     /// Runs `f` (write transactions) on the writer thread and waits, without blocking the
     /// calling executor, until its group is committed.
     pub async fn write<T: Send + 'static>(
@@ -93,4 +104,12 @@ impl Meta {
             )))
         })
     }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

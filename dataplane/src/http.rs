@@ -2,7 +2,7 @@
 
 use crate::compat::HyperIo;
 use crate::node::{wait_stopping, Node};
-use crate::store::{self, now_ms, BodySource, ShardReader, StoreError};
+use crate::store::{self, BodySource, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
 use bytes::Bytes;
 use futures_util::stream::Stream;
@@ -12,8 +12,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ostore_control::keys::{valid_bucket, valid_object_key};
-use ostore_control::meta::{self, MetaError, WriteCondition, LIST_LIMIT_MAX};
-use ostore_control::records::{ContentRec, Stored};
+use ostore_control::meta::{
+    ListPage, MetaError, PutOutcome, Resolved, WriteCondition, LIST_LIMIT_MAX,
+};
+use ostore_control::records::{ContentRec, Stored, VersionRec};
+use ostore_control::rpc::Request as Rq;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
 use std::cell::Cell;
@@ -123,6 +126,10 @@ impl From<MetaError> for ApiError {
                 "PreconditionFailed",
                 "a precondition header did not match",
             ),
+            MetaError::Unavailable(m) => {
+                tracing::warn!("control plane: {m}");
+                err(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
+            }
             other => {
                 tracing::error!("metadata: {other}");
                 err(
@@ -350,12 +357,12 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
     check_auth(node, &req).map_err(|e| (op, e))?;
     let r = match op {
         "metrics" => Ok(metrics(node)),
-        "list" => list(node, &req),
+        "list" => list(node, &req).await,
         "put" => put(node, req, &path["/objects/".len()..]).await,
         "get" | "head" => get(node, &req, &path["/objects/".len()..], op == "head").await,
         "delete" => delete(node, &req, &path["/objects/".len()..]).await,
-        "versions" => versions(node, &req, &path["/versions/".len()..]),
-        "locate" => locate(node, &path["/locate/".len()..]),
+        "versions" => versions(node, &req, &path["/versions/".len()..]).await,
+        "locate" => locate(node, &path["/locate/".len()..]).await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -520,7 +527,15 @@ async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<
     let cond = write_condition(&req);
     if cond != WriteCondition::Always {
         // Refuse early when the condition already fails; the commit checks it again atomically.
-        if let Err(e) = node.meta_read(|kv| meta::check_condition(kv, &bucket, &key, &cond)) {
+        if let Err(e) = node
+            .meta
+            .call::<()>(Rq::CheckCondition {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                cond: cond.clone(),
+            })
+            .await
+        {
             if !expects_continue {
                 drain(&mut IncomingSource {
                     body: req.into_body(),
@@ -533,14 +548,20 @@ async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<
     }
     if let (Some(h), true) = (digest, expects_continue) {
         // Dedup without upload: the content is known, so the body is never asked for.
-        let (b, k, c) = (bucket.clone(), key.clone(), cond.clone());
         if let Some(outcome) = node
             .meta
-            .write(move |kv| meta::put_existing(kv, &b, &k, &h, &c, now_ms()))
+            .call::<Option<PutOutcome>>(Rq::PutExisting {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                blake3: h,
+                cond: cond.clone(),
+            })
             .await?
         {
             let size = node
-                .meta_read(|kv| meta::content(kv, &h))?
+                .meta
+                .call::<Option<ContentRec>>(Rq::Content { blake3: h })
+                .await?
                 .map(|c| c.size_bytes)
                 .unwrap_or(0);
             return Ok(put_response(
@@ -655,7 +676,14 @@ async fn get(
     let q = query(req);
     let bucket = bucket_of(&q)?;
     let version = version_of(&q)?;
-    let resolved = node.meta_read(|kv| meta::resolve(kv, &bucket, &key, version))?;
+    let resolved: Resolved = node
+        .meta
+        .call(Rq::Resolve {
+            bucket,
+            key: key.clone(),
+            version,
+        })
+        .await?;
     let v = &resolved.version;
     let etag = etag_of(&v.blake3);
     let mut headers = http::HeaderMap::new();
@@ -797,13 +825,17 @@ async fn delete(
     match version_of(&q)? {
         Some(v) => {
             node.meta
-                .write(move |kv| meta::delete_version(kv, &bucket, &key, v, now_ms()))
+                .call::<()>(Rq::DeleteVersion {
+                    bucket,
+                    key,
+                    version: v,
+                })
                 .await?;
         }
         None => {
             if let Some(v) = node
                 .meta
-                .write(move |kv| meta::delete_key(kv, &bucket, &key, now_ms()))
+                .call::<Option<u64>>(Rq::DeleteKey { bucket, key })
                 .await?
             {
                 r.headers_mut().insert("x-version", HeaderValue::from(v));
@@ -813,11 +845,16 @@ async fn delete(
     Ok(r)
 }
 
-fn versions(node: &Node, req: &Request<Incoming>, raw_key: &str) -> Result<Resp, ApiError> {
+async fn versions(node: &Node, req: &Request<Incoming>, raw_key: &str) -> Result<Resp, ApiError> {
     let key = decode_key(raw_key)?;
     let bucket = bucket_of(&query(req))?;
     let list = node
-        .meta_read(|kv| meta::versions(kv, &bucket, &key))?
+        .meta
+        .call::<Option<Vec<VersionRec>>>(Rq::Versions {
+            bucket,
+            key: key.clone(),
+        })
+        .await?
         .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", "the key never existed"))?;
     let versions: Vec<_> = list
         .iter()
@@ -837,7 +874,7 @@ fn versions(node: &Node, req: &Request<Incoming>, raw_key: &str) -> Result<Resp,
     ))
 }
 
-fn list(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+async fn list(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     let q = query(req);
     let bucket = bucket_of(&q)?;
     let prefix = q.get("prefix").cloned().unwrap_or_default();
@@ -863,8 +900,15 @@ fn list(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
             "prefix and start_after cannot contain NUL",
         ));
     }
-    let page =
-        node.meta_read(|kv| meta::list(kv, &bucket, &prefix, start_after.as_deref(), limit))?;
+    let page: ListPage = node
+        .meta
+        .call(Rq::List {
+            bucket,
+            prefix,
+            start_after,
+            limit,
+        })
+        .await?;
     let objects: Vec<_> = page
         .objects
         .iter()
@@ -878,7 +922,7 @@ fn list(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     ))
 }
 
-fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
+async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
     let mut h = [0u8; 32];
     hex::decode_to_slice(raw, &mut h).map_err(|_| {
         err(
@@ -888,7 +932,9 @@ fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
         )
     })?;
     let c = node
-        .meta_read(|kv| meta::content(kv, &h))?
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3: h })
+        .await?
         .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", "no such content"))?;
     let body = match &c.stored {
         Stored::Inline(_) => {

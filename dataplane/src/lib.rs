@@ -7,6 +7,7 @@
 pub mod compat;
 pub mod drives;
 pub mod http;
+pub mod metaclient;
 pub mod metrics;
 pub mod node;
 pub mod shardio;

@@ -2,14 +2,15 @@
 //! background work (repair, drive watch) that runs on executor 0.
 
 use crate::drives::{Drive, DriveState};
+use crate::metaclient::MetaClient;
 use crate::metrics::Metrics;
-use crate::store::{self, now_ms, StoreError};
+use crate::store::{self, StoreError};
 use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement};
-use ostore_control::kv::Kv;
-use ostore_control::meta::{self, MetaError};
-use ostore_control::records::IntentState;
+use ostore_control::meta::MetaError;
+use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
+use ostore_control::rpc::Request as Rq;
 use ostore_control::service::Meta;
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::time::Duration;
 /// Everything the executors share. All fields are `Send + Sync`; per-executor state lives in
 /// the executor's tasks.
 pub struct Node {
-    pub meta: Meta,
+    pub meta: MetaClient,
     pub drives: Vec<Drive>,
     pub ec: EcParams,
     pub secret: String,
@@ -37,13 +38,15 @@ pub struct Node {
 }
 
 impl Node {
+    /// One of this node's drives. Panics for a drive of another node: callers route those to
+    /// the node that holds it.
     pub fn drive(&self, id: u16) -> &Drive {
-        &self.drives[id as usize]
+        self.local_drive(id)
+            .unwrap_or_else(|| panic!("drive {id} is not on this node"))
     }
 
-    /// Runs a read transaction on the calling thread.
-    pub fn meta_read<T>(&self, f: impl FnOnce(&dyn Kv) -> T) -> T {
-        f(self.meta.kv())
+    pub fn local_drive(&self, id: u16) -> Option<&Drive> {
+        self.drives.iter().find(|d| d.id == id)
     }
 
     /// Forgets an intent without waiting for the commit: the intent is bookkeeping whose files
@@ -51,7 +54,7 @@ impl Node {
     pub fn end_intent_later(&self, id: u64) {
         let meta = self.meta.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = meta.write(move |kv| meta::end_intent(kv, id)).await {
+            if let Err(e) = meta.call::<()>(Rq::EndIntent { id }).await {
                 tracing::warn!("ending intent {id:016x}: {e}");
             }
         })
@@ -62,7 +65,10 @@ impl Node {
     pub async fn queue_repair(&self, blake3: [u8; 32]) {
         let r = self
             .meta
-            .write(move |kv| meta::queue_repair(kv, &[blake3], rand::random(), now_ms()))
+            .call::<()>(Rq::QueueRepair {
+                contents: vec![blake3],
+                nonce: rand::random(),
+            })
             .await;
         if let Err(e) = r {
             tracing::warn!("queueing repair of {}: {e}", hex::encode(blake3));
@@ -110,15 +116,15 @@ fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
 }
 
 /// Removes what interrupted writes left behind: every intent still open at start-up.
-fn clean_intents(node: &Node) -> anyhow::Result<()> {
-    let intents = meta::intents(node.meta.kv())?;
+async fn clean_intents(node: &Node) -> anyhow::Result<()> {
+    let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;
     for (id, rec) in intents {
         let delete_files = !matches!(rec.state, IntentState::Committed { adopted: true, .. });
-        if delete_files && !store::remove_files(node, &rec.shards) {
+        if delete_files && !store::remove_files(node, &rec.shards).await {
             // Kept: the next start tries again.
             continue;
         }
-        futures_lite::future::block_on(node.meta.write(move |kv| meta::end_intent(kv, id)))?;
+        node.meta.call::<()>(Rq::EndIntent { id }).await?;
     }
     Ok(())
 }
@@ -126,15 +132,12 @@ fn clean_intents(node: &Node) -> anyhow::Result<()> {
 /// Checks one drive against the metadata; a drive found empty is formatted and its shards are
 /// queued for repair. Returns whether it was refilled.
 async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
-    let recorded = meta::drive(node.meta.kv(), d.id)?;
+    let recorded: Option<DriveRec> = node.meta.call(Rq::Drive { id: d.id }).await?;
     let (state, rec) = d
         .check(recorded.as_ref())
         .with_context(|| format!("preparing drive {}", d.root.display()))?;
     if let Some(rec) = rec {
-        let id = d.id;
-        node.meta
-            .write(move |kv| meta::set_drive(kv, id, &rec))
-            .await?;
+        node.meta.call::<()>(Rq::SetDrive { id: d.id, rec }).await?;
     }
     if state == (DriveState::Formatted { was_known: true }) {
         tracing::warn!(
@@ -150,13 +153,23 @@ async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
 async fn queue_drive_for_repair(node: &Node, drive: u16) -> Result<(), MetaError> {
     let mut after = None;
     loop {
-        let page = meta::shards_on_drive(node.meta.kv(), drive, after, 1000)?;
+        let page: Vec<([u8; 32], u8)> = node
+            .meta
+            .call(Rq::ShardsOnDrive {
+                drive,
+                after,
+                limit: 1000,
+            })
+            .await?;
         let Some(last) = page.last().copied() else {
             break;
         };
         let hashes: Vec<[u8; 32]> = page.iter().map(|p| p.0).collect();
         node.meta
-            .write(move |kv| meta::queue_repair(kv, &hashes, rand::random(), now_ms()))
+            .call::<()>(Rq::QueueRepair {
+                contents: hashes,
+                nonce: rand::random(),
+            })
             .await?;
         for (h, _) in &page {
             let _ = node.repair_tx.try_send(*h);
@@ -189,7 +202,8 @@ pub async fn wait_stopping(node: &Node) {
 /// Rebuilds queued contents, one at a time, until the node stops.
 async fn repair_worker(node: Arc<Node>) {
     loop {
-        let queue = match meta::repair_queue(node.meta.kv(), 256) {
+        let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::RepairQueue { limit: 256 }).await
+        {
             Ok(q) => q,
             Err(e) => {
                 tracing::error!("reading the repair queue: {e}");
@@ -211,7 +225,7 @@ async fn repair_worker(node: Arc<Node>) {
                     }
                     let _ = node
                         .meta
-                        .write(move |kv| meta::repair_done(kv, &h, nonce))
+                        .call::<()>(Rq::RepairDone { blake3: h, nonce })
                         .await;
                 }
                 Err(StoreError::InsufficientShards { have, need }) => {
@@ -221,10 +235,10 @@ async fn repair_worker(node: Arc<Node>) {
                     );
                     node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
                     // The next upload of these bytes will replace the damaged copy.
-                    let _ = node.meta.write(move |kv| meta::mark_damaged(kv, &h)).await;
+                    let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: h }).await;
                     let _ = node
                         .meta
-                        .write(move |kv| meta::repair_done(kv, &h, nonce))
+                        .call::<()>(Rq::RepairDone { blake3: h, nonce })
                         .await;
                 }
                 Err(e) => {
@@ -330,10 +344,12 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let meta_dir = opts.data.join("meta");
     std::fs::create_dir_all(&meta_dir)?;
     let kv = RedbKv::open(&meta_dir.join("ostore.redb")).context("opening the metadata store")?;
-    let meta = Meta::start(Arc::new(kv));
-    futures_lite::future::block_on(meta.write(|kv| meta::init(kv, now_ms())))?;
+    let meta = MetaClient::Local(Meta::start(Arc::new(kv)));
+    futures_lite::future::block_on(meta.call::<()>(Rq::Init))?;
     // Drives are numbered densely; shards on a drive beyond --drives would be unreachable.
-    if let Some(rec) = meta::drive(meta.kv(), opts.drives)? {
+    let beyond: Option<DriveRec> =
+        futures_lite::future::block_on(meta.call(Rq::Drive { id: opts.drives }))?;
+    if let Some(rec) = beyond {
         anyhow::bail!(
             "the metadata knows drive {} ({}), but --drives is {}: removing drives is not supported; \
              start with as many drives as before",
@@ -364,7 +380,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     for d in &node.drives {
         futures_lite::future::block_on(check_drive(&node, d))?;
     }
-    clean_intents(&node)?;
+    futures_lite::future::block_on(clean_intents(&node))?;
     if (opts.drives as usize) < opts.ec.total() {
         tracing::warn!(
             "{} drives for {} shards: writes of objects over the inline size will fail with 507",

@@ -8,6 +8,7 @@
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use ostore_control::records::ShardLoc;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
@@ -330,6 +331,15 @@ impl ShardFile {
                 })
                 .await
             }
+        }
+    }
+
+    /// Removes the shard file `loc` names; a file already gone counts as removed.
+    pub async fn remove(node: &crate::node::Node, loc: &ShardLoc) -> io::Result<()> {
+        let path = node.drive(loc.drive).shard_path(loc);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 

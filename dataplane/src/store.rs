@@ -11,7 +11,8 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, IntentRec, ShardLoc, Stored};
+use ostore_control::rpc::Request as Rq;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::placement::{self, DriveView};
 use ostore_engine::read::{next_action, BlockState, StripeAction};
@@ -72,12 +73,7 @@ pub trait BodySource {
     async fn next_chunk(&mut self) -> Option<std::result::Result<Bytes, String>>;
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use ostore_control::service::now_ms;
 
 /// A committed PUT.
 #[derive(Debug, Clone)]
@@ -254,35 +250,35 @@ fn io_error(e: std::io::Error) -> StoreError {
     }
 }
 
-/// Removes shard files; a file already gone counts as removed. Returns whether every file is
-/// gone: only then may the intent that lists them be ended (else start-up retries).
-pub fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
+/// Removes shard files, on this node's drives or (in a cluster) on the nodes holding them; a
+/// file already gone counts as removed. Returns whether every file is gone: only then may the
+/// intent that lists them be ended (else start-up or a later sweep retries).
+pub async fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
     let mut all = true;
     for loc in locs {
-        let path = node.drive(loc.drive).shard_path(loc);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!("removing {}: {e}", path.display());
-                all = false;
-            }
+        if let Err(e) = ShardFile::remove(node, loc).await {
+            tracing::warn!("removing shard {} on drive {}: {e}", loc.index, loc.drive);
+            all = false;
         }
     }
     all
 }
 
-/// Removes the files an intent lists and, once they are all gone, the intent.
-fn discard(node: &Node, locs: &[ShardLoc], intent: u64) {
-    if remove_files(node, locs) {
-        node.end_intent_later(intent);
-    }
+/// In the background: removes the files an intent lists and, once they are all gone, the intent.
+fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
+    let (node, locs) = (node.clone(), locs.to_vec());
+    glommio::spawn_local(async move {
+        if remove_files(&node, &locs).await {
+            node.end_intent_later(intent);
+        }
+    })
+    .detach();
 }
 
 /// Deletes the files of a damaged copy this content's upload replaced, if any.
-fn remove_replaced(node: &Node, blake3: &[u8; 32]) {
+async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
     let id = meta::replaced_intent(blake3);
-    if let Ok(Some(rec)) = node.meta_read(|kv| meta::intent(kv, id)) {
+    if let Ok(Some(rec)) = node.meta.call::<Option<IntentRec>>(Rq::Intent { id }).await {
         discard(node, &rec.shards, id);
     }
 }
@@ -304,7 +300,7 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
 
 /// Streams a body into a new version of `bucket/key`.
 pub async fn put(
-    node: &Node,
+    node: &Arc<Node>,
     bucket: &str,
     key: &str,
     expected: Option<[u8; 32]>,
@@ -338,11 +334,15 @@ pub async fn put(
             size_bytes: head.len() as u64,
             stored: Stored::Inline(head),
         };
-        let (b, k, cond) = (bucket.to_string(), key.to_string(), cond.clone());
-        let c2 = content.clone();
         let outcome = node
             .meta
-            .write(move |kv| meta::commit_put(kv, &b, &k, None, &c2, &cond, now_ms()))
+            .call(Rq::CommitPut {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                intent: None,
+                content: content.clone(),
+                cond: cond.clone(),
+            })
             .await?;
         return Ok(Committed {
             outcome,
@@ -368,9 +368,11 @@ pub async fn put(
             file_tag: rand::random(),
         })
         .collect();
-    let l2 = locs.clone();
     node.meta
-        .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))
+        .call::<()>(Rq::BeginIntent {
+            id: upload_id,
+            shards: locs.clone(),
+        })
         .await?;
 
     let result = put_sharded(
@@ -401,10 +403,15 @@ pub async fn put(
             shards: locs.clone(),
         },
     };
-    let (b, k, cond) = (bucket.to_string(), key.to_string(), cond.clone());
     let outcome = match node
         .meta
-        .write(move |kv| meta::commit_put(kv, &b, &k, Some(upload_id), &content, &cond, now_ms()))
+        .call::<PutOutcome>(Rq::CommitPut {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            intent: Some(upload_id),
+            content,
+            cond: cond.clone(),
+        })
         .await
     {
         Ok(o) => o,
@@ -419,7 +426,7 @@ pub async fn put(
         node.end_intent_later(upload_id);
     }
     if outcome.replaced_damaged {
-        remove_replaced(node, &h);
+        remove_replaced(node, &h).await;
     }
     Ok(Committed {
         outcome,
@@ -874,7 +881,11 @@ impl ShardReader {
 /// corrupt, onto the same drive when it is healthy (else another). Returns how many shards were
 /// rewritten.
 pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
-    let Some(content) = node.meta_read(|kv| meta::content(kv, &blake3))? else {
+    let Some(content) = node
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3 })
+        .await?
+    else {
         return Ok(0);
     };
     let Some(mut reader) = ShardReader::new(node.clone(), blake3, &content) else {
@@ -925,9 +936,11 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
             file_tag: rand::random(),
         })
         .collect();
-    let l2 = new_locs.clone();
     node.meta
-        .write(move |kv| meta::begin_intent(kv, upload_id, &l2, now_ms()))
+        .call::<()>(Rq::BeginIntent {
+            id: upload_id,
+            shards: new_locs.clone(),
+        })
         .await?;
     let r = rebuild(node, &mut reader, &bad, &new_locs).await;
     reader.close().await;
@@ -935,10 +948,13 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         discard(node, &new_locs, upload_id);
         return Err(e);
     }
-    let l2 = new_locs.clone();
-    let garbage = node
+    let garbage: Vec<ShardLoc> = node
         .meta
-        .write(move |kv| meta::replace_shards(kv, &blake3, &l2, upload_id))
+        .call(Rq::ReplaceShards {
+            blake3,
+            shards: new_locs.clone(),
+            intent: upload_id,
+        })
         .await?;
     discard(node, &garbage, upload_id);
     Ok(bad.len())

@@ -1,0 +1,416 @@
+//! Cluster membership, as metadata transactions: nodes register and renew a lease by heartbeat;
+//! the leader (one control process at a time, chosen by [`take_lead`]) marks a node down when its
+//! lease runs out, and finds the shards that a lost node or a replaced drive held so that they
+//! can be rebuilt elsewhere. Every change of membership bumps the epoch in [`MembershipRec`].
+
+use crate::keys;
+use crate::kv::{run, Kv, Tx};
+use crate::meta::{MetaError, Result};
+use crate::records::{decode, encode, RecordError};
+use serde::{Deserialize, Serialize};
+
+/// A node is marked down this long after its last heartbeat.
+pub const LEASE_MS: u64 = 6_000;
+/// How often nodes renew their lease.
+pub const HEARTBEAT_MS: u64 = 1_000;
+/// How long a leader's lease on the background jobs lasts without renewal.
+pub const LEADER_LEASE_MS: u64 = 5_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDrive {
+    /// Cluster-wide drive id (the `drive` of a `ShardLoc`).
+    pub id: u16,
+    /// Identity written into the drive's `drive.id` file.
+    pub uuid: [u8; 16],
+    pub path: String,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    /// The drive came back empty: the leader queues what it held for repair, then clears this.
+    pub refill: bool,
+}
+
+/// A member of the cluster. A node is known by its peer address: a node that registers again
+/// from the same address is the same member, whatever its drives hold now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRec {
+    pub id: u32,
+    /// QUIC address other nodes send shards to.
+    pub peer: String,
+    /// HTTP address clients use.
+    pub http: String,
+    pub zone: String,
+    pub drives: Vec<NodeDrive>,
+    pub up: bool,
+    /// When `up` last changed.
+    pub since_ms: u64,
+    pub heartbeat_ms: u64,
+    pub registered_ms: u64,
+    /// Down past the grace period and its shards queued for repair elsewhere.
+    pub evacuated: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipRec {
+    /// Bumped by every change of membership or node state.
+    pub epoch: u64,
+    pub next_node: u32,
+    pub next_drive: u16,
+    /// Erasure coding of the cluster, fixed when it is created.
+    pub data: u8,
+    pub parity: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRec {
+    pub holder: u64,
+    pub expires_ms: u64,
+}
+
+/// A drive as a registering node finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveReport {
+    pub path: String,
+    /// The identity in its `drive.id`; `None` for an empty (new or replaced) drive.
+    pub uuid: Option<[u8; 16]>,
+    /// Identity to give the drive if it is new or replaced (chosen by the caller so that a
+    /// retried registration gives the same one).
+    pub fresh_uuid: [u8; 16],
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub peer: String,
+    pub http: String,
+    pub zone: String,
+    pub drives: Vec<DriveReport>,
+}
+
+/// What nodes and `osctl` know of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub epoch: u64,
+    pub data: u8,
+    pub parity: u8,
+    pub nodes: Vec<NodeRec>,
+}
+
+fn get<T: serde::de::DeserializeOwned>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
+    match tx.get(k)? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn put<T: Serialize>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
+    Ok(tx.set(k, &encode(v))?)
+}
+
+fn all_nodes(tx: &mut dyn Tx) -> Result<Vec<NodeRec>> {
+    let (b, e) = keys::nodes();
+    let mut out = Vec::new();
+    for (_, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+        out.push(decode(&v)?);
+    }
+    Ok(out)
+}
+
+fn membership(tx: &mut dyn Tx) -> Result<MembershipRec> {
+    get(tx, &keys::membership())?
+        .ok_or_else(|| MetaError::Record(RecordError("the cluster is not initialized".into())))
+}
+
+/// Creates the membership record with the cluster's erasure coding, or checks it.
+pub fn init_cluster(kv: &dyn Kv, data: u8, parity: u8) -> Result<(u8, u8)> {
+    run(kv, true, |tx| {
+        if let Some(m) = get::<MembershipRec>(tx, &keys::membership())? {
+            return Ok((m.data, m.parity));
+        }
+        let m = MembershipRec {
+            data,
+            parity,
+            ..Default::default()
+        };
+        put(tx, &keys::membership(), &m)?;
+        Ok((data, parity))
+    })
+}
+
+/// Adds a node, or takes a returning one back (same peer address). Drives are matched by path;
+/// a drive reported empty or with another identity was replaced: it keeps its id, gets
+/// `fresh_uuid`, and is flagged for refill.
+pub fn register(kv: &dyn Kv, reg: &Registration, now_ms: u64) -> Result<NodeRec> {
+    run(kv, true, |tx| {
+        let mut m = membership(tx)?;
+        let existing = all_nodes(tx)?.into_iter().find(|n| n.peer == reg.peer);
+        let mut node = match existing {
+            Some(n) => n,
+            None => {
+                let id = m.next_node;
+                m.next_node += 1;
+                NodeRec {
+                    id,
+                    peer: reg.peer.clone(),
+                    http: reg.http.clone(),
+                    zone: reg.zone.clone(),
+                    drives: Vec::new(),
+                    up: false,
+                    since_ms: now_ms,
+                    heartbeat_ms: now_ms,
+                    registered_ms: now_ms,
+                    evacuated: false,
+                }
+            }
+        };
+        let mut drives = Vec::with_capacity(reg.drives.len());
+        for d in &reg.drives {
+            let known = node.drives.iter().find(|k| k.path == d.path).cloned();
+            let rec = match known {
+                Some(mut k) => {
+                    if d.uuid != Some(k.uuid) {
+                        k.uuid = d.fresh_uuid;
+                        k.refill = true;
+                    }
+                    k.capacity_bytes = d.capacity_bytes;
+                    k.free_bytes = d.free_bytes;
+                    k
+                }
+                None => {
+                    let id = m.next_drive;
+                    m.next_drive = m.next_drive.checked_add(1).ok_or_else(|| {
+                        MetaError::Record(RecordError("drive ids exhausted".into()))
+                    })?;
+                    NodeDrive {
+                        id,
+                        uuid: d.uuid.unwrap_or(d.fresh_uuid),
+                        path: d.path.clone(),
+                        capacity_bytes: d.capacity_bytes,
+                        free_bytes: d.free_bytes,
+                        refill: false,
+                    }
+                }
+            };
+            drives.push(rec);
+        }
+        // Drives no longer reported stay listed (their shards are still recorded on them) but
+        // are lost: flag them for refill so that their shards are rebuilt elsewhere.
+        for old in &node.drives {
+            if !drives.iter().any(|d| d.id == old.id) {
+                let mut gone = old.clone();
+                gone.refill = true;
+                gone.free_bytes = 0;
+                gone.capacity_bytes = 0;
+                drives.push(gone);
+            }
+        }
+        node.drives = drives;
+        node.http = reg.http.clone();
+        node.zone = reg.zone.clone();
+        node.heartbeat_ms = now_ms;
+        if !node.up {
+            node.up = true;
+            node.since_ms = now_ms;
+            node.evacuated = false;
+        }
+        m.epoch += 1;
+        put(tx, &keys::membership(), &m)?;
+        put(tx, &keys::node(node.id), &node)?;
+        Ok(node)
+    })
+}
+
+/// Renews a node's lease and records its drives' free space. `false`: the node is unknown
+/// (the control plane lost it) and must register again.
+pub fn heartbeat(kv: &dyn Kv, node: u32, free: &[(u16, u64)], now_ms: u64) -> Result<bool> {
+    run(kv, true, |tx| {
+        let Some(mut n) = get::<NodeRec>(tx, &keys::node(node))? else {
+            return Ok(false);
+        };
+        n.heartbeat_ms = now_ms;
+        for (id, bytes) in free {
+            if let Some(d) = n.drives.iter_mut().find(|d| d.id == *id) {
+                d.free_bytes = *bytes;
+            }
+        }
+        if !n.up {
+            n.up = true;
+            n.since_ms = now_ms;
+            n.evacuated = false;
+            let mut m = membership(tx)?;
+            m.epoch += 1;
+            put(tx, &keys::membership(), &m)?;
+        }
+        put(tx, &keys::node(node), &n)?;
+        Ok(true)
+    })
+}
+
+pub fn view(kv: &dyn Kv) -> Result<ClusterView> {
+    run(kv, false, |tx| {
+        let m = membership(tx)?;
+        Ok(ClusterView {
+            epoch: m.epoch,
+            data: m.data,
+            parity: m.parity,
+            nodes: all_nodes(tx)?,
+        })
+    })
+}
+
+/// Marks down every node whose lease ran out at `now_ms`; returns their ids.
+pub fn expire_leases(kv: &dyn Kv, now_ms: u64) -> Result<Vec<u32>> {
+    run(kv, true, |tx| {
+        let mut down = Vec::new();
+        for mut n in all_nodes(tx)? {
+            if n.up && n.heartbeat_ms + LEASE_MS < now_ms {
+                n.up = false;
+                n.since_ms = now_ms;
+                put(tx, &keys::node(n.id), &n)?;
+                down.push(n.id);
+            }
+        }
+        if !down.is_empty() {
+            let mut m = membership(tx)?;
+            m.epoch += 1;
+            put(tx, &keys::membership(), &m)?;
+        }
+        Ok(down)
+    })
+}
+
+/// Drives whose shards need rebuilding elsewhere: drives flagged for refill, and every drive of
+/// a node down for longer than `grace_ms` that was not evacuated yet.
+pub fn drives_to_rebuild(kv: &dyn Kv, now_ms: u64, grace_ms: u64) -> Result<Vec<(u32, u16)>> {
+    run(kv, false, |tx| {
+        let mut out = Vec::new();
+        for n in all_nodes(tx)? {
+            let evacuate = !n.up && !n.evacuated && n.since_ms + grace_ms <= now_ms;
+            for d in &n.drives {
+                if evacuate || d.refill {
+                    out.push((n.id, d.id));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Records that the shards of `drive` were queued for repair (clears the refill flag; for a
+/// node that is down, marks it evacuated once all its drives are done).
+pub fn drive_rebuild_queued(kv: &dyn Kv, node: u32, drive: u16) -> Result<()> {
+    run(kv, true, |tx| {
+        let Some(mut n) = get::<NodeRec>(tx, &keys::node(node))? else {
+            return Ok(());
+        };
+        if let Some(d) = n.drives.iter_mut().find(|d| d.id == drive) {
+            d.refill = false;
+        }
+        if !n.up && n.drives.iter().all(|d| !d.refill) {
+            n.evacuated = true;
+        }
+        put(tx, &keys::node(node), &n)?;
+        Ok(())
+    })
+}
+
+/// Takes or renews the leader lease for `holder`; `true` while `holder` leads.
+pub fn take_lead(kv: &dyn Kv, holder: u64, now_ms: u64) -> Result<bool> {
+    run(kv, true, |tx| {
+        let cur: Option<LeaseRec> = get(tx, &keys::leader())?;
+        match cur {
+            Some(l) if l.holder != holder && l.expires_ms > now_ms => Ok(false),
+            _ => {
+                put(
+                    tx,
+                    &keys::leader(),
+                    &LeaseRec {
+                        holder,
+                        expires_ms: now_ms + LEADER_LEASE_MS,
+                    },
+                )?;
+                Ok(true)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redb_kv::RedbKv;
+
+    fn reg(peer: &str, drives: &[(&str, Option<[u8; 16]>)]) -> Registration {
+        Registration {
+            peer: peer.into(),
+            http: format!("http-{peer}"),
+            zone: "z".into(),
+            drives: drives
+                .iter()
+                .map(|(p, u)| DriveReport {
+                    path: p.to_string(),
+                    uuid: *u,
+                    fresh_uuid: [7; 16],
+                    capacity_bytes: 100,
+                    free_bytes: 50,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn register_heartbeat_expire_return() {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m.redb")).unwrap();
+        assert_eq!(init_cluster(&kv, 4, 2).unwrap(), (4, 2));
+        assert_eq!(init_cluster(&kv, 8, 3).unwrap(), (4, 2));
+        let a = register(&kv, &reg("a", &[("/a0", None), ("/a1", None)]), 1000).unwrap();
+        let b = register(&kv, &reg("b", &[("/b0", None)]), 1000).unwrap();
+        assert_eq!((a.id, b.id), (0, 1));
+        assert_eq!(
+            a.drives.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert_eq!(b.drives[0].id, 2);
+        let e0 = view(&kv).unwrap().epoch;
+        assert!(heartbeat(&kv, 0, &[(0, 42)], 5000).unwrap());
+        assert!(!heartbeat(&kv, 9, &[], 5000).unwrap());
+        // b's lease runs out; a's does not.
+        assert_eq!(expire_leases(&kv, 1000 + LEASE_MS + 1).unwrap(), vec![1]);
+        let v = view(&kv).unwrap();
+        assert!(v.epoch > e0);
+        assert!(v.nodes[0].up && !v.nodes[1].up);
+        assert_eq!(v.nodes[0].drives[0].free_bytes, 42);
+        // Down past the grace period: b's drive is to be rebuilt, once.
+        assert_eq!(
+            drives_to_rebuild(&kv, 100_000, 10_000).unwrap(),
+            vec![(1, 2)]
+        );
+        drive_rebuild_queued(&kv, 1, 2).unwrap();
+        assert!(drives_to_rebuild(&kv, 100_000, 10_000).unwrap().is_empty());
+        // b returns with its drive emptied: same node id, same drive id, flagged for refill.
+        let b2 = register(&kv, &reg("b", &[("/b0", None)]), 200_000).unwrap();
+        assert_eq!(b2.id, 1);
+        assert_eq!(b2.drives[0].id, 2);
+        assert!(b2.drives[0].refill && b2.up && !b2.evacuated);
+        // a returns with its identity intact: nothing to refill.
+        let a2 = register(
+            &kv,
+            &reg("a", &[("/a0", Some([7; 16])), ("/a1", Some([7; 16]))]),
+            1,
+        )
+        .unwrap();
+        assert!(a2.drives.iter().all(|d| !d.refill));
+    }
+
+    #[test]
+    fn one_leader_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m.redb")).unwrap();
+        assert!(take_lead(&kv, 1, 0).unwrap());
+        assert!(!take_lead(&kv, 2, 1000).unwrap());
+        assert!(take_lead(&kv, 1, 1000).unwrap());
+        assert!(take_lead(&kv, 2, 1000 + LEADER_LEASE_MS + 1).unwrap());
+        assert!(!take_lead(&kv, 1, 1000 + LEADER_LEASE_MS + 2).unwrap());
+    }
+}

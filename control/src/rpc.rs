@@ -1,0 +1,362 @@
+//! The control-plane API: every metadata operation a data node (or `osctl`, through a node)
+//! asks of the control plane, as one serializable [`Request`], and [`execute`], which runs it
+//! against the key-value store with the transactions of [`crate::meta`] and
+//! [`crate::cluster`].
+//!
+//! `ostore dev` runs requests in-process through the very same [`execute`]; `ostore control`
+//! receives them over HTTP (`POST /v1/rpc`, see ARCHITECTURE.md for the framing). Each request's
+//! answer is the postcard encoding of the return type named on its variant.
+
+use crate::cluster::{self, ClusterView, Registration};
+use crate::kv::Kv;
+use crate::meta::{self, MetaError, NewContent, WriteCondition};
+use crate::records::{ContentRec, DriveRec, RecordError, ShardLoc, Stored};
+use serde::{Deserialize, Serialize};
+
+/// Version byte leading every request and answer body.
+pub const RPC_VERSION: u8 = 1;
+
+/// Contents examined by one [`Request::RepairScan`] call.
+pub const REPAIR_SCAN_PAGE: usize = 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    // Reads.
+    /// → `()`
+    CheckCondition {
+        bucket: String,
+        key: String,
+        cond: WriteCondition,
+    },
+    /// → `Option<ContentRec>`
+    Content { blake3: [u8; 32] },
+    /// → `meta::Resolved`
+    Resolve {
+        bucket: String,
+        key: String,
+        version: Option<u64>,
+    },
+    /// → `Option<Vec<VersionRec>>`
+    Versions { bucket: String, key: String },
+    /// → `meta::ListPage`
+    List {
+        bucket: String,
+        prefix: String,
+        start_after: Option<String>,
+        limit: usize,
+    },
+    /// → `Option<IntentRec>`
+    Intent { id: u64 },
+    /// → `Vec<(u64, IntentRec)>`
+    Intents,
+    /// → `Option<DriveRec>`
+    Drive { id: u16 },
+    /// → `Vec<([u8; 32], u8)>`
+    ShardsOnDrive {
+        drive: u16,
+        after: Option<([u8; 32], u8)>,
+        limit: usize,
+    },
+    /// → `Vec<([u8; 32], u64)>`
+    RepairQueue { limit: usize },
+    /// → `ClusterView`
+    Cluster,
+
+    // Writes.
+    /// → `()`
+    Init,
+    /// → `Option<PutOutcome>`
+    PutExisting {
+        bucket: String,
+        key: String,
+        blake3: [u8; 32],
+        cond: WriteCondition,
+    },
+    /// → `Option<u64>`
+    DeleteKey { bucket: String, key: String },
+    /// → `()`
+    DeleteVersion {
+        bucket: String,
+        key: String,
+        version: u64,
+    },
+    /// → `PutOutcome`
+    CommitPut {
+        bucket: String,
+        key: String,
+        intent: Option<u64>,
+        content: NewContent,
+        cond: WriteCondition,
+    },
+    /// → `()`
+    BeginIntent { id: u64, shards: Vec<ShardLoc> },
+    /// → `()`
+    EndIntent { id: u64 },
+    /// → `Vec<ShardLoc>`
+    ReplaceShards {
+        blake3: [u8; 32],
+        shards: Vec<ShardLoc>,
+        intent: u64,
+    },
+    /// → `()`
+    SetDrive { id: u16, rec: DriveRec },
+    /// → `()`
+    QueueRepair { contents: Vec<[u8; 32]>, nonce: u64 },
+    /// → `()`
+    RepairDone { blake3: [u8; 32], nonce: u64 },
+    /// → `()`
+    MarkDamaged { blake3: [u8; 32] },
+    /// → `cluster::NodeRec`
+    Register(Registration),
+    /// → `bool` (false: unknown node, register again)
+    Heartbeat { node: u32, free: Vec<(u16, u64)> },
+    /// Queues for repair every content (of one page after `after`) whose shards are not where
+    /// the placement rules want them: on a node that is down, on a drive being refilled, or two
+    /// on one node while enough nodes are up to spread them. → `(queued: u64, next: Option<[u8; 32]>)`
+    RepairScan { after: Option<[u8; 32]>, nonce: u64 },
+}
+
+impl Request {
+    /// Whether the request writes (and so goes through the group-commit writer).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Request::CheckCondition { .. }
+                | Request::Content { .. }
+                | Request::Resolve { .. }
+                | Request::Versions { .. }
+                | Request::List { .. }
+                | Request::Intent { .. }
+                | Request::Intents
+                | Request::Drive { .. }
+                | Request::ShardsOnDrive { .. }
+                | Request::RepairQueue { .. }
+                | Request::Cluster
+        )
+    }
+}
+
+/// A [`MetaError`] as it crosses the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WireError {
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchVersion,
+    NoSuchUpload,
+    BucketNotEmpty,
+    PreconditionFailed,
+    Record(String),
+    Kv(String),
+    Unavailable(String),
+}
+
+impl From<&MetaError> for WireError {
+    fn from(e: &MetaError) -> Self {
+        match e {
+            MetaError::NoSuchBucket => WireError::NoSuchBucket,
+            MetaError::NoSuchKey => WireError::NoSuchKey,
+            MetaError::NoSuchVersion => WireError::NoSuchVersion,
+            MetaError::NoSuchUpload => WireError::NoSuchUpload,
+            MetaError::BucketNotEmpty => WireError::BucketNotEmpty,
+            MetaError::PreconditionFailed => WireError::PreconditionFailed,
+            MetaError::Record(r) => WireError::Record(r.0.clone()),
+            MetaError::Kv(k) => WireError::Kv(k.to_string()),
+            MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
+        }
+    }
+}
+
+impl From<WireError> for MetaError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NoSuchBucket => MetaError::NoSuchBucket,
+            WireError::NoSuchKey => MetaError::NoSuchKey,
+            WireError::NoSuchVersion => MetaError::NoSuchVersion,
+            WireError::NoSuchUpload => MetaError::NoSuchUpload,
+            WireError::BucketNotEmpty => MetaError::BucketNotEmpty,
+            WireError::PreconditionFailed => MetaError::PreconditionFailed,
+            WireError::Record(m) => MetaError::Record(RecordError(m)),
+            WireError::Kv(m) => MetaError::Kv(crate::kv::KvError::Storage(m)),
+            WireError::Unavailable(m) => MetaError::Unavailable(m),
+        }
+    }
+}
+
+/// Encodes a request body.
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    let mut out = vec![RPC_VERSION];
+    out.extend(postcard::to_stdvec(req).expect("requests always serialize"));
+    out
+}
+
+pub fn decode_request(b: &[u8]) -> Result<Request, String> {
+    match b.split_first() {
+        Some((&RPC_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown control API version {v}")),
+        None => Err("empty request".into()),
+    }
+}
+
+/// Encodes an answer body: the result of [`execute`].
+pub fn encode_answer(r: &Result<Vec<u8>, MetaError>) -> Vec<u8> {
+    let wire: Result<&[u8], WireError> = match r {
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.into()),
+    };
+    let mut out = vec![RPC_VERSION];
+    out.extend(postcard::to_stdvec(&wire).expect("answers always serialize"));
+    out
+}
+
+/// Decodes an answer body into the request's return type.
+pub fn decode_answer<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, MetaError> {
+    let garbage = |m: String| MetaError::Unavailable(format!("undecodable answer: {m}"));
+    let rest = match b.split_first() {
+        Some((&RPC_VERSION, rest)) => rest,
+        _ => return Err(garbage("unknown version".into())),
+    };
+    let wire: Result<Vec<u8>, WireError> =
+        postcard::from_bytes(rest).map_err(|e| garbage(e.to_string()))?;
+    match wire {
+        Ok(v) => decode_value(&v),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decodes the value [`execute`] returned.
+pub fn decode_value<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, MetaError> {
+    postcard::from_bytes(v)
+        .map_err(|e| MetaError::Unavailable(format!("undecodable answer value: {e}")))
+}
+
+fn enc<T: Serialize>(v: T) -> Result<Vec<u8>, MetaError> {
+    Ok(postcard::to_stdvec(&v).expect("answers always serialize"))
+}
+
+/// Whether the shards of `content` sit where the placement rules want them, given `view`.
+pub fn misplaced(view: &ClusterView, content: &ContentRec) -> bool {
+    let Stored::Sharded { shards, .. } = &content.stored else {
+        return false;
+    };
+    let node_of = |drive: u16| {
+        view.nodes
+            .iter()
+            .find(|n| n.drives.iter().any(|d| d.id == drive))
+    };
+    let up_nodes = view.nodes.iter().filter(|n| n.up).count();
+    let mut seen = Vec::with_capacity(shards.len());
+    for s in shards {
+        match node_of(s.drive) {
+            None => return true,
+            Some(n) => {
+                let refill = n.drives.iter().any(|d| d.id == s.drive && d.refill);
+                if !n.up || refill {
+                    return true;
+                }
+                seen.push(n.id);
+            }
+        }
+    }
+    seen.sort_unstable();
+    let distinct = {
+        let mut d = seen.clone();
+        d.dedup();
+        d.len()
+    };
+    distinct < shards.len() && distinct < up_nodes
+}
+
+/// Runs one request at the control plane's clock `now_ms`; the answer is the postcard
+/// encoding of the return type named on the request's variant.
+pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaError> {
+    use Request::*;
+    match req {
+        CheckCondition { bucket, key, cond } => {
+            enc(meta::check_condition(kv, &bucket, &key, &cond)?)
+        }
+        Content { blake3 } => enc(meta::content(kv, &blake3)?),
+        Resolve {
+            bucket,
+            key,
+            version,
+        } => enc(meta::resolve(kv, &bucket, &key, version)?),
+        Versions { bucket, key } => enc(meta::versions(kv, &bucket, &key)?),
+        List {
+            bucket,
+            prefix,
+            start_after,
+            limit,
+        } => enc(meta::list(
+            kv,
+            &bucket,
+            &prefix,
+            start_after.as_deref(),
+            limit,
+        )?),
+        Intent { id } => enc(meta::intent(kv, id)?),
+        Intents => enc(meta::intents(kv)?),
+        Drive { id } => enc(meta::drive(kv, id)?),
+        ShardsOnDrive {
+            drive,
+            after,
+            limit,
+        } => enc(meta::shards_on_drive(kv, drive, after, limit)?),
+        RepairQueue { limit } => enc(meta::repair_queue(kv, limit)?),
+        Cluster => enc(cluster::view(kv)?),
+        Init => enc(meta::init(kv, now_ms)?),
+        PutExisting {
+            bucket,
+            key,
+            blake3,
+            cond,
+        } => enc(meta::put_existing(
+            kv, &bucket, &key, &blake3, &cond, now_ms,
+        )?),
+        DeleteKey { bucket, key } => enc(meta::delete_key(kv, &bucket, &key, now_ms)?),
+        DeleteVersion {
+            bucket,
+            key,
+            version,
+        } => enc(meta::delete_version(kv, &bucket, &key, version, now_ms)?),
+        CommitPut {
+            bucket,
+            key,
+            intent,
+            content,
+            cond,
+        } => enc(meta::commit_put(
+            kv, &bucket, &key, intent, &content, &cond, now_ms,
+        )?),
+        BeginIntent { id, shards } => enc(meta::begin_intent(kv, id, &shards, now_ms)?),
+        EndIntent { id } => enc(meta::end_intent(kv, id)?),
+        ReplaceShards {
+            blake3,
+            shards,
+            intent,
+        } => enc(meta::replace_shards(kv, &blake3, &shards, intent)?),
+        SetDrive { id, rec } => enc(meta::set_drive(kv, id, &rec)?),
+        QueueRepair { contents, nonce } => enc(meta::queue_repair(kv, &contents, nonce, now_ms)?),
+        RepairDone { blake3, nonce } => enc(meta::repair_done(kv, &blake3, nonce)?),
+        MarkDamaged { blake3 } => enc(meta::mark_damaged(kv, &blake3)?),
+        Register(reg) => enc(cluster::register(kv, &reg, now_ms)?),
+        Heartbeat { node, free } => enc(cluster::heartbeat(kv, node, &free, now_ms)?),
+        RepairScan { after, nonce } => {
+            let view = cluster::view(kv)?;
+            let page = meta::contents(kv, after, REPAIR_SCAN_PAGE)?;
+            let next = if page.len() == REPAIR_SCAN_PAGE {
+                page.last().map(|(h, _)| *h)
+            } else {
+                None
+            };
+            let bad: Vec<[u8; 32]> = page
+                .iter()
+                .filter(|(_, c)| misplaced(&view, c))
+                .map(|(h, _)| *h)
+                .collect();
+            if !bad.is_empty() {
+                meta::queue_repair(kv, &bad, nonce, now_ms)?;
+            }
+            enc((bad.len() as u64, next))
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! How a data node reaches the control plane: in-process for `ostore dev` (the embedded store),
+//! or over HTTP to `ostore control` for a cluster node. Both run the same
+//! [`ostore_control::rpc::Request`]s through the same `rpc::execute`.
+//!
+//! The remote client keeps a few idle keep-alive connections per executor (thread-local, since
+//! connections belong to one executor's reactor) and never blocks the executor.
+
+use crate::compat::HyperIo;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use ostore_control::meta::MetaError;
+use ostore_control::rpc::{self, Request};
+use ostore_control::service::Meta;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Idle connections kept per executor.
+const IDLE_CONNECTIONS_MAX: usize = 16;
+/// A control-plane call that takes longer than this fails (and the request with it).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub enum MetaClient {
+    Local(Meta),
+    Remote(RemoteMeta),
+}
+
+impl MetaClient {
+    /// Runs `req`; `T` is the return type named on the request's variant.
+    pub async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
+        let bytes = match self {
+            MetaClient::Local(m) => m.call(req).await?,
+            MetaClient::Remote(r) => return r.call(req).await,
+        };
+        rpc::decode_value(&bytes)
+    }
+}
+
+/// The control plane at `addr`, called with the cluster secret.
+#[derive(Clone)]
+pub struct RemoteMeta {
+    pub addr: SocketAddr,
+    pub secret: String,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+thread_local! {
+    static IDLE: RefCell<Vec<(SocketAddr, Sender)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn unavailable(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Unavailable(e.to_string())
+}
+
+impl RemoteMeta {
+    async fn connect(&self) -> Result<Sender, MetaError> {
+        let stream = glommio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| unavailable(format!("connecting to {}: {e}", self.addr)))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(HyperIo(stream))
+            .await
+            .map_err(unavailable)?;
+        glommio::spawn_local(async move {
+            let _ = conn.await;
+        })
+        .detach();
+        Ok(sender)
+    }
+
+    fn idle(&self) -> Option<Sender> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            while let Some(i) = idle.iter().position(|(a, _)| *a == self.addr) {
+                let (_, s) = idle.swap_remove(i);
+                if !s.is_closed() {
+                    return Some(s);
+                }
+            }
+            None
+        })
+    }
+
+    pub async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
+        let body = Bytes::from(rpc::encode_request(&req));
+        let attempt = async {
+            // An idle connection the control plane has closed fails before sending anything;
+            // then a fresh one is used.
+            let mut sender = match self.idle() {
+                Some(s) => s,
+                None => self.connect().await?,
+            };
+            if sender.ready().await.is_err() {
+                sender = self.connect().await?;
+                sender.ready().await.map_err(unavailable)?;
+            }
+            let request = http::Request::post("/v1/rpc")
+                .header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", self.secret),
+                )
+                .header(http::header::CONTENT_TYPE, "application/x-ostore-rpc")
+                .body(Full::new(body))
+                .map_err(unavailable)?;
+            let resp = sender.send_request(request).await.map_err(unavailable)?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(unavailable)?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(unavailable(format!(
+                    "control plane answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+            IDLE.with(|idle| {
+                let mut idle = idle.borrow_mut();
+                if idle.len() < IDLE_CONNECTIONS_MAX {
+                    idle.push((self.addr, sender));
+                }
+            });
+            rpc::decode_answer(&bytes)
+        };
+        futures_lite::future::or(attempt, async {
+            glommio::timer::sleep(CALL_TIMEOUT).await;
+            Err(unavailable(format!(
+                "no answer from the control plane at {} in {CALL_TIMEOUT:?}",
+                self.addr
+            )))
+        })
+        .await
+    }
+}
