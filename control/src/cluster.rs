@@ -246,9 +246,10 @@ pub fn heartbeat(kv: &dyn Kv, node: u32, free: &[(u16, u64)], now_ms: u64) -> Re
     })
 }
 
+/// The membership; empty (epoch 0, no nodes) where there is no cluster (`ostore dev`).
 pub fn view(kv: &dyn Kv) -> Result<ClusterView> {
     run(kv, false, |tx| {
-        let m = membership(tx)?;
+        let m: MembershipRec = get(tx, &keys::membership())?.unwrap_or_default();
         Ok(ClusterView {
             epoch: m.epoch,
             data: m.data,

@@ -73,8 +73,31 @@ impl Drive {
         Some(u)
     }
 
+    /// The identity in the drive's `drive.id`, if any.
+    pub fn identity(&self) -> Option<[u8; 16]> {
+        self.read_identity()
+    }
+
+    /// Takes the drive into service under `uuid` (a cluster node, after registration):
+    /// formats it first unless it already carries that identity.
+    pub fn adopt(&self, uuid: [u8; 16]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        if self.read_identity() != Some(uuid) {
+            self.format_as(uuid)?;
+        }
+        *self.uuid.lock().expect("uuid lock") = uuid;
+        self.refresh_free();
+        Ok(())
+    }
+
     /// Formats the drive: shard directories, then a fresh identity, each made durable.
     fn format(&self) -> std::io::Result<[u8; 16]> {
+        let uuid: [u8; 16] = rand::random();
+        self.format_as(uuid)?;
+        Ok(uuid)
+    }
+
+    fn format_as(&self, uuid: [u8; 16]) -> std::io::Result<()> {
         std::fs::create_dir_all(self.root.join("shards"))?;
         for i in 0..256 {
             let d = self.root.join("shards").join(format!("{i:02x}"));
@@ -83,14 +106,13 @@ impl Drive {
             }
         }
         fsync_dir(&self.root.join("shards"))?;
-        let uuid: [u8; 16] = rand::random();
         let tmp = self.root.join("drive.id.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         writeln!(f, "ostore-drive 1 {} {}", hex::encode(uuid), self.id)?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.id_file())?;
         fsync_dir(&self.root)?;
-        Ok(uuid)
+        Ok(())
     }
 
     /// Compares the identity on disk with the metadata's record, formatting the drive if it is

@@ -155,6 +155,9 @@ impl From<StoreError> for ApiError {
             StoreError::InsufficientStorage(m) => {
                 err(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m)
             }
+            StoreError::NotEnoughNodes(m) => {
+                err(StatusCode::SERVICE_UNAVAILABLE, "InsufficientShards", m)
+            }
             StoreError::InsufficientShards { .. } => err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "InsufficientShards",
@@ -352,6 +355,9 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         (&Method::DELETE, p) if p.starts_with("/objects/") => "delete",
         (&Method::GET, p) if p.starts_with("/versions/") => "versions",
         (&Method::GET, p) if p.starts_with("/locate/") => "locate",
+        (&Method::GET, "/admin/cluster") => "cluster",
+        (&Method::POST, "/admin/repair") => "repair_start",
+        (&Method::GET, "/admin/repair") => "repair_status",
         _ => "other",
     };
     check_auth(node, &req).map_err(|e| (op, e))?;
@@ -363,6 +369,9 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         "delete" => delete(node, &req, &path["/objects/".len()..]).await,
         "versions" => versions(node, &req, &path["/versions/".len()..]).await,
         "locate" => locate(node, &path["/locate/".len()..]).await,
+        "cluster" => cluster(node).await,
+        "repair_start" => repair_start(node).await,
+        "repair_status" => repair_status(node).await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -370,6 +379,84 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         )),
     };
     r.map(|r| (op, r)).map_err(|e| (op, e))
+}
+
+/// Membership as `osctl status` and `osctl nodes` show it. `ostore dev` is one node.
+async fn cluster(node: &Node) -> Result<Resp, ApiError> {
+    let now = store::now_ms();
+    let drive_json = |id: u16, path: &str, capacity: u64, free: u64, refill: bool| json!({"id": id, "path": path, "capacity_bytes": capacity, "free_bytes": free, "refill": refill});
+    let body = match &node.cluster {
+        None => {
+            let drives: Vec<_> = node
+                .drives
+                .iter()
+                .map(|d| {
+                    drive_json(
+                        d.id,
+                        &d.root.display().to_string(),
+                        crate::drives::total_bytes(&d.root).unwrap_or(0),
+                        d.free_bytes.load(Ordering::Relaxed),
+                        !d.healthy.load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            json!({"mode": "dev", "epoch": 0, "ec": {"data": node.ec.data, "parity": node.ec.parity},
+                "nodes": [{"id": node.node_id, "state": "up", "zone": "default", "http": null, "peer": null,
+                    "heartbeat_age_ms": 0, "since": null, "drives": drives}]})
+        }
+        Some(c) => {
+            // This node's view, refreshed every heartbeat (a second old at most).
+            let v = c.view();
+            let nodes: Vec<_> = v
+                .nodes
+                .iter()
+                .map(|n| {
+                    let drives: Vec<_> = n
+                        .drives
+                        .iter()
+                        .map(|d| drive_json(d.id, &d.path, d.capacity_bytes, d.free_bytes, d.refill))
+                        .collect();
+                    json!({"id": n.id.to_string(), "state": if n.up { "up" } else { "down" }, "zone": n.zone,
+                        "http": n.http, "peer": n.peer, "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),
+                        "since": rfc3339_ms(n.since_ms), "drives": drives})
+                })
+                .collect();
+            json!({"mode": "cluster", "epoch": v.epoch, "ec": {"data": v.data, "parity": v.parity}, "nodes": nodes})
+        }
+    };
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Queues for repair every object whose shards are not where placement wants them (in `ostore
+/// dev`: every sharded object, so that all shards are verified and rebuilt where needed).
+async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
+    let mut after = None;
+    let mut queued = 0u64;
+    loop {
+        let (n, next): (u64, Option<[u8; 32]>) = node
+            .meta
+            .call(Rq::RepairScan {
+                after,
+                nonce: rand::random(),
+            })
+            .await?;
+        queued += n;
+        match next {
+            Some(h) => after = Some(h),
+            None => break,
+        }
+    }
+    node.wake_repair();
+    Ok(json_response(StatusCode::OK, json!({"queued": queued})))
+}
+
+/// How many objects wait for repair (counted up to 100 000).
+async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
+    let q: Vec<([u8; 32], u64)> = node.meta.call(Rq::RepairQueue { limit: 100_000 }).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"queued": q.len(), "shards_repaired": node.metrics.shards_repaired.load(Ordering::Relaxed)}),
+    ))
 }
 
 fn metrics(node: &Node) -> Resp {
@@ -949,7 +1036,10 @@ async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
             shards.sort_by_key(|s| s.index);
             let list: Vec<_> = shards
                 .iter()
-                .map(|s| json!({"index": s.index, "node": node.node_id, "drive": node.drive(s.drive).root.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()}))
+                .map(|s| {
+                    let (n, d) = node.describe_drive(s.drive);
+                    json!({"index": s.index, "node": n, "drive": d})
+                })
                 .collect();
             json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "inline": false, "ec": {"data": data, "parity": parity}, "shards": list})
         }

@@ -5,11 +5,14 @@
 //! this crate owns the runtime, the sockets and the drives, and only moves bytes.
 
 pub mod compat;
+pub mod controlplane;
 pub mod drives;
 pub mod http;
 pub mod metaclient;
 pub mod metrics;
 pub mod node;
+pub mod peer;
+pub mod quic;
 pub mod shardio;
 pub mod store;
 pub mod time;

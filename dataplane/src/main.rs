@@ -39,18 +39,65 @@ enum Cmd {
         #[arg(long)]
         cores: Option<usize>,
     },
-    /// The control plane of a cluster (not available yet).
+    /// The control plane of a cluster: metadata and membership (needs OSTORE_SECRET).
     Control {
+        /// Address nodes reach the control-plane API on.
         #[arg(long)]
-        listen: Option<String>,
+        listen: SocketAddr,
+        /// Metadata store: redb:PATH (embedded) or fdb:CLUSTER_FILE (feature `fdb`).
         #[arg(long)]
-        meta: Option<String>,
+        meta: String,
+        /// Erasure coding of a new cluster, K data + M parity shards.
+        #[arg(long, default_value = "4+2")]
+        ec: EcParams,
+        /// How long a node may stay down before its shards are rebuilt elsewhere (e.g. 10m, 30s).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        down_grace: std::time::Duration,
     },
-    /// A data node of a cluster (not available yet).
+    /// A data node of a cluster (needs OSTORE_SECRET).
     Node {
+        /// Address of `ostore control`.
         #[arg(long)]
-        control: Option<String>,
+        control: SocketAddr,
+        /// Native HTTP API address.
+        #[arg(long)]
+        http: SocketAddr,
+        /// UDP address other nodes send shards to over QUIC.
+        #[arg(long)]
+        peer: SocketAddr,
+        /// A drive (a directory on its own disk); repeat for each.
+        #[arg(long = "drive", required = true)]
+        drives: Vec<PathBuf>,
+        /// Failure domain (rack, room): shards of an object spread over zones first.
+        #[arg(long, default_value = "default")]
+        zone: String,
+        /// Executors (one per core, pinned); defaults to the number of CPUs.
+        #[arg(long)]
+        cores: Option<usize>,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn cores_or_all(cores: Option<usize>) -> usize {
+    cores
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1)
 }
 
 fn main() {
@@ -71,13 +118,7 @@ fn main() {
             ec,
             cores,
         } => {
-            let cores = cores
-                .unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                })
-                .max(1);
+            let cores = cores_or_all(cores);
             if drives == 0 {
                 eprintln!("ostore: --drives must be at least 1");
                 std::process::exit(2);
@@ -90,10 +131,34 @@ fn main() {
                 cores,
             })
         }
-        Cmd::Control { .. } | Cmd::Node { .. } => {
-            eprintln!("ostore: cluster mode (control, node) is not available in this build yet; use `ostore dev`");
-            std::process::exit(2);
-        }
+        Cmd::Control {
+            listen,
+            meta,
+            ec,
+            down_grace,
+        } => ostore_dataplane::controlplane::run_control(
+            ostore_dataplane::controlplane::ControlOptions {
+                listen,
+                meta,
+                ec,
+                down_grace,
+            },
+        ),
+        Cmd::Node {
+            control,
+            http,
+            peer,
+            drives,
+            zone,
+            cores,
+        } => ostore_dataplane::node::run_node(ostore_dataplane::node::NodeOptions {
+            control,
+            http,
+            peer,
+            drives,
+            zone,
+            cores: cores_or_all(cores),
+        }),
     };
     if let Err(e) = r {
         eprintln!("ostore: {e:#}");

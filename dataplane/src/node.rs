@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::store::{self, StoreError};
 use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement};
+use ostore_control::cluster::{ClusterView, DriveReport, NodeRec, Registration};
 use ostore_control::meta::MetaError;
 use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
@@ -29,6 +30,8 @@ pub struct Node {
     pub node_id: String,
     pub metrics: Metrics,
     pub stopping: AtomicBool,
+    /// Cluster membership and peer credentials; `None` for `ostore dev`.
+    pub cluster: Option<crate::peer::Cluster>,
     /// Mesh peer id of each executor (usize::MAX until it joined).
     peer_ids: Vec<AtomicUsize>,
     /// Executors still serving clients; each keeps serving its drives to the others until 0.
@@ -43,6 +46,41 @@ impl Node {
     pub fn drive(&self, id: u16) -> &Drive {
         self.local_drive(id)
             .unwrap_or_else(|| panic!("drive {id} is not on this node"))
+    }
+
+    /// The node and the drive (its directory name) holding drive `id`, as `/locate` shows them.
+    pub fn describe_drive(&self, id: u16) -> (String, String) {
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default()
+        };
+        if let Some(d) = self.local_drive(id) {
+            return (self.node_id.clone(), name(&d.root));
+        }
+        if let Some(c) = &self.cluster {
+            for n in &c.view().nodes {
+                if let Some(d) = n.drives.iter().find(|d| d.id == id) {
+                    return (n.id.to_string(), name(Path::new(&d.path)));
+                }
+            }
+        }
+        ("unknown".into(), format!("drive-{id}"))
+    }
+
+    /// Fetches the cluster view from the control plane now (it is refreshed every heartbeat).
+    pub async fn refresh_view(&self) {
+        if let Some(c) = &self.cluster {
+            match self.meta.call::<ClusterView>(Rq::Cluster).await {
+                Ok(v) => *c.view.write().expect("cluster view lock") = Arc::new(v),
+                Err(e) => tracing::warn!("reading the cluster view: {e}"),
+            }
+        }
+    }
+
+    /// Wakes the repair worker (it also polls the queue every few seconds).
+    pub fn wake_repair(&self) {
+        let _ = self.repair_tx.try_send([0; 32]);
     }
 
     pub fn local_drive(&self, id: u16) -> Option<&Drive> {
@@ -211,7 +249,8 @@ async fn repair_worker(node: Arc<Node>) {
             }
         };
         let mut retry_later = false;
-        for (h, nonce) in queue {
+        let mine = repair_share(&node);
+        for (h, nonce) in queue.into_iter().filter(|(h, _)| mine(h)) {
             if node.stopping.load(Ordering::Relaxed) {
                 return;
             }
@@ -272,6 +311,21 @@ async fn repair_worker(node: Arc<Node>) {
 /// Watches every drive: refreshes free space and notices a drive that was emptied or replaced.
 async fn drive_watcher(node: Arc<Node>) {
     while sleep_unless_stopping(&node, Duration::from_secs(1)).await {
+        if node.cluster.is_some() {
+            if node.drives.iter().any(|d| !d.identity_intact()) {
+                for d in node.drives.iter().filter(|d| !d.identity_intact()) {
+                    tracing::warn!(
+                        "drive {} lost its identity (emptied or replaced): registering it again",
+                        d.root.display()
+                    );
+                    d.healthy.store(false, Ordering::Relaxed);
+                }
+                if let Err(e) = reregister(&node).await {
+                    tracing::error!("registering replaced drives: {e:#}");
+                }
+            }
+            continue;
+        }
         for d in &node.drives {
             d.refresh_free();
             if !d.identity_intact() {
@@ -323,9 +377,13 @@ fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr
         // with a plain socket first.
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         probe.set_reuse_address(true)?;
-        probe
-            .bind(&addr.into())
-            .with_context(|| format!("{addr} is already in use"))?;
+        if let Err(e) = probe.bind(&addr.into()) {
+            // Connections of a previous process on this port linger (TIME_WAIT, FIN_WAIT)
+            // after it died; only a live listener makes the port unusable.
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+                return Err(e).with_context(|| format!("{addr} is already in use"));
+            }
+        }
     }
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_port(true)?;
@@ -370,6 +428,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         node_id: "dev".into(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
+        cluster: None,
         peer_ids: (0..opts.cores)
             .map(|_| AtomicUsize::new(usize::MAX))
             .collect(),
@@ -390,13 +449,65 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     }
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
+    let handles = start_executors(node.clone(), http_addr, None, |node| {
+        glommio::spawn_local(repair_worker(node.clone())).detach();
+        glommio::spawn_local(intent_sweeper(node.clone())).detach();
+        glommio::spawn_local(drive_watcher(node)).detach();
+    })?;
+    drop(placeholder);
+
+    let mut line = format!("ostore ready http={http_addr}");
+    if let Some(p) = &secret_file {
+        line.push_str(&format!(" secret-file={}", p.display()));
+    }
+    print_ready(&line)?;
+    wait_for_signal_then_stop(&node, handles)
+}
+
+/// Prints the one `ostore ready` line on stdout.
+pub fn print_ready(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM, then stops the node and waits for its executors.
+fn wait_for_signal_then_stop(
+    node: &Arc<Node>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let _ = signals.forever().next();
+    tracing::info!("stopping: no new connections, finishing requests in flight");
+    node.stopping.store(true, Ordering::SeqCst);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// Starts one pinned executor per core: each joins the drive mesh, listens on `http_addr`
+/// (SO_REUSEPORT) and, in a cluster, on the peer port over QUIC; executor 0 also runs
+/// `background`. Returns once every executor is listening.
+fn start_executors(
+    node: Arc<Node>,
+    http_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
+    background: fn(Arc<Node>),
+) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
+    let cores = node.peer_ids.len();
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let mut handles = Vec::new();
-    let mesh = crate::shardio::mesh(opts.cores);
-    for core in 0..opts.cores {
+    let mesh = crate::shardio::mesh(cores);
+    for core in 0..cores {
         let node = node.clone();
         let bound_tx = bound_tx.clone();
         let mesh = mesh.clone();
@@ -410,18 +521,27 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
                 }
                 prime_iopoll_probe(&node).await;
                 let listener = match glommio::net::TcpListener::bind(http_addr) {
-                    Ok(l) => {
-                        let _ = bound_tx.send(Ok(()));
-                        l
-                    }
+                    Ok(l) => l,
                     Err(e) => {
                         let _ = bound_tx.send(Err(anyhow::anyhow!("binding {http_addr}: {e}")));
                         return;
                     }
                 };
+                if let (Some(addr), Some(cluster)) = (peer_addr, &node.cluster) {
+                    match crate::quic::Endpoint::bind(addr, true, Some(cluster.tls.server.clone()))
+                    {
+                        Ok(ep) => {
+                            glommio::spawn_local(crate::peer::serve(node.clone(), ep)).detach();
+                        }
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(anyhow::anyhow!("binding UDP {addr}: {e}")));
+                            return;
+                        }
+                    }
+                }
+                let _ = bound_tx.send(Ok(()));
                 if core == 0 {
-                    glommio::spawn_local(repair_worker(node.clone())).detach();
-                    glommio::spawn_local(drive_watcher(node.clone())).detach();
+                    background(node.clone());
                 }
                 crate::http::serve(node.clone(), listener).await;
                 // Keep serving this executor's drives until every executor has drained.
@@ -434,31 +554,298 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         handles.push(h);
     }
     drop(bound_tx);
-    for _ in 0..opts.cores {
+    for _ in 0..cores {
         bound_rx.recv().context("executor died while starting")??;
     }
-    drop(placeholder);
+    Ok(handles)
+}
 
-    let mut line = format!("ostore ready http={http_addr}");
-    if let Some(p) = &secret_file {
-        line.push_str(&format!(" secret-file={}", p.display()));
-    }
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}")?;
-        out.flush()?;
-    }
+/// An upload whose intent is this old is taken as abandoned (its writer died without a
+/// restart to clean up after it) and its files are deleted.
+const WRITING_INTENT_AGE_MAX_MS: u64 = 24 * 3600 * 1000;
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    let _ = signals.forever().next();
-    tracing::info!("stopping: no new connections, finishing requests in flight");
-    node.stopping.store(true, Ordering::SeqCst);
-    for h in handles {
-        let _ = h.join();
+/// Now and then, finishes what intents left undone: deletes files that no content refers to
+/// (left when their node was down or a deletion failed) and files of abandoned uploads, then
+/// ends the intents. In a cluster the nodes split the intents between them.
+async fn intent_sweeper(node: Arc<Node>) {
+    while sleep_unless_stopping(&node, Duration::from_secs(10)).await {
+        let intents: Vec<(u64, IntentRec)> = match node.meta.call(Rq::Intents).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!("reading intents: {e}");
+                continue;
+            }
+        };
+        let mine = repair_share(&node);
+        let now = store::now_ms();
+        for (id, rec) in intents {
+            if !mine(&blake3::hash(&id.to_le_bytes()).into()) {
+                continue;
+            }
+            let delete_files = match rec.state {
+                IntentState::Committed { adopted, .. } => !adopted,
+                IntentState::Writing
+                    if now.saturating_sub(rec.created_ms) > WRITING_INTENT_AGE_MAX_MS =>
+                {
+                    true
+                }
+                IntentState::Writing => continue,
+            };
+            // Recent garbage may still be in the hands of the request that made it.
+            if now.saturating_sub(rec.created_ms) < 30_000 {
+                continue;
+            }
+            if delete_files && !store::remove_files(&node, &rec.shards).await {
+                continue;
+            }
+            if let Err(e) = node.meta.call::<()>(Rq::EndIntent { id }).await {
+                tracing::warn!("ending intent {id:016x}: {e}");
+            }
+        }
+    }
+}
+
+/// Which queued repairs this node takes: in a cluster, the nodes that are up split the queue by
+/// content hash, so that each content is rebuilt by one node; `ostore dev` takes all.
+fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
+    let (rank, of) = match &node.cluster {
+        None => (0, 1),
+        Some(c) => {
+            let view = c.view();
+            let mut up: Vec<u32> = view.nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
+            up.sort_unstable();
+            match up.iter().position(|&id| id == c.me) {
+                Some(r) => (r as u64, up.len() as u64),
+                None => (0, 0),
+            }
+        }
+    };
+    move |h: &[u8; 32]| {
+        of > 0 && u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) % of == rank
+    }
+}
+
+/// Options of `ostore node`.
+pub struct NodeOptions {
+    pub control: SocketAddr,
+    pub http: SocketAddr,
+    pub peer: SocketAddr,
+    pub drives: Vec<PathBuf>,
+    pub zone: String,
+    pub cores: usize,
+}
+
+fn reserve_udp_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        // As for TCP: SO_REUSEPORT would let a second node share the port silently.
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        probe
+            .bind(&addr.into())
+            .with_context(|| format!("UDP {addr} is already in use"))?;
+    }
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())
+        .with_context(|| format!("binding UDP {addr}"))?;
+    let local = s.local_addr()?.as_socket().context("bound address")?;
+    Ok((s, local))
+}
+
+fn registration(
+    opts: &NodeOptions,
+    http: SocketAddr,
+    peer: SocketAddr,
+) -> anyhow::Result<Registration> {
+    let mut drives = Vec::with_capacity(opts.drives.len());
+    for path in &opts.drives {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let probe = Drive::new(0, path.clone());
+        probe.refresh_free();
+        drives.push(DriveReport {
+            path: path.display().to_string(),
+            uuid: probe.identity(),
+            fresh_uuid: rand::random(),
+            capacity_bytes: crate::drives::total_bytes(path).unwrap_or(0),
+            free_bytes: probe.free_bytes.load(Ordering::Relaxed),
+        });
+    }
+    Ok(Registration {
+        peer: peer.to_string(),
+        http: http.to_string(),
+        zone: opts.zone.clone(),
+        drives,
+    })
+}
+
+/// Registers with the control plane, retrying while it is unreachable (it may start later).
+async fn register(meta: &MetaClient, reg: &Registration) -> anyhow::Result<NodeRec> {
+    let mut tries = 0;
+    loop {
+        match meta.call::<NodeRec>(Rq::Register(reg.clone())).await {
+            Ok(n) => return Ok(n),
+            Err(e) if tries < 60 => {
+                tries += 1;
+                tracing::warn!("registering with the control plane: {e}; retrying");
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("registering with the control plane"),
+        }
+    }
+}
+
+/// Renews the node's lease every second and refreshes its view of the cluster; registers again
+/// if the control plane no longer knows it.
+async fn heartbeat(node: Arc<Node>) {
+    let Some(cluster) = &node.cluster else { return };
+    let period = Duration::from_millis(ostore_control::cluster::HEARTBEAT_MS);
+    while sleep_unless_stopping(&node, period).await {
+        let free: Vec<(u16, u64)> = node
+            .drives
+            .iter()
+            .map(|d| {
+                d.refresh_free();
+                (d.id, d.free_bytes.load(Ordering::Relaxed))
+            })
+            .collect();
+        match node
+            .meta
+            .call::<bool>(Rq::Heartbeat {
+                node: cluster.me,
+                free,
+            })
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("the control plane does not know this node: registering again");
+                if let Err(e) = reregister(&node).await {
+                    tracing::warn!("registering again: {e:#}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!("heartbeat: {e}");
+                continue;
+            }
+        }
+        node.refresh_view().await;
+    }
+}
+
+/// Registers this node again with its drives as they are now: the control plane flags drives
+/// found empty for refill and gives them a fresh identity, which they are formatted with.
+async fn reregister(node: &Node) -> anyhow::Result<()> {
+    let Some(cluster) = &node.cluster else {
+        return Ok(());
+    };
+    let view = cluster.view();
+    let me = view
+        .nodes
+        .iter()
+        .find(|n| n.id == cluster.me)
+        .context("this node is missing from the cluster view")?;
+    let reg = Registration {
+        peer: me.peer.clone(),
+        http: me.http.clone(),
+        zone: me.zone.clone(),
+        drives: node
+            .drives
+            .iter()
+            .map(|d| DriveReport {
+                path: d.root.display().to_string(),
+                uuid: d.identity(),
+                fresh_uuid: rand::random(),
+                capacity_bytes: crate::drives::total_bytes(&d.root).unwrap_or(0),
+                free_bytes: d.free_bytes.load(Ordering::Relaxed),
+            })
+            .collect(),
+    };
+    let rec: NodeRec = node.meta.call(Rq::Register(reg)).await?;
+    for d in &node.drives {
+        let path = d.root.display().to_string();
+        if let Some(r) = rec.drives.iter().find(|r| r.path == path) {
+            d.adopt(r.uuid)
+                .with_context(|| format!("formatting {path}"))?;
+            d.healthy.store(true, Ordering::Relaxed);
+        }
     }
     Ok(())
+}
+
+/// Runs `ostore node` until SIGINT or SIGTERM.
+pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
+    let secret = std::env::var("OSTORE_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
+    let tls = crate::peer::credentials(&secret)?;
+    let meta = MetaClient::Remote(crate::metaclient::RemoteMeta {
+        addr: opts.control,
+        secret: secret.clone(),
+    });
+    let (http_placeholder, http_addr) = reserve_port(opts.http)?;
+    let (udp_placeholder, peer_addr) = reserve_udp_port(opts.peer)?;
+    let reg = registration(&opts, http_addr, peer_addr)?;
+    // Registration runs on a short-lived executor of this thread: the client needs a reactor.
+    let (rec, view) = LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .map_err(|e| anyhow::anyhow!("starting the registration executor: {e}"))?
+        .run(async {
+            let rec = register(&meta, &reg).await?;
+            let view: ClusterView = meta.call(Rq::Cluster).await?;
+            Ok::<_, anyhow::Error>((rec, view))
+        })?;
+    let ec = EcParams::new(view.data, view.parity)
+        .map_err(|e| anyhow::anyhow!("the cluster's erasure coding: {e}"))?;
+    let mut drives = Vec::with_capacity(opts.drives.len());
+    for path in &opts.drives {
+        let p = path.display().to_string();
+        let d = rec
+            .drives
+            .iter()
+            .find(|d| d.path == p)
+            .context("the control plane did not register every drive")?;
+        let drive = Drive::new(d.id, path.clone());
+        drive
+            .adopt(d.uuid)
+            .with_context(|| format!("preparing drive {p}"))?;
+        if d.refill {
+            tracing::warn!("drive {p} came back empty: its shards will be rebuilt");
+        }
+        drives.push(drive);
+    }
+    let (repair_tx, repair_rx) = flume::bounded(4096);
+    let node = Arc::new(Node {
+        meta,
+        drives,
+        ec,
+        secret,
+        node_id: rec.id.to_string(),
+        metrics: Metrics::default(),
+        stopping: AtomicBool::new(false),
+        cluster: Some(crate::peer::Cluster {
+            me: rec.id,
+            view: std::sync::RwLock::new(Arc::new(view)),
+            tls,
+        }),
+        peer_ids: (0..opts.cores)
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
+        serving: AtomicUsize::new(opts.cores),
+        repair_tx,
+        repair_rx,
+    });
+    let handles = start_executors(node.clone(), http_addr, Some(peer_addr), |node| {
+        glommio::spawn_local(heartbeat(node.clone())).detach();
+        glommio::spawn_local(repair_worker(node.clone())).detach();
+        glommio::spawn_local(intent_sweeper(node.clone())).detach();
+        glommio::spawn_local(drive_watcher(node)).detach();
+    })?;
+    drop(http_placeholder);
+    drop(udp_placeholder);
+    print_ready(&format!(
+        "ostore ready node={} http={http_addr} peer={peer_addr}",
+        rec.id
+    ))?;
+    wait_for_signal_then_stop(&node, handles)
 }

@@ -213,7 +213,13 @@ pub fn owner_of(drive: u16) -> usize {
 /// A shard file, local to this executor or held by the drive's owner.
 pub enum ShardFile {
     Local(Rc<DmaFile>),
-    Remote { peer: usize, handle: u64 },
+    /// On a drive of this node that another executor owns.
+    Remote {
+        peer: usize,
+        handle: u64,
+    },
+    /// On another node's drive, over QUIC.
+    Peer(crate::peer::PeerFile),
 }
 
 /// Bytes read from a shard file.
@@ -261,6 +267,21 @@ impl ShardFile {
         Ok(ShardFile::Remote { peer, handle })
     }
 
+    /// Opens the shard file `loc` names, wherever its drive is: on this executor, on another
+    /// executor of this node, or on another node.
+    pub async fn open_loc(
+        node: &crate::node::Node,
+        loc: &ShardLoc,
+        create: bool,
+    ) -> io::Result<ShardFile> {
+        match node.local_drive(loc.drive) {
+            Some(d) => ShardFile::open(loc.drive, &d.shard_path(loc), create).await,
+            None => crate::peer::PeerFile::open(node, loc, create)
+                .await
+                .map(ShardFile::Peer),
+        }
+    }
+
     /// Writes `buf[..len]` at `pos` (both aligned).
     pub async fn write_at(&self, buf: &Rc<DmaBuffer>, len: usize, pos: u64) -> io::Result<usize> {
         match self {
@@ -272,6 +293,7 @@ impl ShardFile {
                 b.as_bytes_mut().copy_from_slice(&buf.as_bytes()[..len]);
                 f.write_at(b, pos).await.map_err(gio)
             }
+            ShardFile::Peer(p) => p.write_at(&buf.as_bytes()[..len], pos).await,
             ShardFile::Remote { peer, handle } => {
                 let data = buf.as_bytes()[..len].to_vec();
                 ask(*peer, |reply| Op::Write {
@@ -293,6 +315,7 @@ impl ShardFile {
                 .await
                 .map(ReadBuf::Dma)
                 .map_err(gio),
+            ShardFile::Peer(p) => p.read_at(pos, len).await.map(ReadBuf::Heap),
             ShardFile::Remote { peer, handle } => ask(*peer, |reply| Op::Read {
                 handle: *handle,
                 pos,
@@ -310,6 +333,7 @@ impl ShardFile {
     pub async fn pre_allocate(&self, bytes: u64) -> io::Result<()> {
         match self {
             ShardFile::Local(f) => f.pre_allocate(bytes, false).await.map_err(gio),
+            ShardFile::Peer(p) => p.pre_allocate(bytes).await,
             ShardFile::Remote { peer, handle } => {
                 ask(*peer, |reply| Op::Allocate {
                     handle: *handle,
@@ -324,6 +348,7 @@ impl ShardFile {
     pub async fn fdatasync(&self) -> io::Result<()> {
         match self {
             ShardFile::Local(f) => f.fdatasync().await.map_err(gio),
+            ShardFile::Peer(p) => p.fdatasync().await,
             ShardFile::Remote { peer, handle } => {
                 ask(*peer, |reply| Op::Sync {
                     handle: *handle,
@@ -336,7 +361,10 @@ impl ShardFile {
 
     /// Removes the shard file `loc` names; a file already gone counts as removed.
     pub async fn remove(node: &crate::node::Node, loc: &ShardLoc) -> io::Result<()> {
-        let path = node.drive(loc.drive).shard_path(loc);
+        let Some(d) = node.local_drive(loc.drive) else {
+            return crate::peer::remove(node, loc).await;
+        };
+        let path = d.shard_path(loc);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -347,7 +375,7 @@ impl ShardFile {
     pub async fn close(self) {
         let local = match &self {
             ShardFile::Local(f) => Some(f.clone()),
-            ShardFile::Remote { .. } => None,
+            ShardFile::Remote { .. } | ShardFile::Peer(_) => None,
         };
         drop(self);
         if let Some(f) = local.and_then(|f| Rc::try_unwrap(f).ok()) {

@@ -43,6 +43,8 @@ pub enum StoreError {
     TooLarge,
     #[error("not enough storage: {0}")]
     InsufficientStorage(String),
+    #[error("{0}")]
+    NotEnoughNodes(String),
     #[error("only {have} of {need} shards readable")]
     InsufficientShards { have: usize, need: usize },
     #[error("drive I/O: {0}")]
@@ -107,11 +109,13 @@ impl ShardWriter {
         let mut dirs = Vec::with_capacity(locs.len());
         let opened = async {
             for loc in locs {
-                let path = node.drive(loc.drive).shard_path(loc);
-                if let Some(d) = path.parent() {
-                    dirs.push(d.to_path_buf());
+                // Another node makes the directories of its files durable itself.
+                if let Some(d) = node.local_drive(loc.drive) {
+                    if let Some(dir) = d.shard_path(loc).parent() {
+                        dirs.push(dir.to_path_buf());
+                    }
                 }
-                files.push(Rc::new(ShardFile::open(loc.drive, &path, true).await?));
+                files.push(Rc::new(ShardFile::open_loc(node, loc, true).await?));
             }
             if let Some(bytes) = file_bytes {
                 for r in join_all(files.iter().map(|f| f.pre_allocate(bytes))).await {
@@ -283,18 +287,59 @@ async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
     }
 }
 
-/// Every drive as placement sees it, with free space read now (one statvfs per drive).
+/// Every drive as placement sees it: this node's with free space read now (one statvfs per
+/// drive); in a cluster, the other nodes' as their last heartbeat reported them.
 fn drive_views(node: &Node) -> Vec<DriveView> {
-    node.drives
-        .iter()
-        .map(|d| {
-            d.refresh_free();
-            DriveView {
-                id: d.id,
-                free_bytes: d.free_bytes.load(Ordering::Relaxed),
-                healthy: d.healthy.load(Ordering::Relaxed),
+    let local = node.drives.iter().map(|d| {
+        d.refresh_free();
+        DriveView {
+            id: d.id,
+            node: node.cluster.as_ref().map_or(0, |c| c.me),
+            zone: 0,
+            free_bytes: d.free_bytes.load(Ordering::Relaxed),
+            healthy: d.healthy.load(Ordering::Relaxed),
+        }
+    });
+    let Some(cluster) = &node.cluster else {
+        return local.collect();
+    };
+    let mut out: Vec<DriveView> = local.collect();
+    let view = cluster.view();
+    for n in &view.nodes {
+        let zone = u32::from_le_bytes(
+            blake3::hash(n.zone.as_bytes()).as_bytes()[..4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        for d in &n.drives {
+            match out.iter_mut().find(|x| x.id == d.id) {
+                Some(mine) => mine.zone = zone,
+                None => out.push(DriveView {
+                    id: d.id,
+                    node: n.id,
+                    zone,
+                    free_bytes: d.free_bytes,
+                    healthy: n.up && !d.refill,
+                }),
             }
-        })
+        }
+    }
+    out
+}
+
+/// Shards (positions) that share a node with a shard of lower index while some healthy node
+/// with room holds none of the object: repair moves them there.
+fn doubled_up(views: &[DriveView], locs: &[ShardLoc], shard_bytes: u64) -> Vec<usize> {
+    let node_of = |drive: u16| views.iter().find(|d| d.id == drive).map(|d| d.node);
+    let nodes: Vec<Option<u32>> = locs.iter().map(|l| node_of(l.drive)).collect();
+    let free_node = views
+        .iter()
+        .any(|d| d.healthy && d.free_bytes >= shard_bytes && !nodes.contains(&Some(d.node)));
+    if !free_node {
+        return Vec::new();
+    }
+    (0..locs.len())
+        .filter(|&i| nodes[i].is_some() && nodes[..i].contains(&nodes[i]))
         .collect()
 }
 
@@ -355,8 +400,27 @@ pub async fn put(
     let size_guess = length_hint.unwrap_or(head.len() as u64 + overflow.len() as u64);
     let per_shard = Geometry::new(ec, size_guess).shard_file_bytes();
     let spread: u64 = rand::random();
-    let drives = placement::place(&drive_views(node), ec.total(), per_shard, spread, &[])
-        .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+    let mut views = drive_views(node);
+    let mut placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
+    if placed.is_err() && node.cluster.is_some() {
+        // The view may be a heartbeat old (a node just joined or returned): refresh and retry.
+        node.refresh_view().await;
+        views = drive_views(node);
+        placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
+    }
+    let drives = placed.map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+    // Write quorum: every shard is written, on distinct drives of as many nodes as are up; the
+    // object must survive the loss of any one node, so no node may hold more than M shards.
+    let (most_on_one_node, nodes) = placement::max_per_node(&views, &drives);
+    if nodes > 1 && most_on_one_node > ec.parity as usize {
+        return Err(StoreError::NotEnoughNodes(format!(
+            "too few nodes are up: one would hold {most_on_one_node} of the {} shards, more than the {} parity shards",
+            ec.total(),
+            ec.parity
+        )));
+    }
+    // With fewer nodes up than shards, some node holds two or more: a repair scan (run by the
+    // control plane when nodes return, or `osctl repair`) moves them apart later.
     let upload_id: u64 = rand::random();
     let locs: Vec<ShardLoc> = drives
         .iter()
@@ -607,11 +671,10 @@ impl ShardReader {
     async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
         if self.files[i].is_none() {
             let loc = self.locs[i];
-            let path = self.node.drive(loc.drive).shard_path(&loc);
-            let f = match ShardFile::open(loc.drive, &path, false).await {
+            let f = match ShardFile::open_loc(&self.node, &loc, false).await {
                 Ok(f) => Some(Rc::new(f)),
                 Err(e) => {
-                    tracing::debug!("opening shard {}: {e}", path.display());
+                    tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
                     None
                 }
             };
@@ -910,7 +973,16 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         }
         s0 += n;
     }
-    let bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
+    let views = drive_views(node);
+    let mut bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
+    if node.cluster.is_some() {
+        for i in doubled_up(&views, &reader.locs, geo.shard_file_bytes()) {
+            if !bad.contains(&i) {
+                bad.push(i);
+            }
+        }
+        bad.sort_unstable();
+    }
     if bad.is_empty() {
         reader.close().await;
         return Ok(0);
@@ -918,7 +990,7 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
     // Choose where the rebuilt shards go.
     let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
     let drives = placement::replacements(
-        &drive_views(node),
+        &views,
         &current,
         &bad,
         geo.shard_file_bytes(),

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 #[test]
-fn help_lists_the_modes_and_cluster_modes_fail_loudly() {
+fn help_lists_the_modes_and_bad_invocations_fail_loudly() {
     let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
         .arg("--help")
         .output()
@@ -13,12 +13,52 @@ fn help_lists_the_modes_and_cluster_modes_fail_loudly() {
     for mode in ["dev", "control", "node"] {
         assert!(text.contains(mode), "--help lacks {mode}: {text}");
     }
+    // Cluster modes: the required flags are enforced by the parser (exit 2) and the secret
+    // by the program (exit 1, saying what is missing).
     let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
         .args(["node"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    for args in [
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--meta",
+            "redb:/nonexistent/x",
+        ][..],
+        &[
+            "node",
+            "--control",
+            "127.0.0.1:1",
+            "--http",
+            "127.0.0.1:0",
+            "--peer",
+            "127.0.0.1:0",
+            "--drive",
+            "/nonexistent/d",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
+            .args(args)
+            .env_remove("OSTORE_SECRET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("OSTORE_SECRET"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
+        .args(["control", "--listen", "127.0.0.1:0", "--meta", "etcd:x"])
+        .env("OSTORE_SECRET", "s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redb:PATH or fdb:CLUSTER_FILE"));
     let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
         .args(["dev", "--ec", "4-2"])
         .output()

@@ -1,8 +1,13 @@
 //! Choosing where the shards of an object go.
 //!
-//! Rule: the K+M shards go to K+M distinct healthy drives. Drives are ranked by free capacity,
-//! with a per-object rotation (from the content hash) breaking ties so that data and parity
-//! shards spread evenly over equal drives instead of always landing in the same order.
+//! Rule: the K+M shards go to K+M distinct healthy drives, spread over as many nodes as
+//! possible, and among equally loaded nodes over as many zones as possible. Among the drives
+//! that keep the spread even, the ones with the most free space (in coarse 1 GiB steps) win; a
+//! per-object rotation (from the content hash) breaks ties so that data and parity shards
+//! spread evenly over equal drives instead of always landing in the same order.
+//!
+//! With fewer healthy nodes than shards, some node gets two or more; the caller decides whether
+//! that is durable enough ([`max_per_node`]) and queues the object for repair once nodes return.
 
 use thiserror::Error;
 
@@ -10,6 +15,10 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveView {
     pub id: u16,
+    /// The node holding the drive (0 for the single node of `ostore dev`).
+    pub node: u32,
+    /// The node's failure domain.
+    pub zone: u32,
     pub free_bytes: u64,
     pub healthy: bool,
 }
@@ -21,18 +30,19 @@ pub enum PlacementError {
     NotEnoughDrives { need: usize, have: usize },
 }
 
-/// Picks `count` distinct drives with at least `shard_bytes` free. `spread` (e.g. the first
-/// bytes of the content hash) rotates the order among drives of similar free space.
+/// Picks `count` distinct drives with at least `shard_bytes` free, none in `occupied` (drives
+/// already holding shards of the object, whose nodes and zones count as used). `spread` (e.g.
+/// the first bytes of the content hash) rotates the order among equal drives.
 pub fn place(
     drives: &[DriveView],
     count: usize,
     shard_bytes: u64,
     spread: u64,
-    exclude: &[u16],
+    occupied: &[u16],
 ) -> Result<Vec<u16>, PlacementError> {
     let mut ok: Vec<&DriveView> = drives
         .iter()
-        .filter(|d| d.healthy && d.free_bytes >= shard_bytes && !exclude.contains(&d.id))
+        .filter(|d| d.healthy && d.free_bytes >= shard_bytes && !occupied.contains(&d.id))
         .collect();
     if ok.len() < count {
         return Err(PlacementError::NotEnoughDrives {
@@ -40,14 +50,49 @@ pub fn place(
             have: ok.len(),
         });
     }
-    // Bucket free space coarsely (1 GiB) so small differences do not defeat the rotation.
+    let mut per_node: std::collections::HashMap<u32, usize> = Default::default();
+    let mut per_zone: std::collections::HashMap<u32, usize> = Default::default();
+    for id in occupied {
+        if let Some(d) = drives.iter().find(|d| d.id == *id) {
+            *per_node.entry(d.node).or_default() += 1;
+            *per_zone.entry(d.zone).or_default() += 1;
+        }
+    }
     let n = ok.len() as u64;
-    ok.sort_by_key(|d| {
-        let bucket = d.free_bytes >> 30;
-        let rot = (d.id as u64 + n - spread % n) % n;
-        (std::cmp::Reverse(bucket), rot)
-    });
-    Ok(ok.iter().take(count).map(|d| d.id).collect())
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (pos, _) = ok
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, d)| {
+                let bucket = d.free_bytes >> 30;
+                let rot = (d.id as u64 + n - spread % n) % n;
+                (
+                    per_node.get(&d.node).copied().unwrap_or(0),
+                    per_zone.get(&d.zone).copied().unwrap_or(0),
+                    std::cmp::Reverse(bucket),
+                    rot,
+                )
+            })
+            .expect("enough candidates");
+        let d = ok.swap_remove(pos);
+        *per_node.entry(d.node).or_default() += 1;
+        *per_zone.entry(d.zone).or_default() += 1;
+        out.push(d.id);
+    }
+    Ok(out)
+}
+
+/// The most shards any one node holds among `chosen`, and how many nodes the drives span.
+pub fn max_per_node(drives: &[DriveView], chosen: &[u16]) -> (usize, usize) {
+    let mut per_node: std::collections::HashMap<u32, usize> = Default::default();
+    for id in chosen {
+        if let Some(d) = drives.iter().find(|d| d.id == *id) {
+            *per_node.entry(d.node).or_default() += 1;
+        }
+    }
+    let nodes: std::collections::HashSet<u32> = drives.iter().map(|d| d.node).collect();
+    (per_node.values().copied().max().unwrap_or(0), nodes.len())
 }
 
 #[cfg(test)]
@@ -58,6 +103,8 @@ mod tests {
         (0..n)
             .map(|id| DriveView {
                 id,
+                node: 0,
+                zone: 0,
                 free_bytes: 100 << 30,
                 healthy: true,
             })
@@ -94,8 +141,9 @@ mod tests {
 }
 
 /// Where to rebuild the shards in `bad` (positions into `current`, the drive of every shard of
-/// one object): back on the same drive when it is healthy and holds no other shard of the
-/// object, else on another healthy drive with room, never one already holding a shard of it.
+/// one object): back on the same drive when it is healthy, holds no other shard of the object,
+/// and its node holds no other kept shard while some healthy node holds none; else on another
+/// healthy drive with room, spread as [`place`] spreads.
 pub fn replacements(
     drives: &[DriveView],
     current: &[u16],
@@ -107,6 +155,7 @@ pub fn replacements(
         .filter(|i| !bad.contains(i))
         .map(|i| current[i])
         .collect();
+    let node_of = |id: u16| drives.iter().find(|d| d.id == id).map(|d| d.node);
     // First every shard that can go home does; then the others are placed around them.
     let mut out: Vec<Option<u16>> = vec![None; bad.len()];
     for (slot, &i) in bad.iter().enumerate() {
@@ -114,7 +163,12 @@ pub fn replacements(
         let home_ok = drives
             .iter()
             .any(|d| d.id == old && d.healthy && d.free_bytes >= shard_bytes);
-        if home_ok && !taken.contains(&old) {
+        let used_nodes: Vec<Option<u32>> = taken.iter().map(|&t| node_of(t)).collect();
+        let home_node_shared = used_nodes.contains(&node_of(old));
+        let unused_node_exists = drives.iter().any(|d| {
+            d.healthy && d.free_bytes >= shard_bytes && !used_nodes.contains(&Some(d.node))
+        });
+        if home_ok && !taken.contains(&old) && !(home_node_shared && unused_node_exists) {
             taken.push(old);
             out[slot] = Some(old);
         }
@@ -144,6 +198,8 @@ mod replacement_tests {
         let mut d: Vec<DriveView> = (0..8)
             .map(|id| DriveView {
                 id,
+                node: 0,
+                zone: 0,
                 free_bytes: 1 << 40,
                 healthy: true,
             })
@@ -161,5 +217,87 @@ mod replacement_tests {
         assert!(r[0] != 0 && ![2, 3, 4, 5].contains(&r[0]));
         d.truncate(6);
         assert!(replacements(&d, &[0, 1, 2, 3, 4, 5], &[1], 10, 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    /// `nodes` nodes with `per` drives each, zones alternating between `zones`.
+    fn cluster(nodes: u32, per: u16, zones: u32) -> Vec<DriveView> {
+        let mut v = Vec::new();
+        for n in 0..nodes {
+            for i in 0..per {
+                v.push(DriveView {
+                    id: (n as u16) * per + i,
+                    node: n,
+                    zone: n % zones,
+                    free_bytes: 1 << 40,
+                    healthy: true,
+                });
+            }
+        }
+        v
+    }
+
+    fn nodes_of(d: &[DriveView], ids: &[u16]) -> Vec<u32> {
+        ids.iter()
+            .map(|id| d.iter().find(|x| x.id == *id).unwrap().node)
+            .collect()
+    }
+
+    #[test]
+    fn one_shard_per_node_when_enough_nodes() {
+        let d = cluster(8, 2, 1);
+        for spread in 0..20 {
+            let p = place(&d, 6, 1, spread, &[]).unwrap();
+            let mut n = nodes_of(&d, &p);
+            n.sort();
+            n.dedup();
+            assert_eq!(n.len(), 6, "spread {spread}: {p:?}");
+            assert_eq!(max_per_node(&d, &p), (1, 8));
+        }
+    }
+
+    #[test]
+    fn zones_spread_before_doubling_up() {
+        // 6 nodes in 3 zones, 3 shards: one per zone.
+        let d = cluster(6, 1, 3);
+        let p = place(&d, 3, 1, 0, &[]).unwrap();
+        let mut z: Vec<u32> = p.iter().map(|id| d[*id as usize].zone).collect();
+        z.sort();
+        assert_eq!(z, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn fewer_nodes_than_shards_spreads_evenly() {
+        let mut d = cluster(6, 2, 1);
+        for x in d.iter_mut().filter(|x| x.node >= 4) {
+            x.healthy = false;
+        }
+        let p = place(&d, 6, 1, 0, &[]).unwrap();
+        assert_eq!(max_per_node(&d, &p).0, 2);
+        // Repair once the nodes are back: the doubled-up shards move to the empty nodes.
+        for x in d.iter_mut() {
+            x.healthy = true;
+        }
+        let nodes = nodes_of(&d, &p);
+        let mut bad = Vec::new();
+        for i in 0..p.len() {
+            if nodes[..i].contains(&nodes[i]) {
+                bad.push(i);
+            }
+        }
+        assert_eq!(bad.len(), 2);
+        let r = replacements(&d, &p, &bad, 1, 0).unwrap();
+        let mut fixed = p.clone();
+        for (slot, &i) in bad.iter().enumerate() {
+            fixed[i] = r[slot];
+        }
+        let mut n = nodes_of(&d, &fixed);
+        n.sort();
+        n.dedup();
+        assert_eq!(n.len(), 6, "{fixed:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! Harness for tests that run the real binaries: start `ostore dev` on free loopback ports in a
 //! temporary directory, talk to it over HTTP, kill it (politely or with SIGKILL), restart it.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -139,6 +139,23 @@ fn osctl_status_and_versions() {
     assert_eq!(v["versions"].as_array().unwrap().len(), 2);
     let out = osctl(&["versions", "never"]);
     assert_eq!(out.status.code(), Some(1));
+    let out = osctl(&["--json", "nodes"]);
+    let n: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(n["nodes"].as_array().unwrap().len(), 1, "{n}");
+    // In dev, repair verifies every sharded object: one here.
+    dev.put("big", vec![7u8; 100_000]);
+    let out = osctl(&["--json", "repair", "--wait", "--timeout", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["queued"].as_u64(), r["done"].as_bool()),
+        (Some(1), Some(true)),
+        "{r}"
+    );
     let out = osctl(&["drain", "n1"]);
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(binary("osctl"))

@@ -30,7 +30,7 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         bucket: String,
     },
-    /// Cluster membership (not available yet).
+    /// Cluster membership: every node, its state, zone, addresses and drives.
     Nodes,
     /// Move every shard off a node (not available yet).
     Drain { node: String },
@@ -40,8 +40,15 @@ enum Cmd {
     Scrub,
     /// Reclaim unreferenced content (not available yet).
     Gc,
-    /// Rebuild missing shards (not available yet).
-    Repair,
+    /// Queue every object whose shards are missing, damaged or misplaced for repair.
+    Repair {
+        /// Wait until the repair queue is empty, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 3).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Version retention (not available yet).
     Retention,
 }
@@ -71,6 +78,51 @@ fn get(cli: &Cli, path: &str) -> anyhow::Result<reqwest::blocking::Response> {
     Ok(r)
 }
 
+fn post(cli: &Cli, path: &str) -> anyhow::Result<reqwest::blocking::Response> {
+    let url = format!("{}{}", cli.endpoint.trim_end_matches('/'), path);
+    let r = reqwest::blocking::Client::new()
+        .post(&url)
+        .bearer_auth(secret(cli)?)
+        .send()
+        .with_context(|| format!("POST {url}"))?;
+    if !r.status().is_success() {
+        let status = r.status();
+        let body = r.text().unwrap_or_default();
+        bail!("{url}: {status}: {body}");
+    }
+    Ok(r)
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
+}
+
+fn print_nodes(cluster: &serde_json::Value) {
+    println!(
+        "{:<6} {:<5} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
+        "node", "state", "zone", "http", "peer", "drives", "capacity", "free"
+    );
+    for n in cluster["nodes"].as_array().into_iter().flatten() {
+        let drives = n["drives"].as_array().cloned().unwrap_or_default();
+        let cap: f64 = drives
+            .iter()
+            .filter_map(|d| d["capacity_bytes"].as_f64())
+            .sum();
+        let free: f64 = drives.iter().filter_map(|d| d["free_bytes"].as_f64()).sum();
+        println!(
+            "{:<6} {:<5} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
+            n["id"].as_str().unwrap_or(""),
+            n["state"].as_str().unwrap_or(""),
+            n["zone"].as_str().unwrap_or(""),
+            n["http"].as_str().unwrap_or("-"),
+            n["peer"].as_str().unwrap_or("-"),
+            drives.len(),
+            gib(cap),
+            gib(free)
+        );
+    }
+}
+
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -88,21 +140,102 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.cmd {
         Cmd::Status => {
             let m = get(cli, "/metrics")?.text()?;
-            let drives = metric(&m, "ostore_drives").unwrap_or(0.0);
-            let healthy = metric(&m, "ostore_drives_healthy").unwrap_or(0.0);
-            let free = metric(&m, "ostore_drive_free_bytes").unwrap_or(0.0);
+            let cluster: serde_json::Value = get(cli, "/admin/cluster")?.json()?;
+            let repair: serde_json::Value = get(cli, "/admin/repair")?.json()?;
+            let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+            let up = nodes.iter().filter(|n| n["state"] == "up").count();
+            let drives: Vec<&serde_json::Value> = nodes
+                .iter()
+                .flat_map(|n| n["drives"].as_array().into_iter().flatten())
+                .collect();
+            let cap: f64 = drives
+                .iter()
+                .filter_map(|d| d["capacity_bytes"].as_f64())
+                .sum();
+            let free: f64 = drives.iter().filter_map(|d| d["free_bytes"].as_f64()).sum();
+            let healthy = drives.iter().filter(|d| d["refill"] == false).count();
             let repaired = metric(&m, "ostore_shards_repaired_total").unwrap_or(0.0);
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({"endpoint": cli.endpoint, "drives": drives, "drives_healthy": healthy,
-                        "free_bytes": free, "shards_repaired": repaired})
+                    serde_json::json!({"endpoint": cli.endpoint, "mode": cluster["mode"],
+                        "epoch": cluster["epoch"], "ec": cluster["ec"],
+                        "nodes": cluster["nodes"], "nodes_up": up, "nodes_total": nodes.len(),
+                        "drives": drives.len(), "drives_healthy": healthy,
+                        "capacity_bytes": cap, "free_bytes": free,
+                        "repair_queued": repair["queued"], "shards_repaired": repaired})
                 );
             } else {
                 println!("endpoint        {}", cli.endpoint);
-                println!("drives          {healthy}/{drives} healthy");
-                println!("free            {:.1} GiB", free / (1u64 << 30) as f64);
+                println!(
+                    "mode            {} (epoch {}, ec {}+{})",
+                    cluster["mode"].as_str().unwrap_or(""),
+                    cluster["epoch"],
+                    cluster["ec"]["data"],
+                    cluster["ec"]["parity"]
+                );
+                println!("nodes           {up}/{} up", nodes.len());
+                println!("drives          {healthy}/{} healthy", drives.len());
+                println!("capacity        {} ({} free)", gib(cap), gib(free));
+                println!("repair queue    {}", repair["queued"]);
                 println!("shards repaired {repaired}");
+                println!();
+                print_nodes(&cluster);
+            }
+            Ok(())
+        }
+        Cmd::Nodes => {
+            let cluster: serde_json::Value = get(cli, "/admin/cluster")?.json()?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"epoch": cluster["epoch"], "nodes": cluster["nodes"]})
+                );
+            } else {
+                print_nodes(&cluster);
+            }
+            Ok(())
+        }
+        Cmd::Repair { wait, timeout } => {
+            let started: serde_json::Value = post(cli, "/admin/repair")?.json()?;
+            let queued = started["queued"].as_u64().unwrap_or(0);
+            if !cli.json {
+                println!("{queued} object(s) queued for repair");
+            }
+            let mut left = queued;
+            if *wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+                loop {
+                    let s: serde_json::Value = get(cli, "/admin/repair")?.json()?;
+                    left = s["queued"].as_u64().unwrap_or(0);
+                    if left == 0 {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        if cli.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"queued": queued, "remaining": left, "done": false})
+                            );
+                        } else {
+                            eprintln!("osctl: {left} object(s) still queued after {timeout} s");
+                        }
+                        std::process::exit(3);
+                    }
+                    if !cli.json {
+                        eprint!("\r{left} object(s) left to repair   ");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                if !cli.json {
+                    eprintln!("\rrepair done                          ");
+                }
+            }
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"queued": queued, "remaining": left, "done": left == 0})
+                );
             }
             Ok(())
         }

@@ -1,0 +1,313 @@
+//! `ostore control`: the control plane of a cluster. It serves the control-plane API
+//! (`POST /v1/rpc`, see `ostore_control::rpc`) to nodes over HTTP/1.1 with the cluster secret,
+//! runs every request through the same transactions as `ostore dev`, and — while it holds the
+//! leader lease — runs the background jobs: marking nodes down when their lease runs out, and
+//! queueing repairs for lost nodes, refilled drives and objects written while nodes were down.
+//!
+//! Several control processes may serve at once over one FoundationDB cluster: they are
+//! stateless over the database, and the leader lease (`cluster::take_lead`, renewed every second,
+//! 5 s long) makes sure one of them runs the background jobs at a time.
+
+use crate::compat::HyperIo;
+use crate::metaclient::MetaClient;
+use anyhow::Context as _;
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use ostore_control::cluster::{self, ClusterView};
+use ostore_control::kv::Kv;
+use ostore_control::rpc::{self, Request as Rq};
+use ostore_control::service::{now_ms, Meta};
+use ostore_engine::EcParams;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// Largest request body the control plane reads.
+const RPC_BODY_BYTES_MAX: usize = 64 << 20;
+
+pub struct ControlOptions {
+    pub listen: SocketAddr,
+    /// `redb:PATH` or `fdb:CLUSTER_FILE`.
+    pub meta: String,
+    pub ec: EcParams,
+    /// A node down this long has its shards rebuilt elsewhere.
+    pub down_grace: Duration,
+}
+
+struct Control {
+    meta: Meta,
+    secret: String,
+    stopping: AtomicBool,
+    down_grace: Duration,
+}
+
+fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
+    if let Some(path) = spec.strip_prefix("redb:") {
+        let path = std::path::Path::new(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let kv = ostore_control::redb_kv::RedbKv::open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        return Ok(Arc::new(kv));
+    }
+    if let Some(_cluster_file) = spec.strip_prefix("fdb:") {
+        #[cfg(feature = "fdb")]
+        {
+            return ostore_control::fdb_kv::FdbKv::open(_cluster_file)
+                .map(|kv| Arc::new(kv) as Arc<dyn Kv + Send + Sync>)
+                .context("opening FoundationDB");
+        }
+        #[cfg(not(feature = "fdb"))]
+        anyhow::bail!("this ostore was built without FoundationDB support (cargo feature `fdb`)");
+    }
+    anyhow::bail!("--meta must be redb:PATH or fdb:CLUSTER_FILE, not {spec:?}")
+}
+
+/// Runs `ostore control` until SIGINT or SIGTERM.
+pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
+    let secret = std::env::var("OSTORE_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
+    let kv = open_store(&opts.meta)?;
+    let meta = Meta::start(kv);
+    futures_lite::future::block_on(MetaClient::Local(meta.clone()).call::<()>(Rq::Init))?;
+    let (data, parity) = futures_lite::future::block_on(
+        meta.write(move |kv| cluster::init_cluster(kv, opts.ec.data, opts.ec.parity)),
+    )?;
+    if (data, parity) != (opts.ec.data, opts.ec.parity) {
+        tracing::warn!(
+            "the cluster was created with erasure coding {data}+{parity}; --ec {}+{} is ignored",
+            opts.ec.data,
+            opts.ec.parity
+        );
+    }
+    let control = Arc::new(Control {
+        meta,
+        secret,
+        stopping: AtomicBool::new(false),
+        down_grace: opts.down_grace,
+    });
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let c2 = control.clone();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("ostore-control")
+        .spawn(move || async move {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            // SAFETY: the descriptor comes from a listening socket this process just bound and
+            // hands over here; nothing else uses it.
+            let listener =
+                unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            glommio::spawn_local(leader(c2.clone())).detach();
+            serve(c2, listener).await;
+        })
+        .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
+    crate::node::print_ready(&format!("ostore ready control={addr}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let _ = signals.forever().next();
+    control.stopping.store(true, Ordering::SeqCst);
+    let _ = handle.join();
+    Ok(())
+}
+
+async fn stopped(c: &Control) {
+    while !c.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn serve(c: Arc<Control>, listener: glommio::net::TcpListener) {
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopped(&c).await;
+            None
+        })
+        .await;
+        match next {
+            None => return,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let c = c.clone();
+                glommio::spawn_local(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let c = c.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&c, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(HyperIo(stream), svc)
+                        .await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!("accept: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/health" {
+        return text(StatusCode::OK, "ok");
+    }
+    if req.method() != Method::POST || req.uri().path() != "/v1/rpc" {
+        return text(StatusCode::NOT_FOUND, "no such endpoint");
+    }
+    let auth = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match auth {
+        None => return text(StatusCode::UNAUTHORIZED, "credentials required"),
+        Some(s) if !bool::from(s.as_bytes().ct_eq(c.secret.as_bytes())) => {
+            return text(StatusCode::FORBIDDEN, "wrong credentials")
+        }
+        Some(_) => {}
+    }
+    let body = match Limited::new(req.into_body(), RPC_BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+    };
+    let request = match rpc::decode_request(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+    };
+    let answer = c.meta.call(request).await;
+    let mut r = Response::new(Full::new(Bytes::from(rpc::encode_answer(&answer))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ostore-rpc"),
+    );
+    r
+}
+
+/// The background jobs, run while this process holds the leader lease.
+async fn leader(c: Arc<Control>) {
+    let holder: u64 = rand::random();
+    let mut last_up: Option<usize> = None;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(1000)).await;
+        if c.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let lead = c
+            .meta
+            .write(move |kv| cluster::take_lead(kv, holder, now_ms()))
+            .await;
+        if !matches!(lead, Ok(true)) {
+            last_up = None;
+            continue;
+        }
+        match c
+            .meta
+            .write(|kv| cluster::expire_leases(kv, now_ms()))
+            .await
+        {
+            Ok(down) if !down.is_empty() => tracing::warn!("nodes down (lease expired): {down:?}"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("expiring leases: {e}"),
+        }
+        if let Err(e) = rebuild_lost_drives(&c).await {
+            tracing::error!("scheduling rebuilds: {e}");
+        }
+        // Nodes came up: objects written while they were down may sit two to a node.
+        let view: Result<ClusterView, _> =
+            MetaClient::Local(c.meta.clone()).call(Rq::Cluster).await;
+        if let Ok(v) = view {
+            let up = v.nodes.iter().filter(|n| n.up).count();
+            if last_up.is_some_and(|l| up > l) {
+                match repair_scan(&c.meta).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!("nodes returned: {n} object(s) queued to spread out")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("repair scan: {e}"),
+                }
+            }
+            last_up = Some(up);
+        }
+    }
+}
+
+/// Queues every content with a shard on a drive flagged for refill or on a node down past the
+/// grace period.
+async fn rebuild_lost_drives(c: &Control) -> anyhow::Result<()> {
+    let grace = c.down_grace.as_millis() as u64;
+    let drives = c
+        .meta
+        .write(move |kv| cluster::drives_to_rebuild(kv, now_ms(), grace))
+        .await?;
+    let client = MetaClient::Local(c.meta.clone());
+    for (node, drive) in drives {
+        let mut after = None;
+        let mut queued = 0usize;
+        loop {
+            let page: Vec<([u8; 32], u8)> = client
+                .call(Rq::ShardsOnDrive {
+                    drive,
+                    after,
+                    limit: 1000,
+                })
+                .await?;
+            let Some(last) = page.last().copied() else {
+                break;
+            };
+            queued += page.len();
+            client
+                .call::<()>(Rq::QueueRepair {
+                    contents: page.iter().map(|p| p.0).collect(),
+                    nonce: rand::random(),
+                })
+                .await?;
+            after = Some(last);
+        }
+        c.meta
+            .write(move |kv| cluster::drive_rebuild_queued(kv, node, drive))
+            .await?;
+        tracing::info!("drive {drive} of node {node}: {queued} shard(s) queued for rebuild");
+    }
+    Ok(())
+}
+
+/// Runs a whole repair scan (every content), returning how many were queued.
+pub async fn repair_scan(meta: &Meta) -> anyhow::Result<u64> {
+    let client = MetaClient::Local(meta.clone());
+    let mut after = None;
+    let mut total = 0;
+    loop {
+        let (queued, next): (u64, Option<[u8; 32]>) = client
+            .call(Rq::RepairScan {
+                after,
+                nonce: rand::random(),
+            })
+            .await?;
+        total += queued;
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(total),
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! Shards between nodes: the cluster's credentials, the server side of the peer protocol
+//! (`ostore_wire::peer`) over the QUIC driver, and the client side behind `ShardFile::Peer`.
+//!
+//! Authentication: a cluster CA whose Ed25519 key is derived from the cluster secret
+//! (`blake3::derive_key`). Every node builds the same CA from `OSTORE_SECRET`, signs a fresh key
+//! of its own with it, and demands the same of its peers in both directions (mutual TLS 1.3).
+//! A process without the secret cannot present a certificate the CA signed, so the handshake
+//! fails before any stream opens: it can neither read nor write shards.
+
+use crate::node::Node;
+use crate::quic::{self, Connection, RecvStream, SendStream};
+use crate::shardio::{ReadBuf, ShardFile};
+use ostore_control::cluster::ClusterView;
+use ostore_control::records::ShardLoc;
+use ostore_wire::peer::{
+    decode_answer, decode_error, encode_answer, encode_error, Op, Request, ANSWER_BYTES, PEER_ALPN,
+    PREAMBLE, REQUEST_BYTES,
+};
+use quinn_proto::{ClientConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The name every node certificate carries and every client checks.
+pub const NODE_NAME: &str = "ostore-node";
+/// A peer that shows no sign of life for this long is disconnected (keep-alives every second).
+const IDLE_TIMEOUT_MS: u32 = 5_000;
+/// One shard operation on a peer fails after this long.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to a peer fails after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// TLS for the peer protocol, built from the cluster secret.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub server: Arc<ServerConfig>,
+    pub client: ClientConfig,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("peer TLS: {e}")
+}
+
+/// Flow-control windows sized for shard streams of many MiB on fast links.
+pub fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4096));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(16 << 20));
+    t.receive_window(VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+    Arc::new(t)
+}
+
+/// The cluster CA's key: Ed25519 with a seed derived from the secret, as PKCS#8 v1.
+fn ca_key(secret: &str) -> anyhow::Result<rcgen::KeyPair> {
+    let seed = blake3::derive_key("ostore 2026 cluster CA key v1", secret.as_bytes());
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &PrivatePkcs8KeyDer::from(der),
+        &rcgen::PKCS_ED25519,
+    )
+    .map_err(tls_err)
+}
+
+/// Builds the CA from `secret` and a certificate for this process signed by it.
+pub fn credentials(secret: &str) -> anyhow::Result<PeerTls> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyUsagePurpose,
+    };
+    let ca_key = ca_key(secret)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "ostore cluster CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).map_err(tls_err)?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(tls_err)?;
+    let mut p = CertificateParams::new(vec![NODE_NAME.to_string()]).map_err(tls_err)?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, NODE_NAME);
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(tls_err)?;
+    tls_configs(
+        ca_cert.der().clone(),
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
+
+/// Mutual-TLS configurations trusting only `ca`, presenting `chain`.
+pub fn tls_configs(
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<PeerTls> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).map_err(tls_err)?;
+    let roots = Arc::new(roots);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .map_err(tls_err)?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(tls_err)?;
+    server.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls_err)?;
+    client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let qs = quinn_proto::crypto::rustls::QuicServerConfig::try_from(server).map_err(tls_err)?;
+    let mut sc = ServerConfig::with_crypto(Arc::new(qs));
+    sc.transport_config(transport());
+    let qc = quinn_proto::crypto::rustls::QuicClientConfig::try_from(client).map_err(tls_err)?;
+    let mut cc = ClientConfig::new(Arc::new(qc));
+    cc.transport_config(transport());
+    Ok(PeerTls {
+        server: Arc::new(sc),
+        client: cc,
+    })
+}
+
+/// What a cluster node knows of the cluster.
+pub struct Cluster {
+    pub me: u32,
+    pub view: RwLock<Arc<ClusterView>>,
+    pub tls: PeerTls,
+}
+
+impl Cluster {
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.read().expect("cluster view lock").clone()
+    }
+
+    /// The peer address of the node holding `drive`, if that node is up.
+    fn peer_of(&self, drive: u16) -> io::Result<SocketAddr> {
+        let v = self.view();
+        let n = v
+            .nodes
+            .iter()
+            .find(|n| n.drives.iter().any(|d| d.id == drive))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no node has drive {drive}"),
+                )
+            })?;
+        if !n.up {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("node {} (drive {drive}) is down", n.id),
+            ));
+        }
+        n.peer
+            .parse()
+            .map_err(|e| io::Error::other(format!("peer address {}: {e}", n.peer)))
+    }
+}
+
+thread_local! {
+    /// This executor's client endpoint and its connections, by peer address.
+    static CLIENT: RefCell<Option<quic::Endpoint>> = const { RefCell::new(None) };
+    static CONNS: RefCell<HashMap<SocketAddr, Connection>> = RefCell::new(HashMap::new());
+}
+
+async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connection> {
+    if let Some(c) = CONNS.with(|m| m.borrow().get(&addr).cloned()) {
+        if !c.is_lost() {
+            return Ok(c);
+        }
+    }
+    let ep = match CLIENT.with(|c| c.borrow().clone()) {
+        Some(ep) => ep,
+        None => {
+            let any: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0".parse().expect("address")
+            } else {
+                "[::]:0".parse().expect("address")
+            };
+            let ep = quic::Endpoint::bind(any, false, None)?;
+            CLIENT.with(|c| *c.borrow_mut() = Some(ep.clone()));
+            ep
+        }
+    };
+    let c = futures_lite::future::or(
+        ep.connect(cluster.tls.client.clone(), addr, NODE_NAME),
+        async {
+            glommio::timer::sleep(CONNECT_TIMEOUT).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no QUIC handshake with {addr} in {CONNECT_TIMEOUT:?}"),
+            ))
+        },
+    )
+    .await?;
+    CONNS.with(|m| m.borrow_mut().insert(addr, c.clone()));
+    Ok(c)
+}
+
+/// A shard file on another node: one QUIC stream, one request at a time.
+pub struct PeerFile {
+    streams: RefCell<Option<(SendStream, RecvStream)>>,
+    lock: glommio::sync::Semaphore,
+}
+
+fn peer_error(errno: i32, msg: String) -> io::Error {
+    if errno != 0 {
+        let os = io::Error::from_raw_os_error(errno);
+        io::Error::new(os.kind(), format!("{msg} ({os})"))
+    } else {
+        io::Error::other(msg)
+    }
+}
+
+async fn roundtrip(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    req: &Request,
+    data: Option<&[u8]>,
+) -> io::Result<Vec<u8>> {
+    send.write_all(&req.encode()).await?;
+    if let Some(d) = data {
+        send.write_all(d).await?;
+    }
+    let mut h = [0u8; ANSWER_BYTES];
+    recv.read_exact(&mut h).await?;
+    let (ok, len) = decode_answer(&h).map_err(io::Error::other)?;
+    let mut payload = vec![0u8; len as usize];
+    recv.read_exact(&mut payload).await?;
+    if ok {
+        Ok(payload)
+    } else {
+        let (errno, msg) = decode_error(&payload);
+        Err(peer_error(errno, msg))
+    }
+}
+
+fn loc_request(op: Op, loc: &ShardLoc, create: bool) -> Request {
+    Request {
+        op,
+        create,
+        index: loc.index,
+        drive: loc.drive,
+        a: loc.file_id,
+        b: loc.file_tag,
+    }
+}
+
+async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStream)> {
+    let cluster = node
+        .cluster
+        .as_ref()
+        .ok_or_else(|| io::Error::other(format!("drive {drive} is not on this node")))?;
+    let addr = cluster.peer_of(drive)?;
+    let conn = connection(cluster, addr).await?;
+    tracing::debug!(
+        "drive {drive}: stream to {addr} ({:?})",
+        conn.remote_address()
+    );
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&PREAMBLE).await?;
+    Ok((send, recv))
+}
+
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(OP_TIMEOUT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("peer {what} took over {OP_TIMEOUT:?}"),
+        ))
+    })
+    .await
+}
+
+impl PeerFile {
+    pub async fn open(node: &Node, loc: &ShardLoc, create: bool) -> io::Result<PeerFile> {
+        timed("open", async {
+            let (mut send, mut recv) = open_stream(node, loc.drive).await?;
+            roundtrip(
+                &mut send,
+                &mut recv,
+                &loc_request(Op::Open, loc, create),
+                None,
+            )
+            .await?;
+            Ok(PeerFile {
+                streams: RefCell::new(Some((send, recv))),
+                lock: glommio::sync::Semaphore::new(1),
+            })
+        })
+        .await
+    }
+
+    async fn call(&self, req: Request, data: Option<&[u8]>) -> io::Result<Vec<u8>> {
+        let _permit = self
+            .lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let Some((mut send, mut recv)) = self.streams.borrow_mut().take() else {
+            return Err(io::Error::other("the peer stream failed earlier"));
+        };
+        let r = timed("I/O", roundtrip(&mut send, &mut recv, &req, data)).await;
+        // After a transport error the stream is out of step: drop it, later calls fail.
+        let transport_failed = matches!(&r, Err(e) if e.raw_os_error().is_none()
+            && matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::NotConnected | io::ErrorKind::TimedOut | io::ErrorKind::UnexpectedEof));
+        if !transport_failed {
+            *self.streams.borrow_mut() = Some((send, recv));
+        }
+        r
+    }
+
+    pub async fn write_at(&self, data: &[u8], pos: u64) -> io::Result<usize> {
+        let req = Request {
+            op: Op::Write,
+            create: false,
+            index: 0,
+            drive: 0,
+            a: pos,
+            b: data.len() as u32,
+        };
+        let p = self.call(req, Some(data)).await?;
+        let n: [u8; 4] = p
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| io::Error::other("malformed WRITE answer"))?;
+        Ok(u32::from_le_bytes(n) as usize)
+    }
+
+    pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.call(
+            Request {
+                op: Op::Read,
+                create: false,
+                index: 0,
+                drive: 0,
+                a: pos,
+                b: len as u32,
+            },
+            None,
+        )
+        .await
+    }
+
+    pub async fn fdatasync(&self) -> io::Result<()> {
+        self.simple(Op::Sync, 0).await
+    }
+
+    pub async fn pre_allocate(&self, bytes: u64) -> io::Result<()> {
+        self.simple(Op::Allocate, bytes).await
+    }
+
+    async fn simple(&self, op: Op, a: u64) -> io::Result<()> {
+        self.call(
+            Request {
+                op,
+                create: false,
+                index: 0,
+                drive: 0,
+                a,
+                b: 0,
+            },
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Removes a shard file on the node holding its drive.
+pub async fn remove(node: &Node, loc: &ShardLoc) -> io::Result<()> {
+    timed("remove", async {
+        let (mut send, mut recv) = open_stream(node, loc.drive).await?;
+        roundtrip(
+            &mut send,
+            &mut recv,
+            &loc_request(Op::Remove, loc, false),
+            None,
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Serves the peer protocol on this executor's socket of the peer port until the node stops.
+pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
+    loop {
+        let next = futures_lite::future::or(ep.accept(), async {
+            crate::node::wait_stopping(&node).await;
+            None
+        })
+        .await;
+        let Some(conn) = next else { break };
+        let node = node.clone();
+        glommio::spawn_local(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                glommio::spawn_local(serve_stream(node.clone(), send, recv)).detach();
+            }
+        })
+        .detach();
+    }
+    ep.close();
+}
+
+async fn answer(send: &mut SendStream, r: io::Result<Vec<u8>>) -> io::Result<()> {
+    match r {
+        Ok(p) => {
+            send.write_all(&encode_answer(true, p.len() as u32)).await?;
+            send.write_all(&p).await
+        }
+        Err(e) => {
+            let p = encode_error(e.raw_os_error().unwrap_or(0), &e.to_string());
+            send.write_all(&encode_answer(false, p.len() as u32))
+                .await?;
+            send.write_all(&p).await
+        }
+    }
+}
+
+async fn serve_stream(node: Arc<Node>, mut send: SendStream, mut recv: RecvStream) {
+    let mut pre = [0u8; 4];
+    if recv.read_exact(&mut pre).await.is_err() || pre != PREAMBLE {
+        return;
+    }
+    let mut file: Option<Rc<ShardFile>> = None;
+    let mut created_dir: Option<std::path::PathBuf> = None;
+    loop {
+        let mut h = [0u8; REQUEST_BYTES];
+        match recv.read_exact_or_end(&mut h).await {
+            Ok(true) => {}
+            _ => break,
+        }
+        let req = match Request::decode(&h) {
+            Ok(r) => r,
+            Err(m) => {
+                let _ = answer(&mut send, Err(io::Error::other(m))).await;
+                break;
+            }
+        };
+        let r: io::Result<Vec<u8>> = match req.op {
+            Op::Open | Op::Remove => {
+                let loc = ShardLoc {
+                    index: req.index,
+                    drive: req.drive,
+                    file_id: req.a,
+                    file_tag: req.b,
+                };
+                match node.local_drive(loc.drive) {
+                    None => Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("drive {} is not on node {}", loc.drive, node.node_id),
+                    )),
+                    Some(d) if req.op == Op::Remove => {
+                        let path = d.shard_path(&loc);
+                        match std::fs::remove_file(&path) {
+                            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                            _ => Ok(Vec::new()),
+                        }
+                    }
+                    Some(d) => {
+                        let path = d.shard_path(&loc);
+                        if req.create {
+                            created_dir = path.parent().map(|p| p.to_path_buf());
+                        }
+                        match ShardFile::open(loc.drive, &path, req.create).await {
+                            Ok(f) => {
+                                file = Some(Rc::new(f));
+                                Ok(Vec::new())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+            }
+            op => match &file {
+                None => Err(io::Error::other("no file open on this stream")),
+                Some(f) => serve_io(f, op, &req, &mut recv, &mut created_dir).await,
+            },
+        };
+        let fatal = r.is_err() && req.op == Op::Write;
+        if answer(&mut send, r).await.is_err() || fatal {
+            break;
+        }
+    }
+    let _ = send.finish();
+    if let Some(f) = file.and_then(|f| Rc::try_unwrap(f).ok()) {
+        f.close().await;
+    }
+}
+
+async fn serve_io(
+    f: &Rc<ShardFile>,
+    op: Op,
+    req: &Request,
+    recv: &mut RecvStream,
+    created_dir: &mut Option<std::path::PathBuf>,
+) -> io::Result<Vec<u8>> {
+    match op {
+        Op::Write => {
+            let len = req.b as usize;
+            let mut buf = glommio::allocate_dma_buffer(len.max(1));
+            recv.read_exact(&mut buf.as_bytes_mut()[..len]).await?;
+            let n = f.write_at(&Rc::new(buf), len, req.a).await?;
+            Ok((n as u32).to_le_bytes().to_vec())
+        }
+        Op::Read => match f.read_at(req.a, req.b as usize).await? {
+            ReadBuf::Dma(r) => Ok(r.to_vec()),
+            ReadBuf::Heap(v) => Ok(v),
+        },
+        Op::Sync => {
+            f.fdatasync().await?;
+            // The first sync of a new file also makes its directory entry durable.
+            if let Some(d) = created_dir.take() {
+                std::fs::File::open(&d)?.sync_all()?;
+            }
+            Ok(Vec::new())
+        }
+        Op::Allocate => f.pre_allocate(req.a).await.map(|_| Vec::new()),
+        Op::Open | Op::Remove => Err(io::Error::other("unexpected op")),
+    }
+}

@@ -1,0 +1,797 @@
+//! QUIC on a glommio executor: `quinn-proto`'s state machines driven by this executor alone.
+//!
+//! One [`Endpoint`] per executor and UDP socket. Everything — the endpoint, its connections,
+//! their streams — lives in one `Rc<RefCell<_>>` on the executor's thread, so no byte of a
+//! stream ever crosses threads and no lock is taken. Two tasks drive an endpoint:
+//! - the receiver waits until the socket is readable (a 1-byte `MSG_PEEK` through glommio's
+//!   io_uring), then drains it with non-blocking `recvmsg` (GRO where the kernel offers it) and
+//!   feeds every datagram to `quinn-proto`;
+//! - the driver runs whenever something changed (a datagram, a stream write, a read that freed
+//!   flow-control credit) or a connection timer fires: it handles timeouts, moves events between
+//!   endpoint and connections, wakes the tasks waiting on streams, and sends what the
+//!   connections want sent with non-blocking `sendmsg` (GSO batches where offered).
+//!
+//! The same driver serves node-to-node shard traffic and, later, HTTP/3 to clients: it knows
+//! nothing of what the streams carry.
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event,
+    ServerConfig, StreamEvent, StreamId, VarInt,
+};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Kernel socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`).
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+/// Datagrams received per `recvmsg` batch.
+const RECV_BATCH: usize = 16;
+
+#[derive(Default)]
+struct ConnState {
+    connected: bool,
+    lost: Option<ConnectionError>,
+    wait_connected: Vec<Waker>,
+    readable: HashMap<StreamId, Waker>,
+    writable: HashMap<StreamId, Waker>,
+    wait_accept: Option<Waker>,
+    wait_open: Vec<Waker>,
+}
+
+struct Conn {
+    conn: quinn_proto::Connection,
+    state: ConnState,
+    /// Unique per endpoint: `quinn-proto` reuses the handles of drained connections, so a
+    /// [`Connection`] checks this to never reach a newer connection under its old handle.
+    serial: u64,
+}
+
+struct Inner {
+    ep: quinn_proto::Endpoint,
+    socket: std::net::UdpSocket,
+    udp: quinn_udp::UdpSocketState,
+    conns: HashMap<ConnectionHandle, Conn>,
+    server: Option<Arc<ServerConfig>>,
+    incoming: VecDeque<(ConnectionHandle, u64)>,
+    wait_incoming: Option<Waker>,
+    /// Something changed since the driver last ran.
+    dirty: bool,
+    driver: Option<Waker>,
+    closed: bool,
+    send_buf: Vec<u8>,
+    next_serial: u64,
+}
+
+/// A QUIC endpoint on this executor.
+#[derive(Clone)]
+pub struct Endpoint(Rc<RefCell<Inner>>);
+
+/// A connection; cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    ep: Endpoint,
+    ch: ConnectionHandle,
+    serial: u64,
+}
+
+pub struct SendStream {
+    conn: Connection,
+    id: StreamId,
+    finished: bool,
+}
+
+pub struct RecvStream {
+    conn: Connection,
+    id: StreamId,
+    done: bool,
+}
+
+fn conn_error(e: &ConnectionError) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, e.to_string())
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the QUIC endpoint is closed")
+}
+
+impl Endpoint {
+    /// Binds `addr` (with SO_REUSEPORT when `reuse_port`, so that every executor can own a
+    /// socket on the same port) and starts the endpoint's tasks on this executor.
+    pub fn bind(
+        addr: SocketAddr,
+        reuse_port: bool,
+        server: Option<Arc<ServerConfig>>,
+    ) -> io::Result<Endpoint> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.set_nonblocking(true)?;
+        let watch = {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            let fd = s.try_clone()?.into_raw_fd();
+            // SAFETY: `fd` is a freshly duplicated, open UDP socket that nothing else owns.
+            unsafe { glommio::net::UdpSocket::from_raw_fd(fd) }
+        };
+        let socket: std::net::UdpSocket = s.into();
+        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let _ = udp.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
+        let _ = udp.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
+        let mut cfg = EndpointConfig::default();
+        cfg.max_udp_payload_size(1500 - 28).ok();
+        let ep = quinn_proto::Endpoint::new(Arc::new(cfg), server.clone(), true, None);
+        let inner = Rc::new(RefCell::new(Inner {
+            ep,
+            socket,
+            udp,
+            conns: HashMap::new(),
+            server,
+            incoming: VecDeque::new(),
+            wait_incoming: None,
+            dirty: false,
+            driver: None,
+            closed: false,
+            send_buf: Vec::with_capacity(64 * 1024),
+            next_serial: 0,
+        }));
+        let e = Endpoint(inner);
+        glommio::spawn_local(e.clone().receiver(watch)).detach();
+        glommio::spawn_local(e.clone().driver()).detach();
+        Ok(e)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.borrow().socket.local_addr()
+    }
+
+    /// Stops the endpoint: every connection is closed, waiting tasks fail.
+    pub fn close(&self) {
+        let mut i = self.0.borrow_mut();
+        i.closed = true;
+        let now = Instant::now();
+        for c in i.conns.values_mut() {
+            c.conn
+                .close(now, VarInt::from_u32(0), Bytes::from_static(b"shutdown"));
+        }
+        if let Some(w) = i.wait_incoming.take() {
+            w.wake();
+        }
+        i.wake_driver();
+    }
+
+    /// Connects to `addr`, presenting `config`'s credentials; resolves once the handshake is
+    /// done (the peer's certificate was verified).
+    pub async fn connect(
+        &self,
+        config: ClientConfig,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> io::Result<Connection> {
+        let (ch, serial) = {
+            let mut i = self.0.borrow_mut();
+            if i.closed {
+                return Err(closed());
+            }
+            let (ch, conn) =
+                i.ep.connect(Instant::now(), config, addr, server_name)
+                    .map_err(|e| io::Error::other(format!("connecting to {addr}: {e}")))?;
+            let serial = i.insert(ch, conn);
+            i.wake_driver();
+            (ch, serial)
+        };
+        let c = Connection {
+            ep: self.clone(),
+            ch,
+            serial,
+        };
+        c.established().await?;
+        Ok(c)
+    }
+
+    /// The next incoming connection whose handshake completed; `None` once closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        loop {
+            let next = poll_fn(|cx| {
+                let mut i = self.0.borrow_mut();
+                if let Some(next) = i.incoming.pop_front() {
+                    return Poll::Ready(Some(next));
+                }
+                if i.closed {
+                    return Poll::Ready(None);
+                }
+                i.wait_incoming = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await?;
+            let c = Connection {
+                ep: self.clone(),
+                ch: next.0,
+                serial: next.1,
+            };
+            // A handshake that fails (an outsider's certificate) is dropped here.
+            if c.established().await.is_ok() {
+                return Some(c);
+            }
+        }
+    }
+
+    /// Receives datagrams until the endpoint closes.
+    async fn receiver(self, watch: glommio::net::UdpSocket) {
+        let mut peek = [0u8; 1];
+        let gro = self.0.borrow().udp.gro_segments().max(1);
+        let slot = 64 * 1024;
+        let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect();
+        let mut metas = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
+        let _ = gro;
+        loop {
+            if self.0.borrow().closed {
+                return;
+            }
+            // Readable (or an error, which the drain below reports).
+            let _ = watch.peek_from(&mut peek).await;
+            let mut inner = self.0.borrow_mut();
+            let inner = &mut *inner;
+            loop {
+                let n = {
+                    let mut slices: Vec<IoSliceMut<'_>> =
+                        bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                    match inner
+                        .udp
+                        .recv((&inner.socket).into(), &mut slices, &mut metas)
+                    {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!("QUIC recv: {e}");
+                            break;
+                        }
+                    }
+                };
+                let now = Instant::now();
+                for (meta, buf) in metas.iter().zip(bufs.iter()).take(n) {
+                    let stride = meta.stride.max(1);
+                    let mut off = 0;
+                    while off < meta.len {
+                        let end = (off + stride).min(meta.len);
+                        let data = BytesMut::from(&buf[off..end]);
+                        inner.datagram(now, meta, data);
+                        off = end;
+                    }
+                }
+            }
+            inner.wake_driver();
+        }
+    }
+
+    /// Runs the connections' state machines whenever something changed or a timer fires.
+    async fn driver(self) {
+        loop {
+            let deadline = {
+                let mut i = self.0.borrow_mut();
+                i.dirty = false;
+                i.drive();
+                if i.closed && i.conns.is_empty() {
+                    return;
+                }
+                i.conns
+                    .values_mut()
+                    .filter_map(|c| c.conn.poll_timeout())
+                    .min()
+            };
+            let woken = poll_fn(|cx| {
+                let mut i = self.0.borrow_mut();
+                if i.dirty {
+                    Poll::Ready(())
+                } else {
+                    i.driver = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            match deadline {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    if !wait.is_zero() {
+                        futures_lite::future::or(woken, glommio::timer::sleep(wait)).await;
+                    }
+                }
+                None => {
+                    futures_lite::future::or(woken, async {
+                        // Re-check a closing endpoint now and then.
+                        glommio::timer::sleep(Duration::from_secs(1)).await;
+                    })
+                    .await
+                }
+            }
+        }
+    }
+}
+
+fn ecn_in(e: Option<quinn_udp::EcnCodepoint>) -> Option<quinn_proto::EcnCodepoint> {
+    e.and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8))
+}
+
+fn ecn_out(e: Option<quinn_proto::EcnCodepoint>) -> Option<quinn_udp::EcnCodepoint> {
+    e.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8))
+}
+
+impl Inner {
+    fn insert(&mut self, ch: ConnectionHandle, conn: quinn_proto::Connection) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.conns.insert(
+            ch,
+            Conn {
+                conn,
+                state: ConnState::default(),
+                serial,
+            },
+        );
+        serial
+    }
+
+    fn conn_mut(&mut self, ch: ConnectionHandle, serial: u64) -> Option<&mut Conn> {
+        self.conns.get_mut(&ch).filter(|c| c.serial == serial)
+    }
+
+    fn conn(&self, ch: ConnectionHandle, serial: u64) -> Option<&Conn> {
+        self.conns.get(&ch).filter(|c| c.serial == serial)
+    }
+
+    fn wake_driver(&mut self) {
+        self.dirty = true;
+        if let Some(w) = self.driver.take() {
+            w.wake();
+        }
+    }
+
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) {
+        let out = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: ecn_out(t.ecn),
+            contents,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        // A full socket buffer drops the datagram, as the network would; QUIC's loss recovery
+        // and congestion control answer it.
+        if let Err(e) = self.udp.try_send((&self.socket).into(), &out) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                tracing::debug!("QUIC send to {}: {e}", t.destination);
+            }
+        }
+    }
+
+    fn datagram(&mut self, now: Instant, meta: &quinn_udp::RecvMeta, data: BytesMut) {
+        let mut resp = Vec::new();
+        match self.ep.handle(
+            now,
+            meta.addr,
+            meta.dst_ip,
+            ecn_in(meta.ecn),
+            data,
+            &mut resp,
+        ) {
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(c) = self.conns.get_mut(&ch) {
+                    c.conn.handle_event(ev);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.closed || self.server.is_none() {
+                    let t = self.ep.refuse(incoming, &mut resp);
+                    self.send(&t, &resp[..t.size]);
+                    return;
+                }
+                match self.ep.accept(incoming, now, &mut resp, None) {
+                    Ok((ch, conn)) => {
+                        let serial = self.insert(ch, conn);
+                        self.incoming.push_back((ch, serial));
+                        if let Some(w) = self.wait_incoming.take() {
+                            w.wake();
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(t) = e.response {
+                            self.send(&t, &resp[..t.size]);
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => self.send(&t, &resp[..t.size]),
+            None => {}
+        }
+    }
+
+    /// One round of the state machines: timers, endpoint events, application events, sends.
+    fn drive(&mut self) {
+        let now = Instant::now();
+        let max_segments = self.udp.max_gso_segments().max(1);
+        let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
+        let mut buf = std::mem::take(&mut self.send_buf);
+        for ch in handles {
+            let mut drained = false;
+            {
+                let Some(c) = self.conns.get_mut(&ch) else {
+                    continue;
+                };
+                if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                    c.conn.handle_timeout(now);
+                }
+            }
+            while let Some(ev) = self
+                .conns
+                .get_mut(&ch)
+                .and_then(|c| c.conn.poll_endpoint_events())
+            {
+                if ev.is_drained() {
+                    drained = true;
+                }
+                if let Some(back) = self.ep.handle_event(ch, ev) {
+                    if let Some(c) = self.conns.get_mut(&ch) {
+                        c.conn.handle_event(back);
+                    }
+                }
+            }
+            let Some(c) = self.conns.get_mut(&ch) else {
+                continue;
+            };
+            while let Some(ev) = c.conn.poll() {
+                dispatch(&mut c.state, ev);
+            }
+            while let Some(t) = self.conns.get_mut(&ch).and_then(|c| {
+                buf.clear();
+                c.conn.poll_transmit(now, max_segments, &mut buf)
+            }) {
+                self.send(&t, &buf[..t.size]);
+            }
+            if drained {
+                if let Some(mut c) = self.conns.remove(&ch) {
+                    let lost = c
+                        .state
+                        .lost
+                        .clone()
+                        .unwrap_or(ConnectionError::LocallyClosed);
+                    c.state.lost = Some(lost);
+                    wake_all(&mut c.state);
+                }
+            }
+        }
+        self.send_buf = buf;
+    }
+}
+
+fn wake_all(s: &mut ConnState) {
+    for w in s.wait_connected.drain(..) {
+        w.wake();
+    }
+    for (_, w) in s.readable.drain() {
+        w.wake();
+    }
+    for (_, w) in s.writable.drain() {
+        w.wake();
+    }
+    if let Some(w) = s.wait_accept.take() {
+        w.wake();
+    }
+    for w in s.wait_open.drain(..) {
+        w.wake();
+    }
+}
+
+fn dispatch(s: &mut ConnState, ev: Event) {
+    match ev {
+        Event::Connected => {
+            s.connected = true;
+            for w in s.wait_connected.drain(..) {
+                w.wake();
+            }
+        }
+        Event::ConnectionLost { reason } => {
+            s.lost = Some(reason);
+            wake_all(s);
+        }
+        Event::Stream(StreamEvent::Readable { id }) => {
+            if let Some(w) = s.readable.remove(&id) {
+                w.wake();
+            }
+        }
+        Event::Stream(StreamEvent::Writable { id })
+        | Event::Stream(StreamEvent::Finished { id })
+        | Event::Stream(StreamEvent::Stopped { id, .. }) => {
+            if let Some(w) = s.writable.remove(&id) {
+                w.wake();
+            }
+        }
+        Event::Stream(StreamEvent::Opened { .. }) => {
+            if let Some(w) = s.wait_accept.take() {
+                w.wake();
+            }
+        }
+        Event::Stream(StreamEvent::Available { .. }) => {
+            for w in s.wait_open.drain(..) {
+                w.wake();
+            }
+        }
+        Event::HandshakeDataReady | Event::DatagramReceived | Event::DatagramsUnblocked => {}
+    }
+}
+
+impl Connection {
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> T) -> Result<T, io::Error> {
+        let mut i = self.ep.0.borrow_mut();
+        let c = i.conn_mut(self.ch, self.serial).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the QUIC connection is gone",
+            )
+        })?;
+        let out = f(c);
+        i.wake_driver();
+        Ok(out)
+    }
+
+    async fn established(&self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut i = self.ep.0.borrow_mut();
+            let Some(c) = i.conn_mut(self.ch, self.serial) else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the QUIC handshake failed",
+                )));
+            };
+            if let Some(e) = &c.state.lost {
+                return Poll::Ready(Err(conn_error(e)));
+            }
+            if c.state.connected {
+                return Poll::Ready(Ok(()));
+            }
+            c.state.wait_connected.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether the connection was lost (closed by either side, timed out, refused).
+    pub fn is_lost(&self) -> bool {
+        let i = self.ep.0.borrow();
+        i.conn(self.ch, self.serial)
+            .is_none_or(|c| c.state.lost.is_some() || c.conn.is_closed())
+    }
+
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        let i = self.ep.0.borrow();
+        i.conn(self.ch, self.serial)
+            .map(|c| c.conn.remote_address())
+    }
+
+    pub fn close(&self, reason: &'static [u8]) {
+        let _ = self.with(|c| {
+            c.conn.close(
+                Instant::now(),
+                VarInt::from_u32(0),
+                Bytes::from_static(reason),
+            )
+        });
+    }
+
+    pub async fn open_bi(&self) -> io::Result<(SendStream, RecvStream)> {
+        let id = poll_fn(|cx| {
+            let mut i = self.ep.0.borrow_mut();
+            let Some(c) = i.conn_mut(self.ch, self.serial) else {
+                return Poll::Ready(Err(closed()));
+            };
+            if let Some(e) = &c.state.lost {
+                return Poll::Ready(Err(conn_error(e)));
+            }
+            if let Some(id) = c.conn.streams().open(Dir::Bi) {
+                i.wake_driver();
+                return Poll::Ready(Ok(id));
+            }
+            c.state.wait_open.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Ok(self.pair(id))
+    }
+
+    pub async fn accept_bi(&self) -> io::Result<(SendStream, RecvStream)> {
+        let id = poll_fn(|cx| {
+            let mut i = self.ep.0.borrow_mut();
+            let Some(c) = i.conn_mut(self.ch, self.serial) else {
+                return Poll::Ready(Err(closed()));
+            };
+            if let Some(id) = c.conn.streams().accept(Dir::Bi) {
+                i.wake_driver();
+                return Poll::Ready(Ok(id));
+            }
+            if let Some(e) = &c.state.lost {
+                return Poll::Ready(Err(conn_error(e)));
+            }
+            c.state.wait_accept = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Ok(self.pair(id))
+    }
+
+    fn pair(&self, id: StreamId) -> (SendStream, RecvStream) {
+        (
+            SendStream {
+                conn: self.clone(),
+                id,
+                finished: false,
+            },
+            RecvStream {
+                conn: self.clone(),
+                id,
+                done: false,
+            },
+        )
+    }
+
+    /// The DER certificates the peer presented (verified by the handshake).
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let i = self.ep.0.borrow();
+        let c = i.conn(self.ch, self.serial)?;
+        c.conn
+            .crypto_session()
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+            .map(|b| *b)
+    }
+}
+
+impl SendStream {
+    /// Writes all of `data`, waiting for flow-control credit as needed.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = poll_fn(|cx| {
+                let mut i = self.conn.ep.0.borrow_mut();
+                let Some(c) = i.conn_mut(self.conn.ch, self.conn.serial) else {
+                    return Poll::Ready(Err(closed()));
+                };
+                if let Some(e) = &c.state.lost {
+                    return Poll::Ready(Err(conn_error(e)));
+                }
+                match c.conn.send_stream(self.id).write(data) {
+                    Ok(n) => {
+                        i.wake_driver();
+                        Poll::Ready(Ok(n))
+                    }
+                    Err(quinn_proto::WriteError::Blocked) => {
+                        c.state.writable.insert(self.id, cx.waker().clone());
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        e.to_string(),
+                    ))),
+                }
+            })
+            .await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Ends the stream (the peer reads its end).
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        self.conn
+            .with(|c| c.conn.send_stream(self.id).finish())?
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.conn.with(|c| c.conn.send_stream(self.id).finish());
+        }
+    }
+}
+
+impl RecvStream {
+    /// The next bytes of the stream, at most `max`; `None` at its end.
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        let r = poll_fn(|cx| {
+            let mut i = self.conn.ep.0.borrow_mut();
+            let Some(c) = i.conn_mut(self.conn.ch, self.conn.serial) else {
+                return Poll::Ready(Err(closed()));
+            };
+            let mut stream = c.conn.recv_stream(self.id);
+            let mut chunks = match stream.read(true) {
+                Ok(ch) => ch,
+                Err(e) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        e.to_string(),
+                    )))
+                }
+            };
+            let r = chunks.next(max);
+            let _ = chunks.finalize();
+            match r {
+                Ok(Some(chunk)) => {
+                    i.wake_driver();
+                    Poll::Ready(Ok(Some(chunk.bytes)))
+                }
+                Ok(None) => Poll::Ready(Ok(None)),
+                Err(quinn_proto::ReadError::Blocked) => {
+                    if let Some(e) = &c.state.lost {
+                        return Poll::Ready(Err(conn_error(e)));
+                    }
+                    c.state.readable.insert(self.id, cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    e.to_string(),
+                ))),
+            }
+        })
+        .await?;
+        if r.is_none() {
+            self.done = true;
+        }
+        Ok(r)
+    }
+
+    /// Fills `buf` completely; `UnexpectedEof` if the stream ends first.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_chunk(buf.len() - filled).await? {
+                Some(b) => {
+                    buf[filled..filled + b.len()].copy_from_slice(&b);
+                    filled += b.len();
+                }
+                None => return Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`read_exact`](Self::read_exact), but `Ok(false)` when the stream ends cleanly
+    /// before the first byte.
+    pub async fn read_exact_or_end(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_chunk(buf.len() - filled).await? {
+                Some(b) => {
+                    buf[filled..filled + b.len()].copy_from_slice(&b);
+                    filled += b.len();
+                }
+                None if filled == 0 => return Ok(false),
+                None => return Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self
+                .conn
+                .with(|c| c.conn.recv_stream(self.id).stop(VarInt::from_u32(0)));
+        }
+    }
+}

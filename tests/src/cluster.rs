@@ -1,0 +1,247 @@
+//! Harness for cluster tests: one `ostore control` and N `ostore node`s on loopback, each node
+//! with its own drive directories in one temporary directory.
+
+use crate::binary;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn ready_line(child: &mut Child, what: &str) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(l)) = lines.next() {
+            if l.starts_with("ostore ready") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .unwrap_or_else(|_| panic!("{what} printed no ready line within 90 s"))
+}
+
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name}= missing from {line:?}"))
+        .to_string()
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A port below the usual ephemeral range (32768+) that is free for both TCP and UDP now.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let p: u16 = rand::random::<u16>() % 12_000 + 20_000;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", p));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", p));
+        if tcp.is_ok() && udp.is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port in 20000..32000")
+}
+
+fn log_level() -> String {
+    std::env::var("OSTORE_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+pub struct Node {
+    child: Option<Child>,
+    pub id: String,
+    pub http: String,
+    pub peer: String,
+    pub drives: Vec<PathBuf>,
+}
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    control: Option<Child>,
+    pub control_addr: String,
+    pub secret: String,
+    pub nodes: Vec<Node>,
+    client: reqwest::blocking::Client,
+}
+
+impl Cluster {
+    /// Starts a control process and `nodes` nodes with `drives` drives each.
+    pub fn start(nodes: usize, drives: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("ostore-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let secret = hex::encode(rand::random::<[u8; 16]>());
+        let mut control = Command::new(binary("ostore"))
+            .args(["control", "--listen", "127.0.0.1:0", "--meta"])
+            .arg(format!(
+                "redb:{}",
+                dir.path().join("meta/control.redb").display()
+            ))
+            .env("OSTORE_SECRET", &secret)
+            .env("OSTORE_LOG", log_level())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ostore control");
+        let line = ready_line(&mut control, "ostore control");
+        let control_addr = field(&line, "control");
+        let mut c = Cluster {
+            dir,
+            control: Some(control),
+            control_addr,
+            secret,
+            nodes: Vec::new(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+        };
+        for i in 0..nodes {
+            let drives = (0..drives)
+                .map(|d| c.dir.path().join(format!("node-{i}/drive-{d}")))
+                .collect();
+            // Fixed ports below the ephemeral range, so that a restarted node finds its
+            // addresses free (an ephemeral port may be reused by any outgoing connection).
+            let mut n = Node {
+                child: None,
+                id: String::new(),
+                http: format!("127.0.0.1:{}", free_port()),
+                peer: format!("127.0.0.1:{}", free_port()),
+                drives,
+            };
+            c.launch(&mut n);
+            c.nodes.push(n);
+        }
+        c.wait_all_see_all();
+        c
+    }
+
+    /// Waits until every running node's view lists every node up (views refresh each second).
+    pub fn wait_all_see_all(&self) {
+        let n = self.nodes.len();
+        for i in (0..n).filter(|&i| self.nodes[i].child.is_some()) {
+            let ok = crate::eventually(Duration::from_secs(15), || {
+                let (s, j) = self.json(i, "/admin/cluster");
+                s == 200
+                    && j["nodes"]
+                        .as_array()
+                        .is_some_and(|a| a.len() == n && a.iter().all(|x| x["state"] == "up"))
+            });
+            assert!(ok, "node {i} does not see all {n} nodes up");
+        }
+    }
+
+    fn launch(&self, n: &mut Node) {
+        let mut cmd = Command::new(binary("ostore"));
+        cmd.args([
+            "node",
+            "--control",
+            &self.control_addr,
+            "--http",
+            &n.http,
+            "--peer",
+            &n.peer,
+            "--cores",
+            "1",
+        ]);
+        for d in &n.drives {
+            cmd.arg("--drive").arg(d);
+        }
+        let mut child = cmd
+            .env("OSTORE_SECRET", &self.secret)
+            .env("OSTORE_LOG", log_level())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ostore node");
+        let line = ready_line(&mut child, "ostore node");
+        n.id = field(&line, "node");
+        n.http = field(&line, "http");
+        n.peer = field(&line, "peer");
+        n.child = Some(child);
+    }
+
+    /// SIGKILL of node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        kill(&mut self.nodes[i].child);
+    }
+
+    /// Starts node `i` again on the same addresses (so it is the same member).
+    pub fn restart(&mut self, i: usize) {
+        kill(&mut self.nodes[i].child);
+        let mut n = std::mem::replace(
+            &mut self.nodes[i],
+            Node {
+                child: None,
+                id: String::new(),
+                http: String::new(),
+                peer: String::new(),
+                drives: Vec::new(),
+            },
+        );
+        self.launch(&mut n);
+        self.nodes[i] = n;
+    }
+
+    pub fn url(&self, node: usize, path: &str) -> String {
+        format!("http://{}{}", self.nodes[node].http, path)
+    }
+
+    pub fn put(&self, node: usize, key: &str, body: Vec<u8>) -> reqwest::blocking::Response {
+        self.client
+            .put(self.url(node, &format!("/objects/{key}")))
+            .bearer_auth(&self.secret)
+            .body(body)
+            .send()
+            .expect("PUT")
+    }
+
+    pub fn get_bytes(&self, node: usize, key: &str) -> (u16, Vec<u8>) {
+        let r = self
+            .client
+            .get(self.url(node, &format!("/objects/{key}")))
+            .bearer_auth(&self.secret)
+            .send()
+            .expect("GET");
+        let s = r.status().as_u16();
+        (s, r.bytes().expect("body").to_vec())
+    }
+
+    pub fn json(&self, node: usize, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(self.url(node, path))
+            .bearer_auth(&self.secret)
+            .send()
+            .expect("GET");
+        let s = r.status().as_u16();
+        (s, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `osctl` against node `via`, with the cluster secret.
+    pub fn osctl(&self, via: usize, args: &[&str]) -> std::process::Output {
+        Command::new(binary("osctl"))
+            .arg("--endpoint")
+            .arg(format!("http://{}", self.nodes[via].http))
+            .args(args)
+            .env("OSTORE_SECRET", &self.secret)
+            .output()
+            .expect("run osctl")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            kill(&mut n.child);
+        }
+        kill(&mut self.control);
+    }
+}

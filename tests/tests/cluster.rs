@@ -1,0 +1,181 @@
+//! A cluster on loopback: one control process and six nodes.
+
+use ostore_tests::cluster::Cluster;
+use ostore_tests::{eventually, random_bytes};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Node states by node id, as `osctl nodes --json` reports them through node `via`.
+fn states(c: &Cluster, via: usize) -> Vec<(String, String)> {
+    let out = c.osctl(via, &["--json", "nodes"]);
+    assert!(out.status.success(), "osctl nodes failed: {out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("osctl nodes JSON");
+    j["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn wait_states(c: &Cluster, via: usize, want_down: &[&str], within: Duration) -> Duration {
+    let t0 = Instant::now();
+    let ok = eventually(within, || {
+        states(c, via).iter().all(|(id, st)| {
+            let down = want_down.contains(&id.as_str());
+            st == if down { "down" } else { "up" }
+        })
+    });
+    assert!(
+        ok,
+        "nodes {want_down:?} (and only they) should be down within {within:?}: {:?}",
+        states(c, via)
+    );
+    t0.elapsed()
+}
+
+/// The distinct nodes holding the shards of `blake3`, and how many shards there are.
+fn shard_nodes(c: &Cluster, via: usize, blake3: &str) -> (usize, BTreeSet<String>) {
+    let (s, j) = c.json(via, &format!("/locate/{blake3}"));
+    assert_eq!(s, 200, "locate {blake3}: {j}");
+    let shards = j["shards"].as_array().expect("shards");
+    (
+        shards.len(),
+        shards
+            .iter()
+            .map(|s| s["node"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+struct Obj {
+    key: String,
+    body: Vec<u8>,
+    blake3: String,
+}
+
+fn put(c: &Cluster, via: usize, key: &str, body: Vec<u8>) -> Obj {
+    let r = c.put(via, key, body.clone());
+    let status = r.status().as_u16();
+    let j: serde_json::Value = r.json().expect("PUT JSON");
+    assert_eq!(status, 201, "PUT {key} via node {via}: {j}");
+    Obj {
+        key: key.to_string(),
+        blake3: j["blake3"].as_str().unwrap().to_string(),
+        body,
+    }
+}
+
+fn check_all(c: &Cluster, objs: &[Obj], via: &[usize]) {
+    for (i, o) in objs.iter().enumerate() {
+        let node = via[i % via.len()];
+        let (s, b) = c.get_bytes(node, &o.key);
+        assert_eq!(s, 200, "GET {} via node {node}", o.key);
+        assert!(b == o.body, "GET {} via node {node}: bytes differ", o.key);
+    }
+}
+
+#[test]
+fn six_nodes_survive_two_failures_repair_and_two_more() {
+    let mut c = Cluster::start(6, 2);
+    let sizes = [1000usize, 70_000, 300_000, 1 << 20, 5 << 20];
+    let mut objs = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        objs.push(put(
+            &c,
+            i % 6,
+            &format!("obj/{i}"),
+            random_bytes(i as u64, *size),
+        ));
+    }
+    // Read back through other nodes; sharded objects sit on six distinct nodes.
+    check_all(&c, &objs, &[3, 4, 5, 0, 1, 2]);
+    for o in objs.iter().filter(|o| o.body.len() > 16 * 1024) {
+        let (n, nodes) = shard_nodes(&c, 2, &o.blake3);
+        assert_eq!((n, nodes.len()), (6, 6), "{}: {nodes:?}", o.key);
+    }
+
+    // Two nodes die: the control plane notices within ~10 s; everything still reads; writes go on.
+    let down = [c.nodes[1].id.clone(), c.nodes[2].id.clone()];
+    c.kill9(1);
+    c.kill9(2);
+    let took = wait_states(&c, 0, &[&down[0], &down[1]], Duration::from_secs(15));
+    eprintln!("two nodes marked down {took:?} after kill -9");
+    check_all(&c, &objs, &[0, 3, 4, 5]);
+    let degraded_from = objs.len();
+    for i in 0..4 {
+        let k = objs.len();
+        objs.push(put(
+            &c,
+            [0, 3, 4, 5][i],
+            &format!("degraded/{i}"),
+            random_bytes(100 + k as u64, 400_000 + i * 300_000),
+        ));
+    }
+    check_all(&c, &objs, &[5, 4, 3, 0]);
+    for o in &objs[degraded_from..] {
+        let (n, nodes) = shard_nodes(&c, 0, &o.blake3);
+        assert_eq!(n, 6);
+        assert!(nodes.len() == 4 && !nodes.contains(&down[0]) && !nodes.contains(&down[1]));
+    }
+
+    // They return, one with its drive emptied; repair restores six distinct nodes per object.
+    let emptied = c.nodes[2].drives[0].clone();
+    std::fs::remove_dir_all(&emptied).expect("empty the drive");
+    c.restart(1);
+    c.restart(2);
+    assert_eq!(
+        (c.nodes[1].id.as_str(), c.nodes[2].id.as_str()),
+        (down[0].as_str(), down[1].as_str()),
+        "returning nodes keep their ids"
+    );
+    wait_states(&c, 0, &[], Duration::from_secs(15));
+    let out = c.osctl(0, &["repair", "--wait", "--timeout", "180"]);
+    assert!(out.status.success(), "osctl repair --wait: {out:?}");
+    // The refilled drive is rebuilt by the background repair; wait for every object to be whole.
+    let ok = eventually(Duration::from_secs(120), || {
+        let out = c.osctl(0, &["repair", "--wait", "--timeout", "60"]);
+        out.status.success()
+            && objs
+                .iter()
+                .filter(|o| o.body.len() > 16 * 1024)
+                .all(|o| shard_nodes(&c, 0, &o.blake3).1.len() == 6)
+    });
+    assert!(
+        ok,
+        "repair did not restore six distinct nodes for every object"
+    );
+    let refilled = ostore_tests::files_under(&emptied.join("shards"));
+    assert!(!refilled.is_empty(), "the emptied drive was not refilled");
+
+    // Two other nodes die: every object, including those written while degraded, reads back.
+    let down2 = [c.nodes[3].id.clone(), c.nodes[4].id.clone()];
+    c.kill9(3);
+    c.kill9(4);
+    wait_states(&c, 0, &[&down2[0], &down2[1]], Duration::from_secs(15));
+    check_all(&c, &objs, &[0, 1, 2, 5]);
+}
+
+#[test]
+fn too_few_nodes_refuse_writes_instead_of_risking_them() {
+    // 4+2 on three nodes puts two shards on each: allowed. On two nodes one would hold three,
+    // more than the two parity shards: refused with 503, nothing acknowledged.
+    let mut c = Cluster::start(3, 3);
+    let o = put(&c, 0, "three", random_bytes(7, 500_000));
+    let (n, nodes) = shard_nodes(&c, 1, &o.blake3);
+    assert_eq!((n, nodes.len()), (6, 3));
+    let dead = c.nodes[2].id.clone();
+    c.kill9(2);
+    wait_states(&c, 0, &[&dead], Duration::from_secs(15));
+    let r = c.put(0, "two", random_bytes(8, 500_000));
+    assert_eq!(r.status().as_u16(), 503, "{:?}", r.text());
+    let (s, _) = c.get_bytes(1, "two");
+    assert_eq!(s, 404);
+    let (s, b) = c.get_bytes(1, "three");
+    assert!(s == 200 && b == o.body);
+}
