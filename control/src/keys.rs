@@ -28,6 +28,9 @@ pub mod tag {
     pub const MEMBERSHIP: u8 = 0x71;
     /// Singleton: `LeaseRec` held by the control process running the background jobs
     pub const LEADER: u8 = 0x72;
+    /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed
+    /// (makes retries after `commit_unknown_result` idempotent; expired after an hour)
+    pub const DONE: u8 = 0x80;
 }
 
 /// The key-space format version stored under [`format`].
@@ -172,6 +175,20 @@ pub fn membership() -> Vec<u8> {
 
 pub fn leader() -> Vec<u8> {
     vec![tag::LEADER]
+}
+
+pub fn done(issued_ms: u64, token: &[u8; 16]) -> Vec<u8> {
+    let mut k = vec![tag::DONE];
+    k.extend_from_slice(&issued_ms.to_be_bytes());
+    k.extend_from_slice(token);
+    k
+}
+
+/// Markers of requests issued before `issued_ms`: `[begin, end)`.
+pub fn done_before(issued_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut e = vec![tag::DONE];
+    e.extend_from_slice(&issued_ms.to_be_bytes());
+    (vec![tag::DONE], e)
 }
 
 pub fn valid_object_key(key: &str) -> bool {

@@ -85,6 +85,51 @@ pub trait Kv {
 
     /// `self` as a trait object (for the default `write_batch`).
     fn as_dyn(&self) -> &dyn Kv;
+
+    /// Whether this store runs its "transactions" inside an enclosing one ([`TxKv`]): then
+    /// [`run`] makes one attempt and leaves retries to the enclosing transaction.
+    fn nested(&self) -> bool {
+        false
+    }
+}
+
+/// A store whose every transaction is part of one enclosing transaction `tx`: code written
+/// against [`Kv`] (each function running its own [`run`]) can then be composed into a larger
+/// atomic transaction. A body's application error aborts the enclosing transaction too (there
+/// are no savepoints), so nothing partial is ever committed.
+pub struct TxKv<'a, 'b> {
+    tx: std::cell::RefCell<&'a mut (dyn Tx + 'b)>,
+}
+
+impl<'a, 'b> TxKv<'a, 'b> {
+    pub fn new(tx: &'a mut (dyn Tx + 'b)) -> Self {
+        TxKv {
+            tx: std::cell::RefCell::new(tx),
+        }
+    }
+}
+
+impl Kv for TxKv<'_, '_> {
+    fn attempt(
+        &self,
+        _write: bool,
+        body: &mut dyn FnMut(&mut dyn Tx) -> Result<(), BodyError>,
+    ) -> Result<(), KvError> {
+        let mut tx = self.tx.borrow_mut();
+        match body(&mut **tx) {
+            Ok(()) => Ok(()),
+            Err(BodyError::Kv(e)) => Err(e),
+            Err(BodyError::Abort) => Err(KvError::Aborted),
+        }
+    }
+
+    fn as_dyn(&self) -> &dyn Kv {
+        self
+    }
+
+    fn nested(&self) -> bool {
+        true
+    }
 }
 
 /// An error a transaction body may return: either from the store or from the application.
@@ -104,7 +149,8 @@ pub fn run<T, E: TxnError>(
     mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
 ) -> Result<T, E> {
     let mut last = None;
-    for _ in 0..ATTEMPTS_MAX {
+    let attempts = if kv.nested() { 1 } else { ATTEMPTS_MAX };
+    for _ in 0..attempts {
         let mut out: Option<Result<T, E>> = None;
         let r = kv.attempt(write, &mut |tx| match f(tx) {
             Ok(v) => {
@@ -122,7 +168,7 @@ pub fn run<T, E: TxnError>(
         });
         match r {
             Ok(()) => return out.expect("body ran"),
-            Err(e) if e.retryable() => {
+            Err(e) if e.retryable() && !kv.nested() => {
                 last = Some(e);
                 continue;
             }

@@ -10,6 +10,8 @@
 //!   tests.
 
 pub mod cluster;
+#[cfg(feature = "fdb")]
+pub mod fdb_kv;
 pub mod keys;
 pub mod kv;
 pub mod meta;

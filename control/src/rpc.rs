@@ -8,13 +8,34 @@
 //! answer is the postcard encoding of the return type named on its variant.
 
 use crate::cluster::{self, ClusterView, Registration};
-use crate::kv::Kv;
+use crate::keys;
+use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, WriteCondition};
 use crate::records::{ContentRec, DriveRec, RecordError, ShardLoc, Stored};
 use serde::{Deserialize, Serialize};
 
 /// Version byte leading every request and answer body.
 pub const RPC_VERSION: u8 = 1;
+
+/// How long the answer of a committed write is kept for retries of the same request.
+pub const DONE_TTL_MS: u64 = 3600 * 1000;
+/// Requests issued further than this from the executing clock are refused: their retry
+/// markers would expire too early (or too late).
+pub const CLOCK_SKEW_MS_MAX: u64 = 5 * 60 * 1000;
+
+/// Identity of one request; a retry of the request carries the same token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: [u8; 16],
+    /// When the caller issued it (its clock).
+    pub issued_ms: u64,
+}
+
+impl Token {
+    pub fn new(id: [u8; 16], issued_ms: u64) -> Self {
+        Token { id, issued_ms }
+    }
+}
 
 /// Contents examined by one [`Request::RepairScan`] call.
 pub const REPAIR_SCAN_PAGE: usize = 1000;
@@ -114,6 +135,8 @@ pub enum Request {
     /// the placement rules want them: on a node that is down, on a drive being refilled, or two
     /// on one node while enough nodes are up to spread them. → `(queued: u64, next: Option<[u8; 32]>)`
     RepairScan { after: Option<[u8; 32]>, nonce: u64 },
+    /// Forgets the answers of write requests issued over [`DONE_TTL_MS`] ago. → `()`
+    ExpireDone,
 }
 
 impl Request {
@@ -183,13 +206,13 @@ impl From<WireError> for MetaError {
 }
 
 /// Encodes a request body.
-pub fn encode_request(req: &Request) -> Vec<u8> {
+pub fn encode_request(token: &Token, req: &Request) -> Vec<u8> {
     let mut out = vec![RPC_VERSION];
-    out.extend(postcard::to_stdvec(req).expect("requests always serialize"));
+    out.extend(postcard::to_stdvec(&(token, req)).expect("requests always serialize"));
     out
 }
 
-pub fn decode_request(b: &[u8]) -> Result<Request, String> {
+pub fn decode_request(b: &[u8]) -> Result<(Token, Request), String> {
     match b.split_first() {
         Some((&RPC_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!("unknown control API version {v}")),
@@ -340,6 +363,13 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         MarkDamaged { blake3 } => enc(meta::mark_damaged(kv, &blake3)?),
         Register(reg) => enc(cluster::register(kv, &reg, now_ms)?),
         Heartbeat { node, free } => enc(cluster::heartbeat(kv, node, &free, now_ms)?),
+        ExpireDone => {
+            let (b, e) = keys::done_before(now_ms.saturating_sub(DONE_TTL_MS));
+            enc(run(kv, true, |tx| {
+                tx.clear_range(&b, &e)?;
+                Ok::<_, MetaError>(())
+            })?)
+        }
         RepairScan { after, nonce } => {
             let view = cluster::view(kv)?;
             let page = meta::contents(kv, after, REPAIR_SCAN_PAGE)?;
@@ -359,4 +389,34 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             enc((bad.len() as u64, next))
         }
     }
+}
+
+/// Runs `req` so that running it again with the same `token` — a retry after a lost answer or
+/// after `commit_unknown_result` — returns the first answer instead of writing twice. The
+/// request's transactions and a marker holding its answer commit as one transaction.
+pub fn execute_idempotent(
+    kv: &dyn Kv,
+    req: Request,
+    token: Token,
+    now_ms: u64,
+) -> Result<Vec<u8>, MetaError> {
+    if !req.is_write() {
+        return execute(kv, req, now_ms);
+    }
+    if token.issued_ms.abs_diff(now_ms) > CLOCK_SKEW_MS_MAX {
+        return Err(MetaError::Record(RecordError(format!(
+            "request issued at {} ms, executed at {now_ms} ms: clocks differ by more than {} s",
+            token.issued_ms,
+            CLOCK_SKEW_MS_MAX / 1000
+        ))));
+    }
+    let marker = keys::done(token.issued_ms, &token.id);
+    run(kv, true, |tx| {
+        if let Some(answer) = tx.get(&marker)? {
+            return Ok(answer);
+        }
+        let answer = execute(&TxKv::new(&mut *tx), req.clone(), now_ms)?;
+        tx.set(&marker, &answer)?;
+        Ok(answer)
+    })
 }

@@ -68,8 +68,19 @@ impl Meta {
     /// Runs one control-plane request: reads on the calling thread, writes through the
     /// group-commit writer. The answer is encoded as [`crate::rpc::execute`] encodes it.
     pub async fn call(&self, req: crate::rpc::Request) -> Result<Vec<u8>, MetaError> {
+        let token = crate::rpc::Token::new(rand::random(), now_ms());
+        self.call_with(token, req).await
+    }
+
+    /// [`call`](Self::call) with the caller's token (a request arriving over the network,
+    /// possibly a retry).
+    pub async fn call_with(
+        &self,
+        token: crate::rpc::Token,
+        req: crate::rpc::Request,
+    ) -> Result<Vec<u8>, MetaError> {
         if req.is_write() {
-            self.write(move |kv| crate::rpc::execute(kv, req, now_ms()))
+            self.write(move |kv| crate::rpc::execute_idempotent(kv, req, token, now_ms()))
                 .await
         } else {
             crate::rpc::execute(self.kv(), req, now_ms())

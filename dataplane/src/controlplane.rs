@@ -191,11 +191,11 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Ok(b) => b.to_bytes(),
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
     };
-    let request = match rpc::decode_request(&body) {
+    let (token, request) = match rpc::decode_request(&body) {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e),
     };
-    let answer = c.meta.call(request).await;
+    let answer = c.meta.call_with(token, request).await;
     let mut r = Response::new(Full::new(Bytes::from(rpc::encode_answer(&answer))));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -229,6 +229,12 @@ async fn leader(c: Arc<Control>) {
             Ok(down) if !down.is_empty() => tracing::warn!("nodes down (lease expired): {down:?}"),
             Ok(_) => {}
             Err(e) => tracing::error!("expiring leases: {e}"),
+        }
+        if let Err(e) = MetaClient::Local(c.meta.clone())
+            .call::<()>(Rq::ExpireDone)
+            .await
+        {
+            tracing::error!("expiring request markers: {e}");
         }
         if let Err(e) = rebuild_lost_drives(&c).await {
             tracing::error!("scheduling rebuilds: {e}");

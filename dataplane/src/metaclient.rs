@@ -84,7 +84,9 @@ impl RemoteMeta {
     }
 
     pub async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
-        let body = Bytes::from(rpc::encode_request(&req));
+        // A retry of this call (none yet) must carry the same token.
+        let token = rpc::Token::new(rand::random(), ostore_control::service::now_ms());
+        let body = Bytes::from(rpc::encode_request(&token, &req));
         let attempt = async {
             // An idle connection the control plane has closed fails before sending anything;
             // then a fresh one is used.

@@ -569,6 +569,12 @@ const WRITING_INTENT_AGE_MAX_MS: u64 = 24 * 3600 * 1000;
 /// ends the intents. In a cluster the nodes split the intents between them.
 async fn intent_sweeper(node: Arc<Node>) {
     while sleep_unless_stopping(&node, Duration::from_secs(10)).await {
+        // In a cluster the control plane's leader expires request markers.
+        if node.cluster.is_none() {
+            if let Err(e) = node.meta.call::<()>(Rq::ExpireDone).await {
+                tracing::warn!("expiring request markers: {e}");
+            }
+        }
         let intents: Vec<(u64, IntentRec)> = match node.meta.call(Rq::Intents).await {
             Ok(i) => i,
             Err(e) => {
