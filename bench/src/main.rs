@@ -6,6 +6,7 @@
 
 mod disk;
 mod load;
+mod quic;
 
 use clap::{Parser, Subcommand};
 
@@ -23,12 +24,16 @@ enum Cmd {
     /// Raw direct-I/O limits of a drive: sequential 1 MiB write and read at queue depth 16, and
     /// 4 KiB random-read IOPS.
     Disk(disk::DiskArgs),
+    /// Bulk QUIC stream throughput: ostore's glommio-driven QUIC against quinn on tokio, on
+    /// loopback, in one run.
+    Quic(quic::QuicArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Some(Cmd::Disk(a)) => disk::run(a),
+        Some(Cmd::Quic(a)) => quic::run(a),
         None => load::run(cli.load),
     };
     if let Err(e) = r {

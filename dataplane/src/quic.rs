@@ -31,6 +31,11 @@ use std::time::{Duration, Instant};
 
 /// Kernel socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`).
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+/// Datagrams per GSO batch: a batch is one UDP send of at most 64 KiB, and larger bursts only
+/// fight the pacer (quinn uses a similar bound).
+const GSO_SEGMENTS_MAX: usize = 10;
+/// Waits shorter than this (QUIC pacing) yield instead of arming a timer.
+const TIMER_WAIT_MIN: Duration = Duration::from_millis(2);
 /// Datagrams received per `recvmsg` batch.
 const RECV_BATCH: usize = 16;
 
@@ -67,6 +72,8 @@ struct Inner {
     closed: bool,
     send_buf: Vec<u8>,
     next_serial: u64,
+    /// A batch the kernel had no room for: sent before anything else, once there is room.
+    blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
 }
 
 /// A QUIC endpoint on this executor.
@@ -142,6 +149,7 @@ impl Endpoint {
             closed: false,
             send_buf: Vec::with_capacity(64 * 1024),
             next_serial: 0,
+            blocked: None,
         }));
         let e = Endpoint(inner);
         glommio::spawn_local(e.clone().receiver(watch)).detach();
@@ -275,18 +283,25 @@ impl Endpoint {
     /// Runs the connections' state machines whenever something changed or a timer fires.
     async fn driver(self) {
         loop {
-            let deadline = {
+            let (deadline, blocked) = {
                 let mut i = self.0.borrow_mut();
                 i.dirty = false;
                 i.drive();
                 if i.closed && i.conns.is_empty() {
                     return;
                 }
-                i.conns
+                let d = i
+                    .conns
                     .values_mut()
                     .filter_map(|c| c.conn.poll_timeout())
-                    .min()
+                    .min();
+                (d, i.blocked.is_some())
             };
+            if blocked {
+                // The socket buffer is full; the peer drains it within microseconds.
+                futures_lite::future::yield_now().await;
+                continue;
+            }
             let woken = poll_fn(|cx| {
                 let mut i = self.0.borrow_mut();
                 if i.dirty {
@@ -299,8 +314,12 @@ impl Endpoint {
             match deadline {
                 Some(d) => {
                     let wait = d.saturating_duration_since(Instant::now());
-                    if !wait.is_zero() {
+                    if wait >= TIMER_WAIT_MIN {
                         futures_lite::future::or(woken, glommio::timer::sleep(wait)).await;
+                    } else if !wait.is_zero() {
+                        // Pacing gaps are tens of microseconds, finer than the reactor's timers:
+                        // let other tasks run and come straight back.
+                        futures_lite::future::yield_now().await;
                     }
                 }
                 None => {
@@ -353,7 +372,9 @@ impl Inner {
         }
     }
 
-    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) {
+    /// Sends one batch; `false` if the socket buffer is full (nothing was sent). Other errors
+    /// (an unreachable peer) drop the batch: QUIC's loss recovery deals with it.
+    fn send(&mut self, t: &quinn_proto::Transmit, contents: &[u8]) -> bool {
         let out = quinn_udp::Transmit {
             destination: t.destination,
             ecn: ecn_out(t.ecn),
@@ -361,11 +382,12 @@ impl Inner {
             segment_size: t.segment_size,
             src_ip: t.src_ip,
         };
-        // A full socket buffer drops the datagram, as the network would; QUIC's loss recovery
-        // and congestion control answer it.
-        if let Err(e) = self.udp.try_send((&self.socket).into(), &out) {
-            if e.kind() != io::ErrorKind::WouldBlock {
+        match self.udp.try_send((&self.socket).into(), &out) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
                 tracing::debug!("QUIC send to {}: {e}", t.destination);
+                true
             }
         }
     }
@@ -388,7 +410,7 @@ impl Inner {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 if self.closed || self.server.is_none() {
                     let t = self.ep.refuse(incoming, &mut resp);
-                    self.send(&t, &resp[..t.size]);
+                    let _ = self.send(&t, &resp[..t.size]);
                     return;
                 }
                 match self.ep.accept(incoming, now, &mut resp, None) {
@@ -401,12 +423,14 @@ impl Inner {
                     }
                     Err(e) => {
                         if let Some(t) = e.response {
-                            self.send(&t, &resp[..t.size]);
+                            let _ = self.send(&t, &resp[..t.size]);
                         }
                     }
                 }
             }
-            Some(DatagramEvent::Response(t)) => self.send(&t, &resp[..t.size]),
+            Some(DatagramEvent::Response(t)) => {
+                let _ = self.send(&t, &resp[..t.size]);
+            }
             None => {}
         }
     }
@@ -414,7 +438,12 @@ impl Inner {
     /// One round of the state machines: timers, endpoint events, application events, sends.
     fn drive(&mut self) {
         let now = Instant::now();
-        let max_segments = self.udp.max_gso_segments().max(1);
+        if let Some((t, data)) = self.blocked.take() {
+            if !self.send(&t, &data) {
+                self.blocked = Some((t, data));
+            }
+        }
+        let max_segments = self.udp.max_gso_segments().clamp(1, GSO_SEGMENTS_MAX);
         let handles: Vec<ConnectionHandle> = self.conns.keys().copied().collect();
         let mut buf = std::mem::take(&mut self.send_buf);
         for ch in handles {
@@ -447,11 +476,17 @@ impl Inner {
             while let Some(ev) = c.conn.poll() {
                 dispatch(&mut c.state, ev);
             }
-            while let Some(t) = self.conns.get_mut(&ch).and_then(|c| {
-                buf.clear();
-                c.conn.poll_transmit(now, max_segments, &mut buf)
-            }) {
-                self.send(&t, &buf[..t.size]);
+            while self.blocked.is_none() {
+                let Some(t) = self.conns.get_mut(&ch).and_then(|c| {
+                    buf.clear();
+                    c.conn.poll_transmit(now, max_segments, &mut buf)
+                }) else {
+                    break;
+                };
+                if !self.send(&t, &buf[..t.size]) {
+                    let data = buf[..t.size].to_vec();
+                    self.blocked = Some((t, data));
+                }
             }
             if drained {
                 if let Some(mut c) = self.conns.remove(&ch) {
@@ -565,6 +600,12 @@ impl Connection {
         let i = self.ep.0.borrow();
         i.conn(self.ch, self.serial)
             .is_none_or(|c| c.state.lost.is_some() || c.conn.is_closed())
+    }
+
+    /// The connection's statistics (RTT, congestion window, losses), for diagnostics.
+    pub fn stats(&self) -> Option<quinn_proto::ConnectionStats> {
+        let mut i = self.ep.0.borrow_mut();
+        i.conn_mut(self.ch, self.serial).map(|c| c.conn.stats())
     }
 
     pub fn remote_address(&self) -> Option<SocketAddr> {
