@@ -76,6 +76,20 @@ fn ca_key(secret: &str) -> anyhow::Result<rcgen::KeyPair> {
 
 /// Builds the CA from `secret` and a certificate for this process signed by it.
 pub fn credentials(secret: &str) -> anyhow::Result<PeerTls> {
+    let (ca, chain, key) = node_certificate(secret)?;
+    tls_configs(ca, chain, key)
+}
+
+/// The cluster CA's certificate for `secret`, and a fresh node certificate chain and key that
+/// it signed.
+#[allow(clippy::type_complexity)]
+pub fn node_certificate(
+    secret: &str,
+) -> anyhow::Result<(
+    CertificateDer<'static>,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+)> {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyUsagePurpose,
@@ -100,11 +114,11 @@ pub fn credentials(secret: &str) -> anyhow::Result<PeerTls> {
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(tls_err)?;
-    tls_configs(
+    Ok((
         ca_cert.der().clone(),
         vec![cert.der().clone()],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
+    ))
 }
 
 /// Mutual-TLS configurations trusting only `ca`, presenting `chain`.

@@ -179,3 +179,142 @@ fn too_few_nodes_refuse_writes_instead_of_risking_them() {
     let (s, b) = c.get_bytes(1, "three");
     assert!(s == 200 && b == o.body);
 }
+
+mod outsider {
+    //! Connects to a node's peer port with an independent QUIC stack (quinn on tokio).
+
+    use ostore_dataplane::peer::{node_certificate, NODE_NAME};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    /// Accepts any server certificate: the outsider does not care who the node is, it only
+    /// wants in.
+    #[derive(Debug)]
+    struct TrustAnything(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for TrustAnything {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    fn client(
+        cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> quinn::ClientConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustAnything(provider)));
+        let mut cfg = match cert {
+            Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
+            None => b.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"ostore-peer/1".to_vec()];
+        quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap(),
+        ))
+    }
+
+    /// Connects, opens a stream and sends an OPEN request for a shard; returns what happened.
+    fn attempt(addr: SocketAddr, cfg: quinn::ClientConfig) -> Result<Vec<u8>, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let run = async {
+                let conn = ep
+                    .connect_with(cfg, addr, NODE_NAME)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                let mut req = b"OSP\x01".to_vec();
+                // OPEN drive 0, shard 0, file 1, tag 1.
+                req.extend_from_slice(&[
+                    1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+                ]);
+                send.write_all(&req).await.map_err(|e| e.to_string())?;
+                let mut answer = [0u8; 8];
+                recv.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| format!("reading the answer: {e}"))?;
+                Ok(answer.to_vec())
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(10), run)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+        })
+    }
+
+    #[test]
+    fn a_peer_without_the_cluster_credentials_is_refused() {
+        let c = super::Cluster::start(1, 1);
+        let addr: SocketAddr = c.nodes[0].peer.parse().unwrap();
+        // No client certificate at all.
+        let r = attempt(addr, client(None));
+        assert!(
+            r.is_err(),
+            "a peer without a certificate got an answer: {r:?}"
+        );
+        // A certificate from another cluster's CA (another secret).
+        let (_, chain, key) = node_certificate("not the cluster secret").unwrap();
+        let r = attempt(addr, client(Some((chain, key))));
+        assert!(
+            r.is_err(),
+            "a peer from another cluster got an answer: {r:?}"
+        );
+        eprintln!("refused: {}", r.unwrap_err());
+        // The control experiment: with the cluster's credentials the same request is answered
+        // (an error answer: there is no such shard), so the refusals above are the handshake's.
+        let (_, chain, key) = node_certificate(&c.secret).unwrap();
+        let r = attempt(addr, client(Some((chain, key))));
+        let answer = r.expect("a peer with the cluster credentials is served");
+        assert_eq!(
+            answer[0], 1,
+            "expected an error answer for a missing shard: {answer:?}"
+        );
+    }
+}
