@@ -73,6 +73,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a control process and `nodes` nodes with `drives` drives each.
     pub fn start(nodes: usize, drives: usize) -> Cluster {
+        Self::start_with(nodes, drives, &[])
+    }
+
+    /// As [`start`](Self::start), with extra arguments for `ostore control`.
+    pub fn start_with(nodes: usize, drives: usize, control_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ostore-cluster-")
             .tempdir()
@@ -84,6 +89,7 @@ impl Cluster {
                 "redb:{}",
                 dir.path().join("meta/control.redb").display()
             ))
+            .args(control_args)
             .env("OSTORE_SECRET", &secret)
             .env("OSTORE_LOG", log_level())
             .stdout(Stdio::piped())

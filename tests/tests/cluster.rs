@@ -162,6 +162,38 @@ fn six_nodes_survive_two_failures_repair_and_two_more() {
 }
 
 #[test]
+fn a_node_down_past_the_grace_period_is_rebuilt_elsewhere() {
+    let mut c = Cluster::start_with(7, 1, &["--down-grace", "2s"]);
+    let objs: Vec<Obj> = (0..4)
+        .map(|i| {
+            put(
+                &c,
+                i,
+                &format!("g/{i}"),
+                random_bytes(50 + i as u64, 200_000 * (i + 1)),
+            )
+        })
+        .collect();
+    let dead = c.nodes[6].id.clone();
+    c.kill9(6);
+    wait_states(&c, 0, &[&dead], Duration::from_secs(15));
+    // Past the grace period every shard the dead node held is rebuilt on the six others.
+    let ok = eventually(Duration::from_secs(60), || {
+        objs.iter().all(|o| {
+            let (n, nodes) = shard_nodes(&c, 0, &o.blake3);
+            n == 6 && nodes.len() == 6 && !nodes.contains(&dead)
+        })
+    });
+    assert!(ok, "the dead node's shards were not rebuilt elsewhere");
+    // Now two more nodes can die and nothing is lost.
+    let (d1, d2) = (c.nodes[0].id.clone(), c.nodes[1].id.clone());
+    c.kill9(0);
+    c.kill9(1);
+    wait_states(&c, 2, &[&dead, &d1, &d2], Duration::from_secs(15));
+    check_all(&c, &objs, &[2, 3, 4, 5]);
+}
+
+#[test]
 fn too_few_nodes_refuse_writes_instead_of_risking_them() {
     // 4+2 on three nodes puts two shards on each: allowed. On two nodes one would hold three,
     // more than the two parity shards: refused with 503, nothing acknowledged.
