@@ -240,10 +240,15 @@ async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connectio
     Ok(c)
 }
 
-/// A shard file on another node: one QUIC stream, one request at a time.
+/// A shard file on another node: one QUIC stream. Writes are pipelined: a WRITE is sent and
+/// the call returns (its bytes are in the stream's send buffer, bounded by QUIC flow control);
+/// its answer is read before the next request that waits for one — at the latest the SYNC that
+/// makes the file durable, which therefore reports any failed write.
 pub struct PeerFile {
     streams: RefCell<Option<(SendStream, RecvStream)>>,
     lock: glommio::sync::Semaphore,
+    /// Lengths of the WRITEs sent whose answers were not read yet.
+    unanswered: RefCell<std::collections::VecDeque<u32>>,
 }
 
 fn peer_error(errno: i32, msg: String) -> io::Error {
@@ -261,10 +266,19 @@ async fn roundtrip(
     req: &Request,
     data: Option<&[u8]>,
 ) -> io::Result<Vec<u8>> {
+    send_request(send, req, data).await?;
+    read_answer(recv).await
+}
+
+async fn send_request(send: &mut SendStream, req: &Request, data: Option<&[u8]>) -> io::Result<()> {
     send.write_all(&req.encode()).await?;
     if let Some(d) = data {
         send.write_all(d).await?;
     }
+    Ok(())
+}
+
+async fn read_answer(recv: &mut RecvStream) -> io::Result<Vec<u8>> {
     let mut h = [0u8; ANSWER_BYTES];
     recv.read_exact(&mut h).await?;
     let (ok, len) = decode_answer(&h).map_err(io::Error::other)?;
@@ -333,12 +347,15 @@ impl PeerFile {
             Ok(PeerFile {
                 streams: RefCell::new(Some((send, recv))),
                 lock: glommio::sync::Semaphore::new(1),
+                unanswered: RefCell::new(std::collections::VecDeque::new()),
             })
         })
         .await
     }
 
-    async fn call(&self, req: Request, data: Option<&[u8]>) -> io::Result<Vec<u8>> {
+    /// Sends `req`; with `wait`, reads the answers of the WRITEs sent before it (returning the
+    /// first error among them, if any) and then its own.
+    async fn call(&self, req: Request, data: Option<&[u8]>, wait: bool) -> io::Result<Vec<u8>> {
         let _permit = self
             .lock
             .acquire_permit(1)
@@ -347,7 +364,43 @@ impl PeerFile {
         let Some((mut send, mut recv)) = self.streams.borrow_mut().take() else {
             return Err(io::Error::other("the peer stream failed earlier"));
         };
-        let r = timed("I/O", roundtrip(&mut send, &mut recv, &req, data)).await;
+        let unanswered = &self.unanswered;
+        let r = timed("I/O", async {
+            send_request(&mut send, &req, data).await?;
+            if !wait {
+                unanswered.borrow_mut().push_back(req.b);
+                return Ok(Vec::new());
+            }
+            let mut first_error = None;
+            loop {
+                let Some(len) = unanswered.borrow_mut().pop_front() else {
+                    break;
+                };
+                let written = read_answer(&mut recv).await.and_then(|p| {
+                    p.get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_le_bytes)
+                        .ok_or_else(|| io::Error::other("malformed WRITE answer"))
+                });
+                match written {
+                    Ok(n) if n == len => {}
+                    Ok(n) => {
+                        first_error.get_or_insert(io::Error::other(format!(
+                            "peer wrote {n} of {len} bytes"
+                        )));
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            let own = read_answer(&mut recv).await;
+            match first_error {
+                Some(e) => Err(e),
+                None => own,
+            }
+        })
+        .await;
         // After a transport error the stream is out of step: drop it, later calls fail.
         let transport_failed = matches!(&r, Err(e) if e.raw_os_error().is_none()
             && matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
@@ -367,12 +420,8 @@ impl PeerFile {
             a: pos,
             b: data.len() as u32,
         };
-        let p = self.call(req, Some(data)).await?;
-        let n: [u8; 4] = p
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| io::Error::other("malformed WRITE answer"))?;
-        Ok(u32::from_le_bytes(n) as usize)
+        self.call(req, Some(data), false).await?;
+        Ok(data.len())
     }
 
     pub async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -386,6 +435,7 @@ impl PeerFile {
                 b: len as u32,
             },
             None,
+            true,
         )
         .await
     }
@@ -409,6 +459,7 @@ impl PeerFile {
                 b: 0,
             },
             None,
+            true,
         )
         .await
         .map(|_| ())
