@@ -479,3 +479,40 @@ fn restarting_with_fewer_drives_is_refused() {
     dev.restart();
     assert_eq!(dev.get("big").status(), 200);
 }
+
+/// `curl -C -` continues a download from the bytes already in the file (a plain `Range:
+/// bytes=N-`), and the result is the object exactly.
+#[test]
+fn curl_resumes_a_download_exactly() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP curl_resumes_a_download_exactly: curl is not installed");
+        return;
+    }
+    let dev = Dev::start(&[]);
+    let body = random_bytes(77, 3 * 1024 * 1024 + 12_345);
+    assert_eq!(dev.put("resume/me", body.clone()).status(), 201);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("partial");
+    // The first download was cut off after 1,000,001 bytes.
+    std::fs::write(&file, &body[..1_000_001]).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "-C", "-", "-o"])
+        .arg(&file)
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", dev.secret))
+        .arg(dev.url("/objects/resume/me"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read(&file).unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the resumed download differs from the object");
+}
