@@ -268,28 +268,7 @@ async fn rebuild_lost_drives(c: &Control) -> anyhow::Result<()> {
         .await?;
     let client = MetaClient::Local(c.meta.clone());
     for (node, drive) in drives {
-        let mut after = None;
-        let mut queued = 0usize;
-        loop {
-            let page: Vec<([u8; 32], u8)> = client
-                .call(Rq::ShardsOnDrive {
-                    drive,
-                    after,
-                    limit: 1000,
-                })
-                .await?;
-            let Some(last) = page.last().copied() else {
-                break;
-            };
-            queued += page.len();
-            client
-                .call::<()>(Rq::QueueRepair {
-                    contents: page.iter().map(|p| p.0).collect(),
-                    nonce: rand::random(),
-                })
-                .await?;
-            after = Some(last);
-        }
+        let queued = client.queue_drive_for_repair(drive).await?;
         c.meta
             .write(move |kv| cluster::drive_rebuild_queued(kv, node, drive))
             .await?;

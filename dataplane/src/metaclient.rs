@@ -37,6 +37,34 @@ impl MetaClient {
     }
 }
 
+impl MetaClient {
+    /// Queues every content with a shard on `drive` for repair, a page at a time; returns how
+    /// many shards were queued.
+    pub async fn queue_drive_for_repair(&self, drive: u16) -> Result<usize, MetaError> {
+        let mut after = None;
+        let mut queued = 0;
+        loop {
+            let page: Vec<([u8; 32], u8)> = self
+                .call(Request::ShardsOnDrive {
+                    drive,
+                    after,
+                    limit: 1000,
+                })
+                .await?;
+            let Some(last) = page.last().copied() else {
+                return Ok(queued);
+            };
+            queued += page.len();
+            self.call::<()>(Request::QueueRepair {
+                contents: page.iter().map(|p| p.0).collect(),
+                nonce: rand::random(),
+            })
+            .await?;
+            after = Some(last);
+        }
+    }
+}
+
 /// The control plane at `addr`, called with the cluster secret.
 #[derive(Clone)]
 pub struct RemoteMeta {

@@ -8,7 +8,6 @@ use crate::store::{self, StoreError};
 use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement};
 use ostore_control::cluster::{ClusterView, DriveReport, NodeRec, Registration};
-use ostore_control::meta::MetaError;
 use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::Request as Rq;
@@ -182,39 +181,11 @@ async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
             "drive {} was found empty: refilling it from the other shards",
             d.root.display()
         );
-        queue_drive_for_repair(node, d.id).await?;
+        node.meta.queue_drive_for_repair(d.id).await?;
+        node.wake_repair();
         return Ok(true);
     }
     Ok(false)
-}
-
-async fn queue_drive_for_repair(node: &Node, drive: u16) -> Result<(), MetaError> {
-    let mut after = None;
-    loop {
-        let page: Vec<([u8; 32], u8)> = node
-            .meta
-            .call(Rq::ShardsOnDrive {
-                drive,
-                after,
-                limit: 1000,
-            })
-            .await?;
-        let Some(last) = page.last().copied() else {
-            break;
-        };
-        let hashes: Vec<[u8; 32]> = page.iter().map(|p| p.0).collect();
-        node.meta
-            .call::<()>(Rq::QueueRepair {
-                contents: hashes,
-                nonce: rand::random(),
-            })
-            .await?;
-        for (h, _) in &page {
-            let _ = node.repair_tx.try_send(*h);
-        }
-        after = Some(last);
-    }
-    Ok(())
 }
 
 async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
