@@ -245,7 +245,7 @@ async fn leader(c: Arc<Control>) {
         if let Ok(v) = view {
             let up = v.nodes.iter().filter(|n| n.up).count();
             if last_up.is_some_and(|l| up > l) {
-                match repair_scan(&c.meta).await {
+                match MetaClient::Local(c.meta.clone()).repair_scan().await {
                     Ok(n) if n > 0 => {
                         tracing::info!("nodes returned: {n} object(s) queued to spread out")
                     }
@@ -275,24 +275,4 @@ async fn rebuild_lost_drives(c: &Control) -> anyhow::Result<()> {
         tracing::info!("drive {drive} of node {node}: {queued} shard(s) queued for rebuild");
     }
     Ok(())
-}
-
-/// Runs a whole repair scan (every content), returning how many were queued.
-pub async fn repair_scan(meta: &Meta) -> anyhow::Result<u64> {
-    let client = MetaClient::Local(meta.clone());
-    let mut after = None;
-    let mut total = 0;
-    loop {
-        let (queued, next): (u64, Option<[u8; 32]>) = client
-            .call(Rq::RepairScan {
-                after,
-                nonce: rand::random(),
-            })
-            .await?;
-        total += queued;
-        match next {
-            Some(n) => after = Some(n),
-            None => return Ok(total),
-        }
-    }
 }

@@ -430,22 +430,7 @@ async fn cluster(node: &Node) -> Result<Resp, ApiError> {
 /// Queues for repair every object whose shards are not where placement wants them (in `ostore
 /// dev`: every sharded object, so that all shards are verified and rebuilt where needed).
 async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
-    let mut after = None;
-    let mut queued = 0u64;
-    loop {
-        let (n, next): (u64, Option<[u8; 32]>) = node
-            .meta
-            .call(Rq::RepairScan {
-                after,
-                nonce: rand::random(),
-            })
-            .await?;
-        queued += n;
-        match next {
-            Some(h) => after = Some(h),
-            None => break,
-        }
-    }
+    let queued = node.meta.repair_scan().await?;
     node.wake_repair();
     Ok(json_response(StatusCode::OK, json!({"queued": queued})))
 }

@@ -38,6 +38,26 @@ impl MetaClient {
 }
 
 impl MetaClient {
+    /// Runs a whole repair scan (`Request::RepairScan`, page by page over every content);
+    /// returns how many objects were queued.
+    pub async fn repair_scan(&self) -> Result<u64, MetaError> {
+        let mut after = None;
+        let mut total = 0;
+        loop {
+            let (queued, next): (u64, Option<[u8; 32]>) = self
+                .call(Request::RepairScan {
+                    after,
+                    nonce: rand::random(),
+                })
+                .await?;
+            total += queued;
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(total),
+            }
+        }
+    }
+
     /// Queues every content with a shard on `drive` for repair, a page at a time; returns how
     /// many shards were queued.
     pub async fn queue_drive_for_repair(&self, drive: u16) -> Result<usize, MetaError> {

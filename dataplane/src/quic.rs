@@ -235,11 +235,9 @@ impl Endpoint {
     /// Receives datagrams until the endpoint closes.
     async fn receiver(self, watch: glommio::net::UdpSocket) {
         let mut peek = [0u8; 1];
-        let gro = self.0.borrow().udp.gro_segments().max(1);
         let slot = 64 * 1024;
         let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; slot]).collect();
         let mut metas = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
-        let _ = gro;
         loop {
             if self.0.borrow().closed {
                 return;
@@ -677,18 +675,6 @@ impl Connection {
             },
         )
     }
-
-    /// The DER certificates the peer presented (verified by the handshake).
-    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        let i = self.ep.0.borrow();
-        let c = i.conn(self.ch, self.serial)?;
-        c.conn
-            .crypto_session()
-            .peer_identity()?
-            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .ok()
-            .map(|b| *b)
-    }
 }
 
 impl SendStream {
@@ -795,17 +781,11 @@ impl RecvStream {
 
     /// Fills `buf` completely; `UnexpectedEof` if the stream ends first.
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.read_chunk(buf.len() - filled).await? {
-                Some(b) => {
-                    buf[filled..filled + b.len()].copy_from_slice(&b);
-                    filled += b.len();
-                }
-                None => return Err(io::ErrorKind::UnexpectedEof.into()),
-            }
+        if self.read_exact_or_end(buf).await? || buf.is_empty() {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::UnexpectedEof.into())
         }
-        Ok(())
     }
 
     /// Like [`read_exact`](Self::read_exact), but `Ok(false)` when the stream ends cleanly

@@ -941,8 +941,7 @@ impl ShardReader {
 }
 
 /// Bytes per second one executor's repairs read at most, so that client requests keep their
-/// latency while a node or drive is being rebuilt (a full 4+2 rebuild of a 10 TB node at this
-/// rate, spread over 5 surviving nodes, takes about 3 hours).
+/// latency while a node or drive is being rebuilt.
 pub const REPAIR_BYTES_PER_S: u64 = 256 << 20;
 /// Reads a repair may run ahead of its pace.
 const REPAIR_BURST: std::time::Duration = std::time::Duration::from_millis(50);

@@ -2,24 +2,12 @@
 //! with its own drive directories in one temporary directory.
 
 use crate::binary;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn ready_line(child: &mut Child, what: &str) -> String {
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Some(Ok(l)) = lines.next() {
-            if l.starts_with("ostore ready") {
-                let _ = tx.send(l);
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(90))
-        .unwrap_or_else(|_| panic!("{what} printed no ready line within 90 s"))
+    crate::ready_line(child, what, Duration::from_secs(90))
 }
 
 fn field(line: &str, name: &str) -> String {

@@ -28,6 +28,22 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// Waits for the `ostore ready` line a server prints on stdout (which `child` must pipe).
+pub fn ready_line(child: &mut Child, what: &str, within: Duration) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(l)) = lines.next() {
+            if l.starts_with("ostore ready") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    rx.recv_timeout(within)
+        .unwrap_or_else(|_| panic!("{what} printed no ready line within {within:?}"))
+}
+
 /// A running `ostore dev`.
 pub struct Dev {
     child: Option<Child>,
@@ -103,19 +119,7 @@ impl Dev {
         );
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn ostore");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(l)) = lines.next() {
-                if l.starts_with("ostore ready") {
-                    let _ = tx.send(l);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("ostore printed no ready line within 60 s");
+        let line = ready_line(&mut child, "ostore dev", Duration::from_secs(60));
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(&format!("{name}=")))
