@@ -20,6 +20,10 @@ pub mod tag {
     pub const DRIVE: u8 = 0x40;
     /// `[0x50] upload:u64be` → `IntentRec`: shard files being written
     pub const INTENT: u8 = 0x50;
+    /// `[0x52] upload:16` → `UploadRec`: a resumable upload
+    pub const UPLOAD: u8 = 0x52;
+    /// `[0x53] upload:16 blob:u8 piece:u32be` → bytes: the upload's blobs, in pieces
+    pub const UPLOAD_BLOB: u8 = 0x53;
     /// `[0x60] blake3:32` → `RepairRec`: content with shards to rebuild
     pub const REPAIR: u8 = 0x60;
     /// `[0x70] node:u32be` → `NodeRec`: a member of the cluster
@@ -35,6 +39,39 @@ pub mod tag {
 
 /// The key-space format version stored under [`format`].
 pub const FORMAT_VERSION: u32 = 1;
+
+pub fn upload(id: &[u8; 16]) -> Vec<u8> {
+    let mut k = vec![tag::UPLOAD];
+    k.extend_from_slice(id);
+    k
+}
+
+/// All upload records: `[begin, end)`.
+pub fn uploads() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::UPLOAD], vec![tag::UPLOAD + 1])
+}
+
+/// The id inside an upload key.
+pub fn upload_id(k: &[u8]) -> Option<[u8; 16]> {
+    k.strip_prefix(&[tag::UPLOAD])?.try_into().ok()
+}
+
+pub fn upload_blob(id: &[u8; 16], blob: u8, piece: u32) -> Vec<u8> {
+    let mut k = vec![tag::UPLOAD_BLOB];
+    k.extend_from_slice(id);
+    k.push(blob);
+    k.extend_from_slice(&piece.to_be_bytes());
+    k
+}
+
+/// Every piece of one blob of an upload: `[begin, end)`.
+pub fn upload_blob_range(id: &[u8; 16], blob: u8) -> (Vec<u8>, Vec<u8>) {
+    let mut b = vec![tag::UPLOAD_BLOB];
+    b.extend_from_slice(id);
+    b.push(blob);
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
 
 pub fn format() -> Vec<u8> {
     vec![tag::FORMAT]

@@ -19,3 +19,4 @@ pub mod records;
 pub mod redb_kv;
 pub mod rpc;
 pub mod service;
+pub mod upload;

@@ -31,6 +31,12 @@ pub enum MetaError {
     BucketNotEmpty,
     #[error("the write's precondition does not hold")]
     PreconditionFailed,
+    /// A resumable upload is at another offset than the request says.
+    #[error("the upload is at offset {0}")]
+    UploadOffset(u64),
+    /// Another request is writing the resumable upload.
+    #[error("another request is writing this upload")]
+    UploadBusy,
     #[error("{0}")]
     Record(#[from] RecordError),
     #[error(transparent)]
@@ -62,6 +68,17 @@ fn put<T: serde::Serialize>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
     Ok(tx.set(k, &encode(v))?)
 }
 
+fn get_content(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<ContentRec>> {
+    match tx.get(k)? {
+        Some(v) => Ok(Some(decode_content(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_content(tx: &mut dyn Tx, k: &[u8], c: &ContentRec) -> Result<()> {
+    Ok(tx.set(k, &encode_content(c))?)
+}
+
 /// The result of committing a version.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PutOutcome {
@@ -84,10 +101,10 @@ pub fn replaced_intent(blake3: &[u8; 32]) -> u64 {
 pub fn mark_damaged(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
     run(kv, true, |tx| {
         let ck = keys::content(blake3);
-        if let Some(mut c) = get::<ContentRec>(tx, &ck)? {
+        if let Some(mut c) = get_content(tx, &ck)? {
             if !c.damaged {
                 c.damaged = true;
-                put(tx, &ck, &c)?;
+                put_content(tx, &ck, &c)?;
             }
         }
         Ok(())
@@ -204,23 +221,23 @@ fn append_version(
 
 fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
     let ck = keys::content(blake3);
-    let Some(mut c): Option<ContentRec> = get(tx, &ck)? else {
+    let Some(mut c) = get_content(tx, &ck)? else {
         return Ok(false);
     };
     c.refs += 1;
     c.unreferenced_since_ms = None;
-    put(tx, &ck, &c)?;
+    put_content(tx, &ck, &c)?;
     Ok(true)
 }
 
 fn drop_ref(tx: &mut dyn Tx, blake3: &[u8; 32], now_ms: u64) -> Result<()> {
     let ck = keys::content(blake3);
-    if let Some(mut c) = get::<ContentRec>(tx, &ck)? {
+    if let Some(mut c) = get_content(tx, &ck)? {
         c.refs = c.refs.saturating_sub(1);
         if c.refs == 0 {
             c.unreferenced_since_ms = Some(now_ms);
         }
-        put(tx, &ck, &c)?;
+        put_content(tx, &ck, &c)?;
     }
     Ok(())
 }
@@ -289,6 +306,7 @@ pub struct NewContent {
     pub blake3: [u8; 32],
     pub size_bytes: u64,
     pub stored: Stored,
+    pub encoding: Encoding,
 }
 
 /// Commits a new version of `key`. With `intent`, the call is idempotent: a retry after an
@@ -326,7 +344,7 @@ pub fn commit_put(
         }
         cond.check(tx, bucket, key)?;
         let ck = keys::content(&content.blake3);
-        let existing: Option<ContentRec> = get(tx, &ck)?;
+        let existing = get_content(tx, &ck)?;
         let deduplicated = existing.as_ref().is_some_and(|c| !c.damaged);
         let mut replaced_damaged = false;
         if deduplicated {
@@ -358,8 +376,9 @@ pub fn commit_put(
                 unreferenced_since_ms: None,
                 stored: content.stored.clone(),
                 damaged: false,
+                encoding: content.encoding,
             };
-            put(tx, &ck, &rec)?;
+            put_content(tx, &ck, &rec)?;
             if let Stored::Sharded { shards, .. } = &content.stored {
                 for s in shards {
                     tx.set(&keys::drive_shard(s.drive, &content.blake3, s.index), &[])?;
@@ -404,7 +423,7 @@ pub fn put_existing(
 ) -> Result<Option<PutOutcome>> {
     run(kv, true, |tx| {
         require_bucket(tx, bucket)?;
-        let Some(c): Option<ContentRec> = get(tx, &keys::content(blake3))? else {
+        let Some(c) = get_content(tx, &keys::content(blake3))? else {
             return Ok(None);
         };
         if c.damaged {
@@ -494,7 +513,7 @@ pub fn resolve(kv: &dyn Kv, bucket: &str, key: &str, version: Option<u64>) -> Re
                 MetaError::NoSuchKey
             });
         }
-        let content: ContentRec = get(tx, &keys::content(&v.blake3))?.ok_or_else(|| {
+        let content = get_content(tx, &keys::content(&v.blake3))?.ok_or_else(|| {
             RecordError(format!("version {} refers to missing content", v.version))
         })?;
         Ok(Resolved {
@@ -582,7 +601,7 @@ pub fn list(
 }
 
 pub fn content(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<Option<ContentRec>> {
-    run(kv, false, |tx| get(tx, &keys::content(blake3)))
+    run(kv, false, |tx| get_content(tx, &keys::content(blake3)))
 }
 
 /// Points a content at its rebuilt shards `new`, all in one transaction, and turns the repair's
@@ -602,7 +621,7 @@ pub fn replace_shards(
             return Ok(rec.shards);
         }
         let ck = keys::content(blake3);
-        let mut content: Option<ContentRec> = get(tx, &ck)?;
+        let mut content = get_content(tx, &ck)?;
         let mut garbage = Vec::new();
         match content.as_mut().map(|c| &mut c.stored) {
             Some(Stored::Sharded { shards, .. }) => {
@@ -623,7 +642,7 @@ pub fn replace_shards(
             _ => garbage.extend_from_slice(new),
         }
         if let Some(c) = &content {
-            put(tx, &ck, c)?;
+            put_content(tx, &ck, c)?;
         }
         rec.shards = garbage.clone();
         rec.state = IntentState::Committed {
@@ -653,7 +672,7 @@ pub fn contents(
             let h: [u8; 32] = k[1..]
                 .try_into()
                 .map_err(|_| RecordError("content key".into()))?;
-            out.push((h, decode(&v)?));
+            out.push((h, decode_content(&v)?));
         }
         Ok(out)
     })
@@ -751,6 +770,7 @@ mod tests {
 
     fn inline(b: &[u8]) -> NewContent {
         NewContent {
+            encoding: Encoding::Identity,
             blake3: *blake3_stub(b),
             size_bytes: b.len() as u64,
             stored: Stored::Inline(b.to_vec()),
@@ -892,6 +912,7 @@ mod tests {
         let (_d, kv) = kv();
         let old = locs(2, 0, 1);
         let c = |shards: Vec<ShardLoc>| NewContent {
+            encoding: Encoding::Identity,
             blake3: [6; 32],
             size_bytes: 50_000,
             stored: Stored::Sharded {
@@ -994,6 +1015,7 @@ mod tests {
         };
         begin_intent(&kv, 7, &[loc], 1).unwrap();
         let c = NewContent {
+            encoding: Encoding::Identity,
             blake3: [3; 32],
             size_bytes: 100_000,
             stored: Stored::Sharded {
@@ -1023,6 +1045,7 @@ mod tests {
         let old = locs(3, 0, 1);
         begin_intent(&kv, 1, &old, 1).unwrap();
         let c = NewContent {
+            encoding: Encoding::Identity,
             blake3: [5; 32],
             size_bytes: 100_000,
             stored: Stored::Sharded {

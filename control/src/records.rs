@@ -86,6 +86,71 @@ pub struct ContentRec {
     /// Repair found fewer than K good shards: the next upload of the same bytes replaces the
     /// stored copy instead of deduplicating against it.
     pub damaged: bool,
+    /// How the object's bytes are stored (added in content format 2).
+    pub encoding: Encoding,
+}
+
+/// The stored form of an object's bytes. `size_bytes` is always the object's (logical) size;
+/// the shard files hold the stored bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// The object's bytes as they are.
+    #[default]
+    Identity,
+    /// Independent zstd frames followed by a seek table (`ostore_engine::compress`).
+    Zstd { stored_bytes: u64, frames: u32 },
+}
+
+impl ContentRec {
+    /// Bytes in the shard files (or inline).
+    pub fn stored_bytes(&self) -> u64 {
+        match self.encoding {
+            Encoding::Identity => self.size_bytes,
+            Encoding::Zstd { stored_bytes, .. } => stored_bytes,
+        }
+    }
+}
+
+/// Format byte of content records: 2 since `encoding` was appended; format 1 (without it)
+/// still decodes, as `Identity`.
+pub const CONTENT_FORMAT: u8 = 2;
+
+/// Content records as format 1 wrote them.
+#[derive(Deserialize)]
+struct ContentRecV1 {
+    size_bytes: u64,
+    refs: u64,
+    created_ms: u64,
+    unreferenced_since_ms: Option<u64>,
+    stored: Stored,
+    damaged: bool,
+}
+
+pub fn encode_content(c: &ContentRec) -> Vec<u8> {
+    let mut out = vec![CONTENT_FORMAT];
+    out.extend(postcard::to_stdvec(c).expect("records always serialize"));
+    out
+}
+
+pub fn decode_content(b: &[u8]) -> Result<ContentRec, RecordError> {
+    let e = |e: postcard::Error| RecordError(e.to_string());
+    match b.split_first() {
+        Some((&CONTENT_FORMAT, rest)) => postcard::from_bytes(rest).map_err(e),
+        Some((&1, rest)) => {
+            let v: ContentRecV1 = postcard::from_bytes(rest).map_err(e)?;
+            Ok(ContentRec {
+                size_bytes: v.size_bytes,
+                refs: v.refs,
+                created_ms: v.created_ms,
+                unreferenced_since_ms: v.unreferenced_since_ms,
+                stored: v.stored,
+                damaged: v.damaged,
+                encoding: Encoding::Identity,
+            })
+        }
+        Some((f, _)) => Err(RecordError(format!("unknown content record format {f}"))),
+        None => Err(RecordError("empty value".into())),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,5 +211,33 @@ mod tests {
         assert_eq!(b, expect);
         assert_eq!(decode::<VersionRec>(&b).unwrap(), v);
         assert!(decode::<VersionRec>(&[9, 1]).is_err());
+    }
+
+    #[test]
+    fn content_records_of_format_1_still_decode() {
+        let c = ContentRec {
+            size_bytes: 5,
+            refs: 1,
+            created_ms: 2,
+            unreferenced_since_ms: None,
+            stored: Stored::Inline(b"hello".to_vec()),
+            damaged: false,
+            encoding: Encoding::Identity,
+        };
+        let v1 = [1, 5, 1, 2, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', 0];
+        assert_eq!(decode_content(&v1).unwrap(), c);
+        let mut v2 = vec![2];
+        v2.extend_from_slice(&v1[1..]);
+        v2.push(0);
+        assert_eq!(encode_content(&c), v2);
+        let z = ContentRec {
+            encoding: Encoding::Zstd {
+                stored_bytes: 300,
+                frames: 2,
+            },
+            ..c
+        };
+        assert_eq!(decode_content(&encode_content(&z)).unwrap(), z);
+        assert_eq!(z.stored_bytes(), 300);
     }
 }

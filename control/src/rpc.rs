@@ -12,6 +12,7 @@ use crate::keys;
 use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, WriteCondition};
 use crate::records::{ContentRec, DriveRec, RecordError, ShardLoc, Stored};
+use crate::upload::{self, Progress, UploadRec};
 use serde::{Deserialize, Serialize};
 
 /// Version byte leading every request and answer body.
@@ -82,6 +83,10 @@ pub enum Request {
     RepairQueue { limit: usize },
     /// → `ClusterView`
     Cluster,
+    /// → `Option<upload::UploadRec>`
+    UploadGet { id: [u8; 16] },
+    /// Uploads expired by now. → `Vec<[u8; 16]>`
+    UploadsExpired { limit: usize },
 
     // Writes.
     /// → `()`
@@ -137,6 +142,47 @@ pub enum Request {
     RepairScan { after: Option<[u8; 32]>, nonce: u64 },
     /// Forgets the answers of write requests issued over [`DONE_TTL_MS`] ago. → `()`
     ExpireDone,
+    /// Creates an upload now, expiring `expiry_ms` from now. → `()`
+    UploadCreate {
+        id: [u8; 16],
+        rec: UploadRec,
+        expiry_ms: u64,
+    },
+    /// Takes an upload for a PATCH at `offset` for [`upload::LOCK_MS`]. → `upload::UploadState`
+    UploadLock {
+        id: [u8; 16],
+        offset: u64,
+        owner: u64,
+        node: String,
+        boot: u64,
+    },
+    /// → `()`
+    UploadRenew { id: [u8; 16], owner: u64 },
+    /// → `()`
+    UploadProgress {
+        id: [u8; 16],
+        owner: u64,
+        progress: Progress,
+        release: bool,
+    },
+    /// → `()`
+    UploadUnlock { id: [u8; 16], owner: u64 },
+    /// → `PutOutcome`
+    UploadCommit {
+        id: [u8; 16],
+        owner: u64,
+        intent: u64,
+        content: NewContent,
+    },
+    /// Ends an upload (terminated; or, with `expired`, only if it expired by now), turning its
+    /// files into the garbage intent `intent`. → `Option<Vec<ShardLoc>>`
+    UploadEnd {
+        id: [u8; 16],
+        intent: u64,
+        expired: bool,
+    },
+    /// → `()`
+    UploadReleaseLocks { node: String },
 }
 
 impl Request {
@@ -155,6 +201,8 @@ impl Request {
                 | Request::ShardsOnDrive { .. }
                 | Request::RepairQueue { .. }
                 | Request::Cluster
+                | Request::UploadGet { .. }
+                | Request::UploadsExpired { .. }
         )
     }
 }
@@ -171,6 +219,8 @@ pub enum WireError {
     Record(String),
     Kv(String),
     Unavailable(String),
+    UploadOffset(u64),
+    UploadBusy,
 }
 
 impl From<&MetaError> for WireError {
@@ -182,6 +232,8 @@ impl From<&MetaError> for WireError {
             MetaError::NoSuchUpload => WireError::NoSuchUpload,
             MetaError::BucketNotEmpty => WireError::BucketNotEmpty,
             MetaError::PreconditionFailed => WireError::PreconditionFailed,
+            MetaError::UploadOffset(o) => WireError::UploadOffset(*o),
+            MetaError::UploadBusy => WireError::UploadBusy,
             MetaError::Record(r) => WireError::Record(r.0.clone()),
             MetaError::Kv(k) => WireError::Kv(k.to_string()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
@@ -198,6 +250,8 @@ impl From<WireError> for MetaError {
             WireError::NoSuchUpload => MetaError::NoSuchUpload,
             WireError::BucketNotEmpty => MetaError::BucketNotEmpty,
             WireError::PreconditionFailed => MetaError::PreconditionFailed,
+            WireError::UploadOffset(o) => MetaError::UploadOffset(o),
+            WireError::UploadBusy => MetaError::UploadBusy,
             WireError::Record(m) => MetaError::Record(RecordError(m)),
             WireError::Kv(m) => MetaError::Kv(crate::kv::KvError::Storage(m)),
             WireError::Unavailable(m) => MetaError::Unavailable(m),
@@ -363,6 +417,60 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         MarkDamaged { blake3 } => enc(meta::mark_damaged(kv, &blake3)?),
         Register(reg) => enc(cluster::register(kv, &reg, now_ms)?),
         Heartbeat { node, free } => enc(cluster::heartbeat(kv, node, &free, now_ms)?),
+        UploadGet { id } => enc(upload::get(kv, &id)?),
+        UploadsExpired { limit } => enc(upload::expired(kv, now_ms, limit)?),
+        UploadCreate {
+            id,
+            mut rec,
+            expiry_ms,
+        } => {
+            rec.created_ms = now_ms;
+            rec.expires_ms = now_ms + expiry_ms;
+            enc(upload::create(kv, &id, &rec)?)
+        }
+        UploadLock {
+            id,
+            offset,
+            owner,
+            node,
+            boot,
+        } => {
+            let lock = upload::UploadLock {
+                owner,
+                node,
+                boot,
+                until_ms: now_ms + upload::LOCK_MS,
+            };
+            enc(upload::lock(kv, &id, offset, &lock, now_ms)?)
+        }
+        UploadRenew { id, owner } => enc(upload::renew(kv, &id, owner, now_ms + upload::LOCK_MS)?),
+        UploadProgress {
+            id,
+            owner,
+            progress,
+            release,
+        } => enc(upload::progress(
+            kv, &id, owner, &progress, release, now_ms,
+        )?),
+        UploadUnlock { id, owner } => enc(upload::unlock(kv, &id, owner)?),
+        UploadCommit {
+            id,
+            owner,
+            intent,
+            content,
+        } => enc(upload::commit(kv, &id, owner, intent, &content, now_ms)?),
+        UploadEnd {
+            id,
+            intent,
+            expired,
+        } => enc(upload::end(
+            kv,
+            &id,
+            intent,
+            expired.then_some(now_ms),
+            now_ms,
+        )?),
+        UploadReleaseLocks { node } => enc(upload::release_locks_of(kv, &node)?),
         ExpireDone => {
             let (b, e) = keys::done_before(now_ms.saturating_sub(DONE_TTL_MS));
             enc(run(kv, true, |tx| {

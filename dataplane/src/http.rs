@@ -5,6 +5,7 @@ use crate::node::{wait_stopping, Node};
 use crate::store::{self, BodySource, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
 use bytes::Bytes;
+use futures_lite::StreamExt;
 use futures_util::stream::Stream;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -15,7 +16,7 @@ use ostore_control::keys::{valid_bucket, valid_object_key};
 use ostore_control::meta::{
     ListPage, MetaError, PutOutcome, Resolved, WriteCondition, LIST_LIMIT_MAX,
 };
-use ostore_control::records::{ContentRec, Stored, VersionRec};
+use ostore_control::records::{ContentRec, Encoding, Stored, VersionRec};
 use ostore_control::rpc::Request as Rq;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
@@ -37,7 +38,11 @@ const DRAIN_S_MAX: u64 = 30;
 /// Response bodies: a whole buffer, or a stream produced on this executor (so not `Send`).
 pub enum RespBody {
     Full(Option<Bytes>),
-    Stream(Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>, u64),
+    /// A stream and its exact length, if known in advance (else the body is chunked).
+    Stream(
+        Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>,
+        Option<u64>,
+    ),
 }
 
 impl Body for RespBody {
@@ -62,12 +67,13 @@ impl Body for RespBody {
         match self {
             RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             RespBody::Full(None) => SizeHint::with_exact(0),
-            RespBody::Stream(_, n) => SizeHint::with_exact(*n),
+            RespBody::Stream(_, Some(n)) => SizeHint::with_exact(*n),
+            RespBody::Stream(_, None) => SizeHint::default(),
         }
     }
 }
 
-type Resp = Response<RespBody>;
+pub(crate) type Resp = Response<RespBody>;
 
 /// An error answer: status, contract code, message.
 pub struct ApiError {
@@ -76,7 +82,7 @@ pub struct ApiError {
     pub message: String,
 }
 
-fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError {
         status,
         code,
@@ -85,7 +91,7 @@ fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> Ap
 }
 
 impl ApiError {
-    fn into_response(self) -> Resp {
+    pub(crate) fn into_response(self) -> Resp {
         let body = json!({"error": {"code": self.code, "message": self.message}}).to_string();
         let mut r = Response::new(RespBody::Full(Some(Bytes::from(body))));
         *r.status_mut() = self.status;
@@ -125,6 +131,16 @@ impl From<MetaError> for ApiError {
                 StatusCode::PRECONDITION_FAILED,
                 "PreconditionFailed",
                 "a precondition header did not match",
+            ),
+            MetaError::UploadOffset(o) => err(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("the upload is at offset {o}"),
+            ),
+            MetaError::UploadBusy => err(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "another request is writing this upload",
             ),
             MetaError::Unavailable(m) => {
                 tracing::warn!("control plane: {m}");
@@ -270,7 +286,7 @@ fn check_auth(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -291,7 +307,7 @@ fn decode_key(raw: &str) -> Result<String, ApiError> {
     Ok(key)
 }
 
-fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
+pub(crate) fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
     let b = q.get("bucket").cloned().unwrap_or_else(|| "default".into());
     if !valid_bucket(&b) {
         return Err(err(
@@ -331,7 +347,7 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
     r
 }
 
-fn empty(status: StatusCode) -> Resp {
+pub(crate) fn empty(status: StatusCode) -> Resp {
     let mut r = Response::new(RespBody::Full(None));
     *r.status_mut() = status;
     r
@@ -355,6 +371,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         (&Method::DELETE, p) if p.starts_with("/objects/") => "delete",
         (&Method::GET, p) if p.starts_with("/versions/") => "versions",
         (&Method::GET, p) if p.starts_with("/locate/") => "locate",
+        (_, p) if p == "/uploads" || p.starts_with("/uploads/") => "tus",
         (&Method::GET, "/admin/cluster") => "cluster",
         (&Method::POST, "/admin/repair") => "repair_start",
         (&Method::GET, "/admin/repair") => "repair_status",
@@ -362,6 +379,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
     };
     check_auth(node, &req).map_err(|e| (op, e))?;
     let r = match op {
+        "tus" => Ok(crate::tus::route(node, req, &path).await),
         "metrics" => Ok(metrics(node)),
         "list" => list(node, &req).await,
         "put" => put(node, req, &path["/objects/".len()..]).await,
@@ -476,9 +494,9 @@ fn metrics(node: &Node) -> Resp {
     r
 }
 
-struct IncomingSource<'a> {
-    body: Incoming,
-    node: &'a Node,
+pub(crate) struct IncomingSource<'a> {
+    pub(crate) body: Incoming,
+    pub(crate) node: &'a Node,
 }
 
 impl BodySource for IncomingSource<'_> {
@@ -667,7 +685,7 @@ async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<
 /// Reads and drops what is left of a request body, up to [`DRAIN_ON_ERROR_BYTES_MAX`]: most
 /// clients read the answer only after sending the whole body, so they see the error instead of
 /// a broken connection.
-async fn drain(src: &mut IncomingSource<'_>) {
+pub(crate) async fn drain(src: &mut IncomingSource<'_>) {
     let mut drained = 0u64;
     while drained < DRAIN_ON_ERROR_BYTES_MAX {
         match src.next_chunk().await {
@@ -677,7 +695,7 @@ async fn drain(src: &mut IncomingSource<'_>) {
     }
 }
 
-fn etag_of(blake3: &[u8; 32]) -> String {
+pub(crate) fn etag_of(blake3: &[u8; 32]) -> String {
     format!("\"{}\"", hex::encode(blake3))
 }
 
@@ -814,7 +832,32 @@ async fn get(
         }
     };
     let len = range.end - range.start;
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    // A compressed representation only of a whole object that is stored compressed: its
+    // stored zstd frames go out as they are, or are recoded for a client that speaks only gzip.
+    let coding = match resolved.content.encoding {
+        Encoding::Zstd { stored_bytes, .. } if status == StatusCode::OK => {
+            accepted_coding(req).map(|c| (c, stored_bytes))
+        }
+        _ => None,
+    };
+    match coding {
+        Some((c, stored_bytes)) => {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.name()));
+            // Another representation: its validator is weak (RFC 9110 §8.8.3), so If-Range never
+            // resumes it with bytes of the identity one.
+            headers.insert(
+                header::ETAG,
+                HeaderValue::from_str(&format!("W/{etag}")).expect("hex"),
+            );
+            if c == Coding::Zstd {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored_bytes));
+            }
+        }
+        None => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -822,7 +865,14 @@ async fn get(
     let body = if head_only {
         RespBody::Full(None)
     } else {
-        body_of(node, &resolved.content, v.blake3, range).await?
+        body_of(
+            node,
+            &resolved.content,
+            v.blake3,
+            range,
+            coding.map(|c| c.0),
+        )
+        .await?
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -830,59 +880,193 @@ async fn get(
     Ok(r)
 }
 
+fn encoding_name(e: &Encoding) -> &'static str {
+    match e {
+        Encoding::Identity => "identity",
+        Encoding::Zstd { .. } => "zstd",
+    }
+}
+
+/// The content codings a GET may answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Zstd,
+    Gzip,
+}
+
+impl Coding {
+    fn name(self) -> &'static str {
+        match self {
+            Coding::Zstd => "zstd",
+            Coding::Gzip => "gzip",
+        }
+    }
+}
+
+/// The coding `Accept-Encoding` prefers among zstd and gzip (RFC 9110 §12.5.3): the highest
+/// q-value above 0, zstd on a tie; `None` for identity.
+fn accepted_coding(req: &Request<Incoming>) -> Option<Coding> {
+    let mut best: Option<(Coding, f32)> = None;
+    for v in req.headers().get_all(header::ACCEPT_ENCODING) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| {
+                    let p = p.trim();
+                    p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
+                })
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
+            let Some(q) = q.filter(|q| *q > 0.0) else {
+                continue;
+            };
+            let c = match name.as_str() {
+                "zstd" => Coding::Zstd,
+                "gzip" | "x-gzip" => Coding::Gzip,
+                _ => continue,
+            };
+            let better = match best {
+                None => true,
+                Some((b, bq)) => q > bq || (q == bq && c == Coding::Zstd && b != Coding::Zstd),
+            };
+            if better {
+                best = Some((c, q));
+            }
+        }
+    }
+    best.map(|b| b.0)
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>;
+
+/// Counts what a stream sends in the node's metrics.
+fn counted(node: &Arc<Node>, s: ByteStream) -> ByteStream {
+    let node = node.clone();
+    Box::pin(s.map(move |item| {
+        if let Ok(b) = &item {
+            node.metrics
+                .bytes_out
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        item
+    }))
+}
+
+/// A stream whose first item was read before answering: a missing object answers 503, not a
+/// truncated 200.
+fn stream_after<S: 'static, F, Fut>(
+    state: S,
+    first: Option<Result<Bytes, StoreError>>,
+    next: F,
+) -> ByteStream
+where
+    F: Fn(S) -> Fut + 'static + Copy,
+    Fut: std::future::Future<Output = (Option<Result<Bytes, StoreError>>, S)>,
+{
+    Box::pin(futures_util::stream::unfold(
+        (state, first),
+        move |(state, first)| async move {
+            let (item, state) = match first {
+                Some(x) => (Some(x), state),
+                None => next(state).await,
+            };
+            Some((item?, (state, None)))
+        },
+    ))
+}
+
 async fn body_of(
     node: &Arc<Node>,
     content: &ContentRec,
     blake3: [u8; 32],
     range: std::ops::Range<u64>,
+    coding: Option<Coding>,
 ) -> Result<RespBody, ApiError> {
     let len = range.end - range.start;
-    match &content.stored {
-        Stored::Inline(b) => {
-            let piece = Bytes::copy_from_slice(&b[range.start as usize..range.end as usize]);
-            if piece.len() as u64 != len || blake3::hash(b).as_bytes() != &blake3 {
-                return Err(err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "inline content failed its digest",
-                ));
-            }
-            node.metrics.bytes_out.fetch_add(len, Ordering::Relaxed);
-            Ok(RespBody::Full(Some(piece)))
+    if let Stored::Inline(b) = &content.stored {
+        let piece = Bytes::copy_from_slice(&b[range.start as usize..range.end as usize]);
+        if piece.len() as u64 != len || blake3::hash(b).as_bytes() != &blake3 {
+            return Err(err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "inline content failed its digest",
+            ));
         }
-        Stored::Sharded { .. } => {
-            let mut reader = ShardReader::new(node.clone(), blake3, content).expect("sharded");
-            reader.set_range(range);
-            // Read the first piece before answering: a missing object answers 503, not a
-            // truncated 200.
-            let first = reader.next().await;
-            let first = match first {
-                Some(Err(e)) => return Err(e.into()),
-                other => other,
-            };
-            if reader.bad.iter().any(|b| *b) {
-                node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
-            }
-            let n2 = node.clone();
-            let stream = futures_util::stream::unfold(
-                (reader, first, n2),
-                |(mut reader, first, node)| async move {
-                    let item = match first {
-                        Some(x) => Some(x),
-                        None => reader.next().await,
-                    };
-                    let item = item?;
-                    if let Ok(b) = &item {
-                        node.metrics
-                            .bytes_out
-                            .fetch_add(b.len() as u64, Ordering::Relaxed);
-                    }
-                    Some((item, (reader, None, node)))
-                },
-            );
-            Ok(RespBody::Stream(Box::pin(stream), len))
-        }
+        node.metrics.bytes_out.fetch_add(len, Ordering::Relaxed);
+        return Ok(RespBody::Full(Some(piece)));
     }
+    let zstd_stored = matches!(content.encoding, Encoding::Zstd { .. });
+    if len == 0 {
+        return Ok(RespBody::Full(None));
+    }
+    if !zstd_stored || coding == Some(Coding::Zstd) {
+        // The stored bytes as they are: the object, or its zstd stream.
+        let mut reader = ShardReader::new(node.clone(), blake3, content).expect("sharded");
+        let (range, size) = match coding {
+            Some(_) => (0..content.stored_bytes(), content.stored_bytes()),
+            None => (range, len),
+        };
+        reader.set_range(range);
+        let first = match reader.next().await {
+            Some(Err(e)) => return Err(e.into()),
+            other => other,
+        };
+        if reader.bad.iter().any(|b| *b) {
+            node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let s = stream_after(reader, first, |mut r: ShardReader| async move {
+            (r.next().await, r)
+        });
+        return Ok(RespBody::Stream(counted(node, s), Some(size)));
+    }
+    let mut decoded = store::Decoded::open(node.clone(), blake3, content, range).await?;
+    let first = match decoded.next().await {
+        Some(Err(e)) => return Err(e.into()),
+        other => other,
+    };
+    if decoded.degraded() {
+        node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
+    }
+    let s = stream_after(decoded, first, |mut d: store::Decoded| async move {
+        (d.next().await, d)
+    });
+    if coding != Some(Coding::Gzip) {
+        return Ok(RespBody::Stream(counted(node, s), Some(len)));
+    }
+    Ok(RespBody::Stream(counted(node, gzip(s)), None))
+}
+
+/// Recodes a stream of object bytes as one gzip member.
+fn gzip(s: ByteStream) -> ByteStream {
+    use std::io::Write;
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    Box::pin(futures_util::stream::unfold(
+        (s, Some(enc)),
+        |(mut s, enc)| async move {
+            let mut enc = enc?;
+            loop {
+                match s.next().await {
+                    Some(Ok(b)) => {
+                        if let Err(e) = enc.write_all(&b) {
+                            return Some((Err(StoreError::Io(e)), (s, None)));
+                        }
+                        let out = std::mem::take(enc.get_mut());
+                        if !out.is_empty() {
+                            return Some((Ok(Bytes::from(out)), (s, Some(enc))));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (s, None))),
+                    None => {
+                        return match enc.finish() {
+                            Ok(out) => Some((Ok(Bytes::from(out)), (s, None))),
+                            Err(e) => Some((Err(StoreError::Io(e)), (s, None))),
+                        }
+                    }
+                }
+            }
+        },
+    ))
 }
 
 async fn delete(
@@ -1010,7 +1194,7 @@ async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
         .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", "no such content"))?;
     let body = match &c.stored {
         Stored::Inline(_) => {
-            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "inline": true, "ec": null, "shards": []})
+            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "stored_size": c.stored_bytes(), "encoding": encoding_name(&c.encoding), "inline": true, "ec": null, "shards": []})
         }
         Stored::Sharded {
             data,
@@ -1026,7 +1210,7 @@ async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
                     json!({"index": s.index, "node": n, "drive": d})
                 })
                 .collect();
-            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "inline": false, "ec": {"data": data, "parity": parity}, "shards": list})
+            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "stored_size": c.stored_bytes(), "encoding": encoding_name(&c.encoding), "inline": false, "ec": {"data": data, "parity": parity}, "shards": list})
         }
     };
     Ok(json_response(StatusCode::OK, body))

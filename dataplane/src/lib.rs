@@ -16,3 +16,4 @@ pub mod quic;
 pub mod shardio;
 pub mod store;
 pub mod time;
+pub mod tus;

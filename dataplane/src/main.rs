@@ -16,6 +16,26 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// How a data node stores objects and keeps uploads (`ostore dev` and `ostore node`).
+#[derive(clap::Args)]
+struct Storing {
+    /// Store objects that compress as seekable zstd (decided per object), or never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+    compression: String,
+    /// How long an unfinished resumable upload is kept after its last change (e.g. 24h, 30s).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    upload_expiry: std::time::Duration,
+}
+
+impl Storing {
+    fn options(&self) -> ostore_dataplane::node::StoreOptions {
+        ostore_dataplane::node::StoreOptions {
+            compress: self.compression == "auto",
+            upload_expiry: self.upload_expiry,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// One process: the control plane on the embedded metadata store and one data node.
@@ -38,6 +58,8 @@ enum Cmd {
         /// Executors (one per core, pinned); defaults to the number of CPUs.
         #[arg(long)]
         cores: Option<usize>,
+        #[command(flatten)]
+        storing: Storing,
     },
     /// The control plane of a cluster: metadata and membership (needs OSTORE_SECRET).
     Control {
@@ -74,6 +96,8 @@ enum Cmd {
         /// Executors (one per core, pinned); defaults to the number of CPUs.
         #[arg(long)]
         cores: Option<usize>,
+        #[command(flatten)]
+        storing: Storing,
     },
 }
 
@@ -117,6 +141,7 @@ fn main() {
             drives,
             ec,
             cores,
+            storing,
         } => {
             let cores = cores_or_all(cores);
             if drives == 0 {
@@ -129,6 +154,7 @@ fn main() {
                 drives,
                 ec,
                 cores,
+                store: storing.options(),
             })
         }
         Cmd::Control {
@@ -151,6 +177,7 @@ fn main() {
             drives,
             zone,
             cores,
+            storing,
         } => ostore_dataplane::node::run_node(ostore_dataplane::node::NodeOptions {
             control,
             http,
@@ -158,6 +185,7 @@ fn main() {
             drives,
             zone,
             cores: cores_or_all(cores),
+            store: storing.options(),
         }),
     };
     if let Err(e) = r {

@@ -25,6 +25,9 @@ pub struct Node {
     pub meta: MetaClient,
     pub drives: Vec<Drive>,
     pub ec: EcParams,
+    pub store: StoreOptions,
+    /// This process's identity: locks of a process that restarted are stale.
+    pub boot: u64,
     pub secret: String,
     pub node_id: String,
     pub metrics: Metrics,
@@ -121,6 +124,16 @@ pub struct DevOptions {
     pub drives: u16,
     pub ec: EcParams,
     pub cores: usize,
+    pub store: StoreOptions,
+}
+
+/// How a data node stores objects and keeps uploads.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Store objects that compress as seekable zstd.
+    pub compress: bool,
+    /// How long an unfinished resumable upload lives after its last change.
+    pub upload_expiry: Duration,
 }
 
 fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
@@ -395,6 +408,8 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         meta,
         drives,
         ec: opts.ec,
+        store: opts.store,
+        boot: rand::random(),
         secret,
         node_id: "dev".into(),
         metrics: Metrics::default(),
@@ -423,6 +438,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let handles = start_executors(node.clone(), http_addr, None, |node| {
         glommio::spawn_local(repair_worker(node.clone())).detach();
         glommio::spawn_local(intent_sweeper(node.clone())).detach();
+        glommio::spawn_local(upload_expirer(node.clone())).detach();
         glommio::spawn_local(drive_watcher(node)).detach();
     })?;
     drop(placeholder);
@@ -582,6 +598,15 @@ async fn intent_sweeper(node: Arc<Node>) {
     }
 }
 
+/// Deletes resumable uploads whose expiry passed, often enough for short test expiries.
+async fn upload_expirer(node: Arc<Node>) {
+    let every =
+        (node.store.upload_expiry / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    while sleep_unless_stopping(&node, every).await {
+        crate::tus::expire(&node).await;
+    }
+}
+
 /// Which queued repairs this node takes: in a cluster, the nodes that are up split the queue by
 /// content hash, so that each content is rebuilt by one node; `ostore dev` takes all.
 fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
@@ -610,6 +635,7 @@ pub struct NodeOptions {
     pub drives: Vec<PathBuf>,
     pub zone: String,
     pub cores: usize,
+    pub store: StoreOptions,
 }
 
 fn reserve_udp_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
@@ -796,6 +822,8 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         meta,
         drives,
         ec,
+        store: opts.store,
+        boot: rand::random(),
         secret,
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
@@ -816,6 +844,7 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         glommio::spawn_local(heartbeat(node.clone())).detach();
         glommio::spawn_local(repair_worker(node.clone())).detach();
         glommio::spawn_local(intent_sweeper(node.clone())).detach();
+        glommio::spawn_local(upload_expirer(node.clone())).detach();
         glommio::spawn_local(drive_watcher(node)).detach();
     })?;
     drop(http_placeholder);

@@ -13,8 +13,8 @@ use crate::shardio::{ReadBuf, ShardFile};
 use ostore_control::cluster::ClusterView;
 use ostore_control::records::ShardLoc;
 use ostore_wire::peer::{
-    decode_answer, decode_error, encode_answer, encode_error, Op, Request, ANSWER_BYTES, PEER_ALPN,
-    PREAMBLE, REQUEST_BYTES,
+    decode_answer, decode_error, encode_answer, encode_error, Op, OpenMode, Request, ANSWER_BYTES,
+    PEER_ALPN, PREAMBLE, REQUEST_BYTES,
 };
 use quinn_proto::{ClientConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -292,10 +292,10 @@ async fn read_answer(recv: &mut RecvStream) -> io::Result<Vec<u8>> {
     }
 }
 
-fn loc_request(op: Op, loc: &ShardLoc, create: bool) -> Request {
+fn loc_request(op: Op, loc: &ShardLoc, mode: OpenMode) -> Request {
     Request {
         op,
-        create,
+        mode,
         index: loc.index,
         drive: loc.drive,
         a: loc.file_id,
@@ -334,13 +334,13 @@ async fn timed<T>(
 }
 
 impl PeerFile {
-    pub async fn open(node: &Node, loc: &ShardLoc, create: bool) -> io::Result<PeerFile> {
+    pub async fn open(node: &Node, loc: &ShardLoc, mode: OpenMode) -> io::Result<PeerFile> {
         timed("open", async {
             let (mut send, mut recv) = open_stream(node, loc.drive).await?;
             roundtrip(
                 &mut send,
                 &mut recv,
-                &loc_request(Op::Open, loc, create),
+                &loc_request(Op::Open, loc, mode),
                 None,
             )
             .await?;
@@ -414,7 +414,7 @@ impl PeerFile {
     pub async fn write_at(&self, data: &[u8], pos: u64) -> io::Result<usize> {
         let req = Request {
             op: Op::Write,
-            create: false,
+            mode: OpenMode::Read,
             index: 0,
             drive: 0,
             a: pos,
@@ -428,7 +428,7 @@ impl PeerFile {
         self.call(
             Request {
                 op: Op::Read,
-                create: false,
+                mode: OpenMode::Read,
                 index: 0,
                 drive: 0,
                 a: pos,
@@ -452,7 +452,7 @@ impl PeerFile {
         self.call(
             Request {
                 op,
-                create: false,
+                mode: OpenMode::Read,
                 index: 0,
                 drive: 0,
                 a,
@@ -473,7 +473,7 @@ pub async fn remove(node: &Node, loc: &ShardLoc) -> io::Result<()> {
         roundtrip(
             &mut send,
             &mut recv,
-            &loc_request(Op::Remove, loc, false),
+            &loc_request(Op::Remove, loc, OpenMode::Read),
             None,
         )
         .await?;
@@ -559,10 +559,10 @@ async fn serve_stream(node: Arc<Node>, mut send: SendStream, mut recv: RecvStrea
                     }
                     Some(d) => {
                         let path = d.shard_path(&loc);
-                        if req.create {
+                        if req.mode != OpenMode::Read {
                             created_dir = path.parent().map(|p| p.to_path_buf());
                         }
-                        match ShardFile::open(loc.drive, &path, req.create).await {
+                        match ShardFile::open(loc.drive, &path, req.mode).await {
                             Ok(f) => {
                                 file = Some(Rc::new(f));
                                 Ok(Vec::new())

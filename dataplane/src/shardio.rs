@@ -9,6 +9,7 @@
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use ostore_control::records::ShardLoc;
+use ostore_wire::peer::OpenMode;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
@@ -25,7 +26,7 @@ type Reply<T> = futures_channel::oneshot::Sender<io::Result<T>>;
 pub enum Op {
     Open {
         path: PathBuf,
-        create: bool,
+        mode: OpenMode,
         reply: Reply<u64>,
     },
     Write {
@@ -124,11 +125,17 @@ pub async fn join(mesh: Mesh, index: usize, peer_ids: &[AtomicUsize]) -> io::Res
     Ok(())
 }
 
-async fn open_local(path: &Path, create: bool) -> io::Result<DmaFile> {
+async fn open_local(path: &Path, mode: OpenMode) -> io::Result<DmaFile> {
     let mut o = OpenOptions::new();
     o.read(true);
-    if create {
-        o.write(true).create_new(true);
+    match mode {
+        OpenMode::Read => {}
+        OpenMode::Create => {
+            o.write(true).create_new(true);
+        }
+        OpenMode::Write => {
+            o.write(true).create(true);
+        }
     }
     o.dma_open(path).await.map_err(gio)
 }
@@ -142,12 +149,8 @@ async fn serve(core: Rc<Core>, op: Op) {
             .ok_or_else(|| io::Error::other("unknown shard handle"))
     };
     match op {
-        Op::Open {
-            path,
-            create,
-            reply,
-        } => {
-            let r = open_local(&path, create).await.map(|f| {
+        Op::Open { path, mode, reply } => {
+            let r = open_local(&path, mode).await.map(|f| {
                 let h = core.next_handle.get();
                 core.next_handle.set(h + 1);
                 core.files.borrow_mut().insert(h, Rc::new(f));
@@ -249,21 +252,16 @@ async fn ask<T>(peer: usize, make: impl FnOnce(Reply<T>) -> Op) -> io::Result<T>
 }
 
 impl ShardFile {
-    /// Opens (or with `create`, creates a new) shard file on `drive`.
-    pub async fn open(drive: u16, path: &Path, create: bool) -> io::Result<ShardFile> {
+    /// Opens (or creates a new) shard file on `drive`.
+    pub async fn open(drive: u16, path: &Path, mode: OpenMode) -> io::Result<ShardFile> {
         let c = core();
         let owner = drive as usize % c.peers.len();
         if owner == c.index {
-            return Ok(ShardFile::Local(Rc::new(open_local(path, create).await?)));
+            return Ok(ShardFile::Local(Rc::new(open_local(path, mode).await?)));
         }
         let peer = c.peers[owner];
         let path = path.to_path_buf();
-        let handle = ask(peer, |reply| Op::Open {
-            path,
-            create,
-            reply,
-        })
-        .await?;
+        let handle = ask(peer, |reply| Op::Open { path, mode, reply }).await?;
         Ok(ShardFile::Remote { peer, handle })
     }
 
@@ -272,11 +270,11 @@ impl ShardFile {
     pub async fn open_loc(
         node: &crate::node::Node,
         loc: &ShardLoc,
-        create: bool,
+        mode: OpenMode,
     ) -> io::Result<ShardFile> {
         match node.local_drive(loc.drive) {
-            Some(d) => ShardFile::open(loc.drive, &d.shard_path(loc), create).await,
-            None => crate::peer::PeerFile::open(node, loc, create)
+            Some(d) => ShardFile::open(loc.drive, &d.shard_path(loc), mode).await,
+            None => crate::peer::PeerFile::open(node, loc, mode)
                 .await
                 .map(ShardFile::Peer),
         }

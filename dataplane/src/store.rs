@@ -11,13 +11,15 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, IntentRec, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, IntentRec, ShardLoc, Stored};
 use ostore_control::rpc::Request as Rq;
 use ostore_engine::codec::{Codec, CodecError};
+use ostore_engine::compress;
 use ostore_engine::placement::{self, DriveView};
 use ostore_engine::read::{next_action, BlockState, StripeAction};
 use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
 use ostore_engine::{EcParams, Geometry};
+use ostore_wire::peer::OpenMode;
 use ostore_wire::shard::{block_offset, open_block, ShardHeader, BLOCK_BYTES, HEADER_BYTES};
 use std::ops::Range;
 use std::rc::Rc;
@@ -86,7 +88,7 @@ pub struct Committed {
 }
 
 /// Writes one set of shard files (all K+M for a PUT, or some for a repair).
-struct ShardWriter {
+pub(crate) struct ShardWriter {
     files: Vec<Rc<ShardFile>>,
     /// The directories holding the new files, made durable with them.
     dirs: Vec<std::path::PathBuf>,
@@ -99,23 +101,28 @@ struct ShardWriter {
 impl ShardWriter {
     /// Creates the files (and, with `file_bytes`, preallocates them). On error, what was
     /// created is closed; the caller removes the files with the intent that lists them.
-    async fn create(
+    pub(crate) async fn create(
         node: &Node,
         locs: &[ShardLoc],
         buf_bytes: usize,
         file_bytes: Option<u64>,
+        mode: OpenMode,
     ) -> Result<Self> {
         let mut files = Vec::with_capacity(locs.len());
         let mut dirs = Vec::with_capacity(locs.len());
         let opened = async {
             for loc in locs {
-                // Another node makes the directories of its files durable itself.
-                if let Some(d) = node.local_drive(loc.drive) {
+                // Another node makes the directories of its files durable itself; existing
+                // files' entries are durable already.
+                if let Some(d) = node
+                    .local_drive(loc.drive)
+                    .filter(|_| mode != OpenMode::Read)
+                {
                     if let Some(dir) = d.shard_path(loc).parent() {
                         dirs.push(dir.to_path_buf());
                     }
                 }
-                files.push(Rc::new(ShardFile::open_loc(node, loc, true).await?));
+                files.push(Rc::new(ShardFile::open_loc(node, loc, mode).await?));
             }
             if let Some(bytes) = file_bytes {
                 for r in join_all(files.iter().map(|f| f.pre_allocate(bytes))).await {
@@ -149,7 +156,7 @@ impl ShardWriter {
     }
 
     /// The buffers to fill next.
-    fn slices(&mut self) -> Vec<&mut [u8]> {
+    pub(crate) fn slices(&mut self) -> Vec<&mut [u8]> {
         if self.sets[self.current].is_empty() {
             // The second set is allocated only for objects of more than one batch.
             let bytes = self.sets[0][0].len();
@@ -168,7 +175,7 @@ impl ShardWriter {
     /// Starts writing `bytes` of every current buffer at block `first_block` and switches to
     /// the other set; at most one write batch is in flight, so this first waits for the
     /// previous one (and reports its error).
-    async fn write(&mut self, first_block: u64, bytes: usize) -> Result<()> {
+    pub(crate) async fn write(&mut self, first_block: u64, bytes: usize) -> Result<()> {
         self.flush().await?;
         if bytes == 0 {
             return Ok(());
@@ -220,8 +227,27 @@ impl ShardWriter {
         for r in join_all(writes).await {
             r?;
         }
-        // The new files' directory entries must be durable too before anything refers to them.
-        let syncs = self.dirs.iter().map(|d| async move {
+        self.sync_dirs().await
+    }
+
+    /// The files existed before: their directory entries are durable already.
+    pub(crate) fn skip_dir_sync(&mut self) {
+        self.dirs.clear();
+    }
+
+    /// Makes what was written durable (files, and the directories of files it created).
+    pub(crate) async fn sync(&mut self) -> Result<()> {
+        self.flush().await?;
+        for r in join_all(self.files.iter().map(|f| f.fdatasync())).await {
+            r.map_err(io_error)?;
+        }
+        self.sync_dirs().await
+    }
+
+    /// The new files' directory entries must be durable too before anything refers to them.
+    async fn sync_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        let syncs = dirs.iter().map(|d| async move {
             let dir = glommio::io::Directory::open(d)
                 .await
                 .map_err(|e| io_error(e.into()))?;
@@ -235,7 +261,7 @@ impl ShardWriter {
         Ok(())
     }
 
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.flush().await;
         for f in self.files {
             if let Ok(f) = Rc::try_unwrap(f) {
@@ -269,7 +295,7 @@ pub async fn remove_files(node: &Node, locs: &[ShardLoc]) -> bool {
 }
 
 /// In the background: removes the files an intent lists and, once they are all gone, the intent.
-fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
+pub(crate) fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
     let (node, locs) = (node.clone(), locs.to_vec());
     glommio::spawn_local(async move {
         if remove_files(&node, &locs).await {
@@ -280,7 +306,7 @@ fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
 }
 
 /// Deletes the files of a damaged copy this content's upload replaced, if any.
-async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
+pub(crate) async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
     let id = meta::replaced_intent(blake3);
     if let Ok(Some(rec)) = node.meta.call::<Option<IntentRec>>(Rq::Intent { id }).await {
         discard(node, &rec.shards, id);
@@ -343,6 +369,45 @@ fn doubled_up(views: &[DriveView], locs: &[ShardLoc], shard_bytes: u64) -> Vec<u
         .collect()
 }
 
+/// Chooses the drives of a new object's K+M shard files (sized for `size_bytes` object bytes)
+/// and names the files `file_id`.
+pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<Vec<ShardLoc>> {
+    let ec = node.ec;
+    let per_shard = Geometry::new(ec, size_bytes).shard_file_bytes();
+    let spread: u64 = rand::random();
+    let mut views = drive_views(node);
+    let mut placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
+    if placed.is_err() && node.cluster.is_some() {
+        // The view may be a heartbeat old (a node just joined or returned): refresh and retry.
+        node.refresh_view().await;
+        views = drive_views(node);
+        placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
+    }
+    let drives = placed.map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+    // Write quorum: every shard is written, on distinct drives of as many nodes as are up; the
+    // object must survive the loss of any one node, so no node may hold more than M shards.
+    let (most_on_one_node, nodes) = placement::max_per_node(&views, &drives);
+    if nodes > 1 && most_on_one_node > ec.parity as usize {
+        return Err(StoreError::NotEnoughNodes(format!(
+            "too few nodes are up: one would hold {most_on_one_node} of the {} shards, more than the {} parity shards",
+            ec.total(),
+            ec.parity
+        )));
+    }
+    // With fewer nodes up than shards, some node holds two or more: a repair scan (run by the
+    // control plane when nodes return, or `osctl repair`) moves them apart later.
+    Ok(drives
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ShardLoc {
+            index: i as u8,
+            drive: *d,
+            file_id,
+            file_tag: rand::random(),
+        })
+        .collect())
+}
+
 /// Streams a body into a new version of `bucket/key`.
 pub async fn put(
     node: &Arc<Node>,
@@ -375,6 +440,7 @@ pub async fn put(
             return Err(StoreError::BadDigest);
         }
         let content = NewContent {
+            encoding: Encoding::Identity,
             blake3: h,
             size_bytes: head.len() as u64,
             stored: Stored::Inline(head),
@@ -396,42 +462,33 @@ pub async fn put(
         });
     };
 
+    // Whether to compress is decided on the object's first bytes.
+    let mut already = vec![Bytes::from(head), overflow];
+    let compress = if node.store.compress {
+        let mut have: usize = already.iter().map(|b| b.len()).sum();
+        while have < compress::PROBE_BYTES {
+            match body.next_chunk().await {
+                Some(c) => {
+                    let c = c.map_err(StoreError::Body)?;
+                    have += c.len();
+                    already.push(c);
+                }
+                None => break,
+            }
+        }
+        let mut sample = Vec::with_capacity(compress::PROBE_BYTES);
+        for b in &already {
+            let n = (compress::PROBE_BYTES - sample.len()).min(b.len());
+            sample.extend_from_slice(&b[..n]);
+        }
+        compress::worth_compressing(&sample)
+    } else {
+        false
+    };
     let ec = node.ec;
-    let size_guess = length_hint.unwrap_or(head.len() as u64 + overflow.len() as u64);
-    let per_shard = Geometry::new(ec, size_guess).shard_file_bytes();
-    let spread: u64 = rand::random();
-    let mut views = drive_views(node);
-    let mut placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
-    if placed.is_err() && node.cluster.is_some() {
-        // The view may be a heartbeat old (a node just joined or returned): refresh and retry.
-        node.refresh_view().await;
-        views = drive_views(node);
-        placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
-    }
-    let drives = placed.map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
-    // Write quorum: every shard is written, on distinct drives of as many nodes as are up; the
-    // object must survive the loss of any one node, so no node may hold more than M shards.
-    let (most_on_one_node, nodes) = placement::max_per_node(&views, &drives);
-    if nodes > 1 && most_on_one_node > ec.parity as usize {
-        return Err(StoreError::NotEnoughNodes(format!(
-            "too few nodes are up: one would hold {most_on_one_node} of the {} shards, more than the {} parity shards",
-            ec.total(),
-            ec.parity
-        )));
-    }
-    // With fewer nodes up than shards, some node holds two or more: a repair scan (run by the
-    // control plane when nodes return, or `osctl repair`) moves them apart later.
+    let size_guess = length_hint.unwrap_or(already.iter().map(|b| b.len() as u64).sum());
     let upload_id: u64 = rand::random();
-    let locs: Vec<ShardLoc> = drives
-        .iter()
-        .enumerate()
-        .map(|(i, d)| ShardLoc {
-            index: i as u8,
-            drive: *d,
-            file_id: upload_id,
-            file_tag: rand::random(),
-        })
-        .collect();
+    let locs = place_shards(node, size_guess, upload_id).await?;
     node.meta
         .call::<()>(Rq::BeginIntent {
             id: upload_id,
@@ -444,14 +501,14 @@ pub async fn put(
         ec,
         &locs,
         &mut hasher,
-        head,
-        overflow,
+        already,
+        compress,
         expected,
         length_hint,
         body,
     )
     .await;
-    let (size, h) = match result {
+    let (size, h, encoding) = match result {
         Ok(v) => v,
         Err(e) => {
             discard(node, &locs, upload_id);
@@ -459,6 +516,7 @@ pub async fn put(
         }
     };
     let content = NewContent {
+        encoding,
         blake3: h,
         size_bytes: size,
         stored: Stored::Sharded {
@@ -505,26 +563,43 @@ async fn put_sharded(
     ec: EcParams,
     locs: &[ShardLoc],
     hasher: &mut blake3::Hasher,
-    head: Vec<u8>,
-    overflow: Bytes,
+    already: Vec<Bytes>,
+    compress: bool,
     expected: Option<[u8; 32]>,
     length_hint: Option<u64>,
     body: &mut impl BodySource,
-) -> Result<(u64, [u8; 32])> {
+) -> Result<(u64, [u8; 32], Encoding)> {
+    // The stored size of an object that is compressed is known only at its end.
+    let length_hint = length_hint.filter(|_| !compress);
     // An object whose length is known and fits in two batches is written as one batch.
     let stripes_hint = length_hint.map(|l| Geometry::new(ec, l).stripe_count() as usize);
     let batch = match stripes_hint {
         Some(n) if n > 0 && n <= 2 * WRITE_BATCH_STRIPES => n,
         _ => WRITE_BATCH_STRIPES,
     };
-    let mut striper = Striper::new(ec, batch);
-    let mut codec = Codec::new(ec);
-    let tags: Vec<u32> = locs.iter().map(|l| l.file_tag).collect();
-    let file_bytes = length_hint.map(|l| Geometry::new(ec, l).shard_file_bytes());
-    let mut w = ShardWriter::create(node, locs, striper.buffer_bytes(), file_bytes).await?;
+    let mut out = StripeOut {
+        striper: Striper::new(ec, batch),
+        codec: Codec::new(ec),
+        tags: locs.iter().map(|l| l.file_tag).collect(),
+        w: ShardWriter::create(
+            node,
+            locs,
+            Striper::new(ec, batch).buffer_bytes(),
+            length_hint.map(|l| Geometry::new(ec, l).shard_file_bytes()),
+            OpenMode::Create,
+        )
+        .await?,
+    };
+    let mut frames = if compress {
+        Some(compress::FrameWriter::new().map_err(|e| StoreError::Codec(e.to_string()))?)
+    } else {
+        None
+    };
+    let mut staged = Vec::new();
     let r = async {
-        // What was read before the object turned out not to fit inline comes first.
-        let mut already = [Bytes::from(head), overflow].into_iter();
+        // What was read before the object's form was decided comes first.
+        let mut already = already.into_iter();
+        let mut size = 0u64;
         loop {
             let chunk = match already.next() {
                 Some(c) => c,
@@ -534,26 +609,83 @@ async fn put_sharded(
                 },
             };
             hasher.update(&chunk);
-            if striper.total_bytes() + chunk.len() as u64 > OBJECT_BYTES_MAX {
+            size += chunk.len() as u64;
+            if size > OBJECT_BYTES_MAX {
                 return Err(StoreError::TooLarge);
             }
-            let mut off = 0;
-            while off < chunk.len() {
-                off += striper.feed(&chunk[off..], &mut w.slices());
-                if striper.batch_full() {
-                    let sealed = striper.seal(&mut w.slices(), &mut codec, &tags, false)?;
-                    w.write(sealed.first_block, sealed.bytes).await?;
+            match frames.as_mut() {
+                None => out.feed(&chunk).await?,
+                Some(f) => {
+                    f.push(&chunk, &mut staged)
+                        .map_err(|e| StoreError::Codec(e.to_string()))?;
+                    out.feed(&staged).await?;
+                    staged.clear();
                 }
             }
         }
-        let sealed = striper.seal(&mut w.slices(), &mut codec, &tags, true)?;
-        w.write(sealed.first_block, sealed.bytes).await?;
+        let encoding = match frames.as_mut() {
+            None => Encoding::Identity,
+            Some(f) => {
+                f.flush(&mut staged)
+                    .map_err(|e| StoreError::Codec(e.to_string()))?;
+                compress::write_seek_table(f.frames(), &mut staged);
+                out.feed(&staged).await?;
+                Encoding::Zstd {
+                    stored_bytes: out.striper.total_bytes(),
+                    frames: f.frames().len() as u32,
+                }
+            }
+        };
         let h: [u8; 32] = *hasher.finalize().as_bytes();
         if expected.is_some_and(|e| e != h) {
             return Err(StoreError::BadDigest);
         }
-        let size = striper.total_bytes();
-        let blocks = Geometry::new(ec, size).stripe_count();
+        out.finish(ec, locs, h).await?;
+        Ok((size, h, encoding))
+    }
+    .await;
+    out.w.close().await;
+    r
+}
+
+/// The striper, the coder and the writer of one set of shard files: stored bytes in, sealed
+/// blocks out to the drives.
+pub(crate) struct StripeOut {
+    pub(crate) striper: Striper,
+    pub(crate) codec: Codec,
+    pub(crate) tags: Vec<u32>,
+    pub(crate) w: ShardWriter,
+}
+
+impl StripeOut {
+    /// Takes stored bytes; writes every batch they fill.
+    pub(crate) async fn feed(&mut self, data: &[u8]) -> Result<()> {
+        let mut off = 0;
+        while off < data.len() {
+            off += self.striper.feed(&data[off..], &mut self.w.slices());
+            if self.striper.batch_full() {
+                let sealed =
+                    self.striper
+                        .seal(&mut self.w.slices(), &mut self.codec, &self.tags, false)?;
+                self.w.write(sealed.first_block, sealed.bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the last stripe, writes the headers, and makes every file durable.
+    pub(crate) async fn finish(
+        &mut self,
+        ec: EcParams,
+        locs: &[ShardLoc],
+        h: [u8; 32],
+    ) -> Result<()> {
+        let sealed = self
+            .striper
+            .seal(&mut self.w.slices(), &mut self.codec, &self.tags, true)?;
+        self.w.write(sealed.first_block, sealed.bytes).await?;
+        let stored = self.striper.total_bytes();
+        let blocks = Geometry::new(ec, stored).stripe_count();
         let headers: Vec<ShardHeader> = locs
             .iter()
             .map(|l| ShardHeader {
@@ -561,17 +693,13 @@ async fn put_sharded(
                 parity_shards: ec.parity,
                 shard_index: l.index,
                 file_tag: l.file_tag,
-                object_size_bytes: size,
+                object_size_bytes: stored,
                 blake3: h,
                 block_count: blocks,
             })
             .collect();
-        w.finish(&headers).await?;
-        Ok((size, h))
+        self.w.finish(&headers).await
     }
-    .await;
-    w.close().await;
-    r
 }
 
 /// Reads verified blocks of an erasure-coded content, reconstructing from parity when a block
@@ -653,13 +781,13 @@ impl ShardReader {
         Some(ShardReader {
             node,
             blake3,
-            geo: Geometry::new(ec, content.size_bytes),
+            geo: Geometry::new(ec, content.stored_bytes()),
             files: vec![None; locs.len()],
             locs,
             codec: Codec::new(ec),
             bad: vec![false; ec.total()],
             reported: false,
-            cursor: 0..content.size_bytes,
+            cursor: 0..content.stored_bytes(),
             prefetch: None,
         })
     }
@@ -671,7 +799,7 @@ impl ShardReader {
     async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
         if self.files[i].is_none() {
             let loc = self.locs[i];
-            let f = match ShardFile::open_loc(&self.node, &loc, false).await {
+            let f = match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
                 Ok(f) => Some(Rc::new(f)),
                 Err(e) => {
                     tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
@@ -940,6 +1068,128 @@ impl ShardReader {
     }
 }
 
+/// The bytes of a zstd-stored object: reads the frames a range needs and decompresses them.
+pub struct Decoded {
+    reader: ShardReader,
+    index: compress::FrameIndex,
+    dctx: zstd::bulk::Decompressor<'static>,
+    /// The next frame to decompress; its stored bytes start `buf`.
+    frame: usize,
+    buf: Vec<u8>,
+    /// Object bytes to drop from the first frame, and still to return.
+    skip: usize,
+    remaining: u64,
+}
+
+fn codec_error(e: compress::CompressError) -> StoreError {
+    StoreError::Codec(e.to_string())
+}
+
+impl Decoded {
+    /// Reads the seek table of a zstd-stored content and plans object bytes `range` (non-empty).
+    pub async fn open(
+        node: Arc<Node>,
+        blake3: [u8; 32],
+        content: &ContentRec,
+        range: Range<u64>,
+    ) -> Result<Decoded> {
+        let Encoding::Zstd { frames, .. } = content.encoding else {
+            return Err(StoreError::Codec(
+                "the content is not stored as zstd".into(),
+            ));
+        };
+        let mut reader = ShardReader::new(node, blake3, content)
+            .ok_or_else(|| StoreError::Codec("zstd content must be sharded".into()))?;
+        let stored = content.stored_bytes();
+        let table_len = compress::seek_table_bytes(frames);
+        if table_len > stored {
+            return Err(StoreError::Codec(
+                "seek table longer than the content".into(),
+            ));
+        }
+        reader.set_range(stored - table_len..stored);
+        let mut table = Vec::with_capacity(table_len as usize);
+        while (table.len() as u64) < table_len {
+            match reader.next().await {
+                Some(Ok(b)) => table.extend_from_slice(&b),
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        let index =
+            compress::FrameIndex::parse(&table, content.size_bytes, stored).map_err(codec_error)?;
+        let plan = index.plan(range.clone());
+        reader.set_range(plan.stored.clone());
+        Ok(Decoded {
+            reader,
+            index,
+            dctx: zstd::bulk::Decompressor::new().map_err(|e| StoreError::Codec(e.to_string()))?,
+            frame: plan.frames.start,
+            buf: Vec::new(),
+            skip: (range.start - plan.object_start) as usize,
+            remaining: range.end - range.start,
+        })
+    }
+
+    /// Whether any shard was found bad so far.
+    pub fn degraded(&self) -> bool {
+        self.reader.bad.iter().any(|b| *b)
+    }
+
+    /// The next piece of the range's object bytes; `None` at its end.
+    pub async fn next(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            if self.remaining == 0 {
+                // Lets the reader close its files and report bad shards.
+                let _ = self.reader.next().await;
+                return None;
+            }
+            let mut out = Vec::new();
+            let mut used = 0;
+            while self.frame < self.index.frame_count()
+                && self.buf.len() - used >= self.index.stored_len(self.frame)
+            {
+                let len = self.index.stored_len(self.frame);
+                let frame = &self.buf[used..used + len];
+                if let Err(e) = compress::decompress_frame(
+                    &mut self.dctx,
+                    &self.index,
+                    self.frame,
+                    frame,
+                    &mut out,
+                ) {
+                    self.remaining = 0;
+                    return Some(Err(codec_error(e)));
+                }
+                used += len;
+                self.frame += 1;
+            }
+            self.buf.drain(..used);
+            if !out.is_empty() {
+                let skip = std::mem::take(&mut self.skip).min(out.len());
+                let take = ((out.len() - skip) as u64).min(self.remaining) as usize;
+                self.remaining -= take as u64;
+                out.truncate(skip + take);
+                out.drain(..skip);
+                return Some(Ok(Bytes::from(out)));
+            }
+            match self.reader.next().await {
+                Some(Ok(b)) => self.buf.extend_from_slice(&b),
+                Some(Err(e)) => {
+                    self.remaining = 0;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.remaining = 0;
+                    return Some(Err(StoreError::Codec(
+                        "the stored frames ended early".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
 /// Bytes per second one executor's repairs read at most, so that client requests keep their
 /// latency while a node or drive is being rebuilt.
 pub const REPAIR_BYTES_PER_S: u64 = 256 << 20;
@@ -1066,8 +1316,14 @@ async fn rebuild(
     let total = geo.ec.total();
     let stripes = geo.stripe_count();
     let buf_bytes = READ_BATCH_STRIPES as usize * BLOCK_BYTES;
-    let mut w =
-        ShardWriter::create(node, new_locs, buf_bytes, Some(geo.shard_file_bytes())).await?;
+    let mut w = ShardWriter::create(
+        node,
+        new_locs,
+        buf_bytes,
+        Some(geo.shard_file_bytes()),
+        OpenMode::Create,
+    )
+    .await?;
     let r = async {
         let mut s0 = 0;
         while s0 < stripes {

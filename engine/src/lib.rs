@@ -5,7 +5,9 @@
 //! rule here can be driven deterministically from tests (and, later, a simulator).
 
 pub mod codec;
+pub mod compress;
 pub mod geometry;
+pub mod hash;
 pub mod placement;
 pub mod range;
 pub mod read;

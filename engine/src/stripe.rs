@@ -160,6 +160,42 @@ impl Striper {
         self.stripe_in_batch = 0;
         Ok(out)
     }
+
+    /// A striper that continues a stream whose first `blocks` whole stripes are already
+    /// written (a resumed upload).
+    pub fn resume(ec: EcParams, batch_stripes: usize, blocks: u64) -> Self {
+        let mut s = Striper::new(ec, batch_stripes);
+        s.blocks_sealed = blocks;
+        s.total_bytes = blocks * (ec.k() * P) as u64;
+        s
+    }
+
+    /// Seals only the whole stripes of the batch and hands back the bytes of the stripe being
+    /// filled (the *tail*): they are fed again, first, when the stream continues. The stream
+    /// then stands at a stripe boundary: `total_bytes` no longer counts the tail.
+    pub fn seal_whole(
+        &mut self,
+        shards: &mut [&mut [u8]],
+        codec: &mut Codec,
+        file_tags: &[u32],
+    ) -> Result<(SealedBatch, Vec<u8>), CodecError> {
+        let rem = self.fill_bytes;
+        let base = self.stripe_in_batch * BLOCK_BYTES;
+        let mut tail = Vec::with_capacity(rem);
+        for (i, s) in shards.iter().enumerate().take(self.ec.k()) {
+            let from = i * P;
+            if from >= rem {
+                break;
+            }
+            let len = (rem - from).min(P);
+            tail.extend_from_slice(&s[base..base + len]);
+        }
+        self.fill_bytes = 0;
+        self.total_bytes -= rem as u64;
+        // With nothing being filled, sealing as `last` seals exactly the whole stripes.
+        let sealed = self.seal(shards, codec, file_tags, true)?;
+        Ok((sealed, tail))
+    }
 }
 
 /// The data shards of stripe `s` that hold object bytes `[a, b)` (offsets within the stripe).
@@ -323,5 +359,67 @@ mod tests {
         assert_eq!(data_shards_for(&geo, 0, P - 1..P + 1), 0..2);
         assert_eq!(data_shards_for(&geo, 0, 0..4 * P), 0..4);
         assert_eq!(data_shards_for(&geo, 0, 5..5), 0..0);
+    }
+
+    #[test]
+    fn a_stream_cut_at_any_point_and_resumed_writes_the_same_blocks() {
+        let ec = EcParams::new(4, 2).unwrap();
+        let stripe = 4 * P;
+        let data: Vec<u8> = (0..3 * stripe + 1234)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let tags = [1u32, 2, 3, 4, 5, 6];
+        let batch = 4;
+        // Reference: one pass.
+        let whole = {
+            let mut files = vec![Vec::new(); 6];
+            let mut st = Striper::new(ec, batch);
+            let mut codec = Codec::new(ec);
+            let mut bufs = vec![vec![0u8; batch * BLOCK_BYTES]; 6];
+            let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            assert_eq!(st.feed(&data, &mut refs), data.len());
+            let sealed = st.seal(&mut refs, &mut codec, &tags, true).unwrap();
+            for (f, b) in files.iter_mut().zip(&refs) {
+                f.extend_from_slice(&b[..sealed.bytes]);
+            }
+            files
+        };
+        for cut in [
+            1,
+            P,
+            stripe - 1,
+            stripe,
+            stripe + 7,
+            2 * stripe + 5,
+            3 * stripe,
+        ] {
+            let mut files = vec![vec![0u8; whole[0].len().max(4 * BLOCK_BYTES)]; 6];
+            let mut codec = Codec::new(ec);
+            let mut bufs = vec![vec![0u8; batch * BLOCK_BYTES]; 6];
+            let mut st = Striper::new(ec, batch);
+            let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            assert_eq!(st.feed(&data[..cut], &mut refs), cut);
+            let (sealed, tail) = st.seal_whole(&mut refs, &mut codec, &tags).unwrap();
+            assert_eq!(tail.len(), cut % stripe);
+            assert_eq!(tail[..], data[cut - cut % stripe..cut]);
+            let at = sealed.first_block as usize * BLOCK_BYTES;
+            for (f, b) in files.iter_mut().zip(&refs) {
+                f[at..at + sealed.bytes].copy_from_slice(&b[..sealed.bytes]);
+            }
+            // Resume: the tail first, then the rest.
+            let mut st = Striper::resume(ec, batch, sealed.first_block + sealed.stripes as u64);
+            let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            assert_eq!(st.feed(&tail, &mut refs), tail.len());
+            assert_eq!(st.feed(&data[cut..], &mut refs), data.len() - cut);
+            assert_eq!(st.total_bytes(), data.len() as u64);
+            let sealed = st.seal(&mut refs, &mut codec, &tags, true).unwrap();
+            let at = sealed.first_block as usize * BLOCK_BYTES;
+            for (f, b) in files.iter_mut().zip(&refs) {
+                f[at..at + sealed.bytes].copy_from_slice(&b[..sealed.bytes]);
+            }
+            for (f, w) in files.iter().zip(&whole) {
+                assert!(f[..w.len()] == w[..], "cut at {cut}");
+            }
+        }
     }
 }

@@ -297,6 +297,47 @@ pub fn bytes_of(files: &[PathBuf]) -> u64 {
         .sum()
 }
 
+/// Bytes the filesystem has allocated to every file under the drives of `dev` (what the data
+/// costs on the drives, preallocation included).
+pub fn allocated_on_drives(dev: &Dev, drives: usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (0..drives)
+        .flat_map(|i| files_under(&dev.drive(i)))
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// `len` bytes of JSON lines like an application log: the same fields on every line, values
+/// that vary.
+pub fn json_lines(seed: u64, len: usize) -> Vec<u8> {
+    let noise = random_bytes(seed, len / 8 + 64);
+    let mut out = Vec::with_capacity(len + 256);
+    let mut i = 0usize;
+    let levels = ["info", "warn", "debug", "error"];
+    while out.len() < len {
+        let r = &noise[(i * 8) % (noise.len() - 8)..][..8];
+        let user = u32::from_le_bytes([r[0], r[1], r[2], 0]) % 50_000;
+        let ms = u16::from_le_bytes([r[3], r[4]]) % 2000;
+        out.extend_from_slice(
+            format!(
+                "{{\"seq\":{i},\"ts\":\"2026-11-26T04:{:02}:{:02}.{:03}Z\",\"level\":\"{}\",\"user\":\"user-{user}\",\"path\":\"/api/v1/items/{}\",\"status\":{},\"latency_ms\":{ms},\"ok\":{}}}\n",
+                (i / 60_000) % 60,
+                (i / 1000) % 60,
+                i % 1000,
+                levels[(r[5] % 4) as usize],
+                r[6] as u32 * 7 + r[7] as u32,
+                [200, 201, 204, 404, 500][(r[5] % 5) as usize],
+                !r[6].is_multiple_of(3),
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 /// Waits until `f` holds, up to `timeout`.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -11,7 +11,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 1 | op: 1 OPEN, 2 WRITE, 3 READ, 4 SYNC, 5 ALLOCATE, 6 REMOVE |
-//! | 1 | 1 | flags: bit 0 = create (OPEN) |
+//! | 1 | 1 | open mode (OPEN): 0 read, 1 create a new file, 2 write (created if missing); else 0 |
 //! | 2 | 1 | shard index (OPEN, REMOVE) |
 //! | 3 | 1 | 0 |
 //! | 4 | 2 | drive id (OPEN, REMOVE) |
@@ -48,11 +48,23 @@ pub enum Op {
     Remove = 6,
 }
 
+/// How OPEN opens the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OpenMode {
+    Read = 0,
+    /// A new file, for writing (and reading); refused if it exists.
+    Create = 1,
+    /// An existing file (created if missing, never truncated), for writing and reading: a
+    /// resumable upload's next bytes.
+    Write = 2,
+}
+
 /// One request header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub op: Op,
-    pub create: bool,
+    pub mode: OpenMode,
     pub index: u8,
     pub drive: u16,
     pub a: u64,
@@ -63,7 +75,7 @@ impl Request {
     pub fn encode(&self) -> [u8; REQUEST_BYTES] {
         let mut h = [0u8; REQUEST_BYTES];
         h[0] = self.op as u8;
-        h[1] = self.create as u8;
+        h[1] = self.mode as u8;
         h[2] = self.index;
         h[4..6].copy_from_slice(&self.drive.to_le_bytes());
         h[8..16].copy_from_slice(&self.a.to_le_bytes());
@@ -81,12 +93,16 @@ impl Request {
             6 => Op::Remove,
             o => return Err(format!("unknown peer op {o}")),
         };
-        if h[1] > 1 || h[3] != 0 || h[6] != 0 || h[7] != 0 {
+        if h[1] > 2 || h[3] != 0 || h[6] != 0 || h[7] != 0 {
             return Err("malformed peer request header".into());
         }
         let r = Request {
             op,
-            create: h[1] == 1,
+            mode: match h[1] {
+                0 => OpenMode::Read,
+                1 => OpenMode::Create,
+                _ => OpenMode::Write,
+            },
             index: h[2],
             drive: u16::from_le_bytes([h[4], h[5]]),
             a: u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")),
@@ -142,7 +158,7 @@ mod tests {
     fn golden_request_and_answer() {
         let r = Request {
             op: Op::Open,
-            create: true,
+            mode: OpenMode::Create,
             index: 3,
             drive: 0x0102,
             a: 0x1122_3344_5566_7788,

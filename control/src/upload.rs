@@ -1,0 +1,476 @@
+//! Resumable uploads (tus): their state between requests, every transaction on it.
+//!
+//! An upload is created with its target key and length, and its shard files are placed at the
+//! first bytes. Each PATCH writes whole stripes into the shard files (never over a stripe that
+//! an earlier PATCH made durable) and then, in one transaction, records how far it got: the new
+//! offset, the stripes written, and the bytes that do not fill a stripe yet (the *tail*), the
+//! open BLAKE3 state and the zstd frame entries, kept as blobs next to the record. So a server
+//! that dies at any moment resumes exactly from the last acknowledged offset. The final PATCH
+//! commits the version as a PUT does and removes the upload in the same transaction; an upload
+//! that is terminated or expires becomes a garbage intent, so its files are deleted like those
+//! of any interrupted PUT.
+//!
+//! One request writes an upload at a time: a PATCH takes the upload's lock (a lease renewed
+//! while it streams) and every later transaction of that PATCH checks it still holds it.
+
+use crate::keys;
+use crate::kv::{run, Kv, Tx, TxKv};
+use crate::meta::{self, MetaError, NewContent, PutOutcome, Result, WriteCondition};
+use crate::records::{decode, encode, IntentRec, IntentState, ShardLoc};
+use serde::{Deserialize, Serialize};
+
+/// How long a PATCH holds an upload without renewing its lock.
+pub const LOCK_MS: u64 = 60_000;
+/// Most bytes in one blob value (FoundationDB refuses values over 100 kB).
+pub const BLOB_PIECE_BYTES: usize = 60_000;
+
+/// The blobs kept with an upload; their bytes are the data plane's business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Blob {
+    /// Stored bytes after the last whole stripe.
+    Tail = 0,
+    /// The BLAKE3 state of the object bytes so far.
+    Hash = 1,
+    /// The zstd frame entries written so far.
+    Frames = 2,
+}
+
+const BLOBS: [Blob; 3] = [Blob::Tail, Blob::Hash, Blob::Frames];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadLock {
+    /// The PATCH holding it.
+    pub owner: u64,
+    /// The node serving that PATCH, and that node process's boot identity: a lock of a
+    /// process that restarted is stale at once.
+    pub node: String,
+    pub boot: u64,
+    pub until_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRec {
+    pub bucket: String,
+    pub key: String,
+    pub length: u64,
+    /// Object bytes received and durable.
+    pub offset: u64,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// `Upload-Metadata` as the client sent it (HEAD returns it).
+    pub metadata: String,
+    /// BLAKE3 the client announced; checked at the end.
+    pub expected: Option<[u8; 32]>,
+    pub data: u8,
+    pub parity: u8,
+    /// Where the shard files go; empty for an upload small enough to be stored inline.
+    pub shards: Vec<ShardLoc>,
+    /// Whether the object is stored compressed: decided with its first bytes.
+    pub compress: Option<bool>,
+    /// Whole stripes durable in the shard files.
+    pub stored_blocks: u64,
+    /// Whether the shard files exist yet.
+    pub files_created: bool,
+    pub lock: Option<UploadLock>,
+}
+
+/// An upload and its blobs, as a PATCH starts from them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    pub rec: UploadRec,
+    pub tail: Vec<u8>,
+    pub hash: Vec<u8>,
+    pub frames: Vec<u8>,
+}
+
+/// How far a PATCH got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub offset: u64,
+    pub stored_blocks: u64,
+    pub compress: Option<bool>,
+    pub files_created: bool,
+    pub tail: Vec<u8>,
+    pub hash: Vec<u8>,
+    pub frames: Vec<u8>,
+    /// The upload expires this long after this progress.
+    pub expiry_ms: u64,
+}
+
+fn get_rec(tx: &mut dyn Tx, id: &[u8; 16]) -> Result<Option<UploadRec>> {
+    match tx.get(&keys::upload(id))? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_rec(tx: &mut dyn Tx, id: &[u8; 16], rec: &UploadRec) -> Result<()> {
+    Ok(tx.set(&keys::upload(id), &encode(rec))?)
+}
+
+fn read_blob(tx: &mut dyn Tx, id: &[u8; 16], b: Blob) -> Result<Vec<u8>> {
+    let (lo, hi) = keys::upload_blob_range(id, b as u8);
+    let mut out = Vec::new();
+    for (_, v) in tx.get_range(&lo, &hi, usize::MAX, false)? {
+        out.extend_from_slice(&v);
+    }
+    Ok(out)
+}
+
+fn write_blob(tx: &mut dyn Tx, id: &[u8; 16], b: Blob, bytes: &[u8]) -> Result<()> {
+    let (lo, hi) = keys::upload_blob_range(id, b as u8);
+    tx.clear_range(&lo, &hi)?;
+    for (i, piece) in bytes.chunks(BLOB_PIECE_BYTES).enumerate() {
+        tx.set(&keys::upload_blob(id, b as u8, i as u32), piece)?;
+    }
+    Ok(())
+}
+
+fn remove(tx: &mut dyn Tx, id: &[u8; 16]) -> Result<()> {
+    tx.clear(&keys::upload(id))?;
+    for b in BLOBS {
+        let (lo, hi) = keys::upload_blob_range(id, b as u8);
+        tx.clear_range(&lo, &hi)?;
+    }
+    Ok(())
+}
+
+/// Creates an upload (the bucket must exist; an id in use is refused as a conflict).
+pub fn create(kv: &dyn Kv, id: &[u8; 16], rec: &UploadRec) -> Result<()> {
+    run(kv, true, |tx| {
+        if tx.get(&keys::bucket(&rec.bucket))?.is_none() {
+            return Err(MetaError::NoSuchBucket);
+        }
+        if get_rec(tx, id)?.is_some() {
+            return Err(MetaError::UploadBusy);
+        }
+        put_rec(tx, id, rec)
+    })
+}
+
+pub fn get(kv: &dyn Kv, id: &[u8; 16]) -> Result<Option<UploadRec>> {
+    run(kv, false, |tx| get_rec(tx, id))
+}
+
+fn check_lock(rec: &UploadRec, owner: u64) -> Result<()> {
+    match &rec.lock {
+        Some(l) if l.owner == owner => Ok(()),
+        _ => Err(MetaError::UploadBusy),
+    }
+}
+
+/// Takes the upload for a PATCH starting at `offset`, returning its state. Refused if the
+/// offset is not the upload's (`UploadOffset`), or another live PATCH holds it (`UploadBusy`).
+pub fn lock(
+    kv: &dyn Kv,
+    id: &[u8; 16],
+    offset: u64,
+    lock: &UploadLock,
+    now_ms: u64,
+) -> Result<UploadState> {
+    run(kv, true, |tx| {
+        let mut rec = get_rec(tx, id)?.ok_or(MetaError::NoSuchUpload)?;
+        if let Some(l) = &rec.lock {
+            let stale = l.until_ms <= now_ms || (l.node == lock.node && l.boot != lock.boot);
+            if !stale && l.owner != lock.owner {
+                return Err(MetaError::UploadBusy);
+            }
+        }
+        if rec.offset != offset {
+            return Err(MetaError::UploadOffset(rec.offset));
+        }
+        rec.lock = Some(lock.clone());
+        put_rec(tx, id, &rec)?;
+        Ok(UploadState {
+            tail: read_blob(tx, id, Blob::Tail)?,
+            hash: read_blob(tx, id, Blob::Hash)?,
+            frames: read_blob(tx, id, Blob::Frames)?,
+            rec,
+        })
+    })
+}
+
+/// Renews a PATCH's lock until `until_ms`.
+pub fn renew(kv: &dyn Kv, id: &[u8; 16], owner: u64, until_ms: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        let mut rec = get_rec(tx, id)?.ok_or(MetaError::NoSuchUpload)?;
+        check_lock(&rec, owner)?;
+        if let Some(l) = rec.lock.as_mut() {
+            l.until_ms = until_ms;
+        }
+        put_rec(tx, id, &rec)
+    })
+}
+
+/// Records a PATCH's progress (its bytes are durable); with `release`, gives the lock back.
+pub fn progress(
+    kv: &dyn Kv,
+    id: &[u8; 16],
+    owner: u64,
+    p: &Progress,
+    release: bool,
+    now_ms: u64,
+) -> Result<()> {
+    run(kv, true, |tx| {
+        let mut rec = get_rec(tx, id)?.ok_or(MetaError::NoSuchUpload)?;
+        check_lock(&rec, owner)?;
+        if p.offset < rec.offset || p.offset > rec.length || p.stored_blocks < rec.stored_blocks {
+            return Err(MetaError::UploadOffset(rec.offset));
+        }
+        rec.offset = p.offset;
+        rec.stored_blocks = p.stored_blocks;
+        rec.compress = p.compress;
+        rec.files_created = p.files_created;
+        rec.expires_ms = now_ms + p.expiry_ms;
+        if release {
+            rec.lock = None;
+        }
+        put_rec(tx, id, &rec)?;
+        write_blob(tx, id, Blob::Tail, &p.tail)?;
+        write_blob(tx, id, Blob::Hash, &p.hash)?;
+        write_blob(tx, id, Blob::Frames, &p.frames)
+    })
+}
+
+/// Gives a PATCH's lock back without progress (a checksum mismatch, a broken body).
+pub fn unlock(kv: &dyn Kv, id: &[u8; 16], owner: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        let Some(mut rec) = get_rec(tx, id)? else {
+            return Ok(());
+        };
+        if rec.lock.as_ref().is_some_and(|l| l.owner == owner) {
+            rec.lock = None;
+            put_rec(tx, id, &rec)?;
+        }
+        Ok(())
+    })
+}
+
+/// Commits the finished upload as a new version, exactly as a PUT with intent `intent` (its
+/// shard files listed there), and removes the upload, in one transaction. A retry after an
+/// unknown result returns the first outcome.
+pub fn commit(
+    kv: &dyn Kv,
+    id: &[u8; 16],
+    owner: u64,
+    intent: u64,
+    content: &NewContent,
+    now_ms: u64,
+) -> Result<PutOutcome> {
+    run(kv, true, |tx| {
+        // A retry of a commit that went through is answered by the request's idempotency
+        // marker (`rpc::execute_idempotent`), so a missing upload is an error here.
+        let rec = get_rec(tx, id)?.ok_or(MetaError::NoSuchUpload)?;
+        check_lock(&rec, owner)?;
+        remove(tx, id)?;
+        let sub = TxKv::new(tx);
+        if !rec.shards.is_empty() {
+            meta::begin_intent(&sub, intent, &rec.shards, now_ms)?;
+        }
+        meta::commit_put(
+            &sub,
+            &rec.bucket,
+            &rec.key,
+            (!rec.shards.is_empty()).then_some(intent),
+            content,
+            &WriteCondition::Always,
+            now_ms,
+        )
+    })
+}
+
+/// Ends an upload (terminated, expired with `expired_by`, or failed its digest): its record
+/// goes and its shard files become the garbage intent `intent`, whose files the caller
+/// deletes. Returns those files, or `None` if the upload is unknown, or (with `expired_by`)
+/// not expired at that time, or held by a live PATCH.
+pub fn end(
+    kv: &dyn Kv,
+    id: &[u8; 16],
+    intent: u64,
+    expired_by: Option<u64>,
+    now_ms: u64,
+) -> Result<Option<Vec<ShardLoc>>> {
+    run(kv, true, |tx| {
+        let Some(rec) = get_rec(tx, id)? else {
+            return Ok(None);
+        };
+        if let Some(t) = expired_by {
+            let locked = rec.lock.as_ref().is_some_and(|l| l.until_ms > t);
+            if rec.expires_ms > t || locked {
+                return Ok(None);
+            }
+        }
+        remove(tx, id)?;
+        if !rec.shards.is_empty() && rec.files_created {
+            let garbage = IntentRec {
+                created_ms: now_ms,
+                shards: rec.shards.clone(),
+                state: IntentState::Committed {
+                    version: 0,
+                    created_ms: 0,
+                    adopted: false,
+                },
+            };
+            tx.set(&keys::intent(intent), &encode(&garbage))?;
+            return Ok(Some(rec.shards));
+        }
+        Ok(Some(Vec::new()))
+    })
+}
+
+/// Up to `limit` uploads that expired by `now_ms`.
+pub fn expired(kv: &dyn Kv, now_ms: u64, limit: usize) -> Result<Vec<[u8; 16]>> {
+    run(kv, false, |tx| {
+        let (lo, hi) = keys::uploads();
+        let mut out = Vec::new();
+        for (k, v) in tx.get_range(&lo, &hi, usize::MAX, false)? {
+            let rec: UploadRec = decode(&v)?;
+            if rec.expires_ms <= now_ms {
+                if let Some(id) = keys::upload_id(&k) {
+                    out.push(id);
+                }
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Drops every lock held by node `node` (its process restarted: none of them is live).
+pub fn release_locks_of(kv: &dyn Kv, node: &str) -> Result<()> {
+    run(kv, true, |tx| {
+        let (lo, hi) = keys::uploads();
+        for (k, v) in tx.get_range(&lo, &hi, usize::MAX, false)? {
+            let mut rec: UploadRec = decode(&v)?;
+            if rec.lock.as_ref().is_some_and(|l| l.node == node) {
+                rec.lock = None;
+                tx.set(&k, &encode(&rec))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Encoding, Stored};
+    use crate::redb_kv::RedbKv;
+
+    fn rec(shards: Vec<ShardLoc>) -> UploadRec {
+        UploadRec {
+            bucket: "default".into(),
+            key: "k".into(),
+            length: 1000,
+            offset: 0,
+            created_ms: 1,
+            expires_ms: 100,
+            metadata: String::new(),
+            expected: None,
+            data: 4,
+            parity: 2,
+            shards,
+            compress: None,
+            stored_blocks: 0,
+            files_created: false,
+            lock: None,
+        }
+    }
+
+    fn lk(owner: u64, boot: u64, until_ms: u64) -> UploadLock {
+        UploadLock {
+            owner,
+            node: "dev".into(),
+            boot,
+            until_ms,
+        }
+    }
+
+    fn progress_to(offset: u64, tail: Vec<u8>) -> Progress {
+        Progress {
+            offset,
+            stored_blocks: 0,
+            compress: Some(false),
+            files_created: true,
+            tail,
+            hash: vec![1, 2, 3],
+            frames: Vec::new(),
+            expiry_ms: 200,
+        }
+    }
+
+    #[test]
+    fn one_patch_at_a_time_from_the_right_offset() {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m")).unwrap();
+        meta::init(&kv, 1).unwrap();
+        let id = [7u8; 16];
+        create(&kv, &id, &rec(Vec::new())).unwrap();
+        assert!(matches!(
+            create(&kv, &id, &rec(Vec::new())),
+            Err(MetaError::UploadBusy)
+        ));
+        let st = lock(&kv, &id, 0, &lk(1, 9, 50), 10).unwrap();
+        assert_eq!(st.rec.offset, 0);
+        // A second PATCH while the first holds the lock.
+        assert!(matches!(
+            lock(&kv, &id, 0, &lk(2, 9, 50), 20),
+            Err(MetaError::UploadBusy)
+        ));
+        // A big tail spans several blob pieces and comes back whole.
+        let tail: Vec<u8> = (0..150_000u32).map(|i| i as u8).collect();
+        progress(&kv, &id, 1, &progress_to(300, tail.clone()), true, 0).unwrap();
+        assert!(matches!(
+            lock(&kv, &id, 0, &lk(2, 9, 50), 20),
+            Err(MetaError::UploadOffset(300))
+        ));
+        let st = lock(&kv, &id, 300, &lk(2, 9, 50), 20).unwrap();
+        assert_eq!(st.tail, tail);
+        assert_eq!(st.hash, vec![1, 2, 3]);
+        // The old owner can no longer write.
+        assert!(progress(&kv, &id, 1, &progress_to(400, Vec::new()), true, 0).is_err());
+        // An expired lock, or one of a restarted process, is taken over.
+        assert!(lock(&kv, &id, 300, &lk(3, 9, 90), 60).is_ok());
+        assert!(lock(&kv, &id, 300, &lk(4, 10, 90), 61).is_ok());
+        // Expiry skips a live lock, then ends the upload.
+        assert_eq!(end(&kv, &id, 5, Some(80), 80).unwrap(), None);
+        assert_eq!(expired(&kv, 300, 10).unwrap(), vec![id]);
+        assert_eq!(end(&kv, &id, 5, Some(300), 300).unwrap(), Some(Vec::new()));
+        assert!(get(&kv, &id).unwrap().is_none());
+        assert!(lock(&kv, &id, 300, &lk(5, 10, 400), 301).is_err());
+    }
+
+    #[test]
+    fn commit_makes_the_version_and_removes_the_upload() {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m")).unwrap();
+        meta::init(&kv, 1).unwrap();
+        let id = [8u8; 16];
+        create(&kv, &id, &rec(Vec::new())).unwrap();
+        lock(&kv, &id, 0, &lk(1, 1, 50), 10).unwrap();
+        let content = NewContent {
+            blake3: [3; 32],
+            size_bytes: 2,
+            stored: Stored::Inline(vec![1, 2]),
+            encoding: Encoding::Identity,
+        };
+        assert!(
+            commit(&kv, &id, 2, 99, &content, 20).is_err(),
+            "not the lock owner"
+        );
+        let out = commit(&kv, &id, 1, 99, &content, 20).unwrap();
+        assert_eq!(out.version, 1);
+        assert!(get(&kv, &id).unwrap().is_none());
+        let r = meta::resolve(&kv, "default", "k", None).unwrap();
+        assert_eq!(r.version.size_bytes, 2);
+        let (lo, hi) = keys::upload_blob_range(&id, Blob::Hash as u8);
+        let left = run(&kv, false, |tx| {
+            Ok::<_, MetaError>(tx.get_range(&lo, &hi, 10, false)?.len())
+        })
+        .unwrap();
+        assert_eq!(left, 0, "blobs are removed with the upload");
+    }
+}
