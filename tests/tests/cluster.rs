@@ -201,6 +201,7 @@ fn too_few_nodes_refuse_writes_instead_of_risking_them() {
     let o = put(&c, 0, "three", random_bytes(7, 500_000));
     let (n, nodes) = shard_nodes(&c, 1, &o.blake3);
     assert_eq!((n, nodes.len()), (6, 3));
+    resumable_upload_across_nodes(&c);
     let dead = c.nodes[2].id.clone();
     c.kill9(2);
     wait_states(&c, 0, &[&dead], Duration::from_secs(15));
@@ -210,6 +211,54 @@ fn too_few_nodes_refuse_writes_instead_of_risking_them() {
     assert_eq!(s, 404);
     let (s, b) = c.get_bytes(1, "three");
     assert!(s == 200 && b == o.body);
+}
+
+/// A tus upload created on one node, continued on the others (whose shard files are on every
+/// node), finished on the first; the object is stored compressed and reads back from any node.
+fn resumable_upload_across_nodes(c: &Cluster) {
+    let body = ostore_tests::json_lines(21, 3 * 1024 * 1024 + 12_345);
+    let client = reqwest::blocking::Client::new();
+    let tus = |node: usize, m: reqwest::Method, path: &str| {
+        client
+            .request(m, c.url(node, path))
+            .bearer_auth(&c.secret)
+            .header("tus-resumable", "1.0.0")
+    };
+    let r = tus(0, reqwest::Method::POST, "/uploads")
+        .header("upload-length", body.len().to_string())
+        .header("upload-metadata", "key dHVzL2NsdXN0ZXI=") // base64("tus/cluster")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let at = r.headers()["location"].to_str().unwrap().to_string();
+    let cuts = [0, 1_000_000, 2_100_000, body.len()];
+    for (i, w) in cuts.windows(2).enumerate() {
+        let node = (i + 1) % 3;
+        let r = tus(node, reqwest::Method::PATCH, &at)
+            .header("upload-offset", w[0].to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(body[w[0]..w[1]].to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 204, "PATCH {i} via node {node}: {:?}", r.text());
+        if w[1] < body.len() {
+            assert_eq!(c.get_bytes(2 - node, "tus/cluster").0, 404, "visible early");
+        }
+    }
+    for node in 0..3 {
+        let (s, got) = c.get_bytes(node, "tus/cluster");
+        assert!(s == 200 && got == body, "via node {node}");
+    }
+    let (_, j) = c.json(1, &format!("/locate/{}", blake3::hash(&body).to_hex()));
+    assert_eq!(j["encoding"], "zstd", "{j}");
+    let r = client
+        .get(c.url(2, "/objects/tus/cluster"))
+        .bearer_auth(&c.secret)
+        .header("range", "bytes=1500000-1600000")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().unwrap() == body[1_500_000..=1_600_000]);
 }
 
 mod outsider {
