@@ -66,10 +66,20 @@ pub fn worth_compressing(sample: &[u8]) -> bool {
     if sample.is_empty() {
         return false;
     }
-    match zstd::bulk::compress(sample, LEVEL) {
-        Ok(c) => c.len() + sample.len() / 8 <= sample.len(),
-        Err(_) => false,
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
     }
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(LEVEL).ok();
+        }
+        match c.as_mut().map(|c| c.compress(sample)) {
+            Some(Ok(out)) => out.len() + sample.len() / 8 <= sample.len(),
+            _ => false,
+        }
+    })
 }
 
 /// Cuts object bytes into frames and compresses each; appends the stored bytes to the caller's
