@@ -56,6 +56,9 @@ pub struct LoadArgs {
     /// Key prefix for the objects written.
     #[arg(long, default_value = "osbench")]
     prefix: String,
+    /// Object contents: random (incompressible) or text (JSON lines, compresses several-fold).
+    #[arg(long, default_value = "random", value_parser = ["random", "text"])]
+    content: String,
 }
 
 #[derive(Clone, Copy)]
@@ -190,6 +193,35 @@ async fn connect(host: &str) -> anyhow::Result<Sender> {
         let _ = conn.await;
     });
     Ok(send)
+}
+
+/// JSON lines as an application log writes them (the same fields on every line, values drawn
+/// from `noise`), as long as `noise`.
+fn text_like(noise: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(noise.len() + 256);
+    let mut i = 0usize;
+    while out.len() < noise.len() {
+        let r = &noise[(i * 4) % noise.len().saturating_sub(4).max(1)..];
+        let r = [
+            r[0],
+            *r.get(1).unwrap_or(&0),
+            *r.get(2).unwrap_or(&0),
+            *r.get(3).unwrap_or(&0),
+        ];
+        out.extend_from_slice(
+            format!(
+                "{{\"seq\":{i},\"level\":\"{}\",\"user\":\"user-{}\",\"status\":{},\"latency_ms\":{}}}\n",
+                ["info", "warn", "debug", "error"][(r[0] % 4) as usize],
+                u16::from_le_bytes([r[1], r[2]]),
+                [200, 201, 404, 500][(r[3] % 4) as usize],
+                r[3] as u32 * 7 % 2000,
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(noise.len());
+    out
 }
 
 /// Object contents: a shared random buffer whose first 16 bytes are made unique per object, so
@@ -433,6 +465,9 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             .update(b"osbench")
             .finalize_xof()
             .fill(&mut v);
+        if a.content == "text" {
+            v = text_like(&v);
+        }
         Bytes::from(v)
     };
     let seq = Arc::new(AtomicU64::new(0));

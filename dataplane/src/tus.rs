@@ -204,11 +204,13 @@ async fn create(node: &Arc<Node>, req: Request<Incoming>) -> Result<Resp, ApiErr
     if !valid_bucket(&bucket) {
         return Err(bad("invalid bucket name"));
     }
-    let expected = match text("blake3")? {
+    // The digest as 64 hex digits (or, base64-encoded by the metadata itself, its 32 bytes).
+    let expected = match meta.iter().find(|(k, _)| k == "blake3") {
         None => None,
-        Some(h) => {
+        Some((_, v)) if v.len() == 32 => Some(<[u8; 32]>::try_from(&v[..]).expect("32 bytes")),
+        Some((_, v)) => {
             let mut out = [0u8; 32];
-            hex::decode_to_slice(h.trim(), &mut out)
+            hex::decode_to_slice(v.trim_ascii(), &mut out)
                 .map_err(|_| bad("Upload-Metadata blake3 must be 64 hex digits"))?;
             Some(out)
         }

@@ -217,6 +217,27 @@ fn the_protocol_offsets_checksums_and_termination() {
     let at3 = r.headers()["location"].to_str().unwrap().to_string();
     assert_eq!(patch(&dev, &at3, 0, b"abd".to_vec()).status(), 400);
     assert_eq!(dev.get("tus/bad").status(), 404);
+    assert_eq!(
+        offset_of(&dev, &at3),
+        None,
+        "an upload that failed its digest is ended"
+    );
+    // The digest may also be the 32 raw bytes (base64-encoded by the metadata itself).
+    let r = tus(&dev, Method::POST, "/uploads")
+        .header("upload-length", "3")
+        .header(
+            "upload-metadata",
+            format!(
+                "key {},blake3 {}",
+                b64(b"tus/good"),
+                b64(blake3::hash(b"abc").as_bytes())
+            ),
+        )
+        .send()
+        .unwrap();
+    let at5 = r.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(patch(&dev, &at5, 0, b"abc".to_vec()).status(), 204);
+    assert_eq!(dev.get_bytes("tus/good").1, b"abc");
     // Termination frees the files.
     let before = allocated_on_drives(&dev, 6);
     let at4 = create(&dev, "tus/dropped", 8 * MIB);
