@@ -274,16 +274,22 @@ pub fn decompress_frame(
 ) -> Result<(), CompressError> {
     let want = index.object_len(i);
     let start = out.len();
-    let mut buf = Vec::with_capacity(want);
+    // Straight into the caller's buffer: no intermediate copy.
+    out.resize(start + want, 0);
     let n = dctx
-        .decompress_to_buffer(frame, &mut buf)
-        .map_err(|e| CompressError::Zstd(e.to_string()))?;
-    if n != want {
-        return Err(CompressError::FrameSize(i, n, want));
+        .decompress_to_buffer(frame, &mut out[start..])
+        .map_err(|e| CompressError::Zstd(e.to_string()));
+    match n {
+        Ok(n) if n == want => Ok(()),
+        Ok(n) => {
+            out.truncate(start);
+            Err(CompressError::FrameSize(i, n, want))
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
     }
-    out.extend_from_slice(&buf);
-    debug_assert_eq!(out.len() - start, want);
-    Ok(())
 }
 
 #[cfg(test)]
