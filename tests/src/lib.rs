@@ -105,10 +105,14 @@ impl Dev {
     }
 
     fn launch(&mut self) {
+        self.launch_at("127.0.0.1:0".to_string());
+    }
+
+    fn launch_at(&mut self, http: String) {
         let mut cmd = Command::new(binary("ostore"));
         cmd.arg("dev").arg("--data").arg(self.data()).args([
             "--http",
-            "127.0.0.1:0",
+            &http,
             "--s3",
             "127.0.0.1:0",
         ]);
@@ -164,6 +168,27 @@ impl Dev {
     pub fn restart(&mut self) {
         self.kill9();
         self.launch();
+    }
+
+    /// kill -9, then start again on the same HTTP address (clients keep their URLs). The port
+    /// can be refused for a moment while the killed process's sockets close: retried.
+    pub fn restart_same_address(&mut self) {
+        self.kill9();
+        let http = self.http.clone();
+        // Wait (quietly) until the port can be bound again; the launch still retries.
+        let _ = eventually(Duration::from_secs(5), || {
+            std::net::TcpListener::bind(http.as_str()).is_ok()
+        });
+        for attempt in 0.. {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.launch_at(http.clone())
+            }));
+            match r {
+                Ok(()) => return,
+                Err(e) if attempt >= 20 => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -490,3 +490,91 @@ fn a_stock_tus_client_resumes_after_the_server_was_killed() {
     assert_eq!(s, 200);
     assert!(got == body, "the object differs from the file");
 }
+
+/// Node and tus-js-client: `OSTORE_TEST_TUS_JS` names the module, else the one CI installs
+/// under `target/jsclient`.
+fn node_with_tus_js() -> Option<PathBuf> {
+    let module = std::env::var_os("OSTORE_TEST_TUS_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/jsclient/node_modules/tus-js-client")
+        });
+    let ok = module.join("package.json").exists()
+        && Command::new("node")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    ok.then_some(module)
+}
+
+#[test]
+fn tus_js_client_rides_out_a_kill_9_mid_upload_with_its_own_retries() {
+    let Some(module) = node_with_tus_js() else {
+        eprintln!(
+            "SKIP tus_js_client_rides_out_a_kill_9_mid_upload_with_its_own_retries: no node or \
+             tus-js-client (set OSTORE_TEST_TUS_JS or run .ci/run, which installs it under \
+             target/jsclient)"
+        );
+        return;
+    };
+    let mut dev = Dev::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.jsonl");
+    let body = json_lines(12, 24 * MIB + 999);
+    std::fs::write(&file, &body).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js/tus_resume.js");
+    let mut child = Command::new("node")
+        .arg(script)
+        .arg(format!("http://{}", dev.http))
+        .arg(&dev.secret)
+        .arg(&file)
+        .arg("tus/js.jsonl")
+        .arg((MIB).to_string())
+        .env("TUS_JS_CLIENT", &module)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let next = || {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
+    };
+    // Let a few chunks through, then kill the server while the client keeps sending.
+    let mut before = 0usize;
+    while before < 6 * MIB {
+        let line = next().expect("the client stopped before the kill");
+        assert!(line.starts_with("CHUNK"), "{line}");
+        before = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    }
+    dev.restart_same_address();
+    let mut chunks_after = 0;
+    let done = loop {
+        let line = next().expect("the client neither finished nor failed");
+        if line.starts_with("DONE") {
+            break line;
+        }
+        assert!(line.starts_with("CHUNK"), "the client gave up: {line}");
+        chunks_after += 1;
+    };
+    assert!(child.wait().unwrap().success());
+    assert!(chunks_after > 0);
+    eprintln!("tus-js-client: killed after {before} bytes acknowledged, resumed, {done}");
+    let (s, got) = dev.get_bytes("tus/js.jsonl");
+    assert_eq!(s, 200);
+    assert!(got == body, "the object differs from the file");
+    // One upload, resumed, not a second one started over: exactly one version.
+    let (_, j) = dev.json("/versions/tus/js.jsonl");
+    assert_eq!(j["versions"].as_array().unwrap().len(), 1);
+}
