@@ -32,7 +32,7 @@ pub enum Blob {
     Tail = 0,
     /// The BLAKE3 state of the object bytes so far.
     Hash = 1,
-    /// The zstd frame entries written so far.
+    /// The zstd frame entries written so far (8 bytes each; appended to, never rewritten).
     Frames = 2,
 }
 
@@ -93,7 +93,9 @@ pub struct Progress {
     pub files_created: bool,
     pub tail: Vec<u8>,
     pub hash: Vec<u8>,
-    pub frames: Vec<u8>,
+    /// Frame entries closed since the last progress, appended to the frames blob (so an
+    /// upload's metadata writes stay linear in its size however many PATCHes it takes).
+    pub new_frames: Vec<u8>,
     /// The upload expires this long after this progress.
     pub expiry_ms: u64,
 }
@@ -123,6 +125,25 @@ fn write_blob(tx: &mut dyn Tx, id: &[u8; 16], b: Blob, bytes: &[u8]) -> Result<(
     tx.clear_range(&lo, &hi)?;
     for (i, piece) in bytes.chunks(BLOB_PIECE_BYTES).enumerate() {
         tx.set(&keys::upload_blob(id, b as u8, i as u32), piece)?;
+    }
+    Ok(())
+}
+
+/// Appends to a blob: new pieces after its last one.
+fn append_blob(tx: &mut dyn Tx, id: &[u8; 16], b: Blob, bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let (lo, hi) = keys::upload_blob_range(id, b as u8);
+    let next = match tx.get_range(&lo, &hi, 1, true)?.first() {
+        Some((k, _)) => {
+            let piece: [u8; 4] = k[k.len() - 4..].try_into().expect("piece index");
+            u32::from_be_bytes(piece) + 1
+        }
+        None => 0,
+    };
+    for (i, piece) in bytes.chunks(BLOB_PIECE_BYTES).enumerate() {
+        tx.set(&keys::upload_blob(id, b as u8, next + i as u32), piece)?;
     }
     Ok(())
 }
@@ -229,7 +250,7 @@ pub fn progress(
         put_rec(tx, id, &rec)?;
         write_blob(tx, id, Blob::Tail, &p.tail)?;
         write_blob(tx, id, Blob::Hash, &p.hash)?;
-        write_blob(tx, id, Blob::Frames, &p.frames)
+        append_blob(tx, id, Blob::Frames, &p.new_frames)
     })
 }
 
@@ -397,7 +418,7 @@ mod tests {
             files_created: true,
             tail,
             hash: vec![1, 2, 3],
-            frames: Vec::new(),
+            new_frames: vec![offset as u8; 70_000],
             expiry_ms: 200,
         }
     }
@@ -430,17 +451,25 @@ mod tests {
         let st = lock(&kv, &id, 300, &lk(2, 9, 50), 20).unwrap();
         assert_eq!(st.tail, tail);
         assert_eq!(st.hash, vec![1, 2, 3]);
+        assert_eq!(st.frames, vec![44u8; 70_000]);
+        // Frame entries are appended, in order, across progress records.
+        progress(&kv, &id, 2, &progress_to(301, Vec::new()), false, 0).unwrap();
+        let st = lock(&kv, &id, 301, &lk(2, 9, 50), 21).unwrap();
+        let mut want = vec![44u8; 70_000];
+        want.extend(vec![45u8; 70_000]);
+        assert!(st.frames == want);
+        assert_eq!(st.tail, Vec::<u8>::new());
         // The old owner can no longer write.
         assert!(progress(&kv, &id, 1, &progress_to(400, Vec::new()), true, 0).is_err());
         // An expired lock, or one of a restarted process, is taken over.
-        assert!(lock(&kv, &id, 300, &lk(3, 9, 90), 60).is_ok());
-        assert!(lock(&kv, &id, 300, &lk(4, 10, 90), 61).is_ok());
+        assert!(lock(&kv, &id, 301, &lk(3, 9, 90), 60).is_ok());
+        assert!(lock(&kv, &id, 301, &lk(4, 10, 90), 61).is_ok());
         // Expiry skips a live lock, then ends the upload.
         assert_eq!(end(&kv, &id, 5, Some(80), 80).unwrap(), None);
         assert_eq!(expired(&kv, 300, 10).unwrap(), vec![id]);
         assert_eq!(end(&kv, &id, 5, Some(300), 300).unwrap(), Some(Vec::new()));
         assert!(get(&kv, &id).unwrap().is_none());
-        assert!(lock(&kv, &id, 300, &lk(5, 10, 400), 301).is_err());
+        assert!(lock(&kv, &id, 301, &lk(5, 10, 400), 301).is_err());
     }
 
     #[test]

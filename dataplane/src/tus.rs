@@ -595,6 +595,8 @@ struct PatchWriter {
     /// For a sharded upload: the stripe pipeline (tail already fed).
     out: Option<StripeOut>,
     frames: Vec<FrameEntry>,
+    /// How many of `frames` the metadata holds already.
+    frames_recorded: usize,
     frame_writer: Option<FrameWriter>,
     staged: Vec<u8>,
     last_renew: Instant,
@@ -613,11 +615,7 @@ impl PatchWriter {
         } else {
             postcard::from_bytes(&st.hash).map_err(|_| bad_state("hash"))?
         };
-        let frames: Vec<FrameEntry> = if st.frames.is_empty() {
-            Vec::new()
-        } else {
-            postcard::from_bytes(&st.frames).map_err(|_| bad_state("frames"))?
-        };
+        let frames = FrameEntry::decode_all(&st.frames).ok_or_else(|| bad_state("frames"))?;
         let ec = EcParams::new(st.rec.data, st.rec.parity).map_err(|_| bad_state("ec"))?;
         let UploadState { rec, tail, .. } = st;
         let sharded = !rec.shards.is_empty();
@@ -632,6 +630,7 @@ impl PatchWriter {
             inline: if sharded { Vec::new() } else { tail.clone() },
             staged: if sharded { tail } else { Vec::new() },
             out: None,
+            frames_recorded: frames.len(),
             frames,
             frame_writer: None,
             last_renew: Instant::now(),
@@ -809,7 +808,7 @@ impl PatchWriter {
             files_created: self.rec.files_created,
             tail: tail.clone(),
             hash: postcard::to_stdvec(&self.hash).expect("serializes"),
-            frames: postcard::to_stdvec(&self.frames).expect("serializes"),
+            new_frames: FrameEntry::encode_all(&self.frames[self.frames_recorded..]),
             expiry_ms: self.node.store.upload_expiry.as_millis() as u64,
         };
         self.node
@@ -821,6 +820,7 @@ impl PatchWriter {
                 release,
             })
             .await?;
+        self.frames_recorded = self.frames.len();
         self.offset += self.taken;
         self.taken = 0;
         self.last_renew = Instant::now();

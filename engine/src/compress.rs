@@ -56,6 +56,36 @@ pub struct FrameEntry {
     pub object_bytes: u32,
 }
 
+impl FrameEntry {
+    /// Bytes of one entry in [`FrameEntry::encode_all`]'s form.
+    pub const BYTES: usize = 8;
+
+    /// The entries as a seek table lists them (stored size, object size; u32 little-endian
+    /// each): fixed-size, so encodings of consecutive runs concatenate.
+    pub fn encode_all(frames: &[FrameEntry]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(frames.len() * Self::BYTES);
+        for f in frames {
+            out.extend_from_slice(&f.stored_bytes.to_le_bytes());
+            out.extend_from_slice(&f.object_bytes.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode_all(b: &[u8]) -> Option<Vec<FrameEntry>> {
+        if !b.len().is_multiple_of(Self::BYTES) {
+            return None;
+        }
+        Some(
+            b.chunks(Self::BYTES)
+                .map(|c| FrameEntry {
+                    stored_bytes: u32::from_le_bytes(c[..4].try_into().expect("4")),
+                    object_bytes: u32::from_le_bytes(c[4..].try_into().expect("4")),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Bytes of the seek table for `frames` frames.
 pub fn seek_table_bytes(frames: u32) -> u64 {
     8 + ENTRY_BYTES as u64 * frames as u64 + FOOTER_BYTES as u64
@@ -417,5 +447,19 @@ mod tests {
             ]
         );
         assert_eq!(seek_table_bytes(1), out.len() as u64);
+        let two = [
+            FrameEntry {
+                stored_bytes: 1,
+                object_bytes: 2,
+            },
+            FrameEntry {
+                stored_bytes: 3,
+                object_bytes: 4,
+            },
+        ];
+        let mut joined = FrameEntry::encode_all(&two[..1]);
+        joined.extend(FrameEntry::encode_all(&two[1..]));
+        assert_eq!(FrameEntry::decode_all(&joined).unwrap(), two);
+        assert!(FrameEntry::decode_all(&joined[..7]).is_none());
     }
 }
