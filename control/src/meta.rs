@@ -655,6 +655,79 @@ pub fn replace_shards(
     })
 }
 
+/// Garbage-collection candidates of one page, and where the next page starts.
+pub type GcPage = (Vec<[u8; 32]>, Option<[u8; 32]>);
+
+/// Contents (of one page of `limit` after `after`) that have had no reference since
+/// `unreferenced_by_ms` or earlier, and where the next page starts.
+pub fn gc_candidates(
+    kv: &dyn Kv,
+    after: Option<[u8; 32]>,
+    limit: usize,
+    unreferenced_by_ms: u64,
+) -> Result<GcPage> {
+    let page = contents(kv, after, limit)?;
+    let next = if page.len() == limit {
+        page.last().map(|(h, _)| *h)
+    } else {
+        None
+    };
+    let picked = page
+        .into_iter()
+        .filter(|(_, c)| {
+            c.refs == 0
+                && c.unreferenced_since_ms
+                    .is_some_and(|t| t <= unreferenced_by_ms)
+        })
+        .map(|(h, _)| h)
+        .collect();
+    Ok((picked, next))
+}
+
+/// Garbage-collects content `blake3` if it still has no reference, and has had none since
+/// `unreferenced_by_ms` or earlier: its record, drive-shard entries and repair entry go, and its
+/// shard files become the garbage intent `intent` (deleted by the caller, or at start-up) — all
+/// in one transaction, so a concurrent PUT of the same bytes either referenced it first (and it
+/// stays) or finds it gone (and keeps its own files). Returns the removed record, or `None`.
+pub fn collect(
+    kv: &dyn Kv,
+    blake3: &[u8; 32],
+    intent: u64,
+    unreferenced_by_ms: u64,
+    now_ms: u64,
+) -> Result<Option<ContentRec>> {
+    run(kv, true, |tx| {
+        let ck = keys::content(blake3);
+        let Some(c) = get_content(tx, &ck)? else {
+            return Ok(None);
+        };
+        if c.refs > 0
+            || c.unreferenced_since_ms
+                .is_none_or(|t| t > unreferenced_by_ms)
+        {
+            return Ok(None);
+        }
+        tx.clear(&ck)?;
+        tx.clear(&keys::repair(blake3))?;
+        if let Stored::Sharded { shards, .. } = &c.stored {
+            for s in shards {
+                tx.clear(&keys::drive_shard(s.drive, blake3, s.index))?;
+            }
+            let garbage = IntentRec {
+                created_ms: now_ms,
+                shards: shards.clone(),
+                state: IntentState::Committed {
+                    version: 0,
+                    created_ms: 0,
+                    adopted: false,
+                },
+            };
+            put(tx, &keys::intent(intent), &garbage)?;
+        }
+        Ok(Some(c))
+    })
+}
+
 /// Up to `limit` content records after `after`, in hash order.
 pub fn contents(
     kv: &dyn Kv,

@@ -87,6 +87,12 @@ pub enum Request {
     UploadGet { id: [u8; 16] },
     /// Uploads expired by now. → `Vec<[u8; 16]>`
     UploadsExpired { limit: usize },
+    /// Contents of one page (of [`REPAIR_SCAN_PAGE`]) unreferenced for `grace_ms` or more.
+    /// → `(Vec<[u8; 32]>, Option<[u8; 32]>)`
+    GcCandidates {
+        after: Option<[u8; 32]>,
+        grace_ms: u64,
+    },
 
     // Writes.
     /// → `()`
@@ -183,6 +189,13 @@ pub enum Request {
     },
     /// → `()`
     UploadReleaseLocks { node: String },
+    /// Removes a content unreferenced for `grace_ms` or more; its files become the garbage
+    /// intent `intent`. → `Option<ContentRec>`
+    GcCollect {
+        blake3: [u8; 32],
+        intent: u64,
+        grace_ms: u64,
+    },
 }
 
 impl Request {
@@ -203,6 +216,7 @@ impl Request {
                 | Request::Cluster
                 | Request::UploadGet { .. }
                 | Request::UploadsExpired { .. }
+                | Request::GcCandidates { .. }
         )
     }
 }
@@ -471,6 +485,23 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             now_ms,
         )?),
         UploadReleaseLocks { node } => enc(upload::release_locks_of(kv, &node)?),
+        GcCandidates { after, grace_ms } => enc(meta::gc_candidates(
+            kv,
+            after,
+            REPAIR_SCAN_PAGE,
+            now_ms.saturating_sub(grace_ms),
+        )?),
+        GcCollect {
+            blake3,
+            intent,
+            grace_ms,
+        } => enc(meta::collect(
+            kv,
+            &blake3,
+            intent,
+            now_ms.saturating_sub(grace_ms),
+            now_ms,
+        )?),
         ExpireDone => {
             let (b, e) = keys::done_before(now_ms.saturating_sub(DONE_TTL_MS));
             enc(run(kv, true, |tx| {

@@ -375,6 +375,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         (&Method::GET, "/admin/cluster") => "cluster",
         (&Method::POST, "/admin/repair") => "repair_start",
         (&Method::GET, "/admin/repair") => "repair_status",
+        (&Method::POST, "/admin/gc") => "gc",
         _ => "other",
     };
     check_auth(node, &req).map_err(|e| (op, e))?;
@@ -390,6 +391,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         "cluster" => cluster(node).await,
         "repair_start" => repair_start(node).await,
         "repair_status" => repair_status(node).await,
+        "gc" => gc(node, &req).await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -451,6 +453,32 @@ async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
     let queued = node.meta.repair_scan().await?;
     node.wake_repair();
     Ok(json_response(StatusCode::OK, json!({"queued": queued})))
+}
+
+/// A garbage-collection pass on this node over all contents: with `wait=true` it answers with
+/// what the pass did, else it starts it and answers 202.
+async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let wait = query(req)
+        .get("wait")
+        .is_some_and(|v| v == "true" || v == "1");
+    if !wait {
+        let n = node.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = store::gc_pass(&n, false).await {
+                tracing::warn!("gc: {e}");
+            }
+        })
+        .detach();
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            json!({"started": true}),
+        ));
+    }
+    let r = store::gc_pass(node, false).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}),
+    ))
 }
 
 /// How many objects wait for repair (counted up to 100 000).

@@ -25,6 +25,10 @@ struct Storing {
     /// How long an unfinished resumable upload is kept after its last change (e.g. 24h, 30s).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     upload_expiry: std::time::Duration,
+    /// How long content stays on the drives after its last version was removed (in-flight
+    /// reads finish) before garbage collection deletes it (e.g. 1h, 0s).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    gc_grace: std::time::Duration,
 }
 
 impl Storing {
@@ -32,6 +36,7 @@ impl Storing {
         ostore_dataplane::node::StoreOptions {
             compress: self.compression == "auto",
             upload_expiry: self.upload_expiry,
+            gc_grace: self.gc_grace,
         }
     }
 }

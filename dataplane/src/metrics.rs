@@ -27,6 +27,8 @@ pub struct Metrics {
     pub shards_repaired: AtomicU64,
     pub unrepairable: AtomicU64,
     pub degraded_reads: AtomicU64,
+    pub gc_collected: AtomicU64,
+    pub gc_bytes_freed: AtomicU64,
 }
 
 impl Metrics {
@@ -100,6 +102,16 @@ impl Metrics {
                 "ostore_degraded_reads_total",
                 "Reads that needed reconstruction.",
                 &self.degraded_reads,
+            ),
+            (
+                "ostore_gc_contents_total",
+                "Unreferenced contents removed by garbage collection.",
+                &self.gc_collected,
+            ),
+            (
+                "ostore_gc_bytes_freed_total",
+                "Shard-file bytes deleted by garbage collection.",
+                &self.gc_bytes_freed,
             ),
         ];
         for (name, help, v) in counters {

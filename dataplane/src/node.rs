@@ -134,6 +134,8 @@ pub struct StoreOptions {
     pub compress: bool,
     /// How long an unfinished resumable upload lives after its last change.
     pub upload_expiry: Duration,
+    /// How long unreferenced content stays before garbage collection deletes it.
+    pub gc_grace: Duration,
 }
 
 fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
@@ -439,6 +441,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         glommio::spawn_local(repair_worker(node.clone())).detach();
         glommio::spawn_local(intent_sweeper(node.clone())).detach();
         glommio::spawn_local(upload_expirer(node.clone())).detach();
+        glommio::spawn_local(garbage_collector(node.clone())).detach();
         glommio::spawn_local(drive_watcher(node)).detach();
     })?;
     drop(placeholder);
@@ -607,9 +610,26 @@ async fn upload_expirer(node: Arc<Node>) {
     }
 }
 
+/// Deletes content no version refers to any more, once its grace period passed. In a cluster
+/// the nodes split the contents by hash, as for repairs.
+async fn garbage_collector(node: Arc<Node>) {
+    let every = (node.store.gc_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    while sleep_unless_stopping(&node, every).await {
+        match store::gc_pass(&node, true).await {
+            Ok(r) if r.collected > 0 => tracing::info!(
+                "gc: {} contents removed, {} bytes freed",
+                r.collected,
+                r.bytes_freed
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("gc: {e}"),
+        }
+    }
+}
+
 /// Which queued repairs this node takes: in a cluster, the nodes that are up split the queue by
 /// content hash, so that each content is rebuilt by one node; `ostore dev` takes all.
-fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
+pub(crate) fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
     let (rank, of) = match &node.cluster {
         None => (0, 1),
         Some(c) => {
@@ -845,6 +865,7 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         glommio::spawn_local(repair_worker(node.clone())).detach();
         glommio::spawn_local(intent_sweeper(node.clone())).detach();
         glommio::spawn_local(upload_expirer(node.clone())).detach();
+        glommio::spawn_local(garbage_collector(node.clone())).detach();
         glommio::spawn_local(drive_watcher(node)).detach();
     })?;
     drop(http_placeholder);

@@ -1190,6 +1190,76 @@ impl Decoded {
     }
 }
 
+/// What one garbage-collection pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Contents found unreferenced past the grace period.
+    pub candidates: u64,
+    /// Contents removed (metadata and files).
+    pub collected: u64,
+    /// Bytes of shard files deleted.
+    pub bytes_freed: u64,
+}
+
+/// Removes every content that no version has referred to for the grace period: its metadata in
+/// one transaction (which loses to any concurrent reference), then its files. With `share`, only
+/// the contents this node's hash share covers (the periodic pass on every node of a cluster).
+pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
+    let grace_ms = node.store.gc_grace.as_millis() as u64;
+    let mine = crate::node::repair_share(node);
+    let mut report = GcReport::default();
+    let mut after = None;
+    loop {
+        let (picked, next): (Vec<[u8; 32]>, Option<[u8; 32]>) =
+            node.meta.call(Rq::GcCandidates { after, grace_ms }).await?;
+        for h in picked {
+            if share && !mine(&h) {
+                continue;
+            }
+            report.candidates += 1;
+            let intent: u64 = rand::random();
+            let Some(c) = node
+                .meta
+                .call::<Option<ContentRec>>(Rq::GcCollect {
+                    blake3: h,
+                    intent,
+                    grace_ms,
+                })
+                .await?
+            else {
+                continue;
+            };
+            report.collected += 1;
+            node.metrics.gc_collected.fetch_add(1, Ordering::Relaxed);
+            if let Stored::Sharded {
+                data,
+                parity,
+                shards,
+            } = &c.stored
+            {
+                let ec = EcParams {
+                    data: *data,
+                    parity: *parity,
+                };
+                let bytes =
+                    Geometry::new(ec, c.stored_bytes()).shard_file_bytes() * shards.len() as u64;
+                // Files that cannot be deleted now stay listed in the intent: the sweeper retries.
+                if remove_files(node, shards).await {
+                    let _ = node.meta.call::<()>(Rq::EndIntent { id: intent }).await;
+                    report.bytes_freed += bytes;
+                    node.metrics
+                        .gc_bytes_freed
+                        .fetch_add(bytes, Ordering::Relaxed);
+                }
+            }
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(report),
+        }
+    }
+}
+
 /// Bytes per second one executor's repairs read at most, so that client requests keep their
 /// latency while a node or drive is being rebuilt.
 pub const REPAIR_BYTES_PER_S: u64 = 256 << 20;

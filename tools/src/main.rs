@@ -38,8 +38,13 @@ enum Cmd {
     Undrain { node: String },
     /// Verify every shard (not available yet).
     Scrub,
-    /// Reclaim unreferenced content (not available yet).
-    Gc,
+    /// Delete content no version refers to any more (past the servers' --gc-grace), on the
+    /// drives of every node.
+    Gc {
+        /// Wait for the pass to finish and report what it removed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Queue every object whose shards are missing, damaged or misplaced for repair.
     Repair {
         /// Wait until the repair queue is empty, showing progress.
@@ -262,6 +267,29 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         v["created"].as_str().unwrap_or("")
                     );
                 }
+            }
+            Ok(())
+        }
+        Cmd::Gc { wait } => {
+            let path = if *wait {
+                "/admin/gc?wait=true"
+            } else {
+                "/admin/gc"
+            };
+            if *wait && !cli.json {
+                eprintln!("collecting garbage ...");
+            }
+            let r: serde_json::Value = post(cli, path)?.json()?;
+            if cli.json {
+                println!("{r}");
+            } else if *wait {
+                println!(
+                    "{} unreferenced content(s) removed, {} freed",
+                    r["collected"].as_u64().unwrap_or(0),
+                    gib(r["bytes_freed"].as_f64().unwrap_or(0.0))
+                );
+            } else {
+                println!("garbage collection started");
             }
             Ok(())
         }
