@@ -6,6 +6,9 @@
 pub mod tag {
     /// Singleton: the format version of the key space.
     pub const FORMAT: u8 = 0x01;
+    /// `[0x03]` → u32: versions kept per key, cluster default; `[0x03] bucket 0x00` → u32:
+    /// that bucket's override (absent: keep every version)
+    pub const RETENTION: u8 = 0x03;
     /// `[0x10] bucket 0x00` → `BucketRec`
     pub const BUCKET: u8 = 0x10;
     /// `[0x20] bucket 0x00 key 0x00` → `HeadRec`
@@ -86,6 +89,14 @@ fn with_strs(t: u8, parts: &[&str]) -> Vec<u8> {
         k.push(0);
     }
     k
+}
+
+/// The retention setting of `bucket`, or the cluster default with `None`.
+pub fn retention(bucket: Option<&str>) -> Vec<u8> {
+    match bucket {
+        None => vec![tag::RETENTION],
+        Some(b) => with_strs(tag::RETENTION, &[b]),
+    }
 }
 
 pub fn bucket(name: &str) -> Vec<u8> {

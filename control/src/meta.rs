@@ -134,6 +134,23 @@ pub fn init(kv: &dyn Kv, now_ms: u64) -> Result<()> {
     })
 }
 
+/// Every bucket's name.
+pub fn buckets(kv: &dyn Kv) -> Result<Vec<String>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::buckets();
+        let mut out = Vec::new();
+        for (k, _) in tx.get_range(&b, &e, usize::MAX, false)? {
+            if let Some(name) = k
+                .strip_prefix(&[keys::tag::BUCKET])
+                .and_then(|r| r.strip_suffix(&[0]))
+            {
+                out.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        Ok(out)
+    })
+}
+
 pub fn bucket_exists(kv: &dyn Kv, bucket: &str) -> Result<bool> {
     run(kv, false, |tx| Ok(tx.get(&keys::bucket(bucket))?.is_some()))
 }
@@ -653,6 +670,93 @@ pub fn replace_shards(
         put(tx, &ik, &rec)?;
         Ok(garbage)
     })
+}
+
+/// Sets (or with `None` removes) the number of versions kept per key: the cluster default, or
+/// one bucket's override.
+pub fn set_retention(kv: &dyn Kv, bucket: Option<&str>, keep: Option<u32>) -> Result<()> {
+    run(kv, true, |tx| {
+        if let Some(b) = bucket {
+            require_bucket(tx, b)?;
+        }
+        let k = keys::retention(bucket);
+        match keep {
+            Some(n) => tx.set(&k, &n.to_le_bytes())?,
+            None => tx.clear(&k)?,
+        }
+        Ok(())
+    })
+}
+
+/// The versions kept per key in `bucket`: its override, else the cluster default, else all.
+pub fn retention(kv: &dyn Kv, bucket: &str) -> Result<Option<u32>> {
+    run(kv, false, |tx| {
+        let read = |v: Vec<u8>| -> Result<u32> {
+            Ok(u32::from_le_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| RecordError("retention is a u32".into()))?,
+            ))
+        };
+        if let Some(v) = tx.get(&keys::retention(Some(bucket)))? {
+            return Ok(Some(read(v)?));
+        }
+        tx.get(&keys::retention(None))?.map(read).transpose()
+    })
+}
+
+/// Applies retention to one page of up to `limit` keys of `bucket` after `after`: each key keeps
+/// its newest `keep` versions, delete markers counting as versions; the older ones are removed
+/// as `delete_version` would (their content loses a reference, GC reclaims it). The newest
+/// version is never removed, so what a key reads as does not change. Returns the versions
+/// removed and where the next page starts.
+pub fn trim_versions(
+    kv: &dyn Kv,
+    bucket: &str,
+    after: Option<&str>,
+    limit: usize,
+    keep: u32,
+    now_ms: u64,
+) -> Result<(u64, Option<String>)> {
+    let keep = keep.max(1) as usize;
+    let keys_page: Vec<String> = run(kv, false, |tx| {
+        let (mut b, e) = keys::heads_with_prefix(bucket, "");
+        if let Some(a) = after {
+            b = keys::head(bucket, a);
+            b.push(0);
+        }
+        let mut out = Vec::new();
+        for (k, _) in tx.get_range(&b, &e, limit, false)? {
+            if let Some(key) = keys::key_of_head(bucket, &k) {
+                out.push(key.to_string());
+            }
+        }
+        Ok::<_, MetaError>(out)
+    })?;
+    let mut removed = 0;
+    for key in &keys_page {
+        removed += run(kv, true, |tx| {
+            let (b, e) = keys::versions(bucket, key);
+            let mut n = 0;
+            for (k, v) in tx
+                .get_range(&b, &e, usize::MAX, false)?
+                .into_iter()
+                .skip(keep)
+            {
+                let v: VersionRec = decode(&v)?;
+                tx.clear(&k)?;
+                if !v.delete_marker {
+                    drop_ref(tx, &v.blake3, now_ms)?;
+                }
+                n += 1;
+            }
+            Ok::<_, MetaError>(n)
+        })?;
+    }
+    let next = (keys_page.len() == limit)
+        .then(|| keys_page.last().cloned())
+        .flatten();
+    Ok((removed, next))
 }
 
 /// Garbage-collection candidates of one page, and where the next page starts.

@@ -87,6 +87,11 @@ pub enum Request {
     UploadGet { id: [u8; 16] },
     /// Uploads expired by now. → `Vec<[u8; 16]>`
     UploadsExpired { limit: usize },
+    /// Versions kept per key in `bucket` (its override, else the default; `None`: all); with
+    /// `bucket: None`, the cluster default. → `Option<u32>`
+    Retention { bucket: Option<String> },
+    /// Every bucket. → `Vec<String>`
+    Buckets,
     /// Contents of one page (of [`REPAIR_SCAN_PAGE`]) unreferenced for `grace_ms` or more.
     /// → `(Vec<[u8; 32]>, Option<[u8; 32]>)`
     GcCandidates {
@@ -189,6 +194,17 @@ pub enum Request {
     },
     /// → `()`
     UploadReleaseLocks { node: String },
+    /// → `()`
+    SetRetention {
+        bucket: Option<String>,
+        keep: Option<u32>,
+    },
+    /// Applies `bucket`'s retention to one page of its keys after `after`.
+    /// → `(versions removed: u64, next: Option<String>)`
+    TrimVersions {
+        bucket: String,
+        after: Option<String>,
+    },
     /// Removes a content unreferenced for `grace_ms` or more; its files become the garbage
     /// intent `intent`. → `Option<ContentRec>`
     GcCollect {
@@ -217,6 +233,8 @@ impl Request {
                 | Request::UploadGet { .. }
                 | Request::UploadsExpired { .. }
                 | Request::GcCandidates { .. }
+                | Request::Retention { .. }
+                | Request::Buckets
         )
     }
 }
@@ -485,6 +503,32 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             now_ms,
         )?),
         UploadReleaseLocks { node } => enc(upload::release_locks_of(kv, &node)?),
+        Retention { bucket } => match bucket {
+            Some(b) => enc(meta::retention(kv, &b)?),
+            None => enc(run(kv, false, |tx| {
+                tx.get(&keys::retention(None))?
+                    .map(|v| {
+                        v.as_slice()
+                            .try_into()
+                            .map(u32::from_le_bytes)
+                            .map_err(|_| MetaError::Record(RecordError("retention".into())))
+                    })
+                    .transpose()
+            })?),
+        },
+        Buckets => enc(meta::buckets(kv)?),
+        SetRetention { bucket, keep } => enc(meta::set_retention(kv, bucket.as_deref(), keep)?),
+        TrimVersions { bucket, after } => match meta::retention(kv, &bucket)? {
+            None => enc((0u64, None::<String>)),
+            Some(keep) => enc(meta::trim_versions(
+                kv,
+                &bucket,
+                after.as_deref(),
+                REPAIR_SCAN_PAGE,
+                keep,
+                now_ms,
+            )?),
+        },
         GcCandidates { after, grace_ms } => enc(meta::gc_candidates(
             kv,
             after,

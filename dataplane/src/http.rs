@@ -376,6 +376,8 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         (&Method::POST, "/admin/repair") => "repair_start",
         (&Method::GET, "/admin/repair") => "repair_status",
         (&Method::POST, "/admin/gc") => "gc",
+        (&Method::GET, "/admin/retention") => "retention_get",
+        (&Method::POST, "/admin/retention") => "retention_set",
         _ => "other",
     };
     check_auth(node, &req).map_err(|e| (op, e))?;
@@ -392,6 +394,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         "repair_start" => repair_start(node).await,
         "repair_status" => repair_status(node).await,
         "gc" => gc(node, &req).await,
+        "retention_get" | "retention_set" => retention(node, &req, op == "retention_set").await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -455,6 +458,51 @@ async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
     Ok(json_response(StatusCode::OK, json!({"queued": queued})))
 }
 
+/// Versions kept per key: `?bucket=B` for a bucket's override (else the cluster default);
+/// POST with `keep=N` sets it, `keep=all` removes it.
+async fn retention(node: &Arc<Node>, req: &Request<Incoming>, set: bool) -> Result<Resp, ApiError> {
+    let q = query(req);
+    let bucket = match q.get("bucket") {
+        None => None,
+        Some(_) => Some(bucket_of(&q)?),
+    };
+    if set {
+        let keep = match q.get("keep").map(String::as_str) {
+            Some("all") => None,
+            Some(n) => Some(n.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "keep must be a positive number of versions, or all",
+                )
+            })?),
+            None => {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "keep=N or keep=all is required",
+                ))
+            }
+        };
+        node.meta
+            .call::<()>(Rq::SetRetention {
+                bucket: bucket.clone(),
+                keep,
+            })
+            .await?;
+    }
+    let keep: Option<u32> = node
+        .meta
+        .call(Rq::Retention {
+            bucket: bucket.clone(),
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"bucket": bucket, "keep": keep}),
+    ))
+}
+
 /// A garbage-collection pass on this node over all contents: with `wait=true` it answers with
 /// what the pass did, else it starts it and answers 202.
 async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
@@ -477,7 +525,7 @@ async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError>
     let r = store::gc_pass(node, false).await?;
     Ok(json_response(
         StatusCode::OK,
-        json!({"candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}),
+        json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}),
     ))
 }
 

@@ -1193,6 +1193,8 @@ impl Decoded {
 /// What one garbage-collection pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GcReport {
+    /// Versions removed because their key kept more than its retention.
+    pub versions_trimmed: u64,
     /// Contents found unreferenced past the grace period.
     pub candidates: u64,
     /// Contents removed (metadata and files).
@@ -1208,6 +1210,28 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     let grace_ms = node.store.gc_grace.as_millis() as u64;
     let mine = crate::node::repair_share(node);
     let mut report = GcReport::default();
+    // Retention first, so that what it drops is reclaimed in the same pass (once its grace is
+    // over). In a cluster one node's periodic pass does it: the node whose share holds hash 0.
+    if !share || mine(&[0; 32]) {
+        let buckets: Vec<String> = node.meta.call(Rq::Buckets).await?;
+        for bucket in buckets {
+            let mut after = None;
+            loop {
+                let (n, next): (u64, Option<String>) = node
+                    .meta
+                    .call(Rq::TrimVersions {
+                        bucket: bucket.clone(),
+                        after,
+                    })
+                    .await?;
+                report.versions_trimmed += n;
+                match next {
+                    Some(k) => after = Some(k),
+                    None => break,
+                }
+            }
+        }
+    }
     let mut after = None;
     loop {
         let (picked, next): (Vec<[u8; 32]>, Option<[u8; 32]>) =

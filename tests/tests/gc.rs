@@ -127,3 +127,84 @@ fn gc_racing_puts_of_the_same_content_never_deletes_a_referenced_shard() {
     assert_eq!(r["collected"], 0, "{r}");
     assert!(dev.get_bytes(&kept[0]).1 == *body);
 }
+
+#[test]
+fn retention_keeps_the_newest_versions_and_gc_frees_the_rest() {
+    let dev = Dev::start(&["--gc-grace", "0s"]);
+    let r = osctl(&dev, &["retention", "show"]);
+    assert!(r["keep"].is_null(), "every version is kept by default: {r}");
+    let files_before = shard_files(&dev, 6).len();
+    let bodies: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(400 + i, 600_000)).collect();
+    for b in &bodies {
+        assert_eq!(dev.put("ret/k", b.clone()).status(), 201);
+    }
+    // Another key with two versions then a delete marker: markers count as versions.
+    assert_eq!(dev.put("ret/m", random_bytes(500, 300_000)).status(), 201);
+    assert_eq!(dev.put("ret/m", random_bytes(501, 300_000)).status(), 201);
+    assert_eq!(
+        dev.req(Method::DELETE, "/objects/ret/m")
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(shard_files(&dev, 6).len(), files_before + 8 * 6);
+    let r = osctl(&dev, &["retention", "set", "3"]);
+    assert_eq!(r["keep"], 3, "{r}");
+    let r = osctl(&dev, &["gc", "--wait"]);
+    assert_eq!(r["versions_trimmed"], 3, "{r}");
+    assert_eq!(r["collected"], 3, "{r}");
+    let (_, j) = dev.json("/versions/ret/k");
+    let kept: Vec<u64> = j["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, vec![6, 5, 4]);
+    for (i, b) in bodies.iter().enumerate() {
+        let v = i as u64 + 1;
+        let r = dev
+            .req(Method::GET, &format!("/objects/ret/k?version={v}"))
+            .send()
+            .unwrap();
+        if v >= 4 {
+            assert!(r.status() == 200 && r.bytes().unwrap() == *b, "version {v}");
+        } else {
+            assert_eq!(r.status(), 404, "version {v}");
+        }
+    }
+    // ret/m had 3 versions (2 + the marker): untouched, and still reads 404.
+    let (_, j) = dev.json("/versions/ret/m");
+    assert_eq!(j["versions"].as_array().unwrap().len(), 3);
+    assert_eq!(dev.get("ret/m").status(), 404);
+    assert_eq!(
+        shard_files(&dev, 6).len(),
+        files_before + 5 * 6,
+        "the three trimmed versions' shard files are deleted"
+    );
+    // A bucket override, down to 1: the marker alone remains of ret/m.
+    let out = Command::new(binary("osctl"))
+        .args(["--endpoint", &format!("http://{}", dev.http)])
+        .args(["retention", "set", "1", "--bucket", "default"])
+        .env("OSTORE_SECRET", &dev.secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keep the newest 1"));
+    let r = osctl(&dev, &["gc", "--wait"]);
+    assert_eq!(r["versions_trimmed"], 4, "{r}");
+    let (_, j) = dev.json("/versions/ret/m");
+    assert_eq!(j["versions"][0]["delete_marker"], true);
+    assert_eq!(j["versions"].as_array().unwrap().len(), 1);
+    assert!(dev.get_bytes("ret/k").1 == bodies[5]);
+    assert_eq!(shard_files(&dev, 6).len(), files_before + 6);
+    // Zero is refused.
+    let out = Command::new(binary("osctl"))
+        .args(["--endpoint", &format!("http://{}", dev.http)])
+        .args(["retention", "set", "0"])
+        .env("OSTORE_SECRET", &dev.secret)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -54,8 +54,33 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
-    /// Version retention (not available yet).
-    Retention,
+    /// Versions kept per key (the cluster default, or one bucket's override); what falls out
+    /// is removed by the next gc.
+    Retention {
+        #[command(subcommand)]
+        action: RetentionCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// Keep the newest N versions of every key (delete markers count as versions).
+    Set {
+        n: u32,
+        /// Only this bucket (overrides the default).
+        #[arg(long)]
+        bucket: Option<String>,
+    },
+    /// Keep every version again.
+    Clear {
+        #[arg(long)]
+        bucket: Option<String>,
+    },
+    /// Show the setting.
+    Show {
+        #[arg(long)]
+        bucket: Option<String>,
+    },
 }
 
 fn secret(cli: &Cli) -> anyhow::Result<String> {
@@ -270,6 +295,43 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Retention { action } => {
+            let q = |bucket: &Option<String>| match bucket {
+                Some(b) => format!("&bucket={b}"),
+                None => String::new(),
+            };
+            let r: serde_json::Value = match action {
+                RetentionCmd::Set { n, bucket } => {
+                    if *n == 0 {
+                        bail!("retention must keep at least 1 version");
+                    }
+                    post(cli, &format!("/admin/retention?keep={n}{}", q(bucket)))?.json()?
+                }
+                RetentionCmd::Clear { bucket } => {
+                    post(cli, &format!("/admin/retention?keep=all{}", q(bucket)))?.json()?
+                }
+                RetentionCmd::Show { bucket } => {
+                    let qs = q(bucket);
+                    let path = match qs.strip_prefix('&') {
+                        Some(rest) => format!("/admin/retention?{rest}"),
+                        None => "/admin/retention".to_string(),
+                    };
+                    get(cli, &path)?.json()?
+                }
+            };
+            if cli.json {
+                println!("{r}");
+            } else {
+                let scope = r["bucket"]
+                    .as_str()
+                    .map_or("cluster default".to_string(), |b| format!("bucket {b}"));
+                match r["keep"].as_u64() {
+                    Some(n) => println!("{scope}: keep the newest {n} version(s) per key"),
+                    None => println!("{scope}: keep every version"),
+                }
+            }
+            Ok(())
+        }
         Cmd::Gc { wait } => {
             let path = if *wait {
                 "/admin/gc?wait=true"
@@ -284,7 +346,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("{r}");
             } else if *wait {
                 println!(
-                    "{} unreferenced content(s) removed, {} freed",
+                    "{} old version(s) trimmed, {} unreferenced content(s) removed, {} freed",
+                    r["versions_trimmed"].as_u64().unwrap_or(0),
                     r["collected"].as_u64().unwrap_or(0),
                     gib(r["bytes_freed"].as_f64().unwrap_or(0.0))
                 );
