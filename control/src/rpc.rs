@@ -92,6 +92,11 @@ pub enum Request {
     Retention { bucket: Option<String> },
     /// Every bucket. → `Vec<String>`
     Buckets,
+    /// Up to `limit` content records after `after`, in hash order. → `Vec<([u8; 32], ContentRec)>`
+    Contents {
+        after: Option<[u8; 32]>,
+        limit: usize,
+    },
     /// Contents of one page (of [`REPAIR_SCAN_PAGE`]) unreferenced for `grace_ms` or more.
     /// → `(Vec<[u8; 32]>, Option<[u8; 32]>)`
     GcCandidates {
@@ -235,6 +240,7 @@ impl Request {
                 | Request::GcCandidates { .. }
                 | Request::Retention { .. }
                 | Request::Buckets
+                | Request::Contents { .. }
         )
     }
 }
@@ -517,6 +523,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             })?),
         },
         Buckets => enc(meta::buckets(kv)?),
+        Contents { after, limit } => enc(meta::contents(kv, after, limit.min(10_000))?),
         SetRetention { bucket, keep } => enc(meta::set_retention(kv, bucket.as_deref(), keep)?),
         TrimVersions { bucket, after } => match meta::retention(kv, &bucket)? {
             None => enc((0u64, None::<String>)),

@@ -376,6 +376,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         (&Method::POST, "/admin/repair") => "repair_start",
         (&Method::GET, "/admin/repair") => "repair_status",
         (&Method::POST, "/admin/gc") => "gc",
+        (&Method::POST, "/admin/scrub") => "scrub",
         (&Method::GET, "/admin/retention") => "retention_get",
         (&Method::POST, "/admin/retention") => "retention_set",
         _ => "other",
@@ -394,6 +395,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         "repair_start" => repair_start(node).await,
         "repair_status" => repair_status(node).await,
         "gc" => gc(node, &req).await,
+        "scrub" => scrub(node, &req).await,
         "retention_get" | "retention_set" => retention(node, &req, op == "retention_set").await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
@@ -500,6 +502,32 @@ async fn retention(node: &Arc<Node>, req: &Request<Incoming>, set: bool) -> Resu
     Ok(json_response(
         StatusCode::OK,
         json!({"bucket": bucket, "keep": keep}),
+    ))
+}
+
+/// A scrub pass run by this node over every content (every shard read and verified, what is
+/// bad rebuilt): with `wait=true` it answers with what it found, else it starts and answers 202.
+async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let wait = query(req)
+        .get("wait")
+        .is_some_and(|v| v == "true" || v == "1");
+    if !wait {
+        let n = node.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = store::scrub_pass(&n, false).await {
+                tracing::warn!("scrub: {e}");
+            }
+        })
+        .detach();
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            json!({"started": true}),
+        ));
+    }
+    let r = store::scrub_pass(node, false).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"contents": r.contents, "shards_checked": r.shards_checked, "corrupt_found": r.corrupt_found, "repaired": r.repaired, "unrepairable": r.unrepairable, "done": true}),
     ))
 }
 

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub unrepairable: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub gc_collected: AtomicU64,
+    pub scrub_shards_checked: AtomicU64,
     pub gc_bytes_freed: AtomicU64,
 }
 
@@ -102,6 +103,11 @@ impl Metrics {
                 "ostore_degraded_reads_total",
                 "Reads that needed reconstruction.",
                 &self.degraded_reads,
+            ),
+            (
+                "ostore_scrub_shards_checked_total",
+                "Shards read and verified end to end by scrub.",
+                &self.scrub_shards_checked,
             ),
             (
                 "ostore_gc_contents_total",

@@ -796,7 +796,7 @@ impl ShardReader {
         self.geo
     }
 
-    async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
+    pub(crate) async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
         if self.files[i].is_none() {
             let loc = self.locs[i];
             let f = match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
@@ -1311,20 +1311,62 @@ async fn repair_pace(bytes: u64) {
 /// corrupt, onto the same drive when it is healthy (else another). Returns how many shards were
 /// rewritten.
 pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
+    Ok(check_and_repair(node, blake3).await?.rebuilt)
+}
+
+/// What checking one content's shards found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Shards read and verified.
+    pub shards: u64,
+    /// Shards found missing, unreadable or corrupt (a block's CRC32C, or the header).
+    pub bad: u64,
+    /// Shards rebuilt (bad ones, and in a cluster ones sharing a node).
+    pub rebuilt: usize,
+}
+
+/// Reads every block of every shard of a content, checks each block's CRC32C and each shard's
+/// header (its own checksum, the content's BLAKE3, index, tag, sizes), and rebuilds from the
+/// good shards whatever failed. The scrub and the repair worker both run it.
+pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Checked> {
     let Some(content) = node
         .meta
         .call::<Option<ContentRec>>(Rq::Content { blake3 })
         .await?
     else {
-        return Ok(0);
+        return Ok(Checked::default());
     };
     let Some(mut reader) = ShardReader::new(node.clone(), blake3, &content) else {
-        return Ok(0);
+        return Ok(Checked::default());
     };
     let geo = reader.geometry();
     let total = geo.ec.total();
     let stripes = geo.stripe_count();
-    // Pass 1: find the bad shards.
+    let mut checked = Checked {
+        shards: total as u64,
+        ..Checked::default()
+    };
+    // Pass 1: find the bad shards: headers, then every block.
+    for i in 0..total {
+        let loc = reader.locs[i];
+        let good = match reader.file(i).await {
+            None => false,
+            Some(f) => match f.read_at(0, HEADER_BYTES).await {
+                Ok(b) if b.len() == HEADER_BYTES => ShardHeader::decode(&b).is_ok_and(|h| {
+                    h.blake3 == blake3
+                        && h.shard_index == loc.index
+                        && h.file_tag == loc.file_tag
+                        && h.object_size_bytes == geo.size_bytes
+                        && h.block_count == stripes
+                        && (h.data_shards, h.parity_shards) == (geo.ec.data, geo.ec.parity)
+                }),
+                _ => false,
+            },
+        };
+        if !good {
+            reader.bad[i] = true;
+        }
+    }
     let mut s0 = 0;
     while s0 < stripes {
         let n = (stripes - s0).min(READ_BATCH_STRIPES);
@@ -1351,9 +1393,10 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         }
         bad.sort_unstable();
     }
+    checked.bad = reader.bad.iter().filter(|b| **b).count() as u64;
     if bad.is_empty() {
         reader.close().await;
-        return Ok(0);
+        return Ok(checked);
     }
     // Choose where the rebuilt shards go.
     let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
@@ -1397,7 +1440,68 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
         })
         .await?;
     discard(node, &garbage, upload_id);
-    Ok(bad.len())
+    checked.rebuilt = bad.len();
+    Ok(checked)
+}
+
+/// What a scrub pass found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub contents: u64,
+    pub shards_checked: u64,
+    pub corrupt_found: u64,
+    pub repaired: u64,
+    pub unrepairable: u64,
+}
+
+/// Checks every shard of every sharded content (with `share`, of this node's hash share) and
+/// repairs what is bad, paced like repairs so that client requests keep their latency.
+pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
+    let mine = crate::node::repair_share(node);
+    let mut report = ScrubReport::default();
+    let mut after = None;
+    loop {
+        let page: Vec<([u8; 32], ContentRec)> =
+            node.meta.call(Rq::Contents { after, limit: 1000 }).await?;
+        let next = (page.len() == 1000)
+            .then(|| page.last().map(|(h, _)| *h))
+            .flatten();
+        for (h, c) in page {
+            if !matches!(c.stored, Stored::Sharded { .. }) || (share && !mine(&h)) {
+                continue;
+            }
+            report.contents += 1;
+            match check_and_repair(node, h).await {
+                Ok(c) => {
+                    report.shards_checked += c.shards;
+                    report.corrupt_found += c.bad;
+                    report.repaired += c.rebuilt as u64;
+                    node.metrics
+                        .shards_repaired
+                        .fetch_add(c.rebuilt as u64, Ordering::Relaxed);
+                }
+                Err(StoreError::InsufficientShards { .. }) => {
+                    report.unrepairable += 1;
+                    node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+            node.metrics
+                .scrub_shards_checked
+                .fetch_add(ec_total(&c), Ordering::Relaxed);
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(report),
+        }
+    }
+}
+
+fn ec_total(c: &ContentRec) -> u64 {
+    match &c.stored {
+        Stored::Sharded { data, parity, .. } => (*data + *parity) as u64,
+        Stored::Inline(_) => 0,
+    }
 }
 
 async fn rebuild(

@@ -36,8 +36,14 @@ enum Cmd {
     Drain { node: String },
     /// Stop draining a node (not available yet).
     Undrain { node: String },
-    /// Verify every shard (not available yet).
-    Scrub,
+    /// Read and verify every shard (CRC32C of every block, each shard's header) and rebuild
+    /// what is corrupt or missing.
+    Scrub {
+        /// Wait for the pass to finish and report what it found (exit 4 if anything could not
+        /// be repaired).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Delete content no version refers to any more (past the servers' --gc-grace), on the
     /// drives of every node.
     Gc {
@@ -329,6 +335,35 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     Some(n) => println!("{scope}: keep the newest {n} version(s) per key"),
                     None => println!("{scope}: keep every version"),
                 }
+            }
+            Ok(())
+        }
+        Cmd::Scrub { wait } => {
+            let path = if *wait {
+                "/admin/scrub?wait=true"
+            } else {
+                "/admin/scrub"
+            };
+            if *wait && !cli.json {
+                eprintln!("scrubbing every shard ...");
+            }
+            let r: serde_json::Value = post(cli, path)?.json()?;
+            if cli.json {
+                println!("{r}");
+            } else if *wait {
+                println!(
+                    "{} shard(s) of {} object(s) checked: {} corrupt or missing, {} repaired, {} unrepairable",
+                    r["shards_checked"].as_u64().unwrap_or(0),
+                    r["contents"].as_u64().unwrap_or(0),
+                    r["corrupt_found"].as_u64().unwrap_or(0),
+                    r["repaired"].as_u64().unwrap_or(0),
+                    r["unrepairable"].as_u64().unwrap_or(0)
+                );
+            } else {
+                println!("scrub started");
+            }
+            if r["unrepairable"].as_u64().unwrap_or(0) > 0 {
+                std::process::exit(4);
             }
             Ok(())
         }
