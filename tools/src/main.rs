@@ -129,6 +129,35 @@ fn post(cli: &Cli, path: &str) -> anyhow::Result<reqwest::blocking::Response> {
     Ok(r)
 }
 
+/// A progress bar on stderr when it is a terminal (indicatif hides it otherwise), none with
+/// `--json`.
+fn progress(cli: &Cli, len: u64, what: &str) -> indicatif::ProgressBar {
+    if cli.json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// A spinner while one long request runs.
+fn spinner(cli: &Cli, what: &str) -> indicatif::ProgressBar {
+    if cli.json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(100));
+    pb
+}
+
 fn gib(bytes: f64) -> String {
     format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
 }
@@ -241,13 +270,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let mut left = queued;
             if *wait {
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+                let pb = progress(cli, queued, "repairing");
                 loop {
                     let s: serde_json::Value = get(cli, "/admin/repair")?.json()?;
                     left = s["queued"].as_u64().unwrap_or(0);
+                    // The queue can grow while it drains (reads that find damage add to it).
+                    pb.set_length(pb.length().unwrap_or(0).max(left));
+                    pb.set_position(pb.length().unwrap_or(0).saturating_sub(left));
                     if left == 0 {
+                        pb.finish_and_clear();
                         break;
                     }
                     if std::time::Instant::now() > deadline {
+                        pb.abandon();
                         if cli.json {
                             println!(
                                 "{}",
@@ -258,13 +293,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         }
                         std::process::exit(3);
                     }
-                    if !cli.json {
-                        eprint!("\r{left} object(s) left to repair   ");
-                    }
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }
                 if !cli.json {
-                    eprintln!("\rrepair done                          ");
+                    eprintln!("repair done");
                 }
             }
             if cli.json {
@@ -344,10 +376,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             } else {
                 "/admin/scrub"
             };
-            if *wait && !cli.json {
-                eprintln!("scrubbing every shard ...");
-            }
+            let pb = spinner(cli, "scrubbing every shard");
             let r: serde_json::Value = post(cli, path)?.json()?;
+            pb.finish_and_clear();
             if cli.json {
                 println!("{r}");
             } else if *wait {
@@ -373,10 +404,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             } else {
                 "/admin/gc"
             };
-            if *wait && !cli.json {
-                eprintln!("collecting garbage ...");
-            }
+            let pb = spinner(cli, "collecting garbage");
             let r: serde_json::Value = post(cli, path)?.json()?;
+            pb.finish_and_clear();
             if cli.json {
                 println!("{r}");
             } else if *wait {
