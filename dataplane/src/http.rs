@@ -505,17 +505,26 @@ async fn retention(node: &Arc<Node>, req: &Request<Incoming>, set: bool) -> Resu
     ))
 }
 
-/// A scrub pass run by this node over every content (every shard read and verified, what is
-/// bad rebuilt): with `wait=true` it answers with what it found, else it starts and answers 202.
-async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+/// Runs a maintenance pass over every content from this node: with `wait=true` it answers with
+/// the pass's report, else it starts the pass and answers 202.
+async fn maintenance<F, Fut>(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    what: &'static str,
+    pass: F,
+) -> Result<Resp, ApiError>
+where
+    F: FnOnce(Arc<Node>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, StoreError>> + 'static,
+{
     let wait = query(req)
         .get("wait")
         .is_some_and(|v| v == "true" || v == "1");
+    let run = pass(node.clone());
     if !wait {
-        let n = node.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = store::scrub_pass(&n, false).await {
-                tracing::warn!("scrub: {e}");
+            if let Err(e) = run.await {
+                tracing::warn!("{what}: {e}");
             }
         })
         .detach();
@@ -524,37 +533,25 @@ async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiErr
             json!({"started": true}),
         ));
     }
-    let r = store::scrub_pass(node, false).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"contents": r.contents, "shards_checked": r.shards_checked, "corrupt_found": r.corrupt_found, "repaired": r.repaired, "unrepairable": r.unrepairable, "done": true}),
-    ))
+    Ok(json_response(StatusCode::OK, run.await?))
 }
 
-/// A garbage-collection pass on this node over all contents: with `wait=true` it answers with
-/// what the pass did, else it starts it and answers 202.
+/// Scrub: every shard read and verified, what is bad rebuilt.
+async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    maintenance(node, req, "scrub", |n| async move {
+        let r = store::scrub_pass(&n, false).await?;
+        Ok(json!({"contents": r.contents, "shards_checked": r.shards_checked, "corrupt_found": r.corrupt_found, "repaired": r.repaired, "unrepairable": r.unrepairable, "done": true}))
+    })
+    .await
+}
+
+/// Garbage collection: retention, then unreferenced content past its grace.
 async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
-    let wait = query(req)
-        .get("wait")
-        .is_some_and(|v| v == "true" || v == "1");
-    if !wait {
-        let n = node.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = store::gc_pass(&n, false).await {
-                tracing::warn!("gc: {e}");
-            }
-        })
-        .detach();
-        return Ok(json_response(
-            StatusCode::ACCEPTED,
-            json!({"started": true}),
-        ));
-    }
-    let r = store::gc_pass(node, false).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}),
-    ))
+    maintenance(node, req, "gc", |n| async move {
+        let r = store::gc_pass(&n, false).await?;
+        Ok(json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}))
+    })
+    .await
 }
 
 /// How many objects wait for repair (counted up to 100 000).

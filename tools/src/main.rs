@@ -147,6 +147,18 @@ fn progress(cli: &Cli, len: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// Starts a maintenance pass (`POST path`), or with `wait` runs it to its end behind a spinner;
+/// returns the server's answer.
+fn maintenance(cli: &Cli, path: &str, wait: bool, what: &str) -> anyhow::Result<serde_json::Value> {
+    if !wait {
+        return Ok(post(cli, path)?.json()?);
+    }
+    let pb = spinner(cli, what);
+    let r = post(cli, &format!("{path}?wait=true"))?.json();
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
 /// A spinner while one long request runs.
 fn spinner(cli: &Cli, what: &str) -> indicatif::ProgressBar {
     if cli.json {
@@ -371,14 +383,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Scrub { wait } => {
-            let path = if *wait {
-                "/admin/scrub?wait=true"
-            } else {
-                "/admin/scrub"
-            };
-            let pb = spinner(cli, "scrubbing every shard");
-            let r: serde_json::Value = post(cli, path)?.json()?;
-            pb.finish_and_clear();
+            let r = maintenance(cli, "/admin/scrub", *wait, "scrubbing every shard")?;
             if cli.json {
                 println!("{r}");
             } else if *wait {
@@ -399,14 +404,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Gc { wait } => {
-            let path = if *wait {
-                "/admin/gc?wait=true"
-            } else {
-                "/admin/gc"
-            };
-            let pb = spinner(cli, "collecting garbage");
-            let r: serde_json::Value = post(cli, path)?.json()?;
-            pb.finish_and_clear();
+            let r = maintenance(cli, "/admin/gc", *wait, "collecting garbage")?;
             if cli.json {
                 println!("{r}");
             } else if *wait {
