@@ -437,13 +437,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     }
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
-    let handles = start_executors(node.clone(), http_addr, None, |node| {
-        glommio::spawn_local(repair_worker(node.clone())).detach();
-        glommio::spawn_local(intent_sweeper(node.clone())).detach();
-        glommio::spawn_local(upload_expirer(node.clone())).detach();
-        glommio::spawn_local(garbage_collector(node.clone())).detach();
-        glommio::spawn_local(drive_watcher(node)).detach();
-    })?;
+    let handles = start_executors(node.clone(), http_addr, None, spawn_background)?;
     drop(placeholder);
 
     let mut line = format!("ostore ready http={http_addr}");
@@ -599,6 +593,16 @@ async fn intent_sweeper(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// The background work of a data node, on executor 0: repair, intent sweeping, upload expiry,
+/// garbage collection, the drive watcher.
+fn spawn_background(node: Arc<Node>) {
+    glommio::spawn_local(repair_worker(node.clone())).detach();
+    glommio::spawn_local(intent_sweeper(node.clone())).detach();
+    glommio::spawn_local(upload_expirer(node.clone())).detach();
+    glommio::spawn_local(garbage_collector(node.clone())).detach();
+    glommio::spawn_local(drive_watcher(node)).detach();
 }
 
 /// Deletes resumable uploads whose expiry passed, often enough for short test expiries.
@@ -862,11 +866,7 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
     });
     let handles = start_executors(node.clone(), http_addr, Some(peer_addr), |node| {
         glommio::spawn_local(heartbeat(node.clone())).detach();
-        glommio::spawn_local(repair_worker(node.clone())).detach();
-        glommio::spawn_local(intent_sweeper(node.clone())).detach();
-        glommio::spawn_local(upload_expirer(node.clone())).detach();
-        glommio::spawn_local(garbage_collector(node.clone())).detach();
-        glommio::spawn_local(drive_watcher(node)).detach();
+        spawn_background(node);
     })?;
     drop(http_placeholder);
     drop(udp_placeholder);
