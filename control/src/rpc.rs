@@ -198,8 +198,6 @@ pub enum Request {
         expired: bool,
     },
     /// → `()`
-    UploadReleaseLocks { node: String },
-    /// → `()`
     SetRetention {
         bucket: Option<String>,
         keep: Option<u32>,
@@ -508,7 +506,6 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             expired.then_some(now_ms),
             now_ms,
         )?),
-        UploadReleaseLocks { node } => enc(upload::release_locks_of(kv, &node)?),
         Retention { bucket } => match bucket {
             Some(b) => enc(meta::retention(kv, &b)?),
             None => enc(run(kv, false, |tx| {

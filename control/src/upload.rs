@@ -360,21 +360,6 @@ pub fn expired(kv: &dyn Kv, now_ms: u64, limit: usize) -> Result<Vec<[u8; 16]>> 
     })
 }
 
-/// Drops every lock held by node `node` (its process restarted: none of them is live).
-pub fn release_locks_of(kv: &dyn Kv, node: &str) -> Result<()> {
-    run(kv, true, |tx| {
-        let (lo, hi) = keys::uploads();
-        for (k, v) in tx.get_range(&lo, &hi, usize::MAX, false)? {
-            let mut rec: UploadRec = decode(&v)?;
-            if rec.lock.as_ref().is_some_and(|l| l.node == node) {
-                rec.lock = None;
-                tx.set(&k, &encode(&rec))?;
-            }
-        }
-        Ok(())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -408,6 +408,36 @@ pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<
         .collect())
 }
 
+/// Whether this node stores an object compressed, decided on its first
+/// [`compress::PROBE_BYTES`]: reads from `body` into `already` (what was read before) until that
+/// many are in hand or the body ends.
+pub(crate) async fn probe_compressible(
+    node: &Node,
+    already: &mut Vec<Bytes>,
+    body: &mut impl BodySource,
+) -> Result<bool> {
+    if !node.store.compress {
+        return Ok(false);
+    }
+    let mut have: usize = already.iter().map(|b| b.len()).sum();
+    while have < compress::PROBE_BYTES {
+        match body.next_chunk().await {
+            Some(c) => {
+                let c = c.map_err(StoreError::Body)?;
+                have += c.len();
+                already.push(c);
+            }
+            None => break,
+        }
+    }
+    let mut sample = Vec::with_capacity(compress::PROBE_BYTES);
+    for b in already.iter() {
+        let n = (compress::PROBE_BYTES - sample.len()).min(b.len());
+        sample.extend_from_slice(&b[..n]);
+    }
+    Ok(compress::worth_compressing(&sample))
+}
+
 /// Streams a body into a new version of `bucket/key`.
 pub async fn put(
     node: &Arc<Node>,
@@ -464,27 +494,7 @@ pub async fn put(
 
     // Whether to compress is decided on the object's first bytes.
     let mut already = vec![Bytes::from(head), overflow];
-    let compress = if node.store.compress {
-        let mut have: usize = already.iter().map(|b| b.len()).sum();
-        while have < compress::PROBE_BYTES {
-            match body.next_chunk().await {
-                Some(c) => {
-                    let c = c.map_err(StoreError::Body)?;
-                    have += c.len();
-                    already.push(c);
-                }
-                None => break,
-            }
-        }
-        let mut sample = Vec::with_capacity(compress::PROBE_BYTES);
-        for b in &already {
-            let n = (compress::PROBE_BYTES - sample.len()).min(b.len());
-            sample.extend_from_slice(&b[..n]);
-        }
-        compress::worth_compressing(&sample)
-    } else {
-        false
-    };
+    let compress = probe_compressible(node, &mut already, body).await?;
     let ec = node.ec;
     let size_guess = length_hint.unwrap_or(already.iter().map(|b| b.len() as u64).sum());
     let upload_id: u64 = rand::random();
@@ -1474,6 +1484,9 @@ pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
             match check_and_repair(node, h).await {
                 Ok(c) => {
                     report.shards_checked += c.shards;
+                    node.metrics
+                        .scrub_shards_checked
+                        .fetch_add(c.shards, Ordering::Relaxed);
                     report.corrupt_found += c.bad;
                     report.repaired += c.rebuilt as u64;
                     node.metrics
@@ -1486,21 +1499,11 @@ pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
                 }
                 Err(e) => return Err(e),
             }
-            node.metrics
-                .scrub_shards_checked
-                .fetch_add(ec_total(&c), Ordering::Relaxed);
         }
         match next {
             Some(n) => after = Some(n),
             None => return Ok(report),
         }
-    }
-}
-
-fn ec_total(c: &ContentRec) -> u64 {
-    match &c.stored {
-        Stored::Sharded { data, parity, .. } => (*data + *parity) as u64,
-        Stored::Inline(_) => 0,
     }
 }
 

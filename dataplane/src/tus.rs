@@ -270,7 +270,7 @@ async fn finish_empty(node: &Arc<Node>, id: [u8; 16]) -> Result<(PutOutcome, [u8
     let st: UploadState = node.meta.call(lock_request(node, id, 0, owner)).await?;
     let h = *blake3::hash(&[]).as_bytes();
     if st.rec.expected.is_some_and(|e| e != h) {
-        end_upload(node, id).await;
+        end_upload(node, id, false).await;
         return Err(StoreError::BadDigest.into());
     }
     let content = NewContent {
@@ -321,15 +321,16 @@ async fn head(node: &Arc<Node>, id: [u8; 16]) -> Result<Resp, ApiError> {
     Ok(r)
 }
 
-/// Ends an upload and deletes its files (their intent makes sure, should this fail).
-async fn end_upload(node: &Arc<Node>, id: [u8; 16]) -> bool {
+/// Ends an upload (with `expired`, only if it expired) and deletes its files (their intent
+/// makes sure, should this fail). Whether it ended.
+async fn end_upload(node: &Arc<Node>, id: [u8; 16], expired: bool) -> bool {
     let intent: u64 = rand::random();
     match node
         .meta
         .call::<Option<Vec<ostore_control::records::ShardLoc>>>(Rq::UploadEnd {
             id,
             intent,
-            expired: false,
+            expired,
         })
         .await
     {
@@ -348,7 +349,7 @@ async fn end_upload(node: &Arc<Node>, id: [u8; 16]) -> bool {
 }
 
 async fn terminate(node: &Arc<Node>, id: [u8; 16]) -> Result<Resp, ApiError> {
-    if end_upload(node, id).await {
+    if end_upload(node, id, false).await {
         Ok(empty(StatusCode::NO_CONTENT))
     } else {
         Err(err(StatusCode::NOT_FOUND, "NoSuchUpload", "no such upload"))
@@ -365,24 +366,8 @@ pub async fn expire(node: &Arc<Node>) {
         }
     };
     for id in ids {
-        let intent: u64 = rand::random();
-        match node
-            .meta
-            .call::<Option<Vec<ostore_control::records::ShardLoc>>>(Rq::UploadEnd {
-                id,
-                intent,
-                expired: true,
-            })
-            .await
-        {
-            Ok(Some(files)) => {
-                tracing::info!("upload {} expired", hex::encode(id));
-                if !files.is_empty() && store::remove_files(node, &files).await {
-                    let _ = node.meta.call::<()>(Rq::EndIntent { id: intent }).await;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!("expiring upload {}: {e}", hex::encode(id)),
+        if end_upload(node, id, true).await {
+            tracing::info!("upload {} expired", hex::encode(id));
         }
     }
 }
@@ -701,26 +686,9 @@ impl PatchWriter {
         let sharded = !self.rec.shards.is_empty();
         let mut first: Vec<Bytes> = Vec::new();
         if sharded && self.rec.compress.is_none() {
-            // The object's form is decided on its first bytes, as for a PUT.
-            let mut have = 0usize;
-            let want = compress::PROBE_BYTES.min(self.rec.length as usize);
-            while have < want {
-                match body.next_chunk().await {
-                    Some(Ok(c)) => {
-                        have += c.len();
-                        first.push(c);
-                    }
-                    // Nothing was recorded yet: the client sends it again.
-                    Some(Err(e)) => return Err(StoreError::Body(e).into()),
-                    None => break,
-                }
-            }
-            let mut sample = Vec::with_capacity(want);
-            for b in &first {
-                let n = (want - sample.len()).min(b.len());
-                sample.extend_from_slice(&b[..n]);
-            }
-            let compress = self.node.store.compress && compress::worth_compressing(&sample);
+            // The object's form is decided on its first bytes, as for a PUT. Nothing was
+            // recorded yet if the body breaks here: the client sends it again.
+            let compress = store::probe_compressible(&self.node, &mut first, body).await?;
             self.start_stripes(compress).await?;
         } else if sharded {
             self.start_stripes(self.rec.compress == Some(true)).await?;
@@ -837,7 +805,7 @@ impl PatchWriter {
     async fn commit(&mut self) -> Result<Done, PatchError> {
         let h = self.hash.finalize();
         if self.rec.expected.is_some_and(|e| e != h) {
-            end_upload(&self.node, self.id).await;
+            end_upload(&self.node, self.id, false).await;
             return Err(StoreError::BadDigest.into());
         }
         let length = self.rec.length;
