@@ -87,6 +87,18 @@ pub struct Registration {
     pub drives: Vec<DriveReport>,
 }
 
+/// An operator's request to move every shard off a node (`osctl drain`). While it exists the
+/// node's drives take no new shards and repair moves the shards they hold elsewhere; `osctl
+/// undrain` removes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRec {
+    pub started_ms: u64,
+    /// When the node was found to hold nothing any more (it can then be removed).
+    pub done_ms: Option<u64>,
+    /// Shards the node held when the drain began.
+    pub shards_at_start: u64,
+}
+
 /// What nodes and `osctl` know of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
@@ -94,6 +106,35 @@ pub struct ClusterView {
     pub data: u8,
     pub parity: u8,
     pub nodes: Vec<NodeRec>,
+    /// Nodes being drained (or drained), by node id.
+    pub drains: Vec<(u32, DrainRec)>,
+}
+
+impl ClusterView {
+    /// Whether new shards must stay off `node`.
+    pub fn draining(&self, node: u32) -> bool {
+        self.drains.iter().any(|(n, _)| *n == node)
+    }
+}
+
+/// How far a drain is: what still sits on the node's drives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainProgress {
+    pub node: u32,
+    pub drain: Option<DrainRec>,
+    /// Shards of stored objects on the node's drives.
+    pub shards: u64,
+    /// Shard files of writes, repairs or deletions in flight (intents) on its drives.
+    pub intents: u64,
+    /// Resumable uploads with shard files on its drives (they move once committed).
+    pub uploads: u64,
+}
+
+impl DrainProgress {
+    /// Nothing of the cluster's data is left on the node.
+    pub fn empty(&self) -> bool {
+        self.shards == 0 && self.intents == 0 && self.uploads == 0
+    }
 }
 
 fn get<T: serde::de::DeserializeOwned>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
@@ -255,7 +296,136 @@ pub fn view(kv: &dyn Kv) -> Result<ClusterView> {
             data: m.data,
             parity: m.parity,
             nodes: all_nodes(tx)?,
+            drains: all_drains(tx)?,
         })
+    })
+}
+
+fn all_drains(tx: &mut dyn Tx) -> Result<Vec<(u32, DrainRec)>> {
+    let (b, e) = keys::drains();
+    let mut out = Vec::new();
+    for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+        let id = k
+            .get(1..5)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| RecordError("drain key".into()))?;
+        out.push((id, decode(&v)?));
+    }
+    Ok(out)
+}
+
+fn bump_epoch(tx: &mut dyn Tx) -> Result<()> {
+    let mut m = membership(tx)?;
+    m.epoch += 1;
+    put(tx, &keys::membership(), &m)
+}
+
+/// Starts draining `node` (idempotent: a drain already recorded is returned as it is).
+pub fn start_drain(kv: &dyn Kv, node: u32, shards_at_start: u64, now_ms: u64) -> Result<DrainRec> {
+    run(kv, true, |tx| {
+        if get::<NodeRec>(tx, &keys::node(node))?.is_none() {
+            return Err(MetaError::NoSuchNode);
+        }
+        if let Some(d) = get::<DrainRec>(tx, &keys::drain(node))? {
+            return Ok(d);
+        }
+        let d = DrainRec {
+            started_ms: now_ms,
+            done_ms: None,
+            shards_at_start,
+        };
+        put(tx, &keys::drain(node), &d)?;
+        bump_epoch(tx)?;
+        Ok(d)
+    })
+}
+
+/// Stops draining `node`; `false` if it was not being drained. Shards already moved stay where
+/// they are.
+pub fn stop_drain(kv: &dyn Kv, node: u32) -> Result<bool> {
+    run(kv, true, |tx| {
+        if get::<NodeRec>(tx, &keys::node(node))?.is_none() {
+            return Err(MetaError::NoSuchNode);
+        }
+        if tx.get(&keys::drain(node))?.is_none() {
+            return Ok(false);
+        }
+        tx.clear(&keys::drain(node))?;
+        bump_epoch(tx)?;
+        Ok(true)
+    })
+}
+
+/// Records that a drained node holds nothing any more (once).
+pub fn drain_finished(kv: &dyn Kv, node: u32, now_ms: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        if let Some(mut d) = get::<DrainRec>(tx, &keys::drain(node))? {
+            if d.done_ms.is_none() {
+                d.done_ms = Some(now_ms);
+                put(tx, &keys::drain(node), &d)?;
+                bump_epoch(tx)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Keys counted per transaction (a FoundationDB transaction must stay under 5 s).
+const COUNT_PAGE: usize = 10_000;
+
+/// Shards recorded on `drive`, counted a page per transaction.
+pub fn count_drive_shards(kv: &dyn Kv) -> impl Fn(u16) -> Result<u64> + '_ {
+    move |drive| {
+        let (mut b, e) = keys::drive_shards(drive);
+        let mut n = 0u64;
+        loop {
+            let page = run(kv, false, |tx| {
+                Ok::<_, MetaError>(tx.get_range(&b, &e, COUNT_PAGE, false)?)
+            })?;
+            n += page.len() as u64;
+            match page.last() {
+                Some((k, _)) if page.len() == COUNT_PAGE => {
+                    b = k.clone();
+                    b.push(0);
+                }
+                _ => return Ok(n),
+            }
+        }
+    }
+}
+
+/// What of the cluster's data still sits on `node`'s drives.
+pub fn drain_progress(kv: &dyn Kv, node: u32) -> Result<DrainProgress> {
+    let (rec, drain) = run(kv, false, |tx| {
+        Ok::<_, MetaError>((
+            get::<NodeRec>(tx, &keys::node(node))?,
+            get::<DrainRec>(tx, &keys::drain(node))?,
+        ))
+    })?;
+    let rec = rec.ok_or(MetaError::NoSuchNode)?;
+    let drives: Vec<u16> = rec.drives.iter().map(|d| d.id).collect();
+    let count = count_drive_shards(kv);
+    let mut shards = 0;
+    for d in &drives {
+        shards += count(*d)?;
+    }
+    let on_node =
+        |locs: &[crate::records::ShardLoc]| locs.iter().any(|l| drives.contains(&l.drive));
+    let intents = crate::meta::intents(kv)?
+        .iter()
+        .filter(|(_, i)| on_node(&i.shards))
+        .count() as u64;
+    let uploads = crate::upload::all(kv)?
+        .iter()
+        .filter(|u| on_node(&u.shards))
+        .count() as u64;
+    Ok(DrainProgress {
+        node,
+        drain,
+        shards,
+        intents,
+        uploads,
     })
 }
 

@@ -143,6 +143,18 @@ impl Tx for FdbTx<'_> {
         self.tr.clear_range(&self.key(begin), &self.key(end));
         Ok(())
     }
+
+    fn add(&mut self, key: &[u8], delta: i64) -> Result<(), KvError> {
+        if !self.write {
+            return Err(KvError::ReadOnly);
+        }
+        self.tr.atomic_op(
+            &self.key(key),
+            &delta.to_le_bytes(),
+            foundationdb::options::MutationType::Add,
+        );
+        Ok(())
+    }
 }
 
 impl Kv for FdbKv {

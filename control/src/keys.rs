@@ -9,6 +9,10 @@ pub mod tag {
     /// `[0x03]` → u32: versions kept per key, cluster default; `[0x03] bucket 0x00` → u32:
     /// that bucket's override (absent: keep every version)
     pub const RETENTION: u8 = 0x03;
+    /// `[0x04] stat:u8` → i64 little-endian counter (`Tx::add`): see [`super::Stat`]
+    pub const STAT: u8 = 0x04;
+    /// `[0x05]` → `ScrubPolicy`: the cluster default; `[0x05] drive:u16be` → one drive's
+    pub const SCRUB_POLICY: u8 = 0x05;
     /// `[0x10] bucket 0x00` → `BucketRec`
     pub const BUCKET: u8 = 0x10;
     /// `[0x20] bucket 0x00 key 0x00` → `HeadRec`
@@ -21,6 +25,11 @@ pub mod tag {
     pub const DRIVE_SHARD: u8 = 0x31;
     /// `[0x40] drive:u16be` → `DriveRec`
     pub const DRIVE: u8 = 0x40;
+    /// `[0x41] drive:u16be` → i64 little-endian counter: shards the drive holds (its
+    /// `[0x31]` entries)
+    pub const DRIVE_COUNT: u8 = 0x41;
+    /// `[0x42] drive:u16be` → `ScrubCursor`: how far the drive's continuous scrub got
+    pub const SCRUB_CURSOR: u8 = 0x42;
     /// `[0x50] upload:u64be` → `IntentRec`: shard files being written
     pub const INTENT: u8 = 0x50;
     /// `[0x52] upload:16` → `UploadRec`: a resumable upload
@@ -35,6 +44,8 @@ pub mod tag {
     pub const MEMBERSHIP: u8 = 0x71;
     /// Singleton: `LeaseRec` held by the control process running the background jobs
     pub const LEADER: u8 = 0x72;
+    /// `[0x73] node:u32be` → `DrainRec`: an operator asked to move every shard off the node
+    pub const DRAIN: u8 = 0x73;
     /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed
     /// (makes retries after `commit_unknown_result` idempotent; expired after an hour)
     pub const DONE: u8 = 0x80;
@@ -176,6 +187,68 @@ pub fn parse_drive_shard(k: &[u8]) -> Option<([u8; 32], u8)> {
     Some((k[3..35].try_into().ok()?, k[35]))
 }
 
+/// Cluster-wide counters, kept in the same transactions as what they count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stat {
+    /// Keys whose newest version is not a delete marker.
+    Objects = 0,
+    /// Version records, delete markers included.
+    Versions = 1,
+    /// Content records (distinct contents after deduplication).
+    Contents = 2,
+    /// Bytes of those contents, as clients see them.
+    ContentBytes = 3,
+    /// Bytes of those contents as stored (compressed), before parity.
+    StoredBytes = 4,
+}
+
+impl Stat {
+    pub const ALL: [Stat; 5] = [
+        Stat::Objects,
+        Stat::Versions,
+        Stat::Contents,
+        Stat::ContentBytes,
+        Stat::StoredBytes,
+    ];
+}
+
+pub fn stat(s: Stat) -> Vec<u8> {
+    vec![tag::STAT, s as u8]
+}
+
+pub fn scrub_policy(drive: Option<u16>) -> Vec<u8> {
+    let mut k = vec![tag::SCRUB_POLICY];
+    if let Some(d) = drive {
+        k.extend_from_slice(&d.to_be_bytes());
+    }
+    k
+}
+
+/// Every per-drive scrub policy (not the default).
+pub fn scrub_policies() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::SCRUB_POLICY, 0], vec![tag::SCRUB_POLICY + 1])
+}
+
+/// The drive of a per-drive scrub policy key.
+pub fn scrub_policy_drive(k: &[u8]) -> Option<u16> {
+    let d: [u8; 2] = k.strip_prefix(&[tag::SCRUB_POLICY])?.try_into().ok()?;
+    Some(u16::from_be_bytes(d))
+}
+
+pub fn scrub_cursor(drive: u16) -> Vec<u8> {
+    let mut k = vec![tag::SCRUB_CURSOR];
+    k.extend_from_slice(&drive.to_be_bytes());
+    k
+}
+
+/// The counter of shards on `drive`.
+pub fn drive_count(id: u16) -> Vec<u8> {
+    let mut k = vec![tag::DRIVE_COUNT];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 pub fn drive(id: u16) -> Vec<u8> {
     let mut k = vec![tag::DRIVE];
     k.extend_from_slice(&id.to_be_bytes());
@@ -215,6 +288,16 @@ pub fn node(id: u32) -> Vec<u8> {
 
 pub fn nodes() -> (Vec<u8>, Vec<u8>) {
     (vec![tag::NODE], vec![tag::NODE + 1])
+}
+
+pub fn drain(node: u32) -> Vec<u8> {
+    let mut k = vec![tag::DRAIN];
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
+pub fn drains() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::DRAIN], vec![tag::DRAIN + 1])
 }
 
 pub fn membership() -> Vec<u8> {

@@ -18,5 +18,6 @@ pub mod meta;
 pub mod records;
 pub mod redb_kv;
 pub mod rpc;
+pub mod scrub;
 pub mod service;
 pub mod upload;

@@ -6,7 +6,7 @@
 //! largest value is a content record with an inline body of at most [`INLINE_BYTES_MAX`] plus
 //! a few hundred bytes, under FoundationDB's 100 kB value limit.
 
-use crate::keys;
+use crate::keys::{self, Stat};
 use crate::kv::{run, Kv, KvError, Tx, TxnError};
 use crate::records::*;
 use thiserror::Error;
@@ -37,6 +37,8 @@ pub enum MetaError {
     /// Another request is writing the resumable upload.
     #[error("another request is writing this upload")]
     UploadBusy,
+    #[error("no such node")]
+    NoSuchNode,
     #[error("{0}")]
     Record(#[from] RecordError),
     #[error(transparent)]
@@ -73,6 +75,33 @@ fn get_content(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<ContentRec>> {
         Some(v) => Ok(Some(decode_content(&v)?)),
         None => Ok(None),
     }
+}
+
+/// Adds to a cluster-wide counter.
+fn stat(tx: &mut dyn Tx, s: Stat, delta: i64) -> Result<()> {
+    if delta != 0 {
+        tx.add(&keys::stat(s), delta)?;
+    }
+    Ok(())
+}
+
+/// Records that `drive` holds shard `index` of `blake3` (and counts it).
+fn index_shard(tx: &mut dyn Tx, drive: u16, blake3: &[u8; 32], index: u8) -> Result<()> {
+    tx.set(&keys::drive_shard(drive, blake3, index), &[])?;
+    Ok(tx.add(&keys::drive_count(drive), 1)?)
+}
+
+/// Undoes [`index_shard`].
+fn unindex_shard(tx: &mut dyn Tx, drive: u16, blake3: &[u8; 32], index: u8) -> Result<()> {
+    tx.clear(&keys::drive_shard(drive, blake3, index))?;
+    Ok(tx.add(&keys::drive_count(drive), -1)?)
+}
+
+/// Counts a content record coming (`sign` 1) or going (-1).
+fn count_content(tx: &mut dyn Tx, c: &ContentRec, sign: i64) -> Result<()> {
+    stat(tx, Stat::Contents, sign)?;
+    stat(tx, Stat::ContentBytes, sign * c.size_bytes as i64)?;
+    stat(tx, Stat::StoredBytes, sign * c.stored_bytes() as i64)
 }
 
 fn put_content(tx: &mut dyn Tx, k: &[u8], c: &ContentRec) -> Result<()> {
@@ -230,6 +259,13 @@ fn append_version(
         delete_marker,
     };
     put(tx, &keys::version(bucket, key, v.version), &v)?;
+    let was_live = head.newest.as_ref().is_some_and(|n| !n.delete_marker);
+    stat(tx, Stat::Versions, 1)?;
+    stat(
+        tx,
+        Stat::Objects,
+        i64::from(!delete_marker) - i64::from(was_live),
+    )?;
     head.last_version = v.version;
     head.newest = Some(v.clone());
     put(tx, &hk, &head)?;
@@ -370,9 +406,12 @@ pub fn commit_put(
             // New content, or a damaged copy that these fresh bytes replace.
             replaced_damaged = existing.is_some();
             let refs = existing.as_ref().map_or(0, |c| c.refs);
+            if let Some(old) = &existing {
+                count_content(tx, old, -1)?;
+            }
             if let Some(Stored::Sharded { shards, .. }) = existing.as_ref().map(|c| &c.stored) {
                 for s in shards {
-                    tx.clear(&keys::drive_shard(s.drive, &content.blake3, s.index))?;
+                    unindex_shard(tx, s.drive, &content.blake3, s.index)?;
                 }
                 // The old files are garbage now: an intent makes sure they are deleted.
                 let rec = IntentRec {
@@ -396,9 +435,10 @@ pub fn commit_put(
                 encoding: content.encoding,
             };
             put_content(tx, &ck, &rec)?;
+            count_content(tx, &rec, 1)?;
             if let Stored::Sharded { shards, .. } = &content.stored {
                 for s in shards {
-                    tx.set(&keys::drive_shard(s.drive, &content.blake3, s.index), &[])?;
+                    index_shard(tx, s.drive, &content.blake3, s.index)?;
                 }
             }
         }
@@ -488,17 +528,25 @@ pub fn delete_version(
         let vk = keys::version(bucket, key, version);
         let v: VersionRec = get(tx, &vk)?.ok_or(MetaError::NoSuchVersion)?;
         tx.clear(&vk)?;
+        stat(tx, Stat::Versions, -1)?;
         if !v.delete_marker {
             drop_ref(tx, &v.blake3, now_ms)?;
         }
         let hk = keys::head(bucket, key);
         let mut head: HeadRec = get(tx, &hk)?.ok_or(MetaError::NoSuchKey)?;
+        let live = |h: &HeadRec| h.newest.as_ref().is_some_and(|n| !n.delete_marker);
+        let was_live = live(&head);
         let (b, e) = keys::versions(bucket, key);
         let newest = tx.get_range(&b, &e, 1, false)?;
         head.newest = match newest.first() {
             Some((_, val)) => Some(decode(val)?),
             None => None,
         };
+        stat(
+            tx,
+            Stat::Objects,
+            i64::from(live(&head)) - i64::from(was_live),
+        )?;
         put(tx, &hk, &head)?;
         Ok(())
     })
@@ -647,8 +695,8 @@ pub fn replace_shards(
                         Some(slot) if *slot != *n => {
                             let old = *slot;
                             *slot = *n;
-                            tx.clear(&keys::drive_shard(old.drive, blake3, old.index))?;
-                            tx.set(&keys::drive_shard(n.drive, blake3, n.index), &[])?;
+                            unindex_shard(tx, old.drive, blake3, old.index)?;
+                            index_shard(tx, n.drive, blake3, n.index)?;
                             garbage.push(old);
                         }
                         Some(_) => {}
@@ -737,7 +785,7 @@ pub fn trim_versions(
     for key in &keys_page {
         removed += run(kv, true, |tx| {
             let (b, e) = keys::versions(bucket, key);
-            let mut n = 0;
+            let mut n: u64 = 0;
             for (k, v) in tx
                 .get_range(&b, &e, usize::MAX, false)?
                 .into_iter()
@@ -750,6 +798,8 @@ pub fn trim_versions(
                 }
                 n += 1;
             }
+            // The newest version always stays: the key's liveness does not change.
+            stat(tx, Stat::Versions, -(n as i64))?;
             Ok::<_, MetaError>(n)
         })?;
     }
@@ -813,9 +863,10 @@ pub fn collect(
         }
         tx.clear(&ck)?;
         tx.clear(&keys::repair(blake3))?;
+        count_content(tx, &c, -1)?;
         if let Stored::Sharded { shards, .. } = &c.stored {
             for s in shards {
-                tx.clear(&keys::drive_shard(s.drive, blake3, s.index))?;
+                unindex_shard(tx, s.drive, blake3, s.index)?;
             }
             let garbage = IntentRec {
                 created_ms: now_ms,
@@ -861,6 +912,53 @@ pub fn drive(kv: &dyn Kv, id: u16) -> Result<Option<DriveRec>> {
 
 pub fn set_drive(kv: &dyn Kv, id: u16, rec: &DriveRec) -> Result<()> {
     run(kv, true, |tx| put(tx, &keys::drive(id), rec))
+}
+
+/// The cluster-wide counters (kept by the transactions that change what they count).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Keys whose newest version is not a delete marker.
+    pub objects: i64,
+    /// Versions, delete markers included.
+    pub versions: i64,
+    /// Distinct contents (after deduplication).
+    pub contents: i64,
+    /// Their bytes as clients see them.
+    pub content_bytes: i64,
+    /// Their bytes as stored, before parity.
+    pub stored_bytes: i64,
+}
+
+pub fn stats(kv: &dyn Kv) -> Result<Stats> {
+    run(kv, false, |tx| {
+        let mut v = [0i64; 5];
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            v[i] = tx
+                .get(&keys::stat(*s))?
+                .map_or(0, |b| crate::kv::counter(&b));
+        }
+        Ok(Stats {
+            objects: v[Stat::Objects as usize],
+            versions: v[Stat::Versions as usize],
+            contents: v[Stat::Contents as usize],
+            content_bytes: v[Stat::ContentBytes as usize],
+            stored_bytes: v[Stat::StoredBytes as usize],
+        })
+    })
+}
+
+/// How many shards each of `drives` holds (their counters).
+pub fn drive_shard_counts(kv: &dyn Kv, drives: &[u16]) -> Result<Vec<i64>> {
+    run(kv, false, |tx| {
+        let mut out = Vec::with_capacity(drives.len());
+        for d in drives {
+            out.push(
+                tx.get(&keys::drive_count(*d))?
+                    .map_or(0, |b| crate::kv::counter(&b)),
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// Up to `limit` (content, shard) pairs held by `drive`, after `after`.

@@ -12,6 +12,7 @@ use crate::keys;
 use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, WriteCondition};
 use crate::records::{ContentRec, DriveRec, RecordError, ShardLoc, Stored};
+use crate::scrub;
 use crate::upload::{self, Progress, UploadRec};
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +104,19 @@ pub enum Request {
         after: Option<[u8; 32]>,
         grace_ms: u64,
     },
+    /// What of the cluster's data is still on a node's drives. → `cluster::DrainProgress`
+    DrainProgress { node: u32 },
+    /// The cluster-wide counters. → `meta::Stats`
+    Stats,
+    /// Shards held by each drive. → `Vec<i64>`
+    DriveShardCounts { drives: Vec<u16> },
+    /// How `drive` is scrubbed. → `scrub::ScrubPolicy`
+    ScrubPolicy { drive: u16 },
+    /// The default scrub policy and the per-drive ones.
+    /// → `(Option<scrub::ScrubPolicy>, Vec<(u16, scrub::ScrubPolicy)>)`
+    ScrubPolicies,
+    /// Where each drive's continuous scrub is. → `Vec<scrub::ScrubCursor>`
+    ScrubCursors { drives: Vec<u16> },
 
     // Writes.
     /// → `()`
@@ -208,6 +222,22 @@ pub enum Request {
         bucket: String,
         after: Option<String>,
     },
+    /// Sets (`None`: removes) the default scrub policy or one drive's. → `()`
+    SetScrubPolicy {
+        drive: Option<u16>,
+        policy: Option<crate::scrub::ScrubPolicy>,
+    },
+    /// Records how far a drive's scrub got. → `()`
+    SaveScrubCursor {
+        drive: u16,
+        cursor: crate::scrub::ScrubCursor,
+    },
+    /// Starts draining a node. → `cluster::DrainRec`
+    DrainStart { node: u32, shards_at_start: u64 },
+    /// Stops draining a node. → `bool` (whether it was being drained)
+    DrainStop { node: u32 },
+    /// Records that a drained node holds nothing any more. → `()`
+    DrainFinished { node: u32 },
     /// Removes a content unreferenced for `grace_ms` or more; its files become the garbage
     /// intent `intent`. → `Option<ContentRec>`
     GcCollect {
@@ -239,6 +269,12 @@ impl Request {
                 | Request::Retention { .. }
                 | Request::Buckets
                 | Request::Contents { .. }
+                | Request::DrainProgress { .. }
+                | Request::Stats
+                | Request::DriveShardCounts { .. }
+                | Request::ScrubPolicy { .. }
+                | Request::ScrubPolicies
+                | Request::ScrubCursors { .. }
         )
     }
 }
@@ -257,6 +293,7 @@ pub enum WireError {
     Unavailable(String),
     UploadOffset(u64),
     UploadBusy,
+    NoSuchNode,
 }
 
 impl From<&MetaError> for WireError {
@@ -270,6 +307,7 @@ impl From<&MetaError> for WireError {
             MetaError::PreconditionFailed => WireError::PreconditionFailed,
             MetaError::UploadOffset(o) => WireError::UploadOffset(*o),
             MetaError::UploadBusy => WireError::UploadBusy,
+            MetaError::NoSuchNode => WireError::NoSuchNode,
             MetaError::Record(r) => WireError::Record(r.0.clone()),
             MetaError::Kv(k) => WireError::Kv(k.to_string()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
@@ -288,6 +326,7 @@ impl From<WireError> for MetaError {
             WireError::PreconditionFailed => MetaError::PreconditionFailed,
             WireError::UploadOffset(o) => MetaError::UploadOffset(o),
             WireError::UploadBusy => MetaError::UploadBusy,
+            WireError::NoSuchNode => MetaError::NoSuchNode,
             WireError::Record(m) => MetaError::Record(RecordError(m)),
             WireError::Kv(m) => MetaError::Kv(crate::kv::KvError::Storage(m)),
             WireError::Unavailable(m) => MetaError::Unavailable(m),
@@ -416,6 +455,20 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         } => enc(meta::shards_on_drive(kv, drive, after, limit)?),
         RepairQueue { limit } => enc(meta::repair_queue(kv, limit)?),
         Cluster => enc(cluster::view(kv)?),
+        DrainProgress { node } => enc(cluster::drain_progress(kv, node)?),
+        Stats => enc(meta::stats(kv)?),
+        DriveShardCounts { drives } => enc(meta::drive_shard_counts(kv, &drives)?),
+        ScrubPolicy { drive } => enc(scrub::policy(kv, drive)?),
+        ScrubPolicies => enc(scrub::policies(kv)?),
+        ScrubCursors { drives } => enc(scrub::cursors(kv, &drives)?),
+        SetScrubPolicy { drive, policy } => enc(scrub::set_policy(kv, drive, policy)?),
+        SaveScrubCursor { drive, cursor } => enc(scrub::save_cursor(kv, drive, &cursor)?),
+        DrainStart {
+            node,
+            shards_at_start,
+        } => enc(cluster::start_drain(kv, node, shards_at_start, now_ms)?),
+        DrainStop { node } => enc(cluster::stop_drain(kv, node)?),
+        DrainFinished { node } => enc(cluster::drain_finished(kv, node, now_ms)?),
         Init => enc(meta::init(kv, now_ms)?),
         PutExisting {
             bucket,

@@ -340,6 +340,28 @@ pub fn end(
     })
 }
 
+/// Every upload in progress, read a page per transaction.
+pub fn all(kv: &dyn Kv) -> Result<Vec<UploadRec>> {
+    const PAGE: usize = 1000;
+    let (mut lo, hi) = keys::uploads();
+    let mut out = Vec::new();
+    loop {
+        let page = run(kv, false, |tx| {
+            Ok::<_, MetaError>(tx.get_range(&lo, &hi, PAGE, false)?)
+        })?;
+        for (_, v) in &page {
+            out.push(decode(v)?);
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == PAGE => {
+                lo = k.clone();
+                lo.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
 /// Up to `limit` uploads that expired by `now_ms`.
 pub fn expired(kv: &dyn Kv, now_ms: u64, limit: usize) -> Result<Vec<[u8; 16]>> {
     run(kv, false, |tx| {

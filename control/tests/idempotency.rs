@@ -329,6 +329,50 @@ fn compare(kv: &FaultyKv, model: &Model, now: u64, rng: &mut StdRng) -> usize {
             bad += 1;
         }
     }
+    // The counters agree with the versions (and shard counters with the drive index).
+    let stats: ostore_control::meta::Stats = call(kv, Request::Stats, now, rng, true).unwrap();
+    let live = model
+        .keys
+        .values()
+        .filter(|vs| vs.last().is_some_and(|v| v.1.is_some()))
+        .count() as i64;
+    let versions = model.keys.values().map(|vs| vs.len()).sum::<usize>() as i64;
+    if (stats.objects, stats.versions) != (live, versions) {
+        eprintln!(
+            "counters: objects {} versions {}, model {live} {versions}",
+            stats.objects, stats.versions
+        );
+        bad += 1;
+    }
+    let drives: Vec<u16> = (0..8).collect();
+    let counts: Vec<i64> = call(
+        kv,
+        Request::DriveShardCounts {
+            drives: drives.clone(),
+        },
+        now,
+        rng,
+        true,
+    )
+    .unwrap();
+    for (d, n) in drives.iter().zip(counts) {
+        let listed: Vec<([u8; 32], u8)> = call(
+            kv,
+            Request::ShardsOnDrive {
+                drive: *d,
+                after: None,
+                limit: usize::MAX,
+            },
+            now,
+            rng,
+            true,
+        )
+        .unwrap();
+        if listed.len() as i64 != n {
+            eprintln!("drive {d}: counter {n}, index {}", listed.len());
+            bad += 1;
+        }
+    }
     for (h, refs) in model.refs() {
         let c: Option<ContentRec> =
             call(kv, Request::Content { blake3: h }, now, rng, true).unwrap();

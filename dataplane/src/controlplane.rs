@@ -208,7 +208,9 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
 async fn leader(c: Arc<Control>) {
     let holder: u64 = rand::random();
     let mut last_up: Option<usize> = None;
+    let mut tick: u64 = 0;
     loop {
+        tick += 1;
         glommio::timer::sleep(Duration::from_millis(1000)).await;
         if c.stopping.load(Ordering::Relaxed) {
             return;
@@ -239,6 +241,11 @@ async fn leader(c: Arc<Control>) {
         if let Err(e) = rebuild_lost_drives(&c).await {
             tracing::error!("scheduling rebuilds: {e}");
         }
+        if tick.is_multiple_of(DRAIN_CHECK_TICKS) {
+            if let Err(e) = advance_drains(&c).await {
+                tracing::error!("draining: {e}");
+            }
+        }
         // Nodes came up: objects written while they were down may sit two to a node.
         let view: Result<ClusterView, _> =
             MetaClient::Local(c.meta.clone()).call(Rq::Cluster).await;
@@ -256,6 +263,45 @@ async fn leader(c: Arc<Control>) {
             last_up = Some(up);
         }
     }
+}
+
+/// Drains are checked every this many leader ticks (seconds).
+const DRAIN_CHECK_TICKS: u64 = 3;
+
+/// Moves drains along: a node whose drives hold nothing any more is recorded as drained; for
+/// one that still holds shards, whatever it holds is queued for repair whenever the repair
+/// queue has run dry (repair moves shards off draining nodes), so shards committed since — an
+/// upload that finished, a repair that failed — are picked up too.
+async fn advance_drains(c: &Control) -> anyhow::Result<()> {
+    let client = MetaClient::Local(c.meta.clone());
+    let view: ClusterView = client.call(Rq::Cluster).await?;
+    for (node, _) in &view.drains {
+        let p: cluster::DrainProgress = client.call(Rq::DrainProgress { node: *node }).await?;
+        let Some(d) = &p.drain else { continue };
+        if p.empty() {
+            if d.done_ms.is_none() {
+                client.call::<()>(Rq::DrainFinished { node: *node }).await?;
+                tracing::info!("node {node} is drained: it holds no shards");
+            }
+            continue;
+        }
+        let queue: Vec<([u8; 32], u64)> = client.call(Rq::RepairQueue { limit: 1 }).await?;
+        if !queue.is_empty() || p.shards == 0 {
+            continue;
+        }
+        let drives: Vec<u16> = view
+            .nodes
+            .iter()
+            .filter(|n| n.id == *node)
+            .flat_map(|n| n.drives.iter().map(|d| d.id))
+            .collect();
+        let mut queued = 0;
+        for drive in drives {
+            queued += client.queue_drive_for_repair(drive).await?;
+        }
+        tracing::info!("draining node {node}: {queued} shard(s) queued to move");
+    }
+    Ok(())
 }
 
 /// Queues every content with a shard on a drive flagged for refill or on a node down past the

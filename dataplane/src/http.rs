@@ -1,5 +1,6 @@
 //! The native HTTP API (see the contract) served by hyper's HTTP/1.1 server on each executor.
 
+use crate::admin;
 use crate::compat::HyperIo;
 use crate::node::{wait_stopping, Node};
 use crate::store::{self, BodySource, ShardReader, StoreError};
@@ -141,6 +142,11 @@ impl From<MetaError> for ApiError {
                 StatusCode::CONFLICT,
                 "Conflict",
                 "another request is writing this upload",
+            ),
+            MetaError::NoSuchNode => err(
+                StatusCode::NOT_FOUND,
+                "NoSuchNode",
+                "no node of the cluster has this id or address",
             ),
             MetaError::Unavailable(m) => {
                 tracing::warn!("control plane: {m}");
@@ -337,7 +343,7 @@ fn version_of(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
     let mut r = Response::new(RespBody::Full(Some(Bytes::from(v.to_string()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -376,7 +382,12 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         (&Method::POST, "/admin/repair") => "repair_start",
         (&Method::GET, "/admin/repair") => "repair_status",
         (&Method::POST, "/admin/gc") => "gc",
+        (&Method::POST, "/admin/drain") => "drain_start",
+        (&Method::GET, "/admin/drain") => "drain_status",
+        (&Method::POST, "/admin/undrain") => "undrain",
         (&Method::POST, "/admin/scrub") => "scrub",
+        (&Method::GET, "/admin/scrub") => "scrub_status",
+        (&Method::POST, "/admin/scrub/schedule") => "scrub_schedule",
         (&Method::GET, "/admin/retention") => "retention_get",
         (&Method::POST, "/admin/retention") => "retention_set",
         _ => "other",
@@ -384,19 +395,25 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
     check_auth(node, &req).map_err(|e| (op, e))?;
     let r = match op {
         "tus" => Ok(crate::tus::route(node, req, &path).await),
-        "metrics" => Ok(metrics(node)),
+        "metrics" => Ok(admin::metrics(node)),
         "list" => list(node, &req).await,
         "put" => put(node, req, &path["/objects/".len()..]).await,
         "get" | "head" => get(node, &req, &path["/objects/".len()..], op == "head").await,
         "delete" => delete(node, &req, &path["/objects/".len()..]).await,
         "versions" => versions(node, &req, &path["/versions/".len()..]).await,
         "locate" => locate(node, &path["/locate/".len()..]).await,
-        "cluster" => cluster(node).await,
-        "repair_start" => repair_start(node).await,
-        "repair_status" => repair_status(node).await,
-        "gc" => gc(node, &req).await,
-        "scrub" => scrub(node, &req).await,
-        "retention_get" | "retention_set" => retention(node, &req, op == "retention_set").await,
+        "cluster" => admin::cluster(node).await,
+        "repair_start" => admin::repair_start(node).await,
+        "repair_status" => admin::repair_status(node).await,
+        "gc" => admin::gc(node, &req).await,
+        "drain_start" | "drain_status" => admin::drain(node, &req, op == "drain_start").await,
+        "undrain" => admin::undrain(node, &req).await,
+        "scrub" => admin::scrub(node, &req).await,
+        "scrub_status" => admin::scrub_status(node).await,
+        "scrub_schedule" => admin::scrub_schedule(node, &req).await,
+        "retention_get" | "retention_set" => {
+            admin::retention(node, &req, op == "retention_set").await
+        }
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -404,195 +421,6 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
         )),
     };
     r.map(|r| (op, r)).map_err(|e| (op, e))
-}
-
-/// Membership as `osctl status` and `osctl nodes` show it. `ostore dev` is one node.
-async fn cluster(node: &Node) -> Result<Resp, ApiError> {
-    let now = store::now_ms();
-    let drive_json = |id: u16, path: &str, capacity: u64, free: u64, refill: bool| json!({"id": id, "path": path, "capacity_bytes": capacity, "free_bytes": free, "refill": refill});
-    let body = match &node.cluster {
-        None => {
-            let drives: Vec<_> = node
-                .drives
-                .iter()
-                .map(|d| {
-                    drive_json(
-                        d.id,
-                        &d.root.display().to_string(),
-                        crate::drives::total_bytes(&d.root).unwrap_or(0),
-                        d.free_bytes.load(Ordering::Relaxed),
-                        !d.healthy.load(Ordering::Relaxed),
-                    )
-                })
-                .collect();
-            json!({"mode": "dev", "epoch": 0, "ec": {"data": node.ec.data, "parity": node.ec.parity},
-                "nodes": [{"id": node.node_id, "state": "up", "zone": "default", "http": null, "peer": null,
-                    "heartbeat_age_ms": 0, "since": null, "drives": drives}]})
-        }
-        Some(c) => {
-            // This node's view, refreshed every heartbeat (a second old at most).
-            let v = c.view();
-            let nodes: Vec<_> = v
-                .nodes
-                .iter()
-                .map(|n| {
-                    let drives: Vec<_> = n
-                        .drives
-                        .iter()
-                        .map(|d| drive_json(d.id, &d.path, d.capacity_bytes, d.free_bytes, d.refill))
-                        .collect();
-                    json!({"id": n.id.to_string(), "state": if n.up { "up" } else { "down" }, "zone": n.zone,
-                        "http": n.http, "peer": n.peer, "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),
-                        "since": rfc3339_ms(n.since_ms), "drives": drives})
-                })
-                .collect();
-            json!({"mode": "cluster", "epoch": v.epoch, "ec": {"data": v.data, "parity": v.parity}, "nodes": nodes})
-        }
-    };
-    Ok(json_response(StatusCode::OK, body))
-}
-
-/// Queues for repair every object whose shards are not where placement wants them (in `ostore
-/// dev`: every sharded object, so that all shards are verified and rebuilt where needed).
-async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
-    let queued = node.meta.repair_scan().await?;
-    node.wake_repair();
-    Ok(json_response(StatusCode::OK, json!({"queued": queued})))
-}
-
-/// Versions kept per key: `?bucket=B` for a bucket's override (else the cluster default);
-/// POST with `keep=N` sets it, `keep=all` removes it.
-async fn retention(node: &Arc<Node>, req: &Request<Incoming>, set: bool) -> Result<Resp, ApiError> {
-    let q = query(req);
-    let bucket = match q.get("bucket") {
-        None => None,
-        Some(_) => Some(bucket_of(&q)?),
-    };
-    if set {
-        let keep = match q.get("keep").map(String::as_str) {
-            Some("all") => None,
-            Some(n) => Some(n.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                err(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidArgument",
-                    "keep must be a positive number of versions, or all",
-                )
-            })?),
-            None => {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidArgument",
-                    "keep=N or keep=all is required",
-                ))
-            }
-        };
-        node.meta
-            .call::<()>(Rq::SetRetention {
-                bucket: bucket.clone(),
-                keep,
-            })
-            .await?;
-    }
-    let keep: Option<u32> = node
-        .meta
-        .call(Rq::Retention {
-            bucket: bucket.clone(),
-        })
-        .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"bucket": bucket, "keep": keep}),
-    ))
-}
-
-/// Runs a maintenance pass over every content from this node: with `wait=true` it answers with
-/// the pass's report, else it starts the pass and answers 202.
-async fn maintenance<F, Fut>(
-    node: &Arc<Node>,
-    req: &Request<Incoming>,
-    what: &'static str,
-    pass: F,
-) -> Result<Resp, ApiError>
-where
-    F: FnOnce(Arc<Node>) -> Fut,
-    Fut: std::future::Future<Output = Result<serde_json::Value, StoreError>> + 'static,
-{
-    let wait = query(req)
-        .get("wait")
-        .is_some_and(|v| v == "true" || v == "1");
-    let run = pass(node.clone());
-    if !wait {
-        glommio::spawn_local(async move {
-            if let Err(e) = run.await {
-                tracing::warn!("{what}: {e}");
-            }
-        })
-        .detach();
-        return Ok(json_response(
-            StatusCode::ACCEPTED,
-            json!({"started": true}),
-        ));
-    }
-    Ok(json_response(StatusCode::OK, run.await?))
-}
-
-/// Scrub: every shard read and verified, what is bad rebuilt.
-async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
-    maintenance(node, req, "scrub", |n| async move {
-        let r = store::scrub_pass(&n, false).await?;
-        Ok(json!({"contents": r.contents, "shards_checked": r.shards_checked, "corrupt_found": r.corrupt_found, "repaired": r.repaired, "unrepairable": r.unrepairable, "done": true}))
-    })
-    .await
-}
-
-/// Garbage collection: retention, then unreferenced content past its grace.
-async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
-    maintenance(node, req, "gc", |n| async move {
-        let r = store::gc_pass(&n, false).await?;
-        Ok(json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}))
-    })
-    .await
-}
-
-/// How many objects wait for repair (counted up to 100 000).
-async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
-    let q: Vec<([u8; 32], u64)> = node.meta.call(Rq::RepairQueue { limit: 100_000 }).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"queued": q.len(), "shards_repaired": node.metrics.shards_repaired.load(Ordering::Relaxed)}),
-    ))
-}
-
-fn metrics(node: &Node) -> Resp {
-    let mut free = 0u64;
-    let mut healthy = 0u64;
-    for d in &node.drives {
-        free += d.free_bytes.load(Ordering::Relaxed);
-        healthy += d.healthy.load(Ordering::Relaxed) as u64;
-    }
-    let text = node.metrics.render(&[
-        (
-            "ostore_drives",
-            "Drives of this node.",
-            node.drives.len() as f64,
-        ),
-        (
-            "ostore_drives_healthy",
-            "Drives in service.",
-            healthy as f64,
-        ),
-        (
-            "ostore_drive_free_bytes",
-            "Free bytes summed over drives.",
-            free as f64,
-        ),
-    ]);
-    let mut r = Response::new(RespBody::Full(Some(Bytes::from(text))));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
 }
 
 pub(crate) struct IncomingSource<'a> {

@@ -4,6 +4,7 @@
 //! format, metadata transactions) lives in `ostore-engine`, `ostore-wire` and `ostore-control`;
 //! this crate owns the runtime, the sockets and the drives, and only moves bytes.
 
+pub mod admin;
 pub mod compat;
 pub mod controlplane;
 pub mod drives;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod quic;
+pub mod scrub;
 pub mod shardio;
 pub mod store;
 pub mod time;

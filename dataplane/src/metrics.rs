@@ -29,6 +29,9 @@ pub struct Metrics {
     pub degraded_reads: AtomicU64,
     pub gc_collected: AtomicU64,
     pub scrub_shards_checked: AtomicU64,
+    pub scrub_bytes: AtomicU64,
+    pub scrub_corrupt: AtomicU64,
+    pub scrub_passes: AtomicU64,
     pub gc_bytes_freed: AtomicU64,
 }
 
@@ -108,6 +111,21 @@ impl Metrics {
                 "ostore_scrub_shards_checked_total",
                 "Shards read and verified end to end by scrub.",
                 &self.scrub_shards_checked,
+            ),
+            (
+                "ostore_scrub_bytes_total",
+                "Shard bytes read by the continuous scrub.",
+                &self.scrub_bytes,
+            ),
+            (
+                "ostore_scrub_corrupt_total",
+                "Shards the continuous scrub found missing or corrupt (each queued for repair).",
+                &self.scrub_corrupt,
+            ),
+            (
+                "ostore_scrub_passes_total",
+                "Full passes of the continuous scrub over a drive.",
+                &self.scrub_passes,
             ),
             (
                 "ostore_gc_contents_total",

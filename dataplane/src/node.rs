@@ -203,7 +203,7 @@ async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
+pub(crate) async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
     let step = Duration::from_millis(50);
     let mut left = d;
     while !left.is_zero() {
@@ -526,6 +526,14 @@ fn start_executors(
                 let _ = bound_tx.send(Ok(()));
                 if core == 0 {
                     background(node.clone());
+                }
+                // Each executor scrubs the drives it owns.
+                for d in node
+                    .drives
+                    .iter()
+                    .filter(|d| crate::shardio::owner_of(d.id) == core)
+                {
+                    glommio::spawn_local(crate::scrub::drive_scrubber(node.clone(), d.id)).detach();
                 }
                 crate::http::serve(node.clone(), listener).await;
                 // Keep serving this executor's drives until every executor has drained.

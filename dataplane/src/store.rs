@@ -316,6 +316,13 @@ pub(crate) async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
 /// Every drive as placement sees it: this node's with free space read now (one statvfs per
 /// drive); in a cluster, the other nodes' as their last heartbeat reported them.
 fn drive_views(node: &Node) -> Vec<DriveView> {
+    let view = node.cluster.as_ref().map(|c| c.view());
+    // A draining node takes no new shards, its own included.
+    let me_draining = node
+        .cluster
+        .as_ref()
+        .zip(view.as_ref())
+        .is_some_and(|(c, v)| v.draining(c.me));
     let local = node.drives.iter().map(|d| {
         d.refresh_free();
         DriveView {
@@ -323,14 +330,13 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
             node: node.cluster.as_ref().map_or(0, |c| c.me),
             zone: 0,
             free_bytes: d.free_bytes.load(Ordering::Relaxed),
-            healthy: d.healthy.load(Ordering::Relaxed),
+            healthy: d.healthy.load(Ordering::Relaxed) && !me_draining,
         }
     });
-    let Some(cluster) = &node.cluster else {
+    let Some(view) = view else {
         return local.collect();
     };
     let mut out: Vec<DriveView> = local.collect();
-    let view = cluster.view();
     for n in &view.nodes {
         let zone = u32::from_le_bytes(
             blake3::hash(n.zone.as_bytes()).as_bytes()[..4]
@@ -345,7 +351,7 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
                     node: n.id,
                     zone,
                     free_bytes: d.free_bytes,
-                    healthy: n.up && !d.refill,
+                    healthy: n.up && !d.refill && !view.draining(n.id),
                 }),
             }
         }
@@ -1324,6 +1330,28 @@ pub async fn repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<usize> {
     Ok(check_and_repair(node, blake3).await?.rebuilt)
 }
 
+/// Whether a shard file's header is intact (its own checksum) and says what the metadata says:
+/// the content, the shard's index and tag, the object's stored size and block count, the
+/// erasure coding.
+pub(crate) async fn header_ok(
+    f: &ShardFile,
+    blake3: &[u8; 32],
+    loc: &ShardLoc,
+    geo: Geometry,
+) -> bool {
+    match f.read_at(0, HEADER_BYTES).await {
+        Ok(b) if b.len() == HEADER_BYTES => ShardHeader::decode(&b).is_ok_and(|h| {
+            h.blake3 == *blake3
+                && h.shard_index == loc.index
+                && h.file_tag == loc.file_tag
+                && h.object_size_bytes == geo.size_bytes
+                && h.block_count == geo.stripe_count()
+                && (h.data_shards, h.parity_shards) == (geo.ec.data, geo.ec.parity)
+        }),
+        _ => false,
+    }
+}
+
 /// What checking one content's shards found and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Checked {
@@ -1361,17 +1389,7 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         let loc = reader.locs[i];
         let good = match reader.file(i).await {
             None => false,
-            Some(f) => match f.read_at(0, HEADER_BYTES).await {
-                Ok(b) if b.len() == HEADER_BYTES => ShardHeader::decode(&b).is_ok_and(|h| {
-                    h.blake3 == blake3
-                        && h.shard_index == loc.index
-                        && h.file_tag == loc.file_tag
-                        && h.object_size_bytes == geo.size_bytes
-                        && h.block_count == stripes
-                        && (h.data_shards, h.parity_shards) == (geo.ec.data, geo.ec.parity)
-                }),
-                _ => false,
-            },
+            Some(f) => header_ok(&f, &blake3, &loc, geo).await,
         };
         if !good {
             reader.bad[i] = true;
@@ -1395,8 +1413,19 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     }
     let views = drive_views(node);
     let mut bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
-    if node.cluster.is_some() {
-        for i in doubled_up(&views, &reader.locs, geo.shard_file_bytes()) {
+    if let Some(cluster) = &node.cluster {
+        let view = cluster.view();
+        let draining = |drive: u16| {
+            views
+                .iter()
+                .find(|d| d.id == drive)
+                .is_some_and(|d| view.draining(d.node))
+        };
+        // Shards sharing a node, and shards on a draining node, move.
+        let moving = doubled_up(&views, &reader.locs, geo.shard_file_bytes())
+            .into_iter()
+            .chain((0..total).filter(|&i| draining(reader.locs[i].drive)));
+        for i in moving {
             if !bad.contains(&i) {
                 bad.push(i);
             }
@@ -1481,29 +1510,66 @@ pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
                 continue;
             }
             report.contents += 1;
-            match check_and_repair(node, h).await {
-                Ok(c) => {
-                    report.shards_checked += c.shards;
-                    node.metrics
-                        .scrub_shards_checked
-                        .fetch_add(c.shards, Ordering::Relaxed);
-                    report.corrupt_found += c.bad;
-                    report.repaired += c.rebuilt as u64;
-                    node.metrics
-                        .shards_repaired
-                        .fetch_add(c.rebuilt as u64, Ordering::Relaxed);
-                }
-                Err(StoreError::InsufficientShards { .. }) => {
-                    report.unrepairable += 1;
-                    node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
-            }
+            scrub_one(node, h, &mut report).await?;
         }
         match next {
             Some(n) => after = Some(n),
             None => return Ok(report),
         }
+    }
+}
+
+/// Checks every shard of every content with a shard on one of `drives` (`osctl scrub --node`)
+/// and repairs what is bad.
+pub async fn scrub_drives(node: &Arc<Node>, drives: &[u16]) -> Result<ScrubReport> {
+    let mut contents = std::collections::BTreeSet::new();
+    for &drive in drives {
+        let mut after = None;
+        loop {
+            let page: Vec<([u8; 32], u8)> = node
+                .meta
+                .call(Rq::ShardsOnDrive {
+                    drive,
+                    after,
+                    limit: 1000,
+                })
+                .await?;
+            contents.extend(page.iter().map(|p| p.0));
+            match page.last() {
+                Some(l) if page.len() == 1000 => after = Some(*l),
+                _ => break,
+            }
+        }
+    }
+    let mut report = ScrubReport::default();
+    for h in contents {
+        report.contents += 1;
+        scrub_one(node, h, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Checks and repairs one content for a scrub pass, adding to its report.
+async fn scrub_one(node: &Arc<Node>, h: [u8; 32], report: &mut ScrubReport) -> Result<()> {
+    match check_and_repair(node, h).await {
+        Ok(c) => {
+            report.shards_checked += c.shards;
+            node.metrics
+                .scrub_shards_checked
+                .fetch_add(c.shards, Ordering::Relaxed);
+            report.corrupt_found += c.bad;
+            report.repaired += c.rebuilt as u64;
+            node.metrics
+                .shards_repaired
+                .fetch_add(c.rebuilt as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(StoreError::InsufficientShards { .. }) => {
+            report.unrepairable += 1;
+            node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

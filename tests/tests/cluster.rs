@@ -399,3 +399,103 @@ mod outsider {
         );
     }
 }
+
+/// Shard files under node `i`'s drives.
+fn files_on(c: &Cluster, i: usize) -> usize {
+    c.nodes[i]
+        .drives
+        .iter()
+        .map(|d| ostore_tests::files_under(&d.join("shards")).len())
+        .sum()
+}
+
+fn drain(c: &Cluster, via: usize, node: &str) -> serde_json::Value {
+    let out = c.osctl(
+        via,
+        &["--json", "drain", node, "--wait", "--timeout", "180"],
+    );
+    assert!(out.status.success(), "osctl drain {node} --wait: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("osctl drain JSON")
+}
+
+#[test]
+fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
+    let mut c = Cluster::start(7, 2);
+    let mut objs: Vec<Obj> = (0..14)
+        .map(|i| {
+            let size = [1000usize, 90_000, 400_000, 1 << 20, 3 << 20][i % 5];
+            put(
+                &c,
+                i % 7,
+                &format!("d/{i}"),
+                random_bytes(900 + i as u64, size),
+            )
+        })
+        .collect();
+    let leaving = c.nodes[6].id.clone();
+    assert!(
+        files_on(&c, 6) > 0,
+        "node 6 should hold shards before the drain"
+    );
+
+    // Drain node 6 by id, from node 0, while writes go on: they avoid the draining node.
+    let out = c.osctl(0, &["--json", "drain", &leaving]);
+    assert!(out.status.success(), "osctl drain: {out:?}");
+    for i in 0..3 {
+        objs.push(put(
+            &c,
+            i,
+            &format!("during/{i}"),
+            random_bytes(70 + i as u64, 600_000),
+        ));
+    }
+    let j = drain(&c, 1, &leaving);
+    assert_eq!(j["state"], "drained", "{j}");
+    assert_eq!(
+        (j["shards"].as_u64(), j["intents"].as_u64()),
+        (Some(0), Some(0)),
+        "{j}"
+    );
+    assert_eq!(files_on(&c, 6), 0, "a drained node must hold no shard file");
+    let (_, v) = c.json(0, "/admin/cluster");
+    let me = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == leaving.as_str())
+        .unwrap();
+    assert_eq!(me["drain"], "drained", "{v}");
+    for o in objs.iter().filter(|o| o.body.len() > 16 * 1024) {
+        let (n, nodes) = shard_nodes(&c, 0, &o.blake3);
+        assert!(
+            n == 6 && nodes.len() == 6 && !nodes.contains(&leaving),
+            "{}: {nodes:?}",
+            o.key
+        );
+    }
+
+    // Undrain: the node takes shards again; drained again by its address.
+    let out = c.osctl(2, &["undrain", &leaving]);
+    assert!(out.status.success(), "osctl undrain: {out:?}");
+    let ok = eventually(Duration::from_secs(30), || {
+        let k = objs.len();
+        objs.push(put(
+            &c,
+            1,
+            &format!("after/{k}"),
+            random_bytes(k as u64, 200_000),
+        ));
+        files_on(&c, 6) > 0
+    });
+    assert!(ok, "an undrained node should take new shards");
+    let j = drain(&c, 3, &c.nodes[6].http.clone());
+    assert_eq!(j["state"], "drained", "{j}");
+    assert_eq!(files_on(&c, 6), 0, "a drained node must hold no shard file");
+
+    // The drained node and one more die: nothing is lost.
+    let other = c.nodes[0].id.clone();
+    c.kill9(6);
+    c.kill9(0);
+    wait_states(&c, 1, &[&leaving, &other], Duration::from_secs(15));
+    check_all(&c, &objs, &[1, 2, 3, 4, 5]);
+}

@@ -32,17 +32,45 @@ enum Cmd {
     },
     /// Cluster membership: every node, its state, zone, addresses and drives.
     Nodes,
-    /// Move every shard off a node (not available yet).
-    Drain { node: String },
-    /// Stop draining a node (not available yet).
+    /// Move every shard off a node (named by id or address) onto the others, keeping the
+    /// placement rules; it then holds nothing and can be removed.
+    Drain {
+        node: String,
+        /// Wait until the node holds no shard, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 3).
+        #[arg(long, default_value_t = 24 * 3600)]
+        timeout: u64,
+    },
+    /// Stop draining a node: it takes new shards again (what moved stays moved).
     Undrain { node: String },
     /// Read and verify every shard (CRC32C of every block, each shard's header) and rebuild
     /// what is corrupt or missing.
     Scrub {
+        /// Only the objects with a shard on this node (id or address).
+        #[arg(long)]
+        node: Option<String>,
         /// Wait for the pass to finish and report what it found (exit 4 if anything could not
         /// be repaired).
         #[arg(long)]
         wait: bool,
+    },
+    /// The continuous scrub: show each drive's schedule and progress, or change the schedule
+    /// (cluster-wide, or for one drive with --drive).
+    ScrubSchedule {
+        /// Only this drive's schedule (else the cluster default).
+        #[arg(long)]
+        drive: Option<u16>,
+        /// Read rate per drive, e.g. 32MiB (per second), or `off`.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Rest between passes, e.g. 1h, 10m, 0s.
+        #[arg(long)]
+        pause: Option<String>,
+        /// Remove the setting (a drive then follows the default, the default the built-in one).
+        #[arg(long, conflicts_with_all = ["rate", "pause"])]
+        clear: bool,
     },
     /// Delete content no version refers to any more (past the servers' --gc-grace), on the
     /// drives of every node.
@@ -154,7 +182,8 @@ fn maintenance(cli: &Cli, path: &str, wait: bool, what: &str) -> anyhow::Result<
         return Ok(post(cli, path)?.json()?);
     }
     let pb = spinner(cli, what);
-    let r = post(cli, &format!("{path}?wait=true"))?.json();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let r = post(cli, &format!("{path}{sep}wait=true"))?.json();
     pb.finish_and_clear();
     Ok(r?)
 }
@@ -196,6 +225,90 @@ fn print_nodes(cluster: &serde_json::Value) {
             drives.len(),
             gib(cap),
             gib(free)
+        );
+    }
+}
+
+/// `32MiB`, `500MB`, `1GiB`, `1048576` (per second), or `off` (0).
+fn parse_rate(s: &str) -> anyhow::Result<u64> {
+    if s == "off" {
+        return Ok(0);
+    }
+    let t = s.trim().trim_end_matches("/s");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("bad rate {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => bail!("bad rate {s:?}: use e.g. 32MiB, 500MB or off"),
+    };
+    Ok(n * mult)
+}
+
+/// `90s`, `10m`, `1h`, `2d`, `0`.
+fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let mult = match unit {
+        "" | "s" => 1000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("bad duration {s:?}: use e.g. 90s, 10m, 1h"),
+    };
+    Ok(n * mult)
+}
+
+fn rate_text(p: &serde_json::Value) -> String {
+    match p["bytes_per_s"].as_u64() {
+        Some(0) | None => "off".into(),
+        Some(r) => format!("{:.0} MiB/s", r as f64 / (1 << 20) as f64),
+    }
+}
+
+fn print_scrub(r: &serde_json::Value) {
+    let d = &r["default_policy"];
+    println!(
+        "default: {} per drive, {:.0} s between passes",
+        rate_text(d),
+        d["pause_ms"].as_f64().unwrap_or(0.0) / 1000.0
+    );
+    println!(
+        "{:<6} {:<6} {:>10} {:>7} {:>16} {:>14} {:>9}  last pass",
+        "node", "drive", "rate", "passes", "this pass", "shards", "corrupt"
+    );
+    for x in r["drives"].as_array().into_iter().flatten() {
+        let pass = match x["pass"]["shards"].as_u64() {
+            Some(n) => format!("{n} checked"),
+            None => "resting".into(),
+        };
+        let last = match &x["last_pass"] {
+            serde_json::Value::Null => "-".to_string(),
+            l => format!(
+                "{} shards, {} corrupt, ended {}",
+                l["shards"],
+                l["corrupt_found"],
+                l["ended"].as_str().unwrap_or("")
+            ),
+        };
+        println!(
+            "{:<6} {:<6} {:>10} {:>7} {:>16} {:>14} {:>9}  {last}",
+            x["node"].as_str().unwrap_or(""),
+            x["drive"],
+            rate_text(&x["policy"]),
+            x["passes"],
+            pass,
+            x["shards_on_drive"],
+            x["corrupt_found_total"]
         );
     }
 }
@@ -382,8 +495,46 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Scrub { wait } => {
-            let r = maintenance(cli, "/admin/scrub", *wait, "scrubbing every shard")?;
+        Cmd::ScrubSchedule {
+            drive,
+            rate,
+            pause,
+            clear,
+        } => {
+            let r: serde_json::Value = if rate.is_none() && pause.is_none() && !clear {
+                get(cli, "/admin/scrub")?.json()?
+            } else {
+                let mut q = Vec::new();
+                if let Some(d) = drive {
+                    q.push(format!("drive={d}"));
+                }
+                if *clear {
+                    q.push("clear=true".into());
+                }
+                if let Some(r) = rate {
+                    q.push(format!("rate={}", parse_rate(r)?));
+                }
+                if let Some(p) = pause {
+                    q.push(format!("pause_ms={}", parse_duration_ms(p)?));
+                }
+                post(cli, &format!("/admin/scrub/schedule?{}", q.join("&")))?.json()?
+            };
+            if cli.json {
+                println!("{r}");
+            } else {
+                print_scrub(&r);
+            }
+            Ok(())
+        }
+        Cmd::Scrub { node, wait } => {
+            let path = match node {
+                Some(n) => format!(
+                    "/admin/scrub?node={}",
+                    form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()
+                ),
+                None => "/admin/scrub".to_string(),
+            };
+            let r = maintenance(cli, &path, *wait, "scrubbing")?;
             if cli.json {
                 println!("{r}");
             } else if *wait {
@@ -419,11 +570,79 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        _ => {
-            eprintln!(
-                "osctl: this command needs the cluster control plane, which is not available yet"
-            );
-            std::process::exit(2);
+        Cmd::Drain {
+            node,
+            wait,
+            timeout,
+        } => {
+            let q = form_urlencoded::byte_serialize(node.as_bytes()).collect::<String>();
+            let mut p: serde_json::Value = post(cli, &format!("/admin/drain?node={q}"))?.json()?;
+            let total = p["shards_at_start"].as_u64().unwrap_or(0);
+            if !cli.json {
+                eprintln!(
+                    "draining node {}: {} shard(s) to move",
+                    p["node"].as_str().unwrap_or(node),
+                    p["shards"].as_u64().unwrap_or(0)
+                );
+            }
+            if *wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+                let pb = progress(cli, total, "moving shards");
+                while p["state"] != "drained" {
+                    if p["state"] == "none" {
+                        pb.abandon();
+                        bail!("the drain of node {node} was stopped (osctl undrain)");
+                    }
+                    let left = p["shards"].as_u64().unwrap_or(0);
+                    pb.set_length(pb.length().unwrap_or(0).max(left));
+                    pb.set_position(pb.length().unwrap_or(0).saturating_sub(left));
+                    if std::time::Instant::now() > deadline {
+                        pb.abandon();
+                        if cli.json {
+                            println!("{p}");
+                        } else {
+                            eprintln!(
+                                "osctl: {left} shard(s) still on node {node} after {timeout} s"
+                            );
+                        }
+                        std::process::exit(3);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    p = get(cli, &format!("/admin/drain?node={q}"))?.json()?;
+                }
+                pb.finish_and_clear();
+            }
+            if cli.json {
+                println!("{p}");
+            } else {
+                println!(
+                    "node {}: {} ({} shard(s), {} write(s) in flight, {} upload(s) left on it)",
+                    p["node"].as_str().unwrap_or(node),
+                    p["state"].as_str().unwrap_or(""),
+                    p["shards"],
+                    p["intents"],
+                    p["uploads"]
+                );
+            }
+            Ok(())
+        }
+        Cmd::Undrain { node } => {
+            let q = form_urlencoded::byte_serialize(node.as_bytes()).collect::<String>();
+            let r: serde_json::Value = post(cli, &format!("/admin/undrain?node={q}"))?.json()?;
+            if cli.json {
+                println!("{r}");
+            } else if r["was_draining"] == true {
+                println!(
+                    "node {}: no longer draining",
+                    r["node"].as_str().unwrap_or(node)
+                );
+            } else {
+                println!(
+                    "node {}: was not draining",
+                    r["node"].as_str().unwrap_or(node)
+                );
+            }
+            Ok(())
         }
     }
 }

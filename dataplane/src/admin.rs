@@ -1,0 +1,430 @@
+//! The operators' API under `/admin` (what `osctl` calls) and `/metrics`.
+
+use crate::http::{bucket_of, err, json_response, query, ApiError, Resp, RespBody};
+use crate::node::Node;
+use crate::store::{self, StoreError};
+use crate::time::rfc3339_ms;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use ostore_control::cluster;
+use ostore_control::meta::MetaError;
+use ostore_control::rpc::Request as Rq;
+use ostore_control::scrub::{Policies, ScrubCursor, ScrubPolicy, DEFAULT_POLICY};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Membership as `osctl status` and `osctl nodes` show it. `ostore dev` is one node.
+pub(crate) async fn cluster(node: &Node) -> Result<Resp, ApiError> {
+    let now = store::now_ms();
+    let drive_json = |id: u16, path: &str, capacity: u64, free: u64, refill: bool| json!({"id": id, "path": path, "capacity_bytes": capacity, "free_bytes": free, "refill": refill});
+    let body = match &node.cluster {
+        None => {
+            let drives: Vec<_> = node
+                .drives
+                .iter()
+                .map(|d| {
+                    drive_json(
+                        d.id,
+                        &d.root.display().to_string(),
+                        crate::drives::total_bytes(&d.root).unwrap_or(0),
+                        d.free_bytes.load(Ordering::Relaxed),
+                        !d.healthy.load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            json!({"mode": "dev", "epoch": 0, "ec": {"data": node.ec.data, "parity": node.ec.parity},
+                "nodes": [{"id": node.node_id, "state": "up", "zone": "default", "http": null, "peer": null,
+                    "heartbeat_age_ms": 0, "since": null, "drives": drives}]})
+        }
+        Some(c) => {
+            // This node's view, refreshed every heartbeat (a second old at most).
+            let v = c.view();
+            let nodes: Vec<_> = v
+                .nodes
+                .iter()
+                .map(|n| {
+                    let drives: Vec<_> = n
+                        .drives
+                        .iter()
+                        .map(|d| drive_json(d.id, &d.path, d.capacity_bytes, d.free_bytes, d.refill))
+                        .collect();
+                    let drain = v.drains.iter().find(|(id, _)| *id == n.id).map(|(_, d)| {
+                        if d.done_ms.is_some() { "drained" } else { "draining" }
+                    });
+                    json!({"id": n.id.to_string(), "state": if n.up { "up" } else { "down" }, "drain": drain, "zone": n.zone,
+                        "http": n.http, "peer": n.peer, "heartbeat_age_ms": now.saturating_sub(n.heartbeat_ms),
+                        "since": rfc3339_ms(n.since_ms), "drives": drives})
+                })
+                .collect();
+            json!({"mode": "cluster", "epoch": v.epoch, "ec": {"data": v.data, "parity": v.parity}, "nodes": nodes})
+        }
+    };
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Queues for repair every object whose shards are not where placement wants them (in `ostore
+/// dev`: every sharded object, so that all shards are verified and rebuilt where needed).
+pub(crate) async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
+    let queued = node.meta.repair_scan().await?;
+    node.wake_repair();
+    Ok(json_response(StatusCode::OK, json!({"queued": queued})))
+}
+
+/// Versions kept per key: `?bucket=B` for a bucket's override (else the cluster default);
+/// POST with `keep=N` sets it, `keep=all` removes it.
+pub(crate) async fn retention(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    set: bool,
+) -> Result<Resp, ApiError> {
+    let q = query(req);
+    let bucket = match q.get("bucket") {
+        None => None,
+        Some(_) => Some(bucket_of(&q)?),
+    };
+    if set {
+        let keep = match q.get("keep").map(String::as_str) {
+            Some("all") => None,
+            Some(n) => Some(n.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "keep must be a positive number of versions, or all",
+                )
+            })?),
+            None => {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "keep=N or keep=all is required",
+                ))
+            }
+        };
+        node.meta
+            .call::<()>(Rq::SetRetention {
+                bucket: bucket.clone(),
+                keep,
+            })
+            .await?;
+    }
+    let keep: Option<u32> = node
+        .meta
+        .call(Rq::Retention {
+            bucket: bucket.clone(),
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"bucket": bucket, "keep": keep}),
+    ))
+}
+
+/// Runs a maintenance pass over every content from this node: with `wait=true` it answers with
+/// the pass's report, else it starts the pass and answers 202.
+pub(crate) async fn maintenance<F, Fut>(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    what: &'static str,
+    pass: F,
+) -> Result<Resp, ApiError>
+where
+    F: FnOnce(Arc<Node>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, StoreError>> + 'static,
+{
+    let wait = query(req)
+        .get("wait")
+        .is_some_and(|v| v == "true" || v == "1");
+    let run = pass(node.clone());
+    if !wait {
+        glommio::spawn_local(async move {
+            if let Err(e) = run.await {
+                tracing::warn!("{what}: {e}");
+            }
+        })
+        .detach();
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            json!({"started": true}),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, run.await?))
+}
+
+/// Scrub: every shard read and verified, what is bad rebuilt.
+/// With `?node=N`, only the objects with a shard on that node.
+pub(crate) async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let only = match query(req).get("node") {
+        None => None,
+        Some(name) => Some(drives_of(node, name)?),
+    };
+    maintenance(node, req, "scrub", |n| async move {
+        let r = match only {
+            None => store::scrub_pass(&n, false).await?,
+            Some(drives) => store::scrub_drives(&n, &drives).await?,
+        };
+        Ok(json!({"contents": r.contents, "shards_checked": r.shards_checked, "corrupt_found": r.corrupt_found, "repaired": r.repaired, "unrepairable": r.unrepairable, "done": true}))
+    })
+    .await
+}
+
+/// Every drive of the deployment: (node id, drive id, path).
+fn all_drives(node: &Node) -> Vec<(String, u16, String)> {
+    match &node.cluster {
+        None => node
+            .drives
+            .iter()
+            .map(|d| (node.node_id.clone(), d.id, d.root.display().to_string()))
+            .collect(),
+        Some(c) => c
+            .view()
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.drives
+                    .iter()
+                    .map(move |d| (n.id.to_string(), d.id, d.path.clone()))
+            })
+            .collect(),
+    }
+}
+
+/// The drives of the node named `name` (its id, or in a cluster its HTTP or peer address).
+fn drives_of(node: &Node, name: &str) -> Result<Vec<u16>, ApiError> {
+    let id = match &node.cluster {
+        None if name == node.node_id => name.to_string(),
+        None => return Err(MetaError::NoSuchNode.into()),
+        Some(c) => c
+            .view()
+            .nodes
+            .iter()
+            .find(|n| n.id.to_string() == name || n.http == name || n.peer == name)
+            .map(|n| n.id.to_string())
+            .ok_or(MetaError::NoSuchNode)?,
+    };
+    Ok(all_drives(node)
+        .into_iter()
+        .filter(|(n, _, _)| *n == id)
+        .map(|(_, d, _)| d)
+        .collect())
+}
+
+fn policy_json(p: &ScrubPolicy) -> serde_json::Value {
+    json!({"bytes_per_s": p.bytes_per_s, "pause_ms": p.pause_ms, "enabled": p.bytes_per_s > 0})
+}
+
+fn pass_json(
+    started_ms: u64,
+    ended_ms: Option<u64>,
+    shards: u64,
+    bytes: u64,
+    corrupt: u64,
+) -> serde_json::Value {
+    json!({"started": rfc3339_ms(started_ms), "ended": ended_ms.map(rfc3339_ms), "shards": shards,
+        "bytes": bytes, "corrupt_found": corrupt})
+}
+
+/// The continuous scrub, drive by drive: schedule, the pass in progress, the last pass.
+pub(crate) async fn scrub_status(node: &Node) -> Result<Resp, ApiError> {
+    let drives = all_drives(node);
+    let ids: Vec<u16> = drives.iter().map(|d| d.1).collect();
+    let cursors: Vec<ScrubCursor> = node
+        .meta
+        .call(Rq::ScrubCursors {
+            drives: ids.clone(),
+        })
+        .await?;
+    let counts: Vec<i64> = node.meta.call(Rq::DriveShardCounts { drives: ids }).await?;
+    let (default, overrides): Policies = node.meta.call(Rq::ScrubPolicies).await?;
+    let base = default.unwrap_or(DEFAULT_POLICY);
+    let mut out = Vec::new();
+    for (((n, d, path), c), count) in drives.iter().zip(&cursors).zip(&counts) {
+        let p = overrides
+            .iter()
+            .find(|(id, _)| id == d)
+            .map_or(base, |(_, p)| *p);
+        out.push(json!({
+            "node": n, "drive": d, "path": path, "policy": policy_json(&p),
+            "shards_on_drive": count, "passes": c.passes, "corrupt_found_total": c.corrupt_total,
+            "pass": c.started_ms.map(|s| pass_json(s, None, c.shards, c.bytes, c.corrupt)),
+            "last_pass": c.last.as_ref().map(|l| pass_json(l.started_ms, Some(l.ended_ms), l.shards, l.bytes, l.corrupt)),
+        }));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"default_policy": policy_json(&base), "drives": out}),
+    ))
+}
+
+/// `POST /admin/scrub/schedule?rate=BYTES_PER_S&pause_ms=MS[&drive=D]`, or `clear=true` to
+/// fall back to the default: the continuous scrub's schedule, cluster-wide or for one drive.
+pub(crate) async fn scrub_schedule(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let q = query(req);
+    let bad = |m: &str| err(StatusCode::BAD_REQUEST, "InvalidArgument", m.to_string());
+    let drive = match q.get("drive") {
+        None => None,
+        Some(d) => {
+            let d: u16 = d.parse().map_err(|_| bad("drive must be a drive id"))?;
+            if !all_drives(node).iter().any(|x| x.1 == d) {
+                return Err(bad("no such drive"));
+            }
+            Some(d)
+        }
+    };
+    let policy = if q.get("clear").is_some_and(|v| v == "true") {
+        None
+    } else {
+        let current: ScrubPolicy = match drive {
+            Some(d) => node.meta.call(Rq::ScrubPolicy { drive: d }).await?,
+            None => node
+                .meta
+                .call::<Policies>(Rq::ScrubPolicies)
+                .await?
+                .0
+                .unwrap_or(DEFAULT_POLICY),
+        };
+        let num = |k: &str, dflt: u64| -> Result<u64, ApiError> {
+            match q.get(k) {
+                None => Ok(dflt),
+                Some(v) => v.parse().map_err(|_| bad(&format!("{k} must be a number"))),
+            }
+        };
+        Some(ScrubPolicy {
+            bytes_per_s: num("rate", current.bytes_per_s)?,
+            pause_ms: num("pause_ms", current.pause_ms)?,
+        })
+    };
+    node.meta
+        .call::<()>(Rq::SetScrubPolicy { drive, policy })
+        .await?;
+    scrub_status(node).await
+}
+
+/// Garbage collection: retention, then unreferenced content past its grace.
+pub(crate) async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    maintenance(node, req, "gc", |n| async move {
+        let r = store::gc_pass(&n, false).await?;
+        Ok(json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}))
+    })
+    .await
+}
+
+/// How many objects wait for repair (counted up to 100 000).
+pub(crate) async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
+    let q: Vec<([u8; 32], u64)> = node.meta.call(Rq::RepairQueue { limit: 100_000 }).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"queued": q.len(), "shards_repaired": node.metrics.shards_repaired.load(Ordering::Relaxed)}),
+    ))
+}
+
+pub(crate) fn metrics(node: &Node) -> Resp {
+    let mut free = 0u64;
+    let mut healthy = 0u64;
+    for d in &node.drives {
+        free += d.free_bytes.load(Ordering::Relaxed);
+        healthy += d.healthy.load(Ordering::Relaxed) as u64;
+    }
+    let text = node.metrics.render(&[
+        (
+            "ostore_drives",
+            "Drives of this node.",
+            node.drives.len() as f64,
+        ),
+        (
+            "ostore_drives_healthy",
+            "Drives in service.",
+            healthy as f64,
+        ),
+        (
+            "ostore_drive_free_bytes",
+            "Free bytes summed over drives.",
+            free as f64,
+        ),
+    ]);
+    let mut r = Response::new(RespBody::Full(Some(Bytes::from(text))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// The node `?node=` names: its id, or its HTTP or peer address.
+fn named_node(node: &Node, req: &Request<Incoming>) -> Result<u32, ApiError> {
+    let Some(c) = &node.cluster else {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "draining moves shards between nodes: this is a single-node `ostore dev`",
+        ));
+    };
+    let q = query(req);
+    let name = q.get("node").ok_or_else(|| {
+        err(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "name the node: ?node=ID or its address",
+        )
+    })?;
+    let view = c.view();
+    view.nodes
+        .iter()
+        .find(|n| n.id.to_string() == *name || n.http == *name || n.peer == *name)
+        .map(|n| n.id)
+        .ok_or_else(|| MetaError::NoSuchNode.into())
+}
+
+fn drain_json(p: &cluster::DrainProgress) -> serde_json::Value {
+    let state = match &p.drain {
+        None => "none",
+        Some(d) if d.done_ms.is_some() => "drained",
+        Some(_) => "draining",
+    };
+    json!({
+        "node": p.node.to_string(),
+        "state": state,
+        "shards": p.shards,
+        "intents": p.intents,
+        "uploads": p.uploads,
+        "shards_at_start": p.drain.as_ref().map(|d| d.shards_at_start),
+        "started": p.drain.as_ref().map(|d| rfc3339_ms(d.started_ms)),
+        "done": p.drain.as_ref().and_then(|d| d.done_ms).map(rfc3339_ms),
+    })
+}
+
+/// `POST /admin/drain?node=N` starts draining a node (idempotent); `GET` shows how far it is.
+pub(crate) async fn drain(
+    node: &Node,
+    req: &Request<Incoming>,
+    start: bool,
+) -> Result<Resp, ApiError> {
+    let id = named_node(node, req)?;
+    let mut p: cluster::DrainProgress = node.meta.call(Rq::DrainProgress { node: id }).await?;
+    if start && p.drain.is_none() {
+        let d: cluster::DrainRec = node
+            .meta
+            .call(Rq::DrainStart {
+                node: id,
+                shards_at_start: p.shards,
+            })
+            .await?;
+        tracing::info!("draining node {id}: {} shard(s) to move", d.shards_at_start);
+        p.drain = Some(d);
+        node.refresh_view().await;
+    }
+    Ok(json_response(StatusCode::OK, drain_json(&p)))
+}
+
+/// `POST /admin/undrain?node=N`: the node takes shards again (what moved stays moved).
+pub(crate) async fn undrain(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let id = named_node(node, req)?;
+    let was: bool = node.meta.call(Rq::DrainStop { node: id }).await?;
+    node.refresh_view().await;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"node": id.to_string(), "was_draining": was}),
+    ))
+}
