@@ -9,7 +9,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ostore_control::cluster;
-use ostore_control::meta::MetaError;
+use ostore_control::meta::{MetaError, Stats};
 use ostore_control::rpc::Request as Rq;
 use ostore_control::scrub::{Policies, ScrubCursor, ScrubPolicy, DEFAULT_POLICY};
 use serde_json::json;
@@ -122,6 +122,29 @@ pub(crate) async fn retention(
     ))
 }
 
+/// Maintenance passes running in this process (started by `osctl`), for `osctl status`.
+static RUNNING: std::sync::Mutex<Vec<(u64, &'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// A running pass, listed in [`RUNNING`] until dropped.
+struct Job(u64);
+
+impl Job {
+    fn start(what: &'static str) -> Job {
+        let id: u64 = rand::random();
+        RUNNING
+            .lock()
+            .expect("jobs")
+            .push((id, what, store::now_ms()));
+        Job(id)
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        RUNNING.lock().expect("jobs").retain(|j| j.0 != self.0);
+    }
+}
+
 /// Runs a maintenance pass over every content from this node: with `wait=true` it answers with
 /// the pass's report, else it starts the pass and answers 202.
 pub(crate) async fn maintenance<F, Fut>(
@@ -137,7 +160,11 @@ where
     let wait = query(req)
         .get("wait")
         .is_some_and(|v| v == "true" || v == "1");
-    let run = pass(node.clone());
+    let pass = pass(node.clone());
+    let run = async move {
+        let _job = Job::start(what);
+        pass.await
+    };
     if !wait {
         glommio::spawn_local(async move {
             if let Err(e) = run.await {
@@ -426,5 +453,79 @@ pub(crate) async fn undrain(node: &Node, req: &Request<Incoming>) -> Result<Resp
     Ok(json_response(
         StatusCode::OK,
         json!({"node": id.to_string(), "was_draining": was}),
+    ))
+}
+
+/// What `osctl status` shows beyond membership: the cluster-wide counters, degraded and missing
+/// shards, and the jobs running (drains, the repair queue, scrub passes in progress, passes
+/// started on this node).
+pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
+    let stats: Stats = node.meta.call(Rq::Stats).await?;
+    let queued = node
+        .meta
+        .call::<Vec<([u8; 32], u64)>>(Rq::RepairQueue { limit: 100_000 })
+        .await?
+        .len();
+    let drives = all_drives(node);
+    let ids: Vec<u16> = drives.iter().map(|d| d.1).collect();
+    let counts: Vec<i64> = node
+        .meta
+        .call(Rq::DriveShardCounts {
+            drives: ids.clone(),
+        })
+        .await?;
+    let cursors: Vec<ScrubCursor> = node.meta.call(Rq::ScrubCursors { drives: ids }).await?;
+    // Shards on drives out of service: a node down, a drive replaced or failed.
+    let view = node.cluster.as_ref().map(|c| c.view());
+    let out_of_service = |drive: u16| match &view {
+        None => node
+            .local_drive(drive)
+            .is_some_and(|d| !d.healthy.load(Ordering::Relaxed)),
+        Some(v) => v.nodes.iter().any(|n| {
+            n.drives
+                .iter()
+                .any(|d| d.id == drive && (!n.up || d.refill))
+        }),
+    };
+    let mut missing = 0;
+    let mut per_drive = Vec::new();
+    let mut jobs = Vec::new();
+    for (((n, d, _), count), c) in drives.iter().zip(&counts).zip(&cursors) {
+        if out_of_service(*d) {
+            missing += count;
+        }
+        per_drive.push(
+            json!({"node": n, "drive": d, "shards": count, "in_service": !out_of_service(*d)}),
+        );
+        if let Some(started) = c.started_ms {
+            jobs.push(json!({"kind": "scrub", "node": n, "drive": d, "started": rfc3339_ms(started),
+                "shards_done": c.shards, "shards_total": count, "bytes_done": c.bytes, "corrupt_found": c.corrupt}));
+        }
+    }
+    if let Some(v) = &view {
+        for (id, dr) in &v.drains {
+            let left: i64 = v
+                .nodes
+                .iter()
+                .filter(|n| n.id == *id)
+                .flat_map(|n| n.drives.iter())
+                .filter_map(|d| drives.iter().position(|x| x.1 == d.id).map(|i| counts[i]))
+                .sum();
+            jobs.push(json!({"kind": "drain", "node": id.to_string(),
+                "state": if dr.done_ms.is_some() { "drained" } else { "draining" },
+                "started": rfc3339_ms(dr.started_ms), "shards_left": left, "shards_at_start": dr.shards_at_start}));
+        }
+    }
+    if queued > 0 {
+        jobs.push(json!({"kind": "repair", "queued": queued}));
+    }
+    for (_, what, started) in RUNNING.lock().expect("jobs").iter() {
+        jobs.push(json!({"kind": what, "node": node.node_id, "started": rfc3339_ms(*started)}));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"objects": stats.objects, "versions": stats.versions, "contents": stats.contents,
+            "logical_bytes": stats.content_bytes, "stored_bytes": stats.stored_bytes,
+            "repair_queued": queued, "missing_shards": missing, "drives": per_drive, "jobs": jobs}),
     ))
 }

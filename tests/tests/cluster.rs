@@ -465,6 +465,25 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
         .find(|n| n["id"] == leaving.as_str())
         .unwrap();
     assert_eq!(me["drain"], "drained", "{v}");
+    let out = c.osctl(4, &["--json", "status"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let job = st["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "drain")
+        .unwrap_or_else(|| panic!("no drain job in {st}"))
+        .clone();
+    assert_eq!(
+        (
+            job["node"].as_str(),
+            job["state"].as_str(),
+            job["shards_left"].as_i64()
+        ),
+        (Some(leaving.as_str()), Some("drained"), Some(0)),
+        "{job}"
+    );
+    assert_eq!(st["objects"].as_i64(), Some(objs.len() as i64), "{st}");
     for o in objs.iter().filter(|o| o.body.len() > 16 * 1024) {
         let (n, nodes) = shard_nodes(&c, 0, &o.blake3);
         assert!(
@@ -498,4 +517,10 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
     c.kill9(0);
     wait_states(&c, 1, &[&leaving, &other], Duration::from_secs(15));
     check_all(&c, &objs, &[1, 2, 3, 4, 5]);
+    let out = c.osctl(1, &["--json", "status"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert!(
+        st["missing_shards"].as_i64() > Some(0),
+        "node 0's shards are missing: {st}"
+    );
 }

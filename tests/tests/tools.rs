@@ -156,8 +156,63 @@ fn osctl_status_and_versions() {
         (Some(1), Some(true)),
         "{r}"
     );
-    let out = osctl(&["drain", "n1"]);
-    assert_eq!(out.status.code(), Some(2));
+    // Draining needs a cluster: a clear error, exit 1.
+    let out = osctl(&["drain", "dev"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("single-node"),
+        "{out:?}"
+    );
+    // The counters: two keys (v with two versions, big), three contents; a delete marker
+    // makes v a version more and an object less.
+    let status = || {
+        let out = osctl(&["--json", "status"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let s = status();
+    assert_eq!(
+        (
+            s["objects"].as_i64(),
+            s["versions"].as_i64(),
+            s["contents"].as_i64()
+        ),
+        (Some(2), Some(3), Some(3)),
+        "{s}"
+    );
+    assert_eq!(s["logical_bytes"].as_i64(), Some(100_002), "{s}");
+    assert_eq!(
+        (s["repair_queued"].as_u64(), s["missing_shards"].as_i64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert!(
+        s["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["kind"] != "repair"),
+        "{s}"
+    );
+    assert_eq!(
+        dev.req(reqwest::Method::DELETE, "/objects/v")
+            .send()
+            .unwrap()
+            .status(),
+        204
+    );
+    let s = status();
+    assert_eq!(
+        (s["objects"].as_i64(), s["versions"].as_i64()),
+        (Some(1), Some(4)),
+        "{s}"
+    );
+    let out = osctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("objects         1 (4 versions, 3 distinct contents)"),
+        "{text}"
+    );
     let out = Command::new(binary("osctl"))
         .args(["--endpoint", &format!("http://{}", dev.http), "status"])
         .env("OSTORE_SECRET", "wrong")

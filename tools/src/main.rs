@@ -205,7 +205,7 @@ fn gib(bytes: f64) -> String {
 
 fn print_nodes(cluster: &serde_json::Value) {
     println!(
-        "{:<6} {:<5} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
+        "{:<6} {:<8} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
         "node", "state", "zone", "http", "peer", "drives", "capacity", "free"
     );
     for n in cluster["nodes"].as_array().into_iter().flatten() {
@@ -216,9 +216,11 @@ fn print_nodes(cluster: &serde_json::Value) {
             .sum();
         let free: f64 = drives.iter().filter_map(|d| d["free_bytes"].as_f64()).sum();
         println!(
-            "{:<6} {:<5} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
+            "{:<6} {:<8} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
             n["id"].as_str().unwrap_or(""),
-            n["state"].as_str().unwrap_or(""),
+            n["drain"]
+                .as_str()
+                .unwrap_or(n["state"].as_str().unwrap_or("")),
             n["zone"].as_str().unwrap_or(""),
             n["http"].as_str().unwrap_or("-"),
             n["peer"].as_str().unwrap_or("-"),
@@ -331,7 +333,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Status => {
             let m = get(cli, "/metrics")?.text()?;
             let cluster: serde_json::Value = get(cli, "/admin/cluster")?.json()?;
-            let repair: serde_json::Value = get(cli, "/admin/repair")?.json()?;
+            let st: serde_json::Value = get(cli, "/admin/status")?.json()?;
             let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
             let up = nodes.iter().filter(|n| n["state"] == "up").count();
             let drives: Vec<&serde_json::Value> = nodes
@@ -353,7 +355,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         "nodes": cluster["nodes"], "nodes_up": up, "nodes_total": nodes.len(),
                         "drives": drives.len(), "drives_healthy": healthy,
                         "capacity_bytes": cap, "free_bytes": free,
-                        "repair_queued": repair["queued"], "shards_repaired": repaired})
+                        "objects": st["objects"], "versions": st["versions"],
+                        "contents": st["contents"], "logical_bytes": st["logical_bytes"],
+                        "stored_bytes": st["stored_bytes"], "repair_queued": st["repair_queued"],
+                        "degraded_objects": st["repair_queued"], "missing_shards": st["missing_shards"],
+                        "shards_repaired": repaired, "jobs": st["jobs"]})
                 );
             } else {
                 println!("endpoint        {}", cli.endpoint);
@@ -367,8 +373,51 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 println!("nodes           {up}/{} up", nodes.len());
                 println!("drives          {healthy}/{} healthy", drives.len());
                 println!("capacity        {} ({} free)", gib(cap), gib(free));
-                println!("repair queue    {}", repair["queued"]);
+                println!(
+                    "objects         {} ({} versions, {} distinct contents)",
+                    st["objects"], st["versions"], st["contents"]
+                );
+                let logical = st["logical_bytes"].as_f64().unwrap_or(0.0);
+                let stored = st["stored_bytes"].as_f64().unwrap_or(0.0);
+                println!(
+                    "data            {} ({} stored before parity)",
+                    gib(logical),
+                    gib(stored)
+                );
+                println!(
+                    "degraded        {} object(s) queued for repair, {} shard(s) on drives out of service",
+                    st["repair_queued"], st["missing_shards"]
+                );
                 println!("shards repaired {repaired}");
+                let jobs = st["jobs"].as_array().cloned().unwrap_or_default();
+                if jobs.is_empty() {
+                    println!("jobs            none");
+                }
+                for (i, j) in jobs.iter().enumerate() {
+                    let what = match j["kind"].as_str().unwrap_or("") {
+                        "scrub" => format!(
+                            "scrub of drive {} (node {}): {}/{} shards",
+                            j["drive"],
+                            j["node"].as_str().unwrap_or(""),
+                            j["shards_done"],
+                            j["shards_total"]
+                        ),
+                        "drain" => format!(
+                            "drain of node {}: {}, {} of {} shards left",
+                            j["node"].as_str().unwrap_or(""),
+                            j["state"].as_str().unwrap_or(""),
+                            j["shards_left"],
+                            j["shards_at_start"]
+                        ),
+                        "repair" => format!("repair: {} object(s) queued", j["queued"]),
+                        k => format!(
+                            "{k} pass on node {} since {}",
+                            j["node"].as_str().unwrap_or(""),
+                            j["started"].as_str().unwrap_or("")
+                        ),
+                    };
+                    println!("{:<16}{what}", if i == 0 { "jobs" } else { "" });
+                }
                 println!();
                 print_nodes(&cluster);
             }
