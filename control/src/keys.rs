@@ -38,6 +38,9 @@ pub mod tag {
     pub const UPLOAD_BLOB: u8 = 0x53;
     /// `[0x60] blake3:32` → `RepairRec`: content with shards to rebuild
     pub const REPAIR: u8 = 0x60;
+    /// `[0x61] blake3:32` → `RepairRec`: content with good shards to move elsewhere (drain,
+    /// rebalance, two shards on one node)
+    pub const MOVE: u8 = 0x61;
     /// `[0x70] node:u32be` → `NodeRec`: a member of the cluster
     pub const NODE: u8 = 0x70;
     /// Singleton: `MembershipRec` (epoch and id counters)
@@ -267,6 +270,16 @@ pub fn intent(id: u64) -> Vec<u8> {
 
 pub fn intents() -> (Vec<u8>, Vec<u8>) {
     (vec![tag::INTENT], vec![tag::INTENT + 1])
+}
+
+pub fn moving(blake3: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![tag::MOVE];
+    k.extend_from_slice(blake3);
+    k
+}
+
+pub fn movings() -> (Vec<u8>, Vec<u8>) {
+    (vec![tag::MOVE], vec![tag::MOVE + 1])
 }
 
 pub fn repair(blake3: &[u8; 32]) -> Vec<u8> {

@@ -863,6 +863,7 @@ pub fn collect(
         }
         tx.clear(&ck)?;
         tx.clear(&keys::repair(blake3))?;
+        tx.clear(&keys::moving(blake3))?;
         count_content(tx, &c, -1)?;
         if let Stored::Sharded { shards, .. } = &c.stored {
             for s in shards {
@@ -984,15 +985,50 @@ pub fn shards_on_drive(
     })
 }
 
-/// Queues contents for repair (idempotent).
+/// The two work queues of contents: shards to rebuild, and good shards to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WorkQueue {
+    /// Shards missing, corrupt or on a lost drive: rebuilt from the others.
+    Repair,
+    /// Shards to move (a draining node, rebalancing, two on one node): copied as they are.
+    Move,
+}
+
+impl WorkQueue {
+    fn key(self, blake3: &[u8; 32]) -> Vec<u8> {
+        match self {
+            WorkQueue::Repair => keys::repair(blake3),
+            WorkQueue::Move => keys::moving(blake3),
+        }
+    }
+
+    fn range(self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            WorkQueue::Repair => keys::repairs(),
+            WorkQueue::Move => keys::movings(),
+        }
+    }
+}
+
 /// Queues contents for repair. Every call renews the request (a new `nonce`), so a repair that
 /// started before it does not clear it.
 pub fn queue_repair(kv: &dyn Kv, contents: &[[u8; 32]], nonce: u64, now_ms: u64) -> Result<()> {
+    queue_work(kv, WorkQueue::Repair, contents, nonce, now_ms)
+}
+
+/// Queues contents in `q` (see [`queue_repair`]).
+pub fn queue_work(
+    kv: &dyn Kv,
+    q: WorkQueue,
+    contents: &[[u8; 32]],
+    nonce: u64,
+    now_ms: u64,
+) -> Result<()> {
     run(kv, true, |tx| {
         for h in contents {
             put(
                 tx,
-                &keys::repair(h),
+                &q.key(h),
                 &RepairRec {
                     queued_ms: now_ms,
                     nonce,
@@ -1005,13 +1041,18 @@ pub fn queue_repair(kv: &dyn Kv, contents: &[[u8; 32]], nonce: u64, now_ms: u64)
 
 /// Up to `limit` queued contents with the nonce of their latest request.
 pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
+    work_queue(kv, WorkQueue::Repair, limit)
+}
+
+/// Up to `limit` contents queued in `q`, with the nonce of their latest request.
+pub fn work_queue(kv: &dyn Kv, q: WorkQueue, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
     run(kv, false, |tx| {
-        let (b, e) = keys::repairs();
+        let (b, e) = q.range();
         let mut out = Vec::new();
         for (k, v) in tx.get_range(&b, &e, limit, false)? {
             let h: [u8; 32] = k[1..33]
                 .try_into()
-                .map_err(|_| RecordError("repair key".into()))?;
+                .map_err(|_| RecordError("work queue key".into()))?;
             let rec: RepairRec = decode(&v)?;
             out.push((h, rec.nonce));
         }
@@ -1021,10 +1062,15 @@ pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
 
 /// Clears a repair request, unless it was renewed since `nonce` was read.
 pub fn repair_done(kv: &dyn Kv, blake3: &[u8; 32], nonce: u64) -> Result<()> {
+    work_done(kv, WorkQueue::Repair, blake3, nonce)
+}
+
+/// Clears an entry of `q`, unless it was renewed since `nonce` was read.
+pub fn work_done(kv: &dyn Kv, q: WorkQueue, blake3: &[u8; 32], nonce: u64) -> Result<()> {
     run(kv, true, |tx| {
-        if let Some(rec) = get::<RepairRec>(tx, &keys::repair(blake3))? {
+        if let Some(rec) = get::<RepairRec>(tx, &q.key(blake3))? {
             if rec.nonce == nonce {
-                tx.clear(&keys::repair(blake3))?;
+                tx.clear(&q.key(blake3))?;
             }
         }
         Ok(())

@@ -82,6 +82,8 @@ pub enum Request {
     },
     /// → `Vec<([u8; 32], u64)>`
     RepairQueue { limit: usize },
+    /// Contents queued to have shards moved. → `Vec<([u8; 32], u64)>`
+    MoveQueue { limit: usize },
     /// → `ClusterView`
     Cluster,
     /// → `Option<upload::UploadRec>`
@@ -232,6 +234,10 @@ pub enum Request {
         drive: u16,
         cursor: crate::scrub::ScrubCursor,
     },
+    /// Queues contents to have shards moved. → `()`
+    QueueMove { contents: Vec<[u8; 32]>, nonce: u64 },
+    /// Clears a move request unless renewed since `nonce`. → `()`
+    MoveDone { blake3: [u8; 32], nonce: u64 },
     /// Starts draining a node. → `cluster::DrainRec`
     DrainStart { node: u32, shards_at_start: u64 },
     /// Stops draining a node. → `bool` (whether it was being drained)
@@ -262,6 +268,7 @@ impl Request {
                 | Request::Drive { .. }
                 | Request::ShardsOnDrive { .. }
                 | Request::RepairQueue { .. }
+                | Request::MoveQueue { .. }
                 | Request::Cluster
                 | Request::UploadGet { .. }
                 | Request::UploadsExpired { .. }
@@ -454,6 +461,17 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             limit,
         } => enc(meta::shards_on_drive(kv, drive, after, limit)?),
         RepairQueue { limit } => enc(meta::repair_queue(kv, limit)?),
+        MoveQueue { limit } => enc(meta::work_queue(kv, meta::WorkQueue::Move, limit)?),
+        QueueMove { contents, nonce } => enc(meta::queue_work(
+            kv,
+            meta::WorkQueue::Move,
+            &contents,
+            nonce,
+            now_ms,
+        )?),
+        MoveDone { blake3, nonce } => {
+            enc(meta::work_done(kv, meta::WorkQueue::Move, &blake3, nonce)?)
+        }
         Cluster => enc(cluster::view(kv)?),
         DrainProgress { node } => enc(cluster::drain_progress(kv, node)?),
         Stats => enc(meta::stats(kv)?),

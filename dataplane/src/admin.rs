@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 /// Membership as `osctl status` and `osctl nodes` show it. `ostore dev` is one node.
 pub(crate) async fn cluster(node: &Node) -> Result<Resp, ApiError> {
+    node.refresh_view().await;
     let now = store::now_ms();
     let drive_json = |id: u16, path: &str, capacity: u64, free: u64, refill: bool| json!({"id": id, "path": path, "capacity_bytes": capacity, "free_bytes": free, "refill": refill});
     let body = match &node.cluster {
@@ -40,7 +41,7 @@ pub(crate) async fn cluster(node: &Node) -> Result<Resp, ApiError> {
                     "heartbeat_age_ms": 0, "since": null, "drives": drives}]})
         }
         Some(c) => {
-            // This node's view, refreshed every heartbeat (a second old at most).
+            // The view as the control plane has it now (refreshed above).
             let v = c.view();
             let nodes: Vec<_> = v
                 .nodes
@@ -460,6 +461,7 @@ pub(crate) async fn undrain(node: &Node, req: &Request<Incoming>) -> Result<Resp
 /// shards, and the jobs running (drains, the repair queue, scrub passes in progress, passes
 /// started on this node).
 pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
+    node.refresh_view().await;
     let stats: Stats = node.meta.call(Rq::Stats).await?;
     let queued = node
         .meta

@@ -209,6 +209,7 @@ async fn leader(c: Arc<Control>) {
     let holder: u64 = rand::random();
     let mut last_up: Option<usize> = None;
     let mut tick: u64 = 0;
+    let mut rebalance_seen: RebalanceSeen = None;
     loop {
         tick += 1;
         glommio::timer::sleep(Duration::from_millis(1000)).await;
@@ -245,6 +246,9 @@ async fn leader(c: Arc<Control>) {
             if let Err(e) = advance_drains(&c).await {
                 tracing::error!("draining: {e}");
             }
+            if let Err(e) = rebalance(&c, &mut rebalance_seen).await {
+                tracing::error!("rebalancing: {e}");
+            }
         }
         // Nodes came up: objects written while they were down may sit two to a node.
         let view: Result<ClusterView, _> =
@@ -268,6 +272,97 @@ async fn leader(c: Arc<Control>) {
 /// Drains are checked every this many leader ticks (seconds).
 const DRAIN_CHECK_TICKS: u64 = 3;
 
+/// What the last rebalancing rounds saw: the membership epoch, the shards per node, and how
+/// many rounds in a row moved nothing. After [`REBALANCE_IDLE_ROUNDS`] such rounds rebalancing
+/// rests until the membership or the counts change.
+type RebalanceSeen = Option<(u64, Vec<(u32, i64)>, u32)>;
+
+/// Rounds without progress before rebalancing rests.
+const REBALANCE_IDLE_ROUNDS: u32 = 3;
+
+/// Rebalancing: when the move queue is empty and some node holds clearly less than the mean
+/// (a node that joined, or came back from a drain), queues for moving, from each node holding
+/// more than the mean, twice as many of its contents as it holds above the mean. The nodes then
+/// move one shard per content to the least loaded node that holds none of it
+/// (`placement::moves`), and stop once every node is within 5 % of the mean.
+async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> {
+    let client = MetaClient::Local(c.meta.clone());
+    let queue: Vec<([u8; 32], u64)> = client.call(Rq::MoveQueue { limit: 1 }).await?;
+    if !queue.is_empty() {
+        return Ok(());
+    }
+    let view: ClusterView = client.call(Rq::Cluster).await?;
+    let eligible: Vec<&cluster::NodeRec> = view
+        .nodes
+        .iter()
+        .filter(|n| n.up && !view.draining(n.id) && n.drives.iter().any(|d| !d.refill))
+        .collect();
+    if eligible.len() < 2 {
+        return Ok(());
+    }
+    let drives: Vec<u16> = eligible
+        .iter()
+        .flat_map(|n| n.drives.iter().map(|d| d.id))
+        .collect();
+    let counts: Vec<i64> = client
+        .call(Rq::DriveShardCounts {
+            drives: drives.clone(),
+        })
+        .await?;
+    let per_node: Vec<(u32, i64)> = eligible
+        .iter()
+        .map(|n| {
+            let sum = n
+                .drives
+                .iter()
+                .filter_map(|d| drives.iter().position(|x| *x == d.id).map(|i| counts[i]))
+                .sum();
+            (n.id, sum)
+        })
+        .collect();
+    let mean = per_node.iter().map(|(_, c)| *c as f64).sum::<f64>() / per_node.len() as f64;
+    let slack = (mean * 0.05).max(1.0);
+    let under = per_node.iter().any(|(_, c)| (*c as f64) < mean - slack);
+    if !under {
+        *seen = None;
+        return Ok(());
+    }
+    let idle = match seen {
+        Some((e, p, n)) if *e == view.epoch && *p == per_node => *n + 1,
+        _ => 0,
+    };
+    *seen = Some((view.epoch, per_node.clone(), idle));
+    if idle >= REBALANCE_IDLE_ROUNDS {
+        return Ok(());
+    }
+    // Each over-full drive offers twice its excess, from a random point of its index, so that
+    // drives holding shards of the same objects offer different ones (a content that cannot
+    // move is passed over at the cost of one metadata read).
+    let mut queued = 0;
+    for (id, count) in &per_node {
+        let excess = (*count as f64 - mean).ceil();
+        if excess < 1.0 {
+            continue;
+        }
+        let node = eligible
+            .iter()
+            .find(|n| n.id == *id)
+            .expect("eligible node");
+        let per_drive = (2 * excess as usize).div_ceil(node.drives.len().max(1));
+        for d in &node.drives {
+            queued += client
+                .queue_drive_for_move(d.id, per_drive, Some(rand::random()))
+                .await?;
+        }
+    }
+    if queued > 0 {
+        tracing::info!(
+            "rebalancing: {queued} content(s) queued to move toward {mean:.0} shards per node"
+        );
+    }
+    Ok(())
+}
+
 /// Moves drains along: a node whose drives hold nothing any more is recorded as drained; for
 /// one that still holds shards, whatever it holds is queued for repair whenever the repair
 /// queue has run dry (repair moves shards off draining nodes), so shards committed since — an
@@ -285,7 +380,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             }
             continue;
         }
-        let queue: Vec<([u8; 32], u64)> = client.call(Rq::RepairQueue { limit: 1 }).await?;
+        let queue: Vec<([u8; 32], u64)> = client.call(Rq::MoveQueue { limit: 1 }).await?;
         if !queue.is_empty() || p.shards == 0 {
             continue;
         }
@@ -297,7 +392,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             .collect();
         let mut queued = 0;
         for drive in drives {
-            queued += client.queue_drive_for_repair(drive).await?;
+            queued += client.queue_drive_for_move(drive, usize::MAX, None).await?;
         }
         tracing::info!("draining node {node}: {queued} shard(s) queued to move");
     }

@@ -61,27 +61,65 @@ impl MetaClient {
     /// Queues every content with a shard on `drive` for repair, a page at a time; returns how
     /// many shards were queued.
     pub async fn queue_drive_for_repair(&self, drive: u16) -> Result<usize, MetaError> {
-        let mut after = None;
+        self.queue_drive(drive, false, usize::MAX, None).await
+    }
+
+    /// Queues up to `limit` contents with a shard on `drive` to have shards moved (copied, not
+    /// rebuilt), starting after `from` in hash order and wrapping around; returns how many
+    /// were queued.
+    pub async fn queue_drive_for_move(
+        &self,
+        drive: u16,
+        limit: usize,
+        from: Option<[u8; 32]>,
+    ) -> Result<usize, MetaError> {
+        self.queue_drive(drive, true, limit, from).await
+    }
+
+    async fn queue_drive(
+        &self,
+        drive: u16,
+        moving: bool,
+        limit: usize,
+        from: Option<[u8; 32]>,
+    ) -> Result<usize, MetaError> {
+        let start = from.map(|h| (h, 0u8));
+        let mut after = start;
+        let mut wrapped = false;
         let mut queued = 0;
-        loop {
+        while queued < limit {
             let page: Vec<([u8; 32], u8)> = self
                 .call(Request::ShardsOnDrive {
                     drive,
                     after,
-                    limit: 1000,
+                    limit: 1000.min(limit - queued),
                 })
                 .await?;
+            // Past the start again after wrapping: every shard was seen.
+            let page: Vec<([u8; 32], u8)> = match (wrapped, start) {
+                (true, Some(s)) => page.into_iter().take_while(|p| *p <= s).collect(),
+                _ => page,
+            };
             let Some(last) = page.last().copied() else {
+                if start.is_some() && !wrapped {
+                    wrapped = true;
+                    after = None;
+                    continue;
+                }
                 return Ok(queued);
             };
             queued += page.len();
-            self.call::<()>(Request::QueueRepair {
-                contents: page.iter().map(|p| p.0).collect(),
-                nonce: rand::random(),
+            let contents = page.iter().map(|p| p.0).collect();
+            let nonce = rand::random();
+            self.call::<()>(if moving {
+                Request::QueueMove { contents, nonce }
+            } else {
+                Request::QueueRepair { contents, nonce }
             })
             .await?;
             after = Some(last);
         }
+        Ok(queued)
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub shards_repaired: AtomicU64,
+    pub shards_moved: AtomicU64,
     pub unrepairable: AtomicU64,
     pub degraded_reads: AtomicU64,
     pub gc_collected: AtomicU64,
@@ -96,6 +97,11 @@ impl Metrics {
                 "ostore_shards_repaired_total",
                 "Shards rebuilt by repair.",
                 &self.shards_repaired,
+            ),
+            (
+                "ostore_shards_moved_total",
+                "Shards copied to another drive (drain, rebalance, spreading out).",
+                &self.shards_moved,
             ),
             (
                 "ostore_unrepairable_total",

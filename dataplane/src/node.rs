@@ -223,56 +223,16 @@ pub async fn wait_stopping(node: &Node) {
     }
 }
 
-/// Rebuilds queued contents, one at a time, until the node stops.
+/// Rebuilds queued contents, then moves queued shards, one content at a time, until the node
+/// stops. In a cluster the nodes split both queues by content hash.
 async fn repair_worker(node: Arc<Node>) {
     loop {
-        let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::RepairQueue { limit: 256 }).await
-        {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::error!("reading the repair queue: {e}");
-                Vec::new()
-            }
-        };
-        let mut retry_later = false;
-        let mine = repair_share(&node);
-        for (h, nonce) in queue.into_iter().filter(|(h, _)| mine(h)) {
-            if node.stopping.load(Ordering::Relaxed) {
-                return;
-            }
-            match store::repair(&node, h).await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!("repaired {n} shard(s) of {}", hex::encode(h));
-                        node.metrics
-                            .shards_repaired
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    let _ = node
-                        .meta
-                        .call::<()>(Rq::RepairDone { blake3: h, nonce })
-                        .await;
-                }
-                Err(StoreError::InsufficientShards { have, need }) => {
-                    tracing::error!(
-                        "content {} is unrepairable: {have} of {need} shards readable",
-                        hex::encode(h)
-                    );
-                    node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-                    // The next upload of these bytes will replace the damaged copy.
-                    let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: h }).await;
-                    let _ = node
-                        .meta
-                        .call::<()>(Rq::RepairDone { blake3: h, nonce })
-                        .await;
-                }
-                Err(e) => {
-                    tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
-                    retry_later = true;
-                }
-            }
+        let mut retry_later = work_repairs(&node).await;
+        if node.stopping.load(Ordering::Relaxed) {
+            return;
         }
-        // Drain wake-ups; the durable queue is the source of truth.
+        retry_later |= work_moves(&node).await;
+        // Drain wake-ups; the durable queues are the source of truth.
         while node.repair_rx.try_recv().is_ok() {}
         let wait = if retry_later {
             Duration::from_secs(2)
@@ -292,6 +252,97 @@ async fn repair_worker(node: Arc<Node>) {
             return;
         }
     }
+}
+
+/// One round over this node's share of the repair queue; `true` if something is to be retried.
+async fn work_repairs(node: &Arc<Node>) -> bool {
+    let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::RepairQueue { limit: 256 }).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!("reading the repair queue: {e}");
+            return true;
+        }
+    };
+    let mut retry_later = false;
+    let mine = repair_share(node);
+    for (h, nonce) in queue.into_iter().filter(|(h, _)| mine(h)) {
+        if node.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        match store::repair(node, h).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!("repaired {n} shard(s) of {}", hex::encode(h));
+                    node.metrics
+                        .shards_repaired
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let _ = node
+                    .meta
+                    .call::<()>(Rq::RepairDone { blake3: h, nonce })
+                    .await;
+            }
+            Err(StoreError::InsufficientShards { have, need }) => {
+                tracing::error!(
+                    "content {} is unrepairable: {have} of {need} shards readable",
+                    hex::encode(h)
+                );
+                node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+                // The next upload of these bytes will replace the damaged copy.
+                let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: h }).await;
+                let _ = node
+                    .meta
+                    .call::<()>(Rq::RepairDone { blake3: h, nonce })
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
+                retry_later = true;
+            }
+        }
+    }
+    retry_later
+}
+
+/// One round over this node's share of the move queue (drains, rebalancing); `true` if
+/// something is to be retried.
+async fn work_moves(node: &Arc<Node>) -> bool {
+    let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::MoveQueue { limit: 256 }).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!("reading the move queue: {e}");
+            return true;
+        }
+    };
+    let mut retry_later = false;
+    let mine = repair_share(node);
+    for (h, nonce) in queue.into_iter().filter(|(h, _)| mine(h)) {
+        if node.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        match store::relocate(node, h, true).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!("moved {n} shard(s) of {}", hex::encode(h));
+                    node.metrics
+                        .shards_moved
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let _ = node
+                    .meta
+                    .call::<()>(Rq::MoveDone { blake3: h, nonce })
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "moving shards of {} failed, will retry: {e}",
+                    hex::encode(h)
+                );
+                retry_later = true;
+            }
+        }
+    }
+    retry_later
 }
 
 /// Watches every drive: refreshes free space and notices a drive that was emptied or replaced.

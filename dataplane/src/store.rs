@@ -359,22 +359,6 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
     out
 }
 
-/// Shards (positions) that share a node with a shard of lower index while some healthy node
-/// with room holds none of the object: repair moves them there.
-fn doubled_up(views: &[DriveView], locs: &[ShardLoc], shard_bytes: u64) -> Vec<usize> {
-    let node_of = |drive: u16| views.iter().find(|d| d.id == drive).map(|d| d.node);
-    let nodes: Vec<Option<u32>> = locs.iter().map(|l| node_of(l.drive)).collect();
-    let free_node = views
-        .iter()
-        .any(|d| d.healthy && d.free_bytes >= shard_bytes && !nodes.contains(&Some(d.node)));
-    if !free_node {
-        return Vec::new();
-    }
-    (0..locs.len())
-        .filter(|&i| nodes[i].is_some() && nodes[..i].contains(&nodes[i]))
-        .collect()
-}
-
 /// Chooses the drives of a new object's K+M shard files (sized for `size_bytes` object bytes)
 /// and names the files `file_id`.
 pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<Vec<ShardLoc>> {
@@ -1413,19 +1397,11 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     }
     let views = drive_views(node);
     let mut bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
-    if let Some(cluster) = &node.cluster {
-        let view = cluster.view();
-        let draining = |drive: u16| {
-            views
-                .iter()
-                .find(|d| d.id == drive)
-                .is_some_and(|d| view.draining(d.node))
-        };
-        // Shards sharing a node, and shards on a draining node, move.
-        let moving = doubled_up(&views, &reader.locs, geo.shard_file_bytes())
-            .into_iter()
-            .chain((0..total).filter(|&i| draining(reader.locs[i].drive)));
-        for i in moving {
+    if node.cluster.is_some() {
+        // Shards on a draining node, and shards sharing a node, move.
+        let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+        let leaving = draining_nodes(node);
+        for (i, _) in placement::moves(&views, &current, &leaving, None, geo.shard_file_bytes()) {
             if !bad.contains(&i) {
                 bad.push(i);
             }
@@ -1481,6 +1457,198 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     discard(node, &garbage, upload_id);
     checked.rebuilt = bad.len();
     Ok(checked)
+}
+
+/// Nodes being drained, as this node's view has them.
+fn draining_nodes(node: &Node) -> Vec<u32> {
+    node.cluster.as_ref().map_or(Vec::new(), |c| {
+        c.view().drains.iter().map(|(n, _)| *n).collect()
+    })
+}
+
+/// Shards held per node (from the drive counters), for rebalancing.
+async fn node_counts(node: &Node, views: &[DriveView]) -> Result<Vec<(u32, u64)>> {
+    let ids: Vec<u16> = views.iter().map(|d| d.id).collect();
+    let counts: Vec<i64> = node.meta.call(Rq::DriveShardCounts { drives: ids }).await?;
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for (d, c) in views.iter().zip(counts) {
+        match out.iter_mut().find(|(n, _)| *n == d.node) {
+            Some((_, t)) => *t += c.max(0) as u64,
+            None => out.push((d.node, c.max(0) as u64)),
+        }
+    }
+    Ok(out)
+}
+
+/// Moves the shards of a content that should be elsewhere — on a draining node, doubled up on
+/// a node, or (with `rebalance`) on a node holding more than its share — by copying them: each
+/// block is read, its CRC32C checked, and sealed again for the new file, so a move reads one
+/// shard instead of rebuilding from K. A source that fails a check sends the content through
+/// [`check_and_repair`] instead. Returns how many shards moved.
+pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Result<usize> {
+    let Some(content) = node
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3 })
+        .await?
+    else {
+        return Ok(0);
+    };
+    let Some(mut reader) = ShardReader::new(node.clone(), blake3, &content) else {
+        return Ok(0);
+    };
+    let geo = reader.geometry();
+    let views = drive_views(node);
+    let counts = if rebalance {
+        Some(node_counts(node, &views).await?)
+    } else {
+        None
+    };
+    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+    let leaving = draining_nodes(node);
+    let moves = placement::moves(
+        &views,
+        &current,
+        &leaving,
+        counts.as_deref(),
+        geo.shard_file_bytes(),
+    );
+    if moves.is_empty() {
+        return Ok(0);
+    }
+    let anywhere: Vec<usize> = moves
+        .iter()
+        .filter(|m| m.1.is_none())
+        .map(|m| m.0)
+        .collect();
+    let mut placed = placement::replacements(
+        &views,
+        &current,
+        &anywhere,
+        geo.shard_file_bytes(),
+        rand::random(),
+    )
+    .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?
+    .into_iter();
+    let upload_id: u64 = rand::random();
+    let new_locs: Vec<ShardLoc> = moves
+        .iter()
+        .map(|&(i, to)| ShardLoc {
+            index: reader.locs[i].index,
+            drive: to.unwrap_or_else(|| placed.next().expect("one drive per move")),
+            file_id: upload_id,
+            file_tag: rand::random(),
+        })
+        .collect();
+    node.meta
+        .call::<()>(Rq::BeginIntent {
+            id: upload_id,
+            shards: new_locs.clone(),
+        })
+        .await?;
+    let from: Vec<usize> = moves.iter().map(|m| m.0).collect();
+    let r = copy_shards(node, &mut reader, &from, &new_locs).await;
+    reader.close().await;
+    match r {
+        Ok(true) => {}
+        Ok(false) => {
+            // A source shard is bad: rebuild it (and move what must move) from the others.
+            discard(node, &new_locs, upload_id);
+            return Ok(check_and_repair(node, blake3).await?.rebuilt);
+        }
+        Err(e) => {
+            discard(node, &new_locs, upload_id);
+            return Err(e);
+        }
+    }
+    let garbage: Vec<ShardLoc> = node
+        .meta
+        .call(Rq::ReplaceShards {
+            blake3,
+            shards: new_locs.clone(),
+            intent: upload_id,
+        })
+        .await?;
+    discard(node, &garbage, upload_id);
+    Ok(new_locs.len())
+}
+
+/// Copies shards `from` (positions) into the new files `new_locs`, checking every block on the
+/// way; `false` if a source block or header failed its check (nothing is committed then).
+async fn copy_shards(
+    node: &Node,
+    reader: &mut ShardReader,
+    from: &[usize],
+    new_locs: &[ShardLoc],
+) -> Result<bool> {
+    let geo = reader.geometry();
+    let stripes = geo.stripe_count();
+    for &i in from {
+        let loc = reader.locs[i];
+        match reader.file(i).await {
+            Some(f) if header_ok(&f, &reader.blake3, &loc, geo).await => {}
+            _ => return Ok(false),
+        }
+    }
+    let buf_bytes = READ_BATCH_STRIPES as usize * BLOCK_BYTES;
+    let mut w = ShardWriter::create(
+        node,
+        new_locs,
+        buf_bytes,
+        Some(geo.shard_file_bytes()),
+        OpenMode::Create,
+    )
+    .await?;
+    let r = async {
+        let mut s0 = 0;
+        while s0 < stripes {
+            let n = (stripes - s0).min(READ_BATCH_STRIPES);
+            repair_pace(n * from.len() as u64 * BLOCK_BYTES as u64).await;
+            let mut reads = Vec::with_capacity(from.len());
+            for &i in from {
+                reads.push(reader.read_shard(i, s0, n).await);
+            }
+            let mut slices = w.slices();
+            for (slot, (&i, r)) in from.iter().zip(&reads).enumerate() {
+                let Some(r) = r else { return Ok(false) };
+                for s in s0..s0 + n {
+                    let Some(payload) = reader.verify(r, i, s0, s) else {
+                        return Ok(false);
+                    };
+                    let c = geo.chunk_bytes(s);
+                    let base = ((s - s0) as usize) * BLOCK_BYTES;
+                    let blen = geo.block_len(s);
+                    let buf = &mut slices[slot];
+                    buf[base..base + c].copy_from_slice(&payload[..c]);
+                    ostore_wire::shard::seal_block(
+                        &mut buf[base..base + blen],
+                        c,
+                        s as u32,
+                        new_locs[slot].file_tag,
+                    );
+                }
+            }
+            let bytes = reader.span(s0, n);
+            w.write(s0, bytes).await?;
+            s0 += n;
+        }
+        let headers: Vec<ShardHeader> = new_locs
+            .iter()
+            .map(|l| ShardHeader {
+                data_shards: geo.ec.data,
+                parity_shards: geo.ec.parity,
+                shard_index: l.index,
+                file_tag: l.file_tag,
+                object_size_bytes: geo.size_bytes,
+                blake3: reader.blake3,
+                block_count: stripes,
+            })
+            .collect();
+        w.finish(&headers).await?;
+        Ok(true)
+    }
+    .await;
+    w.close().await;
+    r
 }
 
 /// What a scrub pass found.

@@ -301,3 +301,168 @@ mod node_tests {
         assert_eq!(n.len(), 6, "{fixed:?}");
     }
 }
+
+/// Positions (into `current`, the drive of every shard of one object) of shards that share a
+/// node with a shard of lower position while some healthy node with room holds none of the
+/// object: moving them there makes the object survive the loss of any node again.
+pub fn doubled_up(drives: &[DriveView], current: &[u16], shard_bytes: u64) -> Vec<usize> {
+    let node_of = |drive: u16| drives.iter().find(|d| d.id == drive).map(|d| d.node);
+    let nodes: Vec<Option<u32>> = current.iter().map(|&d| node_of(d)).collect();
+    let free_node = drives
+        .iter()
+        .any(|d| d.healthy && d.free_bytes >= shard_bytes && !nodes.contains(&Some(d.node)));
+    if !free_node {
+        return Vec::new();
+    }
+    (0..current.len())
+        .filter(|&i| nodes[i].is_some() && nodes[..i].contains(&nodes[i]))
+        .collect()
+}
+
+/// Which shards of one object to move, and where when it matters: shards on a node being
+/// drained (`leaving`) and shards doubled up on a node ([`doubled_up`]) go wherever
+/// [`replacements`] puts them (`None`). Only if there are none, and `counts` (shards held per
+/// node) is given: one shard moves from the most loaded of the object's nodes, if it holds more
+/// than its share, to the least loaded healthy node that holds none of the object and less than
+/// its share (`Some(drive)`, its drive with the most room). A node's share is the mean over
+/// nodes with a healthy drive, within 5 % (at least one shard) either way, so rebalancing stops
+/// once every node is near the mean instead of trading shards back and forth.
+pub fn moves(
+    drives: &[DriveView],
+    current: &[u16],
+    leaving: &[u32],
+    counts: Option<&[(u32, u64)]>,
+    shard_bytes: u64,
+) -> Vec<(usize, Option<u16>)> {
+    let node_of = |drive: u16| drives.iter().find(|d| d.id == drive).map(|d| d.node);
+    let mut out: Vec<(usize, Option<u16>)> = (0..current.len())
+        .filter(|&i| node_of(current[i]).is_some_and(|n| leaving.contains(&n)))
+        .map(|i| (i, None))
+        .collect();
+    for i in doubled_up(drives, current, shard_bytes) {
+        if !out.iter().any(|(j, _)| *j == i) {
+            out.push((i, None));
+        }
+    }
+    out.sort_unstable();
+    if !out.is_empty() {
+        return out;
+    }
+    let Some(counts) = counts else {
+        return out;
+    };
+    let count = |n: u32| {
+        counts
+            .iter()
+            .find(|(id, _)| *id == n)
+            .map_or(0, |(_, c)| *c)
+    };
+    let mut eligible: Vec<u32> = drives
+        .iter()
+        .filter(|d| d.healthy && !leaving.contains(&d.node))
+        .map(|d| d.node)
+        .collect();
+    eligible.sort_unstable();
+    eligible.dedup();
+    if eligible.len() < 2 {
+        return out;
+    }
+    let total: u64 = eligible.iter().map(|&n| count(n)).sum();
+    let mean = total as f64 / eligible.len() as f64;
+    let slack = (mean * 0.05).max(1.0);
+    let object_nodes: Vec<Option<u32>> = current.iter().map(|&d| node_of(d)).collect();
+    let from = (0..current.len())
+        .filter_map(|i| object_nodes[i].map(|n| (i, n)))
+        .filter(|&(_, n)| count(n) as f64 > mean)
+        .max_by_key(|&(i, n)| (count(n), std::cmp::Reverse(i)));
+    let Some((i, from_node)) = from else {
+        return out;
+    };
+    // Every move narrows the spread (the giver holds at least two more than the taker), so
+    // rebalancing ends.
+    let to = eligible
+        .iter()
+        .filter(|&&n| {
+            !object_nodes.contains(&Some(n))
+                && (count(n) as f64) < mean - slack
+                && count(n) + 2 <= count(from_node)
+        })
+        .filter_map(|&n| {
+            drives
+                .iter()
+                .filter(|d| d.node == n && d.healthy && d.free_bytes >= shard_bytes)
+                .max_by_key(|d| (d.free_bytes, std::cmp::Reverse(d.id)))
+                .map(|d| (count(n), d.id))
+        })
+        .min();
+    if let Some((_, drive)) = to {
+        out.push((i, Some(drive)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod move_tests {
+    use super::*;
+
+    /// `nodes` nodes with one drive each (drive id = node id).
+    fn cluster(nodes: u32) -> Vec<DriveView> {
+        (0..nodes)
+            .map(|n| DriveView {
+                id: n as u16,
+                node: n,
+                zone: 0,
+                free_bytes: 100 << 30,
+                healthy: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_draining_node_loses_its_shards() {
+        let mut d = cluster(7);
+        d[6].healthy = false; // draining nodes take nothing
+        let m = moves(&d, &[0, 1, 2, 3, 4, 6], &[6], None, 1);
+        assert_eq!(m, vec![(5, None)]);
+        let r = replacements(&d, &[0, 1, 2, 3, 4, 6], &[5], 1, 0).unwrap();
+        assert_eq!(r, vec![5]);
+    }
+
+    #[test]
+    fn doubled_up_shards_move_only_where_a_free_node_exists() {
+        let d = cluster(3);
+        // Two on node 0, the object spans all three nodes already.
+        assert!(moves(&d, &[0, 0, 1, 2], &[], None, 1).is_empty());
+        let d = cluster(4);
+        assert_eq!(moves(&d, &[0, 0, 1, 2], &[], None, 1), vec![(1, None)]);
+    }
+
+    #[test]
+    fn rebalancing_fills_a_new_node_and_stops_near_the_mean() {
+        let d = cluster(7);
+        // Six nodes with 12 shards each, a new node 6 with none: the mean is ~10.3.
+        let mut counts: Vec<(u32, u64)> = (0..6).map(|n| (n, 12)).chain([(6, 0)]).collect();
+        let obj = [0u16, 1, 2, 3, 4, 5];
+        let m = moves(&d, &obj, &[], Some(&counts), 1);
+        assert_eq!(
+            m,
+            vec![(0, Some(6))],
+            "the first of the equally loaded nodes gives"
+        );
+        // Once the new node holds about its share, nothing moves.
+        counts = (0..6).map(|n| (n, 10)).chain([(6, 12)]).collect();
+        assert!(moves(&d, &obj, &[], Some(&counts), 1).is_empty());
+        counts = (0..6).map(|n| (n, 11)).chain([(6, 10)]).collect();
+        assert!(moves(&d, &obj, &[], Some(&counts), 1).is_empty());
+        // Givers only a shard above the mean still give to a node far below it.
+        counts = (0..6).map(|n| (n, 13)).chain([(6, 6)]).collect();
+        assert_eq!(moves(&d, &obj, &[], Some(&counts), 1), vec![(0, Some(6))]);
+        // The target must hold none of the object.
+        counts = (0..6).map(|n| (n, 12)).chain([(6, 0)]).collect();
+        assert!(moves(&d, &[0, 1, 2, 3, 4, 6], &[], Some(&counts), 1).is_empty());
+        // A full or unhealthy node is no target.
+        let mut full = cluster(7);
+        full[6].free_bytes = 0;
+        assert!(moves(&full, &obj, &[], Some(&counts), 1).is_empty());
+    }
+}

@@ -162,6 +162,24 @@ impl Cluster {
         n.child = Some(child);
     }
 
+    /// Starts one more node with `drives` drives; returns its index.
+    pub fn add_node(&mut self, drives: usize) -> usize {
+        let i = self.nodes.len();
+        let mut n = Node {
+            child: None,
+            id: String::new(),
+            http: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            drives: (0..drives)
+                .map(|d| self.dir.path().join(format!("node-{i}/drive-{d}")))
+                .collect(),
+        };
+        self.launch(&mut n);
+        self.nodes.push(n);
+        self.wait_all_see_all();
+        i
+    }
+
     /// SIGKILL of node `i`.
     pub fn kill9(&mut self, i: usize) {
         kill(&mut self.nodes[i].child);

@@ -524,3 +524,57 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
         "node 0's shards are missing: {st}"
     );
 }
+
+#[test]
+fn a_new_node_gets_its_share_by_rebalance() {
+    let mut c = Cluster::start(6, 1);
+    let objs: Vec<Obj> = (0..14)
+        .map(|i| {
+            put(
+                &c,
+                i % 6,
+                &format!("r/{i}"),
+                random_bytes(300 + i as u64, 150_000 + i * 20_000),
+            )
+        })
+        .collect();
+    let shards_per_node = |c: &Cluster| -> Vec<(String, i64)> {
+        let out = c.osctl(0, &["--json", "status"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let mut per: Vec<(String, i64)> = Vec::new();
+        for d in st["shards_per_drive"].as_array().unwrap() {
+            let n = d["node"].as_str().unwrap().to_string();
+            let k = d["shards"].as_i64().unwrap();
+            match per.iter_mut().find(|(x, _)| *x == n) {
+                Some((_, t)) => *t += k,
+                None => per.push((n, k)),
+            }
+        }
+        per
+    };
+    assert!(
+        shards_per_node(&c).iter().all(|(_, k)| *k == 14),
+        "{:?}",
+        shards_per_node(&c)
+    );
+    let new = c.add_node(1);
+    let id = c.nodes[new].id.clone();
+    // 84 shards over 7 nodes: 12 each. The new node fills up to within 5 % of that.
+    let ok = eventually(Duration::from_secs(90), || {
+        shards_per_node(&c)
+            .iter()
+            .all(|(_, k)| (11..=13).contains(k))
+    });
+    assert!(ok, "not rebalanced: {:?}", shards_per_node(&c));
+    assert!(
+        files_on(&c, new) >= 11,
+        "the new node holds the shard files"
+    );
+    // Every object still spans six distinct nodes and reads back exactly through the new node.
+    for o in &objs {
+        let (n, nodes) = shard_nodes(&c, new, &o.blake3);
+        assert!(n == 6 && nodes.len() == 6, "{}: {nodes:?}", o.key);
+    }
+    check_all(&c, &objs, &[new]);
+    assert!(shards_per_node(&c).iter().any(|(n, _)| *n == id));
+}

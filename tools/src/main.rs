@@ -359,7 +359,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         "contents": st["contents"], "logical_bytes": st["logical_bytes"],
                         "stored_bytes": st["stored_bytes"], "repair_queued": st["repair_queued"],
                         "degraded_objects": st["repair_queued"], "missing_shards": st["missing_shards"],
-                        "shards_repaired": repaired, "jobs": st["jobs"]})
+                        "shards_repaired": repaired, "jobs": st["jobs"],
+                        "shards_per_drive": st["drives"]})
                 );
             } else {
                 println!("endpoint        {}", cli.endpoint);
