@@ -348,14 +348,14 @@ pub(crate) async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
     ))
 }
 
-pub(crate) fn metrics(node: &Node) -> Resp {
+pub(crate) async fn metrics(node: &Node) -> Resp {
     let mut free = 0u64;
     let mut healthy = 0u64;
     for d in &node.drives {
         free += d.free_bytes.load(Ordering::Relaxed);
         healthy += d.healthy.load(Ordering::Relaxed) as u64;
     }
-    let text = node.metrics.render(&[
+    let mut text = node.metrics.render(&[
         (
             "ostore_drives",
             "Drives of this node.",
@@ -372,12 +372,88 @@ pub(crate) fn metrics(node: &Node) -> Resp {
             free as f64,
         ),
     ]);
+    text.push_str(&drive_metrics(node).await);
     let mut r = Response::new(RespBody::Full(Some(Bytes::from(text))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
+}
+
+/// Per-drive gauges of this node's drives: health, space, shards held, and the continuous
+/// scrub's progress (from the metadata; left out if it cannot be read now).
+async fn drive_metrics(node: &Node) -> String {
+    use std::fmt::Write as _;
+    let ids: Vec<u16> = node.drives.iter().map(|d| d.id).collect();
+    let cursors = node
+        .meta
+        .call::<Vec<ScrubCursor>>(Rq::ScrubCursors {
+            drives: ids.clone(),
+        })
+        .await;
+    let counts = node
+        .meta
+        .call::<Vec<i64>>(Rq::DriveShardCounts { drives: ids })
+        .await;
+    let mut families: Vec<(&str, &str, Vec<(u16, f64)>)> = vec![
+        ("ostore_drive_healthy", "1 while the drive is in service.", vec![]),
+        ("ostore_drive_available_bytes", "Free bytes of the drive.", vec![]),
+        ("ostore_drive_capacity_bytes", "Size of the drive's filesystem.", vec![]),
+    ];
+    for d in &node.drives {
+        families[0].2.push((d.id, d.healthy.load(Ordering::Relaxed) as u8 as f64));
+        families[1].2.push((d.id, d.free_bytes.load(Ordering::Relaxed) as f64));
+        families[2].2.push((
+            d.id,
+            crate::drives::total_bytes(&d.root).unwrap_or(0) as f64,
+        ));
+    }
+    if let (Ok(cursors), Ok(counts)) = (cursors, counts) {
+        let mut shards = vec![];
+        let mut done = vec![];
+        let mut ratio = vec![];
+        let mut passes = vec![];
+        let mut last_end = vec![];
+        for ((d, c), n) in node.drives.iter().zip(&cursors).zip(&counts) {
+            shards.push((d.id, *n as f64));
+            done.push((d.id, c.shards as f64));
+            let r = match c.started_ms {
+                Some(_) if *n > 0 => (c.shards as f64 / *n as f64).min(1.0),
+                _ => 1.0,
+            };
+            ratio.push((d.id, r));
+            passes.push((d.id, c.passes as f64));
+            if let Some(l) = &c.last {
+                last_end.push((d.id, l.ended_ms as f64 / 1000.0));
+            }
+        }
+        families.push(("ostore_drive_shards", "Shards the drive holds.", shards));
+        families.push((
+            "ostore_scrub_pass_shards",
+            "Shards checked so far by the scrub pass in progress.",
+            done,
+        ));
+        families.push((
+            "ostore_scrub_pass_progress_ratio",
+            "Part of the drive the scrub pass in progress has checked (1 between passes).",
+            ratio,
+        ));
+        families.push(("ostore_scrub_passes", "Scrub passes completed over the drive.", passes));
+        families.push((
+            "ostore_scrub_last_pass_end_seconds",
+            "When the last complete scrub pass over the drive ended (Unix time).",
+            last_end,
+        ));
+    }
+    let mut o = String::new();
+    for (name, help, values) in families {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (d, v) in values {
+            let _ = writeln!(o, "{name}{{drive=\"{d}\"}} {v}");
+        }
+    }
+    o
 }
 
 /// The node `?node=` names: its id, or its HTTP or peer address.

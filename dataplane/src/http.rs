@@ -396,7 +396,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
     check_auth(node, &req).map_err(|e| (op, e))?;
     let r = match op {
         "tus" => Ok(crate::tus::route(node, req, &path).await),
-        "metrics" => Ok(admin::metrics(node)),
+        "metrics" => Ok(admin::metrics(node).await),
         "list" => list(node, &req).await,
         "put" => put(node, req, &path["/objects/".len()..]).await,
         "get" | "head" => get(node, &req, &path["/objects/".len()..], op == "head").await,
