@@ -88,6 +88,8 @@ pub enum Request {
     Cluster,
     /// → `Option<upload::UploadRec>`
     UploadGet { id: [u8; 16] },
+    /// Every upload in progress. → `Vec<upload::UploadRec>`
+    Uploads,
     /// Uploads expired by now. → `Vec<[u8; 16]>`
     UploadsExpired { limit: usize },
     /// Versions kept per key in `bucket` (its override, else the default; `None`: all); with
@@ -271,6 +273,7 @@ impl Request {
                 | Request::MoveQueue { .. }
                 | Request::Cluster
                 | Request::UploadGet { .. }
+                | Request::Uploads
                 | Request::UploadsExpired { .. }
                 | Request::GcCandidates { .. }
                 | Request::Retention { .. }
@@ -525,6 +528,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         Register(reg) => enc(cluster::register(kv, &reg, now_ms)?),
         Heartbeat { node, free } => enc(cluster::heartbeat(kv, node, &free, now_ms)?),
         UploadGet { id } => enc(upload::get(kv, &id)?),
+        Uploads => enc(upload::all(kv)?),
         UploadsExpired { limit } => enc(upload::expired(kv, now_ms, limit)?),
         UploadCreate {
             id,

@@ -334,7 +334,11 @@ pub(crate) async fn scrub_schedule(node: &Node, req: &Request<Incoming>) -> Resu
 pub(crate) async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     maintenance(node, req, "gc", |n| async move {
         let r = store::gc_pass(&n, false).await?;
-        Ok(json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected, "bytes_freed": r.bytes_freed, "done": true}))
+        // Then this node's drives are scanned for files nothing refers to.
+        let o = crate::orphans::orphan_pass(&n, n.store.gc_grace).await?;
+        Ok(json!({"versions_trimmed": r.versions_trimmed, "candidates": r.candidates, "collected": r.collected,
+            "bytes_freed": r.bytes_freed + o.bytes, "orphans_removed": o.removed, "orphan_bytes_freed": o.bytes,
+            "files_scanned": o.files, "files_unreadable": o.unreadable, "done": true}))
     })
     .await
 }
@@ -397,13 +401,29 @@ async fn drive_metrics(node: &Node) -> String {
         .call::<Vec<i64>>(Rq::DriveShardCounts { drives: ids })
         .await;
     let mut families: Vec<(&str, &str, Vec<(u16, f64)>)> = vec![
-        ("ostore_drive_healthy", "1 while the drive is in service.", vec![]),
-        ("ostore_drive_available_bytes", "Free bytes of the drive.", vec![]),
-        ("ostore_drive_capacity_bytes", "Size of the drive's filesystem.", vec![]),
+        (
+            "ostore_drive_healthy",
+            "1 while the drive is in service.",
+            vec![],
+        ),
+        (
+            "ostore_drive_available_bytes",
+            "Free bytes of the drive.",
+            vec![],
+        ),
+        (
+            "ostore_drive_capacity_bytes",
+            "Size of the drive's filesystem.",
+            vec![],
+        ),
     ];
     for d in &node.drives {
-        families[0].2.push((d.id, d.healthy.load(Ordering::Relaxed) as u8 as f64));
-        families[1].2.push((d.id, d.free_bytes.load(Ordering::Relaxed) as f64));
+        families[0]
+            .2
+            .push((d.id, d.healthy.load(Ordering::Relaxed) as u8 as f64));
+        families[1]
+            .2
+            .push((d.id, d.free_bytes.load(Ordering::Relaxed) as f64));
         families[2].2.push((
             d.id,
             crate::drives::total_bytes(&d.root).unwrap_or(0) as f64,
@@ -439,7 +459,11 @@ async fn drive_metrics(node: &Node) -> String {
             "Part of the drive the scrub pass in progress has checked (1 between passes).",
             ratio,
         ));
-        families.push(("ostore_scrub_passes", "Scrub passes completed over the drive.", passes));
+        families.push((
+            "ostore_scrub_passes",
+            "Scrub passes completed over the drive.",
+            passes,
+        ));
         families.push((
             "ostore_scrub_last_pass_end_seconds",
             "When the last complete scrub pass over the drive ended (Unix time).",

@@ -12,6 +12,7 @@ pub mod http;
 pub mod metaclient;
 pub mod metrics;
 pub mod node;
+pub mod orphans;
 pub mod peer;
 pub mod quic;
 pub mod scrub;

@@ -661,7 +661,28 @@ fn spawn_background(node: Arc<Node>) {
     glommio::spawn_local(intent_sweeper(node.clone())).detach();
     glommio::spawn_local(upload_expirer(node.clone())).detach();
     glommio::spawn_local(garbage_collector(node.clone())).detach();
+    glommio::spawn_local(orphan_sweeper(node.clone())).detach();
     glommio::spawn_local(drive_watcher(node)).detach();
+}
+
+/// How often every node scans its drives for orphan files (`orphans::orphan_pass`).
+const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Scans this node's drives for files nothing refers to, daily (the first scan a day after
+/// start: a node that just started has resolved its intents already).
+async fn orphan_sweeper(node: Arc<Node>) {
+    while sleep_unless_stopping(&node, ORPHAN_SCAN_EVERY).await {
+        let grace = node.store.gc_grace.max(Duration::from_secs(3600));
+        match crate::orphans::orphan_pass(&node, grace).await {
+            Ok(r) if r.removed > 0 => tracing::warn!(
+                "orphan scan: {} file(s) nothing referred to deleted ({} bytes)",
+                r.removed,
+                r.bytes
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("orphan scan: {e}"),
+        }
+    }
 }
 
 /// Deletes resumable uploads whose expiry passed, often enough for short test expiries.

@@ -68,7 +68,7 @@ impl From<CodecError> for StoreError {
     }
 }
 
-type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// Where a request body comes from (the HTTP layer adapts its body type to this).
 #[allow(async_fn_in_trait)]

@@ -208,3 +208,82 @@ fn retention_keeps_the_newest_versions_and_gc_frees_the_rest() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn the_orphan_scan_deletes_only_files_nothing_refers_to() {
+    let dev = Dev::start(&["--gc-grace", "0s"]);
+    let body = random_bytes(500, 900_000);
+    assert_eq!(dev.put("o/kept", body.clone()).status(), 201);
+    // An upload in progress: its files exist before any version refers to them.
+    let r = dev
+        .req(Method::POST, "/uploads")
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "2000000")
+        .header("Upload-Metadata", format!("key {}", base64_of("o/up")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let url = r.headers()["location"].to_str().unwrap().to_string();
+    let part = random_bytes(501, 2_000_000);
+    let r = dev
+        .req(Method::PATCH, &url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(part[..1_100_000].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut files = shard_files(&dev, 6);
+    files.sort();
+    let before = files.len();
+    // Two strays: a copy of a real shard under another file id (a valid header, but no
+    // content lists it), and a file of garbage (no readable header: kept, it might be a
+    // damaged shard).
+    let dir = files[0].parent().unwrap().to_path_buf();
+    let copy = dir.join("00000000deadbe00.0");
+    std::fs::copy(&files[0], &copy).unwrap();
+    let junk = dir.join("00000000deadbe01.3");
+    std::fs::write(&junk, random_bytes(502, 70_000)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let r = osctl(&dev, &["gc", "--wait"]);
+    assert_eq!(r["orphans_removed"], 1, "{r}");
+    assert_eq!(r["files_unreadable"], 1, "{r}");
+    assert!(!copy.exists() && junk.exists());
+    assert_eq!(
+        shard_files(&dev, 6).len(),
+        before + 1,
+        "everything else stays"
+    );
+    // The upload goes on and the kept object reads back.
+    let r = dev
+        .req(Method::PATCH, &url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", "1100000")
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(part[1_100_000..].to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(dev.get_bytes("o/up").1 == part);
+    assert!(dev.get_bytes("o/kept").1 == body);
+}
+
+fn base64_of(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

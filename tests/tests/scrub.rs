@@ -160,10 +160,18 @@ fn the_continuous_scrub_finds_a_flipped_byte_and_the_next_pass_is_clean() {
     assert_eq!(dev.metric("ostore_degraded_reads_total"), 0.0);
     // Per-drive gauges: health, shards held, scrub passes and progress.
     for d in 0..6 {
-        assert_eq!(dev.metric(&format!("ostore_drive_healthy{{drive=\"{d}\"}}")), 1.0);
-        assert_eq!(dev.metric(&format!("ostore_drive_shards{{drive=\"{d}\"}}")), 1.0);
+        assert_eq!(
+            dev.metric(&format!("ostore_drive_healthy{{drive=\"{d}\"}}")),
+            1.0
+        );
+        assert_eq!(
+            dev.metric(&format!("ostore_drive_shards{{drive=\"{d}\"}}")),
+            1.0
+        );
         assert!(dev.metric(&format!("ostore_scrub_passes{{drive=\"{d}\"}}")) > 3.0);
-        let r = dev.metric(&format!("ostore_scrub_pass_progress_ratio{{drive=\"{d}\"}}"));
+        let r = dev.metric(&format!(
+            "ostore_scrub_pass_progress_ratio{{drive=\"{d}\"}}"
+        ));
         assert!((0.0..=1.0).contains(&r));
     }
     assert!(dev.metric("ostore_scrub_bytes_total") > 3.0 * 3.0 * 1024.0 * 1024.0 / 4.0);

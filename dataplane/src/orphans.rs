@@ -1,0 +1,129 @@
+//! The orphan scan: a safety net under the intents. Every shard file is written under an
+//! intent and deleted through one, so a file that nothing refers to should not exist; one can
+//! still appear (a metadata store restored from a backup, a bug). The scan walks this node's
+//! drives and deletes a file only when all of these hold: it is older than the grace period,
+//! no intent and no resumable upload lists it, its header is intact, and the content its header
+//! names does not list it (same drive, file id, index and tag). A file whose header cannot be
+//! read is kept: it may be a referenced shard with a damaged header, which scrub repairs.
+
+use crate::node::Node;
+use crate::shardio::ShardFile;
+use crate::store::{Result, StoreError};
+use ostore_control::records::{ContentRec, IntentRec, Stored};
+use ostore_control::rpc::Request as Rq;
+use ostore_control::upload::UploadRec;
+use ostore_wire::peer::OpenMode;
+use ostore_wire::shard::{ShardHeader, HEADER_BYTES};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What an orphan scan found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrphanReport {
+    /// Shard files looked at.
+    pub files: u64,
+    /// Files kept because their header could not be read.
+    pub unreadable: u64,
+    /// Files deleted, and their bytes.
+    pub removed: u64,
+    pub bytes: u64,
+}
+
+/// `<file id:016x>.<index>` → (file id, index).
+fn parse_name(name: &str) -> Option<(u64, u8)> {
+    let (id, index) = name.split_once('.')?;
+    if id.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(id, 16).ok()?, index.parse().ok()?))
+}
+
+/// Scans this node's drives for orphan shard files older than `grace` and deletes them.
+pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanReport> {
+    let mut report = OrphanReport::default();
+    let cutoff = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    // Files in flight: listed by an intent (writes, repairs, moves, deletions) or an upload.
+    let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;
+    let uploads: Vec<UploadRec> = node.meta.call(Rq::Uploads).await?;
+    let in_flight: HashSet<(u16, u64, u8)> = intents
+        .iter()
+        .flat_map(|(_, i)| i.shards.iter())
+        .chain(uploads.iter().flat_map(|u| u.shards.iter()))
+        .map(|l| (l.drive, l.file_id, l.index))
+        .collect();
+    for d in &node.drives {
+        for sub in 0..=255u8 {
+            let dir = d.root.join("shards").join(format!("{sub:02x}"));
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::Io(e)),
+            };
+            let mut old = Vec::new();
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some((file_id, index)) = parse_name(&name) else {
+                    continue;
+                };
+                report.files += 1;
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.modified().is_ok_and(|m| m < cutoff)
+                    && !in_flight.contains(&(d.id, file_id, index))
+                {
+                    old.push((e.path(), file_id, index, meta.len()));
+                }
+            }
+            for (path, file_id, index, len) in old {
+                match referenced(node, d.id, &path, file_id, index).await? {
+                    Some(true) => {}
+                    Some(false) => {
+                        tracing::warn!(
+                            "orphan scan: deleting {} (nothing refers to it)",
+                            path.display()
+                        );
+                        std::fs::remove_file(&path).map_err(StoreError::Io)?;
+                        report.removed += 1;
+                        report.bytes += len;
+                    }
+                    None => report.unreadable += 1,
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+    Ok(report)
+}
+
+/// Whether the content named in the file's header lists this very file; `None` if the header
+/// cannot be read.
+async fn referenced(
+    node: &Node,
+    drive: u16,
+    path: &Path,
+    file_id: u64,
+    index: u8,
+) -> Result<Option<bool>> {
+    let Ok(f) = ShardFile::open(drive, path, OpenMode::Read).await else {
+        return Ok(None);
+    };
+    let header = f.read_at(0, HEADER_BYTES).await;
+    f.close().await;
+    let h = match header {
+        Ok(b) if b.len() == HEADER_BYTES => match ShardHeader::decode(&b) {
+            Ok(h) => h,
+            Err(_) => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let content: Option<ContentRec> = node.meta.call(Rq::Content { blake3: h.blake3 }).await?;
+    Ok(Some(content.is_some_and(|c| match &c.stored {
+        Stored::Sharded { shards, .. } => shards.iter().any(|l| {
+            l.drive == drive && l.file_id == file_id && l.index == index && l.file_tag == h.file_tag
+        }),
+        Stored::Inline(_) => false,
+    })))
+}
