@@ -385,6 +385,9 @@ pub(crate) async fn metrics(node: &Node) -> Resp {
     r
 }
 
+/// A gauge family: name, help, and a value per drive.
+type Family = (&'static str, &'static str, Vec<(u16, f64)>);
+
 /// Per-drive gauges of this node's drives: health, space, shards held, and the continuous
 /// scrub's progress (from the metadata; left out if it cannot be read now).
 async fn drive_metrics(node: &Node) -> String {
@@ -400,7 +403,7 @@ async fn drive_metrics(node: &Node) -> String {
         .meta
         .call::<Vec<i64>>(Rq::DriveShardCounts { drives: ids })
         .await;
-    let mut families: Vec<(&str, &str, Vec<(u16, f64)>)> = vec![
+    let mut families: Vec<Family> = vec![
         (
             "ostore_drive_healthy",
             "1 while the drive is in service.",
