@@ -374,6 +374,21 @@ mod tests {
         assert_eq!(drive(258), b"\x40\x01\x02");
         assert_eq!(intent(1), b"\x50\x00\x00\x00\x00\x00\x00\x00\x01");
         assert_eq!(format(), b"\x01");
+        assert_eq!(stat(Stat::Versions), b"\x04\x01");
+        assert_eq!(scrub_policy(None), b"\x05");
+        assert_eq!(scrub_policy(Some(258)), b"\x05\x01\x02");
+        assert_eq!(scrub_policy_drive(b"\x05\x01\x02"), Some(258));
+        assert_eq!(drive_count(258), b"\x41\x01\x02");
+        assert_eq!(scrub_cursor(258), b"\x42\x01\x02");
+        assert_eq!(moving(&h)[0], 0x61);
+        assert_eq!(drain(7), b"\x73\x00\x00\x00\x07");
+        // The default scrub policy is outside the per-drive range.
+        let (lo, hi) = scrub_policies();
+        assert!(
+            scrub_policy(None) < lo
+                && scrub_policy(Some(0)) >= lo
+                && scrub_policy(Some(u16::MAX)) < hi
+        );
     }
 
     #[test]
