@@ -43,8 +43,11 @@ fn parse_name(name: &str) -> Option<(u64, u8)> {
 /// Scans this node's drives for orphan shard files older than `grace` and deletes them.
 pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanReport> {
     let mut report = OrphanReport::default();
+    // Taken before the intents and uploads are read: a file created after that read has a
+    // newer mtime (its intent came first, and may be missing from what was read). A second more
+    // covers the coarse clock of file timestamps.
     let cutoff = SystemTime::now()
-        .checked_sub(grace)
+        .checked_sub(grace + Duration::from_secs(1))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     // Files in flight: listed by an intent (writes, repairs, moves, deletions) or an upload.
     let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;

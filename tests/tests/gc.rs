@@ -245,7 +245,8 @@ fn the_orphan_scan_deletes_only_files_nothing_refers_to() {
     std::fs::copy(&files[0], &copy).unwrap();
     let junk = dir.join("00000000deadbe01.3");
     std::fs::write(&junk, random_bytes(502, 70_000)).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Only files older than the grace (0 s here) plus a second are considered.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = osctl(&dev, &["gc", "--wait"]);
     assert_eq!(r["orphans_removed"], 1, "{r}");
     assert_eq!(r["files_unreadable"], 1, "{r}");
