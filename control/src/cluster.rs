@@ -357,12 +357,12 @@ pub fn stop_drain(kv: &dyn Kv, node: u32) -> Result<bool> {
     })
 }
 
-/// Records that a drained node holds nothing any more (once).
-pub fn drain_finished(kv: &dyn Kv, node: u32, now_ms: u64) -> Result<()> {
+/// Records that a drained node holds nothing any more (`done`), or again something (`false`).
+pub fn set_drain_done(kv: &dyn Kv, node: u32, done: bool, now_ms: u64) -> Result<()> {
     run(kv, true, |tx| {
         if let Some(mut d) = get::<DrainRec>(tx, &keys::drain(node))? {
-            if d.done_ms.is_none() {
-                d.done_ms = Some(now_ms);
+            if d.done_ms.is_some() != done {
+                d.done_ms = done.then_some(now_ms);
                 put(tx, &keys::drain(node), &d)?;
                 bump_epoch(tx)?;
             }
@@ -395,8 +395,9 @@ pub fn count_drive_shards(kv: &dyn Kv) -> impl Fn(u16) -> Result<u64> + '_ {
     }
 }
 
-/// What of the cluster's data still sits on `node`'s drives.
-pub fn drain_progress(kv: &dyn Kv, node: u32) -> Result<DrainProgress> {
+/// What of the cluster's data still sits on `node`'s drives: shards from the drive counters,
+/// or with `exact` by counting the drive-shard index itself (a page per transaction).
+pub fn drain_progress(kv: &dyn Kv, node: u32, exact: bool) -> Result<DrainProgress> {
     let (rec, drain) = run(kv, false, |tx| {
         Ok::<_, MetaError>((
             get::<NodeRec>(tx, &keys::node(node))?,
@@ -405,11 +406,19 @@ pub fn drain_progress(kv: &dyn Kv, node: u32) -> Result<DrainProgress> {
     })?;
     let rec = rec.ok_or(MetaError::NoSuchNode)?;
     let drives: Vec<u16> = rec.drives.iter().map(|d| d.id).collect();
-    let count = count_drive_shards(kv);
-    let mut shards = 0;
-    for d in &drives {
-        shards += count(*d)?;
-    }
+    let shards = if exact {
+        let count = count_drive_shards(kv);
+        let mut n = 0;
+        for d in &drives {
+            n += count(*d)?;
+        }
+        n
+    } else {
+        crate::meta::drive_shard_counts(kv, &drives)?
+            .iter()
+            .map(|c| (*c).max(0) as u64)
+            .sum()
+    };
     let on_node =
         |locs: &[crate::records::ShardLoc]| locs.iter().any(|l| drives.contains(&l.drive));
     let intents = crate::meta::intents(kv)?

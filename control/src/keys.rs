@@ -54,8 +54,14 @@ pub mod tag {
     pub const DONE: u8 = 0x80;
 }
 
-/// The key-space format version stored under [`format`].
-pub const FORMAT_VERSION: u32 = 1;
+/// The key-space format version stored under [`format`]. 2: the counters (`0x04`, `0x41`)
+/// exist; a format-1 store is recounted once when it is opened.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Every key of one subspace.
+pub fn subspace(t: u8) -> (Vec<u8>, Vec<u8>) {
+    (vec![t], vec![t + 1])
+}
 
 pub fn upload(id: &[u8; 16]) -> Vec<u8> {
     let mut k = vec![tag::UPLOAD];

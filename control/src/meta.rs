@@ -142,6 +142,10 @@ pub fn mark_damaged(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
 
 /// Creates the key-space format marker and the `default` bucket if missing.
 pub fn init(kv: &dyn Kv, now_ms: u64) -> Result<()> {
+    let format = run(kv, false, |tx| Ok::<_, MetaError>(tx.get(&keys::format())?))?;
+    if format.as_deref() == Some(&1u32.to_le_bytes()[..]) {
+        recount(kv)?;
+    }
     run(kv, true, |tx| {
         match tx.get(&keys::format())? {
             Some(v) if v == keys::FORMAT_VERSION.to_le_bytes() => {}
@@ -159,6 +163,68 @@ pub fn init(kv: &dyn Kv, now_ms: u64) -> Result<()> {
                 &BucketRec { created_ms: now_ms },
             )?;
         }
+        Ok(())
+    })
+}
+
+/// Reads one subspace a page per transaction, handing each pair to `f`.
+fn scan(kv: &dyn Kv, t: u8, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    const PAGE: usize = 10_000;
+    let (mut b, e) = keys::subspace(t);
+    loop {
+        let page = run(kv, false, |tx| {
+            Ok::<_, MetaError>(tx.get_range(&b, &e, PAGE, false)?)
+        })?;
+        for (k, v) in &page {
+            f(k, v)?;
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == PAGE => {
+                b = k.clone();
+                b.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Upgrades a format-1 key space: counts what the counters count (heads, versions, contents,
+/// drive-shard entries), a page per transaction, then sets the counters and format 2 in one
+/// transaction. It runs when a process opens the store, before it serves; writes by another
+/// process meanwhile would make the counts drift, so upgrade with the cluster stopped.
+fn recount(kv: &dyn Kv) -> Result<()> {
+    let mut st = [0i64; 5];
+    scan(kv, keys::tag::HEAD, |_, v| {
+        let h: HeadRec = decode(v)?;
+        st[Stat::Objects as usize] += i64::from(h.newest.is_some_and(|n| !n.delete_marker));
+        Ok(())
+    })?;
+    scan(kv, keys::tag::VERSION, |_, _| {
+        st[Stat::Versions as usize] += 1;
+        Ok(())
+    })?;
+    scan(kv, keys::tag::CONTENT, |_, v| {
+        let c = decode_content(v)?;
+        st[Stat::Contents as usize] += 1;
+        st[Stat::ContentBytes as usize] += c.size_bytes as i64;
+        st[Stat::StoredBytes as usize] += c.stored_bytes() as i64;
+        Ok(())
+    })?;
+    let mut drives: std::collections::BTreeMap<u16, i64> = Default::default();
+    scan(kv, keys::tag::DRIVE_SHARD, |k, _| {
+        if let Some(d) = k.get(1..3) {
+            *drives.entry(u16::from_be_bytes([d[0], d[1]])).or_default() += 1;
+        }
+        Ok(())
+    })?;
+    run(kv, true, |tx| {
+        for s in Stat::ALL {
+            tx.set(&keys::stat(s), &st[s as usize].to_le_bytes())?;
+        }
+        for (d, n) in &drives {
+            tx.set(&keys::drive_count(*d), &n.to_le_bytes())?;
+        }
+        tx.set(&keys::format(), &keys::FORMAT_VERSION.to_le_bytes())?;
         Ok(())
     })
 }
@@ -669,14 +735,18 @@ pub fn content(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<Option<ContentRec>> {
     run(kv, false, |tx| get_content(tx, &keys::content(blake3)))
 }
 
-/// Points a content at its rebuilt shards `new`, all in one transaction, and turns the repair's
-/// intent into the list of files no longer referenced (the old copies; or the new ones, if the
-/// content went away meanwhile). Returns that list: the caller deletes the files, then ends the
-/// intent. A crash in between leaves the intent, and start-up deletes them. Idempotent.
+/// Points a content at its rebuilt or moved shards `new`, all in one transaction, and turns the
+/// repair's intent into the list of files no longer referenced (the old copies; or the new
+/// ones, if the content went away meanwhile). Each new shard replaces the one of its index only
+/// if that slot still holds `replaced` (the location it was made from, same order as `new`):
+/// a slot that another repair or move changed meanwhile keeps its shard, and the new one is
+/// garbage. Returns that list: the caller deletes the files, then ends the intent. A crash in
+/// between leaves the intent, and start-up deletes them. Idempotent.
 pub fn replace_shards(
     kv: &dyn Kv,
     blake3: &[u8; 32],
     new: &[ShardLoc],
+    replaced: &[ShardLoc],
     intent: u64,
 ) -> Result<Vec<ShardLoc>> {
     run(kv, true, |tx| {
@@ -690,8 +760,12 @@ pub fn replace_shards(
         let mut garbage = Vec::new();
         match content.as_mut().map(|c| &mut c.stored) {
             Some(Stored::Sharded { shards, .. }) => {
-                for n in new {
+                for (i, n) in new.iter().enumerate() {
+                    let expected = replaced.get(i);
                     match shards.iter_mut().find(|s| s.index == n.index) {
+                        Some(slot) if *slot != *n && expected.is_some_and(|e| *slot != *e) => {
+                            garbage.push(*n);
+                        }
                         Some(slot) if *slot != *n => {
                             let old = *slot;
                             *slot = *n;
@@ -1361,6 +1435,40 @@ mod tests {
     }
 
     #[test]
+    fn a_format_1_store_is_recounted_when_opened() {
+        let (_d, kv) = kv();
+        init(&kv, 1).unwrap();
+        let c = NewContent {
+            encoding: Encoding::Identity,
+            blake3: [6; 32],
+            size_bytes: 100_000,
+            stored: Stored::Sharded {
+                data: 2,
+                parity: 1,
+                shards: locs(3, 0, 1),
+            },
+        };
+        commit_put(&kv, "default", "a", None, &c, &WriteCondition::Always, 2).unwrap();
+        commit_put(&kv, "default", "b", None, &c, &WriteCondition::Always, 2).unwrap();
+        delete_key(&kv, "default", "b", 3).unwrap();
+        let want = stats(&kv).unwrap();
+        let counts = drive_shard_counts(&kv, &[0, 1, 2]).unwrap();
+        assert_eq!((want.objects, want.versions, want.contents), (1, 3, 1));
+        // As a format-1 store would be: no counters.
+        run(&kv, true, |tx| {
+            tx.clear_range(&[keys::tag::STAT], &[keys::tag::STAT + 1])?;
+            tx.clear_range(&[keys::tag::DRIVE_COUNT], &[keys::tag::DRIVE_COUNT + 1])?;
+            tx.set(&keys::format(), &1u32.to_le_bytes())?;
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        assert_eq!(stats(&kv).unwrap(), Stats::default());
+        init(&kv, 4).unwrap();
+        assert_eq!(stats(&kv).unwrap(), want);
+        assert_eq!(drive_shard_counts(&kv, &[0, 1, 2]).unwrap(), counts);
+    }
+
+    #[test]
     fn replacing_shards_is_atomic_and_idempotent() {
         let (_d, kv) = kv();
         let old = locs(3, 0, 1);
@@ -1384,10 +1492,24 @@ mod tests {
             file_tag: 9,
         }];
         begin_intent(&kv, 2, &new, 3).unwrap();
-        let g1 = replace_shards(&kv, &[5; 32], &new, 2).unwrap();
-        let g2 = replace_shards(&kv, &[5; 32], &new, 2).unwrap();
+        let g1 = replace_shards(&kv, &[5; 32], &new, &[old[1]], 2).unwrap();
+        let g2 = replace_shards(&kv, &[5; 32], &new, &[old[1]], 2).unwrap();
         assert_eq!(g1, vec![old[1]]);
         assert_eq!(g1, g2, "a retry returns the same files to delete");
+        // A second repair of the same shard, made from the location the first one replaced,
+        // loses: its file is garbage and the slot keeps the first repair's shard.
+        let late = [ShardLoc {
+            index: 1,
+            drive: 8,
+            file_id: 3,
+            file_tag: 4,
+        }];
+        begin_intent(&kv, 3, &late, 4).unwrap();
+        assert_eq!(
+            replace_shards(&kv, &[5; 32], &late, &[old[1]], 3).unwrap(),
+            late.to_vec()
+        );
+        end_intent(&kv, 3).unwrap();
         let Stored::Sharded { shards, .. } = content(&kv, &[5; 32]).unwrap().unwrap().stored else {
             panic!()
         };

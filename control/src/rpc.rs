@@ -108,8 +108,9 @@ pub enum Request {
         after: Option<[u8; 32]>,
         grace_ms: u64,
     },
-    /// What of the cluster's data is still on a node's drives. → `cluster::DrainProgress`
-    DrainProgress { node: u32 },
+    /// What of the cluster's data is still on a node's drives (shards from the drive counters,
+    /// or with `exact` counted from the index). → `cluster::DrainProgress`
+    DrainProgress { node: u32, exact: bool },
     /// The cluster-wide counters. → `meta::Stats`
     Stats,
     /// Shards held by each drive. → `Vec<i64>`
@@ -156,6 +157,8 @@ pub enum Request {
     ReplaceShards {
         blake3: [u8; 32],
         shards: Vec<ShardLoc>,
+        /// The locations the new shards were made from (a slot changed since keeps its shard).
+        replaced: Vec<ShardLoc>,
         intent: u64,
     },
     /// → `()`
@@ -244,8 +247,8 @@ pub enum Request {
     DrainStart { node: u32, shards_at_start: u64 },
     /// Stops draining a node. → `bool` (whether it was being drained)
     DrainStop { node: u32 },
-    /// Records that a drained node holds nothing any more. → `()`
-    DrainFinished { node: u32 },
+    /// Records that a drained node holds nothing any more (`done`), or again something. → `()`
+    SetDrainDone { node: u32, done: bool },
     /// Removes a content unreferenced for `grace_ms` or more; its files become the garbage
     /// intent `intent`. → `Option<ContentRec>`
     GcCollect {
@@ -476,7 +479,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             enc(meta::work_done(kv, meta::WorkQueue::Move, &blake3, nonce)?)
         }
         Cluster => enc(cluster::view(kv)?),
-        DrainProgress { node } => enc(cluster::drain_progress(kv, node)?),
+        DrainProgress { node, exact } => enc(cluster::drain_progress(kv, node, exact)?),
         Stats => enc(meta::stats(kv)?),
         DriveShardCounts { drives } => enc(meta::drive_shard_counts(kv, &drives)?),
         ScrubPolicy { drive } => enc(scrub::policy(kv, drive)?),
@@ -489,7 +492,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             shards_at_start,
         } => enc(cluster::start_drain(kv, node, shards_at_start, now_ms)?),
         DrainStop { node } => enc(cluster::stop_drain(kv, node)?),
-        DrainFinished { node } => enc(cluster::drain_finished(kv, node, now_ms)?),
+        SetDrainDone { node, done } => enc(cluster::set_drain_done(kv, node, done, now_ms)?),
         Init => enc(meta::init(kv, now_ms)?),
         PutExisting {
             bucket,
@@ -519,8 +522,11 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         ReplaceShards {
             blake3,
             shards,
+            replaced,
             intent,
-        } => enc(meta::replace_shards(kv, &blake3, &shards, intent)?),
+        } => enc(meta::replace_shards(
+            kv, &blake3, &shards, &replaced, intent,
+        )?),
         SetDrive { id, rec } => enc(meta::set_drive(kv, id, &rec)?),
         QueueRepair { contents, nonce } => enc(meta::queue_repair(kv, &contents, nonce, now_ms)?),
         RepairDone { blake3, nonce } => enc(meta::repair_done(kv, &blake3, nonce)?),

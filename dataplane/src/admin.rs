@@ -533,8 +533,33 @@ pub(crate) async fn drain(
     start: bool,
 ) -> Result<Resp, ApiError> {
     let id = named_node(node, req)?;
-    let mut p: cluster::DrainProgress = node.meta.call(Rq::DrainProgress { node: id }).await?;
+    let mut p: cluster::DrainProgress = node
+        .meta
+        .call(Rq::DrainProgress {
+            node: id,
+            exact: false,
+        })
+        .await?;
     if start && p.drain.is_none() {
+        // What stays must hold every object with no node holding more than M of its shards.
+        node.refresh_view().await;
+        let view = node.cluster.as_ref().expect("named_node checked").view();
+        let staying = view
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.id != id && !view.draining(n.id))
+            .count();
+        let (k, m) = (view.data as usize, view.parity.max(1) as usize);
+        let need = (k + m).div_ceil(m);
+        if staying < need {
+            return Err(err(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "draining node {id} would leave {staying} node(s) up; {k}+{m} needs at least {need} so that no node holds more than {m} shards of an object"
+                ),
+            ));
+        }
         let d: cluster::DrainRec = node
             .meta
             .call(Rq::DrainStart {
@@ -623,6 +648,14 @@ pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
     }
     if queued > 0 {
         jobs.push(json!({"kind": "repair", "queued": queued}));
+    }
+    let moves = node
+        .meta
+        .call::<Vec<([u8; 32], u64)>>(Rq::MoveQueue { limit: 100_000 })
+        .await?
+        .len();
+    if moves > 0 {
+        jobs.push(json!({"kind": "move", "queued": moves}));
     }
     for (_, what, started) in RUNNING.lock().expect("jobs").iter() {
         jobs.push(json!({"kind": what, "node": node.node_id, "started": rfc3339_ms(*started)}));

@@ -363,38 +363,84 @@ async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Moves drains along: a node whose drives hold nothing any more is recorded as drained; for
-/// one that still holds shards, whatever it holds is queued for repair whenever the repair
-/// queue has run dry (repair moves shards off draining nodes), so shards committed since — an
-/// upload that finished, a repair that failed — are picked up too.
+/// A drain is recorded as done no sooner than this after it started: nodes place shards from a
+/// view up to a heartbeat old, so a write may still land on the node just after the drain began.
+const DRAIN_SETTLE_MS: u64 = 10_000;
+
+/// Contents queued per drive and round of a drain (the next round comes once the move queue
+/// has run dry).
+const DRAIN_BATCH: usize = 10_000;
+
+/// Moves drains along. The drive counters say cheaply whether a draining node still holds
+/// shards; only when they say none is the index counted exactly, with the intents and uploads
+/// that list the node's drives, and the node recorded as drained (and no longer drained should
+/// anything land on it again). While it holds shards, a batch of them is queued for moving
+/// whenever the move queue has run dry, so shards committed since — an upload that finished, a
+/// move that failed — are picked up too.
 async fn advance_drains(c: &Control) -> anyhow::Result<()> {
     let client = MetaClient::Local(c.meta.clone());
     let view: ClusterView = client.call(Rq::Cluster).await?;
-    for (node, _) in &view.drains {
-        let p: cluster::DrainProgress = client.call(Rq::DrainProgress { node: *node }).await?;
-        let Some(d) = &p.drain else { continue };
-        if p.empty() {
-            if d.done_ms.is_none() {
-                client.call::<()>(Rq::DrainFinished { node: *node }).await?;
-                tracing::info!("node {node} is drained: it holds no shards");
-            }
-            continue;
-        }
-        let queue: Vec<([u8; 32], u64)> = client.call(Rq::MoveQueue { limit: 1 }).await?;
-        if !queue.is_empty() || p.shards == 0 {
-            continue;
-        }
+    for (node, d) in &view.drains {
         let drives: Vec<u16> = view
             .nodes
             .iter()
             .filter(|n| n.id == *node)
             .flat_map(|n| n.drives.iter().map(|d| d.id))
             .collect();
+        let counts: Vec<i64> = client
+            .call(Rq::DriveShardCounts {
+                drives: drives.clone(),
+            })
+            .await?;
+        let left: i64 = counts.iter().map(|c| (*c).max(0)).sum();
+        if left == 0 {
+            let p: cluster::DrainProgress = client
+                .call(Rq::DrainProgress {
+                    node: *node,
+                    exact: true,
+                })
+                .await?;
+            let settled = now_ms() >= d.started_ms + DRAIN_SETTLE_MS;
+            if p.empty() && settled && d.done_ms.is_none() {
+                client
+                    .call::<()>(Rq::SetDrainDone {
+                        node: *node,
+                        done: true,
+                    })
+                    .await?;
+                tracing::info!("node {node} is drained: it holds no shards");
+            }
+            if !p.empty() && d.done_ms.is_some() {
+                client
+                    .call::<()>(Rq::SetDrainDone {
+                        node: *node,
+                        done: false,
+                    })
+                    .await?;
+            }
+            continue;
+        }
+        if d.done_ms.is_some() {
+            client
+                .call::<()>(Rq::SetDrainDone {
+                    node: *node,
+                    done: false,
+                })
+                .await?;
+        }
+        let queue: Vec<([u8; 32], u64)> = client.call(Rq::MoveQueue { limit: 1 }).await?;
+        if !queue.is_empty() {
+            continue;
+        }
         let mut queued = 0;
         for drive in drives {
-            queued += client.queue_drive_for_move(drive, usize::MAX, None).await?;
+            queued += client
+                .queue_drive_for_move(drive, DRAIN_BATCH, None)
+                .await?;
         }
-        tracing::info!("draining node {node}: {queued} shard(s) queued to move");
+        tracing::info!(
+            "draining node {node}: {queued} content(s) queued to move, {left} shard(s) left"
+        );
     }
     Ok(())
 }

@@ -227,11 +227,14 @@ pub async fn wait_stopping(node: &Node) {
 /// stops. In a cluster the nodes split both queues by content hash.
 async fn repair_worker(node: Arc<Node>) {
     loop {
-        let mut retry_later = work_repairs(&node).await;
+        let retry_later = work_repairs(&node).await;
         if node.stopping.load(Ordering::Relaxed) {
             return;
         }
-        retry_later |= work_moves(&node).await;
+        // A batch of moves at a time, then the repair queue again: moves never hold up repairs.
+        if work_moves(&node).await {
+            continue;
+        }
         // Drain wake-ups; the durable queues are the source of truth.
         while node.repair_rx.try_recv().is_ok() {}
         let wait = if retry_later {
@@ -304,45 +307,56 @@ async fn work_repairs(node: &Arc<Node>) -> bool {
     retry_later
 }
 
-/// One round over this node's share of the move queue (drains, rebalancing); `true` if
-/// something is to be retried.
+/// Contents of the move queue looked at per round (of this node's share).
+const MOVE_BATCH: usize = 16;
+
+/// One batch of this node's share of the move queue (drains, rebalancing); `true` if a whole
+/// batch was worked (more may wait). Every entry leaves the queue once tried, moved or not: a
+/// move that failed is queued again by the drain or rebalance that wants it, so entries that
+/// keep failing never pile up in front of the others.
 async fn work_moves(node: &Arc<Node>) -> bool {
-    let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::MoveQueue { limit: 256 }).await {
+    let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::MoveQueue { limit: 4096 }).await {
         Ok(q) => q,
         Err(e) => {
             tracing::error!("reading the move queue: {e}");
-            return true;
+            return false;
         }
     };
-    let mut retry_later = false;
     let mine = repair_share(node);
-    for (h, nonce) in queue.into_iter().filter(|(h, _)| mine(h)) {
+    let batch: Vec<([u8; 32], u64)> = queue
+        .into_iter()
+        .filter(|(h, _)| mine(h))
+        .take(MOVE_BATCH)
+        .collect();
+    let full = batch.len() == MOVE_BATCH;
+    for (h, nonce) in batch {
         if node.stopping.load(Ordering::Relaxed) {
             return false;
         }
         match store::relocate(node, h, true).await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::debug!("moved {n} shard(s) of {}", hex::encode(h));
-                    node.metrics
-                        .shards_moved
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                }
-                let _ = node
-                    .meta
-                    .call::<()>(Rq::MoveDone { blake3: h, nonce })
-                    .await;
+            Ok(n) if n > 0 => {
+                tracing::debug!("moved {n} shard(s) of {}", hex::encode(h));
+                node.metrics
+                    .shards_moved
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) => {
-                tracing::warn!(
-                    "moving shards of {} failed, will retry: {e}",
+            Ok(_) => {}
+            Err(StoreError::InsufficientShards { have, need }) => {
+                tracing::error!(
+                    "content {} is unrepairable: {have} of {need} shards readable",
                     hex::encode(h)
                 );
-                retry_later = true;
+                node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+                let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: h }).await;
             }
+            Err(e) => tracing::warn!("moving shards of {}: {e}", hex::encode(h)),
         }
+        let _ = node
+            .meta
+            .call::<()>(Rq::MoveDone { blake3: h, nonce })
+            .await;
     }
-    retry_later
+    full
 }
 
 /// Watches every drive: refreshes free space and notices a drive that was emptied or replaced.

@@ -8,7 +8,7 @@
 
 use crate::node::Node;
 use crate::shardio::ShardFile;
-use crate::store::{Result, StoreError};
+use crate::store::Result;
 use ostore_control::records::{ContentRec, IntentRec, Stored};
 use ostore_control::rpc::Request as Rq;
 use ostore_control::upload::UploadRec;
@@ -64,7 +64,10 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Io(e)),
+                Err(e) => {
+                    tracing::warn!("orphan scan: {}: {e}", dir.display());
+                    continue;
+                }
             };
             let mut old = Vec::new();
             for e in entries.flatten() {
@@ -88,9 +91,13 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
                             "orphan scan: deleting {} (nothing refers to it)",
                             path.display()
                         );
-                        std::fs::remove_file(&path).map_err(StoreError::Io)?;
-                        report.removed += 1;
-                        report.bytes += len;
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {
+                                report.removed += 1;
+                                report.bytes += len;
+                            }
+                            Err(e) => tracing::warn!("orphan scan: {}: {e}", path.display()),
+                        }
                     }
                     None => report.unreadable += 1,
                 }

@@ -138,7 +138,15 @@ async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
                     cur.corrupt += 1;
                     cur.corrupt_total += 1;
                     node.metrics.scrub_corrupt.fetch_add(1, Ordering::Relaxed);
-                    node.queue_repair(h).await;
+                    // If this fails the pass stops here and resumes from the saved cursor,
+                    // so the shard is checked (and queued) again.
+                    node.meta
+                        .call::<()>(Rq::QueueRepair {
+                            contents: vec![h],
+                            nonce: rand::random(),
+                        })
+                        .await?;
+                    node.wake_repair();
                 }
             }
             cur.after = Some((h, index));

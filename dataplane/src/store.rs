@@ -1396,38 +1396,37 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         s0 += n;
     }
     let views = drive_views(node);
-    let mut bad: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
-    if node.cluster.is_some() {
-        // Shards on a draining node, and shards sharing a node, move.
-        let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+    let broken: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
+    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+    // In a cluster, shards on a draining node and shards sharing a node move too, where that
+    // can be done safely; the broken ones are rebuilt in any case.
+    let moves = if node.cluster.is_some() {
         let leaving = draining_nodes(node);
-        for (i, _) in placement::moves(&views, &current, &leaving, None, geo.shard_file_bytes()) {
-            if !bad.contains(&i) {
-                bad.push(i);
-            }
-        }
-        bad.sort_unstable();
-    }
-    checked.bad = reader.bad.iter().filter(|b| **b).count() as u64;
-    if bad.is_empty() {
+        placement::moves(&views, &current, &leaving, None, geo.shard_file_bytes())
+            .into_iter()
+            .filter(|(i, _)| !broken.contains(i))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    checked.bad = broken.len() as u64;
+    let targets = choose_targets(
+        &views,
+        &current,
+        &broken,
+        &moves,
+        geo.shard_file_bytes(),
+        geo.ec.parity,
+    )?;
+    if targets.is_empty() {
         reader.close().await;
         return Ok(checked);
     }
-    // Choose where the rebuilt shards go.
-    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
-    let drives = placement::replacements(
-        &views,
-        &current,
-        &bad,
-        geo.shard_file_bytes(),
-        rand::random(),
-    )
-    .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+    let bad: Vec<usize> = targets.iter().map(|t| t.0).collect();
     let upload_id: u64 = rand::random();
-    let new_locs: Vec<ShardLoc> = bad
+    let new_locs: Vec<ShardLoc> = targets
         .iter()
-        .zip(drives)
-        .map(|(&i, drive)| ShardLoc {
+        .map(|&(i, drive)| ShardLoc {
             index: reader.locs[i].index,
             drive,
             file_id: upload_id,
@@ -1451,12 +1450,63 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         .call(Rq::ReplaceShards {
             blake3,
             shards: new_locs.clone(),
+            replaced: bad.iter().map(|&i| reader.locs[i]).collect(),
             intent: upload_id,
         })
         .await?;
     discard(node, &garbage, upload_id);
     checked.rebuilt = bad.len();
     Ok(checked)
+}
+
+/// Where the shards of one object go: the `broken` positions must be rebuilt (an error if they
+/// cannot be placed); each of the `moves` is made only if it can be placed and leaves no node
+/// with more than `parity` shards of the object (nor more than it had), so an unplaceable or
+/// unsafe move never holds back a repair. Returns (position, drive) sorted by position.
+fn choose_targets(
+    views: &[DriveView],
+    current: &[u16],
+    broken: &[usize],
+    moves: &[(usize, Option<u16>)],
+    shard_bytes: u64,
+    parity: u8,
+) -> Result<Vec<(usize, u16)>> {
+    let mut out: Vec<(usize, u16)> = Vec::new();
+    let mut after = current.to_vec();
+    if !broken.is_empty() {
+        let drives = placement::replacements(views, current, broken, shard_bytes, rand::random())
+            .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+        for (&i, d) in broken.iter().zip(drives) {
+            after[i] = d;
+            out.push((i, d));
+        }
+    }
+    let anywhere: Vec<usize> = moves
+        .iter()
+        .filter(|m| m.1.is_none())
+        .map(|m| m.0)
+        .collect();
+    let mut placed =
+        match placement::replacements(views, &after, &anywhere, shard_bytes, rand::random()) {
+            Ok(p) => p.into_iter(),
+            Err(_) => Vec::new().into_iter(),
+        };
+    for &(i, to) in moves {
+        let Some(d) = to.or_else(|| placed.next()) else {
+            continue;
+        };
+        let before = placement::max_per_node(views, &after).0;
+        let old = after[i];
+        after[i] = d;
+        let now = placement::max_per_node(views, &after).0;
+        if now > parity as usize && now > before {
+            after[i] = old;
+            continue;
+        }
+        out.push((i, d));
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Nodes being drained, as this node's view has them.
@@ -1512,29 +1562,23 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
         counts.as_deref(),
         geo.shard_file_bytes(),
     );
-    if moves.is_empty() {
-        return Ok(0);
-    }
-    let anywhere: Vec<usize> = moves
-        .iter()
-        .filter(|m| m.1.is_none())
-        .map(|m| m.0)
-        .collect();
-    let mut placed = placement::replacements(
+    let targets = choose_targets(
         &views,
         &current,
-        &anywhere,
+        &[],
+        &moves,
         geo.shard_file_bytes(),
-        rand::random(),
-    )
-    .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?
-    .into_iter();
+        geo.ec.parity,
+    )?;
+    if targets.is_empty() {
+        return Ok(0);
+    }
     let upload_id: u64 = rand::random();
-    let new_locs: Vec<ShardLoc> = moves
+    let new_locs: Vec<ShardLoc> = targets
         .iter()
-        .map(|&(i, to)| ShardLoc {
+        .map(|&(i, drive)| ShardLoc {
             index: reader.locs[i].index,
-            drive: to.unwrap_or_else(|| placed.next().expect("one drive per move")),
+            drive,
             file_id: upload_id,
             file_tag: rand::random(),
         })
@@ -1545,7 +1589,7 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
             shards: new_locs.clone(),
         })
         .await?;
-    let from: Vec<usize> = moves.iter().map(|m| m.0).collect();
+    let from: Vec<usize> = targets.iter().map(|m| m.0).collect();
     let r = copy_shards(node, &mut reader, &from, &new_locs).await;
     reader.close().await;
     match r {
@@ -1565,6 +1609,7 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
         .call(Rq::ReplaceShards {
             blake3,
             shards: new_locs.clone(),
+            replaced: from.iter().map(|&i| reader.locs[i]).collect(),
             intent: upload_id,
         })
         .await?;

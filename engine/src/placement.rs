@@ -371,9 +371,11 @@ pub fn moves(
     let mean = total as f64 / eligible.len() as f64;
     let slack = (mean * 0.05).max(1.0);
     let object_nodes: Vec<Option<u32>> = current.iter().map(|&d| node_of(d)).collect();
+    // Only from a node in service: a shard on a node that is down is not copied (repair
+    // rebuilds it if the node stays away).
     let from = (0..current.len())
         .filter_map(|i| object_nodes[i].map(|n| (i, n)))
-        .filter(|&(_, n)| count(n) as f64 > mean)
+        .filter(|&(_, n)| eligible.contains(&n) && count(n) as f64 > mean)
         .max_by_key(|&(i, n)| (count(n), std::cmp::Reverse(i)));
     let Some((i, from_node)) = from else {
         return out;

@@ -202,6 +202,13 @@ fn too_few_nodes_refuse_writes_instead_of_risking_them() {
     let (n, nodes) = shard_nodes(&c, 1, &o.blake3);
     assert_eq!((n, nodes.len()), (6, 3));
     resumable_upload_across_nodes(&c);
+    // Draining one of three nodes would leave two: one would have to hold three shards.
+    let out = c.osctl(0, &["drain", &c.nodes[2].id.clone()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{out:?}"
+    );
     let dead = c.nodes[2].id.clone();
     c.kill9(2);
     wait_states(&c, 0, &[&dead], Duration::from_secs(15));

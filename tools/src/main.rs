@@ -203,6 +203,22 @@ fn gib(bytes: f64) -> String {
     format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
 }
 
+/// Bytes in the largest binary unit that keeps the number at least 1.
+fn human(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 fn print_nodes(cluster: &serde_json::Value) {
     println!(
         "{:<6} {:<8} {:<10} {:<22} {:<22} {:>7} {:>12} {:>12}",
@@ -305,12 +321,12 @@ fn print_scrub(r: &serde_json::Value) {
         println!(
             "{:<6} {:<6} {:>10} {:>7} {:>16} {:>14} {:>9}  {last}",
             x["node"].as_str().unwrap_or(""),
-            x["drive"],
+            x["drive"].to_string(),
             rate_text(&x["policy"]),
-            x["passes"],
+            x["passes"].to_string(),
             pass,
-            x["shards_on_drive"],
-            x["corrupt_found_total"]
+            x["shards_on_drive"].to_string(),
+            x["corrupt_found_total"].to_string()
         );
     }
 }
@@ -382,8 +398,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 let stored = st["stored_bytes"].as_f64().unwrap_or(0.0);
                 println!(
                     "data            {} ({} stored before parity)",
-                    gib(logical),
-                    gib(stored)
+                    human(logical),
+                    human(stored)
                 );
                 println!(
                     "degraded        {} object(s) queued for repair, {} shard(s) on drives out of service",
@@ -411,6 +427,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                             j["shards_at_start"]
                         ),
                         "repair" => format!("repair: {} object(s) queued", j["queued"]),
+                        "move" => {
+                            format!("moves (drain, rebalance): {} object(s) queued", j["queued"])
+                        }
                         k => format!(
                             "{k} pass on node {} since {}",
                             j["node"].as_str().unwrap_or(""),
@@ -613,7 +632,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     "{} old version(s) trimmed, {} unreferenced content(s) removed, {} freed",
                     r["versions_trimmed"].as_u64().unwrap_or(0),
                     r["collected"].as_u64().unwrap_or(0),
-                    gib(r["bytes_freed"].as_f64().unwrap_or(0.0))
+                    human(r["bytes_freed"].as_f64().unwrap_or(0.0))
                 );
             } else {
                 println!("garbage collection started");
