@@ -214,6 +214,9 @@ fn the_orphan_scan_deletes_only_files_nothing_refers_to() {
     let dev = Dev::start(&["--gc-grace", "0s"]);
     let body = random_bytes(500, 900_000);
     assert_eq!(dev.put("o/kept", body.clone()).status(), 201);
+    // The stored object's files (complete, with headers); the upload's come after.
+    let mut kept = shard_files(&dev, 6);
+    kept.sort();
     // An upload in progress: its files exist before any version refers to them.
     let r = dev
         .req(Method::POST, "/uploads")
@@ -234,15 +237,14 @@ fn the_orphan_scan_deletes_only_files_nothing_refers_to() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 204);
-    let mut files = shard_files(&dev, 6);
-    files.sort();
-    let before = files.len();
-    // Two strays: a copy of a real shard under another file id (a valid header, but no
+    let before = shard_files(&dev, 6).len();
+    // Two strays: a copy of a stored shard under another file id (a valid header, but no
     // content lists it), and a file of garbage (no readable header: kept, it might be a
-    // damaged shard).
-    let dir = files[0].parent().unwrap().to_path_buf();
+    // damaged shard). The upload's files have no header yet: they are kept because the upload
+    // lists them.
+    let dir = kept[0].parent().unwrap().to_path_buf();
     let copy = dir.join("00000000deadbe00.0");
-    std::fs::copy(&files[0], &copy).unwrap();
+    std::fs::copy(&kept[0], &copy).unwrap();
     let junk = dir.join("00000000deadbe01.3");
     std::fs::write(&junk, random_bytes(502, 70_000)).unwrap();
     // Only files older than the grace (0 s here) plus a second are considered.
