@@ -42,6 +42,15 @@ pub struct LoadArgs {
     /// Or run this many operations.
     #[arg(long)]
     ops: Option<u64>,
+    /// Open loop: start this many operations per second over all connections, whatever the
+    /// answers take (latency is measured from when each operation was due, so a stall is not
+    /// hidden by requests that were never sent: no coordinated omission). Without it, each
+    /// connection sends its next request when the last one is answered (closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Live progress on stderr once a second (default: when stderr is a terminal).
+    #[arg(long)]
+    progress: Option<bool>,
     /// Check every GET body against its BLAKE3 ETag.
     #[arg(long)]
     verify: bool,
@@ -173,6 +182,13 @@ struct Plan {
     verify: bool,
     prefix: String,
     seq: Arc<AtomicU64>,
+    /// Open loop: when the run started and operations per second (each operation is due at
+    /// `start + index / rate`).
+    rate: Option<(Instant, f64)>,
+    /// Operations handed out so far (their index), and finished, and failed, for progress.
+    issued: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
 }
 
 /// Request bodies: a few shared `Bytes` pieces sent without copying.
@@ -273,15 +289,22 @@ fn pick_size(plan: &Plan) -> u64 {
     }
 }
 
-fn take_op(plan: &Plan) -> bool {
+/// The next operation, if the run goes on: with `--rate`, the time it is due (the caller waits
+/// for it, and measures latency from it), else now.
+fn take_op(plan: &Plan) -> Option<Instant> {
     if let Some(d) = plan.deadline {
         if Instant::now() >= d {
-            return false;
+            return None;
         }
     }
     plan.ops_left
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
+        .ok()?;
+    let n = plan.issued.fetch_add(1, Ordering::Relaxed);
+    Some(match plan.rate {
+        Some((start, rate)) => start + Duration::from_secs_f64(n as f64 / rate),
+        None => Instant::now(),
+    })
 }
 
 async fn worker(
@@ -290,7 +313,14 @@ async fn worker(
     stats: Rc<std::cell::RefCell<Stats>>,
 ) -> anyhow::Result<()> {
     let mut send = connect(&plan.host).await?;
-    while take_op(&plan) {
+    while let Some(due) = take_op(&plan) {
+        if plan.deadline.is_some_and(|d| due >= d) {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            monoio::time::sleep(due - now).await;
+        }
         let op = match plan.workload {
             Workload::Put => "put",
             Workload::Get => "get",
@@ -304,7 +334,9 @@ async fn worker(
                 }
             }
         };
-        let t = Instant::now();
+        // Closed loop: `due` is now. Open loop: the time the operation was due, so the wait
+        // for a free connection counts in its latency.
+        let t = due;
         let (ok, bytes) = match op {
             "put" => {
                 let n = plan.seq.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +409,10 @@ async fn worker(
         stats
             .borrow_mut()
             .record(op, t.elapsed().as_micros() as u64, bytes, ok);
+        plan.done.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            plan.failed.fetch_add(1, Ordering::Relaxed);
+        }
         if !ok && send.is_closed() {
             send = connect(&plan.host).await?;
         }
@@ -492,6 +528,10 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             verify: false,
             prefix: pfx.clone(),
             seq: sq.clone(),
+            rate: None,
+            issued: Arc::new(AtomicU64::new(0)),
+            done: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
         };
         let ops_left = Arc::new(AtomicU64::new(objects));
         let ol = ops_left.clone();
@@ -516,11 +556,31 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         (None, None, Workload::Delete) => a.objects,
         (None, None, _) => 1000,
     };
+    if let Some(r) = a.rate {
+        if !(r > 0.0 && r.is_finite()) {
+            bail!("--rate must be a positive number of operations per second");
+        }
+    }
     let ops_left = Arc::new(AtomicU64::new(ops));
     let started = Instant::now();
     let (h, au, pfx) = (host.clone(), auth.clone(), a.prefix.clone());
     let (objects, verify) = (a.objects, a.verify);
     let ol = ops_left.clone();
+    let rate = a.rate.map(|r| (started, r));
+    let (issued, done, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let show = a
+        .progress
+        .unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = show.then(|| {
+        let (done, failed, finished) = (done.clone(), failed.clone(), finished.clone());
+        std::thread::spawn(move || progress_loop(started, &done, &failed, &finished))
+    });
+    let (d2, f2) = (done.clone(), failed.clone());
     let plan_of = move || Plan {
         host: h.clone(),
         auth: au.clone(),
@@ -532,9 +592,48 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         verify,
         prefix: pfx.clone(),
         seq: seq.clone(),
+        rate,
+        issued: issued.clone(),
+        done: d2.clone(),
+        failed: f2.clone(),
     };
-    let (stats, secs) = run_threads(plan_of, threads, conc, base)?;
+    let r = run_threads(plan_of, threads, conc, base);
+    finished.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let (stats, secs) = r?;
     report(&a, &stats, secs, threads, conc)
+}
+
+/// Prints, once a second, operations done so far, the rate of the last second and errors, on
+/// one line of stderr rewritten in place.
+fn progress_loop(
+    started: Instant,
+    done: &AtomicU64,
+    failed: &AtomicU64,
+    finished: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Write as _;
+    let mut last = (0u64, Instant::now());
+    while !finished.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.1.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let n = done.load(Ordering::Relaxed);
+        let per_s = (n - last.0) as f64 / last.1.elapsed().as_secs_f64();
+        last = (n, Instant::now());
+        let mut e = std::io::stderr().lock();
+        let _ = write!(
+            e,
+            "\r{:>6.1}s  {n} ops  {per_s:.0} ops/s  {} errors   ",
+            started.elapsed().as_secs_f64(),
+            failed.load(Ordering::Relaxed)
+        );
+        let _ = e.flush();
+    }
+    eprintln!();
 }
 
 fn report(
@@ -544,10 +643,19 @@ fn report(
     threads: usize,
     conc: usize,
 ) -> anyhow::Result<()> {
-    println!(
-        "osbench {} size={} concurrency={conc} threads={threads} duration={secs:.2}s",
-        a.workload, a.size
-    );
+    let total: u64 = stats.ops.values().map(|s| s.hist.len() + s.errors).sum();
+    match a.rate {
+        Some(r) => println!(
+            "osbench {} size={} open loop: rate={r}/s achieved={:.0}/s connections={conc} threads={threads} duration={secs:.2}s (latency from when each operation was due)",
+            a.workload,
+            a.size,
+            total as f64 / secs
+        ),
+        None => println!(
+            "osbench {} size={} concurrency={conc} threads={threads} duration={secs:.2}s",
+            a.workload, a.size
+        ),
+    }
     println!(
         "{:<7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "op", "ops", "errors", "MB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
@@ -581,6 +689,8 @@ fn report(
         let j = serde_json::json!({
             "workload": a.workload, "size": a.size, "concurrency": conc, "threads": threads,
             "duration_s": secs, "verify": a.verify, "ops": ops,
+            "mode": if a.rate.is_some() { "open" } else { "closed" },
+            "rate_target": a.rate, "rate_achieved": total as f64 / secs,
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }

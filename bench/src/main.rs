@@ -4,6 +4,7 @@
 //! loop with `--concurrency` requests in flight, HDR latency histograms per operation.
 //! `osbench disk --path DIR` measures a drive through the same direct-I/O path the store uses.
 
+mod cpu;
 mod disk;
 mod load;
 mod quic;
@@ -27,6 +28,8 @@ enum Cmd {
     /// Bulk QUIC stream throughput: ostore's glommio-driven QUIC against quinn on tokio, on
     /// loopback, in one run.
     Quic(quic::QuicArgs),
+    /// CPU cost per byte of a PUT (BLAKE3, Reed-Solomon, CRC32C) on one core: the CPU limit.
+    Cpu(cpu::CpuArgs),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
     let r = match cli.cmd {
         Some(Cmd::Disk(a)) => disk::run(a),
         Some(Cmd::Quic(a)) => quic::run(a),
+        Some(Cmd::Cpu(a)) => cpu::run(a),
         None => load::run(cli.load),
     };
     if let Err(e) = r {

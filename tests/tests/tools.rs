@@ -84,6 +84,68 @@ fn osbench_runs_every_workload_with_verify_and_no_errors() {
             }
         }
     }
+    // Open loop: 300 GETs due at 200/s take about 1.5 s whatever the server's speed, and the
+    // run says so.
+    let t = std::time::Instant::now();
+    let r = osbench(
+        &dev,
+        &[
+            "--workload",
+            "get",
+            "--size",
+            "4KiB",
+            "--objects",
+            "8",
+            "--ops",
+            "300",
+            "--rate",
+            "200",
+            "--concurrency",
+            "8",
+            "--verify",
+        ],
+        &j,
+    );
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(r["mode"], "open", "{r}");
+    assert_eq!(r["ops"]["get"]["count"], 300, "{r}");
+    assert_eq!(r["ops"]["get"]["errors"], 0, "{r}");
+    assert!(
+        took > 1.4,
+        "300 operations at 200/s cannot finish in {took:.2} s"
+    );
+    let achieved = r["rate_achieved"].as_f64().unwrap();
+    assert!(achieved <= 200.0 * 1.05, "{r}");
+}
+
+#[test]
+fn osbench_cpu_measures_the_per_byte_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("cpu.json");
+    let out = Command::new(binary("osbench"))
+        .args(["cpu", "--size", "8MiB", "--json"])
+        .arg(&j)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    for k in [
+        "blake3_mb_s",
+        "rs_encode_mb_s",
+        "crc32c_seal_mb_s",
+        "put_limit_mb_s_per_core",
+    ] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+    }
+    // The combined cost is the sum of the parts: slower than the slowest part alone.
+    let put = r["put_limit_mb_s_per_core"].as_f64().unwrap();
+    for k in ["blake3_mb_s", "rs_encode_mb_s", "crc32c_seal_mb_s"] {
+        assert!(put < r[k].as_f64().unwrap(), "{k}: {r}");
+    }
 }
 
 #[test]
