@@ -182,13 +182,23 @@ struct Plan {
     verify: bool,
     prefix: String,
     seq: Arc<AtomicU64>,
-    /// Open loop: when the run started and operations per second (each operation is due at
-    /// `start + index / rate`).
-    rate: Option<(Instant, f64)>,
+    /// Open loop: operations per second; each operation is due at `start + index / rate`,
+    /// where `start` is when every connection is up (connecting is not a request's latency).
+    rate: Option<OpenLoop>,
     /// Operations handed out so far (their index), and finished, and failed, for progress.
     issued: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+}
+
+/// The shared clock of an open-loop run.
+#[derive(Clone)]
+struct OpenLoop {
+    rate: f64,
+    /// Connections up so far, and how many there will be.
+    ready: Arc<std::sync::atomic::AtomicUsize>,
+    connections: usize,
+    start: Arc<std::sync::OnceLock<Instant>>,
 }
 
 /// Request bodies: a few shared `Bytes` pieces sent without copying.
@@ -301,8 +311,11 @@ fn take_op(plan: &Plan) -> Option<Instant> {
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
         .ok()?;
     let n = plan.issued.fetch_add(1, Ordering::Relaxed);
-    Some(match plan.rate {
-        Some((start, rate)) => start + Duration::from_secs_f64(n as f64 / rate),
+    Some(match &plan.rate {
+        Some(o) => {
+            *o.start.get().expect("started once connected")
+                + Duration::from_secs_f64(n as f64 / o.rate)
+        }
         None => Instant::now(),
     })
 }
@@ -312,7 +325,17 @@ async fn worker(
     base: Bytes,
     stats: Rc<std::cell::RefCell<Stats>>,
 ) -> anyhow::Result<()> {
-    let mut send = connect(&plan.host).await?;
+    let connected = connect(&plan.host).await;
+    if let Some(o) = &plan.rate {
+        // Open loop: the clock starts once every connection is up (or failed: then the run
+        // ends with that error).
+        o.ready.fetch_add(1, Ordering::SeqCst);
+        while o.ready.load(Ordering::SeqCst) < o.connections {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        o.start.get_or_init(Instant::now);
+    }
+    let mut send = connected?;
     while let Some(due) = take_op(&plan) {
         if plan.deadline.is_some_and(|d| due >= d) {
             break;
@@ -566,7 +589,12 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let (h, au, pfx) = (host.clone(), auth.clone(), a.prefix.clone());
     let (objects, verify) = (a.objects, a.verify);
     let ol = ops_left.clone();
-    let rate = a.rate.map(|r| (started, r));
+    let rate = a.rate.map(|r| OpenLoop {
+        rate: r,
+        ready: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        connections: conc,
+        start: Arc::new(std::sync::OnceLock::new()),
+    });
     let (issued, done, failed) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -592,7 +620,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         verify,
         prefix: pfx.clone(),
         seq: seq.clone(),
-        rate,
+        rate: rate.clone(),
         issued: issued.clone(),
         done: d2.clone(),
         failed: f2.clone(),
