@@ -1676,18 +1676,7 @@ async fn copy_shards(
             w.write(s0, bytes).await?;
             s0 += n;
         }
-        let headers: Vec<ShardHeader> = new_locs
-            .iter()
-            .map(|l| ShardHeader {
-                data_shards: geo.ec.data,
-                parity_shards: geo.ec.parity,
-                shard_index: l.index,
-                file_tag: l.file_tag,
-                object_size_bytes: geo.size_bytes,
-                blake3: reader.blake3,
-                block_count: stripes,
-            })
-            .collect();
+        let headers = headers_for(new_locs, geo, &reader.blake3);
         w.finish(&headers).await?;
         Ok(true)
     }
@@ -1786,6 +1775,21 @@ async fn scrub_one(node: &Arc<Node>, h: [u8; 32], report: &mut ScrubReport) -> R
     }
 }
 
+/// The headers of new shard files of one content.
+fn headers_for(locs: &[ShardLoc], geo: Geometry, blake3: &[u8; 32]) -> Vec<ShardHeader> {
+    locs.iter()
+        .map(|l| ShardHeader {
+            data_shards: geo.ec.data,
+            parity_shards: geo.ec.parity,
+            shard_index: l.index,
+            file_tag: l.file_tag,
+            object_size_bytes: geo.size_bytes,
+            blake3: *blake3,
+            block_count: geo.stripe_count(),
+        })
+        .collect()
+}
+
 async fn rebuild(
     node: &Node,
     reader: &mut ShardReader,
@@ -1829,18 +1833,7 @@ async fn rebuild(
             w.write(s0, bytes).await?;
             s0 += n;
         }
-        let headers: Vec<ShardHeader> = new_locs
-            .iter()
-            .map(|l| ShardHeader {
-                data_shards: geo.ec.data,
-                parity_shards: geo.ec.parity,
-                shard_index: l.index,
-                file_tag: l.file_tag,
-                object_size_bytes: geo.size_bytes,
-                blake3: reader.blake3,
-                block_count: stripes,
-            })
-            .collect();
+        let headers = headers_for(new_locs, geo, &reader.blake3);
         w.finish(&headers).await
     }
     .await;

@@ -237,6 +237,18 @@ impl Dev {
             .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
     }
 
+    /// `osctl --json ARGS` against this server; panics unless it succeeds.
+    pub fn osctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(binary("osctl"))
+            .args(["--endpoint", &format!("http://{}", self.http), "--json"])
+            .args(args)
+            .env("OSTORE_SECRET", &self.secret)
+            .output()
+            .expect("run osctl");
+        assert!(out.status.success(), "osctl {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("osctl JSON")
+    }
+
     pub fn json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.req(reqwest::Method::GET, path).send().expect("GET");
         let s = r.status().as_u16();
@@ -383,4 +395,23 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Standard base64 (tus metadata and checksums), without an encoder crate.
+pub fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

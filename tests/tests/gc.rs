@@ -8,14 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 fn osctl(dev: &Dev, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(binary("osctl"))
-        .args(["--endpoint", &format!("http://{}", dev.http), "--json"])
-        .args(args)
-        .env("OSTORE_SECRET", &dev.secret)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "osctl {args:?}: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    dev.osctl_json(args)
 }
 
 #[test]
@@ -222,7 +215,10 @@ fn the_orphan_scan_deletes_only_files_nothing_refers_to() {
         .req(Method::POST, "/uploads")
         .header("Tus-Resumable", "1.0.0")
         .header("Upload-Length", "2000000")
-        .header("Upload-Metadata", format!("key {}", base64_of("o/up")))
+        .header(
+            "Upload-Metadata",
+            format!("key {}", ostore_tests::base64(b"o/up")),
+        )
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
@@ -270,23 +266,4 @@ fn the_orphan_scan_deletes_only_files_nothing_refers_to() {
     assert_eq!(r.status(), 204);
     assert!(dev.get_bytes("o/up").1 == part);
     assert!(dev.get_bytes("o/kept").1 == body);
-}
-
-fn base64_of(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

@@ -90,14 +90,7 @@ fn scrub_finds_and_repairs_flipped_bytes_and_missing_shards() {
 }
 
 fn osctl(dev: &Dev, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(binary("osctl"))
-        .args(["--endpoint", &format!("http://{}", dev.http), "--json"])
-        .args(args)
-        .env("OSTORE_SECRET", &dev.secret)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "osctl {args:?}: {out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    dev.osctl_json(args)
 }
 
 fn drives(status: &serde_json::Value) -> Vec<serde_json::Value> {

@@ -13,24 +13,7 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
 
-fn b64(b: &[u8]) -> String {
-    // Standard base64, enough for tests (no dependency on an encoder crate).
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+use ostore_tests::base64 as b64;
 
 fn tus(dev: &Dev, m: Method, path: &str) -> reqwest::blocking::RequestBuilder {
     dev.req(m, path).header("tus-resumable", "1.0.0")
