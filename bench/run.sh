@@ -51,6 +51,8 @@ run 64m 64MiB get 4 16
 # Open loop: 4 KiB GETs due at a fixed rate, 64 connections.
 run open4k 4KiB get 64 1000 --rate 2000
 RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)
+# The drive again: the limit is the better of the two measurements (this machine is shared).
+$B disk --path "$T/data/drive-0" --size 1GiB --random-seconds 3 --json "$T/disk2.json"
 stop_dev
 
 # Thread-per-core scaling: the same small-object workloads on one server core.
@@ -70,7 +72,8 @@ stop_dev
 python3 - "$T" "$SECS" "$RSS_KB" "$RSS64_KB" "$CORES" <<'PY' > bench/RESULTS.md
 import json, sys, os
 t, secs, rss, rss64, cores = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-disk = json.load(open(f"{t}/disk.json"))
+d1, d2 = json.load(open(f"{t}/disk.json")), json.load(open(f"{t}/disk2.json"))
+disk = {k: max(d1[k], d2[k]) for k in ["write_mb_s", "read_mb_s", "rand_read_4k_iops"]}
 cpu = json.load(open(f"{t}/cpu.json"))
 k, m = cpu["data"], cpu["parity"]
 disk_put = disk["write_mb_s"] * k / (k + m)
@@ -90,7 +93,8 @@ print("x K/(K+M) for PUT, read bandwidth for GET) and the CPU (`osbench cpu`: BL
 print(f"+ CRC32C per byte on one core, times the server's {cores} cores — which the client shares here).")
 print("Absolute numbers vary with the machine; the ratios are the record.")
 print()
-print(f"- Drive (O_DIRECT, 1 MiB at queue depth 16): write {disk['write_mb_s']:.0f} MB/s, read {disk['read_mb_s']:.0f} MB/s, 4 KiB random read {disk['rand_read_4k_iops']:.0f} IOPS.")
+print(f"- Drive (O_DIRECT, 1 MiB at queue depth 16; the better of a measurement before and one after the rows): write {disk['write_mb_s']:.0f} MB/s")
+print(f"  ({d1['write_mb_s']:.0f} / {d2['write_mb_s']:.0f}), read {disk['read_mb_s']:.0f} MB/s ({d1['read_mb_s']:.0f} / {d2['read_mb_s']:.0f}), 4 KiB random read {disk['rand_read_4k_iops']:.0f} IOPS.")
 print(f"- CPU, one core: BLAKE3 {cpu['blake3_mb_s']:.0f} MB/s, RS {k}+{m} encode {cpu['rs_encode_mb_s']:.0f} MB/s, CRC32C sealing {cpu['crc32c_seal_mb_s']:.0f} MB/s;")
 print(f"  all three per object byte: {cpu['put_limit_mb_s_per_core']:.0f} MB/s per core.")
 print(f"- PUT limit: drive {disk_put:.0f}, CPU {cpu_put:.0f} → **{put_limit:.0f} MB/s**. GET limit: drive {disk_get:.0f}, CPU {cpu_get:.0f} → **{get_limit:.0f} MB/s**.")

@@ -23,6 +23,9 @@ pub mod tag {
     pub const CONTENT: u8 = 0x30;
     /// `[0x31] drive:u16be blake3:32 shard:u8` → empty: which shards a drive holds
     pub const DRIVE_SHARD: u8 = 0x31;
+    /// `[0x32] since_ms:u64be blake3:32` → empty: contents with no reference, by when they
+    /// lost their last one (what GC looks at, without scanning every content)
+    pub const UNREFERENCED: u8 = 0x32;
     /// `[0x40] drive:u16be` → `DriveRec`
     pub const DRIVE: u8 = 0x40;
     /// `[0x41] drive:u16be` → i64 little-endian counter: shards the drive holds (its
@@ -54,8 +57,8 @@ pub mod tag {
     pub const DONE: u8 = 0x80;
 }
 
-/// The key-space format version stored under [`format`]. 2: the counters (`0x04`, `0x41`)
-/// exist; a format-1 store is recounted once when it is opened.
+/// The key-space format version stored under [`format`]. 2: the counters (`0x04`, `0x41`) and
+/// the unreferenced index (`0x32`) exist; a format-1 store is recounted once when it is opened.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// Every key of one subspace.
@@ -178,6 +181,32 @@ pub fn drive_shard(drive: u16, blake3: &[u8; 32], shard: u8) -> Vec<u8> {
     k.extend_from_slice(blake3);
     k.push(shard);
     k
+}
+
+pub fn unreferenced(since_ms: u64, blake3: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![tag::UNREFERENCED];
+    k.extend_from_slice(&since_ms.to_be_bytes());
+    k.extend_from_slice(blake3);
+    k
+}
+
+/// Unreferenced contents whose last reference went before `until_ms` (exclusive).
+pub fn unreferenced_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut e = vec![tag::UNREFERENCED];
+    e.extend_from_slice(&until_ms.to_be_bytes());
+    (vec![tag::UNREFERENCED], e)
+}
+
+/// Parses an unreferenced-index key into (since_ms, blake3).
+pub fn parse_unreferenced(k: &[u8]) -> Option<(u64, [u8; 32])> {
+    let r = k.strip_prefix(&[tag::UNREFERENCED])?;
+    if r.len() != 40 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(r[..8].try_into().ok()?),
+        r[8..].try_into().ok()?,
+    ))
 }
 
 /// Every shard held by `drive`.
@@ -388,6 +417,11 @@ mod tests {
         assert_eq!(scrub_cursor(258), b"\x42\x01\x02");
         assert_eq!(moving(&h)[0], 0x61);
         assert_eq!(drain(7), b"\x73\x00\x00\x00\x07");
+        let u = unreferenced(258, &h);
+        assert_eq!(&u[..9], b"\x32\x00\x00\x00\x00\x00\x00\x01\x02");
+        assert_eq!(parse_unreferenced(&u), Some((258, h)));
+        let (lo, hi) = unreferenced_until(259);
+        assert!(u >= lo && u < hi && unreferenced(259, &h) >= hi);
         // The default scrub policy is outside the per-drive range.
         let (lo, hi) = scrub_policies();
         assert!(

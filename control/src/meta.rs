@@ -104,7 +104,29 @@ fn count_content(tx: &mut dyn Tx, c: &ContentRec, sign: i64) -> Result<()> {
     stat(tx, Stat::StoredBytes, sign * c.stored_bytes() as i64)
 }
 
+/// The unreferenced-index key of a content record, if it has no reference.
+fn unreferenced_key(blake3: &[u8; 32], c: &ContentRec) -> Option<Vec<u8>> {
+    match (c.refs, c.unreferenced_since_ms) {
+        (0, Some(t)) => Some(keys::unreferenced(t, blake3)),
+        _ => None,
+    }
+}
+
+/// Writes a content record and keeps the unreferenced index (`[0x32]`) in step with it.
 fn put_content(tx: &mut dyn Tx, k: &[u8], c: &ContentRec) -> Result<()> {
+    let blake3: [u8; 32] = k[1..]
+        .try_into()
+        .map_err(|_| RecordError("content key".into()))?;
+    let old = get_content(tx, k)?.and_then(|o| unreferenced_key(&blake3, &o));
+    let new = unreferenced_key(&blake3, c);
+    if old != new {
+        if let Some(o) = old {
+            tx.clear(&o)?;
+        }
+        if let Some(n) = &new {
+            tx.set(n, &[])?;
+        }
+    }
     Ok(tx.set(k, &encode_content(c))?)
 }
 
@@ -189,8 +211,8 @@ fn scan(kv: &dyn Kv, t: u8, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Re
 }
 
 /// Upgrades a format-1 key space: counts what the counters count (heads, versions, contents,
-/// drive-shard entries), a page per transaction, then sets the counters and format 2 in one
-/// transaction. It runs when a process opens the store, before it serves; writes by another
+/// drive-shard entries) and lists the unreferenced contents, a page per transaction, then sets
+/// the counters, the unreferenced index and format 2 in one transaction. It runs when a process opens the store, before it serves; writes by another
 /// process meanwhile would make the counts drift, so upgrade with the cluster stopped.
 fn recount(kv: &dyn Kv) -> Result<()> {
     let mut st = [0i64; 5];
@@ -203,8 +225,12 @@ fn recount(kv: &dyn Kv) -> Result<()> {
         st[Stat::Versions as usize] += 1;
         Ok(())
     })?;
-    scan(kv, keys::tag::CONTENT, |_, v| {
+    let mut unreferenced = Vec::new();
+    scan(kv, keys::tag::CONTENT, |k, v| {
         let c = decode_content(v)?;
+        if let Ok(h) = <[u8; 32]>::try_from(&k[1..]) {
+            unreferenced.extend(unreferenced_key(&h, &c));
+        }
         st[Stat::Contents as usize] += 1;
         st[Stat::ContentBytes as usize] += c.size_bytes as i64;
         st[Stat::StoredBytes as usize] += c.stored_bytes() as i64;
@@ -223,6 +249,9 @@ fn recount(kv: &dyn Kv) -> Result<()> {
         }
         for (d, n) in &drives {
             tx.set(&keys::drive_count(*d), &n.to_le_bytes())?;
+        }
+        for u in &unreferenced {
+            tx.set(u, &[])?;
         }
         tx.set(&keys::format(), &keys::FORMAT_VERSION.to_le_bytes())?;
         Ok(())
@@ -883,33 +912,38 @@ pub fn trim_versions(
     Ok((removed, next))
 }
 
-/// Garbage-collection candidates of one page, and where the next page starts.
-pub type GcPage = (Vec<[u8; 32]>, Option<[u8; 32]>);
+/// Where a page of garbage-collection candidates ends: (unreferenced since, content).
+pub type GcCursor = (u64, [u8; 32]);
 
-/// Contents (of one page of `limit` after `after`) that have had no reference since
-/// `unreferenced_by_ms` or earlier, and where the next page starts.
+/// Garbage-collection candidates of one page, and where the next page starts.
+pub type GcPage = (Vec<[u8; 32]>, Option<GcCursor>);
+
+/// Contents (at most `limit`, after `after`) that have had no reference since
+/// `unreferenced_by_ms` or earlier, read from the unreferenced index (`[0x32]`), so a pass costs
+/// what there is to collect, not the number of contents; and where the next page starts.
 pub fn gc_candidates(
     kv: &dyn Kv,
-    after: Option<[u8; 32]>,
+    after: Option<GcCursor>,
     limit: usize,
     unreferenced_by_ms: u64,
 ) -> Result<GcPage> {
-    let page = contents(kv, after, limit)?;
-    let next = if page.len() == limit {
-        page.last().map(|(h, _)| *h)
-    } else {
-        None
-    };
-    let picked = page
-        .into_iter()
-        .filter(|(_, c)| {
-            c.refs == 0
-                && c.unreferenced_since_ms
-                    .is_some_and(|t| t <= unreferenced_by_ms)
-        })
-        .map(|(h, _)| h)
-        .collect();
-    Ok((picked, next))
+    run(kv, false, |tx| {
+        let (mut b, e) = keys::unreferenced_until(unreferenced_by_ms.saturating_add(1));
+        if let Some((t, h)) = after {
+            b = keys::unreferenced(t, &h);
+            b.push(0);
+        }
+        let page = tx.get_range(&b, &e, limit, false)?;
+        let mut picked = Vec::with_capacity(page.len());
+        let mut last = None;
+        for (k, _) in &page {
+            let (t, h) = keys::parse_unreferenced(k)
+                .ok_or_else(|| RecordError("unreferenced key".into()))?;
+            picked.push(h);
+            last = Some((t, h));
+        }
+        Ok((picked, if page.len() == limit { last } else { None }))
+    })
 }
 
 /// Garbage-collects content `blake3` if it still has no reference, and has had none since
@@ -936,6 +970,9 @@ pub fn collect(
             return Ok(None);
         }
         tx.clear(&ck)?;
+        if let Some(u) = unreferenced_key(blake3, &c) {
+            tx.clear(&u)?;
+        }
         tx.clear(&keys::repair(blake3))?;
         tx.clear(&keys::moving(blake3))?;
         count_content(tx, &c, -1)?;
@@ -1451,11 +1488,26 @@ mod tests {
         commit_put(&kv, "default", "a", None, &c, &WriteCondition::Always, 2).unwrap();
         commit_put(&kv, "default", "b", None, &c, &WriteCondition::Always, 2).unwrap();
         delete_key(&kv, "default", "b", 3).unwrap();
+        // A content whose only version is removed: unreferenced since 5.
+        let lone = NewContent {
+            blake3: [7; 32],
+            stored: Stored::Inline(vec![1; 10]),
+            size_bytes: 10,
+            encoding: Encoding::Identity,
+        };
+        commit_put(&kv, "default", "c", None, &lone, &WriteCondition::Always, 4).unwrap();
+        delete_version(&kv, "default", "c", 1, 5).unwrap();
+        assert_eq!(
+            gc_candidates(&kv, None, 10, 5).unwrap(),
+            (vec![[7; 32]], None)
+        );
+        assert_eq!(gc_candidates(&kv, None, 10, 4).unwrap(), (vec![], None));
         let want = stats(&kv).unwrap();
         let counts = drive_shard_counts(&kv, &[0, 1, 2]).unwrap();
-        assert_eq!((want.objects, want.versions, want.contents), (1, 3, 1));
-        // As a format-1 store would be: no counters.
+        assert_eq!((want.objects, want.versions, want.contents), (1, 3, 2));
+        // As a format-1 store would be: no counters, no unreferenced index.
         run(&kv, true, |tx| {
+            tx.clear_range(&[keys::tag::UNREFERENCED], &[keys::tag::UNREFERENCED + 1])?;
             tx.clear_range(&[keys::tag::STAT], &[keys::tag::STAT + 1])?;
             tx.clear_range(&[keys::tag::DRIVE_COUNT], &[keys::tag::DRIVE_COUNT + 1])?;
             tx.set(&keys::format(), &1u32.to_le_bytes())?;
@@ -1463,7 +1515,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(stats(&kv).unwrap(), Stats::default());
+        assert_eq!(gc_candidates(&kv, None, 10, 5).unwrap(), (vec![], None));
         init(&kv, 4).unwrap();
+        assert_eq!(
+            gc_candidates(&kv, None, 10, 5).unwrap(),
+            (vec![[7; 32]], None)
+        );
         assert_eq!(stats(&kv).unwrap(), want);
         assert_eq!(drive_shard_counts(&kv, &[0, 1, 2]).unwrap(), counts);
     }

@@ -103,9 +103,9 @@ pub enum Request {
         limit: usize,
     },
     /// Contents of one page (of [`REPAIR_SCAN_PAGE`]) unreferenced for `grace_ms` or more.
-    /// → `(Vec<[u8; 32]>, Option<[u8; 32]>)`
+    /// → `meta::GcPage`
     GcCandidates {
-        after: Option<[u8; 32]>,
+        after: Option<meta::GcCursor>,
         grace_ms: u64,
     },
     /// What of the cluster's data is still on a node's drives (shards from the drive counters,

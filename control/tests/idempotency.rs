@@ -373,6 +373,50 @@ fn compare(kv: &FaultyKv, model: &Model, now: u64, rng: &mut StdRng) -> usize {
             bad += 1;
         }
     }
+    // The unreferenced index lists exactly the contents without a reference.
+    let all: Vec<([u8; 32], ContentRec)> = call(
+        kv,
+        Request::Contents {
+            after: None,
+            limit: usize::MAX,
+        },
+        now,
+        rng,
+        true,
+    )
+    .unwrap();
+    let mut zero: Vec<[u8; 32]> = all
+        .iter()
+        .filter(|(_, c)| c.refs == 0)
+        .map(|(h, _)| *h)
+        .collect();
+    let mut listed: Vec<[u8; 32]> = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next): ostore_control::meta::GcPage = call(
+            kv,
+            Request::GcCandidates { after, grace_ms: 0 },
+            now + 1,
+            rng,
+            true,
+        )
+        .unwrap();
+        listed.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    zero.sort();
+    listed.sort();
+    if zero != listed {
+        eprintln!(
+            "unreferenced index: {} listed, {} contents without a reference",
+            listed.len(),
+            zero.len()
+        );
+        bad += 1;
+    }
     for (h, refs) in model.refs() {
         let c: Option<ContentRec> =
             call(kv, Request::Content { blake3: h }, now, rng, true).unwrap();

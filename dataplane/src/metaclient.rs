@@ -30,7 +30,18 @@ impl MetaClient {
     /// Runs `req`; `T` is the return type named on the request's variant.
     pub async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
         let bytes = match self {
-            MetaClient::Local(m) => m.call(req).await?,
+            MetaClient::Local(m) => {
+                let read = !req.is_write();
+                let r = m.call(req).await;
+                // A local read runs on this executor's thread without yielding: a loop of them
+                // (a GC or scrub pass paging through every content) would hold the executor,
+                // and every connection it serves, for the whole scan. Yield once the task's
+                // time slice is used up, so a scan costs clients one page at a time.
+                if read {
+                    glommio::yield_if_needed().await;
+                }
+                r?
+            }
             MetaClient::Remote(r) => return r.call(req).await,
         };
         rpc::decode_value(&bytes)

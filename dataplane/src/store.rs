@@ -1234,7 +1234,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     }
     let mut after = None;
     loop {
-        let (picked, next): (Vec<[u8; 32]>, Option<[u8; 32]>) =
+        let (picked, next): ostore_control::meta::GcPage =
             node.meta.call(Rq::GcCandidates { after, grace_ms }).await?;
         for h in picked {
             if share && !mine(&h) {
