@@ -274,11 +274,16 @@ const DRAIN_CHECK_TICKS: u64 = 3;
 
 /// What the last rebalancing rounds saw: the membership epoch, the shards per node, and how
 /// many rounds in a row moved nothing. After [`REBALANCE_IDLE_ROUNDS`] such rounds rebalancing
-/// rests until the membership or the counts change.
+/// rests, trying again every [`REBALANCE_RETRY_ROUNDS`] rounds.
 type RebalanceSeen = Option<(u64, Vec<(u32, i64)>, u32)>;
 
 /// Rounds without progress before rebalancing rests.
 const REBALANCE_IDLE_ROUNDS: u32 = 3;
+/// While resting, rebalancing tries again every this many rounds.
+const REBALANCE_RETRY_ROUNDS: u32 = 10;
+/// Contents a drive above the mean offers per round at least (one metadata read each when the
+/// content cannot move).
+const REBALANCE_OFFER_MIN: usize = 64;
 
 /// Rebalancing: when the move queue is empty and some node holds clearly less than the mean
 /// (a node that joined, or came back from a drain), queues for moving, from each node holding
@@ -332,10 +337,12 @@ async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> 
         _ => 0,
     };
     *seen = Some((view.epoch, per_node.clone(), idle));
-    if idle >= REBALANCE_IDLE_ROUNDS {
+    // Rest after a few rounds that moved nothing; try again now and then (random offers may
+    // simply have missed the movable contents).
+    if idle >= REBALANCE_IDLE_ROUNDS && !idle.is_multiple_of(REBALANCE_RETRY_ROUNDS) {
         return Ok(());
     }
-    // Each over-full drive offers twice its excess, from a random point of its index, so that
+    // Each over-full drive offers twice its excess (at least 64), from a random point of its index, so that
     // drives holding shards of the same objects offer different ones (a content that cannot
     // move is passed over at the cost of one metadata read).
     let mut queued = 0;
@@ -348,7 +355,9 @@ async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> 
             .iter()
             .find(|n| n.id == *id)
             .expect("eligible node");
-        let per_drive = (2 * excess as usize).div_ceil(node.drives.len().max(1));
+        let per_drive = (2 * excess as usize)
+            .max(REBALANCE_OFFER_MIN)
+            .div_ceil(node.drives.len().max(1));
         for d in &node.drives {
             queued += client
                 .queue_drive_for_move(d.id, per_drive, Some(rand::random()))
