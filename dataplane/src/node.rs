@@ -257,6 +257,17 @@ async fn repair_worker(node: Arc<Node>) {
     }
 }
 
+/// A content with fewer than K good shards: counted, logged, and marked damaged so that the
+/// next upload of the same bytes replaces it.
+async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: usize) {
+    tracing::error!(
+        "content {} is unrepairable: {have} of {need} shards readable",
+        hex::encode(h)
+    );
+    node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+    let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: *h }).await;
+}
+
 /// One round over this node's share of the repair queue; `true` if something is to be retried.
 async fn work_repairs(node: &Arc<Node>) -> bool {
     let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::RepairQueue { limit: 256 }).await {
@@ -286,13 +297,7 @@ async fn work_repairs(node: &Arc<Node>) -> bool {
                     .await;
             }
             Err(StoreError::InsufficientShards { have, need }) => {
-                tracing::error!(
-                    "content {} is unrepairable: {have} of {need} shards readable",
-                    hex::encode(h)
-                );
-                node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-                // The next upload of these bytes will replace the damaged copy.
-                let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: h }).await;
+                unrepairable(node, &h, have, need).await;
                 let _ = node
                     .meta
                     .call::<()>(Rq::RepairDone { blake3: h, nonce })
@@ -342,12 +347,7 @@ async fn work_moves(node: &Arc<Node>) -> bool {
             }
             Ok(_) => {}
             Err(StoreError::InsufficientShards { have, need }) => {
-                tracing::error!(
-                    "content {} is unrepairable: {have} of {need} shards readable",
-                    hex::encode(h)
-                );
-                node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-                let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: h }).await;
+                unrepairable(node, &h, have, need).await;
             }
             Err(e) => tracing::warn!("moving shards of {}: {e}", hex::encode(h)),
         }

@@ -1423,22 +1423,7 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         return Ok(checked);
     }
     let bad: Vec<usize> = targets.iter().map(|t| t.0).collect();
-    let upload_id: u64 = rand::random();
-    let new_locs: Vec<ShardLoc> = targets
-        .iter()
-        .map(|&(i, drive)| ShardLoc {
-            index: reader.locs[i].index,
-            drive,
-            file_id: upload_id,
-            file_tag: rand::random(),
-        })
-        .collect();
-    node.meta
-        .call::<()>(Rq::BeginIntent {
-            id: upload_id,
-            shards: new_locs.clone(),
-        })
-        .await?;
+    let (upload_id, new_locs) = begin_new_shards(node, &reader, &targets).await?;
     let r = rebuild(node, &mut reader, &bad, &new_locs).await;
     reader.close().await;
     if let Err(e) = r {
@@ -1509,6 +1494,32 @@ fn choose_targets(
     Ok(out)
 }
 
+/// Names new shard files for `targets` (position, drive) and records them in a fresh intent
+/// before anything is written; returns the intent's id and the files.
+async fn begin_new_shards(
+    node: &Node,
+    reader: &ShardReader,
+    targets: &[(usize, u16)],
+) -> Result<(u64, Vec<ShardLoc>)> {
+    let upload_id: u64 = rand::random();
+    let new_locs: Vec<ShardLoc> = targets
+        .iter()
+        .map(|&(i, drive)| ShardLoc {
+            index: reader.locs[i].index,
+            drive,
+            file_id: upload_id,
+            file_tag: rand::random(),
+        })
+        .collect();
+    node.meta
+        .call::<()>(Rq::BeginIntent {
+            id: upload_id,
+            shards: new_locs.clone(),
+        })
+        .await?;
+    Ok((upload_id, new_locs))
+}
+
 /// Nodes being drained, as this node's view has them.
 fn draining_nodes(node: &Node) -> Vec<u32> {
     node.cluster.as_ref().map_or(Vec::new(), |c| {
@@ -1573,22 +1584,7 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
     if targets.is_empty() {
         return Ok(0);
     }
-    let upload_id: u64 = rand::random();
-    let new_locs: Vec<ShardLoc> = targets
-        .iter()
-        .map(|&(i, drive)| ShardLoc {
-            index: reader.locs[i].index,
-            drive,
-            file_id: upload_id,
-            file_tag: rand::random(),
-        })
-        .collect();
-    node.meta
-        .call::<()>(Rq::BeginIntent {
-            id: upload_id,
-            shards: new_locs.clone(),
-        })
-        .await?;
+    let (upload_id, new_locs) = begin_new_shards(node, &reader, &targets).await?;
     let from: Vec<usize> = targets.iter().map(|m| m.0).collect();
     let r = copy_shards(node, &mut reader, &from, &new_locs).await;
     reader.close().await;
