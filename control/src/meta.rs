@@ -112,13 +112,16 @@ fn unreferenced_key(blake3: &[u8; 32], c: &ContentRec) -> Option<Vec<u8>> {
     }
 }
 
-/// Writes a content record and keeps the unreferenced index (`[0x32]`) in step with it.
-fn put_content(tx: &mut dyn Tx, k: &[u8], c: &ContentRec) -> Result<()> {
-    let blake3: [u8; 32] = k[1..]
-        .try_into()
-        .map_err(|_| RecordError("content key".into()))?;
-    let old = get_content(tx, k)?.and_then(|o| unreferenced_key(&blake3, &o));
-    let new = unreferenced_key(&blake3, c);
+/// Writes a content record that was `before` (as the caller read it in this transaction,
+/// `None` if new) and keeps the unreferenced index (`[0x32]`) in step with it.
+fn put_content(
+    tx: &mut dyn Tx,
+    blake3: &[u8; 32],
+    before: Option<&ContentRec>,
+    c: &ContentRec,
+) -> Result<()> {
+    let old = before.and_then(|o| unreferenced_key(blake3, o));
+    let new = unreferenced_key(blake3, c);
     if old != new {
         if let Some(o) = old {
             tx.clear(&o)?;
@@ -127,7 +130,7 @@ fn put_content(tx: &mut dyn Tx, k: &[u8], c: &ContentRec) -> Result<()> {
             tx.set(n, &[])?;
         }
     }
-    Ok(tx.set(k, &encode_content(c))?)
+    Ok(tx.set(&keys::content(blake3), &encode_content(c))?)
 }
 
 /// The result of committing a version.
@@ -154,8 +157,9 @@ pub fn mark_damaged(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
         let ck = keys::content(blake3);
         if let Some(mut c) = get_content(tx, &ck)? {
             if !c.damaged {
+                let before = c.clone();
                 c.damaged = true;
-                put_content(tx, &ck, &c)?;
+                put_content(tx, blake3, Some(&before), &c)?;
             }
         }
         Ok(())
@@ -369,23 +373,25 @@ fn append_version(
 
 fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
     let ck = keys::content(blake3);
-    let Some(mut c) = get_content(tx, &ck)? else {
+    let Some(before) = get_content(tx, &ck)? else {
         return Ok(false);
     };
+    let mut c = before.clone();
     c.refs += 1;
     c.unreferenced_since_ms = None;
-    put_content(tx, &ck, &c)?;
+    put_content(tx, blake3, Some(&before), &c)?;
     Ok(true)
 }
 
 fn drop_ref(tx: &mut dyn Tx, blake3: &[u8; 32], now_ms: u64) -> Result<()> {
     let ck = keys::content(blake3);
-    if let Some(mut c) = get_content(tx, &ck)? {
+    if let Some(before) = get_content(tx, &ck)? {
+        let mut c = before.clone();
         c.refs = c.refs.saturating_sub(1);
         if c.refs == 0 {
             c.unreferenced_since_ms = Some(now_ms);
         }
-        put_content(tx, &ck, &c)?;
+        put_content(tx, blake3, Some(&before), &c)?;
     }
     Ok(())
 }
@@ -529,7 +535,7 @@ pub fn commit_put(
                 damaged: false,
                 encoding: content.encoding,
             };
-            put_content(tx, &ck, &rec)?;
+            put_content(tx, &content.blake3, existing.as_ref(), &rec)?;
             count_content(tx, &rec, 1)?;
             if let Stored::Sharded { shards, .. } = &content.stored {
                 for s in shards {
@@ -810,7 +816,8 @@ pub fn replace_shards(
             _ => garbage.extend_from_slice(new),
         }
         if let Some(c) = &content {
-            put_content(tx, &ck, c)?;
+            // Only the locations changed: references, and so the unreferenced index, did not.
+            put_content(tx, blake3, Some(c), c)?;
         }
         rec.shards = garbage.clone();
         rec.state = IntentState::Committed {

@@ -1430,16 +1430,7 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         discard(node, &new_locs, upload_id);
         return Err(e);
     }
-    let garbage: Vec<ShardLoc> = node
-        .meta
-        .call(Rq::ReplaceShards {
-            blake3,
-            shards: new_locs.clone(),
-            replaced: bad.iter().map(|&i| reader.locs[i]).collect(),
-            intent: upload_id,
-        })
-        .await?;
-    discard(node, &garbage, upload_id);
+    swap_in(node, &reader, &bad, &new_locs, upload_id).await?;
     checked.rebuilt = bad.len();
     Ok(checked)
 }
@@ -1518,6 +1509,29 @@ async fn begin_new_shards(
         })
         .await?;
     Ok((upload_id, new_locs))
+}
+
+/// Points the content at the new shard files (made from the shards at positions `from`) in
+/// one transaction, then deletes whatever that left unreferenced (the old files, or the new
+/// ones if their slots changed meanwhile).
+async fn swap_in(
+    node: &Arc<Node>,
+    reader: &ShardReader,
+    from: &[usize],
+    new_locs: &[ShardLoc],
+    upload_id: u64,
+) -> Result<()> {
+    let garbage: Vec<ShardLoc> = node
+        .meta
+        .call(Rq::ReplaceShards {
+            blake3: reader.blake3,
+            shards: new_locs.to_vec(),
+            replaced: from.iter().map(|&i| reader.locs[i]).collect(),
+            intent: upload_id,
+        })
+        .await?;
+    discard(node, &garbage, upload_id);
+    Ok(())
 }
 
 /// Nodes being drained, as this node's view has them.
@@ -1600,16 +1614,7 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
             return Err(e);
         }
     }
-    let garbage: Vec<ShardLoc> = node
-        .meta
-        .call(Rq::ReplaceShards {
-            blake3,
-            shards: new_locs.clone(),
-            replaced: from.iter().map(|&i| reader.locs[i]).collect(),
-            intent: upload_id,
-        })
-        .await?;
-    discard(node, &garbage, upload_id);
+    swap_in(node, &reader, &from, &new_locs, upload_id).await?;
     Ok(new_locs.len())
 }
 
