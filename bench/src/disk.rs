@@ -26,6 +26,9 @@ pub struct DiskArgs {
     /// Seconds of 4 KiB random reads.
     #[arg(long, default_value_t = 5)]
     random_seconds: u64,
+    /// Appending 4 KiB writes each followed by fdatasync, for the latency of a durable commit.
+    #[arg(long, default_value_t = 500)]
+    syncs: u64,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -123,6 +126,7 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
         t.await?;
     }
     let rand_s = t.elapsed().as_secs_f64();
+    let sync = sync_latency(path.with_extension("sync"), a.syncs).await?;
     let bytes = blocks * SEQ_BYTES as u64;
     let mb = |b: u64, s: f64| b as f64 / s / 1e6;
     let write_mb_s = mb(bytes, write_s);
@@ -144,6 +148,14 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
         "  4 KiB random read:                  {iops:.0} IOPS (queue depth {})",
         a.qd * 2
     );
+    let q = |p: f64| sync.value_at_quantile(p) as f64 / 1000.0;
+    let sync_max = sync.max() as f64 / 1000.0;
+    println!(
+        "  4 KiB append + fdatasync:           p50 {:.2} ms, p99 {:.2} ms, max {sync_max:.2} ms ({} syncs)",
+        q(0.5),
+        q(0.99),
+        sync.len()
+    );
     if let Some(p) = &a.json {
         let j = serde_json::json!({
             "path": a.path.display().to_string(),
@@ -152,8 +164,35 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
             "write_mb_s": write_mb_s,
             "read_mb_s": read_mb_s,
             "rand_read_4k_iops": iops,
+            "sync_4k_ms": {"count": sync.len(), "p50": q(0.5), "p99": q(0.99), "max": sync_max},
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }
     Ok(())
+}
+
+/// The latency of a durable small write: `count` times, a 4 KiB write appended to a new file
+/// and an fdatasync (which then also makes the new size durable, as a metadata store's commit
+/// that grows its file must). Microseconds.
+async fn sync_latency(path: PathBuf, count: u64) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await
+        .map_err(io)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for i in 0..count {
+        let mut buf = f.alloc_dma_buffer(RAND_BYTES);
+        buf.as_bytes_mut().fill(i as u8);
+        let t = Instant::now();
+        f.write_at(buf, i * RAND_BYTES as u64).await.map_err(io)?;
+        f.fdatasync().await.map_err(io)?;
+        h.record(t.elapsed().as_micros() as u64)?;
+    }
+    f.remove().await.map_err(io)?;
+    f.close().await.map_err(io)?;
+    Ok(h)
 }

@@ -586,6 +586,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     }
     let ops_left = Arc::new(AtomicU64::new(ops));
     let started = Instant::now();
+    let cpu_before = process_cpu_s();
     let (h, au, pfx) = (host.clone(), auth.clone(), a.prefix.clone());
     let (objects, verify) = (a.objects, a.verify);
     let ol = ops_left.clone();
@@ -631,7 +632,24 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         let _ = p.join();
     }
     let (stats, secs) = r?;
-    report(&a, &stats, secs, threads, conc)
+    report(
+        &a,
+        &stats,
+        secs,
+        threads,
+        conc,
+        process_cpu_s() - cpu_before,
+    )
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF covers every thread of the process.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
 }
 
 /// Prints, once a second, operations done so far, the rate of the last second and errors, on
@@ -670,6 +688,7 @@ fn report(
     secs: f64,
     threads: usize,
     conc: usize,
+    cpu_s: f64,
 ) -> anyhow::Result<()> {
     let total: u64 = stats.ops.values().map(|s| s.hist.len() + s.errors).sum();
     match a.rate {
@@ -719,6 +738,7 @@ fn report(
             "duration_s": secs, "verify": a.verify, "ops": ops,
             "mode": if a.rate.is_some() { "open" } else { "closed" },
             "rate_target": a.rate, "rate_achieved": total as f64 / secs,
+            "client_cpu_s": cpu_s,
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }

@@ -108,6 +108,14 @@ pub trait Kv {
     fn nested(&self) -> bool {
         false
     }
+
+    /// Whether every commit's outcome is known to the caller: it either happened or it did
+    /// not, as in redb. A store where a commit may end in `commit_unknown_result`
+    /// (FoundationDB) answers false, and its writes then carry an idempotency marker so that
+    /// the retry cannot apply them twice.
+    fn commit_outcome_known(&self) -> bool {
+        false
+    }
 }
 
 /// A store whose every transaction is part of one enclosing transaction `tx`: code written

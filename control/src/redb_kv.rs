@@ -263,6 +263,10 @@ impl Kv for BatchKv {
 }
 
 impl Kv for RedbKv {
+    fn commit_outcome_known(&self) -> bool {
+        true
+    }
+
     fn write_batch(&self, f: &mut dyn FnMut(&dyn Kv)) -> Result<(), KvError> {
         let w = self.db.begin_write().map_err(storage)?;
         let batch = BatchKv {

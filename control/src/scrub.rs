@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// How a drive is scrubbed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScrubPolicy {
-    /// Read rate of the scrub on one drive; 0 turns the scrub off.
+    /// Read rate of the scrub on one drive (on one device: drive directories sharing a device
+    /// share it; a sixteenth of it while the node serves requests); 0 turns the scrub off.
     pub bytes_per_s: u64,
     /// Rest between the end of a pass and the start of the next.
     pub pause_ms: u64,

@@ -55,10 +55,13 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, StoreError>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Stream(s, _) => s
-                .as_mut()
-                .poll_next(cx)
-                .map(|o| o.map(|r| r.map(Frame::data))),
+            RespBody::Stream(s, _) => {
+                // A body still streaming out keeps the node counted as serving.
+                crate::foreground::touch();
+                s.as_mut()
+                    .poll_next(cx)
+                    .map(|o| o.map(|r| r.map(Frame::data)))
+            }
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -260,6 +263,11 @@ async fn connection(node: Arc<Node>, stream: glommio::net::TcpStream) {
 }
 
 async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Resp {
+    // Data requests count as serving (the scrub slows down for them); health checks, metrics
+    // scrapes and admin calls do not.
+    let path = req.uri().path();
+    let _serving = (!(path == "/health" || path == "/metrics" || path.starts_with("/admin")))
+        .then(crate::foreground::begin);
     let started = Instant::now();
     let (op, resp) = match route(node, req).await {
         Ok(x) => x,

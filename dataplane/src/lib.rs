@@ -8,6 +8,7 @@ pub mod admin;
 pub mod compat;
 pub mod controlplane;
 pub mod drives;
+pub mod foreground;
 pub mod http;
 pub mod metaclient;
 pub mod metrics;

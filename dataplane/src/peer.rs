@@ -537,6 +537,8 @@ async fn serve_stream(node: Arc<Node>, mut send: SendStream, mut recv: RecvStrea
                 break;
             }
         };
+        // Shard I/O for another node counts as serving, like a client request.
+        let _serving = crate::foreground::begin();
         let r: io::Result<Vec<u8>> = match req.op {
             Op::Open | Op::Remove => {
                 let loc = ShardLoc {

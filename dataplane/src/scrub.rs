@@ -3,7 +3,11 @@
 //! block with direct I/O, checking the header against the metadata and each block's CRC32C
 //! (with its index and the file's tag). A shard found missing or corrupt is queued for repair,
 //! which rebuilds it from the object's other shards. Reads are paced at the rate the control
-//! plane sets for the drive (`ostore_control::scrub::ScrubPolicy`), and the cursor is saved
+//! plane sets for the drive (`ostore_control::scrub::ScrubPolicy`), shared by the drive
+//! directories of one device and cut to [`BUSY_DIVISOR`]th while the node serves requests (a
+//! scrub read ahead of a client's fdatasync in the device queue shows in the client's tail
+//! latency: measured, small PUTs at 4,000/s went from p99 ~7 ms with the scrub off to 80-270 ms
+//! with it on at full rate). The cursor is saved
 //! every [`SAVE_EVERY`] so a restart goes on where it stopped. Only the drive's own shard is
 //! read — not the object's other shards — so a pass reads each byte on the drive once.
 
@@ -29,13 +33,27 @@ const READ_BLOCKS: u64 = 16;
 /// How often an idle scrubber (off, resting, or its drive out of service) looks again.
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
+/// While the node serves requests, the scrub reads at this fraction of its rate, so that a pass
+/// still ends under constant load.
+pub const BUSY_DIVISOR: u64 = 16;
+/// How long after the last request the node still counts as serving.
+const QUIET: Duration = Duration::from_millis(200);
+
 /// Keeps reads under a rate: each read waits until the bytes before it are paid for.
 struct Pacer {
     next: Option<Instant>,
+    /// Drive directories of this node on the drive's device, which share its rate.
+    share: u64,
 }
 
 impl Pacer {
+    /// Books `bytes` at `per_s` (the drive's rate) divided by the device's share, and by
+    /// [`BUSY_DIVISOR`] while the node is serving, and waits for the slot.
     async fn pay(&mut self, bytes: u64, per_s: u64) {
+        let mut per_s = per_s / self.share.max(1);
+        if crate::foreground::busy(QUIET) {
+            per_s /= BUSY_DIVISOR;
+        }
         let now = Instant::now();
         let start = self.next.filter(|t| *t > now).unwrap_or(now);
         if start > now {
@@ -67,6 +85,21 @@ async fn save(node: &Node, drive: u16, c: &ScrubCursor) -> Result<(), StoreError
     Ok(())
 }
 
+/// How many of this node's drive directories are on the same device as `drive` (1 where each
+/// has its own, as in production; all of them in `ostore dev`).
+fn device_share(node: &Node, drive: u16) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let Some(mine) = node.local_drive(drive).and_then(|d| dev(&d.root)) else {
+        return 1;
+    };
+    node.drives
+        .iter()
+        .filter(|d| dev(&d.root) == Some(mine))
+        .count()
+        .max(1) as u64
+}
+
 async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
     let mut cur: ScrubCursor = node
         .meta
@@ -76,7 +109,10 @@ async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
         .await?
         .pop()
         .unwrap_or_default();
-    let mut pacer = Pacer { next: None };
+    let mut pacer = Pacer {
+        next: None,
+        share: device_share(node, drive),
+    };
     let mut saved = Instant::now();
     loop {
         if node.stopping.load(Ordering::Relaxed) {

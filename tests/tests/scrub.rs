@@ -181,8 +181,9 @@ fn the_scrub_cursor_survives_kill_9() {
             201
         );
     }
-    // About 8 MiB per drive at 1 MiB/s: a pass takes ~8 s.
-    osctl(&dev, &["scrub-schedule", "--rate", "1MiB", "--pause", "0s"]);
+    // About 8 MiB per drive at 1 MiB/s (the six drive directories share one device, so its rate
+    // is six times that): a pass takes ~8 s.
+    osctl(&dev, &["scrub-schedule", "--rate", "6MiB", "--pause", "0s"]);
     let mut seen = Vec::new();
     let ok = ostore_tests::eventually(std::time::Duration::from_secs(30), || {
         seen = drives(&osctl(&dev, &["scrub-schedule"]));
