@@ -9,6 +9,7 @@ pub mod compat;
 pub mod controlplane;
 pub mod drives;
 pub mod foreground;
+pub mod h3conn;
 pub mod http;
 pub mod metaclient;
 pub mod metrics;

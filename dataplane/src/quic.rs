@@ -26,7 +26,7 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Kernel socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`).
@@ -46,7 +46,7 @@ struct ConnState {
     wait_connected: Vec<Waker>,
     readable: HashMap<StreamId, Waker>,
     writable: HashMap<StreamId, Waker>,
-    wait_accept: Option<Waker>,
+    wait_accept: Vec<Waker>,
     wait_open: Vec<Waker>,
 }
 
@@ -106,6 +106,45 @@ fn conn_error(e: &ConnectionError) -> io::Error {
 
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the QUIC endpoint is closed")
+}
+
+/// Why a stream operation failed, with the peer's error code where there is one (HTTP/3 maps
+/// these to its own errors).
+#[derive(Debug, Clone)]
+pub enum StreamError {
+    /// The peer stopped the stream (our send side) or reset it (our receive side).
+    Code(u64),
+    /// The connection is gone: closed by either side, timed out or refused.
+    Connection(ConnectionError),
+    /// The endpoint was closed, or the stream cannot be used any more.
+    Other(String),
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Code(c) => write!(f, "the peer ended the stream with code {c:#x}"),
+            StreamError::Connection(e) => write!(f, "{e}"),
+            StreamError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> io::Error {
+        let kind = match &e {
+            StreamError::Connection(_) => io::ErrorKind::ConnectionAborted,
+            StreamError::Code(_) => io::ErrorKind::BrokenPipe,
+            StreamError::Other(_) => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, e.to_string())
+    }
+}
+
+fn gone() -> StreamError {
+    StreamError::Other("the QUIC connection is gone".into())
 }
 
 impl Endpoint {
@@ -511,7 +550,7 @@ fn wake_all(s: &mut ConnState) {
     for (_, w) in s.writable.drain() {
         w.wake();
     }
-    if let Some(w) = s.wait_accept.take() {
+    for w in s.wait_accept.drain(..) {
         w.wake();
     }
     for w in s.wait_open.drain(..) {
@@ -544,7 +583,7 @@ fn dispatch(s: &mut ConnState, ev: Event) {
             }
         }
         Event::Stream(StreamEvent::Opened { .. }) => {
-            if let Some(w) = s.wait_accept.take() {
+            for w in s.wait_accept.drain(..) {
                 w.wake();
             }
         }
@@ -621,90 +660,123 @@ impl Connection {
         });
     }
 
+    /// Opens a stream in `dir` once the peer's stream limit allows; pending (and woken) until
+    /// then.
+    pub fn poll_open(&self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<StreamId, StreamError>> {
+        let mut i = self.ep.0.borrow_mut();
+        let Some(c) = i.conn_mut(self.ch, self.serial) else {
+            return Poll::Ready(Err(gone()));
+        };
+        if let Some(e) = &c.state.lost {
+            return Poll::Ready(Err(StreamError::Connection(e.clone())));
+        }
+        if let Some(id) = c.conn.streams().open(dir) {
+            i.wake_driver();
+            return Poll::Ready(Ok(id));
+        }
+        c.state.wait_open.push(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// The next stream in `dir` the peer opened; pending (and woken) until there is one.
+    pub fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<StreamId, StreamError>> {
+        let mut i = self.ep.0.borrow_mut();
+        let Some(c) = i.conn_mut(self.ch, self.serial) else {
+            return Poll::Ready(Err(gone()));
+        };
+        if let Some(id) = c.conn.streams().accept(dir) {
+            i.wake_driver();
+            return Poll::Ready(Ok(id));
+        }
+        if let Some(e) = &c.state.lost {
+            return Poll::Ready(Err(StreamError::Connection(e.clone())));
+        }
+        c.state.wait_accept.push(cx.waker().clone());
+        Poll::Pending
+    }
+
     pub async fn open_bi(&self) -> io::Result<(SendStream, RecvStream)> {
-        let id = poll_fn(|cx| {
-            let mut i = self.ep.0.borrow_mut();
-            let Some(c) = i.conn_mut(self.ch, self.serial) else {
-                return Poll::Ready(Err(closed()));
-            };
-            if let Some(e) = &c.state.lost {
-                return Poll::Ready(Err(conn_error(e)));
-            }
-            if let Some(id) = c.conn.streams().open(Dir::Bi) {
-                i.wake_driver();
-                return Poll::Ready(Ok(id));
-            }
-            c.state.wait_open.push(cx.waker().clone());
-            Poll::Pending
-        })
-        .await?;
+        let id = poll_fn(|cx| self.poll_open(cx, Dir::Bi)).await?;
         Ok(self.pair(id))
     }
 
     pub async fn accept_bi(&self) -> io::Result<(SendStream, RecvStream)> {
-        let id = poll_fn(|cx| {
-            let mut i = self.ep.0.borrow_mut();
-            let Some(c) = i.conn_mut(self.ch, self.serial) else {
-                return Poll::Ready(Err(closed()));
-            };
-            if let Some(id) = c.conn.streams().accept(Dir::Bi) {
-                i.wake_driver();
-                return Poll::Ready(Ok(id));
-            }
-            if let Some(e) = &c.state.lost {
-                return Poll::Ready(Err(conn_error(e)));
-            }
-            c.state.wait_accept = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await?;
+        let id = poll_fn(|cx| self.poll_accept(cx, Dir::Bi)).await?;
         Ok(self.pair(id))
     }
 
+    /// Closes the connection with an application error `code` (0 where nothing went wrong).
+    pub fn close_with(&self, code: u64, reason: &[u8]) {
+        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
+        let reason = Bytes::copy_from_slice(reason);
+        let _ = self.with(|c| c.conn.close(Instant::now(), code, reason));
+    }
+
+    /// The sending side of stream `id` (opened or accepted on this connection).
+    pub fn send_stream(&self, id: StreamId) -> SendStream {
+        SendStream {
+            conn: self.clone(),
+            id,
+            finished: false,
+        }
+    }
+
+    /// The receiving side of stream `id` (opened or accepted on this connection).
+    pub fn recv_stream(&self, id: StreamId) -> RecvStream {
+        RecvStream {
+            conn: self.clone(),
+            id,
+            done: false,
+        }
+    }
+
     fn pair(&self, id: StreamId) -> (SendStream, RecvStream) {
-        (
-            SendStream {
-                conn: self.clone(),
-                id,
-                finished: false,
-            },
-            RecvStream {
-                conn: self.clone(),
-                id,
-                done: false,
-            },
-        )
+        (self.send_stream(id), self.recv_stream(id))
     }
 }
 
 impl SendStream {
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Writes a prefix of `data` as flow control allows; pending (and woken) while blocked.
+    pub fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<Result<usize, StreamError>> {
+        let mut i = self.conn.ep.0.borrow_mut();
+        let Some(c) = i.conn_mut(self.conn.ch, self.conn.serial) else {
+            return Poll::Ready(Err(gone()));
+        };
+        if let Some(e) = &c.state.lost {
+            return Poll::Ready(Err(StreamError::Connection(e.clone())));
+        }
+        match c.conn.send_stream(self.id).write(data) {
+            Ok(n) => {
+                i.wake_driver();
+                Poll::Ready(Ok(n))
+            }
+            Err(quinn_proto::WriteError::Blocked) => {
+                c.state.writable.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(quinn_proto::WriteError::Stopped(code)) => {
+                Poll::Ready(Err(StreamError::Code(code.into_inner())))
+            }
+            Err(e) => Poll::Ready(Err(StreamError::Other(e.to_string()))),
+        }
+    }
+
     /// Writes all of `data`, waiting for flow-control credit as needed.
     pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = poll_fn(|cx| {
-                let mut i = self.conn.ep.0.borrow_mut();
-                let Some(c) = i.conn_mut(self.conn.ch, self.conn.serial) else {
-                    return Poll::Ready(Err(closed()));
-                };
-                if let Some(e) = &c.state.lost {
-                    return Poll::Ready(Err(conn_error(e)));
-                }
-                match c.conn.send_stream(self.id).write(data) {
-                    Ok(n) => {
-                        i.wake_driver();
-                        Poll::Ready(Ok(n))
-                    }
-                    Err(quinn_proto::WriteError::Blocked) => {
-                        c.state.writable.insert(self.id, cx.waker().clone());
-                        Poll::Pending
-                    }
-                    Err(e) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        e.to_string(),
-                    ))),
-                }
-            })
-            .await?;
+            let n = poll_fn(|cx| self.poll_write(cx, data)).await?;
             data = &data[n..];
         }
         Ok(())
@@ -720,6 +792,16 @@ impl SendStream {
             .with(|c| c.conn.send_stream(self.id).finish())?
             .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
     }
+
+    /// Abandons the stream: the peer's reads fail with `code`.
+    pub fn reset(&mut self, code: u64) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
+        let _ = self.conn.with(|c| c.conn.send_stream(self.id).reset(code));
+    }
 }
 
 impl Drop for SendStream {
@@ -731,52 +813,66 @@ impl Drop for SendStream {
 }
 
 impl RecvStream {
-    /// The next bytes of the stream, at most `max`; `None` at its end.
-    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// The next bytes of the stream, at most `max`; `None` at its end. Pending (and woken)
+    /// until some arrive.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
         if self.done {
-            return Ok(None);
+            return Poll::Ready(Ok(None));
         }
-        let r = poll_fn(|cx| {
-            let mut i = self.conn.ep.0.borrow_mut();
-            let Some(c) = i.conn_mut(self.conn.ch, self.conn.serial) else {
-                return Poll::Ready(Err(closed()));
-            };
-            let mut stream = c.conn.recv_stream(self.id);
-            let mut chunks = match stream.read(true) {
-                Ok(ch) => ch,
-                Err(e) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        e.to_string(),
-                    )))
-                }
-            };
-            let r = chunks.next(max);
-            let _ = chunks.finalize();
-            match r {
-                Ok(Some(chunk)) => {
-                    i.wake_driver();
-                    Poll::Ready(Ok(Some(chunk.bytes)))
-                }
-                Ok(None) => Poll::Ready(Ok(None)),
-                Err(quinn_proto::ReadError::Blocked) => {
-                    if let Some(e) = &c.state.lost {
-                        return Poll::Ready(Err(conn_error(e)));
-                    }
-                    c.state.readable.insert(self.id, cx.waker().clone());
-                    Poll::Pending
-                }
-                Err(e) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    e.to_string(),
-                ))),
+        let mut i = self.conn.ep.0.borrow_mut();
+        let Some(c) = i.conn_mut(self.conn.ch, self.conn.serial) else {
+            return Poll::Ready(Err(gone()));
+        };
+        let mut stream = c.conn.recv_stream(self.id);
+        let mut chunks = match stream.read(true) {
+            Ok(ch) => ch,
+            Err(e) => return Poll::Ready(Err(StreamError::Other(e.to_string()))),
+        };
+        let r = chunks.next(max);
+        let _ = chunks.finalize();
+        let out = match r {
+            Ok(Some(chunk)) => {
+                i.wake_driver();
+                Ok(Some(chunk.bytes))
             }
-        })
-        .await?;
-        if r.is_none() {
+            Ok(None) => Ok(None),
+            Err(quinn_proto::ReadError::Blocked) => {
+                if let Some(e) = &c.state.lost {
+                    return Poll::Ready(Err(StreamError::Connection(e.clone())));
+                }
+                c.state.readable.insert(self.id, cx.waker().clone());
+                return Poll::Pending;
+            }
+            Err(quinn_proto::ReadError::Reset(code)) => Err(StreamError::Code(code.into_inner())),
+        };
+        drop(i);
+        if matches!(out, Ok(None)) {
             self.done = true;
         }
-        Ok(r)
+        Poll::Ready(out)
+    }
+
+    /// The next bytes of the stream, at most `max`; `None` at its end.
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        Ok(poll_fn(|cx| self.poll_read_chunk(cx, max)).await?)
+    }
+
+    /// Tells the peer to stop sending, with `code`; what it sent is discarded.
+    pub fn stop(&mut self, code: u64) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
+        let _ = self.conn.with(|c| c.conn.recv_stream(self.id).stop(code));
     }
 
     /// Fills `buf` completely; `UnexpectedEof` if the stream ends first.
