@@ -1,5 +1,6 @@
 //! The operators' API under `/admin` (what `osctl` calls) and `/metrics`.
 
+use crate::http::ReqBody;
 use crate::http::{bucket_of, err, json_response, query, ApiError, Resp, RespBody};
 use crate::node::Node;
 use crate::store::{self, StoreError};
@@ -7,7 +8,6 @@ use crate::time::rfc3339_ms;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use ostore_control::cluster;
 use ostore_control::meta::{MetaError, Stats};
 use ostore_control::rpc::Request as Rq;
@@ -78,7 +78,7 @@ pub(crate) async fn repair_start(node: &Node) -> Result<Resp, ApiError> {
 /// POST with `keep=N` sets it, `keep=all` removes it.
 pub(crate) async fn retention(
     node: &Arc<Node>,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     set: bool,
 ) -> Result<Resp, ApiError> {
     let q = query(req);
@@ -150,7 +150,7 @@ impl Drop for Job {
 /// the pass's report, else it starts the pass and answers 202.
 pub(crate) async fn maintenance<F, Fut>(
     node: &Arc<Node>,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     what: &'static str,
     pass: F,
 ) -> Result<Resp, ApiError>
@@ -183,7 +183,7 @@ where
 
 /// Scrub: every shard read and verified, what is bad rebuilt.
 /// With `?node=N`, only the objects with a shard on that node.
-pub(crate) async fn scrub(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub(crate) async fn scrub(node: &Arc<Node>, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let only = match query(req).get("node") {
         None => None,
         Some(name) => Some(drives_of(node, name)?),
@@ -288,7 +288,7 @@ pub(crate) async fn scrub_status(node: &Node) -> Result<Resp, ApiError> {
 
 /// `POST /admin/scrub/schedule?rate=BYTES_PER_S&pause_ms=MS[&drive=D]`, or `clear=true` to
 /// fall back to the default: the continuous scrub's schedule, cluster-wide or for one drive.
-pub(crate) async fn scrub_schedule(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub(crate) async fn scrub_schedule(node: &Node, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let q = query(req);
     let bad = |m: &str| err(StatusCode::BAD_REQUEST, "InvalidArgument", m.to_string());
     let drive = match q.get("drive") {
@@ -331,7 +331,7 @@ pub(crate) async fn scrub_schedule(node: &Node, req: &Request<Incoming>) -> Resu
 }
 
 /// Garbage collection: retention, then unreferenced content past its grace.
-pub(crate) async fn gc(node: &Arc<Node>, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub(crate) async fn gc(node: &Arc<Node>, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     maintenance(node, req, "gc", |n| async move {
         let r = store::gc_pass(&n, false).await?;
         // Then this node's drives are scanned for files nothing refers to.
@@ -484,7 +484,7 @@ async fn drive_metrics(node: &Node) -> String {
 }
 
 /// The node `?node=` names: its id, or its HTTP or peer address.
-fn named_node(node: &Node, req: &Request<Incoming>) -> Result<u32, ApiError> {
+fn named_node(node: &Node, req: &Request<ReqBody>) -> Result<u32, ApiError> {
     let Some(c) = &node.cluster else {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -529,7 +529,7 @@ fn drain_json(p: &cluster::DrainProgress) -> serde_json::Value {
 /// `POST /admin/drain?node=N` starts draining a node (idempotent); `GET` shows how far it is.
 pub(crate) async fn drain(
     node: &Node,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     start: bool,
 ) -> Result<Resp, ApiError> {
     let id = named_node(node, req)?;
@@ -575,7 +575,7 @@ pub(crate) async fn drain(
 }
 
 /// `POST /admin/undrain?node=N`: the node takes shards again (what moved stays moved).
-pub(crate) async fn undrain(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub(crate) async fn undrain(node: &Node, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let id = named_node(node, req)?;
     let was: bool = node.meta.call(Rq::DrainStop { node: id }).await?;
     node.refresh_view().await;

@@ -79,6 +79,30 @@ impl Body for RespBody {
 
 pub(crate) type Resp = Response<RespBody>;
 
+/// A request body: HTTP/1.1 (hyper's) or HTTP/3 (the receiving half of the request stream).
+/// Every route reads either the same way.
+pub enum ReqBody {
+    H1(Incoming),
+    H3(crate::http3::H3Body),
+}
+
+/// Why reading a request body failed.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ReqBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ReqBody::H3(b) => b.poll_frame(cx),
+        }
+    }
+}
+
 /// An error answer: status, contract code, message.
 pub struct ApiError {
     pub status: StatusCode,
@@ -239,7 +263,13 @@ async fn connection(node: Arc<Node>, stream: glommio::net::TcpStream) {
     let n2 = node.clone();
     let svc = hyper::service::service_fn(move |req| {
         let node = n2.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&node, req).await) }
+        async move {
+            let mut resp = handle(&node, req.map(ReqBody::H1)).await;
+            if let Some(v) = crate::http3::alt_svc() {
+                resp.headers_mut().insert(header::ALT_SVC, v);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -262,7 +292,7 @@ async fn connection(node: Arc<Node>, stream: glommio::net::TcpStream) {
     }
 }
 
-async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Resp {
+pub(crate) async fn handle(node: &Arc<Node>, req: Request<ReqBody>) -> Resp {
     // Data requests count as serving (the scrub slows down for them); health checks, metrics
     // scrapes and admin calls do not.
     let path = req.uri().path();
@@ -280,7 +310,7 @@ async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Resp {
 
 type Routed = Result<(&'static str, Resp), (&'static str, ApiError)>;
 
-fn check_auth(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn check_auth(node: &Node, req: &Request<ReqBody>) -> Result<(), ApiError> {
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Err(err(
             StatusCode::UNAUTHORIZED,
@@ -300,7 +330,7 @@ fn check_auth(node: &Node, req: &Request<Incoming>) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -367,7 +397,7 @@ pub(crate) fn empty(status: StatusCode) -> Resp {
     r
 }
 
-async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
+async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/health" && (method == Method::GET || method == Method::HEAD) {
@@ -434,7 +464,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Routed {
 }
 
 pub(crate) struct IncomingSource<'a> {
-    pub(crate) body: Incoming,
+    pub(crate) body: ReqBody,
     pub(crate) node: &'a Node,
 }
 
@@ -460,7 +490,7 @@ impl BodySource for IncomingSource<'_> {
     }
 }
 
-fn parse_digest(req: &Request<Incoming>) -> Result<Option<[u8; 32]>, ApiError> {
+fn parse_digest(req: &Request<ReqBody>) -> Result<Option<[u8; 32]>, ApiError> {
     let Some(v) = req.headers().get("x-blake3") else {
         return Ok(None);
     };
@@ -476,7 +506,7 @@ fn parse_digest(req: &Request<Incoming>) -> Result<Option<[u8; 32]>, ApiError> {
 }
 
 /// `If-Match` / `If-None-Match` on a PUT (RFC 9110 §13.1; If-Match compares strongly).
-fn write_condition(req: &Request<Incoming>) -> WriteCondition {
+fn write_condition(req: &Request<ReqBody>) -> WriteCondition {
     let list = |v: &str| -> Vec<[u8; 32]> {
         v.split(',')
             .filter_map(|t| {
@@ -526,7 +556,7 @@ fn put_response(key: &str, c: &store::Committed) -> Resp {
     r
 }
 
-async fn put(node: &Arc<Node>, req: Request<Incoming>, raw_key: &str) -> Result<Resp, ApiError> {
+async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<Resp, ApiError> {
     let key = decode_key(raw_key)?;
     let q = query(&req);
     let bucket = bucket_of(&q)?;
@@ -659,7 +689,7 @@ enum Precondition {
 }
 
 /// RFC 9110 §13.2.2: evaluation order of the conditional headers for GET and HEAD.
-fn preconditions(req: &Request<Incoming>, etag: &str, modified_ms: u64) -> Precondition {
+fn preconditions(req: &Request<ReqBody>, etag: &str, modified_ms: u64) -> Precondition {
     let h = req.headers();
     let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let modified_s = modified_ms / 1000;
@@ -697,7 +727,7 @@ fn preconditions(req: &Request<Incoming>, etag: &str, modified_ms: u64) -> Preco
 
 async fn get(
     node: &Arc<Node>,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     raw_key: &str,
     head_only: bool,
 ) -> Result<Resp, ApiError> {
@@ -844,7 +874,7 @@ impl Coding {
 
 /// The coding `Accept-Encoding` prefers among zstd and gzip (RFC 9110 §12.5.3): the highest
 /// q-value above 0, zstd on a tie; `None` for identity.
-fn accepted_coding(req: &Request<Incoming>) -> Option<Coding> {
+fn accepted_coding(req: &Request<ReqBody>) -> Option<Coding> {
     let mut best: Option<(Coding, f32)> = None;
     for v in req.headers().get_all(header::ACCEPT_ENCODING) {
         let Ok(v) = v.to_str() else { continue };
@@ -1008,11 +1038,7 @@ fn gzip(s: ByteStream) -> ByteStream {
     ))
 }
 
-async fn delete(
-    node: &Arc<Node>,
-    req: &Request<Incoming>,
-    raw_key: &str,
-) -> Result<Resp, ApiError> {
+async fn delete(node: &Arc<Node>, req: &Request<ReqBody>, raw_key: &str) -> Result<Resp, ApiError> {
     let key = decode_key(raw_key)?;
     let q = query(req);
     let bucket = bucket_of(&q)?;
@@ -1040,7 +1066,7 @@ async fn delete(
     Ok(r)
 }
 
-async fn versions(node: &Node, req: &Request<Incoming>, raw_key: &str) -> Result<Resp, ApiError> {
+async fn versions(node: &Node, req: &Request<ReqBody>, raw_key: &str) -> Result<Resp, ApiError> {
     let key = decode_key(raw_key)?;
     let bucket = bucket_of(&query(req))?;
     let list = node
@@ -1069,7 +1095,7 @@ async fn versions(node: &Node, req: &Request<Incoming>, raw_key: &str) -> Result
     ))
 }
 
-async fn list(node: &Node, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+async fn list(node: &Node, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let q = query(req);
     let bucket = bucket_of(&q)?;
     let prefix = q.get("prefix").cloned().unwrap_or_default();

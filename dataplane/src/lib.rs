@@ -11,6 +11,7 @@ pub mod drives;
 pub mod foreground;
 pub mod h3conn;
 pub mod http;
+pub mod http3;
 pub mod metaclient;
 pub mod metrics;
 pub mod node;

@@ -31,6 +31,27 @@ struct Storing {
     gc_grace: std::time::Duration,
 }
 
+#[derive(clap::Args)]
+struct Tls {
+    /// PEM certificate chain for HTTP/3 (with --tls-key). `ostore dev` without one makes a
+    /// self-signed certificate under DIR/tls and prints its path; a node without one serves
+    /// HTTP/1.1 only.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+}
+
+impl Tls {
+    fn files(&self) -> ostore_dataplane::http3::TlsFiles {
+        ostore_dataplane::http3::TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
+}
+
 impl Storing {
     fn options(&self) -> ostore_dataplane::node::StoreOptions {
         ostore_dataplane::node::StoreOptions {
@@ -65,6 +86,8 @@ enum Cmd {
         cores: Option<usize>,
         #[command(flatten)]
         storing: Storing,
+        #[command(flatten)]
+        tls: Tls,
     },
     /// The control plane of a cluster: metadata and membership (needs OSTORE_SECRET).
     Control {
@@ -103,6 +126,8 @@ enum Cmd {
         cores: Option<usize>,
         #[command(flatten)]
         storing: Storing,
+        #[command(flatten)]
+        tls: Tls,
     },
 }
 
@@ -147,6 +172,7 @@ fn main() {
             ec,
             cores,
             storing,
+            tls,
         } => {
             let cores = cores_or_all(cores);
             if drives == 0 {
@@ -156,6 +182,7 @@ fn main() {
             ostore_dataplane::node::run_dev(ostore_dataplane::node::DevOptions {
                 data,
                 http,
+                tls: tls.files(),
                 drives,
                 ec,
                 cores,
@@ -183,9 +210,11 @@ fn main() {
             zone,
             cores,
             storing,
+            tls,
         } => ostore_dataplane::node::run_node(ostore_dataplane::node::NodeOptions {
             control,
             http,
+            tls: tls.files(),
             peer,
             drives,
             zone,

@@ -121,6 +121,8 @@ impl Node {
 pub struct DevOptions {
     pub data: PathBuf,
     pub http: SocketAddr,
+    /// HTTP/3's certificate; without one, a self-signed one under `DIR/tls`.
+    pub tls: crate::http3::TlsFiles,
     pub drives: u16,
     pub ec: EcParams,
     pub cores: usize,
@@ -502,10 +504,27 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     }
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
-    let handles = start_executors(node.clone(), http_addr, None, spawn_background)?;
+    let h3 = crate::http3::server_setup(&opts.tls, Some(&opts.data), http_addr)?;
+    let udp_placeholder = match &h3 {
+        Some(_) => Some(reserve_udp_port(http_addr)?.0),
+        None => None,
+    };
+    let handles = start_executors(
+        node.clone(),
+        http_addr,
+        None,
+        h3.as_ref().map(|h| h.0.clone()),
+        spawn_background,
+    )?;
     drop(placeholder);
+    drop(udp_placeholder);
 
     let mut line = format!("ostore ready http={http_addr}");
+    if let Some((_, cert)) = &h3 {
+        crate::http3::advertise(http_addr.port());
+        line.push_str(&format!(" quic={http_addr}"));
+        eprintln!("HTTP/3 certificate: {}", cert.display());
+    }
     if let Some(p) = &secret_file {
         line.push_str(&format!(" secret-file={}", p.display()));
     }
@@ -547,6 +566,7 @@ fn start_executors(
     node: Arc<Node>,
     http_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    h3: Option<Arc<quinn_proto::ServerConfig>>,
     background: fn(Arc<Node>),
 ) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
     let cores = node.peer_ids.len();
@@ -560,6 +580,7 @@ fn start_executors(
         let node = node.clone();
         let bound_tx = bound_tx.clone();
         let mesh = mesh.clone();
+        let h3 = h3.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(core % cpus))
             .name(&format!("ostore-core-{core}"));
         let h = builder
@@ -576,6 +597,19 @@ fn start_executors(
                         return;
                     }
                 };
+                if let Some(config) = h3 {
+                    // HTTP/3 on UDP at the HTTP port, one endpoint per executor.
+                    match crate::quic::Endpoint::bind(http_addr, true, Some(config)) {
+                        Ok(ep) => {
+                            glommio::spawn_local(crate::http3::serve(node.clone(), ep)).detach();
+                        }
+                        Err(e) => {
+                            let _ =
+                                bound_tx.send(Err(anyhow::anyhow!("binding UDP {http_addr}: {e}")));
+                            return;
+                        }
+                    }
+                }
                 if let (Some(addr), Some(cluster)) = (peer_addr, &node.cluster) {
                     match crate::quic::Endpoint::bind(addr, true, Some(cluster.tls.server.clone()))
                     {
@@ -749,6 +783,8 @@ pub(crate) fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
 pub struct NodeOptions {
     pub control: SocketAddr,
     pub http: SocketAddr,
+    /// HTTP/3's certificate; without one the node serves HTTP/1.1 only.
+    pub tls: crate::http3::TlsFiles,
     pub peer: SocketAddr,
     pub drives: Vec<PathBuf>,
     pub zone: String,
@@ -958,15 +994,35 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         repair_tx,
         repair_rx,
     });
-    let handles = start_executors(node.clone(), http_addr, Some(peer_addr), |node| {
-        glommio::spawn_local(heartbeat(node.clone())).detach();
-        spawn_background(node);
-    })?;
+    let h3 = crate::http3::server_setup(&opts.tls, None, http_addr)?;
+    let h3_placeholder = match &h3 {
+        Some(_) => Some(reserve_udp_port(http_addr)?.0),
+        None => {
+            tracing::warn!("no --tls-cert/--tls-key: HTTP/3 is not served");
+            None
+        }
+    };
+    let handles = start_executors(
+        node.clone(),
+        http_addr,
+        Some(peer_addr),
+        h3.as_ref().map(|h| h.0.clone()),
+        |node| {
+            glommio::spawn_local(heartbeat(node.clone())).detach();
+            spawn_background(node);
+        },
+    )?;
     drop(http_placeholder);
     drop(udp_placeholder);
-    print_ready(&format!(
+    drop(h3_placeholder);
+    let mut line = format!(
         "ostore ready node={} http={http_addr} peer={peer_addr}",
         rec.id
-    ))?;
+    );
+    if h3.is_some() {
+        crate::http3::advertise(http_addr.port());
+        line.push_str(&format!(" quic={http_addr}"));
+    }
+    print_ready(&line)?;
     wait_for_signal_then_stop(&node, handles)
 }

@@ -10,6 +10,7 @@
 //! version as a PUT does. Without a checksum header, a long PATCH also records its progress
 //! every [`CHECKPOINT_BYTES`], and a PATCH whose client goes away keeps what arrived.
 
+use crate::http::ReqBody;
 use crate::http::{
     bucket_of, drain, empty, err, etag_of, query, ApiError, IncomingSource, Resp, RespBody,
 };
@@ -20,7 +21,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use ostore_control::keys::{valid_bucket, valid_object_key};
 use ostore_control::meta::{NewContent, PutOutcome, INLINE_BYTES_MAX};
 use ostore_control::records::{Encoding, Stored};
@@ -49,7 +49,7 @@ const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 /// Answers every tus request (`/uploads` and `/uploads/{id}`); every answer carries
 /// `Tus-Resumable`.
-pub async fn route(node: &Arc<Node>, req: Request<Incoming>, path: &str) -> Resp {
+pub async fn route(node: &Arc<Node>, req: Request<ReqBody>, path: &str) -> Resp {
     let id = path
         .strip_prefix("/uploads")
         .map(|rest| rest.trim_start_matches('/'))
@@ -121,7 +121,7 @@ fn parse_id(s: &str) -> Result<[u8; 16], ApiError> {
     Ok(id)
 }
 
-fn header_u64(req: &Request<Incoming>, name: &str) -> Result<Option<u64>, ApiError> {
+fn header_u64(req: &Request<ReqBody>, name: &str) -> Result<Option<u64>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v
@@ -157,7 +157,7 @@ fn expires_header(r: &mut Resp, expires_ms: u64) {
     );
 }
 
-async fn create(node: &Arc<Node>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn create(node: &Arc<Node>, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     if req.headers().contains_key("upload-defer-length") {
         return Err(bad(
             "Upload-Defer-Length is not supported: send Upload-Length",
@@ -379,7 +379,7 @@ enum Checksum {
 }
 
 impl Checksum {
-    fn parse(req: &Request<Incoming>) -> Result<Option<Checksum>, ApiError> {
+    fn parse(req: &Request<ReqBody>) -> Result<Option<Checksum>, ApiError> {
         let Some(v) = req.headers().get("upload-checksum") else {
             return Ok(None);
         };
@@ -426,7 +426,7 @@ impl Checksum {
     }
 }
 
-async fn patch(node: &Arc<Node>, req: Request<Incoming>, id: [u8; 16]) -> Result<Resp, ApiError> {
+async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<Resp, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -50,6 +50,8 @@ pub struct Dev {
     /// The data directory when not inside `dir`.
     data_at: Option<PathBuf>,
     pub http: String,
+    /// The ready line's `quic=` (HTTP/3), if any.
+    pub quic: Option<String>,
     pub secret: String,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -81,6 +83,7 @@ impl Dev {
             child: None,
             data_at,
             http: String::new(),
+            quic: None,
             secret: String::new(),
             dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -130,6 +133,7 @@ impl Dev {
                 .map(str::to_string)
         };
         self.http = field("http").expect("http= in ready line");
+        self.quic = field("quic");
         let sf = field("secret-file").expect("secret-file= in ready line");
         self.secret = std::fs::read_to_string(sf)
             .expect("secret file")
@@ -414,4 +418,21 @@ pub fn base64(b: &[u8]) -> String {
         }
     }
     out
+}
+
+/// A Python that can import `module`: `OSTORE_TEST_PYTHON`, else the venv `.ci/run` makes at
+/// `target/pyvenv` (with tuspy and aioquic). `None` if neither has it.
+pub fn python_with(module: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("OSTORE_TEST_PYTHON").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python")),
+    ];
+    candidates.into_iter().flatten().find(|p| {
+        Command::new(p)
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }

@@ -404,25 +404,9 @@ fn a_long_patch_cut_by_kill_9_keeps_its_checkpoints_and_resumes() {
     assert!(r.bytes().unwrap() == body[20_000_000..21_000_000]);
 }
 
-/// The Python with tuspy: `OSTORE_TEST_PYTHON`, else the venv CI makes at `target/pyvenv`.
-fn python_with_tuspy() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("OSTORE_TEST_PYTHON").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python")),
-    ];
-    candidates.into_iter().flatten().find(|p| {
-        Command::new(p)
-            .args(["-c", "import tusclient"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 #[test]
 fn a_stock_tus_client_resumes_after_the_server_was_killed() {
-    let Some(py) = python_with_tuspy() else {
+    let Some(py) = ostore_tests::python_with("tusclient") else {
         eprintln!(
             "SKIP a_stock_tus_client_resumes_after_the_server_was_killed: no Python with tuspy \
              (set OSTORE_TEST_PYTHON or run .ci/run, which makes target/pyvenv)"

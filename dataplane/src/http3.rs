@@ -1,0 +1,230 @@
+//! The native API over HTTP/3: the `h3` crate on the glommio QUIC driver (`crate::quic`, via
+//! `crate::h3conn`), one endpoint per executor on UDP at the `--http` port (SO_REUSEPORT, as the
+//! TCP listeners). Each request goes through the same `http::handle` as HTTP/1.1: same routes,
+//! credentials and errors. Bodies stream both ways: the request body is read frame by frame as
+//! the route consumes it, the response body is sent piece by piece as it is produced.
+
+use crate::h3conn::{H3Conn, H3Recv};
+use crate::http::{handle, ReqBody};
+use crate::node::{wait_stopping, Node};
+use crate::quic;
+use bytes::{Buf, Bytes};
+use h3::server::RequestStream;
+use http::header::{self, HeaderValue};
+use http::Request;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+static ALT_SVC: OnceLock<HeaderValue> = OnceLock::new();
+
+/// The `Alt-Svc` value HTTP/1.1 responses carry once HTTP/3 is served (`h3=":PORT"`).
+pub fn alt_svc() -> Option<HeaderValue> {
+    ALT_SVC.get().cloned()
+}
+
+/// Advertises HTTP/3 on `port` in HTTP/1.1 responses.
+pub fn advertise(port: u16) {
+    let _ = ALT_SVC
+        .set(HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("a valid header"));
+}
+
+/// The receiving half of an HTTP/3 request stream, as a request body.
+pub struct H3Body(RequestStream<H3Recv, Bytes>);
+
+impl H3Body {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::http::BodyError>>> {
+        match self.0.poll_recv_data(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Ok(Some(mut b))) => {
+                let bytes = b.copy_to_bytes(b.remaining());
+                crate::foreground::touch();
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.to_string().into()))),
+        }
+    }
+}
+
+/// Serves HTTP/3 on `ep` until the node stops.
+pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
+    let accept = async {
+        while let Some(conn) = ep.accept().await {
+            glommio::spawn_local(connection(node.clone(), conn)).detach();
+        }
+    };
+    futures_lite::future::or(accept, wait_stopping(&node)).await;
+    ep.close();
+}
+
+async fn connection(node: Arc<Node>, conn: quic::Connection) {
+    let mut h = match h3::server::builder().build::<_, Bytes>(H3Conn(conn)).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!("HTTP/3 connection setup: {e}");
+            return;
+        }
+    };
+    loop {
+        match h.accept().await {
+            Ok(Some(resolver)) => {
+                let node = node.clone();
+                glommio::spawn_local(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => request(node, req, stream).await,
+                        Err(e) => tracing::debug!("HTTP/3 request headers: {e}"),
+                    }
+                })
+                .detach();
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if !e.is_h3_no_error() {
+                    tracing::debug!("HTTP/3 connection: {e}");
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Headers HTTP/3 forbids (connection-specific, RFC 9114 section 4.2).
+const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HeaderName::from_static("keep-alive"),
+];
+
+async fn request(
+    node: Arc<Node>,
+    req: Request<()>,
+    stream: RequestStream<crate::h3conn::H3Bidi<Bytes>, Bytes>,
+) {
+    let (mut send, recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let req = Request::from_parts(parts, ReqBody::H3(H3Body(recv)));
+    let resp = handle(&node, req).await;
+    let (mut parts, mut body) = resp.into_parts();
+    for h in &CONNECTION_SPECIFIC {
+        parts.headers.remove(h);
+    }
+    if let Some(n) = body.size_hint().exact() {
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    if let Err(e) = send
+        .send_response(http::Response::from_parts(parts, ()))
+        .await
+    {
+        tracing::debug!("HTTP/3 response headers: {e}");
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(d) = f.into_data() {
+                    if d.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = send.send_data(d).await {
+                        tracing::debug!("HTTP/3 response body: {e}");
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                // The status is out already: end the stream abruptly so the client cannot take
+                // a cut-short body for a whole one.
+                tracing::warn!("HTTP/3 response body failed midway: {e}");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        }
+    }
+    if let Err(e) = send.finish().await {
+        tracing::debug!("HTTP/3 finishing a response: {e}");
+    }
+}
+
+/// Where the HTTP/3 certificate and key come from (`--tls-cert`, `--tls-key`, PEM).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// The HTTP/3 server configuration and the certificate's path: from `--tls-cert`/`--tls-key`,
+/// or, for `ostore dev` (`dev_dir`), a self-signed certificate kept in `DIR/tls` (made on the
+/// first start, for `localhost` and the loopback and `--http` addresses) that clients can pin.
+/// `None` where there is neither (a cluster node started without a certificate).
+pub fn server_setup(
+    files: &TlsFiles,
+    dev_dir: Option<&std::path::Path>,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<Option<(Arc<quinn_proto::ServerConfig>, std::path::PathBuf)>> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (&files.cert, &files.key, dev_dir) {
+        (Some(c), Some(k), _) => (c.clone(), k.clone()),
+        (Some(_), None, _) | (None, Some(_), _) => {
+            anyhow::bail!("--tls-cert and --tls-key go together")
+        }
+        (None, None, None) => return Ok(None),
+        (None, None, Some(dir)) => {
+            let dir = dir.join("tls");
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !cert.exists() || !key.exists() {
+                self_signed(&dir, &cert, &key, http)?;
+            }
+            (cert, key)
+        }
+    };
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading the certificate {}", cert.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(&key)
+        .with_context(|| format!("reading the key {}", key.display()))?;
+    let config = crate::h3conn::server_config(chain, key_der)
+        .with_context(|| format!("the certificate {}", cert.display()))?;
+    Ok(Some((config, cert)))
+}
+
+fn self_signed(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if !http.ip().is_unspecified() && !http.ip().is_loopback() {
+        names.push(http.ip().to_string());
+    }
+    let c = rcgen::generate_simple_self_signed(names)?;
+    std::fs::create_dir_all(dir)?;
+    let mut k = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(key)?;
+    k.write_all(c.key_pair.serialize_pem().as_bytes())?;
+    k.sync_all()?;
+    std::fs::write(cert, c.cert.pem())?;
+    Ok(())
+}
