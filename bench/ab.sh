@@ -14,18 +14,11 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/ostore-ab.XXXXXX")
 PID=
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
+. bench/lib.sh
 for r in $(seq "$ROUNDS"); do
   for which in A B; do
     bin=$A; [ "$which" = B ] && bin=$B
-    rm -rf "$T/data"
-    unset OSTORE_SECRET
-    "$bin" dev --data "$T/data" --http 127.0.0.1:0 --s3 127.0.0.1:0 >"$T/out" 2>"$T/err" &
-    PID=$!
-    for _ in $(seq 300); do grep -q '^ostore ready' "$T/out" && break; sleep 0.1; done
-    grep -q '^ostore ready' "$T/out" || { cat "$T/err" >&2; exit 1; }
-    HTTP=$(sed -n 's/^ostore ready.* http=\([^ ]*\).*/\1/p' "$T/out")
-    export OSTORE_SECRET
-    OSTORE_SECRET=$(cat "$T/data/root.secret")
+    start_dev "$bin"
     for row in $ROWS; do
       IFS=: read -r size op conc objects rate <<<"$row"
       extra=()
@@ -34,7 +27,7 @@ for r in $(seq "$ROUNDS"); do
         --concurrency "$conc" --objects "$objects" --duration "${SECS}s" --verify \
         --prefix "ab-$size-$op" --progress false --json "$T/$which-$r-$row.json" "${extra[@]}" >/dev/null
     done
-    kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+    stop_dev
   done
 done
 python3 - "$T" "$ROUNDS" "$ROWS" <<'PY'

@@ -16,19 +16,12 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/ostore-bench.XXXXXX")
 PID=
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
+. bench/lib.sh
 B=target/release/osbench
 
 pass() { # mode index
-  rm -rf "$T/data" "$T/out"
-  unset OSTORE_SECRET
-  target/release/ostore dev --data "$T/data" --http 127.0.0.1:0 --s3 127.0.0.1:0 --compression "$1" >"$T/out" 2>"$T/err" &
-  PID=$!
-  for _ in $(seq 300); do grep -q '^ostore ready' "$T/out" && break; sleep 0.1; done
-  grep -q '^ostore ready' "$T/out" || { cat "$T/err" >&2; exit 1; }
-  local http
-  http=$(sed -n 's/^ostore ready.* http=\([^ ]*\).*/\1/p' "$T/out")
-  export OSTORE_SECRET
-  OSTORE_SECRET=$(cat "$T/data/root.secret")
+  start_dev target/release/ostore --compression "$1"
+  local http=$HTTP
   local name size conc op content
   for w in "1m 1MiB 16 put random" "64m 64MiB 4 put random" "t64m 64MiB 4 put text" "t64m 64MiB 4 get text"; do
     read -r name size conc op content <<<"$w"
@@ -43,7 +36,7 @@ pass() { # mode index
       du -sB1 "$T"/data/drive-* | awk '{s += $1} END {printf "%.0f\n", s}' >"$T/$1-$2-du"
     fi
   done
-  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  stop_dev
 }
 for i in $(seq "$PAIRS"); do
   if [ $((i % 2)) = 1 ]; then pass off "$i"; pass auto "$i"; else pass auto "$i"; pass off "$i"; fi

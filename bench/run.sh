@@ -22,18 +22,7 @@ trap cleanup EXIT
 B=target/release/osbench
 CORES=$(nproc)
 
-start_dev() { # cores
-  rm -rf "$T/data"
-  unset OSTORE_SECRET
-  target/release/ostore dev --data "$T/data" --http 127.0.0.1:0 --s3 127.0.0.1:0 --cores "$1" >"$T/out" 2>"$T/err" &
-  PID=$!
-  for _ in $(seq 300); do grep -q '^ostore ready' "$T/out" && break; sleep 0.1; done
-  grep -q '^ostore ready' "$T/out" || { cat "$T/err" >&2; exit 1; }
-  HTTP=$(sed -n 's/^ostore ready.* http=\([^ ]*\).*/\1/p' "$T/out")
-  export OSTORE_SECRET
-  OSTORE_SECRET=$(cat "$T/data/root.secret")
-}
-stop_dev() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
+. bench/lib.sh
 # Server CPU time in clock ticks: "total metadata-writer-thread".
 server_cpu() {
   local total=0 meta=0 t v
@@ -54,7 +43,7 @@ run() { # out-name size workload conc objects [extra osbench args...]
 }
 
 $B cpu --json "$T/cpu.json"
-start_dev "$CORES"
+start_dev target/release/ostore --cores "$CORES"
 $B disk --path "$T/data/drive-0" --size 1GiB --random-seconds 3 --json "$T/disk.json"
 run 4k 4KiB put 64 1000
 run 4k 4KiB get 64 1000
@@ -72,14 +61,14 @@ $B disk --path "$T/data/drive-0" --size 1GiB --random-seconds 3 --json "$T/disk2
 stop_dev
 
 # Thread-per-core scaling: the same small-object workloads on one server core.
-start_dev 1
+start_dev target/release/ostore --cores 1
 run c1-4k 4KiB put 64 1000
 run c1-4k 4KiB get 64 1000
 run c1-1m 1MiB get 16 200
 stop_dev
 
 # Memory under load: 64 concurrent 64 MiB PUTs on a fresh server.
-start_dev "$CORES"
+start_dev target/release/ostore --cores "$CORES"
 $B --endpoint "http://$HTTP" --workload put --size 64MiB --concurrency 64 --ops 128 --prefix rss \
    --json "$T/rss-put.json" >/dev/null
 RSS64_KB=$(awk '/VmHWM/ {print $2}' /proc/$PID/status)

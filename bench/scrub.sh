@@ -16,14 +16,8 @@ PID=
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
 B=target/release/osbench
-unset OSTORE_SECRET
-target/release/ostore dev --data "$T/data" --http 127.0.0.1:0 --s3 127.0.0.1:0 --compression off >"$T/out" 2>"$T/err" &
-PID=$!
-for _ in $(seq 300); do grep -q '^ostore ready' "$T/out" && break; sleep 0.1; done
-grep -q '^ostore ready' "$T/out" || { cat "$T/err" >&2; exit 1; }
-HTTP=$(sed -n 's/^ostore ready.* http=\([^ ]*\).*/\1/p' "$T/out")
-export OSTORE_SECRET
-OSTORE_SECRET=$(cat "$T/data/root.secret")
+. bench/lib.sh
+start_dev target/release/ostore --compression off
 export OSTORE_ENDPOINT="http://$HTTP"
 C=target/release/osctl
 $C scrub-schedule --rate off >/dev/null
