@@ -43,6 +43,7 @@ fn ours(tls: &PeerTls, bytes: u64, streams: usize) -> anyhow::Result<Duration> {
                 .expect("bind");
             addr_tx.send(ep.local_addr().unwrap()).unwrap();
             let conn = ep.accept().await.expect("a connection");
+            conn.established().await.expect("a handshake");
             let mut tasks = Vec::new();
             for _ in 0..streams {
                 let (mut send, mut recv) = conn.accept_bi().await.expect("a stream");

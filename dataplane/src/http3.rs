@@ -30,19 +30,38 @@ pub fn advertise(port: u16) {
         .set(HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("a valid header"));
 }
 
-/// The receiving half of an HTTP/3 request stream, as a request body.
-pub struct H3Body(RequestStream<H3Recv, Bytes>);
+/// The receiving half of an HTTP/3 request stream, as a request body. h3 does not hold the
+/// body to its `Content-Length`; this does, so a stream that ends early is an error (as a
+/// truncated HTTP/1.1 body is), never a shorter object.
+pub struct H3Body {
+    stream: RequestStream<H3Recv, Bytes>,
+    declared: Option<u64>,
+    seen: u64,
+}
 
 impl H3Body {
     pub(crate) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, crate::http::BodyError>>> {
-        match self.0.poll_recv_data(cx) {
+        match self.stream.poll_recv_data(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Ok(None)) => match self.declared {
+                Some(d) if d != self.seen => Poll::Ready(Some(Err(format!(
+                    "the body ended after {} of the {d} bytes its Content-Length declares",
+                    self.seen
+                )
+                .into()))),
+                _ => Poll::Ready(None),
+            },
             Poll::Ready(Ok(Some(mut b))) => {
                 let bytes = b.copy_to_bytes(b.remaining());
+                self.seen += bytes.len() as u64;
+                if self.declared.is_some_and(|d| self.seen > d) {
+                    return Poll::Ready(Some(Err(
+                        "the body is longer than its Content-Length".into()
+                    )));
+                }
                 crate::foreground::touch();
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
@@ -62,8 +81,18 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
     ep.close();
 }
 
+/// Largest request header section accepted (h3's default is unlimited).
+const FIELD_SECTION_BYTES_MAX: u64 = 64 * 1024;
+
 async fn connection(node: Arc<Node>, conn: quic::Connection) {
-    let mut h = match h3::server::builder().build::<_, Bytes>(H3Conn(conn)).await {
+    if conn.established().await.is_err() {
+        return;
+    }
+    let mut h = match h3::server::builder()
+        .max_field_section_size(FIELD_SECTION_BYTES_MAX)
+        .build::<_, Bytes>(H3Conn(conn))
+        .await
+    {
         Ok(h) => h,
         Err(e) => {
             tracing::debug!("HTTP/3 connection setup: {e}");
@@ -108,13 +137,31 @@ async fn request(
 ) {
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
-    let req = Request::from_parts(parts, ReqBody::H3(H3Body(recv)));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let head = parts.method == http::Method::HEAD;
+    let body = H3Body {
+        stream: recv,
+        declared,
+        seen: 0,
+    };
+    let req = Request::from_parts(parts, ReqBody::H3(body));
     let resp = handle(&node, req).await;
     let (mut parts, mut body) = resp.into_parts();
     for h in &CONNECTION_SPECIFIC {
         parts.headers.remove(h);
     }
-    if let Some(n) = body.size_hint().exact() {
+    // The length of what follows, where the response has a body: not for HEAD (whose route
+    // sets the length it would have), 1xx, 204 or 304.
+    let status = parts.status;
+    let bodyless = head
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    if let (false, Some(n)) = (bodyless, body.size_hint().exact()) {
         if !parts.headers.contains_key(header::CONTENT_LENGTH) {
             parts
                 .headers

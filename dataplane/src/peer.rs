@@ -493,6 +493,10 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
         let Some(conn) = next else { break };
         let node = node.clone();
         glommio::spawn_local(async move {
+            // A handshake that fails (an outsider's certificate) ends here.
+            if conn.established().await.is_err() {
+                return;
+            }
             while let Ok((send, recv)) = conn.accept_bi().await {
                 glommio::spawn_local(serve_stream(node.clone(), send, recv)).detach();
             }

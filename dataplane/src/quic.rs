@@ -244,31 +244,27 @@ impl Endpoint {
         Ok(c)
     }
 
-    /// The next incoming connection whose handshake completed; `None` once closed.
+    /// The next incoming connection, its handshake possibly still under way: the caller
+    /// awaits [`Connection::established`] in the connection's own task, so that a client that
+    /// never finishes its handshake holds up nobody else. `None` once closed.
     pub async fn accept(&self) -> Option<Connection> {
-        loop {
-            let next = poll_fn(|cx| {
-                let mut i = self.0.borrow_mut();
-                if let Some(next) = i.incoming.pop_front() {
-                    return Poll::Ready(Some(next));
-                }
-                if i.closed {
-                    return Poll::Ready(None);
-                }
-                i.wait_incoming = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await?;
-            let c = Connection {
-                ep: self.clone(),
-                ch: next.0,
-                serial: next.1,
-            };
-            // A handshake that fails (an outsider's certificate) is dropped here.
-            if c.established().await.is_ok() {
-                return Some(c);
+        let next = poll_fn(|cx| {
+            let mut i = self.0.borrow_mut();
+            if let Some(next) = i.incoming.pop_front() {
+                return Poll::Ready(Some(next));
             }
-        }
+            if i.closed {
+                return Poll::Ready(None);
+            }
+            i.wait_incoming = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Some(Connection {
+            ep: self.clone(),
+            ch: next.0,
+            serial: next.1,
+        })
     }
 
     /// Receives datagrams until the endpoint closes.
@@ -540,6 +536,14 @@ impl Inner {
     }
 }
 
+/// Adds `w` to `list` unless a waker there already wakes the same task (a task that polls
+/// again and again while waiting must not grow the list).
+fn push_waker(list: &mut Vec<Waker>, w: &Waker) {
+    if !list.iter().any(|x| x.will_wake(w)) {
+        list.push(w.clone());
+    }
+}
+
 fn wake_all(s: &mut ConnState) {
     for w in s.wait_connected.drain(..) {
         w.wake();
@@ -610,7 +614,9 @@ impl Connection {
         Ok(out)
     }
 
-    async fn established(&self) -> io::Result<()> {
+    /// Resolves once the handshake is done (the peer's certificate verified, where asked
+    /// for); fails if it failed or the connection is gone.
+    pub async fn established(&self) -> io::Result<()> {
         poll_fn(|cx| {
             let mut i = self.ep.0.borrow_mut();
             let Some(c) = i.conn_mut(self.ch, self.serial) else {
@@ -674,7 +680,7 @@ impl Connection {
             i.wake_driver();
             return Poll::Ready(Ok(id));
         }
-        c.state.wait_open.push(cx.waker().clone());
+        push_waker(&mut c.state.wait_open, cx.waker());
         Poll::Pending
     }
 
@@ -695,7 +701,7 @@ impl Connection {
         if let Some(e) = &c.state.lost {
             return Poll::Ready(Err(StreamError::Connection(e.clone())));
         }
-        c.state.wait_accept.push(cx.waker().clone());
+        push_waker(&mut c.state.wait_accept, cx.waker());
         Poll::Pending
     }
 

@@ -3,7 +3,8 @@
 Usage: h3_checks.py HOST PORT CA_FILE SECRET BODY_FILE KEY
 PUTs BODY_FILE as KEY over HTTP/3, reads it back whole and by ranges (one at a time and 32 at
 once on the same connection), tries a request without credentials, and prints one JSON object
-with what it saw. The caller decides what is right.
+with what it saw (also: a PUT whose body ends before its Content-Length, and a GET of that
+key). The caller decides what is right.
 """
 import asyncio
 import json
@@ -90,6 +91,14 @@ async def main():
         out["range_exact"] = bytes(r["body"]) == body[1000:2000]
         r = await c.request("GET", authority, path)
         out["no_credentials"] = r["status"]
+        # A body that ends before its Content-Length: refused, and nothing stored.
+        short = body[:5000]
+        r = await c.request(
+            "PUT", authority, path + ".short", auth + [("content-length", "6000")], short
+        )
+        out["short_body"] = r["status"]
+        r = await c.request("GET", authority, path + ".short", auth)
+        out["short_get"] = r["status"]
         # 32 different ranges at once on this one connection.
         n = len(body)
         ranges = [((i * 104729) % (n - 70000), 65536 + i) for i in range(32)]

@@ -1,6 +1,7 @@
 //! The native API over HTTP/3, checked with an independent HTTP/3 stack (Python's aioquic, in
 //! the venv `.ci/run` makes) against the real `ostore dev`: a 7 MiB PUT and GET, a Range GET,
-//! 401 without credentials, and 32 concurrent Range GETs on one connection, all exact. The
+//! 401 without credentials, 400 and nothing stored for a body short of its Content-Length,
+//! and 32 concurrent Range GETs on one connection, all exact. The
 //! certificate is the self-signed one `ostore dev` makes under `DIR/tls`, pinned by the client.
 
 use ostore_tests::{random_bytes, Dev};
@@ -52,6 +53,11 @@ fn aioquic_puts_and_gets_over_http3() {
     assert_eq!(seen["range"], 206, "{seen}");
     assert_eq!(seen["range_exact"], true, "{seen}");
     assert_eq!(seen["no_credentials"], 401, "{seen}");
+    assert_eq!(
+        seen["short_body"], 400,
+        "a body short of its Content-Length: {seen}"
+    );
+    assert_eq!(seen["short_get"], 404, "nothing stored for it: {seen}");
     assert_eq!(seen["concurrent"], 32, "{seen}");
     assert_eq!(seen["concurrent_206"], 32, "{seen}");
     assert_eq!(seen["concurrent_exact"], 32, "{seen}");
