@@ -216,8 +216,9 @@ fn scan(kv: &dyn Kv, t: u8, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Re
 
 /// Upgrades a format-1 key space: counts what the counters count (heads, versions, contents,
 /// drive-shard entries) and lists the unreferenced contents, a page per transaction, then sets
-/// the counters, the unreferenced index and format 2 in one transaction. It runs when a process opens the store, before it serves; writes by another
-/// process meanwhile would make the counts drift, so upgrade with the cluster stopped.
+/// the counters, the unreferenced index and format 2 in one transaction. It runs when a process
+/// opens the store, before it serves; writes by another process meanwhile would make the counts
+/// drift, so upgrade with the cluster stopped.
 fn recount(kv: &dyn Kv) -> Result<()> {
     let mut st = [0i64; 5];
     scan(kv, keys::tag::HEAD, |_, v| {

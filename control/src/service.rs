@@ -76,14 +76,6 @@ impl Meta {
                 .write(move |kv| crate::rpc::execute(kv, req, now_ms()))
                 .await;
         }
-        if req.is_write() && self.kv.commit_outcome_known() {
-            // Nobody retries a request made here with its token, and the store never leaves a
-            // commit's outcome unknown: no idempotency marker is needed (one read and one write
-            // fewer per request, and no marker to expire later).
-            return self
-                .write(move |kv| crate::rpc::execute(kv, req, now_ms()))
-                .await;
-        }
         let token = crate::rpc::Token::new(rand::random(), now_ms());
         self.call_with(token, req).await
     }

@@ -44,6 +44,15 @@ fn h3_id(id: quinn_proto::StreamId) -> StreamId {
     StreamId::try_from(u64::from(id)).expect("QUIC stream ids are varints")
 }
 
+impl H3Conn {
+    fn bidi<B: Buf>(&self, id: quinn_proto::StreamId) -> H3Bidi<B> {
+        H3Bidi {
+            send: H3Send::new(self.0.send_stream(id)),
+            recv: H3Recv(self.0.recv_stream(id)),
+        }
+    }
+}
+
 impl<B: Buf> h3::quic::OpenStreams<B> for H3Conn {
     type BidiStream = H3Bidi<B>;
     type SendStream = H3Send<B>;
@@ -53,10 +62,7 @@ impl<B: Buf> h3::quic::OpenStreams<B> for H3Conn {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
         let id = ready!(self.0.poll_open(cx, Dir::Bi)).map_err(stream_error)?;
-        Poll::Ready(Ok(H3Bidi {
-            send: H3Send::new(self.0.send_stream(id)),
-            recv: H3Recv(self.0.recv_stream(id)),
-        }))
+        Poll::Ready(Ok(self.bidi(id)))
     }
 
     fn poll_open_send(
@@ -89,10 +95,7 @@ impl<B: Buf> h3::quic::Connection<B> for H3Conn {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
         let id = ready!(self.0.poll_accept(cx, Dir::Bi)).map_err(accept_error)?;
-        Poll::Ready(Ok(H3Bidi {
-            send: H3Send::new(self.0.send_stream(id)),
-            recv: H3Recv(self.0.recv_stream(id)),
-        }))
+        Poll::Ready(Ok(self.bidi(id)))
     }
 
     fn opener(&self) -> Self::OpenStreams {

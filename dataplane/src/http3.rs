@@ -62,7 +62,6 @@ impl H3Body {
                         "the body is longer than its Content-Length".into()
                     )));
                 }
-                crate::foreground::touch();
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.to_string().into()))),

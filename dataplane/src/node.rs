@@ -447,6 +447,35 @@ fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr
     Ok((s, local))
 }
 
+/// HTTP/3's server configuration where there is a certificate (`--tls-cert`/`--tls-key`, or for
+/// `ostore dev`, whose data directory is `dev_dir`, the one made there), and its UDP port (the
+/// HTTP port's number) held until the executors bind it.
+fn http3_setup(
+    tls: &crate::http3::TlsFiles,
+    dev_dir: Option<&Path>,
+    http_addr: SocketAddr,
+) -> anyhow::Result<(
+    Option<Arc<quinn_proto::ServerConfig>>,
+    Option<socket2::Socket>,
+)> {
+    match crate::http3::server_setup(tls, dev_dir, http_addr)? {
+        Some((config, cert)) => {
+            eprintln!("HTTP/3 certificate: {}", cert.display());
+            Ok((Some(config), Some(reserve_udp_port(http_addr)?.0)))
+        }
+        None => {
+            tracing::warn!("no --tls-cert/--tls-key: HTTP/3 is not served");
+            Ok((None, None))
+        }
+    }
+}
+
+/// Advertises HTTP/3 in HTTP/1.1 responses and adds `quic=` to the ready line.
+fn announce_http3(line: &mut String, http_addr: SocketAddr) {
+    crate::http3::advertise(http_addr.port());
+    line.push_str(&format!(" quic={http_addr}"));
+}
+
 /// Runs `ostore dev` until SIGINT or SIGTERM.
 pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data)
@@ -504,26 +533,14 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     }
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
-    let h3 = crate::http3::server_setup(&opts.tls, Some(&opts.data), http_addr)?;
-    let udp_placeholder = match &h3 {
-        Some(_) => Some(reserve_udp_port(http_addr)?.0),
-        None => None,
-    };
-    let handles = start_executors(
-        node.clone(),
-        http_addr,
-        None,
-        h3.as_ref().map(|h| h.0.clone()),
-        spawn_background,
-    )?;
+    let (h3, udp_placeholder) = http3_setup(&opts.tls, Some(&opts.data), http_addr)?;
+    let handles = start_executors(node.clone(), http_addr, None, h3.clone(), spawn_background)?;
     drop(placeholder);
     drop(udp_placeholder);
 
     let mut line = format!("ostore ready http={http_addr}");
-    if let Some((_, cert)) = &h3 {
-        crate::http3::advertise(http_addr.port());
-        line.push_str(&format!(" quic={http_addr}"));
-        eprintln!("HTTP/3 certificate: {}", cert.display());
+    if h3.is_some() {
+        announce_http3(&mut line, http_addr);
     }
     if let Some(p) = &secret_file {
         line.push_str(&format!(" secret-file={}", p.display()));
@@ -994,19 +1011,12 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         repair_tx,
         repair_rx,
     });
-    let h3 = crate::http3::server_setup(&opts.tls, None, http_addr)?;
-    let h3_placeholder = match &h3 {
-        Some(_) => Some(reserve_udp_port(http_addr)?.0),
-        None => {
-            tracing::warn!("no --tls-cert/--tls-key: HTTP/3 is not served");
-            None
-        }
-    };
+    let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
     let handles = start_executors(
         node.clone(),
         http_addr,
         Some(peer_addr),
-        h3.as_ref().map(|h| h.0.clone()),
+        h3.clone(),
         |node| {
             glommio::spawn_local(heartbeat(node.clone())).detach();
             spawn_background(node);
@@ -1020,8 +1030,7 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         rec.id
     );
     if h3.is_some() {
-        crate::http3::advertise(http_addr.port());
-        line.push_str(&format!(" quic={http_addr}"));
+        announce_http3(&mut line, http_addr);
     }
     print_ready(&line)?;
     wait_for_signal_then_stop(&node, handles)

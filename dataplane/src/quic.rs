@@ -143,6 +143,11 @@ impl From<StreamError> for io::Error {
     }
 }
 
+/// An application error code as QUIC sends it (0 if it does not fit a varint).
+fn app_code(code: u64) -> VarInt {
+    VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0))
+}
+
 fn gone() -> StreamError {
     StreamError::Other("the QUIC connection is gone".into())
 }
@@ -657,13 +662,7 @@ impl Connection {
     }
 
     pub fn close(&self, reason: &'static [u8]) {
-        let _ = self.with(|c| {
-            c.conn.close(
-                Instant::now(),
-                VarInt::from_u32(0),
-                Bytes::from_static(reason),
-            )
-        });
+        self.close_with(0, reason);
     }
 
     /// Opens a stream in `dir` once the peer's stream limit allows; pending (and woken) until
@@ -717,9 +716,8 @@ impl Connection {
 
     /// Closes the connection with an application error `code` (0 where nothing went wrong).
     pub fn close_with(&self, code: u64, reason: &[u8]) {
-        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
         let reason = Bytes::copy_from_slice(reason);
-        let _ = self.with(|c| c.conn.close(Instant::now(), code, reason));
+        let _ = self.with(|c| c.conn.close(Instant::now(), app_code(code), reason));
     }
 
     /// The sending side of stream `id` (opened or accepted on this connection).
@@ -805,8 +803,9 @@ impl SendStream {
             return;
         }
         self.finished = true;
-        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
-        let _ = self.conn.with(|c| c.conn.send_stream(self.id).reset(code));
+        let _ = self
+            .conn
+            .with(|c| c.conn.send_stream(self.id).reset(app_code(code)));
     }
 }
 
@@ -877,8 +876,9 @@ impl RecvStream {
             return;
         }
         self.done = true;
-        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
-        let _ = self.conn.with(|c| c.conn.recv_stream(self.id).stop(code));
+        let _ = self
+            .conn
+            .with(|c| c.conn.recv_stream(self.id).stop(app_code(code)));
     }
 
     /// Fills `buf` completely; `UnexpectedEof` if the stream ends first.
@@ -910,10 +910,6 @@ impl RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self
-                .conn
-                .with(|c| c.conn.recv_stream(self.id).stop(VarInt::from_u32(0)));
-        }
+        self.stop(0);
     }
 }
