@@ -252,7 +252,11 @@ pub fn transport() -> Arc<quinn_proto::TransportConfig> {
     Arc::new(t)
 }
 
-/// A QUIC server configuration for HTTP/3 presenting `chain` (TLS 1.3, ALPN `h3`).
+/// TLS sessions the server remembers for resumption and 0-RTT (shared by every executor).
+const SESSION_CACHE: usize = 16 * 1024;
+
+/// A QUIC server configuration for HTTP/3 presenting `chain`: TLS 1.3, ALPN `h3`, 0-RTT
+/// accepted.
 pub fn server_config(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
@@ -263,6 +267,11 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT: QUIC takes all or nothing here. Tickets live in this shared, stateful cache and
+    // each can be used once, so a replayed first flight finds its ticket gone; what early data
+    // may do is limited per request (`http3::request`).
+    tls.max_early_data_size = u32::MAX;
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     let q = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut sc = quinn_proto::ServerConfig::with_crypto(Arc::new(q));
     sc.transport_config(transport());

@@ -83,10 +83,11 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
 /// Largest request header section accepted (h3's default is unlimited).
 const FIELD_SECTION_BYTES_MAX: u64 = 64 * 1024;
 
+/// Serves one connection's requests. It starts before the handshake completes, so that a
+/// client resuming a session can send requests in 0-RTT; `request` decides what such early
+/// requests may do.
 async fn connection(node: Arc<Node>, conn: quic::Connection) {
-    if conn.established().await.is_err() {
-        return;
-    }
+    let quic = conn.clone();
     let mut h = match h3::server::builder()
         .max_field_section_size(FIELD_SECTION_BYTES_MAX)
         .build::<_, Bytes>(H3Conn(conn))
@@ -102,9 +103,14 @@ async fn connection(node: Arc<Node>, conn: quic::Connection) {
         match h.accept().await {
             Ok(Some(resolver)) => {
                 let node = node.clone();
+                let quic = quic.clone();
                 glommio::spawn_local(async move {
                     match resolver.resolve_request().await {
-                        Ok((req, stream)) => request(node, req, stream).await,
+                        Ok((req, stream)) => {
+                            if early_request_may_run(&node, &quic, req.method()).await {
+                                request(node, req, stream).await
+                            }
+                        }
                         Err(e) => tracing::debug!("HTTP/3 request headers: {e}"),
                     }
                 })
@@ -119,6 +125,33 @@ async fn connection(node: Arc<Node>, conn: quic::Connection) {
             }
         }
     }
+}
+
+/// Whether a request may run now, waiting first where it must. A request seen before the
+/// handshake completed came as 0-RTT data, which an attacker can replay (though not read the
+/// answer to). GET and HEAD change nothing and run at once; anything else waits until the
+/// handshake completes, which a replayed flight never does (so it never runs), and which for
+/// the real client costs one round trip, as without 0-RTT.
+async fn early_request_may_run(node: &Node, conn: &quic::Connection, m: &http::Method) -> bool {
+    use std::sync::atomic::Ordering;
+    if conn.is_established() {
+        return true;
+    }
+    node.metrics
+        .h3_early_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if is_safe(m) {
+        return true;
+    }
+    node.metrics
+        .h3_early_deferred
+        .fetch_add(1, Ordering::Relaxed);
+    conn.established().await.is_ok()
+}
+
+/// The methods 0-RTT data may carry: those that change nothing.
+fn is_safe(m: &http::Method) -> bool {
+    *m == http::Method::GET || *m == http::Method::HEAD
 }
 
 /// Headers HTTP/3 forbids (connection-specific, RFC 9114 section 4.2).

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub scrub_corrupt: AtomicU64,
     pub scrub_passes: AtomicU64,
     pub gc_bytes_freed: AtomicU64,
+    pub h3_early_requests: AtomicU64,
+    pub h3_early_deferred: AtomicU64,
 }
 
 impl Metrics {
@@ -132,6 +134,16 @@ impl Metrics {
                 "ostore_scrub_passes_total",
                 "Full passes of the continuous scrub over a drive.",
                 &self.scrub_passes,
+            ),
+            (
+                "ostore_http3_early_requests_total",
+                "HTTP/3 requests that arrived in 0-RTT (before the handshake completed).",
+                &self.h3_early_requests,
+            ),
+            (
+                "ostore_http3_early_deferred_total",
+                "0-RTT requests other than GET and HEAD, held until the handshake completed.",
+                &self.h3_early_deferred,
             ),
             (
                 "ostore_gc_contents_total",

@@ -642,6 +642,14 @@ impl Connection {
         .await
     }
 
+    /// Whether the handshake has completed. Before, what the peer sends is 0-RTT data, which an
+    /// attacker could have replayed.
+    pub fn is_established(&self) -> bool {
+        let i = self.ep.0.borrow();
+        i.conn(self.ch, self.serial)
+            .is_some_and(|c| c.state.connected)
+    }
+
     /// Whether the connection was lost (closed by either side, timed out, refused).
     pub fn is_lost(&self) -> bool {
         let i = self.ep.0.borrow();

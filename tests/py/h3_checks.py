@@ -4,7 +4,8 @@ Usage: h3_checks.py HOST PORT CA_FILE SECRET BODY_FILE KEY
 PUTs BODY_FILE as KEY over HTTP/3, reads it back whole and by ranges (one at a time and 32 at
 once on the same connection), tries a request without credentials, and prints one JSON object
 with what it saw (also: a PUT whose body ends before its Content-Length, and a GET of that
-key). The caller decides what is right.
+key). Then, resuming the TLS session on a new connection, a GET and a PUT sent in 0-RTT before
+the handshake completes. The caller decides what is right.
 """
 import asyncio
 import json
@@ -79,7 +80,11 @@ async def main():
     )
     cfg.load_verify_locations(cafile=ca)
     out = {}
-    async with connect(host, port, configuration=cfg, create_protocol=Client) as c:
+    tickets = []
+    async with connect(
+        host, port, configuration=cfg, create_protocol=Client,
+        session_ticket_handler=tickets.append,
+    ) as c:
         r = await c.request("PUT", authority, path, auth, body)
         out["put"] = r["status"]
         r = await c.request("GET", authority, path, auth)
@@ -113,6 +118,28 @@ async def main():
         out["concurrent_exact"] = sum(
             1 for r, (a, ln) in zip(rs, ranges) if bytes(r["body"]) == body[a : a + ln]
         )
+    # 0-RTT: a new connection resuming the session sends both requests in its first flight.
+    out["ticket"] = bool(tickets)
+    if tickets:
+        cfg0 = QuicConfiguration(
+            is_client=True, alpn_protocols=H3_ALPN, max_data=64 << 20, max_stream_data=16 << 20
+        )
+        cfg0.load_verify_locations(cafile=ca)
+        cfg0.session_ticket = tickets[-1]
+        async with connect(
+            host, port, configuration=cfg0, create_protocol=Client, wait_connected=False
+        ) as c:
+            early = [
+                c.request("GET", authority, path, auth + [("range", "bytes=0-99")]),
+                c.request("PUT", authority, path + ".early", auth, b"sent in 0-RTT"),
+            ]
+            out["early_sent_before_handshake"] = not c._quic._handshake_complete
+            get, put = await asyncio.gather(*early)
+            out["early_get"] = get["status"]
+            out["early_get_exact"] = bytes(get["body"]) == body[:100]
+            out["early_put"] = put["status"]
+            out["early_accepted"] = c._quic.tls.early_data_accepted
+            out["session_resumed"] = c._quic.tls.session_resumed
     print(json.dumps(out))
 
 
