@@ -1,5 +1,7 @@
-//! The load generator: T threads, each a monoio runtime running C/T closed-loop workers, each
-//! worker on its own HTTP/1.1 connection.
+//! The load generator: T threads, each running C/T workers. Over HTTP/1.1 a thread is a monoio
+//! runtime and each worker has its own connection; over HTTP/3 (`--protocol h3`) a thread is a
+//! tokio runtime whose workers share one QUIC connection (`ostore-client`), as HTTP/3 clients
+//! multiplex.
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
@@ -18,9 +20,14 @@ pub struct LoadArgs {
     /// Server endpoint.
     #[arg(long, env = "OSTORE_ENDPOINT", default_value = "http://127.0.0.1:9080")]
     endpoint: String,
-    /// Protocol (only http so far).
-    #[arg(long, default_value = "http")]
+    /// Protocol: http (HTTP/1.1, a connection per worker) or h3 (HTTP/3, a connection per
+    /// thread carrying its workers' requests).
+    #[arg(long, default_value = "http", value_parser = ["http", "h3"])]
     protocol: String,
+    /// For h3: trust the certificate(s) in this PEM file (e.g. DIR/tls/cert.pem of
+    /// `ostore dev`) instead of the system's roots.
+    #[arg(long, env = "OSTORE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// put, get, mixed:P/G (percent PUT / percent GET), delete or list.
     #[arg(long, default_value = "put")]
     workload: String,
@@ -171,7 +178,21 @@ impl Stats {
     }
 }
 
+/// How a thread reaches the server.
+#[derive(Clone)]
+enum Proto {
+    Http1,
+    Http3 {
+        endpoint: String,
+        secret: String,
+        ca: Option<PathBuf>,
+    },
+}
+
 struct Plan {
+    proto: Proto,
+    /// For HTTP/3, the thread's client (its one connection), made in the thread.
+    h3: Option<ostore_client::Client>,
     host: String,
     auth: String,
     workload: Workload,
@@ -261,13 +282,61 @@ fn body_for(base: &Bytes, n: u64, size: usize) -> Vec<Bytes> {
     ]
 }
 
+/// One worker's way to the server: its own HTTP/1.1 connection, or its thread's HTTP/3 client.
+enum Conn {
+    H1(Sender),
+    H3(ostore_client::Client),
+}
+
+impl Conn {
+    async fn open(plan: &Plan) -> anyhow::Result<Conn> {
+        match &plan.h3 {
+            None => Ok(Conn::H1(connect(&plan.host).await?)),
+            Some(c) => {
+                // Up before the clock starts: connecting is not a request's latency.
+                c.health().await.context("HTTP/3")?;
+                Ok(Conn::H3(c.clone()))
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_closed(),
+            // The client makes a new connection by itself when its connection is lost.
+            Conn::H3(_) => false,
+        }
+    }
+}
+
 async fn request(
-    send: &mut Sender,
+    conn: &mut Conn,
     plan: &Plan,
     method: http::Method,
     path: &str,
     body: Vec<Bytes>,
 ) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)> {
+    let send = match conn {
+        Conn::H1(s) => s,
+        Conn::H3(c) => {
+            let len: usize = body.iter().map(|b| b.len()).sum();
+            let body = if len == 0 {
+                ostore_client::Body::empty()
+            } else {
+                let pieces: Vec<std::io::Result<Bytes>> =
+                    body.into_iter().filter(|b| !b.is_empty()).map(Ok).collect();
+                ostore_client::Body::from_stream(
+                    Some(len as u64),
+                    futures_util::stream::iter(pieces),
+                )
+            };
+            let resp = c
+                .request(method, path, http::HeaderMap::new(), body)
+                .await?;
+            let (status, headers) = (resp.status, resp.headers.clone());
+            return Ok((status, headers, resp.bytes().await?));
+        }
+    };
     send.ready().await?;
     let len: usize = body.iter().map(|b| b.len()).sum();
     let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = body
@@ -325,13 +394,13 @@ async fn worker(
     base: Bytes,
     stats: Rc<std::cell::RefCell<Stats>>,
 ) -> anyhow::Result<()> {
-    let connected = connect(&plan.host).await;
+    let connected = Conn::open(&plan).await;
     if let Some(o) = &plan.rate {
         // Open loop: the clock starts once every connection is up (or failed: then the run
         // ends with that error).
         o.ready.fetch_add(1, Ordering::SeqCst);
         while o.ready.load(Ordering::SeqCst) < o.connections {
-            monoio::time::sleep(Duration::from_millis(1)).await;
+            sleep(&plan, Duration::from_millis(1)).await;
         }
         o.start.get_or_init(Instant::now);
     }
@@ -342,7 +411,7 @@ async fn worker(
         }
         let now = Instant::now();
         if due > now {
-            monoio::time::sleep(due - now).await;
+            sleep(&plan, due - now).await;
         }
         let op = match plan.workload {
             Workload::Put => "put",
@@ -437,10 +506,18 @@ async fn worker(
             plan.failed.fetch_add(1, Ordering::Relaxed);
         }
         if !ok && send.is_closed() {
-            send = connect(&plan.host).await?;
+            send = Conn::open(&plan).await?;
         }
     }
     Ok(())
+}
+
+/// Sleeps on the thread's runtime.
+async fn sleep(plan: &Plan, d: Duration) {
+    match plan.h3 {
+        None => monoio::time::sleep(d).await,
+        Some(_) => tokio::time::sleep(d).await,
+    }
 }
 
 fn run_threads(
@@ -456,11 +533,41 @@ fn run_threads(
         let plan_of = plan_of.clone();
         let base = base.clone();
         handles.push(std::thread::spawn(move || -> anyhow::Result<Stats> {
+            let mut plan = plan_of();
+            if let Proto::Http3 {
+                endpoint,
+                secret,
+                ca,
+            } = &plan.proto
+            {
+                let mut b = ostore_client::Client::builder(endpoint.clone())
+                    .secret(secret.clone())
+                    .protocol(ostore_client::Protocol::Http3);
+                if let Some(ca) = ca {
+                    b = b.tls_ca_file(ca)?;
+                }
+                plan.h3 = Some(b.build()?);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                return rt.block_on(async move {
+                    let plan = Rc::new(plan);
+                    let stats = Rc::new(std::cell::RefCell::new(Stats::default()));
+                    let workers =
+                        (0..per).map(|_| worker(plan.clone(), base.clone(), stats.clone()));
+                    for r in futures_util::future::join_all(workers).await {
+                        r?;
+                    }
+                    Ok(Rc::try_unwrap(stats)
+                        .map_err(|_| anyhow::anyhow!("stats still shared"))?
+                        .into_inner())
+                });
+            }
             let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
                 .build()?;
             rt.block_on(async move {
-                let plan = Rc::new(plan_of());
+                let plan = Rc::new(plan);
                 let stats = Rc::new(std::cell::RefCell::new(Stats::default()));
                 let mut tasks = Vec::new();
                 for _ in 0..per {
@@ -490,9 +597,6 @@ fn run_threads(
 }
 
 pub fn run(a: LoadArgs) -> anyhow::Result<()> {
-    if a.protocol != "http" {
-        bail!("--protocol {} is not available yet; use http", a.protocol);
-    }
     let workload = parse_workload(&a.workload)?;
     let size = parse_size(&a.size)?;
     let secret = match (&a.secret, &a.secret_file) {
@@ -502,6 +606,14 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             .trim()
             .to_string(),
         (None, None) => bail!("no secret: set OSTORE_SECRET, --secret or --secret-file"),
+    };
+    let proto = match a.protocol.as_str() {
+        "h3" => Proto::Http3 {
+            endpoint: a.endpoint.clone(),
+            secret: secret.clone(),
+            ca: a.tls_ca.clone(),
+        },
+        _ => Proto::Http1,
     };
     let host = a
         .endpoint
@@ -540,7 +652,10 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             Arc::new(AtomicU64::new(0)),
         );
         let objects = a.objects;
+        let pr = proto.clone();
         let prep = move || Plan {
+            proto: pr.clone(),
+            h3: None,
             host: h.clone(),
             auth: au.clone(),
             workload: Workload::Mixed { put_pct: 100 },
@@ -611,6 +726,8 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     });
     let (d2, f2) = (done.clone(), failed.clone());
     let plan_of = move || Plan {
+        proto: proto.clone(),
+        h3: None,
         host: h.clone(),
         auth: au.clone(),
         workload,
@@ -704,6 +821,14 @@ fn report(
         ),
     }
     println!(
+        "protocol: {}",
+        if a.protocol == "h3" {
+            "HTTP/3 (one QUIC connection per thread)"
+        } else {
+            "HTTP/1.1 (one TCP connection per worker)"
+        }
+    );
+    println!(
         "{:<7} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "op", "ops", "errors", "MB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
@@ -734,7 +859,7 @@ fn report(
     }
     if let Some(p) = &a.json {
         let j = serde_json::json!({
-            "workload": a.workload, "size": a.size, "concurrency": conc, "threads": threads,
+            "workload": a.workload, "size": a.size, "protocol": a.protocol, "concurrency": conc, "threads": threads,
             "duration_s": secs, "verify": a.verify, "ops": ops,
             "mode": if a.rate.is_some() { "open" } else { "closed" },
             "rate_target": a.rate, "rate_achieved": total as f64 / secs,

@@ -52,7 +52,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -125,6 +125,12 @@ pub(crate) enum BodyKind {
         len: Option<u64>,
         stream: ByteStream,
     },
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
 }
 
 impl Body {
@@ -317,7 +323,7 @@ fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// What a PUT (or a finished upload) stored.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutResult {
     pub key: String,
     pub version: u64,
@@ -448,7 +454,7 @@ pub struct PutOptions {
 }
 
 /// One version of a key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     pub version: u64,
     pub size: u64,
@@ -458,14 +464,14 @@ pub struct VersionInfo {
 }
 
 /// Every version of a key, newest first.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versions {
     pub key: String,
     pub versions: Vec<VersionInfo>,
 }
 
 /// An entry of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
     pub key: String,
     pub version: u64,
@@ -475,7 +481,7 @@ pub struct Listed {
 }
 
 /// One page of a listing; `next_start_after` continues it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListPage {
     pub objects: Vec<Listed>,
     pub next_start_after: Option<String>,

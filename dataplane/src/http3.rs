@@ -167,6 +167,9 @@ async fn request(
     req: Request<()>,
     stream: RequestStream<crate::h3conn::H3Bidi<Bytes>, Bytes>,
 ) {
+    node.metrics
+        .h3_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let declared = parts

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub scrub_corrupt: AtomicU64,
     pub scrub_passes: AtomicU64,
     pub gc_bytes_freed: AtomicU64,
+    pub h3_requests: AtomicU64,
     pub h3_early_requests: AtomicU64,
     pub h3_early_deferred: AtomicU64,
 }
@@ -134,6 +135,11 @@ impl Metrics {
                 "ostore_scrub_passes_total",
                 "Full passes of the continuous scrub over a drive.",
                 &self.scrub_passes,
+            ),
+            (
+                "ostore_http3_requests_total",
+                "Requests served over HTTP/3.",
+                &self.h3_requests,
             ),
             (
                 "ostore_http3_early_requests_total",

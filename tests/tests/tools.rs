@@ -7,6 +7,8 @@ fn osbench(dev: &Dev, args: &[&str], json: &std::path::Path) -> serde_json::Valu
     let out = Command::new(binary("osbench"))
         .args(["--endpoint", &format!("http://{}", dev.http), "--json"])
         .arg(json)
+        .arg("--tls-ca")
+        .arg(dev.data().join("tls/cert.pem"))
         .args(args)
         .env("OSTORE_SECRET", &dev.secret)
         .output()
@@ -116,6 +118,90 @@ fn osbench_runs_every_workload_with_verify_and_no_errors() {
     );
     let achieved = r["rate_achieved"].as_f64().unwrap();
     assert!(achieved <= 200.0 * 1.05, "{r}");
+}
+
+/// `osbench --protocol h3 --verify`: every workload over HTTP/3, each GET checked against its
+/// BLAKE3, no errors; the server counts the requests as HTTP/3 ones.
+#[test]
+fn osbench_over_http3_verifies_with_no_errors() {
+    let dev = Dev::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("out.json");
+    let h3 = ["--protocol", "h3", "--verify"];
+    let cases: &[(&[&str], &[&str], u64)] = &[
+        (
+            &["--workload", "put", "--size", "4KiB", "--ops", "300"],
+            &["put"],
+            300,
+        ),
+        (
+            &[
+                "--workload",
+                "get",
+                "--size",
+                "1MiB",
+                "--objects",
+                "8",
+                "--ops",
+                "40",
+            ],
+            &["get"],
+            48,
+        ),
+        (
+            &[
+                "--workload",
+                "mixed:50/50",
+                "--size",
+                "1KiB..3MiB",
+                "--objects",
+                "16",
+                "--ops",
+                "200",
+                "--concurrency",
+                "32",
+            ],
+            &["put", "get"],
+            216,
+        ),
+        (
+            &[
+                "--workload",
+                "get",
+                "--size",
+                "64KiB",
+                "--objects",
+                "8",
+                "--ops",
+                "100",
+                "--rate",
+                "200",
+            ],
+            &["get"],
+            108,
+        ),
+        (
+            &["--workload", "delete", "--objects", "10"],
+            &["delete"],
+            20,
+        ),
+    ];
+    for (args, ops, requests) in cases {
+        let before = dev.metric("ostore_http3_requests_total");
+        let args: Vec<&str> = args.iter().chain(h3.iter()).copied().collect();
+        let r = osbench(&dev, &args, &j);
+        assert_eq!(r["protocol"], "h3");
+        for op in *ops {
+            let o = &r["ops"][op];
+            assert_eq!(o["errors"], 0, "{args:?}");
+            assert!(o["count"].as_u64().unwrap() > 0, "{args:?}: no {op}");
+        }
+        let served = dev.metric("ostore_http3_requests_total") - before;
+        assert!(
+            served >= *requests as f64,
+            "{args:?}: the server saw {served} HTTP/3 requests"
+        );
+    }
 }
 
 #[test]
@@ -281,4 +367,28 @@ fn osctl_status_and_versions() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // The same over HTTP/3, with a key that needs escaping.
+    dev.put("a%20b%3F", "x");
+    let cert = dev.data().join("tls/cert.pem");
+    let h3 = |args: &[&str]| {
+        let mut all = vec!["--protocol", "h3", "--tls-ca", cert.to_str().unwrap()];
+        all.extend_from_slice(args);
+        osctl(&all)
+    };
+    let before = dev.metric("ostore_http3_requests_total");
+    let out = h3(&["--json", "versions", "a b?"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["key"], "a b?");
+    assert_eq!(v["versions"].as_array().unwrap().len(), 1);
+    let out = h3(&["--json", "status"]);
+    assert!(out.status.success());
+    assert!(dev.metric("ostore_http3_requests_total") - before >= 2.0);
+    let out = h3(&["versions", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }

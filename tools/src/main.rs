@@ -1,4 +1,5 @@
-//! `osctl`: the ostore operations tool. Talks to a node's HTTP API with the root secret.
+//! `osctl`: the ostore operations tool. Talks to a node's HTTP API with the root secret, over
+//! HTTP/1.1 or HTTP/3, through `ostore-client`.
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -16,6 +17,13 @@ struct Cli {
     /// File holding the root secret (else OSTORE_SECRET).
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// http (HTTP/1.1) or h3 (HTTP/3 on the endpoint's port over UDP).
+    #[arg(long, global = true, default_value = "http", value_parser = ["http", "h3"])]
+    protocol: String,
+    /// For h3: trust the certificate(s) in this PEM file (e.g. DIR/tls/cert.pem of
+    /// `ostore dev`) instead of the system's roots.
+    #[arg(long, global = true, env = "OSTORE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -127,34 +135,68 @@ fn secret(cli: &Cli) -> anyhow::Result<String> {
     std::env::var("OSTORE_SECRET").context("no secret: set OSTORE_SECRET or pass --secret-file")
 }
 
-fn get(cli: &Cli, path: &str) -> anyhow::Result<reqwest::blocking::Response> {
-    let url = format!("{}{}", cli.endpoint.trim_end_matches('/'), path);
-    let r = reqwest::blocking::Client::new()
-        .get(&url)
-        .bearer_auth(secret(cli)?)
-        .send()
-        .with_context(|| format!("GET {url}"))?;
-    if !r.status().is_success() {
-        let status = r.status();
-        let body = r.text().unwrap_or_default();
-        bail!("{url}: {status}: {body}");
+/// The client (made on first use) and the runtime it runs on.
+static API: std::sync::OnceLock<(tokio::runtime::Runtime, ostore_client::Client)> =
+    std::sync::OnceLock::new();
+
+fn api(cli: &Cli) -> anyhow::Result<&'static (tokio::runtime::Runtime, ostore_client::Client)> {
+    if let Some(a) = API.get() {
+        return Ok(a);
     }
-    Ok(r)
+    let mut b = ostore_client::Client::builder(cli.endpoint.trim_end_matches('/'))
+        .secret(secret(cli)?)
+        .protocol(match cli.protocol.as_str() {
+            "h3" => ostore_client::Protocol::Http3,
+            _ => ostore_client::Protocol::Http1,
+        });
+    if let Some(ca) = &cli.tls_ca {
+        b = b.tls_ca_file(ca)?;
+    }
+    let client = b.build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(API.get_or_init(|| (rt, client)))
 }
 
-fn post(cli: &Cli, path: &str) -> anyhow::Result<reqwest::blocking::Response> {
-    let url = format!("{}{}", cli.endpoint.trim_end_matches('/'), path);
-    let r = reqwest::blocking::Client::new()
-        .post(&url)
-        .bearer_auth(secret(cli)?)
-        .send()
-        .with_context(|| format!("POST {url}"))?;
-    if !r.status().is_success() {
-        let status = r.status();
-        let body = r.text().unwrap_or_default();
-        bail!("{url}: {status}: {body}");
+/// A successful answer's body.
+struct Answer(bytes::Bytes);
+
+impl Answer {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_slice(&self.0).context("the answer is not the JSON expected")
     }
-    Ok(r)
+
+    fn text(&self) -> anyhow::Result<String> {
+        Ok(String::from_utf8_lossy(&self.0).into_owned())
+    }
+}
+
+/// `method path` with the secret; its body, or an error naming the URL and what the server
+/// said.
+fn call(cli: &Cli, method: http::Method, path: &str) -> anyhow::Result<Answer> {
+    let (rt, client) = api(cli)?;
+    let url = format!("{}{}", cli.endpoint.trim_end_matches('/'), path);
+    rt.block_on(async {
+        let r = client
+            .request(method.clone(), path, Default::default(), Default::default())
+            .await
+            .with_context(|| format!("{method} {url}"))?
+            .error_for_status()
+            .await
+            .with_context(|| url.clone())?;
+        Ok(Answer(
+            r.bytes().await.with_context(|| format!("{method} {url}"))?,
+        ))
+    })
+}
+
+fn get(cli: &Cli, path: &str) -> anyhow::Result<Answer> {
+    call(cli, http::Method::GET, path)
+}
+
+fn post(cli: &Cli, path: &str) -> anyhow::Result<Answer> {
+    call(cli, http::Method::POST, path)
 }
 
 /// A progress bar on stderr when it is a terminal (indicatif hides it otherwise), none with
@@ -502,8 +544,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Versions { key, bucket } => {
-            let j: serde_json::Value =
-                get(cli, &format!("/versions/{key}?bucket={bucket}"))?.json()?;
+            let (rt, client) = api(cli)?;
+            let vs = rt
+                .block_on(client.with_bucket(bucket.as_str()).versions(key))
+                .with_context(|| format!("the versions of {key:?}"))?;
+            let j = serde_json::to_value(&vs)?;
             if cli.json {
                 println!("{j}");
             } else {
