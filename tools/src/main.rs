@@ -221,13 +221,13 @@ fn progress(cli: &Cli, len: u64, what: &str) -> indicatif::ProgressBar {
 /// returns the server's answer.
 fn maintenance(cli: &Cli, path: &str, wait: bool, what: &str) -> anyhow::Result<serde_json::Value> {
     if !wait {
-        return Ok(post(cli, path)?.json()?);
+        return post(cli, path)?.json();
     }
     let pb = spinner(cli, what);
     let sep = if path.contains('?') { '&' } else { '?' };
-    let r = post(cli, &format!("{path}{sep}wait=true"))?.json();
+    let r = post(cli, &format!("{path}{sep}wait=true")).and_then(|a| a.json());
     pb.finish_and_clear();
-    Ok(r?)
+    r
 }
 
 /// A spinner while one long request runs.
