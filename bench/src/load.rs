@@ -1,7 +1,8 @@
 //! The load generator: T threads, each running C/T workers. Over HTTP/1.1 a thread is a monoio
 //! runtime and each worker has its own connection; over HTTP/3 (`--protocol h3`) a thread is a
-//! tokio runtime whose workers share one QUIC connection (`ostore-client`), as HTTP/3 clients
-//! multiplex.
+//! tokio runtime on `ostore-client`, each worker with its own QUIC connection too (the protocols
+//! then compare at the same connection count), or with `--multiplex` all of a thread's workers
+//! on one connection, as HTTP/3 clients usually are.
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
@@ -20,10 +21,13 @@ pub struct LoadArgs {
     /// Server endpoint.
     #[arg(long, env = "OSTORE_ENDPOINT", default_value = "http://127.0.0.1:9080")]
     endpoint: String,
-    /// Protocol: http (HTTP/1.1, a connection per worker) or h3 (HTTP/3, a connection per
-    /// thread carrying its workers' requests).
+    /// Protocol: http (HTTP/1.1) or h3 (HTTP/3); either way a connection per worker.
     #[arg(long, default_value = "http", value_parser = ["http", "h3"])]
     protocol: String,
+    /// For h3: one QUIC connection per thread, carrying all of its workers' requests as
+    /// concurrent streams.
+    #[arg(long)]
+    multiplex: bool,
     /// For h3: trust the certificate(s) in this PEM file (e.g. DIR/tls/cert.pem of
     /// `ostore dev`) instead of the system's roots.
     #[arg(long, env = "OSTORE_TLS_CA")]
@@ -186,13 +190,15 @@ enum Proto {
         endpoint: String,
         secret: String,
         ca: Option<PathBuf>,
+        multiplex: bool,
     },
 }
 
 struct Plan {
     proto: Proto,
-    /// For HTTP/3, the thread's client (its one connection), made in the thread.
-    h3: Option<ostore_client::Client>,
+    /// For HTTP/3, the thread's clients (a connection each), made in the thread and handed to
+    /// its workers in turn.
+    h3: Option<(Vec<ostore_client::Client>, std::cell::Cell<usize>)>,
     host: String,
     auth: String,
     workload: Workload,
@@ -292,7 +298,9 @@ impl Conn {
     async fn open(plan: &Plan) -> anyhow::Result<Conn> {
         match &plan.h3 {
             None => Ok(Conn::H1(connect(&plan.host).await?)),
-            Some(c) => {
+            Some((clients, next)) => {
+                let c = &clients[next.get() % clients.len()];
+                next.set(next.get() + 1);
                 // Up before the clock starts: connecting is not a request's latency.
                 c.health().await.context("HTTP/3")?;
                 Ok(Conn::H3(c.clone()))
@@ -538,15 +546,21 @@ fn run_threads(
                 endpoint,
                 secret,
                 ca,
+                multiplex,
             } = &plan.proto
             {
-                let mut b = ostore_client::Client::builder(endpoint.clone())
-                    .secret(secret.clone())
-                    .protocol(ostore_client::Protocol::Http3);
-                if let Some(ca) = ca {
-                    b = b.tls_ca_file(ca)?;
+                let connections = if *multiplex { 1 } else { per.max(1) };
+                let mut clients = Vec::new();
+                for _ in 0..connections {
+                    let mut b = ostore_client::Client::builder(endpoint.clone())
+                        .secret(secret.clone())
+                        .protocol(ostore_client::Protocol::Http3);
+                    if let Some(ca) = ca {
+                        b = b.tls_ca_file(ca)?;
+                    }
+                    clients.push(b.build()?);
                 }
-                plan.h3 = Some(b.build()?);
+                plan.h3 = Some((clients, std::cell::Cell::new(0)));
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -612,6 +626,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             endpoint: a.endpoint.clone(),
             secret: secret.clone(),
             ca: a.tls_ca.clone(),
+            multiplex: a.multiplex,
         },
         _ => Proto::Http1,
     };
@@ -822,8 +837,10 @@ fn report(
     }
     println!(
         "protocol: {}",
-        if a.protocol == "h3" {
+        if a.protocol == "h3" && a.multiplex {
             "HTTP/3 (one QUIC connection per thread)"
+        } else if a.protocol == "h3" {
+            "HTTP/3 (one QUIC connection per worker)"
         } else {
             "HTTP/1.1 (one TCP connection per worker)"
         }
@@ -859,7 +876,7 @@ fn report(
     }
     if let Some(p) = &a.json {
         let j = serde_json::json!({
-            "workload": a.workload, "size": a.size, "protocol": a.protocol, "concurrency": conc, "threads": threads,
+            "workload": a.workload, "size": a.size, "protocol": a.protocol, "multiplex": a.multiplex, "concurrency": conc, "threads": threads,
             "duration_s": secs, "verify": a.verify, "ops": ops,
             "mode": if a.rate.is_some() { "open" } else { "closed" },
             "rate_target": a.rate, "rate_achieved": total as f64 / secs,
