@@ -7,7 +7,7 @@
 # PUT/GET, closed loop); a rate makes the row open loop at that many operations per second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-A=$1 B=$2 ROUNDS=${3:-2} SECS=${4:-6}
+A=$1 B=$2 ROUNDS=${3:-2} SECS=${4:-6} PROTOCOL=${PROTOCOL:-http}
 ROWS=${ROWS:-"4KiB:put:64:1000 4KiB:get:64:1000 1MiB:put:16:200 1MiB:get:16:200 64MiB:put:4:16 64MiB:get:4:16"}
 cargo build --release -p ostore-bench >/dev/null
 T=$(mktemp -d "${TMPDIR:-/tmp}/ostore-ab.XXXXXX")
@@ -25,7 +25,8 @@ for r in $(seq "$ROUNDS"); do
       [ -n "$rate" ] && extra=(--rate "$rate")
       target/release/osbench --endpoint "http://$HTTP" --workload "$op" --size "$size" \
         --concurrency "$conc" --objects "$objects" --duration "${SECS}s" --verify \
-        --prefix "ab-$size-$op" --progress false --json "$T/$which-$r-$row.json" "${extra[@]}" >/dev/null
+        --prefix "ab-$size-$op" --progress false --json "$T/$which-$r-$row.json" "${extra[@]}" \
+        --protocol "$PROTOCOL" --tls-ca "$T/data/tls/cert.pem" >/dev/null
     done
     stop_dev
   done

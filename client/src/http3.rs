@@ -54,6 +54,9 @@ impl Live {
 /// The receiving half of a response.
 pub(crate) struct RecvBody {
     stream: RequestStream<h3_quinn::RecvStream, Bytes>,
+    /// h3 closes a connection when its last `SendRequest` goes: a body being read keeps its
+    /// connection open even after the client has moved on to a new one.
+    _conn: SendRequest<h3_quinn::OpenStreams, Bytes>,
 }
 
 impl RecvBody {
@@ -172,18 +175,17 @@ impl H3 {
             .map_err(|e| Error::Transport(format!("resolving {}: {e}", self.host)))?
             .next()
             .ok_or_else(|| Error::Transport(format!("{} has no address", self.host)))?;
-        if st.endpoint.is_none() {
-            let bind: std::net::SocketAddr = if addr.is_ipv6() {
-                "[::]:0".parse().expect("an address")
-            } else {
-                "0.0.0.0:0".parse().expect("an address")
-            };
-            st.endpoint = Some(
-                quinn::Endpoint::client(bind)
-                    .map_err(|e| Error::Transport(format!("a UDP socket: {e}")))?,
-            );
-        }
-        let ep = st.endpoint.as_ref().expect("made above");
+        // A socket of its own for each connection: a connection still finishing its answers
+        // (after the server's GOAWAY, say) keeps its socket, and the new one's handshake, even
+        // one the server refuses, never touches it.
+        let bind: std::net::SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("an address")
+        } else {
+            "0.0.0.0:0".parse().expect("an address")
+        };
+        let ep = quinn::Endpoint::client(bind)
+            .map_err(|e| Error::Transport(format!("a UDP socket: {e}")))?;
+        st.endpoint = Some(ep.clone());
         let connecting = ep
             .connect_with(self.config.clone(), addr, &self.host)
             .map_err(|e| Error::Transport(format!("QUIC to {addr}: {e}")))?;
@@ -273,7 +275,6 @@ impl H3 {
         idempotent: bool,
     ) -> std::result::Result<Response, Failed> {
         let fatal = |err| Failed { err, retry: false };
-        let l = self.ready(idempotent).await.map_err(fatal)?;
         let uri = format!("https://{}{}", self.authority, parts.uri);
         let mut req = http::Request::builder()
             .method(parts.method.clone())
@@ -291,15 +292,21 @@ impl H3 {
             err: Error::Transport(format!("HTTP/3 {what}: {e}")),
             retry: !l.usable(),
         };
-        let mut send = l.send.clone();
-        let mut stream = match send.send_request(req).await {
-            Ok(s) => s,
-            Err(e) => {
-                let f = lost(&l, &e, "request");
-                if f.retry {
+        // Opening the request's stream fails when the connection is gone or going away (the
+        // server sent GOAWAY): nothing was sent, so any request goes again on a new connection.
+        let mut tries = 0;
+        let (l, mut stream) = loop {
+            let l = self.ready(idempotent).await.map_err(fatal)?;
+            let mut send = l.send.clone();
+            match send.send_request(req.clone()).await {
+                Ok(s) => break (l, s),
+                Err(e) => {
                     self.forget(&l).await;
+                    tries += 1;
+                    if tries == 3 {
+                        return Err(fatal(Error::Transport(format!("HTTP/3 request: {e}"))));
+                    }
                 }
-                return Err(f);
             }
         };
         let sent: std::result::Result<(), SendError> = async {
@@ -335,13 +342,13 @@ impl H3 {
             Err(SendError::Stream(e)) => {
                 let err = lost(&l, &e, "request body");
                 match tokio::time::timeout(Duration::from_secs(5), stream.recv_response()).await {
-                    Ok(Ok(r)) => return Ok(finish(r, stream, parts)),
+                    Ok(Ok(r)) => return Ok(finish(r, stream, parts, &l)),
                     _ => return Err(err),
                 }
             }
         }
         match stream.recv_response().await {
-            Ok(r) => Ok(finish(r, stream, parts)),
+            Ok(r) => Ok(finish(r, stream, parts, &l)),
             Err(e) => {
                 let f = lost(&l, &e, "response");
                 if f.retry {
@@ -362,13 +369,17 @@ fn finish(
     r: http::Response<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
     parts: &http::request::Parts,
+    l: &Live,
 ) -> Response {
     let (_send, recv) = stream.split();
     let (p, ()) = r.into_parts();
     Response::new(
         p.status,
         p.headers,
-        Recv::H3(RecvBody { stream: recv }),
+        Recv::H3(RecvBody {
+            stream: recv,
+            _conn: l.send.clone(),
+        }),
         parts.method == Method::HEAD,
     )
 }

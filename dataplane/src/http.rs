@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 const DRAIN_ON_ERROR_BYTES_MAX: u64 = 64 << 20;
 
 /// How long a stopping node waits for requests in flight.
-const DRAIN_S_MAX: u64 = 30;
+pub(crate) const DRAIN_S_MAX: u64 = 30;
 
 /// Response bodies: a whole buffer, or a stream produced on this executor (so not `Send`).
 pub enum RespBody {

@@ -14,8 +14,11 @@ use http::header::{self, HeaderValue};
 use http::Request;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 static ALT_SVC: OnceLock<HeaderValue> = OnceLock::new();
 
@@ -69,24 +72,35 @@ impl H3Body {
     }
 }
 
-/// Serves HTTP/3 on `ep` until the node stops.
+/// Serves HTTP/3 on `ep` until the node stops; then refuses new connections, tells each open
+/// one to send no more requests (GOAWAY), lets the requests in flight finish (for as long as
+/// HTTP/1.1 gets, `http::DRAIN_S_MAX`), and closes the connections with `H3_NO_ERROR`.
 pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
+    let in_flight = Rc::new(Cell::new(0usize));
     let accept = async {
         while let Some(conn) = ep.accept().await {
-            glommio::spawn_local(connection(node.clone(), conn)).detach();
+            glommio::spawn_local(connection(node.clone(), conn, in_flight.clone())).detach();
         }
     };
     futures_lite::future::or(accept, wait_stopping(&node)).await;
-    ep.close();
+    ep.refuse_new();
+    let deadline = Instant::now() + Duration::from_secs(crate::http::DRAIN_S_MAX);
+    while in_flight.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    ep.close_with(H3_NO_ERROR, b"");
 }
+
+/// HTTP/3's "no error" code, for closing a connection that did nothing wrong.
+const H3_NO_ERROR: u32 = 0x100;
 
 /// Largest request header section accepted (h3's default is unlimited).
 const FIELD_SECTION_BYTES_MAX: u64 = 64 * 1024;
 
 /// Serves one connection's requests. It starts before the handshake completes, so that a
-/// client resuming a session can send requests in 0-RTT; `request` decides what such early
-/// requests may do.
-async fn connection(node: Arc<Node>, conn: quic::Connection) {
+/// client resuming a session can send requests in 0-RTT; `early_request_may_run` decides what
+/// such early requests may do. Once the node stops, it sends GOAWAY and takes no new request.
+async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<usize>>) {
     let quic = conn.clone();
     let mut h = match h3::server::builder()
         .max_field_section_size(FIELD_SECTION_BYTES_MAX)
@@ -99,25 +113,46 @@ async fn connection(node: Arc<Node>, conn: quic::Connection) {
             return;
         }
     };
+    let mut stopping = false;
     loop {
-        match h.accept().await {
-            Ok(Some(resolver)) => {
+        let next = if stopping {
+            Some(h.accept().await)
+        } else {
+            futures_lite::future::or(async { Some(h.accept().await) }, async {
+                wait_stopping(&node).await;
+                None
+            })
+            .await
+        };
+        match next {
+            None => {
+                // GOAWAY: requests already sent are answered, no new ones are taken.
+                stopping = true;
+                if let Err(e) = h.shutdown(1).await {
+                    tracing::debug!("HTTP/3 GOAWAY: {e}");
+                    break;
+                }
+            }
+            Some(Ok(Some(resolver))) => {
                 let node = node.clone();
                 let quic = quic.clone();
+                let in_flight = in_flight.clone();
+                in_flight.set(in_flight.get() + 1);
                 glommio::spawn_local(async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => {
                             if early_request_may_run(&node, &quic, req.method()).await {
-                                request(node, req, stream).await
+                                request(node, req, stream, &quic).await
                             }
                         }
                         Err(e) => tracing::debug!("HTTP/3 request headers: {e}"),
                     }
+                    in_flight.set(in_flight.get() - 1);
                 })
                 .detach();
             }
-            Ok(None) => break,
-            Err(e) => {
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
                 if !e.is_h3_no_error() {
                     tracing::debug!("HTTP/3 connection: {e}");
                 }
@@ -166,6 +201,7 @@ async fn request(
     node: Arc<Node>,
     req: Request<()>,
     stream: RequestStream<crate::h3conn::H3Bidi<Bytes>, Bytes>,
+    quic: &quic::Connection,
 ) {
     node.metrics
         .h3_requests
@@ -234,7 +270,15 @@ async fn request(
     }
     if let Err(e) = send.finish().await {
         tracing::debug!("HTTP/3 finishing a response: {e}");
+        return;
     }
+    // The request counts as in flight until the client has the whole answer: a stopping server
+    // closes its connections once nothing is in flight, and closing drops what is undelivered.
+    let Ok(v) = quinn_proto::VarInt::from_u64(send.send_id().into_inner()) else {
+        return;
+    };
+    let id = quinn_proto::StreamId::from(v);
+    quic.send_settled(id).await;
 }
 
 /// Where the HTTP/3 certificate and key come from (`--tls-cert`, `--tls-key`, PEM).

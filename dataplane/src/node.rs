@@ -614,11 +614,13 @@ fn start_executors(
                         return;
                     }
                 };
+                let mut h3_serving = None;
                 if let Some(config) = h3 {
                     // HTTP/3 on UDP at the HTTP port, one endpoint per executor.
                     match crate::quic::Endpoint::bind(http_addr, true, Some(config)) {
                         Ok(ep) => {
-                            glommio::spawn_local(crate::http3::serve(node.clone(), ep)).detach();
+                            h3_serving =
+                                Some(glommio::spawn_local(crate::http3::serve(node.clone(), ep)));
                         }
                         Err(e) => {
                             let _ =
@@ -652,6 +654,10 @@ fn start_executors(
                     glommio::spawn_local(crate::scrub::drive_scrubber(node.clone(), d.id)).detach();
                 }
                 crate::http::serve(node.clone(), listener).await;
+                // HTTP/3 stops alongside, letting its requests in flight finish too.
+                if let Some(t) = h3_serving {
+                    t.await;
+                }
                 // Keep serving this executor's drives until every executor has drained.
                 node.serving.fetch_sub(1, Ordering::SeqCst);
                 while node.serving.load(Ordering::SeqCst) > 0 {

@@ -88,6 +88,8 @@ struct Inner {
     next_serial: u64,
     /// A batch the kernel had no room for: sent before anything else, once there is room.
     blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
+    /// New connections are refused (the server is stopping).
+    refusing: bool,
 }
 
 /// A QUIC endpoint on this executor.
@@ -208,6 +210,7 @@ impl Endpoint {
             send_buf: Vec::with_capacity(64 * 1024),
             next_serial: 0,
             blocked: None,
+            refusing: false,
         }));
         let e = Endpoint(inner);
         glommio::spawn_local(e.clone().receiver(watch)).detach();
@@ -219,14 +222,24 @@ impl Endpoint {
         self.0.borrow().socket.local_addr()
     }
 
+    /// Refuses new connections (CONNECTION_REFUSED) from now on; those open go on.
+    pub fn refuse_new(&self) {
+        self.0.borrow_mut().refusing = true;
+    }
+
     /// Stops the endpoint: every connection is closed, waiting tasks fail.
     pub fn close(&self) {
+        self.close_with(0, b"shutdown");
+    }
+
+    /// Stops the endpoint, closing every connection with application error `code`.
+    pub fn close_with(&self, code: u32, reason: &'static [u8]) {
         let mut i = self.0.borrow_mut();
         i.closed = true;
         let now = Instant::now();
         for c in i.conns.values_mut() {
             c.conn
-                .close(now, VarInt::from_u32(0), Bytes::from_static(b"shutdown"));
+                .close(now, VarInt::from_u32(code), Bytes::from_static(reason));
         }
         if let Some(w) = i.wait_incoming.take() {
             w.wake();
@@ -459,7 +472,7 @@ impl Inner {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.closed || self.server.is_none() {
+                if self.closed || self.refusing || self.server.is_none() {
                     let t = self.ep.refuse(incoming, &mut resp);
                     let _ = self.send(&t, &resp[..t.size]);
                     return;
@@ -652,6 +665,30 @@ impl Connection {
             }
             c.state.wait_connected.push(cx.waker().clone());
             Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves once send stream `id` is settled: after a finish, all its data acknowledged by
+    /// the peer; or it was stopped by the peer, or reset; or the connection is gone. Closing a
+    /// connection drops what it has not delivered, so a server that is stopping waits for this
+    /// before it closes.
+    pub async fn send_settled(&self, id: StreamId) {
+        poll_fn(|cx| {
+            let mut i = self.ep.0.borrow_mut();
+            let Some(c) = i.conn_mut(self.ch, self.serial) else {
+                return Poll::Ready(());
+            };
+            if c.state.lost.is_some() {
+                return Poll::Ready(());
+            }
+            match c.conn.send_stream(id).stopped() {
+                Ok(None) => {
+                    c.state.writable.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
+                Ok(Some(_)) | Err(_) => Poll::Ready(()),
+            }
         })
         .await
     }

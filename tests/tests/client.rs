@@ -278,3 +278,42 @@ fn zero_rtt_serves_gets_and_holds_back_puts() {
         assert_eq!(c.head("early", None).await.unwrap().version, v.version);
     });
 }
+
+/// SIGTERM while an HTTP/3 response is on its way: the server refuses new connections, tells
+/// the open one to send no more requests (GOAWAY), finishes the response, and exits 0.
+#[test]
+fn sigterm_lets_http3_requests_in_flight_finish() {
+    let mut dev = Dev::start(&[]);
+    let pid = dev.pid();
+    rt().block_on(async {
+        let c = client(&dev, Protocol::Http3, Some(&dev.secret))
+            .build()
+            .unwrap();
+        let body = random_bytes(15, 40 << 20);
+        c.put("big", Body::from(body.clone())).await.unwrap();
+        let mut obj = c.get("big").await.unwrap();
+        let mut got = obj.chunk().await.unwrap().unwrap().to_vec();
+        // The server cannot have sent more than the flow-control windows allow: most of the
+        // body is still to come.
+        assert!(got.len() < 20 << 20);
+        // SAFETY: a signal to the server this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let fresh = client(&dev, Protocol::Http3, Some(&dev.secret))
+            .build()
+            .unwrap();
+        assert!(
+            fresh.health().await.is_err(),
+            "a stopping server took a new HTTP/3 connection"
+        );
+        assert!(
+            c.get("big").await.is_err(),
+            "a stopping server took a new request"
+        );
+        while let Some(b) = obj.chunk().await.unwrap() {
+            got.extend_from_slice(&b);
+        }
+        assert!(got == body, "the response in flight was not finished whole");
+    });
+    assert_eq!(dev.stop(), Some(0));
+}
