@@ -376,10 +376,10 @@ fn finish(
     Response::new(
         p.status,
         p.headers,
-        Recv::H3(RecvBody {
+        Recv::H3(Box::new(RecvBody {
             stream: recv,
             _conn: l.send.clone(),
-        }),
+        })),
         parts.method == Method::HEAD,
     )
 }

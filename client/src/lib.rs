@@ -202,7 +202,7 @@ impl From<String> for Body {
 pub(crate) enum RecvBody {
     Empty,
     H1(hyper::body::Incoming),
-    H3(http3::RecvBody),
+    H3(Box<http3::RecvBody>),
 }
 
 /// An answer from the server, whatever its status.
