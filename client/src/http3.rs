@@ -106,13 +106,6 @@ impl H3 {
             .receive_window((16u32 << 20).into())
             .send_window(16 << 20)
             .keep_alive_interval(Some(Duration::from_secs(10)))
-            .mtu_discovery_config(Some({
-                // Probe up to a jumbo frame (9000 bytes less the IPv6 and UDP headers); a plain
-                // Ethernet path stops at 1452.
-                let mut m = quinn::MtuDiscoveryConfig::default();
-                m.upper_bound(9000 - 48);
-                m
-            }))
             .max_idle_timeout(Some(
                 Duration::from_secs(60)
                     .try_into()

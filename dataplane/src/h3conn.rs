@@ -249,7 +249,6 @@ pub fn transport() -> Arc<quinn_proto::TransportConfig> {
     t.receive_window(VarInt::from_u32(16 << 20));
     t.send_window(16 << 20);
     t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
-    t.mtu_discovery_config(Some(crate::quic::mtu_discovery()));
     Arc::new(t)
 }
 

@@ -39,20 +39,6 @@ const TIMER_WAIT_MIN: Duration = Duration::from_millis(2);
 /// Datagrams received per `recvmsg` batch.
 const RECV_BATCH: usize = 16;
 
-/// The largest UDP payload accepted and probed for: a 9000-byte jumbo frame less the IPv6 and
-/// UDP headers. Connections start at 1200 bytes and path MTU discovery (RFC 8899, in
-/// quinn-proto) raises that as far as the path allows: 1452 on a plain Ethernet path, this on a
-/// jumbo-frame one. Bigger packets mean fewer packets per byte, and most of QUIC's cost is
-/// per packet.
-pub const UDP_PAYLOAD_MAX: u16 = 9000 - 48;
-
-/// Path MTU discovery up to [`UDP_PAYLOAD_MAX`].
-pub fn mtu_discovery() -> quinn_proto::MtuDiscoveryConfig {
-    let mut m = quinn_proto::MtuDiscoveryConfig::default();
-    m.upper_bound(UDP_PAYLOAD_MAX);
-    m
-}
-
 #[derive(Default)]
 struct ConnState {
     connected: bool,
@@ -194,7 +180,7 @@ impl Endpoint {
         let _ = udp.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let _ = udp.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let mut cfg = EndpointConfig::default();
-        cfg.max_udp_payload_size(UDP_PAYLOAD_MAX).ok();
+        cfg.max_udp_payload_size(1500 - 28).ok();
         let ep = quinn_proto::Endpoint::new(Arc::new(cfg), server.clone(), true, None);
         let inner = Rc::new(RefCell::new(Inner {
             ep,
