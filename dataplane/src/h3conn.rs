@@ -395,7 +395,10 @@ mod tests {
         let addr = server.local_addr().unwrap();
         glommio::spawn_local(echo_server(server.clone())).detach();
         let client = quic::Endpoint::bind(any, false, None).unwrap();
-        let conn = client.connect(client_cfg, addr, "localhost").await.unwrap();
+        let conn = client
+            .connect(client_cfg.clone(), addr, "localhost")
+            .await
+            .unwrap();
         let (mut driver, mut send) = h3::client::new(H3Conn(conn)).await.unwrap();
         glommio::spawn_local(async move {
             let _ = poll_fn(|cx| driver.poll_close(cx)).await;
@@ -425,6 +428,18 @@ mod tests {
         for t in tasks {
             t.await;
         }
+
+        // At its connection limit the server refuses a new connection; the open one goes on.
+        server.limit_connections(1);
+        let second = quic::Endpoint::bind(any, false, None).unwrap();
+        assert!(
+            second.connect(client_cfg, addr, "localhost").await.is_err(),
+            "a connection past the limit was taken"
+        );
+        let (resp, got) = request(&mut send, http::Method::GET, Bytes::from("still")).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(got, "still");
+        second.close();
         client.close();
         server.close();
     }

@@ -76,6 +76,7 @@ impl H3Body {
 /// one to send no more requests (GOAWAY), lets the requests in flight finish (for as long as
 /// HTTP/1.1 gets, `http::DRAIN_S_MAX`), and closes the connections with `H3_NO_ERROR`.
 pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
+    ep.limit_connections(CONNECTIONS_PER_EXECUTOR_MAX);
     let in_flight = Rc::new(Cell::new(0usize));
     let accept = async {
         while let Some(conn) = ep.accept().await {
@@ -90,6 +91,10 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
     }
     ep.close_with(H3_NO_ERROR, b"");
 }
+
+/// HTTP/3 connections one executor holds at most; more are refused (CONNECTION_REFUSED), so a
+/// flood of handshakes cannot take the executor's memory. Each may carry 256 requests at once.
+const CONNECTIONS_PER_EXECUTOR_MAX: usize = 8192;
 
 /// HTTP/3's "no error" code, for closing a connection that did nothing wrong.
 const H3_NO_ERROR: u32 = 0x100;

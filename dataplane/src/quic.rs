@@ -76,6 +76,8 @@ struct Inner {
     blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
     /// New connections are refused (the server is stopping).
     refusing: bool,
+    /// Connections beyond this many are refused.
+    max_connections: usize,
 }
 
 /// A QUIC endpoint on this executor.
@@ -197,6 +199,7 @@ impl Endpoint {
             next_serial: 0,
             blocked: None,
             refusing: false,
+            max_connections: usize::MAX,
         }));
         let e = Endpoint(inner);
         glommio::spawn_local(e.clone().receiver(watch)).detach();
@@ -206,6 +209,11 @@ impl Endpoint {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.borrow().socket.local_addr()
+    }
+
+    /// Refuses connections (CONNECTION_REFUSED) beyond `n` open at once.
+    pub fn limit_connections(&self, n: usize) {
+        self.0.borrow_mut().max_connections = n;
     }
 
     /// Refuses new connections (CONNECTION_REFUSED) from now on; those open go on.
@@ -458,7 +466,11 @@ impl Inner {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.closed || self.refusing || self.server.is_none() {
+                if self.closed
+                    || self.refusing
+                    || self.server.is_none()
+                    || self.conns.len() >= self.max_connections
+                {
                     let t = self.ep.refuse(incoming, &mut resp);
                     let _ = self.send(&t, &resp[..t.size]);
                     return;
