@@ -29,7 +29,6 @@ pub(crate) struct H3 {
 
 #[derive(Default)]
 struct State {
-    endpoint: Option<quinn::Endpoint>,
     live: Option<Live>,
 }
 
@@ -146,7 +145,7 @@ impl H3 {
             }
         }
         st.live = None;
-        let l = self.connect(&mut st).await?;
+        let l = self.connect().await?;
         st.live = Some(l.clone());
         Ok(l)
     }
@@ -162,7 +161,7 @@ impl H3 {
         }
     }
 
-    async fn connect(&self, st: &mut State) -> Result<Live> {
+    async fn connect(&self) -> Result<Live> {
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
             .map_err(|e| Error::Transport(format!("resolving {}: {e}", self.host)))?
@@ -178,7 +177,6 @@ impl H3 {
         };
         let ep = quinn::Endpoint::client(bind)
             .map_err(|e| Error::Transport(format!("a UDP socket: {e}")))?;
-        st.endpoint = Some(ep.clone());
         let connecting = ep
             .connect_with(self.config.clone(), addr, &self.host)
             .map_err(|e| Error::Transport(format!("QUIC to {addr}: {e}")))?;
