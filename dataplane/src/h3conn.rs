@@ -44,6 +44,13 @@ fn h3_id(id: quinn_proto::StreamId) -> StreamId {
     StreamId::try_from(u64::from(id)).expect("QUIC stream ids are varints")
 }
 
+/// The QUIC stream behind an h3 stream id.
+pub(crate) fn quic_id(id: StreamId) -> quinn_proto::StreamId {
+    quinn_proto::VarInt::from_u64(id.into_inner())
+        .expect("h3 stream ids are varints")
+        .into()
+}
+
 impl H3Conn {
     fn bidi<B: Buf>(&self, id: quinn_proto::StreamId) -> H3Bidi<B> {
         H3Bidi {
@@ -269,7 +276,7 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // 0-RTT: QUIC takes all or nothing here. Tickets live in this shared, stateful cache and
     // each can be used once, so a replayed first flight finds its ticket gone; what early data
-    // may do is limited per request (`http3::request`).
+    // may do is limited per request (`http3::early_request_may_run`).
     tls.max_early_data_size = u32::MAX;
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     let q = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)?;

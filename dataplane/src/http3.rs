@@ -279,11 +279,8 @@ async fn request(
     }
     // The request counts as in flight until the client has the whole answer: a stopping server
     // closes its connections once nothing is in flight, and closing drops what is undelivered.
-    let Ok(v) = quinn_proto::VarInt::from_u64(send.send_id().into_inner()) else {
-        return;
-    };
-    let id = quinn_proto::StreamId::from(v);
-    quic.send_settled(id).await;
+    quic.send_settled(crate::h3conn::quic_id(send.send_id()))
+        .await;
 }
 
 /// Where the HTTP/3 certificate and key come from (`--tls-cert`, `--tls-key`, PEM).

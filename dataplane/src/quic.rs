@@ -74,9 +74,7 @@ struct Inner {
     next_serial: u64,
     /// A batch the kernel had no room for: sent before anything else, once there is room.
     blocked: Option<(quinn_proto::Transmit, Vec<u8>)>,
-    /// New connections are refused (the server is stopping).
-    refusing: bool,
-    /// Connections beyond this many are refused.
+    /// Connections beyond this many are refused (none once the server is stopping).
     max_connections: usize,
 }
 
@@ -198,7 +196,6 @@ impl Endpoint {
             send_buf: Vec::with_capacity(64 * 1024),
             next_serial: 0,
             blocked: None,
-            refusing: false,
             max_connections: usize::MAX,
         }));
         let e = Endpoint(inner);
@@ -218,7 +215,7 @@ impl Endpoint {
 
     /// Refuses new connections (CONNECTION_REFUSED) from now on; those open go on.
     pub fn refuse_new(&self) {
-        self.0.borrow_mut().refusing = true;
+        self.limit_connections(0);
     }
 
     /// Stops the endpoint: every connection is closed, waiting tasks fail.
@@ -466,10 +463,7 @@ impl Inner {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.closed
-                    || self.refusing
-                    || self.server.is_none()
-                    || self.conns.len() >= self.max_connections
+                if self.closed || self.server.is_none() || self.conns.len() >= self.max_connections
                 {
                     let t = self.ep.refuse(incoming, &mut resp);
                     let _ = self.send(&t, &resp[..t.size]);
