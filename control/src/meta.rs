@@ -151,14 +151,15 @@ pub fn replaced_intent(blake3: &[u8; 32]) -> u64 {
     u64::from_le_bytes(blake3[..8].try_into().expect("8 bytes")) ^ 0x7265_706c_6163_6564
 }
 
-/// Marks a content damaged (fewer than K good shards): the next upload of it replaces it.
-pub fn mark_damaged(kv: &dyn Kv, blake3: &[u8; 32]) -> Result<()> {
+/// Marks a content damaged (fewer than K good shards: GETs answer 503 and the next upload of
+/// it replaces it), or takes the mark off once all its shards verified again.
+pub fn set_damaged(kv: &dyn Kv, blake3: &[u8; 32], damaged: bool) -> Result<()> {
     run(kv, true, |tx| {
         let ck = keys::content(blake3);
         if let Some(mut c) = get_content(tx, &ck)? {
-            if !c.damaged {
+            if c.damaged != damaged {
                 let before = c.clone();
-                c.damaged = true;
+                c.damaged = damaged;
                 put_content(tx, blake3, Some(&before), &c)?;
             }
         }
@@ -1371,7 +1372,7 @@ mod tests {
             1,
         )
         .unwrap();
-        mark_damaged(&kv, &[6; 32]).unwrap();
+        set_damaged(&kv, &[6; 32], true).unwrap();
         assert!(
             put_existing(&kv, "default", "b", &[6; 32], &WriteCondition::Always, 2)
                 .unwrap()

@@ -256,6 +256,9 @@ pub enum Request {
         intent: u64,
         grace_ms: u64,
     },
+    /// Takes the damaged mark off a content whose every shard was just verified (or rebuilt):
+    /// the shards that were missing came back. → `()`
+    ClearDamaged { blake3: [u8; 32] },
 }
 
 impl Request {
@@ -530,7 +533,8 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         SetDrive { id, rec } => enc(meta::set_drive(kv, id, &rec)?),
         QueueRepair { contents, nonce } => enc(meta::queue_repair(kv, &contents, nonce, now_ms)?),
         RepairDone { blake3, nonce } => enc(meta::repair_done(kv, &blake3, nonce)?),
-        MarkDamaged { blake3 } => enc(meta::mark_damaged(kv, &blake3)?),
+        MarkDamaged { blake3 } => enc(meta::set_damaged(kv, &blake3, true)?),
+        ClearDamaged { blake3 } => enc(meta::set_damaged(kv, &blake3, false)?),
         Register(reg) => enc(cluster::register(kv, &reg, now_ms)?),
         Heartbeat { node, free } => enc(cluster::heartbeat(kv, node, &free, now_ms)?),
         UploadGet { id } => enc(upload::get(kv, &id)?),

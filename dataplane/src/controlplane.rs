@@ -175,11 +175,10 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let auth = req
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| crate::http::bearer_token(v.as_bytes()));
     match auth {
         None => return text(StatusCode::UNAUTHORIZED, "credentials required"),
-        Some(s) if !bool::from(s.as_bytes().ct_eq(c.secret.as_bytes())) => {
+        Some(s) if !bool::from(s.ct_eq(c.secret.as_bytes())) => {
             return text(StatusCode::FORBIDDEN, "wrong credentials")
         }
         Some(_) => {}

@@ -80,7 +80,19 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
     let in_flight = Rc::new(Cell::new(0usize));
     let accept = async {
         while let Some(conn) = ep.accept().await {
-            glommio::spawn_local(connection(node.clone(), conn, in_flight.clone())).detach();
+            let node = node.clone();
+            let in_flight = in_flight.clone();
+            glommio::spawn_local(async move {
+                let peer = conn.remote_address();
+                let n = node.clone();
+                crate::guard::caught(
+                    &n.metrics,
+                    || format!("HTTP/3 connection from {peer:?}"),
+                    connection(node, conn, in_flight),
+                )
+                .await;
+            })
+            .detach();
         }
     };
     futures_lite::future::or(accept, wait_stopping(&node)).await;
@@ -144,14 +156,29 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
                 let in_flight = in_flight.clone();
                 in_flight.set(in_flight.get() + 1);
                 glommio::spawn_local(async move {
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => {
-                            if early_request_may_run(&node, &quic, req.method()).await {
-                                request(node, req, stream, &quic).await
+                    let n = node.clone();
+                    let limit = node.limits.header_read;
+                    crate::guard::caught(&n.metrics, || "an HTTP/3 request".to_string(), async {
+                        // A stream whose headers do not arrive in time is dropped (reset).
+                        let headers = futures_lite::future::or(
+                            async { Some(resolver.resolve_request().await) },
+                            async {
+                                glommio::timer::sleep(limit).await;
+                                None
+                            },
+                        )
+                        .await;
+                        match headers {
+                            Some(Ok((req, stream))) => {
+                                if early_request_may_run(&node, &quic, req.method()).await {
+                                    request(node, req, stream, &quic).await
+                                }
                             }
+                            Some(Err(e)) => tracing::debug!("HTTP/3 request headers: {e}"),
+                            None => tracing::debug!("HTTP/3 request headers: timed out"),
                         }
-                        Err(e) => tracing::debug!("HTTP/3 request headers: {e}"),
-                    }
+                    })
+                    .await;
                     in_flight.set(in_flight.get() - 1);
                 })
                 .detach();
@@ -288,6 +315,17 @@ async fn request(
 pub struct TlsFiles {
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// The same files named by absolute paths.
+    pub fn absolute(self) -> anyhow::Result<TlsFiles> {
+        let abs = |p: Option<std::path::PathBuf>| p.map(|p| crate::process::absolute(&p)).transpose();
+        Ok(TlsFiles {
+            cert: abs(self.cert)?,
+            key: abs(self.key)?,
+        })
+    }
 }
 
 /// The HTTP/3 server configuration and the certificate's path: from `--tls-cert`/`--tls-key`,

@@ -52,6 +52,39 @@ impl Tls {
     }
 }
 
+/// What one client may hold of a node: connections, and time between bytes.
+#[derive(clap::Args)]
+struct Serving {
+    /// Most HTTP/1.1 connections per executor; more are refused with 503. Defaults to what the
+    /// open-file limit allows (after raising the soft limit to the hard one).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers, from its first byte.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// How long a connection may sit with nothing moving: idle between requests, or a response
+    /// its client stopped reading.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// How long a request body may stop arriving before the request fails (408) and what it
+    /// wrote is discarded.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_idle_timeout: std::time::Duration,
+}
+
+impl Serving {
+    fn limits(&self, cores: usize, open_files: u64) -> ostore_dataplane::http::Limits {
+        ostore_dataplane::http::Limits {
+            connections_per_executor: self.max_connections.unwrap_or_else(|| {
+                ostore_dataplane::process::connections_per_executor(open_files, cores)
+            }),
+            header_read: self.header_read_timeout,
+            idle: self.idle_timeout,
+            body_idle: self.body_idle_timeout,
+        }
+    }
+}
+
 impl Storing {
     fn options(&self) -> ostore_dataplane::node::StoreOptions {
         ostore_dataplane::node::StoreOptions {
@@ -86,6 +119,8 @@ enum Cmd {
         cores: Option<usize>,
         #[command(flatten)]
         storing: Storing,
+        #[command(flatten)]
+        serving: Serving,
         #[command(flatten)]
         tls: Tls,
     },
@@ -127,6 +162,8 @@ enum Cmd {
         #[command(flatten)]
         storing: Storing,
         #[command(flatten)]
+        serving: Serving,
+        #[command(flatten)]
         tls: Tls,
     },
 }
@@ -163,6 +200,10 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
+    // Everything the server creates is private to its user, and clients get as many
+    // descriptors as the hard limit allows.
+    ostore_dataplane::process::private_umask();
+    let open_files = ostore_dataplane::process::raise_open_files_limit();
     let r = match cli.cmd {
         Cmd::Dev {
             data,
@@ -172,6 +213,7 @@ fn main() {
             ec,
             cores,
             storing,
+            serving,
             tls,
         } => {
             let cores = cores_or_all(cores);
@@ -187,6 +229,7 @@ fn main() {
                 ec,
                 cores,
                 store: storing.options(),
+                limits: serving.limits(cores, open_files),
             })
         }
         Cmd::Control {
@@ -210,17 +253,22 @@ fn main() {
             zone,
             cores,
             storing,
+            serving,
             tls,
-        } => ostore_dataplane::node::run_node(ostore_dataplane::node::NodeOptions {
-            control,
-            http,
-            tls: tls.files(),
-            peer,
-            drives,
-            zone,
-            cores: cores_or_all(cores),
-            store: storing.options(),
-        }),
+        } => {
+            let cores = cores_or_all(cores);
+            ostore_dataplane::node::run_node(ostore_dataplane::node::NodeOptions {
+                control,
+                http,
+                tls: tls.files(),
+                peer,
+                drives,
+                zone,
+                cores,
+                store: storing.options(),
+                limits: serving.limits(cores, open_files),
+            })
+        }
     };
     if let Err(e) = r {
         eprintln!("ostore: {e:#}");

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub h3_requests: AtomicU64,
     pub h3_early_requests: AtomicU64,
     pub h3_early_deferred: AtomicU64,
+    pub panics: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_timed_out: AtomicU64,
+    pub bodies_timed_out: AtomicU64,
 }
 
 impl Metrics {
@@ -150,6 +154,26 @@ impl Metrics {
                 "ostore_http3_early_deferred_total",
                 "0-RTT requests other than GET and HEAD, held until the handshake completed.",
                 &self.h3_early_deferred,
+            ),
+            (
+                "ostore_panics_total",
+                "Requests, connections and tasks that panicked (each failed alone; the node served on).",
+                &self.panics,
+            ),
+            (
+                "ostore_connections_refused_total",
+                "HTTP/1.1 connections refused (503) because their executor held its most.",
+                &self.connections_refused,
+            ),
+            (
+                "ostore_connections_timed_out_total",
+                "HTTP/1.1 connections closed for sending headers too slowly or for idling.",
+                &self.connections_timed_out,
+            ),
+            (
+                "ostore_request_bodies_timed_out_total",
+                "Requests failed (408) because their body stopped arriving.",
+                &self.bodies_timed_out,
             ),
             (
                 "ostore_gc_contents_total",

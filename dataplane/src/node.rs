@@ -26,6 +26,8 @@ pub struct Node {
     pub drives: Vec<Drive>,
     pub ec: EcParams,
     pub store: StoreOptions,
+    /// What one client may hold: connections, and time between bytes.
+    pub limits: crate::http::Limits,
     /// This process's identity: locks of a process that restarted are stale.
     pub boot: u64,
     pub secret: String,
@@ -127,6 +129,7 @@ pub struct DevOptions {
     pub ec: EcParams,
     pub cores: usize,
     pub store: StoreOptions,
+    pub limits: crate::http::Limits,
 }
 
 /// How a data node stores objects and keeps uploads.
@@ -261,7 +264,7 @@ async fn repair_worker(node: Arc<Node>) {
 
 /// A content with fewer than K good shards: counted, logged, and marked damaged so that the
 /// next upload of the same bytes replaces it.
-async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: usize) {
+pub(crate) async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: usize) {
     tracing::error!(
         "content {} is unrepairable: {have} of {need} shards readable",
         hex::encode(h)
@@ -477,9 +480,14 @@ fn announce_http3(line: &mut String, http_addr: SocketAddr) {
 }
 
 /// Runs `ostore dev` until SIGINT or SIGTERM.
-pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
+pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
+    // Every path is resolved once, here: the executors cannot open relative ones.
+    opts.data = crate::process::absolute(&opts.data)?;
+    opts.tls = opts.tls.absolute()?;
     std::fs::create_dir_all(&opts.data)
         .with_context(|| format!("creating {}", opts.data.display()))?;
+    crate::process::make_private(&opts.data)
+        .with_context(|| format!("making {} private", opts.data.display()))?;
     let (secret, secret_file) = load_secret(&opts.data)?;
     let meta_dir = opts.data.join("meta");
     std::fs::create_dir_all(&meta_dir)?;
@@ -507,6 +515,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         drives,
         ec: opts.ec,
         store: opts.store,
+        limits: opts.limits,
         boot: rand::random(),
         secret,
         node_id: "dev".into(),
@@ -545,6 +554,7 @@ pub fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     if let Some(p) = &secret_file {
         line.push_str(&format!(" secret-file={}", p.display()));
     }
+    line.push_str(&format!(" data={}", opts.data.display()));
     print_ready(&line)?;
     wait_for_signal_then_stop(&node, handles)
 }
@@ -558,20 +568,103 @@ pub fn print_ready(line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM, then stops the node and waits for its executors.
+/// What the main thread waits for once the node serves.
+enum Event {
+    Signal(i32),
+    ExecutorEnded { core: usize, why: Option<String> },
+}
+
+/// How long a stopping node gives its executors beyond the requests' drain time before it
+/// exits anyway.
+const STOP_GRACE_S: u64 = 10;
+
+/// Blocks until SIGINT or SIGTERM, then stops the node and waits for its executors (at most
+/// the drain time and a grace; a second signal exits at once). An executor that ends before
+/// the node was told to stop means the node lost part of itself (its connections, its drives):
+/// the process exits at once, non-zero, saying why, so a supervisor restarts a whole node
+/// instead of a half-alive one serving on.
 fn wait_for_signal_then_stop(
     node: &Arc<Node>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 ) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
-    let _ = signals.forever().next();
-    tracing::info!("stopping: no new connections, finishing requests in flight");
-    node.stopping.store(true, Ordering::SeqCst);
-    for h in handles {
-        let _ = h.join();
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("ostore-signals".into())
+            .spawn(move || {
+                for s in signals.forever() {
+                    if tx.send(Event::Signal(s)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+    }
+    let executors = handles.len();
+    for (core, h) in handles.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("ostore-watch-{core}"))
+            .spawn(move || {
+                let why = match h.join() {
+                    Ok(()) => None,
+                    Err(glommio::GlommioError::BuilderError(
+                        glommio::BuilderErrorKind::ThreadPanic(p),
+                    )) => Some(format!("it panicked: {}", crate::guard::message(&*p))),
+                    Err(e) => Some(e.to_string()),
+                };
+                let _ = tx.send(Event::ExecutorEnded { core, why });
+            })?;
+    }
+    drop(tx);
+    let mut deadline: Option<std::time::Instant> = None;
+    let mut ended = 0;
+    while ended < executors {
+        let ev = match deadline {
+            None => rx.recv().ok(),
+            Some(d) => rx
+                .recv_timeout(d.saturating_duration_since(std::time::Instant::now()))
+                .ok(),
+        };
+        match ev {
+            None => {
+                tracing::warn!(
+                    "{} of {executors} executors still busy {}s after the stop: exiting anyway",
+                    executors - ended,
+                    crate::http::DRAIN_S_MAX + STOP_GRACE_S
+                );
+                return Ok(());
+            }
+            Some(Event::Signal(sig)) if deadline.is_some() => {
+                tracing::warn!(
+                    "a second signal ({sig}): exiting without waiting for requests in flight"
+                );
+                std::process::exit(1);
+            }
+            Some(Event::Signal(sig)) => {
+                tracing::info!(
+                    "signal {sig}: stopping, no new connections, finishing requests in flight"
+                );
+                node.stopping.store(true, Ordering::SeqCst);
+                deadline = Some(
+                    std::time::Instant::now()
+                        + Duration::from_secs(crate::http::DRAIN_S_MAX + STOP_GRACE_S),
+                );
+            }
+            Some(Event::ExecutorEnded { core, why }) => {
+                if deadline.is_none() || why.is_some() {
+                    let why = why.unwrap_or_else(|| "it returned".into());
+                    tracing::error!("executor {core} ended while serving ({why}): exiting");
+                    eprintln!("ostore: executor {core} ended while serving ({why}); exiting so that the node restarts whole");
+                    std::process::exit(70);
+                }
+                ended += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -813,6 +906,7 @@ pub struct NodeOptions {
     pub zone: String,
     pub cores: usize,
     pub store: StoreOptions,
+    pub limits: crate::http::Limits,
 }
 
 fn reserve_udp_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
@@ -840,6 +934,8 @@ fn registration(
     let mut drives = Vec::with_capacity(opts.drives.len());
     for path in &opts.drives {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        crate::process::make_private(path)
+            .with_context(|| format!("making {} private", path.display()))?;
         let probe = Drive::new(0, path.clone());
         probe.refresh_free();
         drives.push(DriveReport {
@@ -953,7 +1049,14 @@ async fn reregister(node: &Node) -> anyhow::Result<()> {
 }
 
 /// Runs `ostore node` until SIGINT or SIGTERM.
-pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
+pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
+    // Every path is resolved once, here: the executors cannot open relative ones.
+    opts.drives = opts
+        .drives
+        .iter()
+        .map(|d| crate::process::absolute(d))
+        .collect::<anyhow::Result<_>>()?;
+    opts.tls = opts.tls.absolute()?;
     let secret = std::env::var("OSTORE_SECRET")
         .ok()
         .filter(|s| !s.is_empty())
@@ -1000,6 +1103,7 @@ pub fn run_node(opts: NodeOptions) -> anyhow::Result<()> {
         drives,
         ec,
         store: opts.store,
+        limits: opts.limits,
         boot: rand::random(),
         secret,
         node_id: rec.id.to_string(),

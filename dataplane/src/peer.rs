@@ -498,7 +498,14 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
                 return;
             }
             while let Ok((send, recv)) = conn.accept_bi().await {
-                glommio::spawn_local(serve_stream(node.clone(), send, recv)).detach();
+                let peer = conn.remote_address();
+                let n = node.clone();
+                glommio::spawn_local(async move {
+                    let stream = serve_stream(n.clone(), send, recv);
+                    crate::guard::caught(&n.metrics, || format!("peer stream from {peer:?}"), stream)
+                        .await;
+                })
+                .detach();
             }
         })
         .detach();

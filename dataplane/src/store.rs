@@ -40,7 +40,7 @@ pub enum StoreError {
     #[error("body does not match its X-Blake3 digest")]
     BadDigest,
     #[error("request body failed: {0}")]
-    Body(String),
+    Body(BodyFault),
     #[error("object larger than {OBJECT_BYTES_MAX} bytes")]
     TooLarge,
     #[error("not enough storage: {0}")]
@@ -70,11 +70,22 @@ impl From<CodecError> for StoreError {
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
+/// Why a request body could not be read to its end.
+#[derive(Debug, Clone, Error)]
+pub enum BodyFault {
+    /// The connection or stream failed, or the body broke its framing.
+    #[error("{0}")]
+    Broken(String),
+    /// Nothing arrived for this long (the client stalled): the request fails with 408.
+    #[error("no byte of the body arrived for {0:?}")]
+    Stalled(std::time::Duration),
+}
+
 /// Where a request body comes from (the HTTP layer adapts its body type to this).
 #[allow(async_fn_in_trait)]
 pub trait BodySource {
     /// The next piece of the body; `None` at its end.
-    async fn next_chunk(&mut self) -> Option<std::result::Result<Bytes, String>>;
+    async fn next_chunk(&mut self) -> Option<std::result::Result<Bytes, BodyFault>>;
 }
 
 pub use ostore_control::service::now_ms;
@@ -96,7 +107,18 @@ pub(crate) struct ShardWriter {
     sets: [Vec<Rc<glommio::io::DmaBuffer>>; 2],
     current: usize,
     in_flight: Option<glommio::Task<Result<()>>>,
+    /// The files' final size, when known: space is reserved ahead of the writes, in steps.
+    file_bytes: Option<u64>,
+    /// How far the files are reserved (and sized) so far.
+    allocated_bytes: u64,
 }
+
+/// How far ahead of the bytes written a shard file is reserved. Reserving the whole file at
+/// once would let a client that declares a large body and stops sending hold that much of
+/// every drive; reserving ahead in steps keeps the writes overwrites inside the file (what
+/// preallocation is for, see kernel-notes.md) while a stalled request holds at most this much
+/// per file until its body times out.
+pub const PREALLOCATE_AHEAD_BYTES: u64 = 16 << 20;
 
 impl ShardWriter {
     /// Creates the files (and, with `file_bytes`, preallocates them). On error, what was
@@ -124,11 +146,6 @@ impl ShardWriter {
                 }
                 files.push(Rc::new(ShardFile::open_loc(node, loc, mode).await?));
             }
-            if let Some(bytes) = file_bytes {
-                for r in join_all(files.iter().map(|f| f.pre_allocate(bytes))).await {
-                    r?;
-                }
-            }
             Ok::<_, std::io::Error>(())
         }
         .await;
@@ -152,6 +169,22 @@ impl ShardWriter {
             sets: [set, Vec::new()],
             current: 0,
             in_flight: None,
+            file_bytes,
+            allocated_bytes: 0,
+        })
+    }
+
+    /// How far the files must be reserved before a write that ends at `end`: a step ahead of
+    /// it, never past the final size. `None` when nothing more is needed.
+    fn reserve_before(&mut self, end: u64) -> Option<u64> {
+        let total = self.file_bytes?;
+        if end <= self.allocated_bytes {
+            return None;
+        }
+        let want = end.saturating_add(PREALLOCATE_AHEAD_BYTES).min(total);
+        (want > self.allocated_bytes).then(|| {
+            self.allocated_bytes = want;
+            want
         })
     }
 
@@ -182,7 +215,13 @@ impl ShardWriter {
         }
         let files = self.files.clone();
         let bufs = self.sets[self.current].clone();
+        let reserve = self.reserve_before(block_offset(first_block) + bytes as u64);
         self.in_flight = Some(glommio::spawn_local(async move {
+            if let Some(r) = reserve {
+                for e in join_all(files.iter().map(|f| f.pre_allocate(r))).await {
+                    e.map_err(io_error)?;
+                }
+            }
             let writes = files.iter().zip(bufs.iter()).map(|(f, b)| async move {
                 let n = f
                     .write_at(b, bytes, block_offset(first_block))
@@ -1420,6 +1459,7 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     )?;
     if targets.is_empty() {
         reader.close().await;
+        clear_damaged(node, &content, blake3).await?;
         return Ok(checked);
     }
     let bad: Vec<usize> = targets.iter().map(|t| t.0).collect();
@@ -1432,7 +1472,18 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     }
     swap_in(node, &reader, &bad, &new_locs, upload_id).await?;
     checked.rebuilt = bad.len();
+    clear_damaged(node, &content, blake3).await?;
     Ok(checked)
+}
+
+/// A content marked damaged whose shards all verified (or were rebuilt) is whole again: the
+/// shards that were missing came back (a node or a drive returned).
+async fn clear_damaged(node: &Node, content: &ContentRec, blake3: [u8; 32]) -> Result<()> {
+    if content.damaged {
+        tracing::info!("content {} is whole again", hex::encode(blake3));
+        node.meta.call::<()>(Rq::ClearDamaged { blake3 }).await?;
+    }
+    Ok(())
 }
 
 /// Where the shards of one object go: the `broken` positions must be rebuilt (an error if they
@@ -1767,9 +1818,9 @@ async fn scrub_one(node: &Arc<Node>, h: [u8; 32], report: &mut ScrubReport) -> R
                 .fetch_add(c.rebuilt as u64, Ordering::Relaxed);
             Ok(())
         }
-        Err(StoreError::InsufficientShards { .. }) => {
+        Err(StoreError::InsufficientShards { have, need }) => {
             report.unrepairable += 1;
-            node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
+            crate::node::unrepairable(node, &h, have, need).await;
             Ok(())
         }
         Err(e) => Err(e),

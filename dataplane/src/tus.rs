@@ -468,7 +468,8 @@ async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<
             return Ok(r);
         }
     };
-    if declared.is_some_and(|n| offset + n > st.rec.length) {
+    // Content-Length may be anything up to 2^64-1: the sum is checked, not wrapped.
+    if declared.is_some_and(|n| offset.checked_add(n).is_none_or(|end| end > st.rec.length)) {
         let _ = node.meta.call::<()>(Rq::UploadUnlock { id, owner }).await;
         drain(&mut src).await;
         return Err(bad("the PATCH goes past Upload-Length"));
@@ -710,7 +711,7 @@ impl PatchWriter {
                     None => break,
                 },
             };
-            if self.offset + self.taken + chunk.len() as u64 > self.rec.length {
+            if (self.offset + self.taken).saturating_add(chunk.len() as u64) > self.rec.length {
                 return Err(PatchError::TooLong);
             }
             if let Some(c) = checksum.as_mut() {

@@ -56,6 +56,8 @@ pub struct Dev {
     dir: tempfile::TempDir,
     args: Vec<String>,
     client: reqwest::blocking::Client,
+    /// The soft open-file limit the server starts with, if set.
+    nofile_soft: Option<u64>,
 }
 
 impl Dev {
@@ -69,7 +71,17 @@ impl Dev {
         Self::start_with(Some(data.to_path_buf()), extra)
     }
 
+    /// Starts `ostore dev` under a soft open-file limit of `nofile_soft` (as a shell with a
+    /// common default of `ulimit -Sn 1024` would start it).
+    pub fn start_limited(extra: &[&str], nofile_soft: u64) -> Dev {
+        Self::start_full(None, extra, Some(nofile_soft))
+    }
+
     fn start_with(data_at: Option<PathBuf>, extra: &[&str]) -> Dev {
+        Self::start_full(data_at, extra, None)
+    }
+
+    fn start_full(data_at: Option<PathBuf>, extra: &[&str], nofile_soft: Option<u64>) -> Dev {
         let dir = tempfile::Builder::new()
             .prefix("ostore-test-")
             .tempdir()
@@ -88,6 +100,7 @@ impl Dev {
             dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
             client,
+            nofile_soft,
         };
         d.launch();
         d
@@ -125,6 +138,22 @@ impl Dev {
             std::env::var("OSTORE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         );
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some(soft) = self.nofile_soft {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                    l.rlim_cur = soft.min(l.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("spawn ostore");
         let line = ready_line(&mut child, "ostore dev", Duration::from_secs(60));
         let field = |name: &str| {
@@ -435,4 +464,19 @@ pub fn python_with(module: &str) -> Option<PathBuf> {
             .status()
             .is_ok_and(|s| s.success())
     })
+}
+
+/// A test's prerequisite (a client, a tool, root) is missing. The test fails, never passes
+/// quietly: under `CI=true` because CI must install it (`.ci/run`), elsewhere saying what to
+/// install and how to leave the test out visibly (`--skip`, which `cargo test` counts as
+/// filtered out).
+pub fn missing_prerequisite(test: &str, what: &str) -> ! {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if ci {
+        panic!("{test}: prerequisite missing under CI: {what}; .ci/run must install it");
+    }
+    panic!(
+        "{test}: prerequisite missing: {what}. Install it (README, Tests), or leave this test \
+         out visibly: cargo test --workspace -- --skip {test}"
+    );
 }

@@ -489,8 +489,7 @@ fn curl_resumes_a_download_exactly() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP curl_resumes_a_download_exactly: curl is not installed");
-        return;
+        ostore_tests::missing_prerequisite("curl_resumes_a_download_exactly", "curl");
     }
     let dev = Dev::start(&[]);
     let body = random_bytes(77, 3 * 1024 * 1024 + 12_345);

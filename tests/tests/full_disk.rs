@@ -1,5 +1,5 @@
 //! A full drive: PUTs answer 507 InsufficientStorage, nothing partial is left behind, and
-//! everything stored before reads back. Needs root to loop-mount a small ext4 filesystem; skips
+//! everything stored before reads back. Needs root to loop-mount a small ext4 filesystem; fails
 //! loudly where that is not possible.
 
 use ostore_tests::{random_bytes, shard_files, Dev};
@@ -45,8 +45,10 @@ fn full_disk_answers_507_and_loses_nothing() {
     let mount = match small_filesystem(dir.path(), 96 << 20) {
         Ok(m) => m,
         Err(why) => {
-            eprintln!("SKIPPED full_disk_answers_507_and_loses_nothing: cannot make a small filesystem ({why})");
-            return;
+            ostore_tests::missing_prerequisite(
+                "full_disk_answers_507_and_loses_nothing",
+                &format!("root, mkfs.ext4 and loop devices to make a small filesystem ({why})"),
+            );
         }
     };
     {

@@ -12,11 +12,10 @@ use std::process::{Command, Stdio};
 #[test]
 fn aioquic_puts_and_gets_over_http3() {
     let Some(py) = ostore_tests::python_with("aioquic") else {
-        eprintln!(
-            "SKIP aioquic_puts_and_gets_over_http3: no Python with aioquic \
-             (set OSTORE_TEST_PYTHON or run .ci/run, which makes target/pyvenv)"
+        ostore_tests::missing_prerequisite(
+            "aioquic_puts_and_gets_over_http3",
+            "a Python with aioquic (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
         );
-        return;
     };
     let dev = Dev::start(&[]);
     assert_eq!(

@@ -217,3 +217,46 @@ fn the_scrub_cursor_survives_kill_9() {
         assert_eq!(d["shards_on_drive"], 8, "{d}");
     }
 }
+
+/// Three of six shards damaged late in the object (more than the two 4+2 tolerates): scrub
+/// reports the object unrepairable, and from then on GET answers 503 before sending anything.
+/// It once answered 200 and then a truncated body, since the first stripes still read well.
+#[test]
+fn an_object_scrub_found_unrepairable_answers_503_not_a_truncated_200() {
+    let dev = Dev::start(&["--compression", "off"]);
+    let body = random_bytes(79, 3 * 1024 * 1024);
+    assert_eq!(dev.put("s/lost", body.clone()).status(), 201);
+    let mut files = shard_files(&dev, 6);
+    files.sort();
+    assert_eq!(files.len(), 6);
+    // A byte in block 10 of three shard files (the header takes the first 4 KiB).
+    for f in &files[..3] {
+        flip(f, 4096 + 10 * 65536 + 100);
+    }
+    let out = Command::new(binary("osctl"))
+        .args([
+            "--endpoint",
+            &format!("http://{}", dev.http),
+            "--json",
+            "scrub",
+            "--wait",
+        ])
+        .env("OSTORE_SECRET", &dev.secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["unrepairable"], 1, "{r}");
+    let got = dev.get("s/lost");
+    assert_eq!(got.status(), 503);
+    let e: serde_json::Value = got.json().unwrap();
+    assert_eq!(e["error"]["code"], "InsufficientShards", "{e}");
+    let head = dev
+        .req(reqwest::Method::HEAD, "/objects/s/lost")
+        .send()
+        .unwrap();
+    assert_eq!(head.status(), 503);
+    // The next upload of the same bytes replaces the damaged copy, and it reads again.
+    assert_eq!(dev.put("s/again", body.clone()).status(), 201);
+    assert!(dev.get_bytes("s/lost").1 == body);
+}

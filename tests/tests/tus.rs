@@ -407,11 +407,10 @@ fn a_long_patch_cut_by_kill_9_keeps_its_checkpoints_and_resumes() {
 #[test]
 fn a_stock_tus_client_resumes_after_the_server_was_killed() {
     let Some(py) = ostore_tests::python_with("tusclient") else {
-        eprintln!(
-            "SKIP a_stock_tus_client_resumes_after_the_server_was_killed: no Python with tuspy \
-             (set OSTORE_TEST_PYTHON or run .ci/run, which makes target/pyvenv)"
+        ostore_tests::missing_prerequisite(
+            "a_stock_tus_client_resumes_after_the_server_was_killed",
+            "a Python with tuspy (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
         );
-        return;
     };
     let mut dev = Dev::start(&[]);
     let dir = tempfile::tempdir().unwrap();
@@ -479,12 +478,10 @@ fn node_with_tus_js() -> Option<PathBuf> {
 #[test]
 fn tus_js_client_rides_out_a_kill_9_mid_upload_with_its_own_retries() {
     let Some(module) = node_with_tus_js() else {
-        eprintln!(
-            "SKIP tus_js_client_rides_out_a_kill_9_mid_upload_with_its_own_retries: no node or \
-             tus-js-client (set OSTORE_TEST_TUS_JS or run .ci/run, which installs it under \
-             target/jsclient)"
+        ostore_tests::missing_prerequisite(
+            "tus_js_client_rides_out_a_kill_9_mid_upload_with_its_own_retries",
+            "node and tus-js-client (OSTORE_TEST_TUS_JS, or target/jsclient as .ci/run installs it)",
         );
-        return;
     };
     let mut dev = Dev::start(&[]);
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,79 @@
+//! Panics stay inside the request, connection or task they happen in.
+//!
+//! glommio propagates a task's panic out of the executor's run loop, which ends the executor
+//! thread: its listener share, its drives and its QUIC endpoints with it. Every task that
+//! handles bytes from outside (a client, a peer, another executor) therefore runs under
+//! [`caught`], which turns a panic into a logged error and a counted one; the executor goes on.
+//! A panic that still escapes ends the whole process (see `node::wait_for_signal_then_stop`).
+
+use futures_util::FutureExt as _;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+/// The message a panic carried.
+pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+/// Runs `fut`; if it panics, logs the panic with `what` (the request, the connection), counts
+/// it and returns `None`. What the future held is dropped as the panic unwinds.
+pub async fn caught<F: Future>(
+    metrics: &crate::metrics::Metrics,
+    what: impl FnOnce() -> String,
+    fut: F,
+) -> Option<F::Output> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(p) => {
+            metrics
+                .panics
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("{} panicked: {}", what(), message(&*p));
+            None
+        }
+    }
+}
+
+/// Spawns a detached task on this executor whose panic is caught and logged.
+pub fn spawn<F: Future<Output = ()> + 'static>(
+    node: std::sync::Arc<crate::node::Node>,
+    what: &'static str,
+    fut: F,
+) {
+    glommio::spawn_local(async move {
+        caught(&node.metrics, || what.to_string(), fut).await;
+    })
+    .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_task_fails_alone_and_the_executor_serves_on() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap();
+        let metrics = crate::metrics::Metrics::default();
+        let got = ex.run(async {
+            let a = caught(&metrics, || "a request".into(), async {
+                let v: Vec<u8> = Vec::new();
+                let i = v.len() + 5;
+                v[i] // an out-of-bounds index, as a bad range once was
+            })
+            .await;
+            // The executor still runs tasks after the panic.
+            let b = glommio::spawn_local(async { 7 }).await;
+            (a, b)
+        });
+        assert_eq!(got, (None, 7));
+        assert_eq!(metrics.panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}

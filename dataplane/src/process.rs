@@ -1,0 +1,110 @@
+//! What a server process sets up about itself before it serves: who may read what it creates,
+//! how many files it may hold open, and paths that stay right whatever the working directory.
+
+use std::path::{Path, PathBuf};
+
+/// File descriptors kept back from client connections: drives, shard files being read or
+/// written, QUIC sockets, the metadata store, the log.
+pub const FDS_RESERVED: u64 = 256;
+
+/// Most HTTP/1.1 connections one executor holds, whatever the file limit allows.
+pub const CONNECTIONS_PER_EXECUTOR_MAX: usize = 16_384;
+
+/// Makes everything the process creates from now on private to its user (files 0600,
+/// directories 0700): shard files, metadata, probes, certificates. Object bytes and metadata
+/// are nobody else's business on a shared machine.
+pub fn private_umask() {
+    // SAFETY: umask only changes the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
+}
+
+/// Raises the soft limit on open files to the hard limit (a common soft default is 1,024,
+/// which a few hundred idle clients exhaust) and returns the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let now = lim.rlim_cur as u64;
+    if now != before as u64 {
+        tracing::info!("open files: soft limit raised from {before} to {now}");
+    }
+    if now < 4096 {
+        tracing::warn!(
+            "open files: the limit is {now}; raise the hard limit (LimitNOFILE=, ulimit -Hn) for \
+             more client connections"
+        );
+    }
+    now
+}
+
+/// How many HTTP/1.1 connections each of `executors` takes before refusing more, so that
+/// clients can never use up the descriptors the drives and peers need.
+pub fn connections_per_executor(open_files: u64, executors: usize) -> usize {
+    let for_clients = open_files.saturating_sub(FDS_RESERVED);
+    // A connection may briefly hold a second descriptor (a refused one being answered).
+    let per = for_clients / 2 / executors.max(1) as u64;
+    (per as usize).clamp(16, CONNECTIONS_PER_EXECUTOR_MAX)
+}
+
+/// `path` made absolute against the working directory at start-up (symbolic links are left as
+/// they are). glommio opens files and directories relative to no directory at all, so a
+/// relative path works for `std::fs` and fails on the executors.
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Makes `dir` private to the user even when it was created before (by an older version, or
+/// by hand with a looser mask).
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        let mode = meta.permissions().mode() & !0o077;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cap_leaves_room_for_drives() {
+        // 1,024 files, 2 executors: (1024 - 256) / 2 / 2.
+        assert_eq!(connections_per_executor(1024, 2), 192);
+        assert_eq!(connections_per_executor(100, 2), 16);
+        assert_eq!(
+            connections_per_executor(1 << 20, 1),
+            CONNECTIONS_PER_EXECUTOR_MAX
+        );
+        assert_eq!(connections_per_executor(20_000, 0), 9872);
+    }
+
+    #[test]
+    fn absolute_keeps_absolute_paths_and_anchors_relative_ones() {
+        assert_eq!(absolute(Path::new("/a/b")).unwrap(), Path::new("/a/b"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute(Path::new("./ostore-data")).unwrap(),
+            cwd.join("ostore-data")
+        );
+    }
+}
