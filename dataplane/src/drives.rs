@@ -166,6 +166,15 @@ impl Drive {
         self.read_identity() == Some(want)
     }
 
+    /// Counts `bytes` as used until the next [`Drive::refresh_free`].
+    pub fn take_free(&self, bytes: u64) {
+        let _ = self
+            .free_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some(f.saturating_sub(bytes))
+            });
+    }
+
     /// Re-reads the space available for shards: the filesystem's free bytes less a reserve
     /// (2 % of its size, at least 1 MiB, at most 1 GiB) kept for metadata and in-flight writes,
     /// so a full drive answers 507 before it fails a write.

@@ -588,13 +588,16 @@ fn check_auth(node: &Node, req: &Request<ReqBody>) -> Result<(), ApiError> {
 }
 
 pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+    req.uri().query().map(parse_query).unwrap_or_default()
 }
 
-fn decode_key(raw: &str) -> Result<String, ApiError> {
+/// A query string's parameters, percent-decoded (the last of a repeated name wins).
+pub fn parse_query(q: &str) -> HashMap<String, String> {
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+/// An object key from its percent-encoded form in the path.
+pub fn decode_key(raw: &str) -> Result<String, ApiError> {
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
     let key = String::from_utf8(bytes)
         .map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidKey", "key is not UTF-8"))?;
@@ -608,7 +611,7 @@ fn decode_key(raw: &str) -> Result<String, ApiError> {
     Ok(key)
 }
 
-pub(crate) fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
+pub fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
     let b = q.get("bucket").cloned().unwrap_or_else(|| "default".into());
     if !valid_bucket(&b) {
         return Err(err(
@@ -620,7 +623,7 @@ pub(crate) fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError>
     Ok(b)
 }
 
-fn version_of(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+pub fn version_of(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     match q.get("version") {
         None => Ok(None),
         Some(v) => v
@@ -764,8 +767,9 @@ impl BodySource for IncomingSource<'_> {
     }
 }
 
-fn parse_digest(req: &Request<ReqBody>) -> Result<Option<[u8; 32]>, ApiError> {
-    let Some(v) = req.headers().get("x-blake3") else {
+/// `X-Blake3`: the body's BLAKE3 as 64 hex digits.
+pub fn parse_digest(h: &http::HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
+    let Some(v) = h.get("x-blake3") else {
         return Ok(None);
     };
     let mut out = [0u8; 32];
@@ -780,7 +784,7 @@ fn parse_digest(req: &Request<ReqBody>) -> Result<Option<[u8; 32]>, ApiError> {
 }
 
 /// `If-Match` / `If-None-Match` on a PUT (RFC 9110 §13.1; If-Match compares strongly).
-fn write_condition(req: &Request<ReqBody>) -> WriteCondition {
+pub fn write_condition(h: &http::HeaderMap) -> WriteCondition {
     let list = |v: &str| -> Vec<[u8; 32]> {
         v.split(',')
             .filter_map(|t| {
@@ -791,12 +795,7 @@ fn write_condition(req: &Request<ReqBody>) -> WriteCondition {
             })
             .collect()
     };
-    let text = |n: header::HeaderName| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(v) = text(header::IF_MATCH) {
         return if v == "*" {
             WriteCondition::IfPresent
@@ -834,7 +833,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
     let key = decode_key(raw_key)?;
     let q = query(&req);
     let bucket = bucket_of(&q)?;
-    let digest = parse_digest(&req)?;
+    let digest = parse_digest(req.headers())?;
     let length = match req.headers().get(header::CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -857,7 +856,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let cond = write_condition(&req);
+    let cond = write_condition(req.headers());
     if cond != WriteCondition::Always {
         // Refuse early when the condition already fails; the commit checks it again atomically.
         if let Err(e) = node
@@ -956,15 +955,16 @@ fn etag_list_matches(list: &str, etag: &str, weak: bool) -> bool {
     })
 }
 
-enum Precondition {
+/// What the conditional headers of a GET or HEAD decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
     Proceed { ignore_range: bool },
     NotModified,
     Failed,
 }
 
 /// RFC 9110 §13.2.2: evaluation order of the conditional headers for GET and HEAD.
-fn preconditions(req: &Request<ReqBody>, etag: &str, modified_ms: u64) -> Precondition {
-    let h = req.headers();
+pub fn preconditions(h: &http::HeaderMap, etag: &str, modified_ms: u64) -> Precondition {
     let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let modified_s = modified_ms / 1000;
     let date_s = |s: &str| {
@@ -1038,7 +1038,7 @@ async fn get(
         HeaderValue::from_str(&http_date(v.created_ms)).expect("date"),
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let ignore_range = match preconditions(req, &etag, v.created_ms) {
+    let ignore_range = match preconditions(req.headers(), &etag, v.created_ms) {
         Precondition::Failed => {
             return Err(err(
                 StatusCode::PRECONDITION_FAILED,
@@ -1091,7 +1091,7 @@ async fn get(
     // stored zstd frames go out as they are, or are recoded for a client that speaks only gzip.
     let coding = match resolved.content.encoding {
         Encoding::Zstd { stored_bytes, .. } if status == StatusCode::OK => {
-            accepted_coding(req).map(|c| (c, stored_bytes))
+            accepted_coding(req.headers()).map(|c| (c, stored_bytes))
         }
         _ => None,
     };
@@ -1143,7 +1143,7 @@ fn encoding_name(e: &Encoding) -> &'static str {
 
 /// The content codings a GET may answer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Coding {
+pub enum Coding {
     Zstd,
     Gzip,
 }
@@ -1159,9 +1159,9 @@ impl Coding {
 
 /// The coding `Accept-Encoding` prefers among zstd and gzip (RFC 9110 §12.5.3): the highest
 /// q-value above 0, zstd on a tie; `None` for identity.
-fn accepted_coding(req: &Request<ReqBody>) -> Option<Coding> {
+pub fn accepted_coding(h: &http::HeaderMap) -> Option<Coding> {
     let mut best: Option<(Coding, f32)> = None;
-    for v in req.headers().get_all(header::ACCEPT_ENCODING) {
+    for v in h.get_all(header::ACCEPT_ENCODING) {
         let Ok(v) = v.to_str() else { continue };
         for item in v.split(',') {
             let mut parts = item.split(';');

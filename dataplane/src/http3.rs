@@ -320,7 +320,8 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// The same files named by absolute paths.
     pub fn absolute(self) -> anyhow::Result<TlsFiles> {
-        let abs = |p: Option<std::path::PathBuf>| p.map(|p| crate::process::absolute(&p)).transpose();
+        let abs =
+            |p: Option<std::path::PathBuf>| p.map(|p| crate::process::absolute(&p)).transpose();
         Ok(TlsFiles {
             cert: abs(self.cert)?,
             key: abs(self.key)?,

@@ -16,6 +16,7 @@ pub mod http3;
 pub mod metaclient;
 pub mod metrics;
 pub mod node;
+pub mod offload;
 pub mod orphans;
 pub mod peer;
 pub mod process;

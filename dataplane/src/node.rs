@@ -367,9 +367,21 @@ async fn work_moves(node: &Arc<Node>) -> bool {
 /// Watches every drive: refreshes free space and notices a drive that was emptied or replaced.
 async fn drive_watcher(node: Arc<Node>) {
     while sleep_unless_stopping(&node, Duration::from_secs(1)).await {
+        // statvfs and the identity files are read on the helper thread.
+        let n = node.clone();
+        let intact: Vec<bool> = crate::offload::blocking(move || {
+            n.drives
+                .iter()
+                .map(|d| {
+                    d.refresh_free();
+                    d.identity_intact()
+                })
+                .collect()
+        })
+        .await;
         if node.cluster.is_some() {
-            if node.drives.iter().any(|d| !d.identity_intact()) {
-                for d in node.drives.iter().filter(|d| !d.identity_intact()) {
+            if intact.iter().any(|ok| !ok) {
+                for (d, _) in node.drives.iter().zip(&intact).filter(|(_, ok)| !**ok) {
                     tracing::warn!(
                         "drive {} lost its identity (emptied or replaced): registering it again",
                         d.root.display()
@@ -382,9 +394,8 @@ async fn drive_watcher(node: Arc<Node>) {
             }
             continue;
         }
-        for d in &node.drives {
-            d.refresh_free();
-            if !d.identity_intact() {
+        for (d, ok) in node.drives.iter().zip(intact) {
+            if !ok {
                 match check_drive(&node, d).await {
                     Ok(_) => {}
                     Err(e) => {
@@ -979,10 +990,8 @@ async fn heartbeat(node: Arc<Node>) {
         let free: Vec<(u16, u64)> = node
             .drives
             .iter()
-            .map(|d| {
-                d.refresh_free();
-                (d.id, d.free_bytes.load(Ordering::Relaxed))
-            })
+            // Read by the drive watcher within the last second, off the executor.
+            .map(|d| (d.id, d.free_bytes.load(Ordering::Relaxed)))
             .collect();
         match node
             .meta

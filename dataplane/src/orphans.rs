@@ -61,7 +61,7 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
     for d in &node.drives {
         for sub in 0..=255u8 {
             let dir = d.root.join("shards").join(format!("{sub:02x}"));
-            let entries = match std::fs::read_dir(&dir) {
+            let entries = match crate::offload::read_dir(dir.clone()).await {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
@@ -70,17 +70,15 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
                 }
             };
             let mut old = Vec::new();
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let Some((file_id, index)) = parse_name(&name) else {
+            for e in entries {
+                let Some((file_id, index)) = parse_name(&e.name) else {
                     continue;
                 };
                 report.files += 1;
-                let Ok(meta) = e.metadata() else { continue };
-                if meta.modified().is_ok_and(|m| m < cutoff)
+                if e.modified.is_some_and(|m| m < cutoff)
                     && !in_flight.contains(&(d.id, file_id, index))
                 {
-                    old.push((e.path(), file_id, index, meta.len()));
+                    old.push((e.path, file_id, index, e.len));
                 }
             }
             for (path, file_id, index, len) in old {
@@ -91,7 +89,7 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
                             "orphan scan: deleting {} (nothing refers to it)",
                             path.display()
                         );
-                        match std::fs::remove_file(&path) {
+                        match crate::offload::remove_file(path.clone()).await {
                             Ok(()) => {
                                 report.removed += 1;
                                 report.bytes += len;

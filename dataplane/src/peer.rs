@@ -502,8 +502,12 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
                 let n = node.clone();
                 glommio::spawn_local(async move {
                     let stream = serve_stream(n.clone(), send, recv);
-                    crate::guard::caught(&n.metrics, || format!("peer stream from {peer:?}"), stream)
-                        .await;
+                    crate::guard::caught(
+                        &n.metrics,
+                        || format!("peer stream from {peer:?}"),
+                        stream,
+                    )
+                    .await;
                 })
                 .detach();
             }
@@ -564,11 +568,9 @@ async fn serve_stream(node: Arc<Node>, mut send: SendStream, mut recv: RecvStrea
                         format!("drive {} is not on node {}", loc.drive, node.node_id),
                     )),
                     Some(d) if req.op == Op::Remove => {
-                        let path = d.shard_path(&loc);
-                        match std::fs::remove_file(&path) {
-                            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                            _ => Ok(Vec::new()),
-                        }
+                        crate::offload::remove_file(d.shard_path(&loc))
+                            .await
+                            .map(|()| Vec::new())
                     }
                     Some(d) => {
                         let path = d.shard_path(&loc);
@@ -624,7 +626,7 @@ async fn serve_io(
             f.fdatasync().await?;
             // The first sync of a new file also makes its directory entry durable.
             if let Some(d) = created_dir.take() {
-                std::fs::File::open(&d)?.sync_all()?;
+                crate::offload::sync_dir(d).await?;
             }
             Ok(Vec::new())
         }

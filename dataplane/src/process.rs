@@ -40,8 +40,8 @@ pub fn raise_open_files_limit() -> u64 {
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    let now = lim.rlim_cur as u64;
-    if now != before as u64 {
+    let now: u64 = lim.rlim_cur;
+    if now != before {
         tracing::info!("open files: soft limit raised from {before} to {now}");
     }
     if now < 4096 {

@@ -362,11 +362,7 @@ impl ShardFile {
         let Some(d) = node.local_drive(loc.drive) else {
             return crate::peer::remove(node, loc).await;
         };
-        let path = d.shard_path(loc);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        crate::offload::remove_file(d.shard_path(loc)).await
     }
 
     /// Closes the file (for a remote file, the owner closes it).

@@ -352,8 +352,9 @@ pub(crate) async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
     }
 }
 
-/// Every drive as placement sees it: this node's with free space read now (one statvfs per
-/// drive); in a cluster, the other nodes' as their last heartbeat reported them.
+/// Every drive as placement sees it: this node's with the free space last read (every second,
+/// off the executors, less what was placed since); in a cluster, the other nodes' as their last
+/// heartbeat reported them.
 fn drive_views(node: &Node) -> Vec<DriveView> {
     let view = node.cluster.as_ref().map(|c| c.view());
     // A draining node takes no new shards, its own included.
@@ -362,15 +363,12 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
         .as_ref()
         .zip(view.as_ref())
         .is_some_and(|(c, v)| v.draining(c.me));
-    let local = node.drives.iter().map(|d| {
-        d.refresh_free();
-        DriveView {
-            id: d.id,
-            node: node.cluster.as_ref().map_or(0, |c| c.me),
-            zone: 0,
-            free_bytes: d.free_bytes.load(Ordering::Relaxed),
-            healthy: d.healthy.load(Ordering::Relaxed) && !me_draining,
-        }
+    let local = node.drives.iter().map(|d| DriveView {
+        id: d.id,
+        node: node.cluster.as_ref().map_or(0, |c| c.me),
+        zone: 0,
+        free_bytes: d.free_bytes.load(Ordering::Relaxed),
+        healthy: d.healthy.load(Ordering::Relaxed) && !me_draining,
     });
     let Some(view) = view else {
         return local.collect();
@@ -413,6 +411,12 @@ pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<
         placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
     }
     let drives = placed.map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
+    // Until the next reading of the drives, what was placed counts as used.
+    for d in &drives {
+        if let Some(local) = node.local_drive(*d) {
+            local.take_free(per_shard);
+        }
+    }
     // Write quorum: every shard is written, on distinct drives of as many nodes as are up; the
     // object must survive the loss of any one node, so no node may hold more than M shards.
     let (most_on_one_node, nodes) = placement::max_per_node(&views, &drives);

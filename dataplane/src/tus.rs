@@ -121,8 +121,9 @@ fn parse_id(s: &str) -> Result<[u8; 16], ApiError> {
     Ok(id)
 }
 
-fn header_u64(req: &Request<ReqBody>, name: &str) -> Result<Option<u64>, ApiError> {
-    match req.headers().get(name) {
+/// A header holding a non-negative integer (`Upload-Length`, `Upload-Offset`, ...).
+pub fn header_u64(h: &http::HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    match h.get(name) {
         None => Ok(None),
         Some(v) => v
             .to_str()
@@ -134,7 +135,7 @@ fn header_u64(req: &Request<ReqBody>, name: &str) -> Result<Option<u64>, ApiErro
 }
 
 /// `Upload-Metadata`: comma-separated `key base64(value)` pairs (the value may be absent).
-fn parse_metadata(raw: &str) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+pub fn parse_metadata(raw: &str) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
     let mut out = Vec::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut it = pair.splitn(2, ' ');
@@ -163,8 +164,8 @@ async fn create(node: &Arc<Node>, req: Request<ReqBody>) -> Result<Resp, ApiErro
             "Upload-Defer-Length is not supported: send Upload-Length",
         ));
     }
-    let length =
-        header_u64(&req, "upload-length")?.ok_or_else(|| bad("Upload-Length is required"))?;
+    let length = header_u64(req.headers(), "upload-length")?
+        .ok_or_else(|| bad("Upload-Length is required"))?;
     if length > store::OBJECT_BYTES_MAX {
         return Err(StoreError::TooLarge.into());
     }
@@ -373,14 +374,15 @@ pub async fn expire(node: &Arc<Node>) {
 }
 
 /// The `Upload-Checksum` of a PATCH being verified.
-enum Checksum {
+pub enum Checksum {
     Blake3(Box<blake3::Hasher>, [u8; 32]),
     Sha1(sha1::Sha1, [u8; 20]),
 }
 
 impl Checksum {
-    fn parse(req: &Request<ReqBody>) -> Result<Option<Checksum>, ApiError> {
-        let Some(v) = req.headers().get("upload-checksum") else {
+    /// `Upload-Checksum: <algorithm> <base64 digest>`.
+    pub fn parse(h: &http::HeaderMap) -> Result<Option<Checksum>, ApiError> {
+        let Some(v) = h.get("upload-checksum") else {
             return Ok(None);
         };
         let v = v
@@ -439,10 +441,10 @@ async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<
             format!("a PATCH carries Content-Type: {OFFSET_OCTET_STREAM}"),
         ));
     }
-    let offset =
-        header_u64(&req, "upload-offset")?.ok_or_else(|| bad("Upload-Offset is required"))?;
-    let checksum = Checksum::parse(&req)?;
-    let declared = header_u64(&req, header::CONTENT_LENGTH.as_str())?;
+    let offset = header_u64(req.headers(), "upload-offset")?
+        .ok_or_else(|| bad("Upload-Offset is required"))?;
+    let checksum = Checksum::parse(req.headers())?;
+    let declared = header_u64(req.headers(), header::CONTENT_LENGTH.as_str())?;
     let owner: u64 = rand::random();
     let locked = node
         .meta

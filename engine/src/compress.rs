@@ -254,9 +254,22 @@ impl FrameIndex {
         let (mut s, mut o) = (0u64, 0u64);
         stored.push(0);
         object.push(0);
+        // Every frame was written holding 1..=FRAME_BYTES object bytes: a table read back
+        // from a drive that says otherwise is damaged, and would otherwise make a reader
+        // allocate whatever an entry claims.
+        let stored_max = zstd::zstd_safe::compress_bound(FRAME_BYTES) as u64;
         for i in 0..n {
-            s += u32_at(8 + ENTRY_BYTES * i) as u64;
-            o += u32_at(12 + ENTRY_BYTES * i) as u64;
+            let (fs, fo) = (
+                u32_at(8 + ENTRY_BYTES * i) as u64,
+                u32_at(12 + ENTRY_BYTES * i) as u64,
+            );
+            if fo == 0 || fo > FRAME_BYTES as u64 || fs == 0 || fs > stored_max {
+                return Err(CompressError::SeekTable(
+                    "a frame's sizes are out of bounds",
+                ));
+            }
+            s += fs;
+            o += fo;
             stored.push(s);
             object.push(o);
         }

@@ -14,6 +14,7 @@ use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mo
 pub const SUBTREE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "StoredHashState")]
 pub struct HashState {
     /// Chaining values of complete subtrees, largest (leftmost) first, with their lengths.
     stack: Vec<([u8; 32], u64)>,
@@ -21,6 +22,44 @@ pub struct HashState {
     hashed: u64,
     /// Bytes not yet in a subtree: never more than [`SUBTREE_BYTES`].
     open: Vec<u8>,
+}
+
+/// A [`HashState`] as it was read back, before its invariants are checked: the stored state
+/// comes from the metadata store, and a damaged one must fail to load, not panic later.
+#[derive(serde::Deserialize)]
+struct StoredHashState {
+    stack: Vec<([u8; 32], u64)>,
+    hashed: u64,
+    open: Vec<u8>,
+}
+
+impl TryFrom<StoredHashState> for HashState {
+    type Error = &'static str;
+    fn try_from(s: StoredHashState) -> Result<Self, Self::Error> {
+        if s.open.len() > SUBTREE_BYTES {
+            return Err("open subtree longer than a subtree");
+        }
+        // Subtrees are powers of two of SUBTREE_BYTES, strictly shrinking left to right (two
+        // of the same size would have been merged), and add up to `hashed`.
+        let mut sum = 0u64;
+        let mut previous = u64::MAX;
+        for &(_, len) in &s.stack {
+            let subtrees = len / SUBTREE_BYTES as u64;
+            if len % SUBTREE_BYTES as u64 != 0 || !subtrees.is_power_of_two() || len >= previous {
+                return Err("subtree lengths are not shrinking powers of two");
+            }
+            previous = len;
+            sum = sum.checked_add(len).ok_or("subtree lengths overflow")?;
+        }
+        if sum != s.hashed {
+            return Err("subtree lengths do not add up to the bytes hashed");
+        }
+        Ok(HashState {
+            stack: s.stack,
+            hashed: s.hashed,
+            open: s.open,
+        })
+    }
 }
 
 impl HashState {
@@ -133,5 +172,30 @@ mod tests {
             assert_eq!(st.len(), len as u64);
             assert_eq!(st.finalize(), want, "pieces of {len}");
         }
+    }
+
+    #[test]
+    fn a_damaged_stored_state_fails_to_load() {
+        let mut st = HashState::new();
+        st.update(&vec![7u8; 3 * SUBTREE_BYTES + 5]);
+        let good = postcard::to_allocvec(&st).unwrap();
+        assert_eq!(postcard::from_bytes::<HashState>(&good).unwrap(), st);
+        let bad = |stack: Vec<([u8; 32], u64)>, hashed: u64, open: Vec<u8>| {
+            let raw = postcard::to_allocvec(&(stack, hashed, open)).unwrap();
+            postcard::from_bytes::<HashState>(&raw).is_err()
+        };
+        let s = SUBTREE_BYTES as u64;
+        assert!(bad(vec![], 0, vec![0; SUBTREE_BYTES + 1]), "open too long");
+        assert!(bad(vec![([0; 32], s)], 2 * s, vec![]), "sum");
+        assert!(
+            bad(vec![([0; 32], s), ([0; 32], s)], 2 * s, vec![]),
+            "unmerged"
+        );
+        assert!(
+            bad(vec![([0; 32], 3 * s)], 3 * s, vec![]),
+            "not a power of two"
+        );
+        assert!(bad(vec![([0; 32], u64::MAX)], u64::MAX, vec![]), "huge");
+        assert!(!bad(vec![([0; 32], 2 * s), ([0; 32], s)], 3 * s, vec![1]));
     }
 }

@@ -94,9 +94,15 @@ mod tests {
         let max = u64::MAX;
         assert_eq!(resolve(Some(&format!("bytes=5-{max}")), 10), Partial(5..10));
         assert_eq!(resolve(Some(&format!("bytes=0-{max}")), 10), Partial(0..10));
-        assert_eq!(resolve(Some(&format!("bytes={max}-{max}")), 10), Unsatisfiable);
+        assert_eq!(
+            resolve(Some(&format!("bytes={max}-{max}")), 10),
+            Unsatisfiable
+        );
         assert_eq!(resolve(Some(&format!("bytes=-{max}")), 10), Partial(0..10));
-        assert_eq!(resolve(Some(&format!("bytes=0-{max}")), max), Partial(0..max));
+        assert_eq!(
+            resolve(Some(&format!("bytes=0-{max}")), max),
+            Partial(0..max)
+        );
         // Past u64: does not parse, so the header is ignored.
         assert_eq!(resolve(Some("bytes=0-18446744073709551616"), 10), Full);
     }
@@ -119,7 +125,11 @@ mod tests {
                 _ => next(),
             };
             let (a, b, size) = (pick(), pick(), pick());
-            for h in [format!("bytes={a}-{b}"), format!("bytes={a}-"), format!("bytes=-{b}")] {
+            for h in [
+                format!("bytes={a}-{b}"),
+                format!("bytes={a}-"),
+                format!("bytes=-{b}"),
+            ] {
                 if let Partial(r) = resolve(Some(&h), size) {
                     assert!(r.start < r.end && r.end <= size, "{h} on {size}: {r:?}");
                 }

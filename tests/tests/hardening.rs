@@ -83,16 +83,16 @@ fn the_readme_first_command_stores_and_serves_from_a_fresh_directory() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let line = ready_line(&mut child, "the README's first command", Duration::from_secs(60));
+    let line = ready_line(
+        &mut child,
+        "the README's first command",
+        Duration::from_secs(60),
+    );
     let mut server = Killed(Some(child));
     assert_eq!(field(&line, "http"), port, "{line}");
     // The ready line says where the data is: the default directory, resolved.
     let data = cwd.path().join("ostore-data");
-    assert_eq!(
-        std::path::Path::new(&field(&line, "data")),
-        data,
-        "{line}"
-    );
+    assert_eq!(std::path::Path::new(&field(&line, "data")), data, "{line}");
     let secret_file = field(&line, "secret-file");
     assert!(
         std::path::Path::new(&secret_file).starts_with(&data),
@@ -106,7 +106,16 @@ fn the_readme_first_command_stores_and_serves_from_a_fresh_directory() {
     std::fs::write(&photo, &body).unwrap();
     let url = format!("http://{port}/objects/photos/1.jpg");
     let put = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", &auth, "-T"])
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &auth,
+            "-T",
+        ])
         .arg(&photo)
         .arg(&url)
         .output()
@@ -131,7 +140,13 @@ fn the_readme_first_command_stores_and_serves_from_a_fresh_directory() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
             let mode = std::fs::symlink_metadata(&p).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "{} is mode {:o}", p.display(), mode & 0o777);
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{} is mode {:o}",
+                p.display(),
+                mode & 0o777
+            );
             checked += 1;
             if p.is_dir() {
                 dirs.push(p);
@@ -139,8 +154,17 @@ fn the_readme_first_command_stores_and_serves_from_a_fresh_directory() {
         }
     }
     let mode = std::fs::metadata(&data).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "the data directory is mode {:o}", mode & 0o777);
-    assert!(checked > 6, "only {checked} entries under {}", data.display());
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the data directory is mode {:o}",
+        mode & 0o777
+    );
+    assert!(
+        checked > 6,
+        "only {checked} entries under {}",
+        data.display()
+    );
     let shards = files_under(&data)
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/shards/"))
@@ -353,7 +377,10 @@ fn half_sent_requests_neither_starve_others_nor_stay_open() {
         b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
-    assert_eq!(status, 200, "health while {HELD} connections are held: {head}");
+    assert_eq!(
+        status, 200,
+        "health while {HELD} connections are held: {head}"
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
     // Each slow connection is closed by the server once 3 s passed since its first byte.
     let mut closed = 0;
@@ -395,13 +422,19 @@ fn connections_past_the_cap_are_refused_and_idle_ones_closed() {
         Duration::from_secs(5),
     );
     assert_eq!(status, 503, "{head}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
     assert!(String::from_utf8_lossy(&body).contains("SlowDown"));
     // The idle ones are closed after 2 s, and then the server takes connections again.
     for s in &mut idle {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = [0u8; 16];
-        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "an idle connection stayed open");
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "an idle connection stayed open"
+        );
     }
     assert!(eventually(Duration::from_secs(5), || {
         raw(

@@ -1,0 +1,335 @@
+//! The targets. Each must not panic on any input; the asserts inside state what a parser
+//! promises about what it accepts.
+
+use crate::{headers, Input, Target};
+use ostore_control::records;
+use ostore_dataplane::http as api;
+use ostore_engine::range::{resolve, RangeDecision};
+
+pub static ALL: &[Target] = &[
+    Target {
+        name: "range",
+        run: range,
+        dictionary: &[
+            b"bytes=",
+            b"-",
+            b",",
+            b" ",
+            b"items=",
+            b"18446744073709551615",
+        ],
+        len_max: 256,
+    },
+    Target {
+        name: "http_headers",
+        run: http_headers,
+        dictionary: &[
+            b"\"",
+            b"W/",
+            b"*",
+            b",",
+            b"bytes=",
+            b"-",
+            b"blake3 ",
+            b"sha1 ",
+            b"Bearer ",
+            b"bearer ",
+            b"zstd",
+            b"gzip",
+            b";q=",
+            b"0.5",
+            b"GMT",
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
+            b"\x00",
+        ],
+        len_max: 1024,
+    },
+    Target {
+        name: "key_and_query",
+        run: key_and_query,
+        dictionary: &[
+            b"%",
+            b"%00",
+            b"%ff",
+            b"%2F",
+            b"&",
+            b"=",
+            b"bucket=",
+            b"version=",
+            b"/",
+        ],
+        len_max: 2048,
+    },
+    Target {
+        name: "tus_metadata",
+        run: tus_metadata,
+        dictionary: &[
+            b"key ",
+            b"bucket ",
+            b"blake3 ",
+            b",",
+            b" ",
+            b"=",
+            b"dGVzdA==",
+        ],
+        len_max: 1024,
+    },
+    Target {
+        name: "shard_header",
+        run: shard_header,
+        dictionary: &[b"OSSHARD\0"],
+        len_max: 4200,
+    },
+    Target {
+        name: "block",
+        run: block,
+        dictionary: &[],
+        len_max: 8192,
+    },
+    Target {
+        name: "peer_frames",
+        run: peer_frames,
+        dictionary: &[b"OSP\x01"],
+        len_max: 128,
+    },
+    Target {
+        name: "rpc_envelope",
+        run: rpc_envelope,
+        dictionary: &[b"\x01"],
+        len_max: 1024,
+    },
+    Target {
+        name: "records",
+        run: records_values,
+        dictionary: &[b"\x01", b"\x02"],
+        len_max: 1024,
+    },
+    Target {
+        name: "seek_table",
+        run: seek_table,
+        dictionary: &[
+            b"\x5e\x2a\x4d\x18",
+            b"\xb1\xea\x92\x8f",
+            b"\x28\xb5\x2f\xfd",
+        ],
+        len_max: 1024,
+    },
+    Target {
+        name: "hash_state",
+        run: hash_state,
+        dictionary: &[],
+        len_max: 512,
+    },
+    Target {
+        name: "keys",
+        run: keys,
+        dictionary: &[],
+        len_max: 64,
+    },
+];
+
+/// `Range` against any object size: a partial answer lies inside the object and is not empty.
+pub fn range(data: &[u8]) {
+    let mut i = Input(data);
+    let size = i.u64();
+    let header = String::from_utf8_lossy(i.rest());
+    if let RangeDecision::Partial(r) = resolve(Some(&header), size) {
+        assert!(
+            r.start < r.end && r.end <= size,
+            "{header:?} on {size}: {r:?}"
+        );
+    }
+}
+
+/// Every request header the API parses, as a client may send them.
+pub fn http_headers(data: &[u8]) {
+    let mut i = Input(data);
+    let modified_ms = i.u64();
+    let h = headers(&mut i);
+    let etag = format!("\"{}\"", hex::encode([7u8; 32]));
+    let _ = api::preconditions(&h, &etag, modified_ms);
+    let _ = api::write_condition(&h);
+    let _ = api::accepted_coding(&h);
+    let _ = api::parse_digest(&h);
+    let _ = ostore_dataplane::tus::Checksum::parse(&h);
+    for name in ["upload-offset", "upload-length", "content-length"] {
+        let _ = ostore_dataplane::tus::header_u64(&h, name);
+    }
+    if let Some(v) = h.get("authorization") {
+        if let Some(t) = api::bearer_token(v.as_bytes()) {
+            assert!(!t.is_empty());
+        }
+    }
+    if let Some(v) = h.get("range").and_then(|v| v.to_str().ok()) {
+        let _ = resolve(Some(v), modified_ms);
+    }
+}
+
+/// An object key from the path and the query string.
+pub fn key_and_query(data: &[u8]) {
+    let mut i = Input(data);
+    let raw = String::from_utf8_lossy(i.field()).into_owned();
+    if let Ok(k) = api::decode_key(&raw) {
+        assert!(ostore_control::keys::valid_object_key(&k));
+    }
+    let q = api::parse_query(&String::from_utf8_lossy(i.rest()));
+    if let Ok(b) = api::bucket_of(&q) {
+        assert!(ostore_control::keys::valid_bucket(&b));
+    }
+    if let Ok(Some(v)) = api::version_of(&q) {
+        assert!(v > 0);
+    }
+}
+
+/// tus `Upload-Metadata`.
+pub fn tus_metadata(data: &[u8]) {
+    let _ = ostore_dataplane::tus::parse_metadata(&String::from_utf8_lossy(data));
+}
+
+/// A shard file's header as read back from a drive: what decodes encodes to the same bytes.
+pub fn shard_header(data: &[u8]) {
+    if let Ok(h) = ostore_wire::shard::ShardHeader::decode(data) {
+        let mut out = vec![0u8; ostore_wire::shard::HEADER_BYTES];
+        h.encode(&mut out);
+        assert_eq!(ostore_wire::shard::ShardHeader::decode(&out).ok(), Some(h));
+    }
+}
+
+/// A block read back from a drive, checked against the payload length, index and tag the
+/// reader expects.
+pub fn block(data: &[u8]) {
+    let mut i = Input(data);
+    let payload = i.u32() as usize % (ostore_wire::shard::BLOCK_PAYLOAD_BYTES_MAX + 1);
+    let index = i.u32();
+    let tag = i.u32();
+    let block = i.rest();
+    if let Ok(p) = ostore_wire::shard::open_block(block, payload, index, tag) {
+        assert_eq!(p.len(), payload);
+    }
+    // A block sealed from these bytes opens to them.
+    let len = ostore_wire::shard::block_len_on_disk(payload.min(block.len()));
+    let mut b = vec![0u8; len];
+    let n = payload.min(block.len());
+    b[..n].copy_from_slice(&block[..n]);
+    ostore_wire::shard::seal_block(&mut b, n, index, tag);
+    assert_eq!(
+        ostore_wire::shard::open_block(&b, n, index, tag).ok(),
+        Some(&block[..n])
+    );
+}
+
+/// Peer protocol request and answer headers and error payloads, as another node sends them.
+pub fn peer_frames(data: &[u8]) {
+    use ostore_wire::peer::*;
+    let mut h = [0u8; REQUEST_BYTES];
+    let n = data.len().min(REQUEST_BYTES);
+    h[..n].copy_from_slice(&data[..n]);
+    if let Ok(r) = Request::decode(&h) {
+        assert_eq!(Request::decode(&r.encode()), Ok(r));
+        if matches!(r.op, Op::Write | Op::Read) {
+            assert!(r.b <= IO_BYTES_MAX);
+        }
+    }
+    let mut a = [0u8; ANSWER_BYTES];
+    let m = data.len().min(ANSWER_BYTES);
+    a[..m].copy_from_slice(&data[..m]);
+    if let Ok((ok, len)) = decode_answer(&a) {
+        assert_eq!(decode_answer(&encode_answer(ok, len)), Ok((ok, len)));
+    }
+    let _ = decode_error(data);
+}
+
+/// The control-plane envelope: a request as a node sends it, an answer as the control plane
+/// sends it back.
+pub fn rpc_envelope(data: &[u8]) {
+    use ostore_control::rpc;
+    if let Ok((token, req)) = rpc::decode_request(data) {
+        let again = rpc::encode_request(&token, &req);
+        let (t2, _) = rpc::decode_request(&again).expect("what decoded encodes and decodes");
+        assert_eq!(t2, token);
+    }
+    let _ = rpc::decode_answer::<ostore_control::meta::Resolved>(data);
+    let _ = rpc::decode_answer::<Option<records::ContentRec>>(data);
+    let _ = rpc::decode_answer::<ostore_control::cluster::ClusterView>(data);
+    let _ = rpc::decode_answer::<Vec<(u64, records::IntentRec)>>(data);
+}
+
+/// Metadata values as read back from the store.
+pub fn records_values(data: &[u8]) {
+    if let Ok(c) = records::decode_content(data) {
+        assert_eq!(
+            records::decode_content(&records::encode_content(&c)).ok(),
+            Some(c)
+        );
+    }
+    let _ = records::decode::<records::VersionRec>(data);
+    let _ = records::decode::<records::HeadRec>(data);
+    let _ = records::decode::<records::IntentRec>(data);
+    let _ = records::decode::<records::DriveRec>(data);
+    let _ = records::decode::<records::RepairRec>(data);
+    let _ = records::decode::<ostore_control::upload::UploadRec>(data);
+    let _ = records::decode::<ostore_control::cluster::NodeRec>(data);
+    let _ = records::decode::<ostore_control::scrub::ScrubCursor>(data);
+}
+
+/// A seek table read back from a drive (CRC-checked, but never trusted for sizes), and a frame
+/// decompressed by its entries. The object and stored sizes come from the metadata, which the
+/// drive cannot change; here they are whatever the table adds up to, so mutated entries reach
+/// the reader.
+pub fn seek_table(data: &[u8]) {
+    use ostore_engine::compress::{decompress_frame, FrameEntry, FrameIndex};
+    let mut i = Input(data);
+    let entries = i.u8() as usize;
+    let table_len = (entries * 8 + 17).min(i.0.len());
+    let table = &i.0[..table_len];
+    let frame = &i.0[table_len..];
+    let (mut object_bytes, mut stored_bytes) = (0u64, table.len() as u64);
+    if table.len() >= 17 {
+        if let Some(fs) = FrameEntry::decode_all(&table[8..table.len() - 9]) {
+            for f in fs {
+                object_bytes += f.object_bytes as u64;
+                stored_bytes += f.stored_bytes as u64;
+            }
+        }
+    }
+    let Ok(index) = FrameIndex::parse(table, object_bytes, stored_bytes) else {
+        return;
+    };
+    let frames = index.frame_count();
+    if frames == 0 || object_bytes == 0 {
+        return;
+    }
+    let plan = index.plan(0..object_bytes);
+    assert!(plan.frames.end == frames && plan.stored.end <= stored_bytes);
+    let mut dctx = zstd::bulk::Decompressor::new().expect("zstd");
+    let mut out = Vec::new();
+    let _ = decompress_frame(&mut dctx, &index, 0, frame, &mut out);
+    assert!(
+        out.capacity() <= 2 * ostore_engine::compress::FRAME_BYTES,
+        "a frame's entry made the reader allocate {} bytes",
+        out.capacity()
+    );
+}
+
+/// A resumable upload's saved hash state, as read back from the metadata: one that loads can
+/// take more bytes and finish.
+pub fn hash_state(data: &[u8]) {
+    if let Ok(mut st) = postcard::from_bytes::<ostore_engine::hash::HashState>(data) {
+        st.update(b"more bytes");
+        let _ = st.finalize();
+    }
+}
+
+/// Keys of the metadata's indexes, as a range read returns them.
+pub fn keys(data: &[u8]) {
+    use ostore_control::keys;
+    if let Some((since, h)) = keys::parse_unreferenced(data) {
+        assert_eq!(keys::unreferenced(since, &h), data);
+    }
+    if let Some((h, shard)) = keys::parse_drive_shard(data) {
+        assert_eq!(
+            keys::parse_drive_shard(&keys::drive_shard(0, &h, shard)),
+            Some((h, shard))
+        );
+    }
+}
