@@ -256,6 +256,7 @@ impl Default for Limits {
 /// Accepts connections until the node stops, then waits for connections to finish.
 pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
     let active = Rc::new(Cell::new(0usize));
+    let refusing = Rc::new(Cell::new(0usize));
     let cap = node.limits.connections_per_executor;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -269,9 +270,17 @@ pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
                 node.metrics
                     .connections_refused
                     .fetch_add(1, Ordering::Relaxed);
-                // Answered and closed on the side, with a bound: a refused client cannot
-                // hold anything either.
-                glommio::spawn_local(refuse(stream)).detach();
+                // Answered and closed on the side, each within 2 s; beyond REFUSING_MAX
+                // answers in flight, closed at once: a flood of refused clients holds nothing.
+                if refusing.get() < REFUSING_MAX {
+                    refusing.set(refusing.get() + 1);
+                    let refusing = refusing.clone();
+                    glommio::spawn_local(async move {
+                        refuse(stream).await;
+                        refusing.set(refusing.get() - 1);
+                    })
+                    .detach();
+                }
             }
             Some(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -303,6 +312,10 @@ pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Refusals (503 and close) one executor writes at once; past that, a connection over the limit
+/// is closed without an answer.
+const REFUSING_MAX: usize = 256;
 
 /// Tells a client over the connection limit to come back later, then closes (within 2 s,
 /// whatever the client does).

@@ -590,7 +590,7 @@ enum Event {
 const STOP_GRACE_S: u64 = 10;
 
 /// Blocks until SIGINT or SIGTERM, then stops the node and waits for its executors (at most
-/// the drain time and a grace; a second signal exits at once). An executor that ends before
+/// the drain time and a grace, then it exits anyway). An executor that ends before
 /// the node was told to stop means the node lost part of itself (its connections, its drives):
 /// the process exits at once, non-zero, saying why, so a supervisor restarts a whole node
 /// instead of a half-alive one serving on.
@@ -651,10 +651,8 @@ fn wait_for_signal_then_stop(
                 return Ok(());
             }
             Some(Event::Signal(sig)) if deadline.is_some() => {
-                tracing::warn!(
-                    "a second signal ({sig}): exiting without waiting for requests in flight"
-                );
-                std::process::exit(1);
+                // Supervisors repeat their signal; the drain is bounded either way.
+                tracing::info!("signal {sig}: already stopping");
             }
             Some(Event::Signal(sig)) => {
                 tracing::info!(

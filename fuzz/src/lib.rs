@@ -195,31 +195,45 @@ pub fn mutate(
 /// have passed; stops at the first panic and returns it with the input.
 pub fn run(target: &Target, seed: u64, execs_max: u64, time_max: Duration) -> Stats {
     let started = Instant::now();
+    let _quiet = QuietPanics::new();
+    let mut execs = 0u64;
+    let crash = explore(target, seed, execs_max, time_max, started, &mut execs);
+    Stats {
+        execs,
+        elapsed: started.elapsed(),
+        crash,
+    }
+}
+
+/// The corpus first, then mutations; the first input that panics, with its message.
+fn explore(
+    target: &Target,
+    seed: u64,
+    execs_max: u64,
+    time_max: Duration,
+    started: Instant,
+    execs: &mut u64,
+) -> Option<(Vec<u8>, String)> {
     let mut pool = corpus(target.name);
     if pool.is_empty() {
         pool.push(Vec::new());
     }
     let seeds = pool.len();
     let mut rng = Rng::new(seed ^ fnv(target.name.as_bytes()));
-    let mut execs = 0u64;
-    let quiet = QuietPanics::new();
-    let try_one = |input: &[u8]| -> Option<String> {
+    let mut try_one = |input: &[u8]| -> Option<(Vec<u8>, String)> {
+        *execs += 1;
         let r = catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
-        r.err().map(|p| panic_message(&*p))
+        r.err()
+            .map(|p| (input.to_vec(), ostore_dataplane::guard::message(&*p)))
     };
-    for input in pool.clone() {
-        execs += 1;
-        if let Some(m) = try_one(&input) {
-            drop(quiet);
-            return Stats {
-                execs,
-                elapsed: started.elapsed(),
-                crash: Some((input, m)),
-            };
+    for input in &pool {
+        if let Some(c) = try_one(input) {
+            return Some(c);
         }
     }
     let mut input = Vec::new();
-    while execs < execs_max && started.elapsed() < time_max {
+    let mut n = pool.len() as u64;
+    while n < execs_max && started.elapsed() < time_max {
         // Mostly from a seed, sometimes further from the last input.
         if rng.below(4) != 0 {
             input.clone_from(&pool[rng.below(pool.len())]);
@@ -233,42 +247,22 @@ pub fn run(target: &Target, seed: u64, execs_max: u64, time_max: Duration) -> St
                 target.len_max,
             );
         }
-        execs += 1;
-        if let Some(m) = try_one(&input) {
-            drop(quiet);
-            return Stats {
-                execs,
-                elapsed: started.elapsed(),
-                crash: Some((input, m)),
-            };
+        n += 1;
+        if let Some(c) = try_one(&input) {
+            return Some(c);
         }
         // Keep a few generated inputs as starting points too (bounded pool).
         if pool.len() < seeds + 256 && rng.below(64) == 0 {
             pool.push(input.clone());
         }
     }
-    drop(quiet);
-    Stats {
-        execs,
-        elapsed: started.elapsed(),
-        crash: None,
-    }
+    None
 }
 
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
         (h ^ c as u64).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
 }
 
 /// Silences the panic hook while a run catches panics (the crash is reported by the run).

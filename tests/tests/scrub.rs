@@ -5,8 +5,9 @@ use ostore_tests::{binary, random_bytes, shard_files, Dev};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::Command;
 
-fn scrub(dev: &Dev) -> serde_json::Value {
-    let out = Command::new(binary("osctl"))
+/// `osctl --json scrub --wait` against `dev`.
+fn run_scrub(dev: &Dev) -> std::process::Output {
+    Command::new(binary("osctl"))
         .args([
             "--endpoint",
             &format!("http://{}", dev.http),
@@ -16,7 +17,11 @@ fn scrub(dev: &Dev) -> serde_json::Value {
         ])
         .env("OSTORE_SECRET", &dev.secret)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn scrub(dev: &Dev) -> serde_json::Value {
+    let out = run_scrub(dev);
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -233,17 +238,7 @@ fn an_object_scrub_found_unrepairable_answers_503_not_a_truncated_200() {
     for f in &files[..3] {
         flip(f, 4096 + 10 * 65536 + 100);
     }
-    let out = Command::new(binary("osctl"))
-        .args([
-            "--endpoint",
-            &format!("http://{}", dev.http),
-            "--json",
-            "scrub",
-            "--wait",
-        ])
-        .env("OSTORE_SECRET", &dev.secret)
-        .output()
-        .unwrap();
+    let out = run_scrub(&dev);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["unrepairable"], 1, "{r}");
