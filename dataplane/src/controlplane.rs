@@ -8,7 +8,6 @@
 //! stateless over the database, and the leader lease (`cluster::take_lead`, renewed every second,
 //! 5 s long) makes sure one of them runs the background jobs at a time.
 
-use crate::compat::HyperIo;
 use crate::metaclient::MetaClient;
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -37,6 +36,8 @@ pub struct ControlOptions {
     pub ec: EcParams,
     /// A node down this long has its shards rebuilt elsewhere.
     pub down_grace: Duration,
+    /// What one client (node) may hold of the control plane.
+    pub limits: crate::conn::Limits,
 }
 
 struct Control {
@@ -44,6 +45,20 @@ struct Control {
     secret: String,
     stopping: AtomicBool,
     down_grace: Duration,
+    limits: crate::conn::Limits,
+    metrics: crate::metrics::Metrics,
+}
+
+impl crate::conn::Host for Control {
+    fn limits(&self) -> &crate::conn::Limits {
+        &self.limits
+    }
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
 }
 
 fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
@@ -93,6 +108,8 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         secret,
         stopping: AtomicBool::new(false),
         down_grace: opts.down_grace,
+        limits: opts.limits,
+        metrics: crate::metrics::Metrics::default(),
     });
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -111,52 +128,24 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
     crate::node::print_ready(&format!("ostore ready control={addr}"))?;
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    let _ = signals.forever().next();
-    control.stopping.store(true, Ordering::SeqCst);
-    let _ = handle.join();
-    Ok(())
-}
-
-async fn stopped(c: &Control) {
-    while !c.stopping.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    // As a node: a signal stops it within the drain time, and an executor that ends while it
+    // serves ends the process.
+    crate::node::wait_for_signal_then_stop(&control.stopping, vec![handle])
 }
 
 async fn serve(c: Arc<Control>, listener: glommio::net::TcpListener) {
-    loop {
-        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stopped(&c).await;
-            None
-        })
-        .await;
-        match next {
-            None => return,
-            Some(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let c = c.clone();
-                glommio::spawn_local(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let c = c.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&c, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(HyperIo(stream), svc)
-                        .await;
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                tracing::warn!("accept: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    crate::conn::serve(
+        c,
+        listener,
+        |c: Arc<Control>, req: Request<Incoming>| async move { handle(&c, req).await },
+        || {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the control plane failed while handling this request (it is logged)",
+            )
+        },
+    )
+    .await
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -183,12 +172,31 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         Some(_) => {}
     }
-    let body = match Limited::new(req.into_body(), RPC_BODY_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+    // The body must keep arriving, as on the data plane.
+    let idle = c.limits.body_idle;
+    let body = futures_lite::future::or(
+        async {
+            Some(
+                Limited::new(req.into_body(), RPC_BODY_BYTES_MAX)
+                    .collect()
+                    .await,
+            )
+        },
+        async {
+            glommio::timer::sleep(idle).await;
+            None
+        },
+    )
+    .await;
+    let body = match body {
+        Some(Ok(b)) => b.to_bytes(),
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+        None => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body stopped arriving for {idle:?}"),
+            )
+        }
     };
     let (token, request) = match rpc::decode_request(&body) {
         Ok(r) => r,

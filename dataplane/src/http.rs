@@ -1,8 +1,7 @@
 //! The native HTTP API (see the contract) served by hyper's HTTP/1.1 server on each executor.
 
 use crate::admin;
-use crate::compat::HyperIo;
-use crate::node::{wait_stopping, Node};
+use crate::node::Node;
 use crate::store::{self, BodySource, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
 use bytes::Bytes;
@@ -21,20 +20,15 @@ use ostore_control::records::{ContentRec, Encoding, Stored, VersionRec};
 use ostore_control::rpc::Request as Rq;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Most body bytes read and dropped after a PUT failed, so the client can read the error.
 const DRAIN_ON_ERROR_BYTES_MAX: u64 = 64 << 20;
-
-/// How long a stopping node waits for requests in flight.
-pub(crate) const DRAIN_S_MAX: u64 = 30;
 
 /// Response bodies: a whole buffer, or a stream produced on this executor (so not `Send`).
 pub enum RespBody {
@@ -228,328 +222,31 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// What one client may hold of a node (`ostore dev`/`node` flags; defaults in `main.rs`).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// HTTP/1.1 connections one executor holds; more are answered 503 and closed.
-    pub connections_per_executor: usize,
-    /// From a request's first byte to the end of its headers.
-    pub header_read: Duration,
-    /// Nothing moving on a connection that no handler is working on: idle between requests,
-    /// or a response its client stopped reading.
-    pub idle: Duration,
-    /// Between two pieces of a request body.
-    pub body_idle: Duration,
-}
+pub use crate::conn::{Limits, DRAIN_S_MAX};
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            connections_per_executor: 1024,
-            header_read: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
-            body_idle: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Accepts connections until the node stops, then waits for connections to finish.
+/// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
+/// node stops (connections bounded as `conn` says).
 pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
-    let active = Rc::new(Cell::new(0usize));
-    let refusing = Rc::new(Cell::new(0usize));
-    let cap = node.limits.connections_per_executor;
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            wait_stopping(&node).await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) if active.get() >= cap => {
-                node.metrics
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                // Answered and closed on the side, each within 2 s; beyond REFUSING_MAX
-                // answers in flight, closed at once: a flood of refused clients holds nothing.
-                if refusing.get() < REFUSING_MAX {
-                    refusing.set(refusing.get() + 1);
-                    let refusing = refusing.clone();
-                    glommio::spawn_local(async move {
-                        refuse(stream).await;
-                        refusing.set(refusing.get() - 1);
-                    })
-                    .detach();
-                }
+    crate::conn::serve(
+        node,
+        listener,
+        |node: Arc<Node>, req: Request<Incoming>| async move {
+            let mut resp = handle(&node, req.map(ReqBody::H1)).await;
+            if let Some(v) = crate::http3::alt_svc() {
+                resp.headers_mut().insert(header::ALT_SVC, v);
             }
-            Some(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                active.set(active.get() + 1);
-                let (node, active) = (node.clone(), active.clone());
-                glommio::spawn_local(async move {
-                    let peer = stream.peer_addr().ok();
-                    crate::guard::caught(
-                        &node.metrics,
-                        || format!("HTTP/1.1 connection from {peer:?}"),
-                        connection(node.clone(), stream),
-                    )
-                    .await;
-                    active.set(active.get() - 1);
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                // Out of descriptors (EMFILE/ENFILE) or the like: the connections we hold time
-                // out and free theirs, so accepting resumes.
-                tracing::warn!("accept: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-    drop(listener);
-    let deadline = Instant::now() + Duration::from_secs(DRAIN_S_MAX);
-    while active.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Refusals (503 and close) one executor writes at once; past that, a connection over the limit
-/// is closed without an answer.
-const REFUSING_MAX: usize = 256;
-
-/// Tells a client over the connection limit to come back later, then closes (within 2 s,
-/// whatever the client does).
-async fn refuse(mut stream: glommio::net::TcpStream) {
-    use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
-    let body = json!({"error": {
-        "code": "SlowDown",
-        "message": "this server holds as many connections as it takes; retry later",
-    }})
-    .to_string();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
-         Connection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let _ = futures_lite::future::or(
-        async {
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown(std::net::Shutdown::Write).await;
-            // Read what the client sent until it closes: closing with unread bytes would reset
-            // the connection and could destroy the answer before the client reads it.
-            let mut sink = [0u8; 4096];
-            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            resp
         },
-        glommio::timer::sleep(Duration::from_secs(2)),
-    )
-    .await;
-}
-
-/// What a connection is doing, for its timeouts: shared by the socket wrapper (which sees
-/// bytes move), the service (which sees requests start and end) and the watchdog.
-#[derive(Default)]
-struct Activity {
-    /// When a byte last moved either way.
-    last_progress: Cell<Option<Instant>>,
-    /// When the first byte of headers not yet handed to a handler arrived.
-    headers_since: Cell<Option<Instant>>,
-    /// Handlers running (hyper runs one at a time per HTTP/1.1 connection).
-    handling: Cell<usize>,
-}
-
-impl Activity {
-    fn read(&self, n: usize) {
-        if n > 0 {
-            let now = Instant::now();
-            self.last_progress.set(Some(now));
-            if self.handling.get() == 0 && self.headers_since.get().is_none() {
-                self.headers_since.set(Some(now));
-            }
-        }
-    }
-    fn wrote(&self, n: usize) {
-        if n > 0 {
-            self.last_progress.set(Some(Instant::now()));
-        }
-    }
-    /// Why the connection should be closed now, if it should.
-    fn expired(&self, limits: &Limits, started: Instant, now: Instant) -> Option<&'static str> {
-        if self.handling.get() > 0 {
-            // The handler bounds its own waits (body reads time out).
-            return None;
-        }
-        if let Some(t) = self.headers_since.get() {
-            if now.duration_since(t) >= limits.header_read {
-                return Some("its request headers took too long");
-            }
-        }
-        let last = self.last_progress.get().unwrap_or(started);
-        (now.duration_since(last) >= limits.idle).then_some("it was idle too long")
-    }
-}
-
-/// The socket, counting what moves through it.
-struct Watched {
-    stream: glommio::net::TcpStream,
-    activity: Rc<Activity>,
-}
-
-impl futures_lite::AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.activity.read(n);
-        }
-        r
-    }
-}
-
-impl futures_lite::AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.activity.wrote(n);
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_close(cx)
-    }
-}
-
-impl std::os::fd::AsRawFd for Watched {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.stream.as_raw_fd()
-    }
-}
-
-/// Counts a running handler for the connection's timeouts, also when the handler panics.
-struct Handling(Rc<Activity>);
-
-impl Handling {
-    fn begin(a: &Rc<Activity>) -> Handling {
-        a.headers_since.set(None);
-        a.handling.set(a.handling.get() + 1);
-        Handling(a.clone())
-    }
-}
-
-impl Drop for Handling {
-    fn drop(&mut self) {
-        self.0.handling.set(self.0.handling.get() - 1);
-        self.0.last_progress.set(Some(Instant::now()));
-    }
-}
-
-/// Resolves when the connection has broken one of its limits.
-async fn watchdog(limits: Limits, activity: Rc<Activity>) -> &'static str {
-    let started = Instant::now();
-    let tick = limits
-        .header_read
-        .min(limits.idle)
-        .checked_div(4)
-        .unwrap_or_default()
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    loop {
-        glommio::timer::sleep(tick).await;
-        if let Some(why) = activity.expired(&limits, started, Instant::now()) {
-            return why;
-        }
-    }
-}
-
-async fn connection(node: Arc<Node>, stream: glommio::net::TcpStream) {
-    let activity = Rc::new(Activity::default());
-    let n2 = node.clone();
-    let a2 = activity.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let node = n2.clone();
-        let handling = Handling::begin(&a2);
-        async move {
-            let what = format!("{} {}", req.method(), req.uri());
-            let resp = crate::guard::caught(&node.metrics, || what, async {
-                let mut resp = handle(&node, req.map(ReqBody::H1)).await;
-                if let Some(v) = crate::http3::alt_svc() {
-                    resp.headers_mut().insert(header::ALT_SVC, v);
-                }
-                resp
-            })
-            .await;
-            drop(handling);
-            Ok::<_, std::convert::Infallible>(resp.unwrap_or_else(|| {
-                let mut r = err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "the server failed while handling this request (it is logged)",
-                )
-                .into_response();
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                r
-            }))
-        }
-    });
-    let io = Watched {
-        stream,
-        activity: activity.clone(),
-    };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(HyperIo(io), svc);
-    let mut conn = std::pin::pin!(conn);
-    enum End {
-        Finished,
-        Stopping,
-        Expired(&'static str),
-    }
-    let end = futures_lite::future::or(
-        async {
-            let _ = conn.as_mut().await;
-            End::Finished
-        },
-        futures_lite::future::or(
-            async {
-                wait_stopping(&node).await;
-                End::Stopping
-            },
-            async { End::Expired(watchdog(node.limits, activity.clone()).await) },
-        ),
-    )
-    .await;
-    match end {
-        End::Finished => {}
-        End::Stopping => {
-            // Requests in flight finish; idle and stalled connections still time out.
-            conn.as_mut().graceful_shutdown();
-            futures_lite::future::or(
-                async {
-                    let _ = conn.as_mut().await;
-                },
-                async {
-                    watchdog(node.limits, activity.clone()).await;
-                },
+        || {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "the server failed while handling this request (it is logged)",
             )
-            .await;
-        }
-        End::Expired(why) => {
-            node.metrics
-                .connections_timed_out
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("closing an HTTP/1.1 connection: {why}");
-        }
-    }
+            .into_response()
+        },
+    )
+    .await
 }
 
 pub(crate) async fn handle(node: &Arc<Node>, req: Request<ReqBody>) -> Resp {

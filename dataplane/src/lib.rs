@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod compat;
+pub mod conn;
 pub mod controlplane;
 pub mod drives;
 pub mod foreground;

@@ -73,8 +73,8 @@ struct Serving {
 }
 
 impl Serving {
-    fn limits(&self, cores: usize, open_files: u64) -> ostore_dataplane::http::Limits {
-        ostore_dataplane::http::Limits {
+    fn limits(&self, cores: usize, open_files: u64) -> ostore_dataplane::conn::Limits {
+        ostore_dataplane::conn::Limits {
             connections_per_executor: self.max_connections.unwrap_or_else(|| {
                 ostore_dataplane::process::connections_per_executor(open_files, cores)
             }),
@@ -138,6 +138,8 @@ enum Cmd {
         /// How long a node may stay down before its shards are rebuilt elsewhere (e.g. 10m, 30s).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         down_grace: std::time::Duration,
+        #[command(flatten)]
+        serving: Serving,
     },
     /// A data node of a cluster (needs OSTORE_SECRET).
     Node {
@@ -237,12 +239,15 @@ fn main() {
             meta,
             ec,
             down_grace,
+            serving,
         } => ostore_dataplane::controlplane::run_control(
             ostore_dataplane::controlplane::ControlOptions {
                 listen,
                 meta,
                 ec,
                 down_grace,
+                // One executor serves the control-plane API.
+                limits: serving.limits(1, open_files),
             },
         ),
         Cmd::Node {

@@ -44,6 +44,18 @@ pub struct Node {
     repair_rx: flume::Receiver<[u8; 32]>,
 }
 
+impl crate::conn::Host for Node {
+    fn limits(&self) -> &crate::http::Limits {
+        &self.limits
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
 impl Node {
     /// One of this node's drives. Panics for a drive of another node: callers route those to
     /// the node that holds it.
@@ -567,7 +579,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     }
     line.push_str(&format!(" data={}", opts.data.display()));
     print_ready(&line)?;
-    wait_for_signal_then_stop(&node, handles)
+    wait_for_signal_then_stop(&node.stopping, handles)
 }
 
 /// Prints the one `ostore ready` line on stdout.
@@ -594,8 +606,8 @@ const STOP_GRACE_S: u64 = 10;
 /// the node was told to stop means the node lost part of itself (its connections, its drives):
 /// the process exits at once, non-zero, saying why, so a supervisor restarts a whole node
 /// instead of a half-alive one serving on.
-fn wait_for_signal_then_stop(
-    node: &Arc<Node>,
+pub(crate) fn wait_for_signal_then_stop(
+    stopping: &AtomicBool,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<Event>();
@@ -658,7 +670,7 @@ fn wait_for_signal_then_stop(
                 tracing::info!(
                     "signal {sig}: stopping, no new connections, finishing requests in flight"
                 );
-                node.stopping.store(true, Ordering::SeqCst);
+                stopping.store(true, Ordering::SeqCst);
                 deadline = Some(
                     std::time::Instant::now()
                         + Duration::from_secs(crate::http::DRAIN_S_MAX + STOP_GRACE_S),
@@ -704,6 +716,7 @@ fn start_executors(
             .name(&format!("ostore-core-{core}"));
         let h = builder
             .spawn(move || async move {
+                crate::offload::on_executor_thread();
                 if let Err(e) = crate::shardio::join(mesh, core, &node.peer_ids).await {
                     let _ = bound_tx.send(Err(anyhow::anyhow!("executor {core}: {e}")));
                     return;
@@ -1150,5 +1163,5 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         announce_http3(&mut line, http_addr);
     }
     print_ready(&line)?;
-    wait_for_signal_then_stop(&node, handles)
+    wait_for_signal_then_stop(&node.stopping, handles)
 }

@@ -7,13 +7,28 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Runs `f` on this executor's helper thread and waits for it without blocking the executor.
+thread_local! {
+    static ON_EXECUTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as a serving executor's: its blocking calls go to its helper thread from
+/// now on. Elsewhere (start-up, before any executor runs) they are made in place.
+pub fn on_executor_thread() {
+    ON_EXECUTOR.with(|c| c.set(true));
+}
+
+/// Runs `f` on this executor's helper thread and waits for it without blocking the executor
+/// (on a thread that is not a serving executor's, runs it in place).
 pub async fn blocking<F, R>(f: F) -> R
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    glommio::executor().spawn_blocking(f).await
+    if ON_EXECUTOR.with(|c| c.get()) {
+        glommio::executor().spawn_blocking(f).await
+    } else {
+        f()
+    }
 }
 
 /// Removes a file; one already gone counts as removed.
@@ -28,30 +43,4 @@ pub async fn remove_file(path: PathBuf) -> io::Result<()> {
 /// Makes a directory's entries durable (fsync of the directory).
 pub async fn sync_dir(path: PathBuf) -> io::Result<()> {
     blocking(move || std::fs::File::open(&path)?.sync_all()).await
-}
-
-/// One entry of [`read_dir`]: its name, path, size and modification time.
-pub struct Entry {
-    pub name: String,
-    pub path: PathBuf,
-    pub len: u64,
-    pub modified: Option<std::time::SystemTime>,
-}
-
-/// The entries of a directory with their metadata (read on the helper thread).
-pub async fn read_dir(path: PathBuf) -> io::Result<Vec<Entry>> {
-    blocking(move || {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&path)?.flatten() {
-            let Ok(meta) = e.metadata() else { continue };
-            out.push(Entry {
-                name: e.file_name().to_string_lossy().into_owned(),
-                path: e.path(),
-                len: meta.len(),
-                modified: meta.modified().ok(),
-            });
-        }
-        Ok(out)
-    })
-    .await
 }

@@ -58,49 +58,61 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
         .chain(uploads.iter().flat_map(|u| u.shards.iter()))
         .map(|l| (l.drive, l.file_id, l.index))
         .collect();
+    let in_flight = Arc::new(in_flight);
     for d in &node.drives {
-        for sub in 0..=255u8 {
-            let dir = d.root.join("shards").join(format!("{sub:02x}"));
-            let entries = match crate::offload::read_dir(dir.clone()).await {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    tracing::warn!("orphan scan: {}: {e}", dir.display());
-                    continue;
-                }
-            };
+        // One pass over the drive's directories on the helper thread, which returns only the
+        // files old enough and in no intent: the executor neither blocks on the listing nor
+        // holds the whole of it.
+        let (root, drive, in_flight) = (d.root.clone(), d.id, in_flight.clone());
+        let (files, old) = crate::offload::blocking(move || {
+            let mut files = 0u64;
             let mut old = Vec::new();
-            for e in entries {
-                let Some((file_id, index)) = parse_name(&e.name) else {
-                    continue;
-                };
-                report.files += 1;
-                if e.modified.is_some_and(|m| m < cutoff)
-                    && !in_flight.contains(&(d.id, file_id, index))
-                {
-                    old.push((e.path, file_id, index, e.len));
-                }
-            }
-            for (path, file_id, index, len) in old {
-                match referenced(node, d.id, &path, file_id, index).await? {
-                    Some(true) => {}
-                    Some(false) => {
-                        tracing::warn!(
-                            "orphan scan: deleting {} (nothing refers to it)",
-                            path.display()
-                        );
-                        match crate::offload::remove_file(path.clone()).await {
-                            Ok(()) => {
-                                report.removed += 1;
-                                report.bytes += len;
-                            }
-                            Err(e) => tracing::warn!("orphan scan: {}: {e}", path.display()),
-                        }
+            for sub in 0..=255u8 {
+                let dir = root.join("shards").join(format!("{sub:02x}"));
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        tracing::warn!("orphan scan: {}: {e}", dir.display());
+                        continue;
                     }
-                    None => report.unreadable += 1,
+                };
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let Some((file_id, index)) = parse_name(&name.to_string_lossy()) else {
+                        continue;
+                    };
+                    files += 1;
+                    let Ok(meta) = e.metadata() else { continue };
+                    if meta.modified().is_ok_and(|m| m < cutoff)
+                        && !in_flight.contains(&(drive, file_id, index))
+                    {
+                        old.push((e.path(), file_id, index, meta.len()));
+                    }
                 }
             }
-            glommio::yield_if_needed().await;
+            (files, old)
+        })
+        .await;
+        report.files += files;
+        for (path, file_id, index, len) in old {
+            match referenced(node, d.id, &path, file_id, index).await? {
+                Some(true) => {}
+                Some(false) => {
+                    tracing::warn!(
+                        "orphan scan: deleting {} (nothing refers to it)",
+                        path.display()
+                    );
+                    match crate::offload::remove_file(path.clone()).await {
+                        Ok(()) => {
+                            report.removed += 1;
+                            report.bytes += len;
+                        }
+                        Err(e) => tracing::warn!("orphan scan: {}: {e}", path.display()),
+                    }
+                }
+                None => report.unreadable += 1,
+            }
         }
     }
     Ok(report)

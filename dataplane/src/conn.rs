@@ -1,0 +1,427 @@
+//! HTTP/1.1 connections whose clients are bounded in what they may hold: time (headers, idle,
+//! bodies), number (a cap per executor, answered 503), and failure (a request that panics fails
+//! alone). The data plane's API and the control plane's both serve through [`serve`].
+
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How long a stopping server waits for requests in flight.
+pub const DRAIN_S_MAX: u64 = 30;
+
+/// Refusals (503 and close) one executor writes at once; past that, a connection over the limit
+/// is closed without an answer.
+const REFUSING_MAX: usize = 256;
+
+/// What one client may hold of a server (`ostore dev`/`node` flags; defaults in `main.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// HTTP/1.1 connections one executor holds; more are answered 503 and closed.
+    pub connections_per_executor: usize,
+    /// From a request's first byte to the end of its headers.
+    pub header_read: Duration,
+    /// Nothing moving on a connection that no handler is working on: idle between requests,
+    /// or a response its client stopped reading.
+    pub idle: Duration,
+    /// Between two pieces of a request body.
+    pub body_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_per_executor: 1024,
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            body_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A server the connections belong to: its limits, its counters, whether it is stopping.
+pub trait Host: Send + Sync + 'static {
+    fn limits(&self) -> &Limits;
+    fn metrics(&self) -> &Metrics;
+    fn is_stopping(&self) -> bool;
+}
+
+/// Resolves once `host` is stopping.
+pub async fn stopping<H: Host + ?Sized>(host: &H) {
+    while !host.is_stopping() {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Accepts connections until the host stops, serving each request with `handler` (a request
+/// that panics is answered with `failed()`); then waits for the connections to finish, at most
+/// [`DRAIN_S_MAX`].
+pub async fn serve<H, F, Fut, B>(
+    host: Arc<H>,
+    listener: glommio::net::TcpListener,
+    handler: F,
+    failed: fn() -> Response<B>,
+) where
+    H: Host,
+    F: Fn(Arc<H>, Request<Incoming>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: http_body::Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let active = Rc::new(Cell::new(0usize));
+    let refusing = Rc::new(Cell::new(0usize));
+    let cap = host.limits().connections_per_executor;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopping(&*host).await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) if active.get() >= cap => {
+                host.metrics()
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                // Answered and closed on the side, each within 2 s; beyond REFUSING_MAX
+                // answers in flight, closed at once: a flood of refused clients holds nothing.
+                if refusing.get() < REFUSING_MAX {
+                    refusing.set(refusing.get() + 1);
+                    let refusing = refusing.clone();
+                    glommio::spawn_local(async move {
+                        refuse(stream).await;
+                        refusing.set(refusing.get() - 1);
+                    })
+                    .detach();
+                }
+            }
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                active.set(active.get() + 1);
+                let (host, active, handler) = (host.clone(), active.clone(), handler.clone());
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    let h = host.clone();
+                    crate::guard::caught(
+                        h.metrics(),
+                        || format!("HTTP/1.1 connection from {peer:?}"),
+                        connection(host, stream, handler, failed),
+                    )
+                    .await;
+                    active.set(active.get() - 1);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // Out of descriptors (EMFILE/ENFILE) or the like: the connections we hold time
+                // out and free theirs, so accepting resumes.
+                tracing::warn!("accept: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(DRAIN_S_MAX);
+    while active.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tells a client over the connection limit to come back later, then closes (within 2 s,
+/// whatever the client does).
+async fn refuse(mut stream: glommio::net::TcpStream) {
+    use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+    let body = json!({"error": {
+        "code": "SlowDown",
+        "message": "this server holds as many connections as it takes; retry later",
+    }})
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = futures_lite::future::or(
+        async {
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown(std::net::Shutdown::Write).await;
+            // Read what the client sent until it closes: closing with unread bytes would reset
+            // the connection and could destroy the answer before the client reads it.
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        },
+        glommio::timer::sleep(Duration::from_secs(2)),
+    )
+    .await;
+}
+
+/// What a connection is doing, for its timeouts: shared by the socket wrapper (which sees
+/// bytes move), the service (which sees requests start and end) and the watchdog.
+#[derive(Default)]
+struct Activity {
+    /// When a byte last moved either way.
+    last_progress: Cell<Option<Instant>>,
+    /// When the first byte of headers not yet handed to a handler arrived.
+    headers_since: Cell<Option<Instant>>,
+    /// Handlers running (hyper runs one at a time per HTTP/1.1 connection).
+    handling: Cell<usize>,
+}
+
+impl Activity {
+    fn read(&self, n: usize) {
+        if n > 0 {
+            let now = Instant::now();
+            self.last_progress.set(Some(now));
+            if self.handling.get() == 0 && self.headers_since.get().is_none() {
+                self.headers_since.set(Some(now));
+            }
+        }
+    }
+
+    fn wrote(&self, n: usize) {
+        if n > 0 {
+            self.last_progress.set(Some(Instant::now()));
+        }
+    }
+
+    /// Why the connection should be closed now, if it should.
+    fn expired(&self, limits: &Limits, started: Instant, now: Instant) -> Option<&'static str> {
+        if self.handling.get() > 0 {
+            // The handler bounds its own waits (body reads time out).
+            return None;
+        }
+        if let Some(t) = self.headers_since.get() {
+            if now.duration_since(t) >= limits.header_read {
+                return Some("its request headers took too long");
+            }
+        }
+        let last = self.last_progress.get().unwrap_or(started);
+        (now.duration_since(last) >= limits.idle).then_some("it was idle too long")
+    }
+}
+
+/// The socket, counting what moves through it.
+struct Watched {
+    stream: glommio::net::TcpStream,
+    activity: Rc<Activity>,
+}
+
+impl futures_lite::AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.read(n);
+        }
+        r
+    }
+}
+
+impl futures_lite::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.wrote(n);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+impl std::os::fd::AsRawFd for Watched {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+/// Counts a running handler for the connection's timeouts, also when the handler panics.
+struct Handling(Rc<Activity>);
+
+impl Handling {
+    fn begin(a: &Rc<Activity>) -> Handling {
+        a.headers_since.set(None);
+        a.handling.set(a.handling.get() + 1);
+        Handling(a.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.set(self.0.handling.get() - 1);
+        self.0.last_progress.set(Some(Instant::now()));
+    }
+}
+
+/// Resolves when the connection has broken one of its limits.
+async fn watchdog(limits: Limits, activity: Rc<Activity>) -> &'static str {
+    let started = Instant::now();
+    let tick = limits
+        .header_read
+        .min(limits.idle)
+        .checked_div(4)
+        .unwrap_or_default()
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        glommio::timer::sleep(tick).await;
+        if let Some(why) = activity.expired(&limits, started, Instant::now()) {
+            return why;
+        }
+    }
+}
+
+async fn connection<H, F, Fut, B>(
+    host: Arc<H>,
+    stream: glommio::net::TcpStream,
+    handler: F,
+    failed: fn() -> Response<B>,
+) where
+    H: Host,
+    F: Fn(Arc<H>, Request<Incoming>) -> Fut + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: http_body::Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Rc::new(Activity::default());
+    let limits = *host.limits();
+    let h2 = host.clone();
+    let a2 = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let host = h2.clone();
+        let handling = Handling::begin(&a2);
+        let what = format!("{} {}", req.method(), req.uri());
+        let fut = handler(host.clone(), req);
+        async move {
+            let resp = crate::guard::caught(host.metrics(), || what, fut).await;
+            drop(handling);
+            Ok::<_, std::convert::Infallible>(resp.unwrap_or_else(|| {
+                let mut r = failed();
+                r.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                r
+            }))
+        }
+    });
+    let io = Watched {
+        stream,
+        activity: activity.clone(),
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(crate::compat::HyperIo(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    enum End {
+        Finished,
+        Stopping,
+        Expired(&'static str),
+    }
+    let end = futures_lite::future::or(
+        async {
+            let _ = conn.as_mut().await;
+            End::Finished
+        },
+        futures_lite::future::or(
+            async {
+                stopping(&*host).await;
+                End::Stopping
+            },
+            async { End::Expired(watchdog(limits, activity.clone()).await) },
+        ),
+    )
+    .await;
+    match end {
+        End::Finished => {}
+        End::Stopping => {
+            // Requests in flight finish; idle and stalled connections still time out.
+            conn.as_mut().graceful_shutdown();
+            futures_lite::future::or(
+                async {
+                    let _ = conn.as_mut().await;
+                },
+                async {
+                    watchdog(limits, activity.clone()).await;
+                },
+            )
+            .await;
+        }
+        End::Expired(why) => {
+            host.metrics()
+                .connections_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("closing an HTTP/1.1 connection: {why}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_expires_only_while_no_handler_runs() {
+        let limits = Limits {
+            connections_per_executor: 1,
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            body_idle: Duration::from_secs(30),
+        };
+        let t0 = Instant::now();
+        let a = Rc::new(Activity::default());
+        // Idle from the start: closed after `idle`.
+        assert_eq!(a.expired(&limits, t0, t0 + Duration::from_secs(59)), None);
+        assert!(a
+            .expired(&limits, t0, t0 + Duration::from_secs(60))
+            .is_some());
+        // The first byte of a request starts the header clock, whatever trickles in after.
+        a.read(1);
+        let first = a.headers_since.get().unwrap();
+        a.read(1);
+        assert_eq!(a.headers_since.get(), Some(first));
+        assert!(a
+            .expired(&limits, t0, first + Duration::from_secs(10))
+            .is_some_and(|w| w.contains("headers")));
+        // A handler running: never expired by the connection (it bounds its own waits).
+        let h = Handling::begin(&a);
+        assert_eq!(a.headers_since.get(), None);
+        assert_eq!(
+            a.expired(&limits, t0, first + Duration::from_secs(3600)),
+            None
+        );
+        a.read(100); // body bytes read by the handler do not start a header clock
+        assert_eq!(a.headers_since.get(), None);
+        drop(h);
+        // After the response, idle counts from the handler's end.
+        let end = a.last_progress.get().unwrap();
+        assert_eq!(a.expired(&limits, t0, end + Duration::from_secs(59)), None);
+        assert!(a
+            .expired(&limits, t0, end + Duration::from_secs(60))
+            .is_some());
+        // A response being written keeps it alive.
+        a.wrote(10);
+        let w = a.last_progress.get().unwrap();
+        assert_eq!(a.expired(&limits, t0, w + Duration::from_secs(59)), None);
+    }
+}
