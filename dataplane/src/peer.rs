@@ -251,10 +251,10 @@ pub struct PeerFile {
     unanswered: RefCell<std::collections::VecDeque<u32>>,
 }
 
-fn peer_error(errno: i32, msg: String) -> io::Error {
+pub(crate) fn peer_error(errno: i32, msg: String) -> io::Error {
     if errno != 0 {
         let os = io::Error::from_raw_os_error(errno);
-        io::Error::new(os.kind(), format!("{msg} ({os})"))
+        crate::shardio::OsError::into_io(errno, format!("{msg} ({os})"))
     } else {
         io::Error::other(msg)
     }
@@ -402,7 +402,7 @@ impl PeerFile {
         })
         .await;
         // After a transport error the stream is out of step: drop it, later calls fail.
-        let transport_failed = matches!(&r, Err(e) if e.raw_os_error().is_none()
+        let transport_failed = matches!(&r, Err(e) if crate::shardio::os_code(e).is_none()
             && matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
                 | io::ErrorKind::NotConnected | io::ErrorKind::TimedOut | io::ErrorKind::UnexpectedEof));
         if !transport_failed {
@@ -524,7 +524,7 @@ async fn answer(send: &mut SendStream, r: io::Result<Vec<u8>>) -> io::Result<()>
             send.write_all(&p).await
         }
         Err(e) => {
-            let p = encode_error(e.raw_os_error().unwrap_or(0), &e.to_string());
+            let p = encode_error(crate::shardio::os_code(&e).unwrap_or(0), &e.to_string());
             send.write_all(&encode_answer(false, p.len() as u32))
                 .await?;
             send.write_all(&p).await

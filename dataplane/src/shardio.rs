@@ -81,7 +81,48 @@ fn core() -> Rc<Core> {
         .expect("shard I/O used outside a joined executor")
 }
 
+/// An OS error with its context (the operation and the file, or the peer that reported it).
+/// `io::Error::new(kind, message)` would keep only the kind, and whether a drive is full (507) or
+/// failed (500) is decided on the error number.
+#[derive(Debug)]
+pub struct OsError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OsError {}
+
+impl OsError {
+    pub fn into_io(code: i32, message: String) -> io::Error {
+        io::Error::new(
+            io::Error::from_raw_os_error(code).kind(),
+            OsError { code, message },
+        )
+    }
+}
+
+/// The OS error number behind `e`, if there is one (also through [`OsError`]).
+pub fn os_code(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<OsError>())
+            .map(|o| o.code)
+    })
+}
+
+/// glommio's error as an `io::Error` that keeps both its context and its OS error number.
 fn gio(e: glommio::GlommioError<()>) -> io::Error {
+    if let glommio::GlommioError::EnhancedIoError { source, .. } = &e {
+        if let Some(code) = source.raw_os_error() {
+            return OsError::into_io(code, e.to_string());
+        }
+    }
     e.into()
 }
 
@@ -401,5 +442,26 @@ impl Drop for ShardFile {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_drive_stays_a_full_drive_through_glommio_and_peers() {
+        let e = glommio::GlommioError::<()>::EnhancedIoError {
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+            op: "Pre-allocate space",
+            path: Some("/d/shards/0f/x.0".into()),
+            fd: Some(3),
+        };
+        let io = gio(e);
+        assert_eq!(os_code(&io), Some(libc::ENOSPC));
+        assert!(io.to_string().contains("Pre-allocate space"), "{io}");
+        let remote = crate::peer::peer_error(libc::EDQUOT, "allocating".into());
+        assert_eq!(os_code(&remote), Some(libc::EDQUOT));
+        assert_eq!(os_code(&io::Error::other("no number")), None);
     }
 }

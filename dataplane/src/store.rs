@@ -312,7 +312,8 @@ impl ShardWriter {
 
 /// Maps drive errors: a full disk is the client-visible 507.
 fn io_error(e: std::io::Error) -> StoreError {
-    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+    let code = crate::shardio::os_code(&e);
+    if code == Some(libc::ENOSPC) || code == Some(libc::EDQUOT) {
         StoreError::InsufficientStorage(e.to_string())
     } else {
         StoreError::Io(e)
