@@ -74,7 +74,7 @@ pub async fn serve<H, F, Fut, B>(
     H: Host,
     F: Fn(Arc<H>, Request<Incoming>) -> Fut + Clone + 'static,
     Fut: Future<Output = Response<B>> + 'static,
-    B: http_body::Body<Data = Bytes> + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let active = Rc::new(Cell::new(0usize));
@@ -175,6 +175,9 @@ struct Activity {
     headers_since: Cell<Option<Instant>>,
     /// Handlers running (hyper runs one at a time per HTTP/1.1 connection).
     handling: Cell<usize>,
+    /// Response bodies still being sent. Bytes that arrive meanwhile (a pipelined request) do
+    /// not start the header clock: hyper reads that request only after this response.
+    responding: Cell<usize>,
 }
 
 impl Activity {
@@ -182,7 +185,10 @@ impl Activity {
         if n > 0 {
             let now = Instant::now();
             self.last_progress.set(Some(now));
-            if self.handling.get() == 0 && self.headers_since.get().is_none() {
+            if self.handling.get() == 0
+                && self.responding.get() == 0
+                && self.headers_since.get().is_none()
+            {
                 self.headers_since.set(Some(now));
             }
         }
@@ -274,6 +280,46 @@ impl Drop for Handling {
     }
 }
 
+/// Counts a response body being sent, until it ends or is dropped.
+struct Responding(Rc<Activity>);
+
+impl Responding {
+    fn begin(a: &Rc<Activity>) -> Responding {
+        a.responding.set(a.responding.get() + 1);
+        Responding(a.clone())
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.0.responding.set(self.0.responding.get() - 1);
+        self.0.last_progress.set(Some(Instant::now()));
+    }
+}
+
+/// A response body with its [`Responding`] count.
+pub struct Sending<B> {
+    inner: B,
+    _responding: Responding,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Sending<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Resolves when the connection has broken one of its limits.
 async fn watchdog(limits: Limits, activity: Rc<Activity>) -> &'static str {
     let started = Instant::now();
@@ -300,7 +346,7 @@ async fn connection<H, F, Fut, B>(
     H: Host,
     F: Fn(Arc<H>, Request<Incoming>) -> Fut + 'static,
     Fut: Future<Output = Response<B>> + 'static,
-    B: http_body::Body<Data = Bytes> + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let activity = Rc::new(Activity::default());
@@ -310,19 +356,27 @@ async fn connection<H, F, Fut, B>(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let host = h2.clone();
         let handling = Handling::begin(&a2);
+        let a3 = a2.clone();
         let what = format!("{} {}", req.method(), req.uri());
         let fut = handler(host.clone(), req);
         async move {
             let resp = crate::guard::caught(host.metrics(), || what, fut).await;
-            drop(handling);
-            Ok::<_, std::convert::Infallible>(resp.unwrap_or_else(|| {
+            let resp = resp.unwrap_or_else(|| {
                 let mut r = failed();
                 r.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
                 );
                 r
-            }))
+            });
+            // The body counts as being sent from before the handler's count ends, so no
+            // moment goes uncounted.
+            let resp = resp.map(|inner| Sending {
+                inner,
+                _responding: Responding::begin(&a3),
+            });
+            drop(handling);
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let io = Watched {
@@ -423,5 +477,15 @@ mod tests {
         a.wrote(10);
         let w = a.last_progress.get().unwrap();
         assert_eq!(a.expired(&limits, t0, w + Duration::from_secs(59)), None);
+        // While a response body is out, a pipelined request's bytes start no header clock (hyper
+        // reads it after the response); a client that stops reading still hits the idle limit.
+        let r = Responding::begin(&a);
+        a.read(50);
+        assert_eq!(a.headers_since.get(), None);
+        let last = a.last_progress.get().unwrap();
+        assert_eq!(a.expired(&limits, t0, last + Duration::from_secs(59)), None);
+        assert!(a.expired(&limits, t0, last + Duration::from_secs(60)).is_some());
+        drop(r);
+        assert_eq!(a.responding.get(), 0);
     }
 }

@@ -127,10 +127,11 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
             serve(c2, listener).await;
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
+    let signals = crate::node::stop_signals()?;
     crate::node::print_ready(&format!("ostore ready control={addr}"))?;
     // As a node: a signal stops it within the drain time, and an executor that ends while it
     // serves ends the process.
-    crate::node::wait_for_signal_then_stop(&control.stopping, vec![handle])
+    crate::node::wait_for_signal_then_stop(&control.stopping, vec![handle], signals)
 }
 
 async fn serve(c: Arc<Control>, listener: glommio::net::TcpListener) {

@@ -22,6 +22,9 @@ pub struct Drive {
     pub id: u16,
     pub root: PathBuf,
     pub free_bytes: AtomicU64,
+    /// Bytes placed on this drive by writes still in flight: their files are reserved in steps
+    /// as bytes arrive, so the filesystem does not count them yet, and placement must.
+    pub pending_bytes: std::sync::Arc<AtomicU64>,
     pub healthy: AtomicBool,
     uuid: Mutex<[u8; 16]>,
 }
@@ -45,6 +48,7 @@ impl Drive {
             id,
             root,
             free_bytes: AtomicU64::new(0),
+            pending_bytes: Default::default(),
             healthy: AtomicBool::new(true),
             uuid: Mutex::new([0; 16]),
         }
@@ -166,13 +170,12 @@ impl Drive {
         self.read_identity() == Some(want)
     }
 
-    /// Counts `bytes` as used until the next [`Drive::refresh_free`].
-    pub fn take_free(&self, bytes: u64) {
-        let _ = self
-            .free_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                Some(f.saturating_sub(bytes))
-            });
+    /// Free bytes as placement sees them: what the filesystem has, less the reserve and what
+    /// writes in flight will still take.
+    pub fn placeable_bytes(&self) -> u64 {
+        self.free_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.pending_bytes.load(Ordering::Relaxed))
     }
 
     /// Re-reads the space available for shards: the filesystem's free bytes less a reserve
@@ -183,6 +186,26 @@ impl Drive {
             let reserve = (total / 50).clamp(DRIVE_RESERVE_BYTES_MIN, DRIVE_RESERVE_BYTES_MAX);
             self.free_bytes
                 .store(free.saturating_sub(reserve), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Space a write in flight placed on this node's drives: counted in their `pending_bytes`
+/// until it is dropped (the write ended, whichever way).
+#[derive(Default)]
+pub struct Reservation(Vec<(std::sync::Arc<AtomicU64>, u64)>);
+
+impl Reservation {
+    pub fn add(&mut self, drive: &Drive, bytes: u64) {
+        drive.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.0.push((drive.pending_bytes.clone(), bytes));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for (pending, bytes) in &self.0 {
+            pending.fetch_sub(*bytes, Ordering::Relaxed);
         }
     }
 }

@@ -730,9 +730,8 @@ async fn get(
     let v = &resolved.version;
     if resolved.content.damaged {
         // Fewer than K of its shards were readable when last checked: nothing of it is served
-        // (a first stripe that reads well says nothing of the rest). A repair is queued, and
-        // takes the mark off if the missing shards have come back.
-        node.queue_repair(v.blake3).await;
+        // (a first stripe that reads well says nothing of the rest). The next scrub or repair
+        // that finds every shard good again takes the mark off (a node that came back).
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
             "InsufficientShards",

@@ -285,9 +285,28 @@ async fn request(
                     if d.is_empty() {
                         continue;
                     }
-                    if let Err(e) = send.send_data(d).await {
-                        tracing::debug!("HTTP/3 response body: {e}");
-                        return;
+                    // A client that keeps the connection alive but grants no stream credit
+                    // holds nothing for longer than the idle time.
+                    let idle = node.limits.idle;
+                    let sent =
+                        futures_lite::future::or(async { Some(send.send_data(d).await) }, async {
+                            glommio::timer::sleep(idle).await;
+                            None
+                        })
+                        .await;
+                    match sent {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::debug!("HTTP/3 response body: {e}");
+                            return;
+                        }
+                        None => {
+                            tracing::debug!(
+                                "HTTP/3 response body: the client read nothing for {idle:?}"
+                            );
+                            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                            return;
+                        }
                     }
                 }
             }

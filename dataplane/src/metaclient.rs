@@ -144,8 +144,13 @@ pub struct RemoteMeta {
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 thread_local! {
-    static IDLE: RefCell<Vec<(SocketAddr, Sender)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<(SocketAddr, Sender, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// An idle connection older than this is not reused: the control plane closes connections idle
+/// for its `--idle-timeout` (60 s by default), and one closing while a request goes out would
+/// fail that request.
+const IDLE_REUSE_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn unavailable(e: impl std::fmt::Display) -> MetaError {
     MetaError::Unavailable(e.to_string())
@@ -170,9 +175,9 @@ impl RemoteMeta {
     fn idle(&self) -> Option<Sender> {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
-            while let Some(i) = idle.iter().position(|(a, _)| *a == self.addr) {
-                let (_, s) = idle.swap_remove(i);
-                if !s.is_closed() {
+            while let Some(i) = idle.iter().position(|(a, _, _)| *a == self.addr) {
+                let (_, s, since) = idle.swap_remove(i);
+                if !s.is_closed() && since.elapsed() < IDLE_REUSE_MAX {
                     return Some(s);
                 }
             }
@@ -220,7 +225,7 @@ impl RemoteMeta {
             IDLE.with(|idle| {
                 let mut idle = idle.borrow_mut();
                 if idle.len() < IDLE_CONNECTIONS_MAX {
-                    idle.push((self.addr, sender));
+                    idle.push((self.addr, sender, std::time::Instant::now()));
                 }
             });
             rpc::decode_answer(&bytes)

@@ -509,8 +509,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     opts.tls = opts.tls.absolute()?;
     std::fs::create_dir_all(&opts.data)
         .with_context(|| format!("creating {}", opts.data.display()))?;
-    crate::process::make_private(&opts.data)
-        .with_context(|| format!("making {} private", opts.data.display()))?;
+    crate::process::make_private_or_warn(&opts.data);
     let (secret, secret_file) = load_secret(&opts.data)?;
     let meta_dir = opts.data.join("meta");
     std::fs::create_dir_all(&meta_dir)?;
@@ -578,8 +577,9 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         line.push_str(&format!(" secret-file={}", p.display()));
     }
     line.push_str(&format!(" data={}", opts.data.display()));
+    let signals = stop_signals()?;
     print_ready(&line)?;
-    wait_for_signal_then_stop(&node.stopping, handles)
+    wait_for_signal_then_stop(&node.stopping, handles, signals)
 }
 
 /// Prints the one `ostore ready` line on stdout.
@@ -589,6 +589,15 @@ pub fn print_ready(line: &str) -> anyhow::Result<()> {
     writeln!(out, "{line}")?;
     out.flush()?;
     Ok(())
+}
+
+/// SIGINT and SIGTERM, caught from now on: taken before the ready line is printed, so a signal
+/// sent the moment a supervisor sees it stops the process cleanly instead of killing it.
+pub(crate) fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
+    Ok(signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?)
 }
 
 /// What the main thread waits for once the node serves.
@@ -609,12 +618,9 @@ const STOP_GRACE_S: u64 = 10;
 pub(crate) fn wait_for_signal_then_stop(
     stopping: &AtomicBool,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    mut signals: signal_hook::iterator::Signals,
 ) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<Event>();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
     {
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -956,8 +962,7 @@ fn registration(
     let mut drives = Vec::with_capacity(opts.drives.len());
     for path in &opts.drives {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        crate::process::make_private(path)
-            .with_context(|| format!("making {} private", path.display()))?;
+        crate::process::make_private_or_warn(path);
         let probe = Drive::new(0, path.clone());
         probe.refresh_free();
         drives.push(DriveReport {
@@ -1002,7 +1007,7 @@ async fn heartbeat(node: Arc<Node>) {
             .drives
             .iter()
             // Read by the drive watcher within the last second, off the executor.
-            .map(|d| (d.id, d.free_bytes.load(Ordering::Relaxed)))
+            .map(|d| (d.id, d.placeable_bytes()))
             .collect();
         match node
             .meta
@@ -1162,6 +1167,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     if h3.is_some() {
         announce_http3(&mut line, http_addr);
     }
+    let signals = stop_signals()?;
     print_ready(&line)?;
-    wait_for_signal_then_stop(&node.stopping, handles)
+    wait_for_signal_then_stop(&node.stopping, handles, signals)
 }

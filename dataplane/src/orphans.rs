@@ -40,6 +40,9 @@ fn parse_name(name: &str) -> Option<(u64, u8)> {
     Some((u64::from_str_radix(id, 16).ok()?, index.parse().ok()?))
 }
 
+/// Directories of a drive (of 256) listed per call on the helper thread.
+const ORPHAN_SCAN_DIRS_PER_CALL: usize = 16;
+
 /// Scans this node's drives for orphan shard files older than `grace` and deletes them.
 pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanReport> {
     let mut report = OrphanReport::default();
@@ -60,58 +63,60 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
         .collect();
     let in_flight = Arc::new(in_flight);
     for d in &node.drives {
-        // One pass over the drive's directories on the helper thread, which returns only the
-        // files old enough and in no intent: the executor neither blocks on the listing nor
-        // holds the whole of it.
-        let (root, drive, in_flight) = (d.root.clone(), d.id, in_flight.clone());
-        let (files, old) = crate::offload::blocking(move || {
-            let mut files = 0u64;
-            let mut old = Vec::new();
-            for sub in 0..=255u8 {
-                let dir = root.join("shards").join(format!("{sub:02x}"));
-                let entries = match std::fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        tracing::warn!("orphan scan: {}: {e}", dir.display());
-                        continue;
-                    }
-                };
-                for e in entries.flatten() {
-                    let name = e.file_name();
-                    let Some((file_id, index)) = parse_name(&name.to_string_lossy()) else {
-                        continue;
-                    };
-                    files += 1;
-                    let Ok(meta) = e.metadata() else { continue };
-                    if meta.modified().is_ok_and(|m| m < cutoff)
-                        && !in_flight.contains(&(drive, file_id, index))
-                    {
-                        old.push((e.path(), file_id, index, meta.len()));
-                    }
-                }
-            }
-            (files, old)
-        })
-        .await;
-        report.files += files;
-        for (path, file_id, index, len) in old {
-            match referenced(node, d.id, &path, file_id, index).await? {
-                Some(true) => {}
-                Some(false) => {
-                    tracing::warn!(
-                        "orphan scan: deleting {} (nothing refers to it)",
-                        path.display()
-                    );
-                    match crate::offload::remove_file(path.clone()).await {
-                        Ok(()) => {
-                            report.removed += 1;
-                            report.bytes += len;
+        for first in (0..=255u8).step_by(ORPHAN_SCAN_DIRS_PER_CALL) {
+            // A few of the drive's directories per call on the helper thread, which returns
+            // only the files old enough and in no intent: the executor neither blocks on the
+            // listing nor holds much of it at once.
+            let (root, drive, in_flight) = (d.root.clone(), d.id, in_flight.clone());
+            let (files, old) = crate::offload::blocking(move || {
+                let mut files = 0u64;
+                let mut old = Vec::new();
+                for sub in first..=first.saturating_add(ORPHAN_SCAN_DIRS_PER_CALL as u8 - 1) {
+                    let dir = root.join("shards").join(format!("{sub:02x}"));
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            tracing::warn!("orphan scan: {}: {e}", dir.display());
+                            continue;
                         }
-                        Err(e) => tracing::warn!("orphan scan: {}: {e}", path.display()),
+                    };
+                    for e in entries.flatten() {
+                        let name = e.file_name();
+                        let Some((file_id, index)) = parse_name(&name.to_string_lossy()) else {
+                            continue;
+                        };
+                        files += 1;
+                        let Ok(meta) = e.metadata() else { continue };
+                        if meta.modified().is_ok_and(|m| m < cutoff)
+                            && !in_flight.contains(&(drive, file_id, index))
+                        {
+                            old.push((e.path(), file_id, index, meta.len()));
+                        }
                     }
                 }
-                None => report.unreadable += 1,
+                (files, old)
+            })
+            .await;
+            report.files += files;
+            for (path, file_id, index, len) in old {
+                match referenced(node, d.id, &path, file_id, index).await? {
+                    Some(true) => {}
+                    Some(false) => {
+                        tracing::warn!(
+                            "orphan scan: deleting {} (nothing refers to it)",
+                            path.display()
+                        );
+                        match crate::offload::remove_file(path.clone()).await {
+                            Ok(()) => {
+                                report.removed += 1;
+                                report.bytes += len;
+                            }
+                            Err(e) => tracing::warn!("orphan scan: {}: {e}", path.display()),
+                        }
+                    }
+                    None => report.unreadable += 1,
+                }
             }
         }
     }

@@ -57,8 +57,10 @@ pub fn raise_open_files_limit() -> u64 {
 /// clients can never use up the descriptors the drives and peers need.
 pub fn connections_per_executor(open_files: u64, executors: usize) -> usize {
     let for_clients = open_files.saturating_sub(FDS_RESERVED);
-    // A connection may briefly hold a second descriptor (a refused one being answered).
-    let per = for_clients / 2 / executors.max(1) as u64;
+    // A quarter of the rest for HTTP/1.1 connections: each request also opens shard files (K+M
+    // for a PUT, up to K+M for a GET), HTTP/3 and peers need sockets, and a refused connection
+    // briefly holds one more.
+    let per = for_clients / 4 / executors.max(1) as u64;
     (per as usize).clamp(16, CONNECTIONS_PER_EXECUTOR_MAX)
 }
 
@@ -82,20 +84,31 @@ pub fn make_private(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`make_private`], or a warning where the directory is not ours to change (a mount point
+/// owned by root, say): what the process creates inside is private anyway (umask).
+pub fn make_private_or_warn(dir: &Path) {
+    if let Err(e) = make_private(dir) {
+        tracing::warn!(
+            "{} stays readable by others ({e}); what ostore creates inside it is private",
+            dir.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn connection_cap_leaves_room_for_drives() {
-        // 1,024 files, 2 executors: (1024 - 256) / 2 / 2.
-        assert_eq!(connections_per_executor(1024, 2), 192);
+        // 1,024 files, 2 executors: (1024 - 256) / 4 / 2.
+        assert_eq!(connections_per_executor(1024, 2), 96);
         assert_eq!(connections_per_executor(100, 2), 16);
         assert_eq!(
             connections_per_executor(1 << 20, 1),
             CONNECTIONS_PER_EXECUTOR_MAX
         );
-        assert_eq!(connections_per_executor(20_000, 0), 9872);
+        assert_eq!(connections_per_executor(20_000, 0), 4936);
     }
 
     #[test]

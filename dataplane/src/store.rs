@@ -368,7 +368,7 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
         id: d.id,
         node: node.cluster.as_ref().map_or(0, |c| c.me),
         zone: 0,
-        free_bytes: d.free_bytes.load(Ordering::Relaxed),
+        free_bytes: d.placeable_bytes(),
         healthy: d.healthy.load(Ordering::Relaxed) && !me_draining,
     });
     let Some(view) = view else {
@@ -399,7 +399,11 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
 
 /// Chooses the drives of a new object's K+M shard files (sized for `size_bytes` object bytes)
 /// and names the files `file_id`.
-pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<Vec<ShardLoc>> {
+pub async fn place_shards(
+    node: &Node,
+    size_bytes: u64,
+    file_id: u64,
+) -> Result<(Vec<ShardLoc>, crate::drives::Reservation)> {
     let ec = node.ec;
     let per_shard = Geometry::new(ec, size_bytes).shard_file_bytes();
     let spread: u64 = rand::random();
@@ -412,10 +416,11 @@ pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<
         placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
     }
     let drives = placed.map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
-    // Until the next reading of the drives, what was placed counts as used.
+    // What is placed counts as used on this node's drives until the write ends.
+    let mut reservation = crate::drives::Reservation::default();
     for d in &drives {
         if let Some(local) = node.local_drive(*d) {
-            local.take_free(per_shard);
+            reservation.add(local, per_shard);
         }
     }
     // Write quorum: every shard is written, on distinct drives of as many nodes as are up; the
@@ -430,7 +435,7 @@ pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<
     }
     // With fewer nodes up than shards, some node holds two or more: a repair scan (run by the
     // control plane when nodes return, or `osctl repair`) moves them apart later.
-    Ok(drives
+    let locs = drives
         .iter()
         .enumerate()
         .map(|(i, d)| ShardLoc {
@@ -439,7 +444,8 @@ pub async fn place_shards(node: &Node, size_bytes: u64, file_id: u64) -> Result<
             file_id,
             file_tag: rand::random(),
         })
-        .collect())
+        .collect();
+    Ok((locs, reservation))
 }
 
 /// Whether this node stores an object compressed, decided on its first
@@ -532,7 +538,8 @@ pub async fn put(
     let ec = node.ec;
     let size_guess = length_hint.unwrap_or(already.iter().map(|b| b.len() as u64).sum());
     let upload_id: u64 = rand::random();
-    let locs = place_shards(node, size_guess, upload_id).await?;
+    // Held until the PUT ends: its files are reserved in steps, placement counts the rest.
+    let (locs, _reservation) = place_shards(node, size_guess, upload_id).await?;
     node.meta
         .call::<()>(Rq::BeginIntent {
             id: upload_id,

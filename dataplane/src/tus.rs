@@ -219,7 +219,9 @@ async fn create(node: &Arc<Node>, req: Request<ReqBody>) -> Result<Resp, ApiErro
     let id: [u8; 16] = rand::random();
     let sharded = length > INLINE_BYTES_MAX as u64;
     let shards = if sharded {
-        store::place_shards(node, length, rand::random()).await?
+        // An upload's space is not held between its requests: each PATCH reserves its files
+        // in steps as its bytes arrive.
+        store::place_shards(node, length, rand::random()).await?.0
     } else {
         Vec::new()
     };
