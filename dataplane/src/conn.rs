@@ -484,7 +484,9 @@ mod tests {
         assert_eq!(a.headers_since.get(), None);
         let last = a.last_progress.get().unwrap();
         assert_eq!(a.expired(&limits, t0, last + Duration::from_secs(59)), None);
-        assert!(a.expired(&limits, t0, last + Duration::from_secs(60)).is_some());
+        assert!(a
+            .expired(&limits, t0, last + Duration::from_secs(60))
+            .is_some());
         drop(r);
         assert_eq!(a.responding.get(), 0);
     }
