@@ -40,6 +40,29 @@ pub async fn caught<F: Future>(
     }
 }
 
+/// Panics caught in the sub-tasks a request spawns (a write batch, a read-ahead), which have no
+/// node at hand; `/metrics` adds them to `ostore_panics_total`.
+pub static SUBTASK_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Spawns a sub-task of a request on this executor; a panic in it is logged and counted, and
+/// the task yields `failed()` instead, which the request turns into its error.
+pub fn spawn_subtask<T: 'static, F: Future<Output = T> + 'static>(
+    what: &'static str,
+    fut: F,
+    failed: fn() -> T,
+) -> glommio::Task<T> {
+    glommio::spawn_local(async move {
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(v) => v,
+            Err(p) => {
+                SUBTASK_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("{what} panicked: {}", message(&*p));
+                failed()
+            }
+        }
+    })
+}
+
 /// Spawns a detached task on this executor whose panic is caught and logged.
 pub fn spawn<F: Future<Output = ()> + 'static>(
     node: std::sync::Arc<crate::node::Node>,
@@ -75,5 +98,26 @@ mod tests {
         });
         assert_eq!(got, (None, 7));
         assert_eq!(metrics.panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_panicking_subtask_yields_its_failure_value() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap();
+        let before = SUBTASK_PANICS.load(std::sync::atomic::Ordering::Relaxed);
+        let got: Result<u8, &str> = ex.run(async {
+            spawn_subtask(
+                "a test sub-task",
+                async {
+                    let v: Vec<u8> = Vec::new();
+                    Ok(v[v.len() + 1])
+                },
+                || Err("failed"),
+            )
+            .await
+        });
+        assert_eq!(got, Err("failed"));
+        assert!(SUBTASK_PANICS.load(std::sync::atomic::Ordering::Relaxed) > before);
     }
 }

@@ -187,11 +187,11 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            let mut n = v.load(Ordering::Relaxed);
+            if std::ptr::eq(v, &self.panics) {
+                n += crate::guard::SUBTASK_PANICS.load(Ordering::Relaxed);
+            }
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
         }
         for (name, help, v) in extra {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -216,7 +216,7 @@ impl ShardWriter {
         let files = self.files.clone();
         let bufs = self.sets[self.current].clone();
         let reserve = self.reserve_before(block_offset(first_block) + bytes as u64);
-        self.in_flight = Some(glommio::spawn_local(async move {
+        let batch = async move {
             if let Some(r) = reserve {
                 for e in join_all(files.iter().map(|f| f.pre_allocate(r))).await {
                     e.map_err(io_error)?;
@@ -238,7 +238,12 @@ impl ShardWriter {
                 r?;
             }
             Ok(())
-        }));
+        };
+        self.in_flight = Some(crate::guard::spawn_subtask(
+            "a shard write batch",
+            batch,
+            subtask_failed,
+        ));
         self.current ^= 1;
         Ok(())
     }
@@ -308,6 +313,13 @@ impl ShardWriter {
             }
         }
     }
+}
+
+/// What a request sees of a sub-task that panicked (logged and counted by the guard).
+fn subtask_failed<T>() -> Result<T> {
+    Err(StoreError::Io(std::io::Error::other(
+        "an internal task of this request failed (it is logged)",
+    )))
 }
 
 /// Maps drive errors: a full disk is the client-visible 507.
@@ -895,7 +907,7 @@ impl ShardReader {
                 files.push((i, f));
             }
         }
-        let task = glommio::spawn_local(async move {
+        let reads = async move {
             let reads = files.into_iter().map(|(i, f)| async move {
                 let r = f.read_at(block_offset(s0), span).await;
                 match &r {
@@ -908,7 +920,9 @@ impl ShardReader {
                 (i, r.ok().filter(|r| r.len() == span))
             });
             join_all(reads).await
-        });
+        };
+        // A read-ahead that panicked reads nothing: the request reads around it or fails.
+        let task = crate::guard::spawn_subtask("a shard read-ahead", reads, Vec::new);
         InFlight {
             s0,
             n,
