@@ -55,6 +55,15 @@ pub trait Host: Send + Sync + 'static {
     fn is_stopping(&self) -> bool;
 }
 
+/// `fut`'s output, or `None` if `limit` passes first (the future is dropped).
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
 /// Resolves once `host` is stopping.
 pub async fn stopping<H: Host + ?Sized>(host: &H) {
     while !host.is_stopping() {
@@ -110,9 +119,7 @@ pub async fn serve<H, F, Fut, B>(
                 let (host, active, handler) = (host.clone(), active.clone(), handler.clone());
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
-                    let h = host.clone();
                     crate::guard::caught(
-                        h.metrics(),
                         || format!("HTTP/1.1 connection from {peer:?}"),
                         connection(host, stream, handler, failed),
                     )
@@ -150,18 +157,15 @@ async fn refuse(mut stream: glommio::net::TcpStream) {
          Connection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let _ = futures_lite::future::or(
-        async {
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown(std::net::Shutdown::Write).await;
-            // Read what the client sent until it closes: closing with unread bytes would reset
-            // the connection and could destroy the answer before the client reads it.
-            let mut sink = [0u8; 4096];
-            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-        },
-        glommio::timer::sleep(Duration::from_secs(2)),
-    )
+    let _ = within(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        // Read what the client sent until it closes: closing with unread bytes would reset
+        // the connection and could destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
     .await;
 }
 
@@ -181,6 +185,13 @@ struct Activity {
 }
 
 impl Activity {
+    fn count(&self, work: Work) -> &Cell<usize> {
+        match work {
+            Work::Handling => &self.handling,
+            Work::Responding => &self.responding,
+        }
+    }
+
     fn read(&self, n: usize) {
         if n > 0 {
             let now = Instant::now();
@@ -262,45 +273,41 @@ impl std::os::fd::AsRawFd for Watched {
     }
 }
 
-/// Counts a running handler for the connection's timeouts, also when the handler panics.
-struct Handling(Rc<Activity>);
+/// What a [`Busy`] guard counts: a handler running, or a response body being sent.
+#[derive(Clone, Copy)]
+enum Work {
+    Handling,
+    Responding,
+}
 
-impl Handling {
-    fn begin(a: &Rc<Activity>) -> Handling {
-        a.headers_since.set(None);
-        a.handling.set(a.handling.get() + 1);
-        Handling(a.clone())
+/// Counts one piece of [`Work`] on a connection for its timeouts until dropped (also when a
+/// handler panics or a body is dropped unfinished); its end counts as progress.
+struct Busy(Rc<Activity>, Work);
+
+impl Busy {
+    fn begin(a: &Rc<Activity>, work: Work) -> Busy {
+        if let Work::Handling = work {
+            // Headers are complete once a handler runs.
+            a.headers_since.set(None);
+        }
+        let c = a.count(work);
+        c.set(c.get() + 1);
+        Busy(a.clone(), work)
     }
 }
 
-impl Drop for Handling {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.handling.set(self.0.handling.get() - 1);
+        let c = self.0.count(self.1);
+        c.set(c.get() - 1);
         self.0.last_progress.set(Some(Instant::now()));
     }
 }
 
-/// Counts a response body being sent, until it ends or is dropped.
-struct Responding(Rc<Activity>);
-
-impl Responding {
-    fn begin(a: &Rc<Activity>) -> Responding {
-        a.responding.set(a.responding.get() + 1);
-        Responding(a.clone())
-    }
-}
-
-impl Drop for Responding {
-    fn drop(&mut self) {
-        self.0.responding.set(self.0.responding.get() - 1);
-        self.0.last_progress.set(Some(Instant::now()));
-    }
-}
-
-/// A response body with its [`Responding`] count.
-pub struct Sending<B> {
+/// A response body, counted as [`Work::Responding`] while it lives.
+struct Sending<B> {
     inner: B,
-    _responding: Responding,
+    _responding: Busy,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Sending<B> {
@@ -355,12 +362,13 @@ async fn connection<H, F, Fut, B>(
     let a2 = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let host = h2.clone();
-        let handling = Handling::begin(&a2);
+        let handling = Busy::begin(&a2, Work::Handling);
         let a3 = a2.clone();
-        let what = format!("{} {}", req.method(), req.uri());
+        // Named only if the handler panics: no formatting on every request.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let fut = handler(host.clone(), req);
         async move {
-            let resp = crate::guard::caught(host.metrics(), || what, fut).await;
+            let resp = crate::guard::caught(|| format!("{method} {uri}"), fut).await;
             let resp = resp.unwrap_or_else(|| {
                 let mut r = failed();
                 r.headers_mut().insert(
@@ -373,7 +381,7 @@ async fn connection<H, F, Fut, B>(
             // moment goes uncounted.
             let resp = resp.map(|inner| Sending {
                 inner,
-                _responding: Responding::begin(&a3),
+                _responding: Busy::begin(&a3, Work::Responding),
             });
             drop(handling);
             Ok::<_, std::convert::Infallible>(resp)
@@ -458,7 +466,7 @@ mod tests {
             .expired(&limits, t0, first + Duration::from_secs(10))
             .is_some_and(|w| w.contains("headers")));
         // A handler running: never expired by the connection (it bounds its own waits).
-        let h = Handling::begin(&a);
+        let h = Busy::begin(&a, Work::Handling);
         assert_eq!(a.headers_since.get(), None);
         assert_eq!(
             a.expired(&limits, t0, first + Duration::from_secs(3600)),
@@ -479,7 +487,7 @@ mod tests {
         assert_eq!(a.expired(&limits, t0, w + Duration::from_secs(59)), None);
         // While a response body is out, a pipelined request's bytes start no header clock (hyper
         // reads it after the response); a client that stops reading still hits the idle limit.
-        let r = Responding::begin(&a);
+        let r = Busy::begin(&a, Work::Responding);
         a.read(50);
         assert_eq!(a.headers_since.get(), None);
         let last = a.last_progress.get().unwrap();

@@ -173,20 +173,11 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         Some(_) => {}
     }
-    // The body must keep arriving, as on the data plane.
+    // A node's request body is small and sent at once: all of it within the body time.
     let idle = c.limits.body_idle;
-    let body = futures_lite::future::or(
-        async {
-            Some(
-                Limited::new(req.into_body(), RPC_BODY_BYTES_MAX)
-                    .collect()
-                    .await,
-            )
-        },
-        async {
-            glommio::timer::sleep(idle).await;
-            None
-        },
+    let body = crate::conn::within(
+        idle,
+        Limited::new(req.into_body(), RPC_BODY_BYTES_MAX).collect(),
     )
     .await;
     let body = match body {
@@ -195,7 +186,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         None => {
             return text(
                 StatusCode::REQUEST_TIMEOUT,
-                &format!("the request body stopped arriving for {idle:?}"),
+                &format!("the request body took longer than {idle:?}"),
             )
         }
     };

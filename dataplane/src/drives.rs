@@ -38,7 +38,8 @@ pub enum DriveState {
     Formatted { was_known: bool },
 }
 
-fn fsync_dir(p: &Path) -> std::io::Result<()> {
+/// Makes a directory's entries durable (fsync of the directory); blocking.
+pub(crate) fn fsync_dir(p: &Path) -> std::io::Result<()> {
     std::fs::File::open(p)?.sync_all()
 }
 

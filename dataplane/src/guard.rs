@@ -9,6 +9,7 @@
 use futures_util::FutureExt as _;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The message a panic carried.
 pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -21,28 +22,27 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Panics caught in this process: requests, connections, streams and their sub-tasks
+/// (`ostore_panics_total`; one node or control plane per process).
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts and logs a caught panic.
+fn recovered(what: &str, payload: &(dyn std::any::Any + Send)) {
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    tracing::error!("{what} panicked: {}", message(payload));
+}
+
 /// Runs `fut`; if it panics, logs the panic with `what` (the request, the connection), counts
 /// it and returns `None`. What the future held is dropped as the panic unwinds.
-pub async fn caught<F: Future>(
-    metrics: &crate::metrics::Metrics,
-    what: impl FnOnce() -> String,
-    fut: F,
-) -> Option<F::Output> {
+pub async fn caught<F: Future>(what: impl FnOnce() -> String, fut: F) -> Option<F::Output> {
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(v) => Some(v),
         Err(p) => {
-            metrics
-                .panics
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!("{} panicked: {}", what(), message(&*p));
+            recovered(&what(), &*p);
             None
         }
     }
 }
-
-/// Panics caught in the sub-tasks a request spawns (a write batch, a read-ahead), which have no
-/// node at hand; `/metrics` adds them to `ostore_panics_total`.
-pub static SUBTASK_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Spawns a sub-task of a request on this executor; a panic in it is logged and counted, and
 /// the task yields `failed()` instead, which the request turns into its error.
@@ -52,27 +52,10 @@ pub fn spawn_subtask<T: 'static, F: Future<Output = T> + 'static>(
     failed: fn() -> T,
 ) -> glommio::Task<T> {
     glommio::spawn_local(async move {
-        match AssertUnwindSafe(fut).catch_unwind().await {
-            Ok(v) => v,
-            Err(p) => {
-                SUBTASK_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("{what} panicked: {}", message(&*p));
-                failed()
-            }
-        }
+        caught(|| what.to_string(), fut)
+            .await
+            .unwrap_or_else(failed)
     })
-}
-
-/// Spawns a detached task on this executor whose panic is caught and logged.
-pub fn spawn<F: Future<Output = ()> + 'static>(
-    node: std::sync::Arc<crate::node::Node>,
-    what: &'static str,
-    fut: F,
-) {
-    glommio::spawn_local(async move {
-        caught(&node.metrics, || what.to_string(), fut).await;
-    })
-    .detach();
 }
 
 #[cfg(test)]
@@ -84,9 +67,9 @@ mod tests {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .make()
             .unwrap();
-        let metrics = crate::metrics::Metrics::default();
+        let before = PANICS.load(Ordering::Relaxed);
         let got = ex.run(async {
-            let a = caught(&metrics, || "a request".into(), async {
+            let a = caught(|| "a request".into(), async {
                 let v: Vec<u8> = Vec::new();
                 let i = v.len() + 5;
                 v[i] // an out-of-bounds index, as a bad range once was
@@ -97,7 +80,7 @@ mod tests {
             (a, b)
         });
         assert_eq!(got, (None, 7));
-        assert_eq!(metrics.panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(PANICS.load(Ordering::Relaxed) > before);
     }
 
     #[test]
@@ -105,7 +88,7 @@ mod tests {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .make()
             .unwrap();
-        let before = SUBTASK_PANICS.load(std::sync::atomic::Ordering::Relaxed);
+        let before = PANICS.load(Ordering::Relaxed);
         let got: Result<u8, &str> = ex.run(async {
             spawn_subtask(
                 "a test sub-task",
@@ -118,6 +101,6 @@ mod tests {
             .await
         });
         assert_eq!(got, Err("failed"));
-        assert!(SUBTASK_PANICS.load(std::sync::atomic::Ordering::Relaxed) > before);
+        assert!(PANICS.load(Ordering::Relaxed) > before);
     }
 }

@@ -222,8 +222,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-pub use crate::conn::{Limits, DRAIN_S_MAX};
-
 /// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
 /// node stops (connections bounded as `conn` says).
 pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
@@ -442,12 +440,7 @@ impl BodySource for IncomingSource<'_> {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, store::BodyFault>> {
         let idle = self.node.limits.body_idle;
         loop {
-            let frame = futures_lite::future::or(async { Some(self.body.frame().await) }, async {
-                glommio::timer::sleep(idle).await;
-                None
-            })
-            .await;
-            let Some(frame) = frame else {
+            let Some(frame) = crate::conn::within(idle, self.body.frame()).await else {
                 self.node
                     .metrics
                     .bodies_timed_out

@@ -74,7 +74,7 @@ impl H3Body {
 
 /// Serves HTTP/3 on `ep` until the node stops; then refuses new connections, tells each open
 /// one to send no more requests (GOAWAY), lets the requests in flight finish (for as long as
-/// HTTP/1.1 gets, `http::DRAIN_S_MAX`), and closes the connections with `H3_NO_ERROR`.
+/// HTTP/1.1 gets, `conn::DRAIN_S_MAX`), and closes the connections with `H3_NO_ERROR`.
 pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
     ep.limit_connections(CONNECTIONS_PER_EXECUTOR_MAX);
     let in_flight = Rc::new(Cell::new(0usize));
@@ -84,9 +84,7 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
                 let peer = conn.remote_address();
-                let n = node.clone();
                 crate::guard::caught(
-                    &n.metrics,
                     || format!("HTTP/3 connection from {peer:?}"),
                     connection(node, conn, in_flight),
                 )
@@ -97,7 +95,7 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
     };
     futures_lite::future::or(accept, wait_stopping(&node)).await;
     ep.refuse_new();
-    let deadline = Instant::now() + Duration::from_secs(crate::http::DRAIN_S_MAX);
+    let deadline = Instant::now() + Duration::from_secs(crate::conn::DRAIN_S_MAX);
     while in_flight.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
@@ -156,18 +154,10 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
                 let in_flight = in_flight.clone();
                 in_flight.set(in_flight.get() + 1);
                 glommio::spawn_local(async move {
-                    let n = node.clone();
                     let limit = node.limits.header_read;
-                    crate::guard::caught(&n.metrics, || "an HTTP/3 request".to_string(), async {
+                    crate::guard::caught(|| "an HTTP/3 request".to_string(), async {
                         // A stream whose headers do not arrive in time is dropped (reset).
-                        let headers = futures_lite::future::or(
-                            async { Some(resolver.resolve_request().await) },
-                            async {
-                                glommio::timer::sleep(limit).await;
-                                None
-                            },
-                        )
-                        .await;
+                        let headers = crate::conn::within(limit, resolver.resolve_request()).await;
                         match headers {
                             Some(Ok((req, stream))) => {
                                 if early_request_may_run(&node, &quic, req.method()).await {
@@ -288,12 +278,7 @@ async fn request(
                     // A client that keeps the connection alive but grants no stream credit
                     // holds nothing for longer than the idle time.
                     let idle = node.limits.idle;
-                    let sent =
-                        futures_lite::future::or(async { Some(send.send_data(d).await) }, async {
-                            glommio::timer::sleep(idle).await;
-                            None
-                        })
-                        .await;
+                    let sent = crate::conn::within(idle, send.send_data(d)).await;
                     match sent {
                         Some(Ok(())) => {}
                         Some(Err(e)) => {

@@ -37,7 +37,6 @@ pub struct Metrics {
     pub h3_requests: AtomicU64,
     pub h3_early_requests: AtomicU64,
     pub h3_early_deferred: AtomicU64,
-    pub panics: AtomicU64,
     pub connections_refused: AtomicU64,
     pub connections_timed_out: AtomicU64,
     pub bodies_timed_out: AtomicU64,
@@ -158,7 +157,7 @@ impl Metrics {
             (
                 "ostore_panics_total",
                 "Requests, connections and tasks that panicked (each failed alone; the node served on).",
-                &self.panics,
+                &crate::guard::PANICS,
             ),
             (
                 "ostore_connections_refused_total",
@@ -187,11 +186,11 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let mut n = v.load(Ordering::Relaxed);
-            if std::ptr::eq(v, &self.panics) {
-                n += crate::guard::SUBTASK_PANICS.load(Ordering::Relaxed);
-            }
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         for (name, help, v) in extra {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

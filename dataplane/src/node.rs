@@ -27,7 +27,7 @@ pub struct Node {
     pub ec: EcParams,
     pub store: StoreOptions,
     /// What one client may hold: connections, and time between bytes.
-    pub limits: crate::http::Limits,
+    pub limits: crate::conn::Limits,
     /// This process's identity: locks of a process that restarted are stale.
     pub boot: u64,
     pub secret: String,
@@ -45,7 +45,7 @@ pub struct Node {
 }
 
 impl crate::conn::Host for Node {
-    fn limits(&self) -> &crate::http::Limits {
+    fn limits(&self) -> &crate::conn::Limits {
         &self.limits
     }
     fn metrics(&self) -> &Metrics {
@@ -141,7 +141,7 @@ pub struct DevOptions {
     pub ec: EcParams,
     pub cores: usize,
     pub store: StoreOptions,
-    pub limits: crate::http::Limits,
+    pub limits: crate::conn::Limits,
 }
 
 /// How a data node stores objects and keeps uploads.
@@ -235,9 +235,7 @@ pub(crate) async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
 }
 
 pub async fn wait_stopping(node: &Node) {
-    while !node.stopping.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    crate::conn::stopping(node).await
 }
 
 /// Rebuilds queued contents, then moves queued shards, one content at a time, until the node
@@ -664,7 +662,7 @@ pub(crate) fn wait_for_signal_then_stop(
                 tracing::warn!(
                     "{} of {executors} executors still busy {}s after the stop: exiting anyway",
                     executors - ended,
-                    crate::http::DRAIN_S_MAX + STOP_GRACE_S
+                    crate::conn::DRAIN_S_MAX + STOP_GRACE_S
                 );
                 return Ok(());
             }
@@ -679,7 +677,7 @@ pub(crate) fn wait_for_signal_then_stop(
                 stopping.store(true, Ordering::SeqCst);
                 deadline = Some(
                     std::time::Instant::now()
-                        + Duration::from_secs(crate::http::DRAIN_S_MAX + STOP_GRACE_S),
+                        + Duration::from_secs(crate::conn::DRAIN_S_MAX + STOP_GRACE_S),
                 );
             }
             Some(Event::ExecutorEnded { core, why }) => {
@@ -934,7 +932,7 @@ pub struct NodeOptions {
     pub zone: String,
     pub cores: usize,
     pub store: StoreOptions,
-    pub limits: crate::http::Limits,
+    pub limits: crate::conn::Limits,
 }
 
 fn reserve_udp_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {

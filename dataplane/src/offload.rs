@@ -42,5 +42,5 @@ pub async fn remove_file(path: PathBuf) -> io::Result<()> {
 
 /// Makes a directory's entries durable (fsync of the directory).
 pub async fn sync_dir(path: PathBuf) -> io::Result<()> {
-    blocking(move || std::fs::File::open(&path)?.sync_all()).await
+    blocking(move || crate::drives::fsync_dir(&path)).await
 }

@@ -499,15 +499,9 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
             }
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let peer = conn.remote_address();
-                let n = node.clone();
+                let stream = serve_stream(node.clone(), send, recv);
                 glommio::spawn_local(async move {
-                    let stream = serve_stream(n.clone(), send, recv);
-                    crate::guard::caught(
-                        &n.metrics,
-                        || format!("peer stream from {peer:?}"),
-                        stream,
-                    )
-                    .await;
+                    crate::guard::caught(|| format!("peer stream from {peer:?}"), stream).await;
                 })
                 .detach();
             }

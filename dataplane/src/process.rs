@@ -74,7 +74,7 @@ pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 
 /// Makes `dir` private to the user even when it was created before (by an older version, or
 /// by hand with a looser mask).
-pub fn make_private(dir: &Path) -> std::io::Result<()> {
+fn make_private(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(dir)?;
     if meta.permissions().mode() & 0o077 != 0 {

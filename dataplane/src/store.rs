@@ -121,8 +121,9 @@ pub(crate) struct ShardWriter {
 pub const PREALLOCATE_AHEAD_BYTES: u64 = 16 << 20;
 
 impl ShardWriter {
-    /// Creates the files (and, with `file_bytes`, preallocates them). On error, what was
-    /// created is closed; the caller removes the files with the intent that lists them.
+    /// Creates the files; with `file_bytes` (their final size), `write` preallocates them in
+    /// steps ahead of the bytes written. On error, what was created is closed; the caller
+    /// removes the files with the intent that lists them.
     pub(crate) async fn create(
         node: &Node,
         locs: &[ShardLoc],

@@ -224,6 +224,21 @@ impl Dev {
         }
     }
 
+    /// Sends a PUT's head by hand (with `extra` header lines) and returns the socket, to stream
+    /// a body or not; reads time out after 10 s.
+    pub fn raw_put_head(&self, key: &str, len: u64, extra: &str) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "PUT /objects/{key} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\n{extra}\r\n",
+            self.http, self.secret
+        )
+        .unwrap();
+        s
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }

@@ -10,19 +10,6 @@ use std::time::Duration;
 
 const DRIVES: usize = 6;
 
-/// Sends a request head by hand and returns the socket (to stream a body, or not).
-fn raw_put_head(dev: &Dev, key: &str, len: u64, extra: &str) -> TcpStream {
-    let mut s = TcpStream::connect(&dev.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "PUT /objects/{key} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\n{extra}\r\n",
-        dev.http, dev.secret
-    )
-    .unwrap();
-    s
-}
-
 fn read_status(s: &mut TcpStream) -> u16 {
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).unwrap();
@@ -71,8 +58,7 @@ fn erasure_coding_overhead_and_dedup() {
     assert!(dev.get_bytes("b").1 == body);
     // With X-Blake3 and Expect: 100-continue the body is never sent.
     let h = blake3::hash(&body).to_hex().to_string();
-    let mut s = raw_put_head(
-        &dev,
+    let mut s = dev.raw_put_head(
         "c",
         size as u64,
         &format!("X-Blake3: {h}\r\nExpect: 100-continue\r\n"),
@@ -128,7 +114,7 @@ fn kill9_during_put_leaves_no_version_and_no_files() {
     assert_eq!(dev.put("other", random_bytes(30, 500_000)).status(), 201);
     let baseline: Vec<PathBuf> = shard_files(&dev, DRIVES);
     let total = 20 * 1024 * 1024;
-    let mut s = raw_put_head(&dev, "half", total, "");
+    let mut s = dev.raw_put_head("half", total, "");
     let body = random_bytes(31, 6 * 1024 * 1024);
     s.write_all(&body).unwrap();
     s.flush().unwrap();
@@ -287,7 +273,7 @@ fn truncated_body_commits_nothing() {
     let dev = Dev::start(&[]);
     for len in [1000u64, 2_000_000] {
         let before = shard_files(&dev, DRIVES).len();
-        let mut s = raw_put_head(&dev, "trunc", len, "");
+        let mut s = dev.raw_put_head("trunc", len, "");
         s.write_all(&random_bytes(1, (len / 2) as usize)).unwrap();
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut rest = Vec::new();

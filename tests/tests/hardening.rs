@@ -454,14 +454,7 @@ fn connections_past_the_cap_are_refused_and_idle_ones_closed() {
 fn a_stalled_put_reserves_little_and_times_out() {
     let dev = Dev::start(&["--body-idle-timeout", "3s"]);
     let before = allocated_on_drives(&dev, 6);
-    let mut s = TcpStream::connect(&dev.http).unwrap();
-    let head = format!(
-        "PUT /objects/stalled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Length: {}\r\n\r\n",
-        dev.secret,
-        1u64 << 30
-    );
-    s.write_all(head.as_bytes()).unwrap();
+    let mut s = dev.raw_put_head("stalled", 1 << 30, "");
     s.write_all(&random_bytes(9, 3_000_000)).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || allocated_on_drives(&dev, 6)
