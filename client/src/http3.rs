@@ -32,10 +32,15 @@ struct State {
     live: Option<Live>,
 }
 
+/// How long `disconnect` waits for a closed connection to drain.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct Live {
     send: SendRequest<h3_quinn::OpenStreams, Bytes>,
     quic: quinn::Connection,
+    /// The connection's own UDP endpoint, to wait on when closing.
+    endpoint: quinn::Endpoint,
     /// For a connection opened with 0-RTT: whether the server accepted it, once known.
     early: Option<watch::Receiver<Option<bool>>>,
 }
@@ -133,6 +138,10 @@ impl H3 {
         let mut st = self.state.lock().await;
         if let Some(l) = st.live.take() {
             l.quic.close(0x100u32.into(), b"");
+            // Until the server has been told (the close sent, the draining period over), so a
+            // client that exits next does not leave the server waiting out its idle timeout
+            // for acknowledgements that will never come.
+            let _ = tokio::time::timeout(CLOSE_WAIT_MAX, l.endpoint.wait_idle()).await;
         }
     }
 
@@ -208,7 +217,12 @@ impl H3 {
         tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
-        Ok(Live { send, quic, early })
+        Ok(Live {
+            send,
+            quic,
+            endpoint: ep,
+            early,
+        })
     }
 
     /// A connection on which `idempotent` (or not) may be sent now: one whose early data the

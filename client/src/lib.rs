@@ -667,8 +667,10 @@ impl Client {
         }
     }
 
-    /// Closes the connections; the next request opens new ones (over HTTP/3 with 0-RTT where
-    /// enabled and a session ticket is held).
+    /// Closes the connections, telling the server (waiting up to a second for that over
+    /// HTTP/3); the next request opens new ones (over HTTP/3 with 0-RTT where enabled and a
+    /// session ticket is held). A program about to exit calls this, so the server does not
+    /// hold state for a client that is gone.
     pub async fn disconnect(&self) {
         match &self.inner.transport {
             Transport::H1(_) => {}

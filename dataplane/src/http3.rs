@@ -148,6 +148,14 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
                     break;
                 }
             }
+            Some(Ok(Some(resolver))) if stopping => {
+                // h3 lets one stream past its own GOAWAY (it rejects only IDs above the one it
+                // sent, where RFC 9114 says that ID and above go unprocessed), and the client
+                // has already failed that request on reading the GOAWAY: serving it would keep
+                // the stop waiting on an answer nobody reads. Everything after GOAWAY is
+                // rejected, as the client expects.
+                reject(resolver);
+            }
             Some(Ok(Some(resolver))) => {
                 let node = node.clone();
                 let quic = quic.clone();
@@ -182,6 +190,16 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
             }
         }
     }
+}
+
+/// Refuses a request stream unprocessed (`H3_REQUEST_REJECTED`): the client may retry it on
+/// another connection.
+fn reject(resolver: h3::server::RequestResolver<H3Conn, Bytes>) {
+    use h3::quic::{RecvStream as _, SendStream as _};
+    let code = h3::error::Code::H3_REQUEST_REJECTED.value();
+    let mut s = resolver.frame_stream.into_inner();
+    s.stop_sending(code);
+    s.reset(code);
 }
 
 /// Whether a request may run now, waiting first where it must. A request seen before the

@@ -314,6 +314,8 @@ fn sigterm_lets_http3_requests_in_flight_finish() {
             got.extend_from_slice(&b);
         }
         assert!(got == body, "the response in flight was not finished whole");
+        // Gone as a client should go: the server then has nothing left to wait for.
+        c.disconnect().await;
     });
     assert_eq!(dev.stop(), Some(0));
 }
