@@ -108,6 +108,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeRec>,
     /// Nodes being drained (or drained), by node id.
     pub drains: Vec<(u32, DrainRec)>,
+    /// Nodes that must be up for a write (0: the minimum, ceil((K+M)/M)); see
+    /// `engine::placement::WriteRule`.
+    pub write_quorum: u32,
 }
 
 impl ClusterView {
@@ -297,7 +300,27 @@ pub fn view(kv: &dyn Kv) -> Result<ClusterView> {
             parity: m.parity,
             nodes: all_nodes(tx)?,
             drains: all_drains(tx)?,
+            write_quorum: write_quorum(tx)?,
         })
+    })
+}
+
+fn write_quorum(tx: &mut dyn Tx) -> Result<u32> {
+    match tx.get(&keys::write_quorum())? {
+        None => Ok(0),
+        Some(v) => {
+            Ok(u32::from_le_bytes(v.as_slice().try_into().map_err(
+                |_| RecordError("the write quorum is a u32".into()),
+            )?))
+        }
+    }
+}
+
+/// Sets the write quorum: nodes that must be up for a write to be taken (0: the minimum).
+pub fn set_write_quorum(kv: &dyn Kv, nodes: u32) -> Result<()> {
+    run(kv, true, |tx| {
+        tx.set(&keys::write_quorum(), &nodes.to_le_bytes())?;
+        bump_epoch(tx)
     })
 }
 

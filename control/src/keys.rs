@@ -52,6 +52,9 @@ pub mod tag {
     pub const LEADER: u8 = 0x72;
     /// `[0x73] node:u32be` → `DrainRec`: an operator asked to move every shard off the node
     pub const DRAIN: u8 = 0x73;
+    /// Singleton → u32 little-endian: the write quorum, nodes that must be up for a write
+    /// (absent or 0: the fewest that can hold K+M shards with at most M on one node)
+    pub const WRITE_QUORUM: u8 = 0x74;
     /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed
     /// (makes retries after `commit_unknown_result` idempotent; expired after an hour)
     pub const DONE: u8 = 0x80;
@@ -356,6 +359,10 @@ pub fn leader() -> Vec<u8> {
     vec![tag::LEADER]
 }
 
+pub fn write_quorum() -> Vec<u8> {
+    vec![tag::WRITE_QUORUM]
+}
+
 pub fn done(issued_ms: u64, token: &[u8; 16]) -> Vec<u8> {
     let mut k = vec![tag::DONE];
     k.extend_from_slice(&issued_ms.to_be_bytes());
@@ -417,6 +424,7 @@ mod tests {
         assert_eq!(scrub_cursor(258), b"\x42\x01\x02");
         assert_eq!(moving(&h)[0], 0x61);
         assert_eq!(drain(7), b"\x73\x00\x00\x00\x07");
+        assert_eq!(write_quorum(), b"\x74");
         let u = unreferenced(258, &h);
         assert_eq!(&u[..9], b"\x32\x00\x00\x00\x00\x00\x00\x01\x02");
         assert_eq!(parse_unreferenced(&u), Some((258, h)));

@@ -60,7 +60,13 @@ pub(crate) async fn cluster(node: &Node) -> Result<Resp, ApiError> {
                         "since": rfc3339_ms(n.since_ms), "drives": drives})
                 })
                 .collect();
-            json!({"mode": "cluster", "epoch": v.epoch, "ec": {"data": v.data, "parity": v.parity}, "nodes": nodes})
+            let rule = ostore_engine::placement::WriteRule {
+                total: v.data as usize + v.parity as usize,
+                parity: v.parity as usize,
+                quorum: v.write_quorum as usize,
+            };
+            json!({"mode": "cluster", "epoch": v.epoch, "ec": {"data": v.data, "parity": v.parity},
+                "write_quorum": rule.nodes_needed(), "nodes": nodes})
         }
     };
     Ok(json_response(StatusCode::OK, body))

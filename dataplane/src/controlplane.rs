@@ -36,6 +36,9 @@ pub struct ControlOptions {
     pub ec: EcParams,
     /// A node down this long has its shards rebuilt elsewhere.
     pub down_grace: Duration,
+    /// Sets the cluster's write quorum (nodes that must be up to write; 0: the minimum);
+    /// `None` keeps what is stored.
+    pub write_quorum: Option<u32>,
     /// What one client (node) may hold of the control plane.
     pub limits: crate::conn::Limits,
 }
@@ -103,6 +106,20 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
             opts.ec.parity
         );
     }
+    if let Some(q) = opts.write_quorum {
+        futures_lite::future::block_on(meta.write(move |kv| cluster::set_write_quorum(kv, q)))?;
+    }
+    let rule = ostore_engine::placement::WriteRule {
+        total: data as usize + parity as usize,
+        parity: parity as usize,
+        quorum: cluster::view(meta.kv())?.write_quorum as usize,
+    };
+    tracing::info!(
+        "writes need {} node(s) up (at most {parity} of the {} shards on one node; write quorum {})",
+        rule.nodes_needed(),
+        rule.total,
+        rule.quorum
+    );
     let control = Arc::new(Control {
         meta,
         secret,

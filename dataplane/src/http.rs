@@ -102,6 +102,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for conditions that pass.
+    pub retry_after_s: Option<u32>,
 }
 
 pub(crate) fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -109,8 +111,13 @@ pub(crate) fn err(status: StatusCode, code: &'static str, message: impl Into<Str
         status,
         code,
         message: message.into(),
+        retry_after_s: None,
     }
 }
+
+/// How long a client should wait before retrying a write refused for too few nodes up: about
+/// what failure detection and a node's return take.
+const NODES_RETRY_AFTER_S: u32 = 5;
 
 impl ApiError {
     pub(crate) fn into_response(self) -> Resp {
@@ -121,6 +128,10 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         r
     }
 }
@@ -201,9 +212,10 @@ impl From<StoreError> for ApiError {
             StoreError::InsufficientStorage(m) => {
                 err(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m)
             }
-            StoreError::NotEnoughNodes(m) => {
-                err(StatusCode::SERVICE_UNAVAILABLE, "InsufficientShards", m)
-            }
+            StoreError::NotEnoughNodes(m) => ApiError {
+                retry_after_s: Some(NODES_RETRY_AFTER_S),
+                ..err(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m)
+            },
             StoreError::InsufficientShards { .. } => err(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "InsufficientShards",

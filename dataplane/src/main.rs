@@ -138,6 +138,12 @@ enum Cmd {
         /// How long a node may stay down before its shards are rebuilt elsewhere (e.g. 10m, 30s).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         down_grace: std::time::Duration,
+        /// Nodes that must be up for a write to be taken. At least, and by default,
+        /// ceil((K+M)/M): the fewest that hold K+M shards with at most M on any one node, so
+        /// that losing a node loses nothing. Stored with the cluster; omitted, the stored value
+        /// stays.
+        #[arg(long)]
+        write_quorum: Option<u32>,
         #[command(flatten)]
         serving: Serving,
     },
@@ -239,6 +245,7 @@ fn main() {
             meta,
             ec,
             down_grace,
+            write_quorum,
             serving,
         } => ostore_dataplane::controlplane::run_control(
             ostore_dataplane::controlplane::ControlOptions {
@@ -246,6 +253,7 @@ fn main() {
                 meta,
                 ec,
                 down_grace,
+                write_quorum,
                 // One executor serves the control-plane API.
                 limits: serving.limits(1, open_files),
             },

@@ -88,7 +88,7 @@ impl Node {
     pub async fn refresh_view(&self) {
         if let Some(c) = &self.cluster {
             match self.meta.call::<ClusterView>(Rq::Cluster).await {
-                Ok(v) => *c.view.write().expect("cluster view lock") = Arc::new(v),
+                Ok(v) => c.set_view(v),
                 Err(e) => tracing::warn!("reading the cluster view: {e}"),
             }
         }
@@ -294,7 +294,13 @@ async fn work_repairs(node: &Arc<Node>) -> bool {
     };
     let mut retry_later = false;
     let mine = repair_share(node);
-    for (h, nonce) in queue.into_iter().filter(|(h, _)| mine(h)) {
+    let queue: Vec<([u8; 32], u64)> = queue.into_iter().filter(|(h, _)| mine(h)).collect();
+    if !queue.is_empty() {
+        // Work queued after nodes returned must see them: the view is at least as new as the
+        // queue, not a heartbeat older.
+        node.refresh_view().await;
+    }
+    for (h, nonce) in queue {
         if node.stopping.load(Ordering::Relaxed) {
             return false;
         }
@@ -349,6 +355,9 @@ async fn work_moves(node: &Arc<Node>) -> bool {
         .take(MOVE_BATCH)
         .collect();
     let full = batch.len() == MOVE_BATCH;
+    if !batch.is_empty() {
+        node.refresh_view().await;
+    }
     for (h, nonce) in batch {
         if node.stopping.load(Ordering::Relaxed) {
             return false;
@@ -553,9 +562,17 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         futures_lite::future::block_on(check_drive(&node, d))?;
     }
     futures_lite::future::block_on(clean_intents(&node))?;
-    if (opts.drives as usize) < opts.ec.total() {
+    if (opts.drives as usize) * (opts.ec.parity as usize) < opts.ec.total() {
         tracing::warn!(
-            "{} drives for {} shards: writes of objects over the inline size will fail with 507",
+            "{} drive(s) hold at most {} of the {} shards (no more than {} on one drive): writes of objects over the inline size will fail with 507",
+            opts.drives,
+            opts.drives as usize * opts.ec.parity as usize,
+            opts.ec.total(),
+            opts.ec.parity
+        );
+    } else if (opts.drives as usize) < opts.ec.total() {
+        tracing::warn!(
+            "{} drives for {} shards: some drives hold two or more shards of an object",
             opts.drives,
             opts.ec.total()
         );
@@ -1132,11 +1149,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
-        cluster: Some(crate::peer::Cluster {
-            me: rec.id,
-            view: std::sync::RwLock::new(Arc::new(view)),
-            tls,
-        }),
+        cluster: Some(crate::peer::Cluster::new(rec.id, view, tls)),
         peer_ids: (0..opts.cores)
             .map(|_| AtomicUsize::new(usize::MAX))
             .collect(),

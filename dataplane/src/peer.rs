@@ -34,6 +34,12 @@ const IDLE_TIMEOUT_MS: u32 = 5_000;
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to a peer fails after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Opening a shard file on a peer (one round trip on a fresh stream) fails after this long;
+/// the connection is then replaced.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A node this node could not reach takes no new shards from it for this long (longer than the
+/// control plane takes to mark a dead node down), whatever the cluster view says.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// TLS for the peer protocol, built from the cluster secret.
 #[derive(Clone)]
@@ -168,11 +174,68 @@ pub struct Cluster {
     pub me: u32,
     pub view: RwLock<Arc<ClusterView>>,
     pub tls: PeerTls,
+    /// Nodes this node failed to reach, when (and when by the wall clock): placement keeps new
+    /// shards off them for [`SUSPECT_FOR`], ahead of the control plane's verdict, or until the
+    /// view shows them back up after that.
+    pub suspects: std::sync::Mutex<Vec<(u32, std::time::Instant, u64)>>,
 }
 
 impl Cluster {
+    pub fn new(me: u32, view: ClusterView, tls: PeerTls) -> Cluster {
+        Cluster {
+            me,
+            view: RwLock::new(Arc::new(view)),
+            tls,
+            suspects: Default::default(),
+        }
+    }
+
     pub fn view(&self) -> Arc<ClusterView> {
         self.view.read().expect("cluster view lock").clone()
+    }
+
+    /// The node holding `drive`, as the view says.
+    pub fn node_of_drive(&self, drive: u16) -> Option<u32> {
+        self.view()
+            .nodes
+            .iter()
+            .find(|n| n.drives.iter().any(|d| d.id == drive))
+            .map(|n| n.id)
+    }
+
+    /// Takes a newer view; a suspected node that the view shows up again since the suspicion
+    /// (it was marked down and came back) is suspected no more.
+    pub fn set_view(&self, v: ClusterView) {
+        {
+            let mut s = self.suspects.lock().expect("suspects lock");
+            s.retain(|(id, _, wall_ms)| {
+                !v.nodes
+                    .iter()
+                    .any(|n| n.id == *id && n.up && n.since_ms > *wall_ms)
+            });
+        }
+        *self.view.write().expect("cluster view lock") = Arc::new(v);
+    }
+
+    /// Notes that `node` could not be reached just now.
+    pub fn suspect(&self, node: u32) {
+        let now = std::time::Instant::now();
+        let wall_ms = ostore_control::service::now_ms();
+        let mut s = self.suspects.lock().expect("suspects lock");
+        s.retain(|(n, at, _)| *n != node && now.duration_since(*at) < SUSPECT_FOR);
+        s.push((node, now, wall_ms));
+        tracing::info!("node {node} unreachable: no new shards go to it for {SUSPECT_FOR:?}");
+    }
+
+    /// Whether `node` failed to answer within the last [`SUSPECT_FOR`] (and has not been seen
+    /// coming back since).
+    pub fn suspected(&self, node: u32) -> bool {
+        let now = std::time::Instant::now();
+        self.suspects
+            .lock()
+            .expect("suspects lock")
+            .iter()
+            .any(|(n, at, _)| *n == node && now.duration_since(*at) < SUSPECT_FOR)
     }
 
     /// The peer address of the node holding `drive`, if that node is up.
@@ -238,6 +301,14 @@ async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connectio
     .await?;
     CONNS.with(|m| m.borrow_mut().insert(addr, c.clone()));
     Ok(c)
+}
+
+/// Drops this executor's connection to `addr` (closing it), so that the next operation makes
+/// a new one.
+fn forget_connection(addr: SocketAddr) {
+    if let Some(c) = CONNS.with(|m| m.borrow_mut().remove(&addr)) {
+        c.close(b"no progress");
+    }
 }
 
 /// A shard file on another node: one QUIC stream. Writes are pipelined: a WRITE is sent and
@@ -309,7 +380,15 @@ async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStr
         .as_ref()
         .ok_or_else(|| io::Error::other(format!("drive {drive} is not on this node")))?;
     let addr = cluster.peer_of(drive)?;
-    let conn = connection(cluster, addr).await?;
+    let conn = match connection(cluster, addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(n) = cluster.node_of_drive(drive) {
+                cluster.suspect(n);
+            }
+            return Err(e);
+        }
+    };
     tracing::debug!(
         "drive {drive}: stream to {addr} ({:?})",
         conn.remote_address()
@@ -335,7 +414,7 @@ async fn timed<T>(
 
 impl PeerFile {
     pub async fn open(node: &Node, loc: &ShardLoc, mode: OpenMode) -> io::Result<PeerFile> {
-        timed("open", async {
+        let opened = crate::conn::within(OPEN_TIMEOUT, async {
             let (mut send, mut recv) = open_stream(node, loc.drive).await?;
             roundtrip(
                 &mut send,
@@ -350,7 +429,27 @@ impl PeerFile {
                 unanswered: RefCell::new(std::collections::VecDeque::new()),
             })
         })
-        .await
+        .await;
+        match opened {
+            Some(r) => r,
+            None => {
+                // A connection on which one round trip takes this long is not making
+                // progress (a peer that stopped reading, a path that went dark): the next
+                // operation gets a fresh one, and placement keeps off the node meanwhile.
+                if let Some(c) = &node.cluster {
+                    if let Ok(addr) = c.peer_of(loc.drive) {
+                        forget_connection(addr);
+                    }
+                    if let Some(n) = c.node_of_drive(loc.drive) {
+                        c.suspect(n);
+                    }
+                }
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer open took over {OPEN_TIMEOUT:?}"),
+                ))
+            }
+        }
     }
 
     /// Sends `req`; with `wait`, reads the answers of the WRITEs sent before it (returning the

@@ -368,7 +368,7 @@ pub(crate) async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
 
 /// Every drive as placement sees it: this node's with the free space last read (every second,
 /// off the executors, less what was placed since); in a cluster, the other nodes' as their last
-/// heartbeat reported them.
+/// heartbeat reported them, those of nodes this node just failed to reach as unhealthy.
 fn drive_views(node: &Node) -> Vec<DriveView> {
     let view = node.cluster.as_ref().map(|c| c.view());
     // A draining node takes no new shards, its own included.
@@ -384,7 +384,7 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
         free_bytes: d.placeable_bytes(),
         healthy: d.healthy.load(Ordering::Relaxed) && !me_draining,
     });
-    let Some(view) = view else {
+    let (Some(view), Some(cluster)) = (view, node.cluster.as_ref()) else {
         return local.collect();
     };
     let mut out: Vec<DriveView> = local.collect();
@@ -402,7 +402,7 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
                     node: n.id,
                     zone,
                     free_bytes: d.free_bytes,
-                    healthy: n.up && !d.refill && !view.draining(n.id),
+                    healthy: n.up && !d.refill && !view.draining(n.id) && !cluster.suspected(n.id),
                 }),
             }
         }
@@ -420,34 +420,36 @@ pub async fn place_shards(
     let ec = node.ec;
     let per_shard = Geometry::new(ec, size_bytes).shard_file_bytes();
     let spread: u64 = rand::random();
-    let mut views = drive_views(node);
-    let mut placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
+    let rule = |node: &Node| placement::WriteRule {
+        total: ec.total(),
+        parity: ec.parity as usize,
+        quorum: node
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.view().write_quorum as usize),
+    };
+    let mut placed = placement::place_object(&drive_views(node), rule(node), per_shard, spread);
     if placed.is_err() && node.cluster.is_some() {
         // The view may be a heartbeat old (a node just joined or returned): refresh and retry.
         node.refresh_view().await;
-        views = drive_views(node);
-        placed = placement::place(&views, ec.total(), per_shard, spread, &[]);
+        placed = placement::place_object(&drive_views(node), rule(node), per_shard, spread);
     }
-    let drives = placed.map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
-    // What is placed counts as used on this node's drives until the write ends.
+    // The write rule (`placement::place_object`): distinct nodes while there are enough, else
+    // up to M shards on one node; too few nodes up is a passing condition (503), no room a
+    // lasting one (507). An object written short of full spread is spread out by repair once
+    // nodes return.
+    let drives = placed.map_err(|e| match e {
+        placement::PlacementError::TooFewNodes { .. } => StoreError::NotEnoughNodes(e.to_string()),
+        _ => StoreError::InsufficientStorage(e.to_string()),
+    })?;
+    // What is placed counts as used on this node's drives until the write ends (a drive
+    // holding two shards counts both).
     let mut reservation = crate::drives::Reservation::default();
     for d in &drives {
         if let Some(local) = node.local_drive(*d) {
             reservation.add(local, per_shard);
         }
     }
-    // Write quorum: every shard is written, on distinct drives of as many nodes as are up; the
-    // object must survive the loss of any one node, so no node may hold more than M shards.
-    let (most_on_one_node, nodes) = placement::max_per_node(&views, &drives);
-    if nodes > 1 && most_on_one_node > ec.parity as usize {
-        return Err(StoreError::NotEnoughNodes(format!(
-            "too few nodes are up: one would hold {most_on_one_node} of the {} shards, more than the {} parity shards",
-            ec.total(),
-            ec.parity
-        )));
-    }
-    // With fewer nodes up than shards, some node holds two or more: a repair scan (run by the
-    // control plane when nodes return, or `osctl repair`) moves them apart later.
     let locs = drives
         .iter()
         .enumerate()
@@ -550,25 +552,48 @@ pub async fn put(
     let compress = probe_compressible(node, &mut already, body).await?;
     let ec = node.ec;
     let size_guess = length_hint.unwrap_or(already.iter().map(|b| b.len() as u64).sum());
-    let upload_id: u64 = rand::random();
-    // Held until the PUT ends: its files are reserved in steps, placement counts the rest.
-    let (locs, _reservation) = place_shards(node, size_guess, upload_id).await?;
-    node.meta
-        .call::<()>(Rq::BeginIntent {
-            id: upload_id,
-            shards: locs.clone(),
-        })
-        .await?;
+    let shape = WriteShape::new(ec, compress, length_hint);
+    // A shard file that cannot be created on a node that does not answer (dead, hung, not yet
+    // marked down) is placed again, off that node; nothing of the body was consumed yet.
+    let mut tries = 0;
+    let (upload_id, locs, _reservation, writer) = loop {
+        let upload_id: u64 = rand::random();
+        // Held until the PUT ends: its files are reserved in steps, placement counts the rest.
+        let (locs, reservation) = place_shards(node, size_guess, upload_id).await?;
+        node.meta
+            .call::<()>(Rq::BeginIntent {
+                id: upload_id,
+                shards: locs.clone(),
+            })
+            .await?;
+        match shape.create(node, &locs).await {
+            Ok(w) => break (upload_id, locs, reservation, w),
+            Err(e) => {
+                discard(node, &locs, upload_id);
+                tries += 1;
+                let unreachable = node.cluster.as_ref().is_some_and(|c| {
+                    locs.iter()
+                        .filter_map(|l| c.node_of_drive(l.drive))
+                        .any(|n| c.suspected(n))
+                });
+                if unreachable && tries < PLACE_TRIES {
+                    tracing::info!("placing a PUT's shards again: {e}");
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    };
 
     let result = put_sharded(
-        node,
         ec,
         &locs,
+        writer,
+        shape,
         &mut hasher,
         already,
         compress,
         expected,
-        length_hint,
         body,
     )
     .await;
@@ -610,6 +635,7 @@ pub async fn put(
         discard(node, &locs, upload_id);
     } else {
         node.end_intent_later(upload_id);
+        spread_later_if_short(node, &locs, h);
     }
     if outcome.replaced_damaged {
         remove_replaced(node, &h).await;
@@ -621,38 +647,97 @@ pub async fn put(
     })
 }
 
+/// Queues a new object written short of full spread (a node holds two or more of its shards
+/// while the cluster has other nodes) to have its shards moved apart: at once where the nodes
+/// it avoided are up (one it could not reach for a moment), else when they return (the leader's
+/// scan after a node comes back finds it too).
+pub(crate) fn spread_later_if_short(node: &Node, locs: &[ShardLoc], blake3: [u8; 32]) {
+    let Some(c) = &node.cluster else {
+        return;
+    };
+    let view = c.view();
+    let mut nodes: Vec<u32> = locs
+        .iter()
+        .filter_map(|l| c.node_of_drive(l.drive))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.len() >= locs.len().min(view.nodes.len()) {
+        return;
+    }
+    let meta = node.meta.clone();
+    glommio::spawn_local(async move {
+        let r = meta
+            .call::<()>(Rq::QueueMove {
+                contents: vec![blake3],
+                nonce: rand::random(),
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("queueing {} to spread out: {e}", hex::encode(blake3));
+        }
+    })
+    .detach();
+}
+
+/// Placements a PUT tries when shard files cannot be created on a node that does not answer.
+const PLACE_TRIES: usize = 3;
+
+/// How a PUT's shard files are written: stripes per batch, and the files' final size where it
+/// is known in advance.
+#[derive(Clone, Copy)]
+struct WriteShape {
+    ec: EcParams,
+    batch: usize,
+    file_bytes: Option<u64>,
+}
+
+impl WriteShape {
+    fn new(ec: EcParams, compress: bool, length_hint: Option<u64>) -> WriteShape {
+        // The stored size of an object that is compressed is known only at its end.
+        let length_hint = length_hint.filter(|_| !compress);
+        // An object whose length is known and fits in two batches is written as one batch.
+        let stripes_hint = length_hint.map(|l| Geometry::new(ec, l).stripe_count() as usize);
+        let batch = match stripes_hint {
+            Some(n) if n > 0 && n <= 2 * WRITE_BATCH_STRIPES => n,
+            _ => WRITE_BATCH_STRIPES,
+        };
+        WriteShape {
+            ec,
+            batch,
+            file_bytes: length_hint.map(|l| Geometry::new(ec, l).shard_file_bytes()),
+        }
+    }
+
+    async fn create(&self, node: &Node, locs: &[ShardLoc]) -> Result<ShardWriter> {
+        ShardWriter::create(
+            node,
+            locs,
+            Striper::new(self.ec, self.batch).buffer_bytes(),
+            self.file_bytes,
+            OpenMode::Create,
+        )
+        .await
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn put_sharded(
-    node: &Node,
     ec: EcParams,
     locs: &[ShardLoc],
+    writer: ShardWriter,
+    shape: WriteShape,
     hasher: &mut blake3::Hasher,
     already: Vec<Bytes>,
     compress: bool,
     expected: Option<[u8; 32]>,
-    length_hint: Option<u64>,
     body: &mut impl BodySource,
 ) -> Result<(u64, [u8; 32], Encoding)> {
-    // The stored size of an object that is compressed is known only at its end.
-    let length_hint = length_hint.filter(|_| !compress);
-    // An object whose length is known and fits in two batches is written as one batch.
-    let stripes_hint = length_hint.map(|l| Geometry::new(ec, l).stripe_count() as usize);
-    let batch = match stripes_hint {
-        Some(n) if n > 0 && n <= 2 * WRITE_BATCH_STRIPES => n,
-        _ => WRITE_BATCH_STRIPES,
-    };
     let mut out = StripeOut {
-        striper: Striper::new(ec, batch),
+        striper: Striper::new(ec, shape.batch),
         codec: Codec::new(ec),
         tags: locs.iter().map(|l| l.file_tag).collect(),
-        w: ShardWriter::create(
-            node,
-            locs,
-            Striper::new(ec, batch).buffer_bytes(),
-            length_hint.map(|l| Geometry::new(ec, l).shard_file_bytes()),
-            OpenMode::Create,
-        )
-        .await?,
+        w: writer,
     };
     let mut frames = if compress {
         Some(compress::FrameWriter::new().map_err(|e| StoreError::Codec(e.to_string()))?)

@@ -6,8 +6,10 @@
 //! per-object rotation (from the content hash) breaks ties so that data and parity shards
 //! spread evenly over equal drives instead of always landing in the same order.
 //!
-//! With fewer healthy nodes than shards, some node gets two or more; the caller decides whether
-//! that is durable enough ([`max_per_node`]) and queues the object for repair once nodes return.
+//! New objects follow the write rule ([`place_object`]): with fewer healthy nodes than shards
+//! some node gets two or more (never more than M, so losing one node loses nothing), and below
+//! the write quorum nothing is written. Objects written short of full spread are spread out by
+//! repair once nodes return ([`doubled_up`]).
 
 use thiserror::Error;
 
@@ -28,6 +30,119 @@ pub enum PlacementError {
     /// Fewer healthy drives with room than shards to place.
     #[error("{need} distinct drives with room needed, {have} available")]
     NotEnoughDrives { need: usize, have: usize },
+    /// Fewer nodes up than the write rule needs: a condition that passes (nodes return), not
+    /// a lack of space.
+    #[error("{up} node(s) up, {need} needed to write (no node may hold more than {per_node} of the {total} shards, and the write quorum is {quorum})")]
+    TooFewNodes {
+        up: usize,
+        need: usize,
+        per_node: usize,
+        total: usize,
+        quorum: usize,
+    },
+    /// Enough nodes are up, but their drives have room for only `fits` of the shards.
+    #[error("the drives up have room for {fits} of the {total} shards of {shard_bytes} bytes (at most {per_domain} per {domain})")]
+    NoRoom {
+        fits: usize,
+        total: usize,
+        shard_bytes: u64,
+        per_domain: usize,
+        domain: &'static str,
+    },
+}
+
+/// How many shards of one object a failure domain may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Caps {
+    per_node: usize,
+    per_drive: usize,
+}
+
+/// The write rule: where the `total` (K+M) shards of a new object may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteRule {
+    pub total: usize,
+    /// M: shards of one object that may be lost, hence the most one node (or, on a single
+    /// node, one drive) may hold.
+    pub parity: usize,
+    /// Nodes that must be up for a write to be taken; at least [`WriteRule::min_nodes`]
+    /// (smaller values, 0 included, mean that minimum).
+    pub quorum: usize,
+}
+
+impl WriteRule {
+    /// The fewest nodes that can hold `total` shards with at most `parity` on any one:
+    /// ceil(total / parity).
+    pub fn min_nodes(&self) -> usize {
+        self.total.div_ceil(self.parity.max(1))
+    }
+
+    /// Nodes that must be up to write.
+    pub fn nodes_needed(&self) -> usize {
+        self.quorum.max(self.min_nodes())
+    }
+}
+
+/// Chooses the drives of a new object's shards under `rule`. Shards go to distinct nodes while
+/// there are enough (and over zones, then to the drives with the most room, as [`place`]);
+/// with fewer nodes up a node holds several, on distinct drives where it has them and stacked
+/// on one drive only if it must, but never more than `parity`, so that losing any one node
+/// (any one drive, on a single-node store) loses nothing. With fewer nodes up than
+/// [`WriteRule::nodes_needed`] the write is refused ([`PlacementError::TooFewNodes`]); with
+/// too little room, [`PlacementError::NoRoom`]. A single-node store (every drive on one node)
+/// applies the cap to drives instead.
+pub fn place_object(
+    drives: &[DriveView],
+    rule: WriteRule,
+    shard_bytes: u64,
+    spread: u64,
+) -> Result<Vec<u16>, PlacementError> {
+    let parity = rule.parity.max(1);
+    let mut nodes: Vec<u32> = drives.iter().map(|d| d.node).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let caps = if nodes.len() <= 1 {
+        Caps {
+            per_node: usize::MAX,
+            per_drive: parity,
+        }
+    } else {
+        let mut up: Vec<u32> = drives
+            .iter()
+            .filter(|d| d.healthy)
+            .map(|d| d.node)
+            .collect();
+        up.sort_unstable();
+        up.dedup();
+        let need = rule.nodes_needed();
+        if up.len() < need {
+            return Err(PlacementError::TooFewNodes {
+                up: up.len(),
+                need,
+                per_node: parity,
+                total: rule.total,
+                quorum: rule.quorum,
+            });
+        }
+        Caps {
+            per_node: parity,
+            per_drive: parity,
+        }
+    };
+    assign(drives, rule.total, shard_bytes, spread, &[], caps).map_err(|fits| {
+        let (per_domain, domain) = if caps.per_node == usize::MAX {
+            (caps.per_drive, "drive")
+        } else {
+            (caps.per_node, "node")
+        };
+        PlacementError::NoRoom {
+            fits,
+            total: rule.total,
+            shard_bytes,
+            per_domain,
+            domain,
+        }
+    })
 }
 
 /// Picks `count` distinct drives with at least `shard_bytes` free, none in `occupied` (drives
@@ -40,44 +155,82 @@ pub fn place(
     spread: u64,
     occupied: &[u16],
 ) -> Result<Vec<u16>, PlacementError> {
-    let mut ok: Vec<&DriveView> = drives
-        .iter()
-        .filter(|d| d.healthy && d.free_bytes >= shard_bytes && !occupied.contains(&d.id))
-        .collect();
-    if ok.len() < count {
-        return Err(PlacementError::NotEnoughDrives {
+    let caps = Caps {
+        per_node: usize::MAX,
+        per_drive: 1,
+    };
+    assign(drives, count, shard_bytes, spread, occupied, caps).map_err(|_| {
+        PlacementError::NotEnoughDrives {
             need: count,
-            have: ok.len(),
-        });
-    }
-    let mut per_node: std::collections::HashMap<u32, usize> = Default::default();
-    let mut per_zone: std::collections::HashMap<u32, usize> = Default::default();
+            have: drives
+                .iter()
+                .filter(|d| d.healthy && d.free_bytes >= shard_bytes && !occupied.contains(&d.id))
+                .count(),
+        }
+    })
+}
+
+/// The greedy core of placement: `count` shards, one at a time, each on the healthy drive with
+/// room that keeps the spread most even: fewest shards of the object on its node, then in its
+/// zone, then on the drive itself; then the most free space (1 GiB steps); then a rotation by
+/// `spread`. `occupied` drives (one shard each) count as used. No node or drive goes past
+/// `caps`, and a drive takes another shard only with room for all it holds. Fails with the
+/// number placed when no drive can take the next one.
+fn assign(
+    drives: &[DriveView],
+    count: usize,
+    shard_bytes: u64,
+    spread: u64,
+    occupied: &[u16],
+    caps: Caps,
+) -> Result<Vec<u16>, usize> {
+    use std::collections::HashMap;
+    let ok: Vec<&DriveView> = drives
+        .iter()
+        .filter(|d| d.healthy && d.free_bytes >= shard_bytes)
+        .collect();
+    let mut per_node: HashMap<u32, usize> = HashMap::new();
+    let mut per_zone: HashMap<u32, usize> = HashMap::new();
+    let mut per_drive: HashMap<u16, usize> = HashMap::new();
     for id in occupied {
+        *per_drive.entry(*id).or_default() += 1;
         if let Some(d) = drives.iter().find(|d| d.id == *id) {
             *per_node.entry(d.node).or_default() += 1;
             *per_zone.entry(d.zone).or_default() += 1;
         }
     }
-    let n = ok.len() as u64;
+    let n = (ok.len() as u64).max(1);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let (pos, _) = ok
+        let best = ok
             .iter()
-            .enumerate()
-            .min_by_key(|(_, d)| {
-                let bucket = d.free_bytes >> 30;
+            .filter(|d| {
+                let on_drive = per_drive.get(&d.id).copied().unwrap_or(0);
+                on_drive < caps.per_drive
+                    && per_node.get(&d.node).copied().unwrap_or(0) < caps.per_node
+                    && (on_drive as u64)
+                        .checked_add(1)
+                        .and_then(|k| k.checked_mul(shard_bytes))
+                        .is_some_and(|need| d.free_bytes >= need)
+            })
+            .min_by_key(|d| {
+                let on_drive = per_drive.get(&d.id).copied().unwrap_or(0);
+                let left = d.free_bytes.saturating_sub(on_drive as u64 * shard_bytes);
                 let rot = (d.id as u64 + n - spread % n) % n;
                 (
                     per_node.get(&d.node).copied().unwrap_or(0),
                     per_zone.get(&d.zone).copied().unwrap_or(0),
-                    std::cmp::Reverse(bucket),
+                    on_drive,
+                    std::cmp::Reverse(left >> 30),
                     rot,
                 )
-            })
-            .expect("enough candidates");
-        let d = ok.swap_remove(pos);
+            });
+        let Some(d) = best else {
+            return Err(out.len());
+        };
         *per_node.entry(d.node).or_default() += 1;
         *per_zone.entry(d.zone).or_default() += 1;
+        *per_drive.entry(d.id).or_default() += 1;
         out.push(d.id);
     }
     Ok(out)
@@ -268,6 +421,135 @@ mod node_tests {
         let mut z: Vec<u32> = p.iter().map(|id| d[*id as usize].zone).collect();
         z.sort();
         assert_eq!(z, vec![0, 1, 2]);
+    }
+
+    fn per(d: &[DriveView], ids: &[u16], of: impl Fn(&DriveView) -> u32) -> Vec<usize> {
+        let mut m: std::collections::BTreeMap<u32, usize> = Default::default();
+        for id in ids {
+            *m.entry(of(d.iter().find(|x| x.id == *id).unwrap()))
+                .or_default() += 1;
+        }
+        m.into_values().collect()
+    }
+
+    const RULE: WriteRule = WriteRule {
+        total: 6,
+        parity: 2,
+        quorum: 0,
+    };
+
+    #[test]
+    fn one_drive_per_node_and_nodes_down_stack_up_to_parity() {
+        // Six single-drive nodes, 4+2: with one down, five hold six shards (one node two, on
+        // its one drive); with three down, three hold two each; with four down, refused.
+        for down in 0..=4u32 {
+            let mut d = cluster(6, 1, 1);
+            for x in d.iter_mut().filter(|x| x.node < down) {
+                x.healthy = false;
+            }
+            let r = place_object(&d, RULE, 1 << 20, down as u64);
+            if down <= 3 {
+                let p = r.unwrap();
+                assert_eq!(p.len(), 6);
+                let counts = per(&d, &p, |x| x.node);
+                assert_eq!(counts.len(), (6 - down) as usize, "{p:?}");
+                assert!(counts.iter().all(|&c| c <= 2), "{counts:?}");
+                assert!(p.iter().all(|id| d[*id as usize].healthy));
+            } else {
+                assert_eq!(
+                    r,
+                    Err(PlacementError::TooFewNodes {
+                        up: 2,
+                        need: 3,
+                        per_node: 2,
+                        total: 6,
+                        quorum: 0
+                    })
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_uses_its_other_drives_before_stacking() {
+        let mut d = cluster(3, 3, 1);
+        d[0].healthy = false;
+        let p = place_object(&d, RULE, 1, 0).unwrap();
+        let drives = per(&d, &p, |x| x.id as u32);
+        assert_eq!(drives, vec![1; 6], "{p:?}");
+        assert_eq!(per(&d, &p, |x| x.node), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn the_write_quorum_is_the_floor() {
+        let mut d = cluster(6, 1, 1);
+        d[5].healthy = false;
+        let rule = WriteRule { quorum: 6, ..RULE };
+        assert_eq!(rule.nodes_needed(), 6);
+        assert!(matches!(
+            place_object(&d, rule, 1, 0),
+            Err(PlacementError::TooFewNodes { up: 5, need: 6, .. })
+        ));
+        let rule = WriteRule { quorum: 5, ..RULE };
+        assert_eq!(place_object(&d, rule, 1, 0).unwrap().len(), 6);
+        // A quorum below the minimum means the minimum.
+        assert_eq!(WriteRule { quorum: 1, ..RULE }.nodes_needed(), 3);
+        assert_eq!(
+            WriteRule {
+                total: 7,
+                parity: 3,
+                quorum: 0
+            }
+            .min_nodes(),
+            3
+        );
+    }
+
+    #[test]
+    fn full_drives_are_no_room_not_too_few_nodes() {
+        let mut d = cluster(6, 1, 1);
+        for x in d.iter_mut().take(3) {
+            x.free_bytes = 0;
+        }
+        // Three nodes with room for 1.5 shards each: only three fit, one per drive.
+        for x in d.iter_mut().skip(3) {
+            x.free_bytes = 3 << 19;
+        }
+        assert_eq!(
+            place_object(&d, RULE, 1 << 20, 0),
+            Err(PlacementError::NoRoom {
+                fits: 3,
+                total: 6,
+                shard_bytes: 1 << 20,
+                per_domain: 2,
+                domain: "node"
+            })
+        );
+        // With room for two each, they take two each.
+        for x in d.iter_mut().skip(3) {
+            x.free_bytes = 2 << 20;
+        }
+        assert_eq!(
+            per(&d, &place_object(&d, RULE, 1 << 20, 0).unwrap(), |x| x.node),
+            vec![2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn a_single_node_caps_each_drive() {
+        let d = cluster(1, 3, 1);
+        let p = place_object(&d, RULE, 1, 0).unwrap();
+        assert_eq!(per(&d, &p, |x| x.id as u32), vec![2, 2, 2]);
+        let d = cluster(1, 2, 1);
+        assert!(matches!(
+            place_object(&d, RULE, 1, 0),
+            Err(PlacementError::NoRoom {
+                fits: 4,
+                per_domain: 2,
+                domain: "drive",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use ostore_tests::cluster::Cluster;
 use ostore_tests::{eventually, random_bytes};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Node states by node id, as `osctl nodes --json` reports them through node `via`.
@@ -51,6 +51,18 @@ fn shard_nodes(c: &Cluster, via: usize, blake3: &str) -> (usize, BTreeSet<String
             .map(|s| s["node"].as_str().unwrap().to_string())
             .collect(),
     )
+}
+
+/// How many shards of `blake3` each node holds.
+fn shards_per_node(c: &Cluster, via: usize, blake3: &str) -> BTreeMap<String, usize> {
+    let (s, j) = c.json(via, &format!("/locate/{blake3}"));
+    assert_eq!(s, 200, "locate {blake3}: {j}");
+    let mut m = BTreeMap::new();
+    for sh in j["shards"].as_array().expect("shards") {
+        *m.entry(sh["node"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    m
 }
 
 struct Obj {
@@ -161,6 +173,71 @@ fn six_nodes_survive_two_failures_repair_and_two_more() {
     check_all(&c, &objs, &[0, 1, 2, 5]);
 }
 
+/// Six nodes with one drive each, 4+2 (a small cluster of one-disk machines): with one and
+/// then two of them down, writes go on, a node holding two shards where it must (never more
+/// than the two parity shards), and everything reads; when the nodes return, the objects
+/// written meanwhile spread out to six nodes by themselves, after which any two nodes can go.
+#[test]
+fn writes_go_on_with_one_and_then_two_of_six_single_drive_nodes_down() {
+    let mut c = Cluster::start(6, 1);
+    let mut objs = vec![put(&c, 0, "before", random_bytes(1, 300_000))];
+    let down = [c.nodes[5].id.clone(), c.nodes[4].id.clone()];
+    c.kill9(5);
+    wait_states(&c, 0, &[&down[0]], Duration::from_secs(15));
+    for i in 0..3 {
+        objs.push(put(
+            &c,
+            i,
+            &format!("one-down/{i}"),
+            random_bytes(10 + i as u64, 200_000 + i * 150_000),
+        ));
+    }
+    c.kill9(4);
+    wait_states(&c, 0, &[&down[0], &down[1]], Duration::from_secs(15));
+    for i in 0..3 {
+        objs.push(put(
+            &c,
+            3 - i,
+            &format!("two-down/{i}"),
+            random_bytes(20 + i as u64, 250_000 + i * 200_000),
+        ));
+    }
+    check_all(&c, &objs, &[0, 1, 2, 3]);
+    for (o, up) in objs[1..].iter().zip([5, 5, 5, 4, 4, 4]) {
+        let per = shards_per_node(&c, 0, &o.blake3);
+        assert_eq!(per.values().sum::<usize>(), 6, "{}: {per:?}", o.key);
+        assert_eq!(per.len(), up, "{}: on every node up: {per:?}", o.key);
+        assert!(
+            per.values().all(|&n| n <= 2) && !per.contains_key(&down[0]),
+            "{}: {per:?}",
+            o.key
+        );
+    }
+
+    // Back: the leader finds the objects written short of full spread and moves them apart.
+    c.restart(5);
+    c.restart(4);
+    wait_states(&c, 0, &[], Duration::from_secs(15));
+    let spread = eventually(Duration::from_secs(90), || {
+        objs.iter().all(|o| {
+            let (n, nodes) = shard_nodes(&c, 0, &o.blake3);
+            n == 6 && nodes.len() == 6
+        })
+    });
+    assert!(
+        spread,
+        "objects written with nodes down were not spread out: {:?}",
+        objs.iter()
+            .map(|o| shards_per_node(&c, 0, &o.blake3))
+            .collect::<Vec<_>>()
+    );
+    let (a, b) = (c.nodes[0].id.clone(), c.nodes[1].id.clone());
+    c.kill9(0);
+    c.kill9(1);
+    wait_states(&c, 2, &[&a, &b], Duration::from_secs(15));
+    check_all(&c, &objs, &[2, 3, 4, 5]);
+}
+
 #[test]
 fn a_node_down_past_the_grace_period_is_rebuilt_elsewhere() {
     let mut c = Cluster::start_with(7, 1, &["--down-grace", "2s"]);
@@ -213,11 +290,37 @@ fn too_few_nodes_refuse_writes_instead_of_risking_them() {
     c.kill9(2);
     wait_states(&c, 0, &[&dead], Duration::from_secs(15));
     let r = c.put(0, "two", random_bytes(8, 500_000));
-    assert_eq!(r.status().as_u16(), 503, "{:?}", r.text());
+    assert_eq!(r.status().as_u16(), 503);
+    // A condition that passes, said as such: not 507 (the drives have room), with a retry time.
+    assert!(r.headers().get("retry-after").is_some(), "{r:?}");
+    let j: serde_json::Value = r.json().expect("error JSON");
+    assert_eq!(j["error"]["code"], "ServiceUnavailable", "{j}");
+    let m = j["error"]["message"].as_str().unwrap();
+    assert!(m.contains("2 node(s) up, 3 needed"), "{m}");
+    assert_eq!(c.json(0, "/admin/cluster").1["write_quorum"], 3);
     let (s, _) = c.get_bytes(1, "two");
     assert_eq!(s, 404);
     let (s, b) = c.get_bytes(1, "three");
     assert!(s == 200 && b == o.body);
+}
+
+/// An operator's write quorum above the minimum: three nodes could hold 4+2 safely, but the
+/// cluster asks for four, so writes are refused until a fourth node is up.
+#[test]
+fn the_write_quorum_the_operator_sets_is_kept() {
+    let mut c = Cluster::start_with(3, 2, &["--write-quorum", "4"]);
+    assert_eq!(c.json(1, "/admin/cluster").1["write_quorum"], 4);
+    let r = c.put(0, "short", random_bytes(9, 300_000));
+    assert_eq!(r.status().as_u16(), 503);
+    let j: serde_json::Value = r.json().expect("error JSON");
+    let m = j["error"]["message"].as_str().unwrap();
+    assert!(m.contains("3 node(s) up, 4 needed"), "{m}");
+    // Small objects live in the metadata and need no quorum of drives.
+    assert_eq!(c.put(0, "tiny", b"tiny".to_vec()).status().as_u16(), 201);
+    c.add_node(1);
+    let o = put(&c, 0, "enough", random_bytes(10, 300_000));
+    let (n, nodes) = shard_nodes(&c, 3, &o.blake3);
+    assert_eq!((n, nodes.len()), (6, 4));
 }
 
 /// A tus upload created on one node, continued on the others (whose shard files are on every
