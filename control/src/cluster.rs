@@ -9,10 +9,15 @@ use crate::meta::{MetaError, Result};
 use crate::records::{decode, encode, RecordError};
 use serde::{Deserialize, Serialize};
 
-/// A node is marked down this long after its last heartbeat.
+/// A node the leader's failure detector has not heard from (the control process restarted
+/// since) is marked down this long after its last recorded heartbeat. Nodes it hears from are
+/// judged by [`crate::liveness`] instead, in about 2 s.
 pub const LEASE_MS: u64 = 6_000;
-/// How often nodes renew their lease.
-pub const HEARTBEAT_MS: u64 = 1_000;
+/// How often nodes send a heartbeat.
+pub const HEARTBEAT_MS: u64 = 250;
+/// A node's heartbeat is written to the metadata store at most this often (with its drives'
+/// free space); the ones between only feed the failure detector.
+pub const HEARTBEAT_RECORD_MS: u64 = 1_000;
 /// How long a leader's lease on the background jobs lasts without renewal.
 pub const LEADER_LEASE_MS: u64 = 5_000;
 
@@ -266,10 +271,39 @@ pub fn register(kv: &dyn Kv, reg: &Registration, now_ms: u64) -> Result<NodeRec>
 
 /// Renews a node's lease and records its drives' free space. `false`: the node is unknown
 /// (the control plane lost it) and must register again.
-pub fn heartbeat(kv: &dyn Kv, node: u32, free: &[(u16, u64)], now_ms: u64) -> Result<bool> {
+/// The answer to a heartbeat: whether the node is a member (else it registers again), and the
+/// membership epoch, so that a node learns of every change (a node marked down or up, a drain)
+/// within a heartbeat and fetches the view then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    pub known: bool,
+    pub epoch: u64,
+}
+
+/// A heartbeat that need not be recorded: the node is known and up. `None` when it must be
+/// recorded ([`heartbeat`]): an unknown node, or one marked down.
+pub fn heartbeat_unrecorded(kv: &dyn Kv, node: u32) -> Result<Option<Beat>> {
+    run(kv, false, |tx| {
+        let up = get::<NodeRec>(tx, &keys::node(node))?.is_some_and(|n| n.up);
+        if !up {
+            return Ok(None);
+        }
+        Ok(Some(Beat {
+            known: true,
+            epoch: membership(tx)?.epoch,
+        }))
+    })
+}
+
+/// Records a heartbeat: the node's lease and its drives' free space; a node marked down is up
+/// again.
+pub fn heartbeat(kv: &dyn Kv, node: u32, free: &[(u16, u64)], now_ms: u64) -> Result<Beat> {
     run(kv, true, |tx| {
         let Some(mut n) = get::<NodeRec>(tx, &keys::node(node))? else {
-            return Ok(false);
+            return Ok(Beat {
+                known: false,
+                epoch: 0,
+            });
         };
         n.heartbeat_ms = now_ms;
         for (id, bytes) in free {
@@ -277,16 +311,41 @@ pub fn heartbeat(kv: &dyn Kv, node: u32, free: &[(u16, u64)], now_ms: u64) -> Re
                 d.free_bytes = *bytes;
             }
         }
+        let mut m = membership(tx)?;
         if !n.up {
             n.up = true;
             n.since_ms = now_ms;
             n.evacuated = false;
-            let mut m = membership(tx)?;
             m.epoch += 1;
             put(tx, &keys::membership(), &m)?;
         }
         put(tx, &keys::node(node), &n)?;
-        Ok(true)
+        Ok(Beat {
+            known: true,
+            epoch: m.epoch,
+        })
+    })
+}
+
+/// Marks `nodes` down (those that are up), as the failure detector judged them; returns the
+/// ones it changed.
+pub fn mark_down(kv: &dyn Kv, nodes: &[u32], now_ms: u64) -> Result<Vec<u32>> {
+    run(kv, true, |tx| {
+        let mut down = Vec::new();
+        for &id in nodes {
+            if let Some(mut n) = get::<NodeRec>(tx, &keys::node(id))? {
+                if n.up {
+                    n.up = false;
+                    n.since_ms = now_ms;
+                    put(tx, &keys::node(id), &n)?;
+                    down.push(id);
+                }
+            }
+        }
+        if !down.is_empty() {
+            bump_epoch(tx)?;
+        }
+        Ok(down)
     })
 }
 
@@ -576,14 +635,27 @@ mod tests {
         );
         assert_eq!(b.drives[0].id, 2);
         let e0 = view(&kv).unwrap().epoch;
-        assert!(heartbeat(&kv, 0, &[(0, 42)], 5000).unwrap());
-        assert!(!heartbeat(&kv, 9, &[], 5000).unwrap());
+        let beat = heartbeat(&kv, 0, &[(0, 42)], 5000).unwrap();
+        assert!(beat.known && beat.epoch == e0);
+        assert_eq!(heartbeat_unrecorded(&kv, 0).unwrap(), Some(beat));
+        assert!(!heartbeat(&kv, 9, &[], 5000).unwrap().known);
+        assert_eq!(heartbeat_unrecorded(&kv, 9).unwrap(), None);
         // b's lease runs out; a's does not.
         assert_eq!(expire_leases(&kv, 1000 + LEASE_MS + 1).unwrap(), vec![1]);
         let v = view(&kv).unwrap();
         assert!(v.epoch > e0);
         assert!(v.nodes[0].up && !v.nodes[1].up);
         assert_eq!(v.nodes[0].drives[0].free_bytes, 42);
+        // A node marked down must record its next heartbeat (which brings it back up).
+        assert_eq!(heartbeat_unrecorded(&kv, 1).unwrap(), None);
+        // The detector's verdict: only nodes that are up change, and the epoch moves once.
+        assert_eq!(mark_down(&kv, &[0, 1], 7000).unwrap(), vec![0]);
+        let v2 = view(&kv).unwrap();
+        assert!(!v2.nodes[0].up && v2.nodes[0].since_ms == 7000 && v2.epoch == v.epoch + 1);
+        assert!(mark_down(&kv, &[0], 8000).unwrap().is_empty());
+        let back = heartbeat(&kv, 0, &[], 9000).unwrap();
+        assert!(back.known && back.epoch == v2.epoch + 1);
+        assert!(view(&kv).unwrap().nodes[0].up);
         // Down past the grace period: b's drive is to be rebuilt, once.
         assert_eq!(
             drives_to_rebuild(&kv, 100_000, 10_000).unwrap(),

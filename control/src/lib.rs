@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod fdb_kv;
 pub mod keys;
 pub mod kv;
+pub mod liveness;
 pub mod meta;
 pub mod records;
 pub mod redb_kv;

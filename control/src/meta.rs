@@ -297,15 +297,35 @@ pub fn create_bucket(kv: &dyn Kv, bucket: &str, now_ms: u64) -> Result<bool> {
 }
 
 /// Records the shard files an upload (or repair) is about to write.
-pub fn begin_intent(kv: &dyn Kv, id: u64, shards: &[ShardLoc], now_ms: u64) -> Result<()> {
+pub fn begin_intent(
+    kv: &dyn Kv,
+    id: u64,
+    shards: &[ShardLoc],
+    owner: Owner,
+    now_ms: u64,
+) -> Result<()> {
     run(kv, true, |tx| {
         if tx.get(&keys::intent(id))?.is_none() {
             let rec = IntentRec {
                 created_ms: now_ms,
                 shards: shards.to_vec(),
-                state: IntentState::Writing,
+                state: IntentState::WritingBy(owner),
             };
             put(tx, &keys::intent(id), &rec)?;
+        }
+        Ok(())
+    })
+}
+
+/// Marks an intent whose writer gave up, leaving files it could not delete: the sweep deletes
+/// them once their nodes answer. An intent already committed is left as it is.
+pub fn abandon_intent(kv: &dyn Kv, id: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        if let Some(mut rec) = get::<IntentRec>(tx, &keys::intent(id))? {
+            if matches!(rec.state, IntentState::Writing | IntentState::WritingBy(_)) {
+                rec.state = IntentState::Abandoned;
+                put(tx, &keys::intent(id), &rec)?;
+            }
         }
         Ok(())
     })
@@ -482,6 +502,11 @@ pub fn commit_put(
         let mut intent_rec = None;
         if let Some(id) = intent {
             let rec: IntentRec = get(tx, &keys::intent(id))?.ok_or(MetaError::NoSuchUpload)?;
+            // Given up (by the writer, or by the sweep for a writer taken as gone): its files
+            // are being deleted.
+            if rec.state == IntentState::Abandoned {
+                return Err(MetaError::NoSuchUpload);
+            }
             if let IntentState::Committed {
                 version,
                 created_ms,
@@ -791,6 +816,9 @@ pub fn replace_shards(
         let mut rec: IntentRec = get(tx, &ik)?.ok_or(MetaError::NoSuchUpload)?;
         if matches!(rec.state, IntentState::Committed { .. }) {
             return Ok(rec.shards);
+        }
+        if rec.state == IntentState::Abandoned {
+            return Err(MetaError::NoSuchUpload);
         }
         let ck = keys::content(blake3);
         let mut content = get_content(tx, &ck)?;
@@ -1445,6 +1473,52 @@ mod tests {
         assert_eq!((c.refs, c.unreferenced_since_ms), (0, Some(6)));
     }
 
+    const OWNER: Owner = Owner { node: 0, boot: 9 };
+
+    #[test]
+    fn an_abandoned_intent_cannot_be_committed() {
+        let (_d, kv) = kv();
+        let loc = ShardLoc {
+            index: 0,
+            drive: 0,
+            file_id: 1,
+            file_tag: 2,
+        };
+        begin_intent(&kv, 5, &[loc], OWNER, 1).unwrap();
+        assert_eq!(
+            intent(&kv, 5).unwrap().unwrap().state,
+            IntentState::WritingBy(OWNER)
+        );
+        abandon_intent(&kv, 5).unwrap();
+        assert_eq!(
+            intent(&kv, 5).unwrap().unwrap().state,
+            IntentState::Abandoned
+        );
+        let c = NewContent {
+            encoding: Encoding::Identity,
+            blake3: [4; 32],
+            size_bytes: 100_000,
+            stored: Stored::Sharded {
+                data: 1,
+                parity: 1,
+                shards: vec![loc],
+            },
+        };
+        assert!(matches!(
+            commit_put(&kv, "default", "k", Some(5), &c, &WriteCondition::Always, 2),
+            Err(MetaError::NoSuchUpload)
+        ));
+        assert!(content(&kv, &[4; 32]).unwrap().is_none());
+        // A committed intent stays committed.
+        begin_intent(&kv, 6, &[loc], OWNER, 1).unwrap();
+        commit_put(&kv, "default", "k", Some(6), &c, &WriteCondition::Always, 3).unwrap();
+        abandon_intent(&kv, 6).unwrap();
+        assert!(matches!(
+            intent(&kv, 6).unwrap().unwrap().state,
+            IntentState::Committed { adopted: true, .. }
+        ));
+    }
+
     #[test]
     fn commit_with_intent_is_idempotent() {
         let (_d, kv) = kv();
@@ -1454,7 +1528,7 @@ mod tests {
             file_id: 1,
             file_tag: 2,
         };
-        begin_intent(&kv, 7, &[loc], 1).unwrap();
+        begin_intent(&kv, 7, &[loc], OWNER, 1).unwrap();
         let c = NewContent {
             encoding: Encoding::Identity,
             blake3: [3; 32],
@@ -1538,7 +1612,7 @@ mod tests {
     fn replacing_shards_is_atomic_and_idempotent() {
         let (_d, kv) = kv();
         let old = locs(3, 0, 1);
-        begin_intent(&kv, 1, &old, 1).unwrap();
+        begin_intent(&kv, 1, &old, OWNER, 1).unwrap();
         let c = NewContent {
             encoding: Encoding::Identity,
             blake3: [5; 32],
@@ -1557,7 +1631,7 @@ mod tests {
             file_id: 2,
             file_tag: 9,
         }];
-        begin_intent(&kv, 2, &new, 3).unwrap();
+        begin_intent(&kv, 2, &new, OWNER, 3).unwrap();
         let g1 = replace_shards(&kv, &[5; 32], &new, &[old[1]], 2).unwrap();
         let g2 = replace_shards(&kv, &[5; 32], &new, &[old[1]], 2).unwrap();
         assert_eq!(g1, vec![old[1]]);
@@ -1570,7 +1644,7 @@ mod tests {
             file_id: 3,
             file_tag: 4,
         }];
-        begin_intent(&kv, 3, &late, 4).unwrap();
+        begin_intent(&kv, 3, &late, OWNER, 4).unwrap();
         assert_eq!(
             replace_shards(&kv, &[5; 32], &late, &[old[1]], 3).unwrap(),
             late.to_vec()

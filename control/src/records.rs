@@ -172,6 +172,19 @@ pub enum IntentState {
         created_ms: u64,
         adopted: bool,
     },
+    /// Shard files are being written by `owner`: resolved (files deleted) as soon as the owner
+    /// is known to have restarted (another boot) or was evacuated, without waiting for age.
+    WritingBy(Owner),
+    /// The writer gave up (its write failed) but could not delete every file (a node was
+    /// unreachable): whoever sweeps deletes them once their nodes answer.
+    Abandoned,
+}
+
+/// The process that writes an intent's files: a node and its boot (random per start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub node: u32,
+    pub boot: u64,
 }
 
 /// Shard files being written by one upload or repair, recorded before the first byte hits a

@@ -11,7 +11,7 @@ use crate::cluster::{self, ClusterView, Registration};
 use crate::keys;
 use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, WriteCondition};
-use crate::records::{ContentRec, DriveRec, RecordError, ShardLoc, Stored};
+use crate::records::{ContentRec, DriveRec, Owner, RecordError, ShardLoc, Stored};
 use crate::scrub;
 use crate::upload::{self, Progress, UploadRec};
 use serde::{Deserialize, Serialize};
@@ -150,7 +150,13 @@ pub enum Request {
         cond: WriteCondition,
     },
     /// → `()`
-    BeginIntent { id: u64, shards: Vec<ShardLoc> },
+    BeginIntent {
+        id: u64,
+        shards: Vec<ShardLoc>,
+        owner: Owner,
+    },
+    /// → `()`
+    AbandonIntent { id: u64 },
     /// → `()`
     EndIntent { id: u64 },
     /// → `Vec<ShardLoc>`
@@ -171,7 +177,7 @@ pub enum Request {
     MarkDamaged { blake3: [u8; 32] },
     /// → `cluster::NodeRec`
     Register(Registration),
-    /// → `bool` (false: unknown node, register again)
+    /// → `cluster::Beat` (not known: register again)
     Heartbeat { node: u32, free: Vec<(u16, u64)> },
     /// Queues for repair every content (of one page after `after`) whose shards are not where
     /// the placement rules want them: on a node that is down, on a drive being refilled, or two
@@ -434,6 +440,11 @@ pub fn misplaced(view: &ClusterView, content: &ContentRec) -> bool {
     distinct < shards.len() && distinct < up_nodes
 }
 
+/// The encoded answer to a heartbeat that was not recorded.
+pub fn beat_answer(b: cluster::Beat) -> Vec<u8> {
+    postcard::to_stdvec(&b).expect("answers always serialize")
+}
+
 /// Runs one request at the control plane's clock `now_ms`; the answer is the postcard
 /// encoding of the return type named on the request's variant.
 pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaError> {
@@ -520,7 +531,10 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         } => enc(meta::commit_put(
             kv, &bucket, &key, intent, &content, &cond, now_ms,
         )?),
-        BeginIntent { id, shards } => enc(meta::begin_intent(kv, id, &shards, now_ms)?),
+        BeginIntent { id, shards, owner } => {
+            enc(meta::begin_intent(kv, id, &shards, owner, now_ms)?)
+        }
+        AbandonIntent { id } => enc(meta::abandon_intent(kv, id)?),
         EndIntent { id } => enc(meta::end_intent(kv, id)?),
         ReplaceShards {
             blake3,

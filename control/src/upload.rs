@@ -287,7 +287,12 @@ pub fn commit(
         remove(tx, id)?;
         let sub = TxKv::new(tx);
         if !rec.shards.is_empty() {
-            meta::begin_intent(&sub, intent, &rec.shards, now_ms)?;
+            // Committed in this same transaction: the owner is never looked at.
+            let nobody = crate::records::Owner {
+                node: 0,
+                boot: owner,
+            };
+            meta::begin_intent(&sub, intent, &rec.shards, nobody, now_ms)?;
         }
         meta::commit_put(
             &sub,

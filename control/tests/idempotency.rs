@@ -161,7 +161,11 @@ fn workload(kv: &FaultyKv, seed: u64, ops: usize, idempotent: bool) -> usize {
                     };
                     call::<()>(
                         kv,
-                        Request::BeginIntent { id, shards: locs },
+                        Request::BeginIntent {
+                            id,
+                            shards: locs,
+                            owner: ostore_control::records::Owner { node: 0, boot: 1 },
+                        },
                         now,
                         &mut rng,
                         idempotent,

@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use ostore_control::cluster;
 use ostore_control::meta::{MetaError, Stats};
+use ostore_control::records::{IntentRec, IntentState};
 use ostore_control::rpc::Request as Rq;
 use ostore_control::scrub::{Policies, ScrubCursor, ScrubPolicy, DEFAULT_POLICY};
 use serde_json::json;
@@ -666,10 +667,18 @@ pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
     for (_, what, started) in RUNNING.lock().expect("jobs").iter() {
         jobs.push(json!({"kind": what, "node": node.node_id, "started": rfc3339_ms(*started)}));
     }
+    // Writes in flight, and what failed writes left to delete.
+    let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;
+    let abandoned = intents
+        .iter()
+        .filter(|(_, r)| r.state == IntentState::Abandoned)
+        .count();
     Ok(json_response(
         StatusCode::OK,
         json!({"objects": stats.objects, "versions": stats.versions, "contents": stats.contents,
             "logical_bytes": stats.content_bytes, "stored_bytes": stats.stored_bytes,
-            "repair_queued": queued, "missing_shards": missing, "drives": per_drive, "jobs": jobs}),
+            "repair_queued": queued, "missing_shards": missing,
+            "intents": {"open": intents.len(), "abandoned": abandoned},
+            "drives": per_drive, "jobs": jobs}),
     ))
 }

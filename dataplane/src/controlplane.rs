@@ -50,6 +50,12 @@ struct Control {
     down_grace: Duration,
     limits: crate::conn::Limits,
     metrics: crate::metrics::Metrics,
+    /// Every heartbeat that reaches this process, for the failure detector the leader runs.
+    liveness: std::sync::Mutex<ostore_control::liveness::Liveness>,
+    /// When each node's heartbeat was last written to the metadata store.
+    recorded: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
+    /// Whether this process holds the leader lease (as its last renewal found).
+    leading: AtomicBool,
 }
 
 impl crate::conn::Host for Control {
@@ -127,6 +133,9 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         down_grace: opts.down_grace,
         limits: opts.limits,
         metrics: crate::metrics::Metrics::default(),
+        liveness: Default::default(),
+        recorded: Default::default(),
+        leading: AtomicBool::new(false),
     });
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -141,6 +150,7 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
             let listener =
                 unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
             glommio::spawn_local(leader(c2.clone())).detach();
+            glommio::spawn_local(detector(c2.clone())).detach();
             serve(c2, listener).await;
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
@@ -211,13 +221,122 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e),
     };
+    if let Rq::Heartbeat { node, .. } = &request {
+        if let Some(answer) = beat_unrecorded(c, *node) {
+            return rpc_response(&answer);
+        }
+    }
+    let record = match &request {
+        Rq::Heartbeat { node, .. } => Some(*node),
+        _ => None,
+    };
     let answer = c.meta.call_with(token, request).await;
-    let mut r = Response::new(Full::new(Bytes::from(rpc::encode_answer(&answer))));
+    if let (Some(node), Ok(_)) = (record, &answer) {
+        c.recorded
+            .lock()
+            .expect("recorded lock")
+            .insert(node, now_ms());
+    }
+    rpc_response(&answer)
+}
+
+/// Feeds a heartbeat to the failure detector; answers it without writing the metadata store
+/// when the node is up and its heartbeat was written within [`cluster::HEARTBEAT_RECORD_MS`].
+fn beat_unrecorded(
+    c: &Control,
+    node: u32,
+) -> Option<Result<Vec<u8>, ostore_control::meta::MetaError>> {
+    let now = now_ms();
+    c.liveness
+        .lock()
+        .expect("liveness lock")
+        .heartbeat(node, now);
+    let last = c
+        .recorded
+        .lock()
+        .expect("recorded lock")
+        .get(&node)
+        .copied();
+    if last.is_none_or(|t| now.saturating_sub(t) >= cluster::HEARTBEAT_RECORD_MS) {
+        return None;
+    }
+    match cluster::heartbeat_unrecorded(c.meta.kv(), node) {
+        Ok(Some(beat)) => Some(Ok(rpc::beat_answer(beat))),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+fn rpc_response(
+    answer: &Result<Vec<u8>, ostore_control::meta::MetaError>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(rpc::encode_answer(answer))));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/x-ostore-rpc"),
     );
     r
+}
+
+/// Failure detection, while this process leads: every heartbeat period, nodes the detector
+/// judges down (`ostore_control::liveness`, about 2 s of silence) are marked down, which every
+/// node learns with its next heartbeat's answer (the epoch moved). Runs apart from the other
+/// background jobs so that none of them delays it.
+async fn detector(c: Arc<Control>) {
+    let period = Duration::from_millis(cluster::HEARTBEAT_MS);
+    let mut last = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(period).await;
+        if c.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        // This process stalled (descheduled, its executor busy): the nodes' silence in that
+        // time is its own, not theirs.
+        let late = last.elapsed().saturating_sub(period);
+        last = std::time::Instant::now();
+        if late > period * 2 {
+            c.liveness
+                .lock()
+                .expect("liveness lock")
+                .paused(late.as_millis() as u64);
+        }
+        if !c.leading.load(Ordering::Relaxed) {
+            continue;
+        }
+        let view = match cluster::view(c.meta.kv()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!("failure detection: reading the membership: {e}");
+                continue;
+            }
+        };
+        let now = now_ms();
+        let judged: Vec<(u32, f64)> = {
+            let l = c.liveness.lock().expect("liveness lock");
+            view.nodes
+                .iter()
+                .filter(|n| n.up && l.down(n.id, now))
+                .map(|n| (n.id, l.phi(n.id, now).unwrap_or(f64::INFINITY)))
+                .collect()
+        };
+        if judged.is_empty() {
+            continue;
+        }
+        let ids: Vec<u32> = judged.iter().map(|j| j.0).collect();
+        match c
+            .meta
+            .write(move |kv| cluster::mark_down(kv, &ids, now))
+            .await
+        {
+            Ok(down) if !down.is_empty() => {
+                for (id, phi) in judged.iter().filter(|j| down.contains(&j.0)) {
+                    tracing::warn!("node {id} down: no heartbeat (phi {phi:.1})");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("marking nodes down: {e}"),
+        }
+    }
 }
 
 /// The background jobs, run while this process holds the leader lease.
@@ -236,7 +355,9 @@ async fn leader(c: Arc<Control>) {
             .meta
             .write(move |kv| cluster::take_lead(kv, holder, now_ms()))
             .await;
-        if !matches!(lead, Ok(true)) {
+        let leading = matches!(lead, Ok(true));
+        c.leading.store(leading, Ordering::Relaxed);
+        if !leading {
             last_up = None;
             continue;
         }

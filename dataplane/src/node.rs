@@ -99,6 +99,14 @@ impl Node {
         let _ = self.repair_tx.try_send([0; 32]);
     }
 
+    /// This process as the owner of the intents it writes.
+    pub fn owner(&self) -> ostore_control::records::Owner {
+        ostore_control::records::Owner {
+            node: self.cluster.as_ref().map_or(0, |c| c.me),
+            boot: self.boot,
+        }
+    }
+
     pub fn local_drive(&self, id: u16) -> Option<&Drive> {
         self.drives.iter().find(|d| d.id == id)
     }
@@ -316,6 +324,7 @@ async fn work_repairs(node: &Arc<Node>) -> bool {
                     .meta
                     .call::<()>(Rq::RepairDone { blake3: h, nonce })
                     .await;
+                store::move_again_if_held_back(node, h).await;
             }
             Err(StoreError::InsufficientShards { have, need }) => {
                 unrepairable(node, &h, have, need).await;
@@ -379,6 +388,7 @@ async fn work_moves(node: &Arc<Node>) -> bool {
             .meta
             .call::<()>(Rq::MoveDone { blake3: h, nonce })
             .await;
+        store::move_again_if_held_back(node, h).await;
     }
     full
 }
@@ -810,8 +820,9 @@ fn start_executors(
     Ok(handles)
 }
 
-/// An upload whose intent is this old is taken as abandoned (its writer died without a
-/// restart to clean up after it) and its files are deleted.
+/// An upload whose intent is this old is taken as abandoned whoever wrote it (a safety net:
+/// intents name their owner, and are resolved when it restarts or is evacuated) and its files
+/// are deleted.
 const WRITING_INTENT_AGE_MAX_MS: u64 = 24 * 3600 * 1000;
 
 /// Now and then, finishes what intents left undone: deletes files that no content refers to
@@ -834,22 +845,25 @@ async fn intent_sweeper(node: Arc<Node>) {
         };
         let mine = repair_share(&node);
         let now = store::now_ms();
+        let view = node.cluster.as_ref().map(|c| c.view());
         for (id, rec) in intents {
-            if !mine(&blake3::hash(&id.to_le_bytes()).into()) {
+            let Some(delete_files) = sweep_verdict(&node, view.as_deref(), &rec, now) else {
+                continue;
+            };
+            // Intents of this process's earlier lives are its own to resolve; the others are
+            // split between the nodes.
+            let own_past = matches!(rec.state, IntentState::WritingBy(o)
+                if o.node == node.owner().node && o.boot != node.boot);
+            if !own_past && !mine(&blake3::hash(&id.to_le_bytes()).into()) {
                 continue;
             }
-            let delete_files = match rec.state {
-                IntentState::Committed { adopted, .. } => !adopted,
-                IntentState::Writing
-                    if now.saturating_sub(rec.created_ms) > WRITING_INTENT_AGE_MAX_MS =>
-                {
-                    true
+            // A writer taken as gone could still be alive (stopped, not dead): once the intent
+            // is abandoned, no commit can take these files, so they can go.
+            if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
+                if let Err(e) = node.meta.call::<()>(Rq::AbandonIntent { id }).await {
+                    tracing::warn!("abandoning intent {id:016x}: {e}");
+                    continue;
                 }
-                IntentState::Writing => continue,
-            };
-            // Recent garbage may still be in the hands of the request that made it.
-            if now.saturating_sub(rec.created_ms) < 30_000 {
-                continue;
             }
             if delete_files && !store::remove_files(&node, &rec.shards).await {
                 continue;
@@ -858,6 +872,37 @@ async fn intent_sweeper(node: Arc<Node>) {
                 tracing::warn!("ending intent {id:016x}: {e}");
             }
         }
+    }
+}
+
+/// What the sweep does with an intent now: `Some(true)` delete its files and end it,
+/// `Some(false)` only end it, `None` leave it.
+fn sweep_verdict(
+    node: &Node,
+    view: Option<&ClusterView>,
+    rec: &IntentRec,
+    now: u64,
+) -> Option<bool> {
+    let age = now.saturating_sub(rec.created_ms);
+    match rec.state {
+        // The writer gave up: nothing holds these files.
+        IntentState::Abandoned => Some(true),
+        // Recent garbage may still be in the hands of the request that made it.
+        IntentState::Committed { .. } if age < 30_000 => None,
+        IntentState::Committed { adopted, .. } => Some(!adopted),
+        IntentState::WritingBy(o) => {
+            let me = node.owner();
+            let owner_gone = if o.node == me.node {
+                // This process restarted since: the write died with the old one.
+                o.boot != me.boot
+            } else {
+                // Another node's: resolved by that node when it restarts, or here once it
+                // was down past the grace period and will not come back to it.
+                view.is_some_and(|v| v.nodes.iter().any(|n| n.id == o.node && n.evacuated))
+            };
+            (owner_gone || age > WRITING_INTENT_AGE_MAX_MS).then_some(true)
+        }
+        IntentState::Writing => (age > WRITING_INTENT_AGE_MAX_MS).then_some(true),
     }
 }
 
@@ -1012,11 +1057,15 @@ async fn register(meta: &MetaClient, reg: &Registration) -> anyhow::Result<NodeR
     }
 }
 
-/// Renews the node's lease every second and refreshes its view of the cluster; registers again
-/// if the control plane no longer knows it.
+/// Sends a heartbeat every [`ostore_control::cluster::HEARTBEAT_MS`]; fetches the cluster view
+/// when the answer's membership epoch differs from the view's (a node marked down or up, a
+/// drain: known here within a heartbeat of the control plane's decision) and every
+/// [`VIEW_REFRESH`] anyway (the other nodes' free space); registers again if the control plane
+/// no longer knows this node.
 async fn heartbeat(node: Arc<Node>) {
     let Some(cluster) = &node.cluster else { return };
     let period = Duration::from_millis(ostore_control::cluster::HEARTBEAT_MS);
+    let mut fetched = std::time::Instant::now();
     while sleep_unless_stopping(&node, period).await {
         let free: Vec<(u16, u64)> = node
             .drives
@@ -1024,16 +1073,20 @@ async fn heartbeat(node: Arc<Node>) {
             // Read by the drive watcher within the last second, off the executor.
             .map(|d| (d.id, d.placeable_bytes()))
             .collect();
-        match node
+        let beat = node
             .meta
-            .call::<bool>(Rq::Heartbeat {
+            .call::<ostore_control::cluster::Beat>(Rq::Heartbeat {
                 node: cluster.me,
                 free,
             })
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
+            .await;
+        match beat {
+            Ok(b) if b.known => {
+                if b.epoch == cluster.view().epoch && fetched.elapsed() < VIEW_REFRESH {
+                    continue;
+                }
+            }
+            Ok(_) => {
                 tracing::warn!("the control plane does not know this node: registering again");
                 if let Err(e) = reregister(&node).await {
                     tracing::warn!("registering again: {e:#}");
@@ -1045,8 +1098,12 @@ async fn heartbeat(node: Arc<Node>) {
             }
         }
         node.refresh_view().await;
+        fetched = std::time::Instant::now();
     }
 }
+
+/// The cluster view is fetched at least this often (free space changes without an epoch).
+const VIEW_REFRESH: Duration = Duration::from_secs(1);
 
 /// Registers this node again with its drives as they are now: the control plane flags drives
 /// found empty for refill and gives them a fresh identity, which they are formatted with.

@@ -227,6 +227,16 @@ impl Cluster {
         tracing::info!("node {node} unreachable: no new shards go to it for {SUSPECT_FOR:?}");
     }
 
+    /// Whether any node is suspected now.
+    pub fn any_suspected(&self) -> bool {
+        let now = std::time::Instant::now();
+        self.suspects
+            .lock()
+            .expect("suspects lock")
+            .iter()
+            .any(|(_, at, _)| now.duration_since(*at) < SUSPECT_FOR)
+    }
+
     /// Whether `node` failed to answer within the last [`SUSPECT_FOR`] (and has not been seen
     /// coming back since).
     pub fn suspected(&self, node: u32) -> bool {
@@ -374,28 +384,78 @@ fn loc_request(op: Op, loc: &ShardLoc, mode: OpenMode) -> Request {
     }
 }
 
+/// Whether `e` says the path to the peer failed (as opposed to an error the peer answered).
+fn transport_failure(e: &io::Error) -> bool {
+    crate::shardio::os_code(e).is_none()
+        && matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::UnexpectedEof
+        )
+}
+
+/// Notes that the node holding `drive` could not be reached: placement keeps off it for a
+/// while, and this executor's connection to it is replaced on next use (whether or not the
+/// view says it is up by now).
+fn unreachable(cluster: &Cluster, drive: u16) {
+    let v = cluster.view();
+    let Some(n) = v
+        .nodes
+        .iter()
+        .find(|n| n.drives.iter().any(|d| d.id == drive))
+    else {
+        return;
+    };
+    if let Ok(addr) = n.peer.parse() {
+        forget_connection(addr);
+    }
+    cluster.suspect(n.id);
+}
+
 async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStream)> {
     let cluster = node
         .cluster
         .as_ref()
         .ok_or_else(|| io::Error::other(format!("drive {drive} is not on this node")))?;
     let addr = cluster.peer_of(drive)?;
-    let conn = match connection(cluster, addr).await {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(n) = cluster.node_of_drive(drive) {
-                cluster.suspect(n);
+    // A cached connection can be dead without knowing it yet (the peer was killed a moment
+    // ago): on failure, one more try on a fresh connection, whose handshake says for sure.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let conn = match connection(cluster, addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                unreachable(cluster, drive);
+                return Err(e);
             }
-            return Err(e);
+        };
+        tracing::debug!(
+            "drive {drive}: stream to {addr} ({:?})",
+            conn.remote_address()
+        );
+        let opened = async {
+            let (mut send, recv) = conn.open_bi().await?;
+            send.write_all(&PREAMBLE).await?;
+            Ok::<_, io::Error>((send, recv))
         }
-    };
-    tracing::debug!(
-        "drive {drive}: stream to {addr} ({:?})",
-        conn.remote_address()
-    );
-    let (mut send, recv) = conn.open_bi().await?;
-    send.write_all(&PREAMBLE).await?;
-    Ok((send, recv))
+        .await;
+        match opened {
+            Ok(s) => return Ok(s),
+            Err(e) if tries < 2 && transport_failure(&e) => forget_connection(addr),
+            Err(e) => {
+                if transport_failure(&e) {
+                    unreachable(cluster, drive);
+                }
+                return Err(e);
+            }
+        }
+    }
 }
 
 async fn timed<T>(
@@ -431,18 +491,19 @@ impl PeerFile {
         })
         .await;
         match opened {
+            Some(Err(e)) if transport_failure(&e) => {
+                if let Some(c) = &node.cluster {
+                    unreachable(c, loc.drive);
+                }
+                Err(e)
+            }
             Some(r) => r,
             None => {
                 // A connection on which one round trip takes this long is not making
                 // progress (a peer that stopped reading, a path that went dark): the next
                 // operation gets a fresh one, and placement keeps off the node meanwhile.
                 if let Some(c) = &node.cluster {
-                    if let Ok(addr) = c.peer_of(loc.drive) {
-                        forget_connection(addr);
-                    }
-                    if let Some(n) = c.node_of_drive(loc.drive) {
-                        c.suspect(n);
-                    }
+                    unreachable(c, loc.drive);
                 }
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -353,6 +353,9 @@ pub(crate) fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
     glommio::spawn_local(async move {
         if remove_files(&node, &locs).await {
             node.end_intent_later(intent);
+        } else if let Err(e) = node.meta.call::<()>(Rq::AbandonIntent { id: intent }).await {
+            // Still the owner's: resolved when this process restarts.
+            tracing::warn!("abandoning intent {intent:016x}: {e}");
         }
     })
     .detach();
@@ -564,6 +567,7 @@ pub async fn put(
             .call::<()>(Rq::BeginIntent {
                 id: upload_id,
                 shards: locs.clone(),
+                owner: node.owner(),
             })
             .await?;
         match shape.create(node, &locs).await {
@@ -571,10 +575,12 @@ pub async fn put(
             Err(e) => {
                 discard(node, &locs, upload_id);
                 tries += 1;
+                // A node this one could not reach, or that is down by now.
                 let unreachable = node.cluster.as_ref().is_some_and(|c| {
+                    let view = c.view();
                     locs.iter()
                         .filter_map(|l| c.node_of_drive(l.drive))
-                        .any(|n| c.suspected(n))
+                        .any(|n| c.suspected(n) || view.nodes.iter().any(|x| x.id == n && !x.up))
                 });
                 if unreachable && tries < PLACE_TRIES {
                     tracing::info!("placing a PUT's shards again: {e}");
@@ -678,6 +684,51 @@ pub(crate) fn spread_later_if_short(node: &Node, locs: &[ShardLoc], blake3: [u8;
         }
     })
     .detach();
+}
+
+/// After a repair or a move of `blake3`: if a node holds two or more of its shards while an up
+/// node that holds none was kept out only because this node suspects it (it could not reach
+/// it a moment ago, say just before it came back), queues the content to move again, so that
+/// a suspicion of a few seconds never leaves an object short of spread for good.
+pub(crate) async fn move_again_if_held_back(node: &Node, blake3: [u8; 32]) {
+    let Some(c) = node.cluster.as_ref().filter(|c| c.any_suspected()) else {
+        return;
+    };
+    let Ok(Some(content)) = node
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3 })
+        .await
+    else {
+        return;
+    };
+    let Stored::Sharded { shards, .. } = &content.stored else {
+        return;
+    };
+    let view = c.view();
+    let holding: Vec<u32> = shards
+        .iter()
+        .filter_map(|l| c.node_of_drive(l.drive))
+        .collect();
+    let mut distinct = holding.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let doubled = distinct.len() < holding.len();
+    let held_back = view
+        .nodes
+        .iter()
+        .any(|n| n.up && !view.draining(n.id) && !distinct.contains(&n.id) && c.suspected(n.id));
+    if doubled && held_back {
+        let r = node
+            .meta
+            .call::<()>(Rq::QueueMove {
+                contents: vec![blake3],
+                nonce: rand::random(),
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("queueing {} to move again: {e}", hex::encode(blake3));
+        }
+    }
 }
 
 /// Placements a PUT tries when shard files cannot be created on a node that does not answer.
@@ -1669,6 +1720,7 @@ async fn begin_new_shards(
         .call::<()>(Rq::BeginIntent {
             id: upload_id,
             shards: new_locs.clone(),
+            owner: node.owner(),
         })
         .await?;
     Ok((upload_id, new_locs))
