@@ -209,6 +209,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn golden_intent_states() {
+        let rec = |state| IntentRec {
+            created_ms: 1,
+            shards: Vec::new(),
+            state,
+        };
+        let by = rec(IntentState::WritingBy(Owner { node: 2, boot: 3 }));
+        assert_eq!(encode(&by), [1, 1, 0, 2, 2, 3]);
+        assert_eq!(decode::<IntentRec>(&[1, 1, 0, 2, 2, 3]).unwrap(), by);
+        assert_eq!(encode(&rec(IntentState::Abandoned)), [1, 1, 0, 3]);
+        // Intents written before owners were recorded still decode.
+        assert_eq!(
+            decode::<IntentRec>(&[1, 1, 0, 0]).unwrap(),
+            rec(IntentState::Writing)
+        );
+    }
+
+    #[test]
     fn golden_version_record() {
         let v = VersionRec {
             version: 3,

@@ -970,7 +970,9 @@ async fn body_of(
     }
     if !zstd_stored || coding == Some(Coding::Zstd) {
         // The stored bytes as they are: the object, or its zstd stream.
-        let mut reader = ShardReader::new(node.clone(), blake3, content).expect("sharded");
+        let mut reader = ShardReader::new(node.clone(), blake3, content)
+            .expect("sharded")
+            .for_client();
         let (range, size) = match coding {
             Some(_) => (0..content.stored_bytes(), content.stored_bytes()),
             None => (range, len),

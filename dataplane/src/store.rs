@@ -918,6 +918,9 @@ pub struct ShardReader {
     cursor: Range<u64>,
     /// The next piece's reads, already under way.
     prefetch: Option<InFlight>,
+    /// Reads for a client go around nodes this node just failed to reach (while parity
+    /// allows); repair and scrub try every shard.
+    around_suspects: bool,
 }
 
 /// One piece of a range read: stripes `s0..s0+n`, per stripe the bytes wanted (within the
@@ -989,7 +992,15 @@ impl ShardReader {
             reported: false,
             cursor: 0..content.stored_bytes(),
             prefetch: None,
+            around_suspects: false,
         })
+    }
+
+    /// Makes this a client's read: shards on nodes this node just failed to reach are read
+    /// around (from parity) while parity allows, instead of waited on.
+    pub fn for_client(mut self) -> Self {
+        self.around_suspects = true;
+        self
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -999,6 +1010,18 @@ impl ShardReader {
     pub(crate) async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
         if self.files[i].is_none() {
             let loc = self.locs[i];
+            // A node this one just failed to reach is read around while parity allows, rather
+            // than waited on again.
+            let suspect = self.node.cluster.as_ref().is_some_and(|c| {
+                self.node.local_drive(loc.drive).is_none()
+                    && c.node_of_drive(loc.drive).is_some_and(|n| c.suspected(n))
+            });
+            let bad = self.bad.iter().filter(|b| **b).count();
+            if self.around_suspects && suspect && bad < self.geo.ec.parity as usize {
+                self.bad[i] = true;
+                self.files[i] = Some(None);
+                return None;
+            }
             let f = match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
                 Ok(f) => Some(Rc::new(f)),
                 Err(e) => {
@@ -1261,10 +1284,27 @@ impl ShardReader {
         }
     }
 
-    /// Whether any shard was found bad; if so, queues the content for repair.
+    /// Whether any shard was found bad; if so, queues the content for repair, unless every
+    /// bad shard is on a node that is down or unreachable: that node may come back within
+    /// the grace period (`--down-grace`), and the control plane queues its shards for rebuild
+    /// when the grace is over. Reads go around it meanwhile.
     pub async fn report(&mut self) {
-        if !self.reported && self.bad.iter().any(|b| *b) {
-            self.reported = true;
+        if self.reported || !self.bad.iter().any(|b| *b) {
+            return;
+        }
+        self.reported = true;
+        let node_away = |drive: u16| {
+            self.node.cluster.as_ref().is_some_and(|c| {
+                self.node.local_drive(drive).is_none()
+                    && c.node_of_drive(drive).is_none_or(|n| {
+                        c.suspected(n) || c.view().nodes.iter().any(|x| x.id == n && !x.up)
+                    })
+            })
+        };
+        let repair_now = (0..self.bad.len())
+            .filter(|&i| self.bad[i])
+            .any(|i| !node_away(self.locs[i].drive));
+        if repair_now {
             self.node.queue_repair(self.blake3).await;
         }
     }
@@ -1301,7 +1341,8 @@ impl Decoded {
             ));
         };
         let mut reader = ShardReader::new(node, blake3, content)
-            .ok_or_else(|| StoreError::Codec("zstd content must be sharded".into()))?;
+            .ok_or_else(|| StoreError::Codec("zstd content must be sharded".into()))?
+            .for_client();
         let stored = content.stored_bytes();
         let table_len = compress::seek_table_bytes(frames);
         if table_len > stored {
