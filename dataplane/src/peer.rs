@@ -384,18 +384,17 @@ fn loc_request(op: Op, loc: &ShardLoc, mode: OpenMode) -> Request {
     }
 }
 
-/// Whether `e` says the path to the peer failed (as opposed to an error the peer answered).
+/// Whether `e` says the connection to the peer failed (gone, refused, no answer in time), as
+/// opposed to an error the peer answered or one stream's end (a reset stream leaves the
+/// connection, and the other requests on it, alone).
 fn transport_failure(e: &io::Error) -> bool {
     crate::shardio::os_code(e).is_none()
         && matches!(
             e.kind(),
-            io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionAborted
+            io::ErrorKind::ConnectionAborted
                 | io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::ConnectionReset
                 | io::ErrorKind::NotConnected
                 | io::ErrorKind::TimedOut
-                | io::ErrorKind::UnexpectedEof
         )
 }
 
