@@ -92,10 +92,15 @@ impl Liveness {
         }
     }
 
-    /// A heartbeat of `node` arrived at `now_ms`.
+    /// A heartbeat of `node` arrived at `now_ms`. One that comes after the node was already
+    /// judged down starts its history afresh: the silence was an absence (a restart, a
+    /// partition), not the node's rhythm, and counting it would blunt the next detection.
     pub fn heartbeat(&mut self, node: u32, now_ms: u64) {
+        let returned = self.down(node, now_ms);
         let h = self.nodes.entry(node).or_default();
-        if h.last_ms != 0 && now_ms > h.last_ms {
+        if returned {
+            *h = History::default();
+        } else if h.last_ms != 0 && now_ms > h.last_ms {
             h.add(now_ms - h.last_ms);
         }
         h.last_ms = h.last_ms.max(now_ms);
@@ -230,6 +235,16 @@ mod tests {
         assert!(!l.down(4, 1_000) && l.down(4, 3_000));
         l.forget(4);
         assert!(!l.knows(4));
+    }
+
+    #[test]
+    fn a_node_back_from_an_absence_is_judged_by_its_rhythm_not_its_absence() {
+        let mut l = Liveness::new(Config::default());
+        let last = steady(&mut l, 6, 0, 250, 40);
+        // A minute away, then steady again: detected as fast as before the absence.
+        let back = steady(&mut l, 6, last + 60_000, 250, 8);
+        assert!(l.nodes[&6].intervals.iter().all(|&i| i == 250));
+        assert!(!l.down(6, back + 1_500) && l.down(6, back + 2_000));
     }
 
     #[test]
