@@ -124,22 +124,12 @@ impl Liveness {
             .is_some_and(|p| p >= self.cfg.threshold)
     }
 
-    /// Whether `node` was heard from.
-    pub fn knows(&self, node: u32) -> bool {
-        self.nodes.contains_key(&node)
-    }
-
     /// The detector was stalled for `ms` (its own timer fired that late): silence in that time
     /// says nothing about the nodes.
     pub fn paused(&mut self, ms: u64) {
         for h in self.nodes.values_mut() {
             h.last_ms = h.last_ms.saturating_add(ms);
         }
-    }
-
-    /// Forgets `node` (it left the cluster).
-    pub fn forget(&mut self, node: u32) {
-        self.nodes.remove(&node);
     }
 
     /// Silence after which a node with perfectly steady heartbeats every `interval_ms` is
@@ -233,8 +223,6 @@ mod tests {
         // One heartbeat is enough to start judging (with the assumed interval).
         l.heartbeat(4, 100);
         assert!(!l.down(4, 1_000) && l.down(4, 3_000));
-        l.forget(4);
-        assert!(!l.knows(4));
     }
 
     #[test]

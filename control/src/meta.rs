@@ -1475,15 +1475,31 @@ mod tests {
 
     const OWNER: Owner = Owner { node: 0, boot: 9 };
 
+    const ONE_SHARD: ShardLoc = ShardLoc {
+        index: 0,
+        drive: 0,
+        file_id: 1,
+        file_tag: 2,
+    };
+
+    /// A 1+1 content whose one listed shard is [`ONE_SHARD`].
+    fn one_shard_content(blake3: [u8; 32]) -> NewContent {
+        NewContent {
+            encoding: Encoding::Identity,
+            blake3,
+            size_bytes: 100_000,
+            stored: Stored::Sharded {
+                data: 1,
+                parity: 1,
+                shards: vec![ONE_SHARD],
+            },
+        }
+    }
+
     #[test]
     fn an_abandoned_intent_cannot_be_committed() {
         let (_d, kv) = kv();
-        let loc = ShardLoc {
-            index: 0,
-            drive: 0,
-            file_id: 1,
-            file_tag: 2,
-        };
+        let loc = ONE_SHARD;
         begin_intent(&kv, 5, &[loc], OWNER, 1).unwrap();
         assert_eq!(
             intent(&kv, 5).unwrap().unwrap().state,
@@ -1494,16 +1510,7 @@ mod tests {
             intent(&kv, 5).unwrap().unwrap().state,
             IntentState::Abandoned
         );
-        let c = NewContent {
-            encoding: Encoding::Identity,
-            blake3: [4; 32],
-            size_bytes: 100_000,
-            stored: Stored::Sharded {
-                data: 1,
-                parity: 1,
-                shards: vec![loc],
-            },
-        };
+        let c = one_shard_content([4; 32]);
         assert!(matches!(
             commit_put(&kv, "default", "k", Some(5), &c, &WriteCondition::Always, 2),
             Err(MetaError::NoSuchUpload)
@@ -1522,23 +1529,9 @@ mod tests {
     #[test]
     fn commit_with_intent_is_idempotent() {
         let (_d, kv) = kv();
-        let loc = ShardLoc {
-            index: 0,
-            drive: 0,
-            file_id: 1,
-            file_tag: 2,
-        };
+        let loc = ONE_SHARD;
         begin_intent(&kv, 7, &[loc], OWNER, 1).unwrap();
-        let c = NewContent {
-            encoding: Encoding::Identity,
-            blake3: [3; 32],
-            size_bytes: 100_000,
-            stored: Stored::Sharded {
-                data: 1,
-                parity: 1,
-                shards: vec![loc],
-            },
-        };
+        let c = one_shard_content([3; 32]);
         let a = commit_put(&kv, "default", "k", Some(7), &c, &WriteCondition::Always, 2).unwrap();
         let b = commit_put(&kv, "default", "k", Some(7), &c, &WriteCondition::Always, 3).unwrap();
         assert_eq!(a, b);

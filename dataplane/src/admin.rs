@@ -61,11 +61,7 @@ pub(crate) async fn cluster(node: &Node) -> Result<Resp, ApiError> {
                         "since": rfc3339_ms(n.since_ms), "drives": drives})
                 })
                 .collect();
-            let rule = ostore_engine::placement::WriteRule {
-                total: v.data as usize + v.parity as usize,
-                parity: v.parity as usize,
-                quorum: v.write_quorum as usize,
-            };
+            let rule = ostore_engine::placement::WriteRule::new(node.ec, v.write_quorum);
             json!({"mode": "cluster", "epoch": v.epoch, "ec": {"data": v.data, "parity": v.parity},
                 "write_quorum": rule.nodes_needed(), "nodes": nodes})
         }

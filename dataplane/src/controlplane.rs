@@ -115,11 +115,10 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
     if let Some(q) = opts.write_quorum {
         futures_lite::future::block_on(meta.write(move |kv| cluster::set_write_quorum(kv, q)))?;
     }
-    let rule = ostore_engine::placement::WriteRule {
-        total: data as usize + parity as usize,
-        parity: parity as usize,
-        quorum: cluster::view(meta.kv())?.write_quorum as usize,
-    };
+    let rule = ostore_engine::placement::WriteRule::new(
+        EcParams { data, parity },
+        cluster::view(meta.kv())?.write_quorum,
+    );
     tracing::info!(
         "writes need {} node(s) up (at most {parity} of the {} shards on one node; write quorum {})",
         rule.nodes_needed(),

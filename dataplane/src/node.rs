@@ -8,7 +8,8 @@ use crate::store::{self, StoreError};
 use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement};
 use ostore_control::cluster::{ClusterView, DriveReport, NodeRec, Registration};
-use ostore_control::records::{DriveRec, IntentRec, IntentState};
+use ostore_control::meta::MetaError;
+use ostore_control::records::{DriveRec, IntentRec, IntentState, ShardLoc};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::Request as Rq;
 use ostore_control::service::Meta;
@@ -99,6 +100,18 @@ impl Node {
         let _ = self.repair_tx.try_send([0; 32]);
     }
 
+    /// Records, before anything is written, the shard files a write of this process is about
+    /// to create.
+    pub async fn begin_intent(&self, id: u64, shards: &[ShardLoc]) -> Result<(), MetaError> {
+        self.meta
+            .call::<()>(Rq::BeginIntent {
+                id,
+                shards: shards.to_vec(),
+                owner: self.owner(),
+            })
+            .await
+    }
+
     /// This process as the owner of the intents it writes.
     pub fn owner(&self) -> ostore_control::records::Owner {
         ostore_control::records::Owner {
@@ -121,6 +134,20 @@ impl Node {
             }
         })
         .detach();
+    }
+
+    /// Queues a content to have shards moved (copied, not rebuilt), durably.
+    pub async fn queue_move(&self, blake3: [u8; 32]) {
+        let r = self
+            .meta
+            .call::<()>(Rq::QueueMove {
+                contents: vec![blake3],
+                nonce: rand::random(),
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("queueing {} to move: {e}", hex::encode(blake3));
+        }
     }
 
     /// Queues a content for repair, durably, and wakes the repair worker.
@@ -852,9 +879,8 @@ async fn intent_sweeper(node: Arc<Node>) {
             };
             // Intents of this process's earlier lives are its own to resolve; the others are
             // split between the nodes.
-            let own_past = matches!(rec.state, IntentState::WritingBy(o)
-                if o.node == node.owner().node && o.boot != node.boot);
-            if !own_past && !mine(&blake3::hash(&id.to_le_bytes()).into()) {
+            if !of_earlier_life(&node, &rec.state) && !mine(&blake3::hash(&id.to_le_bytes()).into())
+            {
                 continue;
             }
             // A writer taken as gone could still be alive (stopped, not dead): once the intent
@@ -875,6 +901,12 @@ async fn intent_sweeper(node: Arc<Node>) {
     }
 }
 
+/// Whether an intent was written by this node before it last restarted.
+fn of_earlier_life(node: &Node, state: &IntentState) -> bool {
+    let me = node.owner();
+    matches!(state, IntentState::WritingBy(o) if o.node == me.node && o.boot != me.boot)
+}
+
 /// What the sweep does with an intent now: `Some(true)` delete its files and end it,
 /// `Some(false)` only end it, `None` leave it.
 fn sweep_verdict(
@@ -891,15 +923,12 @@ fn sweep_verdict(
         IntentState::Committed { .. } if age < 30_000 => None,
         IntentState::Committed { adopted, .. } => Some(!adopted),
         IntentState::WritingBy(o) => {
-            let me = node.owner();
-            let owner_gone = if o.node == me.node {
-                // This process restarted since: the write died with the old one.
-                o.boot != me.boot
-            } else {
-                // Another node's: resolved by that node when it restarts, or here once it
-                // was down past the grace period and will not come back to it.
-                view.is_some_and(|v| v.nodes.iter().any(|n| n.id == o.node && n.evacuated))
-            };
+            // This process restarted since (the write died with the old one); or another
+            // node's, resolved by that node when it restarts, or here once it was down past
+            // the grace period and will not come back to it.
+            let owner_gone = of_earlier_life(node, &rec.state)
+                || (o.node != node.owner().node
+                    && view.is_some_and(|v| v.nodes.iter().any(|n| n.id == o.node && n.evacuated)));
             (owner_gone || age > WRITING_INTENT_AGE_MAX_MS).then_some(true)
         }
         IntentState::Writing => (age > WRITING_INTENT_AGE_MAX_MS).then_some(true),

@@ -10,7 +10,7 @@
 use crate::node::Node;
 use crate::quic::{self, Connection, RecvStream, SendStream};
 use crate::shardio::{ReadBuf, ShardFile};
-use ostore_control::cluster::ClusterView;
+use ostore_control::cluster::{ClusterView, NodeRec};
 use ostore_control::records::ShardLoc;
 use ostore_wire::peer::{
     decode_answer, decode_error, encode_answer, encode_error, Op, OpenMode, Request, ANSWER_BYTES,
@@ -194,13 +194,24 @@ impl Cluster {
         self.view.read().expect("cluster view lock").clone()
     }
 
-    /// The node holding `drive`, as the view says.
-    pub fn node_of_drive(&self, drive: u16) -> Option<u32> {
+    /// `f` of the node holding `drive`, as the view says; `None` if no node has it.
+    fn with_node_of<T>(&self, drive: u16, f: impl FnOnce(&NodeRec) -> T) -> Option<T> {
         self.view()
             .nodes
             .iter()
             .find(|n| n.drives.iter().any(|d| d.id == drive))
-            .map(|n| n.id)
+            .map(f)
+    }
+
+    /// The node holding `drive`, as the view says.
+    pub fn node_of_drive(&self, drive: u16) -> Option<u32> {
+        self.with_node_of(drive, |n| n.id)
+    }
+
+    /// Whether the node holding `drive` is away: down in the view, suspected here, or unknown.
+    pub fn away(&self, drive: u16) -> bool {
+        self.with_node_of(drive, |n| !n.up || self.suspected(n.id))
+            .unwrap_or(true)
     }
 
     /// Takes a newer view; a suspected node that the view shows up again since the suspicion
@@ -227,49 +238,46 @@ impl Cluster {
         tracing::info!("node {node} unreachable: no new shards go to it for {SUSPECT_FOR:?}");
     }
 
-    /// Whether any node is suspected now.
-    pub fn any_suspected(&self) -> bool {
+    /// Whether a suspicion younger than [`SUSPECT_FOR`] is held of a node `which` accepts.
+    fn suspicion(&self, which: impl Fn(u32) -> bool) -> bool {
         let now = std::time::Instant::now();
         self.suspects
             .lock()
             .expect("suspects lock")
             .iter()
-            .any(|(_, at, _)| now.duration_since(*at) < SUSPECT_FOR)
+            .any(|(n, at, _)| which(*n) && now.duration_since(*at) < SUSPECT_FOR)
+    }
+
+    /// Whether any node is suspected now.
+    pub fn any_suspected(&self) -> bool {
+        self.suspicion(|_| true)
     }
 
     /// Whether `node` failed to answer within the last [`SUSPECT_FOR`] (and has not been seen
     /// coming back since).
     pub fn suspected(&self, node: u32) -> bool {
-        let now = std::time::Instant::now();
-        self.suspects
-            .lock()
-            .expect("suspects lock")
-            .iter()
-            .any(|(n, at, _)| *n == node && now.duration_since(*at) < SUSPECT_FOR)
+        self.suspicion(|n| n == node)
     }
 
     /// The peer address of the node holding `drive`, if that node is up.
     fn peer_of(&self, drive: u16) -> io::Result<SocketAddr> {
-        let v = self.view();
-        let n = v
-            .nodes
-            .iter()
-            .find(|n| n.drives.iter().any(|d| d.id == drive))
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no node has drive {drive}"),
-                )
-            })?;
-        if !n.up {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("node {} (drive {drive}) is down", n.id),
-            ));
-        }
-        n.peer
-            .parse()
-            .map_err(|e| io::Error::other(format!("peer address {}: {e}", n.peer)))
+        self.with_node_of(drive, |n| {
+            if !n.up {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("node {} (drive {drive}) is down", n.id),
+                ));
+            }
+            n.peer
+                .parse()
+                .map_err(|e| io::Error::other(format!("peer address {}: {e}", n.peer)))
+        })
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no node has drive {drive}"),
+            ))
+        })
     }
 }
 
@@ -402,18 +410,13 @@ fn transport_failure(e: &io::Error) -> bool {
 /// while, and this executor's connection to it is replaced on next use (whether or not the
 /// view says it is up by now).
 fn unreachable(cluster: &Cluster, drive: u16) {
-    let v = cluster.view();
-    let Some(n) = v
-        .nodes
-        .iter()
-        .find(|n| n.drives.iter().any(|d| d.id == drive))
-    else {
+    let Some((id, addr)) = cluster.with_node_of(drive, |n| (n.id, n.peer.parse().ok())) else {
         return;
     };
-    if let Ok(addr) = n.peer.parse() {
+    if let Some(addr) = addr {
         forget_connection(addr);
     }
-    cluster.suspect(n.id);
+    cluster.suspect(id);
 }
 
 async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStream)> {
@@ -474,6 +477,7 @@ async fn timed<T>(
 impl PeerFile {
     pub async fn open(node: &Node, loc: &ShardLoc, mode: OpenMode) -> io::Result<PeerFile> {
         let opened = crate::conn::within(OPEN_TIMEOUT, async {
+            // open_stream notes its own failures; the round trip's are noted here.
             let (mut send, mut recv) = open_stream(node, loc.drive).await?;
             roundtrip(
                 &mut send,
@@ -481,7 +485,12 @@ impl PeerFile {
                 &loc_request(Op::Open, loc, mode),
                 None,
             )
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if let Some(c) = node.cluster.as_ref().filter(|_| transport_failure(e)) {
+                    unreachable(c, loc.drive);
+                }
+            })?;
             Ok(PeerFile {
                 streams: RefCell::new(Some((send, recv))),
                 lock: glommio::sync::Semaphore::new(1),
@@ -490,12 +499,6 @@ impl PeerFile {
         })
         .await;
         match opened {
-            Some(Err(e)) if transport_failure(&e) => {
-                if let Some(c) = &node.cluster {
-                    unreachable(c, loc.drive);
-                }
-                Err(e)
-            }
             Some(r) => r,
             None => {
                 // A connection on which one round trip takes this long is not making

@@ -423,13 +423,11 @@ pub async fn place_shards(
     let ec = node.ec;
     let per_shard = Geometry::new(ec, size_bytes).shard_file_bytes();
     let spread: u64 = rand::random();
-    let rule = |node: &Node| placement::WriteRule {
-        total: ec.total(),
-        parity: ec.parity as usize,
-        quorum: node
-            .cluster
-            .as_ref()
-            .map_or(0, |c| c.view().write_quorum as usize),
+    let rule = |node: &Node| {
+        placement::WriteRule::new(
+            ec,
+            node.cluster.as_ref().map_or(0, |c| c.view().write_quorum),
+        )
     };
     let mut placed = placement::place_object(&drive_views(node), rule(node), per_shard, spread);
     if placed.is_err() && node.cluster.is_some() {
@@ -563,25 +561,17 @@ pub async fn put(
         let upload_id: u64 = rand::random();
         // Held until the PUT ends: its files are reserved in steps, placement counts the rest.
         let (locs, reservation) = place_shards(node, size_guess, upload_id).await?;
-        node.meta
-            .call::<()>(Rq::BeginIntent {
-                id: upload_id,
-                shards: locs.clone(),
-                owner: node.owner(),
-            })
-            .await?;
+        node.begin_intent(upload_id, &locs).await?;
         match shape.create(node, &locs).await {
             Ok(w) => break (upload_id, locs, reservation, w),
             Err(e) => {
                 discard(node, &locs, upload_id);
                 tries += 1;
                 // A node this one could not reach, or that is down by now.
-                let unreachable = node.cluster.as_ref().is_some_and(|c| {
-                    let view = c.view();
-                    locs.iter()
-                        .filter_map(|l| c.node_of_drive(l.drive))
-                        .any(|n| c.suspected(n) || view.nodes.iter().any(|x| x.id == n && !x.up))
-                });
+                let unreachable = node
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| locs.iter().any(|l| c.away(l.drive)));
                 if unreachable && tries < PLACE_TRIES {
                     tracing::info!("placing a PUT's shards again: {e}");
                     continue;
@@ -641,7 +631,9 @@ pub async fn put(
         discard(node, &locs, upload_id);
     } else {
         node.end_intent_later(upload_id);
-        spread_later_if_short(node, &locs, h);
+        // Placed around a node only suspected for a moment: moved apart once it answers.
+        let (node, locs) = (node.clone(), locs.clone());
+        glommio::spawn_local(async move { move_if_held_back(&node, h, &locs).await }).detach();
     }
     if outcome.replaced_damaged {
         remove_replaced(node, &h).await;
@@ -653,58 +645,15 @@ pub async fn put(
     })
 }
 
-/// Queues a new object written short of full spread (a node holds two or more of its shards
-/// while the cluster has other nodes) to have its shards moved apart: at once where the nodes
-/// it avoided are up (one it could not reach for a moment), else when they return (the leader's
-/// scan after a node comes back finds it too).
-pub(crate) fn spread_later_if_short(node: &Node, locs: &[ShardLoc], blake3: [u8; 32]) {
-    let Some(c) = &node.cluster else {
-        return;
-    };
-    let view = c.view();
-    let mut nodes: Vec<u32> = locs
-        .iter()
-        .filter_map(|l| c.node_of_drive(l.drive))
-        .collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-    if nodes.len() >= locs.len().min(view.nodes.len()) {
-        return;
-    }
-    let meta = node.meta.clone();
-    glommio::spawn_local(async move {
-        let r = meta
-            .call::<()>(Rq::QueueMove {
-                contents: vec![blake3],
-                nonce: rand::random(),
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!("queueing {} to spread out: {e}", hex::encode(blake3));
-        }
-    })
-    .detach();
-}
-
-/// After a repair or a move of `blake3`: if a node holds two or more of its shards while an up
-/// node that holds none was kept out only because this node suspects it (it could not reach
-/// it a moment ago, say just before it came back), queues the content to move again, so that
-/// a suspicion of a few seconds never leaves an object short of spread for good.
-pub(crate) async fn move_again_if_held_back(node: &Node, blake3: [u8; 32]) {
+/// Queues `blake3` (whose shards are `shards`) to move when a node holds two or more of its
+/// shards while an up node that holds none was kept out only because this node suspects it
+/// (it could not reach it a moment ago, say just before it came back): so that a suspicion of a
+/// few seconds never leaves an object short of spread. Objects placed around nodes that are
+/// down are found by the leader's scan when they return instead.
+pub(crate) async fn move_if_held_back(node: &Node, blake3: [u8; 32], shards: &[ShardLoc]) {
     let Some(c) = node.cluster.as_ref().filter(|c| c.any_suspected()) else {
         return;
     };
-    let Ok(Some(content)) = node
-        .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3 })
-        .await
-    else {
-        return;
-    };
-    let Stored::Sharded { shards, .. } = &content.stored else {
-        return;
-    };
-    let view = c.view();
     let holding: Vec<u32> = shards
         .iter()
         .filter_map(|l| c.node_of_drive(l.drive))
@@ -712,22 +661,30 @@ pub(crate) async fn move_again_if_held_back(node: &Node, blake3: [u8; 32]) {
     let mut distinct = holding.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let doubled = distinct.len() < holding.len();
+    let view = c.view();
     let held_back = view
         .nodes
         .iter()
         .any(|n| n.up && !view.draining(n.id) && !distinct.contains(&n.id) && c.suspected(n.id));
-    if doubled && held_back {
-        let r = node
-            .meta
-            .call::<()>(Rq::QueueMove {
-                contents: vec![blake3],
-                nonce: rand::random(),
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!("queueing {} to move again: {e}", hex::encode(blake3));
-        }
+    if distinct.len() < holding.len() && held_back {
+        node.queue_move(blake3).await;
+    }
+}
+
+/// After a repair or a move of `blake3`: [`move_if_held_back`] with its shards as they are now.
+pub(crate) async fn move_again_if_held_back(node: &Node, blake3: [u8; 32]) {
+    if !node.cluster.as_ref().is_some_and(|c| c.any_suspected()) {
+        return;
+    }
+    if let Ok(Some(ContentRec {
+        stored: Stored::Sharded { shards, .. },
+        ..
+    })) = node
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3 })
+        .await
+    {
+        move_if_held_back(node, blake3, &shards).await;
     }
 }
 
@@ -1010,14 +967,12 @@ impl ShardReader {
     pub(crate) async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
         if self.files[i].is_none() {
             let loc = self.locs[i];
-            // A node this one just failed to reach is read around while parity allows, rather
-            // than waited on again.
-            let suspect = self.node.cluster.as_ref().is_some_and(|c| {
-                self.node.local_drive(loc.drive).is_none()
-                    && c.node_of_drive(loc.drive).is_some_and(|n| c.suspected(n))
-            });
-            let bad = self.bad.iter().filter(|b| **b).count();
-            if self.around_suspects && suspect && bad < self.geo.ec.parity as usize {
+            // A node this one just failed to reach (or that is down) is read around while
+            // parity allows, rather than waited on again.
+            if self.around_suspects
+                && self.on_node_away(loc.drive)
+                && self.bad.iter().filter(|b| **b).count() < self.geo.ec.parity as usize
+            {
                 self.bad[i] = true;
                 self.files[i] = Some(None);
                 return None;
@@ -1284,6 +1239,12 @@ impl ShardReader {
         }
     }
 
+    /// Whether `drive` is another node's, and that node is down or unreachable.
+    fn on_node_away(&self, drive: u16) -> bool {
+        self.node.local_drive(drive).is_none()
+            && self.node.cluster.as_ref().is_some_and(|c| c.away(drive))
+    }
+
     /// Whether any shard was found bad; if so, queues the content for repair, unless every
     /// bad shard is on a node that is down or unreachable: that node may come back within
     /// the grace period (`--down-grace`), and the control plane queues its shards for rebuild
@@ -1293,17 +1254,9 @@ impl ShardReader {
             return;
         }
         self.reported = true;
-        let node_away = |drive: u16| {
-            self.node.cluster.as_ref().is_some_and(|c| {
-                self.node.local_drive(drive).is_none()
-                    && c.node_of_drive(drive).is_none_or(|n| {
-                        c.suspected(n) || c.view().nodes.iter().any(|x| x.id == n && !x.up)
-                    })
-            })
-        };
         let repair_now = (0..self.bad.len())
             .filter(|&i| self.bad[i])
-            .any(|i| !node_away(self.locs[i].drive));
+            .any(|i| !self.on_node_away(self.locs[i].drive));
         if repair_now {
             self.node.queue_repair(self.blake3).await;
         }
@@ -1757,13 +1710,7 @@ async fn begin_new_shards(
             file_tag: rand::random(),
         })
         .collect();
-    node.meta
-        .call::<()>(Rq::BeginIntent {
-            id: upload_id,
-            shards: new_locs.clone(),
-            owner: node.owner(),
-        })
-        .await?;
+    node.begin_intent(upload_id, &new_locs).await?;
     Ok((upload_id, new_locs))
 }
 

@@ -71,6 +71,16 @@ pub struct WriteRule {
 }
 
 impl WriteRule {
+    /// The rule of a cluster with erasure coding `ec` and write quorum `quorum` (0: the
+    /// minimum).
+    pub fn new(ec: crate::EcParams, quorum: u32) -> WriteRule {
+        WriteRule {
+            total: ec.total(),
+            parity: ec.parity as usize,
+            quorum: quorum as usize,
+        }
+    }
+
     /// The fewest nodes that can hold `total` shards with at most `parity` on any one:
     /// ceil(total / parity).
     pub fn min_nodes(&self) -> usize {
