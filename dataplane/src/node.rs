@@ -138,31 +138,29 @@ impl Node {
 
     /// Queues a content to have shards moved (copied, not rebuilt), durably.
     pub async fn queue_move(&self, blake3: [u8; 32]) {
-        let r = self
-            .meta
-            .call::<()>(Rq::QueueMove {
-                contents: vec![blake3],
-                nonce: rand::random(),
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!("queueing {} to move: {e}", hex::encode(blake3));
-        }
+        self.queue(blake3, true).await
     }
 
     /// Queues a content for repair, durably, and wakes the repair worker.
     pub async fn queue_repair(&self, blake3: [u8; 32]) {
+        self.queue(blake3, false).await;
+        let _ = self.repair_tx.try_send(blake3);
+    }
+
+    async fn queue(&self, blake3: [u8; 32], moving: bool) {
+        let (contents, nonce) = (vec![blake3], rand::random());
         let r = self
             .meta
-            .call::<()>(Rq::QueueRepair {
-                contents: vec![blake3],
-                nonce: rand::random(),
+            .call::<()>(if moving {
+                Rq::QueueMove { contents, nonce }
+            } else {
+                Rq::QueueRepair { contents, nonce }
             })
             .await;
         if let Err(e) = r {
-            tracing::warn!("queueing repair of {}: {e}", hex::encode(blake3));
+            let what = if moving { "to move" } else { "for repair" };
+            tracing::warn!("queueing {} {what}: {e}", hex::encode(blake3));
         }
-        let _ = self.repair_tx.try_send(blake3);
     }
 }
 
