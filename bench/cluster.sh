@@ -13,11 +13,7 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm
 trap cleanup EXIT
 export OSTORE_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n') OSTORE_LOG=warn
 
-ready() { # file: wait for the ready line, print it
-  for _ in $(seq 1 600); do grep -m1 '^ostore ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "no ready line in $1" >&2; exit 1
-}
-field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }
+. bench/lib.sh
 row() { # label endpoint workload size
   $B/osbench --endpoint "$2" --workload "$3" --size "$4" --concurrency 4 --duration "${secs}s" \
     --verify --json "$work/r.json" >/dev/null

@@ -18,3 +18,11 @@ start_dev() {
 
 # Stops the server start_dev started (SIGTERM, and waits).
 stop_dev() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
+
+# A loopback cluster's processes: `ready FILE` waits for the ready line a process printed to
+# FILE and prints it; `field NAME` takes NAME=VALUE out of a ready line on stdin.
+ready() {
+  for _ in $(seq 1 600); do grep -m1 '^ostore ready' "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "no ready line in $1" >&2; exit 1
+}
+field() { tr ' ' '\n' | sed -n "s/^$1=//p"; }

@@ -375,6 +375,35 @@ fn write_quorum(tx: &mut dyn Tx) -> Result<u32> {
     }
 }
 
+/// Bytes per second each node's repairs read at most, unless the operator set another rate
+/// (`osctl repair-rate`): enough to rebuild a node's share quickly, little enough that client
+/// requests keep their latency.
+pub const DEFAULT_REPAIR_BYTES_PER_S: u64 = 256 << 20;
+
+/// The rate each node's repairs may read at, in bytes per second (`u64::MAX`: no limit).
+pub fn repair_rate(kv: &dyn Kv) -> Result<u64> {
+    run(kv, false, |tx| match tx.get(&keys::repair_rate())? {
+        None => Ok(DEFAULT_REPAIR_BYTES_PER_S),
+        Some(v) => {
+            Ok(u64::from_le_bytes(v.as_slice().try_into().map_err(
+                |_| RecordError("the repair rate is a u64".into()),
+            )?))
+        }
+    })
+}
+
+/// Sets the rate each node's repairs may read at (`None`: back to the default; `u64::MAX`: no
+/// limit). Nodes take it up within a repair round.
+pub fn set_repair_rate(kv: &dyn Kv, bytes_per_s: Option<u64>) -> Result<()> {
+    run(kv, true, |tx| {
+        match bytes_per_s {
+            Some(r) => tx.set(&keys::repair_rate(), &r.max(1).to_le_bytes())?,
+            None => tx.clear(&keys::repair_rate())?,
+        }
+        Ok(())
+    })
+}
+
 /// Sets the write quorum: nodes that must be up for a write to be taken (0: the minimum).
 pub fn set_write_quorum(kv: &dyn Kv, nodes: u32) -> Result<()> {
     run(kv, true, |tx| {
@@ -618,6 +647,27 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_repair_rate_is_the_default_until_set_and_again_once_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m.redb")).unwrap();
+        assert_eq!(repair_rate(&kv).unwrap(), DEFAULT_REPAIR_BYTES_PER_S);
+        set_repair_rate(&kv, Some(1 << 20)).unwrap();
+        assert_eq!(repair_rate(&kv).unwrap(), 1 << 20);
+        let raw = run(&kv, false, |tx| -> Result<_> {
+            Ok(tx.get(&keys::repair_rate())?)
+        })
+        .unwrap();
+        assert_eq!(raw, Some((1u64 << 20).to_le_bytes().to_vec()));
+        set_repair_rate(&kv, Some(u64::MAX)).unwrap();
+        assert_eq!(repair_rate(&kv).unwrap(), u64::MAX);
+        // Zero would stop repairs for good: it is taken as the slowest rate there is.
+        set_repair_rate(&kv, Some(0)).unwrap();
+        assert_eq!(repair_rate(&kv).unwrap(), 1);
+        set_repair_rate(&kv, None).unwrap();
+        assert_eq!(repair_rate(&kv).unwrap(), DEFAULT_REPAIR_BYTES_PER_S);
     }
 
     #[test]

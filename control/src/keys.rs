@@ -55,6 +55,9 @@ pub mod tag {
     /// Singleton → u32 little-endian: the write quorum, nodes that must be up for a write
     /// (absent or 0: the fewest that can hold K+M shards with at most M on one node)
     pub const WRITE_QUORUM: u8 = 0x74;
+    /// Singleton → u64 little-endian: bytes per second each node's repairs may read (absent:
+    /// `cluster::DEFAULT_REPAIR_BYTES_PER_S`; `u64::MAX`: no limit)
+    pub const REPAIR_RATE: u8 = 0x75;
     /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed
     /// (makes retries after `commit_unknown_result` idempotent; expired after an hour)
     pub const DONE: u8 = 0x80;
@@ -363,6 +366,10 @@ pub fn write_quorum() -> Vec<u8> {
     vec![tag::WRITE_QUORUM]
 }
 
+pub fn repair_rate() -> Vec<u8> {
+    vec![tag::REPAIR_RATE]
+}
+
 pub fn done(issued_ms: u64, token: &[u8; 16]) -> Vec<u8> {
     let mut k = vec![tag::DONE];
     k.extend_from_slice(&issued_ms.to_be_bytes());
@@ -425,6 +432,7 @@ mod tests {
         assert_eq!(moving(&h)[0], 0x61);
         assert_eq!(drain(7), b"\x73\x00\x00\x00\x07");
         assert_eq!(write_quorum(), b"\x74");
+        assert_eq!(repair_rate(), b"\x75");
         let u = unreferenced(258, &h);
         assert_eq!(&u[..9], b"\x32\x00\x00\x00\x00\x00\x00\x01\x02");
         assert_eq!(parse_unreferenced(&u), Some((258, h)));

@@ -1194,8 +1194,20 @@ pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
 
 /// Up to `limit` contents queued in `q`, with the nonce of their latest request.
 pub fn work_queue(kv: &dyn Kv, q: WorkQueue, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
+    work_queue_from(kv, q, &[0; 32], limit)
+}
+
+/// Up to `limit` contents queued in `q` from content `from` on (in content order), with the
+/// nonce of their latest request: a node reads the part of the queue its hash share covers.
+pub fn work_queue_from(
+    kv: &dyn Kv,
+    q: WorkQueue,
+    from: &[u8; 32],
+    limit: usize,
+) -> Result<Vec<([u8; 32], u64)>> {
     run(kv, false, |tx| {
-        let (b, e) = q.range();
+        let (_, e) = q.range();
+        let b = q.key(from);
         let mut out = Vec::new();
         for (k, v) in tx.get_range(&b, &e, limit, false)? {
             let h: [u8; 32] = k[1..33]
@@ -1203,6 +1215,45 @@ pub fn work_queue(kv: &dyn Kv, q: WorkQueue, limit: usize) -> Result<Vec<([u8; 3
                 .map_err(|_| RecordError("work queue key".into()))?;
             let rec: RepairRec = decode(&v)?;
             out.push((h, rec.nonce));
+        }
+        Ok(out)
+    })
+}
+
+/// What waits in a work queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Backlog {
+    /// Contents queued (counted up to the scan's limit).
+    pub contents: u64,
+    /// Shard bytes their repairs or moves read: every shard of each sharded content.
+    pub bytes: u64,
+    /// Whether the queue holds more than was counted.
+    pub more: bool,
+}
+
+/// The first `limit` entries of `q`, and the shard bytes their work reads (a repair checks
+/// every shard of a content; a move reads what it copies, counted the same way here).
+pub fn work_backlog(kv: &dyn Kv, q: WorkQueue, limit: usize) -> Result<Backlog> {
+    run(kv, false, |tx| {
+        let (b, e) = q.range();
+        let entries = tx.get_range(&b, &e, limit.saturating_add(1), false)?;
+        let more = entries.len() > limit;
+        let mut out = Backlog {
+            more,
+            ..Backlog::default()
+        };
+        for (k, _) in entries.into_iter().take(limit) {
+            let h: [u8; 32] = k[1..33]
+                .try_into()
+                .map_err(|_| RecordError("work queue key".into()))?;
+            out.contents += 1;
+            if let Some(c) = get_content(tx, &keys::content(&h))? {
+                if let Stored::Sharded { data, parity, .. } = &c.stored {
+                    let total = *data as u64 + *parity as u64;
+                    let per_shard = c.stored_bytes().div_ceil((*data).max(1) as u64);
+                    out.bytes = out.bytes.saturating_add(per_shard.saturating_mul(total));
+                }
+            }
         }
         Ok(out)
     })
@@ -1494,6 +1545,37 @@ mod tests {
                 shards: vec![ONE_SHARD],
             },
         }
+    }
+
+    #[test]
+    fn the_backlog_counts_queued_contents_and_the_shard_bytes_they_read() {
+        let (_d, kv) = kv();
+        let c = one_shard_content([3; 32]);
+        commit_put(&kv, "default", "k", None, &c, &WriteCondition::Always, 1).unwrap();
+        let i = inline(b"tiny");
+        commit_put(&kv, "default", "i", None, &i, &WriteCondition::Always, 1).unwrap();
+        assert_eq!(
+            work_backlog(&kv, WorkQueue::Repair, 10).unwrap(),
+            Backlog::default()
+        );
+        // A sharded content (1+1, 100 000 bytes: two shards of 100 000), an inline one, and
+        // one no longer known.
+        queue_repair(&kv, &[[3; 32], i.blake3, [9; 32]], 1, 1).unwrap();
+        let b = work_backlog(&kv, WorkQueue::Repair, 10).unwrap();
+        assert_eq!(
+            b,
+            Backlog {
+                contents: 3,
+                bytes: 200_000,
+                more: false
+            }
+        );
+        let b = work_backlog(&kv, WorkQueue::Repair, 2).unwrap();
+        assert_eq!((b.contents, b.more), (2, true));
+        assert_eq!(
+            work_backlog(&kv, WorkQueue::Move, 10).unwrap(),
+            Backlog::default()
+        );
     }
 
     #[test]

@@ -265,6 +265,20 @@ pub enum Request {
     /// Takes the damaged mark off a content whose every shard was just verified (or rebuilt):
     /// the shards that were missing came back. → `()`
     ClearDamaged { blake3: [u8; 32] },
+    /// The rate each node's repairs may read at. → `u64` (bytes/s; `u64::MAX`: no limit)
+    RepairRate,
+    /// Sets it (`None`: the default). → `()`
+    SetRepairRate { bytes_per_s: Option<u64> },
+    /// What waits in the repair and move queues (the first `limit` of each).
+    /// → `(meta::Backlog, meta::Backlog)`
+    Backlog { limit: usize },
+    /// Up to `limit` entries of the repair queue (or, with `moves`, the move queue) from content
+    /// `from` on. → `Vec<([u8; 32], u64)>`
+    WorkFrom {
+        moves: bool,
+        from: [u8; 32],
+        limit: usize,
+    },
 }
 
 impl Request {
@@ -297,6 +311,9 @@ impl Request {
                 | Request::ScrubPolicy { .. }
                 | Request::ScrubPolicies
                 | Request::ScrubCursors { .. }
+                | Request::RepairRate
+                | Request::Backlog { .. }
+                | Request::WorkFrom { .. }
         )
     }
 }
@@ -495,6 +512,22 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         Cluster => enc(cluster::view(kv)?),
         DrainProgress { node, exact } => enc(cluster::drain_progress(kv, node, exact)?),
         Stats => enc(meta::stats(kv)?),
+        RepairRate => enc(cluster::repair_rate(kv)?),
+        SetRepairRate { bytes_per_s } => enc(cluster::set_repair_rate(kv, bytes_per_s)?),
+        WorkFrom { moves, from, limit } => enc(meta::work_queue_from(
+            kv,
+            if moves {
+                meta::WorkQueue::Move
+            } else {
+                meta::WorkQueue::Repair
+            },
+            &from,
+            limit,
+        )?),
+        Backlog { limit } => enc((
+            meta::work_backlog(kv, meta::WorkQueue::Repair, limit)?,
+            meta::work_backlog(kv, meta::WorkQueue::Move, limit)?,
+        )),
         DriveShardCounts { drives } => enc(meta::drive_shard_counts(kv, &drives)?),
         ScrubPolicy { drive } => enc(scrub::policy(kv, drive)?),
         ScrubPolicies => enc(scrub::policies(kv)?),

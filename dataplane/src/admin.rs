@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use ostore_control::cluster;
-use ostore_control::meta::{MetaError, Stats};
+use ostore_control::meta::{Backlog, MetaError, Stats};
 use ostore_control::records::{IntentRec, IntentState};
 use ostore_control::rpc::Request as Rq;
 use ostore_control::scrub::{Policies, ScrubCursor, ScrubPolicy, DEFAULT_POLICY};
@@ -346,6 +346,55 @@ pub(crate) async fn gc(node: &Arc<Node>, req: &Request<ReqBody>) -> Result<Resp,
     .await
 }
 
+/// A rate as JSON: a number of bytes per second, or "unlimited".
+fn rate_json(r: u64) -> serde_json::Value {
+    if r == u64::MAX {
+        json!("unlimited")
+    } else {
+        json!(r)
+    }
+}
+
+/// The rate each node's repairs may read at (`osctl repair-rate`): shown, or set with
+/// `?rate=BYTES_PER_S`, `?rate=unlimited` or `?rate=default`; with what this node's repairs
+/// read over the last seconds.
+pub(crate) async fn repair_rate(
+    node: &Node,
+    req: &Request<ReqBody>,
+    set: bool,
+) -> Result<Resp, ApiError> {
+    if set {
+        let q = query(req);
+        let bad = |m: &str| err(StatusCode::BAD_REQUEST, "InvalidArgument", m.to_string());
+        let rate =
+            match q.get("rate").map(|s| s.as_str()) {
+                None => {
+                    return Err(bad(
+                        "rate is required: bytes per second, unlimited or default",
+                    ))
+                }
+                Some("default") => None,
+                Some("unlimited") => Some(u64::MAX),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(r) if r > 0 => Some(r),
+                    _ => return Err(bad(
+                        "rate must be a positive number of bytes per second, unlimited or default",
+                    )),
+                },
+            };
+        node.meta
+            .call::<()>(Rq::SetRepairRate { bytes_per_s: rate })
+            .await?;
+    }
+    let limit: u64 = node.meta.call(Rq::RepairRate).await?;
+    node.repair_pace.limit.store(limit, Ordering::Relaxed);
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"limit_bytes_per_s": rate_json(limit), "node": node.node_id,
+            "bytes_per_s": node.repair_pace.bytes_per_s()}),
+    ))
+}
+
 /// How many objects wait for repair (counted up to 100 000).
 pub(crate) async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
     let q: Vec<([u8; 32], u64)> = node.meta.call(Rq::RepairQueue { limit: 100_000 }).await?;
@@ -594,11 +643,9 @@ pub(crate) async fn undrain(node: &Node, req: &Request<ReqBody>) -> Result<Resp,
 pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
     node.refresh_view().await;
     let stats: Stats = node.meta.call(Rq::Stats).await?;
-    let queued = node
-        .meta
-        .call::<Vec<([u8; 32], u64)>>(Rq::RepairQueue { limit: 100_000 })
-        .await?
-        .len();
+    let (repairs, move_backlog): (Backlog, Backlog) =
+        node.meta.call(Rq::Backlog { limit: 100_000 }).await?;
+    let queued = repairs.contents as usize;
     let drives = all_drives(node);
     let ids: Vec<u16> = drives.iter().map(|d| d.1).collect();
     let counts: Vec<i64> = node
@@ -652,11 +699,7 @@ pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
     if queued > 0 {
         jobs.push(json!({"kind": "repair", "queued": queued}));
     }
-    let moves = node
-        .meta
-        .call::<Vec<([u8; 32], u64)>>(Rq::MoveQueue { limit: 100_000 })
-        .await?
-        .len();
+    let moves = move_backlog.contents;
     if moves > 0 {
         jobs.push(json!({"kind": "move", "queued": moves}));
     }
@@ -674,6 +717,10 @@ pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
         json!({"objects": stats.objects, "versions": stats.versions, "contents": stats.contents,
             "logical_bytes": stats.content_bytes, "stored_bytes": stats.stored_bytes,
             "repair_queued": queued, "missing_shards": missing,
+            "repair": {"queued": repairs.contents, "bytes_to_go": repairs.bytes, "more": repairs.more,
+                "moves_queued": move_backlog.contents, "move_bytes_to_go": move_backlog.bytes,
+                "limit_bytes_per_s": rate_json(node.repair_pace.limit.load(Ordering::Relaxed)),
+                "node_bytes_per_s": node.repair_pace.bytes_per_s()},
             "intents": {"open": intents.len(), "abandoned": abandoned},
             "drives": per_drive, "jobs": jobs}),
     ))

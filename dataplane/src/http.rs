@@ -407,6 +407,8 @@ async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
         (&Method::POST, "/admin/scrub") => "scrub",
         (&Method::GET, "/admin/scrub") => "scrub_status",
         (&Method::POST, "/admin/scrub/schedule") => "scrub_schedule",
+        (&Method::GET, "/admin/repair-rate") => "repair_rate_get",
+        (&Method::POST, "/admin/repair-rate") => "repair_rate_set",
         (&Method::GET, "/admin/retention") => "retention_get",
         (&Method::POST, "/admin/retention") => "retention_set",
         _ => "other",
@@ -431,6 +433,9 @@ async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
         "scrub" => admin::scrub(node, &req).await,
         "scrub_status" => admin::scrub_status(node).await,
         "scrub_schedule" => admin::scrub_schedule(node, &req).await,
+        "repair_rate_get" | "repair_rate_set" => {
+            admin::repair_rate(node, &req, op == "repair_rate_set").await
+        }
         "retention_get" | "retention_set" => {
             admin::retention(node, &req, op == "retention_set").await
         }
@@ -944,6 +949,21 @@ where
     ))
 }
 
+/// The content's record as it is now, if its shards moved since `seen` was read.
+async fn moved_since(node: &Arc<Node>, blake3: &[u8; 32], seen: &ContentRec) -> Option<ContentRec> {
+    let now: ContentRec = node
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3: *blake3 })
+        .await
+        .ok()
+        .flatten()?;
+    let shards = |c: &ContentRec| match &c.stored {
+        Stored::Sharded { shards, .. } => Some(shards.clone()),
+        Stored::Inline(_) => None,
+    };
+    (shards(&now).is_some() && shards(&now) != shards(seen)).then_some(now)
+}
+
 async fn body_of(
     node: &Arc<Node>,
     content: &ContentRec,
@@ -970,15 +990,28 @@ async fn body_of(
     }
     if !zstd_stored || coding == Some(Coding::Zstd) {
         // The stored bytes as they are: the object, or its zstd stream.
-        let mut reader = ShardReader::new(node.clone(), blake3, content)
-            .expect("sharded")
-            .for_client();
         let (range, size) = match coding {
             Some(_) => (0..content.stored_bytes(), content.stored_bytes()),
             None => (range, len),
         };
-        reader.set_range(range);
-        let first = match reader.next().await {
+        let mut reader = ShardReader::new(node.clone(), blake3, content)
+            .expect("sharded")
+            .for_client();
+        reader.set_range(range.clone());
+        let mut first = reader.next().await;
+        if let Some(Err(store::StoreError::InsufficientShards { .. })) = &first {
+            // The shards may have moved (a repair or a move swapped new files in and deleted
+            // the old ones) between reading the content's record and opening its files: read
+            // again from where the record says they are now.
+            if let Some(now) = moved_since(node, &blake3, content).await {
+                reader = ShardReader::new(node.clone(), blake3, &now)
+                    .expect("sharded")
+                    .for_client();
+                reader.set_range(range);
+                first = reader.next().await;
+            }
+        }
+        let first = match first {
             Some(Err(e)) => return Err(e.into()),
             other => other,
         };

@@ -9,6 +9,7 @@ pub mod compat;
 pub mod conn;
 pub mod controlplane;
 pub mod drives;
+pub mod faults;
 pub mod foreground;
 pub mod guard;
 pub mod h3conn;

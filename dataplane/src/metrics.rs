@@ -40,6 +40,7 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     pub connections_timed_out: AtomicU64,
     pub bodies_timed_out: AtomicU64,
+    pub peer_connections_replaced: AtomicU64,
 }
 
 impl Metrics {
@@ -173,6 +174,11 @@ impl Metrics {
                 "ostore_request_bodies_timed_out_total",
                 "Requests failed (408) because their body stopped arriving.",
                 &self.bodies_timed_out,
+            ),
+            (
+                "ostore_peer_connections_replaced_total",
+                "Connections to other nodes closed and made anew because nothing on them was answered for 2 s while an operation was past its deadline.",
+                &self.peer_connections_replaced,
             ),
             (
                 "ostore_gc_contents_total",

@@ -43,6 +43,8 @@ pub struct Node {
     serving: AtomicUsize,
     repair_tx: flume::Sender<[u8; 32]>,
     repair_rx: flume::Receiver<[u8; 32]>,
+    /// How fast this node's repairs read, and may read.
+    pub repair_pace: crate::store::RepairPace,
 }
 
 impl crate::conn::Host for Node {
@@ -275,14 +277,15 @@ pub async fn wait_stopping(node: &Node) {
 /// stops. In a cluster the nodes split both queues by content hash.
 async fn repair_worker(node: Arc<Node>) {
     loop {
-        let retry_later = work_repairs(&node).await;
+        let round = work_repairs(&node).await;
         if node.stopping.load(Ordering::Relaxed) {
             return;
         }
         // A batch of moves at a time, then the repair queue again: moves never hold up repairs.
-        if work_moves(&node).await {
+        if work_moves(&node).await || round == Round::More {
             continue;
         }
+        let retry_later = round == Round::RetryLater;
         // Drain wake-ups; the durable queues are the source of truth.
         while node.repair_rx.try_recv().is_ok() {}
         let wait = if retry_later {
@@ -317,26 +320,87 @@ pub(crate) async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: u
 }
 
 /// One round over this node's share of the repair queue; `true` if something is to be retried.
-async fn work_repairs(node: &Arc<Node>) -> bool {
-    let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::RepairQueue { limit: 256 }).await {
+async fn work_repairs(node: &Arc<Node>) -> Round {
+    let (queue, more) = match repair_share(node).work(node, false, REPAIR_PAGE).await {
         Ok(q) => q,
         Err(e) => {
             tracing::error!("reading the repair queue: {e}");
-            return true;
+            return Round::RetryLater;
         }
     };
-    let mut retry_later = false;
-    let mine = repair_share(node);
-    let queue: Vec<([u8; 32], u64)> = queue.into_iter().filter(|(h, _)| mine(h)).collect();
+    let retry_later = std::cell::Cell::new(false);
     if !queue.is_empty() {
         // Work queued after nodes returned must see them: the view is at least as new as the
         // queue, not a heartbeat older.
         node.refresh_view().await;
     }
-    for (h, nonce) in queue {
-        if node.stopping.load(Ordering::Relaxed) {
-            return false;
+    // The operator's rate, as it is now, and again every few seconds of a long round.
+    let rate_read = std::cell::Cell::new(None::<std::time::Instant>);
+    let read_rate = || async {
+        if rate_read
+            .get()
+            .is_some_and(|t| t.elapsed() < REPAIR_RATE_EVERY)
+        {
+            return;
         }
+        rate_read.set(Some(std::time::Instant::now()));
+        if let Ok(r) = node.meta.call::<u64>(Rq::RepairRate).await {
+            node.repair_pace.limit.store(r, Ordering::Relaxed);
+        }
+    };
+    // Several contents at once: each reads its K+M shards from as many nodes and writes the
+    // rebuilt ones to others, so the reads and writes of one overlap the waits of another.
+    use futures_util::StreamExt;
+    let work =
+        futures_util::stream::iter(queue).for_each_concurrent(REPAIRS_AT_ONCE, |(h, nonce)| {
+            let retry_later = &retry_later;
+            let read_rate = &read_rate;
+            async move {
+                if node.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                read_rate().await;
+                repair_one(node, h, nonce, retry_later).await;
+            }
+        });
+    work.await;
+    if node.stopping.load(Ordering::Relaxed) {
+        Round::Done
+    } else if retry_later.get() {
+        Round::RetryLater
+    } else if more {
+        Round::More
+    } else {
+        Round::Done
+    }
+}
+
+/// How a round over the repair queue ended.
+#[derive(PartialEq, Eq)]
+enum Round {
+    /// This node's part of the queue is empty (or the node stops).
+    Done,
+    /// A page was worked and more of this node's part waits: the next round starts at once.
+    More,
+    /// Something failed and is to be tried again in a while.
+    RetryLater,
+}
+
+/// Entries of this node's part of the repair queue read per round.
+const REPAIR_PAGE: usize = 256;
+
+/// Contents one node repairs at once.
+const REPAIRS_AT_ONCE: usize = 4;
+/// How often a repair round reads the operator's rate again.
+const REPAIR_RATE_EVERY: Duration = Duration::from_secs(2);
+
+async fn repair_one(
+    node: &Arc<Node>,
+    h: [u8; 32],
+    nonce: u64,
+    retry_later: &std::cell::Cell<bool>,
+) {
+    {
         match store::repair(node, h).await {
             Ok(n) => {
                 if n > 0 {
@@ -360,11 +424,10 @@ async fn work_repairs(node: &Arc<Node>) -> bool {
             }
             Err(e) => {
                 tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
-                retry_later = true;
+                retry_later.set(true);
             }
         }
     }
-    retry_later
 }
 
 /// Contents of the move queue looked at per round (of this node's share).
@@ -375,20 +438,13 @@ const MOVE_BATCH: usize = 16;
 /// move that failed is queued again by the drain or rebalance that wants it, so entries that
 /// keep failing never pile up in front of the others.
 async fn work_moves(node: &Arc<Node>) -> bool {
-    let queue: Vec<([u8; 32], u64)> = match node.meta.call(Rq::MoveQueue { limit: 4096 }).await {
+    let (batch, full) = match repair_share(node).work(node, true, MOVE_BATCH).await {
         Ok(q) => q,
         Err(e) => {
             tracing::error!("reading the move queue: {e}");
             return false;
         }
     };
-    let mine = repair_share(node);
-    let batch: Vec<([u8; 32], u64)> = queue
-        .into_iter()
-        .filter(|(h, _)| mine(h))
-        .take(MOVE_BATCH)
-        .collect();
-    let full = batch.len() == MOVE_BATCH;
     if !batch.is_empty() {
         node.refresh_view().await;
     }
@@ -592,6 +648,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         serving: AtomicUsize::new(opts.cores),
         repair_tx,
         repair_rx,
+        repair_pace: Default::default(),
     });
     for d in &node.drives {
         futures_lite::future::block_on(check_drive(&node, d))?;
@@ -628,6 +685,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     }
     line.push_str(&format!(" data={}", opts.data.display()));
     let signals = stop_signals()?;
+    crate::faults::install()?;
     print_ready(&line)?;
     wait_for_signal_then_stop(&node.stopping, handles, signals)
 }
@@ -877,7 +935,8 @@ async fn intent_sweeper(node: Arc<Node>) {
             };
             // Intents of this process's earlier lives are its own to resolve; the others are
             // split between the nodes.
-            if !of_earlier_life(&node, &rec.state) && !mine(&blake3::hash(&id.to_le_bytes()).into())
+            if !of_earlier_life(&node, &rec.state)
+                && !mine.contains(&blake3::hash(&id.to_le_bytes()).into())
             {
                 continue;
             }
@@ -992,7 +1051,7 @@ async fn garbage_collector(node: Arc<Node>) {
 
 /// Which queued repairs this node takes: in a cluster, the nodes that are up split the queue by
 /// content hash, so that each content is rebuilt by one node; `ostore dev` takes all.
-pub(crate) fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
+pub(crate) fn repair_share(node: &Node) -> Share {
     let (rank, of) = match &node.cluster {
         None => (0, 1),
         Some(c) => {
@@ -1005,8 +1064,49 @@ pub(crate) fn repair_share(node: &Node) -> impl Fn(&[u8; 32]) -> bool {
             }
         }
     };
-    move |h: &[u8; 32]| {
-        of > 0 && u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) % of == rank
+    Share(ostore_engine::placement::hash_share(rank, of))
+}
+
+/// This node's part of the content-hash space (`placement::hash_share`): one contiguous run
+/// of a queue kept in hash order.
+pub(crate) struct Share(Option<(u64, u64)>);
+
+impl Share {
+    fn prefix(h: &[u8; 32]) -> u64 {
+        u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+    }
+
+    pub(crate) fn contains(&self, h: &[u8; 32]) -> bool {
+        self.0
+            .is_some_and(|(lo, hi)| (lo..=hi).contains(&Self::prefix(h)))
+    }
+
+    /// The first content hash of the share, where its run of a queue starts.
+    fn first(&self) -> Option<[u8; 32]> {
+        let (lo, _) = self.0?;
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&lo.to_be_bytes());
+        Some(h)
+    }
+
+    /// Up to `limit` entries of this node's run of the repair queue (or the move queue), and
+    /// whether the run goes on past them.
+    async fn work(
+        &self,
+        node: &Node,
+        moves: bool,
+        limit: usize,
+    ) -> Result<(Vec<([u8; 32], u64)>, bool), ostore_control::meta::MetaError> {
+        let Some(from) = self.first() else {
+            return Ok((Vec::new(), false));
+        };
+        let page: Vec<([u8; 32], u64)> =
+            node.meta.call(Rq::WorkFrom { moves, from, limit }).await?;
+        let full = page.len() == limit;
+        let mine: Vec<([u8; 32], u64)> =
+            page.into_iter().filter(|(h, _)| self.contains(h)).collect();
+        let more = full && mine.len() == limit;
+        Ok((mine, more))
     }
 }
 
@@ -1240,6 +1340,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         serving: AtomicUsize::new(opts.cores),
         repair_tx,
         repair_rx,
+        repair_pace: Default::default(),
     });
     let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
     let handles = start_executors(
@@ -1263,6 +1364,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         announce_http3(&mut line, http_addr);
     }
     let signals = stop_signals()?;
+    crate::faults::install()?;
     print_ready(&line)?;
     wait_for_signal_then_stop(&node.stopping, handles, signals)
 }

@@ -12,6 +12,7 @@ use crate::quic::{self, Connection, RecvStream, SendStream};
 use crate::shardio::{ReadBuf, ShardFile};
 use ostore_control::cluster::{ClusterView, NodeRec};
 use ostore_control::records::ShardLoc;
+use ostore_engine::latency::{DeadlineRule, LatencyWindow};
 use ostore_wire::peer::{
     decode_answer, decode_error, encode_answer, encode_error, Op, OpenMode, Request, ANSWER_BYTES,
     PEER_ALPN, PREAMBLE, REQUEST_BYTES,
@@ -24,7 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The name every node certificate carries and every client checks.
 pub const NODE_NAME: &str = "ostore-node";
@@ -37,6 +38,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Opening a shard file on a peer (one round trip on a fresh stream) fails after this long;
 /// the connection is then replaced.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with an operation past its deadline and no answer for this long is replaced.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
 /// A node this node could not reach takes no new shards from it for this long (longer than the
 /// control plane takes to mark a dead node down), whatever the cluster view says.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
@@ -285,6 +288,75 @@ thread_local! {
     /// This executor's client endpoint and its connections, by peer address.
     static CLIENT: RefCell<Option<quic::Endpoint>> = const { RefCell::new(None) };
     static CONNS: RefCell<HashMap<SocketAddr, Connection>> = RefCell::new(HashMap::new());
+    /// When each peer last answered this executor (any request on any stream): a connection
+    /// with operations past their deadline and no answer for [`STALLED_AFTER`] is replaced.
+    static ANSWERED: RefCell<HashMap<SocketAddr, Instant>> = RefCell::new(HashMap::new());
+    /// How long this executor's recent peer round trips took: an operation is given up on
+    /// after [`DeadlineRule::PEER_OP`] of them.
+    static ROUND_TRIPS: RefCell<LatencyWindow> = RefCell::new(LatencyWindow::new());
+}
+
+/// How long a peer operation may take before it is given up on (and the peer suspected):
+/// from this executor's recent round trips, between 1 s and 10 s.
+pub fn op_deadline() -> Duration {
+    Duration::from_micros(ROUND_TRIPS.with(|w| w.borrow().deadline_us(DeadlineRule::PEER_OP)))
+}
+
+/// Notes a round trip to `addr` that took `took`.
+fn answered(addr: SocketAddr, took: Duration) {
+    let now = Instant::now();
+    ANSWERED.with(|m| m.borrow_mut().insert(addr, now));
+    ROUND_TRIPS.with(|w| {
+        w.borrow_mut()
+            .observe(took.as_micros().min(u64::MAX as u128) as u64)
+    });
+}
+
+/// Notes that the node holding `drive` let an operation pass its deadline: placement keeps off
+/// it for a while, and if nothing on this executor's connection to it was answered for
+/// [`STALLED_AFTER`], the connection is closed and the next operation makes a new one (a peer
+/// that accepts a connection and then stops reading wedges it; so does a path that went dark).
+pub fn unresponsive(node: &Node, drive: u16) {
+    let Some(cluster) = node.cluster.as_ref() else {
+        return;
+    };
+    let Some((id, addr)) = cluster.with_node_of(drive, |n| (n.id, n.peer.parse().ok())) else {
+        return;
+    };
+    if let Some(addr) = addr {
+        let quiet = ANSWERED
+            .with(|m| m.borrow().get(&addr).copied())
+            .is_none_or(|t| t.elapsed() >= STALLED_AFTER);
+        if quiet {
+            tracing::warn!(
+                "no answer from node {id} ({addr}) for {STALLED_AFTER:?}: new connection"
+            );
+            if CONNS.with(|m| m.borrow().contains_key(&addr)) {
+                node.metrics
+                    .peer_connections_replaced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            forget_connection(addr);
+        }
+    }
+    cluster.suspect(id);
+}
+
+/// Whether `e`, from a shard file on another node, says that node did not answer in time or
+/// the connection to it broke, so the operation can be tried elsewhere (as opposed to an
+/// error the node answered: a full drive, a missing file).
+pub fn peer_unresponsive(e: &io::Error) -> bool {
+    crate::shardio::os_code(e).is_none()
+        && matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
 }
 
 async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connection> {
@@ -334,6 +406,8 @@ fn forget_connection(addr: SocketAddr) {
 /// its answer is read before the next request that waits for one — at the latest the SYNC that
 /// makes the file durable, which therefore reports any failed write.
 pub struct PeerFile {
+    /// The peer's address, for [`answered`].
+    addr: SocketAddr,
     streams: RefCell<Option<(SendStream, RecvStream)>>,
     lock: glommio::sync::Semaphore,
     /// Lengths of the WRITEs sent whose answers were not read yet.
@@ -419,7 +493,7 @@ fn unreachable(cluster: &Cluster, drive: u16) {
     cluster.suspect(id);
 }
 
-async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStream)> {
+async fn open_stream(node: &Node, drive: u16) -> io::Result<(SocketAddr, SendStream, RecvStream)> {
     let cluster = node
         .cluster
         .as_ref()
@@ -448,7 +522,7 @@ async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStr
         }
         .await;
         match opened {
-            Ok(s) => return Ok(s),
+            Ok((send, recv)) => return Ok((addr, send, recv)),
             Err(e) if tries < 2 && transport_failure(&e) => forget_connection(addr),
             Err(e) => {
                 if transport_failure(&e) {
@@ -462,13 +536,14 @@ async fn open_stream(node: &Node, drive: u16) -> io::Result<(SendStream, RecvStr
 
 async fn timed<T>(
     what: &str,
+    limit: Duration,
     f: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
     futures_lite::future::or(f, async {
-        glommio::timer::sleep(OP_TIMEOUT).await;
+        glommio::timer::sleep(limit).await;
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("peer {what} took over {OP_TIMEOUT:?}"),
+            format!("peer {what} took over {limit:?}"),
         ))
     })
     .await
@@ -476,9 +551,11 @@ async fn timed<T>(
 
 impl PeerFile {
     pub async fn open(node: &Node, loc: &ShardLoc, mode: OpenMode) -> io::Result<PeerFile> {
-        let opened = crate::conn::within(OPEN_TIMEOUT, async {
+        let limit = op_deadline().min(OPEN_TIMEOUT);
+        let opened = crate::conn::within(limit, async {
             // open_stream notes its own failures; the round trip's are noted here.
-            let (mut send, mut recv) = open_stream(node, loc.drive).await?;
+            let (addr, mut send, mut recv) = open_stream(node, loc.drive).await?;
+            let started = Instant::now();
             roundtrip(
                 &mut send,
                 &mut recv,
@@ -491,7 +568,9 @@ impl PeerFile {
                     unreachable(c, loc.drive);
                 }
             })?;
+            answered(addr, started.elapsed());
             Ok(PeerFile {
+                addr,
                 streams: RefCell::new(Some((send, recv))),
                 lock: glommio::sync::Semaphore::new(1),
                 unanswered: RefCell::new(std::collections::VecDeque::new()),
@@ -501,15 +580,13 @@ impl PeerFile {
         match opened {
             Some(r) => r,
             None => {
-                // A connection on which one round trip takes this long is not making
-                // progress (a peer that stopped reading, a path that went dark): the next
-                // operation gets a fresh one, and placement keeps off the node meanwhile.
-                if let Some(c) = &node.cluster {
-                    unreachable(c, loc.drive);
-                }
+                // Not answered in many times the usual round trip: placement keeps off the
+                // node meanwhile, and a connection that stopped making progress altogether (a
+                // peer that stopped reading, a path that went dark) is replaced.
+                unresponsive(node, loc.drive);
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("peer open took over {OPEN_TIMEOUT:?}"),
+                    format!("peer open took over {limit:?}"),
                 ))
             }
         }
@@ -524,10 +601,14 @@ impl PeerFile {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         let Some((mut send, mut recv)) = self.streams.borrow_mut().take() else {
-            return Err(io::Error::other("the peer stream failed earlier"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the peer stream failed earlier",
+            ));
         };
         let unanswered = &self.unanswered;
-        let r = timed("I/O", async {
+        let started = Instant::now();
+        let r = timed("I/O", op_deadline(), async {
             send_request(&mut send, &req, data).await?;
             if !wait {
                 unanswered.borrow_mut().push_back(req.b);
@@ -557,6 +638,9 @@ impl PeerFile {
                 }
             }
             let own = read_answer(&mut recv).await;
+            if own.is_ok() {
+                answered(self.addr, started.elapsed());
+            }
             match first_error {
                 Some(e) => Err(e),
                 None => own,
@@ -630,8 +714,8 @@ impl PeerFile {
 
 /// Removes a shard file on the node holding its drive.
 pub async fn remove(node: &Node, loc: &ShardLoc) -> io::Result<()> {
-    timed("remove", async {
-        let (mut send, mut recv) = open_stream(node, loc.drive).await?;
+    timed("remove", OP_TIMEOUT, async {
+        let (_, mut send, mut recv) = open_stream(node, loc.drive).await?;
         roundtrip(
             &mut send,
             &mut recv,
@@ -660,6 +744,17 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
                 return;
             }
             while let Ok((send, recv)) = conn.accept_bi().await {
+                if crate::faults::peer_stall() {
+                    // Held unread while the fault lasts (see `faults`).
+                    glommio::spawn_local(async move {
+                        let _held = (send, recv);
+                        while crate::faults::peer_stall() {
+                            glommio::timer::sleep(Duration::from_millis(100)).await;
+                        }
+                    })
+                    .detach();
+                    continue;
+                }
                 let peer = conn.remote_address();
                 let stream = serve_stream(node.clone(), send, recv);
                 glommio::spawn_local(async move {

@@ -15,16 +15,19 @@ use ostore_control::records::{ContentRec, Encoding, IntentRec, ShardLoc, Stored}
 use ostore_control::rpc::Request as Rq;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::compress;
+use ostore_engine::latency::{DeadlineRule, LatencyWindow};
 use ostore_engine::placement::{self, DriveView};
 use ostore_engine::read::{next_action, BlockState, StripeAction};
 use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
 use ostore_engine::{EcParams, Geometry};
 use ostore_wire::peer::OpenMode;
 use ostore_wire::shard::{block_offset, open_block, ShardHeader, BLOCK_BYTES, HEADER_BYTES};
+use std::cell::RefCell;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Stripes per write batch: each shard buffer holds this many 64 KiB blocks.
@@ -101,6 +104,11 @@ pub struct Committed {
 /// Writes one set of shard files (all K+M for a PUT, or some for a repair).
 pub(crate) struct ShardWriter {
     files: Vec<Rc<ShardFile>>,
+    /// Files given up on because their node stopped answering (see [`ShardWriter::may_lose`]).
+    lost: Rc<RefCell<Vec<bool>>>,
+    /// How many files on other nodes may be given up on when their node stops answering
+    /// (0: none; a PUT allows M−1 and rebuilds them elsewhere before it answers).
+    may_lose: usize,
     /// The directories holding the new files, made durable with them.
     dirs: Vec<std::path::PathBuf>,
     /// Two sets of per-shard buffers: one being filled while the other is being written.
@@ -165,6 +173,8 @@ impl ShardWriter {
             .map(|_| Rc::new(glommio::allocate_dma_buffer(buf_bytes)))
             .collect::<Vec<_>>();
         Ok(ShardWriter {
+            lost: Rc::new(RefCell::new(vec![false; files.len()])),
+            may_lose: 0,
             files,
             dirs,
             sets: [set, Vec::new()],
@@ -217,28 +227,30 @@ impl ShardWriter {
         let files = self.files.clone();
         let bufs = self.sets[self.current].clone();
         let reserve = self.reserve_before(block_offset(first_block) + bytes as u64);
+        let losses = Losses {
+            lost: self.lost.clone(),
+            may_lose: self.may_lose,
+        };
         let batch = async move {
             if let Some(r) = reserve {
-                for e in join_all(files.iter().map(|f| f.pre_allocate(r))).await {
-                    e.map_err(io_error)?;
-                }
+                losses
+                    .each(&files, |_, f| async move { f.pre_allocate(r).await })
+                    .await?;
             }
-            let writes = files.iter().zip(bufs.iter()).map(|(f, b)| async move {
-                let n = f
-                    .write_at(b, bytes, block_offset(first_block))
-                    .await
-                    .map_err(io_error)?;
-                if n != bytes {
-                    return Err(StoreError::Io(std::io::Error::other(format!(
-                        "short write {n} of {bytes}"
-                    ))));
-                }
-                Ok(())
-            });
-            for r in join_all(writes).await {
-                r?;
-            }
-            Ok(())
+            losses
+                .each(&files, |j, f| {
+                    let b = bufs[j].clone();
+                    async move {
+                        let n = f.write_at(&b, bytes, block_offset(first_block)).await?;
+                        if n != bytes {
+                            return Err(std::io::Error::other(format!(
+                                "short write {n} of {bytes}"
+                            )));
+                        }
+                        Ok(())
+                    }
+                })
+                .await
         };
         self.in_flight = Some(crate::guard::spawn_subtask(
             "a shard write batch",
@@ -260,19 +272,35 @@ impl ShardWriter {
     /// Writes the headers and makes every file durable.
     async fn finish(&mut self, headers: &[ShardHeader]) -> Result<()> {
         self.flush().await?;
-        let writes = self.files.iter().zip(headers).map(|(f, h)| async move {
-            let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
-            h.encode(buf.as_bytes_mut());
-            f.write_at(&Rc::new(buf), HEADER_BYTES, 0)
-                .await
-                .map_err(io_error)?;
-            f.fdatasync().await.map_err(io_error)?;
-            Ok::<_, StoreError>(())
-        });
-        for r in join_all(writes).await {
-            r?;
-        }
+        self.losses()
+            .each(&self.files, |j, f| {
+                let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
+                headers[j].encode(buf.as_bytes_mut());
+                async move {
+                    f.write_at(&Rc::new(buf), HEADER_BYTES, 0).await?;
+                    f.fdatasync().await
+                }
+            })
+            .await?;
         self.sync_dirs().await
+    }
+
+    /// Lets up to `n` files on other nodes be given up on when their node stops answering.
+    pub(crate) fn tolerate_losses(&mut self, n: usize) {
+        self.may_lose = n;
+    }
+
+    /// The positions of the files given up on.
+    pub(crate) fn lost(&self) -> Vec<usize> {
+        let lost = self.lost.borrow();
+        (0..lost.len()).filter(|&j| lost[j]).collect()
+    }
+
+    fn losses(&self) -> Losses {
+        Losses {
+            lost: self.lost.clone(),
+            may_lose: self.may_lose,
+        }
     }
 
     /// The files existed before: their directory entries are durable already.
@@ -283,9 +311,9 @@ impl ShardWriter {
     /// Makes what was written durable (files, and the directories of files it created).
     pub(crate) async fn sync(&mut self) -> Result<()> {
         self.flush().await?;
-        for r in join_all(self.files.iter().map(|f| f.fdatasync())).await {
-            r.map_err(io_error)?;
-        }
+        self.losses()
+            .each(&self.files, |_, f| async move { f.fdatasync().await })
+            .await?;
         self.sync_dirs().await
     }
 
@@ -312,6 +340,53 @@ impl ShardWriter {
             if let Ok(f) = Rc::try_unwrap(f) {
                 f.close().await;
             }
+        }
+    }
+}
+
+/// Which of a writer's files were given up on, and how many may be.
+#[derive(Clone)]
+struct Losses {
+    lost: Rc<RefCell<Vec<bool>>>,
+    may_lose: usize,
+}
+
+impl Losses {
+    /// Runs `op` on every file not given up on, all at once. A file on another node whose
+    /// node stops answering (past the deadline of [`crate::peer::op_deadline`], or its
+    /// connection broke) is given up on while no more than `may_lose` are; any other error,
+    /// or one loss too many, is the result.
+    async fn each<'f, F, Fut>(&self, files: &'f [Rc<ShardFile>], op: F) -> Result<()>
+    where
+        F: Fn(usize, &'f ShardFile) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>> + 'f,
+    {
+        let live: Vec<usize> = {
+            let lost = self.lost.borrow();
+            (0..files.len()).filter(|&j| !lost[j]).collect()
+        };
+        let runs = live.iter().map(|&j| {
+            let fut = op(j, &files[j]);
+            async move { (j, fut.await) }
+        });
+        let mut first_error = None;
+        for (j, r) in join_all(runs).await {
+            let Err(e) = r else { continue };
+            let mut lost = self.lost.borrow_mut();
+            let remote = matches!(*files[j], ShardFile::Peer(_));
+            if remote
+                && crate::peer::peer_unresponsive(&e)
+                && lost.iter().filter(|l| **l).count() < self.may_lose
+            {
+                tracing::warn!("giving up on shard file {j} (rebuilt elsewhere): {e}");
+                lost[j] = true;
+            } else if first_error.is_none() {
+                first_error = Some(io_error(e));
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 }
@@ -563,7 +638,13 @@ pub async fn put(
         let (locs, reservation) = place_shards(node, size_guess, upload_id).await?;
         node.begin_intent(upload_id, &locs).await?;
         match shape.create(node, &locs).await {
-            Ok(w) => break (upload_id, locs, reservation, w),
+            Ok(mut w) => {
+                // A node that stops answering mid-write costs the PUT that node's shard, not
+                // the PUT: it is rebuilt elsewhere before the PUT answers. At least K+1 shards
+                // are written in any case.
+                w.tolerate_losses((ec.parity as usize).saturating_sub(1));
+                break (upload_id, locs, reservation, w);
+            }
             Err(e) => {
                 discard(node, &locs, upload_id);
                 tries += 1;
@@ -593,13 +674,16 @@ pub async fn put(
         body,
     )
     .await;
-    let (size, h, encoding) = match result {
+    let (size, h, encoding, lost) = match result {
         Ok(v) => v,
         Err(e) => {
             discard(node, &locs, upload_id);
             return Err(e);
         }
     };
+    for &j in &lost {
+        crate::peer::unresponsive(node, locs[j].drive);
+    }
     let content = NewContent {
         encoding,
         blake3: h,
@@ -631,6 +715,18 @@ pub async fn put(
         discard(node, &locs, upload_id);
     } else {
         node.end_intent_later(upload_id);
+        if !lost.is_empty() {
+            // The shards given up on are rebuilt elsewhere now, so the PUT answers with the
+            // object at full redundancy; if that fails, the repair queue finishes it.
+            let positions: Vec<usize> = lost.iter().map(|&j| locs[j].index as usize).collect();
+            match rebuild_positions(node, h, &positions).await {
+                Ok(n) => tracing::info!("rebuilt {n} shard(s) a PUT's target did not take"),
+                Err(e) => {
+                    tracing::warn!("rebuilding the shards a PUT's target did not take: {e}");
+                    node.queue_repair(h).await;
+                }
+            }
+        }
         // Placed around a node only suspected for a moment: moved apart once it answers.
         let (node, locs) = (node.clone(), locs.clone());
         glommio::spawn_local(async move { move_if_held_back(&node, h, &locs).await }).detach();
@@ -740,7 +836,7 @@ async fn put_sharded(
     compress: bool,
     expected: Option<[u8; 32]>,
     body: &mut impl BodySource,
-) -> Result<(u64, [u8; 32], Encoding)> {
+) -> Result<(u64, [u8; 32], Encoding, Vec<usize>)> {
     let mut out = StripeOut {
         striper: Striper::new(ec, shape.batch),
         codec: Codec::new(ec),
@@ -798,7 +894,7 @@ async fn put_sharded(
             return Err(StoreError::BadDigest);
         }
         out.finish(ec, locs, h).await?;
-        Ok((size, h, encoding))
+        Ok((size, h, encoding, out.w.lost()))
     }
     .await;
     out.w.close().await;
@@ -859,6 +955,31 @@ impl StripeOut {
     }
 }
 
+/// A shard file of a [`ShardReader`], as far as the reader got with it.
+#[derive(Clone)]
+enum Slot {
+    Unopened,
+    Open(Rc<ShardFile>),
+    /// Could not be opened, or read around from the start (its node is away).
+    Failed,
+    /// Answered so late that a read went around it: not read again by this reader, and not
+    /// reported for repair (it is slow, not lost).
+    Late,
+}
+
+type Slots = Rc<RefCell<Vec<Slot>>>;
+
+thread_local! {
+    /// How long this executor's recent shard reads (open and read) took: a client's read
+    /// reaches for parity when a shard is later than [`DeadlineRule::HEDGE`] says.
+    static SHARD_READS: RefCell<LatencyWindow> = RefCell::new(LatencyWindow::new());
+}
+
+/// When a client's shard read counts as late, from this executor's recent reads.
+fn hedge_after() -> Duration {
+    Duration::from_micros(SHARD_READS.with(|w| w.borrow().deadline_us(DeadlineRule::HEDGE)))
+}
+
 /// Reads verified blocks of an erasure-coded content, reconstructing from parity when a block
 /// is missing or fails its checksum.
 pub struct ShardReader {
@@ -866,7 +987,7 @@ pub struct ShardReader {
     blake3: [u8; 32],
     geo: Geometry,
     locs: Vec<ShardLoc>,
-    files: Vec<Option<Option<Rc<ShardFile>>>>,
+    files: Slots,
     codec: Codec,
     /// Shards found bad (missing, unreadable or corrupt) so far.
     pub bad: Vec<bool>,
@@ -875,8 +996,9 @@ pub struct ShardReader {
     cursor: Range<u64>,
     /// The next piece's reads, already under way.
     prefetch: Option<InFlight>,
-    /// Reads for a client go around nodes this node just failed to reach (while parity
-    /// allows); repair and scrub try every shard.
+    /// A client's read: it goes around nodes this node just failed to reach (while parity
+    /// allows), and around shards that answer late (hedged reads); repair and scrub read and
+    /// wait for every shard.
     around_suspects: bool,
 }
 
@@ -905,12 +1027,20 @@ fn copy_piece(
     copy_out(geo, s, &all, within, out);
 }
 
+/// What became of one shard's read.
+enum Fetched {
+    Read(ReadBuf),
+    Failed,
+    /// Given up on as late: a read of another shard went around it.
+    Late,
+}
+
 /// Reads launched ahead of need.
 struct InFlight {
     s0: u64,
     n: u64,
     shards: Range<usize>,
-    task: glommio::Task<Vec<(usize, Option<ReadBuf>)>>,
+    task: glommio::Task<Vec<(usize, Fetched)>>,
 }
 
 /// Blocks of several stripes read from each shard; `None` where unreadable.
@@ -920,6 +1050,163 @@ struct Batch {
     reads: Vec<Option<ReadBuf>>,
     /// Shards whose read was attempted (a `None` read then means unreadable).
     tried: Vec<bool>,
+    /// Shards given up on as late (unread, but not bad).
+    late: Vec<bool>,
+}
+
+/// What one launched read needs, cloned into its task.
+#[derive(Clone)]
+struct ShardSource {
+    node: Arc<Node>,
+    locs: Rc<[ShardLoc]>,
+    files: Slots,
+    at: u64,
+    span: usize,
+}
+
+impl ShardSource {
+    /// Opens shard `i` (unless it is open already) and reads the span.
+    async fn read(&self, i: usize) -> (usize, Fetched) {
+        let started = std::time::Instant::now();
+        let slot = self.files.borrow()[i].clone();
+        let f = match slot {
+            Slot::Open(f) => f,
+            Slot::Failed | Slot::Late => return (i, Fetched::Failed),
+            Slot::Unopened => {
+                let loc = self.locs[i];
+                match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
+                    Ok(f) => {
+                        let f = Rc::new(f);
+                        self.files.borrow_mut()[i] = Slot::Open(f.clone());
+                        f
+                    }
+                    Err(e) => {
+                        tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
+                        self.files.borrow_mut()[i] = Slot::Failed;
+                        return (i, Fetched::Failed);
+                    }
+                }
+            }
+        };
+        let span = self.span;
+        match f.read_at(self.at, span).await {
+            Ok(r) if r.len() == span => {
+                let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+                SHARD_READS.with(|w| w.borrow_mut().observe(us));
+                (i, Fetched::Read(r))
+            }
+            Ok(r) => {
+                tracing::warn!("reading shard {i}: {} of {span} bytes", r.len());
+                (i, Fetched::Failed)
+            }
+            Err(e) => {
+                tracing::warn!("reading shard {i}: {e}");
+                (i, Fetched::Failed)
+            }
+        }
+    }
+
+    /// Reads `wanted`; with `hedge`, a read later than `hedge` (or one that fails) sets reads
+    /// of `spares` going, and the fetch ends as soon as every wanted shard or any `k` shards
+    /// are in. Late reads are then abandoned (their streams dropped) and reported as late.
+    /// `short` says a wanted shard is known to be missing already: then any `k` shards are
+    /// needed from the start.
+    async fn fetch(
+        self,
+        wanted: Vec<usize>,
+        short: bool,
+        spares: Vec<usize>,
+        k: usize,
+        hedge: Option<Duration>,
+    ) -> Vec<(usize, Fetched)> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let mut pending = FuturesUnordered::new();
+        let mut started: Vec<usize> = Vec::new();
+        for &i in &wanted {
+            pending.push(self.read(i));
+            started.push(i);
+        }
+        let mut spares = spares.into_iter();
+        let mut out: Vec<(usize, Fetched)> = Vec::new();
+        let (mut good, mut good_wanted) = (0usize, 0usize);
+        // Whether every wanted shard can still be served as it is read.
+        let mut can_serve = !short;
+        // Once a wanted shard is missing, failed or late, any k good shards do.
+        let mut degraded = short && hedge.is_some();
+        let hedge_at = hedge.map(|d| std::time::Instant::now() + d);
+        // Reads outstanding when the hedge's time was up.
+        let mut late: Vec<usize> = Vec::new();
+        loop {
+            if (can_serve && good_wanted == wanted.len()) || (degraded && good >= k) {
+                break;
+            }
+            if degraded {
+                // Reads already late are not counted on.
+                while good + pending.len().saturating_sub(late.len()) < k {
+                    match spares.next() {
+                        Some(i) => {
+                            pending.push(self.read(i));
+                            started.push(i);
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let late_now = hedge_at.filter(|_| !degraded);
+            let next = match late_now {
+                None => pending.next().await,
+                Some(at) => {
+                    futures_lite::future::or(pending.next(), async {
+                        glommio::timer::sleep(
+                            at.saturating_duration_since(std::time::Instant::now()),
+                        )
+                        .await;
+                        None
+                    })
+                    .await
+                }
+            };
+            match next {
+                Some((i, f)) => {
+                    late.retain(|j| *j != i);
+                    match &f {
+                        Fetched::Read(_) => {
+                            good += 1;
+                            if wanted.contains(&i) {
+                                good_wanted += 1;
+                            }
+                        }
+                        _ => {
+                            if wanted.contains(&i) {
+                                can_serve = false;
+                            }
+                            degraded = hedge.is_some();
+                        }
+                    }
+                    out.push((i, f));
+                }
+                // The hedge's time is up with reads outstanding.
+                None => {
+                    degraded = true;
+                    late = started
+                        .iter()
+                        .copied()
+                        .filter(|i| !out.iter().any(|(j, _)| j == i))
+                        .collect();
+                }
+            }
+        }
+        // Whatever is still outstanding was gone around.
+        for i in started {
+            if !out.iter().any(|(j, _)| *j == i) {
+                out.push((i, Fetched::Late));
+            }
+        }
+        out
+    }
 }
 
 impl ShardReader {
@@ -942,7 +1229,7 @@ impl ShardReader {
             node,
             blake3,
             geo: Geometry::new(ec, content.stored_bytes()),
-            files: vec![None; locs.len()],
+            files: Rc::new(RefCell::new(vec![Slot::Unopened; locs.len()])),
             locs,
             codec: Codec::new(ec),
             bad: vec![false; ec.total()],
@@ -954,7 +1241,8 @@ impl ShardReader {
     }
 
     /// Makes this a client's read: shards on nodes this node just failed to reach are read
-    /// around (from parity) while parity allows, instead of waited on.
+    /// around (from parity) while parity allows, instead of waited on, and so are shards that
+    /// answer late.
     pub fn for_client(mut self) -> Self {
         self.around_suspects = true;
         self
@@ -964,32 +1252,45 @@ impl ShardReader {
         self.geo
     }
 
+    /// Whether a client's read goes around shard `i` from the start: its node is away (down,
+    /// or just failed to answer) and parity still covers it. Marks it failed if so.
+    fn skip_away(&mut self, i: usize) -> bool {
+        if !matches!(self.files.borrow()[i], Slot::Unopened) {
+            return false;
+        }
+        let skip = self.around_suspects
+            && self.on_node_away(self.locs[i].drive)
+            && self.bad.iter().filter(|b| **b).count() < self.geo.ec.parity as usize;
+        if skip {
+            self.bad[i] = true;
+            self.files.borrow_mut()[i] = Slot::Failed;
+        }
+        skip
+    }
+
     pub(crate) async fn file(&mut self, i: usize) -> Option<Rc<ShardFile>> {
-        if self.files[i].is_none() {
+        if self.skip_away(i) {
+            return None;
+        }
+        if matches!(self.files.borrow()[i], Slot::Unopened) {
             let loc = self.locs[i];
-            // A node this one just failed to reach (or that is down) is read around while
-            // parity allows, rather than waited on again.
-            if self.around_suspects
-                && self.on_node_away(loc.drive)
-                && self.bad.iter().filter(|b| **b).count() < self.geo.ec.parity as usize
-            {
-                self.bad[i] = true;
-                self.files[i] = Some(None);
-                return None;
-            }
-            let f = match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
-                Ok(f) => Some(Rc::new(f)),
+            let slot = match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
+                Ok(f) => Slot::Open(Rc::new(f)),
                 Err(e) => {
                     tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
-                    None
+                    Slot::Failed
                 }
             };
-            if f.is_none() {
-                self.bad[i] = true;
-            }
-            self.files[i] = Some(f);
+            self.files.borrow_mut()[i] = slot;
         }
-        self.files[i].clone().flatten()
+        match &self.files.borrow()[i] {
+            Slot::Open(f) => Some(f.clone()),
+            Slot::Failed => {
+                self.bad[i] = true;
+                None
+            }
+            Slot::Unopened | Slot::Late => None,
+        }
     }
 
     fn span(&self, s0: u64, n: u64) -> usize {
@@ -997,7 +1298,7 @@ impl ShardReader {
     }
 
     async fn read_shard(&mut self, i: usize, s0: u64, n: u64) -> Option<ReadBuf> {
-        self.read_batch(s0, n, i..i + 1).await.reads[i].take()
+        self.read_batch(s0, n, i..i + 1, false).await.reads[i].take()
     }
 
     fn verify<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
@@ -1012,30 +1313,42 @@ impl ShardReader {
         .ok()
     }
 
-    /// Starts reading blocks `s0..s0+n` of `shards` (opening their files first) in a task of its
-    /// own, so the reads proceed while the caller does other work.
-    async fn launch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> InFlight {
+    /// Starts reading blocks `s0..s0+n` of `shards` (opening their files as needed) in a task
+    /// of its own, so the reads proceed while the caller does other work. With `hedge` (a
+    /// client's read), a shard that is late or fails is read around: reads of the other shards
+    /// start, and any K good ones do.
+    async fn launch(&mut self, s0: u64, n: u64, shards: Range<usize>, hedge: bool) -> InFlight {
         let span = self.span(s0, n);
-        let mut files = Vec::new();
+        let mut wanted = Vec::new();
+        let mut short = false;
         for i in shards.clone() {
-            if let Some(f) = self.file(i).await {
-                files.push((i, f));
+            let usable = !self.skip_away(i)
+                && matches!(self.files.borrow()[i], Slot::Unopened | Slot::Open(_));
+            if usable {
+                wanted.push(i);
+            } else {
+                short = true;
             }
         }
-        let reads = async move {
-            let reads = files.into_iter().map(|(i, f)| async move {
-                let r = f.read_at(block_offset(s0), span).await;
-                match &r {
-                    Err(e) => tracing::warn!("reading shard {i}: {e}"),
-                    Ok(r) if r.len() != span => {
-                        tracing::warn!("reading shard {i}: {} of {span} bytes", r.len())
-                    }
-                    Ok(_) => {}
-                }
-                (i, r.ok().filter(|r| r.len() == span))
-            });
-            join_all(reads).await
+        // Spares: the other shards this reader has not given up on, data shards first.
+        let mut spares = Vec::new();
+        for i in (0..self.locs.len()).filter(|i| hedge && !shards.contains(i)) {
+            if !self.skip_away(i)
+                && matches!(self.files.borrow()[i], Slot::Unopened | Slot::Open(_))
+            {
+                spares.push(i);
+            }
+        }
+        let src = ShardSource {
+            node: self.node.clone(),
+            locs: self.locs.clone().into(),
+            files: self.files.clone(),
+            at: block_offset(s0),
+            span,
         };
+        let k = self.geo.ec.k();
+        let hedge = hedge.then(hedge_after);
+        let reads = src.fetch(wanted, short, spares, k, hedge);
         // A read-ahead that panicked reads nothing: the request reads around it or fails.
         let task = crate::guard::spawn_subtask("a shard read-ahead", reads, Vec::new);
         InFlight {
@@ -1048,27 +1361,44 @@ impl ShardReader {
 
     /// Waits for launched reads and records which shards failed.
     async fn land(&mut self, f: InFlight) -> Batch {
-        let mut reads: Vec<Option<ReadBuf>> = (0..self.locs.len()).map(|_| None).collect();
-        for (i, r) in f.task.await {
-            if r.is_none() {
-                self.bad[i] = true;
-            }
-            reads[i] = r;
-        }
-        let mut tried = vec![false; self.locs.len()];
+        let total = self.locs.len();
+        let mut reads: Vec<Option<ReadBuf>> = (0..total).map(|_| None).collect();
+        let mut tried = vec![false; total];
+        let mut late = vec![false; total];
         for t in &mut tried[f.shards] {
             *t = true;
+        }
+        for (i, r) in f.task.await {
+            tried[i] = true;
+            match r {
+                Fetched::Read(r) => reads[i] = Some(r),
+                Fetched::Failed => self.bad[i] = true,
+                Fetched::Late => {
+                    late[i] = true;
+                    let mut files = self.files.borrow_mut();
+                    if matches!(files[i], Slot::Open(_) | Slot::Unopened) {
+                        files[i] = Slot::Late;
+                    }
+                }
+            }
+        }
+        // A wanted shard the fetch skipped was failed or late before it started.
+        for i in 0..total {
+            if tried[i] && reads[i].is_none() && matches!(self.files.borrow()[i], Slot::Late) {
+                late[i] = true;
+            }
         }
         Batch {
             s0: f.s0,
             n: f.n,
             reads,
             tried,
+            late,
         }
     }
 
-    async fn read_batch(&mut self, s0: u64, n: u64, shards: Range<usize>) -> Batch {
-        let f = self.launch(s0, n, shards).await;
+    async fn read_batch(&mut self, s0: u64, n: u64, shards: Range<usize>, hedge: bool) -> Batch {
+        let f = self.launch(s0, n, shards, hedge).await;
         self.land(f).await
     }
 
@@ -1133,7 +1463,7 @@ impl ShardReader {
                 })
                 .collect();
             for (i, st) in states.iter().enumerate() {
-                if *st == BlockState::Bad {
+                if *st == BlockState::Bad && !batch.late[i] {
                     self.bad[i] = true;
                 }
             }
@@ -1193,14 +1523,14 @@ impl ShardReader {
         } = self.plan(&range);
         let mut batch = match self.prefetch.take() {
             Some(p) if p.s0 == s0 && p.n == n && p.shards == shards => self.land(p).await,
-            _ => self.read_batch(s0, n, shards).await,
+            _ => self.read_batch(s0, n, shards, self.around_suspects).await,
         };
         // Read ahead: the next piece's blocks load while this one is sent.
         let next_start = range.start.max(geo.stripe_offset(s0 + n));
         if next_start < range.end {
             let next = next_start..range.end;
             let p = self.plan(&next);
-            self.prefetch = Some(self.launch(p.s0, p.n, p.shards).await);
+            self.prefetch = Some(self.launch(p.s0, p.n, p.shards, self.around_suspects).await);
         }
         let mut out =
             Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
@@ -1230,8 +1560,11 @@ impl ShardReader {
 
     /// Closes the shard files this reader opened.
     pub async fn close(&mut self) {
-        for slot in self.files.iter_mut() {
-            if let Some(Some(f)) = slot.take() {
+        // Reads still under way (a read-ahead) hold their files until they end.
+        self.prefetch = None;
+        let slots = std::mem::take(&mut *self.files.borrow_mut());
+        for slot in slots {
+            if let Slot::Open(f) = slot {
                 if let Ok(f) = Rc::try_unwrap(f) {
                     f.close().await;
                 }
@@ -1408,7 +1741,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     let mut report = GcReport::default();
     // Retention first, so that what it drops is reclaimed in the same pass (once its grace is
     // over). In a cluster one node's periodic pass does it: the node whose share holds hash 0.
-    if !share || mine(&[0; 32]) {
+    if !share || mine.contains(&[0; 32]) {
         let buckets: Vec<String> = node.meta.call(Rq::Buckets).await?;
         for bucket in buckets {
             let mut after = None;
@@ -1433,7 +1766,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
         let (picked, next): ostore_control::meta::GcPage =
             node.meta.call(Rq::GcCandidates { after, grace_ms }).await?;
         for h in picked {
-            if share && !mine(&h) {
+            if share && !mine.contains(&h) {
                 continue;
             }
             report.candidates += 1;
@@ -1480,27 +1813,73 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     }
 }
 
-/// Bytes per second one executor's repairs read at most, so that client requests keep their
-/// latency while a node or drive is being rebuilt.
-pub const REPAIR_BYTES_PER_S: u64 = 256 << 20;
 /// Reads a repair may run ahead of its pace.
-const REPAIR_BURST: std::time::Duration = std::time::Duration::from_millis(50);
+const REPAIR_BURST_US: u64 = 50_000;
 
-thread_local! {
-    /// When this executor's repairs will have used up their rate.
-    static REPAIR_CLOCK: std::cell::Cell<Option<std::time::Instant>> =
-        const { std::cell::Cell::new(None) };
+/// How fast this node's repairs (and scrubs, which repair what they find) read, and may read:
+/// the operator's rate (`osctl repair-rate`, read from the control plane every repair round)
+/// shared by all of the node's executors.
+pub struct RepairPace {
+    /// Bytes per second (`u64::MAX`: no limit).
+    pub limit: std::sync::atomic::AtomicU64,
+    pacer: std::sync::Mutex<ostore_engine::rate::Pacer>,
+    meter: std::sync::Mutex<ostore_engine::rate::RateMeter>,
+    /// The clock the pacer and meter count on.
+    epoch: std::time::Instant,
 }
 
-/// Waits as needed to keep this executor's repair reads under [`REPAIR_BYTES_PER_S`].
-async fn repair_pace(bytes: u64) {
-    let now = std::time::Instant::now();
-    let start = REPAIR_CLOCK.get().filter(|t| *t > now).unwrap_or(now);
-    let due = start + std::time::Duration::from_secs_f64(bytes as f64 / REPAIR_BYTES_PER_S as f64);
-    REPAIR_CLOCK.set(Some(due));
-    if due > now + REPAIR_BURST {
-        glommio::timer::sleep(due - now - REPAIR_BURST).await;
+impl Default for RepairPace {
+    fn default() -> Self {
+        RepairPace {
+            limit: std::sync::atomic::AtomicU64::new(
+                ostore_control::cluster::DEFAULT_REPAIR_BYTES_PER_S,
+            ),
+            pacer: Default::default(),
+            meter: Default::default(),
+            epoch: std::time::Instant::now(),
+        }
     }
+}
+
+impl RepairPace {
+    /// Bytes per second this node's repairs read over the last few seconds.
+    pub fn bytes_per_s(&self) -> u64 {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.meter.lock().expect("repair meter").per_second(now_ms)
+    }
+
+    /// Waits as needed to keep the node's repair reads under the limit, then counts `bytes`.
+    /// A wait is cut short when the operator changes the limit meanwhile (the pace starts
+    /// afresh at the new one).
+    async fn take(&self, bytes: u64) {
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        let limit = self.limit.load(Ordering::Relaxed);
+        let wait =
+            self.pacer
+                .lock()
+                .expect("repair pacer")
+                .take(now_us, bytes, limit, REPAIR_BURST_US);
+        let until = std::time::Instant::now() + Duration::from_micros(wait);
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.limit.load(Ordering::Relaxed) != limit {
+                let now_us = self.epoch.elapsed().as_micros() as u64;
+                self.pacer.lock().expect("repair pacer").restart(now_us);
+                break;
+            }
+            glommio::timer::sleep(left.min(Duration::from_millis(250))).await;
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.meter.lock().expect("repair meter").add(now_ms, bytes);
+    }
+}
+
+/// Waits as needed to keep this node's repair reads under its rate.
+async fn repair_pace(node: &Node, bytes: u64) {
+    node.repair_pace.take(bytes).await;
 }
 
 /// Verifies every block of every shard of a content and rewrites the shards that are missing or
@@ -1547,14 +1926,7 @@ pub struct Checked {
 /// header (its own checksum, the content's BLAKE3, index, tag, sizes), and rebuilds from the
 /// good shards whatever failed. The scrub and the repair worker both run it.
 pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Checked> {
-    let Some(content) = node
-        .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3 })
-        .await?
-    else {
-        return Ok(Checked::default());
-    };
-    let Some(mut reader) = ShardReader::new(node.clone(), blake3, &content) else {
+    let Some((content, mut reader)) = sharded_reader(node, blake3).await? else {
         return Ok(Checked::default());
     };
     let geo = reader.geometry();
@@ -1564,22 +1936,62 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         shards: total as u64,
         ..Checked::default()
     };
-    // Pass 1: find the bad shards: headers, then every block.
-    for i in 0..total {
-        let loc = reader.locs[i];
-        let good = match reader.file(i).await {
-            None => false,
-            Some(f) => header_ok(&f, &blake3, &loc, geo).await,
+    // Pass 1: find the bad shards: headers (all at once), then every block.
+    let opened = join_all((0..total).map(|i| {
+        let (node, loc) = (node.clone(), reader.locs[i]);
+        let slot = reader.files.borrow()[i].clone();
+        async move {
+            let f = match slot {
+                Slot::Open(f) => Some(f),
+                Slot::Unopened => ShardFile::open_loc(&node, &loc, OpenMode::Read)
+                    .await
+                    .map_err(|e| {
+                        tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive)
+                    })
+                    .ok()
+                    .map(Rc::new),
+                Slot::Failed | Slot::Late => None,
+            };
+            let good = match &f {
+                Some(f) => header_ok(f, &blake3, &loc, geo).await,
+                None => false,
+            };
+            (f, good)
+        }
+    }))
+    .await;
+    for (i, (f, good)) in opened.into_iter().enumerate() {
+        reader.files.borrow_mut()[i] = match f {
+            Some(f) => Slot::Open(f),
+            None => Slot::Failed,
         };
         if !good {
             reader.bad[i] = true;
         }
     }
+    let known: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
+    if !known.is_empty() {
+        // Shards already known to be missing or wrong (a node gone, a drive emptied): one
+        // pass reads the others, verifying every block as it goes, and writes the rebuilt
+        // shards from the same reads. A block found bad on the way in another shard is read
+        // around; that shard is rebuilt by the repair queued for it.
+        let views = drive_views(node);
+        let moves = shard_moves(node, &reader, &views, &known);
+        checked.rebuilt = rebuild_onto(node, &mut reader, &content, &views, &known, &moves).await?;
+        let later: Vec<usize> = (0..total)
+            .filter(|&i| reader.bad[i] && !known.contains(&i))
+            .collect();
+        checked.bad = (known.len() + later.len()) as u64;
+        if !later.is_empty() {
+            node.queue_repair(blake3).await;
+        }
+        return Ok(checked);
+    }
     let mut s0 = 0;
     while s0 < stripes {
         let n = (stripes - s0).min(READ_BATCH_STRIPES);
-        repair_pace(n * total as u64 * BLOCK_BYTES as u64).await;
-        let batch = reader.read_batch(s0, n, 0..total).await;
+        repair_pace(node, n * total as u64 * BLOCK_BYTES as u64).await;
+        let batch = reader.read_batch(s0, n, 0..total, false).await;
         for s in s0..s0 + n {
             for i in 0..total {
                 if let Some(r) = &batch.reads[i] {
@@ -1593,44 +2005,116 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     }
     let views = drive_views(node);
     let broken: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
-    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
-    // In a cluster, shards on a draining node and shards sharing a node move too, where that
-    // can be done safely; the broken ones are rebuilt in any case.
-    let moves = if node.cluster.is_some() {
-        let leaving = draining_nodes(node);
-        placement::moves(&views, &current, &leaving, None, geo.shard_file_bytes())
-            .into_iter()
-            .filter(|(i, _)| !broken.contains(i))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let moves = shard_moves(node, &reader, &views, &broken);
     checked.bad = broken.len() as u64;
-    let targets = choose_targets(
-        &views,
+    checked.rebuilt = rebuild_onto(node, &mut reader, &content, &views, &broken, &moves).await?;
+    Ok(checked)
+}
+
+/// In a cluster, shards on a draining node and shards sharing a node move too, where that can
+/// be done safely; the `broken` ones are rebuilt in any case.
+fn shard_moves(
+    node: &Node,
+    reader: &ShardReader,
+    views: &[DriveView],
+    broken: &[usize],
+) -> Vec<(usize, Option<u16>)> {
+    if node.cluster.is_none() {
+        return Vec::new();
+    }
+    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+    let leaving = draining_nodes(node);
+    placement::moves(
+        views,
         &current,
-        &broken,
-        &moves,
+        &leaving,
+        None,
+        reader.geometry().shard_file_bytes(),
+    )
+    .into_iter()
+    .filter(|(i, _)| !broken.contains(i))
+    .collect()
+}
+
+/// Rebuilds the shards at positions `broken` (and makes the `moves`) onto the drives
+/// [`choose_targets`] picks from `views`, and points the content at the new files. Returns how
+/// many shards were written.
+async fn rebuild_onto(
+    node: &Arc<Node>,
+    reader: &mut ShardReader,
+    content: &ContentRec,
+    views: &[DriveView],
+    broken: &[usize],
+    moves: &[(usize, Option<u16>)],
+) -> Result<usize> {
+    let geo = reader.geometry();
+    let blake3 = reader.blake3;
+    let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
+    let targets = choose_targets(
+        views,
+        &current,
+        broken,
+        moves,
         geo.shard_file_bytes(),
         geo.ec.parity,
-    )?;
+    );
+    let targets = match targets {
+        Ok(t) => t,
+        Err(e) => {
+            reader.close().await;
+            return Err(e);
+        }
+    };
     if targets.is_empty() {
         reader.close().await;
-        clear_damaged(node, &content, blake3).await?;
-        return Ok(checked);
+        clear_damaged(node, content, blake3).await?;
+        return Ok(0);
     }
     let bad: Vec<usize> = targets.iter().map(|t| t.0).collect();
-    let (upload_id, new_locs) = begin_new_shards(node, &reader, &targets).await?;
-    let r = rebuild(node, &mut reader, &bad, &new_locs).await;
+    let (upload_id, new_locs) = begin_new_shards(node, reader, &targets).await?;
+    let r = rebuild(node, reader, &bad, &new_locs).await;
     reader.close().await;
     if let Err(e) = r {
         discard(node, &new_locs, upload_id);
         return Err(e);
     }
-    swap_in(node, &reader, &bad, &new_locs, upload_id).await?;
-    checked.rebuilt = bad.len();
-    clear_damaged(node, &content, blake3).await?;
-    Ok(checked)
+    swap_in(node, reader, &bad, &new_locs, upload_id).await?;
+    clear_damaged(node, content, blake3).await?;
+    Ok(bad.len())
+}
+
+/// A content's record and a reader of its shards; `None` if it is unknown or not sharded.
+async fn sharded_reader(
+    node: &Arc<Node>,
+    blake3: [u8; 32],
+) -> Result<Option<(ContentRec, ShardReader)>> {
+    let Some(content) = node
+        .meta
+        .call::<Option<ContentRec>>(Rq::Content { blake3 })
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(ShardReader::new(node.clone(), blake3, &content).map(|r| (content, r)))
+}
+
+/// Rebuilds the shards of `blake3` with indexes `positions`, known to be missing (a PUT's
+/// target stopped answering before they were written), from the others, onto other drives;
+/// the others are not checked first (they were just written).
+async fn rebuild_positions(
+    node: &Arc<Node>,
+    blake3: [u8; 32],
+    positions: &[usize],
+) -> Result<usize> {
+    let Some((content, mut reader)) = sharded_reader(node, blake3).await? else {
+        return Ok(0);
+    };
+    for &i in positions {
+        reader.bad[i] = true;
+        reader.files.borrow_mut()[i] = Slot::Failed;
+    }
+    let views = drive_views(node);
+    rebuild_onto(node, &mut reader, &content, &views, positions, &[]).await
 }
 
 /// A content marked damaged whose shards all verified (or were rebuilt) is whole again: the
@@ -1764,14 +2248,7 @@ async fn node_counts(node: &Node, views: &[DriveView]) -> Result<Vec<(u32, u64)>
 /// shard instead of rebuilding from K. A source that fails a check sends the content through
 /// [`check_and_repair`] instead. Returns how many shards moved.
 pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Result<usize> {
-    let Some(content) = node
-        .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3 })
-        .await?
-    else {
-        return Ok(0);
-    };
-    let Some(mut reader) = ShardReader::new(node.clone(), blake3, &content) else {
+    let Some((_, mut reader)) = sharded_reader(node, blake3).await? else {
         return Ok(0);
     };
     let geo = reader.geometry();
@@ -1851,7 +2328,7 @@ async fn copy_shards(
         let mut s0 = 0;
         while s0 < stripes {
             let n = (stripes - s0).min(READ_BATCH_STRIPES);
-            repair_pace(n * from.len() as u64 * BLOCK_BYTES as u64).await;
+            repair_pace(node, n * from.len() as u64 * BLOCK_BYTES as u64).await;
             let mut reads = Vec::with_capacity(from.len());
             for &i in from {
                 reads.push(reader.read_shard(i, s0, n).await);
@@ -1912,7 +2389,7 @@ pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
             .then(|| page.last().map(|(h, _)| *h))
             .flatten();
         for (h, c) in page {
-            if !matches!(c.stored, Stored::Sharded { .. }) || (share && !mine(&h)) {
+            if !matches!(c.stored, Stored::Sharded { .. }) || (share && !mine.contains(&h)) {
                 continue;
             }
             report.contents += 1;
@@ -2016,8 +2493,8 @@ async fn rebuild(
         let mut s0 = 0;
         while s0 < stripes {
             let n = (stripes - s0).min(READ_BATCH_STRIPES);
-            repair_pace(n * total as u64 * BLOCK_BYTES as u64).await;
-            let mut batch = reader.read_batch(s0, n, 0..total).await;
+            repair_pace(node, n * total as u64 * BLOCK_BYTES as u64).await;
+            let mut batch = reader.read_batch(s0, n, 0..total, false).await;
             for s in s0..s0 + n {
                 let chunks = reader.stripe_chunks(&mut batch, s, 0..total).await?;
                 let c = geo.chunk_bytes(s);

@@ -8,8 +8,10 @@ pub mod codec;
 pub mod compress;
 pub mod geometry;
 pub mod hash;
+pub mod latency;
 pub mod placement;
 pub mod range;
+pub mod rate;
 pub mod read;
 pub mod stripe;
 

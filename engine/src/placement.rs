@@ -258,9 +258,48 @@ pub fn max_per_node(drives: &[DriveView], chosen: &[u16]) -> (usize, usize) {
     (per_node.values().copied().max().unwrap_or(0), nodes.len())
 }
 
+/// The part of the content-hash space that node `rank` of `of` takes (repairs, moves, GC,
+/// intent sweeps): the hashes whose first 8 bytes, read big-endian, fall in the returned range
+/// (inclusive), so that each node's part of a queue kept in hash order is one contiguous run of
+/// keys. `None` when `of` is 0 or `rank` is past it.
+pub fn hash_share(rank: u64, of: u64) -> Option<(u64, u64)> {
+    if of == 0 || rank >= of {
+        return None;
+    }
+    let span = 1u128 << 64;
+    let lo = (rank as u128 * span / of as u128) as u64;
+    let hi = ((rank as u128 + 1) * span / of as u128 - 1) as u64;
+    Some((lo, hi))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_shares_tile_the_hash_space() {
+        assert_eq!(hash_share(0, 0), None);
+        assert_eq!(hash_share(3, 3), None);
+        assert_eq!(hash_share(0, 1), Some((0, u64::MAX)));
+        for of in [2u64, 3, 7, 1000] {
+            let mut next = 0u64;
+            for r in 0..of {
+                let (lo, hi) = hash_share(r, of).unwrap();
+                assert_eq!(
+                    lo,
+                    next,
+                    "share {r} of {of} starts where {} ended",
+                    r.max(1) - 1
+                );
+                assert!(hi >= lo);
+                if r + 1 == of {
+                    assert_eq!(hi, u64::MAX);
+                } else {
+                    next = hi + 1;
+                }
+            }
+        }
+    }
 
     fn drives(n: u16) -> Vec<DriveView> {
         (0..n)

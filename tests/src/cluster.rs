@@ -148,7 +148,9 @@ impl Cluster {
         for d in &n.drives {
             cmd.arg("--drive").arg(d);
         }
+        // Faults a test can switch on with SIGUSR1 (see the data plane's `faults`).
         let mut child = cmd
+            .env("OSTORE_FAULTS", "1")
             .env("OSTORE_SECRET", &self.secret)
             .env("OSTORE_LOG", log_level())
             .stdout(Stdio::piped())
@@ -183,6 +185,19 @@ impl Cluster {
     /// SIGKILL of node `i`.
     pub fn kill9(&mut self, i: usize) {
         kill(&mut self.nodes[i].child);
+    }
+
+    /// Sends signal `sig` (`libc::SIGSTOP`, `libc::SIGCONT`, ...) to node `i`.
+    pub fn signal(&self, i: usize, sig: i32) {
+        let pid = self.nodes[i].child.as_ref().expect("node running").id();
+        // SAFETY: kill(2) on a child process this cluster owns.
+        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        assert_eq!(
+            r,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Starts node `i` again on the same addresses (so it is the same member).
@@ -235,6 +250,19 @@ impl Cluster {
             .expect("GET");
         let s = r.status().as_u16();
         (s, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The value of a counter or gauge in node `i`'s `/metrics` (panics if it is missing).
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url(i, "/metrics"))
+            .bearer_auth(&self.secret)
+            .send()
+            .expect("GET /metrics")
+            .text()
+            .expect("metrics");
+        crate::metric_in(&text, name)
     }
 
     /// `osctl` against node `via`, with the cluster secret.

@@ -280,9 +280,7 @@ impl Dev {
             .expect("GET /metrics")
             .text()
             .expect("metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        metric_in(&text, name)
     }
 
     /// `osctl --json ARGS` against this server; panics unless it succeeds.
@@ -311,6 +309,13 @@ impl Drop for Dev {
 }
 
 /// Deterministic pseudo-random bytes (BLAKE3 in XOF mode).
+/// The value of counter or gauge `name` in a `/metrics` text (panics if it is missing).
+pub fn metric_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+}
+
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new()

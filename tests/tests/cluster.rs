@@ -275,6 +275,250 @@ fn a_killed_node_is_marked_down_within_three_seconds() {
     eprintln!("node up again {:?} after its restart", t1.elapsed());
 }
 
+/// Latency quantile `q` of `v` (nearest rank).
+fn quantile(v: &[Duration], q: f64) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
+}
+
+/// A node hangs (SIGSTOP) for 30 s under a steady PUT and GET load through the other nodes:
+/// no request fails, and GETs stay fast. Reads of a shard that is late go to parity after a
+/// deadline drawn from recent read latency (hedged reads); a PUT whose shard file on the hung
+/// node stops answering gives that file up and rebuilds the shard on another node before it
+/// answers (or, when the file could not even be opened, places its shards again).
+#[test]
+fn a_node_stopped_for_thirty_seconds_under_load_costs_no_request() {
+    let c = Cluster::start(6, 1);
+    let stopped = 5;
+    let via = [0usize, 1, 2, 3, 4];
+    let objs: Vec<Obj> = (0..10)
+        .map(|i| {
+            put(
+                &c,
+                via[i % via.len()],
+                &format!("steady/{i}"),
+                random_bytes(500 + i as u64, 300_000),
+            )
+        })
+        .collect();
+    // Heartbeats settle, reads and round trips give the deadlines their rhythm.
+    check_all(&c, &objs, &via);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let hang = Duration::from_secs(30);
+    let stop_at = Duration::from_secs(3);
+    let end_at = stop_at + hang + Duration::from_secs(3);
+    let t0 = Instant::now();
+    let during = |at: Duration, took: Duration| at + took >= stop_at && at <= stop_at + hang;
+    let (puts, gets, stop_was) = std::thread::scope(|s| {
+        let puts = s.spawn(|| {
+            let mut out = Vec::new();
+            let mut i = 0u64;
+            while t0.elapsed() < end_at {
+                let node = via[i as usize % via.len()];
+                let key = format!("load/{i}");
+                let body = random_bytes(10_000 + i, 200_000 + (i as usize % 7) * 50_000);
+                let at = t0.elapsed();
+                let r = c.put(node, &key, body.clone());
+                let took = t0.elapsed() - at;
+                let status = r.status().as_u16();
+                let text = r.text().unwrap_or_default();
+                out.push((at, took, status, text, key, body));
+                i += 1;
+            }
+            out
+        });
+        let gets = s.spawn(|| {
+            let mut out = Vec::new();
+            let mut i = 0usize;
+            while t0.elapsed() < end_at {
+                let node = via[i % via.len()];
+                let o = &objs[i % objs.len()];
+                let at = t0.elapsed();
+                let (status, body) = c.get_bytes(node, &o.key);
+                let took = t0.elapsed() - at;
+                out.push((at, took, status, body == o.body, o.key.clone(), node));
+                i += 1;
+            }
+            out
+        });
+        std::thread::sleep(stop_at.saturating_sub(t0.elapsed()));
+        c.signal(stopped, libc::SIGSTOP);
+        let stop_was = t0.elapsed();
+        std::thread::sleep(hang);
+        c.signal(stopped, libc::SIGCONT);
+        (puts.join().unwrap(), gets.join().unwrap(), stop_was)
+    });
+    eprintln!("node {stopped} stopped at {stop_was:?} for {hang:?}");
+
+    let put_lat: Vec<Duration> = puts
+        .iter()
+        .filter(|p| during(p.0, p.1))
+        .map(|p| p.1)
+        .collect();
+    let get_lat: Vec<Duration> = gets
+        .iter()
+        .filter(|g| during(g.0, g.1))
+        .map(|g| g.1)
+        .collect();
+    let failed_puts: Vec<String> = puts
+        .iter()
+        .filter(|p| p.2 != 201)
+        .map(|p| format!("{} at {:?}: {} {}", p.4, p.0, p.2, p.3))
+        .collect();
+    let failed_gets: Vec<String> = gets
+        .iter()
+        .filter(|g| g.2 != 200 || !g.3)
+        .map(|g| format!("{} at {:?}: {} (bytes right: {})", g.4, g.0, g.2, g.3))
+        .collect();
+    eprintln!(
+        "during the hang: {} PUTs (p50 {:?}, p99 {:?}, max {:?}), {} GETs (p50 {:?}, p99 {:?}, \
+         max {:?}); failed: {} PUTs, {} GETs of {} and {} in all",
+        put_lat.len(),
+        quantile(&put_lat, 0.5),
+        quantile(&put_lat, 0.99),
+        quantile(&put_lat, 1.0),
+        get_lat.len(),
+        quantile(&get_lat, 0.5),
+        quantile(&get_lat, 0.99),
+        quantile(&get_lat, 1.0),
+        failed_puts.len(),
+        failed_gets.len(),
+        puts.len(),
+        gets.len(),
+    );
+    for g in gets.iter().filter(|g| g.1 > Duration::from_millis(500)) {
+        eprintln!(
+            "slow GET {} via node {}: at {:?}, took {:?}",
+            g.4, g.5, g.0, g.1
+        );
+    }
+    assert!(failed_puts.is_empty(), "PUTs failed: {failed_puts:#?}");
+    assert!(failed_gets.is_empty(), "GETs failed: {failed_gets:#?}");
+    assert!(
+        put_lat.len() >= 5 && get_lat.len() >= 50,
+        "too little load to judge"
+    );
+    let p99 = quantile(&get_lat, 0.99);
+    assert!(
+        p99 < Duration::from_secs(1),
+        "GET p99 during the hang: {p99:?}"
+    );
+    // Also over its first seconds alone, before the node is marked down: what a late shard
+    // costs is bounded by the hedge, not by a time-out.
+    let first: Vec<Duration> = gets
+        .iter()
+        .filter(|g| g.0 + g.1 >= stop_at && g.0 <= stop_at + Duration::from_secs(5))
+        .map(|g| g.1)
+        .collect();
+    let p99_first = quantile(&first, 0.99);
+    eprintln!(
+        "GETs in the hang's first 5 s: {}, p99 {p99_first:?}",
+        first.len()
+    );
+    assert!(
+        p99_first < Duration::from_secs(1),
+        "GET p99 in the hang's first 5 s: {p99_first:?}"
+    );
+    // Everything written under load reads back right, through every node, the one that hung
+    // included.
+    let written: Vec<Obj> = puts
+        .into_iter()
+        .map(|p| Obj {
+            key: p.4,
+            body: p.5,
+            blake3: String::new(),
+        })
+        .collect();
+    check_all(&c, &written, &[stopped, 0, 1, 2, 3, 4]);
+}
+
+/// A node whose shard server stops reading while its QUIC stack and its heartbeats go on (the
+/// wedge seen in the field: every operation to it timed out, for good, while it looked up).
+/// Operations to it are given up on after a deadline drawn from recent round trips, its
+/// connections are closed and made anew, PUTs and GETs through the other nodes go on; once it
+/// reads again it takes new shards again, and nothing is left waiting.
+#[test]
+fn a_wedged_peer_connection_is_replaced_and_nothing_waits_on_it() {
+    let c = Cluster::start(6, 1);
+    let wedged = 5;
+    let via = [0usize, 1, 2, 3, 4];
+    let mut objs: Vec<Obj> = (0..6)
+        .map(|i| {
+            put(
+                &c,
+                i,
+                &format!("wedge/{i}"),
+                random_bytes(700 + i as u64, 300_000),
+            )
+        })
+        .collect();
+    // Every node has a live connection to the one about to wedge.
+    check_all(&c, &objs, &via);
+    c.signal(wedged, libc::SIGUSR1);
+    let t0 = Instant::now();
+    let mut i = 0usize;
+    let mut slowest = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(15) {
+        let node = via[i % via.len()];
+        let at = Instant::now();
+        objs.push(put(
+            &c,
+            node,
+            &format!("wedged/{i}"),
+            random_bytes(800 + i as u64, 250_000),
+        ));
+        check_all(&c, &objs[i % 6..i % 6 + 1], &[node]);
+        slowest = slowest.max(at.elapsed());
+        i += 1;
+    }
+    let replaced: f64 = via
+        .iter()
+        .map(|&n| c.metric(n, "ostore_peer_connections_replaced_total"))
+        .sum();
+    eprintln!(
+        "{i} PUT+GET pairs in 15 s with node {wedged} wedged, none failed, slowest {slowest:?}; \
+         {replaced} connection(s) to it replaced"
+    );
+    assert!(replaced >= 1.0, "no wedged connection was replaced");
+    // Its heartbeats went on: it was never taken for dead.
+    wait_states(&c, 0, &[], Duration::from_secs(1));
+    c.signal(wedged, libc::SIGUSR1);
+    let id = c.nodes[wedged].id.clone();
+    let t1 = Instant::now();
+    let mut k = 0;
+    let back = eventually(Duration::from_secs(30), || {
+        k += 1;
+        let o = put(
+            &c,
+            k % 5,
+            &format!("after/{k}"),
+            random_bytes(900 + k as u64, 250_000),
+        );
+        let on_it = shard_nodes(&c, 0, &o.blake3).1.contains(&id);
+        objs.push(o);
+        on_it
+    });
+    assert!(
+        back,
+        "no new shard went to node {wedged} within 30 s of it reading again"
+    );
+    eprintln!(
+        "node {wedged} took new shards {:?} after it read again",
+        t1.elapsed()
+    );
+    let resolved = eventually(Duration::from_secs(60), || {
+        c.json(0, "/admin/status").1["intents"]["open"].as_u64() == Some(0)
+    });
+    assert!(
+        resolved,
+        "intents left: {}",
+        c.json(0, "/admin/status").1["intents"]
+    );
+    check_all(&c, &objs, &[wedged, 0, 1, 2, 3, 4]);
+}
+
 /// PUTs the moment a node dies, before it is marked down: each still succeeds, its shards
 /// placed again around the node it cannot reach; the files it started are left to an intent
 /// marked abandoned, which is resolved (files deleted, intent ended) within a minute of the
@@ -344,6 +588,87 @@ fn a_node_down_past_the_grace_period_is_rebuilt_elsewhere() {
     c.kill9(1);
     wait_states(&c, 2, &[&dead, &d1, &d2], Duration::from_secs(15));
     check_all(&c, &objs, &[2, 3, 4, 5]);
+}
+
+/// `osctl repair-rate` paces a rebuild, `osctl status` tells its progress (bytes to go, bytes
+/// per second over every node, an ETA), and lifting the limit lets it finish.
+#[test]
+fn the_repair_rate_paces_a_rebuild_that_status_reports() {
+    let mut c = Cluster::start_with(7, 1, &["--down-grace", "1s"]);
+    let osctl_json = |c: &Cluster, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = c.osctl(0, &all);
+        assert!(out.status.success(), "osctl {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("osctl JSON")
+    };
+    let limit = 256 * 1024u64;
+    let set = osctl_json(&c, &["repair-rate", "256KiB"]);
+    assert_eq!(set["limit_bytes_per_s"], limit, "{set}");
+    let objs: Vec<Obj> = (0..8)
+        .map(|i| {
+            put(
+                &c,
+                i % 6,
+                &format!("paced/{i}"),
+                random_bytes(1200 + i as u64, 1_500_000),
+            )
+        })
+        .collect();
+    let dead = c.nodes[6].id.clone();
+    c.kill9(6);
+    wait_states(&c, 0, &[&dead], Duration::from_secs(15));
+    // The rebuild runs, paced: status shows bytes to go, a rate within the six survivors'
+    // limits, and an ETA.
+    let mut seen = None;
+    let ok = eventually(Duration::from_secs(30), || {
+        let st = osctl_json(&c, &["status"]);
+        let r = &st["repair"];
+        if r["bytes_to_go"].as_u64().unwrap_or(0) > 0
+            && r["bytes_per_s"].as_u64().unwrap_or(0) > 0
+            && r["eta_s"].as_u64().is_some()
+        {
+            seen = Some(r.clone());
+        }
+        seen.is_some()
+    });
+    let seen = seen.unwrap_or_default();
+    assert!(
+        ok,
+        "status never showed a rebuild under way: {}",
+        osctl_json(&c, &["status"])
+    );
+    eprintln!("rebuild under a {limit} B/s limit per node: {seen}");
+    assert_eq!(seen["limit_bytes_per_s"], limit, "{seen}");
+    let rate = seen["bytes_per_s"].as_u64().unwrap();
+    // Six survivors, each at most its limit (and one batch of burst) over the 10 s window.
+    assert!(
+        rate <= 6 * (limit + 1_600_000 / 10),
+        "rebuild read {rate} B/s, over six nodes' limits of {limit} B/s"
+    );
+    let lifted = osctl_json(&c, &["repair-rate", "unlimited"]);
+    assert_eq!(lifted["limit_bytes_per_s"], "unlimited", "{lifted}");
+    let t0 = Instant::now();
+    let done = eventually(Duration::from_secs(60), || {
+        objs.iter().all(|o| {
+            let (n, nodes) = shard_nodes(&c, 0, &o.blake3);
+            n == 6 && nodes.len() == 6 && !nodes.contains(&dead)
+        })
+    });
+    assert!(
+        done,
+        "the rebuild did not finish once unlimited: {}",
+        osctl_json(&c, &["status"])
+    );
+    eprintln!(
+        "rebuild finished {:?} after the limit was lifted",
+        t0.elapsed()
+    );
+    let st = osctl_json(&c, &["status"]);
+    assert_eq!(st["repair"]["bytes_to_go"], 0, "{st}");
+    let back = osctl_json(&c, &["repair-rate", "default"]);
+    assert_eq!(back["limit_bytes_per_s"], 256u64 << 20, "{back}");
+    check_all(&c, &objs, &[0, 1, 2, 3, 4, 5]);
 }
 
 #[test]
@@ -602,6 +927,54 @@ fn drain(c: &Cluster, via: usize, node: &str) -> serde_json::Value {
     );
     assert!(out.status.success(), "osctl drain {node} --wait: {out:?}");
     serde_json::from_slice(&out.stdout).expect("osctl drain JSON")
+}
+
+/// A drain that follows faults finishes: a node hung (SIGSTOP) and a wedged shard server, each
+/// under writes, then a node killed while writes go on (its PUTs' first files left to intents
+/// that could not delete them) and started again. Draining that node then ends, holding
+/// nothing, with no intent left to wait on.
+#[test]
+fn a_drain_after_faults_finishes() {
+    let mut c = Cluster::start(7, 1);
+    let mut objs: Vec<Obj> = Vec::new();
+    let mut n = 0u64;
+    let mut write = |c: &Cluster, objs: &mut Vec<Obj>, via: &[usize], count: usize| {
+        for _ in 0..count {
+            n += 1;
+            let node = via[n as usize % via.len()];
+            objs.push(put(c, node, &format!("f/{n}"), random_bytes(n, 280_000)));
+        }
+    };
+    write(&c, &mut objs, &[0, 1, 2, 3, 4, 5, 6], 7);
+    // A hang.
+    c.signal(4, libc::SIGSTOP);
+    let t = Instant::now();
+    write(&c, &mut objs, &[0, 1, 2, 3], 6);
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(t.elapsed()));
+    c.signal(4, libc::SIGCONT);
+    // A wedge.
+    c.signal(3, libc::SIGUSR1);
+    write(&c, &mut objs, &[0, 1, 2, 4, 5], 6);
+    c.signal(3, libc::SIGUSR1);
+    // A death, writes meanwhile, and a return.
+    c.kill9(5);
+    write(&c, &mut objs, &[0, 1, 2, 3, 4], 6);
+    c.restart(5);
+    wait_states(&c, 0, &[], Duration::from_secs(20));
+    write(&c, &mut objs, &[0, 1, 2, 3, 4, 5, 6], 4);
+
+    let leaving = c.nodes[5].id.clone();
+    let t0 = Instant::now();
+    let j = drain(&c, 0, &leaving);
+    eprintln!("drain after faults finished in {:?}: {j}", t0.elapsed());
+    assert_eq!(j["state"], "drained", "{j}");
+    assert_eq!(
+        (j["shards"].as_u64(), j["intents"].as_u64()),
+        (Some(0), Some(0)),
+        "{j}"
+    );
+    assert_eq!(files_on(&c, 5), 0, "a drained node must hold no shard file");
+    check_all(&c, &objs, &[0, 1, 2, 3, 4, 6]);
 }
 
 #[test]

@@ -96,6 +96,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// The rate each node's repairs (rebuilds, and the rewrites of scrubs) may read at: shown
+    /// with what every node reads now, or set, e.g. `200MiB`, `unlimited`, `default`.
+    RepairRate { rate: Option<String> },
     /// Versions kept per key (the cluster default, or one bucket's override); what falls out
     /// is removed by the next gc.
     Retention {
@@ -193,6 +196,58 @@ fn call(cli: &Cli, method: http::Method, path: &str) -> anyhow::Result<Answer> {
 
 fn get(cli: &Cli, path: &str) -> anyhow::Result<Answer> {
     call(cli, http::Method::GET, path)
+}
+
+/// GET `path` from another node (`host:port`) with the same secret, over HTTP/1.1.
+fn get_from(cli: &Cli, http_addr: &str, path: &str) -> anyhow::Result<Answer> {
+    let (rt, _) = api(cli)?;
+    let base = format!("http://{http_addr}");
+    let client = ostore_client::Client::builder(&base)
+        .secret(secret(cli)?)
+        .build()?;
+    rt.block_on(async {
+        let r = client
+            .request(
+                http::Method::GET,
+                path,
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .with_context(|| format!("GET {base}{path}"))?
+            .error_for_status()
+            .await
+            .with_context(|| format!("{base}{path}"))?;
+        Ok(Answer(r.bytes().await?))
+    })
+}
+
+/// What every up node's repairs read now (bytes per second), by node id; this node's alone in
+/// `ostore dev`. A node that does not answer is left out.
+fn repair_rates(cli: &Cli, cluster: &serde_json::Value) -> Vec<(String, u64)> {
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for n in nodes.iter().filter(|n| n["state"] == "up") {
+        let r = match n["http"].as_str() {
+            Some(addr) => get_from(cli, addr, "/admin/repair-rate"),
+            None => get(cli, "/admin/repair-rate"),
+        };
+        if let Ok(v) = r.and_then(|a| a.json::<serde_json::Value>()) {
+            out.push((
+                n["id"].as_str().unwrap_or("").to_string(),
+                v["bytes_per_s"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+/// A rate limit as the control plane gives it: a number or "unlimited".
+fn limit_text(v: &serde_json::Value) -> String {
+    match v.as_u64() {
+        Some(r) => format!("{}/s", human(r as f64)),
+        None => v.as_str().unwrap_or("?").to_string(),
+    }
 }
 
 fn post(cli: &Cli, path: &str) -> anyhow::Result<Answer> {
@@ -405,6 +460,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             let free: f64 = drives.iter().filter_map(|d| d["free_bytes"].as_f64()).sum();
             let healthy = drives.iter().filter(|d| d["refill"] == false).count();
             let repaired = metric(&m, "ostore_shards_repaired_total").unwrap_or(0.0);
+            // Rebuild progress: bytes to go from the queue, bytes/s summed over the nodes.
+            let rates = repair_rates(cli, &cluster);
+            let rate: u64 = rates.iter().map(|r| r.1).sum();
+            let to_go = st["repair"]["bytes_to_go"].as_u64().unwrap_or(0)
+                + st["repair"]["move_bytes_to_go"].as_u64().unwrap_or(0);
+            let eta_s = (rate > 0 && to_go > 0).then(|| to_go.div_ceil(rate));
+            let mut repair = st["repair"].clone();
+            repair["bytes_per_s"] = serde_json::json!(rate);
+            repair["eta_s"] = serde_json::json!(eta_s);
             if cli.json {
                 println!(
                     "{}",
@@ -417,7 +481,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                         "contents": st["contents"], "logical_bytes": st["logical_bytes"],
                         "stored_bytes": st["stored_bytes"], "repair_queued": st["repair_queued"],
                         "degraded_objects": st["repair_queued"], "missing_shards": st["missing_shards"],
-                        "shards_repaired": repaired, "jobs": st["jobs"],
+                        "shards_repaired": repaired, "repair": repair, "jobs": st["jobs"],
                         "shards_per_drive": st["drives"]})
                 );
             } else {
@@ -448,6 +512,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     st["repair_queued"], st["missing_shards"]
                 );
                 println!("shards repaired {repaired}");
+                let more = if repair["more"] == true { "+" } else { "" };
+                println!(
+                    "rebuild         {}{more} to go at {}/s, ETA {} (limit {} per node)",
+                    human(to_go as f64),
+                    human(rate as f64),
+                    match eta_s {
+                        Some(s) => format!("{s} s"),
+                        None if to_go == 0 => "-".into(),
+                        None => "unknown (nothing read in the last 10 s)".into(),
+                    },
+                    limit_text(&repair["limit_bytes_per_s"])
+                );
                 let jobs = st["jobs"].as_array().cloned().unwrap_or_default();
                 if jobs.is_empty() {
                     println!("jobs            none");
@@ -482,6 +558,45 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
                 println!();
                 print_nodes(&cluster);
+            }
+            Ok(())
+        }
+        Cmd::RepairRate { rate } => {
+            let r: serde_json::Value = match rate.as_deref() {
+                None => get(cli, "/admin/repair-rate")?.json()?,
+                Some(s @ ("unlimited" | "default")) => {
+                    post(cli, &format!("/admin/repair-rate?rate={s}"))?.json()?
+                }
+                Some(s) => {
+                    let r = parse_rate(s)?;
+                    if r == 0 {
+                        bail!("a repair rate must be above 0 (or unlimited)");
+                    }
+                    post(cli, &format!("/admin/repair-rate?rate={r}"))?.json()?
+                }
+            };
+            let cluster: serde_json::Value = get(cli, "/admin/cluster")?.json()?;
+            let rates = repair_rates(cli, &cluster);
+            let total: u64 = rates.iter().map(|r| r.1).sum();
+            if cli.json {
+                let nodes: Vec<_> = rates
+                    .iter()
+                    .map(|(n, b)| serde_json::json!({"node": n, "bytes_per_s": b}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"limit_bytes_per_s": r["limit_bytes_per_s"],
+                        "bytes_per_s": total, "nodes": nodes})
+                );
+            } else {
+                println!(
+                    "repair rate     {} per node",
+                    limit_text(&r["limit_bytes_per_s"])
+                );
+                println!("reading now     {}/s in all", human(total as f64));
+                for (n, b) in &rates {
+                    println!("  node {n:<10}{}/s", human(*b as f64));
+                }
             }
             Ok(())
         }
