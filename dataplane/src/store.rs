@@ -1974,7 +1974,7 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         // Shards already known to be missing or wrong (a node gone, a drive emptied): one
         // pass reads the others, verifying every block as it goes, and writes the rebuilt
         // shards from the same reads. A block found bad on the way in another shard is read
-        // around; that shard is rebuilt by the repair queued for it.
+        // around; that shard is rebuilt by a second check right after.
         let views = drive_views(node);
         let moves = shard_moves(node, &reader, &views, &known);
         checked.rebuilt = rebuild_onto(node, &mut reader, &content, &views, &known, &moves).await?;
@@ -1983,7 +1983,8 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
             .collect();
         checked.bad = (known.len() + later.len()) as u64;
         if !later.is_empty() {
-            node.queue_repair(blake3).await;
+            let again = Box::pin(check_and_repair(node, blake3)).await?;
+            checked.rebuilt += again.rebuilt;
         }
         return Ok(checked);
     }
