@@ -1187,19 +1187,9 @@ pub fn queue_work(
     })
 }
 
-/// Up to `limit` queued contents with the nonce of their latest request.
-pub fn repair_queue(kv: &dyn Kv, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
-    work_queue(kv, WorkQueue::Repair, limit)
-}
-
-/// Up to `limit` contents queued in `q`, with the nonce of their latest request.
-pub fn work_queue(kv: &dyn Kv, q: WorkQueue, limit: usize) -> Result<Vec<([u8; 32], u64)>> {
-    work_queue_from(kv, q, &[0; 32], limit)
-}
-
 /// Up to `limit` contents queued in `q` from content `from` on (in content order), with the
 /// nonce of their latest request: a node reads the part of the queue its hash share covers.
-pub fn work_queue_from(
+pub fn work_queue(
     kv: &dyn Kv,
     q: WorkQueue,
     from: &[u8; 32],
@@ -1418,13 +1408,18 @@ mod tests {
     fn a_repair_request_renewed_during_repair_survives_it() {
         let (_d, kv) = kv();
         queue_repair(&kv, &[[1; 32]], 10, 1).unwrap();
-        let q = repair_queue(&kv, 10).unwrap();
+        let q = work_queue(&kv, WorkQueue::Repair, &[0; 32], 10).unwrap();
         assert_eq!(q, vec![([1; 32], 10)]);
         queue_repair(&kv, &[[1; 32]], 11, 2).unwrap();
         repair_done(&kv, &[1; 32], 10).unwrap();
-        assert_eq!(repair_queue(&kv, 10).unwrap(), vec![([1; 32], 11)]);
+        assert_eq!(
+            work_queue(&kv, WorkQueue::Repair, &[0; 32], 10).unwrap(),
+            vec![([1; 32], 11)]
+        );
         repair_done(&kv, &[1; 32], 11).unwrap();
-        assert!(repair_queue(&kv, 10).unwrap().is_empty());
+        assert!(work_queue(&kv, WorkQueue::Repair, &[0; 32], 10)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -80,10 +80,6 @@ pub enum Request {
         after: Option<([u8; 32], u8)>,
         limit: usize,
     },
-    /// → `Vec<([u8; 32], u64)>`
-    RepairQueue { limit: usize },
-    /// Contents queued to have shards moved. → `Vec<([u8; 32], u64)>`
-    MoveQueue { limit: usize },
     /// → `ClusterView`
     Cluster,
     /// → `Option<upload::UploadRec>`
@@ -272,9 +268,10 @@ pub enum Request {
     /// What waits in the repair and move queues (the first `limit` of each).
     /// → `(meta::Backlog, meta::Backlog)`
     Backlog { limit: usize },
-    /// Up to `limit` entries of the repair queue (or, with `moves`, the move queue) from content
-    /// `from` on. → `Vec<([u8; 32], u64)>`
-    WorkFrom {
+    /// Up to `limit` entries of the repair queue (or, with `moves`, the move queue: contents
+    /// queued to have shards moved) from content `from` on, with the nonce of their latest
+    /// request. → `Vec<([u8; 32], u64)>`
+    WorkQueue {
         moves: bool,
         from: [u8; 32],
         limit: usize,
@@ -295,8 +292,6 @@ impl Request {
                 | Request::Intents
                 | Request::Drive { .. }
                 | Request::ShardsOnDrive { .. }
-                | Request::RepairQueue { .. }
-                | Request::MoveQueue { .. }
                 | Request::Cluster
                 | Request::UploadGet { .. }
                 | Request::Uploads
@@ -313,7 +308,7 @@ impl Request {
                 | Request::ScrubCursors { .. }
                 | Request::RepairRate
                 | Request::Backlog { .. }
-                | Request::WorkFrom { .. }
+                | Request::WorkQueue { .. }
         )
     }
 }
@@ -497,8 +492,6 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             after,
             limit,
         } => enc(meta::shards_on_drive(kv, drive, after, limit)?),
-        RepairQueue { limit } => enc(meta::repair_queue(kv, limit)?),
-        MoveQueue { limit } => enc(meta::work_queue(kv, meta::WorkQueue::Move, limit)?),
         QueueMove { contents, nonce } => enc(meta::queue_work(
             kv,
             meta::WorkQueue::Move,
@@ -514,7 +507,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         Stats => enc(meta::stats(kv)?),
         RepairRate => enc(cluster::repair_rate(kv)?),
         SetRepairRate { bytes_per_s } => enc(cluster::set_repair_rate(kv, bytes_per_s)?),
-        WorkFrom { moves, from, limit } => enc(meta::work_queue_from(
+        WorkQueue { moves, from, limit } => enc(meta::work_queue(
             kv,
             if moves {
                 meta::WorkQueue::Move

@@ -397,7 +397,14 @@ pub(crate) async fn repair_rate(
 
 /// How many objects wait for repair (counted up to 100 000).
 pub(crate) async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
-    let q: Vec<([u8; 32], u64)> = node.meta.call(Rq::RepairQueue { limit: 100_000 }).await?;
+    let q: Vec<([u8; 32], u64)> = node
+        .meta
+        .call(Rq::WorkQueue {
+            moves: false,
+            from: [0; 32],
+            limit: 100_000,
+        })
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         json!({"queued": q.len(), "shards_repaired": node.metrics.shards_repaired.load(Ordering::Relaxed)}),

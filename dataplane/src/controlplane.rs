@@ -428,7 +428,13 @@ const REBALANCE_OFFER_MIN: usize = 64;
 /// (`placement::moves`), and stop once every node is within 5 % of the mean.
 async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> {
     let client = MetaClient::Local(c.meta.clone());
-    let queue: Vec<([u8; 32], u64)> = client.call(Rq::MoveQueue { limit: 1 }).await?;
+    let queue: Vec<([u8; 32], u64)> = client
+        .call(Rq::WorkQueue {
+            moves: true,
+            from: [0; 32],
+            limit: 1,
+        })
+        .await?;
     if !queue.is_empty() {
         return Ok(());
     }
@@ -573,7 +579,13 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
                 })
                 .await?;
         }
-        let queue: Vec<([u8; 32], u64)> = client.call(Rq::MoveQueue { limit: 1 }).await?;
+        let queue: Vec<([u8; 32], u64)> = client
+            .call(Rq::WorkQueue {
+                moves: true,
+                from: [0; 32],
+                limit: 1,
+            })
+            .await?;
         if !queue.is_empty() {
             continue;
         }

@@ -1,6 +1,6 @@
-//! Faults a test can switch on in a running node, to see the rest of the cluster live with
-//! them. Off, and unreachable, unless the process was started with `OSTORE_FAULTS=1`; then
-//! each SIGUSR1 toggles the one fault there is:
+//! Faults a test can switch on in a running cluster node, to see the rest of the cluster live
+//! with them. Off, and unreachable, unless `ostore node` was started with `OSTORE_FAULTS=1`;
+//! then each SIGUSR1 toggles the one fault there is:
 //!
 //! - **peer stall**: the peer port keeps accepting connections and streams (its QUIC stack
 //!   answers, so the connections stay alive) but reads nothing from them, like a node whose

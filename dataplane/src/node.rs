@@ -319,7 +319,7 @@ pub(crate) async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: u
     let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: *h }).await;
 }
 
-/// One round over this node's share of the repair queue; `true` if something is to be retried.
+/// One round over (a page of) this node's share of the repair queue.
 async fn work_repairs(node: &Arc<Node>) -> Round {
     let (queue, more) = match repair_share(node).work(node, false, REPAIR_PAGE).await {
         Ok(q) => q,
@@ -394,38 +394,37 @@ const REPAIRS_AT_ONCE: usize = 4;
 /// How often a repair round reads the operator's rate again.
 const REPAIR_RATE_EVERY: Duration = Duration::from_secs(2);
 
+/// Repairs one queued content, ends its queue entry unless it is to be tried again.
 async fn repair_one(
     node: &Arc<Node>,
     h: [u8; 32],
     nonce: u64,
     retry_later: &std::cell::Cell<bool>,
 ) {
-    {
-        match store::repair(node, h).await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!("repaired {n} shard(s) of {}", hex::encode(h));
-                    node.metrics
-                        .shards_repaired
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                }
-                let _ = node
-                    .meta
-                    .call::<()>(Rq::RepairDone { blake3: h, nonce })
-                    .await;
-                store::move_again_if_held_back(node, h).await;
+    match store::repair(node, h).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!("repaired {n} shard(s) of {}", hex::encode(h));
+                node.metrics
+                    .shards_repaired
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(StoreError::InsufficientShards { have, need }) => {
-                unrepairable(node, &h, have, need).await;
-                let _ = node
-                    .meta
-                    .call::<()>(Rq::RepairDone { blake3: h, nonce })
-                    .await;
-            }
-            Err(e) => {
-                tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
-                retry_later.set(true);
-            }
+            let _ = node
+                .meta
+                .call::<()>(Rq::RepairDone { blake3: h, nonce })
+                .await;
+            store::move_again_if_held_back(node, h).await;
+        }
+        Err(StoreError::InsufficientShards { have, need }) => {
+            unrepairable(node, &h, have, need).await;
+            let _ = node
+                .meta
+                .call::<()>(Rq::RepairDone { blake3: h, nonce })
+                .await;
+        }
+        Err(e) => {
+            tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
+            retry_later.set(true);
         }
     }
 }
@@ -685,7 +684,6 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     }
     line.push_str(&format!(" data={}", opts.data.display()));
     let signals = stop_signals()?;
-    crate::faults::install()?;
     print_ready(&line)?;
     wait_for_signal_then_stop(&node.stopping, handles, signals)
 }
@@ -1101,7 +1099,7 @@ impl Share {
             return Ok((Vec::new(), false));
         };
         let page: Vec<([u8; 32], u64)> =
-            node.meta.call(Rq::WorkFrom { moves, from, limit }).await?;
+            node.meta.call(Rq::WorkQueue { moves, from, limit }).await?;
         let full = page.len() == limit;
         let mine: Vec<([u8; 32], u64)> =
             page.into_iter().filter(|(h, _)| self.contains(h)).collect();

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 pub const NODE_NAME: &str = "ostore-node";
 /// A peer that shows no sign of life for this long is disconnected (keep-alives every second).
 const IDLE_TIMEOUT_MS: u32 = 5_000;
-/// One shard operation on a peer fails after this long.
+/// Removing a shard file on a peer fails after this long (other operations have deadlines
+/// drawn from observed latency, [`op_deadline`]).
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to a peer fails after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -297,7 +298,7 @@ thread_local! {
 }
 
 /// How long a peer operation may take before it is given up on (and the peer suspected):
-/// from this executor's recent round trips, between 1 s and 10 s.
+/// from this executor's recent round trips, between 2 s and 10 s.
 pub fn op_deadline() -> Duration {
     Duration::from_micros(ROUND_TRIPS.with(|w| w.borrow().deadline_us(DeadlineRule::PEER_OP)))
 }
@@ -320,10 +321,7 @@ pub fn unresponsive(node: &Node, drive: u16) {
     let Some(cluster) = node.cluster.as_ref() else {
         return;
     };
-    let Some((id, addr)) = cluster.with_node_of(drive, |n| (n.id, n.peer.parse().ok())) else {
-        return;
-    };
-    if let Some(addr) = addr {
+    suspect_holder(cluster, drive, |id, addr| {
         let quiet = ANSWERED
             .with(|m| m.borrow().get(&addr).copied())
             .is_none_or(|t| t.elapsed() >= STALLED_AFTER);
@@ -336,27 +334,36 @@ pub fn unresponsive(node: &Node, drive: u16) {
                     .peer_connections_replaced
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            forget_connection(addr);
         }
+        quiet
+    });
+}
+
+/// Suspects the node holding `drive`, and closes this executor's connection to it where
+/// `replace(node id, address)` says so.
+fn suspect_holder(cluster: &Cluster, drive: u16, replace: impl FnOnce(u32, SocketAddr) -> bool) {
+    let Some((id, addr)) = cluster.with_node_of(drive, |n| (n.id, n.peer.parse().ok())) else {
+        return;
+    };
+    if let Some(addr) = addr.filter(|a| replace(id, *a)) {
+        forget_connection(addr);
     }
     cluster.suspect(id);
 }
 
 /// Whether `e`, from a shard file on another node, says that node did not answer in time or
-/// the connection to it broke, so the operation can be tried elsewhere (as opposed to an
-/// error the node answered: a full drive, a missing file).
+/// the path to it broke (the connection, or this one stream: after either the stream is out of
+/// step), so the operation can be tried elsewhere (as opposed to an error the node answered: a
+/// full drive, a missing file).
 pub fn peer_unresponsive(e: &io::Error) -> bool {
-    crate::shardio::os_code(e).is_none()
-        && matches!(
-            e.kind(),
-            io::ErrorKind::TimedOut
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::NotConnected
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-        )
+    transport_failure(e)
+        || (crate::shardio::os_code(e).is_none()
+            && matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ))
 }
 
 async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connection> {
@@ -484,13 +491,7 @@ fn transport_failure(e: &io::Error) -> bool {
 /// while, and this executor's connection to it is replaced on next use (whether or not the
 /// view says it is up by now).
 fn unreachable(cluster: &Cluster, drive: u16) {
-    let Some((id, addr)) = cluster.with_node_of(drive, |n| (n.id, n.peer.parse().ok())) else {
-        return;
-    };
-    if let Some(addr) = addr {
-        forget_connection(addr);
-    }
-    cluster.suspect(id);
+    suspect_holder(cluster, drive, |_, _| true);
 }
 
 async fn open_stream(node: &Node, drive: u16) -> io::Result<(SocketAddr, SendStream, RecvStream)> {
@@ -648,10 +649,7 @@ impl PeerFile {
         })
         .await;
         // After a transport error the stream is out of step: drop it, later calls fail.
-        let transport_failed = matches!(&r, Err(e) if crate::shardio::os_code(e).is_none()
-            && matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::NotConnected | io::ErrorKind::TimedOut | io::ErrorKind::UnexpectedEof));
-        if !transport_failed {
+        if !matches!(&r, Err(e) if peer_unresponsive(e)) {
             *self.streams.borrow_mut() = Some((send, recv));
         }
         r

@@ -969,6 +969,28 @@ enum Slot {
 
 type Slots = Rc<RefCell<Vec<Slot>>>;
 
+/// Shard `i`'s file: the one `files` holds, or opened now (and kept there, or marked failed).
+/// `None` if it cannot be read (failed to open, or given up on as late).
+async fn slot_file(node: &Node, files: &Slots, loc: ShardLoc, i: usize) -> Option<Rc<ShardFile>> {
+    let slot = files.borrow()[i].clone();
+    match slot {
+        Slot::Open(f) => Some(f),
+        Slot::Failed | Slot::Late => None,
+        Slot::Unopened => match ShardFile::open_loc(node, &loc, OpenMode::Read).await {
+            Ok(f) => {
+                let f = Rc::new(f);
+                files.borrow_mut()[i] = Slot::Open(f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
+                files.borrow_mut()[i] = Slot::Failed;
+                None
+            }
+        },
+    }
+}
+
 thread_local! {
     /// How long this executor's recent shard reads (open and read) took: a client's read
     /// reaches for parity when a shard is later than [`DeadlineRule::HEDGE`] says.
@@ -1068,25 +1090,8 @@ impl ShardSource {
     /// Opens shard `i` (unless it is open already) and reads the span.
     async fn read(&self, i: usize) -> (usize, Fetched) {
         let started = std::time::Instant::now();
-        let slot = self.files.borrow()[i].clone();
-        let f = match slot {
-            Slot::Open(f) => f,
-            Slot::Failed | Slot::Late => return (i, Fetched::Failed),
-            Slot::Unopened => {
-                let loc = self.locs[i];
-                match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
-                    Ok(f) => {
-                        let f = Rc::new(f);
-                        self.files.borrow_mut()[i] = Slot::Open(f.clone());
-                        f
-                    }
-                    Err(e) => {
-                        tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
-                        self.files.borrow_mut()[i] = Slot::Failed;
-                        return (i, Fetched::Failed);
-                    }
-                }
-            }
+        let Some(f) = slot_file(&self.node, &self.files, self.locs[i], i).await else {
+            return (i, Fetched::Failed);
         };
         let span = self.span;
         match f.read_at(self.at, span).await {
@@ -1272,25 +1277,17 @@ impl ShardReader {
         if self.skip_away(i) {
             return None;
         }
-        if matches!(self.files.borrow()[i], Slot::Unopened) {
-            let loc = self.locs[i];
-            let slot = match ShardFile::open_loc(&self.node, &loc, OpenMode::Read).await {
-                Ok(f) => Slot::Open(Rc::new(f)),
-                Err(e) => {
-                    tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
-                    Slot::Failed
-                }
-            };
-            self.files.borrow_mut()[i] = slot;
+        let f = slot_file(&self.node, &self.files, self.locs[i], i).await;
+        if matches!(self.files.borrow()[i], Slot::Failed) {
+            self.bad[i] = true;
         }
-        match &self.files.borrow()[i] {
-            Slot::Open(f) => Some(f.clone()),
-            Slot::Failed => {
-                self.bad[i] = true;
-                None
-            }
-            Slot::Unopened | Slot::Late => None,
-        }
+        f
+    }
+
+    /// Whether shard `i` is to be read at all: not read around from the start (its node away),
+    /// not failed, not given up on as late.
+    fn readable(&mut self, i: usize) -> bool {
+        !self.skip_away(i) && matches!(self.files.borrow()[i], Slot::Unopened | Slot::Open(_))
     }
 
     fn span(&self, s0: u64, n: u64) -> usize {
@@ -1322,23 +1319,17 @@ impl ShardReader {
         let mut wanted = Vec::new();
         let mut short = false;
         for i in shards.clone() {
-            let usable = !self.skip_away(i)
-                && matches!(self.files.borrow()[i], Slot::Unopened | Slot::Open(_));
-            if usable {
+            if self.readable(i) {
                 wanted.push(i);
             } else {
                 short = true;
             }
         }
         // Spares: the other shards this reader has not given up on, data shards first.
-        let mut spares = Vec::new();
-        for i in (0..self.locs.len()).filter(|i| hedge && !shards.contains(i)) {
-            if !self.skip_away(i)
-                && matches!(self.files.borrow()[i], Slot::Unopened | Slot::Open(_))
-            {
-                spares.push(i);
-            }
-        }
+        let spares: Vec<usize> = (0..self.locs.len())
+            .filter(|i| hedge && !shards.contains(i))
+            .filter(|&i| self.readable(i))
+            .collect();
         let src = ShardSource {
             node: self.node.clone(),
             locs: self.locs.clone().into(),
@@ -1365,8 +1356,10 @@ impl ShardReader {
         let mut reads: Vec<Option<ReadBuf>> = (0..total).map(|_| None).collect();
         let mut tried = vec![false; total];
         let mut late = vec![false; total];
-        for t in &mut tried[f.shards] {
-            *t = true;
+        // A wanted shard the fetch skipped was failed or given up on as late before it began.
+        for i in f.shards {
+            tried[i] = true;
+            late[i] = matches!(self.files.borrow()[i], Slot::Late);
         }
         for (i, r) in f.task.await {
             tried[i] = true;
@@ -1380,12 +1373,6 @@ impl ShardReader {
                         files[i] = Slot::Late;
                     }
                 }
-            }
-        }
-        // A wanted shard the fetch skipped was failed or late before it started.
-        for i in 0..total {
-            if tried[i] && reads[i].is_none() && matches!(self.files.borrow()[i], Slot::Late) {
-                late[i] = true;
             }
         }
         Batch {
@@ -1877,11 +1864,6 @@ impl RepairPace {
     }
 }
 
-/// Waits as needed to keep this node's repair reads under its rate.
-async fn repair_pace(node: &Node, bytes: u64) {
-    node.repair_pace.take(bytes).await;
-}
-
 /// Verifies every block of every shard of a content and rewrites the shards that are missing or
 /// corrupt, onto the same drive when it is healthy (else another). Returns how many shards were
 /// rewritten.
@@ -1937,34 +1919,15 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         ..Checked::default()
     };
     // Pass 1: find the bad shards: headers (all at once), then every block.
-    let opened = join_all((0..total).map(|i| {
-        let (node, loc) = (node.clone(), reader.locs[i]);
-        let slot = reader.files.borrow()[i].clone();
-        async move {
-            let f = match slot {
-                Slot::Open(f) => Some(f),
-                Slot::Unopened => ShardFile::open_loc(&node, &loc, OpenMode::Read)
-                    .await
-                    .map_err(|e| {
-                        tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive)
-                    })
-                    .ok()
-                    .map(Rc::new),
-                Slot::Failed | Slot::Late => None,
-            };
-            let good = match &f {
-                Some(f) => header_ok(f, &blake3, &loc, geo).await,
-                None => false,
-            };
-            (f, good)
+    let files = &reader.files;
+    let headers = join_all(reader.locs.iter().enumerate().map(|(i, &loc)| async move {
+        match slot_file(node, files, loc, i).await {
+            Some(f) => header_ok(&f, &blake3, &loc, geo).await,
+            None => false,
         }
     }))
     .await;
-    for (i, (f, good)) in opened.into_iter().enumerate() {
-        reader.files.borrow_mut()[i] = match f {
-            Some(f) => Slot::Open(f),
-            None => Slot::Failed,
-        };
+    for (i, good) in headers.into_iter().enumerate() {
         if !good {
             reader.bad[i] = true;
         }
@@ -1991,7 +1954,9 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     let mut s0 = 0;
     while s0 < stripes {
         let n = (stripes - s0).min(READ_BATCH_STRIPES);
-        repair_pace(node, n * total as u64 * BLOCK_BYTES as u64).await;
+        node.repair_pace
+            .take(n * total as u64 * BLOCK_BYTES as u64)
+            .await;
         let batch = reader.read_batch(s0, n, 0..total, false).await;
         for s in s0..s0 + n {
             for i in 0..total {
@@ -2329,7 +2294,9 @@ async fn copy_shards(
         let mut s0 = 0;
         while s0 < stripes {
             let n = (stripes - s0).min(READ_BATCH_STRIPES);
-            repair_pace(node, n * from.len() as u64 * BLOCK_BYTES as u64).await;
+            node.repair_pace
+                .take(n * from.len() as u64 * BLOCK_BYTES as u64)
+                .await;
             let mut reads = Vec::with_capacity(from.len());
             for &i in from {
                 reads.push(reader.read_shard(i, s0, n).await);
@@ -2494,7 +2461,9 @@ async fn rebuild(
         let mut s0 = 0;
         while s0 < stripes {
             let n = (stripes - s0).min(READ_BATCH_STRIPES);
-            repair_pace(node, n * total as u64 * BLOCK_BYTES as u64).await;
+            node.repair_pace
+                .take(n * total as u64 * BLOCK_BYTES as u64)
+                .await;
             let mut batch = reader.read_batch(s0, n, 0..total, false).await;
             for s in s0..s0 + n {
                 let chunks = reader.stripe_chunks(&mut batch, s, 0..total).await?;

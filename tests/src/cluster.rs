@@ -265,6 +265,15 @@ impl Cluster {
         crate::metric_in(&text, name)
     }
 
+    /// `osctl --json ARGS` against node `via`; panics unless it succeeds.
+    pub fn osctl_json(&self, via: usize, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.osctl(via, &all);
+        assert!(out.status.success(), "osctl {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("osctl JSON")
+    }
+
     /// `osctl` against node `via`, with the cluster secret.
     pub fn osctl(&self, via: usize, args: &[&str]) -> std::process::Output {
         Command::new(binary("osctl"))

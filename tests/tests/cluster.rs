@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Node states by node id, as `osctl nodes --json` reports them through node `via`.
 fn states(c: &Cluster, via: usize) -> Vec<(String, String)> {
-    let out = c.osctl(via, &["--json", "nodes"]);
-    assert!(out.status.success(), "osctl nodes failed: {out:?}");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("osctl nodes JSON");
-    j["nodes"]
+    c.osctl_json(via, &["nodes"])["nodes"]
         .as_array()
         .expect("nodes")
         .iter()
@@ -282,6 +279,11 @@ fn quantile(v: &[Duration], q: f64) -> Duration {
     s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
 }
 
+/// The body of the `i`-th PUT of a steady load: 200–500 kB, made from its seed.
+fn load_body(i: u64) -> Vec<u8> {
+    random_bytes(10_000 + i, 200_000 + (i as usize % 7) * 50_000)
+}
+
 /// A node hangs (SIGSTOP) for 30 s under a steady PUT and GET load through the other nodes:
 /// no request fails, and GETs stay fast. Reads of a shard that is late go to parity after a
 /// deadline drawn from recent read latency (hedged reads); a PUT whose shard file on the hung
@@ -318,13 +320,12 @@ fn a_node_stopped_for_thirty_seconds_under_load_costs_no_request() {
             while t0.elapsed() < end_at {
                 let node = via[i as usize % via.len()];
                 let key = format!("load/{i}");
-                let body = random_bytes(10_000 + i, 200_000 + (i as usize % 7) * 50_000);
                 let at = t0.elapsed();
-                let r = c.put(node, &key, body.clone());
+                let r = c.put(node, &key, load_body(i));
                 let took = t0.elapsed() - at;
                 let status = r.status().as_u16();
                 let text = r.text().unwrap_or_default();
-                out.push((at, took, status, text, key, body));
+                out.push((at, took, status, text, key, i));
                 i += 1;
             }
             out
@@ -422,16 +423,19 @@ fn a_node_stopped_for_thirty_seconds_under_load_costs_no_request() {
         "GET p99 in the hang's first 5 s: {p99_first:?}"
     );
     // Everything written under load reads back right, through every node, the one that hung
-    // included.
-    let written: Vec<Obj> = puts
-        .into_iter()
-        .map(|p| Obj {
-            key: p.4,
-            body: p.5,
+    // included (bodies made again from their seeds, not all held at once).
+    for (n, p) in puts.iter().enumerate() {
+        let obj = Obj {
+            key: p.4.clone(),
+            body: load_body(p.5),
             blake3: String::new(),
-        })
-        .collect();
-    check_all(&c, &written, &[stopped, 0, 1, 2, 3, 4]);
+        };
+        check_all(
+            &c,
+            std::slice::from_ref(&obj),
+            &[[stopped, 0, 1, 2, 3, 4][n % 6]],
+        );
+    }
 }
 
 /// A node whose shard server stops reading while its QUIC stack and its heartbeats go on (the
@@ -595,15 +599,8 @@ fn a_node_down_past_the_grace_period_is_rebuilt_elsewhere() {
 #[test]
 fn the_repair_rate_paces_a_rebuild_that_status_reports() {
     let mut c = Cluster::start_with(7, 1, &["--down-grace", "1s"]);
-    let osctl_json = |c: &Cluster, args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = c.osctl(0, &all);
-        assert!(out.status.success(), "osctl {args:?}: {out:?}");
-        serde_json::from_slice(&out.stdout).expect("osctl JSON")
-    };
     let limit = 256 * 1024u64;
-    let set = osctl_json(&c, &["repair-rate", "256KiB"]);
+    let set = c.osctl_json(0, &["repair-rate", "256KiB"]);
     assert_eq!(set["limit_bytes_per_s"], limit, "{set}");
     let objs: Vec<Obj> = (0..8)
         .map(|i| {
@@ -622,7 +619,7 @@ fn the_repair_rate_paces_a_rebuild_that_status_reports() {
     // limits, and an ETA.
     let mut seen = None;
     let ok = eventually(Duration::from_secs(30), || {
-        let st = osctl_json(&c, &["status"]);
+        let st = c.osctl_json(0, &["status"]);
         let r = &st["repair"];
         if r["bytes_to_go"].as_u64().unwrap_or(0) > 0
             && r["bytes_per_s"].as_u64().unwrap_or(0) > 0
@@ -636,7 +633,7 @@ fn the_repair_rate_paces_a_rebuild_that_status_reports() {
     assert!(
         ok,
         "status never showed a rebuild under way: {}",
-        osctl_json(&c, &["status"])
+        c.osctl_json(0, &["status"])
     );
     eprintln!("rebuild under a {limit} B/s limit per node: {seen}");
     assert_eq!(seen["limit_bytes_per_s"], limit, "{seen}");
@@ -646,7 +643,7 @@ fn the_repair_rate_paces_a_rebuild_that_status_reports() {
         rate <= 6 * (limit + 1_600_000 / 10),
         "rebuild read {rate} B/s, over six nodes' limits of {limit} B/s"
     );
-    let lifted = osctl_json(&c, &["repair-rate", "unlimited"]);
+    let lifted = c.osctl_json(0, &["repair-rate", "unlimited"]);
     assert_eq!(lifted["limit_bytes_per_s"], "unlimited", "{lifted}");
     let t0 = Instant::now();
     let done = eventually(Duration::from_secs(60), || {
@@ -658,15 +655,15 @@ fn the_repair_rate_paces_a_rebuild_that_status_reports() {
     assert!(
         done,
         "the rebuild did not finish once unlimited: {}",
-        osctl_json(&c, &["status"])
+        c.osctl_json(0, &["status"])
     );
     eprintln!(
         "rebuild finished {:?} after the limit was lifted",
         t0.elapsed()
     );
-    let st = osctl_json(&c, &["status"]);
+    let st = c.osctl_json(0, &["status"]);
     assert_eq!(st["repair"]["bytes_to_go"], 0, "{st}");
-    let back = osctl_json(&c, &["repair-rate", "default"]);
+    let back = c.osctl_json(0, &["repair-rate", "default"]);
     assert_eq!(back["limit_bytes_per_s"], 256u64 << 20, "{back}");
     check_all(&c, &objs, &[0, 1, 2, 3, 4, 5]);
 }
@@ -920,13 +917,18 @@ fn files_on(c: &Cluster, i: usize) -> usize {
         .sum()
 }
 
-fn drain(c: &Cluster, via: usize, node: &str) -> serde_json::Value {
-    let out = c.osctl(
-        via,
-        &["--json", "drain", node, "--wait", "--timeout", "180"],
+/// `osctl drain NODE --wait` through node `via` for node `i` (named by `name`, its id or
+/// address): the drain ends with nothing left on the node, no shard, no intent, no file.
+fn drain(c: &Cluster, via: usize, i: usize, name: &str) -> serde_json::Value {
+    let j = c.osctl_json(via, &["drain", name, "--wait", "--timeout", "180"]);
+    assert_eq!(j["state"], "drained", "{j}");
+    assert_eq!(
+        (j["shards"].as_u64(), j["intents"].as_u64()),
+        (Some(0), Some(0)),
+        "{j}"
     );
-    assert!(out.status.success(), "osctl drain {node} --wait: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("osctl drain JSON")
+    assert_eq!(files_on(c, i), 0, "a drained node must hold no shard file");
+    j
 }
 
 /// A drain that follows faults finishes: a node hung (SIGSTOP) and a wedged shard server, each
@@ -965,15 +967,8 @@ fn a_drain_after_faults_finishes() {
 
     let leaving = c.nodes[5].id.clone();
     let t0 = Instant::now();
-    let j = drain(&c, 0, &leaving);
+    let j = drain(&c, 0, 5, &leaving);
     eprintln!("drain after faults finished in {:?}: {j}", t0.elapsed());
-    assert_eq!(j["state"], "drained", "{j}");
-    assert_eq!(
-        (j["shards"].as_u64(), j["intents"].as_u64()),
-        (Some(0), Some(0)),
-        "{j}"
-    );
-    assert_eq!(files_on(&c, 5), 0, "a drained node must hold no shard file");
     check_all(&c, &objs, &[0, 1, 2, 3, 4, 6]);
 }
 
@@ -998,8 +993,7 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
     );
 
     // Drain node 6 by id, from node 0, while writes go on: they avoid the draining node.
-    let out = c.osctl(0, &["--json", "drain", &leaving]);
-    assert!(out.status.success(), "osctl drain: {out:?}");
+    c.osctl_json(0, &["drain", &leaving]);
     for i in 0..3 {
         objs.push(put(
             &c,
@@ -1008,14 +1002,7 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
             random_bytes(70 + i as u64, 600_000),
         ));
     }
-    let j = drain(&c, 1, &leaving);
-    assert_eq!(j["state"], "drained", "{j}");
-    assert_eq!(
-        (j["shards"].as_u64(), j["intents"].as_u64()),
-        (Some(0), Some(0)),
-        "{j}"
-    );
-    assert_eq!(files_on(&c, 6), 0, "a drained node must hold no shard file");
+    drain(&c, 1, 6, &leaving);
     let (_, v) = c.json(0, "/admin/cluster");
     let me = v["nodes"]
         .as_array()
@@ -1024,8 +1011,7 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
         .find(|n| n["id"] == leaving.as_str())
         .unwrap();
     assert_eq!(me["drain"], "drained", "{v}");
-    let out = c.osctl(4, &["--json", "status"]);
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let st = c.osctl_json(4, &["status"]);
     let job = st["jobs"]
         .as_array()
         .unwrap()
@@ -1066,9 +1052,7 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
         files_on(&c, 6) > 0
     });
     assert!(ok, "an undrained node should take new shards");
-    let j = drain(&c, 3, &c.nodes[6].http.clone());
-    assert_eq!(j["state"], "drained", "{j}");
-    assert_eq!(files_on(&c, 6), 0, "a drained node must hold no shard file");
+    drain(&c, 3, 6, &c.nodes[6].http.clone());
 
     // The drained node and one more die: nothing is lost.
     let other = c.nodes[0].id.clone();
@@ -1076,8 +1060,7 @@ fn a_drained_node_holds_nothing_and_two_more_losses_lose_nothing() {
     c.kill9(0);
     wait_states(&c, 1, &[&leaving, &other], Duration::from_secs(15));
     check_all(&c, &objs, &[1, 2, 3, 4, 5]);
-    let out = c.osctl(1, &["--json", "status"]);
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let st = c.osctl_json(1, &["status"]);
     assert!(
         st["missing_shards"].as_i64() > Some(0),
         "node 0's shards are missing: {st}"
@@ -1098,8 +1081,7 @@ fn a_new_node_gets_its_share_by_rebalance() {
         })
         .collect();
     let shards_per_node = |c: &Cluster| -> Vec<(String, i64)> {
-        let out = c.osctl(0, &["--json", "status"]);
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let st = c.osctl_json(0, &["status"]);
         let mut per: Vec<(String, i64)> = Vec::new();
         for d in st["shards_per_drive"].as_array().unwrap() {
             let n = d["node"].as_str().unwrap().to_string();

@@ -179,19 +179,32 @@ impl Answer {
 /// said.
 fn call(cli: &Cli, method: http::Method, path: &str) -> anyhow::Result<Answer> {
     let (rt, client) = api(cli)?;
-    let url = format!("{}{}", cli.endpoint.trim_end_matches('/'), path);
-    rt.block_on(async {
-        let r = client
-            .request(method.clone(), path, Default::default(), Default::default())
-            .await
-            .with_context(|| format!("{method} {url}"))?
-            .error_for_status()
-            .await
-            .with_context(|| url.clone())?;
-        Ok(Answer(
-            r.bytes().await.with_context(|| format!("{method} {url}"))?,
-        ))
-    })
+    rt.block_on(send(
+        client,
+        cli.endpoint.trim_end_matches('/'),
+        method,
+        path,
+    ))
+}
+
+/// `method path` through `client` (whose endpoint is `base`).
+async fn send(
+    client: &ostore_client::Client,
+    base: &str,
+    method: http::Method,
+    path: &str,
+) -> anyhow::Result<Answer> {
+    let url = format!("{base}{path}");
+    let r = client
+        .request(method.clone(), path, Default::default(), Default::default())
+        .await
+        .with_context(|| format!("{method} {url}"))?
+        .error_for_status()
+        .await
+        .with_context(|| url.clone())?;
+    Ok(Answer(
+        r.bytes().await.with_context(|| format!("{method} {url}"))?,
+    ))
 }
 
 fn get(cli: &Cli, path: &str) -> anyhow::Result<Answer> {
@@ -205,21 +218,7 @@ fn get_from(cli: &Cli, http_addr: &str, path: &str) -> anyhow::Result<Answer> {
     let client = ostore_client::Client::builder(&base)
         .secret(secret(cli)?)
         .build()?;
-    rt.block_on(async {
-        let r = client
-            .request(
-                http::Method::GET,
-                path,
-                Default::default(),
-                Default::default(),
-            )
-            .await
-            .with_context(|| format!("GET {base}{path}"))?
-            .error_for_status()
-            .await
-            .with_context(|| format!("{base}{path}"))?;
-        Ok(Answer(r.bytes().await?))
-    })
+    rt.block_on(send(&client, &base, http::Method::GET, path))
 }
 
 /// What every up node's repairs read now (bytes per second), by node id; this node's alone in
