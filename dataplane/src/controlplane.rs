@@ -421,13 +421,8 @@ const REBALANCE_RETRY_ROUNDS: u32 = 10;
 /// content cannot move).
 const REBALANCE_OFFER_MIN: usize = 64;
 
-/// Rebalancing: when the move queue is empty and some node holds clearly less than the mean
-/// (a node that joined, or came back from a drain), queues for moving, from each node holding
-/// more than the mean, twice as many of its contents as it holds above the mean. The nodes then
-/// move one shard per content to the least loaded node that holds none of it
-/// (`placement::moves`), and stop once every node is within 5 % of the mean.
-async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> {
-    let client = MetaClient::Local(c.meta.clone());
+/// Whether any content waits in the move queue.
+async fn moves_queued(client: &MetaClient) -> anyhow::Result<bool> {
     let queue: Vec<([u8; 32], u64)> = client
         .call(Rq::WorkQueue {
             moves: true,
@@ -435,7 +430,17 @@ async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> 
             limit: 1,
         })
         .await?;
-    if !queue.is_empty() {
+    Ok(!queue.is_empty())
+}
+
+/// Rebalancing: when the move queue is empty and some node holds clearly less than the mean
+/// (a node that joined, or came back from a drain), queues for moving, from each node holding
+/// more than the mean, twice as many of its contents as it holds above the mean. The nodes then
+/// move one shard per content to the least loaded node that holds none of it
+/// (`placement::moves`), and stop once every node is within 5 % of the mean.
+async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> {
+    let client = MetaClient::Local(c.meta.clone());
+    if moves_queued(&client).await? {
         return Ok(());
     }
     let view: ClusterView = client.call(Rq::Cluster).await?;
@@ -579,14 +584,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
                 })
                 .await?;
         }
-        let queue: Vec<([u8; 32], u64)> = client
-            .call(Rq::WorkQueue {
-                moves: true,
-                from: [0; 32],
-                limit: 1,
-            })
-            .await?;
-        if !queue.is_empty() {
+        if moves_queued(&client).await? {
             continue;
         }
         let mut queued = 0;
