@@ -3,7 +3,7 @@
 //! loopback, with the same TLS (the cluster's mutual TLS 1.3) and the same transport settings.
 //! Each side is one sender thread and one receiver thread, pinned to different CPUs.
 
-use ostore_dataplane::peer::{credentials, PeerTls, NODE_NAME};
+use ostore_transport::tls::{credentials, PeerTls, NODE_NAME};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ fn cpus() -> usize {
 /// ostore's driver: receiver and sender on two glommio executors.
 fn ours(tls: &PeerTls, bytes: u64, streams: usize) -> anyhow::Result<Duration> {
     use glommio::{LocalExecutorBuilder, Placement};
-    use ostore_dataplane::quic::Endpoint;
+    use ostore_transport::quic::Endpoint;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
     let server_cfg = tls.server.clone();
     let server = LocalExecutorBuilder::new(Placement::Fixed(0))

@@ -4,10 +4,10 @@
 //! credentials and errors. Bodies stream both ways: the request body is read frame by frame as
 //! the route consumes it, the response body is sent piece by piece as it is produced.
 
-use crate::h3conn::{H3Conn, H3Recv};
+use ostore_transport::http3::{H3Conn, H3Recv};
 use crate::http::{handle, ReqBody};
 use crate::node::{wait_stopping, Node};
-use crate::quic;
+use ostore_transport::quic;
 use bytes::{Buf, Bytes};
 use h3::server::RequestStream;
 use http::header::{self, HeaderValue};
@@ -240,7 +240,7 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
 async fn request(
     node: Arc<Node>,
     req: Request<()>,
-    stream: RequestStream<crate::h3conn::H3Bidi<Bytes>, Bytes>,
+    stream: RequestStream<ostore_transport::http3::H3Bidi<Bytes>, Bytes>,
     quic: &quic::Connection,
 ) {
     node.metrics
@@ -328,7 +328,7 @@ async fn request(
     }
     // The request counts as in flight until the client has the whole answer: a stopping server
     // closes its connections once nothing is in flight, and closing drops what is undelivered.
-    quic.send_settled(crate::h3conn::quic_id(send.send_id()))
+    quic.send_settled(ostore_transport::http3::quic_id(send.send_id()))
         .await;
 }
 
@@ -383,7 +383,7 @@ pub fn server_setup(
         .with_context(|| format!("reading the certificate {}", cert.display()))?;
     let key_der = PrivateKeyDer::from_pem_file(&key)
         .with_context(|| format!("reading the key {}", key.display()))?;
-    let config = crate::h3conn::server_config(chain, key_der)
+    let config = ostore_transport::http3::server_config(chain, key_der)
         .with_context(|| format!("the certificate {}", cert.display()))?;
     Ok(Some((config, cert)))
 }

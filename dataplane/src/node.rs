@@ -844,7 +844,7 @@ fn start_executors(
                 let mut h3_serving = None;
                 if let Some(config) = h3 {
                     // HTTP/3 on UDP at the HTTP port, one endpoint per executor.
-                    match crate::quic::Endpoint::bind(http_addr, true, Some(config)) {
+                    match ostore_transport::quic::Endpoint::bind(http_addr, true, Some(config)) {
                         Ok(ep) => {
                             h3_serving =
                                 Some(glommio::spawn_local(crate::http3::serve(node.clone(), ep)));
@@ -857,7 +857,7 @@ fn start_executors(
                     }
                 }
                 if let (Some(addr), Some(cluster)) = (peer_addr, &node.cluster) {
-                    match crate::quic::Endpoint::bind(addr, true, Some(cluster.tls.server.clone()))
+                    match ostore_transport::quic::Endpoint::bind(addr, true, Some(cluster.tls.server.clone()))
                     {
                         Ok(ep) => {
                             glommio::spawn_local(crate::peer::serve(node.clone(), ep)).detach();
@@ -1283,7 +1283,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         .ok()
         .filter(|s| !s.is_empty())
         .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
-    let tls = crate::peer::credentials(&secret)?;
+    let tls = ostore_transport::tls::credentials(&secret)?;
     let meta = MetaClient::Remote(crate::metaclient::RemoteMeta {
         addr: opts.control,
         secret: secret.clone(),

@@ -772,7 +772,7 @@ fn resumable_upload_across_nodes(c: &Cluster) {
 mod outsider {
     //! Connects to a node's peer port with an independent QUIC stack (quinn on tokio).
 
-    use ostore_dataplane::peer::{node_certificate, NODE_NAME};
+    use ostore_transport::tls::{node_certificate, NODE_NAME};
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
     use rustls::{DigitallySignedStruct, SignatureScheme};

@@ -45,7 +45,7 @@ fn h3_id(id: quinn_proto::StreamId) -> StreamId {
 }
 
 /// The QUIC stream behind an h3 stream id.
-pub(crate) fn quic_id(id: StreamId) -> quinn_proto::StreamId {
+pub fn quic_id(id: StreamId) -> quinn_proto::StreamId {
     quinn_proto::VarInt::from_u64(id.into_inner())
         .expect("h3 stream ids are varints")
         .into()
