@@ -123,6 +123,29 @@ impl ClusterView {
     pub fn draining(&self, node: u32) -> bool {
         self.drains.iter().any(|(n, _)| *n == node)
     }
+
+    /// Every drive as placement sees it: healthy when its node is up and not `excluded` (for
+    /// new shards: draining, or just found unreachable), and the drive is not being refilled.
+    pub fn drive_views(
+        &self,
+        excluded: impl Fn(&NodeRec) -> bool,
+    ) -> Vec<ostore_engine::placement::DriveView> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let zone = ostore_engine::placement::zone_id(&n.zone);
+            let in_service = n.up && !excluded(n);
+            for d in &n.drives {
+                out.push(ostore_engine::placement::DriveView {
+                    id: d.id,
+                    node: n.id,
+                    zone,
+                    free_bytes: d.free_bytes,
+                    healthy: in_service && !d.refill,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// How far a drain is: what still sits on the node's drives.

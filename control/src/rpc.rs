@@ -419,37 +419,14 @@ fn enc<T: Serialize>(v: T) -> Result<Vec<u8>, MetaError> {
     Ok(postcard::to_stdvec(&v).expect("answers always serialize"))
 }
 
-/// Whether the shards of `content` sit where the placement rules want them, given `view`.
+/// Whether the shards of `content` sit where the placement rules want them, given `view`
+/// (`placement::misplaced`; a draining node's shards are moved by the drain, not by repair).
 pub fn misplaced(view: &ClusterView, content: &ContentRec) -> bool {
     let Stored::Sharded { shards, .. } = &content.stored else {
         return false;
     };
-    let node_of = |drive: u16| {
-        view.nodes
-            .iter()
-            .find(|n| n.drives.iter().any(|d| d.id == drive))
-    };
-    let up_nodes = view.nodes.iter().filter(|n| n.up).count();
-    let mut seen = Vec::with_capacity(shards.len());
-    for s in shards {
-        match node_of(s.drive) {
-            None => return true,
-            Some(n) => {
-                let refill = n.drives.iter().any(|d| d.id == s.drive && d.refill);
-                if !n.up || refill {
-                    return true;
-                }
-                seen.push(n.id);
-            }
-        }
-    }
-    seen.sort_unstable();
-    let distinct = {
-        let mut d = seen.clone();
-        d.dedup();
-        d.len()
-    };
-    distinct < shards.len() && distinct < up_nodes
+    let drives: Vec<u16> = shards.iter().map(|s| s.drive).collect();
+    ostore_engine::placement::misplaced(&view.drive_views(|_| false), &drives)
 }
 
 /// The encoded answer to a heartbeat that was not recorded.

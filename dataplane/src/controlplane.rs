@@ -19,6 +19,7 @@ use ostore_control::cluster::{self, ClusterView};
 use ostore_control::kv::Kv;
 use ostore_control::rpc::{self, Request as Rq};
 use ostore_control::service::{now_ms, Meta};
+use ostore_engine::placement::{NodeLoad, Rebalancer};
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -343,7 +344,7 @@ async fn leader(c: Arc<Control>) {
     let holder: u64 = rand::random();
     let mut last_up: Option<usize> = None;
     let mut tick: u64 = 0;
-    let mut rebalance_seen: RebalanceSeen = None;
+    let mut rebalancer = Rebalancer::default();
     loop {
         tick += 1;
         glommio::timer::sleep(Duration::from_millis(1000)).await;
@@ -382,7 +383,7 @@ async fn leader(c: Arc<Control>) {
             if let Err(e) = advance_drains(&c).await {
                 tracing::error!("draining: {e}");
             }
-            if let Err(e) = rebalance(&c, &mut rebalance_seen).await {
+            if let Err(e) = rebalance(&c, &mut rebalancer).await {
                 tracing::error!("rebalancing: {e}");
             }
         }
@@ -408,19 +409,6 @@ async fn leader(c: Arc<Control>) {
 /// Drains are checked every this many leader ticks (seconds).
 const DRAIN_CHECK_TICKS: u64 = 3;
 
-/// What the last rebalancing rounds saw: the membership epoch, the shards per node, and how
-/// many rounds in a row moved nothing. After [`REBALANCE_IDLE_ROUNDS`] such rounds rebalancing
-/// rests, trying again every [`REBALANCE_RETRY_ROUNDS`] rounds.
-type RebalanceSeen = Option<(u64, Vec<(u32, i64)>, u32)>;
-
-/// Rounds without progress before rebalancing rests.
-const REBALANCE_IDLE_ROUNDS: u32 = 3;
-/// While resting, rebalancing tries again every this many rounds.
-const REBALANCE_RETRY_ROUNDS: u32 = 10;
-/// Contents a drive above the mean offers per round at least (one metadata read each when the
-/// content cannot move).
-const REBALANCE_OFFER_MIN: usize = 64;
-
 /// Whether any content waits in the move queue.
 async fn moves_queued(client: &MetaClient) -> anyhow::Result<bool> {
     let queue: Vec<([u8; 32], u64)> = client
@@ -433,12 +421,12 @@ async fn moves_queued(client: &MetaClient) -> anyhow::Result<bool> {
     Ok(!queue.is_empty())
 }
 
-/// Rebalancing: when the move queue is empty and some node holds clearly less than the mean
-/// (a node that joined, or came back from a drain), queues for moving, from each node holding
-/// more than the mean, twice as many of its contents as it holds above the mean. The nodes then
-/// move one shard per content to the least loaded node that holds none of it
-/// (`placement::moves`), and stop once every node is within 5 % of the mean.
-async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> {
+/// Rebalancing, when the move queue is empty: `placement::Rebalancer` decides from the shards
+/// each node in service holds which nodes offer how many contents per drive, and this queues
+/// them for moving, each drive from a random point of its index (so that drives holding shards
+/// of the same objects offer different ones). The nodes then move one shard per content to the
+/// least loaded node that holds none of it (`placement::moves`).
+async fn rebalance(c: &Control, rebalancer: &mut Rebalancer) -> anyhow::Result<()> {
     let client = MetaClient::Local(c.meta.clone());
     if moves_queued(&client).await? {
         return Ok(());
@@ -461,50 +449,26 @@ async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> 
             drives: drives.clone(),
         })
         .await?;
-    let per_node: Vec<(u32, i64)> = eligible
+    let loads: Vec<NodeLoad> = eligible
         .iter()
         .map(|n| {
-            let sum = n
+            let sum: i64 = n
                 .drives
                 .iter()
                 .filter_map(|d| drives.iter().position(|x| *x == d.id).map(|i| counts[i]))
                 .sum();
-            (n.id, sum)
+            NodeLoad {
+                node: n.id,
+                shards: sum.max(0) as u64,
+                drives: n.drives.len(),
+            }
         })
         .collect();
-    let mean = per_node.iter().map(|(_, c)| *c as f64).sum::<f64>() / per_node.len() as f64;
-    let slack = (mean * 0.05).max(1.0);
-    let under = per_node.iter().any(|(_, c)| (*c as f64) < mean - slack);
-    if !under {
-        *seen = None;
-        return Ok(());
-    }
-    let idle = match seen {
-        Some((e, p, n)) if *e == view.epoch && *p == per_node => *n + 1,
-        _ => 0,
-    };
-    *seen = Some((view.epoch, per_node.clone(), idle));
-    // Rest after a few rounds that moved nothing; try again now and then (random offers may
-    // simply have missed the movable contents).
-    if idle >= REBALANCE_IDLE_ROUNDS && !idle.is_multiple_of(REBALANCE_RETRY_ROUNDS) {
-        return Ok(());
-    }
-    // Each over-full drive offers twice its excess (at least 64), from a random point of its index, so that
-    // drives holding shards of the same objects offer different ones (a content that cannot
-    // move is passed over at the cost of one metadata read).
     let mut queued = 0;
-    for (id, count) in &per_node {
-        let excess = (*count as f64 - mean).ceil();
-        if excess < 1.0 {
+    for (id, per_drive) in rebalancer.round(view.epoch, &loads) {
+        let Some(node) = eligible.iter().find(|n| n.id == id) else {
             continue;
-        }
-        let node = eligible
-            .iter()
-            .find(|n| n.id == *id)
-            .expect("eligible node");
-        let per_drive = (2 * excess as usize)
-            .max(REBALANCE_OFFER_MIN)
-            .div_ceil(node.drives.len().max(1));
+        };
         for d in &node.drives {
             queued += client
                 .queue_drive_for_move(d.id, per_drive, Some(rand::random()))
@@ -513,7 +477,8 @@ async fn rebalance(c: &Control, seen: &mut RebalanceSeen) -> anyhow::Result<()> 
     }
     if queued > 0 {
         tracing::info!(
-            "rebalancing: {queued} content(s) queued to move toward {mean:.0} shards per node"
+            "rebalancing: {queued} content(s) queued to move toward {:.0} shards per node",
+            Rebalancer::mean(&loads)
         );
     }
     Ok(())

@@ -466,23 +466,11 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
         return local.collect();
     };
     let mut out: Vec<DriveView> = local.collect();
-    for n in &view.nodes {
-        let zone = u32::from_le_bytes(
-            blake3::hash(n.zone.as_bytes()).as_bytes()[..4]
-                .try_into()
-                .expect("4 bytes"),
-        );
-        for d in &n.drives {
-            match out.iter_mut().find(|x| x.id == d.id) {
-                Some(mine) => mine.zone = zone,
-                None => out.push(DriveView {
-                    id: d.id,
-                    node: n.id,
-                    zone,
-                    free_bytes: d.free_bytes,
-                    healthy: n.up && !d.refill && !view.draining(n.id) && !cluster.suspected(n.id),
-                }),
-            }
+    let others = view.drive_views(|n| view.draining(n.id) || cluster.suspected(n.id));
+    for d in others {
+        match out.iter_mut().find(|x| x.id == d.id) {
+            Some(mine) => mine.zone = d.zone,
+            None => out.push(d),
         }
     }
     out
@@ -2003,7 +1991,7 @@ fn shard_moves(
 }
 
 /// Rebuilds the shards at positions `broken` (and makes the `moves`) onto the drives
-/// [`choose_targets`] picks from `views`, and points the content at the new files. Returns how
+/// `placement::targets` picks from `views`, and points the content at the new files. Returns how
 /// many shards were written.
 async fn rebuild_onto(
     node: &Arc<Node>,
@@ -2016,14 +2004,16 @@ async fn rebuild_onto(
     let geo = reader.geometry();
     let blake3 = reader.blake3;
     let current: Vec<u16> = reader.locs.iter().map(|l| l.drive).collect();
-    let targets = choose_targets(
+    let targets = placement::targets(
         views,
         &current,
         broken,
         moves,
         geo.shard_file_bytes(),
         geo.ec.parity,
-    );
+        rand::random(),
+    )
+    .map_err(|e| StoreError::InsufficientStorage(e.to_string()));
     let targets = match targets {
         Ok(t) => t,
         Err(e) => {
@@ -2091,56 +2081,6 @@ async fn clear_damaged(node: &Node, content: &ContentRec, blake3: [u8; 32]) -> R
         node.meta.call::<()>(Rq::ClearDamaged { blake3 }).await?;
     }
     Ok(())
-}
-
-/// Where the shards of one object go: the `broken` positions must be rebuilt (an error if they
-/// cannot be placed); each of the `moves` is made only if it can be placed and leaves no node
-/// with more than `parity` shards of the object (nor more than it had), so an unplaceable or
-/// unsafe move never holds back a repair. Returns (position, drive) sorted by position.
-fn choose_targets(
-    views: &[DriveView],
-    current: &[u16],
-    broken: &[usize],
-    moves: &[(usize, Option<u16>)],
-    shard_bytes: u64,
-    parity: u8,
-) -> Result<Vec<(usize, u16)>> {
-    let mut out: Vec<(usize, u16)> = Vec::new();
-    let mut after = current.to_vec();
-    if !broken.is_empty() {
-        let drives = placement::replacements(views, current, broken, shard_bytes, rand::random())
-            .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
-        for (&i, d) in broken.iter().zip(drives) {
-            after[i] = d;
-            out.push((i, d));
-        }
-    }
-    let anywhere: Vec<usize> = moves
-        .iter()
-        .filter(|m| m.1.is_none())
-        .map(|m| m.0)
-        .collect();
-    let mut placed =
-        match placement::replacements(views, &after, &anywhere, shard_bytes, rand::random()) {
-            Ok(p) => p.into_iter(),
-            Err(_) => Vec::new().into_iter(),
-        };
-    for &(i, to) in moves {
-        let Some(d) = to.or_else(|| placed.next()) else {
-            continue;
-        };
-        let before = placement::max_per_node(views, &after).0;
-        let old = after[i];
-        after[i] = d;
-        let now = placement::max_per_node(views, &after).0;
-        if now > parity as usize && now > before {
-            after[i] = old;
-            continue;
-        }
-        out.push((i, d));
-    }
-    out.sort_unstable();
-    Ok(out)
 }
 
 /// Names new shard files for `targets` (position, drive) and records them in a fresh intent
@@ -2233,14 +2173,16 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
         counts.as_deref(),
         geo.shard_file_bytes(),
     );
-    let targets = choose_targets(
+    let targets = placement::targets(
         &views,
         &current,
         &[],
         &moves,
         geo.shard_file_bytes(),
         geo.ec.parity,
-    )?;
+        rand::random(),
+    )
+    .map_err(|e| StoreError::InsufficientStorage(e.to_string()))?;
     if targets.is_empty() {
         return Ok(0);
     }

@@ -700,7 +700,7 @@ pub fn moves(
     }
     let total: u64 = eligible.iter().map(|&n| count(n)).sum();
     let mean = total as f64 / eligible.len() as f64;
-    let slack = (mean * 0.05).max(1.0);
+    let slack = balance_slack(mean);
     let object_nodes: Vec<Option<u32>> = current.iter().map(|&d| node_of(d)).collect();
     // Only from a node in service: a shard on a node that is down is not copied (repair
     // rebuilds it if the node stays away).
@@ -732,6 +732,243 @@ pub fn moves(
         out.push((i, Some(drive)));
     }
     out
+}
+
+/// How far (in shards) a node may be from the mean before rebalancing moves shards to or from
+/// it: 5 % of the mean, at least one shard.
+pub fn balance_slack(mean: f64) -> f64 {
+    (mean * 0.05).max(1.0)
+}
+
+/// The zone id placement uses for a node's zone name (the first four bytes of its BLAKE3).
+pub fn zone_id(name: &str) -> u32 {
+    let h = blake3::hash(name.as_bytes());
+    u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]])
+}
+
+/// Where the shards of one object go when it is repaired or moved: the `broken` positions must
+/// be rebuilt (an error if they cannot be placed, see [`replacements`]); each of the `moves`
+/// ([`moves`]) is made only if it can be placed and leaves no node with more than `parity`
+/// shards of the object (nor more than it had), so an unplaceable or unsafe move never holds
+/// back a repair. Returns (position, drive) sorted by position. `spread` as in [`place`].
+pub fn targets(
+    drives: &[DriveView],
+    current: &[u16],
+    broken: &[usize],
+    moves: &[(usize, Option<u16>)],
+    shard_bytes: u64,
+    parity: u8,
+    spread: u64,
+) -> Result<Vec<(usize, u16)>, PlacementError> {
+    let mut out: Vec<(usize, u16)> = Vec::new();
+    let mut after = current.to_vec();
+    if !broken.is_empty() {
+        let placed = replacements(drives, current, broken, shard_bytes, spread)?;
+        for (&i, d) in broken.iter().zip(placed) {
+            after[i] = d;
+            out.push((i, d));
+        }
+    }
+    let anywhere: Vec<usize> = moves
+        .iter()
+        .filter(|m| m.1.is_none())
+        .map(|m| m.0)
+        .collect();
+    let mut placed = replacements(drives, &after, &anywhere, shard_bytes, spread.rotate_left(32))
+        .unwrap_or_default()
+        .into_iter();
+    for &(i, to) in moves {
+        let Some(d) = to.or_else(|| placed.next()) else {
+            continue;
+        };
+        let before = max_per_node(drives, &after).0;
+        let old = after[i];
+        after[i] = d;
+        let now = max_per_node(drives, &after).0;
+        if now > parity as usize && now > before {
+            after[i] = old;
+            continue;
+        }
+        out.push((i, d));
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Whether the shards of one object (`current`, the drive of each) sit where the placement
+/// rules want them: every shard on a known healthy drive, and on as many distinct nodes as
+/// there are shards or nodes with a healthy drive, whichever is fewer. A misplaced object is
+/// queued for repair, which moves what [`moves`] says.
+pub fn misplaced(drives: &[DriveView], current: &[u16]) -> bool {
+    let mut nodes = Vec::with_capacity(current.len());
+    for id in current {
+        match drives.iter().find(|d| d.id == *id) {
+            Some(d) if d.healthy => nodes.push(d.node),
+            _ => return true,
+        }
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    let mut healthy: Vec<u32> = drives.iter().filter(|d| d.healthy).map(|d| d.node).collect();
+    healthy.sort_unstable();
+    healthy.dedup();
+    nodes.len() < current.len() && nodes.len() < healthy.len()
+}
+
+/// One node's part in a rebalancing round: its id, the shards it holds, its drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLoad {
+    pub node: u32,
+    pub shards: u64,
+    pub drives: usize,
+}
+
+/// Contents an over-full drive offers per round at least (one metadata read each when the
+/// content cannot move).
+pub const REBALANCE_OFFER_MIN: usize = 64;
+/// Rounds without progress before rebalancing rests.
+pub const REBALANCE_IDLE_ROUNDS: u32 = 3;
+/// While resting, rebalancing tries again every this many rounds.
+pub const REBALANCE_RETRY_ROUNDS: u32 = 10;
+
+/// The leader's rebalancing decision, round by round. Each round is given the membership
+/// epoch and the shards held by each node in service (up, not draining, with a drive that is
+/// not being refilled), and only runs when the move queue is empty. When some node holds
+/// clearly less than the mean ([`balance_slack`]), every node above the mean offers twice its
+/// excess (at least [`REBALANCE_OFFER_MIN`] per round), spread over its drives; the nodes then
+/// move one shard per offered content toward the least loaded node ([`moves`]). After
+/// [`REBALANCE_IDLE_ROUNDS`] rounds in a row that changed nothing (same epoch, same counts) it
+/// rests, trying again every [`REBALANCE_RETRY_ROUNDS`] rounds (random offers may simply have
+/// missed the contents that can move).
+#[derive(Debug, Default, Clone)]
+pub struct Rebalancer {
+    seen: Option<(u64, Vec<NodeLoad>, u32)>,
+}
+
+impl Rebalancer {
+    /// This round's offers: (node, contents to offer from each of its drives).
+    pub fn round(&mut self, epoch: u64, loads: &[NodeLoad]) -> Vec<(u32, usize)> {
+        if loads.len() < 2 {
+            return Vec::new();
+        }
+        let mean = loads.iter().map(|l| l.shards as f64).sum::<f64>() / loads.len() as f64;
+        let slack = balance_slack(mean);
+        if !loads.iter().any(|l| (l.shards as f64) < mean - slack) {
+            self.seen = None;
+            return Vec::new();
+        }
+        let idle = match &self.seen {
+            Some((e, l, n)) if *e == epoch && l == loads => n + 1,
+            _ => 0,
+        };
+        self.seen = Some((epoch, loads.to_vec(), idle));
+        if idle >= REBALANCE_IDLE_ROUNDS && !idle.is_multiple_of(REBALANCE_RETRY_ROUNDS) {
+            return Vec::new();
+        }
+        loads
+            .iter()
+            .filter_map(|l| {
+                let excess = (l.shards as f64 - mean).ceil();
+                (excess >= 1.0).then(|| {
+                    let per_drive = (2 * excess as usize)
+                        .max(REBALANCE_OFFER_MIN)
+                        .div_ceil(l.drives.max(1));
+                    (l.node, per_drive)
+                })
+            })
+            .collect()
+    }
+
+    /// The mean the last round aimed at, for the log.
+    pub fn mean(loads: &[NodeLoad]) -> f64 {
+        loads.iter().map(|l| l.shards as f64).sum::<f64>() / loads.len().max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+
+    fn one_drive_nodes(n: u32) -> Vec<DriveView> {
+        (0..n)
+            .map(|i| DriveView {
+                id: i as u16,
+                node: i,
+                zone: 0,
+                free_bytes: 100 << 30,
+                healthy: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn zone_ids_are_stable() {
+        // Pinned: nodes of one cluster must agree, across versions, on which zone is which.
+        assert_eq!(zone_id(""), 0xb94913af);
+        assert_ne!(zone_id("a"), zone_id("b"));
+    }
+
+    #[test]
+    fn misplaced_follows_the_write_rule() {
+        let mut d = one_drive_nodes(6);
+        assert!(!misplaced(&d, &[0, 1, 2, 3, 4, 5]));
+        // Two shards on one node while another node holds none.
+        assert!(misplaced(&d, &[0, 0, 2, 3, 4, 5]));
+        // The same with only five nodes in service: as spread as it can be.
+        d[1].healthy = false;
+        assert!(!misplaced(&d, &[0, 0, 2, 3, 4, 5]));
+        // A shard on a drive out of service, or unknown.
+        assert!(misplaced(&d, &[1, 0, 2, 3, 4, 5]));
+        assert!(misplaced(&d, &[9, 0, 2, 3, 4, 5]));
+    }
+
+    #[test]
+    fn targets_rebuild_and_keep_moves_safe() {
+        let d = one_drive_nodes(7);
+        // Position 2 broken: rebuilt on the node that holds nothing.
+        let t = targets(&d, &[0, 1, 2, 3, 4, 5], &[2], &[], 1, 2, 7).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].0, 2);
+        // A move onto a node already holding a shard of the object, above parity: refused.
+        let t = targets(&d, &[0, 0, 1, 1, 2, 3], &[], &[(0, Some(1))], 1, 2, 7).unwrap();
+        assert!(t.is_empty(), "{t:?}");
+        // Broken positions that cannot be placed are an error.
+        let none: Vec<DriveView> = d.iter().map(|x| DriveView { healthy: false, ..x.clone() }).collect();
+        assert!(targets(&none, &[0, 1, 2, 3, 4, 5], &[2], &[], 1, 2, 7).is_err());
+    }
+
+    fn loads(counts: &[u64]) -> Vec<NodeLoad> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| NodeLoad { node: i as u32, shards: c, drives: 2 })
+            .collect()
+    }
+
+    #[test]
+    fn rebalancing_offers_from_full_nodes_and_rests_when_stuck() {
+        let mut r = Rebalancer::default();
+        // Balanced within 5 %: nothing.
+        assert!(r.round(1, &loads(&[1000, 1010, 990])).is_empty());
+        // A new empty node: the others offer twice their excess, over two drives each.
+        let l = loads(&[900, 900, 900, 0]);
+        let offers = r.round(1, &l);
+        assert_eq!(offers, vec![(0, 225), (1, 225), (2, 225)]);
+        // Nothing changed for three rounds: it rests, and tries again every tenth.
+        for _ in 0..REBALANCE_IDLE_ROUNDS - 1 {
+            assert!(!r.round(1, &l).is_empty());
+        }
+        let mut tried = 0;
+        for _ in 0..20 {
+            tried += usize::from(!r.round(1, &l).is_empty());
+        }
+        assert_eq!(tried, 2);
+        // Progress (or a new epoch) wakes it.
+        assert!(!r.round(2, &l).is_empty());
+        // Small excesses still offer the minimum.
+        let mut r = Rebalancer::default();
+        assert_eq!(r.round(1, &loads(&[12, 12, 0])), vec![(0, 32), (1, 32)]);
+    }
 }
 
 #[cfg(test)]
