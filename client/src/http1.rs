@@ -1,6 +1,7 @@
 //! HTTP/1.1: hyper's pooled client over tokio TCP (keep-alive connections, `TCP_NODELAY`).
 
-use crate::{BodyKind, Error, RecvBody, Response, Result};
+use crate::body::{Body, BodyKind};
+use crate::error::{Error, Result};
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use http::header::{self, HeaderValue};
@@ -28,9 +29,12 @@ impl H1 {
         }
     }
 
-    pub(crate) async fn send(&self, req: http::Request<crate::Body>) -> Result<Response> {
+    /// Sends `req`, and returns the answer with its body still to be read (see [`chunk`]).
+    pub(crate) async fn send(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
         let (mut parts, body) = req.into_parts();
-        let head = parts.method == http::Method::HEAD;
         let uri = format!("{}{}", self.base, parts.uri);
         parts.uri = uri
             .parse()
@@ -47,13 +51,10 @@ impl H1 {
                 StreamBody::new(stream.map_ok(http_body::Frame::data)).boxed_unsync()
             }
         };
-        let resp = self
-            .client
+        self.client
             .request(http::Request::from_parts(parts, body))
             .await
-            .map_err(|e| Error::Transport(format!("{e:#}: {}", source_chain(&e))))?;
-        let (p, b) = resp.into_parts();
-        Ok(Response::new(p.status, p.headers, RecvBody::H1(b), head))
+            .map_err(|e| Error::Transport(format!("{e:#}: {}", source_chain(&e))))
     }
 }
 

@@ -3,7 +3,8 @@
 //! session where a ticket is held and GET/HEAD go out at once; any other request waits until
 //! the handshake has completed (and the server accepted the early data).
 
-use crate::{BodyKind, Error, RecvBody as Recv, Response, Result};
+use crate::body::{Body, BodyKind};
+use crate::error::{Error, Result};
 use bytes::{Buf as _, Bytes};
 use futures_util::StreamExt as _;
 use h3::client::{RequestStream, SendRequest};
@@ -253,7 +254,8 @@ impl H3 {
         ))
     }
 
-    pub(crate) async fn send(&self, req: http::Request<crate::Body>) -> Result<Response> {
+    /// Sends `req`, and returns the answer with its body still to be read.
+    pub(crate) async fn send(&self, req: http::Request<Body>) -> Result<http::Response<RecvBody>> {
         let idempotent = matches!(*req.method(), Method::GET | Method::HEAD);
         let again = if idempotent {
             req.body().replayable()
@@ -276,9 +278,9 @@ impl H3 {
     async fn send_once(
         &self,
         parts: &http::request::Parts,
-        body: crate::Body,
+        body: Body,
         idempotent: bool,
-    ) -> std::result::Result<Response, Failed> {
+    ) -> std::result::Result<http::Response<RecvBody>, Failed> {
         let fatal = |err| Failed { err, retry: false };
         let uri = format!("https://{}{}", self.authority, parts.uri);
         let mut req = http::Request::builder()
@@ -347,13 +349,13 @@ impl H3 {
             Err(SendError::Stream(e)) => {
                 let err = lost(&l, &e, "request body");
                 match tokio::time::timeout(Duration::from_secs(5), stream.recv_response()).await {
-                    Ok(Ok(r)) => return Ok(finish(r, stream, parts, &l)),
+                    Ok(Ok(r)) => return Ok(finish(r, stream, &l)),
                     _ => return Err(err),
                 }
             }
         }
         match stream.recv_response().await {
-            Ok(r) => Ok(finish(r, stream, parts, &l)),
+            Ok(r) => Ok(finish(r, stream, &l)),
             Err(e) => {
                 let f = lost(&l, &e, "response");
                 if f.retry {
@@ -370,21 +372,15 @@ enum SendError {
     Stream(h3::error::StreamError),
 }
 
+/// The answer `r` with its body, the receiving half of `stream`.
 fn finish(
     r: http::Response<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-    parts: &http::request::Parts,
     l: &Live,
-) -> Response {
+) -> http::Response<RecvBody> {
     let (_send, recv) = stream.split();
-    let (p, ()) = r.into_parts();
-    Response::new(
-        p.status,
-        p.headers,
-        Recv::H3(Box::new(RecvBody {
-            stream: recv,
-            _conn: l.send.clone(),
-        })),
-        parts.method == Method::HEAD,
-    )
+    r.map(|()| RecvBody {
+        stream: recv,
+        _conn: l.send.clone(),
+    })
 }

@@ -2,7 +2,11 @@
 //! stands after a break, and go on from there. The chunk that reaches the length commits the
 //! object as a PUT would.
 
-use crate::{Body, Client, Error, PutResult, Result};
+use crate::body::Body;
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::object::PutResult;
+use crate::response::{header_str, header_u64};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
@@ -38,7 +42,7 @@ fn b64(s: &[u8]) -> String {
 }
 
 fn offset_of(h: &HeaderMap) -> Result<u64> {
-    crate::header_u64(h, "upload-offset")
+    header_u64(h, "upload-offset")
         .ok_or_else(|| Error::Protocol("no Upload-Offset in the answer".into()))
 }
 
@@ -67,7 +71,7 @@ impl Client {
         let r = self
             .call(Method::POST, "/uploads", h, Body::empty())
             .await?;
-        let loc = crate::header_str(&r.headers, "location")
+        let loc = header_str(&r.headers, "location")
             .ok_or_else(|| Error::Protocol("no Location in the answer to POST /uploads".into()))?;
         Ok(Upload {
             location: path_of(&loc),
@@ -94,7 +98,7 @@ impl Client {
                 message: format!("HEAD {location}"),
             });
         }
-        let length = crate::header_u64(&r.headers, "upload-length")
+        let length = header_u64(&r.headers, "upload-length")
             .ok_or_else(|| Error::Protocol("no Upload-Length in the answer".into()))?;
         Ok(Upload {
             offset: offset_of(&r.headers)?,
@@ -134,9 +138,9 @@ impl Client {
         if !up.is_complete() {
             return Ok(None);
         }
-        let version = crate::header_u64(&r.headers, "x-version")
+        let version = header_u64(&r.headers, "x-version")
             .ok_or_else(|| Error::Protocol("no X-Version on the final PATCH".into()))?;
-        let blake3 = crate::header_str(&r.headers, "etag")
+        let blake3 = header_str(&r.headers, "etag")
             .ok_or_else(|| Error::Protocol("no ETag on the final PATCH".into()))?
             .trim_matches('"')
             .to_string();

@@ -1,10 +1,10 @@
 //! The operators' API under `/admin` (what `osctl` calls) and `/metrics`.
 
-use crate::http::ReqBody;
-use crate::http::{bucket_of, err, json_response, query, ApiError, Resp, RespBody};
-use crate::node::Node;
+use crate::ctx::Node;
 use crate::store::{self, StoreError};
 use crate::time::rfc3339_ms;
+use crate::web::ReqBody;
+use crate::web::{bucket_of, err, json_response, query, ApiError, Resp, RespBody};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};

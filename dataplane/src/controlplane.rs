@@ -154,11 +154,11 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
             serve(c2, listener).await;
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
-    let signals = crate::node::stop_signals()?;
-    crate::node::print_ready(&format!("ostore ready control={addr}"))?;
+    let signals = crate::process::stop_signals()?;
+    crate::process::print_ready(&format!("ostore ready control={addr}"))?;
     // As a node: a signal stops it within the drain time, and an executor that ends while it
     // serves ends the process.
-    crate::node::wait_for_signal_then_stop(&control.stopping, vec![handle], signals)
+    crate::process::wait_for_signal_then_stop(&control.stopping, vec![handle], signals)
 }
 
 async fn serve(c: Arc<Control>, listener: glommio::net::TcpListener) {
@@ -192,7 +192,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let auth = req
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| crate::http::bearer_token(v.as_bytes()));
+        .and_then(|v| crate::web::bearer_token(v.as_bytes()));
     match auth {
         None => return text(StatusCode::UNAUTHORIZED, "credentials required"),
         Some(s) if !bool::from(s.ct_eq(c.secret.as_bytes())) => {

@@ -1,238 +1,29 @@
 //! The native HTTP API (see the contract) served by hyper's HTTP/1.1 server on each executor.
 
 use crate::admin;
-use crate::node::Node;
-use crate::store::{self, BodySource, ShardReader, StoreError};
+use crate::ctx::Node;
+use crate::store::{self, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
+use crate::web::{
+    accepted_coding, bearer_token, bucket_of, decode_key, drain, empty, err, etag_of,
+    json_response, parse_digest, preconditions, query, version_of, write_condition, ApiError,
+    Coding, IncomingSource, Precondition, ReqBody, Resp, RespBody,
+};
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use futures_util::stream::Stream;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use ostore_control::keys::{valid_bucket, valid_object_key};
-use ostore_control::meta::{
-    ListPage, MetaError, PutOutcome, Resolved, WriteCondition, LIST_LIMIT_MAX,
-};
+use ostore_control::meta::{ListPage, PutOutcome, Resolved, WriteCondition, LIST_LIMIT_MAX};
 use ostore_control::records::{ContentRec, Encoding, Stored, VersionRec};
 use ostore_control::rpc::Request as Rq;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
-
-/// Most body bytes read and dropped after a PUT failed, so the client can read the error.
-const DRAIN_ON_ERROR_BYTES_MAX: u64 = 64 << 20;
-
-/// Response bodies: a whole buffer, or a stream produced on this executor (so not `Send`).
-pub enum RespBody {
-    Full(Option<Bytes>),
-    /// A stream and its exact length, if known in advance (else the body is chunked).
-    Stream(
-        Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>,
-        Option<u64>,
-    ),
-}
-
-impl Body for RespBody {
-    type Data = Bytes;
-    type Error = StoreError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StoreError>>> {
-        match self.get_mut() {
-            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Stream(s, _) => {
-                // A body still streaming out keeps the node counted as serving.
-                crate::foreground::touch();
-                s.as_mut()
-                    .poll_next(cx)
-                    .map(|o| o.map(|r| r.map(Frame::data)))
-            }
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        matches!(self, RespBody::Full(None))
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RespBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            RespBody::Full(None) => SizeHint::with_exact(0),
-            RespBody::Stream(_, Some(n)) => SizeHint::with_exact(*n),
-            RespBody::Stream(_, None) => SizeHint::default(),
-        }
-    }
-}
-
-pub(crate) type Resp = Response<RespBody>;
-
-/// A request body: HTTP/1.1 (hyper's) or HTTP/3 (the receiving half of the request stream).
-/// Every route reads either the same way.
-pub enum ReqBody {
-    H1(Incoming),
-    H3(crate::http3::H3Body),
-}
-
-/// Why reading a request body failed.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = BodyError;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ReqBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ReqBody::H3(b) => b.poll_frame(cx),
-        }
-    }
-}
-
-/// An error answer: status, contract code, message.
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Seconds after which a retry may succeed (`Retry-After`), for conditions that pass.
-    pub retry_after_s: Option<u32>,
-}
-
-pub(crate) fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        status,
-        code,
-        message: message.into(),
-        retry_after_s: None,
-    }
-}
-
-/// How long a client should wait before retrying a write refused for too few nodes up: about
-/// what failure detection and a node's return take.
-const NODES_RETRY_AFTER_S: u32 = 5;
-
-impl ApiError {
-    pub(crate) fn into_response(self) -> Resp {
-        let body = json!({"error": {"code": self.code, "message": self.message}}).to_string();
-        let mut r = Response::new(RespBody::Full(Some(Bytes::from(body))));
-        *r.status_mut() = self.status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(s) = self.retry_after_s {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
-
-impl From<MetaError> for ApiError {
-    fn from(e: MetaError) -> Self {
-        match e {
-            MetaError::NoSuchBucket => err(
-                StatusCode::NOT_FOUND,
-                "NoSuchBucket",
-                "the bucket does not exist",
-            ),
-            MetaError::NoSuchKey => {
-                err(StatusCode::NOT_FOUND, "NoSuchKey", "the key does not exist")
-            }
-            MetaError::NoSuchVersion => err(
-                StatusCode::NOT_FOUND,
-                "NoSuchVersion",
-                "the version does not exist",
-            ),
-            MetaError::NoSuchUpload => err(
-                StatusCode::NOT_FOUND,
-                "NoSuchUpload",
-                "the upload does not exist",
-            ),
-            MetaError::BucketNotEmpty => {
-                err(StatusCode::CONFLICT, "Conflict", "the bucket is not empty")
-            }
-            MetaError::PreconditionFailed => err(
-                StatusCode::PRECONDITION_FAILED,
-                "PreconditionFailed",
-                "a precondition header did not match",
-            ),
-            MetaError::UploadOffset(o) => err(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("the upload is at offset {o}"),
-            ),
-            MetaError::UploadBusy => err(
-                StatusCode::CONFLICT,
-                "Conflict",
-                "another request is writing this upload",
-            ),
-            MetaError::NoSuchNode => err(
-                StatusCode::NOT_FOUND,
-                "NoSuchNode",
-                "no node of the cluster has this id or address",
-            ),
-            MetaError::Unavailable(m) => {
-                tracing::warn!("control plane: {m}");
-                err(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
-            }
-            other => {
-                tracing::error!("metadata: {other}");
-                err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    other.to_string(),
-                )
-            }
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::BadDigest => err(StatusCode::BAD_REQUEST, "BadDigest", e.to_string()),
-            StoreError::Body(store::BodyFault::Stalled(_)) => {
-                err(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", e.to_string())
-            }
-            StoreError::Body(m) => err(StatusCode::BAD_REQUEST, "IncompleteBody", m.to_string()),
-            StoreError::TooLarge => err(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "EntityTooLarge",
-                e.to_string(),
-            ),
-            StoreError::InsufficientStorage(m) => {
-                err(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m)
-            }
-            StoreError::NotEnoughNodes(m) => ApiError {
-                retry_after_s: Some(NODES_RETRY_AFTER_S),
-                ..err(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m)
-            },
-            StoreError::InsufficientShards { .. } => err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "InsufficientShards",
-                e.to_string(),
-            ),
-            StoreError::Meta(m) => m.into(),
-            other => {
-                tracing::error!("store: {other}");
-                err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    other.to_string(),
-                )
-            }
-        }
-    }
-}
 
 /// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
 /// node stops (connections bounded as `conn` says).
@@ -242,7 +33,7 @@ pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
         listener,
         |node: Arc<Node>, req: Request<Incoming>| async move {
             let mut resp = handle(&node, req.map(ReqBody::H1)).await;
-            if let Some(v) = crate::http3::alt_svc() {
+            if let Some(v) = crate::web::alt_svc() {
                 resp.headers_mut().insert(header::ALT_SVC, v);
             }
             resp
@@ -277,16 +68,6 @@ pub(crate) async fn handle(node: &Arc<Node>, req: Request<ReqBody>) -> Resp {
 
 type Routed = Result<(&'static str, Resp), (&'static str, ApiError)>;
 
-/// The credentials of an `Authorization: Bearer <token>` value. The scheme is
-/// case-insensitive and followed by one or more spaces (RFC 9110 §11.1, §11.4).
-pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
-        return None;
-    }
-    Some(rest.trim_ascii()).filter(|t| !t.is_empty())
-}
-
 fn check_auth(node: &Node, req: &Request<ReqBody>) -> Result<(), ApiError> {
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Err(err(
@@ -305,76 +86,6 @@ fn check_auth(node: &Node, req: &Request<ReqBody>) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
-    req.uri().query().map(parse_query).unwrap_or_default()
-}
-
-/// A query string's parameters, percent-decoded (the last of a repeated name wins).
-pub fn parse_query(q: &str) -> HashMap<String, String> {
-    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
-}
-
-/// An object key from its percent-encoded form in the path.
-pub fn decode_key(raw: &str) -> Result<String, ApiError> {
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-    let key = String::from_utf8(bytes)
-        .map_err(|_| err(StatusCode::BAD_REQUEST, "InvalidKey", "key is not UTF-8"))?;
-    if !valid_object_key(&key) {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "InvalidKey",
-            "keys are 1..=1024 bytes of UTF-8 without NUL",
-        ));
-    }
-    Ok(key)
-}
-
-pub fn bucket_of(q: &HashMap<String, String>) -> Result<String, ApiError> {
-    let b = q.get("bucket").cloned().unwrap_or_else(|| "default".into());
-    if !valid_bucket(&b) {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "InvalidArgument",
-            "invalid bucket name",
-        ));
-    }
-    Ok(b)
-}
-
-pub fn version_of(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
-    match q.get("version") {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|v| *v > 0)
-            .map(Some)
-            .ok_or_else(|| {
-                err(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidArgument",
-                    "version must be a positive integer",
-                )
-            }),
-    }
-}
-
-pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
-    let mut r = Response::new(RespBody::Full(Some(Bytes::from(v.to_string()))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub(crate) fn empty(status: StatusCode) -> Resp {
-    let mut r = Response::new(RespBody::Full(None));
-    *r.status_mut() = status;
-    r
 }
 
 async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
@@ -446,92 +157,6 @@ async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
         )),
     };
     r.map(|r| (op, r)).map_err(|e| (op, e))
-}
-
-pub(crate) struct IncomingSource<'a> {
-    pub(crate) body: ReqBody,
-    pub(crate) node: &'a Node,
-}
-
-impl BodySource for IncomingSource<'_> {
-    async fn next_chunk(&mut self) -> Option<Result<Bytes, store::BodyFault>> {
-        let idle = self.node.limits.body_idle;
-        loop {
-            let Some(frame) = crate::conn::within(idle, self.body.frame()).await else {
-                self.node
-                    .metrics
-                    .bodies_timed_out
-                    .fetch_add(1, Ordering::Relaxed);
-                return Some(Err(store::BodyFault::Stalled(idle)));
-            };
-            match frame {
-                None => return None,
-                Some(Err(e)) => {
-                    return Some(Err(store::BodyFault::Broken(format!(
-                        "reading the request body: {e}"
-                    ))))
-                }
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        if !d.is_empty() {
-                            self.node
-                                .metrics
-                                .bytes_in
-                                .fetch_add(d.len() as u64, Ordering::Relaxed);
-                            return Some(Ok(d));
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `X-Blake3`: the body's BLAKE3 as 64 hex digits.
-pub fn parse_digest(h: &http::HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
-    let Some(v) = h.get("x-blake3") else {
-        return Ok(None);
-    };
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(v.as_bytes(), &mut out).map_err(|_| {
-        err(
-            StatusCode::BAD_REQUEST,
-            "InvalidArgument",
-            "X-Blake3 must be 64 hex digits",
-        )
-    })?;
-    Ok(Some(out))
-}
-
-/// `If-Match` / `If-None-Match` on a PUT (RFC 9110 §13.1; If-Match compares strongly).
-pub fn write_condition(h: &http::HeaderMap) -> WriteCondition {
-    let list = |v: &str| -> Vec<[u8; 32]> {
-        v.split(',')
-            .filter_map(|t| {
-                let t = t.trim().strip_prefix('"')?.strip_suffix('"')?;
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(t, &mut h).ok()?;
-                Some(h)
-            })
-            .collect()
-    };
-    let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(v) = text(header::IF_MATCH) {
-        return if v == "*" {
-            WriteCondition::IfPresent
-        } else {
-            WriteCondition::IfMatch(list(v))
-        };
-    }
-    if let Some(v) = text(header::IF_NONE_MATCH) {
-        let weak_stripped = v.replace("W/", "");
-        return if v == "*" {
-            WriteCondition::IfAbsent
-        } else {
-            WriteCondition::IfNoneMatch(list(&weak_stripped))
-        };
-    }
-    WriteCondition::Always
 }
 
 fn put_response(key: &str, c: &store::Committed) -> Resp {
@@ -642,81 +267,6 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
         }
     };
     Ok(put_response(&key, &committed))
-}
-
-/// Reads and drops what is left of a request body, up to [`DRAIN_ON_ERROR_BYTES_MAX`]: most
-/// clients read the answer only after sending the whole body, so they see the error instead of
-/// a broken connection.
-pub(crate) async fn drain(src: &mut IncomingSource<'_>) {
-    let mut drained = 0u64;
-    while drained < DRAIN_ON_ERROR_BYTES_MAX {
-        match src.next_chunk().await {
-            Some(Ok(b)) => drained += b.len() as u64,
-            _ => break,
-        }
-    }
-}
-
-pub(crate) fn etag_of(blake3: &[u8; 32]) -> String {
-    format!("\"{}\"", hex::encode(blake3))
-}
-
-/// Does an `If-Match`/`If-None-Match` list match `etag`? (`weak` allows W/ prefixes.)
-fn etag_list_matches(list: &str, etag: &str, weak: bool) -> bool {
-    list.split(',').map(str::trim).any(|t| {
-        if t == "*" {
-            return true;
-        }
-        if weak {
-            t.trim_start_matches("W/") == etag
-        } else {
-            t == etag
-        }
-    })
-}
-
-/// What the conditional headers of a GET or HEAD decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precondition {
-    Proceed { ignore_range: bool },
-    NotModified,
-    Failed,
-}
-
-/// RFC 9110 §13.2.2: evaluation order of the conditional headers for GET and HEAD.
-pub fn preconditions(h: &http::HeaderMap, etag: &str, modified_ms: u64) -> Precondition {
-    let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let modified_s = modified_ms / 1000;
-    let date_s = |s: &str| {
-        httpdate::parse_http_date(s)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-    };
-    if let Some(im) = text(header::IF_MATCH) {
-        if !etag_list_matches(&im, etag, false) {
-            return Precondition::Failed;
-        }
-    } else if let Some(ius) = text(header::IF_UNMODIFIED_SINCE) {
-        if date_s(&ius).is_some_and(|d| modified_s > d) {
-            return Precondition::Failed;
-        }
-    }
-    if let Some(inm) = text(header::IF_NONE_MATCH) {
-        if etag_list_matches(&inm, etag, true) {
-            return Precondition::NotModified;
-        }
-    } else if let Some(ims) = text(header::IF_MODIFIED_SINCE) {
-        if date_s(&ims).is_some_and(|d| modified_s <= d) {
-            return Precondition::NotModified;
-        }
-    }
-    let ignore_range = match text(header::IF_RANGE) {
-        None => false,
-        Some(ir) if ir.starts_with('"') => ir != etag,
-        Some(ir) => date_s(&ir) != Some(modified_s),
-    };
-    Precondition::Proceed { ignore_range }
 }
 
 async fn get(
@@ -858,57 +408,6 @@ fn encoding_name(e: &Encoding) -> &'static str {
         Encoding::Identity => "identity",
         Encoding::Zstd { .. } => "zstd",
     }
-}
-
-/// The content codings a GET may answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coding {
-    Zstd,
-    Gzip,
-}
-
-impl Coding {
-    fn name(self) -> &'static str {
-        match self {
-            Coding::Zstd => "zstd",
-            Coding::Gzip => "gzip",
-        }
-    }
-}
-
-/// The coding `Accept-Encoding` prefers among zstd and gzip (RFC 9110 §12.5.3): the highest
-/// q-value above 0, zstd on a tie; `None` for identity.
-pub fn accepted_coding(h: &http::HeaderMap) -> Option<Coding> {
-    let mut best: Option<(Coding, f32)> = None;
-    for v in h.get_all(header::ACCEPT_ENCODING) {
-        let Ok(v) = v.to_str() else { continue };
-        for item in v.split(',') {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = parts
-                .find_map(|p| {
-                    let p = p.trim();
-                    p.strip_prefix("q=").or_else(|| p.strip_prefix("Q="))
-                })
-                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
-            let Some(q) = q.filter(|q| *q > 0.0) else {
-                continue;
-            };
-            let c = match name.as_str() {
-                "zstd" => Coding::Zstd,
-                "gzip" | "x-gzip" => Coding::Gzip,
-                _ => continue,
-            };
-            let better = match best {
-                None => true,
-                Some((b, bq)) => q > bq || (q == bq && c == Coding::Zstd && b != Coding::Zstd),
-            };
-            if better {
-                best = Some((c, q));
-            }
-        }
-    }
-    best.map(|b| b.0)
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>;

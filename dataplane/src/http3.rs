@@ -4,73 +4,22 @@
 //! credentials and errors. Bodies stream both ways: the request body is read frame by frame as
 //! the route consumes it, the response body is sent piece by piece as it is produced.
 
-use ostore_transport::http3::{H3Conn, H3Recv};
-use crate::http::{handle, ReqBody};
-use crate::node::{wait_stopping, Node};
-use ostore_transport::quic;
-use bytes::{Buf, Bytes};
+use crate::ctx::{wait_stopping, Node};
+use crate::http::handle;
+use crate::web::H3Body;
+use crate::web::ReqBody;
+use bytes::Bytes;
 use h3::server::RequestStream;
 use http::header::{self, HeaderValue};
 use http::Request;
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::BodyExt;
+use ostore_transport::http3::H3Conn;
+use ostore_transport::quic;
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-static ALT_SVC: OnceLock<HeaderValue> = OnceLock::new();
-
-/// The `Alt-Svc` value HTTP/1.1 responses carry once HTTP/3 is served (`h3=":PORT"`).
-pub fn alt_svc() -> Option<HeaderValue> {
-    ALT_SVC.get().cloned()
-}
-
-/// Advertises HTTP/3 on `port` in HTTP/1.1 responses.
-pub fn advertise(port: u16) {
-    let _ = ALT_SVC
-        .set(HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).expect("a valid header"));
-}
-
-/// The receiving half of an HTTP/3 request stream, as a request body. h3 does not hold the
-/// body to its `Content-Length`; this does, so a stream that ends early is an error (as a
-/// truncated HTTP/1.1 body is), never a shorter object.
-pub struct H3Body {
-    stream: RequestStream<H3Recv, Bytes>,
-    declared: Option<u64>,
-    seen: u64,
-}
-
-impl H3Body {
-    pub(crate) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, crate::http::BodyError>>> {
-        match self.stream.poll_recv_data(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(None)) => match self.declared {
-                Some(d) if d != self.seen => Poll::Ready(Some(Err(format!(
-                    "the body ended after {} of the {d} bytes its Content-Length declares",
-                    self.seen
-                )
-                .into()))),
-                _ => Poll::Ready(None),
-            },
-            Poll::Ready(Ok(Some(mut b))) => {
-                let bytes = b.copy_to_bytes(b.remaining());
-                self.seen += bytes.len() as u64;
-                if self.declared.is_some_and(|d| self.seen > d) {
-                    return Poll::Ready(Some(Err(
-                        "the body is longer than its Content-Length".into()
-                    )));
-                }
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.to_string().into()))),
-        }
-    }
-}
 
 /// Serves HTTP/3 on `ep` until the node stops; then refuses new connections, tells each open
 /// one to send no more requests (GOAWAY), lets the requests in flight finish (for as long as

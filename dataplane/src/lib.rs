@@ -5,9 +5,11 @@
 //! this crate owns the runtime, the sockets and the drives, and only moves bytes.
 
 pub mod admin;
+pub mod cluster;
 pub mod compat;
 pub mod conn;
 pub mod controlplane;
+pub mod ctx;
 pub mod drives;
 pub mod faults;
 pub mod foreground;
@@ -19,10 +21,13 @@ pub mod metrics;
 pub mod node;
 pub mod offload;
 pub mod orphans;
+pub mod oserror;
 pub mod peer;
+pub mod peer_server;
 pub mod process;
 pub mod scrub;
 pub mod shardio;
 pub mod store;
 pub mod time;
 pub mod tus;
+pub mod web;

@@ -86,8 +86,8 @@ impl Serving {
 }
 
 impl Storing {
-    fn options(&self) -> ostore_dataplane::node::StoreOptions {
-        ostore_dataplane::node::StoreOptions {
+    fn options(&self) -> ostore_dataplane::ctx::StoreOptions {
+        ostore_dataplane::ctx::StoreOptions {
             compress: self.compression == "auto",
             upload_expiry: self.upload_expiry,
             gc_grace: self.gc_grace,

@@ -1,15 +1,17 @@
 //! A data node: its drives, its executors (one per core, pinned), its listeners, and the
 //! background work (repair, drive watch) that runs on executor 0.
 
+use crate::ctx::{repair_share, sleep_unless_stopping, unrepairable};
+use crate::ctx::{Node, StoreOptions};
 use crate::drives::{Drive, DriveState};
 use crate::metaclient::MetaClient;
 use crate::metrics::Metrics;
+use crate::process::{print_ready, stop_signals, wait_for_signal_then_stop};
 use crate::store::{self, StoreError};
 use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement};
 use ostore_control::cluster::{ClusterView, DriveReport, NodeRec, Registration};
-use ostore_control::meta::MetaError;
-use ostore_control::records::{DriveRec, IntentRec, IntentState, ShardLoc};
+use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::Request as Rq;
 use ostore_control::service::Meta;
@@ -19,152 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Everything the executors share. All fields are `Send + Sync`; per-executor state lives in
-/// the executor's tasks.
-pub struct Node {
-    pub meta: MetaClient,
-    pub drives: Vec<Drive>,
-    pub ec: EcParams,
-    pub store: StoreOptions,
-    /// What one client may hold: connections, and time between bytes.
-    pub limits: crate::conn::Limits,
-    /// This process's identity: locks of a process that restarted are stale.
-    pub boot: u64,
-    pub secret: String,
-    pub node_id: String,
-    pub metrics: Metrics,
-    pub stopping: AtomicBool,
-    /// Cluster membership and peer credentials; `None` for `ostore dev`.
-    pub cluster: Option<crate::peer::Cluster>,
-    /// Mesh peer id of each executor (usize::MAX until it joined).
-    peer_ids: Vec<AtomicUsize>,
-    /// Executors still serving clients; each keeps serving its drives to the others until 0.
-    serving: AtomicUsize,
-    repair_tx: flume::Sender<[u8; 32]>,
-    repair_rx: flume::Receiver<[u8; 32]>,
-    /// How fast this node's repairs read, and may read.
-    pub repair_pace: crate::store::RepairPace,
-}
-
-impl crate::conn::Host for Node {
-    fn limits(&self) -> &crate::conn::Limits {
-        &self.limits
-    }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
-    }
-}
-
-impl Node {
-    /// One of this node's drives. Panics for a drive of another node: callers route those to
-    /// the node that holds it.
-    pub fn drive(&self, id: u16) -> &Drive {
-        self.local_drive(id)
-            .unwrap_or_else(|| panic!("drive {id} is not on this node"))
-    }
-
-    /// The node and the drive (its directory name) holding drive `id`, as `/locate` shows them.
-    pub fn describe_drive(&self, id: u16) -> (String, String) {
-        let name = |p: &Path| {
-            p.file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default()
-        };
-        if let Some(d) = self.local_drive(id) {
-            return (self.node_id.clone(), name(&d.root));
-        }
-        if let Some(c) = &self.cluster {
-            for n in &c.view().nodes {
-                if let Some(d) = n.drives.iter().find(|d| d.id == id) {
-                    return (n.id.to_string(), name(Path::new(&d.path)));
-                }
-            }
-        }
-        ("unknown".into(), format!("drive-{id}"))
-    }
-
-    /// Fetches the cluster view from the control plane now (it is refreshed every heartbeat).
-    pub async fn refresh_view(&self) {
-        if let Some(c) = &self.cluster {
-            match self.meta.call::<ClusterView>(Rq::Cluster).await {
-                Ok(v) => c.set_view(v),
-                Err(e) => tracing::warn!("reading the cluster view: {e}"),
-            }
-        }
-    }
-
-    /// Wakes the repair worker (it also polls the queue every few seconds).
-    pub fn wake_repair(&self) {
-        let _ = self.repair_tx.try_send([0; 32]);
-    }
-
-    /// Records, before anything is written, the shard files a write of this process is about
-    /// to create.
-    pub async fn begin_intent(&self, id: u64, shards: &[ShardLoc]) -> Result<(), MetaError> {
-        self.meta
-            .call::<()>(Rq::BeginIntent {
-                id,
-                shards: shards.to_vec(),
-                owner: self.owner(),
-            })
-            .await
-    }
-
-    /// This process as the owner of the intents it writes.
-    pub fn owner(&self) -> ostore_control::records::Owner {
-        ostore_control::records::Owner {
-            node: self.cluster.as_ref().map_or(0, |c| c.me),
-            boot: self.boot,
-        }
-    }
-
-    pub fn local_drive(&self, id: u16) -> Option<&Drive> {
-        self.drives.iter().find(|d| d.id == id)
-    }
-
-    /// Forgets an intent without waiting for the commit: the intent is bookkeeping whose files
-    /// are already referenced or deleted, and a restart that still finds it does the same.
-    pub fn end_intent_later(&self, id: u64) {
-        let meta = self.meta.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = meta.call::<()>(Rq::EndIntent { id }).await {
-                tracing::warn!("ending intent {id:016x}: {e}");
-            }
-        })
-        .detach();
-    }
-
-    /// Queues a content to have shards moved (copied, not rebuilt), durably.
-    pub async fn queue_move(&self, blake3: [u8; 32]) {
-        self.queue(blake3, true).await
-    }
-
-    /// Queues a content for repair, durably, and wakes the repair worker.
-    pub async fn queue_repair(&self, blake3: [u8; 32]) {
-        self.queue(blake3, false).await;
-        let _ = self.repair_tx.try_send(blake3);
-    }
-
-    async fn queue(&self, blake3: [u8; 32], moving: bool) {
-        let (contents, nonce) = (vec![blake3], rand::random());
-        let r = self
-            .meta
-            .call::<()>(if moving {
-                Rq::QueueMove { contents, nonce }
-            } else {
-                Rq::QueueRepair { contents, nonce }
-            })
-            .await;
-        if let Err(e) = r {
-            let what = if moving { "to move" } else { "for repair" };
-            tracing::warn!("queueing {} {what}: {e}", hex::encode(blake3));
-        }
-    }
-}
 
 /// Options of `ostore dev`.
 pub struct DevOptions {
@@ -177,17 +33,6 @@ pub struct DevOptions {
     pub cores: usize,
     pub store: StoreOptions,
     pub limits: crate::conn::Limits,
-}
-
-/// How a data node stores objects and keeps uploads.
-#[derive(Debug, Clone, Copy)]
-pub struct StoreOptions {
-    /// Store objects that compress as seekable zstd.
-    pub compress: bool,
-    /// How long an unfinished resumable upload lives after its last change.
-    pub upload_expiry: Duration,
-    /// How long unreferenced content stays before garbage collection deletes it.
-    pub gc_grace: Duration,
 }
 
 fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
@@ -255,24 +100,6 @@ async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-pub(crate) async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
-    let step = Duration::from_millis(50);
-    let mut left = d;
-    while !left.is_zero() {
-        if node.stopping.load(Ordering::Relaxed) {
-            return false;
-        }
-        let s = left.min(step);
-        glommio::timer::sleep(s).await;
-        left -= s;
-    }
-    !node.stopping.load(Ordering::Relaxed)
-}
-
-pub async fn wait_stopping(node: &Node) {
-    crate::conn::stopping(node).await
-}
-
 /// Rebuilds queued contents, then moves queued shards, one content at a time, until the node
 /// stops. In a cluster the nodes split both queues by content hash.
 async fn repair_worker(node: Arc<Node>) {
@@ -306,17 +133,6 @@ async fn repair_worker(node: Arc<Node>) {
             return;
         }
     }
-}
-
-/// A content with fewer than K good shards: counted, logged, and marked damaged so that the
-/// next upload of the same bytes replaces it.
-pub(crate) async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: usize) {
-    tracing::error!(
-        "content {} is unrepairable: {have} of {need} shards readable",
-        hex::encode(h)
-    );
-    node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-    let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: *h }).await;
 }
 
 /// One round over (a page of) this node's share of the repair queue.
@@ -595,7 +411,7 @@ fn http3_setup(
 
 /// Advertises HTTP/3 in HTTP/1.1 responses and adds `quic=` to the ready line.
 fn announce_http3(line: &mut String, http_addr: SocketAddr) {
-    crate::http3::advertise(http_addr.port());
+    crate::web::advertise(http_addr.port());
     line.push_str(&format!(" quic={http_addr}"));
 }
 
@@ -688,120 +504,6 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     wait_for_signal_then_stop(&node.stopping, handles, signals)
 }
 
-/// Prints the one `ostore ready` line on stdout.
-pub fn print_ready(line: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()?;
-    Ok(())
-}
-
-/// SIGINT and SIGTERM, caught from now on: taken before the ready line is printed, so a signal
-/// sent the moment a supervisor sees it stops the process cleanly instead of killing it.
-pub(crate) fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
-    Ok(signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?)
-}
-
-/// What the main thread waits for once the node serves.
-enum Event {
-    Signal(i32),
-    ExecutorEnded { core: usize, why: Option<String> },
-}
-
-/// How long a stopping node gives its executors beyond the requests' drain time before it
-/// exits anyway.
-const STOP_GRACE_S: u64 = 10;
-
-/// Blocks until SIGINT or SIGTERM, then stops the node and waits for its executors (at most
-/// the drain time and a grace, then it exits anyway). An executor that ends before
-/// the node was told to stop means the node lost part of itself (its connections, its drives):
-/// the process exits at once, non-zero, saying why, so a supervisor restarts a whole node
-/// instead of a half-alive one serving on.
-pub(crate) fn wait_for_signal_then_stop(
-    stopping: &AtomicBool,
-    handles: Vec<glommio::ExecutorJoinHandle<()>>,
-    mut signals: signal_hook::iterator::Signals,
-) -> anyhow::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel::<Event>();
-    {
-        let tx = tx.clone();
-        std::thread::Builder::new()
-            .name("ostore-signals".into())
-            .spawn(move || {
-                for s in signals.forever() {
-                    if tx.send(Event::Signal(s)).is_err() {
-                        break;
-                    }
-                }
-            })?;
-    }
-    let executors = handles.len();
-    for (core, h) in handles.into_iter().enumerate() {
-        let tx = tx.clone();
-        std::thread::Builder::new()
-            .name(format!("ostore-watch-{core}"))
-            .spawn(move || {
-                let why = match h.join() {
-                    Ok(()) => None,
-                    Err(glommio::GlommioError::BuilderError(
-                        glommio::BuilderErrorKind::ThreadPanic(p),
-                    )) => Some(format!("it panicked: {}", crate::guard::message(&*p))),
-                    Err(e) => Some(e.to_string()),
-                };
-                let _ = tx.send(Event::ExecutorEnded { core, why });
-            })?;
-    }
-    drop(tx);
-    let mut deadline: Option<std::time::Instant> = None;
-    let mut ended = 0;
-    while ended < executors {
-        let ev = match deadline {
-            None => rx.recv().ok(),
-            Some(d) => rx
-                .recv_timeout(d.saturating_duration_since(std::time::Instant::now()))
-                .ok(),
-        };
-        match ev {
-            None => {
-                tracing::warn!(
-                    "{} of {executors} executors still busy {}s after the stop: exiting anyway",
-                    executors - ended,
-                    crate::conn::DRAIN_S_MAX + STOP_GRACE_S
-                );
-                return Ok(());
-            }
-            Some(Event::Signal(sig)) if deadline.is_some() => {
-                // Supervisors repeat their signal; the drain is bounded either way.
-                tracing::info!("signal {sig}: already stopping");
-            }
-            Some(Event::Signal(sig)) => {
-                tracing::info!(
-                    "signal {sig}: stopping, no new connections, finishing requests in flight"
-                );
-                stopping.store(true, Ordering::SeqCst);
-                deadline = Some(
-                    std::time::Instant::now()
-                        + Duration::from_secs(crate::conn::DRAIN_S_MAX + STOP_GRACE_S),
-                );
-            }
-            Some(Event::ExecutorEnded { core, why }) => {
-                if deadline.is_none() || why.is_some() {
-                    let why = why.unwrap_or_else(|| "it returned".into());
-                    tracing::error!("executor {core} ended while serving ({why}): exiting");
-                    eprintln!("ostore: executor {core} ended while serving ({why}); exiting so that the node restarts whole");
-                    std::process::exit(70);
-                }
-                ended += 1;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Starts one pinned executor per core: each joins the drive mesh, listens on `http_addr`
 /// (SO_REUSEPORT) and, in a cluster, on the peer port over QUIC; executor 0 also runs
 /// `background`. Returns once every executor is listening.
@@ -857,10 +559,14 @@ fn start_executors(
                     }
                 }
                 if let (Some(addr), Some(cluster)) = (peer_addr, &node.cluster) {
-                    match ostore_transport::quic::Endpoint::bind(addr, true, Some(cluster.tls.server.clone()))
-                    {
+                    match ostore_transport::quic::Endpoint::bind(
+                        addr,
+                        true,
+                        Some(cluster.tls.server.clone()),
+                    ) {
                         Ok(ep) => {
-                            glommio::spawn_local(crate::peer::serve(node.clone(), ep)).detach();
+                            glommio::spawn_local(crate::peer_server::serve(node.clone(), ep))
+                                .detach();
                         }
                         Err(e) => {
                             let _ = bound_tx.send(Err(anyhow::anyhow!("binding UDP {addr}: {e}")));
@@ -1044,67 +750,6 @@ async fn garbage_collector(node: Arc<Node>) {
             Ok(_) => {}
             Err(e) => tracing::warn!("gc: {e}"),
         }
-    }
-}
-
-/// Which queued repairs this node takes: in a cluster, the nodes that are up split the queue by
-/// content hash, so that each content is rebuilt by one node; `ostore dev` takes all.
-pub(crate) fn repair_share(node: &Node) -> Share {
-    let (rank, of) = match &node.cluster {
-        None => (0, 1),
-        Some(c) => {
-            let view = c.view();
-            let mut up: Vec<u32> = view.nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
-            up.sort_unstable();
-            match up.iter().position(|&id| id == c.me) {
-                Some(r) => (r as u64, up.len() as u64),
-                None => (0, 0),
-            }
-        }
-    };
-    Share(ostore_engine::placement::hash_share(rank, of))
-}
-
-/// This node's part of the content-hash space (`placement::hash_share`): one contiguous run
-/// of a queue kept in hash order.
-pub(crate) struct Share(Option<(u64, u64)>);
-
-impl Share {
-    fn prefix(h: &[u8; 32]) -> u64 {
-        u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
-    }
-
-    pub(crate) fn contains(&self, h: &[u8; 32]) -> bool {
-        self.0
-            .is_some_and(|(lo, hi)| (lo..=hi).contains(&Self::prefix(h)))
-    }
-
-    /// The first content hash of the share, where its run of a queue starts.
-    fn first(&self) -> Option<[u8; 32]> {
-        let (lo, _) = self.0?;
-        let mut h = [0u8; 32];
-        h[..8].copy_from_slice(&lo.to_be_bytes());
-        Some(h)
-    }
-
-    /// Up to `limit` entries of this node's run of the repair queue (or the move queue), and
-    /// whether the run goes on past them.
-    async fn work(
-        &self,
-        node: &Node,
-        moves: bool,
-        limit: usize,
-    ) -> Result<(Vec<([u8; 32], u64)>, bool), ostore_control::meta::MetaError> {
-        let Some(from) = self.first() else {
-            return Ok((Vec::new(), false));
-        };
-        let page: Vec<([u8; 32], u64)> =
-            node.meta.call(Rq::WorkQueue { moves, from, limit }).await?;
-        let full = page.len() == limit;
-        let mine: Vec<([u8; 32], u64)> =
-            page.into_iter().filter(|(h, _)| self.contains(h)).collect();
-        let more = full && mine.len() == limit;
-        Ok((mine, more))
     }
 }
 
@@ -1331,7 +976,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
-        cluster: Some(crate::peer::Cluster::new(rec.id, view, tls)),
+        cluster: Some(crate::cluster::Cluster::new(rec.id, view, tls)),
         peer_ids: (0..opts.cores)
             .map(|_| AtomicUsize::new(usize::MAX))
             .collect(),

@@ -6,7 +6,7 @@
 //! names does not list it (same drive, file id, index and tag). A file whose header cannot be
 //! read is kept: it may be a referenced shard with a damaged header, which scrub repairs.
 
-use crate::node::Node;
+use crate::ctx::Node;
 use crate::shardio::ShardFile;
 use crate::store::Result;
 use ostore_control::records::{ContentRec, IntentRec, Stored};

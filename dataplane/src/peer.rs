@@ -2,23 +2,19 @@
 //! QUIC driver, and the client side behind `ShardFile::Peer`. The cluster's TLS is
 //! `ostore_transport::tls`.
 
-use crate::node::Node;
-use crate::shardio::{ReadBuf, ShardFile};
-use ostore_control::cluster::{ClusterView, NodeRec};
+use crate::cluster::Cluster;
+use crate::ctx::Node;
 use ostore_control::records::ShardLoc;
 use ostore_engine::latency::{DeadlineRule, LatencyWindow};
-use ostore_wire::peer::{
-    decode_answer, decode_error, encode_answer, encode_error, Op, OpenMode, Request, ANSWER_BYTES,
-    PREAMBLE, REQUEST_BYTES,
-};
 use ostore_transport::quic::{self, Connection, RecvStream, SendStream};
-use ostore_transport::tls::{PeerTls, NODE_NAME};
+use ostore_transport::tls::NODE_NAME;
+use ostore_wire::peer::{
+    decode_answer, decode_error, Op, OpenMode, Request, ANSWER_BYTES, PREAMBLE,
+};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Removing a shard file on a peer fails after this long (other operations have deadlines
@@ -31,121 +27,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with an operation past its deadline and no answer for this long is replaced.
 const STALLED_AFTER: Duration = Duration::from_secs(2);
-/// A node this node could not reach takes no new shards from it for this long (longer than the
-/// control plane takes to mark a dead node down), whatever the cluster view says.
-pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
-
-/// What a cluster node knows of the cluster.
-pub struct Cluster {
-    pub me: u32,
-    pub view: RwLock<Arc<ClusterView>>,
-    pub tls: PeerTls,
-    /// Nodes this node failed to reach, when (and when by the wall clock): placement keeps new
-    /// shards off them for [`SUSPECT_FOR`], ahead of the control plane's verdict, or until the
-    /// view shows them back up after that.
-    pub suspects: std::sync::Mutex<Vec<(u32, std::time::Instant, u64)>>,
-}
-
-impl Cluster {
-    pub fn new(me: u32, view: ClusterView, tls: PeerTls) -> Cluster {
-        Cluster {
-            me,
-            view: RwLock::new(Arc::new(view)),
-            tls,
-            suspects: Default::default(),
-        }
-    }
-
-    pub fn view(&self) -> Arc<ClusterView> {
-        self.view.read().expect("cluster view lock").clone()
-    }
-
-    /// `f` of the node holding `drive`, as the view says; `None` if no node has it.
-    fn with_node_of<T>(&self, drive: u16, f: impl FnOnce(&NodeRec) -> T) -> Option<T> {
-        self.view()
-            .nodes
-            .iter()
-            .find(|n| n.drives.iter().any(|d| d.id == drive))
-            .map(f)
-    }
-
-    /// The node holding `drive`, as the view says.
-    pub fn node_of_drive(&self, drive: u16) -> Option<u32> {
-        self.with_node_of(drive, |n| n.id)
-    }
-
-    /// Whether the node holding `drive` is away: down in the view, suspected here, or unknown.
-    pub fn away(&self, drive: u16) -> bool {
-        self.with_node_of(drive, |n| !n.up || self.suspected(n.id))
-            .unwrap_or(true)
-    }
-
-    /// Takes a newer view; a suspected node that the view shows up again since the suspicion
-    /// (it was marked down and came back) is suspected no more.
-    pub fn set_view(&self, v: ClusterView) {
-        {
-            let mut s = self.suspects.lock().expect("suspects lock");
-            s.retain(|(id, _, wall_ms)| {
-                !v.nodes
-                    .iter()
-                    .any(|n| n.id == *id && n.up && n.since_ms > *wall_ms)
-            });
-        }
-        *self.view.write().expect("cluster view lock") = Arc::new(v);
-    }
-
-    /// Notes that `node` could not be reached just now.
-    pub fn suspect(&self, node: u32) {
-        let now = std::time::Instant::now();
-        let wall_ms = ostore_control::service::now_ms();
-        let mut s = self.suspects.lock().expect("suspects lock");
-        s.retain(|(n, at, _)| *n != node && now.duration_since(*at) < SUSPECT_FOR);
-        s.push((node, now, wall_ms));
-        tracing::info!("node {node} unreachable: no new shards go to it for {SUSPECT_FOR:?}");
-    }
-
-    /// Whether a suspicion younger than [`SUSPECT_FOR`] is held of a node `which` accepts.
-    fn suspicion(&self, which: impl Fn(u32) -> bool) -> bool {
-        let now = std::time::Instant::now();
-        self.suspects
-            .lock()
-            .expect("suspects lock")
-            .iter()
-            .any(|(n, at, _)| which(*n) && now.duration_since(*at) < SUSPECT_FOR)
-    }
-
-    /// Whether any node is suspected now.
-    pub fn any_suspected(&self) -> bool {
-        self.suspicion(|_| true)
-    }
-
-    /// Whether `node` failed to answer within the last [`SUSPECT_FOR`] (and has not been seen
-    /// coming back since).
-    pub fn suspected(&self, node: u32) -> bool {
-        self.suspicion(|n| n == node)
-    }
-
-    /// The peer address of the node holding `drive`, if that node is up.
-    fn peer_of(&self, drive: u16) -> io::Result<SocketAddr> {
-        self.with_node_of(drive, |n| {
-            if !n.up {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    format!("node {} (drive {drive}) is down", n.id),
-                ));
-            }
-            n.peer
-                .parse()
-                .map_err(|e| io::Error::other(format!("peer address {}: {e}", n.peer)))
-        })
-        .unwrap_or_else(|| {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no node has drive {drive}"),
-            ))
-        })
-    }
-}
 
 thread_local! {
     /// This executor's client endpoint and its connections, by peer address.
@@ -219,7 +100,7 @@ fn suspect_holder(cluster: &Cluster, drive: u16, replace: impl FnOnce(u32, Socke
 /// full drive, a missing file).
 pub fn peer_unresponsive(e: &io::Error) -> bool {
     transport_failure(e)
-        || (crate::shardio::os_code(e).is_none()
+        || (crate::oserror::os_code(e).is_none()
             && matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset
@@ -286,7 +167,7 @@ pub struct PeerFile {
 pub(crate) fn peer_error(errno: i32, msg: String) -> io::Error {
     if errno != 0 {
         let os = io::Error::from_raw_os_error(errno);
-        crate::shardio::OsError::into_io(errno, format!("{msg} ({os})"))
+        crate::oserror::OsError::into_io(errno, format!("{msg} ({os})"))
     } else {
         io::Error::other(msg)
     }
@@ -339,7 +220,7 @@ fn loc_request(op: Op, loc: &ShardLoc, mode: OpenMode) -> Request {
 /// opposed to an error the peer answered or one stream's end (a reset stream leaves the
 /// connection, and the other requests on it, alone).
 fn transport_failure(e: &io::Error) -> bool {
-    crate::shardio::os_code(e).is_none()
+    crate::oserror::os_code(e).is_none()
         && matches!(
             e.kind(),
             io::ErrorKind::ConnectionAborted
@@ -586,162 +467,4 @@ pub async fn remove(node: &Node, loc: &ShardLoc) -> io::Result<()> {
         Ok(())
     })
     .await
-}
-
-/// Serves the peer protocol on this executor's socket of the peer port until the node stops.
-pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
-    loop {
-        let next = futures_lite::future::or(ep.accept(), async {
-            crate::node::wait_stopping(&node).await;
-            None
-        })
-        .await;
-        let Some(conn) = next else { break };
-        let node = node.clone();
-        glommio::spawn_local(async move {
-            // A handshake that fails (an outsider's certificate) ends here.
-            if conn.established().await.is_err() {
-                return;
-            }
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                if crate::faults::peer_stall() {
-                    // Held unread while the fault lasts (see `faults`).
-                    glommio::spawn_local(async move {
-                        let _held = (send, recv);
-                        while crate::faults::peer_stall() {
-                            glommio::timer::sleep(Duration::from_millis(100)).await;
-                        }
-                    })
-                    .detach();
-                    continue;
-                }
-                let peer = conn.remote_address();
-                let stream = serve_stream(node.clone(), send, recv);
-                glommio::spawn_local(async move {
-                    crate::guard::caught(|| format!("peer stream from {peer:?}"), stream).await;
-                })
-                .detach();
-            }
-        })
-        .detach();
-    }
-    ep.close();
-}
-
-async fn answer(send: &mut SendStream, r: io::Result<Vec<u8>>) -> io::Result<()> {
-    match r {
-        Ok(p) => {
-            send.write_all(&encode_answer(true, p.len() as u32)).await?;
-            send.write_all(&p).await
-        }
-        Err(e) => {
-            let p = encode_error(crate::shardio::os_code(&e).unwrap_or(0), &e.to_string());
-            send.write_all(&encode_answer(false, p.len() as u32))
-                .await?;
-            send.write_all(&p).await
-        }
-    }
-}
-
-async fn serve_stream(node: Arc<Node>, mut send: SendStream, mut recv: RecvStream) {
-    let mut pre = [0u8; 4];
-    if recv.read_exact(&mut pre).await.is_err() || pre != PREAMBLE {
-        return;
-    }
-    let mut file: Option<Rc<ShardFile>> = None;
-    let mut created_dir: Option<std::path::PathBuf> = None;
-    loop {
-        let mut h = [0u8; REQUEST_BYTES];
-        match recv.read_exact_or_end(&mut h).await {
-            Ok(true) => {}
-            _ => break,
-        }
-        let req = match Request::decode(&h) {
-            Ok(r) => r,
-            Err(m) => {
-                let _ = answer(&mut send, Err(io::Error::other(m))).await;
-                break;
-            }
-        };
-        // Shard I/O for another node counts as serving, like a client request.
-        let _serving = crate::foreground::begin();
-        let r: io::Result<Vec<u8>> = match req.op {
-            Op::Open | Op::Remove => {
-                let loc = ShardLoc {
-                    index: req.index,
-                    drive: req.drive,
-                    file_id: req.a,
-                    file_tag: req.b,
-                };
-                match node.local_drive(loc.drive) {
-                    None => Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("drive {} is not on node {}", loc.drive, node.node_id),
-                    )),
-                    Some(d) if req.op == Op::Remove => {
-                        crate::offload::remove_file(d.shard_path(&loc))
-                            .await
-                            .map(|()| Vec::new())
-                    }
-                    Some(d) => {
-                        let path = d.shard_path(&loc);
-                        if req.mode != OpenMode::Read {
-                            created_dir = path.parent().map(|p| p.to_path_buf());
-                        }
-                        match ShardFile::open(loc.drive, &path, req.mode).await {
-                            Ok(f) => {
-                                file = Some(Rc::new(f));
-                                Ok(Vec::new())
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                }
-            }
-            op => match &file {
-                None => Err(io::Error::other("no file open on this stream")),
-                Some(f) => serve_io(f, op, &req, &mut recv, &mut created_dir).await,
-            },
-        };
-        let fatal = r.is_err() && req.op == Op::Write;
-        if answer(&mut send, r).await.is_err() || fatal {
-            break;
-        }
-    }
-    let _ = send.finish();
-    if let Some(f) = file.and_then(|f| Rc::try_unwrap(f).ok()) {
-        f.close().await;
-    }
-}
-
-async fn serve_io(
-    f: &Rc<ShardFile>,
-    op: Op,
-    req: &Request,
-    recv: &mut RecvStream,
-    created_dir: &mut Option<std::path::PathBuf>,
-) -> io::Result<Vec<u8>> {
-    match op {
-        Op::Write => {
-            let len = req.b as usize;
-            let mut buf = glommio::allocate_dma_buffer(len.max(1));
-            recv.read_exact(&mut buf.as_bytes_mut()[..len]).await?;
-            let n = f.write_at(&Rc::new(buf), len, req.a).await?;
-            Ok((n as u32).to_le_bytes().to_vec())
-        }
-        Op::Read => match f.read_at(req.a, req.b as usize).await? {
-            ReadBuf::Dma(r) => Ok(r.to_vec()),
-            ReadBuf::Heap(v) => Ok(v),
-        },
-        Op::Sync => {
-            f.fdatasync().await?;
-            // The first sync of a new file also makes its directory entry durable.
-            if let Some(d) = created_dir.take() {
-                crate::offload::sync_dir(d).await?;
-            }
-            Ok(Vec::new())
-        }
-        Op::Allocate => f.pre_allocate(req.a).await.map(|_| Vec::new()),
-        Op::Open | Op::Remove => Err(io::Error::other("unexpected op")),
-    }
 }

@@ -2,6 +2,8 @@
 //! how many files it may hold open, and paths that stay right whatever the working directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// File descriptors kept back from client connections: drives, shard files being read or
 /// written, QUIC sockets, the metadata store, the log.
@@ -93,6 +95,120 @@ pub fn make_private_or_warn(dir: &Path) {
             dir.display()
         );
     }
+}
+
+/// Prints the one `ostore ready` line on stdout.
+pub fn print_ready(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, caught from now on: taken before the ready line is printed, so a signal
+/// sent the moment a supervisor sees it stops the process cleanly instead of killing it.
+pub(crate) fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
+    Ok(signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?)
+}
+
+/// What the main thread waits for once the node serves.
+enum Event {
+    Signal(i32),
+    ExecutorEnded { core: usize, why: Option<String> },
+}
+
+/// How long a stopping node gives its executors beyond the requests' drain time before it
+/// exits anyway.
+const STOP_GRACE_S: u64 = 10;
+
+/// Blocks until SIGINT or SIGTERM, then stops the node and waits for its executors (at most
+/// the drain time and a grace, then it exits anyway). An executor that ends before
+/// the node was told to stop means the node lost part of itself (its connections, its drives):
+/// the process exits at once, non-zero, saying why, so a supervisor restarts a whole node
+/// instead of a half-alive one serving on.
+pub(crate) fn wait_for_signal_then_stop(
+    stopping: &AtomicBool,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    mut signals: signal_hook::iterator::Signals,
+) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("ostore-signals".into())
+            .spawn(move || {
+                for s in signals.forever() {
+                    if tx.send(Event::Signal(s)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+    }
+    let executors = handles.len();
+    for (core, h) in handles.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("ostore-watch-{core}"))
+            .spawn(move || {
+                let why = match h.join() {
+                    Ok(()) => None,
+                    Err(glommio::GlommioError::BuilderError(
+                        glommio::BuilderErrorKind::ThreadPanic(p),
+                    )) => Some(format!("it panicked: {}", crate::guard::message(&*p))),
+                    Err(e) => Some(e.to_string()),
+                };
+                let _ = tx.send(Event::ExecutorEnded { core, why });
+            })?;
+    }
+    drop(tx);
+    let mut deadline: Option<std::time::Instant> = None;
+    let mut ended = 0;
+    while ended < executors {
+        let ev = match deadline {
+            None => rx.recv().ok(),
+            Some(d) => rx
+                .recv_timeout(d.saturating_duration_since(std::time::Instant::now()))
+                .ok(),
+        };
+        match ev {
+            None => {
+                tracing::warn!(
+                    "{} of {executors} executors still busy {}s after the stop: exiting anyway",
+                    executors - ended,
+                    crate::conn::DRAIN_S_MAX + STOP_GRACE_S
+                );
+                return Ok(());
+            }
+            Some(Event::Signal(sig)) if deadline.is_some() => {
+                // Supervisors repeat their signal; the drain is bounded either way.
+                tracing::info!("signal {sig}: already stopping");
+            }
+            Some(Event::Signal(sig)) => {
+                tracing::info!(
+                    "signal {sig}: stopping, no new connections, finishing requests in flight"
+                );
+                stopping.store(true, Ordering::SeqCst);
+                deadline = Some(
+                    std::time::Instant::now()
+                        + Duration::from_secs(crate::conn::DRAIN_S_MAX + STOP_GRACE_S),
+                );
+            }
+            Some(Event::ExecutorEnded { core, why }) => {
+                if deadline.is_none() || why.is_some() {
+                    let why = why.unwrap_or_else(|| "it returned".into());
+                    tracing::error!("executor {core} ended while serving ({why}): exiting");
+                    eprintln!("ostore: executor {core} ended while serving ({why}); exiting so that the node restarts whole");
+                    std::process::exit(70);
+                }
+                ended += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

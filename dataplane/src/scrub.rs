@@ -11,7 +11,7 @@
 //! every [`SAVE_EVERY`] so a restart goes on where it stopped. Only the drive's own shard is
 //! read — not the object's other shards — so a pass reads each byte on the drive once.
 
-use crate::node::{sleep_unless_stopping, Node};
+use crate::ctx::{sleep_unless_stopping, Node};
 use crate::shardio::ShardFile;
 use crate::store::{header_ok, now_ms, StoreError};
 use ostore_control::records::{ContentRec, Stored};

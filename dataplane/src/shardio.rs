@@ -6,6 +6,7 @@
 //! zero-copy (the DMA buffer goes to the kernel as is); the remote path copies the bytes once
 //! each way into a plain buffer, because DMA buffers belong to one executor.
 
+use crate::oserror::OsError;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use ostore_control::records::ShardLoc;
@@ -79,41 +80,6 @@ thread_local! {
 fn core() -> Rc<Core> {
     CORE.with(|c| c.borrow().clone())
         .expect("shard I/O used outside a joined executor")
-}
-
-/// An OS error with its context (the operation and the file, or the peer that reported it).
-/// `io::Error::new(kind, message)` would keep only the kind, and whether a drive is full (507) or
-/// failed (500) is decided on the error number.
-#[derive(Debug)]
-pub struct OsError {
-    pub code: i32,
-    pub message: String,
-}
-
-impl std::fmt::Display for OsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for OsError {}
-
-impl OsError {
-    pub fn into_io(code: i32, message: String) -> io::Error {
-        io::Error::new(
-            io::Error::from_raw_os_error(code).kind(),
-            OsError { code, message },
-        )
-    }
-}
-
-/// The OS error number behind `e`, if there is one (also through [`OsError`]).
-pub fn os_code(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|i| i.downcast_ref::<OsError>())
-            .map(|o| o.code)
-    })
 }
 
 /// glommio's error as an `io::Error` that keeps both its context and its OS error number.
@@ -309,7 +275,7 @@ impl ShardFile {
     /// Opens the shard file `loc` names, wherever its drive is: on this executor, on another
     /// executor of this node, or on another node.
     pub async fn open_loc(
-        node: &crate::node::Node,
+        node: &crate::ctx::Node,
         loc: &ShardLoc,
         mode: OpenMode,
     ) -> io::Result<ShardFile> {
@@ -399,7 +365,7 @@ impl ShardFile {
     }
 
     /// Removes the shard file `loc` names; a file already gone counts as removed.
-    pub async fn remove(node: &crate::node::Node, loc: &ShardLoc) -> io::Result<()> {
+    pub async fn remove(node: &crate::ctx::Node, loc: &ShardLoc) -> io::Result<()> {
         let Some(d) = node.local_drive(loc.drive) else {
             return crate::peer::remove(node, loc).await;
         };
@@ -448,6 +414,7 @@ impl Drop for ShardFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oserror::os_code;
 
     #[test]
     fn a_full_drive_stays_a_full_drive_through_glommio_and_peers() {

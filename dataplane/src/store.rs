@@ -4,7 +4,7 @@
 //! The byte layout and the striping decisions come from `ostore-engine`; this module only moves
 //! buffers between the network, the codec and the drives.
 
-use crate::node::Node;
+use crate::ctx::Node;
 use crate::shardio::{ReadBuf, ShardFile};
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -400,7 +400,7 @@ fn subtask_failed<T>() -> Result<T> {
 
 /// Maps drive errors: a full disk is the client-visible 507.
 fn io_error(e: std::io::Error) -> StoreError {
-    let code = crate::shardio::os_code(&e);
+    let code = crate::oserror::os_code(&e);
     if code == Some(libc::ENOSPC) || code == Some(libc::EDQUOT) {
         StoreError::InsufficientStorage(e.to_string())
     } else {
@@ -1712,7 +1712,7 @@ pub struct GcReport {
 /// the contents this node's hash share covers (the periodic pass on every node of a cluster).
 pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     let grace_ms = node.store.gc_grace.as_millis() as u64;
-    let mine = crate::node::repair_share(node);
+    let mine = crate::ctx::repair_share(node);
     let mut report = GcReport::default();
     // Retention first, so that what it drops is reclaimed in the same pass (once its grace is
     // over). In a cluster one node's periodic pass does it: the node whose share holds hash 0.
@@ -1785,70 +1785,6 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
             Some(n) => after = Some(n),
             None => return Ok(report),
         }
-    }
-}
-
-/// Reads a repair may run ahead of its pace.
-const REPAIR_BURST_US: u64 = 50_000;
-
-/// How fast this node's repairs (and scrubs, which repair what they find) read, and may read:
-/// the operator's rate (`osctl repair-rate`, read from the control plane every repair round)
-/// shared by all of the node's executors.
-pub struct RepairPace {
-    /// Bytes per second (`u64::MAX`: no limit).
-    pub limit: std::sync::atomic::AtomicU64,
-    pacer: std::sync::Mutex<ostore_engine::rate::Pacer>,
-    meter: std::sync::Mutex<ostore_engine::rate::RateMeter>,
-    /// The clock the pacer and meter count on.
-    epoch: std::time::Instant,
-}
-
-impl Default for RepairPace {
-    fn default() -> Self {
-        RepairPace {
-            limit: std::sync::atomic::AtomicU64::new(
-                ostore_control::cluster::DEFAULT_REPAIR_BYTES_PER_S,
-            ),
-            pacer: Default::default(),
-            meter: Default::default(),
-            epoch: std::time::Instant::now(),
-        }
-    }
-}
-
-impl RepairPace {
-    /// Bytes per second this node's repairs read over the last few seconds.
-    pub fn bytes_per_s(&self) -> u64 {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        self.meter.lock().expect("repair meter").per_second(now_ms)
-    }
-
-    /// Waits as needed to keep the node's repair reads under the limit, then counts `bytes`.
-    /// A wait is cut short when the operator changes the limit meanwhile (the pace starts
-    /// afresh at the new one).
-    async fn take(&self, bytes: u64) {
-        let now_us = self.epoch.elapsed().as_micros() as u64;
-        let limit = self.limit.load(Ordering::Relaxed);
-        let wait =
-            self.pacer
-                .lock()
-                .expect("repair pacer")
-                .take(now_us, bytes, limit, REPAIR_BURST_US);
-        let until = std::time::Instant::now() + Duration::from_micros(wait);
-        loop {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            if self.limit.load(Ordering::Relaxed) != limit {
-                let now_us = self.epoch.elapsed().as_micros() as u64;
-                self.pacer.lock().expect("repair pacer").restart(now_us);
-                break;
-            }
-            glommio::timer::sleep(left.min(Duration::from_millis(250))).await;
-        }
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        self.meter.lock().expect("repair meter").add(now_ms, bytes);
     }
 }
 
@@ -2289,7 +2225,7 @@ pub struct ScrubReport {
 /// Checks every shard of every sharded content (with `share`, of this node's hash share) and
 /// repairs what is bad, paced like repairs so that client requests keep their latency.
 pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
-    let mine = crate::node::repair_share(node);
+    let mine = crate::ctx::repair_share(node);
     let mut report = ScrubReport::default();
     let mut after = None;
     loop {
@@ -2359,7 +2295,7 @@ async fn scrub_one(node: &Arc<Node>, h: [u8; 32], report: &mut ScrubReport) -> R
         }
         Err(StoreError::InsufficientShards { have, need }) => {
             report.unrepairable += 1;
-            crate::node::unrepairable(node, &h, have, need).await;
+            crate::ctx::unrepairable(node, &h, have, need).await;
             Ok(())
         }
         Err(e) => Err(e),

@@ -10,13 +10,13 @@
 //! version as a PUT does. Without a checksum header, a long PATCH also records its progress
 //! every [`CHECKPOINT_BYTES`], and a PATCH whose client goes away keeps what arrived.
 
-use crate::http::ReqBody;
-use crate::http::{
-    bucket_of, drain, empty, err, etag_of, query, ApiError, IncomingSource, Resp, RespBody,
-};
-use crate::node::Node;
+use crate::ctx::Node;
 use crate::store::{self, BodySource, ShardWriter, StoreError, StripeOut};
 use crate::time::http_date;
+use crate::web::ReqBody;
+use crate::web::{
+    bucket_of, drain, empty, err, etag_of, query, ApiError, IncomingSource, Resp, RespBody,
+};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};

@@ -743,7 +743,12 @@ pub fn balance_slack(mean: f64) -> f64 {
 /// The zone id placement uses for a node's zone name (the first four bytes of its BLAKE3).
 pub fn zone_id(name: &str) -> u32 {
     let h = blake3::hash(name.as_bytes());
-    u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]])
+    u32::from_le_bytes([
+        h.as_bytes()[0],
+        h.as_bytes()[1],
+        h.as_bytes()[2],
+        h.as_bytes()[3],
+    ])
 }
 
 /// Where the shards of one object go when it is repaired or moved: the `broken` positions must
@@ -774,9 +779,15 @@ pub fn targets(
         .filter(|m| m.1.is_none())
         .map(|m| m.0)
         .collect();
-    let mut placed = replacements(drives, &after, &anywhere, shard_bytes, spread.rotate_left(32))
-        .unwrap_or_default()
-        .into_iter();
+    let mut placed = replacements(
+        drives,
+        &after,
+        &anywhere,
+        shard_bytes,
+        spread.rotate_left(32),
+    )
+    .unwrap_or_default()
+    .into_iter();
     for &(i, to) in moves {
         let Some(d) = to.or_else(|| placed.next()) else {
             continue;
@@ -809,7 +820,11 @@ pub fn misplaced(drives: &[DriveView], current: &[u16]) -> bool {
     }
     nodes.sort_unstable();
     nodes.dedup();
-    let mut healthy: Vec<u32> = drives.iter().filter(|d| d.healthy).map(|d| d.node).collect();
+    let mut healthy: Vec<u32> = drives
+        .iter()
+        .filter(|d| d.healthy)
+        .map(|d| d.node)
+        .collect();
     healthy.sort_unstable();
     healthy.dedup();
     nodes.len() < current.len() && nodes.len() < healthy.len()
@@ -933,7 +948,13 @@ mod decision_tests {
         let t = targets(&d, &[0, 0, 1, 1, 2, 3], &[], &[(0, Some(1))], 1, 2, 7).unwrap();
         assert!(t.is_empty(), "{t:?}");
         // Broken positions that cannot be placed are an error.
-        let none: Vec<DriveView> = d.iter().map(|x| DriveView { healthy: false, ..x.clone() }).collect();
+        let none: Vec<DriveView> = d
+            .iter()
+            .map(|x| DriveView {
+                healthy: false,
+                ..x.clone()
+            })
+            .collect();
         assert!(targets(&none, &[0, 1, 2, 3, 4, 5], &[2], &[], 1, 2, 7).is_err());
     }
 
@@ -941,7 +962,11 @@ mod decision_tests {
         counts
             .iter()
             .enumerate()
-            .map(|(i, &c)| NodeLoad { node: i as u32, shards: c, drives: 2 })
+            .map(|(i, &c)| NodeLoad {
+                node: i as u32,
+                shards: c,
+                drives: 2,
+            })
             .collect()
     }
 

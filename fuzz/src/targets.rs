@@ -1,9 +1,9 @@
 //! The targets. Each must not panic on any input; the asserts inside state what a parser
 //! promises about what it accepts.
 
-use crate::{headers, Input, Target};
+use crate::input::{headers, Input, Target};
 use ostore_control::records;
-use ostore_dataplane::http as api;
+use ostore_dataplane::web as api;
 use ostore_engine::range::{resolve, RangeDecision};
 
 pub static ALL: &[Target] = &[

@@ -145,4 +145,3 @@ pub fn tls_configs(
         client: cc,
     })
 }
-
