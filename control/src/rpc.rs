@@ -4,14 +4,17 @@
 //! [`crate::cluster`].
 //!
 //! `ostore dev` runs requests in-process through the very same [`execute`]; `ostore control`
-//! receives them over HTTP (`POST /v1/rpc`, see ARCHITECTURE.md for the framing). Each request's
-//! answer is the postcard encoding of the return type named on its variant.
+//! receives them over HTTP (`POST /v1/rpc`, see ARCHITECTURE.md for the framing). Each request is
+//! also a type of its own in [`ask`] that names its answer ([`Ask`]); the answer is the postcard
+//! encoding of that type.
 
 use crate::cluster::{self, ClusterView, Registration};
 use crate::keys;
 use crate::kv::{run, Kv, TxKv};
-use crate::meta::{self, MetaError, NewContent, WriteCondition};
-use crate::records::{ContentRec, DriveRec, Owner, RecordError, ShardLoc, Stored};
+use crate::meta::{self, MetaError, NewContent, PutOutcome, WriteCondition};
+use crate::records::{
+    ContentRec, DriveRec, IntentRec, Owner, RecordError, ShardLoc, Stored, VersionRec,
+};
 use crate::scrub;
 use crate::upload::{self, Progress, UploadRec};
 use serde::{Deserialize, Serialize};
@@ -42,240 +45,255 @@ impl Token {
 /// Contents examined by one [`Request::RepairScan`] call.
 pub const REPAIR_SCAN_PAGE: usize = 1000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Request {
+/// A request as a type of its own, naming its answer: `MetaClient::ask` and the in-process
+/// service decode exactly this type, and [`execute`] encodes exactly this type (through
+/// [`answer`]), so a request and its answer cannot drift apart unnoticed.
+pub trait Ask: Into<Request> {
+    type Answer: Serialize + serde::de::DeserializeOwned;
+}
+
+/// Declares [`Request`] (one variant per request; its postcard encoding is the wire format)
+/// and, in [`ask`], one struct per request with the same fields, convertible into the variant
+/// and naming the answer (`-> T`).
+macro_rules! requests {
+    ($(
+        $(#[$m:meta])*
+        $name:ident $({ $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? })? -> $ans:ty
+    ),* $(,)?) => {
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub enum Request {
+            $( $(#[$m])* $name $({ $($(#[$fm])* $f: $t),* })? ),*
+        }
+
+        /// Every request as a type of its own (see [`Ask`]).
+        pub mod ask {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                $(#[$m])*
+                #[derive(Debug, Clone)]
+                pub struct $name { $($($(#[$fm])* pub $f: $t),*)? }
+
+                impl From<$name> for Request {
+                    #[allow(unused_variables)]
+                    fn from(x: $name) -> Request {
+                        Request::$name $({ $($f: x.$f),* })?
+                    }
+                }
+
+                impl Ask for $name {
+                    type Answer = $ans;
+                }
+            )*
+        }
+    };
+}
+
+/// Encodes the answer of request `A`.
+fn answer<A: Ask>(v: A::Answer) -> Result<Vec<u8>, MetaError> {
+    enc(v)
+}
+
+requests! {
     // Reads.
-    /// → `()`
     CheckCondition {
         bucket: String,
         key: String,
         cond: WriteCondition,
-    },
-    /// → `Option<ContentRec>`
-    Content { blake3: [u8; 32] },
-    /// → `meta::Resolved`
+    } -> (),
+    Content { blake3: [u8; 32] } -> Option<ContentRec>,
     Resolve {
         bucket: String,
         key: String,
         version: Option<u64>,
-    },
-    /// → `Option<Vec<VersionRec>>`
-    Versions { bucket: String, key: String },
-    /// → `meta::ListPage`
+    } -> meta::Resolved,
+    Versions { bucket: String, key: String } -> Option<Vec<VersionRec>>,
     List {
         bucket: String,
         prefix: String,
         start_after: Option<String>,
         limit: usize,
-    },
-    /// → `Option<IntentRec>`
-    Intent { id: u64 },
-    /// → `Vec<(u64, IntentRec)>`
-    Intents,
-    /// → `Option<DriveRec>`
-    Drive { id: u16 },
-    /// → `Vec<([u8; 32], u8)>`
+    } -> meta::ListPage,
+    Intent { id: u64 } -> Option<IntentRec>,
+    Intents -> Vec<(u64, IntentRec)>,
+    Drive { id: u16 } -> Option<DriveRec>,
     ShardsOnDrive {
         drive: u16,
         after: Option<([u8; 32], u8)>,
         limit: usize,
-    },
-    /// → `ClusterView`
-    Cluster,
-    /// → `Option<upload::UploadRec>`
-    UploadGet { id: [u8; 16] },
-    /// Every upload in progress. → `Vec<upload::UploadRec>`
-    Uploads,
-    /// Uploads expired by now. → `Vec<[u8; 16]>`
-    UploadsExpired { limit: usize },
+    } -> Vec<([u8; 32], u8)>,
+    Cluster -> ClusterView,
+    UploadGet { id: [u8; 16] } -> Option<upload::UploadRec>,
+    /// Every upload in progress.
+    Uploads -> Vec<upload::UploadRec>,
+    /// Uploads expired by now.
+    UploadsExpired { limit: usize } -> Vec<[u8; 16]>,
     /// Versions kept per key in `bucket` (its override, else the default; `None`: all); with
-    /// `bucket: None`, the cluster default. → `Option<u32>`
-    Retention { bucket: Option<String> },
-    /// Every bucket. → `Vec<String>`
-    Buckets,
-    /// Up to `limit` content records after `after`, in hash order. → `Vec<([u8; 32], ContentRec)>`
+    /// `bucket: None`, the cluster default.
+    Retention { bucket: Option<String> } -> Option<u32>,
+    /// Every bucket.
+    Buckets -> Vec<String>,
+    /// Up to `limit` content records after `after`, in hash order.
     Contents {
         after: Option<[u8; 32]>,
         limit: usize,
-    },
+    } -> Vec<([u8; 32], ContentRec)>,
     /// Contents of one page (of [`REPAIR_SCAN_PAGE`]) unreferenced for `grace_ms` or more.
-    /// → `meta::GcPage`
     GcCandidates {
         after: Option<meta::GcCursor>,
         grace_ms: u64,
-    },
+    } -> meta::GcPage,
     /// What of the cluster's data is still on a node's drives (shards from the drive counters,
-    /// or with `exact` counted from the index). → `cluster::DrainProgress`
-    DrainProgress { node: u32, exact: bool },
-    /// The cluster-wide counters. → `meta::Stats`
-    Stats,
-    /// Shards held by each drive. → `Vec<i64>`
-    DriveShardCounts { drives: Vec<u16> },
-    /// How `drive` is scrubbed. → `scrub::ScrubPolicy`
-    ScrubPolicy { drive: u16 },
+    /// or with `exact` counted from the index).
+    DrainProgress { node: u32, exact: bool } -> cluster::DrainProgress,
+    /// The cluster-wide counters.
+    Stats -> meta::Stats,
+    /// Shards held by each drive.
+    DriveShardCounts { drives: Vec<u16> } -> Vec<i64>,
+    /// How `drive` is scrubbed.
+    ScrubPolicy { drive: u16 } -> scrub::ScrubPolicy,
     /// The default scrub policy and the per-drive ones.
-    /// → `(Option<scrub::ScrubPolicy>, Vec<(u16, scrub::ScrubPolicy)>)`
-    ScrubPolicies,
-    /// Where each drive's continuous scrub is. → `Vec<scrub::ScrubCursor>`
-    ScrubCursors { drives: Vec<u16> },
+    ScrubPolicies -> (Option<scrub::ScrubPolicy>, Vec<(u16, scrub::ScrubPolicy)>),
+    /// Where each drive's continuous scrub is.
+    ScrubCursors { drives: Vec<u16> } -> Vec<scrub::ScrubCursor>,
 
     // Writes.
-    /// → `()`
-    Init,
-    /// → `Option<PutOutcome>`
+    Init -> (),
     PutExisting {
         bucket: String,
         key: String,
         blake3: [u8; 32],
         cond: WriteCondition,
-    },
-    /// → `Option<u64>`
-    DeleteKey { bucket: String, key: String },
-    /// → `()`
+    } -> Option<PutOutcome>,
+    DeleteKey { bucket: String, key: String } -> Option<u64>,
     DeleteVersion {
         bucket: String,
         key: String,
         version: u64,
-    },
-    /// → `PutOutcome`
+    } -> (),
     CommitPut {
         bucket: String,
         key: String,
         intent: Option<u64>,
         content: NewContent,
         cond: WriteCondition,
-    },
-    /// → `()`
+    } -> PutOutcome,
     BeginIntent {
         id: u64,
         shards: Vec<ShardLoc>,
         owner: Owner,
-    },
-    /// → `()`
-    AbandonIntent { id: u64 },
-    /// → `()`
-    EndIntent { id: u64 },
-    /// → `Vec<ShardLoc>`
+    } -> (),
+    AbandonIntent { id: u64 } -> (),
+    EndIntent { id: u64 } -> (),
     ReplaceShards {
         blake3: [u8; 32],
         shards: Vec<ShardLoc>,
         /// The locations the new shards were made from (a slot changed since keeps its shard).
         replaced: Vec<ShardLoc>,
         intent: u64,
-    },
-    /// → `()`
-    SetDrive { id: u16, rec: DriveRec },
-    /// → `()`
-    QueueRepair { contents: Vec<[u8; 32]>, nonce: u64 },
-    /// → `()`
-    RepairDone { blake3: [u8; 32], nonce: u64 },
-    /// → `()`
-    MarkDamaged { blake3: [u8; 32] },
-    /// → `cluster::NodeRec`
-    Register(Registration),
+    } -> Vec<ShardLoc>,
+    SetDrive { id: u16, rec: DriveRec } -> (),
+    QueueRepair { contents: Vec<[u8; 32]>, nonce: u64 } -> (),
+    RepairDone { blake3: [u8; 32], nonce: u64 } -> (),
+    MarkDamaged { blake3: [u8; 32] } -> (),
+    Register { reg: Registration } -> cluster::NodeRec,
     /// → `cluster::Beat` (not known: register again)
-    Heartbeat { node: u32, free: Vec<(u16, u64)> },
+    Heartbeat { node: u32, free: Vec<(u16, u64)> } -> cluster::Beat,
     /// Queues for repair every content (of one page after `after`) whose shards are not where
     /// the placement rules want them: on a node that is down, on a drive being refilled, or two
     /// on one node while enough nodes are up to spread them. → `(queued: u64, next: Option<[u8; 32]>)`
-    RepairScan { after: Option<[u8; 32]>, nonce: u64 },
-    /// Forgets the answers of write requests issued over [`DONE_TTL_MS`] ago. → `()`
-    ExpireDone,
-    /// Creates an upload now, expiring `expiry_ms` from now. → `()`
+    RepairScan { after: Option<[u8; 32]>, nonce: u64 } -> (u64, Option<[u8; 32]>),
+    /// Forgets the answers of write requests issued over [`DONE_TTL_MS`] ago.
+    ExpireDone -> (),
+    /// Creates an upload now, expiring `expiry_ms` from now.
     UploadCreate {
         id: [u8; 16],
         rec: UploadRec,
         expiry_ms: u64,
-    },
-    /// Takes an upload for a PATCH at `offset` for [`upload::LOCK_MS`]. → `upload::UploadState`
+    } -> (),
+    /// Takes an upload for a PATCH at `offset` for [`upload::LOCK_MS`].
     UploadLock {
         id: [u8; 16],
         offset: u64,
         owner: u64,
         node: String,
         boot: u64,
-    },
-    /// → `()`
-    UploadRenew { id: [u8; 16], owner: u64 },
-    /// → `()`
+    } -> upload::UploadState,
+    UploadRenew { id: [u8; 16], owner: u64 } -> (),
     UploadProgress {
         id: [u8; 16],
         owner: u64,
         progress: Progress,
         release: bool,
-    },
-    /// → `()`
-    UploadUnlock { id: [u8; 16], owner: u64 },
-    /// → `PutOutcome`
+    } -> (),
+    UploadUnlock { id: [u8; 16], owner: u64 } -> (),
     UploadCommit {
         id: [u8; 16],
         owner: u64,
         intent: u64,
         content: NewContent,
-    },
+    } -> PutOutcome,
     /// Ends an upload (terminated; or, with `expired`, only if it expired by now), turning its
-    /// files into the garbage intent `intent`. → `Option<Vec<ShardLoc>>`
+    /// files into the garbage intent `intent`.
     UploadEnd {
         id: [u8; 16],
         intent: u64,
         expired: bool,
-    },
-    /// → `()`
+    } -> Option<Vec<ShardLoc>>,
     SetRetention {
         bucket: Option<String>,
         keep: Option<u32>,
-    },
+    } -> (),
     /// Applies `bucket`'s retention to one page of its keys after `after`.
     /// → `(versions removed: u64, next: Option<String>)`
     TrimVersions {
         bucket: String,
         after: Option<String>,
-    },
-    /// Sets (`None`: removes) the default scrub policy or one drive's. → `()`
+    } -> (u64, Option<String>),
+    /// Sets (`None`: removes) the default scrub policy or one drive's.
     SetScrubPolicy {
         drive: Option<u16>,
         policy: Option<crate::scrub::ScrubPolicy>,
-    },
-    /// Records how far a drive's scrub got. → `()`
+    } -> (),
+    /// Records how far a drive's scrub got.
     SaveScrubCursor {
         drive: u16,
         cursor: crate::scrub::ScrubCursor,
-    },
-    /// Queues contents to have shards moved. → `()`
-    QueueMove { contents: Vec<[u8; 32]>, nonce: u64 },
-    /// Clears a move request unless renewed since `nonce`. → `()`
-    MoveDone { blake3: [u8; 32], nonce: u64 },
-    /// Starts draining a node. → `cluster::DrainRec`
-    DrainStart { node: u32, shards_at_start: u64 },
+    } -> (),
+    /// Queues contents to have shards moved.
+    QueueMove { contents: Vec<[u8; 32]>, nonce: u64 } -> (),
+    /// Clears a move request unless renewed since `nonce`.
+    MoveDone { blake3: [u8; 32], nonce: u64 } -> (),
+    /// Starts draining a node.
+    DrainStart { node: u32, shards_at_start: u64 } -> cluster::DrainRec,
     /// Stops draining a node. → `bool` (whether it was being drained)
-    DrainStop { node: u32 },
-    /// Records that a drained node holds nothing any more (`done`), or again something. → `()`
-    SetDrainDone { node: u32, done: bool },
+    DrainStop { node: u32 } -> bool,
+    /// Records that a drained node holds nothing any more (`done`), or again something.
+    SetDrainDone { node: u32, done: bool } -> (),
     /// Removes a content unreferenced for `grace_ms` or more; its files become the garbage
-    /// intent `intent`. → `Option<ContentRec>`
+    /// intent `intent`.
     GcCollect {
         blake3: [u8; 32],
         intent: u64,
         grace_ms: u64,
-    },
+    } -> Option<ContentRec>,
     /// Takes the damaged mark off a content whose every shard was just verified (or rebuilt):
-    /// the shards that were missing came back. → `()`
-    ClearDamaged { blake3: [u8; 32] },
+    /// the shards that were missing came back.
+    ClearDamaged { blake3: [u8; 32] } -> (),
     /// The rate each node's repairs may read at. → `u64` (bytes/s; `u64::MAX`: no limit)
-    RepairRate,
-    /// Sets it (`None`: the default). → `()`
-    SetRepairRate { bytes_per_s: Option<u64> },
+    RepairRate -> u64,
+    /// Sets it (`None`: the default).
+    SetRepairRate { bytes_per_s: Option<u64> } -> (),
     /// What waits in the repair and move queues (the first `limit` of each).
-    /// → `(meta::Backlog, meta::Backlog)`
-    Backlog { limit: usize },
+    Backlog { limit: usize } -> (meta::Backlog, meta::Backlog),
     /// Up to `limit` entries of the repair queue (or, with `moves`, the move queue: contents
     /// queued to have shards moved) from content `from` on, with the nonce of their latest
-    /// request. → `Vec<([u8; 32], u64)>`
+    /// request.
     WorkQueue {
         moves: bool,
         from: [u8; 32],
         limit: usize,
-    },
+    } -> Vec<([u8; 32], u64)>,
 }
 
 impl Request {
@@ -440,36 +458,36 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
     use Request::*;
     match req {
         CheckCondition { bucket, key, cond } => {
-            enc(meta::check_condition(kv, &bucket, &key, &cond)?)
+            answer::<ask::CheckCondition>(meta::check_condition(kv, &bucket, &key, &cond)?)
         }
-        Content { blake3 } => enc(meta::content(kv, &blake3)?),
+        Content { blake3 } => answer::<ask::Content>(meta::content(kv, &blake3)?),
         Resolve {
             bucket,
             key,
             version,
-        } => enc(meta::resolve(kv, &bucket, &key, version)?),
-        Versions { bucket, key } => enc(meta::versions(kv, &bucket, &key)?),
+        } => answer::<ask::Resolve>(meta::resolve(kv, &bucket, &key, version)?),
+        Versions { bucket, key } => answer::<ask::Versions>(meta::versions(kv, &bucket, &key)?),
         List {
             bucket,
             prefix,
             start_after,
             limit,
-        } => enc(meta::list(
+        } => answer::<ask::List>(meta::list(
             kv,
             &bucket,
             &prefix,
             start_after.as_deref(),
             limit,
         )?),
-        Intent { id } => enc(meta::intent(kv, id)?),
-        Intents => enc(meta::intents(kv)?),
-        Drive { id } => enc(meta::drive(kv, id)?),
+        Intent { id } => answer::<ask::Intent>(meta::intent(kv, id)?),
+        Intents => answer::<ask::Intents>(meta::intents(kv)?),
+        Drive { id } => answer::<ask::Drive>(meta::drive(kv, id)?),
         ShardsOnDrive {
             drive,
             after,
             limit,
-        } => enc(meta::shards_on_drive(kv, drive, after, limit)?),
-        QueueMove { contents, nonce } => enc(meta::queue_work(
+        } => answer::<ask::ShardsOnDrive>(meta::shards_on_drive(kv, drive, after, limit)?),
+        QueueMove { contents, nonce } => answer::<ask::QueueMove>(meta::queue_work(
             kv,
             meta::WorkQueue::Move,
             &contents,
@@ -477,14 +495,18 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             now_ms,
         )?),
         MoveDone { blake3, nonce } => {
-            enc(meta::work_done(kv, meta::WorkQueue::Move, &blake3, nonce)?)
+            answer::<ask::MoveDone>(meta::work_done(kv, meta::WorkQueue::Move, &blake3, nonce)?)
         }
-        Cluster => enc(cluster::view(kv)?),
-        DrainProgress { node, exact } => enc(cluster::drain_progress(kv, node, exact)?),
-        Stats => enc(meta::stats(kv)?),
-        RepairRate => enc(cluster::repair_rate(kv)?),
-        SetRepairRate { bytes_per_s } => enc(cluster::set_repair_rate(kv, bytes_per_s)?),
-        WorkQueue { moves, from, limit } => enc(meta::work_queue(
+        Cluster => answer::<ask::Cluster>(cluster::view(kv)?),
+        DrainProgress { node, exact } => {
+            answer::<ask::DrainProgress>(cluster::drain_progress(kv, node, exact)?)
+        }
+        Stats => answer::<ask::Stats>(meta::stats(kv)?),
+        RepairRate => answer::<ask::RepairRate>(cluster::repair_rate(kv)?),
+        SetRepairRate { bytes_per_s } => {
+            answer::<ask::SetRepairRate>(cluster::set_repair_rate(kv, bytes_per_s)?)
+        }
+        WorkQueue { moves, from, limit } => answer::<ask::WorkQueue>(meta::work_queue(
             kv,
             if moves {
                 meta::WorkQueue::Move
@@ -494,69 +516,91 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             &from,
             limit,
         )?),
-        Backlog { limit } => enc((
+        Backlog { limit } => answer::<ask::Backlog>((
             meta::work_backlog(kv, meta::WorkQueue::Repair, limit)?,
             meta::work_backlog(kv, meta::WorkQueue::Move, limit)?,
         )),
-        DriveShardCounts { drives } => enc(meta::drive_shard_counts(kv, &drives)?),
-        ScrubPolicy { drive } => enc(scrub::policy(kv, drive)?),
-        ScrubPolicies => enc(scrub::policies(kv)?),
-        ScrubCursors { drives } => enc(scrub::cursors(kv, &drives)?),
-        SetScrubPolicy { drive, policy } => enc(scrub::set_policy(kv, drive, policy)?),
-        SaveScrubCursor { drive, cursor } => enc(scrub::save_cursor(kv, drive, &cursor)?),
+        DriveShardCounts { drives } => {
+            answer::<ask::DriveShardCounts>(meta::drive_shard_counts(kv, &drives)?)
+        }
+        ScrubPolicy { drive } => answer::<ask::ScrubPolicy>(scrub::policy(kv, drive)?),
+        ScrubPolicies => answer::<ask::ScrubPolicies>(scrub::policies(kv)?),
+        ScrubCursors { drives } => answer::<ask::ScrubCursors>(scrub::cursors(kv, &drives)?),
+        SetScrubPolicy { drive, policy } => {
+            answer::<ask::SetScrubPolicy>(scrub::set_policy(kv, drive, policy)?)
+        }
+        SaveScrubCursor { drive, cursor } => {
+            answer::<ask::SaveScrubCursor>(scrub::save_cursor(kv, drive, &cursor)?)
+        }
         DrainStart {
             node,
             shards_at_start,
-        } => enc(cluster::start_drain(kv, node, shards_at_start, now_ms)?),
-        DrainStop { node } => enc(cluster::stop_drain(kv, node)?),
-        SetDrainDone { node, done } => enc(cluster::set_drain_done(kv, node, done, now_ms)?),
-        Init => enc(meta::init(kv, now_ms)?),
+        } => answer::<ask::DrainStart>(cluster::start_drain(kv, node, shards_at_start, now_ms)?),
+        DrainStop { node } => answer::<ask::DrainStop>(cluster::stop_drain(kv, node)?),
+        SetDrainDone { node, done } => {
+            answer::<ask::SetDrainDone>(cluster::set_drain_done(kv, node, done, now_ms)?)
+        }
+        Init => answer::<ask::Init>(meta::init(kv, now_ms)?),
         PutExisting {
             bucket,
             key,
             blake3,
             cond,
-        } => enc(meta::put_existing(
+        } => answer::<ask::PutExisting>(meta::put_existing(
             kv, &bucket, &key, &blake3, &cond, now_ms,
         )?),
-        DeleteKey { bucket, key } => enc(meta::delete_key(kv, &bucket, &key, now_ms)?),
+        DeleteKey { bucket, key } => {
+            answer::<ask::DeleteKey>(meta::delete_key(kv, &bucket, &key, now_ms)?)
+        }
         DeleteVersion {
             bucket,
             key,
             version,
-        } => enc(meta::delete_version(kv, &bucket, &key, version, now_ms)?),
+        } => {
+            answer::<ask::DeleteVersion>(meta::delete_version(kv, &bucket, &key, version, now_ms)?)
+        }
         CommitPut {
             bucket,
             key,
             intent,
             content,
             cond,
-        } => enc(meta::commit_put(
+        } => answer::<ask::CommitPut>(meta::commit_put(
             kv, &bucket, &key, intent, &content, &cond, now_ms,
         )?),
         BeginIntent { id, shards, owner } => {
-            enc(meta::begin_intent(kv, id, &shards, owner, now_ms)?)
+            answer::<ask::BeginIntent>(meta::begin_intent(kv, id, &shards, owner, now_ms)?)
         }
-        AbandonIntent { id } => enc(meta::abandon_intent(kv, id)?),
-        EndIntent { id } => enc(meta::end_intent(kv, id)?),
+        AbandonIntent { id } => answer::<ask::AbandonIntent>(meta::abandon_intent(kv, id)?),
+        EndIntent { id } => answer::<ask::EndIntent>(meta::end_intent(kv, id)?),
         ReplaceShards {
             blake3,
             shards,
             replaced,
             intent,
-        } => enc(meta::replace_shards(
+        } => answer::<ask::ReplaceShards>(meta::replace_shards(
             kv, &blake3, &shards, &replaced, intent,
         )?),
-        SetDrive { id, rec } => enc(meta::set_drive(kv, id, &rec)?),
-        QueueRepair { contents, nonce } => enc(meta::queue_repair(kv, &contents, nonce, now_ms)?),
-        RepairDone { blake3, nonce } => enc(meta::repair_done(kv, &blake3, nonce)?),
-        MarkDamaged { blake3 } => enc(meta::set_damaged(kv, &blake3, true)?),
-        ClearDamaged { blake3 } => enc(meta::set_damaged(kv, &blake3, false)?),
-        Register(reg) => enc(cluster::register(kv, &reg, now_ms)?),
-        Heartbeat { node, free } => enc(cluster::heartbeat(kv, node, &free, now_ms)?),
-        UploadGet { id } => enc(upload::get(kv, &id)?),
-        Uploads => enc(upload::all(kv)?),
-        UploadsExpired { limit } => enc(upload::expired(kv, now_ms, limit)?),
+        SetDrive { id, rec } => answer::<ask::SetDrive>(meta::set_drive(kv, id, &rec)?),
+        QueueRepair { contents, nonce } => {
+            answer::<ask::QueueRepair>(meta::queue_repair(kv, &contents, nonce, now_ms)?)
+        }
+        RepairDone { blake3, nonce } => {
+            answer::<ask::RepairDone>(meta::repair_done(kv, &blake3, nonce)?)
+        }
+        MarkDamaged { blake3 } => answer::<ask::MarkDamaged>(meta::set_damaged(kv, &blake3, true)?),
+        ClearDamaged { blake3 } => {
+            answer::<ask::ClearDamaged>(meta::set_damaged(kv, &blake3, false)?)
+        }
+        Register { reg } => answer::<ask::Register>(cluster::register(kv, &reg, now_ms)?),
+        Heartbeat { node, free } => {
+            answer::<ask::Heartbeat>(cluster::heartbeat(kv, node, &free, now_ms)?)
+        }
+        UploadGet { id } => answer::<ask::UploadGet>(upload::get(kv, &id)?),
+        Uploads => answer::<ask::Uploads>(upload::all(kv)?),
+        UploadsExpired { limit } => {
+            answer::<ask::UploadsExpired>(upload::expired(kv, now_ms, limit)?)
+        }
         UploadCreate {
             id,
             mut rec,
@@ -564,7 +608,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         } => {
             rec.created_ms = now_ms;
             rec.expires_ms = now_ms + expiry_ms;
-            enc(upload::create(kv, &id, &rec)?)
+            answer::<ask::UploadCreate>(upload::create(kv, &id, &rec)?)
         }
         UploadLock {
             id,
@@ -579,29 +623,31 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
                 boot,
                 until_ms: now_ms + upload::LOCK_MS,
             };
-            enc(upload::lock(kv, &id, offset, &lock, now_ms)?)
+            answer::<ask::UploadLock>(upload::lock(kv, &id, offset, &lock, now_ms)?)
         }
-        UploadRenew { id, owner } => enc(upload::renew(kv, &id, owner, now_ms + upload::LOCK_MS)?),
+        UploadRenew { id, owner } => {
+            answer::<ask::UploadRenew>(upload::renew(kv, &id, owner, now_ms + upload::LOCK_MS)?)
+        }
         UploadProgress {
             id,
             owner,
             progress,
             release,
-        } => enc(upload::progress(
+        } => answer::<ask::UploadProgress>(upload::progress(
             kv, &id, owner, &progress, release, now_ms,
         )?),
-        UploadUnlock { id, owner } => enc(upload::unlock(kv, &id, owner)?),
+        UploadUnlock { id, owner } => answer::<ask::UploadUnlock>(upload::unlock(kv, &id, owner)?),
         UploadCommit {
             id,
             owner,
             intent,
             content,
-        } => enc(upload::commit(kv, &id, owner, intent, &content, now_ms)?),
+        } => answer::<ask::UploadCommit>(upload::commit(kv, &id, owner, intent, &content, now_ms)?),
         UploadEnd {
             id,
             intent,
             expired,
-        } => enc(upload::end(
+        } => answer::<ask::UploadEnd>(upload::end(
             kv,
             &id,
             intent,
@@ -609,8 +655,8 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             now_ms,
         )?),
         Retention { bucket } => match bucket {
-            Some(b) => enc(meta::retention(kv, &b)?),
-            None => enc(run(kv, false, |tx| {
+            Some(b) => answer::<ask::Retention>(meta::retention(kv, &b)?),
+            None => answer::<ask::Retention>(run(kv, false, |tx| {
                 tx.get(&keys::retention(None))?
                     .map(|v| {
                         v.as_slice()
@@ -621,12 +667,16 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
                     .transpose()
             })?),
         },
-        Buckets => enc(meta::buckets(kv)?),
-        Contents { after, limit } => enc(meta::contents(kv, after, limit.min(10_000))?),
-        SetRetention { bucket, keep } => enc(meta::set_retention(kv, bucket.as_deref(), keep)?),
+        Buckets => answer::<ask::Buckets>(meta::buckets(kv)?),
+        Contents { after, limit } => {
+            answer::<ask::Contents>(meta::contents(kv, after, limit.min(10_000))?)
+        }
+        SetRetention { bucket, keep } => {
+            answer::<ask::SetRetention>(meta::set_retention(kv, bucket.as_deref(), keep)?)
+        }
         TrimVersions { bucket, after } => match meta::retention(kv, &bucket)? {
-            None => enc((0u64, None::<String>)),
-            Some(keep) => enc(meta::trim_versions(
+            None => answer::<ask::TrimVersions>((0u64, None::<String>)),
+            Some(keep) => answer::<ask::TrimVersions>(meta::trim_versions(
                 kv,
                 &bucket,
                 after.as_deref(),
@@ -635,7 +685,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
                 now_ms,
             )?),
         },
-        GcCandidates { after, grace_ms } => enc(meta::gc_candidates(
+        GcCandidates { after, grace_ms } => answer::<ask::GcCandidates>(meta::gc_candidates(
             kv,
             after,
             REPAIR_SCAN_PAGE,
@@ -645,7 +695,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             blake3,
             intent,
             grace_ms,
-        } => enc(meta::collect(
+        } => answer::<ask::GcCollect>(meta::collect(
             kv,
             &blake3,
             intent,
@@ -654,7 +704,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         )?),
         ExpireDone => {
             let (b, e) = keys::done_before(now_ms.saturating_sub(DONE_TTL_MS));
-            enc(run(kv, true, |tx| {
+            answer::<ask::ExpireDone>(run(kv, true, |tx| {
                 tx.clear_range(&b, &e)?;
                 Ok::<_, MetaError>(())
             })?)
@@ -675,7 +725,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             if !bad.is_empty() {
                 meta::queue_repair(kv, &bad, nonce, now_ms)?;
             }
-            enc((bad.len() as u64, next))
+            answer::<ask::RepairScan>((bad.len() as u64, next))
         }
     }
 }

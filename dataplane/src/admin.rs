@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use ostore_control::cluster;
 use ostore_control::meta::{Backlog, MetaError, Stats};
 use ostore_control::records::{IntentRec, IntentState};
-use ostore_control::rpc::Request as Rq;
+use ostore_control::rpc::ask;
 use ostore_control::scrub::{Policies, ScrubCursor, ScrubPolicy, DEFAULT_POLICY};
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -108,7 +108,7 @@ pub(crate) async fn retention(
             }
         };
         node.meta
-            .call::<()>(Rq::SetRetention {
+            .ask(ask::SetRetention {
                 bucket: bucket.clone(),
                 keep,
             })
@@ -116,7 +116,7 @@ pub(crate) async fn retention(
     }
     let keep: Option<u32> = node
         .meta
-        .call(Rq::Retention {
+        .ask(ask::Retention {
             bucket: bucket.clone(),
         })
         .await?;
@@ -263,12 +263,12 @@ pub(crate) async fn scrub_status(node: &Node) -> Result<Resp, ApiError> {
     let ids: Vec<u16> = drives.iter().map(|d| d.1).collect();
     let cursors: Vec<ScrubCursor> = node
         .meta
-        .call(Rq::ScrubCursors {
+        .ask(ask::ScrubCursors {
             drives: ids.clone(),
         })
         .await?;
-    let counts: Vec<i64> = node.meta.call(Rq::DriveShardCounts { drives: ids }).await?;
-    let (default, overrides): Policies = node.meta.call(Rq::ScrubPolicies).await?;
+    let counts: Vec<i64> = node.meta.ask(ask::DriveShardCounts { drives: ids }).await?;
+    let (default, overrides): Policies = node.meta.ask(ask::ScrubPolicies {}).await?;
     let base = default.unwrap_or(DEFAULT_POLICY);
     let mut out = Vec::new();
     for (((n, d, path), c), count) in drives.iter().zip(&cursors).zip(&counts) {
@@ -308,10 +308,10 @@ pub(crate) async fn scrub_schedule(node: &Node, req: &Request<ReqBody>) -> Resul
         None
     } else {
         let current: ScrubPolicy = match drive {
-            Some(d) => node.meta.call(Rq::ScrubPolicy { drive: d }).await?,
+            Some(d) => node.meta.ask(ask::ScrubPolicy { drive: d }).await?,
             None => node
                 .meta
-                .call::<Policies>(Rq::ScrubPolicies)
+                .ask(ask::ScrubPolicies {})
                 .await?
                 .0
                 .unwrap_or(DEFAULT_POLICY),
@@ -327,9 +327,7 @@ pub(crate) async fn scrub_schedule(node: &Node, req: &Request<ReqBody>) -> Resul
             pause_ms: num("pause_ms", current.pause_ms)?,
         })
     };
-    node.meta
-        .call::<()>(Rq::SetScrubPolicy { drive, policy })
-        .await?;
+    node.meta.ask(ask::SetScrubPolicy { drive, policy }).await?;
     scrub_status(node).await
 }
 
@@ -383,10 +381,10 @@ pub(crate) async fn repair_rate(
                 },
             };
         node.meta
-            .call::<()>(Rq::SetRepairRate { bytes_per_s: rate })
+            .ask(ask::SetRepairRate { bytes_per_s: rate })
             .await?;
     }
-    let limit: u64 = node.meta.call(Rq::RepairRate).await?;
+    let limit: u64 = node.meta.ask(ask::RepairRate {}).await?;
     node.repair_pace.limit.store(limit, Ordering::Relaxed);
     Ok(json_response(
         StatusCode::OK,
@@ -399,7 +397,7 @@ pub(crate) async fn repair_rate(
 pub(crate) async fn repair_status(node: &Node) -> Result<Resp, ApiError> {
     let q: Vec<([u8; 32], u64)> = node
         .meta
-        .call(Rq::WorkQueue {
+        .ask(ask::WorkQueue {
             moves: false,
             from: [0; 32],
             limit: 100_000,
@@ -454,14 +452,11 @@ async fn drive_metrics(node: &Node) -> String {
     let ids: Vec<u16> = node.drives.iter().map(|d| d.id).collect();
     let cursors = node
         .meta
-        .call::<Vec<ScrubCursor>>(Rq::ScrubCursors {
+        .ask(ask::ScrubCursors {
             drives: ids.clone(),
         })
         .await;
-    let counts = node
-        .meta
-        .call::<Vec<i64>>(Rq::DriveShardCounts { drives: ids })
-        .await;
+    let counts = node.meta.ask(ask::DriveShardCounts { drives: ids }).await;
     let mut families: Vec<Family> = vec![
         (
             "ostore_drive_healthy",
@@ -594,7 +589,7 @@ pub(crate) async fn drain(
     let id = named_node(node, req)?;
     let mut p: cluster::DrainProgress = node
         .meta
-        .call(Rq::DrainProgress {
+        .ask(ask::DrainProgress {
             node: id,
             exact: false,
         })
@@ -621,7 +616,7 @@ pub(crate) async fn drain(
         }
         let d: cluster::DrainRec = node
             .meta
-            .call(Rq::DrainStart {
+            .ask(ask::DrainStart {
                 node: id,
                 shards_at_start: p.shards,
             })
@@ -636,7 +631,7 @@ pub(crate) async fn drain(
 /// `POST /admin/undrain?node=N`: the node takes shards again (what moved stays moved).
 pub(crate) async fn undrain(node: &Node, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let id = named_node(node, req)?;
-    let was: bool = node.meta.call(Rq::DrainStop { node: id }).await?;
+    let was: bool = node.meta.ask(ask::DrainStop { node: id }).await?;
     node.refresh_view().await;
     Ok(json_response(
         StatusCode::OK,
@@ -649,19 +644,19 @@ pub(crate) async fn undrain(node: &Node, req: &Request<ReqBody>) -> Result<Resp,
 /// started on this node).
 pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
     node.refresh_view().await;
-    let stats: Stats = node.meta.call(Rq::Stats).await?;
+    let stats: Stats = node.meta.ask(ask::Stats {}).await?;
     let (repairs, move_backlog): (Backlog, Backlog) =
-        node.meta.call(Rq::Backlog { limit: 100_000 }).await?;
+        node.meta.ask(ask::Backlog { limit: 100_000 }).await?;
     let queued = repairs.contents as usize;
     let drives = all_drives(node);
     let ids: Vec<u16> = drives.iter().map(|d| d.1).collect();
     let counts: Vec<i64> = node
         .meta
-        .call(Rq::DriveShardCounts {
+        .ask(ask::DriveShardCounts {
             drives: ids.clone(),
         })
         .await?;
-    let cursors: Vec<ScrubCursor> = node.meta.call(Rq::ScrubCursors { drives: ids }).await?;
+    let cursors: Vec<ScrubCursor> = node.meta.ask(ask::ScrubCursors { drives: ids }).await?;
     // Shards on drives out of service: a node down, a drive replaced or failed.
     let view = node.cluster.as_ref().map(|c| c.view());
     let out_of_service = |drive: u16| match &view {
@@ -714,7 +709,7 @@ pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
         jobs.push(json!({"kind": what, "node": node.node_id, "started": rfc3339_ms(*started)}));
     }
     // Writes in flight, and what failed writes left to delete.
-    let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;
+    let intents: Vec<(u64, IntentRec)> = node.meta.ask(ask::Intents {}).await?;
     let abandoned = intents
         .iter()
         .filter(|(_, r)| r.state == IntentState::Abandoned)

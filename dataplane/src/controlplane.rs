@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use ostore_control::cluster::{self, ClusterView};
 use ostore_control::kv::Kv;
+use ostore_control::rpc::ask;
 use ostore_control::rpc::{self, Request as Rq};
 use ostore_control::service::{now_ms, Meta};
 use ostore_engine::placement::{NodeLoad, Rebalancer};
@@ -102,7 +103,7 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
     let kv = open_store(&opts.meta)?;
     let meta = Meta::start(kv);
-    futures_lite::future::block_on(MetaClient::Local(meta.clone()).call::<()>(Rq::Init))?;
+    futures_lite::future::block_on(MetaClient::Local(meta.clone()).ask(ask::Init {}))?;
     let (data, parity) = futures_lite::future::block_on(
         meta.write(move |kv| cluster::init_cluster(kv, opts.ec.data, opts.ec.parity)),
     )?;
@@ -371,7 +372,7 @@ async fn leader(c: Arc<Control>) {
             Err(e) => tracing::error!("expiring leases: {e}"),
         }
         if let Err(e) = MetaClient::Local(c.meta.clone())
-            .call::<()>(Rq::ExpireDone)
+            .ask(ask::ExpireDone {})
             .await
         {
             tracing::error!("expiring request markers: {e}");
@@ -389,7 +390,7 @@ async fn leader(c: Arc<Control>) {
         }
         // Nodes came up: objects written while they were down may sit two to a node.
         let view: Result<ClusterView, _> =
-            MetaClient::Local(c.meta.clone()).call(Rq::Cluster).await;
+            MetaClient::Local(c.meta.clone()).ask(ask::Cluster {}).await;
         if let Ok(v) = view {
             let up = v.nodes.iter().filter(|n| n.up).count();
             if last_up.is_some_and(|l| up > l) {
@@ -412,7 +413,7 @@ const DRAIN_CHECK_TICKS: u64 = 3;
 /// Whether any content waits in the move queue.
 async fn moves_queued(client: &MetaClient) -> anyhow::Result<bool> {
     let queue: Vec<([u8; 32], u64)> = client
-        .call(Rq::WorkQueue {
+        .ask(ask::WorkQueue {
             moves: true,
             from: [0; 32],
             limit: 1,
@@ -431,7 +432,7 @@ async fn rebalance(c: &Control, rebalancer: &mut Rebalancer) -> anyhow::Result<(
     if moves_queued(&client).await? {
         return Ok(());
     }
-    let view: ClusterView = client.call(Rq::Cluster).await?;
+    let view: ClusterView = client.ask(ask::Cluster {}).await?;
     let eligible: Vec<&cluster::NodeRec> = view
         .nodes
         .iter()
@@ -445,7 +446,7 @@ async fn rebalance(c: &Control, rebalancer: &mut Rebalancer) -> anyhow::Result<(
         .flat_map(|n| n.drives.iter().map(|d| d.id))
         .collect();
     let counts: Vec<i64> = client
-        .call(Rq::DriveShardCounts {
+        .ask(ask::DriveShardCounts {
             drives: drives.clone(),
         })
         .await?;
@@ -500,7 +501,7 @@ const DRAIN_BATCH: usize = 10_000;
 /// move that failed — are picked up too.
 async fn advance_drains(c: &Control) -> anyhow::Result<()> {
     let client = MetaClient::Local(c.meta.clone());
-    let view: ClusterView = client.call(Rq::Cluster).await?;
+    let view: ClusterView = client.ask(ask::Cluster {}).await?;
     for (node, d) in &view.drains {
         let drives: Vec<u16> = view
             .nodes
@@ -509,14 +510,14 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             .flat_map(|n| n.drives.iter().map(|d| d.id))
             .collect();
         let counts: Vec<i64> = client
-            .call(Rq::DriveShardCounts {
+            .ask(ask::DriveShardCounts {
                 drives: drives.clone(),
             })
             .await?;
         let left: i64 = counts.iter().map(|c| (*c).max(0)).sum();
         if left == 0 {
             let p: cluster::DrainProgress = client
-                .call(Rq::DrainProgress {
+                .ask(ask::DrainProgress {
                     node: *node,
                     exact: true,
                 })
@@ -524,7 +525,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             let settled = now_ms() >= d.started_ms + DRAIN_SETTLE_MS;
             if p.empty() && settled && d.done_ms.is_none() {
                 client
-                    .call::<()>(Rq::SetDrainDone {
+                    .ask(ask::SetDrainDone {
                         node: *node,
                         done: true,
                     })
@@ -533,7 +534,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             }
             if !p.empty() && d.done_ms.is_some() {
                 client
-                    .call::<()>(Rq::SetDrainDone {
+                    .ask(ask::SetDrainDone {
                         node: *node,
                         done: false,
                     })
@@ -543,7 +544,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
         }
         if d.done_ms.is_some() {
             client
-                .call::<()>(Rq::SetDrainDone {
+                .ask(ask::SetDrainDone {
                     node: *node,
                     done: false,
                 })

@@ -7,10 +7,9 @@
 use crate::drives::Drive;
 use crate::metaclient::MetaClient;
 use crate::metrics::Metrics;
-use ostore_control::cluster::ClusterView;
 use ostore_control::meta::MetaError;
 use ostore_control::records::ShardLoc;
-use ostore_control::rpc::Request as Rq;
+use ostore_control::rpc::ask;
 use ostore_engine::EcParams;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,7 +85,7 @@ impl Node {
     /// Fetches the cluster view from the control plane now (it is refreshed every heartbeat).
     pub async fn refresh_view(&self) {
         if let Some(c) = &self.cluster {
-            match self.meta.call::<ClusterView>(Rq::Cluster).await {
+            match self.meta.ask(ask::Cluster {}).await {
                 Ok(v) => c.set_view(v),
                 Err(e) => tracing::warn!("reading the cluster view: {e}"),
             }
@@ -102,7 +101,7 @@ impl Node {
     /// to create.
     pub async fn begin_intent(&self, id: u64, shards: &[ShardLoc]) -> Result<(), MetaError> {
         self.meta
-            .call::<()>(Rq::BeginIntent {
+            .ask(ask::BeginIntent {
                 id,
                 shards: shards.to_vec(),
                 owner: self.owner(),
@@ -127,7 +126,7 @@ impl Node {
     pub fn end_intent_later(&self, id: u64) {
         let meta = self.meta.clone();
         glommio::spawn_local(async move {
-            if let Err(e) = meta.call::<()>(Rq::EndIntent { id }).await {
+            if let Err(e) = meta.ask(ask::EndIntent { id }).await {
                 tracing::warn!("ending intent {id:016x}: {e}");
             }
         })
@@ -147,14 +146,11 @@ impl Node {
 
     async fn queue(&self, blake3: [u8; 32], moving: bool) {
         let (contents, nonce) = (vec![blake3], rand::random());
-        let r = self
-            .meta
-            .call::<()>(if moving {
-                Rq::QueueMove { contents, nonce }
-            } else {
-                Rq::QueueRepair { contents, nonce }
-            })
-            .await;
+        let r = if moving {
+            self.meta.ask(ask::QueueMove { contents, nonce }).await
+        } else {
+            self.meta.ask(ask::QueueRepair { contents, nonce }).await
+        };
         if let Err(e) = r {
             let what = if moving { "to move" } else { "for repair" };
             tracing::warn!("queueing {} {what}: {e}", hex::encode(blake3));
@@ -199,7 +195,7 @@ pub(crate) async fn unrepairable(node: &Node, h: &[u8; 32], have: usize, need: u
         hex::encode(h)
     );
     node.metrics.unrepairable.fetch_add(1, Ordering::Relaxed);
-    let _ = node.meta.call::<()>(Rq::MarkDamaged { blake3: *h }).await;
+    let _ = node.meta.ask(ask::MarkDamaged { blake3: *h }).await;
 }
 
 /// Which queued repairs this node takes: in a cluster, the nodes that are up split the queue by
@@ -254,7 +250,7 @@ impl Share {
             return Ok((Vec::new(), false));
         };
         let page: Vec<([u8; 32], u64)> =
-            node.meta.call(Rq::WorkQueue { moves, from, limit }).await?;
+            node.meta.ask(ask::WorkQueue { moves, from, limit }).await?;
         let full = page.len() == limit;
         let mine: Vec<([u8; 32], u64)> =
             page.into_iter().filter(|(h, _)| self.contains(h)).collect();

@@ -15,9 +15,9 @@ use futures_util::stream::Stream;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use ostore_control::meta::{ListPage, PutOutcome, Resolved, WriteCondition, LIST_LIMIT_MAX};
-use ostore_control::records::{ContentRec, Encoding, Stored, VersionRec};
-use ostore_control::rpc::Request as Rq;
+use ostore_control::meta::{ListPage, Resolved, WriteCondition, LIST_LIMIT_MAX};
+use ostore_control::records::{ContentRec, Encoding, Stored};
+use ostore_control::rpc::ask;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
 use std::pin::Pin;
@@ -206,7 +206,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
         // Refuse early when the condition already fails; the commit checks it again atomically.
         if let Err(e) = node
             .meta
-            .call::<()>(Rq::CheckCondition {
+            .ask(ask::CheckCondition {
                 bucket: bucket.clone(),
                 key: key.clone(),
                 cond: cond.clone(),
@@ -227,7 +227,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
         // Dedup without upload: the content is known, so the body is never asked for.
         if let Some(outcome) = node
             .meta
-            .call::<Option<PutOutcome>>(Rq::PutExisting {
+            .ask(ask::PutExisting {
                 bucket: bucket.clone(),
                 key: key.clone(),
                 blake3: h,
@@ -237,7 +237,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
         {
             let size = node
                 .meta
-                .call::<Option<ContentRec>>(Rq::Content { blake3: h })
+                .ask(ask::Content { blake3: h })
                 .await?
                 .map(|c| c.size_bytes)
                 .unwrap_or(0);
@@ -281,7 +281,7 @@ async fn get(
     let version = version_of(&q)?;
     let resolved: Resolved = node
         .meta
-        .call(Rq::Resolve {
+        .ask(ask::Resolve {
             bucket,
             key: key.clone(),
             version,
@@ -452,7 +452,7 @@ where
 async fn moved_since(node: &Arc<Node>, blake3: &[u8; 32], seen: &ContentRec) -> Option<ContentRec> {
     let now: ContentRec = node
         .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3: *blake3 })
+        .ask(ask::Content { blake3: *blake3 })
         .await
         .ok()
         .flatten()?;
@@ -579,7 +579,7 @@ async fn delete(node: &Arc<Node>, req: &Request<ReqBody>, raw_key: &str) -> Resu
     match version_of(&q)? {
         Some(v) => {
             node.meta
-                .call::<()>(Rq::DeleteVersion {
+                .ask(ask::DeleteVersion {
                     bucket,
                     key,
                     version: v,
@@ -587,11 +587,7 @@ async fn delete(node: &Arc<Node>, req: &Request<ReqBody>, raw_key: &str) -> Resu
                 .await?;
         }
         None => {
-            if let Some(v) = node
-                .meta
-                .call::<Option<u64>>(Rq::DeleteKey { bucket, key })
-                .await?
-            {
+            if let Some(v) = node.meta.ask(ask::DeleteKey { bucket, key }).await? {
                 r.headers_mut().insert("x-version", HeaderValue::from(v));
             }
         }
@@ -604,7 +600,7 @@ async fn versions(node: &Node, req: &Request<ReqBody>, raw_key: &str) -> Result<
     let bucket = bucket_of(&query(req))?;
     let list = node
         .meta
-        .call::<Option<Vec<VersionRec>>>(Rq::Versions {
+        .ask(ask::Versions {
             bucket,
             key: key.clone(),
         })
@@ -656,7 +652,7 @@ async fn list(node: &Node, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     }
     let page: ListPage = node
         .meta
-        .call(Rq::List {
+        .ask(ask::List {
             bucket,
             prefix,
             start_after,
@@ -687,7 +683,7 @@ async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
     })?;
     let c = node
         .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3: h })
+        .ask(ask::Content { blake3: h })
         .await?
         .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchKey", "no such content"))?;
     let body = match &c.stored {

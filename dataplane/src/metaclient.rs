@@ -9,7 +9,7 @@ use crate::compat::HyperIo;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use ostore_control::meta::MetaError;
-use ostore_control::rpc::{self, Request};
+use ostore_control::rpc::{self, ask, Ask, Request};
 use ostore_control::service::Meta;
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -27,8 +27,13 @@ pub enum MetaClient {
 }
 
 impl MetaClient {
+    /// Runs `req` and returns its answer, of the type the request names (`rpc::Ask`).
+    pub async fn ask<A: Ask>(&self, req: A) -> Result<A::Answer, MetaError> {
+        self.call(req.into()).await
+    }
+
     /// Runs `req`; `T` is the return type named on the request's variant.
-    pub async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
+    async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
         let bytes = match self {
             MetaClient::Local(m) => {
                 let read = !req.is_write();
@@ -56,7 +61,7 @@ impl MetaClient {
         let mut total = 0;
         loop {
             let (queued, next): (u64, Option<[u8; 32]>) = self
-                .call(Request::RepairScan {
+                .ask(ask::RepairScan {
                     after,
                     nonce: rand::random(),
                 })
@@ -100,7 +105,7 @@ impl MetaClient {
         let mut queued = 0;
         while queued < limit {
             let page: Vec<([u8; 32], u8)> = self
-                .call(Request::ShardsOnDrive {
+                .ask(ask::ShardsOnDrive {
                     drive,
                     after,
                     limit: 1000.min(limit - queued),
@@ -122,12 +127,11 @@ impl MetaClient {
             queued += page.len();
             let contents = page.iter().map(|p| p.0).collect();
             let nonce = rand::random();
-            self.call::<()>(if moving {
-                Request::QueueMove { contents, nonce }
+            if moving {
+                self.ask(ask::QueueMove { contents, nonce }).await?;
             } else {
-                Request::QueueRepair { contents, nonce }
-            })
-            .await?;
+                self.ask(ask::QueueRepair { contents, nonce }).await?;
+            }
             after = Some(last);
         }
         Ok(queued)

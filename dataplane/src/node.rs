@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use ostore_control::cluster::{ClusterView, DriveReport, NodeRec, Registration};
 use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
-use ostore_control::rpc::Request as Rq;
+use ostore_control::rpc::ask;
 use ostore_control::service::Meta;
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
@@ -66,14 +66,14 @@ fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
 
 /// Removes what interrupted writes left behind: every intent still open at start-up.
 async fn clean_intents(node: &Node) -> anyhow::Result<()> {
-    let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;
+    let intents: Vec<(u64, IntentRec)> = node.meta.ask(ask::Intents {}).await?;
     for (id, rec) in intents {
         let delete_files = !matches!(rec.state, IntentState::Committed { adopted: true, .. });
         if delete_files && !store::remove_files(node, &rec.shards).await {
             // Kept: the next start tries again.
             continue;
         }
-        node.meta.call::<()>(Rq::EndIntent { id }).await?;
+        node.meta.ask(ask::EndIntent { id }).await?;
     }
     Ok(())
 }
@@ -81,12 +81,12 @@ async fn clean_intents(node: &Node) -> anyhow::Result<()> {
 /// Checks one drive against the metadata; a drive found empty is formatted and its shards are
 /// queued for repair. Returns whether it was refilled.
 async fn check_drive(node: &Node, d: &Drive) -> anyhow::Result<bool> {
-    let recorded: Option<DriveRec> = node.meta.call(Rq::Drive { id: d.id }).await?;
+    let recorded: Option<DriveRec> = node.meta.ask(ask::Drive { id: d.id }).await?;
     let (state, rec) = d
         .check(recorded.as_ref())
         .with_context(|| format!("preparing drive {}", d.root.display()))?;
     if let Some(rec) = rec {
-        node.meta.call::<()>(Rq::SetDrive { id: d.id, rec }).await?;
+        node.meta.ask(ask::SetDrive { id: d.id, rec }).await?;
     }
     if state == (DriveState::Formatted { was_known: true }) {
         tracing::warn!(
@@ -160,7 +160,7 @@ async fn work_repairs(node: &Arc<Node>) -> Round {
             return;
         }
         rate_read.set(Some(std::time::Instant::now()));
-        if let Ok(r) = node.meta.call::<u64>(Rq::RepairRate).await {
+        if let Ok(r) = node.meta.ask(ask::RepairRate {}).await {
             node.repair_pace.limit.store(r, Ordering::Relaxed);
         }
     };
@@ -225,18 +225,12 @@ async fn repair_one(
                     .shards_repaired
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
-            let _ = node
-                .meta
-                .call::<()>(Rq::RepairDone { blake3: h, nonce })
-                .await;
+            let _ = node.meta.ask(ask::RepairDone { blake3: h, nonce }).await;
             store::move_again_if_held_back(node, h).await;
         }
         Err(StoreError::InsufficientShards { have, need }) => {
             unrepairable(node, &h, have, need).await;
-            let _ = node
-                .meta
-                .call::<()>(Rq::RepairDone { blake3: h, nonce })
-                .await;
+            let _ = node.meta.ask(ask::RepairDone { blake3: h, nonce }).await;
         }
         Err(e) => {
             tracing::warn!("repair of {} failed, will retry: {e}", hex::encode(h));
@@ -280,10 +274,7 @@ async fn work_moves(node: &Arc<Node>) -> bool {
             }
             Err(e) => tracing::warn!("moving shards of {}: {e}", hex::encode(h)),
         }
-        let _ = node
-            .meta
-            .call::<()>(Rq::MoveDone { blake3: h, nonce })
-            .await;
+        let _ = node.meta.ask(ask::MoveDone { blake3: h, nonce }).await;
         store::move_again_if_held_back(node, h).await;
     }
     full
@@ -428,10 +419,10 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&meta_dir)?;
     let kv = RedbKv::open(&meta_dir.join("ostore.redb")).context("opening the metadata store")?;
     let meta = MetaClient::Local(Meta::start(Arc::new(kv)));
-    futures_lite::future::block_on(meta.call::<()>(Rq::Init))?;
+    futures_lite::future::block_on(meta.ask(ask::Init {}))?;
     // Drives are numbered densely; shards on a drive beyond --drives would be unreachable.
     let beyond: Option<DriveRec> =
-        futures_lite::future::block_on(meta.call(Rq::Drive { id: opts.drives }))?;
+        futures_lite::future::block_on(meta.ask(ask::Drive { id: opts.drives }))?;
     if let Some(rec) = beyond {
         anyhow::bail!(
             "the metadata knows drive {} ({}), but --drives is {}: removing drives is not supported; \
@@ -619,11 +610,11 @@ async fn intent_sweeper(node: Arc<Node>) {
     while sleep_unless_stopping(&node, Duration::from_secs(10)).await {
         // In a cluster the control plane's leader expires request markers.
         if node.cluster.is_none() {
-            if let Err(e) = node.meta.call::<()>(Rq::ExpireDone).await {
+            if let Err(e) = node.meta.ask(ask::ExpireDone {}).await {
                 tracing::warn!("expiring request markers: {e}");
             }
         }
-        let intents: Vec<(u64, IntentRec)> = match node.meta.call(Rq::Intents).await {
+        let intents: Vec<(u64, IntentRec)> = match node.meta.ask(ask::Intents {}).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!("reading intents: {e}");
@@ -647,7 +638,7 @@ async fn intent_sweeper(node: Arc<Node>) {
             // A writer taken as gone could still be alive (stopped, not dead): once the intent
             // is abandoned, no commit can take these files, so they can go.
             if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
-                if let Err(e) = node.meta.call::<()>(Rq::AbandonIntent { id }).await {
+                if let Err(e) = node.meta.ask(ask::AbandonIntent { id }).await {
                     tracing::warn!("abandoning intent {id:016x}: {e}");
                     continue;
                 }
@@ -655,7 +646,7 @@ async fn intent_sweeper(node: Arc<Node>) {
             if delete_files && !store::remove_files(&node, &rec.shards).await {
                 continue;
             }
-            if let Err(e) = node.meta.call::<()>(Rq::EndIntent { id }).await {
+            if let Err(e) = node.meta.ask(ask::EndIntent { id }).await {
                 tracing::warn!("ending intent {id:016x}: {e}");
             }
         }
@@ -815,7 +806,7 @@ fn registration(
 async fn register(meta: &MetaClient, reg: &Registration) -> anyhow::Result<NodeRec> {
     let mut tries = 0;
     loop {
-        match meta.call::<NodeRec>(Rq::Register(reg.clone())).await {
+        match meta.ask(ask::Register { reg: reg.clone() }).await {
             Ok(n) => return Ok(n),
             Err(e) if tries < 60 => {
                 tries += 1;
@@ -845,7 +836,7 @@ async fn heartbeat(node: Arc<Node>) {
             .collect();
         let beat = node
             .meta
-            .call::<ostore_control::cluster::Beat>(Rq::Heartbeat {
+            .ask(ask::Heartbeat {
                 node: cluster.me,
                 free,
             })
@@ -903,7 +894,7 @@ async fn reregister(node: &Node) -> anyhow::Result<()> {
             })
             .collect(),
     };
-    let rec: NodeRec = node.meta.call(Rq::Register(reg)).await?;
+    let rec: NodeRec = node.meta.ask(ask::Register { reg }).await?;
     for d in &node.drives {
         let path = d.root.display().to_string();
         if let Some(r) = rec.drives.iter().find(|r| r.path == path) {
@@ -942,7 +933,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("starting the registration executor: {e}"))?
         .run(async {
             let rec = register(&meta, &reg).await?;
-            let view: ClusterView = meta.call(Rq::Cluster).await?;
+            let view: ClusterView = meta.ask(ask::Cluster {}).await?;
             Ok::<_, anyhow::Error>((rec, view))
         })?;
     let ec = EcParams::new(view.data, view.parity)

@@ -10,7 +10,7 @@ use crate::ctx::Node;
 use crate::shardio::ShardFile;
 use crate::store::Result;
 use ostore_control::records::{ContentRec, IntentRec, Stored};
-use ostore_control::rpc::Request as Rq;
+use ostore_control::rpc::ask;
 use ostore_control::upload::UploadRec;
 use ostore_wire::peer::OpenMode;
 use ostore_wire::shard::{ShardHeader, HEADER_BYTES};
@@ -53,8 +53,8 @@ pub async fn orphan_pass(node: &Arc<Node>, grace: Duration) -> Result<OrphanRepo
         .checked_sub(grace + Duration::from_secs(1))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     // Files in flight: listed by an intent (writes, repairs, moves, deletions) or an upload.
-    let intents: Vec<(u64, IntentRec)> = node.meta.call(Rq::Intents).await?;
-    let uploads: Vec<UploadRec> = node.meta.call(Rq::Uploads).await?;
+    let intents: Vec<(u64, IntentRec)> = node.meta.ask(ask::Intents {}).await?;
+    let uploads: Vec<UploadRec> = node.meta.ask(ask::Uploads {}).await?;
     let in_flight: HashSet<(u16, u64, u8)> = intents
         .iter()
         .flat_map(|(_, i)| i.shards.iter())
@@ -144,7 +144,7 @@ async fn referenced(
         },
         _ => return Ok(None),
     };
-    let content: Option<ContentRec> = node.meta.call(Rq::Content { blake3: h.blake3 }).await?;
+    let content: Option<ContentRec> = node.meta.ask(ask::Content { blake3: h.blake3 }).await?;
     Ok(Some(content.is_some_and(|c| match &c.stored {
         Stored::Sharded { shards, .. } => shards.iter().any(|l| {
             l.drive == drive && l.file_id == file_id && l.index == index && l.file_tag == h.file_tag

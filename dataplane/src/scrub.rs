@@ -14,8 +14,8 @@
 use crate::ctx::{sleep_unless_stopping, Node};
 use crate::shardio::ShardFile;
 use crate::store::{header_ok, now_ms, StoreError};
-use ostore_control::records::{ContentRec, Stored};
-use ostore_control::rpc::Request as Rq;
+use ostore_control::records::Stored;
+use ostore_control::rpc::ask;
 use ostore_control::scrub::{PassRec, ScrubCursor, ScrubPolicy};
 use ostore_engine::{EcParams, Geometry};
 use ostore_wire::peer::OpenMode;
@@ -77,7 +77,7 @@ pub async fn drive_scrubber(node: Arc<Node>, drive: u16) {
 
 async fn save(node: &Node, drive: u16, c: &ScrubCursor) -> Result<(), StoreError> {
     node.meta
-        .call::<()>(Rq::SaveScrubCursor {
+        .ask(ask::SaveScrubCursor {
             drive,
             cursor: c.clone(),
         })
@@ -103,7 +103,7 @@ fn device_share(node: &Node, drive: u16) -> u64 {
 async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
     let mut cur: ScrubCursor = node
         .meta
-        .call::<Vec<ScrubCursor>>(Rq::ScrubCursors {
+        .ask(ask::ScrubCursors {
             drives: vec![drive],
         })
         .await?
@@ -118,7 +118,7 @@ async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
         if node.stopping.load(Ordering::Relaxed) {
             return save(node, drive, &cur).await;
         }
-        let policy: ScrubPolicy = node.meta.call(Rq::ScrubPolicy { drive }).await?;
+        let policy: ScrubPolicy = node.meta.ask(ask::ScrubPolicy { drive }).await?;
         let healthy = node
             .local_drive(drive)
             .is_some_and(|d| d.healthy.load(Ordering::Relaxed));
@@ -147,7 +147,7 @@ async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
         }
         let page: Vec<([u8; 32], u8)> = node
             .meta
-            .call(Rq::ShardsOnDrive {
+            .ask(ask::ShardsOnDrive {
                 drive,
                 after: cur.after,
                 limit: PAGE,
@@ -177,7 +177,7 @@ async fn scrub_drive(node: &Arc<Node>, drive: u16) -> Result<(), StoreError> {
                     // If this fails the pass stops here and resumes from the saved cursor,
                     // so the shard is checked (and queued) again.
                     node.meta
-                        .call::<()>(Rq::QueueRepair {
+                        .ask(ask::QueueRepair {
                             contents: vec![h],
                             nonce: rand::random(),
                         })
@@ -225,11 +225,7 @@ async fn check_shard(
     pacer: &mut Pacer,
     per_s: u64,
 ) -> Result<Option<(u64, bool)>, StoreError> {
-    let Some(content) = node
-        .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3: *h })
-        .await?
-    else {
+    let Some(content) = node.meta.ask(ask::Content { blake3: *h }).await? else {
         return Ok(None);
     };
     let Stored::Sharded {

@@ -11,8 +11,8 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, Encoding, IntentRec, ShardLoc, Stored};
-use ostore_control::rpc::Request as Rq;
+use ostore_control::records::{ContentRec, Encoding, ShardLoc, Stored};
+use ostore_control::rpc::ask;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::compress;
 use ostore_engine::latency::{DeadlineRule, LatencyWindow};
@@ -428,7 +428,7 @@ pub(crate) fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
     glommio::spawn_local(async move {
         if remove_files(&node, &locs).await {
             node.end_intent_later(intent);
-        } else if let Err(e) = node.meta.call::<()>(Rq::AbandonIntent { id: intent }).await {
+        } else if let Err(e) = node.meta.ask(ask::AbandonIntent { id: intent }).await {
             // Still the owner's: resolved when this process restarts.
             tracing::warn!("abandoning intent {intent:016x}: {e}");
         }
@@ -439,7 +439,7 @@ pub(crate) fn discard(node: &Arc<Node>, locs: &[ShardLoc], intent: u64) {
 /// Deletes the files of a damaged copy this content's upload replaced, if any.
 pub(crate) async fn remove_replaced(node: &Arc<Node>, blake3: &[u8; 32]) {
     let id = meta::replaced_intent(blake3);
-    if let Ok(Some(rec)) = node.meta.call::<Option<IntentRec>>(Rq::Intent { id }).await {
+    if let Ok(Some(rec)) = node.meta.ask(ask::Intent { id }).await {
         discard(node, &rec.shards, id);
     }
 }
@@ -596,7 +596,7 @@ pub async fn put(
         };
         let outcome = node
             .meta
-            .call(Rq::CommitPut {
+            .ask(ask::CommitPut {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
                 intent: None,
@@ -684,7 +684,7 @@ pub async fn put(
     };
     let outcome = match node
         .meta
-        .call::<PutOutcome>(Rq::CommitPut {
+        .ask(ask::CommitPut {
             bucket: bucket.to_string(),
             key: key.to_string(),
             intent: Some(upload_id),
@@ -763,10 +763,7 @@ pub(crate) async fn move_again_if_held_back(node: &Node, blake3: [u8; 32]) {
     if let Ok(Some(ContentRec {
         stored: Stored::Sharded { shards, .. },
         ..
-    })) = node
-        .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3 })
-        .await
+    })) = node.meta.ask(ask::Content { blake3 }).await
     {
         move_if_held_back(node, blake3, &shards).await;
     }
@@ -1717,13 +1714,13 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     // Retention first, so that what it drops is reclaimed in the same pass (once its grace is
     // over). In a cluster one node's periodic pass does it: the node whose share holds hash 0.
     if !share || mine.contains(&[0; 32]) {
-        let buckets: Vec<String> = node.meta.call(Rq::Buckets).await?;
+        let buckets: Vec<String> = node.meta.ask(ask::Buckets {}).await?;
         for bucket in buckets {
             let mut after = None;
             loop {
                 let (n, next): (u64, Option<String>) = node
                     .meta
-                    .call(Rq::TrimVersions {
+                    .ask(ask::TrimVersions {
                         bucket: bucket.clone(),
                         after,
                     })
@@ -1739,7 +1736,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
     let mut after = None;
     loop {
         let (picked, next): ostore_control::meta::GcPage =
-            node.meta.call(Rq::GcCandidates { after, grace_ms }).await?;
+            node.meta.ask(ask::GcCandidates { after, grace_ms }).await?;
         for h in picked {
             if share && !mine.contains(&h) {
                 continue;
@@ -1748,7 +1745,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
             let intent: u64 = rand::random();
             let Some(c) = node
                 .meta
-                .call::<Option<ContentRec>>(Rq::GcCollect {
+                .ask(ask::GcCollect {
                     blake3: h,
                     intent,
                     grace_ms,
@@ -1773,7 +1770,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
                     Geometry::new(ec, c.stored_bytes()).shard_file_bytes() * shards.len() as u64;
                 // Files that cannot be deleted now stay listed in the intent: the sweeper retries.
                 if remove_files(node, shards).await {
-                    let _ = node.meta.call::<()>(Rq::EndIntent { id: intent }).await;
+                    let _ = node.meta.ask(ask::EndIntent { id: intent }).await;
                     report.bytes_freed += bytes;
                     node.metrics
                         .gc_bytes_freed
@@ -1980,11 +1977,7 @@ async fn sharded_reader(
     node: &Arc<Node>,
     blake3: [u8; 32],
 ) -> Result<Option<(ContentRec, ShardReader)>> {
-    let Some(content) = node
-        .meta
-        .call::<Option<ContentRec>>(Rq::Content { blake3 })
-        .await?
-    else {
+    let Some(content) = node.meta.ask(ask::Content { blake3 }).await? else {
         return Ok(None);
     };
     Ok(ShardReader::new(node.clone(), blake3, &content).map(|r| (content, r)))
@@ -2014,7 +2007,7 @@ async fn rebuild_positions(
 async fn clear_damaged(node: &Node, content: &ContentRec, blake3: [u8; 32]) -> Result<()> {
     if content.damaged {
         tracing::info!("content {} is whole again", hex::encode(blake3));
-        node.meta.call::<()>(Rq::ClearDamaged { blake3 }).await?;
+        node.meta.ask(ask::ClearDamaged { blake3 }).await?;
     }
     Ok(())
 }
@@ -2052,7 +2045,7 @@ async fn swap_in(
 ) -> Result<()> {
     let garbage: Vec<ShardLoc> = node
         .meta
-        .call(Rq::ReplaceShards {
+        .ask(ask::ReplaceShards {
             blake3: reader.blake3,
             shards: new_locs.to_vec(),
             replaced: from.iter().map(|&i| reader.locs[i]).collect(),
@@ -2073,7 +2066,7 @@ fn draining_nodes(node: &Node) -> Vec<u32> {
 /// Shards held per node (from the drive counters), for rebalancing.
 async fn node_counts(node: &Node, views: &[DriveView]) -> Result<Vec<(u32, u64)>> {
     let ids: Vec<u16> = views.iter().map(|d| d.id).collect();
-    let counts: Vec<i64> = node.meta.call(Rq::DriveShardCounts { drives: ids }).await?;
+    let counts: Vec<i64> = node.meta.ask(ask::DriveShardCounts { drives: ids }).await?;
     let mut out: Vec<(u32, u64)> = Vec::new();
     for (d, c) in views.iter().zip(counts) {
         match out.iter_mut().find(|(n, _)| *n == d.node) {
@@ -2230,7 +2223,7 @@ pub async fn scrub_pass(node: &Arc<Node>, share: bool) -> Result<ScrubReport> {
     let mut after = None;
     loop {
         let page: Vec<([u8; 32], ContentRec)> =
-            node.meta.call(Rq::Contents { after, limit: 1000 }).await?;
+            node.meta.ask(ask::Contents { after, limit: 1000 }).await?;
         let next = (page.len() == 1000)
             .then(|| page.last().map(|(h, _)| *h))
             .flatten();
@@ -2257,7 +2250,7 @@ pub async fn scrub_drives(node: &Arc<Node>, drives: &[u16]) -> Result<ScrubRepor
         loop {
             let page: Vec<([u8; 32], u8)> = node
                 .meta
-                .call(Rq::ShardsOnDrive {
+                .ask(ask::ShardsOnDrive {
                     drive,
                     after,
                     limit: 1000,

@@ -24,7 +24,7 @@ use http::{Method, Request, Response, StatusCode};
 use ostore_control::keys::{valid_bucket, valid_object_key};
 use ostore_control::meta::{NewContent, PutOutcome, INLINE_BYTES_MAX};
 use ostore_control::records::{Encoding, Stored};
-use ostore_control::rpc::Request as Rq;
+use ostore_control::rpc::ask;
 use ostore_control::upload::{Progress, UploadRec, UploadState};
 use ostore_engine::codec::Codec;
 use ostore_engine::compress::{self, FrameEntry, FrameWriter};
@@ -245,7 +245,7 @@ async fn create(node: &Arc<Node>, req: Request<ReqBody>) -> Result<Resp, ApiErro
     };
     let expiry_ms = node.store.upload_expiry.as_millis() as u64;
     node.meta
-        .call::<()>(Rq::UploadCreate { id, rec, expiry_ms })
+        .ask(ask::UploadCreate { id, rec, expiry_ms })
         .await?;
     let mut r = empty(StatusCode::CREATED);
     r.headers_mut().insert(
@@ -270,7 +270,7 @@ async fn create(node: &Arc<Node>, req: Request<ReqBody>) -> Result<Resp, ApiErro
 
 async fn finish_empty(node: &Arc<Node>, id: [u8; 16]) -> Result<(PutOutcome, [u8; 32]), ApiError> {
     let owner: u64 = rand::random();
-    let st: UploadState = node.meta.call(lock_request(node, id, 0, owner)).await?;
+    let st: UploadState = node.meta.ask(lock_request(node, id, 0, owner)).await?;
     let h = *blake3::hash(&[]).as_bytes();
     if st.rec.expected.is_some_and(|e| e != h) {
         end_upload(node, id, false).await;
@@ -284,7 +284,7 @@ async fn finish_empty(node: &Arc<Node>, id: [u8; 16]) -> Result<(PutOutcome, [u8
     };
     let out: PutOutcome = node
         .meta
-        .call(Rq::UploadCommit {
+        .ask(ask::UploadCommit {
             id,
             owner,
             intent: rand::random(),
@@ -294,8 +294,8 @@ async fn finish_empty(node: &Arc<Node>, id: [u8; 16]) -> Result<(PutOutcome, [u8
     Ok((out, h))
 }
 
-fn lock_request(node: &Node, id: [u8; 16], offset: u64, owner: u64) -> Rq {
-    Rq::UploadLock {
+fn lock_request(node: &Node, id: [u8; 16], offset: u64, owner: u64) -> ask::UploadLock {
+    ask::UploadLock {
         id,
         offset,
         owner,
@@ -307,7 +307,7 @@ fn lock_request(node: &Node, id: [u8; 16], offset: u64, owner: u64) -> Rq {
 async fn head(node: &Arc<Node>, id: [u8; 16]) -> Result<Resp, ApiError> {
     let rec: UploadRec = node
         .meta
-        .call::<Option<UploadRec>>(Rq::UploadGet { id })
+        .ask(ask::UploadGet { id })
         .await?
         .ok_or_else(|| err(StatusCode::NOT_FOUND, "NoSuchUpload", "no such upload"))?;
     let mut r = empty(StatusCode::OK);
@@ -330,7 +330,7 @@ async fn end_upload(node: &Arc<Node>, id: [u8; 16], expired: bool) -> bool {
     let intent: u64 = rand::random();
     match node
         .meta
-        .call::<Option<Vec<ostore_control::records::ShardLoc>>>(Rq::UploadEnd {
+        .ask(ask::UploadEnd {
             id,
             intent,
             expired,
@@ -361,7 +361,7 @@ async fn terminate(node: &Arc<Node>, id: [u8; 16]) -> Result<Resp, ApiError> {
 
 /// Deletes the uploads that expired; run periodically by every node.
 pub async fn expire(node: &Arc<Node>) {
-    let ids: Vec<[u8; 16]> = match node.meta.call(Rq::UploadsExpired { limit: 100 }).await {
+    let ids: Vec<[u8; 16]> = match node.meta.ask(ask::UploadsExpired { limit: 100 }).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::warn!("listing expired uploads: {e}");
@@ -448,10 +448,7 @@ async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<
     let checksum = Checksum::parse(req.headers())?;
     let declared = header_u64(req.headers(), header::CONTENT_LENGTH.as_str())?;
     let owner: u64 = rand::random();
-    let locked = node
-        .meta
-        .call::<UploadState>(lock_request(node, id, offset, owner))
-        .await;
+    let locked = node.meta.ask(lock_request(node, id, offset, owner)).await;
     let mut src = IncomingSource {
         body: req.into_body(),
         node,
@@ -474,14 +471,14 @@ async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<
     };
     // Content-Length may be anything up to 2^64-1: the sum is checked, not wrapped.
     if declared.is_some_and(|n| offset.checked_add(n).is_none_or(|end| end > st.rec.length)) {
-        let _ = node.meta.call::<()>(Rq::UploadUnlock { id, owner }).await;
+        let _ = node.meta.ask(ask::UploadUnlock { id, owner }).await;
         drain(&mut src).await;
         return Err(bad("the PATCH goes past Upload-Length"));
     }
     let mut w = match PatchWriter::open(node, id, owner, st).await {
         Ok(w) => w,
         Err(e) => {
-            let _ = node.meta.call::<()>(Rq::UploadUnlock { id, owner }).await;
+            let _ = node.meta.ask(ask::UploadUnlock { id, owner }).await;
             drain(&mut src).await;
             return Err(e.into());
         }
@@ -732,7 +729,7 @@ impl PatchWriter {
             } else if self.last_renew.elapsed() >= RENEW_EVERY {
                 self.node
                     .meta
-                    .call::<()>(Rq::UploadRenew {
+                    .ask(ask::UploadRenew {
                         id: self.id,
                         owner: self.owner,
                     })
@@ -786,7 +783,7 @@ impl PatchWriter {
         };
         self.node
             .meta
-            .call::<()>(Rq::UploadProgress {
+            .ask(ask::UploadProgress {
                 id: self.id,
                 owner: self.owner,
                 progress,
@@ -855,7 +852,7 @@ impl PatchWriter {
         let out: PutOutcome = self
             .node
             .meta
-            .call(Rq::UploadCommit {
+            .ask(ask::UploadCommit {
                 id: self.id,
                 owner: self.owner,
                 intent,
@@ -882,7 +879,7 @@ impl PatchWriter {
         let _ = self
             .node
             .meta
-            .call::<()>(Rq::UploadUnlock {
+            .ask(ask::UploadUnlock {
                 id: self.id,
                 owner: self.owner,
             })
