@@ -36,6 +36,18 @@ impl RedbKv {
             .set_cache_size(REDB_CACHE_BYTES)
             .create(path)
             .map_err(storage)?;
+        Self::with(db)
+    }
+
+    /// A database in memory, for the simulator: the same transactions, no file, no fsync.
+    pub fn in_memory() -> Result<Self, KvError> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(storage)?;
+        Self::with(db)
+    }
+
+    fn with(db: Database) -> Result<Self, KvError> {
         let w = db.begin_write().map_err(storage)?;
         w.open_table(TABLE).map_err(storage)?;
         w.commit().map_err(storage)?;

@@ -11,11 +11,12 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, Encoding, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, IntentState, ShardLoc, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::compress;
 use ostore_engine::latency::{DeadlineRule, LatencyWindow};
+use ostore_engine::lifecycle::{self, Event, IntentFate};
 use ostore_engine::placement::{self, DriveView};
 use ostore_engine::read::{next_action, BlockState, StripeAction};
 use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
@@ -665,7 +666,16 @@ pub async fn put(
     let (size, h, encoding, lost) = match result {
         Ok(v) => v,
         Err(e) => {
-            discard(node, &locs, upload_id);
+            // No content yet, so no damaged copy to remove: only the files.
+            let mut m = lifecycle::Commit::new();
+            carry_out(
+                node,
+                &locs,
+                upload_id,
+                &[0; 32],
+                m.on(Event::Written { ok: false }),
+            )
+            .await;
             return Err(e);
         }
     };
@@ -682,27 +692,15 @@ pub async fn put(
             shards: locs.clone(),
         },
     };
-    let outcome = match node
-        .meta
-        .ask(ask::CommitPut {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            intent: Some(upload_id),
-            content,
-            cond: cond.clone(),
-        })
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            discard(node, &locs, upload_id);
-            return Err(e.into());
-        }
+    let request = ask::CommitPut {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        intent: Some(upload_id),
+        content,
+        cond: cond.clone(),
     };
-    if outcome.deduplicated {
-        discard(node, &locs, upload_id);
-    } else {
-        node.end_intent_later(upload_id);
+    let outcome = commit_write(node, &locs, upload_id, h, request).await?;
+    if !outcome.deduplicated {
         if !lost.is_empty() {
             // The shards given up on are rebuilt elsewhere now, so the PUT answers with the
             // object at full redundancy; if that fails, the repair queue finishes it.
@@ -719,14 +717,134 @@ pub async fn put(
         let (node, locs) = (node.clone(), locs.clone());
         glommio::spawn_local(async move { move_if_held_back(&node, h, &locs).await }).detach();
     }
-    if outcome.replaced_damaged {
-        remove_replaced(node, &h).await;
-    }
     Ok(Committed {
         outcome,
         size_bytes: size,
         blake3: h,
     })
+}
+
+/// Whether a failed metadata call may still have committed: no answer came (a timeout, a lost
+/// connection, the control plane unavailable), as opposed to an answer that refused it.
+fn outcome_unknown(e: &MetaError) -> bool {
+    matches!(e, MetaError::Unavailable(_) | MetaError::Kv(_))
+}
+
+/// Carries out the actions of a write's [`lifecycle::Commit`] that need no answer: removing or
+/// keeping the files of intent `intent` (`locs`), and the damaged copy `blake3` replaced.
+pub(crate) async fn carry_out(
+    node: &Arc<Node>,
+    locs: &[ShardLoc],
+    intent: u64,
+    blake3: &[u8; 32],
+    actions: Vec<lifecycle::Action>,
+) {
+    for a in actions {
+        match a {
+            lifecycle::Action::Discard => discard(node, locs, intent),
+            lifecycle::Action::EndIntent => node.end_intent_later(intent),
+            lifecycle::Action::RemoveReplaced => remove_replaced(node, blake3).await,
+            lifecycle::Action::Leave => tracing::warn!(
+                "intent {intent:016x}: whether its commit landed is unknown; its files stay \
+                 until the intent is swept"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Commits a written object (its files listed in intent `intent`) and ends its files as
+/// [`lifecycle::Commit`] decides: referenced, or deleted, and, when the commit's answer never
+/// came, only once the intent was fenced and read back.
+async fn commit_write(
+    node: &Arc<Node>,
+    locs: &[ShardLoc],
+    intent: u64,
+    blake3: [u8; 32],
+    request: ask::CommitPut,
+) -> Result<PutOutcome> {
+    let mut m = lifecycle::Commit::new();
+    let mut todo: std::collections::VecDeque<lifecycle::Action> =
+        m.on(Event::Written { ok: true }).into();
+    let mut failure: Option<MetaError> = None;
+    let mut replaced_damaged = false;
+    while let Some(action) = todo.pop_front() {
+        let event = match action {
+            lifecycle::Action::CommitVersion => match node.meta.ask(request.clone()).await {
+                Ok(o) => {
+                    replaced_damaged = o.replaced_damaged;
+                    Event::Committed {
+                        version: o.version,
+                        created_ms: o.created_ms,
+                        deduplicated: o.deduplicated,
+                        replaced_damaged: o.replaced_damaged,
+                    }
+                }
+                Err(e) => {
+                    let unknown = outcome_unknown(&e);
+                    failure = Some(e);
+                    if unknown {
+                        Event::Unknown
+                    } else {
+                        Event::Refused
+                    }
+                }
+            },
+            lifecycle::Action::Fence => Event::Fenced {
+                ok: node
+                    .meta
+                    .ask(ask::AbandonIntent { id: intent })
+                    .await
+                    .is_ok(),
+            },
+            lifecycle::Action::ReadIntent => {
+                Event::Read(match node.meta.ask(ask::Intent { id: intent }).await {
+                    Err(_) => None,
+                    Ok(None) => Some(IntentFate::Gone),
+                    Ok(Some(rec)) => Some(match rec.state {
+                        IntentState::Committed {
+                            version,
+                            created_ms,
+                            adopted,
+                        } => IntentFate::Committed {
+                            version,
+                            created_ms,
+                            adopted,
+                        },
+                        IntentState::Abandoned => IntentFate::Abandoned,
+                        // Not possible after a fence that succeeded: touch nothing.
+                        _ => IntentFate::Gone,
+                    }),
+                })
+            }
+            lifecycle::Action::Answer(Some((version, created_ms, deduplicated))) => {
+                if failure.is_some() {
+                    tracing::info!(
+                        "intent {intent:016x}: the commit whose answer was lost had landed"
+                    );
+                }
+                return Ok(PutOutcome {
+                    version,
+                    created_ms,
+                    deduplicated,
+                    replaced_damaged,
+                });
+            }
+            lifecycle::Action::Answer(None) => {
+                return Err(failure
+                    .unwrap_or_else(|| MetaError::Unavailable("the commit failed".into()))
+                    .into())
+            }
+            other => {
+                carry_out(node, locs, intent, &blake3, vec![other]).await;
+                continue;
+            }
+        };
+        todo.extend(m.on(event));
+    }
+    Err(StoreError::Meta(MetaError::Unavailable(
+        "the commit ended without an answer".into(),
+    )))
 }
 
 /// Queues `blake3` (whose shards are `shards`) to move when a node holds two or more of its

@@ -29,6 +29,7 @@ use ostore_control::upload::{Progress, UploadRec, UploadState};
 use ostore_engine::codec::Codec;
 use ostore_engine::compress::{self, FrameEntry, FrameWriter};
 use ostore_engine::hash::HashState;
+use ostore_engine::lifecycle;
 use ostore_engine::stripe::Striper;
 use ostore_engine::{EcParams, Geometry};
 use ostore_wire::peer::OpenMode;
@@ -859,16 +860,19 @@ impl PatchWriter {
                 content,
             })
             .await?;
-        if !self.rec.shards.is_empty() {
-            if out.deduplicated {
-                store::discard(&self.node, &self.rec.shards, intent);
-            } else {
-                self.node.end_intent_later(intent);
-            }
+        // The files end as a PUT's do once committed (`lifecycle::Commit`); the commit made
+        // the intent that lists them.
+        let mut m = lifecycle::Commit::committing();
+        let mut actions = m.on(lifecycle::Event::Committed {
+            version: out.version,
+            created_ms: out.created_ms,
+            deduplicated: out.deduplicated,
+            replaced_damaged: out.replaced_damaged,
+        });
+        if self.rec.shards.is_empty() {
+            actions.retain(|a| *a == lifecycle::Action::RemoveReplaced);
         }
-        if out.replaced_damaged {
-            store::remove_replaced(&self.node, &h).await;
-        }
+        store::carry_out(&self.node, &self.rec.shards, intent, &h, actions).await;
         self.offset = length;
         self.taken = 0;
         Ok(Done::Committed(out, h, length))

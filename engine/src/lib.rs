@@ -9,6 +9,7 @@ pub mod compress;
 pub mod geometry;
 pub mod hash;
 pub mod latency;
+pub mod lifecycle;
 pub mod placement;
 pub mod range;
 pub mod rate;

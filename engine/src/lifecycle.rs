@@ -1,0 +1,276 @@
+//! The end of a write's shard files, decided without I/O: [`Commit`] takes what happened (the
+//! files were written, the commit's answer or its absence, what the intent says afterwards) and
+//! answers with what to do next. The data plane carries the actions out (metadata calls, file
+//! removal); the simulator runs the same machine against simulated failures.
+//!
+//! A write first records an intent listing the files it is about to create, then writes and
+//! syncs them, then asks the metadata store to commit the version (which marks the intent
+//! committed in the same transaction). The files then end one of two ways: referenced by the
+//! content (the intent is ended) or deleted (then the intent is ended). The hard case is a
+//! commit whose answer never came (a lost connection, a timeout): it may have committed. The
+//! files must not be deleted on a guess, as the content may already be referenced, even by
+//! later writes of the same bytes that deduplicated onto it. So the machine fences first: it
+//! abandons the intent (a transaction that moves only an uncommitted intent to `Abandoned`,
+//! after which no commit of it can land), then reads the intent back and follows what it says.
+
+/// What the metadata store says of the intent after the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntentFate {
+    /// The commit landed: the version is `version`; `adopted` if this write's files hold the
+    /// content (else the content was already stored and these files are spare).
+    Committed {
+        version: u64,
+        created_ms: u64,
+        adopted: bool,
+    },
+    /// No commit can land any more: the files are this write's to delete.
+    Abandoned,
+    /// The intent is gone (someone else resolved it): nothing is known of the files.
+    Gone,
+}
+
+/// What happened, in the order it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Every file was written and synced (or writing gave up, `ok: false`).
+    Written { ok: bool },
+    /// The commit's answer: it landed.
+    Committed {
+        version: u64,
+        created_ms: u64,
+        deduplicated: bool,
+        replaced_damaged: bool,
+    },
+    /// The commit's answer: refused (a condition, the bucket, the intent given up): nothing
+    /// was committed.
+    Refused,
+    /// No answer to the commit: it may have landed.
+    Unknown,
+    /// The fence's answer (`ok: false`: no answer either).
+    Fenced { ok: bool },
+    /// The intent as read after the fence (`None`: no answer).
+    Read(Option<IntentFate>),
+}
+
+/// What to do next. Several actions may come from one event; they are independent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Ask the metadata store to commit the version.
+    CommitVersion,
+    /// Abandon the intent (only if not committed): the fence.
+    Fence,
+    /// Read the intent.
+    ReadIntent,
+    /// Delete the files, then end the intent.
+    Discard,
+    /// The files are referenced: end the intent.
+    EndIntent,
+    /// Delete the files of the damaged copy the new content replaced.
+    RemoveReplaced,
+    /// Touch nothing: the intent stays for the sweep of its owner's next life.
+    Leave,
+    /// The write ends: it committed (`Some((version, created_ms, deduplicated))`) or not.
+    Answer(Option<(u64, u64, bool)>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Writing,
+    Committing,
+    Fencing,
+    Reading,
+    Done,
+}
+
+/// One write's commit, from its written files to their end.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    state: State,
+}
+
+impl Default for Commit {
+    fn default() -> Self {
+        Commit::new()
+    }
+}
+
+impl Commit {
+    pub fn new() -> Commit {
+        Commit {
+            state: State::Writing,
+        }
+    }
+
+    /// A write whose commit was asked already (by a request that also made its intent, as a
+    /// resumable upload's commit does): only the answer is left to handle.
+    pub fn committing() -> Commit {
+        Commit {
+            state: State::Committing,
+        }
+    }
+
+    /// Whether the write has answered.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The actions `event` calls for. An event that makes no sense in the current state (a
+    /// duplicate, a late answer) calls for nothing.
+    pub fn on(&mut self, event: Event) -> Vec<Action> {
+        use Action::*;
+        match (self.state, event) {
+            (State::Writing, Event::Written { ok: true }) => {
+                self.state = State::Committing;
+                vec![CommitVersion]
+            }
+            (State::Writing, Event::Written { ok: false }) => {
+                self.state = State::Done;
+                vec![Discard, Answer(None)]
+            }
+            (
+                State::Committing,
+                Event::Committed {
+                    version,
+                    created_ms,
+                    deduplicated,
+                    replaced_damaged,
+                },
+            ) => {
+                self.state = State::Done;
+                let mut out = vec![if deduplicated { Discard } else { EndIntent }];
+                if replaced_damaged {
+                    out.push(RemoveReplaced);
+                }
+                out.push(Answer(Some((version, created_ms, deduplicated))));
+                out
+            }
+            (State::Committing, Event::Refused) => {
+                self.state = State::Done;
+                vec![Discard, Answer(None)]
+            }
+            (State::Committing, Event::Unknown) => {
+                self.state = State::Fencing;
+                vec![Fence]
+            }
+            (State::Fencing, Event::Fenced { ok: true }) => {
+                self.state = State::Reading;
+                vec![ReadIntent]
+            }
+            (State::Fencing, Event::Fenced { ok: false }) | (State::Reading, Event::Read(None)) => {
+                // Still unknown: the files stay, listed in an intent that is still this
+                // process's; its sweep resolves it the same way.
+                self.state = State::Done;
+                vec![Leave, Answer(None)]
+            }
+            (State::Reading, Event::Read(Some(fate))) => {
+                self.state = State::Done;
+                match fate {
+                    IntentFate::Committed {
+                        version,
+                        created_ms,
+                        adopted,
+                    } => vec![
+                        if adopted { EndIntent } else { Discard },
+                        Answer(Some((version, created_ms, !adopted))),
+                    ],
+                    IntentFate::Abandoned => vec![Discard, Answer(None)],
+                    IntentFate::Gone => vec![Leave, Answer(None)],
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    fn committed(dedup: bool, replaced: bool) -> Event {
+        Event::Committed {
+            version: 7,
+            created_ms: 9,
+            deduplicated: dedup,
+            replaced_damaged: replaced,
+        }
+    }
+
+    #[test]
+    fn a_commit_ends_the_intent_or_discards_spare_files() {
+        let mut c = Commit::new();
+        assert_eq!(c.on(Event::Written { ok: true }), vec![CommitVersion]);
+        assert_eq!(
+            c.on(committed(false, true)),
+            vec![EndIntent, RemoveReplaced, Answer(Some((7, 9, false)))]
+        );
+        assert!(c.done());
+        // A late duplicate answer changes nothing.
+        assert!(c.on(Event::Unknown).is_empty());
+        let mut c = Commit::new();
+        c.on(Event::Written { ok: true });
+        assert_eq!(
+            c.on(committed(true, false)),
+            vec![Discard, Answer(Some((7, 9, true)))]
+        );
+    }
+
+    #[test]
+    fn failures_before_the_commit_discard() {
+        let mut c = Commit::new();
+        assert_eq!(
+            c.on(Event::Written { ok: false }),
+            vec![Discard, Answer(None)]
+        );
+        let mut c = Commit::new();
+        c.on(Event::Written { ok: true });
+        assert_eq!(c.on(Event::Refused), vec![Discard, Answer(None)]);
+    }
+
+    #[test]
+    fn an_unknown_commit_never_discards_before_the_fence_says_so() {
+        // Every path from an unknown commit: no Discard unless the intent was read back as
+        // abandoned or as committed without adopting the files.
+        for fenced in [true, false] {
+            for read in [
+                None,
+                Some(IntentFate::Abandoned),
+                Some(IntentFate::Gone),
+                Some(IntentFate::Committed {
+                    version: 3,
+                    created_ms: 4,
+                    adopted: true,
+                }),
+                Some(IntentFate::Committed {
+                    version: 3,
+                    created_ms: 4,
+                    adopted: false,
+                }),
+            ] {
+                let mut c = Commit::new();
+                c.on(Event::Written { ok: true });
+                let mut all = c.on(Event::Unknown);
+                assert_eq!(all, vec![Fence]);
+                all.extend(c.on(Event::Fenced { ok: fenced }));
+                if fenced {
+                    all.extend(c.on(Event::Read(read)));
+                }
+                assert!(c.done(), "{fenced} {read:?}");
+                let discards = all.contains(&Discard);
+                let may_discard = fenced
+                    && matches!(
+                        read,
+                        Some(IntentFate::Abandoned)
+                            | Some(IntentFate::Committed { adopted: false, .. })
+                    );
+                assert_eq!(discards, may_discard, "{fenced} {read:?}: {all:?}");
+                let answered_ok = all.iter().any(|a| matches!(a, Answer(Some(_))));
+                assert_eq!(
+                    answered_ok,
+                    fenced && matches!(read, Some(IntentFate::Committed { .. })),
+                    "{all:?}"
+                );
+            }
+        }
+    }
+}
