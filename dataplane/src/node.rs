@@ -15,6 +15,7 @@ use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::ask;
 use ostore_control::service::Meta;
+use ostore_engine::lifecycle;
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -635,12 +636,25 @@ async fn intent_sweeper(node: Arc<Node>) {
             {
                 continue;
             }
-            // A writer taken as gone could still be alive (stopped, not dead): once the intent
-            // is abandoned, no commit can take these files, so they can go.
+            // A writer taken as gone could still be alive (stopped, not dead) and its commit
+            // may land first: fence (abandon unless committed), read the intent back, and
+            // follow what it says (`lifecycle::settle`), as the writer itself would.
+            let mut delete_files = delete_files;
             if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
                 if let Err(e) = node.meta.ask(ask::AbandonIntent { id }).await {
                     tracing::warn!("abandoning intent {id:016x}: {e}");
                     continue;
+                }
+                let fate = match node.meta.ask(ask::Intent { id }).await {
+                    Ok(rec) => store::intent_fate(rec.map(|r| r.state)),
+                    Err(e) => {
+                        tracing::warn!("reading intent {id:016x}: {e}");
+                        continue;
+                    }
+                };
+                match lifecycle::settle(fate) {
+                    Some(d) => delete_files = d,
+                    None => continue,
                 }
             }
             if delete_files && !store::remove_files(&node, &rec.shards).await {

@@ -724,6 +724,24 @@ pub async fn put(
     })
 }
 
+/// An intent's state, read back after the fence, as `lifecycle` sees it. A state still
+/// writing cannot follow a fence that succeeded: it reads as gone, so nothing is touched.
+pub(crate) fn intent_fate(state: Option<IntentState>) -> IntentFate {
+    match state {
+        Some(IntentState::Committed {
+            version,
+            created_ms,
+            adopted,
+        }) => IntentFate::Committed {
+            version,
+            created_ms,
+            adopted,
+        },
+        Some(IntentState::Abandoned) => IntentFate::Abandoned,
+        _ => IntentFate::Gone,
+    }
+}
+
 /// Whether a failed metadata call may still have committed: no answer came (a timeout, a lost
 /// connection, the control plane unavailable), as opposed to an answer that refused it.
 fn outcome_unknown(e: &MetaError) -> bool {
@@ -797,26 +815,13 @@ async fn commit_write(
                     .await
                     .is_ok(),
             },
-            lifecycle::Action::ReadIntent => {
-                Event::Read(match node.meta.ask(ask::Intent { id: intent }).await {
-                    Err(_) => None,
-                    Ok(None) => Some(IntentFate::Gone),
-                    Ok(Some(rec)) => Some(match rec.state {
-                        IntentState::Committed {
-                            version,
-                            created_ms,
-                            adopted,
-                        } => IntentFate::Committed {
-                            version,
-                            created_ms,
-                            adopted,
-                        },
-                        IntentState::Abandoned => IntentFate::Abandoned,
-                        // Not possible after a fence that succeeded: touch nothing.
-                        _ => IntentFate::Gone,
-                    }),
-                })
-            }
+            lifecycle::Action::ReadIntent => Event::Read(
+                node.meta
+                    .ask(ask::Intent { id: intent })
+                    .await
+                    .ok()
+                    .map(|rec| intent_fate(rec.map(|r| r.state))),
+            ),
             lifecycle::Action::Answer(Some((version, created_ms, deduplicated))) => {
                 if failure.is_some() {
                     tracing::info!(

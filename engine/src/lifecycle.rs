@@ -29,6 +29,18 @@ pub enum IntentFate {
     Gone,
 }
 
+/// How the files of an intent end once it was fenced and read back, for whoever resolves it
+/// (the writer itself, or the sweep for a writer taken as gone): `Some(true)` delete the files,
+/// then end the intent; `Some(false)` only end it (the files are referenced); `None` touch
+/// nothing.
+pub fn settle(fate: IntentFate) -> Option<bool> {
+    match fate {
+        IntentFate::Committed { adopted, .. } => Some(!adopted),
+        IntentFate::Abandoned => Some(true),
+        IntentFate::Gone => None,
+    }
+}
+
 /// What happened, in the order it happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -164,18 +176,20 @@ impl Commit {
             }
             (State::Reading, Event::Read(Some(fate))) => {
                 self.state = State::Done;
-                match fate {
+                let files = match settle(fate) {
+                    Some(true) => Discard,
+                    Some(false) => EndIntent,
+                    None => Leave,
+                };
+                let answer = match fate {
                     IntentFate::Committed {
                         version,
                         created_ms,
                         adopted,
-                    } => vec![
-                        if adopted { EndIntent } else { Discard },
-                        Answer(Some((version, created_ms, !adopted))),
-                    ],
-                    IntentFate::Abandoned => vec![Discard, Answer(None)],
-                    IntentFate::Gone => vec![Leave, Answer(None)],
-                }
+                    } => Some((version, created_ms, !adopted)),
+                    _ => None,
+                };
+                vec![files, Answer(answer)]
             }
             _ => Vec::new(),
         }

@@ -634,11 +634,12 @@ impl World {
                 }
                 other => fate(Some(other)),
             };
-            match fate {
-                IntentFate::Committed { adopted: true, .. } => {
+            match lifecycle::settle(fate) {
+                Some(true) => self.discard(id, &rec.shards, false),
+                Some(false) => {
                     let _ = self.call(ask::EndIntent { id }, false);
                 }
-                _ => self.discard(id, &rec.shards, false),
+                None => {}
             }
         }
         let mut g = Gc {
