@@ -36,6 +36,8 @@ pub struct Config {
     pub contents: usize,
     /// Tasks running at once.
     pub concurrency: usize,
+    /// Chance that a PUT's writer dies before each of its steps.
+    pub p_crash: f64,
     /// For testing the checks themselves: at this step, the files of one stored content
     /// vanish (a loss beyond what the system promises to survive).
     pub sabotage_at: Option<usize>,
@@ -50,6 +52,7 @@ impl Config {
             keys: 4,
             contents: 8,
             concurrency: 6,
+            p_crash: 0.01,
             sabotage_at: None,
         }
     }
@@ -115,6 +118,10 @@ fn file_key(l: &ShardLoc) -> FileKey {
 /// One task's progress.
 enum Task {
     Put(Put),
+    /// The intent sweep of a node that takes a writer as gone: it fences the intent, reads it
+    /// back and follows `lifecycle::settle`, while the writer (only slow, or dead) may still be
+    /// at work.
+    Sweep(Sweep),
     Get {
         key: usize,
     },
@@ -145,6 +152,13 @@ enum PutStage {
     Commit,
 }
 
+enum Sweep {
+    /// Looking for an intent still being written.
+    Pick,
+    Fence(u64, Vec<ShardLoc>),
+    Read(u64, Vec<ShardLoc>),
+}
+
 struct Gc {
     candidates: Option<Vec<[u8; 32]>>,
     /// Files of a collected content, and the garbage intent listing them.
@@ -167,6 +181,8 @@ pub struct World {
     lost_calls: usize,
     gc_collected: usize,
     next_id: u64,
+    /// Files written after their intent was swept (see `step_put`).
+    orphans: BTreeSet<FileKey>,
 }
 
 impl World {
@@ -198,6 +214,7 @@ impl World {
             lost_calls: 0,
             gc_collected: 0,
             next_id: 1,
+            orphans: BTreeSet::new(),
         }
     }
 
@@ -306,6 +323,7 @@ impl World {
                 self.acknowledged.remove(&(key, version));
                 Task::DeleteVersion { key, version }
             }
+            9 if self.rng.below(3) == 0 => Task::Sweep(Sweep::Pick),
             _ => Task::Gc(Gc {
                 candidates: None,
                 removing: None,
@@ -354,10 +372,58 @@ impl World {
                 false
             }
             Task::Gc(g) => self.step_gc(g),
+            Task::Sweep(sw) => self.step_sweep(sw),
+        }
+    }
+
+    fn step_sweep(&mut self, sw: &mut Sweep) -> bool {
+        match std::mem::replace(sw, Sweep::Pick) {
+            Sweep::Pick => {
+                let Ok(intents) = self.call(ask::Intents {}, true) else {
+                    return false;
+                };
+                let writing: Vec<(u64, Vec<ShardLoc>)> = intents
+                    .into_iter()
+                    .filter(|(_, r)| matches!(r.state, IntentState::WritingBy(_)))
+                    .map(|(id, r)| (id, r.shards))
+                    .collect();
+                if writing.is_empty() {
+                    return false;
+                }
+                let (id, shards) = writing[self.rng.below(writing.len())].clone();
+                self.log(format!("SWEEP intent {id:x}: writer taken as gone"));
+                *sw = Sweep::Fence(id, shards);
+                true
+            }
+            Sweep::Fence(id, shards) => {
+                if self.call(ask::AbandonIntent { id }, true).is_err() {
+                    return false;
+                }
+                *sw = Sweep::Read(id, shards);
+                true
+            }
+            Sweep::Read(id, shards) => {
+                let Ok(rec) = self.call(ask::Intent { id }, true) else {
+                    return false;
+                };
+                match lifecycle::settle(fate(rec.map(|r| r.state))) {
+                    Some(true) => self.discard(id, &shards, true),
+                    Some(false) => {
+                        let _ = self.call(ask::EndIntent { id }, true);
+                    }
+                    None => {}
+                }
+                false
+            }
         }
     }
 
     fn step_put(&mut self, p: &mut Put) -> bool {
+        if self.rng.chance(self.cfg.p_crash) {
+            // The writer's process dies: whatever it did stays as it is, its intent included.
+            self.log(format!("PUT k{} intent {:x}: writer dies", p.key, p.intent));
+            return false;
+        }
         match p.stage {
             PutStage::Intent => {
                 let r = self.call(
@@ -383,8 +449,15 @@ impl World {
             }
             PutStage::Write => {
                 let h = self.hashes[p.content];
+                // A slow writer may write after a sweep took it as gone and resolved its
+                // intent: such files are listed nowhere, and only the orphan scan (files older
+                // than the grace that nothing lists) removes them.
+                let swept = meta::intent(&self.kv, p.intent).ok().flatten().is_none();
                 for l in &p.locs {
                     self.files.insert(file_key(l), h);
+                    if swept {
+                        self.orphans.insert(file_key(l));
+                    }
                 }
                 p.stage = PutStage::Commit;
                 p.todo.extend(p.machine.on(Event::Written { ok: true }));
@@ -659,9 +732,24 @@ impl World {
                 Stored::Inline(_) => Vec::new(),
             })
             .collect();
-        let leaked = self.files.keys().filter(|k| !listed.contains(k)).count();
-        if leaked > 0 {
-            return Err(format!("{leaked} shard file(s) left that no content lists"));
+        let leaked: Vec<FileKey> = self
+            .files
+            .keys()
+            .filter(|k| !listed.contains(k))
+            .copied()
+            .collect();
+        let unexplained = leaked.iter().filter(|k| !self.orphans.contains(k)).count();
+        if unexplained > 0 {
+            return Err(format!(
+                "{unexplained} shard file(s) left that no content lists"
+            ));
+        }
+        // The orphan scan's part: files written after their intent was swept.
+        for k in &leaked {
+            self.files.remove(k);
+        }
+        if !leaked.is_empty() {
+            self.log(format!("orphan scan: {} file(s) removed", leaked.len()));
         }
         Ok(())
     }
@@ -715,6 +803,7 @@ pub fn run(cfg: Config) -> Report {
     if violation.is_none() {
         // Tasks still running finish without faults, then the store settles.
         w.cfg.p_lost = 0.0;
+        w.cfg.p_crash = 0.0;
         while let Some(mut t) = tasks.pop() {
             while w.step(&mut t) {}
             if let Err(e) = w.check() {
