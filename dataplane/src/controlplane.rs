@@ -20,7 +20,7 @@ use ostore_control::kv::Kv;
 use ostore_control::rpc::ask;
 use ostore_control::rpc::{self, Request as Rq};
 use ostore_control::service::{now_ms, Meta};
-use ostore_engine::placement::{NodeLoad, Rebalancer};
+use ostore_engine::placement::{drain_step, DrainFacts, DrainStep, NodeLoad, Rebalancer};
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -515,43 +515,45 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             })
             .await?;
         let left: i64 = counts.iter().map(|c| (*c).max(0)).sum();
-        if left == 0 {
+        let mut facts = DrainFacts {
+            shards_left: left as u64,
+            exactly_empty: None,
+            settled: now_ms() >= d.started_ms + DRAIN_SETTLE_MS,
+            done: d.done_ms.is_some(),
+            moves_queued: false,
+        };
+        if left > 0 {
+            facts.moves_queued = moves_queued(&client).await?;
+        }
+        let mut step = drain_step(facts);
+        if step == DrainStep::CountExactly {
             let p: cluster::DrainProgress = client
                 .ask(ask::DrainProgress {
                     node: *node,
                     exact: true,
                 })
                 .await?;
-            let settled = now_ms() >= d.started_ms + DRAIN_SETTLE_MS;
-            if p.empty() && settled && d.done_ms.is_none() {
-                client
-                    .ask(ask::SetDrainDone {
-                        node: *node,
-                        done: true,
-                    })
-                    .await?;
-                tracing::info!("node {node} is drained: it holds no shards");
-            }
-            if !p.empty() && d.done_ms.is_some() {
-                client
-                    .ask(ask::SetDrainDone {
-                        node: *node,
-                        done: false,
-                    })
-                    .await?;
-            }
-            continue;
+            facts.exactly_empty = Some(p.empty());
+            step = drain_step(facts);
         }
-        if d.done_ms.is_some() {
+        let undo = match step {
+            DrainStep::CountExactly | DrainStep::Wait => continue,
+            DrainStep::MarkDone(done) => {
+                client.ask(ask::SetDrainDone { node: *node, done }).await?;
+                if done {
+                    tracing::info!("node {node} is drained: it holds no shards");
+                }
+                continue;
+            }
+            DrainStep::Queue { undo_done } => undo_done,
+        };
+        if undo {
             client
                 .ask(ask::SetDrainDone {
                     node: *node,
                     done: false,
                 })
                 .await?;
-        }
-        if moves_queued(&client).await? {
-            continue;
         }
         let mut queued = 0;
         for drive in drives {

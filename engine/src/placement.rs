@@ -900,6 +900,60 @@ impl Rebalancer {
     }
 }
 
+/// What the leader knows of one drain this round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainFacts {
+    /// Shards the node's drive counters still count.
+    pub shards_left: u64,
+    /// When the counters say none: whether an exact count found nothing at all on the node
+    /// (no shard in the index, no intent, no upload). `None` when not counted.
+    pub exactly_empty: Option<bool>,
+    /// Whether the drain started long enough ago that no write placed from an older view can
+    /// still land on the node.
+    pub settled: bool,
+    /// Whether the drain is recorded as done.
+    pub done: bool,
+    /// Whether contents wait in the move queue.
+    pub moves_queued: bool,
+}
+
+/// What the leader does for one drain this round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainStep {
+    /// Count exactly what is left on the node (the counters say nothing is).
+    CountExactly,
+    /// Record the drain done (`true`), or not done any more (`false`).
+    MarkDone(bool),
+    /// Queue another batch of the node's contents for moving (after marking it not done,
+    /// if it was).
+    Queue { undo_done: bool },
+    /// Wait: moves are in flight, or the drain has not settled.
+    Wait,
+}
+
+/// The drain decision: a node is drained once its counters and then an exact count find
+/// nothing on it and the drain has settled; shards that land on it again undo that; while it
+/// holds shards, a batch of its contents is queued whenever the move queue has run dry (so
+/// shards committed since, or moves that failed, are picked up too).
+pub fn drain_step(f: DrainFacts) -> DrainStep {
+    if f.shards_left == 0 {
+        return match f.exactly_empty {
+            None => DrainStep::CountExactly,
+            Some(true) if f.settled && !f.done => DrainStep::MarkDone(true),
+            Some(false) if f.done => DrainStep::MarkDone(false),
+            Some(_) => DrainStep::Wait,
+        };
+    }
+    if f.moves_queued {
+        return if f.done {
+            DrainStep::MarkDone(false)
+        } else {
+            DrainStep::Wait
+        };
+    }
+    DrainStep::Queue { undo_done: f.done }
+}
+
 #[cfg(test)]
 mod decision_tests {
     use super::*;
@@ -914,6 +968,57 @@ mod decision_tests {
                 healthy: true,
             })
             .collect()
+    }
+
+    #[test]
+    fn drains_end_only_when_nothing_is_left_and_undo_when_shards_return() {
+        let f = DrainFacts {
+            shards_left: 0,
+            exactly_empty: None,
+            settled: true,
+            done: false,
+            moves_queued: false,
+        };
+        assert_eq!(drain_step(f), DrainStep::CountExactly);
+        let counted = |empty| DrainFacts {
+            exactly_empty: Some(empty),
+            ..f
+        };
+        assert_eq!(drain_step(counted(true)), DrainStep::MarkDone(true));
+        // Not settled: a write placed from an older view may still land.
+        assert_eq!(
+            drain_step(DrainFacts {
+                settled: false,
+                ..counted(true)
+            }),
+            DrainStep::Wait
+        );
+        // Intents or uploads left: not done.
+        assert_eq!(drain_step(counted(false)), DrainStep::Wait);
+        assert_eq!(
+            drain_step(DrainFacts {
+                done: true,
+                ..counted(false)
+            }),
+            DrainStep::MarkDone(false)
+        );
+        // Shards left: queue a batch when the queue is dry, else wait.
+        let left = DrainFacts {
+            shards_left: 5,
+            ..f
+        };
+        assert_eq!(drain_step(left), DrainStep::Queue { undo_done: false });
+        assert_eq!(
+            drain_step(DrainFacts {
+                moves_queued: true,
+                ..left
+            }),
+            DrainStep::Wait
+        );
+        assert_eq!(
+            drain_step(DrainFacts { done: true, ..left }),
+            DrainStep::Queue { undo_done: true }
+        );
     }
 
     #[test]
