@@ -215,12 +215,17 @@ fn scan(kv: &dyn Kv, t: u8, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Re
     }
 }
 
-/// Upgrades a format-1 key space: counts what the counters count (heads, versions, contents,
-/// drive-shard entries) and lists the unreferenced contents, a page per transaction, then sets
-/// the counters, the unreferenced index and format 2 in one transaction. It runs when a process
-/// opens the store, before it serves; writes by another process meanwhile would make the counts
-/// drift, so upgrade with the cluster stopped.
-fn recount(kv: &dyn Kv) -> Result<()> {
+/// What the counters should say, counted from the records themselves.
+struct Counted {
+    stats: [i64; 5],
+    drives: std::collections::BTreeMap<u16, i64>,
+    /// The unreferenced index's keys.
+    unreferenced: Vec<Vec<u8>>,
+}
+
+/// Counts what the counters count (heads, versions, contents, drive-shard entries) and lists
+/// the unreferenced contents, a page per transaction.
+fn count(kv: &dyn Kv) -> Result<Counted> {
     let mut st = [0i64; 5];
     scan(kv, keys::tag::HEAD, |_, v| {
         let h: HeadRec = decode(v)?;
@@ -249,19 +254,91 @@ fn recount(kv: &dyn Kv) -> Result<()> {
         }
         Ok(())
     })?;
+    Ok(Counted {
+        stats: st,
+        drives,
+        unreferenced,
+    })
+}
+
+/// Upgrades a format-1 key space: [`count`]s, then sets the counters, the unreferenced index
+/// and format 2 in one transaction. It runs when a process opens the store, before it serves;
+/// writes by another process meanwhile would make the counts drift, so upgrade with the
+/// cluster stopped.
+fn recount(kv: &dyn Kv) -> Result<()> {
+    let c = count(kv)?;
     run(kv, true, |tx| {
         for s in Stat::ALL {
-            tx.set(&keys::stat(s), &st[s as usize].to_le_bytes())?;
+            tx.set(&keys::stat(s), &c.stats[s as usize].to_le_bytes())?;
         }
-        for (d, n) in &drives {
+        for (d, n) in &c.drives {
             tx.set(&keys::drive_count(*d), &n.to_le_bytes())?;
         }
-        for u in &unreferenced {
+        for u in &c.unreferenced {
             tx.set(u, &[])?;
         }
         tx.set(&keys::format(), &keys::FORMAT_VERSION.to_le_bytes())?;
         Ok(())
     })
+}
+
+/// Every counter and index compared with a count from the records (read only; exact while no
+/// write runs): the cluster-wide counters, the per-drive shard counters and the unreferenced
+/// index. Returns the differences, one line each (empty: all agree).
+pub fn audit(kv: &dyn Kv) -> Result<Vec<String>> {
+    let c = count(kv)?;
+    let mut out = Vec::new();
+    let st = stats(kv)?;
+    let have = [
+        st.objects,
+        st.versions,
+        st.contents,
+        st.content_bytes,
+        st.stored_bytes,
+    ];
+    for s in Stat::ALL {
+        if have[s as usize] != c.stats[s as usize] {
+            out.push(format!(
+                "{s:?}: counter {} but {} counted",
+                have[s as usize], c.stats[s as usize]
+            ));
+        }
+    }
+    let mut counters: std::collections::BTreeMap<u16, i64> = Default::default();
+    scan(kv, keys::tag::DRIVE_COUNT, |k, v| {
+        if let Some(d) = k.get(1..3) {
+            counters.insert(u16::from_be_bytes([d[0], d[1]]), crate::kv::counter(v));
+        }
+        Ok(())
+    })?;
+    let drives: std::collections::BTreeSet<u16> =
+        counters.keys().chain(c.drives.keys()).copied().collect();
+    for d in drives {
+        let (n, counted) = (
+            counters.get(&d).copied().unwrap_or(0),
+            c.drives.get(&d).copied().unwrap_or(0),
+        );
+        if n != counted {
+            out.push(format!(
+                "drive {d}: counter {n} but {counted} shards indexed"
+            ));
+        }
+    }
+    let mut index = Vec::new();
+    scan(kv, keys::tag::UNREFERENCED, |k, _| {
+        index.push(k.to_vec());
+        Ok(())
+    })?;
+    let mut want = c.unreferenced;
+    want.sort();
+    if index != want {
+        out.push(format!(
+            "unreferenced index: {} entries but {} contents unreferenced",
+            index.len(),
+            want.len()
+        ));
+    }
+    Ok(out)
 }
 
 /// Every bucket's name.
@@ -1658,6 +1735,8 @@ mod tests {
         let want = stats(&kv).unwrap();
         let counts = drive_shard_counts(&kv, &[0, 1, 2]).unwrap();
         assert_eq!((want.objects, want.versions, want.contents), (1, 3, 2));
+        // Counters kept by the transactions agree with a count from the records.
+        assert_eq!(audit(&kv).unwrap(), Vec::<String>::new());
         // As a format-1 store would be: no counters, no unreferenced index.
         run(&kv, true, |tx| {
             tx.clear_range(&[keys::tag::UNREFERENCED], &[keys::tag::UNREFERENCED + 1])?;
@@ -1669,7 +1748,20 @@ mod tests {
         .unwrap();
         assert_eq!(stats(&kv).unwrap(), Stats::default());
         assert_eq!(gc_candidates(&kv, None, 10, 5).unwrap(), (vec![], None));
+        // The audit sees every counter that is off, and the missing index entry.
+        let off = audit(&kv).unwrap();
+        assert!(
+            off.iter()
+                .any(|l| l.starts_with("Versions: counter 0 but 3")),
+            "{off:?}"
+        );
+        assert!(off.iter().any(|l| l.starts_with("drive 0:")), "{off:?}");
+        assert!(
+            off.iter().any(|l| l.starts_with("unreferenced index")),
+            "{off:?}"
+        );
         init(&kv, 4).unwrap();
+        assert_eq!(audit(&kv).unwrap(), Vec::<String>::new());
         assert_eq!(
             gc_candidates(&kv, None, 10, 5).unwrap(),
             (vec![[7; 32]], None)

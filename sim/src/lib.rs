@@ -11,7 +11,8 @@
 //! content the metadata store knows are all on the drives (nothing referenced was deleted, by a
 //! write's cleanup or by GC); every version a PUT acknowledged reads back with its bytes; and at
 //! the end, once the faults stop and leftover intents are swept and garbage collected, that no
-//! shard file is left that no content lists. See ARCHITECTURE.md for what it does not cover yet.
+//! shard file is left that no content lists and that every counter equals a recount
+//! (`meta::audit`). See ARCHITECTURE.md for what it does not cover yet.
 
 use ostore_control::meta::{self, NewContent, WriteCondition};
 use ostore_control::records::{Encoding, IntentState, Owner, ShardLoc, Stored};
@@ -724,6 +725,14 @@ impl World {
         while self.step_gc(&mut g) {}
         self.cfg.p_lost = p;
         self.check()?;
+        // Every counter equals a recount from the records.
+        let off = meta::audit(&self.kv).map_err(|e| e.to_string())?;
+        if !off.is_empty() {
+            return Err(format!(
+                "counters disagree with a recount: {}",
+                off.join("; ")
+            ));
+        }
         let listed: BTreeSet<FileKey> = meta::contents(&self.kv, None, usize::MAX)
             .map_err(|e| e.to_string())?
             .iter()
