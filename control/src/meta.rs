@@ -9,6 +9,7 @@
 use crate::keys::{self, Stat};
 use crate::kv::{run, Kv, KvError, Tx, TxnError};
 use crate::records::*;
+use ostore_engine::lifecycle::IntentFate;
 use thiserror::Error;
 
 /// Objects up to this size are stored inline in their content record.
@@ -416,6 +417,25 @@ pub fn end_intent(kv: &dyn Kv, id: u64) -> Result<()> {
 /// One intent, if present.
 pub fn intent(kv: &dyn Kv, id: u64) -> Result<Option<IntentRec>> {
     run(kv, false, |tx| get(tx, &keys::intent(id)))
+}
+
+/// An intent's state as `engine::lifecycle` sees it once the intent was fenced
+/// ([`abandon_intent`]) and read back. A state still writing cannot follow a fence that
+/// succeeded: it reads as gone, so nothing is touched.
+pub fn intent_fate(state: Option<IntentState>) -> IntentFate {
+    match state {
+        Some(IntentState::Committed {
+            version,
+            created_ms,
+            adopted,
+        }) => IntentFate::Committed {
+            version,
+            created_ms,
+            adopted,
+        },
+        Some(IntentState::Abandoned) => IntentFate::Abandoned,
+        _ => IntentFate::Gone,
+    }
 }
 
 /// Every intent left over (for cleanup at start-up).

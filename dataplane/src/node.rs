@@ -639,24 +639,26 @@ async fn intent_sweeper(node: Arc<Node>) {
             // A writer taken as gone could still be alive (stopped, not dead) and its commit
             // may land first: fence (abandon unless committed), read the intent back, and
             // follow what it says (`lifecycle::settle`), as the writer itself would.
-            let mut delete_files = delete_files;
-            if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
-                if let Err(e) = node.meta.ask(ask::AbandonIntent { id }).await {
-                    tracing::warn!("abandoning intent {id:016x}: {e}");
-                    continue;
-                }
-                let fate = match node.meta.ask(ask::Intent { id }).await {
-                    Ok(rec) => store::intent_fate(rec.map(|r| r.state)),
-                    Err(e) => {
-                        tracing::warn!("reading intent {id:016x}: {e}");
+            let delete_files =
+                if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
+                    if let Err(e) = node.meta.ask(ask::AbandonIntent { id }).await {
+                        tracing::warn!("abandoning intent {id:016x}: {e}");
                         continue;
                     }
+                    let fate = match node.meta.ask(ask::Intent { id }).await {
+                        Ok(rec) => ostore_control::meta::intent_fate(rec.map(|r| r.state)),
+                        Err(e) => {
+                            tracing::warn!("reading intent {id:016x}: {e}");
+                            continue;
+                        }
+                    };
+                    match lifecycle::settle(fate) {
+                        Some(d) => d,
+                        None => continue,
+                    }
+                } else {
+                    delete_files
                 };
-                match lifecycle::settle(fate) {
-                    Some(d) => delete_files = d,
-                    None => continue,
-                }
-            }
             if delete_files && !store::remove_files(&node, &rec.shards).await {
                 continue;
             }

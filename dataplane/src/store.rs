@@ -11,12 +11,12 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, Encoding, IntentState, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, ShardLoc, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::compress;
 use ostore_engine::latency::{DeadlineRule, LatencyWindow};
-use ostore_engine::lifecycle::{self, Event, IntentFate};
+use ostore_engine::lifecycle::{self, Event};
 use ostore_engine::placement::{self, DriveView};
 use ostore_engine::read::{next_action, BlockState, StripeAction};
 use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
@@ -724,24 +724,6 @@ pub async fn put(
     })
 }
 
-/// An intent's state, read back after the fence, as `lifecycle` sees it. A state still
-/// writing cannot follow a fence that succeeded: it reads as gone, so nothing is touched.
-pub(crate) fn intent_fate(state: Option<IntentState>) -> IntentFate {
-    match state {
-        Some(IntentState::Committed {
-            version,
-            created_ms,
-            adopted,
-        }) => IntentFate::Committed {
-            version,
-            created_ms,
-            adopted,
-        },
-        Some(IntentState::Abandoned) => IntentFate::Abandoned,
-        _ => IntentFate::Gone,
-    }
-}
-
 /// Whether a failed metadata call may still have committed: no answer came (a timeout, a lost
 /// connection, the control plane unavailable), as opposed to an answer that refused it.
 fn outcome_unknown(e: &MetaError) -> bool {
@@ -820,7 +802,7 @@ async fn commit_write(
                     .ask(ask::Intent { id: intent })
                     .await
                     .ok()
-                    .map(|rec| intent_fate(rec.map(|r| r.state))),
+                    .map(|rec| meta::intent_fate(rec.map(|r| r.state))),
             ),
             lifecycle::Action::Answer(Some((version, created_ms, deduplicated))) => {
                 if failure.is_some() {

@@ -18,7 +18,7 @@ use ostore_control::meta::{self, NewContent, WriteCondition};
 use ostore_control::records::{Encoding, IntentState, Owner, ShardLoc, Stored};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, ask, Ask, Token};
-use ostore_engine::lifecycle::{self, Action, Event, IntentFate};
+use ostore_engine::lifecycle::{self, Action, Event};
 use ostore_engine::placement::{self, DriveView, WriteRule};
 use ostore_engine::EcParams;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -407,7 +407,7 @@ impl World {
                 let Ok(rec) = self.call(ask::Intent { id }, true) else {
                     return false;
                 };
-                match lifecycle::settle(fate(rec.map(|r| r.state))) {
+                match lifecycle::settle(meta::intent_fate(rec.map(|r| r.state))) {
                     Some(true) => self.discard(id, &shards, true),
                     Some(false) => {
                         let _ = self.call(ask::EndIntent { id }, true);
@@ -507,7 +507,7 @@ impl World {
                     Action::ReadIntent => Some(Event::Read(
                         match self.call(ask::Intent { id: p.intent }, true) {
                             Err(_) => None,
-                            Ok(rec) => Some(fate(rec.map(|r| r.state))),
+                            Ok(rec) => Some(meta::intent_fate(rec.map(|r| r.state))),
                         },
                     )),
                     Action::Discard => {
@@ -700,13 +700,13 @@ impl World {
             let fate = match rec.state {
                 IntentState::Writing | IntentState::WritingBy(_) => {
                     let _ = self.call(ask::AbandonIntent { id }, false);
-                    fate(
+                    meta::intent_fate(
                         self.call(ask::Intent { id }, false)
                             .map_err(|e| format!("{e:?}"))?
                             .map(|r| r.state),
                     )
                 }
-                other => fate(Some(other)),
+                other => meta::intent_fate(Some(other)),
             };
             match lifecycle::settle(fate) {
                 Some(true) => self.discard(id, &rec.shards, false),
@@ -761,22 +761,6 @@ impl World {
             self.log(format!("orphan scan: {} file(s) removed", leaked.len()));
         }
         Ok(())
-    }
-}
-
-fn fate(state: Option<IntentState>) -> IntentFate {
-    match state {
-        Some(IntentState::Committed {
-            version,
-            created_ms,
-            adopted,
-        }) => IntentFate::Committed {
-            version,
-            created_ms,
-            adopted,
-        },
-        Some(IntentState::Abandoned) => IntentFate::Abandoned,
-        _ => IntentFate::Gone,
     }
 }
 
