@@ -638,26 +638,32 @@ async fn intent_sweeper(node: Arc<Node>) {
             }
             // A writer taken as gone could still be alive (stopped, not dead) and its commit
             // may land first: fence (abandon unless committed), read the intent back, and
-            // follow what it says (`lifecycle::settle`), as the writer itself would.
-            let delete_files =
+            // follow what it says (`lifecycle::settle`), as the writer itself would. The files
+            // to delete are those the intent lists as read back: a rebuild's `ReplaceShards`
+            // that landed since the listing turned the files listed then into the content's
+            // shards, and its intent now lists the old ones.
+            let (delete_files, rec) =
                 if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
                     if let Err(e) = node.meta.ask(ask::AbandonIntent { id }).await {
                         tracing::warn!("abandoning intent {id:016x}: {e}");
                         continue;
                     }
-                    let fate = match node.meta.ask(ask::Intent { id }).await {
-                        Ok(rec) => ostore_control::meta::intent_fate(rec.map(|r| r.state)),
+                    let back = match node.meta.ask(ask::Intent { id }).await {
+                        Ok(Some(back)) => back,
+                        Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!("reading intent {id:016x}: {e}");
                             continue;
                         }
                     };
-                    match lifecycle::settle(fate) {
-                        Some(d) => d,
+                    match lifecycle::settle(ostore_control::meta::intent_fate(Some(
+                        back.state.clone(),
+                    ))) {
+                        Some(d) => (d, back),
                         None => continue,
                     }
                 } else {
-                    delete_files
+                    (delete_files, rec)
                 };
             if delete_files && !store::remove_files(&node, &rec.shards).await {
                 continue;

@@ -55,10 +55,71 @@ pub enum StoreError {
     InsufficientShards { have: usize, need: usize },
     #[error("drive I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// A drive operation on one shard file failed: which operation, drive, shard and offset.
+    #[error(transparent)]
+    Shard(#[from] ShardIoError),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("erasure coding: {0}")]
     Codec(String),
+}
+
+/// What was being done to a shard file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardOp {
+    Open,
+    Reserve,
+    Write,
+    WriteHeader,
+    Sync,
+    SyncDirectory,
+    Read,
+}
+
+impl std::fmt::Display for ShardOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShardOp::Open => "opening",
+            ShardOp::Reserve => "reserving space for",
+            ShardOp::Write => "writing",
+            ShardOp::WriteHeader => "writing the header of",
+            ShardOp::Sync => "syncing",
+            ShardOp::SyncDirectory => "syncing the directory of",
+            ShardOp::Read => "reading",
+        })
+    }
+}
+
+/// A drive operation on one shard file that failed, with where it failed: the error a log line
+/// or a 500 names, so that an operator can tell which drive and file to look at.
+#[derive(Debug, Error)]
+#[error("{op} shard {shard} (file {file_id:016x}) on drive {drive}{}: {source}", at_offset(*.offset))]
+pub struct ShardIoError {
+    pub op: ShardOp,
+    pub drive: u16,
+    pub shard: u8,
+    pub file_id: u64,
+    /// The byte offset in the file, for reads and writes.
+    pub offset: Option<u64>,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn at_offset(offset: Option<u64>) -> String {
+    offset.map_or(String::new(), |o| format!(" at byte {o}"))
+}
+
+impl ShardIoError {
+    pub fn new(op: ShardOp, loc: &ShardLoc, offset: Option<u64>, source: std::io::Error) -> Self {
+        ShardIoError {
+            op,
+            drive: loc.drive,
+            shard: loc.index,
+            file_id: loc.file_id,
+            offset,
+            source,
+        }
+    }
 }
 
 impl From<CodecError> for StoreError {
@@ -105,13 +166,16 @@ pub struct Committed {
 /// Writes one set of shard files (all K+M for a PUT, or some for a repair).
 pub(crate) struct ShardWriter {
     files: Vec<Rc<ShardFile>>,
+    /// Where each file is (for errors).
+    locs: Rc<[ShardLoc]>,
     /// Files given up on because their node stopped answering (see [`ShardWriter::may_lose`]).
     lost: Rc<RefCell<Vec<bool>>>,
     /// How many files on other nodes may be given up on when their node stops answering
     /// (0: none; a PUT allows M−1 and rebuilds them elsewhere before it answers).
     may_lose: usize,
-    /// The directories holding the new files, made durable with them.
-    dirs: Vec<std::path::PathBuf>,
+    /// The directories holding the new files, made durable with them (with the position of a
+    /// file in each, for errors).
+    dirs: Vec<(std::path::PathBuf, usize)>,
     /// Two sets of per-shard buffers: one being filled while the other is being written.
     sets: [Vec<Rc<glommio::io::DmaBuffer>>; 2],
     current: usize,
@@ -151,29 +215,33 @@ impl ShardWriter {
                     .filter(|_| mode != OpenMode::Read)
                 {
                     if let Some(dir) = d.shard_path(loc).parent() {
-                        dirs.push(dir.to_path_buf());
+                        dirs.push((dir.to_path_buf(), files.len()));
                     }
                 }
-                files.push(Rc::new(ShardFile::open_loc(node, loc, mode).await?));
+                let f = ShardFile::open_loc(node, loc, mode)
+                    .await
+                    .map_err(|e| (loc, e))?;
+                files.push(Rc::new(f));
             }
-            Ok::<_, std::io::Error>(())
+            Ok::<_, (&ShardLoc, std::io::Error)>(())
         }
         .await;
-        if let Err(e) = opened {
+        if let Err((loc, e)) = opened {
             for f in files {
                 if let Ok(f) = Rc::try_unwrap(f) {
                     f.close().await;
                 }
             }
-            return Err(io_error(e));
+            return Err(shard_error(ShardOp::Open, loc, None, e));
         }
         dirs.sort();
-        dirs.dedup();
+        dirs.dedup_by(|a, b| a.0 == b.0);
         let set = locs
             .iter()
             .map(|_| Rc::new(glommio::allocate_dma_buffer(buf_bytes)))
             .collect::<Vec<_>>();
         Ok(ShardWriter {
+            locs: locs.into(),
             lost: Rc::new(RefCell::new(vec![false; files.len()])),
             may_lose: 0,
             files,
@@ -228,18 +296,18 @@ impl ShardWriter {
         let files = self.files.clone();
         let bufs = self.sets[self.current].clone();
         let reserve = self.reserve_before(block_offset(first_block) + bytes as u64);
-        let losses = Losses {
-            lost: self.lost.clone(),
-            may_lose: self.may_lose,
-        };
+        let losses = self.losses();
+        let at = block_offset(first_block);
         let batch = async move {
             if let Some(r) = reserve {
                 losses
-                    .each(&files, |_, f| async move { f.pre_allocate(r).await })
+                    .each(&files, (ShardOp::Reserve, None), |_, f| async move {
+                        f.pre_allocate(r).await
+                    })
                     .await?;
             }
             losses
-                .each(&files, |j, f| {
+                .each(&files, (ShardOp::Write, Some(at)), |j, f| {
                     let b = bufs[j].clone();
                     async move {
                         let n = f.write_at(&b, bytes, block_offset(first_block)).await?;
@@ -274,13 +342,15 @@ impl ShardWriter {
     async fn finish(&mut self, headers: &[ShardHeader]) -> Result<()> {
         self.flush().await?;
         self.losses()
-            .each(&self.files, |j, f| {
+            .each(&self.files, (ShardOp::WriteHeader, Some(0)), |j, f| {
                 let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
                 headers[j].encode(buf.as_bytes_mut());
-                async move {
-                    f.write_at(&Rc::new(buf), HEADER_BYTES, 0).await?;
-                    f.fdatasync().await
-                }
+                async move { f.write_at(&Rc::new(buf), HEADER_BYTES, 0).await.map(|_| ()) }
+            })
+            .await?;
+        self.losses()
+            .each(&self.files, (ShardOp::Sync, None), |_, f| async move {
+                f.fdatasync().await
             })
             .await?;
         self.sync_dirs().await
@@ -301,6 +371,7 @@ impl ShardWriter {
         Losses {
             lost: self.lost.clone(),
             may_lose: self.may_lose,
+            locs: self.locs.clone(),
         }
     }
 
@@ -313,7 +384,9 @@ impl ShardWriter {
     pub(crate) async fn sync(&mut self) -> Result<()> {
         self.flush().await?;
         self.losses()
-            .each(&self.files, |_, f| async move { f.fdatasync().await })
+            .each(&self.files, (ShardOp::Sync, None), |_, f| async move {
+                f.fdatasync().await
+            })
             .await?;
         self.sync_dirs().await
     }
@@ -321,13 +394,18 @@ impl ShardWriter {
     /// The new files' directory entries must be durable too before anything refers to them.
     async fn sync_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.dirs);
-        let syncs = dirs.iter().map(|d| async move {
-            let dir = glommio::io::Directory::open(d)
-                .await
-                .map_err(|e| io_error(e.into()))?;
-            let r = dir.sync().await.map_err(|e| io_error(e.into()));
-            let _ = dir.close().await;
-            r
+        let locs = self.locs.clone();
+        let syncs = dirs.iter().map(|(d, i)| {
+            let loc = locs[*i];
+            let fail = move |e: glommio::GlommioError<()>| {
+                shard_error(ShardOp::SyncDirectory, &loc, None, e.into())
+            };
+            async move {
+                let dir = glommio::io::Directory::open(d).await.map_err(fail)?;
+                let r = dir.sync().await.map_err(fail);
+                let _ = dir.close().await;
+                r
+            }
         });
         for r in join_all(syncs).await {
             r?;
@@ -350,6 +428,7 @@ impl ShardWriter {
 struct Losses {
     lost: Rc<RefCell<Vec<bool>>>,
     may_lose: usize,
+    locs: Rc<[ShardLoc]>,
 }
 
 impl Losses {
@@ -357,7 +436,12 @@ impl Losses {
     /// node stops answering (past the deadline of [`crate::peer::op_deadline`], or its
     /// connection broke) is given up on while no more than `may_lose` are; any other error,
     /// or one loss too many, is the result.
-    async fn each<'f, F, Fut>(&self, files: &'f [Rc<ShardFile>], op: F) -> Result<()>
+    async fn each<'f, F, Fut>(
+        &self,
+        files: &'f [Rc<ShardFile>],
+        (what, offset): (ShardOp, Option<u64>),
+        op: F,
+    ) -> Result<()>
     where
         F: Fn(usize, &'f ShardFile) -> Fut,
         Fut: std::future::Future<Output = std::io::Result<()>> + 'f,
@@ -379,10 +463,11 @@ impl Losses {
                 && crate::peer::peer_unresponsive(&e)
                 && lost.iter().filter(|l| **l).count() < self.may_lose
             {
-                tracing::warn!("giving up on shard file {j} (rebuilt elsewhere): {e}");
+                let e = ShardIoError::new(what, &self.locs[j], offset, e);
+                tracing::warn!("giving up on a shard file (rebuilt elsewhere): {e}");
                 lost[j] = true;
             } else if first_error.is_none() {
-                first_error = Some(io_error(e));
+                first_error = Some(shard_error(what, &self.locs[j], offset, e));
             }
         }
         match first_error {
@@ -399,13 +484,15 @@ fn subtask_failed<T>() -> Result<T> {
     )))
 }
 
-/// Maps drive errors: a full disk is the client-visible 507.
-fn io_error(e: std::io::Error) -> StoreError {
+/// Maps a drive error on one shard file: a full disk is the client-visible 507; any other names
+/// the operation, the drive, the shard and the offset.
+fn shard_error(op: ShardOp, loc: &ShardLoc, offset: Option<u64>, e: std::io::Error) -> StoreError {
     let code = crate::oserror::os_code(&e);
+    let e = ShardIoError::new(op, loc, offset, e);
     if code == Some(libc::ENOSPC) || code == Some(libc::EDQUOT) {
         StoreError::InsufficientStorage(e.to_string())
     } else {
-        StoreError::Io(e)
+        StoreError::Shard(e)
     }
 }
 
@@ -1073,7 +1160,7 @@ async fn slot_file(node: &Node, files: &Slots, loc: ShardLoc, i: usize) -> Optio
                 Some(f)
             }
             Err(e) => {
-                tracing::debug!("opening shard {} on drive {}: {e}", loc.index, loc.drive);
+                tracing::debug!("{}", ShardIoError::new(ShardOp::Open, &loc, None, e));
                 files.borrow_mut()[i] = Slot::Failed;
                 None
             }
@@ -1191,11 +1278,14 @@ impl ShardSource {
                 (i, Fetched::Read(r))
             }
             Ok(r) => {
-                tracing::warn!("reading shard {i}: {} of {span} bytes", r.len());
+                let short = std::io::Error::other(format!("{} of {span} bytes", r.len()));
+                let e = ShardIoError::new(ShardOp::Read, &self.locs[i], Some(self.at), short);
+                tracing::warn!("{e}");
                 (i, Fetched::Failed)
             }
             Err(e) => {
-                tracing::warn!("reading shard {i}: {e}");
+                let e = ShardIoError::new(ShardOp::Read, &self.locs[i], Some(self.at), e);
+                tracing::warn!("{e}");
                 (i, Fetched::Failed)
             }
         }
@@ -2065,16 +2155,26 @@ async fn rebuild_onto(
         return Ok(0);
     }
     let bad: Vec<usize> = targets.iter().map(|t| t.0).collect();
-    let (upload_id, new_locs) = begin_new_shards(node, reader, &targets).await?;
-    let r = rebuild(node, reader, &bad, &new_locs).await;
+    let (upload_id, new_locs) = name_new_shards(reader, &targets);
+    let from: Vec<ShardLoc> = bad.iter().map(|&i| reader.locs[i]).collect();
+    let write = async {
+        let r = rebuild(node, reader, &bad, &new_locs).await;
+        reader.close().await;
+        r.map(|()| true)
+    };
+    let landed = carry_out_rebuild(
+        node,
+        blake3,
+        content.damaged,
+        upload_id,
+        &new_locs,
+        from,
+        write,
+    )
+    .await;
+    // Closed by `write` when it ran; not if the intent failed first.
     reader.close().await;
-    if let Err(e) = r {
-        discard(node, &new_locs, upload_id);
-        return Err(e);
-    }
-    swap_in(node, reader, &bad, &new_locs, upload_id).await?;
-    clear_damaged(node, content, blake3).await?;
-    Ok(bad.len())
+    Ok(if landed? { bad.len() } else { 0 })
 }
 
 /// A content's record and a reader of its shards; `None` if it is unknown or not sharded.
@@ -2117,13 +2217,9 @@ async fn clear_damaged(node: &Node, content: &ContentRec, blake3: [u8; 32]) -> R
     Ok(())
 }
 
-/// Names new shard files for `targets` (position, drive) and records them in a fresh intent
-/// before anything is written; returns the intent's id and the files.
-async fn begin_new_shards(
-    node: &Node,
-    reader: &ShardReader,
-    targets: &[(usize, u16)],
-) -> Result<(u64, Vec<ShardLoc>)> {
+/// Names new shard files for `targets` (position, drive) and the intent that will list them;
+/// returns the intent's id and the files.
+fn name_new_shards(reader: &ShardReader, targets: &[(usize, u16)]) -> (u64, Vec<ShardLoc>) {
     let upload_id: u64 = rand::random();
     let new_locs: Vec<ShardLoc> = targets
         .iter()
@@ -2134,31 +2230,126 @@ async fn begin_new_shards(
             file_tag: rand::random(),
         })
         .collect();
-    node.begin_intent(upload_id, &new_locs).await?;
-    Ok((upload_id, new_locs))
+    (upload_id, new_locs)
 }
 
-/// Points the content at the new shard files (made from the shards at positions `from`) in
-/// one transaction, then deletes whatever that left unreferenced (the old files, or the new
-/// ones if their slots changed meanwhile).
-async fn swap_in(
+/// Carries out a rebuild's or a move's [`lifecycle::Rebuild`]: records the intent listing
+/// `new_locs` before anything is written, runs `write` (writes and syncs them; `Ok(false)`: a
+/// source failed its check), points the content at them where their slots still hold `from`
+/// (`ReplaceShards`, one transaction), and deletes whatever that left unreferenced (the old
+/// files, or the new ones if their slots changed meanwhile). An answer lost on the way is
+/// fenced and read back, never guessed. Returns whether the content points at the new files;
+/// the error of a step that failed, if it did not.
+async fn carry_out_rebuild(
     node: &Arc<Node>,
-    reader: &ShardReader,
-    from: &[usize],
-    new_locs: &[ShardLoc],
+    blake3: [u8; 32],
+    damaged: bool,
     upload_id: u64,
-) -> Result<()> {
-    let garbage: Vec<ShardLoc> = node
-        .meta
-        .ask(ask::ReplaceShards {
-            blake3: reader.blake3,
-            shards: new_locs.to_vec(),
-            replaced: from.iter().map(|&i| reader.locs[i]).collect(),
-            intent: upload_id,
-        })
-        .await?;
-    discard(node, &garbage, upload_id);
-    Ok(())
+    new_locs: &[ShardLoc],
+    from: Vec<ShardLoc>,
+    write: impl std::future::Future<Output = Result<bool>>,
+) -> Result<bool> {
+    use lifecycle::{RebuildAction as A, RebuildEvent as E};
+    let mut machine = lifecycle::Rebuild::new();
+    let mut todo = std::collections::VecDeque::from([machine.start()]);
+    let mut write = std::pin::pin!(write);
+    let mut listed: Vec<ShardLoc> = Vec::new();
+    let mut failure: Option<StoreError> = None;
+    let mut landed = false;
+    while let Some(action) = todo.pop_front() {
+        let event = match action {
+            A::BeginIntent => Some(E::Begun {
+                ok: match node.begin_intent(upload_id, new_locs).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e.into());
+                        false
+                    }
+                },
+            }),
+            A::Write => Some(E::Written {
+                ok: match write.as_mut().await {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                },
+            }),
+            A::Replace => Some(
+                match node
+                    .meta
+                    .ask(ask::ReplaceShards {
+                        blake3,
+                        shards: new_locs.to_vec(),
+                        replaced: from.clone(),
+                        intent: upload_id,
+                    })
+                    .await
+                {
+                    Ok(garbage) => {
+                        listed = garbage;
+                        E::Replaced
+                    }
+                    Err(e) if outcome_unknown(&e) => {
+                        failure = Some(e.into());
+                        E::Unknown
+                    }
+                    Err(e) => {
+                        failure = Some(e.into());
+                        E::Refused
+                    }
+                },
+            ),
+            A::Fence => Some(E::Fenced {
+                ok: node
+                    .meta
+                    .ask(ask::AbandonIntent { id: upload_id })
+                    .await
+                    .is_ok(),
+            }),
+            A::ReadIntent => Some(E::Read(
+                match node.meta.ask(ask::Intent { id: upload_id }).await {
+                    Ok(rec) => {
+                        listed = rec.as_ref().map(|r| r.shards.clone()).unwrap_or_default();
+                        Some(meta::intent_fate(rec.map(|r| r.state)))
+                    }
+                    Err(_) => None,
+                },
+            )),
+            A::RemoveListed => {
+                discard(node, &listed, upload_id);
+                None
+            }
+            A::DiscardNew => {
+                discard(node, new_locs, upload_id);
+                None
+            }
+            A::EndIntent => {
+                node.end_intent_later(upload_id);
+                None
+            }
+            A::Leave => None,
+            A::ClearDamaged => {
+                if damaged {
+                    tracing::info!("content {} is whole again", hex::encode(blake3));
+                    node.meta.ask(ask::ClearDamaged { blake3 }).await?;
+                }
+                None
+            }
+            A::Finish(ok) => {
+                landed = ok;
+                None
+            }
+        };
+        if let Some(e) = event {
+            todo.extend(machine.on(e));
+        }
+    }
+    match failure {
+        Some(e) if !landed => Err(e),
+        _ => Ok(landed),
+    }
 }
 
 /// Nodes being drained, as this node's view has them.
@@ -2220,24 +2411,25 @@ pub async fn relocate(node: &Arc<Node>, blake3: [u8; 32], rebalance: bool) -> Re
     if targets.is_empty() {
         return Ok(0);
     }
-    let (upload_id, new_locs) = begin_new_shards(node, &reader, &targets).await?;
+    let (upload_id, new_locs) = name_new_shards(&reader, &targets);
     let from: Vec<usize> = targets.iter().map(|m| m.0).collect();
-    let r = copy_shards(node, &mut reader, &from, &new_locs).await;
+    let replaced: Vec<ShardLoc> = from.iter().map(|&i| reader.locs[i]).collect();
+    let mut source_bad = false;
+    let write = async {
+        let r = copy_shards(node, &mut reader, &from, &new_locs).await;
+        reader.close().await;
+        source_bad = matches!(r, Ok(false));
+        r
+    };
+    let landed =
+        carry_out_rebuild(node, blake3, false, upload_id, &new_locs, replaced, write).await;
     reader.close().await;
-    match r {
-        Ok(true) => {}
-        Ok(false) => {
-            // A source shard is bad: rebuild it (and move what must move) from the others.
-            discard(node, &new_locs, upload_id);
-            return Ok(check_and_repair(node, blake3).await?.rebuilt);
-        }
-        Err(e) => {
-            discard(node, &new_locs, upload_id);
-            return Err(e);
-        }
+    let landed = landed?;
+    if source_bad {
+        // A source shard is bad: rebuild it (and move what must move) from the others.
+        return Ok(check_and_repair(node, blake3).await?.rebuilt);
     }
-    swap_in(node, &reader, &from, &new_locs, upload_id).await?;
-    Ok(new_locs.len())
+    Ok(if landed { new_locs.len() } else { 0 })
 }
 
 /// Copies shards `from` (positions) into the new files `new_locs`, checking every block on the
@@ -2466,4 +2658,71 @@ async fn rebuild(
     .await;
     w.close().await;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc() -> ShardLoc {
+        ShardLoc {
+            index: 3,
+            drive: 7,
+            file_id: 0xabc,
+            file_tag: 1,
+        }
+    }
+
+    #[test]
+    fn a_shard_error_names_the_operation_the_drive_the_shard_and_the_offset() {
+        let e = shard_error(
+            ShardOp::Write,
+            &loc(),
+            Some(65536),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        let StoreError::Shard(inner) = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (inner.drive, inner.shard, inner.offset),
+            (7, 3, Some(65536))
+        );
+        let m = e.to_string();
+        assert!(
+            m.starts_with("writing shard 3 (file 0000000000000abc) on drive 7 at byte 65536: "),
+            "{m}"
+        );
+        assert_eq!(crate::oserror::os_code(&inner.source), Some(libc::EIO));
+        let m = shard_error(
+            ShardOp::Sync,
+            &loc(),
+            None,
+            std::io::Error::from_raw_os_error(libc::EIO),
+        )
+        .to_string();
+        assert!(
+            m.starts_with("syncing shard 3 (file 0000000000000abc) on drive 7: "),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_full_drive_is_insufficient_storage_and_still_says_where() {
+        for code in [libc::ENOSPC, libc::EDQUOT] {
+            let e = shard_error(
+                ShardOp::Reserve,
+                &loc(),
+                None,
+                crate::oserror::OsError::into_io(code, "fallocate".into()),
+            );
+            let StoreError::InsufficientStorage(m) = &e else {
+                panic!("{e:?}")
+            };
+            assert!(
+                m.contains("reserving space for shard 3") && m.contains("drive 7"),
+                "{m}"
+            );
+        }
+    }
 }

@@ -196,6 +196,138 @@ impl Commit {
     }
 }
 
+/// What happened to a rebuild or a move (new shard files for some positions of a content), in
+/// the order it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildEvent {
+    /// The intent listing the new files was recorded (`ok: false`: refused, or no answer).
+    Begun { ok: bool },
+    /// The new files were written and synced (`ok: false`: writing gave up).
+    Written { ok: bool },
+    /// `ReplaceShards` answered: the content points at the new files where their slots still
+    /// held what they were made from, and the intent lists what is now garbage.
+    Replaced,
+    /// `ReplaceShards` refused (the intent was given up meanwhile): nothing changed.
+    Refused,
+    /// No answer to `ReplaceShards`: it may have landed.
+    Unknown,
+    /// The fence's answer (`ok: false`: no answer either).
+    Fenced { ok: bool },
+    /// The intent as read after the fence (`None`: no answer).
+    Read(Option<IntentFate>),
+}
+
+/// What a rebuild or a move does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildAction {
+    /// Record an intent listing the new files before writing any.
+    BeginIntent,
+    /// Write and sync the new files.
+    Write,
+    /// Ask the metadata store to point the content at the new files.
+    Replace,
+    /// Abandon the intent (only if not committed): the fence.
+    Fence,
+    /// Read the intent.
+    ReadIntent,
+    /// Delete the files the intent lists (as `ReplaceShards` answered, or as read back after
+    /// the fence; never a list read before the fence: a replace that landed in between turned
+    /// the new files into referenced ones), then end the intent.
+    RemoveListed,
+    /// The new files were never referenced: delete them, then end the intent.
+    DiscardNew,
+    /// The new files are referenced: end the intent.
+    EndIntent,
+    /// Touch nothing: the intent stays for the sweep.
+    Leave,
+    /// The content is whole: clear its damaged mark, if any.
+    ClearDamaged,
+    /// The rebuild ends: `true` if the content points at the new files.
+    Finish(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RebuildState {
+    Beginning,
+    Writing,
+    Replacing,
+    Fencing,
+    Reading,
+    Done,
+}
+
+/// One rebuild's or move's new shard files, from their intent to their end. The store's repair
+/// and move paths and the simulator's both carry out its actions.
+#[derive(Debug, Clone)]
+pub struct Rebuild {
+    state: RebuildState,
+}
+
+impl Default for Rebuild {
+    fn default() -> Self {
+        Rebuild::new()
+    }
+}
+
+impl Rebuild {
+    /// A rebuild about to name its new files: the first action is [`RebuildAction::BeginIntent`].
+    pub fn new() -> Rebuild {
+        Rebuild {
+            state: RebuildState::Beginning,
+        }
+    }
+
+    pub fn start(&self) -> RebuildAction {
+        RebuildAction::BeginIntent
+    }
+
+    pub fn done(&self) -> bool {
+        self.state == RebuildState::Done
+    }
+
+    /// The actions `event` calls for; nothing for an event out of place.
+    pub fn on(&mut self, event: RebuildEvent) -> Vec<RebuildAction> {
+        use RebuildAction::*;
+        use RebuildEvent as E;
+        use RebuildState as S;
+        let (next, actions) = match (self.state, event) {
+            (S::Beginning, E::Begun { ok: true }) => (S::Writing, vec![Write]),
+            // No file written yet: an intent that was recorded lists files that do not exist,
+            // and the sweep ends it.
+            (S::Beginning, E::Begun { ok: false }) => (S::Done, vec![Leave, Finish(false)]),
+            (S::Writing, E::Written { ok: true }) => (S::Replacing, vec![Replace]),
+            (S::Writing, E::Written { ok: false }) | (S::Replacing, E::Refused) => {
+                (S::Done, vec![DiscardNew, Finish(false)])
+            }
+            (S::Replacing, E::Replaced) => {
+                (S::Done, vec![RemoveListed, ClearDamaged, Finish(true)])
+            }
+            (S::Replacing, E::Unknown) => (S::Fencing, vec![Fence]),
+            (S::Fencing, E::Fenced { ok: true }) => (S::Reading, vec![ReadIntent]),
+            (S::Fencing, E::Fenced { ok: false }) | (S::Reading, E::Read(None)) => {
+                (S::Done, vec![Leave, Finish(false)])
+            }
+            (S::Reading, E::Read(Some(fate))) => {
+                let landed = matches!(fate, IntentFate::Committed { .. });
+                let files = match settle(fate) {
+                    Some(true) => RemoveListed,
+                    Some(false) => EndIntent,
+                    None => Leave,
+                };
+                let mut out = vec![files];
+                if landed {
+                    out.push(ClearDamaged);
+                }
+                out.push(Finish(landed));
+                (S::Done, out)
+            }
+            _ => return Vec::new(),
+        };
+        self.state = next;
+        actions
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +415,78 @@ mod tests {
                     answered_ok,
                     fenced && matches!(read, Some(IntentFate::Committed { .. })),
                     "{all:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rebuild_replaces_then_removes_what_the_intent_lists() {
+        use RebuildAction as A;
+        use RebuildEvent as E;
+        let mut r = Rebuild::new();
+        assert_eq!(r.start(), A::BeginIntent);
+        assert_eq!(r.on(E::Begun { ok: true }), vec![A::Write]);
+        assert_eq!(r.on(E::Written { ok: true }), vec![A::Replace]);
+        assert_eq!(
+            r.on(E::Replaced),
+            vec![A::RemoveListed, A::ClearDamaged, A::Finish(true)]
+        );
+        assert!(r.done());
+        assert!(r.on(E::Unknown).is_empty());
+        let mut r = Rebuild::new();
+        r.on(E::Begun { ok: true });
+        assert_eq!(
+            r.on(E::Written { ok: false }),
+            vec![A::DiscardNew, A::Finish(false)]
+        );
+        let mut r = Rebuild::new();
+        assert_eq!(
+            r.on(E::Begun { ok: false }),
+            vec![A::Leave, A::Finish(false)]
+        );
+    }
+
+    #[test]
+    fn an_unknown_replace_never_deletes_new_files_on_a_guess() {
+        use RebuildAction as A;
+        use RebuildEvent as E;
+        for fenced in [true, false] {
+            for read in [
+                None,
+                Some(IntentFate::Abandoned),
+                Some(IntentFate::Gone),
+                Some(IntentFate::Committed {
+                    version: 0,
+                    created_ms: 0,
+                    adopted: false,
+                }),
+            ] {
+                let mut r = Rebuild::new();
+                r.on(E::Begun { ok: true });
+                r.on(E::Written { ok: true });
+                let mut all = r.on(E::Unknown);
+                assert_eq!(all, vec![A::Fence]);
+                all.extend(r.on(E::Fenced { ok: fenced }));
+                if fenced {
+                    all.extend(r.on(E::Read(read)));
+                }
+                assert!(r.done());
+                // The new files themselves are deleted only by name of the read-back intent.
+                assert!(!all.contains(&A::DiscardNew), "{all:?}");
+                let removes = all.contains(&A::RemoveListed);
+                assert_eq!(
+                    removes,
+                    fenced
+                        && matches!(
+                            read,
+                            Some(IntentFate::Abandoned | IntentFate::Committed { .. })
+                        ),
+                    "{fenced} {read:?}: {all:?}"
+                );
+                assert_eq!(
+                    all.contains(&A::Finish(true)),
+                    fenced && matches!(read, Some(IntentFate::Committed { .. }))
                 );
             }
         }

@@ -1,24 +1,37 @@
-//! A deterministic simulator of ostore's write, read and garbage-collection protocols: the real
-//! metadata code (`ostore_control::rpc::execute_idempotent` over redb, in memory) and the real
-//! decisions (`ostore_engine::placement`, `ostore_engine::lifecycle::Commit`), run by many
-//! concurrent tasks over simulated drives, a simulated network to the control plane and a
-//! simulated clock, all drawn from one seed. A seed replays bit for bit.
+//! A deterministic simulator of ostore's protocols: the real metadata code
+//! (`ostore_control::rpc::execute_idempotent` over redb, in memory) and the real decisions
+//! (`ostore_engine::placement`, the `ostore_engine::lifecycle` machines of a write's commit and
+//! of a rebuild), run by many concurrent tasks over simulated nodes and drives, a simulated
+//! network to the control plane and a simulated clock, all drawn from one seed. A seed replays
+//! bit for bit.
 //!
-//! What it covers today: PUTs (new content and deduplicated content, overwrites), GETs, deletes
-//! and garbage collection, interleaved one metadata call at a time; faults on every call to the
-//! control plane (the request lost, or executed with its answer lost: a commit whose result is
-//! unknown); the clock moving on. What it checks, after every step: the shard files of every
-//! content the metadata store knows are all on the drives (nothing referenced was deleted, by a
-//! write's cleanup or by GC); every version a PUT acknowledged reads back with its bytes; and at
-//! the end, once the faults stop and leftover intents are swept and garbage collected, that no
-//! shard file is left that no content lists and that every counter equals a recount
-//! (`meta::audit`). See ARCHITECTURE.md for what it does not cover yet.
+//! Workload: PUTs (new content, deduplicated content, overwrites), GETs (which queue a repair
+//! when they read around a bad shard), deletes of keys and of versions, garbage collection, the
+//! intent sweep, scrub (check every shard of a content, rebuild what is bad and move what shares
+//! a node), and the repair worker reading the repair queue (fed by GETs and by the leader when a
+//! node goes down). Faults: every call to the control plane may be lost on the way, delayed (it
+//! runs later, out of order), duplicated, or run with its answer lost (a result unknown); a
+//! writer's process may die at any step; a node may crash (its unsynced files lost or torn) and
+//! return later with whatever its drive held (stale files included), be cut off by a partition
+//! and return, or lose its drive (it returns empty); a block may rot in any file; the clock may
+//! jump forward. Faults that hurt shards are drawn only while every stored content (and every
+//! write or rebuild about to be committed) keeps K good shards on reachable nodes: the system
+//! promises to survive M lost failure domains, not more.
+//!
+//! Checked after every step: every stored content keeps K good shards on its drives (nothing
+//! referenced was deleted, by a write's cleanup, a sweep, a rebuild or GC); every version a PUT
+//! acknowledged still names its bytes and reads back. At the end, once the faults stop, nodes
+//! return and leftover intents are resolved and garbage collected: every content converges to
+//! K+M good shards on distinct nodes, every counter equals a recount (`meta::audit`), and no
+//! shard file is left that no content lists (beyond the orphans a slow writer left after its
+//! intent was resolved, which the orphan scan removes). See ARCHITECTURE.md for what it does not
+//! cover yet.
 
 use ostore_control::meta::{self, NewContent, WriteCondition};
-use ostore_control::records::{Encoding, IntentState, Owner, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, IntentState, Owner, ShardLoc, Stored};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, ask, Ask, Token};
-use ostore_engine::lifecycle::{self, Action, Event};
+use ostore_engine::lifecycle::{self, Action, Event, RebuildAction, RebuildEvent};
 use ostore_engine::placement::{self, DriveView, WriteRule};
 use ostore_engine::EcParams;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -29,19 +42,40 @@ pub struct Config {
     pub seed: u64,
     /// Scheduler steps (each one metadata call or one drive operation of one task).
     pub steps: usize,
-    /// Chance that a call to the control plane is lost on the way, and again that its answer
-    /// is lost after it ran.
+    /// Chance that a call to the control plane is lost on the way (half of those run later
+    /// instead, out of order), and again that its answer is lost after it ran.
     pub p_lost: f64,
+    /// Chance that a call is sent twice (the second copy runs right after the first).
+    pub p_dup: f64,
     /// Keys written, and distinct contents (fewer contents than writes: deduplication).
     pub keys: usize,
     pub contents: usize,
     /// Tasks running at once.
     pub concurrency: usize,
-    /// Chance that a PUT's writer dies before each of its steps.
+    /// Chance that a PUT's or a rebuild's process dies before each of its steps.
     pub p_crash: f64,
+    /// Chance, per step, of a fault on a node or a drive (crash, partition, return, lost
+    /// drive, a rotten block).
+    pub p_fault: f64,
     /// For testing the checks themselves: at this step, the files of one stored content
     /// vanish (a loss beyond what the system promises to survive).
     pub sabotage_at: Option<usize>,
+    /// Bugs this project fixed, put back to show the simulator catches them.
+    pub bugs: Bugs,
+}
+
+/// Fixed bugs that a run can put back, one flag each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bugs {
+    /// The intent sweep deletes the files its listing of intents named, instead of those the
+    /// intent names when read back after the fence (a rebuild's `ReplaceShards` that landed in
+    /// between turned them into the content's shards).
+    pub sweep_deletes_listed: bool,
+    /// A rebuild points the content at its new files without having synced them.
+    pub rebuild_skips_sync: bool,
+    /// The intent sweep deletes a writer's files after abandoning its intent without reading
+    /// back whether the writer's commit landed first.
+    pub sweep_skips_read_back: bool,
 }
 
 impl Config {
@@ -50,11 +84,14 @@ impl Config {
             seed,
             steps: 600,
             p_lost: 0.05,
+            p_dup: 0.02,
             keys: 4,
             contents: 8,
             concurrency: 6,
             p_crash: 0.01,
+            p_fault: 0.03,
             sabotage_at: None,
+            bugs: Bugs::default(),
         }
     }
 }
@@ -71,6 +108,10 @@ pub struct Report {
     pub puts_acknowledged: usize,
     pub lost_calls: usize,
     pub gc_collected: usize,
+    /// Shards rebuilt or moved (rebuilds whose `ReplaceShards` landed).
+    pub rebuilds: usize,
+    /// Node and drive faults drawn.
+    pub faults: usize,
 }
 
 /// xorshift64*: small, fast, and the same on every machine.
@@ -99,7 +140,12 @@ impl Rng {
 
 const BUCKET: &str = "sim";
 const EC: EcParams = EcParams { data: 4, parity: 2 };
-const NODES: u32 = 6;
+/// Nodes, one drive each (drive id = node id).
+const NODES: u16 = 8;
+/// Nodes out (crashed or cut off) at once, at most: six stay up, so a write spreads its six
+/// shards over distinct nodes.
+const MAX_DOWN: usize = 2;
+const SHARD_BYTES: u64 = 4096;
 
 /// A call to the control plane that got no answer (it may or may not have run), or an answer
 /// refusing it.
@@ -109,11 +155,28 @@ enum Failed {
     Refused,
 }
 
-/// A shard file on a simulated drive: which file, and what it holds.
+/// A shard file on a simulated drive: which file.
 type FileKey = (u16, u64, u32, u8);
 
 fn file_key(l: &ShardLoc) -> FileKey {
     (l.drive, l.file_id, l.file_tag, l.index)
+}
+
+/// What a shard file holds.
+#[derive(Debug, Clone, Copy)]
+struct File {
+    /// The content it is a shard of.
+    blake3: [u8; 32],
+    /// Written but not synced: a crash loses or tears it.
+    synced: bool,
+    /// A block fails its check (rot, or a torn write).
+    corrupt: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SimNode {
+    up: bool,
+    boot: u64,
 }
 
 /// One task's progress.
@@ -135,12 +198,15 @@ enum Task {
         version: u64,
     },
     Gc(Gc),
+    /// Scrub of one content, or the repair worker's handling of one queued request.
+    Repair(Box<Repair>),
 }
 
 struct Put {
     key: usize,
     content: usize,
     intent: u64,
+    owner: Owner,
     locs: Vec<ShardLoc>,
     stage: PutStage,
     machine: lifecycle::Commit,
@@ -150,6 +216,7 @@ struct Put {
 enum PutStage {
     Intent,
     Write,
+    Sync,
     Commit,
 }
 
@@ -166,24 +233,68 @@ struct Gc {
     removing: Option<(u64, Vec<ShardLoc>)>,
 }
 
+/// `check_and_repair` of one content: read its record, find its bad shards (missing, rotten,
+/// or on a node that is out) and its shards sharing a node, place replacements, and carry out
+/// the `lifecycle::Rebuild` machine.
+struct Repair {
+    /// Picked by the scrub (`None`: take one from the repair queue).
+    blake3: Option<[u8; 32]>,
+    /// The queue entry's nonce, cleared when the content is whole.
+    nonce: Option<u64>,
+    stage: RepairStage,
+    intent: u64,
+    owner: Owner,
+    rec: Option<ContentRec>,
+    /// The slots rebuilt or moved: the location each was made from and the new one.
+    from: Vec<ShardLoc>,
+    new: Vec<ShardLoc>,
+    /// The files the intent lists, as `ReplaceShards` answered or as read back.
+    listed: Vec<ShardLoc>,
+    machine: lifecycle::Rebuild,
+    todo: VecDeque<RebuildAction>,
+    /// The new files are written, not yet synced.
+    syncing: bool,
+}
+
+enum RepairStage {
+    Pick,
+    Load,
+    Plan,
+    Run,
+}
+
+/// A call that was lost on the way but runs later, out of order.
+struct Delayed {
+    due: usize,
+    request: rpc::Request,
+    token: Token,
+}
+
 pub struct World {
     cfg: Config,
     rng: Rng,
     kv: RedbKv,
     now_ms: u64,
-    files: BTreeMap<FileKey, [u8; 32]>,
+    step: usize,
+    nodes: Vec<SimNode>,
+    files: BTreeMap<FileKey, File>,
     contents: Vec<Vec<u8>>,
     hashes: Vec<[u8; 32]>,
     /// Versions a PUT acknowledged: (key, version) → content index.
     acknowledged: BTreeMap<(usize, u64), usize>,
-    /// Keys whose versions may since have been trimmed... none are: retention is not set, and
-    /// deletes add markers. Kept for the read check.
     history: Vec<String>,
     lost_calls: usize,
     gc_collected: usize,
+    rebuilds: usize,
+    faults: usize,
     next_id: u64,
-    /// Files written after their intent was swept (see `step_put`).
+    delayed: Vec<Delayed>,
+    /// Files written after their intent was resolved (see `write_files`): listed nowhere, the
+    /// orphan scan's to remove.
     orphans: BTreeSet<FileKey>,
+    /// Shard sets about to be committed (a PUT's written files; a rebuild's content with its
+    /// new files in their slots): faults keep them within M too.
+    pending: BTreeMap<u64, ([u8; 32], Vec<ShardLoc>)>,
 }
 
 impl World {
@@ -207,6 +318,8 @@ impl World {
             rng,
             kv,
             now_ms: 1_000_000,
+            step: 0,
+            nodes: vec![SimNode { up: true, boot: 1 }; NODES as usize],
             files: BTreeMap::new(),
             contents,
             hashes,
@@ -214,8 +327,12 @@ impl World {
             history: Vec::new(),
             lost_calls: 0,
             gc_collected: 0,
+            rebuilds: 0,
+            faults: 0,
             next_id: 1,
+            delayed: Vec::new(),
             orphans: BTreeSet::new(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -228,24 +345,50 @@ impl World {
         self.next_id ^ (self.rng.next_u64() << 16)
     }
 
+    fn owner(&mut self) -> Owner {
+        let node = self.rng.below(NODES as usize);
+        Owner {
+            node: node as u32,
+            boot: self.nodes[node].boot,
+        }
+    }
+
     /// One call to the control plane over the simulated network.
     fn call<A: Ask>(&mut self, req: A, faults: bool) -> Result<A::Answer, Failed> {
         let request: rpc::Request = req.into();
         let name = format!("{request:?}");
         let name: String = name.chars().take_while(|c| c.is_alphanumeric()).collect();
-        if faults && self.rng.chance(self.cfg.p_lost) {
-            self.lost_calls += 1;
-            self.log(format!("{name}: lost on the way"));
-            return Err(Failed::Unknown);
-        }
         let token = Token::new(
             self.rng.next_u64().to_le_bytes().repeat(2)[..16]
                 .try_into()
                 .expect("16"),
             self.now_ms,
         );
-        let r = rpc::execute_idempotent(&self.kv, request, token, self.now_ms)
+        if faults && self.rng.chance(self.cfg.p_lost) {
+            self.lost_calls += 1;
+            if self.rng.chance(0.5) {
+                let due = self.step + 1 + self.rng.below(40);
+                self.log(format!("{name}: delayed to step {due}"));
+                self.delayed.push(Delayed {
+                    due,
+                    request,
+                    token,
+                });
+            } else {
+                self.log(format!("{name}: lost on the way"));
+            }
+            return Err(Failed::Unknown);
+        }
+        let dup = faults && self.rng.chance(self.cfg.p_dup);
+        let r = rpc::execute_idempotent(&self.kv, request.clone(), token, self.now_ms)
             .and_then(|b| rpc::decode_value::<A::Answer>(&b));
+        if dup {
+            // The same request again, with the same token: its answer is the first one's.
+            let again = rpc::execute_idempotent(&self.kv, request, token, self.now_ms)
+                .and_then(|b| rpc::decode_value::<A::Answer>(&b));
+            self.log(format!("{name}: sent twice"));
+            let _ = again;
+        }
         if faults && self.rng.chance(self.cfg.p_lost) {
             self.lost_calls += 1;
             self.log(format!(
@@ -263,33 +406,119 @@ impl World {
         }
     }
 
+    /// Runs the delayed calls that are due (their senders gave up on them long ago).
+    fn deliver_delayed(&mut self) {
+        let step = self.step;
+        let (due, later): (Vec<Delayed>, Vec<Delayed>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|d| d.due <= step);
+        self.delayed = later;
+        for d in due {
+            let name = format!("{:?}", d.request);
+            let name: String = name.chars().take_while(|c| c.is_alphanumeric()).collect();
+            let r = rpc::execute_idempotent(&self.kv, d.request, d.token, self.now_ms);
+            self.log(format!(
+                "{name}: delayed copy runs ({})",
+                if r.is_ok() { "ok" } else { "refused" }
+            ));
+        }
+    }
+
+    /// The drives as placement sees them: those of nodes out are unhealthy.
     fn views(&self) -> Vec<DriveView> {
         (0..NODES)
             .map(|n| DriveView {
-                id: n as u16,
-                node: n,
+                id: n,
+                node: n as u32,
                 zone: 0,
                 free_bytes: 1 << 40,
-                healthy: true,
+                healthy: self.nodes[n as usize].up,
             })
             .collect()
     }
 
+    /// Whether the file at `l` holds a good shard of `blake3` (wherever its node is).
+    fn good(&self, l: &ShardLoc, blake3: &[u8; 32]) -> bool {
+        self.files
+            .get(&file_key(l))
+            .is_some_and(|f| f.blake3 == *blake3 && !f.corrupt)
+    }
+
+    /// Whether it can be read now.
+    fn readable_shard(&self, l: &ShardLoc, blake3: &[u8; 32]) -> bool {
+        self.nodes[l.drive as usize].up && self.good(l, blake3)
+    }
+
+    /// Creates files (unsynced) on the drives of `locs`; `false` if a node is out. A file
+    /// written after its intent was resolved is an orphan.
+    fn write_files(&mut self, intent: u64, locs: &[ShardLoc], blake3: [u8; 32]) -> bool {
+        let resolved = meta::intent(&self.kv, intent)
+            .ok()
+            .flatten()
+            .is_none_or(|r| r.state == IntentState::Abandoned);
+        let mut ok = true;
+        for l in locs {
+            if !self.nodes[l.drive as usize].up {
+                ok = false;
+                continue;
+            }
+            self.files.insert(
+                file_key(l),
+                File {
+                    blake3,
+                    synced: false,
+                    corrupt: false,
+                },
+            );
+            if resolved {
+                self.orphans.insert(file_key(l));
+            }
+        }
+        ok
+    }
+
+    /// fdatasync of each file: fails if its node is out or the file is gone (a crash since).
+    fn sync_files(&mut self, locs: &[ShardLoc]) -> bool {
+        let mut ok = true;
+        for l in locs {
+            let up = self.nodes[l.drive as usize].up;
+            match self.files.get_mut(&file_key(l)) {
+                Some(f) if up && !f.corrupt => f.synced = true,
+                _ => ok = false,
+            }
+        }
+        ok
+    }
+
+    /// Deletes files; a file already gone counts as deleted. `false` if a node is out.
+    fn remove_files(&mut self, locs: &[ShardLoc]) -> bool {
+        let mut all = true;
+        for l in locs {
+            if self.nodes[l.drive as usize].up {
+                self.files.remove(&file_key(l));
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+
     fn new_task(&mut self) -> Task {
-        match self.rng.below(10) {
+        match self.rng.below(12) {
             0..=3 => {
                 let (key, content) = (
                     self.rng.below(self.cfg.keys),
                     self.rng.below(self.cfg.contents),
                 );
                 let intent = self.id();
-                let drives = placement::place_object(
+                let Ok(drives) = placement::place_object(
                     &self.views(),
                     WriteRule::new(EC, 0),
-                    4096,
+                    SHARD_BYTES,
                     self.rng.next_u64(),
-                )
-                .expect("placement");
+                ) else {
+                    return Task::Get { key };
+                };
                 let file_id = self.id();
                 let locs = drives
                     .iter()
@@ -302,33 +531,63 @@ impl World {
                     })
                     .collect();
                 self.log(format!("PUT k{key} c{content} intent {intent:x}: starts"));
+                let owner = self.owner();
                 Task::Put(Put {
                     key,
                     content,
                     intent,
+                    owner,
                     locs,
                     stage: PutStage::Intent,
                     machine: lifecycle::Commit::new(),
                     todo: VecDeque::new(),
                 })
             }
-            4..=6 => Task::Get {
+            4..=5 => Task::Get {
                 key: self.rng.below(self.cfg.keys),
             },
-            7 if self.rng.below(4) == 0 => Task::Delete {
+            6 if self.rng.below(4) == 0 => Task::Delete {
                 key: self.rng.below(self.cfg.keys),
             },
-            7 | 8 if !self.acknowledged.is_empty() => {
+            6 | 7 if !self.acknowledged.is_empty() => {
                 let i = self.rng.below(self.acknowledged.len());
                 let (&(key, version), _) = self.acknowledged.iter().nth(i).expect("in range");
                 self.acknowledged.remove(&(key, version));
                 Task::DeleteVersion { key, version }
             }
-            9 if self.rng.below(3) == 0 => Task::Sweep(Sweep::Pick),
+            8 if self.rng.below(3) == 0 => Task::Sweep(Sweep::Pick),
+            9 | 10 => {
+                let scrub = self.rng.chance(0.5);
+                let blake3 = scrub.then(|| self.hashes[self.rng.below(self.cfg.contents)]);
+                Task::Repair(Box::new(self.repair(blake3, None)))
+            }
             _ => Task::Gc(Gc {
                 candidates: None,
                 removing: None,
             }),
+        }
+    }
+
+    fn repair(&mut self, blake3: Option<[u8; 32]>, nonce: Option<u64>) -> Repair {
+        let intent = self.id();
+        let owner = self.owner();
+        Repair {
+            blake3,
+            nonce,
+            stage: if blake3.is_some() {
+                RepairStage::Load
+            } else {
+                RepairStage::Pick
+            },
+            intent,
+            owner,
+            rec: None,
+            from: Vec::new(),
+            new: Vec::new(),
+            listed: Vec::new(),
+            machine: lifecycle::Rebuild::new(),
+            todo: VecDeque::new(),
+            syncing: false,
         }
     }
 
@@ -374,6 +633,13 @@ impl World {
             }
             Task::Gc(g) => self.step_gc(g),
             Task::Sweep(sw) => self.step_sweep(sw),
+            Task::Repair(r) => {
+                let more = self.step_repair(r);
+                if !more {
+                    self.pending.remove(&r.intent);
+                }
+                more
+            }
         }
     }
 
@@ -400,6 +666,10 @@ impl World {
                 if self.call(ask::AbandonIntent { id }, true).is_err() {
                     return false;
                 }
+                if self.cfg.bugs.sweep_skips_read_back {
+                    self.discard(id, &shards, true);
+                    return false;
+                }
                 *sw = Sweep::Read(id, shards);
                 true
             }
@@ -407,8 +677,16 @@ impl World {
                 let Ok(rec) = self.call(ask::Intent { id }, true) else {
                     return false;
                 };
+                let now_listed = rec.as_ref().map(|r| r.shards.clone()).unwrap_or_default();
                 match lifecycle::settle(meta::intent_fate(rec.map(|r| r.state))) {
-                    Some(true) => self.discard(id, &shards, true),
+                    Some(true) => {
+                        let files = if self.cfg.bugs.sweep_deletes_listed {
+                            shards
+                        } else {
+                            now_listed
+                        };
+                        self.discard(id, &files, true);
+                    }
                     Some(false) => {
                         let _ = self.call(ask::EndIntent { id }, true);
                     }
@@ -423,15 +701,24 @@ impl World {
         if self.rng.chance(self.cfg.p_crash) {
             // The writer's process dies: whatever it did stays as it is, its intent included.
             self.log(format!("PUT k{} intent {:x}: writer dies", p.key, p.intent));
+            self.pending.remove(&p.intent);
             return false;
         }
+        let more = self.step_put_alive(p);
+        if !more {
+            self.pending.remove(&p.intent);
+        }
+        more
+    }
+
+    fn step_put_alive(&mut self, p: &mut Put) -> bool {
         match p.stage {
             PutStage::Intent => {
                 let r = self.call(
                     ask::BeginIntent {
                         id: p.intent,
                         shards: p.locs.clone(),
-                        owner: Owner { node: 1, boot: 1 },
+                        owner: p.owner,
                     },
                     true,
                 );
@@ -453,15 +740,27 @@ impl World {
                 // A slow writer may write after a sweep took it as gone and resolved its
                 // intent: such files are listed nowhere, and only the orphan scan (files older
                 // than the grace that nothing lists) removes them.
-                let swept = meta::intent(&self.kv, p.intent).ok().flatten().is_none();
-                for l in &p.locs {
-                    self.files.insert(file_key(l), h);
-                    if swept {
-                        self.orphans.insert(file_key(l));
-                    }
+                let locs = p.locs.clone();
+                if self.write_files(p.intent, &locs, h) {
+                    p.stage = PutStage::Sync;
+                } else {
+                    self.log(format!("PUT intent {:x}: a target is out", p.intent));
+                    p.stage = PutStage::Commit;
+                    p.todo.extend(p.machine.on(Event::Written { ok: false }));
+                }
+                true
+            }
+            PutStage::Sync => {
+                let locs = p.locs.clone();
+                let ok = self.sync_files(&locs);
+                if ok {
+                    self.pending
+                        .insert(p.intent, (self.hashes[p.content], locs));
+                } else {
+                    self.log(format!("PUT intent {:x}: sync failed", p.intent));
                 }
                 p.stage = PutStage::Commit;
-                p.todo.extend(p.machine.on(Event::Written { ok: true }));
+                p.todo.extend(p.machine.on(Event::Written { ok }));
                 true
             }
             PutStage::Commit => {
@@ -543,14 +842,273 @@ impl World {
         }
     }
 
-    /// Removes the files, then ends the intent (if every call went through; else it stays for
-    /// the sweep).
-    fn discard(&mut self, intent: u64, locs: &[ShardLoc], faults: bool) {
-        for l in locs {
-            self.files.remove(&file_key(l));
+    fn step_repair(&mut self, r: &mut Repair) -> bool {
+        if matches!(r.stage, RepairStage::Run) && self.rng.chance(self.cfg.p_crash) {
+            self.log(format!("REPAIR intent {:x}: process dies", r.intent));
+            return false;
         }
-        self.log(format!("intent {intent:x}: {} file(s) removed", locs.len()));
-        let _ = self.call(ask::EndIntent { id: intent }, faults);
+        match r.stage {
+            RepairStage::Pick => {
+                let Ok(queue) = self.call(
+                    ask::WorkQueue {
+                        moves: false,
+                        from: [0; 32],
+                        limit: 16,
+                    },
+                    true,
+                ) else {
+                    return false;
+                };
+                if queue.is_empty() {
+                    return false;
+                }
+                let (h, nonce) = queue[self.rng.below(queue.len())];
+                r.blake3 = Some(h);
+                r.nonce = Some(nonce);
+                r.stage = RepairStage::Load;
+                true
+            }
+            RepairStage::Load => {
+                let h = r.blake3.expect("picked");
+                match self.call(ask::Content { blake3: h }, true) {
+                    Ok(Some(rec)) if matches!(rec.stored, Stored::Sharded { .. }) => {
+                        r.rec = Some(rec);
+                        r.stage = RepairStage::Plan;
+                        true
+                    }
+                    Ok(_) => {
+                        self.repair_done(r);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+            RepairStage::Plan => self.plan_repair(r),
+            RepairStage::Run => self.run_repair(r),
+        }
+    }
+
+    /// Clears the queue entry the repair came from (unless it was renewed since it was read).
+    fn repair_done(&mut self, r: &Repair) {
+        let (Some(h), Some(nonce)) = (r.blake3, r.nonce) else {
+            return;
+        };
+        let _ = self.call(ask::RepairDone { blake3: h, nonce }, true);
+    }
+
+    fn plan_repair(&mut self, r: &mut Repair) -> bool {
+        let h = r.blake3.expect("picked");
+        let rec = r.rec.clone().expect("loaded");
+        let Stored::Sharded {
+            data,
+            parity,
+            shards,
+        } = &rec.stored
+        else {
+            return false;
+        };
+        let views = self.views();
+        let bad: Vec<usize> = (0..shards.len())
+            .filter(|&i| !self.readable_shard(&shards[i], &h))
+            .collect();
+        let good = shards.len() - bad.len();
+        if good < *data as usize {
+            self.log(format!(
+                "REPAIR {}: {good} good shard(s), fewer than K; left for later",
+                hex(&h)
+            ));
+            return false;
+        }
+        let current: Vec<u16> = shards.iter().map(|l| l.drive).collect();
+        let moves: Vec<(usize, Option<u16>)> =
+            placement::moves(&views, &current, &[], None, SHARD_BYTES)
+                .into_iter()
+                .filter(|(i, _)| !bad.contains(i))
+                .collect();
+        let spread = self.rng.next_u64();
+        let targets = match placement::targets(
+            &views,
+            &current,
+            &bad,
+            &moves,
+            SHARD_BYTES,
+            *parity,
+            spread,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                self.log(format!("REPAIR {}: no room: {e}", hex(&h)));
+                return false;
+            }
+        };
+        if targets.is_empty() {
+            if rec.damaged {
+                let _ = self.call(ask::ClearDamaged { blake3: h }, true);
+            }
+            self.repair_done(r);
+            return false;
+        }
+        r.from = targets.iter().map(|&(i, _)| shards[i]).collect();
+        r.new = targets
+            .iter()
+            .map(|&(i, drive)| ShardLoc {
+                index: shards[i].index,
+                drive,
+                file_id: r.intent,
+                file_tag: self.rng.next_u64() as u32,
+            })
+            .collect();
+        self.log(format!(
+            "REPAIR {} intent {:x}: {} bad, rebuilding or moving slots {:?}",
+            hex(&h),
+            r.intent,
+            bad.len(),
+            targets
+        ));
+        r.todo.push_back(r.machine.start());
+        r.stage = RepairStage::Run;
+        true
+    }
+
+    fn run_repair(&mut self, r: &mut Repair) -> bool {
+        let h = r.blake3.expect("picked");
+        if r.syncing {
+            r.syncing = false;
+            let new = r.new.clone();
+            let ok = self.cfg.bugs.rebuild_skips_sync || self.sync_files(&new);
+            if ok {
+                // From here until it lands or fails, the content with the new files in their
+                // slots is what faults must leave K good shards of.
+                let mut after = match &r.rec.as_ref().expect("loaded").stored {
+                    Stored::Sharded { shards, .. } => shards.clone(),
+                    Stored::Inline(_) => Vec::new(),
+                };
+                for n in &new {
+                    if let Some(s) = after.iter_mut().find(|s| s.index == n.index) {
+                        *s = *n;
+                    }
+                }
+                self.pending.insert(r.intent, (h, after));
+            }
+            r.todo.extend(r.machine.on(RebuildEvent::Written { ok }));
+            return true;
+        }
+        let Some(action) = r.todo.pop_front() else {
+            return false;
+        };
+        let event = match action {
+            RebuildAction::BeginIntent => Some(RebuildEvent::Begun {
+                ok: self
+                    .call(
+                        ask::BeginIntent {
+                            id: r.intent,
+                            shards: r.new.clone(),
+                            owner: r.owner,
+                        },
+                        true,
+                    )
+                    .is_ok(),
+            }),
+            RebuildAction::Write => {
+                // Rebuilt from any K good shards read now (a shard being moved is one of them).
+                let shards = match &r.rec.as_ref().expect("loaded").stored {
+                    Stored::Sharded { shards, .. } => shards.clone(),
+                    Stored::Inline(_) => Vec::new(),
+                };
+                let sources = shards.iter().filter(|l| self.readable_shard(l, &h)).count();
+                let new = r.new.clone();
+                if sources >= EC.data as usize && self.write_files(r.intent, &new, h) {
+                    r.syncing = true;
+                    None
+                } else {
+                    Some(RebuildEvent::Written { ok: false })
+                }
+            }
+            RebuildAction::Replace => Some(
+                match self.call(
+                    ask::ReplaceShards {
+                        blake3: h,
+                        shards: r.new.clone(),
+                        replaced: r.from.clone(),
+                        intent: r.intent,
+                    },
+                    true,
+                ) {
+                    Ok(garbage) => {
+                        r.listed = garbage;
+                        RebuildEvent::Replaced
+                    }
+                    Err(Failed::Refused) => RebuildEvent::Refused,
+                    Err(Failed::Unknown) => RebuildEvent::Unknown,
+                },
+            ),
+            RebuildAction::Fence => Some(RebuildEvent::Fenced {
+                ok: self.call(ask::AbandonIntent { id: r.intent }, true).is_ok(),
+            }),
+            RebuildAction::ReadIntent => Some(RebuildEvent::Read(
+                match self.call(ask::Intent { id: r.intent }, true) {
+                    Err(_) => None,
+                    Ok(rec) => {
+                        r.listed = rec.as_ref().map(|x| x.shards.clone()).unwrap_or_default();
+                        Some(meta::intent_fate(rec.map(|x| x.state)))
+                    }
+                },
+            )),
+            RebuildAction::RemoveListed => {
+                let listed = r.listed.clone();
+                self.discard(r.intent, &listed, true);
+                None
+            }
+            RebuildAction::DiscardNew => {
+                let new = r.new.clone();
+                self.discard(r.intent, &new, true);
+                None
+            }
+            RebuildAction::EndIntent => {
+                let _ = self.call(ask::EndIntent { id: r.intent }, true);
+                None
+            }
+            RebuildAction::Leave => None,
+            RebuildAction::ClearDamaged => {
+                if r.rec.as_ref().is_some_and(|c| c.damaged) {
+                    let _ = self.call(ask::ClearDamaged { blake3: h }, true);
+                }
+                None
+            }
+            RebuildAction::Finish(landed) => {
+                self.pending.remove(&r.intent);
+                if landed {
+                    self.rebuilds += 1;
+                    self.log(format!("REPAIR {} intent {:x}: landed", hex(&h), r.intent));
+                    self.repair_done(r);
+                } else {
+                    self.log(format!("REPAIR {} intent {:x}: failed", hex(&h), r.intent));
+                }
+                None
+            }
+        };
+        if let Some(e) = event {
+            r.todo.extend(r.machine.on(e));
+        }
+        r.syncing || !r.todo.is_empty()
+    }
+
+    /// Removes the files, then ends the intent (if every file is gone and the call went
+    /// through; else it stays for the sweep).
+    fn discard(&mut self, intent: u64, locs: &[ShardLoc], faults: bool) {
+        let all = self.remove_files(locs);
+        self.log(format!(
+            "intent {intent:x}: {} file(s) removed{}",
+            locs.len(),
+            if all {
+                ""
+            } else {
+                " (some on nodes out: intent kept)"
+            }
+        ));
+        if all {
+            let _ = self.call(ask::EndIntent { id: intent }, faults);
+        }
     }
 
     fn get(&mut self, key: usize) {
@@ -565,25 +1123,41 @@ impl World {
         let Ok(res) = r else {
             return;
         };
-        let readable = self.readable(&res.content.stored, &res.version.blake3);
+        let h = res.version.blake3;
+        let (good, total) = self.readable(&res.content.stored, &h);
+        let readable = good >= EC.data as usize;
         self.log(format!(
             "GET k{key}: v{} {}",
             res.version.version,
             if readable { "read" } else { "UNREADABLE" }
         ));
+        if readable && good < total {
+            // Read around a bad shard: ask for a repair.
+            let nonce = self.rng.next_u64();
+            let _ = self.call(
+                ask::QueueRepair {
+                    contents: vec![h],
+                    nonce,
+                },
+                true,
+            );
+        }
     }
 
-    /// Whether K good shards of a stored content are on the drives.
-    fn readable(&self, stored: &Stored, blake3: &[u8; 32]) -> bool {
+    /// Good shards of a stored content readable now, and its shard count.
+    fn readable(&self, stored: &Stored, blake3: &[u8; 32]) -> (usize, usize) {
         match stored {
-            Stored::Inline(b) => blake3::hash(b).as_bytes() == blake3,
-            Stored::Sharded { data, shards, .. } => {
+            Stored::Inline(b) => {
+                let ok = usize::from(blake3::hash(b).as_bytes() == blake3);
+                (ok * EC.data as usize, EC.data as usize)
+            }
+            Stored::Sharded { shards, .. } => (
                 shards
                     .iter()
-                    .filter(|l| self.files.get(&file_key(l)) == Some(blake3))
-                    .count()
-                    >= *data as usize
-            }
+                    .filter(|l| self.readable_shard(l, blake3))
+                    .count(),
+                shards.len(),
+            ),
         }
     }
 
@@ -637,6 +1211,170 @@ impl World {
         }
     }
 
+    /// The shard sets faults must leave K good shards of: every stored content's, and those
+    /// about to be committed.
+    fn protected(&self) -> Vec<([u8; 32], Vec<ShardLoc>)> {
+        let mut out: Vec<([u8; 32], Vec<ShardLoc>)> = meta::contents(&self.kv, None, usize::MAX)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(h, c)| match c.stored {
+                Stored::Sharded { shards, .. } => Some((h, shards)),
+                Stored::Inline(_) => None,
+            })
+            .collect();
+        out.extend(self.pending.values().cloned());
+        out
+    }
+
+    /// Whether every protected set keeps K good shards readable if `hurt` files (and the
+    /// drives of `out` nodes) are lost too.
+    fn survivable(&self, out: Option<u16>, hurt: &dyn Fn(&FileKey) -> bool) -> bool {
+        self.protected().iter().all(|(h, shards)| {
+            let good = shards
+                .iter()
+                .filter(|l| {
+                    self.readable_shard(l, h) && Some(l.drive) != out && !hurt(&file_key(l))
+                })
+                .count();
+            good >= EC.data as usize
+        })
+    }
+
+    /// Draws one fault on a node or a drive, if one can be drawn within what the system
+    /// promises to survive.
+    fn fault(&mut self) {
+        let down: Vec<u16> = (0..NODES).filter(|&n| !self.nodes[n as usize].up).collect();
+        let up: Vec<u16> = (0..NODES).filter(|&n| self.nodes[n as usize].up).collect();
+        match self.rng.below(6) {
+            // A node crashes: whatever it had not synced is lost or torn.
+            0 | 1 if down.len() < MAX_DOWN => {
+                let n = up[self.rng.below(up.len())];
+                if !self.survivable(Some(n), &|_| false) {
+                    return;
+                }
+                let crash = self.rng.chance(0.6);
+                self.nodes[n as usize].up = false;
+                self.faults += 1;
+                let mut lost = 0;
+                if crash {
+                    let keys: Vec<FileKey> = self
+                        .files
+                        .iter()
+                        .filter(|(k, f)| k.0 == n && !f.synced)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in keys {
+                        lost += 1;
+                        if self.rng.chance(0.5) {
+                            self.files.remove(&k);
+                        } else if let Some(f) = self.files.get_mut(&k) {
+                            f.corrupt = true;
+                        }
+                    }
+                }
+                self.log(format!(
+                    "FAULT node {n}: {}",
+                    if crash {
+                        format!("crashes ({lost} unsynced file(s) lost or torn)")
+                    } else {
+                        "cut off by a partition".into()
+                    }
+                ));
+                self.queue_drive(n);
+            }
+            // A node returns, with whatever its drive held (files replaced meanwhile
+            // included).
+            0..=2 if !down.is_empty() => {
+                let n = down[self.rng.below(down.len())];
+                self.nodes[n as usize].up = true;
+                self.nodes[n as usize].boot += 1;
+                self.faults += 1;
+                self.log(format!("FAULT node {n}: returns"));
+            }
+            // A drive dies and is replaced by an empty one.
+            3 => {
+                let n = up[self.rng.below(up.len())];
+                if !self.survivable(Some(n), &|_| false) {
+                    return;
+                }
+                self.files.retain(|k, _| k.0 != n);
+                self.faults += 1;
+                self.log(format!("FAULT drive {n}: lost, replaced empty"));
+                self.queue_drive(n);
+            }
+            // The power fails everywhere at once: every node restarts, and only what was
+            // synced survives (no shard is lost that the system promised to keep).
+            4 if self.rng.chance(0.2) => {
+                let mut lost = 0;
+                let keys: Vec<FileKey> = self
+                    .files
+                    .iter()
+                    .filter(|(_, f)| !f.synced)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    lost += 1;
+                    if self.rng.chance(0.5) {
+                        self.files.remove(&k);
+                    } else if let Some(f) = self.files.get_mut(&k) {
+                        f.corrupt = true;
+                    }
+                }
+                for n in &mut self.nodes {
+                    n.boot += 1;
+                }
+                self.faults += 1;
+                self.log(format!(
+                    "FAULT power lost everywhere: every node restarts ({lost} unsynced file(s) lost or torn)"
+                ));
+            }
+            // A block rots.
+            4 | 5 => {
+                if self.files.is_empty() {
+                    return;
+                }
+                let k = *self
+                    .files
+                    .keys()
+                    .nth(self.rng.below(self.files.len()))
+                    .expect("in range");
+                if !self.survivable(None, &|x| *x == k) {
+                    return;
+                }
+                if let Some(f) = self.files.get_mut(&k) {
+                    f.corrupt = true;
+                }
+                self.faults += 1;
+                self.log(format!(
+                    "FAULT drive {} file {:x} shard {}: a block rots",
+                    k.0, k.1, k.3
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    /// The leader queues for repair the contents with a shard on drive `n` (its node is out,
+    /// or the drive is being refilled).
+    fn queue_drive(&mut self, n: u16) {
+        let on_it: Vec<[u8; 32]> = self
+            .protected()
+            .into_iter()
+            .filter(|(_, s)| s.iter().any(|l| l.drive == n))
+            .map(|(h, _)| h)
+            .collect();
+        if !on_it.is_empty() {
+            let nonce = self.rng.next_u64();
+            let _ = self.call(
+                ask::QueueRepair {
+                    contents: on_it,
+                    nonce,
+                },
+                true,
+            );
+        }
+    }
+
     /// Deletes every file of the first content the metadata store lists with shards.
     fn sabotage(&mut self) {
         let contents = meta::contents(&self.kv, None, usize::MAX).unwrap_or_default();
@@ -647,7 +1385,7 @@ impl World {
             return;
         };
         let h = *h;
-        self.files.retain(|_, v| *v != h);
+        self.files.retain(|_, v| v.blake3 != h);
         self.log(format!("SABOTAGE: every file of {} deleted", hex(&h)));
     }
 
@@ -656,18 +1394,16 @@ impl World {
         let all = meta::contents(&self.kv, None, usize::MAX).map_err(|e| e.to_string())?;
         for (h, c) in &all {
             if let Stored::Sharded { shards, .. } = &c.stored {
-                let missing: Vec<&ShardLoc> = shards
-                    .iter()
-                    .filter(|l| self.files.get(&file_key(l)) != Some(h))
-                    .collect();
-                if !missing.is_empty() {
+                let good = shards.iter().filter(|l| self.good(l, h)).count();
+                if good < EC.data as usize {
+                    let gone: Vec<&ShardLoc> = shards.iter().filter(|l| !self.good(l, h)).collect();
                     return Err(format!(
-                        "content {} (refs {}) lists {} shard file(s) that are gone, e.g. drive {} file {:x}",
+                        "content {} (refs {}) has {good} good shard(s) of {}: lost; e.g. drive {} file {:x} is gone or bad",
                         hex(h),
                         c.refs,
-                        missing.len(),
-                        missing[0].drive,
-                        missing[0].file_id
+                        shards.len(),
+                        gone[0].drive,
+                        gone[0].file_id
                     ));
                 }
             }
@@ -679,8 +1415,11 @@ impl World {
                     if res.version.blake3 != self.hashes[content] {
                         return Err(format!("k{key} v{version} names other bytes"));
                     }
-                    if !self.readable(&res.content.stored, &res.version.blake3) {
-                        return Err(format!("acknowledged k{key} v{version} is unreadable"));
+                    let (good, _) = self.readable(&res.content.stored, &res.version.blake3);
+                    if good < EC.data as usize {
+                        return Err(format!(
+                            "acknowledged k{key} v{version} is unreadable ({good} good shard(s) on nodes up)"
+                        ));
                     }
                 }
                 // A delete marker over it still leaves the version readable by number; a
@@ -691,25 +1430,34 @@ impl World {
         Ok(())
     }
 
-    /// Once the faults stop: leftover intents resolved as their owner's next life would
-    /// (fenced, then followed), every content unreferenced collected, and then no file may be
-    /// left that no content lists.
+    /// Once the faults stop: nodes return, leftover intents are resolved as their owner's
+    /// next life would (fenced, then followed), every content unreferenced is collected,
+    /// repairs run until nothing is left to do; then every content has K+M good shards on
+    /// distinct nodes, every counter equals a recount, and no file is left that no content
+    /// lists.
     fn settle(&mut self) -> Result<(), String> {
+        for n in 0..NODES as usize {
+            if !self.nodes[n].up {
+                self.nodes[n].up = true;
+                self.nodes[n].boot += 1;
+                self.log(format!("node {n}: returns for the end"));
+            }
+        }
         let intents = meta::intents(&self.kv).map_err(|e| e.to_string())?;
         for (id, rec) in intents {
-            let fate = match rec.state {
+            let (fate, listed) = match rec.state {
                 IntentState::Writing | IntentState::WritingBy(_) => {
                     let _ = self.call(ask::AbandonIntent { id }, false);
-                    meta::intent_fate(
-                        self.call(ask::Intent { id }, false)
-                            .map_err(|e| format!("{e:?}"))?
-                            .map(|r| r.state),
-                    )
+                    let back = self
+                        .call(ask::Intent { id }, false)
+                        .map_err(|e| format!("{e:?}"))?;
+                    let listed = back.as_ref().map(|r| r.shards.clone()).unwrap_or_default();
+                    (meta::intent_fate(back.map(|r| r.state)), listed)
                 }
-                other => meta::intent_fate(Some(other)),
+                other => (meta::intent_fate(Some(other)), rec.shards.clone()),
             };
             match lifecycle::settle(fate) {
-                Some(true) => self.discard(id, &rec.shards, false),
+                Some(true) => self.discard(id, &listed, false),
                 Some(false) => {
                     let _ = self.call(ask::EndIntent { id }, false);
                 }
@@ -720,11 +1468,41 @@ impl World {
             candidates: None,
             removing: None,
         };
-        let p = self.cfg.p_lost;
-        self.cfg.p_lost = 0.0;
         while self.step_gc(&mut g) {}
-        self.cfg.p_lost = p;
+        // Repairs until every content is whole and spread (a few rounds: a move may wait for
+        // a rebuild).
+        for _round in 0..4 {
+            let all = meta::contents(&self.kv, None, usize::MAX).map_err(|e| e.to_string())?;
+            for (h, _) in all {
+                let mut r = Task::Repair(Box::new(self.repair(Some(h), None)));
+                while self.step(&mut r) {}
+            }
+        }
         self.check()?;
+        for (h, c) in meta::contents(&self.kv, None, usize::MAX).map_err(|e| e.to_string())? {
+            if let Stored::Sharded { shards, .. } = &c.stored {
+                let good = shards.iter().filter(|l| self.good(l, &h)).count();
+                let nodes: BTreeSet<u16> = shards.iter().map(|l| l.drive).collect();
+                if good != EC.total() || nodes.len() != shards.len() {
+                    return Err(format!(
+                        "content {} did not converge: {good} good shard(s) of {}, on {} node(s)",
+                        hex(&h),
+                        shards.len(),
+                        nodes.len()
+                    ));
+                }
+            }
+            if c.damaged {
+                return Err(format!("content {} is still marked damaged", hex(&h)));
+            }
+        }
+        let queued = meta::work_queue(&self.kv, meta::WorkQueue::Repair, &[0; 32], 64)
+            .map_err(|e| e.to_string())?;
+        // Every queued repair was done, or a repair found nothing to do and cleared it.
+        for (h, nonce) in queued {
+            let mut r = Task::Repair(Box::new(self.repair(Some(h), Some(nonce))));
+            while self.step(&mut r) {}
+        }
         // Every counter equals a recount from the records.
         let off = meta::audit(&self.kv).map_err(|e| e.to_string())?;
         if !off.is_empty() {
@@ -741,19 +1519,29 @@ impl World {
                 Stored::Inline(_) => Vec::new(),
             })
             .collect();
+        let intents = meta::intents(&self.kv).map_err(|e| e.to_string())?;
+        if !intents.is_empty() {
+            return Err(format!("{} intent(s) left unresolved", intents.len()));
+        }
         let leaked: Vec<FileKey> = self
             .files
             .keys()
             .filter(|k| !listed.contains(k))
             .copied()
             .collect();
-        let unexplained = leaked.iter().filter(|k| !self.orphans.contains(k)).count();
-        if unexplained > 0 {
+        let unexplained: Vec<&FileKey> = leaked
+            .iter()
+            .filter(|k| !self.orphans.contains(k))
+            .collect();
+        if let Some(k) = unexplained.first() {
             return Err(format!(
-                "{unexplained} shard file(s) left that no content lists"
+                "{} shard file(s) left that no content lists, e.g. drive {} file {:x}",
+                unexplained.len(),
+                k.0,
+                k.1
             ));
         }
-        // The orphan scan's part: files written after their intent was swept.
+        // The orphan scan's part: files written after their intent was resolved.
         for k in &leaked {
             self.files.remove(k);
         }
@@ -773,9 +1561,8 @@ pub fn run(cfg: Config) -> Report {
     let mut w = World::new(cfg.clone());
     let mut tasks: Vec<Task> = Vec::new();
     let mut violation = None;
-    let mut steps = 0;
-    while steps < cfg.steps {
-        steps += 1;
+    while w.step < cfg.steps {
+        w.step += 1;
         while tasks.len() < cfg.concurrency {
             let t = w.new_task();
             tasks.push(t);
@@ -784,8 +1571,17 @@ pub fn run(cfg: Config) -> Report {
         if !w.step(&mut tasks[i]) {
             tasks.swap_remove(i);
         }
+        w.deliver_delayed();
+        if w.rng.chance(cfg.p_fault) {
+            w.fault();
+        }
         w.now_ms += w.rng.below(20) as u64;
-        if cfg.sabotage_at == Some(steps) {
+        if w.rng.chance(0.002) {
+            let jump = 1_000 + w.rng.below(60_000) as u64;
+            w.now_ms += jump;
+            w.log(format!("the clock jumps {jump} ms"));
+        }
+        if cfg.sabotage_at == Some(w.step) {
             w.sabotage();
         }
         if let Err(e) = w.check() {
@@ -793,10 +1589,15 @@ pub fn run(cfg: Config) -> Report {
             break;
         }
     }
+    let steps = w.step;
     if violation.is_none() {
-        // Tasks still running finish without faults, then the store settles.
+        // Tasks still running finish without faults, delayed calls land, then the store
+        // settles.
         w.cfg.p_lost = 0.0;
+        w.cfg.p_dup = 0.0;
         w.cfg.p_crash = 0.0;
+        w.step = usize::MAX;
+        w.deliver_delayed();
         while let Some(mut t) = tasks.pop() {
             while w.step(&mut t) {}
             if let Err(e) = w.check() {
@@ -818,6 +1619,8 @@ pub fn run(cfg: Config) -> Report {
         puts_acknowledged: w.acknowledged.len(),
         lost_calls: w.lost_calls,
         gc_collected: w.gc_collected,
+        rebuilds: w.rebuilds,
+        faults: w.faults,
         history: w.history,
     }
 }

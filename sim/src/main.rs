@@ -1,5 +1,7 @@
-//! `ostore-sim [--seeds N] [--from S] [--steps N] [--all] [--seed S --history]`: runs seeds and reports
-//! the first that breaks a promise (with the events that led to it), and the rate.
+//! `ostore-sim [--seeds N] [--from S] [--steps N] [--all] [--seed S --history] [--bug NAME]`: runs
+//! seeds and reports the first that breaks a promise (with the events that led to it), and the
+//! rate. `--bug` puts back a fixed bug (`sweep-skips-read-back`,
+//! `sweep-deletes-listed`, `rebuild-skips-sync`) to show which seeds catch it.
 
 use std::time::Instant;
 
@@ -10,13 +12,31 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+fn config(args: &[String], seed: u64, steps: usize) -> ostore_sim::Config {
+    let mut cfg = ostore_sim::Config::new(seed);
+    cfg.steps = steps;
+    let bug = args
+        .iter()
+        .position(|a| a == "--bug")
+        .and_then(|i| args.get(i + 1));
+    match bug.map(String::as_str) {
+        None => {}
+        Some("sweep-deletes-listed") => cfg.bugs.sweep_deletes_listed = true,
+        Some("rebuild-skips-sync") => cfg.bugs.rebuild_skips_sync = true,
+        Some("sweep-skips-read-back") => cfg.bugs.sweep_skips_read_back = true,
+        Some(other) => {
+            eprintln!("unknown bug {other:?}");
+            std::process::exit(2);
+        }
+    }
+    cfg
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let steps = arg(&args, "--steps").unwrap_or(600) as usize;
     if let Some(seed) = arg(&args, "--seed") {
-        let mut cfg = ostore_sim::Config::new(seed);
-        cfg.steps = steps;
-        let r = ostore_sim::run(cfg);
+        let r = ostore_sim::run(config(&args, seed, steps));
         if args.iter().any(|a| a == "--history") || r.violation.is_some() {
             for line in &r.history {
                 println!("{line}");
@@ -41,9 +61,7 @@ fn main() {
     let t0 = Instant::now();
     let mut failed = Vec::new();
     for seed in from..from + n {
-        let mut cfg = ostore_sim::Config::new(seed);
-        cfg.steps = steps;
-        let r = ostore_sim::run(cfg);
+        let r = ostore_sim::run(config(&args, seed, steps));
         if let Some(v) = r.violation {
             eprintln!("seed {seed}: {v}\nreplay: ostore-sim --seed {seed} --steps {steps}");
             if !all {
