@@ -5,12 +5,12 @@
 //! wiring) builds one.
 
 use crate::drives::Drive;
-use crate::metaclient::MetaClient;
-use crate::metrics::Metrics;
 use ostore_control::meta::MetaError;
 use ostore_control::records::ShardLoc;
 use ostore_control::rpc::ask;
+use ostore_controlplane::client::MetaClient;
 use ostore_engine::EcParams;
+use ostore_server::metrics::Metrics;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub struct Node {
     pub ec: EcParams,
     pub store: StoreOptions,
     /// What one client may hold: connections, and time between bytes.
-    pub limits: crate::conn::Limits,
+    pub limits: ostore_server::conn::Limits,
     /// This process's identity: locks of a process that restarted are stale.
     pub boot: u64,
     pub secret: String,
@@ -42,8 +42,8 @@ pub struct Node {
     pub repair_pace: RepairPace,
 }
 
-impl crate::conn::Host for Node {
-    fn limits(&self) -> &crate::conn::Limits {
+impl ostore_server::conn::Host for Node {
+    fn limits(&self) -> &ostore_server::conn::Limits {
         &self.limits
     }
     fn metrics(&self) -> &Metrics {
@@ -184,7 +184,7 @@ pub(crate) async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
 }
 
 pub async fn wait_stopping(node: &Node) {
-    crate::conn::stopping(node).await
+    ostore_server::conn::stopping(node).await
 }
 
 /// A content with fewer than K good shards: counted, logged, and marked damaged so that the

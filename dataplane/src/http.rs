@@ -5,9 +5,9 @@ use crate::ctx::Node;
 use crate::store::{self, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
 use crate::web::{
-    accepted_coding, bearer_token, bucket_of, decode_key, drain, empty, err, etag_of,
-    json_response, parse_digest, preconditions, query, version_of, write_condition, ApiError,
-    Coding, IncomingSource, Precondition, ReqBody, Resp, RespBody,
+    accepted_coding, bucket_of, decode_key, drain, empty, err, etag_of, json_response,
+    parse_digest, preconditions, query, version_of, write_condition, ApiError, Coding,
+    IncomingSource, Precondition, ReqBody, Resp, RespBody,
 };
 use bytes::Bytes;
 use futures_lite::StreamExt;
@@ -19,6 +19,7 @@ use ostore_control::meta::{ListPage, Resolved, WriteCondition, LIST_LIMIT_MAX};
 use ostore_control::records::{ContentRec, Encoding, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::range::{resolve, RangeDecision};
+use ostore_server::conn::bearer_token;
 use serde_json::json;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -28,7 +29,7 @@ use std::time::Instant;
 /// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
 /// node stops (connections bounded as `conn` says).
 pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
-    crate::conn::serve(
+    ostore_server::conn::serve(
         node,
         listener,
         |node: Arc<Node>, req: Request<Incoming>| async move {
@@ -714,7 +715,7 @@ async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
 mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive() {
-        use super::bearer_token;
+        use ostore_server::conn::bearer_token;
         assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer_token(b"bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer_token(b"BEARER   abc "), Some(&b"abc"[..]));

@@ -33,7 +33,7 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
                 let peer = conn.remote_address();
-                crate::guard::caught(
+                ostore_server::guard::caught(
                     || format!("HTTP/3 connection from {peer:?}"),
                     connection(node, conn, in_flight),
                 )
@@ -44,7 +44,7 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
     };
     futures_lite::future::or(accept, wait_stopping(&node)).await;
     ep.refuse_new();
-    let deadline = Instant::now() + Duration::from_secs(crate::conn::DRAIN_S_MAX);
+    let deadline = Instant::now() + Duration::from_secs(ostore_server::conn::DRAIN_S_MAX);
     while in_flight.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
@@ -112,9 +112,10 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
                 in_flight.set(in_flight.get() + 1);
                 glommio::spawn_local(async move {
                     let limit = node.limits.header_read;
-                    crate::guard::caught(|| "an HTTP/3 request".to_string(), async {
+                    ostore_server::guard::caught(|| "an HTTP/3 request".to_string(), async {
                         // A stream whose headers do not arrive in time is dropped (reset).
-                        let headers = crate::conn::within(limit, resolver.resolve_request()).await;
+                        let headers =
+                            ostore_server::conn::within(limit, resolver.resolve_request()).await;
                         match headers {
                             Some(Ok((req, stream))) => {
                                 if early_request_may_run(&node, &quic, req.method()).await {
@@ -245,7 +246,7 @@ async fn request(
                     // A client that keeps the connection alive but grants no stream credit
                     // holds nothing for longer than the idle time.
                     let idle = node.limits.idle;
-                    let sent = crate::conn::within(idle, send.send_data(d)).await;
+                    let sent = ostore_server::conn::within(idle, send.send_data(d)).await;
                     match sent {
                         Some(Ok(())) => {}
                         Some(Err(e)) => {
@@ -291,8 +292,9 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// The same files named by absolute paths.
     pub fn absolute(self) -> anyhow::Result<TlsFiles> {
-        let abs =
-            |p: Option<std::path::PathBuf>| p.map(|p| crate::process::absolute(&p)).transpose();
+        let abs = |p: Option<std::path::PathBuf>| {
+            p.map(|p| ostore_server::process::absolute(&p)).transpose()
+        };
         Ok(TlsFiles {
             cert: abs(self.cert)?,
             key: abs(self.key)?,

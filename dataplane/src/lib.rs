@@ -9,25 +9,18 @@
 
 mod admin;
 mod cluster;
-mod compat;
-pub mod conn;
-pub mod controlplane;
 pub mod ctx;
 mod drives;
 mod faults;
 mod foreground;
-pub mod guard;
 mod http;
 pub mod http3;
-mod metaclient;
-mod metrics;
 pub mod node;
 mod offload;
 mod orphans;
 mod oserror;
 mod peer;
 mod peer_server;
-pub mod process;
 mod scrub;
 mod shardio;
 mod store;

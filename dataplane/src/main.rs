@@ -73,10 +73,10 @@ struct Serving {
 }
 
 impl Serving {
-    fn limits(&self, cores: usize, open_files: u64) -> ostore_dataplane::conn::Limits {
-        ostore_dataplane::conn::Limits {
+    fn limits(&self, cores: usize, open_files: u64) -> ostore_server::conn::Limits {
+        ostore_server::conn::Limits {
             connections_per_executor: self.max_connections.unwrap_or_else(|| {
-                ostore_dataplane::process::connections_per_executor(open_files, cores)
+                ostore_server::process::connections_per_executor(open_files, cores)
             }),
             header_read: self.header_read_timeout,
             idle: self.idle_timeout,
@@ -210,8 +210,8 @@ fn main() {
     let cli = Cli::parse();
     // Everything the server creates is private to its user, and clients get as many
     // descriptors as the hard limit allows.
-    ostore_dataplane::process::private_umask();
-    let open_files = ostore_dataplane::process::raise_open_files_limit();
+    ostore_server::process::private_umask();
+    let open_files = ostore_server::process::raise_open_files_limit();
     let r = match cli.cmd {
         Cmd::Dev {
             data,
@@ -247,8 +247,8 @@ fn main() {
             down_grace,
             write_quorum,
             serving,
-        } => ostore_dataplane::controlplane::run_control(
-            ostore_dataplane::controlplane::ControlOptions {
+        } => {
+            ostore_controlplane::server::run_control(ostore_controlplane::server::ControlOptions {
                 listen,
                 meta,
                 ec,
@@ -256,8 +256,8 @@ fn main() {
                 write_quorum,
                 // One executor serves the control-plane API.
                 limits: serving.limits(1, open_files),
-            },
-        ),
+            })
+        }
         Cmd::Node {
             control,
             http,

@@ -4,9 +4,6 @@
 use crate::ctx::{repair_share, sleep_unless_stopping, unrepairable};
 use crate::ctx::{Node, StoreOptions};
 use crate::drives::{Drive, DriveState};
-use crate::metaclient::MetaClient;
-use crate::metrics::Metrics;
-use crate::process::{print_ready, stop_signals, wait_for_signal_then_stop};
 use crate::store::{self, StoreError};
 use anyhow::Context as _;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -15,8 +12,11 @@ use ostore_control::records::{DriveRec, IntentRec, IntentState};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::ask;
 use ostore_control::service::Meta;
+use ostore_controlplane::client::MetaClient;
 use ostore_engine::lifecycle;
 use ostore_engine::EcParams;
+use ostore_server::metrics::Metrics;
+use ostore_server::process::{print_ready, stop_signals, wait_for_signal_then_stop};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,7 +33,7 @@ pub struct DevOptions {
     pub ec: EcParams,
     pub cores: usize,
     pub store: StoreOptions,
-    pub limits: crate::conn::Limits,
+    pub limits: ostore_server::conn::Limits,
 }
 
 fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
@@ -410,11 +410,11 @@ fn announce_http3(line: &mut String, http_addr: SocketAddr) {
 /// Runs `ostore dev` until SIGINT or SIGTERM.
 pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     // Every path is resolved once, here: the executors cannot open relative ones.
-    opts.data = crate::process::absolute(&opts.data)?;
+    opts.data = ostore_server::process::absolute(&opts.data)?;
     opts.tls = opts.tls.absolute()?;
     std::fs::create_dir_all(&opts.data)
         .with_context(|| format!("creating {}", opts.data.display()))?;
-    crate::process::make_private_or_warn(&opts.data);
+    ostore_server::process::make_private_or_warn(&opts.data);
     let (secret, secret_file) = load_secret(&opts.data)?;
     let meta_dir = opts.data.join("meta");
     std::fs::create_dir_all(&meta_dir)?;
@@ -777,7 +777,7 @@ pub struct NodeOptions {
     pub zone: String,
     pub cores: usize,
     pub store: StoreOptions,
-    pub limits: crate::conn::Limits,
+    pub limits: ostore_server::conn::Limits,
 }
 
 fn reserve_udp_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
@@ -805,7 +805,7 @@ fn registration(
     let mut drives = Vec::with_capacity(opts.drives.len());
     for path in &opts.drives {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        crate::process::make_private_or_warn(path);
+        ostore_server::process::make_private_or_warn(path);
         let probe = Drive::new(0, path.clone());
         probe.refresh_free();
         drives.push(DriveReport {
@@ -934,7 +934,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     opts.drives = opts
         .drives
         .iter()
-        .map(|d| crate::process::absolute(d))
+        .map(|d| ostore_server::process::absolute(d))
         .collect::<anyhow::Result<_>>()?;
     opts.tls = opts.tls.absolute()?;
     let secret = std::env::var("OSTORE_SECRET")
@@ -942,7 +942,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
     let tls = ostore_transport::tls::credentials(&secret)?;
-    let meta = MetaClient::Remote(crate::metaclient::RemoteMeta {
+    let meta = MetaClient::Remote(ostore_controlplane::client::RemoteMeta {
         addr: opts.control,
         secret: secret.clone(),
     });

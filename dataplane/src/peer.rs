@@ -296,7 +296,7 @@ async fn timed<T>(
 impl PeerFile {
     pub async fn open(node: &Node, loc: &ShardLoc, mode: OpenMode) -> io::Result<PeerFile> {
         let limit = op_deadline().min(OPEN_TIMEOUT);
-        let opened = crate::conn::within(limit, async {
+        let opened = ostore_server::conn::within(limit, async {
             // open_stream notes its own failures; the round trip's are noted here.
             let (addr, mut send, mut recv) = open_stream(node, loc.drive).await?;
             let started = Instant::now();

@@ -43,7 +43,8 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
                 let peer = conn.remote_address();
                 let stream = serve_stream(node.clone(), send, recv);
                 glommio::spawn_local(async move {
-                    crate::guard::caught(|| format!("peer stream from {peer:?}"), stream).await;
+                    ostore_server::guard::caught(|| format!("peer stream from {peer:?}"), stream)
+                        .await;
                 })
                 .detach();
             }

@@ -321,7 +321,7 @@ impl ShardWriter {
                 })
                 .await
         };
-        self.in_flight = Some(crate::guard::spawn_subtask(
+        self.in_flight = Some(ostore_server::guard::spawn_subtask(
             "a shard write batch",
             batch,
             subtask_failed,
@@ -1521,7 +1521,7 @@ impl ShardReader {
         let hedge = hedge.then(hedge_after);
         let reads = src.fetch(wanted, short, spares, k, hedge);
         // A read-ahead that panicked reads nothing: the request reads around it or fails.
-        let task = crate::guard::spawn_subtask("a shard read-ahead", reads, Vec::new);
+        let task = ostore_server::guard::spawn_subtask("a shard read-ahead", reads, Vec::new);
         InFlight {
             s0,
             n,

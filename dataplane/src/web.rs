@@ -230,16 +230,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The credentials of an `Authorization: Bearer <token>` value. The scheme is
-/// case-insensitive and followed by one or more spaces (RFC 9110 §11.1, §11.4).
-pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
-        return None;
-    }
-    Some(rest.trim_ascii()).filter(|t| !t.is_empty())
-}
-
 pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
     req.uri().query().map(parse_query).unwrap_or_default()
 }
@@ -319,7 +309,7 @@ impl BodySource for IncomingSource<'_> {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, store::BodyFault>> {
         let idle = self.node.limits.body_idle;
         loop {
-            let Some(frame) = crate::conn::within(idle, self.body.frame()).await else {
+            let Some(frame) = ostore_server::conn::within(idle, self.body.frame()).await else {
                 self.node
                     .metrics
                     .bodies_timed_out

@@ -218,7 +218,7 @@ fn explore(
         *execs += 1;
         let r = catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
         r.err()
-            .map(|p| (input.to_vec(), ostore_dataplane::guard::message(&*p)))
+            .map(|p| (input.to_vec(), ostore_server::guard::message(&*p)))
     };
     for input in &pool {
         if let Some(c) = try_one(input) {

@@ -156,7 +156,7 @@ pub fn http_headers(data: &[u8]) {
         let _ = ostore_dataplane::tus::header_u64(&h, name);
     }
     if let Some(v) = h.get("authorization") {
-        if let Some(t) = api::bearer_token(v.as_bytes()) {
+        if let Some(t) = ostore_server::conn::bearer_token(v.as_bytes()) {
             assert!(!t.is_empty());
         }
     }

@@ -137,7 +137,22 @@ fn crates_depend_only_downwards() {
         ("engine", &["wire"]),
         ("control", &["engine", "wire"]),
         ("transport", &["wire"]),
-        ("dataplane", &["control", "engine", "transport", "wire"]),
+        // What every server process shares: HTTP/1.1 serving, guarded tasks, metrics, signals.
+        ("server", &[]),
+        // The control-plane API's client and server, with the leader's jobs: below the data
+        // plane, which only calls it.
+        ("controlplane", &["control", "engine", "server", "wire"]),
+        (
+            "dataplane",
+            &[
+                "control",
+                "controlplane",
+                "engine",
+                "server",
+                "transport",
+                "wire",
+            ],
+        ),
         ("client", &[]),
         ("tools", &["client"]),
         ("bench", &["client", "engine", "transport", "wire"]),
@@ -147,7 +162,15 @@ fn crates_depend_only_downwards() {
         ),
         (
             "fuzz",
-            &["wire", "engine", "control", "dataplane", "transport"],
+            &[
+                "wire",
+                "engine",
+                "control",
+                "controlplane",
+                "dataplane",
+                "server",
+                "transport",
+            ],
         ),
         // The simulator runs the decisions and the metadata code, never the runtime.
         ("sim", &["control", "engine", "wire"]),

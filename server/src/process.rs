@@ -108,7 +108,7 @@ pub fn print_ready(line: &str) -> anyhow::Result<()> {
 
 /// SIGINT and SIGTERM, caught from now on: taken before the ready line is printed, so a signal
 /// sent the moment a supervisor sees it stops the process cleanly instead of killing it.
-pub(crate) fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
+pub fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
     Ok(signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -130,7 +130,7 @@ const STOP_GRACE_S: u64 = 10;
 /// the node was told to stop means the node lost part of itself (its connections, its drives):
 /// the process exits at once, non-zero, saying why, so a supervisor restarts a whole node
 /// instead of a half-alive one serving on.
-pub(crate) fn wait_for_signal_then_stop(
+pub fn wait_for_signal_then_stop(
     stopping: &AtomicBool,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     mut signals: signal_hook::iterator::Signals,

@@ -438,6 +438,16 @@ async fn connection<H, F, Fut, B>(
     }
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 §11.1, §11.4).
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    Some(rest.trim_ascii()).filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

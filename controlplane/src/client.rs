@@ -5,12 +5,12 @@
 //! The remote client keeps a few idle keep-alive connections per executor (thread-local, since
 //! connections belong to one executor's reactor) and never blocks the executor.
 
-use crate::compat::HyperIo;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use ostore_control::meta::MetaError;
 use ostore_control::rpc::{self, ask, Ask, Request};
 use ostore_control::service::Meta;
+use ostore_server::compat::HyperIo;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;

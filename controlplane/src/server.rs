@@ -8,7 +8,7 @@
 //! stateless over the database, and the leader lease (`cluster::take_lead`, renewed every second,
 //! 5 s long) makes sure one of them runs the background jobs at a time.
 
-use crate::metaclient::MetaClient;
+use crate::client::MetaClient;
 use anyhow::Context as _;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -42,7 +42,7 @@ pub struct ControlOptions {
     /// `None` keeps what is stored.
     pub write_quorum: Option<u32>,
     /// What one client (node) may hold of the control plane.
-    pub limits: crate::conn::Limits,
+    pub limits: ostore_server::conn::Limits,
 }
 
 struct Control {
@@ -50,8 +50,8 @@ struct Control {
     secret: String,
     stopping: AtomicBool,
     down_grace: Duration,
-    limits: crate::conn::Limits,
-    metrics: crate::metrics::Metrics,
+    limits: ostore_server::conn::Limits,
+    metrics: ostore_server::metrics::Metrics,
     /// Every heartbeat that reaches this process, for the failure detector the leader runs.
     liveness: std::sync::Mutex<ostore_control::liveness::Liveness>,
     /// When each node's heartbeat was last written to the metadata store.
@@ -60,11 +60,11 @@ struct Control {
     leading: AtomicBool,
 }
 
-impl crate::conn::Host for Control {
-    fn limits(&self) -> &crate::conn::Limits {
+impl ostore_server::conn::Host for Control {
+    fn limits(&self) -> &ostore_server::conn::Limits {
         &self.limits
     }
-    fn metrics(&self) -> &crate::metrics::Metrics {
+    fn metrics(&self) -> &ostore_server::metrics::Metrics {
         &self.metrics
     }
     fn is_stopping(&self) -> bool {
@@ -133,7 +133,7 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         stopping: AtomicBool::new(false),
         down_grace: opts.down_grace,
         limits: opts.limits,
-        metrics: crate::metrics::Metrics::default(),
+        metrics: ostore_server::metrics::Metrics::default(),
         liveness: Default::default(),
         recorded: Default::default(),
         leading: AtomicBool::new(false),
@@ -155,15 +155,15 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
             serve(c2, listener).await;
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
-    let signals = crate::process::stop_signals()?;
-    crate::process::print_ready(&format!("ostore ready control={addr}"))?;
+    let signals = ostore_server::process::stop_signals()?;
+    ostore_server::process::print_ready(&format!("ostore ready control={addr}"))?;
     // As a node: a signal stops it within the drain time, and an executor that ends while it
     // serves ends the process.
-    crate::process::wait_for_signal_then_stop(&control.stopping, vec![handle], signals)
+    ostore_server::process::wait_for_signal_then_stop(&control.stopping, vec![handle], signals)
 }
 
 async fn serve(c: Arc<Control>, listener: glommio::net::TcpListener) {
-    crate::conn::serve(
+    ostore_server::conn::serve(
         c,
         listener,
         |c: Arc<Control>, req: Request<Incoming>| async move { handle(&c, req).await },
@@ -193,7 +193,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let auth = req
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| crate::web::bearer_token(v.as_bytes()));
+        .and_then(|v| ostore_server::conn::bearer_token(v.as_bytes()));
     match auth {
         None => return text(StatusCode::UNAUTHORIZED, "credentials required"),
         Some(s) if !bool::from(s.ct_eq(c.secret.as_bytes())) => {
@@ -203,7 +203,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     // A node's request body is small and sent at once: all of it within the body time.
     let idle = c.limits.body_idle;
-    let body = crate::conn::within(
+    let body = ostore_server::conn::within(
         idle,
         Limited::new(req.into_body(), RPC_BODY_BYTES_MAX).collect(),
     )
