@@ -26,7 +26,6 @@ pub struct Node {
     pub limits: ostore_server::conn::Limits,
     /// This process's identity: locks of a process that restarted are stale.
     pub boot: u64,
-    pub secret: String,
     pub node_id: String,
     pub metrics: Metrics,
     pub stopping: AtomicBool,

@@ -6,7 +6,7 @@ use crate::store::{self, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
 use crate::web::{
     accepted_coding, bucket_of, decode_key, drain, empty, err, etag_of, json_response,
-    parse_digest, preconditions, query, version_of, write_condition, ApiError, Coding,
+    parse_digest, preconditions, query, version_of, write_condition, ApiError, Coding, Credentials,
     IncomingSource, Precondition, ReqBody, Resp, RespBody,
 };
 use bytes::Bytes;
@@ -19,7 +19,6 @@ use ostore_control::meta::{ListPage, Resolved, WriteCondition, LIST_LIMIT_MAX};
 use ostore_control::records::{ContentRec, Encoding, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::range::{resolve, RangeDecision};
-use ostore_server::conn::bearer_token;
 use serde_json::json;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -28,16 +27,19 @@ use std::time::Instant;
 
 /// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
 /// node stops (connections bounded as `conn` says).
-pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
+pub async fn serve(node: Arc<Node>, creds: Arc<Credentials>, listener: glommio::net::TcpListener) {
     ostore_server::conn::serve(
         node,
         listener,
-        |node: Arc<Node>, req: Request<Incoming>| async move {
-            let mut resp = handle(&node, req.map(ReqBody::H1)).await;
-            if let Some(v) = crate::web::alt_svc() {
-                resp.headers_mut().insert(header::ALT_SVC, v);
+        move |node: Arc<Node>, req: Request<Incoming>| {
+            let creds = creds.clone();
+            async move {
+                let mut resp = handle(&node, &creds, req.map(ReqBody::H1)).await;
+                if let Some(v) = crate::web::alt_svc() {
+                    resp.headers_mut().insert(header::ALT_SVC, v);
+                }
+                resp
             }
-            resp
         },
         || {
             err(
@@ -51,14 +53,14 @@ pub async fn serve(node: Arc<Node>, listener: glommio::net::TcpListener) {
     .await
 }
 
-pub(crate) async fn handle(node: &Arc<Node>, req: Request<ReqBody>) -> Resp {
+pub(crate) async fn handle(node: &Arc<Node>, creds: &Credentials, req: Request<ReqBody>) -> Resp {
     // Data requests count as serving (the scrub slows down for them); health checks, metrics
     // scrapes and admin calls do not.
     let path = req.uri().path();
     let _serving = (!(path == "/health" || path == "/metrics" || path.starts_with("/admin")))
         .then(crate::foreground::begin);
     let started = Instant::now();
-    let (op, resp) = match route(node, req).await {
+    let (op, resp) = match route(node, creds, req).await {
         Ok(x) => x,
         Err((op, e)) => (op, e.into_response()),
     };
@@ -69,27 +71,7 @@ pub(crate) async fn handle(node: &Arc<Node>, req: Request<ReqBody>) -> Resp {
 
 type Routed = Result<(&'static str, Resp), (&'static str, ApiError)>;
 
-fn check_auth(node: &Node, req: &Request<ReqBody>) -> Result<(), ApiError> {
-    let Some(v) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(err(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "credentials required: Authorization: Bearer <secret>",
-        ));
-    };
-    let given = bearer_token(v.as_bytes()).unwrap_or(b"");
-    use subtle::ConstantTimeEq;
-    if given.is_empty() || !bool::from(given.ct_eq(node.secret.as_bytes())) {
-        return Err(err(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "the credentials are not valid",
-        ));
-    }
-    Ok(())
-}
-
-async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
+async fn route(node: &Arc<Node>, creds: &Credentials, req: Request<ReqBody>) -> Routed {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/health" && (method == Method::GET || method == Method::HEAD) {
@@ -125,7 +107,7 @@ async fn route(node: &Arc<Node>, req: Request<ReqBody>) -> Routed {
         (&Method::POST, "/admin/retention") => "retention_set",
         _ => "other",
     };
-    check_auth(node, &req).map_err(|e| (op, e))?;
+    creds.check(&req).map_err(|e| (op, e))?;
     let r = match op {
         "tus" => Ok(crate::tus::route(node, req, &path).await),
         "metrics" => Ok(admin::metrics(node).await),

@@ -6,6 +6,7 @@
 
 use crate::ctx::{wait_stopping, Node};
 use crate::http::handle;
+use crate::web::Credentials;
 use crate::web::H3Body;
 use crate::web::ReqBody;
 use bytes::Bytes;
@@ -24,18 +25,19 @@ use std::time::{Duration, Instant};
 /// Serves HTTP/3 on `ep` until the node stops; then refuses new connections, tells each open
 /// one to send no more requests (GOAWAY), lets the requests in flight finish (for as long as
 /// HTTP/1.1 gets, `conn::DRAIN_S_MAX`), and closes the connections with `H3_NO_ERROR`.
-pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
+pub async fn serve(node: Arc<Node>, creds: Arc<Credentials>, ep: quic::Endpoint) {
     ep.limit_connections(CONNECTIONS_PER_EXECUTOR_MAX);
     let in_flight = Rc::new(Cell::new(0usize));
     let accept = async {
         while let Some(conn) = ep.accept().await {
             let node = node.clone();
+            let creds = creds.clone();
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
                 let peer = conn.remote_address();
                 ostore_server::guard::caught(
                     || format!("HTTP/3 connection from {peer:?}"),
-                    connection(node, conn, in_flight),
+                    connection(node, creds, conn, in_flight),
                 )
                 .await;
             })
@@ -64,7 +66,12 @@ const FIELD_SECTION_BYTES_MAX: u64 = 64 * 1024;
 /// Serves one connection's requests. It starts before the handshake completes, so that a
 /// client resuming a session can send requests in 0-RTT; `early_request_may_run` decides what
 /// such early requests may do. Once the node stops, it sends GOAWAY and takes no new request.
-async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<usize>>) {
+async fn connection(
+    node: Arc<Node>,
+    creds: Arc<Credentials>,
+    conn: quic::Connection,
+    in_flight: Rc<Cell<usize>>,
+) {
     let quic = conn.clone();
     let mut h = match h3::server::builder()
         .max_field_section_size(FIELD_SECTION_BYTES_MAX)
@@ -107,6 +114,7 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
             }
             Some(Ok(Some(resolver))) => {
                 let node = node.clone();
+                let creds = creds.clone();
                 let quic = quic.clone();
                 let in_flight = in_flight.clone();
                 in_flight.set(in_flight.get() + 1);
@@ -119,7 +127,7 @@ async fn connection(node: Arc<Node>, conn: quic::Connection, in_flight: Rc<Cell<
                         match headers {
                             Some(Ok((req, stream))) => {
                                 if early_request_may_run(&node, &quic, req.method()).await {
-                                    request(node, req, stream, &quic).await
+                                    request(node, &creds, req, stream, &quic).await
                                 }
                             }
                             Some(Err(e)) => tracing::debug!("HTTP/3 request headers: {e}"),
@@ -189,6 +197,7 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
 
 async fn request(
     node: Arc<Node>,
+    creds: &Credentials,
     req: Request<()>,
     stream: RequestStream<ostore_transport::http3::H3Bidi<Bytes>, Bytes>,
     quic: &quic::Connection,
@@ -210,7 +219,7 @@ async fn request(
         seen: 0,
     };
     let req = Request::from_parts(parts, ReqBody::H3(body));
-    let resp = handle(&node, req).await;
+    let resp = handle(&node, creds, req).await;
     let (mut parts, mut body) = resp.into_parts();
     for h in &CONNECTION_SPECIFIC {
         parts.headers.remove(h);

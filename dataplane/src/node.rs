@@ -444,7 +444,6 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         store: opts.store,
         limits: opts.limits,
         boot: rand::random(),
-        secret,
         node_id: "dev".into(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
@@ -479,7 +478,15 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
     let (h3, udp_placeholder) = http3_setup(&opts.tls, Some(&opts.data), http_addr)?;
-    let handles = start_executors(node.clone(), http_addr, None, h3.clone(), spawn_background)?;
+    let creds = Arc::new(crate::web::Credentials::new(secret));
+    let handles = start_executors(
+        node.clone(),
+        creds,
+        http_addr,
+        None,
+        h3.clone(),
+        spawn_background,
+    )?;
     drop(placeholder);
     drop(udp_placeholder);
 
@@ -501,6 +508,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
 /// `background`. Returns once every executor is listening.
 fn start_executors(
     node: Arc<Node>,
+    creds: Arc<crate::web::Credentials>,
     http_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
     h3: Option<Arc<quinn_proto::ServerConfig>>,
@@ -515,6 +523,7 @@ fn start_executors(
     let mesh = crate::shardio::mesh(cores);
     for core in 0..cores {
         let node = node.clone();
+        let creds = creds.clone();
         let bound_tx = bound_tx.clone();
         let mesh = mesh.clone();
         let h3 = h3.clone();
@@ -540,8 +549,11 @@ fn start_executors(
                     // HTTP/3 on UDP at the HTTP port, one endpoint per executor.
                     match ostore_transport::quic::Endpoint::bind(http_addr, true, Some(config)) {
                         Ok(ep) => {
-                            h3_serving =
-                                Some(glommio::spawn_local(crate::http3::serve(node.clone(), ep)));
+                            h3_serving = Some(glommio::spawn_local(crate::http3::serve(
+                                node.clone(),
+                                creds.clone(),
+                                ep,
+                            )));
                         }
                         Err(e) => {
                             let _ =
@@ -578,7 +590,7 @@ fn start_executors(
                 {
                     glommio::spawn_local(crate::scrub::drive_scrubber(node.clone(), d.id)).detach();
                 }
-                crate::http::serve(node.clone(), listener).await;
+                crate::http::serve(node.clone(), creds, listener).await;
                 // HTTP/3 stops alongside, letting its requests in flight finish too.
                 if let Some(t) = h3_serving {
                     t.await;
@@ -985,7 +997,6 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         store: opts.store,
         limits: opts.limits,
         boot: rand::random(),
-        secret,
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
@@ -1001,6 +1012,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
     let handles = start_executors(
         node.clone(),
+        Arc::new(crate::web::Credentials::new(secret)),
         http_addr,
         Some(peer_addr),
         h3.clone(),

@@ -294,6 +294,41 @@ pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
     r
 }
 
+/// What the front ends check a client's credentials against. It is theirs alone: the store's
+/// context (`ctx::Node`) does not hold it, so nothing below the front ends can reach a client
+/// credential.
+pub struct Credentials {
+    secret: String,
+}
+
+impl Credentials {
+    pub fn new(secret: String) -> Credentials {
+        Credentials { secret }
+    }
+
+    /// Whether `req` carries valid credentials: 401 without any, 403 with wrong ones (the
+    /// comparison takes the same time wherever they differ).
+    pub(crate) fn check(&self, req: &Request<ReqBody>) -> Result<(), ApiError> {
+        let Some(v) = req.headers().get(http::header::AUTHORIZATION) else {
+            return Err(err(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "credentials required: Authorization: Bearer <secret>",
+            ));
+        };
+        let given = ostore_server::conn::bearer_token(v.as_bytes()).unwrap_or(b"");
+        use subtle::ConstantTimeEq;
+        if given.is_empty() || !bool::from(given.ct_eq(self.secret.as_bytes())) {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "the credentials are not valid",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn empty(status: StatusCode) -> Resp {
     let mut r = Response::new(RespBody::Full(None));
     *r.status_mut() = status;
