@@ -328,7 +328,11 @@ pub fn end(
             }
         }
         remove(tx, id)?;
-        if !rec.shards.is_empty() && rec.files_created {
+        // Every file the upload lists, whether or not a progress recorded it as created: a
+        // PATCH creates the files before it records anything, and one that died in between
+        // left files only this record names (deleting a file that was never made counts as
+        // deleted).
+        if !rec.shards.is_empty() {
             let garbage = IntentRec {
                 created_ms: now_ms,
                 shards: rec.shards.clone(),

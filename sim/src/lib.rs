@@ -31,6 +31,7 @@ use ostore_control::meta::{self, NewContent, WriteCondition};
 use ostore_control::records::{ContentRec, Encoding, IntentState, Owner, ShardLoc, Stored};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, ask, Ask, Token};
+use ostore_control::upload::{self, Progress, UploadRec};
 use ostore_engine::lifecycle::{self, Action, Event, RebuildAction, RebuildEvent};
 use ostore_engine::placement::{self, DriveView, WriteRule};
 use ostore_engine::EcParams;
@@ -112,6 +113,8 @@ pub struct Report {
     pub rebuilds: usize,
     /// Node and drive faults drawn.
     pub faults: usize,
+    /// Resumable uploads committed and acknowledged.
+    pub uploads: usize,
 }
 
 /// xorshift64*: small, fast, and the same on every machine.
@@ -146,6 +149,8 @@ const NODES: u16 = 8;
 /// shards over distinct nodes.
 const MAX_DOWN: usize = 2;
 const SHARD_BYTES: u64 = 4096;
+/// An upload not written to for this long expires.
+const UPLOAD_EXPIRY_MS: u64 = 2_000;
 
 /// A call to the control plane that got no answer (it may or may not have run), or an answer
 /// refusing it.
@@ -200,6 +205,35 @@ enum Task {
     Gc(Gc),
     /// Scrub of one content, or the repair worker's handling of one queued request.
     Repair(Box<Repair>),
+    /// A resumable upload: created, then PATCHes (each takes the lock, writes and syncs,
+    /// records its progress), the last of which commits; or abandoned at any point.
+    Upload(Box<Upload>),
+    /// The expiry sweep: ends uploads expired by now and deletes their files.
+    Expire(Option<Vec<[u8; 16]>>),
+}
+
+struct Upload {
+    id: [u8; 16],
+    key: usize,
+    content: usize,
+    locs: Vec<ShardLoc>,
+    /// The PATCH holding the lock now.
+    owner: u64,
+    stage: UploadStage,
+    intent: u64,
+    machine: lifecycle::Commit,
+    todo: VecDeque<Action>,
+}
+
+enum UploadStage {
+    Create,
+    Lock,
+    Write,
+    Sync,
+    /// The last PATCH commits; an earlier one records its progress and lets go.
+    Progress,
+    Commit,
+    Finish,
 }
 
 struct Put {
@@ -287,6 +321,7 @@ pub struct World {
     gc_collected: usize,
     rebuilds: usize,
     faults: usize,
+    uploads: usize,
     next_id: u64,
     delayed: Vec<Delayed>,
     /// Files written after their intent was resolved (see `write_files`): listed nowhere, the
@@ -329,6 +364,7 @@ impl World {
             gc_collected: 0,
             rebuilds: 0,
             faults: 0,
+            uploads: 0,
             next_id: 1,
             delayed: Vec::new(),
             orphans: BTreeSet::new(),
@@ -456,6 +492,11 @@ impl World {
             .ok()
             .flatten()
             .is_none_or(|r| r.state == IntentState::Abandoned);
+        self.write_files_as(resolved, locs, blake3)
+    }
+
+    /// `write_files`, knowing whether what lists the files was resolved already.
+    fn write_files_as(&mut self, resolved: bool, locs: &[ShardLoc], blake3: [u8; 32]) -> bool {
         let mut ok = true;
         for l in locs {
             if !self.nodes[l.drive as usize].up {
@@ -511,25 +552,9 @@ impl World {
                     self.rng.below(self.cfg.contents),
                 );
                 let intent = self.id();
-                let Ok(drives) = placement::place_object(
-                    &self.views(),
-                    WriteRule::new(EC, 0),
-                    SHARD_BYTES,
-                    self.rng.next_u64(),
-                ) else {
+                let Some(locs) = self.place() else {
                     return Task::Get { key };
                 };
-                let file_id = self.id();
-                let locs = drives
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| ShardLoc {
-                        index: i as u8,
-                        drive: *d,
-                        file_id,
-                        file_tag: self.rng.next_u64() as u32,
-                    })
-                    .collect();
                 self.log(format!("PUT k{key} c{content} intent {intent:x}: starts"));
                 let owner = self.owner();
                 Task::Put(Put {
@@ -556,6 +581,37 @@ impl World {
                 Task::DeleteVersion { key, version }
             }
             8 if self.rng.below(3) == 0 => Task::Sweep(Sweep::Pick),
+            8 if self.rng.chance(0.5) => {
+                let (key, content) = (
+                    self.rng.below(self.cfg.keys),
+                    self.rng.below(self.cfg.contents),
+                );
+                let Some(locs) = self.place() else {
+                    return Task::Get { key };
+                };
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                let intent = self.id();
+                let owner = self.rng.next_u64();
+                self.log(format!(
+                    "UPLOAD {} k{key} c{content} file {:x}: starts",
+                    hex16(&id),
+                    locs[0].file_id
+                ));
+                Task::Upload(Box::new(Upload {
+                    id,
+                    key,
+                    content,
+                    locs,
+                    owner,
+                    stage: UploadStage::Create,
+                    intent,
+                    machine: lifecycle::Commit::committing(),
+                    todo: VecDeque::new(),
+                }))
+            }
+            8 => Task::Expire(None),
             9 | 10 => {
                 let scrub = self.rng.chance(0.5);
                 let blake3 = scrub.then(|| self.hashes[self.rng.below(self.cfg.contents)]);
@@ -566,6 +622,30 @@ impl World {
                 removing: None,
             }),
         }
+    }
+
+    /// Shard files for a new object, placed by the write rule on the nodes up.
+    fn place(&mut self) -> Option<Vec<ShardLoc>> {
+        let drives = placement::place_object(
+            &self.views(),
+            WriteRule::new(EC, 0),
+            SHARD_BYTES,
+            self.rng.next_u64(),
+        )
+        .ok()?;
+        let file_id = self.id();
+        Some(
+            drives
+                .iter()
+                .enumerate()
+                .map(|(i, d)| ShardLoc {
+                    index: i as u8,
+                    drive: *d,
+                    file_id,
+                    file_tag: self.rng.next_u64() as u32,
+                })
+                .collect(),
+        )
     }
 
     fn repair(&mut self, blake3: Option<[u8; 32]>, nonce: Option<u64>) -> Repair {
@@ -640,7 +720,223 @@ impl World {
                 }
                 more
             }
+            Task::Upload(u) => {
+                if self.rng.chance(self.cfg.p_crash) {
+                    self.log(format!("UPLOAD {}: PATCH process dies", hex16(&u.id)));
+                    self.pending.remove(&u.intent);
+                    return false;
+                }
+                let more = self.step_upload(u);
+                if !more {
+                    self.pending.remove(&u.intent);
+                }
+                more
+            }
+            Task::Expire(list) => self.step_expire(list),
         }
+    }
+
+    fn step_upload(&mut self, u: &mut Upload) -> bool {
+        let h = self.hashes[u.content];
+        match u.stage {
+            UploadStage::Create => {
+                let rec = UploadRec {
+                    bucket: BUCKET.into(),
+                    key: format!("k{}", u.key),
+                    length: self.contents[u.content].len() as u64,
+                    offset: 0,
+                    created_ms: 0,
+                    expires_ms: 0,
+                    metadata: String::new(),
+                    expected: None,
+                    data: EC.data,
+                    parity: EC.parity,
+                    shards: u.locs.clone(),
+                    compress: Some(false),
+                    stored_blocks: 0,
+                    files_created: false,
+                    lock: None,
+                };
+                let r = self.call(
+                    ask::UploadCreate {
+                        id: u.id,
+                        rec,
+                        expiry_ms: UPLOAD_EXPIRY_MS,
+                    },
+                    true,
+                );
+                u.stage = UploadStage::Lock;
+                r.is_ok()
+            }
+            UploadStage::Lock => {
+                u.owner = self.rng.next_u64();
+                let node = self.rng.below(NODES as usize);
+                let r = self.call(
+                    ask::UploadLock {
+                        id: u.id,
+                        offset: 0,
+                        owner: u.owner,
+                        node: node.to_string(),
+                        boot: self.nodes[node].boot,
+                    },
+                    true,
+                );
+                u.stage = UploadStage::Write;
+                r.is_ok()
+            }
+            UploadStage::Write => {
+                // A PATCH creates the shard files the upload lists and writes its stripes.
+                let live = upload::get(&self.kv, &u.id).ok().flatten().is_some();
+                let locs = u.locs.clone();
+                if !self.write_files_as(!live, &locs, h) {
+                    self.log(format!("UPLOAD {}: a target is out", hex16(&u.id)));
+                    let _ = self.call(
+                        ask::UploadUnlock {
+                            id: u.id,
+                            owner: u.owner,
+                        },
+                        true,
+                    );
+                    return false;
+                }
+                u.stage = UploadStage::Sync;
+                true
+            }
+            UploadStage::Sync => {
+                let locs = u.locs.clone();
+                if !self.sync_files(&locs) {
+                    self.log(format!("UPLOAD {}: sync failed", hex16(&u.id)));
+                    return false;
+                }
+                self.pending.insert(u.intent, (h, locs));
+                u.stage = if self.rng.chance(0.3) {
+                    UploadStage::Progress
+                } else {
+                    UploadStage::Commit
+                };
+                true
+            }
+            UploadStage::Progress => {
+                // This PATCH ends short of the end: the next one resumes (it takes the lock
+                // again, and rewrites nothing that is durable).
+                let progress = Progress {
+                    offset: 0,
+                    stored_blocks: 0,
+                    compress: Some(false),
+                    files_created: true,
+                    tail: Vec::new(),
+                    hash: Vec::new(),
+                    new_frames: Vec::new(),
+                    expiry_ms: UPLOAD_EXPIRY_MS,
+                };
+                let r = self.call(
+                    ask::UploadProgress {
+                        id: u.id,
+                        owner: u.owner,
+                        progress,
+                        release: true,
+                    },
+                    true,
+                );
+                self.pending.remove(&u.intent);
+                u.stage = UploadStage::Lock;
+                r.is_ok() && self.rng.chance(0.7)
+            }
+            UploadStage::Commit => {
+                let r = self.call(
+                    ask::UploadCommit {
+                        id: u.id,
+                        owner: u.owner,
+                        intent: u.intent,
+                        content: NewContent {
+                            blake3: h,
+                            size_bytes: self.contents[u.content].len() as u64,
+                            stored: Stored::Sharded {
+                                data: EC.data,
+                                parity: EC.parity,
+                                shards: u.locs.clone(),
+                            },
+                            encoding: Encoding::Identity,
+                        },
+                    },
+                    true,
+                );
+                match r {
+                    Ok(o) => {
+                        u.todo.extend(u.machine.on(Event::Committed {
+                            version: o.version,
+                            created_ms: o.created_ms,
+                            deduplicated: o.deduplicated,
+                            replaced_damaged: o.replaced_damaged,
+                        }));
+                        u.stage = UploadStage::Finish;
+                        true
+                    }
+                    // Refused: the upload stays (it expires); unknown: as tus does, the intent
+                    // the commit may have made is left to the sweep.
+                    Err(_) => {
+                        self.log(format!("UPLOAD {}: commit failed", hex16(&u.id)));
+                        false
+                    }
+                }
+            }
+            UploadStage::Finish => {
+                let Some(action) = u.todo.pop_front() else {
+                    return false;
+                };
+                match action {
+                    Action::Discard => {
+                        let locs = u.locs.clone();
+                        self.discard(u.intent, &locs, true);
+                    }
+                    Action::EndIntent => {
+                        let _ = self.call(ask::EndIntent { id: u.intent }, true);
+                    }
+                    Action::Answer(Some((version, _, dedup))) => {
+                        self.acknowledged.insert((u.key, version), u.content);
+                        self.uploads += 1;
+                        self.log(format!(
+                            "UPLOAD {} k{} c{}: acknowledged v{version}{}",
+                            hex16(&u.id),
+                            u.key,
+                            u.content,
+                            if dedup { " (deduplicated)" } else { "" }
+                        ));
+                    }
+                    _ => {}
+                }
+                !u.todo.is_empty()
+            }
+        }
+    }
+
+    fn step_expire(&mut self, list: &mut Option<Vec<[u8; 16]>>) -> bool {
+        let Some(ids) = list else {
+            let Ok(ids) = self.call(ask::UploadsExpired { limit: 16 }, true) else {
+                return false;
+            };
+            let more = !ids.is_empty();
+            *list = Some(ids);
+            return more;
+        };
+        let Some(id) = ids.pop() else {
+            return false;
+        };
+        let intent = self.id();
+        if let Ok(Some(files)) = self.call(
+            ask::UploadEnd {
+                id,
+                intent,
+                expired: true,
+            },
+            true,
+        ) {
+            self.log(format!("UPLOAD {}: expired, ended", hex16(&id)));
+            if !files.is_empty() {
+                self.discard(intent, &files, true);
+            }
+        }
+        !ids.is_empty()
     }
 
     fn step_sweep(&mut self, sw: &mut Sweep) -> bool {
@@ -1443,6 +1739,23 @@ impl World {
                 self.log(format!("node {n}: returns for the end"));
             }
         }
+        // Uploads left behind are ended (as their expiry would, in time).
+        let ids = upload::expired(&self.kv, u64::MAX, usize::MAX).map_err(|e| e.to_string())?;
+        for id in ids {
+            let intent = self.id();
+            if let Ok(Some(files)) = self.call(
+                ask::UploadEnd {
+                    id,
+                    intent,
+                    expired: false,
+                },
+                false,
+            ) {
+                if !files.is_empty() {
+                    self.discard(intent, &files, false);
+                }
+            }
+        }
         let intents = meta::intents(&self.kv).map_err(|e| e.to_string())?;
         for (id, rec) in intents {
             let (fate, listed) = match rec.state {
@@ -1552,6 +1865,10 @@ impl World {
     }
 }
 
+fn hex16(h: &[u8; 16]) -> String {
+    h[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hex(h: &[u8; 32]) -> String {
     h[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1621,6 +1938,7 @@ pub fn run(cfg: Config) -> Report {
         gc_collected: w.gc_collected,
         rebuilds: w.rebuilds,
         faults: w.faults,
+        uploads: w.uploads,
         history: w.history,
     }
 }
