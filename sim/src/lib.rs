@@ -33,7 +33,9 @@ use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, ask, Ask, Token};
 use ostore_control::upload::{self, Progress, UploadRec};
 use ostore_engine::lifecycle::{self, Action, Event, RebuildAction, RebuildEvent};
-use ostore_engine::placement::{self, DriveView, WriteRule};
+use ostore_engine::placement::{
+    self, DrainFacts, DrainStep, DriveView, NodeLoad, Rebalancer, WriteRule,
+};
 use ostore_engine::EcParams;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -115,6 +117,8 @@ pub struct Report {
     pub faults: usize,
     /// Resumable uploads committed and acknowledged.
     pub uploads: usize,
+    /// Drains recorded done.
+    pub drains_done: usize,
 }
 
 /// xorshift64*: small, fast, and the same on every machine.
@@ -151,6 +155,8 @@ const MAX_DOWN: usize = 2;
 const SHARD_BYTES: u64 = 4096;
 /// An upload not written to for this long expires.
 const UPLOAD_EXPIRY_MS: u64 = 2_000;
+/// A drain is done only this long after it started (`ostore control`'s settle time).
+const DRAIN_SETTLE_MS: u64 = 10_000;
 
 /// A call to the control plane that got no answer (it may or may not have run), or an answer
 /// refusing it.
@@ -210,6 +216,30 @@ enum Task {
     Upload(Box<Upload>),
     /// The expiry sweep: ends uploads expired by now and deletes their files.
     Expire(Option<Vec<[u8; 16]>>),
+    /// The operator sets how many versions each key keeps (`None`: all).
+    SetRetention(Option<u32>),
+    /// The retention pass over the bucket's keys, a page per step.
+    Trim(Option<String>),
+    /// The operator drains a node (`osctl drain`), or stops draining it.
+    Drain {
+        node: u16,
+        stop: bool,
+    },
+    /// One round of the leader's rebalancing job (`engine::placement::Rebalancer`): the
+    /// offers it makes, queued to move one step at a time.
+    Rebalance(Option<Vec<(u16, usize)>>),
+    /// One round of the leader's drain job (`engine::placement::drain_step`) for one node
+    /// being drained (`only` that one, else any).
+    DrainRound {
+        only: Option<u32>,
+        round: Option<DrainRound>,
+    },
+}
+
+/// Where a round of the drain job is.
+struct DrainRound {
+    node: u16,
+    facts: DrainFacts,
 }
 
 struct Upload {
@@ -271,8 +301,10 @@ struct Gc {
 /// or on a node that is out) and its shards sharing a node, place replacements, and carry out
 /// the `lifecycle::Rebuild` machine.
 struct Repair {
-    /// Picked by the scrub (`None`: take one from the repair queue).
+    /// Picked by the scrub (`None`: take one from the repair queue, or with `moves` from the
+    /// move queue).
     blake3: Option<[u8; 32]>,
+    moves: bool,
     /// The queue entry's nonce, cleared when the content is whole.
     nonce: Option<u64>,
     stage: RepairStage,
@@ -316,12 +348,16 @@ pub struct World {
     hashes: Vec<[u8; 32]>,
     /// Versions a PUT acknowledged: (key, version) → content index.
     acknowledged: BTreeMap<(usize, u64), usize>,
+    /// Versions retention let go (see `forget_trimmable`).
+    unpromised: BTreeSet<(usize, u64)>,
     history: Vec<String>,
     lost_calls: usize,
     gc_collected: usize,
     rebuilds: usize,
     faults: usize,
     uploads: usize,
+    drains_done: usize,
+    rebalancer: Rebalancer,
     next_id: u64,
     delayed: Vec<Delayed>,
     /// Files written after their intent was resolved (see `write_files`): listed nowhere, the
@@ -338,6 +374,33 @@ impl World {
         let kv = RedbKv::in_memory().expect("an in-memory store");
         meta::init(&kv, 0).expect("init");
         meta::create_bucket(&kv, BUCKET, 0).expect("a bucket");
+        // The cluster's nodes, one drive each: registered so that drains count and find their
+        // shards as `ostore control` does. Node n's drive is drive n.
+        ostore_control::cluster::init_cluster(&kv, EC.data, EC.parity).expect("a cluster");
+        for n in 0..NODES {
+            let rec = ostore_control::cluster::register(
+                &kv,
+                &ostore_control::cluster::Registration {
+                    peer: format!("node{n}"),
+                    http: format!("node{n}:80"),
+                    zone: "default".into(),
+                    drives: vec![ostore_control::cluster::DriveReport {
+                        path: format!("/d{n}"),
+                        uuid: None,
+                        fresh_uuid: [n as u8 + 1; 16],
+                        capacity_bytes: 1 << 40,
+                        free_bytes: 1 << 40,
+                    }],
+                },
+                0,
+            )
+            .expect("registered");
+            assert_eq!(
+                (rec.id, rec.drives[0].id),
+                (n as u32, n),
+                "node and drive ids as the simulator numbers them"
+            );
+        }
         let contents: Vec<Vec<u8>> = (0..cfg.contents)
             .map(|i| {
                 let len = 1 + rng.below(4000);
@@ -359,12 +422,15 @@ impl World {
             contents,
             hashes,
             acknowledged: BTreeMap::new(),
+            unpromised: BTreeSet::new(),
             history: Vec::new(),
             lost_calls: 0,
             gc_collected: 0,
             rebuilds: 0,
             faults: 0,
             uploads: 0,
+            drains_done: 0,
+            rebalancer: Rebalancer::default(),
             next_id: 1,
             delayed: Vec::new(),
             orphans: BTreeSet::new(),
@@ -416,6 +482,8 @@ impl World {
             return Err(Failed::Unknown);
         }
         let dup = faults && self.rng.chance(self.cfg.p_dup);
+        // What retention may trim is settled before anything changes.
+        self.forget_trimmable();
         let r = rpc::execute_idempotent(&self.kv, request.clone(), token, self.now_ms)
             .and_then(|b| rpc::decode_value::<A::Answer>(&b));
         if dup {
@@ -450,6 +518,7 @@ impl World {
             .partition(|d| d.due <= step);
         self.delayed = later;
         for d in due {
+            self.forget_trimmable();
             let name = format!("{:?}", d.request);
             let name: String = name.chars().take_while(|c| c.is_alphanumeric()).collect();
             let r = rpc::execute_idempotent(&self.kv, d.request, d.token, self.now_ms);
@@ -460,17 +529,26 @@ impl World {
         }
     }
 
-    /// The drives as placement sees them: those of nodes out are unhealthy.
+    /// The drives as placement sees them: those of nodes out, or being drained, take no new
+    /// shards.
     fn views(&self) -> Vec<DriveView> {
+        let draining = self.draining();
         (0..NODES)
             .map(|n| DriveView {
                 id: n,
                 node: n as u32,
                 zone: 0,
                 free_bytes: 1 << 40,
-                healthy: self.nodes[n as usize].up,
+                healthy: self.nodes[n as usize].up && !draining.contains(&(n as u32)),
             })
             .collect()
+    }
+
+    /// Nodes being drained, as the cluster records them.
+    fn draining(&self) -> Vec<u32> {
+        ostore_control::cluster::view(&self.kv)
+            .map(|v| v.drains.iter().map(|(n, _)| *n).collect())
+            .unwrap_or_default()
     }
 
     /// Whether the file at `l` holds a good shard of `blake3` (wherever its node is).
@@ -612,6 +690,34 @@ impl World {
                 }))
             }
             8 => Task::Expire(None),
+            9 if self.rng.below(8) == 0 => {
+                let keep = [None, Some(1), Some(2), Some(3)][self.rng.below(4)];
+                Task::SetRetention(keep)
+            }
+            9 if self.rng.below(2) == 0 => Task::Trim(None),
+            10 if self.rng.below(10) == 0 => {
+                let draining = self.draining();
+                match draining.first() {
+                    Some(&n) => Task::Drain {
+                        node: n as u16,
+                        stop: self.rng.chance(0.3),
+                    },
+                    None => Task::Drain {
+                        node: self.rng.below(NODES as usize) as u16,
+                        stop: false,
+                    },
+                }
+            }
+            10 if self.rng.below(4) == 0 => Task::Rebalance(None),
+            10 if self.rng.below(3) == 0 => Task::DrainRound {
+                only: None,
+                round: None,
+            },
+            10 if self.rng.below(2) == 0 => {
+                let mut r = self.repair(None, None);
+                r.moves = true;
+                Task::Repair(Box::new(r))
+            }
             9 | 10 => {
                 let scrub = self.rng.chance(0.5);
                 let blake3 = scrub.then(|| self.hashes[self.rng.below(self.cfg.contents)]);
@@ -653,6 +759,7 @@ impl World {
         let owner = self.owner();
         Repair {
             blake3,
+            moves: false,
             nonce,
             stage: if blake3.is_some() {
                 RepairStage::Load
@@ -733,6 +840,300 @@ impl World {
                 more
             }
             Task::Expire(list) => self.step_expire(list),
+            Task::SetRetention(keep) => {
+                let keep = *keep;
+                let r = self.call(
+                    ask::SetRetention {
+                        bucket: Some(BUCKET.into()),
+                        keep,
+                    },
+                    true,
+                );
+                self.log(format!(
+                    "RETENTION {keep:?}: {}",
+                    if r.is_ok() { "set" } else { "failed" }
+                ));
+                false
+            }
+            Task::Drain { node, stop } => {
+                let (node, stop) = (*node, *stop);
+                let ok = if stop {
+                    self.call(ask::DrainStop { node: node as u32 }, true)
+                        .is_ok()
+                } else {
+                    self.call(
+                        ask::DrainStart {
+                            node: node as u32,
+                            shards_at_start: 0,
+                        },
+                        true,
+                    )
+                    .is_ok()
+                };
+                self.log(format!(
+                    "DRAIN node {node}{}: {}",
+                    if stop { " stopped" } else { "" },
+                    if ok { "ok" } else { "failed" }
+                ));
+                false
+            }
+            Task::Rebalance(offers) => self.step_rebalance(offers),
+            Task::DrainRound { only, round } => {
+                let only = *only;
+                self.step_drain(only, round)
+            }
+            Task::Trim(after) => {
+                let Ok((removed, next)) = self.call(
+                    ask::TrimVersions {
+                        bucket: BUCKET.into(),
+                        after: after.clone(),
+                    },
+                    true,
+                ) else {
+                    return false;
+                };
+                if removed > 0 {
+                    self.log(format!("TRIM: {removed} version(s) removed"));
+                }
+                *after = next;
+                after.is_some()
+            }
+        }
+    }
+
+    /// Versions retention no longer promises: a key keeps its newest `keep` versions (delete
+    /// markers count), so a version that has had `keep` newer ones may be trimmed. Looked at
+    /// after every step for every version stored, acknowledged yet or not (a PUT's answer may
+    /// arrive after its version was trimmed); once not promised, never again (a newer version
+    /// deleted later does not bring it back).
+    fn forget_trimmable(&mut self) {
+        let Ok(Some(keep)) = meta::retention(&self.kv, BUCKET) else {
+            return;
+        };
+        for key in 0..self.cfg.keys {
+            let versions = meta::versions(&self.kv, BUCKET, &format!("k{key}"))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            for v in &versions {
+                let newer = versions.iter().filter(|n| n.version > v.version).count();
+                if newer >= keep.max(1) as usize {
+                    self.unpromised.insert((key, v.version));
+                    self.acknowledged.remove(&(key, v.version));
+                }
+            }
+        }
+    }
+
+    /// A PUT or an upload answered with `version`: promised from now on, unless retention
+    /// already let it go.
+    fn acknowledge(&mut self, key: usize, version: u64, content: usize) {
+        if !self.unpromised.contains(&(key, version)) {
+            self.acknowledged.insert((key, version), content);
+        }
+    }
+
+    /// The leader's rebalancing round, as `ostore control` runs it: nothing while moves wait;
+    /// else the shards per node in service, `Rebalancer::round`'s offers, and a batch of each
+    /// offering node's contents queued to move (a step per offer).
+    fn step_rebalance(&mut self, offers: &mut Option<Vec<(u16, usize)>>) -> bool {
+        let Some(list) = offers else {
+            let Ok(q) = self.call(
+                ask::WorkQueue {
+                    moves: true,
+                    from: [0; 32],
+                    limit: 1,
+                },
+                true,
+            ) else {
+                return false;
+            };
+            if !q.is_empty() {
+                return false;
+            }
+            let Ok(view) = self.call(ask::Cluster {}, true) else {
+                return false;
+            };
+            let eligible: Vec<u16> = (0..NODES)
+                .filter(|&n| self.nodes[n as usize].up && !view.draining(n as u32))
+                .collect();
+            let Ok(counts) = self.call(
+                ask::DriveShardCounts {
+                    drives: eligible.clone(),
+                },
+                true,
+            ) else {
+                return false;
+            };
+            let loads: Vec<NodeLoad> = eligible
+                .iter()
+                .zip(&counts)
+                .map(|(&n, &c)| NodeLoad {
+                    node: n as u32,
+                    shards: c.max(0) as u64,
+                    drives: 1,
+                })
+                .collect();
+            let round: Vec<(u16, usize)> = self
+                .rebalancer
+                .round(view.epoch, &loads)
+                .into_iter()
+                .map(|(n, k)| (n as u16, k))
+                .collect();
+            if !round.is_empty() {
+                self.log(format!("REBALANCE: offers {round:?}"));
+            }
+            let more = !round.is_empty();
+            *offers = Some(round);
+            return more;
+        };
+        let Some((drive, limit)) = list.pop() else {
+            return false;
+        };
+        let mut from = [0u8; 32];
+        from[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        if let Ok(page) = self.call(
+            ask::ShardsOnDrive {
+                drive,
+                after: Some((from, 0)),
+                limit,
+            },
+            true,
+        ) {
+            let contents: Vec<[u8; 32]> = page.iter().map(|(h, _)| *h).collect();
+            if !contents.is_empty() {
+                let nonce = self.rng.next_u64();
+                let _ = self.call(ask::QueueMove { contents, nonce }, true);
+            }
+        }
+        !list.is_empty()
+    }
+
+    /// The leader's drain job for the first node being drained, one metadata call per step,
+    /// deciding with `placement::drain_step` as `ostore control` does.
+    fn step_drain(&mut self, only: Option<u32>, round: &mut Option<DrainRound>) -> bool {
+        let Some(r) = round else {
+            let Ok(view) = self.call(ask::Cluster {}, true) else {
+                return false;
+            };
+            let drains: Vec<_> = view
+                .drains
+                .iter()
+                .filter(|(n, _)| only.is_none_or(|o| o == *n))
+                .cloned()
+                .collect();
+            if drains.is_empty() {
+                return false;
+            }
+            let (node, d) = drains[self.rng.below(drains.len())].clone();
+            let Ok(counts) = self.call(
+                ask::DriveShardCounts {
+                    drives: vec![node as u16],
+                },
+                true,
+            ) else {
+                return false;
+            };
+            let left = counts.iter().map(|c| (*c).max(0) as u64).sum();
+            *round = Some(DrainRound {
+                node: node as u16,
+                facts: DrainFacts {
+                    shards_left: left,
+                    exactly_empty: None,
+                    settled: self.now_ms >= d.started_ms + DRAIN_SETTLE_MS,
+                    done: d.done_ms.is_some(),
+                    moves_queued: false,
+                },
+            });
+            return true;
+        };
+        let node = r.node;
+        if r.facts.shards_left > 0 && !r.facts.moves_queued {
+            // Whether moves wait in the queue (counted once per round).
+            let Ok(q) = self.call(
+                ask::WorkQueue {
+                    moves: true,
+                    from: [0; 32],
+                    limit: 1,
+                },
+                true,
+            ) else {
+                return false;
+            };
+            if !q.is_empty() {
+                r.facts.moves_queued = true;
+            }
+        }
+        let step = placement::drain_step(r.facts);
+        self.log(format!(
+            "DRAIN node {node}: {} shard(s) left: {step:?}",
+            r.facts.shards_left
+        ));
+        match step {
+            DrainStep::CountExactly => {
+                let Ok(p) = self.call(
+                    ask::DrainProgress {
+                        node: node as u32,
+                        exact: true,
+                    },
+                    true,
+                ) else {
+                    return false;
+                };
+                r.facts.exactly_empty = Some(p.empty());
+                true
+            }
+            DrainStep::Wait => false,
+            DrainStep::MarkDone(done) => {
+                let ok = self
+                    .call(
+                        ask::SetDrainDone {
+                            node: node as u32,
+                            done,
+                        },
+                        true,
+                    )
+                    .is_ok();
+                self.log(format!(
+                    "DRAIN node {node}: {} {}",
+                    if done { "done" } else { "not done any more" },
+                    if ok { "" } else { "(failed)" }
+                ));
+                if ok && done {
+                    self.drains_done += 1;
+                }
+                false
+            }
+            DrainStep::Queue { undo_done } => {
+                if undo_done {
+                    let _ = self.call(
+                        ask::SetDrainDone {
+                            node: node as u32,
+                            done: false,
+                        },
+                        true,
+                    );
+                }
+                let Ok(page) = self.call(
+                    ask::ShardsOnDrive {
+                        drive: node,
+                        after: None,
+                        limit: 1000,
+                    },
+                    true,
+                ) else {
+                    return false;
+                };
+                let contents: Vec<[u8; 32]> = page.iter().map(|(h, _)| *h).collect();
+                let n = contents.len();
+                let nonce = self.rng.next_u64();
+                let ok = self.call(ask::QueueMove { contents, nonce }, true).is_ok();
+                self.log(format!(
+                    "DRAIN node {node}: {n} content(s) queued to move{}",
+                    if ok { "" } else { " (failed)" }
+                ));
+                false
+            }
         }
     }
 
@@ -893,7 +1294,7 @@ impl World {
                         let _ = self.call(ask::EndIntent { id: u.intent }, true);
                     }
                     Action::Answer(Some((version, _, dedup))) => {
-                        self.acknowledged.insert((u.key, version), u.content);
+                        self.acknowledge(u.key, version, u.content);
                         self.uploads += 1;
                         self.log(format!(
                             "UPLOAD {} k{} c{}: acknowledged v{version}{}",
@@ -1115,7 +1516,7 @@ impl World {
                     }
                     Action::RemoveReplaced | Action::Leave => None,
                     Action::Answer(Some((version, _, dedup))) => {
-                        self.acknowledged.insert((p.key, version), p.content);
+                        self.acknowledge(p.key, version, p.content);
                         self.log(format!(
                             "PUT k{} c{} intent {:x}: acknowledged v{version}{}",
                             p.key,
@@ -1147,7 +1548,7 @@ impl World {
             RepairStage::Pick => {
                 let Ok(queue) = self.call(
                     ask::WorkQueue {
-                        moves: false,
+                        moves: r.moves,
                         from: [0; 32],
                         limit: 16,
                     },
@@ -1189,7 +1590,11 @@ impl World {
         let (Some(h), Some(nonce)) = (r.blake3, r.nonce) else {
             return;
         };
-        let _ = self.call(ask::RepairDone { blake3: h, nonce }, true);
+        if r.moves {
+            let _ = self.call(ask::MoveDone { blake3: h, nonce }, true);
+        } else {
+            let _ = self.call(ask::RepairDone { blake3: h, nonce }, true);
+        }
     }
 
     fn plan_repair(&mut self, r: &mut Repair) -> bool {
@@ -1216,8 +1621,24 @@ impl World {
             return false;
         }
         let current: Vec<u16> = shards.iter().map(|l| l.drive).collect();
+        let leaving = self.draining();
+        // The move worker also rebalances: shards per node, from the drive counters.
+        let counts: Option<Vec<(u32, u64)>> = if r.moves {
+            let drives: Vec<u16> = (0..NODES).collect();
+            let Ok(c) = self.call(ask::DriveShardCounts { drives }, true) else {
+                return false;
+            };
+            Some(
+                c.iter()
+                    .enumerate()
+                    .map(|(n, c)| (n as u32, (*c).max(0) as u64))
+                    .collect(),
+            )
+        } else {
+            None
+        };
         let moves: Vec<(usize, Option<u16>)> =
-            placement::moves(&views, &current, &[], None, SHARD_BYTES)
+            placement::moves(&views, &current, &leaving, counts.as_deref(), SHARD_BYTES)
                 .into_iter()
                 .filter(|(i, _)| !bad.contains(i))
                 .collect();
@@ -1688,6 +2109,25 @@ impl World {
     /// The promises, checked on the metadata store as it is now (read directly, no faults).
     fn check(&self) -> Result<(), String> {
         let all = meta::contents(&self.kv, None, usize::MAX).map_err(|e| e.to_string())?;
+        // A node whose drain is recorded done holds no shard of any content (the operator may
+        // take it away).
+        let view = ostore_control::cluster::view(&self.kv).map_err(|e| e.to_string())?;
+        for (node, d) in &view.drains {
+            if d.done_ms.is_none() {
+                continue;
+            }
+            for (h, c) in &all {
+                if let Stored::Sharded { shards, .. } = &c.stored {
+                    if let Some(l) = shards.iter().find(|l| l.drive as u32 == *node) {
+                        return Err(format!(
+                            "node {node} is drained, but content {} keeps shard {} there",
+                            hex(h),
+                            l.index
+                        ));
+                    }
+                }
+            }
+        }
         for (h, c) in &all {
             if let Stored::Sharded { shards, .. } = &c.stored {
                 let good = shards.iter().filter(|l| self.good(l, h)).count();
@@ -1720,7 +2160,25 @@ impl World {
                 }
                 // A delete marker over it still leaves the version readable by number; a
                 // version gone is a loss.
-                Err(e) => return Err(format!("acknowledged k{key} v{version}: {e}")),
+                Err(e) => {
+                    let now: Vec<String> = meta::versions(&self.kv, BUCKET, &format!("k{key}"))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|v| {
+                            format!(
+                                "v{}{}",
+                                v.version,
+                                if v.delete_marker { "(marker)" } else { "" }
+                            )
+                        })
+                        .collect();
+                    return Err(format!(
+                        "acknowledged k{key} v{version}: {e} (the key has {})",
+                        now.join(" ")
+                    ));
+                }
             }
         }
         Ok(())
@@ -1791,11 +2249,63 @@ impl World {
                 while self.step(&mut r) {}
             }
         }
+        // A drain in progress finishes: its settle time passes, the leader's rounds queue what
+        // is left and mark it done, the move worker empties the queue.
+        self.now_ms += DRAIN_SETTLE_MS;
+        let drains: Vec<u32> = self.draining();
+        for _round in 0..4 {
+            for &node in &drains {
+                let mut d = Task::DrainRound {
+                    only: Some(node),
+                    round: None,
+                };
+                while self.step(&mut d) {}
+            }
+            loop {
+                let mut m = self.repair(None, None);
+                m.moves = true;
+                let mut t = Task::Repair(Box::new(m));
+                let mut steps = 0;
+                while self.step(&mut t) {
+                    steps += 1;
+                }
+                if steps == 0 {
+                    break;
+                }
+            }
+        }
+        for &node in &drains {
+            let mut d = Task::DrainRound {
+                only: Some(node),
+                round: None,
+            };
+            while self.step(&mut d) {}
+        }
         self.check()?;
+        let view = ostore_control::cluster::view(&self.kv).map_err(|e| e.to_string())?;
+        for (node, drain) in &view.drains {
+            let on_it =
+                meta::drive_shard_counts(&self.kv, &[*node as u16]).map_err(|e| e.to_string())?;
+            if drain.done_ms.is_none() || on_it.iter().any(|c| *c != 0) {
+                return Err(format!(
+                    "the drain of node {node} did not finish: done {:?}, {on_it:?} shard(s) left",
+                    drain.done_ms
+                ));
+            }
+        }
+        let drained: Vec<u16> = view.drains.iter().map(|(n, _)| *n as u16).collect();
         for (h, c) in meta::contents(&self.kv, None, usize::MAX).map_err(|e| e.to_string())? {
             if let Stored::Sharded { shards, .. } = &c.stored {
                 let good = shards.iter().filter(|l| self.good(l, &h)).count();
                 let nodes: BTreeSet<u16> = shards.iter().map(|l| l.drive).collect();
+                if let Some(l) = shards.iter().find(|l| drained.contains(&l.drive)) {
+                    return Err(format!(
+                        "content {} keeps shard {} on drained node {}",
+                        hex(&h),
+                        l.index,
+                        l.drive
+                    ));
+                }
                 if good != EC.total() || nodes.len() != shards.len() {
                     return Err(format!(
                         "content {} did not converge: {good} good shard(s) of {}, on {} node(s)",
@@ -1901,6 +2411,7 @@ pub fn run(cfg: Config) -> Report {
         if cfg.sabotage_at == Some(w.step) {
             w.sabotage();
         }
+        w.forget_trimmable();
         if let Err(e) = w.check() {
             violation = Some(e);
             break;
@@ -1917,6 +2428,7 @@ pub fn run(cfg: Config) -> Report {
         w.deliver_delayed();
         while let Some(mut t) = tasks.pop() {
             while w.step(&mut t) {}
+            w.forget_trimmable();
             if let Err(e) = w.check() {
                 violation = Some(e);
                 break;
@@ -1939,6 +2451,7 @@ pub fn run(cfg: Config) -> Report {
         rebuilds: w.rebuilds,
         faults: w.faults,
         uploads: w.uploads,
+        drains_done: w.drains_done,
         history: w.history,
     }
 }
