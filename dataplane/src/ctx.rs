@@ -12,7 +12,7 @@ use ostore_controlplane::client::MetaClient;
 use ostore_engine::EcParams;
 use ostore_server::metrics::Metrics;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Everything the executors share. All fields are `Send + Sync`; per-executor state lives in
@@ -31,10 +31,6 @@ pub struct Node {
     pub stopping: AtomicBool,
     /// Cluster membership and peer credentials; `None` for `ostore dev`.
     pub cluster: Option<crate::cluster::Cluster>,
-    /// Mesh peer id of each executor (usize::MAX until it joined).
-    pub(crate) peer_ids: Vec<AtomicUsize>,
-    /// Executors still serving clients; each keeps serving its drives to the others until 0.
-    pub(crate) serving: AtomicUsize,
     pub(crate) repair_tx: flume::Sender<[u8; 32]>,
     pub(crate) repair_rx: flume::Receiver<[u8; 32]>,
     /// How fast this node's repairs read, and may read.

@@ -448,10 +448,6 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
         cluster: None,
-        peer_ids: (0..opts.cores)
-            .map(|_| AtomicUsize::new(usize::MAX))
-            .collect(),
-        serving: AtomicUsize::new(opts.cores),
         repair_tx,
         repair_rx,
         repair_pace: Default::default(),
@@ -481,6 +477,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     let creds = Arc::new(crate::web::Credentials::new(secret));
     let handles = start_executors(
         node.clone(),
+        opts.cores,
         creds,
         http_addr,
         None,
@@ -508,13 +505,19 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
 /// `background`. Returns once every executor is listening.
 fn start_executors(
     node: Arc<Node>,
+    cores: usize,
     creds: Arc<crate::web::Credentials>,
     http_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
     h3: Option<Arc<quinn_proto::ServerConfig>>,
     background: fn(Arc<Node>),
 ) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
-    let cores = node.peer_ids.len();
+    // The executors' own coordination, kept by the wiring: the mesh peer id of each
+    // (usize::MAX until it joined), and how many still serve clients (each keeps serving its
+    // drives to the others until none does).
+    let peer_ids: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..cores).map(|_| AtomicUsize::new(usize::MAX)).collect());
+    let serving = Arc::new(AtomicUsize::new(cores));
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -524,6 +527,8 @@ fn start_executors(
     for core in 0..cores {
         let node = node.clone();
         let creds = creds.clone();
+        let peer_ids = peer_ids.clone();
+        let serving = serving.clone();
         let bound_tx = bound_tx.clone();
         let mesh = mesh.clone();
         let h3 = h3.clone();
@@ -532,7 +537,7 @@ fn start_executors(
         let h = builder
             .spawn(move || async move {
                 crate::offload::on_executor_thread();
-                if let Err(e) = crate::shardio::join(mesh, core, &node.peer_ids).await {
+                if let Err(e) = crate::shardio::join(mesh, core, &peer_ids).await {
                     let _ = bound_tx.send(Err(anyhow::anyhow!("executor {core}: {e}")));
                     return;
                 }
@@ -596,8 +601,8 @@ fn start_executors(
                     t.await;
                 }
                 // Keep serving this executor's drives until every executor has drained.
-                node.serving.fetch_sub(1, Ordering::SeqCst);
-                while node.serving.load(Ordering::SeqCst) > 0 {
+                serving.fetch_sub(1, Ordering::SeqCst);
+                while serving.load(Ordering::SeqCst) > 0 {
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             })
@@ -1001,10 +1006,6 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
         cluster: Some(crate::cluster::Cluster::new(rec.id, view, tls)),
-        peer_ids: (0..opts.cores)
-            .map(|_| AtomicUsize::new(usize::MAX))
-            .collect(),
-        serving: AtomicUsize::new(opts.cores),
         repair_tx,
         repair_rx,
         repair_pace: Default::default(),
@@ -1012,6 +1013,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
     let handles = start_executors(
         node.clone(),
+        opts.cores,
         Arc::new(crate::web::Credentials::new(secret)),
         http_addr,
         Some(peer_addr),
