@@ -301,20 +301,23 @@ impl ShardWriter {
         let batch = async move {
             if let Some(r) = reserve {
                 losses
-                    .each(&files, (ShardOp::Reserve, None), |_, f| async move {
-                        f.pre_allocate(r).await
+                    .each(&files, |_, f| async move {
+                        f.pre_allocate(r)
+                            .await
+                            .map_err(|e| (ShardOp::Reserve, None, e))
                     })
                     .await?;
             }
             losses
-                .each(&files, (ShardOp::Write, Some(at)), |j, f| {
+                .each(&files, |j, f| {
                     let b = bufs[j].clone();
                     async move {
-                        let n = f.write_at(&b, bytes, block_offset(first_block)).await?;
+                        let fail = |e| (ShardOp::Write, Some(at), e);
+                        let n = f.write_at(&b, bytes, at).await.map_err(fail)?;
                         if n != bytes {
-                            return Err(std::io::Error::other(format!(
+                            return Err(fail(std::io::Error::other(format!(
                                 "short write {n} of {bytes}"
-                            )));
+                            ))));
                         }
                         Ok(())
                     }
@@ -342,15 +345,15 @@ impl ShardWriter {
     async fn finish(&mut self, headers: &[ShardHeader]) -> Result<()> {
         self.flush().await?;
         self.losses()
-            .each(&self.files, (ShardOp::WriteHeader, Some(0)), |j, f| {
+            .each(&self.files, |j, f| {
                 let mut buf = glommio::allocate_dma_buffer(HEADER_BYTES);
                 headers[j].encode(buf.as_bytes_mut());
-                async move { f.write_at(&Rc::new(buf), HEADER_BYTES, 0).await.map(|_| ()) }
-            })
-            .await?;
-        self.losses()
-            .each(&self.files, (ShardOp::Sync, None), |_, f| async move {
-                f.fdatasync().await
+                async move {
+                    f.write_at(&Rc::new(buf), HEADER_BYTES, 0)
+                        .await
+                        .map_err(|e| (ShardOp::WriteHeader, Some(0), e))?;
+                    f.fdatasync().await.map_err(|e| (ShardOp::Sync, None, e))
+                }
             })
             .await?;
         self.sync_dirs().await
@@ -384,8 +387,8 @@ impl ShardWriter {
     pub(crate) async fn sync(&mut self) -> Result<()> {
         self.flush().await?;
         self.losses()
-            .each(&self.files, (ShardOp::Sync, None), |_, f| async move {
-                f.fdatasync().await
+            .each(&self.files, |_, f| async move {
+                f.fdatasync().await.map_err(|e| (ShardOp::Sync, None, e))
             })
             .await?;
         self.sync_dirs().await
@@ -423,6 +426,9 @@ impl ShardWriter {
     }
 }
 
+/// A failed operation on one shard file: what, at which offset, and the OS error.
+type ShardOpError = (ShardOp, Option<u64>, std::io::Error);
+
 /// Which of a writer's files were given up on, and how many may be.
 #[derive(Clone)]
 struct Losses {
@@ -436,15 +442,11 @@ impl Losses {
     /// node stops answering (past the deadline of [`crate::peer::op_deadline`], or its
     /// connection broke) is given up on while no more than `may_lose` are; any other error,
     /// or one loss too many, is the result.
-    async fn each<'f, F, Fut>(
-        &self,
-        files: &'f [Rc<ShardFile>],
-        (what, offset): (ShardOp, Option<u64>),
-        op: F,
-    ) -> Result<()>
+    /// `op`'s error names what it was doing and where in the file.
+    async fn each<'f, F, Fut>(&self, files: &'f [Rc<ShardFile>], op: F) -> Result<()>
     where
         F: Fn(usize, &'f ShardFile) -> Fut,
-        Fut: std::future::Future<Output = std::io::Result<()>> + 'f,
+        Fut: std::future::Future<Output = std::result::Result<(), ShardOpError>> + 'f,
     {
         let live: Vec<usize> = {
             let lost = self.lost.borrow();
@@ -456,7 +458,7 @@ impl Losses {
         });
         let mut first_error = None;
         for (j, r) in join_all(runs).await {
-            let Err(e) = r else { continue };
+            let Err((what, offset, e)) = r else { continue };
             let mut lost = self.lost.borrow_mut();
             let remote = matches!(*files[j], ShardFile::Peer(_));
             if remote
