@@ -9,7 +9,7 @@
 use crate::keys::{self, Stat};
 use crate::kv::{run, Kv, KvError, Tx, TxnError};
 use crate::records::*;
-use ostore_engine::lifecycle::IntentFate;
+use ostore_engine::lifecycle::{Event, IntentFate};
 use thiserror::Error;
 
 /// Objects up to this size are stored inline in their content record.
@@ -144,6 +144,18 @@ pub struct PutOutcome {
     /// A damaged copy of the content was replaced; its files are listed under
     /// [`replaced_intent`] for deletion.
     pub replaced_damaged: bool,
+}
+
+impl PutOutcome {
+    /// The answer as the commit machine takes it (`lifecycle::Commit`).
+    pub fn event(&self) -> Event {
+        Event::Committed {
+            version: self.version,
+            created_ms: self.created_ms,
+            deduplicated: self.deduplicated,
+            replaced_damaged: self.replaced_damaged,
+        }
+    }
 }
 
 /// The intent under which `commit_put` lists the shard files of a damaged content it replaced

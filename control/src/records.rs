@@ -61,6 +61,27 @@ pub struct ShardLoc {
     pub file_tag: u32,
 }
 
+impl ShardLoc {
+    /// The shard files of a new object placed on `drives`: shard i on `drives[i]`, all named
+    /// `file_id`, each with its own tag from `tag`.
+    pub fn for_new_object(
+        drives: &[u16],
+        file_id: u64,
+        mut tag: impl FnMut() -> u32,
+    ) -> Vec<ShardLoc> {
+        drives
+            .iter()
+            .enumerate()
+            .map(|(i, &drive)| ShardLoc {
+                index: i as u8,
+                drive,
+                file_id,
+                file_tag: tag(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stored {
     /// Small objects live in the metadata itself.

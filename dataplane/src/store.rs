@@ -441,8 +441,8 @@ impl Losses {
     /// Runs `op` on every file not given up on, all at once. A file on another node whose
     /// node stops answering (past the deadline of [`crate::peer::op_deadline`], or its
     /// connection broke) is given up on while no more than `may_lose` are; any other error,
-    /// or one loss too many, is the result.
-    /// `op`'s error names what it was doing and where in the file.
+    /// or one loss too many, is the result. `op`'s error names what it was doing and where in
+    /// the file.
     async fn each<'f, F, Fut>(&self, files: &'f [Rc<ShardFile>], op: F) -> Result<()>
     where
         F: Fn(usize, &'f ShardFile) -> Fut,
@@ -604,16 +604,7 @@ pub async fn place_shards(
             reservation.add(local, per_shard);
         }
     }
-    let locs = drives
-        .iter()
-        .enumerate()
-        .map(|(i, d)| ShardLoc {
-            index: i as u8,
-            drive: *d,
-            file_id,
-            file_tag: rand::random(),
-        })
-        .collect();
+    let locs = ShardLoc::for_new_object(&drives, file_id, rand::random);
     Ok((locs, reservation))
 }
 
@@ -862,12 +853,7 @@ async fn commit_write(
             lifecycle::Action::CommitVersion => match node.meta.ask(request.clone()).await {
                 Ok(o) => {
                     replaced_damaged = o.replaced_damaged;
-                    Event::Committed {
-                        version: o.version,
-                        created_ms: o.created_ms,
-                        deduplicated: o.deduplicated,
-                        replaced_damaged: o.replaced_damaged,
-                    }
+                    o.event()
                 }
                 Err(e) => {
                     let unknown = outcome_unknown(&e);
@@ -2153,7 +2139,7 @@ async fn rebuild_onto(
     };
     if targets.is_empty() {
         reader.close().await;
-        clear_damaged(node, content, blake3).await?;
+        clear_damaged(node, content.damaged, blake3).await?;
         return Ok(0);
     }
     let bad: Vec<usize> = targets.iter().map(|t| t.0).collect();
@@ -2211,8 +2197,8 @@ async fn rebuild_positions(
 
 /// A content marked damaged whose shards all verified (or were rebuilt) is whole again: the
 /// shards that were missing came back (a node or a drive returned).
-async fn clear_damaged(node: &Node, content: &ContentRec, blake3: [u8; 32]) -> Result<()> {
-    if content.damaged {
+async fn clear_damaged(node: &Node, damaged: bool, blake3: [u8; 32]) -> Result<()> {
+    if damaged {
         tracing::info!("content {} is whole again", hex::encode(blake3));
         node.meta.ask(ask::ClearDamaged { blake3 }).await?;
     }
@@ -2333,10 +2319,7 @@ async fn carry_out_rebuild(
             }
             A::Leave => None,
             A::ClearDamaged => {
-                if damaged {
-                    tracing::info!("content {} is whole again", hex::encode(blake3));
-                    node.meta.ask(ask::ClearDamaged { blake3 }).await?;
-                }
+                clear_damaged(node, damaged, blake3).await?;
                 None
             }
             A::Finish(ok) => {

@@ -863,12 +863,7 @@ impl PatchWriter {
         // The files end as a PUT's do once committed (`lifecycle::Commit`); the commit made
         // the intent that lists them.
         let mut m = lifecycle::Commit::committing();
-        let mut actions = m.on(lifecycle::Event::Committed {
-            version: out.version,
-            created_ms: out.created_ms,
-            deduplicated: out.deduplicated,
-            replaced_damaged: out.replaced_damaged,
-        });
+        let mut actions = m.on(out.event());
         if self.rec.shards.is_empty() {
             actions.retain(|a| *a == lifecycle::Action::RemoveReplaced);
         }

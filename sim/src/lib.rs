@@ -740,18 +740,9 @@ impl World {
         )
         .ok()?;
         let file_id = self.id();
-        Some(
-            drives
-                .iter()
-                .enumerate()
-                .map(|(i, d)| ShardLoc {
-                    index: i as u8,
-                    drive: *d,
-                    file_id,
-                    file_tag: self.rng.next_u64() as u32,
-                })
-                .collect(),
-        )
+        Some(ShardLoc::for_new_object(&drives, file_id, || {
+            self.rng.next_u64() as u32
+        }))
     }
 
     fn repair(&mut self, blake3: Option<[u8; 32]>, nonce: Option<u64>) -> Repair {
@@ -933,22 +924,40 @@ impl World {
         }
     }
 
+    /// A content stored as `locs` hold it, as a PUT or an upload commits it.
+    fn sharded(&self, content: usize, locs: &[ShardLoc]) -> NewContent {
+        NewContent {
+            blake3: self.hashes[content],
+            size_bytes: self.contents[content].len() as u64,
+            stored: Stored::Sharded {
+                data: EC.data,
+                parity: EC.parity,
+                shards: locs.to_vec(),
+            },
+            encoding: Encoding::Identity,
+        }
+    }
+
+    /// Whether contents wait in the move queue (`None`: no answer).
+    fn moves_queued(&mut self) -> Option<bool> {
+        self.call(
+            ask::WorkQueue {
+                moves: true,
+                from: [0; 32],
+                limit: 1,
+            },
+            true,
+        )
+        .ok()
+        .map(|q| !q.is_empty())
+    }
+
     /// The leader's rebalancing round, as `ostore control` runs it: nothing while moves wait;
     /// else the shards per node in service, `Rebalancer::round`'s offers, and a batch of each
     /// offering node's contents queued to move (a step per offer).
     fn step_rebalance(&mut self, offers: &mut Option<Vec<(u16, usize)>>) -> bool {
         let Some(list) = offers else {
-            let Ok(q) = self.call(
-                ask::WorkQueue {
-                    moves: true,
-                    from: [0; 32],
-                    limit: 1,
-                },
-                true,
-            ) else {
-                return false;
-            };
-            if !q.is_empty() {
+            if self.moves_queued() != Some(false) {
                 return false;
             }
             let Ok(view) = self.call(ask::Cluster {}, true) else {
@@ -1050,19 +1059,10 @@ impl World {
         let node = r.node;
         if r.facts.shards_left > 0 && !r.facts.moves_queued {
             // Whether moves wait in the queue (counted once per round).
-            let Ok(q) = self.call(
-                ask::WorkQueue {
-                    moves: true,
-                    from: [0; 32],
-                    limit: 1,
-                },
-                true,
-            ) else {
+            let Some(queued) = self.moves_queued() else {
                 return false;
             };
-            if !q.is_empty() {
-                r.facts.moves_queued = true;
-            }
+            r.facts.moves_queued = queued;
         }
         let step = placement::drain_step(r.facts);
         self.log(format!(
@@ -1249,27 +1249,13 @@ impl World {
                         id: u.id,
                         owner: u.owner,
                         intent: u.intent,
-                        content: NewContent {
-                            blake3: h,
-                            size_bytes: self.contents[u.content].len() as u64,
-                            stored: Stored::Sharded {
-                                data: EC.data,
-                                parity: EC.parity,
-                                shards: u.locs.clone(),
-                            },
-                            encoding: Encoding::Identity,
-                        },
+                        content: self.sharded(u.content, &u.locs),
                     },
                     true,
                 );
                 match r {
                     Ok(o) => {
-                        u.todo.extend(u.machine.on(Event::Committed {
-                            version: o.version,
-                            created_ms: o.created_ms,
-                            deduplicated: o.deduplicated,
-                            replaced_damaged: o.replaced_damaged,
-                        }));
+                        u.todo.extend(u.machine.on(o.event()));
                         u.stage = UploadStage::Finish;
                         true
                     }
@@ -1374,21 +1360,12 @@ impl World {
                 let Ok(rec) = self.call(ask::Intent { id }, true) else {
                     return false;
                 };
-                let now_listed = rec.as_ref().map(|r| r.shards.clone()).unwrap_or_default();
-                match lifecycle::settle(meta::intent_fate(rec.map(|r| r.state))) {
-                    Some(true) => {
-                        let files = if self.cfg.bugs.sweep_deletes_listed {
-                            shards
-                        } else {
-                            now_listed
-                        };
-                        self.discard(id, &files, true);
-                    }
-                    Some(false) => {
-                        let _ = self.call(ask::EndIntent { id }, true);
-                    }
-                    None => {}
-                }
+                let files = if self.cfg.bugs.sweep_deletes_listed {
+                    shards
+                } else {
+                    rec.as_ref().map(|r| r.shards.clone()).unwrap_or_default()
+                };
+                self.follow(id, meta::intent_fate(rec.map(|r| r.state)), &files, true);
                 false
             }
         }
@@ -1466,33 +1443,18 @@ impl World {
                 };
                 let event = match action {
                     Action::CommitVersion => {
-                        let h = self.hashes[p.content];
                         let r = self.call(
                             ask::CommitPut {
                                 bucket: BUCKET.into(),
                                 key: format!("k{}", p.key),
                                 intent: Some(p.intent),
-                                content: NewContent {
-                                    blake3: h,
-                                    size_bytes: self.contents[p.content].len() as u64,
-                                    stored: Stored::Sharded {
-                                        data: EC.data,
-                                        parity: EC.parity,
-                                        shards: p.locs.clone(),
-                                    },
-                                    encoding: Encoding::Identity,
-                                },
+                                content: self.sharded(p.content, &p.locs),
                                 cond: WriteCondition::Always,
                             },
                             true,
                         );
                         match r {
-                            Ok(o) => Some(Event::Committed {
-                                version: o.version,
-                                created_ms: o.created_ms,
-                                deduplicated: o.deduplicated,
-                                replaced_damaged: o.replaced_damaged,
-                            }),
+                            Ok(o) => Some(o.event()),
                             Err(Failed::Unknown) => Some(Event::Unknown),
                             Err(Failed::Refused) => Some(Event::Refused),
                         }
@@ -1808,6 +1770,18 @@ impl World {
             r.todo.extend(r.machine.on(e));
         }
         r.syncing || !r.todo.is_empty()
+    }
+
+    /// Ends intent `id` as `lifecycle::settle` says for what it was read back as: deletes
+    /// `files` (those it lists now) and ends it, only ends it, or leaves it.
+    fn follow(&mut self, id: u64, fate: lifecycle::IntentFate, files: &[ShardLoc], faults: bool) {
+        match lifecycle::settle(fate) {
+            Some(true) => self.discard(id, files, faults),
+            Some(false) => {
+                let _ = self.call(ask::EndIntent { id }, faults);
+            }
+            None => {}
+        }
     }
 
     /// Removes the files, then ends the intent (if every file is gone and the call went
@@ -2227,13 +2201,7 @@ impl World {
                 }
                 other => (meta::intent_fate(Some(other)), rec.shards.clone()),
             };
-            match lifecycle::settle(fate) {
-                Some(true) => self.discard(id, &listed, false),
-                Some(false) => {
-                    let _ = self.call(ask::EndIntent { id }, false);
-                }
-                None => {}
-            }
+            self.follow(id, fate, &listed, false);
         }
         let mut g = Gc {
             candidates: None,
@@ -2318,13 +2286,6 @@ impl World {
             if c.damaged {
                 return Err(format!("content {} is still marked damaged", hex(&h)));
             }
-        }
-        let queued = meta::work_queue(&self.kv, meta::WorkQueue::Repair, &[0; 32], 64)
-            .map_err(|e| e.to_string())?;
-        // Every queued repair was done, or a repair found nothing to do and cleared it.
-        for (h, nonce) in queued {
-            let mut r = Task::Repair(Box::new(self.repair(Some(h), Some(nonce))));
-            while self.step(&mut r) {}
         }
         // Every counter equals a recount from the records.
         let off = meta::audit(&self.kv).map_err(|e| e.to_string())?;
