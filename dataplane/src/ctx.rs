@@ -1,8 +1,9 @@
-//! What a node's executors share: the metadata client, the drives, erasure coding, the
-//! cluster, limits, metrics and the repair queue and pace, with the small operations on them
-//! that every layer uses (intents, queueing repairs and moves, waiting unless stopping).
-//! Front ends, the store, shard I/O and background work all take a `Node`; only `node` (the
-//! wiring) builds one.
+//! The store's context, which a node's executors share: the metadata client, the drives,
+//! erasure coding, the cluster, metrics and the repair queue and pace, with the small
+//! operations on them that every layer uses (intents, queueing repairs and moves, waiting
+//! unless stopping). The store, shard I/O and background work take a `Node`; the front ends
+//! take a `web::Front`, which adds what only they hold (client credentials, connection
+//! limits). Only `node` (the wiring) builds either.
 
 use crate::drives::Drive;
 use ostore_control::meta::MetaError;
@@ -22,8 +23,6 @@ pub struct Node {
     pub drives: Vec<Drive>,
     pub ec: EcParams,
     pub store: StoreOptions,
-    /// What one client may hold: connections, and time between bytes.
-    pub limits: ostore_server::conn::Limits,
     /// This process's identity: locks of a process that restarted are stale.
     pub boot: u64,
     pub node_id: String,
@@ -35,18 +34,6 @@ pub struct Node {
     pub(crate) repair_rx: flume::Receiver<[u8; 32]>,
     /// How fast this node's repairs read, and may read.
     pub repair_pace: RepairPace,
-}
-
-impl ostore_server::conn::Host for Node {
-    fn limits(&self) -> &ostore_server::conn::Limits {
-        &self.limits
-    }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
-    }
 }
 
 impl Node {
@@ -178,8 +165,11 @@ pub(crate) async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {
     !node.stopping.load(Ordering::Relaxed)
 }
 
+/// Resolves once the node is stopping.
 pub async fn wait_stopping(node: &Node) {
-    ostore_server::conn::stopping(node).await
+    while !node.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A content with fewer than K good shards: counted, logged, and marked damaged so that the

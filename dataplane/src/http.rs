@@ -6,7 +6,7 @@ use crate::store::{self, ShardReader, StoreError};
 use crate::time::{http_date, rfc3339_ms};
 use crate::web::{
     accepted_coding, bucket_of, decode_key, drain, empty, err, etag_of, json_response,
-    parse_digest, preconditions, query, version_of, write_condition, ApiError, Coding, Credentials,
+    parse_digest, preconditions, query, version_of, write_condition, ApiError, Coding, Front,
     IncomingSource, Precondition, ReqBody, Resp, RespBody,
 };
 use bytes::Bytes;
@@ -27,19 +27,16 @@ use std::time::Instant;
 
 /// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
 /// node stops (connections bounded as `conn` says).
-pub async fn serve(node: Arc<Node>, creds: Arc<Credentials>, listener: glommio::net::TcpListener) {
+pub async fn serve(front: Arc<Front>, listener: glommio::net::TcpListener) {
     ostore_server::conn::serve(
-        node,
+        front,
         listener,
-        move |node: Arc<Node>, req: Request<Incoming>| {
-            let creds = creds.clone();
-            async move {
-                let mut resp = handle(&node, &creds, req.map(ReqBody::H1)).await;
-                if let Some(v) = crate::web::alt_svc() {
-                    resp.headers_mut().insert(header::ALT_SVC, v);
-                }
-                resp
+        move |front: Arc<Front>, req: Request<Incoming>| async move {
+            let mut resp = handle(&front, req.map(ReqBody::H1)).await;
+            if let Some(v) = crate::web::alt_svc() {
+                resp.headers_mut().insert(header::ALT_SVC, v);
             }
+            resp
         },
         || {
             err(
@@ -53,25 +50,28 @@ pub async fn serve(node: Arc<Node>, creds: Arc<Credentials>, listener: glommio::
     .await
 }
 
-pub(crate) async fn handle(node: &Arc<Node>, creds: &Credentials, req: Request<ReqBody>) -> Resp {
+pub(crate) async fn handle(front: &Front, req: Request<ReqBody>) -> Resp {
     // Data requests count as serving (the scrub slows down for them); health checks, metrics
     // scrapes and admin calls do not.
     let path = req.uri().path();
     let _serving = (!(path == "/health" || path == "/metrics" || path.starts_with("/admin")))
         .then(crate::foreground::begin);
     let started = Instant::now();
-    let (op, resp) = match route(node, creds, req).await {
+    let (op, resp) = match route(front, req).await {
         Ok(x) => x,
         Err((op, e)) => (op, e.into_response()),
     };
-    node.metrics
+    front
+        .node
+        .metrics
         .observe(op, resp.status().as_u16(), started.elapsed());
     resp
 }
 
 type Routed = Result<(&'static str, Resp), (&'static str, ApiError)>;
 
-async fn route(node: &Arc<Node>, creds: &Credentials, req: Request<ReqBody>) -> Routed {
+async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
+    let node = &front.node;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/health" && (method == Method::GET || method == Method::HEAD) {
@@ -107,12 +107,12 @@ async fn route(node: &Arc<Node>, creds: &Credentials, req: Request<ReqBody>) -> 
         (&Method::POST, "/admin/retention") => "retention_set",
         _ => "other",
     };
-    creds.check(&req).map_err(|e| (op, e))?;
+    front.creds.check(&req).map_err(|e| (op, e))?;
     let r = match op {
-        "tus" => Ok(crate::tus::route(node, req, &path).await),
+        "tus" => Ok(crate::tus::route(front, req, &path).await),
         "metrics" => Ok(admin::metrics(node).await),
         "list" => list(node, &req).await,
-        "put" => put(node, req, &path["/objects/".len()..]).await,
+        "put" => put(front, req, &path["/objects/".len()..]).await,
         "get" | "head" => get(node, &req, &path["/objects/".len()..], op == "head").await,
         "delete" => delete(node, &req, &path["/objects/".len()..]).await,
         "versions" => versions(node, &req, &path["/versions/".len()..]).await,
@@ -157,7 +157,8 @@ fn put_response(key: &str, c: &store::Committed) -> Resp {
     r
 }
 
-async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<Resp, ApiError> {
+async fn put(front: &Front, req: Request<ReqBody>, raw_key: &str) -> Result<Resp, ApiError> {
+    let node = &front.node;
     let key = decode_key(raw_key)?;
     let q = query(&req);
     let bucket = bucket_of(&q)?;
@@ -199,7 +200,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
             if !expects_continue {
                 drain(&mut IncomingSource {
                     body: req.into_body(),
-                    node,
+                    front,
                 })
                 .await;
             }
@@ -236,7 +237,7 @@ async fn put(node: &Arc<Node>, req: Request<ReqBody>, raw_key: &str) -> Result<R
     }
     let mut src = IncomingSource {
         body: req.into_body(),
-        node,
+        front,
     };
     let committed = match store::put(node, &bucket, &key, digest, length, &cond, &mut src).await {
         Ok(c) => c,

@@ -6,7 +6,7 @@
 
 use crate::ctx::{wait_stopping, Node};
 use crate::http::handle;
-use crate::web::Credentials;
+use crate::web::Front;
 use crate::web::H3Body;
 use crate::web::ReqBody;
 use bytes::Bytes;
@@ -25,26 +25,25 @@ use std::time::{Duration, Instant};
 /// Serves HTTP/3 on `ep` until the node stops; then refuses new connections, tells each open
 /// one to send no more requests (GOAWAY), lets the requests in flight finish (for as long as
 /// HTTP/1.1 gets, `conn::DRAIN_S_MAX`), and closes the connections with `H3_NO_ERROR`.
-pub async fn serve(node: Arc<Node>, creds: Arc<Credentials>, ep: quic::Endpoint) {
+pub async fn serve(front: Arc<Front>, ep: quic::Endpoint) {
     ep.limit_connections(CONNECTIONS_PER_EXECUTOR_MAX);
     let in_flight = Rc::new(Cell::new(0usize));
     let accept = async {
         while let Some(conn) = ep.accept().await {
-            let node = node.clone();
-            let creds = creds.clone();
+            let front = front.clone();
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
                 let peer = conn.remote_address();
                 ostore_server::guard::caught(
                     || format!("HTTP/3 connection from {peer:?}"),
-                    connection(node, creds, conn, in_flight),
+                    connection(front, conn, in_flight),
                 )
                 .await;
             })
             .detach();
         }
     };
-    futures_lite::future::or(accept, wait_stopping(&node)).await;
+    futures_lite::future::or(accept, wait_stopping(&front.node)).await;
     ep.refuse_new();
     let deadline = Instant::now() + Duration::from_secs(ostore_server::conn::DRAIN_S_MAX);
     while in_flight.get() > 0 && Instant::now() < deadline {
@@ -66,12 +65,8 @@ const FIELD_SECTION_BYTES_MAX: u64 = 64 * 1024;
 /// Serves one connection's requests. It starts before the handshake completes, so that a
 /// client resuming a session can send requests in 0-RTT; `early_request_may_run` decides what
 /// such early requests may do. Once the node stops, it sends GOAWAY and takes no new request.
-async fn connection(
-    node: Arc<Node>,
-    creds: Arc<Credentials>,
-    conn: quic::Connection,
-    in_flight: Rc<Cell<usize>>,
-) {
+async fn connection(front: Arc<Front>, conn: quic::Connection, in_flight: Rc<Cell<usize>>) {
+    let node = &front.node;
     let quic = conn.clone();
     let mut h = match h3::server::builder()
         .max_field_section_size(FIELD_SECTION_BYTES_MAX)
@@ -90,7 +85,7 @@ async fn connection(
             Some(h.accept().await)
         } else {
             futures_lite::future::or(async { Some(h.accept().await) }, async {
-                wait_stopping(&node).await;
+                wait_stopping(node).await;
                 None
             })
             .await
@@ -113,21 +108,20 @@ async fn connection(
                 reject(resolver);
             }
             Some(Ok(Some(resolver))) => {
-                let node = node.clone();
-                let creds = creds.clone();
+                let front = front.clone();
                 let quic = quic.clone();
                 let in_flight = in_flight.clone();
                 in_flight.set(in_flight.get() + 1);
                 glommio::spawn_local(async move {
-                    let limit = node.limits.header_read;
+                    let limit = front.limits.header_read;
                     ostore_server::guard::caught(|| "an HTTP/3 request".to_string(), async {
                         // A stream whose headers do not arrive in time is dropped (reset).
                         let headers =
                             ostore_server::conn::within(limit, resolver.resolve_request()).await;
                         match headers {
                             Some(Ok((req, stream))) => {
-                                if early_request_may_run(&node, &quic, req.method()).await {
-                                    request(node, &creds, req, stream, &quic).await
+                                if early_request_may_run(&front.node, &quic, req.method()).await {
+                                    request(&front, req, stream, &quic).await
                                 }
                             }
                             Some(Err(e)) => tracing::debug!("HTTP/3 request headers: {e}"),
@@ -196,13 +190,14 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
 ];
 
 async fn request(
-    node: Arc<Node>,
-    creds: &Credentials,
+    front: &Front,
     req: Request<()>,
     stream: RequestStream<ostore_transport::http3::H3Bidi<Bytes>, Bytes>,
     quic: &quic::Connection,
 ) {
-    node.metrics
+    front
+        .node
+        .metrics
         .h3_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut send, recv) = stream.split();
@@ -219,7 +214,7 @@ async fn request(
         seen: 0,
     };
     let req = Request::from_parts(parts, ReqBody::H3(body));
-    let resp = handle(&node, creds, req).await;
+    let resp = handle(front, req).await;
     let (mut parts, mut body) = resp.into_parts();
     for h in &CONNECTION_SPECIFIC {
         parts.headers.remove(h);
@@ -254,7 +249,7 @@ async fn request(
                     }
                     // A client that keeps the connection alive but grants no stream credit
                     // holds nothing for longer than the idle time.
-                    let idle = node.limits.idle;
+                    let idle = front.limits.idle;
                     let sent = ostore_server::conn::within(idle, send.send_data(d)).await;
                     match sent {
                         Some(Ok(())) => {}

@@ -442,7 +442,6 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         drives,
         ec: opts.ec,
         store: opts.store,
-        limits: opts.limits,
         boot: rand::random(),
         node_id: "dev".into(),
         metrics: Metrics::default(),
@@ -474,11 +473,14 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
     let (h3, udp_placeholder) = http3_setup(&opts.tls, Some(&opts.data), http_addr)?;
-    let creds = Arc::new(crate::web::Credentials::new(secret));
+    let front = Arc::new(crate::web::Front {
+        node: node.clone(),
+        creds: crate::web::Credentials::new(secret),
+        limits: opts.limits,
+    });
     let handles = start_executors(
-        node.clone(),
+        front,
         opts.cores,
-        creds,
         http_addr,
         None,
         h3.clone(),
@@ -504,9 +506,8 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
 /// (SO_REUSEPORT) and, in a cluster, on the peer port over QUIC; executor 0 also runs
 /// `background`. Returns once every executor is listening.
 fn start_executors(
-    node: Arc<Node>,
+    front: Arc<crate::web::Front>,
     cores: usize,
-    creds: Arc<crate::web::Credentials>,
     http_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
     h3: Option<Arc<quinn_proto::ServerConfig>>,
@@ -525,8 +526,8 @@ fn start_executors(
     let mut handles = Vec::new();
     let mesh = crate::shardio::mesh(cores);
     for core in 0..cores {
-        let node = node.clone();
-        let creds = creds.clone();
+        let front = front.clone();
+        let node = front.node.clone();
         let peer_ids = peer_ids.clone();
         let serving = serving.clone();
         let bound_tx = bound_tx.clone();
@@ -554,11 +555,8 @@ fn start_executors(
                     // HTTP/3 on UDP at the HTTP port, one endpoint per executor.
                     match ostore_transport::quic::Endpoint::bind(http_addr, true, Some(config)) {
                         Ok(ep) => {
-                            h3_serving = Some(glommio::spawn_local(crate::http3::serve(
-                                node.clone(),
-                                creds.clone(),
-                                ep,
-                            )));
+                            h3_serving =
+                                Some(glommio::spawn_local(crate::http3::serve(front.clone(), ep)));
                         }
                         Err(e) => {
                             let _ =
@@ -595,7 +593,7 @@ fn start_executors(
                 {
                     glommio::spawn_local(crate::scrub::drive_scrubber(node.clone(), d.id)).detach();
                 }
-                crate::http::serve(node.clone(), creds, listener).await;
+                crate::http::serve(front, listener).await;
                 // HTTP/3 stops alongside, letting its requests in flight finish too.
                 if let Some(t) = h3_serving {
                     t.await;
@@ -1000,7 +998,6 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         drives,
         ec,
         store: opts.store,
-        limits: opts.limits,
         boot: rand::random(),
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
@@ -1011,10 +1008,14 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         repair_pace: Default::default(),
     });
     let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
+    let front = Arc::new(crate::web::Front {
+        node: node.clone(),
+        creds: crate::web::Credentials::new(secret),
+        limits: opts.limits,
+    });
     let handles = start_executors(
-        node.clone(),
+        front,
         opts.cores,
-        Arc::new(crate::web::Credentials::new(secret)),
         http_addr,
         Some(peer_addr),
         h3.clone(),

@@ -15,7 +15,7 @@ use crate::store::{self, BodySource, ShardWriter, StoreError, StripeOut};
 use crate::time::http_date;
 use crate::web::ReqBody;
 use crate::web::{
-    bucket_of, drain, empty, err, etag_of, query, ApiError, IncomingSource, Resp, RespBody,
+    bucket_of, drain, empty, err, etag_of, query, ApiError, Front, IncomingSource, Resp, RespBody,
 };
 use base64::Engine as _;
 use bytes::Bytes;
@@ -50,7 +50,8 @@ const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 /// Answers every tus request (`/uploads` and `/uploads/{id}`); every answer carries
 /// `Tus-Resumable`.
-pub async fn route(node: &Arc<Node>, req: Request<ReqBody>, path: &str) -> Resp {
+pub async fn route(front: &Front, req: Request<ReqBody>, path: &str) -> Resp {
+    let node = &front.node;
     let id = path
         .strip_prefix("/uploads")
         .map(|rest| rest.trim_start_matches('/'))
@@ -78,7 +79,7 @@ pub async fn route(node: &Arc<Node>, req: Request<ReqBody>, path: &str) -> Resp 
             match (m, id.is_empty()) {
                 (Method::POST, true) => create(node, req).await,
                 (Method::HEAD, false) => head(node, parse_id(&id)?).await,
-                (Method::PATCH, false) => patch(node, req, parse_id(&id)?).await,
+                (Method::PATCH, false) => patch(front, req, parse_id(&id)?).await,
                 (Method::DELETE, false) => terminate(node, parse_id(&id)?).await,
                 (m, _) => Err(err(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -431,7 +432,8 @@ impl Checksum {
     }
 }
 
-async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<Resp, ApiError> {
+async fn patch(front: &Front, req: Request<ReqBody>, id: [u8; 16]) -> Result<Resp, ApiError> {
+    let node = &front.node;
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -452,7 +454,7 @@ async fn patch(node: &Arc<Node>, req: Request<ReqBody>, id: [u8; 16]) -> Result<
     let locked = node.meta.ask(lock_request(node, id, offset, owner)).await;
     let mut src = IncomingSource {
         body: req.into_body(),
-        node,
+        front,
     };
     let st = match locked {
         Ok(st) => st,

@@ -294,9 +294,29 @@ pub(crate) fn json_response(status: StatusCode, v: serde_json::Value) -> Resp {
     r
 }
 
-/// What the front ends check a client's credentials against. It is theirs alone: the store's
-/// context (`ctx::Node`) does not hold it, so nothing below the front ends can reach a client
-/// credential.
+/// The front ends' context: the store's (`ctx::Node`), plus what only the front ends hold: the
+/// client credentials and the limits on what one client may hold. Nothing below the front ends
+/// can reach a client credential or needs to know about connections.
+pub struct Front {
+    pub node: std::sync::Arc<Node>,
+    pub creds: Credentials,
+    /// What one client may hold: connections, and time between bytes.
+    pub limits: ostore_server::conn::Limits,
+}
+
+impl ostore_server::conn::Host for Front {
+    fn limits(&self) -> &ostore_server::conn::Limits {
+        &self.limits
+    }
+    fn metrics(&self) -> &ostore_server::metrics::Metrics {
+        &self.node.metrics
+    }
+    fn is_stopping(&self) -> bool {
+        self.node.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// What the front ends check a client's credentials against.
 pub struct Credentials {
     secret: String,
 }
@@ -337,15 +357,16 @@ pub(crate) fn empty(status: StatusCode) -> Resp {
 
 pub(crate) struct IncomingSource<'a> {
     pub(crate) body: ReqBody,
-    pub(crate) node: &'a Node,
+    pub(crate) front: &'a Front,
 }
 
 impl BodySource for IncomingSource<'_> {
     async fn next_chunk(&mut self) -> Option<Result<Bytes, store::BodyFault>> {
-        let idle = self.node.limits.body_idle;
+        let idle = self.front.limits.body_idle;
         loop {
             let Some(frame) = ostore_server::conn::within(idle, self.body.frame()).await else {
-                self.node
+                self.front
+                    .node
                     .metrics
                     .bodies_timed_out
                     .fetch_add(1, Ordering::Relaxed);
@@ -361,7 +382,8 @@ impl BodySource for IncomingSource<'_> {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
                         if !d.is_empty() {
-                            self.node
+                            self.front
+                                .node
                                 .metrics
                                 .bytes_in
                                 .fetch_add(d.len() as u64, Ordering::Relaxed);
