@@ -9,7 +9,7 @@
 use crate::keys::{self, Stat};
 use crate::kv::{run, Kv, KvError, Tx, TxnError};
 use crate::records::*;
-use ostore_engine::lifecycle::{Event, IntentFate};
+use ostore_engine::lifecycle::{Event, IntentFate, SweepSeen};
 use thiserror::Error;
 
 /// Objects up to this size are stored inline in their content record.
@@ -429,6 +429,30 @@ pub fn end_intent(kv: &dyn Kv, id: u64) -> Result<()> {
 /// One intent, if present.
 pub fn intent(kv: &dyn Kv, id: u64) -> Result<Option<IntentRec>> {
     run(kv, false, |tx| get(tx, &keys::intent(id)))
+}
+
+/// How long after its commit an intent is left to the request that made it (which ends it, or
+/// deletes its spare files, itself) while its process lives.
+pub const COMMITTED_INTENT_GRACE_MS: u64 = 30_000;
+
+/// An intent still being written this long is taken as abandoned whoever wrote it (a safety
+/// net: intents name their owner, and are resolved when it restarts or is evacuated).
+pub const WRITING_INTENT_AGE_MAX_MS: u64 = 24 * 3600 * 1000;
+
+/// An intent as the sweep sees it at `now_ms` (`lifecycle::Sweep`); `owner_gone` says that the
+/// process that wrote it is known to be gone (it restarted, or its node was evacuated).
+pub fn sweep_seen(rec: &IntentRec, now_ms: u64, owner_gone: bool) -> SweepSeen {
+    let age = now_ms.saturating_sub(rec.created_ms);
+    match rec.state {
+        IntentState::Abandoned => SweepSeen::Abandoned,
+        IntentState::Committed { adopted, .. } => SweepSeen::Committed {
+            adopted,
+            settled: owner_gone || age >= COMMITTED_INTENT_GRACE_MS,
+        },
+        IntentState::WritingBy(_) | IntentState::Writing => SweepSeen::Writing {
+            writer_gone: owner_gone || age > WRITING_INTENT_AGE_MAX_MS,
+        },
+    }
 }
 
 /// An intent's state as `engine::lifecycle` sees it once the intent was fenced
@@ -1410,6 +1434,45 @@ mod tests {
     fn blake3_stub(b: &[u8]) -> &'static [u8; 32] {
         // A distinct stand-in name per body; the real hash is computed by the data plane.
         Box::leak(Box::new([b.first().copied().unwrap_or(0); 32]))
+    }
+
+    #[test]
+    fn the_sweep_sees_a_writer_gone_only_when_told_or_past_the_age_limit() {
+        let rec = |state| IntentRec {
+            created_ms: 1_000,
+            shards: locs(2, 0, 9),
+            state,
+        };
+        let writing = rec(IntentState::WritingBy(Owner { node: 1, boot: 2 }));
+        let gone = |w| SweepSeen::Writing { writer_gone: w };
+        assert_eq!(sweep_seen(&writing, 2_000, false), gone(false));
+        assert_eq!(sweep_seen(&writing, 2_000, true), gone(true));
+        let limit = 1_000 + WRITING_INTENT_AGE_MAX_MS;
+        assert_eq!(sweep_seen(&writing, limit, false), gone(false));
+        assert_eq!(sweep_seen(&writing, limit + 1, false), gone(true));
+        assert_eq!(
+            sweep_seen(&rec(IntentState::Writing), limit + 1, false),
+            gone(true)
+        );
+        // A clock behind the intent's is no age at all.
+        assert_eq!(sweep_seen(&writing, 0, false), gone(false));
+        let committed = rec(IntentState::Committed {
+            version: 3,
+            created_ms: 1_000,
+            adopted: false,
+        });
+        let settled = |s| SweepSeen::Committed {
+            adopted: false,
+            settled: s,
+        };
+        let grace = 1_000 + COMMITTED_INTENT_GRACE_MS;
+        assert_eq!(sweep_seen(&committed, grace - 1, false), settled(false));
+        assert_eq!(sweep_seen(&committed, grace, false), settled(true));
+        assert_eq!(sweep_seen(&committed, 1_000, true), settled(true));
+        assert_eq!(
+            sweep_seen(&rec(IntentState::Abandoned), 0, false),
+            SweepSeen::Abandoned
+        );
     }
 
     #[test]

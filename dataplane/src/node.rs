@@ -13,7 +13,7 @@ use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::ask;
 use ostore_control::service::Meta;
 use ostore_controlplane::client::MetaClient;
-use ostore_engine::lifecycle;
+use ostore_engine::lifecycle::{Sweep, SweepAction, SweepEvent, SweepSeen};
 use ostore_engine::EcParams;
 use ostore_server::metrics::Metrics;
 use ostore_server::process::{print_ready, stop_signals, wait_for_signal_then_stop};
@@ -65,18 +65,67 @@ fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
     }
 }
 
-/// Removes what interrupted writes left behind: every intent still open at start-up.
+/// Removes what interrupted writes left behind: every intent still open at start-up, whose
+/// writers were all this process's earlier lives (`ostore dev` is the only writer).
 async fn clean_intents(node: &Node) -> anyhow::Result<()> {
     let intents: Vec<(u64, IntentRec)> = node.meta.ask(ask::Intents {}).await?;
+    let now = store::now_ms();
     for (id, rec) in intents {
-        let delete_files = !matches!(rec.state, IntentState::Committed { adopted: true, .. });
-        if delete_files && !store::remove_files(node, &rec.shards).await {
-            // Kept: the next start tries again.
-            continue;
-        }
-        node.meta.ask(ask::EndIntent { id }).await?;
+        let seen = ostore_control::meta::sweep_seen(&rec, now, true);
+        // What is kept (a file that cannot be deleted now) the sweeper tries again.
+        sweep_intent(node, id, rec, seen).await;
     }
     Ok(())
+}
+
+/// Carries out `lifecycle::Sweep` for intent `id`, as `rec` shows it: fences and reads it back
+/// where its writer is taken as gone, deletes the files it lists (as read back) or only ends
+/// it, or leaves it for a later sweep.
+async fn sweep_intent(node: &Node, id: u64, mut rec: IntentRec, seen: SweepSeen) {
+    let (mut sweep, mut todo) = Sweep::start(seen);
+    while let Some(action) = todo.pop() {
+        let event = match action {
+            SweepAction::Fence => match node.meta.ask(ask::AbandonIntent { id }).await {
+                Ok(()) => SweepEvent::Fenced { ok: true },
+                Err(e) => {
+                    tracing::warn!("abandoning intent {id:016x}: {e}");
+                    SweepEvent::Fenced { ok: false }
+                }
+            },
+            SweepAction::ReadIntent => match node.meta.ask(ask::Intent { id }).await {
+                Ok(back) => {
+                    let fate =
+                        ostore_control::meta::intent_fate(back.as_ref().map(|b| b.state.clone()));
+                    if let Some(back) = back {
+                        rec = back;
+                    }
+                    SweepEvent::Read(Some(fate))
+                }
+                Err(e) => {
+                    tracing::warn!("reading intent {id:016x}: {e}");
+                    SweepEvent::Read(None)
+                }
+            },
+            SweepAction::RemoveListed => {
+                if store::remove_files(node, &rec.shards).await {
+                    end_intent(node, id).await;
+                }
+                continue;
+            }
+            SweepAction::EndIntent => {
+                end_intent(node, id).await;
+                continue;
+            }
+            SweepAction::Leave => continue,
+        };
+        todo.extend(sweep.on(event));
+    }
+}
+
+async fn end_intent(node: &Node, id: u64) {
+    if let Err(e) = node.meta.ask(ask::EndIntent { id }).await {
+        tracing::warn!("ending intent {id:016x}: {e}");
+    }
 }
 
 /// Checks one drive against the metadata; a drive found empty is formatted and its shards are
@@ -614,11 +663,6 @@ fn start_executors(
     Ok(handles)
 }
 
-/// An upload whose intent is this old is taken as abandoned whoever wrote it (a safety net:
-/// intents name their owner, and are resolved when it restarts or is evacuated) and its files
-/// are deleted.
-const WRITING_INTENT_AGE_MAX_MS: u64 = 24 * 3600 * 1000;
-
 /// Now and then, finishes what intents left undone: deletes files that no content refers to
 /// (left when their node was down or a deletion failed) and files of abandoned uploads, then
 /// ends the intents. In a cluster the nodes split the intents between them.
@@ -641,9 +685,6 @@ async fn intent_sweeper(node: Arc<Node>) {
         let now = store::now_ms();
         let view = node.cluster.as_ref().map(|c| c.view());
         for (id, rec) in intents {
-            let Some(delete_files) = sweep_verdict(&node, view.as_deref(), &rec, now) else {
-                continue;
-            };
             // Intents of this process's earlier lives are its own to resolve; the others are
             // split between the nodes.
             if !of_earlier_life(&node, &rec.state)
@@ -651,41 +692,12 @@ async fn intent_sweeper(node: Arc<Node>) {
             {
                 continue;
             }
-            // A writer taken as gone could still be alive (stopped, not dead) and its commit
-            // may land first: fence (abandon unless committed), read the intent back, and
-            // follow what it says (`lifecycle::settle`), as the writer itself would. The files
-            // to delete are those the intent lists as read back: a rebuild's `ReplaceShards`
-            // that landed since the listing turned the files listed then into the content's
-            // shards, and its intent now lists the old ones.
-            let (delete_files, rec) =
-                if matches!(rec.state, IntentState::WritingBy(_) | IntentState::Writing) {
-                    if let Err(e) = node.meta.ask(ask::AbandonIntent { id }).await {
-                        tracing::warn!("abandoning intent {id:016x}: {e}");
-                        continue;
-                    }
-                    let back = match node.meta.ask(ask::Intent { id }).await {
-                        Ok(Some(back)) => back,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            tracing::warn!("reading intent {id:016x}: {e}");
-                            continue;
-                        }
-                    };
-                    match lifecycle::settle(ostore_control::meta::intent_fate(Some(
-                        back.state.clone(),
-                    ))) {
-                        Some(d) => (d, back),
-                        None => continue,
-                    }
-                } else {
-                    (delete_files, rec)
-                };
-            if delete_files && !store::remove_files(&node, &rec.shards).await {
-                continue;
-            }
-            if let Err(e) = node.meta.ask(ask::EndIntent { id }).await {
-                tracing::warn!("ending intent {id:016x}: {e}");
-            }
+            let seen = ostore_control::meta::sweep_seen(
+                &rec,
+                now,
+                owner_gone(&node, view.as_deref(), &rec.state),
+            );
+            sweep_intent(&node, id, rec, seen).await;
         }
     }
 }
@@ -696,31 +708,18 @@ fn of_earlier_life(node: &Node, state: &IntentState) -> bool {
     matches!(state, IntentState::WritingBy(o) if o.node == me.node && o.boot != me.boot)
 }
 
-/// What the sweep does with an intent now: `Some(true)` delete its files and end it,
-/// `Some(false)` only end it, `None` leave it.
-fn sweep_verdict(
-    node: &Node,
-    view: Option<&ClusterView>,
-    rec: &IntentRec,
-    now: u64,
-) -> Option<bool> {
-    let age = now.saturating_sub(rec.created_ms);
-    match rec.state {
-        // The writer gave up: nothing holds these files.
-        IntentState::Abandoned => Some(true),
-        // Recent garbage may still be in the hands of the request that made it.
-        IntentState::Committed { .. } if age < 30_000 => None,
-        IntentState::Committed { adopted, .. } => Some(!adopted),
+/// Whether the process that wrote an intent is known to be gone: this process restarted since
+/// (the write died with the old one), or the writer's node was evacuated (it will not come
+/// back to resolve its intents). Another node's writer is otherwise left to that node's next
+/// life, or to the intent's age.
+fn owner_gone(node: &Node, view: Option<&ClusterView>, state: &IntentState) -> bool {
+    match state {
         IntentState::WritingBy(o) => {
-            // This process restarted since (the write died with the old one); or another
-            // node's, resolved by that node when it restarts, or here once it was down past
-            // the grace period and will not come back to it.
-            let owner_gone = of_earlier_life(node, &rec.state)
+            of_earlier_life(node, state)
                 || (o.node != node.owner().node
-                    && view.is_some_and(|v| v.nodes.iter().any(|n| n.id == o.node && n.evacuated)));
-            (owner_gone || age > WRITING_INTENT_AGE_MAX_MS).then_some(true)
+                    && view.is_some_and(|v| v.nodes.iter().any(|n| n.id == o.node && n.evacuated)))
         }
-        IntentState::Writing => (age > WRITING_INTENT_AGE_MAX_MS).then_some(true),
+        _ => false,
     }
 }
 

@@ -328,6 +328,107 @@ impl Rebuild {
     }
 }
 
+/// What the intent sweep knows of an intent when it looks at it (made from the record by
+/// `control::meta::sweep_seen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepSeen {
+    /// The writer gave up (or was fenced): no commit can land, the files are garbage.
+    Abandoned,
+    /// The commit landed; `adopted` if the files hold the content. `settled` once the request
+    /// that made it would have ended it itself (a grace after the commit, or at once when its
+    /// process is gone).
+    Committed { adopted: bool, settled: bool },
+    /// Not committed yet; `writer_gone` once the writer is taken as gone (its process
+    /// restarted, its node was evacuated, or the intent is older than any write lives).
+    Writing { writer_gone: bool },
+}
+
+/// What happened to a sweep of one intent, in the order it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepEvent {
+    /// The fence's answer (`ok: false`: refused or no answer).
+    Fenced { ok: bool },
+    /// The intent as read after the fence (`None`: no answer).
+    Read(Option<IntentFate>),
+}
+
+/// What a sweep of one intent does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepAction {
+    /// Abandon the intent (only if not committed): the fence.
+    Fence,
+    /// Read the intent.
+    ReadIntent,
+    /// Delete the files the intent lists (as seen, when nothing can change it any more; else
+    /// as read back after the fence, never a list read before it: a rebuild's replace that
+    /// landed in between turned the files listed then into the content's shards), then end
+    /// the intent once every file is gone.
+    RemoveListed,
+    /// The files are referenced: end the intent.
+    EndIntent,
+    /// Touch nothing now: a later sweep looks again.
+    Leave,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SweepState {
+    Fencing,
+    Reading,
+    Done,
+}
+
+/// The sweep of one intent left by a writer, a rebuild or a collection that did not end it:
+/// the periodic sweeper of every node, a dev node's start-up, and the simulator's sweeper
+/// carry out its actions.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    state: SweepState,
+}
+
+impl Sweep {
+    /// The sweep of an intent seen as `seen`, and its first actions.
+    pub fn start(seen: SweepSeen) -> (Sweep, Vec<SweepAction>) {
+        use SweepAction::*;
+        let (state, first) = match seen {
+            SweepSeen::Abandoned => (SweepState::Done, RemoveListed),
+            SweepSeen::Committed { settled: false, .. } => (SweepState::Done, Leave),
+            SweepSeen::Committed { adopted: true, .. } => (SweepState::Done, EndIntent),
+            SweepSeen::Committed { adopted: false, .. } => (SweepState::Done, RemoveListed),
+            SweepSeen::Writing { writer_gone: false } => (SweepState::Done, Leave),
+            // A writer taken as gone could still be alive (stopped, not dead) and its commit
+            // may land first: fence, read back, and follow what the intent says then.
+            SweepSeen::Writing { writer_gone: true } => (SweepState::Fencing, Fence),
+        };
+        (Sweep { state }, vec![first])
+    }
+
+    pub fn done(&self) -> bool {
+        self.state == SweepState::Done
+    }
+
+    /// The actions `event` calls for; nothing for an event out of place.
+    pub fn on(&mut self, event: SweepEvent) -> Vec<SweepAction> {
+        use SweepAction::*;
+        use SweepEvent as E;
+        use SweepState as S;
+        let (next, action) = match (self.state, event) {
+            (S::Fencing, E::Fenced { ok: true }) => (S::Reading, ReadIntent),
+            (S::Fencing, E::Fenced { ok: false }) | (S::Reading, E::Read(None)) => (S::Done, Leave),
+            (S::Reading, E::Read(Some(fate))) => (
+                S::Done,
+                match settle(fate) {
+                    Some(true) => RemoveListed,
+                    Some(false) => EndIntent,
+                    None => Leave,
+                },
+            ),
+            _ => return Vec::new(),
+        };
+        self.state = next;
+        vec![action]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +590,82 @@ mod tests {
                     fenced && matches!(read, Some(IntentFate::Committed { .. }))
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_sweep_fences_a_writer_taken_as_gone_and_follows_the_read_back() {
+        use SweepAction::*;
+        let (mut sw, first) = Sweep::start(SweepSeen::Writing { writer_gone: true });
+        assert_eq!(first, vec![Fence]);
+        assert_eq!(sw.on(SweepEvent::Fenced { ok: true }), vec![ReadIntent]);
+        assert_eq!(
+            sw.on(SweepEvent::Read(Some(IntentFate::Abandoned))),
+            vec![RemoveListed]
+        );
+        assert!(sw.done());
+        assert!(sw.on(SweepEvent::Fenced { ok: true }).is_empty());
+        // The commit landed before the fence: the files are the content's, or spare.
+        for (adopted, then) in [(true, EndIntent), (false, RemoveListed)] {
+            let (mut sw, _) = Sweep::start(SweepSeen::Writing { writer_gone: true });
+            sw.on(SweepEvent::Fenced { ok: true });
+            let fate = IntentFate::Committed {
+                version: 1,
+                created_ms: 2,
+                adopted,
+            };
+            assert_eq!(sw.on(SweepEvent::Read(Some(fate))), vec![then]);
+        }
+        // No answer at any point, or the intent gone: touch nothing.
+        let (mut sw, _) = Sweep::start(SweepSeen::Writing { writer_gone: true });
+        assert_eq!(sw.on(SweepEvent::Fenced { ok: false }), vec![Leave]);
+        let (mut sw, _) = Sweep::start(SweepSeen::Writing { writer_gone: true });
+        sw.on(SweepEvent::Fenced { ok: true });
+        assert_eq!(sw.on(SweepEvent::Read(None)), vec![Leave]);
+        let (mut sw, _) = Sweep::start(SweepSeen::Writing { writer_gone: true });
+        sw.on(SweepEvent::Fenced { ok: true });
+        assert_eq!(sw.on(SweepEvent::Read(Some(IntentFate::Gone))), vec![Leave]);
+    }
+
+    #[test]
+    fn a_sweep_never_touches_a_live_write_or_a_fresh_commit() {
+        use SweepAction::*;
+        let cases = [
+            (SweepSeen::Writing { writer_gone: false }, Leave),
+            (
+                SweepSeen::Committed {
+                    adopted: false,
+                    settled: false,
+                },
+                Leave,
+            ),
+            (
+                SweepSeen::Committed {
+                    adopted: true,
+                    settled: false,
+                },
+                Leave,
+            ),
+            (
+                SweepSeen::Committed {
+                    adopted: true,
+                    settled: true,
+                },
+                EndIntent,
+            ),
+            (
+                SweepSeen::Committed {
+                    adopted: false,
+                    settled: true,
+                },
+                RemoveListed,
+            ),
+            (SweepSeen::Abandoned, RemoveListed),
+        ];
+        for (seen, then) in cases {
+            let (sw, first) = Sweep::start(seen);
+            assert_eq!(first, vec![then], "{seen:?}");
+            assert!(sw.done());
         }
     }
 }

@@ -32,7 +32,9 @@ use ostore_control::records::{ContentRec, Encoding, IntentState, Owner, ShardLoc
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, ask, Ask, Token};
 use ostore_control::upload::{self, Progress, UploadRec};
-use ostore_engine::lifecycle::{self, Action, Event, RebuildAction, RebuildEvent};
+use ostore_engine::lifecycle::{
+    self, Action, Event, RebuildAction, RebuildEvent, SweepAction, SweepEvent,
+};
 use ostore_engine::placement::{
     self, DrainFacts, DrainStep, DriveView, NodeLoad, Rebalancer, WriteRule,
 };
@@ -193,9 +195,9 @@ struct SimNode {
 /// One task's progress.
 enum Task {
     Put(Put),
-    /// The intent sweep of a node that takes a writer as gone: it fences the intent, reads it
-    /// back and follows `lifecycle::settle`, while the writer (only slow, or dead) may still be
-    /// at work.
+    /// The intent sweep (`lifecycle::Sweep`) of one intent: mostly one still being written,
+    /// whose writer it takes as gone (it fences the intent, reads it back and follows
+    /// `lifecycle::settle`) while the writer (only slow, or dead) may still be at work.
     Sweep(Sweep),
     Get {
         key: usize,
@@ -285,10 +287,20 @@ enum PutStage {
 }
 
 enum Sweep {
-    /// Looking for an intent still being written.
+    /// Looking for an intent.
     Pick,
-    Fence(u64, Vec<ShardLoc>),
-    Read(u64, Vec<ShardLoc>),
+    Run(SweepRun),
+}
+
+/// One intent's sweep (`lifecycle::Sweep`) under way.
+struct SweepRun {
+    id: u64,
+    /// The files the intent listed when the sweep looked at it.
+    listed: Vec<ShardLoc>,
+    /// The files to delete: as listed, then as read back after the fence.
+    files: Vec<ShardLoc>,
+    machine: lifecycle::Sweep,
+    todo: Vec<SweepAction>,
 }
 
 struct Gc {
@@ -1327,48 +1339,87 @@ impl World {
     }
 
     fn step_sweep(&mut self, sw: &mut Sweep) -> bool {
-        match std::mem::replace(sw, Sweep::Pick) {
+        match sw {
             Sweep::Pick => {
                 let Ok(intents) = self.call(ask::Intents {}, true) else {
                     return false;
                 };
-                let writing: Vec<(u64, Vec<ShardLoc>)> = intents
-                    .into_iter()
+                // Mostly the hard case: an intent still being written, whose writer the sweep
+                // takes as gone (as a node does when the writer's process restarted or its
+                // node was evacuated) while it may still be alive (stopped, not dead).
+                let writing: Vec<_> = intents
+                    .iter()
                     .filter(|(_, r)| matches!(r.state, IntentState::WritingBy(_)))
-                    .map(|(id, r)| (id, r.shards))
+                    .cloned()
                     .collect();
-                if writing.is_empty() {
-                    return false;
-                }
-                let (id, shards) = writing[self.rng.below(writing.len())].clone();
-                self.log(format!("SWEEP intent {id:x}: writer taken as gone"));
-                *sw = Sweep::Fence(id, shards);
-                true
-            }
-            Sweep::Fence(id, shards) => {
-                if self.call(ask::AbandonIntent { id }, true).is_err() {
-                    return false;
-                }
-                if self.cfg.bugs.sweep_skips_read_back {
-                    self.discard(id, &shards, true);
-                    return false;
-                }
-                *sw = Sweep::Read(id, shards);
-                true
-            }
-            Sweep::Read(id, shards) => {
-                let Ok(rec) = self.call(ask::Intent { id }, true) else {
-                    return false;
-                };
-                let files = if self.cfg.bugs.sweep_deletes_listed {
-                    shards
+                let pool = if !writing.is_empty() && self.rng.below(4) != 0 {
+                    writing
                 } else {
-                    rec.as_ref().map(|r| r.shards.clone()).unwrap_or_default()
+                    intents
                 };
-                self.follow(id, meta::intent_fate(rec.map(|r| r.state)), &files, true);
-                false
+                if pool.is_empty() {
+                    return false;
+                }
+                let (id, rec) = pool[self.rng.below(pool.len())].clone();
+                let gone = matches!(rec.state, IntentState::WritingBy(_));
+                let seen = meta::sweep_seen(&rec, self.now_ms, gone);
+                self.log(format!("SWEEP intent {id:x}: {seen:?}"));
+                *sw = Sweep::Run(self.sweep(id, rec.shards, seen));
+                true
             }
+            Sweep::Run(r) => self.step_sweep_run(r, true),
         }
+    }
+
+    fn sweep(&self, id: u64, listed: Vec<ShardLoc>, seen: lifecycle::SweepSeen) -> SweepRun {
+        let (machine, todo) = lifecycle::Sweep::start(seen);
+        SweepRun {
+            id,
+            files: listed.clone(),
+            listed,
+            machine,
+            todo,
+        }
+    }
+
+    /// Carries out the sweep's next action; whether any is left.
+    fn step_sweep_run(&mut self, r: &mut SweepRun, faults: bool) -> bool {
+        let Some(action) = r.todo.pop() else {
+            return false;
+        };
+        let id = r.id;
+        let event = match action {
+            SweepAction::Fence => {
+                let ok = self.call(ask::AbandonIntent { id }, faults).is_ok();
+                if ok && self.cfg.bugs.sweep_skips_read_back {
+                    let listed = r.listed.clone();
+                    self.discard(id, &listed, faults);
+                    return false;
+                }
+                SweepEvent::Fenced { ok }
+            }
+            SweepAction::ReadIntent => match self.call(ask::Intent { id }, faults) {
+                Ok(rec) => {
+                    if !self.cfg.bugs.sweep_deletes_listed {
+                        r.files = rec.as_ref().map(|r| r.shards.clone()).unwrap_or_default();
+                    }
+                    SweepEvent::Read(Some(meta::intent_fate(rec.map(|r| r.state))))
+                }
+                Err(_) => SweepEvent::Read(None),
+            },
+            SweepAction::RemoveListed => {
+                let files = r.files.clone();
+                self.discard(id, &files, faults);
+                return !r.todo.is_empty();
+            }
+            SweepAction::EndIntent => {
+                let _ = self.call(ask::EndIntent { id }, faults);
+                return !r.todo.is_empty();
+            }
+            SweepAction::Leave => return !r.todo.is_empty(),
+        };
+        r.todo.extend(r.machine.on(event));
+        !r.todo.is_empty()
     }
 
     fn step_put(&mut self, p: &mut Put) -> bool {
@@ -1770,18 +1821,6 @@ impl World {
             r.todo.extend(r.machine.on(e));
         }
         r.syncing || !r.todo.is_empty()
-    }
-
-    /// Ends intent `id` as `lifecycle::settle` says for what it was read back as: deletes
-    /// `files` (those it lists now) and ends it, only ends it, or leaves it.
-    fn follow(&mut self, id: u64, fate: lifecycle::IntentFate, files: &[ShardLoc], faults: bool) {
-        match lifecycle::settle(fate) {
-            Some(true) => self.discard(id, files, faults),
-            Some(false) => {
-                let _ = self.call(ask::EndIntent { id }, faults);
-            }
-            None => {}
-        }
     }
 
     /// Removes the files, then ends the intent (if every file is gone and the call went
@@ -2190,18 +2229,10 @@ impl World {
         }
         let intents = meta::intents(&self.kv).map_err(|e| e.to_string())?;
         for (id, rec) in intents {
-            let (fate, listed) = match rec.state {
-                IntentState::Writing | IntentState::WritingBy(_) => {
-                    let _ = self.call(ask::AbandonIntent { id }, false);
-                    let back = self
-                        .call(ask::Intent { id }, false)
-                        .map_err(|e| format!("{e:?}"))?;
-                    let listed = back.as_ref().map(|r| r.shards.clone()).unwrap_or_default();
-                    (meta::intent_fate(back.map(|r| r.state)), listed)
-                }
-                other => (meta::intent_fate(Some(other)), rec.shards.clone()),
-            };
-            self.follow(id, fate, &listed, false);
+            // Every writer is gone now: the sweep resolves every intent.
+            let seen = meta::sweep_seen(&rec, self.now_ms, true);
+            let mut r = self.sweep(id, rec.shards, seen);
+            while self.step_sweep_run(&mut r, false) {}
         }
         let mut g = Gc {
             candidates: None,
