@@ -45,25 +45,25 @@ fn a_batch_of_seeds_keeps_every_promise() {
 /// regression tests (counts over seeds 1..=300):
 /// - a PUT whose commit's answer was lost deleted its files although the commit had landed
 ///   (and later writes of the same bytes had deduplicated onto them), `lifecycle::Commit`
-///   discarding on `Unknown` instead of fencing: 152 seeds, the first 2, 3, 4, 6;
+///   discarding on `Unknown` instead of fencing: 155 seeds, the first 2, 3, 6, 7;
 /// - garbage collection removing a content without checking, in its transaction, that it was
 ///   still unreferenced (`meta::collect`; a PUT of the same bytes deduplicated onto it after
-///   it was listed): 138 seeds, the first 1, 6, 8, 9;
+///   it was listed): 135 seeds, the first 2, 6, 7, 8;
 /// - an upload ended (terminated or expired) deleting its files only if a progress had
 ///   recorded them as created (`upload::end`), though a PATCH creates them before it records
 ///   anything: a PATCH that died in between leaked them. Found by the simulator, and fixed:
-///   128 seeds, the first 1, 4, 10, 12;
+///   132 seeds, the first 3, 4, 8, 9;
 /// - the leader's drain rounds (`placement::drain_step`) marking a drain done on the drive
 ///   counters alone, without the exact count (intents and uploads on the node) and without
 ///   waiting for the settle time: a write placed before the drain commits a shard onto the
-///   drained node. Runs of 3,000 steps: 3 seeds of 300, 42, 248, 261.
+///   drained node. Runs of 3,000 steps: 3 seeds of 300, 42, 157, 261.
 #[test]
 fn seeds_that_caught_bugs_keep_every_promise() {
-    for seed in [1, 2, 3, 4, 6, 8, 9, 10, 12] {
+    for seed in [2, 3, 4, 6, 7, 8, 9] {
         let r = run(Config::new(seed));
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
     }
-    for seed in [42, 248, 261] {
+    for seed in [42, 157, 261] {
         let mut cfg = Config::new(seed);
         cfg.steps = 3000;
         let r = run(cfg);
