@@ -20,7 +20,9 @@ use ostore_control::kv::Kv;
 use ostore_control::rpc::ask;
 use ostore_control::rpc::{self, Request as Rq};
 use ostore_control::service::{now_ms, Meta};
-use ostore_engine::placement::{drain_step, DrainFacts, DrainStep, NodeLoad, Rebalancer};
+use ostore_engine::placement::{
+    drain_settled, drain_step, DrainFacts, DrainStep, NodeLoad, Rebalancer,
+};
 use ostore_engine::EcParams;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -485,10 +487,6 @@ async fn rebalance(c: &Control, rebalancer: &mut Rebalancer) -> anyhow::Result<(
     Ok(())
 }
 
-/// A drain is recorded as done no sooner than this after it started: nodes place shards from a
-/// view up to a heartbeat old, so a write may still land on the node just after the drain began.
-const DRAIN_SETTLE_MS: u64 = 10_000;
-
 /// Contents queued per drive and round of a drain (the next round comes once the move queue
 /// has run dry).
 const DRAIN_BATCH: usize = 10_000;
@@ -518,7 +516,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
         let mut facts = DrainFacts {
             shards_left: left as u64,
             exactly_empty: None,
-            settled: now_ms() >= d.started_ms + DRAIN_SETTLE_MS,
+            settled: drain_settled(d.started_ms, now_ms()),
             done: d.done_ms.is_some(),
             moves_queued: false,
         };

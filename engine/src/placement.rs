@@ -900,6 +900,16 @@ impl Rebalancer {
     }
 }
 
+/// A drain is recorded as done no sooner than this after it started: nodes place shards from a
+/// view up to a heartbeat old, so a write may still land on the node just after the drain began.
+pub const DRAIN_SETTLE_MS: u64 = 10_000;
+
+/// Whether a drain started at `started_ms` has settled at `now_ms` (wall clocks: a clock stepped
+/// back by S after the drain started lengthens the wait by S, never shortens it).
+pub fn drain_settled(started_ms: u64, now_ms: u64) -> bool {
+    now_ms >= started_ms.saturating_add(DRAIN_SETTLE_MS)
+}
+
 /// What the leader knows of one drain this round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainFacts {

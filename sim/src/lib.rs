@@ -157,8 +157,6 @@ const MAX_DOWN: usize = 2;
 const SHARD_BYTES: u64 = 4096;
 /// An upload not written to for this long expires.
 const UPLOAD_EXPIRY_MS: u64 = 2_000;
-/// A drain is done only this long after it started (`ostore control`'s settle time).
-const DRAIN_SETTLE_MS: u64 = 10_000;
 
 /// A call to the control plane that got no answer (it may or may not have run), or an answer
 /// refusing it.
@@ -191,6 +189,9 @@ struct SimNode {
     up: bool,
     boot: u64,
 }
+
+/// The simulated clock at the start of a run (ms); it never goes back before it.
+const START_MS: u64 = 1_000_000;
 
 /// One task's progress.
 enum Task {
@@ -427,7 +428,7 @@ impl World {
             cfg,
             rng,
             kv,
-            now_ms: 1_000_000,
+            now_ms: START_MS,
             step: 0,
             nodes: vec![SimNode { up: true, boot: 1 }; NODES as usize],
             files: BTreeMap::new(),
@@ -1061,7 +1062,7 @@ impl World {
                 facts: DrainFacts {
                     shards_left: left,
                     exactly_empty: None,
-                    settled: self.now_ms >= d.started_ms + DRAIN_SETTLE_MS,
+                    settled: placement::drain_settled(d.started_ms, self.now_ms),
                     done: d.done_ms.is_some(),
                     moves_queued: false,
                 },
@@ -2250,7 +2251,17 @@ impl World {
         }
         // A drain in progress finishes: its settle time passes, the leader's rounds queue what
         // is left and mark it done, the move worker empties the queue.
-        self.now_ms += DRAIN_SETTLE_MS;
+        // However far the clock went back since a drain started.
+        let latest = ostore_control::cluster::view(&self.kv)
+            .map(|v| {
+                v.drains
+                    .iter()
+                    .map(|(_, d)| d.started_ms)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        self.now_ms = self.now_ms.max(latest) + placement::DRAIN_SETTLE_MS;
         let drains: Vec<u32> = self.draining();
         for _round in 0..4 {
             for &node in &drains {
@@ -2399,6 +2410,12 @@ pub fn run(cfg: Config) -> Report {
             let jump = 1_000 + w.rng.below(60_000) as u64;
             w.now_ms += jump;
             w.log(format!("the clock jumps {jump} ms"));
+        }
+        if w.rng.chance(0.001) {
+            // A clock stepped back (an NTP correction): ages and deadlines read short.
+            let jump = (1_000 + w.rng.below(30_000) as u64).min(w.now_ms - START_MS);
+            w.now_ms -= jump;
+            w.log(format!("the clock jumps back {jump} ms"));
         }
         if cfg.sabotage_at == Some(w.step) {
             w.sabotage();
