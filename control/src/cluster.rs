@@ -464,6 +464,46 @@ pub fn start_drain(kv: &dyn Kv, node: u32, shards_at_start: u64, now_ms: u64) ->
         if let Some(d) = get::<DrainRec>(tx, &keys::drain(node))? {
             return Ok(d);
         }
+        // What stays in service must still hold every object as placement puts it; else the
+        // drain could never finish. Checked here, in the transaction, so that two drains started
+        // at once cannot both pass.
+        let m = membership(tx)?;
+        let draining: Vec<u32> = all_drains(tx)?.into_iter().map(|(n, _)| n).collect();
+        let nodes = all_nodes(tx)?;
+        let staying: Vec<&NodeRec> = nodes
+            .iter()
+            .filter(|n| n.id != node && n.up && !n.evacuated && !draining.contains(&n.id))
+            .collect();
+        let views: Vec<ostore_engine::placement::DriveView> = staying
+            .iter()
+            .flat_map(|n| {
+                n.drives
+                    .iter()
+                    .map(|d| ostore_engine::placement::DriveView {
+                        id: d.id,
+                        node: n.id,
+                        zone: 0,
+                        free_bytes: d.free_bytes,
+                        healthy: !d.refill,
+                    })
+            })
+            .collect();
+        let total = m.data as usize + m.parity as usize;
+        if !ostore_engine::placement::can_hold(&views, total, m.parity) {
+            return Err(MetaError::Refused(format!(
+                "draining node {node} would leave {} node(s) with {} drive(s) in service{}: too few to hold the {}+{} shards of an object on distinct drives with no node holding more than {}",
+                staying.len(),
+                views.len(),
+                if draining.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} node(s) already draining)", draining.len())
+                },
+                m.data,
+                m.parity,
+                m.parity.max(1)
+            )));
+        }
         let d = DrainRec {
             started_ms: now_ms,
             done_ms: None,
@@ -749,6 +789,36 @@ mod tests {
         )
         .unwrap();
         assert!(a2.drives.iter().all(|d| !d.refill));
+    }
+
+    #[test]
+    fn a_drain_that_would_leave_too_little_in_service_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let kv = RedbKv::open(&d.path().join("m.redb")).unwrap();
+        init_cluster(&kv, 4, 2).unwrap();
+        // Seven nodes of one drive: 4+2 needs six.
+        for i in 0..7 {
+            let p = format!("n{i}");
+            register(&kv, &reg(&p, &[(&format!("/{p}"), None)]), 1000).unwrap();
+        }
+        start_drain(&kv, 6, 0, 2000).unwrap();
+        // Idempotent: the same drain again is the same record.
+        assert_eq!(start_drain(&kv, 6, 0, 3000).unwrap().started_ms, 2000);
+        let e = start_drain(&kv, 5, 0, 2000).unwrap_err();
+        assert!(
+            matches!(&e, MetaError::Refused(m) if m.contains("1 node(s) already draining")),
+            "{e}"
+        );
+        assert!(!view(&kv).unwrap().draining(5));
+        // Once the first drain is stopped the second may start; a node down counts as out.
+        assert!(stop_drain(&kv, 6).unwrap());
+        start_drain(&kv, 5, 0, 2000).unwrap();
+        stop_drain(&kv, 5).unwrap();
+        mark_down(&kv, &[0], 5000).unwrap();
+        assert!(matches!(
+            start_drain(&kv, 5, 0, 6000),
+            Err(MetaError::Refused(_))
+        ));
     }
 
     #[test]

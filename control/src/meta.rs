@@ -40,6 +40,9 @@ pub enum MetaError {
     UploadBusy,
     #[error("no such node")]
     NoSuchNode,
+    /// The cluster refuses a change that it could never carry out (the reason says why).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Record(#[from] RecordError),
     #[error(transparent)]

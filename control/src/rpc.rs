@@ -346,6 +346,7 @@ pub enum WireError {
     UploadOffset(u64),
     UploadBusy,
     NoSuchNode,
+    Refused(String),
 }
 
 impl From<&MetaError> for WireError {
@@ -360,6 +361,7 @@ impl From<&MetaError> for WireError {
             MetaError::UploadOffset(o) => WireError::UploadOffset(*o),
             MetaError::UploadBusy => WireError::UploadBusy,
             MetaError::NoSuchNode => WireError::NoSuchNode,
+            MetaError::Refused(m) => WireError::Refused(m.clone()),
             MetaError::Record(r) => WireError::Record(r.0.clone()),
             MetaError::Kv(k) => WireError::Kv(k.to_string()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
@@ -379,6 +381,7 @@ impl From<WireError> for MetaError {
             WireError::UploadOffset(o) => MetaError::UploadOffset(o),
             WireError::UploadBusy => MetaError::UploadBusy,
             WireError::NoSuchNode => MetaError::NoSuchNode,
+            WireError::Refused(m) => MetaError::Refused(m),
             WireError::Record(m) => MetaError::Record(RecordError(m)),
             WireError::Kv(m) => MetaError::Kv(crate::kv::KvError::Storage(m)),
             WireError::Unavailable(m) => MetaError::Unavailable(m),

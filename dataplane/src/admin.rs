@@ -595,25 +595,8 @@ pub(crate) async fn drain(
         })
         .await?;
     if start && p.drain.is_none() {
-        // What stays must hold every object with no node holding more than M of its shards.
-        node.refresh_view().await;
-        let view = node.cluster.as_ref().expect("named_node checked").view();
-        let staying = view
-            .nodes
-            .iter()
-            .filter(|n| n.up && n.id != id && !view.draining(n.id))
-            .count();
-        let (k, m) = (view.data as usize, view.parity.max(1) as usize);
-        let need = (k + m).div_ceil(m);
-        if staying < need {
-            return Err(err(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "draining node {id} would leave {staying} node(s) up; {k}+{m} needs at least {need} so that no node holds more than {m} shards of an object"
-                ),
-            ));
-        }
+        // The control plane refuses (409) a drain that would leave too little in service to
+        // hold every object (`placement::can_hold`).
         let d: cluster::DrainRec = node
             .meta
             .ask(ask::DrainStart {

@@ -176,6 +176,7 @@ impl From<MetaError> for ApiError {
                 "NoSuchNode",
                 "no node of the cluster has this id or address",
             ),
+            MetaError::Refused(m) => err(StatusCode::CONFLICT, "Conflict", m),
             MetaError::Unavailable(m) => {
                 tracing::warn!("control plane: {m}");
                 err(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)

@@ -900,6 +900,21 @@ impl Rebalancer {
     }
 }
 
+/// Whether the healthy drives can hold one object's `total` shards as placement puts them: on
+/// distinct drives, no node holding more than `parity` (room aside). A drain that would leave
+/// less in service could never finish, and is refused.
+pub fn can_hold(drives: &[DriveView], total: usize, parity: u8) -> bool {
+    let per_node = parity.max(1) as usize;
+    let mut per: Vec<(u32, usize)> = Vec::new();
+    for d in drives.iter().filter(|d| d.healthy) {
+        match per.iter_mut().find(|(n, _)| *n == d.node) {
+            Some((_, c)) => *c += 1,
+            None => per.push((d.node, 1)),
+        }
+    }
+    per.iter().map(|&(_, c)| c.min(per_node)).sum::<usize>() >= total
+}
+
 /// A drain is recorded as done no sooner than this after it started: nodes place shards from a
 /// view up to a heartbeat old, so a write may still land on the node just after the drain began.
 pub const DRAIN_SETTLE_MS: u64 = 10_000;
@@ -967,6 +982,42 @@ pub fn drain_step(f: DrainFacts) -> DrainStep {
 #[cfg(test)]
 mod decision_tests {
     use super::*;
+
+    #[test]
+    fn what_can_hold_an_object_counts_drives_capped_per_node() {
+        let view = |node: u32, drives: u16, healthy: bool| -> Vec<DriveView> {
+            (0..drives)
+                .map(|i| DriveView {
+                    id: node as u16 * 10 + i,
+                    node,
+                    zone: 0,
+                    free_bytes: 1 << 30,
+                    healthy,
+                })
+                .collect()
+        };
+        let nodes = |spec: &[(u32, u16, bool)]| -> Vec<DriveView> {
+            spec.iter().flat_map(|&(n, d, h)| view(n, d, h)).collect()
+        };
+        // 4+2: five nodes of one drive hold five shards, not six.
+        let five: Vec<_> = (0..5).map(|n| (n, 1, true)).collect();
+        assert!(!can_hold(&nodes(&five), 6, 2));
+        let six: Vec<_> = (0..6).map(|n| (n, 1, true)).collect();
+        assert!(can_hold(&nodes(&six), 6, 2));
+        // Three nodes of three drives: two shards each. Two nodes: four, too few.
+        assert!(can_hold(
+            &nodes(&[(0, 3, true), (1, 3, true), (2, 3, true)]),
+            6,
+            2
+        ));
+        assert!(!can_hold(&nodes(&[(0, 3, true), (1, 3, true)]), 6, 2));
+        // Drives out of service count for nothing.
+        assert!(!can_hold(
+            &nodes(&[(0, 3, true), (1, 3, true), (2, 3, false)]),
+            6,
+            2
+        ));
+    }
 
     fn one_drive_nodes(n: u32) -> Vec<DriveView> {
         (0..n)

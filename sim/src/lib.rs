@@ -14,7 +14,7 @@
 //! writer's process may die at any step; a node may crash (its unsynced files lost or torn) and
 //! return later with whatever its drive held (stale files included), be cut off by a partition
 //! and return, or lose its drive (it returns empty); a block may rot in any file; the clock may
-//! jump forward. Faults that hurt shards are drawn only while every stored content (and every
+//! jump forward, or step back. Faults that hurt shards are drawn only while every stored content (and every
 //! write or rebuild about to be committed) keeps K good shards on reachable nodes: the system
 //! promises to survive M lost failure domains, not more.
 //!

@@ -45,25 +45,25 @@ fn a_batch_of_seeds_keeps_every_promise() {
 /// regression tests (counts over seeds 1..=300):
 /// - a PUT whose commit's answer was lost deleted its files although the commit had landed
 ///   (and later writes of the same bytes had deduplicated onto them), `lifecycle::Commit`
-///   discarding on `Unknown` instead of fencing: 155 seeds, the first 2, 3, 6, 7;
+///   discarding on `Unknown` instead of fencing: 157 seeds, the first 2, 4, 5, 6;
 /// - garbage collection removing a content without checking, in its transaction, that it was
 ///   still unreferenced (`meta::collect`; a PUT of the same bytes deduplicated onto it after
-///   it was listed): 135 seeds, the first 2, 6, 7, 8;
+///   it was listed): 156 seeds, the first 5, 7, 10, 11;
 /// - an upload ended (terminated or expired) deleting its files only if a progress had
 ///   recorded them as created (`upload::end`), though a PATCH creates them before it records
 ///   anything: a PATCH that died in between leaked them. Found by the simulator, and fixed:
-///   132 seeds, the first 3, 4, 8, 9;
+///   127 seeds, the first 1, 4, 8, 9;
 /// - the leader's drain rounds (`placement::drain_step`) marking a drain done on the drive
 ///   counters alone, without the exact count (intents and uploads on the node) and without
 ///   waiting for the settle time: a write placed before the drain commits a shard onto the
-///   drained node. Runs of 3,000 steps: 3 seeds of 300, 42, 157, 261.
+///   drained node. Runs of 3,000 steps: 3 seeds of 300, 88, 169, 231.
 #[test]
 fn seeds_that_caught_bugs_keep_every_promise() {
-    for seed in [2, 3, 4, 6, 7, 8, 9] {
+    for seed in [1, 2, 4, 5, 6, 7, 8, 9, 10, 11] {
         let r = run(Config::new(seed));
         assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
     }
-    for seed in [42, 157, 261] {
+    for seed in [88, 169, 231] {
         let mut cfg = Config::new(seed);
         cfg.steps = 3000;
         let r = run(cfg);
@@ -82,20 +82,20 @@ fn bugs_put_back_are_caught() {
         (
             "sweep_skips_read_back",
             |b| b.sweep_skips_read_back = true,
-            &[5, 11, 30, 34],
+            &[7, 10, 11, 21],
         ),
         // The sweep deletes the files its listing named instead of those the intent names
         // when read back (a rebuild's ReplaceShards landed in between): 2 seeds. Found by the simulator in the data plane's intent sweep, and fixed there.
         (
             "sweep_deletes_listed",
             |b| b.sweep_deletes_listed = true,
-            &[64, 278],
+            &[64, 94],
         ),
-        // A rebuild commits its new files unsynced; a power loss takes them: 22 seeds.
+        // A rebuild commits its new files unsynced; a power loss takes them: 20 seeds.
         (
             "rebuild_skips_sync",
             |b| b.rebuild_skips_sync = true,
-            &[9, 10, 12, 30],
+            &[19, 30, 64, 89],
         ),
     ];
     for (name, put_back, seeds) in cases {
