@@ -25,5 +25,5 @@ mod scrub;
 mod shardio;
 mod store;
 mod time;
-pub mod tus;
-pub mod web;
+mod tus;
+mod web;
