@@ -25,5 +25,5 @@ mod scrub;
 mod shardio;
 mod store;
 mod time;
-mod tus;
-mod web;
+pub mod tus;
+pub mod web;
