@@ -41,7 +41,7 @@ impl<'a> Input<'a> {
 }
 
 /// Header names the HTTP targets set, picked by an input byte.
-pub const HEADER_NAMES: [&str; 16] = [
+pub const HEADER_NAMES: [&str; 20] = [
     "range",
     "if-match",
     "if-none-match",
@@ -58,6 +58,10 @@ pub const HEADER_NAMES: [&str; 16] = [
     "authorization",
     "expect",
     "content-type",
+    "host",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-copy-source",
 ];
 
 /// A header map from fuzz input: (name byte, value) pairs; values that are not valid header

@@ -257,5 +257,94 @@ fn seeds() {
         ostore_control::keys::unreferenced(1_700_000_000_000, &[4; 32]),
     );
     put("keys", 1, ostore_control::keys::drive_shard(3, &[4; 32], 5));
+    // s3_sigv4: signed requests, in the header and presigned (method, path, query fields, then
+    // headers: name index, value, 0).
+    let signer = ostore_s3::sigv4::Signer {
+        access_key: "root",
+        secret: ostore_fuzz::targets::S3_FUZZ_SECRET,
+        region: "us-east-1",
+        now_s: ostore_fuzz::targets::S3_FUZZ_NOW_S,
+    };
+    for (i, (method, path, query)) in [
+        ("GET", "/photos/2024/a%20b.jpg", "versionId=3"),
+        ("PUT", "/photos", ""),
+        ("GET", "/photos", "list-type=2&prefix=a%2F&delimiter=%2F"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut h = http::HeaderMap::new();
+        h.insert("host", http::HeaderValue::from_static("127.0.0.1:9000"));
+        let auth = ostore_s3::sigv4::sign(
+            method,
+            path,
+            query,
+            &mut h,
+            ostore_s3::sigv4::UNSIGNED_PAYLOAD,
+            &signer,
+        );
+        let mut v = Vec::new();
+        for f in [method, path, query] {
+            v.extend_from_slice(f.as_bytes());
+            v.push(0);
+        }
+        let idx = |n: &str| {
+            ostore_fuzz::input::HEADER_NAMES
+                .iter()
+                .position(|x| *x == n)
+                .unwrap() as u8
+        };
+        for name in ["host", "x-amz-date", "x-amz-content-sha256"] {
+            v.push(idx(name));
+            v.extend_from_slice(h[name].as_bytes());
+            v.push(0);
+        }
+        v.push(idx("authorization"));
+        v.extend_from_slice(auth.as_bytes());
+        v.push(0);
+        put("s3_sigv4", i, v);
+    }
+    put(
+        "s3_sigv4",
+        3,
+        b"GET\0/test.txt\0X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404\0\x10examplebucket.s3.amazonaws.com\0".to_vec(),
+    );
+    // s3_chunked: flags (1 signed, 2 trailer), piece size, body.
+    put(
+        "s3_chunked",
+        0,
+        b"\x02\x075\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\n".to_vec(),
+    );
+    put(
+        "s3_chunked",
+        1,
+        b"\x00\x03a\r\n0123456789\r\n0\r\n\r\n".to_vec(),
+    );
+    put(
+        "s3_chunked",
+        2,
+        b"\x01\x10400;chunk-signature=0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497\r\naaaa\r\n0;chunk-signature=b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\n\r\n".to_vec(),
+    );
+    // s3_xml: a selector byte, then the document.
+    put(
+        "s3_xml",
+        0,
+        b"\x00<?xml version=\"1.0\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Object><Key>a &amp; b</Key></Object><Object><Key>c</Key><VersionId>7</VersionId></Object><Quiet>true</Quiet></Delete>".to_vec(),
+    );
+    put(
+        "s3_xml",
+        1,
+        b"\x01<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"a54357aff0632cce46d942af68356b38\"</ETag></Part><Part><PartNumber>2</PartNumber><ETag>0c78aef83f66abc1fa1e8477f296d394</ETag></Part></CompleteMultipartUpload>".to_vec(),
+    );
+    put(
+        "s3_xml",
+        2,
+        b"\x02<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>".to_vec(),
+    );
+    put(
+        "s3_xml",
+        3,
+        b"\x03<CreateBucketConfiguration><LocationConstraint>us-east-1</LocationConstraint></CreateBucketConfiguration>".to_vec(),
+    );
     println!("seeds written under {}", corpus_dir("").display());
 }

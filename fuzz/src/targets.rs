@@ -126,6 +126,62 @@ pub static ALL: &[Target] = &[
         dictionary: &[],
         len_max: 64,
     },
+    Target {
+        name: "s3_sigv4",
+        run: s3_sigv4,
+        dictionary: &[
+            b"AWS4-HMAC-SHA256 ",
+            b"Credential=",
+            b", SignedHeaders=",
+            b", Signature=",
+            b"/s3/aws4_request",
+            b"host;x-amz-content-sha256;x-amz-date",
+            b"X-Amz-Signature=",
+            b"X-Amz-Expires=",
+            b"UNSIGNED-PAYLOAD",
+            b"STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+            b"20130524T000000Z",
+            b"%",
+            b"&",
+            b"=",
+            b"/",
+        ],
+        len_max: 2048,
+    },
+    Target {
+        name: "s3_chunked",
+        run: s3_chunked,
+        dictionary: &[
+            b"\r\n",
+            b";chunk-signature=",
+            b"0\r\n",
+            b"x-amz-checksum-crc32:",
+            b"x-amz-trailer-signature:",
+            b"ffffffffffffffff",
+        ],
+        len_max: 4096,
+    },
+    Target {
+        name: "s3_xml",
+        run: s3_xml,
+        dictionary: &[
+            b"<Delete>",
+            b"</Delete>",
+            b"<Object><Key>",
+            b"</Key></Object>",
+            b"<VersionId>",
+            b"<Quiet>true</Quiet>",
+            b"<CompleteMultipartUpload>",
+            b"<Part><PartNumber>",
+            b"</PartNumber><ETag>",
+            b"</ETag></Part>",
+            b"&amp;",
+            b"<![CDATA[",
+            b"]]>",
+            b"<!DOCTYPE",
+        ],
+        len_max: 4096,
+    },
 ];
 
 /// `Range` against any object size: a partial answer lies inside the object and is not empty.
@@ -331,5 +387,103 @@ pub fn keys(data: &[u8]) {
             keys::parse_drive_shard(&keys::drive_shard(0, &h, shard)),
             Some((h, shard))
         );
+    }
+}
+
+/// The S3 secret the `s3_sigv4` target's requests are signed with (its seeds sign with it).
+pub const S3_FUZZ_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+/// The time (seconds) the `s3_sigv4` target checks requests at: its seeds' time.
+pub const S3_FUZZ_NOW_S: i64 = 1_369_353_600;
+
+/// A signed S3 request: method, path and query fields, then headers. Whatever the bytes, no
+/// panic; a request that verifies names the one key there is, and routes to an operation on a
+/// valid bucket or fails with an S3 error.
+pub fn s3_sigv4(data: &[u8]) {
+    use ostore_s3::sigv4::{verify, RequestHead};
+    let mut i = Input(data);
+    let method = String::from_utf8_lossy(i.field()).into_owned();
+    let path = String::from_utf8_lossy(i.field()).into_owned();
+    let query = String::from_utf8_lossy(i.field()).into_owned();
+    let h = headers(&mut i);
+    let head = RequestHead {
+        method: &method,
+        path: &path,
+        query: &query,
+        headers: &h,
+    };
+    let secret = |ak: &str| (ak == "root").then(|| S3_FUZZ_SECRET.to_string());
+    if let Ok(v) = verify(&head, S3_FUZZ_NOW_S, &secret) {
+        assert_eq!(v.access_key, "root");
+    }
+    if let Ok(op) =
+        ostore_s3::route::route(&method, &path, &query, h.contains_key("x-amz-copy-source"))
+    {
+        if let Some(b) = op.bucket() {
+            assert!(ostore_s3::route::valid_bucket(b), "{b:?}");
+        }
+    }
+}
+
+/// An aws-chunked body (a flags byte: signed, trailer; a piece size), fed in pieces: the data
+/// handed on is exactly what the decoder counts, never an empty piece.
+pub fn s3_chunked(data: &[u8]) {
+    use ostore_s3::chunked::{Decoder, Step};
+    let mut i = Input(data);
+    let flags = i.u8();
+    let piece = (i.u8() as usize % 64) + 1;
+    let body = i.rest();
+    let chain = (flags & 1 == 1).then(|| ostore_s3::sigv4::Chain {
+        key: ostore_s3::sigv4::signing_key(S3_FUZZ_SECRET, "20130524", "us-east-1", "s3"),
+        amz_date: "20130524T000000Z".into(),
+        scope: "20130524/us-east-1/s3/aws4_request".into(),
+        seed: [0x4f; 32],
+    });
+    let mut d = Decoder::new(chain, flags & 2 == 2);
+    let mut out = 0u64;
+    'feed: for part in body.chunks(piece) {
+        let mut b = bytes::Bytes::copy_from_slice(part);
+        loop {
+            match d.next(&mut b) {
+                Ok(Step::Data(x)) => {
+                    assert!(!x.is_empty());
+                    out += x.len() as u64;
+                }
+                Ok(Step::NeedMore) => break,
+                Ok(Step::Done) => {
+                    assert!(d.is_done());
+                    break 'feed;
+                }
+                Err(_) => break 'feed,
+            }
+        }
+    }
+    assert_eq!(out, d.decoded_bytes());
+}
+
+/// S3's XML request bodies (first byte picks the document): what parses keeps S3's limits.
+pub fn s3_xml(data: &[u8]) {
+    use ostore_s3::xml;
+    let mut i = Input(data);
+    let which = i.u8();
+    let body = i.rest();
+    match which % 4 {
+        0 => {
+            if let Ok((objs, _)) = xml::delete_objects(body) {
+                assert!(!objs.is_empty() && objs.len() <= xml::DELETE_OBJECTS_MAX);
+                assert!(objs.iter().all(|o| !o.key.is_empty()));
+            }
+        }
+        1 => {
+            if let Ok(parts) = xml::complete_multipart(body) {
+                assert!(!parts.is_empty() && parts.len() <= xml::PARTS_MAX);
+                assert!(parts.iter().all(|p| (1..=10_000).contains(&p.number)));
+            }
+        }
+        2 => {
+            let _ = xml::versioning(body);
+        }
+        _ => {
+            let _ = xml::location_constraint(body);
+        }
     }
 }

@@ -66,4 +66,7 @@ targets!(
     seek_table,
     hash_state,
     keys,
+    s3_sigv4,
+    s3_chunked,
+    s3_xml,
 );

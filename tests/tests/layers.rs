@@ -111,7 +111,7 @@ const RUNTIMES: &[&str] = &[
 #[test]
 fn sans_io_crates_pull_in_no_runtime() {
     let all = crates();
-    for dir in ["wire", "engine"] {
+    for dir in ["wire", "engine", "s3"] {
         let ext = external_closure(dir, &all);
         let bad: Vec<&&str> = RUNTIMES.iter().filter(|r| ext.contains(**r)).collect();
         assert!(
@@ -137,6 +137,8 @@ fn crates_depend_only_downwards() {
         ("engine", &["wire"]),
         ("control", &["engine", "wire"]),
         ("transport", &["wire"]),
+        // The S3 protocol (SigV4, aws-chunked, XML), sans-IO: it knows nothing of the store.
+        ("s3", &[]),
         // What every server process shares: HTTP/1.1 serving, guarded tasks, metrics, signals.
         ("server", &[]),
         // The control-plane API's client and server, with the leader's jobs: below the data
@@ -168,6 +170,7 @@ fn crates_depend_only_downwards() {
                 "control",
                 "controlplane",
                 "dataplane",
+                "s3",
                 "server",
                 "transport",
             ],

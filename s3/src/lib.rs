@@ -1,0 +1,22 @@
+//! The S3 protocol without I/O: what a request says and whether it may say it.
+//!
+//! - [`sigv4`]: AWS Signature Version 4 as S3 checks it — the `Authorization` header and
+//!   presigned URLs (canonical request, string to sign, signing key), the clock-skew and expiry
+//!   rules, constant-time comparison;
+//! - [`chunked`]: the `aws-chunked` body decoder (signed chunks chained from the seed
+//!   signature, unsigned chunks, trailers with their checksum and signature), a state machine
+//!   fed bytes and answering with data;
+//! - [`time`]: the two timestamp forms S3 uses, without a calendar crate;
+//! - [`error`]: S3's error codes and the HTTP statuses they go with.
+//!
+//! It knows nothing of sockets, runtimes or the store: the data plane's S3 front end hands it
+//! request heads and body bytes, and carries out what it decides.
+
+pub mod chunked;
+pub mod error;
+pub mod route;
+pub mod sigv4;
+pub mod time;
+pub mod xml;
+
+pub use error::{Code, S3Error};

@@ -1,0 +1,396 @@
+//! Which S3 operation a request is, from its method, path (path-style: `/bucket/key`) and
+//! query. Sub-resources ostore does not serve (ACLs, policies, tagging, lifecycle, …) are
+//! named in a `NotImplemented` error rather than mistaken for another operation.
+
+use crate::error::{Code, S3Error};
+use crate::sigv4::query_pairs;
+
+/// Longest object key, in bytes (S3's limit).
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// An S3 operation and what it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    ListBuckets,
+    CreateBucket { bucket: String },
+    HeadBucket { bucket: String },
+    DeleteBucket { bucket: String },
+    GetBucketLocation { bucket: String },
+    GetBucketVersioning { bucket: String },
+    PutBucketVersioning { bucket: String },
+    ListObjects { bucket: String },
+    ListObjectsV2 { bucket: String },
+    ListObjectVersions { bucket: String },
+    ListMultipartUploads { bucket: String },
+    DeleteObjects { bucket: String },
+    PutObject { bucket: String, key: String },
+    CopyObject { bucket: String, key: String },
+    GetObject { bucket: String, key: String },
+    HeadObject { bucket: String, key: String },
+    DeleteObject { bucket: String, key: String },
+    CreateMultipartUpload { bucket: String, key: String },
+    UploadPart { bucket: String, key: String },
+    UploadPartCopy { bucket: String, key: String },
+    CompleteMultipartUpload { bucket: String, key: String },
+    AbortMultipartUpload { bucket: String, key: String },
+    ListParts { bucket: String, key: String },
+}
+
+impl Op {
+    /// The operation's name as AWS's API reference gives it (for metrics and logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::ListBuckets => "ListBuckets",
+            Op::CreateBucket { .. } => "CreateBucket",
+            Op::HeadBucket { .. } => "HeadBucket",
+            Op::DeleteBucket { .. } => "DeleteBucket",
+            Op::GetBucketLocation { .. } => "GetBucketLocation",
+            Op::GetBucketVersioning { .. } => "GetBucketVersioning",
+            Op::PutBucketVersioning { .. } => "PutBucketVersioning",
+            Op::ListObjects { .. } => "ListObjects",
+            Op::ListObjectsV2 { .. } => "ListObjectsV2",
+            Op::ListObjectVersions { .. } => "ListObjectVersions",
+            Op::ListMultipartUploads { .. } => "ListMultipartUploads",
+            Op::DeleteObjects { .. } => "DeleteObjects",
+            Op::PutObject { .. } => "PutObject",
+            Op::CopyObject { .. } => "CopyObject",
+            Op::GetObject { .. } => "GetObject",
+            Op::HeadObject { .. } => "HeadObject",
+            Op::DeleteObject { .. } => "DeleteObject",
+            Op::CreateMultipartUpload { .. } => "CreateMultipartUpload",
+            Op::UploadPart { .. } => "UploadPart",
+            Op::UploadPartCopy { .. } => "UploadPartCopy",
+            Op::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
+            Op::AbortMultipartUpload { .. } => "AbortMultipartUpload",
+            Op::ListParts { .. } => "ListParts",
+        }
+    }
+
+    /// The bucket it names, if any.
+    pub fn bucket(&self) -> Option<&str> {
+        match self {
+            Op::ListBuckets => None,
+            Op::CreateBucket { bucket }
+            | Op::HeadBucket { bucket }
+            | Op::DeleteBucket { bucket }
+            | Op::GetBucketLocation { bucket }
+            | Op::GetBucketVersioning { bucket }
+            | Op::PutBucketVersioning { bucket }
+            | Op::ListObjects { bucket }
+            | Op::ListObjectsV2 { bucket }
+            | Op::ListObjectVersions { bucket }
+            | Op::ListMultipartUploads { bucket }
+            | Op::DeleteObjects { bucket }
+            | Op::PutObject { bucket, .. }
+            | Op::CopyObject { bucket, .. }
+            | Op::GetObject { bucket, .. }
+            | Op::HeadObject { bucket, .. }
+            | Op::DeleteObject { bucket, .. }
+            | Op::CreateMultipartUpload { bucket, .. }
+            | Op::UploadPart { bucket, .. }
+            | Op::UploadPartCopy { bucket, .. }
+            | Op::CompleteMultipartUpload { bucket, .. }
+            | Op::AbortMultipartUpload { bucket, .. }
+            | Op::ListParts { bucket, .. } => Some(bucket),
+        }
+    }
+
+    /// Whether it only reads (a read-only key may make it).
+    pub fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Op::ListBuckets
+                | Op::HeadBucket { .. }
+                | Op::GetBucketLocation { .. }
+                | Op::GetBucketVersioning { .. }
+                | Op::ListObjects { .. }
+                | Op::ListObjectsV2 { .. }
+                | Op::ListObjectVersions { .. }
+                | Op::ListMultipartUploads { .. }
+                | Op::GetObject { .. }
+                | Op::HeadObject { .. }
+                | Op::ListParts { .. }
+        )
+    }
+}
+
+/// Sub-resources S3 has and ostore does not serve yet.
+const UNSERVED: &[&str] = &[
+    "acl",
+    "policy",
+    "policyStatus",
+    "cors",
+    "lifecycle",
+    "tagging",
+    "website",
+    "logging",
+    "notification",
+    "replication",
+    "encryption",
+    "object-lock",
+    "legal-hold",
+    "retention",
+    "requestPayment",
+    "accelerate",
+    "analytics",
+    "inventory",
+    "metrics",
+    "ownershipControls",
+    "publicAccessBlock",
+    "intelligent-tiering",
+    "restore",
+    "select",
+    "torrent",
+    "attributes",
+];
+
+/// Whether `name` is a valid S3 bucket name (3–63 of `a-z 0-9 . -`, starting and ending with
+/// a letter or digit, no `..`, not an IPv4 address).
+pub fn valid_bucket(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// The operation `method path?query` asks for; `copy_source` says whether the request carries
+/// `x-amz-copy-source`.
+pub fn route(method: &str, path: &str, query: &str, copy_source: bool) -> Result<Op, S3Error> {
+    let pairs = query_pairs(query);
+    let has = |n: &str| pairs.iter().any(|(k, _)| k.as_slice() == n.as_bytes());
+    if let Some((k, _)) = pairs
+        .iter()
+        .find(|(k, _)| UNSERVED.iter().any(|u| u.as_bytes() == k.as_slice()))
+    {
+        return Err(S3Error::new(
+            Code::NotImplemented,
+            format!(
+                "the {} sub-resource is not served by ostore",
+                String::from_utf8_lossy(k)
+            ),
+        ));
+    }
+    let raw = path.strip_prefix('/').unwrap_or(path);
+    let (b, k) = match raw.split_once('/') {
+        Some((b, k)) => (b, Some(k)),
+        None => (raw, None),
+    };
+    let decode = |s: &str| -> Result<String, S3Error> {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| S3Error::new(Code::InvalidArgument, "the path is not UTF-8"))
+    };
+    let bucket = decode(b)?;
+    let key = match k {
+        Some(k) if !k.is_empty() => Some(decode(k)?),
+        _ => None,
+    };
+    let unsupported = || {
+        S3Error::new(
+            Code::MethodNotAllowed,
+            format!("{method} is not allowed on this resource"),
+        )
+    };
+    if bucket.is_empty() {
+        return match method {
+            "GET" => Ok(Op::ListBuckets),
+            _ => Err(unsupported()),
+        };
+    }
+    if !valid_bucket(&bucket) {
+        return Err(S3Error::new(
+            Code::InvalidBucketName,
+            format!("{bucket:?} is not a valid bucket name (3-63 of a-z 0-9 . -)"),
+        ));
+    }
+    let Some(key) = key else {
+        return Ok(match method {
+            "PUT" if has("versioning") => Op::PutBucketVersioning { bucket },
+            "PUT" => Op::CreateBucket { bucket },
+            "HEAD" => Op::HeadBucket { bucket },
+            "DELETE" => Op::DeleteBucket { bucket },
+            "GET" if has("location") => Op::GetBucketLocation { bucket },
+            "GET" if has("versioning") => Op::GetBucketVersioning { bucket },
+            "GET" if has("versions") => Op::ListObjectVersions { bucket },
+            "GET" if has("uploads") => Op::ListMultipartUploads { bucket },
+            "GET"
+                if pairs
+                    .iter()
+                    .any(|(k, v)| k.as_slice() == b"list-type" && v.as_slice() == b"2") =>
+            {
+                Op::ListObjectsV2 { bucket }
+            }
+            "GET" => Op::ListObjects { bucket },
+            "POST" if has("delete") => Op::DeleteObjects { bucket },
+            _ => return Err(unsupported()),
+        });
+    };
+    if key.len() > KEY_BYTES_MAX {
+        return Err(S3Error::new(
+            Code::InvalidArgument,
+            format!("a key is at most {KEY_BYTES_MAX} bytes"),
+        ));
+    }
+    let part = has("partNumber") && has("uploadId");
+    Ok(match method {
+        "PUT" if part && copy_source => Op::UploadPartCopy { bucket, key },
+        "PUT" if part => Op::UploadPart { bucket, key },
+        "PUT" if copy_source => Op::CopyObject { bucket, key },
+        "PUT" => Op::PutObject { bucket, key },
+        "GET" if has("uploadId") => Op::ListParts { bucket, key },
+        "GET" => Op::GetObject { bucket, key },
+        "HEAD" => Op::HeadObject { bucket, key },
+        "DELETE" if has("uploadId") => Op::AbortMultipartUpload { bucket, key },
+        "DELETE" => Op::DeleteObject { bucket, key },
+        "POST" if has("uploads") => Op::CreateMultipartUpload { bucket, key },
+        "POST" if has("uploadId") => Op::CompleteMultipartUpload { bucket, key },
+        _ => return Err(unsupported()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(m: &str, p: &str, q: &str) -> Op {
+        route(m, p, q, false).unwrap()
+    }
+
+    #[test]
+    fn each_operation_is_told_apart() {
+        let b = || "photos".to_string();
+        let k = || "2024/a b+c.jpg".to_string();
+        assert_eq!(op("GET", "/", ""), Op::ListBuckets);
+        assert_eq!(op("PUT", "/photos", ""), Op::CreateBucket { bucket: b() });
+        assert_eq!(op("PUT", "/photos/", ""), Op::CreateBucket { bucket: b() });
+        assert_eq!(
+            op("PUT", "/photos", "versioning"),
+            Op::PutBucketVersioning { bucket: b() }
+        );
+        assert_eq!(
+            op("GET", "/photos", "location="),
+            Op::GetBucketLocation { bucket: b() }
+        );
+        assert_eq!(
+            op("GET", "/photos", "versions&prefix=a"),
+            Op::ListObjectVersions { bucket: b() }
+        );
+        assert_eq!(
+            op("GET", "/photos", "list-type=2&prefix=a"),
+            Op::ListObjectsV2 { bucket: b() }
+        );
+        assert_eq!(
+            op("GET", "/photos", "prefix=a"),
+            Op::ListObjects { bucket: b() }
+        );
+        assert_eq!(
+            op("POST", "/photos", "delete"),
+            Op::DeleteObjects { bucket: b() }
+        );
+        let key = "/photos/2024/a%20b%2Bc.jpg";
+        assert_eq!(
+            op("PUT", key, ""),
+            Op::PutObject {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            route("PUT", key, "", true).unwrap(),
+            Op::CopyObject {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("PUT", key, "partNumber=2&uploadId=x"),
+            Op::UploadPart {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            route("PUT", key, "partNumber=2&uploadId=x", true).unwrap(),
+            Op::UploadPartCopy {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("POST", key, "uploads"),
+            Op::CreateMultipartUpload {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("POST", key, "uploadId=x"),
+            Op::CompleteMultipartUpload {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("DELETE", key, "uploadId=x"),
+            Op::AbortMultipartUpload {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("GET", key, "uploadId=x"),
+            Op::ListParts {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("GET", key, "versionId=3"),
+            Op::GetObject {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("HEAD", key, ""),
+            Op::HeadObject {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert_eq!(
+            op("DELETE", key, ""),
+            Op::DeleteObject {
+                bucket: b(),
+                key: k()
+            }
+        );
+        assert!(op("GET", key, "").reads_only() && !op("PUT", key, "").reads_only());
+    }
+
+    #[test]
+    fn what_is_not_served_says_so() {
+        for (m, p, q, code) in [
+            ("GET", "/photos", "acl", Code::NotImplemented),
+            ("PUT", "/photos/k", "tagging", Code::NotImplemented),
+            ("POST", "/", "", Code::MethodNotAllowed),
+            ("PATCH", "/photos/k", "", Code::MethodNotAllowed),
+            ("GET", "/Photos", "", Code::InvalidBucketName),
+            ("GET", "/a..b", "", Code::InvalidBucketName),
+            ("GET", "/192.168.0.1", "", Code::InvalidBucketName),
+            ("GET", "/photos/%FF", "", Code::InvalidArgument),
+        ] {
+            assert_eq!(route(m, p, q, false).unwrap_err().code, code, "{m} {p}?{q}");
+        }
+        let long = format!("/photos/{}", "k".repeat(KEY_BYTES_MAX + 1));
+        assert_eq!(
+            route("GET", &long, "", false).unwrap_err().code,
+            Code::InvalidArgument
+        );
+    }
+}
