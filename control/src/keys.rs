@@ -164,6 +164,13 @@ pub fn version(bucket: &str, key: &str, version: u64) -> Vec<u8> {
     k
 }
 
+/// Every version of every key of `bucket`: `[begin, end)`.
+pub fn bucket_versions(bucket: &str) -> (Vec<u8>, Vec<u8>) {
+    let b = with_strs(tag::VERSION, &[bucket]);
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
 /// All versions of one key, newest first in key order.
 pub fn versions(bucket: &str, key: &str) -> (Vec<u8>, Vec<u8>) {
     let b = with_strs(tag::VERSION, &[bucket, key]);

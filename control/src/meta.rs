@@ -378,6 +378,48 @@ pub fn bucket_exists(kv: &dyn Kv, bucket: &str) -> Result<bool> {
     run(kv, false, |tx| Ok(tx.get(&keys::bucket(bucket))?.is_some()))
 }
 
+/// Every bucket with its creation time (ms), in name order.
+pub fn bucket_list(kv: &dyn Kv) -> Result<Vec<(String, u64)>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::buckets();
+        let mut out = Vec::new();
+        for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            if let Some(name) = k
+                .strip_prefix(&[keys::tag::BUCKET])
+                .and_then(|r| r.strip_suffix(&[0]))
+            {
+                let rec: BucketRec = decode(&v)?;
+                out.push((String::from_utf8_lossy(name).into_owned(), rec.created_ms));
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Deletes a bucket that holds no version of any key (delete markers count, as in S3), with
+/// its retention override and the heads its keys left. A transaction of a bounded size: one
+/// range read of one key, two range clears. The `default` bucket, where the native API writes, stays.
+pub fn delete_bucket(kv: &dyn Kv, bucket: &str) -> Result<()> {
+    run(kv, true, |tx| {
+        require_bucket(tx, bucket)?;
+        if bucket == "default" {
+            return Err(MetaError::Refused(
+                "the default bucket is where the native API writes: it cannot be deleted".into(),
+            ));
+        }
+        let (b, e) = keys::bucket_versions(bucket);
+        if !tx.get_range(&b, &e, 1, false)?.is_empty() {
+            return Err(MetaError::BucketNotEmpty);
+        }
+        // Heads of keys whose versions were all deleted keep only their last version number.
+        let (b, e) = keys::heads_with_prefix(bucket, "");
+        tx.clear_range(&b, &e)?;
+        tx.clear(&keys::bucket(bucket))?;
+        tx.clear(&keys::retention(Some(bucket)))?;
+        Ok(())
+    })
+}
+
 /// Creates a bucket; returns false if it already existed.
 pub fn create_bucket(kv: &dyn Kv, bucket: &str, now_ms: u64) -> Result<bool> {
     run(kv, true, |tx| {
@@ -1476,6 +1518,58 @@ mod tests {
             sweep_seen(&rec(IntentState::Abandoned), 0, false),
             SweepSeen::Abandoned
         );
+    }
+
+    #[test]
+    fn a_bucket_is_deleted_only_once_empty() {
+        let (_d, kv) = kv();
+        assert!(create_bucket(&kv, "photos", 5).unwrap());
+        assert!(!create_bucket(&kv, "photos", 6).unwrap());
+        let names: Vec<(String, u64)> = bucket_list(&kv).unwrap();
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[0].0, "default");
+        assert_eq!(names[1], ("photos".to_string(), 5));
+        commit_put(
+            &kv,
+            "photos",
+            "k",
+            None,
+            &inline(b"x"),
+            &WriteCondition::Always,
+            10,
+        )
+        .unwrap();
+        assert!(matches!(
+            delete_bucket(&kv, "photos"),
+            Err(MetaError::BucketNotEmpty)
+        ));
+        // A delete marker is a version too.
+        delete_key(&kv, "photos", "k", 11).unwrap();
+        assert!(matches!(
+            delete_bucket(&kv, "photos"),
+            Err(MetaError::BucketNotEmpty)
+        ));
+        for v in versions(&kv, "photos", "k").unwrap().unwrap() {
+            delete_version(&kv, "photos", "k", v.version, 12).unwrap();
+        }
+        delete_bucket(&kv, "photos").unwrap();
+        assert!(!bucket_exists(&kv, "photos").unwrap());
+        assert!(matches!(
+            delete_bucket(&kv, "photos"),
+            Err(MetaError::NoSuchBucket)
+        ));
+        assert!(matches!(
+            delete_bucket(&kv, "default"),
+            Err(MetaError::Refused(_))
+        ));
+        // Created again, it is empty.
+        assert!(create_bucket(&kv, "photos", 20).unwrap());
+        let (b, e) = keys::heads_with_prefix("photos", "");
+        assert!(run(&kv, false, |tx| -> Result<_> {
+            Ok(tx.get_range(&b, &e, 1, false)?)
+        })
+        .unwrap()
+        .is_empty());
     }
 
     #[test]

@@ -294,6 +294,12 @@ requests! {
         from: [u8; 32],
         limit: usize,
     } -> Vec<([u8; 32], u64)>,
+    /// Every bucket, with when it was created (ms), in name order.
+    BucketList -> Vec<(String, u64)>,
+    /// Creates a bucket; `false` if it existed already.
+    CreateBucket { bucket: String } -> bool,
+    /// Deletes a bucket that holds no version (delete markers included).
+    DeleteBucket { bucket: String } -> (),
 }
 
 impl Request {
@@ -327,6 +333,7 @@ impl Request {
                 | Request::RepairRate
                 | Request::Backlog { .. }
                 | Request::WorkQueue { .. }
+                | Request::BucketList
         )
     }
 }
@@ -519,6 +526,11 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             &from,
             limit,
         )?),
+        BucketList => answer::<ask::BucketList>(meta::bucket_list(kv)?),
+        CreateBucket { bucket } => {
+            answer::<ask::CreateBucket>(meta::create_bucket(kv, &bucket, now_ms)?)
+        }
+        DeleteBucket { bucket } => answer::<ask::DeleteBucket>(meta::delete_bucket(kv, &bucket)?),
         Backlog { limit } => answer::<ask::Backlog>((
             meta::work_backlog(kv, meta::WorkQueue::Repair, limit)?,
             meta::work_backlog(kv, meta::WorkQueue::Move, limit)?,

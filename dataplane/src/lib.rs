@@ -21,6 +21,7 @@ mod orphans;
 mod oserror;
 mod peer;
 mod peer_server;
+mod s3;
 mod scrub;
 mod shardio;
 mod store;

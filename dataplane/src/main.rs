@@ -105,7 +105,7 @@ enum Cmd {
         /// Native HTTP API address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:9080")]
         http: SocketAddr,
-        /// S3 API address (the S3 API is not served yet; the flag is accepted).
+        /// S3 API address (path-style; the root key is `root` with the root secret).
         #[arg(long, default_value = "127.0.0.1:9000")]
         s3: SocketAddr,
         /// Number of drives.
@@ -155,6 +155,9 @@ enum Cmd {
         /// Native HTTP API address.
         #[arg(long)]
         http: SocketAddr,
+        /// S3 API address (path-style); not served without it.
+        #[arg(long)]
+        s3: Option<SocketAddr>,
         /// UDP address other nodes send shards to over QUIC.
         #[arg(long)]
         peer: SocketAddr,
@@ -216,7 +219,7 @@ fn main() {
         Cmd::Dev {
             data,
             http,
-            s3: _,
+            s3,
             drives,
             ec,
             cores,
@@ -232,6 +235,7 @@ fn main() {
             ostore_dataplane::node::run_dev(ostore_dataplane::node::DevOptions {
                 data,
                 http,
+                s3: Some(s3),
                 tls: tls.files(),
                 drives,
                 ec,
@@ -261,6 +265,7 @@ fn main() {
         Cmd::Node {
             control,
             http,
+            s3,
             peer,
             drives,
             zone,
@@ -273,6 +278,7 @@ fn main() {
             ostore_dataplane::node::run_node(ostore_dataplane::node::NodeOptions {
                 control,
                 http,
+                s3,
                 tls: tls.files(),
                 peer,
                 drives,

@@ -27,6 +27,8 @@ use std::time::Duration;
 pub struct DevOptions {
     pub data: PathBuf,
     pub http: SocketAddr,
+    /// The S3 API's address (`None`: not served).
+    pub s3: Option<SocketAddr>,
     /// HTTP/3's certificate; without one, a self-signed one under `DIR/tls`.
     pub tls: crate::http3::TlsFiles,
     pub drives: u16,
@@ -521,6 +523,8 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     }
 
     let (placeholder, http_addr) = reserve_port(opts.http)?;
+    let s3 = opts.s3.map(reserve_port).transpose()?;
+    let s3_addr = s3.as_ref().map(|(_, a)| *a);
     let (h3, udp_placeholder) = http3_setup(&opts.tls, Some(&opts.data), http_addr)?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
@@ -531,6 +535,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         front,
         opts.cores,
         http_addr,
+        s3_addr,
         None,
         h3.clone(),
         spawn_background,
@@ -538,7 +543,11 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     drop(placeholder);
     drop(udp_placeholder);
 
+    drop(s3);
     let mut line = format!("ostore ready http={http_addr}");
+    if let Some(a) = s3_addr {
+        line.push_str(&format!(" s3={a}"));
+    }
     if h3.is_some() {
         announce_http3(&mut line, http_addr);
     }
@@ -558,6 +567,7 @@ fn start_executors(
     front: Arc<crate::web::Front>,
     cores: usize,
     http_addr: SocketAddr,
+    s3_addr: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
     h3: Option<Arc<quinn_proto::ServerConfig>>,
     background: fn(Arc<Node>),
@@ -599,6 +609,19 @@ fn start_executors(
                         return;
                     }
                 };
+                let mut s3_serving = None;
+                if let Some(addr) = s3_addr {
+                    match glommio::net::TcpListener::bind(addr) {
+                        Ok(l) => {
+                            s3_serving =
+                                Some(glommio::spawn_local(crate::s3::serve(front.clone(), l)));
+                        }
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(anyhow::anyhow!("binding {addr}: {e}")));
+                            return;
+                        }
+                    }
+                }
                 let mut h3_serving = None;
                 if let Some(config) = h3 {
                     // HTTP/3 on UDP at the HTTP port, one endpoint per executor.
@@ -643,8 +666,11 @@ fn start_executors(
                     glommio::spawn_local(crate::scrub::drive_scrubber(node.clone(), d.id)).detach();
                 }
                 crate::http::serve(front, listener).await;
-                // HTTP/3 stops alongside, letting its requests in flight finish too.
+                // HTTP/3 and S3 stop alongside, letting their requests in flight finish too.
                 if let Some(t) = h3_serving {
+                    t.await;
+                }
+                if let Some(t) = s3_serving {
                     t.await;
                 }
                 // Keep serving this executor's drives until every executor has drained.
@@ -784,6 +810,8 @@ async fn garbage_collector(node: Arc<Node>) {
 pub struct NodeOptions {
     pub control: SocketAddr,
     pub http: SocketAddr,
+    /// The S3 API's address (`None`: not served).
+    pub s3: Option<SocketAddr>,
     /// HTTP/3's certificate; without one the node serves HTTP/1.1 only.
     pub tls: crate::http3::TlsFiles,
     pub peer: SocketAddr,
@@ -961,6 +989,8 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         secret: secret.clone(),
     });
     let (http_placeholder, http_addr) = reserve_port(opts.http)?;
+    let s3 = opts.s3.map(reserve_port).transpose()?;
+    let s3_addr = s3.as_ref().map(|(_, a)| *a);
     let (udp_placeholder, peer_addr) = reserve_udp_port(opts.peer)?;
     let reg = registration(&opts, http_addr, peer_addr)?;
     // Registration runs on a short-lived executor of this thread: the client needs a reactor.
@@ -1016,6 +1046,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         front,
         opts.cores,
         http_addr,
+        s3_addr,
         Some(peer_addr),
         h3.clone(),
         |node| {
@@ -1026,10 +1057,14 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     drop(http_placeholder);
     drop(udp_placeholder);
     drop(h3_placeholder);
+    drop(s3);
     let mut line = format!(
         "ostore ready node={} http={http_addr} peer={peer_addr}",
         rec.id
     );
+    if let Some(a) = s3_addr {
+        line.push_str(&format!(" s3={a}"));
+    }
     if h3.is_some() {
         announce_http3(&mut line, http_addr);
     }

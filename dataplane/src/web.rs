@@ -327,6 +327,11 @@ impl Credentials {
         Credentials { secret }
     }
 
+    /// The secret of an S3 access key: the root key (`root`) signs with the root secret.
+    pub(crate) fn s3_secret(&self, access_key: &str) -> Option<String> {
+        (access_key == "root").then(|| self.secret.clone())
+    }
+
     /// Whether `req` carries valid credentials: 401 without any, 403 with wrong ones (the
     /// comparison takes the same time wherever they differ).
     pub(crate) fn check(&self, req: &Request<ReqBody>) -> Result<(), ApiError> {

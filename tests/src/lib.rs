@@ -52,6 +52,8 @@ pub struct Dev {
     pub http: String,
     /// The ready line's `quic=` (HTTP/3), if any.
     pub quic: Option<String>,
+    /// The ready line's `s3=` (the S3 API).
+    pub s3: String,
     pub secret: String,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -96,6 +98,7 @@ impl Dev {
             data_at,
             http: String::new(),
             quic: None,
+            s3: String::new(),
             secret: String::new(),
             dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -163,6 +166,7 @@ impl Dev {
         };
         self.http = field("http").expect("http= in ready line");
         self.quic = field("quic");
+        self.s3 = field("s3").expect("s3= in ready line");
         let sf = field("secret-file").expect("secret-file= in ready line");
         self.secret = std::fs::read_to_string(sf)
             .expect("secret file")

@@ -150,6 +150,7 @@ fn crates_depend_only_downwards() {
                 "control",
                 "controlplane",
                 "engine",
+                "s3",
                 "server",
                 "transport",
                 "wire",
@@ -160,7 +161,7 @@ fn crates_depend_only_downwards() {
         ("bench", &["client", "engine", "transport", "wire"]),
         (
             "tests",
-            &["client", "transport", "engine", "wire", "control"],
+            &["client", "transport", "engine", "wire", "control", "s3"],
         ),
         (
             "fuzz",

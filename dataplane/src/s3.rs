@@ -1,0 +1,269 @@
+//! The S3 API, path-style, on `--s3`: a front end like `http`, over the same store, in S3's
+//! terms. `ostore-s3` checks signatures, routes and reads the XML; this module carries the
+//! operations out and answers in S3's XML.
+//!
+//! Served so far: SigV4 (header and presigned) with the root key (access key `root`, the root
+//! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty) and
+//! GetBucketLocation. Every other operation answers `501 NotImplemented`, naming it.
+
+use crate::web::{Front, RespBody};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ostore_control::meta::MetaError;
+use ostore_control::rpc::ask;
+use ostore_s3::route::Op;
+use ostore_s3::sigv4::{RequestHead, Verified};
+use ostore_s3::{xml, Code, S3Error};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The region ostore answers for (any region a client signs for is accepted).
+const REGION: &str = "us-east-1";
+/// Largest XML request body read (bucket configurations; DeleteObjects' 1,000 keys fit).
+const XML_BODY_BYTES_MAX: usize = 2 << 20;
+
+type Resp = Response<RespBody>;
+
+/// Serves S3 on this executor's share of the listener until the node stops.
+pub async fn serve(front: Arc<Front>, listener: glommio::net::TcpListener) {
+    ostore_server::conn::serve(
+        front,
+        listener,
+        |front: Arc<Front>, req: Request<Incoming>| async move { handle(&front, req).await },
+        || {
+            error_response(
+                &S3Error::new(
+                    Code::InternalError,
+                    "the server failed while handling this request (it is logged)",
+                ),
+                "",
+                "",
+                false,
+            )
+        },
+    )
+    .await
+}
+
+async fn handle(front: &Front, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let request_id = format!("{:016X}", rand::random::<u64>());
+    let resource = req.uri().path().to_string();
+    let head_only = req.method() == http::Method::HEAD;
+    let (name, resp) = match route(front, req).await {
+        Ok((name, r)) => (name, r),
+        Err((name, e)) => {
+            if e.code == Code::InternalError {
+                tracing::error!("S3 {name}: {}", e.message);
+            }
+            (name, error_response(&e, &resource, &request_id, head_only))
+        }
+    };
+    let mut resp = resp;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    front
+        .node
+        .metrics
+        .observe(name, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+type Routed = Result<(&'static str, Resp), (&'static str, S3Error)>;
+
+async fn route(front: &Front, req: Request<Incoming>) -> Routed {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let now_s = crate::time::now_unix_s();
+    let head = RequestHead {
+        method: parts.method.as_str(),
+        path: &path,
+        query: &query,
+        headers: &parts.headers,
+    };
+    let verified = ostore_s3::sigv4::verify(&head, now_s, &|ak| front.creds.s3_secret(ak))
+        .map_err(|e| ("auth", e))?;
+    let op = ostore_s3::route::route(
+        parts.method.as_str(),
+        &path,
+        &query,
+        parts.headers.contains_key("x-amz-copy-source"),
+    )
+    .map_err(|e| ("route", e))?;
+    let name = op.name();
+    let r = match op {
+        Op::ListBuckets => list_buckets(front).await,
+        Op::CreateBucket { bucket } => {
+            let body = small_body(body, &verified).await?;
+            create_bucket(front, &bucket, &body).await
+        }
+        Op::HeadBucket { bucket } => head_bucket(front, &bucket).await,
+        Op::DeleteBucket { bucket } => delete_bucket(front, &bucket).await,
+        Op::GetBucketLocation { bucket } => location(front, &bucket).await,
+        other => Err(S3Error::new(
+            Code::NotImplemented,
+            format!("{} is not served yet", other.name()),
+        )),
+    };
+    r.map(|r| (name, r)).map_err(|e| (name, e))
+}
+
+/// A small request body (an XML document), whole, checked against its signed hash.
+async fn small_body(body: Incoming, v: &Verified) -> Result<Bytes, (&'static str, S3Error)> {
+    let limited = http_body_util::Limited::new(body, XML_BODY_BYTES_MAX);
+    let b = limited
+        .collect()
+        .await
+        .map_err(|e| {
+            (
+                "body",
+                S3Error::new(
+                    Code::InvalidRequest,
+                    format!("reading the request body (at most {XML_BODY_BYTES_MAX} bytes): {e}"),
+                ),
+            )
+        })?
+        .to_bytes();
+    v.payload.check_whole(&b).map_err(|e| ("body", e))?;
+    Ok(b)
+}
+
+fn meta_error(e: MetaError) -> S3Error {
+    match e {
+        MetaError::NoSuchBucket => S3Error::new(Code::NoSuchBucket, "the bucket does not exist"),
+        MetaError::BucketNotEmpty => S3Error::new(
+            Code::BucketNotEmpty,
+            "the bucket holds versions (delete markers count): delete them first",
+        ),
+        MetaError::Refused(m) => S3Error::new(Code::InvalidRequest, m),
+        MetaError::Unavailable(m) => S3Error::new(Code::ServiceUnavailable, m),
+        other => S3Error::new(Code::InternalError, other.to_string()),
+    }
+}
+
+fn xml_response(status: StatusCode, doc: String) -> Resp {
+    let mut r = Response::new(RespBody::Full(Some(Bytes::from(doc))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    r
+}
+
+fn empty(status: StatusCode) -> Resp {
+    let mut r = Response::new(RespBody::Full(None));
+    *r.status_mut() = status;
+    r
+}
+
+/// S3's error document (none for HEAD, whose answers have no body).
+fn error_response(e: &S3Error, resource: &str, request_id: &str, head_only: bool) -> Resp {
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if head_only {
+        return empty(status);
+    }
+    xml_response(status, xml::error(e, resource, request_id))
+}
+
+async fn bucket_list(front: &Front) -> Result<Vec<(String, u64)>, S3Error> {
+    front
+        .node
+        .meta
+        .ask(ask::BucketList {})
+        .await
+        .map_err(meta_error)
+}
+
+async fn require_bucket(front: &Front, bucket: &str) -> Result<(), S3Error> {
+    if bucket_list(front).await?.iter().any(|(b, _)| b == bucket) {
+        Ok(())
+    } else {
+        Err(meta_error(MetaError::NoSuchBucket))
+    }
+}
+
+async fn list_buckets(front: &Front) -> Result<Resp, S3Error> {
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<ListAllMyBucketsResult xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\"><Owner>");
+    xml::element(&mut doc, "ID", "root");
+    xml::element(&mut doc, "DisplayName", "root");
+    doc.push_str("</Owner><Buckets>");
+    for (name, created_ms) in bucket_list(front).await? {
+        // Names the native API allows but S3 does not are left out of S3's listing.
+        if !ostore_s3::route::valid_bucket(&name) {
+            continue;
+        }
+        doc.push_str("<Bucket>");
+        xml::element(&mut doc, "Name", &name);
+        xml::element(
+            &mut doc,
+            "CreationDate",
+            &ostore_s3::time::iso8601_ms(created_ms),
+        );
+        doc.push_str("</Bucket>");
+    }
+    doc.push_str("</Buckets></ListAllMyBucketsResult>");
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+async fn create_bucket(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp, S3Error> {
+    // Any location constraint is accepted: ostore has one region, whatever it is called.
+    xml::location_constraint(body)?;
+    let created: bool = front
+        .node
+        .meta
+        .ask(ask::CreateBucket {
+            bucket: bucket.to_string(),
+        })
+        .await
+        .map_err(meta_error)?;
+    if !created {
+        return Err(S3Error::new(
+            Code::BucketAlreadyOwnedByYou,
+            "the bucket exists already, and is yours",
+        ));
+    }
+    let mut r = empty(StatusCode::OK);
+    if let Ok(v) = HeaderValue::from_str(&format!("/{bucket}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+async fn head_bucket(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
+    require_bucket(front, bucket).await?;
+    let mut r = empty(StatusCode::OK);
+    r.headers_mut()
+        .insert("x-amz-bucket-region", HeaderValue::from_static(REGION));
+    Ok(r)
+}
+
+async fn delete_bucket(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
+    front
+        .node
+        .meta
+        .ask(ask::DeleteBucket {
+            bucket: bucket.to_string(),
+        })
+        .await
+        .map_err(meta_error)?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn location(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
+    require_bucket(front, bucket).await?;
+    // us-east-1 is answered as an empty constraint, as S3 does.
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<LocationConstraint xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\"/>");
+    Ok(xml_response(StatusCode::OK, doc))
+}

@@ -1,0 +1,164 @@
+//! The S3 API of `ostore dev` (`--s3`), against real clients: boto3 for what a user does, and
+//! requests signed here with `ostore_s3::sigv4::sign` for what boto3 will not send (a skewed
+//! clock, an expired or tampered presigned URL, no signature at all). Every refusal is a 403 with
+//! S3's error code in S3's XML, and changes nothing.
+
+use ostore_s3::sigv4::{sign, Signer, UNSIGNED_PAYLOAD};
+use ostore_tests::Dev;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn s3_request(
+    dev: &Dev,
+    method: &str,
+    path: &str,
+    query: &str,
+    secret: &str,
+    now_s: i64,
+) -> reqwest::blocking::Response {
+    let mut h = http::HeaderMap::new();
+    h.insert("host", http::HeaderValue::from_str(&dev.s3).unwrap());
+    let auth = sign(
+        method,
+        path,
+        query,
+        &mut h,
+        UNSIGNED_PAYLOAD,
+        &Signer {
+            access_key: "root",
+            secret,
+            region: "us-east-1",
+            now_s,
+        },
+    );
+    let url = if query.is_empty() {
+        format!("http://{}{path}", dev.s3)
+    } else {
+        format!("http://{}{path}?{query}", dev.s3)
+    };
+    let mut r = reqwest::blocking::Client::new()
+        .request(method.parse().unwrap(), url)
+        .header("authorization", auth);
+    for (n, v) in &h {
+        if n != "host" {
+            r = r.header(n, v);
+        }
+    }
+    r.send().unwrap()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn code_of(body: &str) -> String {
+    body.split("<Code>")
+        .nth(1)
+        .and_then(|r| r.split("</Code>").next())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn boto3_manages_buckets_and_sees_s3_errors() {
+    let Some(py) = ostore_tests::python_with("boto3") else {
+        ostore_tests::missing_prerequisite(
+            "boto3_manages_buckets_and_sees_s3_errors",
+            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
+        );
+    };
+    let dev = Dev::start(&[]);
+    // A bucket with a version in it, made through the S3 API and filled through the native
+    // one: the same buckets.
+    let r = s3_request(&dev, "PUT", "/full", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = dev
+        .req(reqwest::Method::PUT, "/objects/k?bucket=full")
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_buckets.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(format!("http://{}", dev.s3))
+        .arg(&dev.secret)
+        .arg("full")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "boto3 checks failed:\n{stdout}");
+    assert!(stdout.lines().count() >= 14, "{stdout}");
+}
+
+#[test]
+fn refused_signatures_are_403_with_s3_codes_and_change_nothing() {
+    let dev = Dev::start(&[]);
+    let t = now_s();
+    // A clock 20 minutes off either way.
+    for skew in [-1200, 1200] {
+        let r = s3_request(&dev, "PUT", "/skewed", "", &dev.secret, t + skew);
+        assert_eq!(r.status(), 403);
+        assert_eq!(code_of(&r.text().unwrap()), "RequestTimeTooSkewed");
+    }
+    // No signature at all.
+    let r = reqwest::blocking::Client::new()
+        .put(format!("http://{}/anonymous", dev.s3))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(code_of(&r.text().unwrap()), "AccessDenied");
+    // The wrong secret.
+    let r = s3_request(&dev, "PUT", "/wrong", "", "not-the-secret", t);
+    assert_eq!(r.status(), 403);
+    assert_eq!(code_of(&r.text().unwrap()), "SignatureDoesNotMatch");
+    // None of them created anything.
+    let r = s3_request(&dev, "GET", "/", "", &dev.secret, t);
+    let listing = r.text().unwrap();
+    for b in ["skewed", "anonymous", "wrong"] {
+        assert!(!listing.contains(&format!("<Name>{b}</Name>")), "{listing}");
+    }
+    assert!(listing.contains("<Name>default</Name>"), "{listing}");
+    // A presigned URL: good until it expires, refused when tampered with.
+    let presign = |expires: u64, at: i64| {
+        let date = ostore_s3::time::amz_date(at);
+        let q = format!(
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=root%2F{}%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date={date}&X-Amz-Expires={expires}&X-Amz-SignedHeaders=host",
+            &date[..8]
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert("host", http::HeaderValue::from_str(&dev.s3).unwrap());
+        let head = ostore_s3::sigv4::RequestHead {
+            method: "GET",
+            path: "/",
+            query: &q,
+            headers: &h,
+        };
+        let canonical =
+            ostore_s3::sigv4::canonical_request(&head, &["host"], UNSIGNED_PAYLOAD).unwrap();
+        let scope = format!("{}/us-east-1/s3/aws4_request", &date[..8]);
+        let key = ostore_s3::sigv4::signing_key(&dev.secret, &date[..8], "us-east-1", "s3");
+        let sig = ostore_s3::sigv4::signature(
+            &key,
+            &ostore_s3::sigv4::string_to_sign(&date, &scope, &canonical),
+        );
+        format!(
+            "http://{}/?{q}&X-Amz-Signature={}",
+            dev.s3,
+            hex::encode(sig)
+        )
+    };
+    let get = |url: &str| reqwest::blocking::get(url).unwrap();
+    let r = get(&presign(600, t));
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = get(&presign(60, t - 120));
+    assert_eq!(r.status(), 403);
+    assert_eq!(code_of(&r.text().unwrap()), "AccessDenied");
+    let r = get(&presign(600, t).replace("X-Amz-Expires=600", "X-Amz-Expires=900"));
+    assert_eq!(r.status(), 403);
+    assert_eq!(code_of(&r.text().unwrap()), "SignatureDoesNotMatch");
+}
