@@ -396,7 +396,7 @@ pub fn valid_object_key(key: &str) -> bool {
 }
 
 /// Bucket names follow S3's rules: 3..=63 of `a-z 0-9 . -`, starting and ending with a letter
-/// or digit.
+/// or digit, no `..`, not an IPv4 address. The one rule for the native API, tus and S3.
 pub fn valid_bucket(name: &str) -> bool {
     let b = name.as_bytes();
     (3..=63).contains(&b.len())
@@ -404,6 +404,8 @@ pub fn valid_bucket(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 #[cfg(test)]
@@ -484,6 +486,8 @@ mod tests {
                 && !valid_bucket("Upper")
                 && !valid_bucket("-x-")
                 && !valid_bucket("a_b_c")
+                && !valid_bucket("a..b")
+                && !valid_bucket("192.168.0.1")
         );
     }
 }

@@ -357,21 +357,9 @@ pub fn audit(kv: &dyn Kv) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Every bucket's name.
+/// Every bucket's name, in name order.
 pub fn buckets(kv: &dyn Kv) -> Result<Vec<String>> {
-    run(kv, false, |tx| {
-        let (b, e) = keys::buckets();
-        let mut out = Vec::new();
-        for (k, _) in tx.get_range(&b, &e, usize::MAX, false)? {
-            if let Some(name) = k
-                .strip_prefix(&[keys::tag::BUCKET])
-                .and_then(|r| r.strip_suffix(&[0]))
-            {
-                out.push(String::from_utf8_lossy(name).into_owned());
-            }
-        }
-        Ok(out)
-    })
+    Ok(bucket_list(kv)?.into_iter().map(|(n, _)| n).collect())
 }
 
 pub fn bucket_exists(kv: &dyn Kv, bucket: &str) -> Result<bool> {

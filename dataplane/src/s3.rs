@@ -96,6 +96,17 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
     )
     .map_err(|e| ("route", e))?;
     let name = op.name();
+    if let Some(b) = op.bucket() {
+        if !ostore_control::keys::valid_bucket(b) {
+            return Err((
+                name,
+                S3Error::new(
+                    Code::InvalidBucketName,
+                    format!("{b:?} is not a valid bucket name (3-63 of a-z 0-9 . -, no .., not an IP address)"),
+                ),
+            ));
+        }
+    }
     let r = match op {
         Op::ListBuckets => list_buckets(front).await,
         Op::CreateBucket { bucket } => {
@@ -197,10 +208,6 @@ async fn list_buckets(front: &Front) -> Result<Resp, S3Error> {
     xml::element(&mut doc, "DisplayName", "root");
     doc.push_str("</Owner><Buckets>");
     for (name, created_ms) in bucket_list(front).await? {
-        // Names the native API allows but S3 does not are left out of S3's listing.
-        if !ostore_s3::route::valid_bucket(&name) {
-            continue;
-        }
         doc.push_str("<Bucket>");
         xml::element(&mut doc, "Name", &name);
         xml::element(

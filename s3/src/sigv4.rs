@@ -406,17 +406,8 @@ pub fn verify(
         )
     })?;
     let payload = Payload::parse(payload_hash)?;
-    let secret = secret_of(cred.access_key).ok_or_else(|| {
-        denied(
-            Code::InvalidAccessKeyId,
-            "the access key does not exist (or was revoked)",
-        )
-    })?;
-    let scope = format!("{}/{}/s3/aws4_request", cred.date, cred.region);
-    let key = signing_key(&secret, cred.date, cred.region, "s3");
-    let canonical = canonical_request(head, &names, payload_hash)?;
-    let expected = signature(&key, &string_to_sign(amz_date, &scope, &canonical));
-    check(&expected, &sig)?;
+    let (key, scope) =
+        check_signature(head, &cred, &names, payload_hash, amz_date, &sig, secret_of)?;
     let chain = matches!(payload, Payload::Streaming { signed: true, .. }).then(|| Chain {
         key,
         amz_date: amz_date.to_string(),
@@ -430,6 +421,33 @@ pub fn verify(
         presigned: false,
         region: cred.region.to_string(),
     })
+}
+
+/// Recomputes the signature under the key's secret and compares it with `given`; returns the
+/// signing key and scope (a streaming body's chain continues under them).
+fn check_signature(
+    head: &RequestHead<'_>,
+    cred: &Credential<'_>,
+    names: &[&str],
+    payload_hash: &str,
+    amz_date: &str,
+    given: &[u8; 32],
+    secret_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<([u8; 32], String), S3Error> {
+    let secret = secret_of(cred.access_key).ok_or_else(|| {
+        denied(
+            Code::InvalidAccessKeyId,
+            "the access key does not exist (or was revoked)",
+        )
+    })?;
+    let scope = format!("{}/{}/s3/aws4_request", cred.date, cred.region);
+    let key = signing_key(&secret, cred.date, cred.region, "s3");
+    let canonical = canonical_request(head, names, payload_hash)?;
+    check(
+        &signature(&key, &string_to_sign(amz_date, &scope, &canonical)),
+        given,
+    )?;
+    Ok((key, scope))
 }
 
 fn check(expected: &[u8; 32], given: &[u8; 32]) -> Result<(), S3Error> {
@@ -515,18 +533,14 @@ fn verify_presigned(
     if matches!(payload, Payload::Streaming { .. }) {
         return Err(denied(bad, "a presigned URL cannot carry a streaming body"));
     }
-    let secret = secret_of(cred.access_key).ok_or_else(|| {
-        denied(
-            Code::InvalidAccessKeyId,
-            "the access key does not exist (or was revoked)",
-        )
-    })?;
-    let scope = format!("{}/{}/s3/aws4_request", cred.date, cred.region);
-    let key = signing_key(&secret, cred.date, cred.region, "s3");
-    let canonical = canonical_request(head, &names, payload_hash)?;
-    check(
-        &signature(&key, &string_to_sign(&amz_date, &scope, &canonical)),
+    check_signature(
+        head,
+        &cred,
+        &names,
+        payload_hash,
+        &amz_date,
         &sig,
+        secret_of,
     )?;
     Ok(Verified {
         access_key: cred.access_key.to_string(),
