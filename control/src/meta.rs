@@ -906,6 +906,116 @@ pub struct ListPage {
     pub next_start_after: Option<String>,
 }
 
+/// One entry of a delimited listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Listed {
+    /// A key and its newest version (never a delete marker).
+    Object(String, VersionRec),
+    /// Keys rolled up at the delimiter: the prefix, the delimiter included.
+    Prefix(String),
+}
+
+/// A page of a delimited listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DelimitedPage {
+    pub entries: Vec<Listed>,
+    /// Pass as `start_after` to continue (a key, or a rolled-up prefix); `None` at the end.
+    pub next_start_after: Option<String>,
+}
+
+/// Keys under `prefix` whose newest version is not a delete marker, in key byte order, with
+/// the keys that contain `delimiter` after the prefix rolled up into one entry per common
+/// prefix (S3's ListObjects). Entries and prefixes both count towards `limit`. A prefix not
+/// after `start_after` is skipped whole, so a page may end on a prefix and the next begin
+/// after every key under it. Reads at most `limit` + 1 live heads per chunk, and seeks past a
+/// rolled-up prefix instead of reading its keys.
+pub fn list_delimited(
+    kv: &dyn Kv,
+    bucket: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Result<DelimitedPage> {
+    let limit = limit.clamp(1, LIST_LIMIT_MAX);
+    let delimiter = delimiter.filter(|d| !d.is_empty());
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        let (mut begin, end) = keys::heads_with_prefix(bucket, prefix);
+        if let Some(sa) = start_after {
+            let mut after = keys::head(bucket, sa);
+            after.push(0);
+            begin = begin.max(after);
+        }
+        let mut entries = Vec::new();
+        let mut more = false;
+        'scan: loop {
+            let chunk = tx.get_range(&begin, &end, limit + 1, false)?;
+            let n = chunk.len();
+            for (k, v) in chunk {
+                let key =
+                    keys::key_of_head(bucket, &k).ok_or_else(|| RecordError("head key".into()))?;
+                let rolled = delimiter.and_then(|d| {
+                    key.get(prefix.len()..)
+                        .and_then(|rest| rest.find(d))
+                        .map(|i| key[..prefix.len() + i + d.len()].to_string())
+                });
+                if let Some(cp) = rolled {
+                    // Every key under this prefix is behind it now.
+                    let (cp_begin, cp_end) = keys::heads_with_prefix(bucket, &cp);
+                    debug_assert!(cp_begin <= k);
+                    let listed = start_after.is_some_and(|sa| cp.as_str() <= sa);
+                    let head: HeadRec = decode(&v)?;
+                    let live = head.newest.is_some_and(|n| !n.delete_marker);
+                    if listed || !live {
+                        // Seen on an earlier page, or this key is deleted: a live key further
+                        // under the prefix still rolls it up (read on from the next key).
+                        if listed {
+                            begin = cp_end;
+                            continue 'scan;
+                        }
+                        begin = k;
+                        begin.push(0);
+                        continue;
+                    }
+                    if entries.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    entries.push(Listed::Prefix(cp));
+                    begin = cp_end;
+                    continue 'scan;
+                }
+                let head: HeadRec = decode(&v)?;
+                if let Some(newest) = head.newest.filter(|n| !n.delete_marker) {
+                    if entries.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    entries.push(Listed::Object(key.to_string(), newest));
+                }
+                begin = k;
+                begin.push(0);
+            }
+            if n < limit + 1 {
+                break;
+            }
+        }
+        let next_start_after = if more {
+            entries.last().map(|e| match e {
+                Listed::Object(k, _) => k.clone(),
+                Listed::Prefix(p) => p.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(DelimitedPage {
+            entries,
+            next_start_after,
+        })
+    })
+}
+
 /// Keys whose newest version is not a delete marker, in key byte order.
 pub fn list(
     kv: &dyn Kv,
@@ -1506,6 +1616,78 @@ mod tests {
             sweep_seen(&rec(IntentState::Abandoned), 0, false),
             SweepSeen::Abandoned
         );
+    }
+
+    #[test]
+    fn delimited_listings_roll_up_prefixes_and_page_past_them() {
+        let (_d, kv) = kv();
+        for k in [
+            "a.txt",
+            "photos/1.jpg",
+            "photos/2.jpg",
+            "photos/2024/x.jpg",
+            "photos/z",
+            "videos/v.mp4",
+            "zz",
+        ] {
+            commit_put(
+                &kv,
+                "default",
+                k,
+                None,
+                &inline(k.as_bytes()),
+                &WriteCondition::Always,
+                1,
+            )
+            .unwrap();
+        }
+        // A prefix whose only key is deleted is not listed.
+        commit_put(
+            &kv,
+            "default",
+            "gone/k",
+            None,
+            &inline(b"g"),
+            &WriteCondition::Always,
+            1,
+        )
+        .unwrap();
+        delete_key(&kv, "default", "gone/k", 2).unwrap();
+        let names = |p: &DelimitedPage| -> Vec<String> {
+            p.entries
+                .iter()
+                .map(|e| match e {
+                    Listed::Object(k, _) => k.clone(),
+                    Listed::Prefix(p) => format!("{p}*"),
+                })
+                .collect()
+        };
+        let all = list_delimited(&kv, "default", "", Some("/"), None, 1000).unwrap();
+        assert_eq!(names(&all), ["a.txt", "photos/*", "videos/*", "zz"]);
+        assert_eq!(all.next_start_after, None);
+        let under = list_delimited(&kv, "default", "photos/", Some("/"), None, 1000).unwrap();
+        assert_eq!(
+            names(&under),
+            ["photos/1.jpg", "photos/2.jpg", "photos/2024/*", "photos/z"]
+        );
+        // Pages of two: a page may end on a prefix; the next begins after all of its keys.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let p = list_delimited(&kv, "default", "", Some("/"), after.as_deref(), 2).unwrap();
+            seen.extend(names(&p));
+            match p.next_start_after {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a.txt", "photos/*", "videos/*", "zz"]);
+        // Without a delimiter: every live key.
+        let flat = list_delimited(&kv, "default", "photos/", None, None, 1000).unwrap();
+        assert_eq!(flat.entries.len(), 4);
+        // A multi-byte delimiter.
+        let p = list_delimited(&kv, "default", "", Some("to"), None, 1000).unwrap();
+        assert!(names(&p).contains(&"photo*".to_string()), "{:?}", names(&p));
     }
 
     #[test]

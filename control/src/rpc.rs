@@ -300,6 +300,14 @@ requests! {
     CreateBucket { bucket: String } -> bool,
     /// Deletes a bucket that holds no version (delete markers included).
     DeleteBucket { bucket: String } -> (),
+    /// Keys under `prefix`, rolled up at `delimiter` (S3's listings).
+    ListDelimited {
+        bucket: String,
+        prefix: String,
+        delimiter: Option<String>,
+        start_after: Option<String>,
+        limit: usize,
+    } -> meta::DelimitedPage,
 }
 
 impl Request {
@@ -334,6 +342,7 @@ impl Request {
                 | Request::Backlog { .. }
                 | Request::WorkQueue { .. }
                 | Request::BucketList
+                | Request::ListDelimited { .. }
         )
     }
 }
@@ -527,6 +536,20 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             limit,
         )?),
         BucketList => answer::<ask::BucketList>(meta::bucket_list(kv)?),
+        ListDelimited {
+            bucket,
+            prefix,
+            delimiter,
+            start_after,
+            limit,
+        } => answer::<ask::ListDelimited>(meta::list_delimited(
+            kv,
+            &bucket,
+            &prefix,
+            delimiter.as_deref(),
+            start_after.as_deref(),
+            limit,
+        )?),
         CreateBucket { bucket } => {
             answer::<ask::CreateBucket>(meta::create_bucket(kv, &bucket, now_ms)?)
         }

@@ -3,8 +3,9 @@
 //! operations out and answers in S3's XML.
 //!
 //! Served so far: SigV4 (header and presigned) with the root key (access key `root`, the root
-//! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty) and
-//! GetBucketLocation. Every other operation answers `501 NotImplemented`, naming it.
+//! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty),
+//! GetBucketLocation, ListObjectsV2 and ListObjects. Every other operation answers `501
+//! NotImplemented`, naming it.
 
 use crate::web::{Front, RespBody};
 use bytes::Bytes;
@@ -116,6 +117,8 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
         Op::HeadBucket { bucket } => head_bucket(front, &bucket).await,
         Op::DeleteBucket { bucket } => delete_bucket(front, &bucket).await,
         Op::GetBucketLocation { bucket } => location(front, &bucket).await,
+        Op::ListObjectsV2 { bucket } => list_objects(front, &bucket, &query, true).await,
+        Op::ListObjects { bucket } => list_objects(front, &bucket, &query, false).await,
         other => Err(S3Error::new(
             Code::NotImplemented,
             format!("{} is not served yet", other.name()),
@@ -272,5 +275,179 @@ async fn location(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
     doc.push_str("<LocationConstraint xmlns=\"");
     doc.push_str(xml::NAMESPACE);
     doc.push_str("\"/>");
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// The ETag S3 clients see of a version. S3's is the body's MD5 for a single PUT, which the
+/// native API and tus do not compute: their objects get a tag made from the BLAKE3 name with
+/// S3's multipart suffix (`-1`), which clients (the aws CLI, rclone, boto3's transfers) read
+/// as "not an MD5" and never check a download against.
+fn etag_of(v: &ostore_control::records::VersionRec) -> String {
+    format!("\"{}-1\"", hex::encode(&v.blake3[..16]))
+}
+
+fn owner(doc: &mut String) {
+    doc.push_str("<Owner>");
+    xml::element(doc, "ID", "root");
+    xml::element(doc, "DisplayName", "root");
+    doc.push_str("</Owner>");
+}
+
+/// ListObjectsV2 (`v2`) or ListObjects: prefix, delimiter, max-keys, continuation-token or
+/// start-after (v2), marker (v1), encoding-type=url, fetch-owner (v2; v1 always has owners).
+async fn list_objects(front: &Front, bucket: &str, query: &str, v2: bool) -> Result<Resp, S3Error> {
+    use base64::Engine as _;
+    let mut args: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (k, v) in ostore_s3::sigv4::query_pairs(query) {
+        let (k, v) = (String::from_utf8(k), String::from_utf8(v));
+        let (Ok(k), Ok(v)) = (k, v) else {
+            return Err(S3Error::new(
+                Code::InvalidArgument,
+                "query parameters must be UTF-8",
+            ));
+        };
+        args.insert(k, v);
+    }
+    let prefix = args.get("prefix").cloned().unwrap_or_default();
+    let delimiter = args.get("delimiter").cloned().filter(|d| !d.is_empty());
+    let max_keys: usize = match args.get("max-keys") {
+        None => 1000,
+        Some(v) => v
+            .parse::<u64>()
+            .map(|n| n.min(1000) as usize)
+            .map_err(|_| S3Error::new(Code::InvalidArgument, "max-keys must be a number"))?,
+    };
+    let url = match args.get("encoding-type").map(String::as_str) {
+        None => false,
+        Some("url") => true,
+        Some(other) => {
+            return Err(S3Error::new(
+                Code::InvalidArgument,
+                format!("encoding-type {other:?}: only url is known"),
+            ))
+        }
+    };
+    let token = args.get("continuation-token").cloned();
+    let start_after = if v2 {
+        match &token {
+            Some(t) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        S3Error::new(
+                            Code::InvalidArgument,
+                            "the continuation token is not one this server gave",
+                        )
+                    })?,
+            ),
+            None => args.get("start-after").cloned(),
+        }
+    } else {
+        args.get("marker").cloned()
+    }
+    .filter(|s| !s.is_empty());
+    let page = if max_keys == 0 {
+        ostore_control::meta::DelimitedPage {
+            entries: Vec::new(),
+            next_start_after: None,
+        }
+    } else {
+        front
+            .node
+            .meta
+            .ask(ask::ListDelimited {
+                bucket: bucket.to_string(),
+                prefix: prefix.clone(),
+                delimiter: delimiter.clone(),
+                start_after: start_after.clone(),
+                limit: max_keys,
+            })
+            .await
+            .map_err(meta_error)?
+    };
+    let enc = |s: &str| -> String {
+        if url {
+            let mut out = String::new();
+            ostore_s3::sigv4::uri_encode(s.as_bytes(), true, &mut out);
+            out
+        } else {
+            s.to_string()
+        }
+    };
+    let fetch_owner = !v2 || args.get("fetch-owner").is_some_and(|v| v == "true");
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<ListBucketResult xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\">");
+    xml::element(&mut doc, "Name", bucket);
+    xml::element(&mut doc, "Prefix", &enc(&prefix));
+    if let Some(d) = &delimiter {
+        xml::element(&mut doc, "Delimiter", &enc(d));
+    }
+    xml::element(&mut doc, "MaxKeys", &max_keys.to_string());
+    if url {
+        xml::element(&mut doc, "EncodingType", "url");
+    }
+    let truncated = page.next_start_after.is_some();
+    if v2 {
+        xml::element(&mut doc, "KeyCount", &page.entries.len().to_string());
+        if let Some(t) = &token {
+            xml::element(&mut doc, "ContinuationToken", t);
+        }
+        if let Some(n) = &page.next_start_after {
+            xml::element(
+                &mut doc,
+                "NextContinuationToken",
+                &base64::engine::general_purpose::STANDARD.encode(n),
+            );
+        }
+        if let (None, Some(sa)) = (&token, args.get("start-after")) {
+            xml::element(&mut doc, "StartAfter", &enc(sa));
+        }
+    } else {
+        xml::element(
+            &mut doc,
+            "Marker",
+            &enc(args.get("marker").map_or("", String::as_str)),
+        );
+        if let Some(n) = &page.next_start_after {
+            xml::element(&mut doc, "NextMarker", &enc(n));
+        }
+    }
+    xml::element(
+        &mut doc,
+        "IsTruncated",
+        if truncated { "true" } else { "false" },
+    );
+    let mut prefixes = String::new();
+    for e in &page.entries {
+        match e {
+            ostore_control::meta::Listed::Object(key, v) => {
+                doc.push_str("<Contents>");
+                xml::element(&mut doc, "Key", &enc(key));
+                xml::element(
+                    &mut doc,
+                    "LastModified",
+                    &ostore_s3::time::iso8601_ms(v.created_ms),
+                );
+                xml::element(&mut doc, "ETag", &etag_of(v));
+                xml::element(&mut doc, "Size", &v.size_bytes.to_string());
+                if fetch_owner {
+                    owner(&mut doc);
+                }
+                xml::element(&mut doc, "StorageClass", "STANDARD");
+                doc.push_str("</Contents>");
+            }
+            ostore_control::meta::Listed::Prefix(p) => {
+                prefixes.push_str("<CommonPrefixes>");
+                xml::element(&mut prefixes, "Prefix", &enc(p));
+                prefixes.push_str("</CommonPrefixes>");
+            }
+        }
+    }
+    doc.push_str(&prefixes);
+    doc.push_str("</ListBucketResult>");
     Ok(xml_response(StatusCode::OK, doc))
 }

@@ -96,6 +96,52 @@ fn boto3_manages_buckets_and_sees_s3_errors() {
 }
 
 #[test]
+fn boto3_lists_keys_written_through_the_native_api() {
+    let Some(py) = ostore_tests::python_with("boto3") else {
+        ostore_tests::missing_prerequisite(
+            "boto3_lists_keys_written_through_the_native_api",
+            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
+        );
+    };
+    let dev = Dev::start(&[]);
+    let r = s3_request(&dev, "PUT", "/listing", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    for key in [
+        "a.txt",
+        "photos/1.jpg",
+        "photos/2.jpg",
+        "photos/2024/x.jpg",
+        "videos/a%20b%2Bc.mp4",
+    ] {
+        let decoded = key.replace("%20", " ").replace("%2B", "+");
+        let r = dev
+            .req(
+                reqwest::Method::PUT,
+                &format!("/objects/{key}?bucket=listing"),
+            )
+            .body(decoded)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{key}");
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_list.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(format!("http://{}", dev.s3))
+        .arg(&dev.secret)
+        .arg("listing")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "boto3 listing checks failed:\n{stdout}"
+    );
+    assert!(stdout.lines().count() >= 11, "{stdout}");
+}
+
+#[test]
 fn refused_signatures_are_403_with_s3_codes_and_change_nothing() {
     let dev = Dev::start(&[]);
     let t = now_s();
