@@ -447,7 +447,7 @@ async fn moved_since(node: &Arc<Node>, blake3: &[u8; 32], seen: &ContentRec) -> 
     (shards(&now).is_some() && shards(&now) != shards(seen)).then_some(now)
 }
 
-async fn body_of(
+pub(crate) async fn body_of(
     node: &Arc<Node>,
     content: &ContentRec,
     blake3: [u8; 32],

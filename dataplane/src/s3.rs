@@ -4,8 +4,8 @@
 //!
 //! Served so far: SigV4 (header and presigned) with the root key (access key `root`, the root
 //! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty),
-//! GetBucketLocation, ListObjectsV2 and ListObjects. Every other operation answers `501
-//! NotImplemented`, naming it.
+//! GetBucketLocation, ListObjectsV2, ListObjects, GetObject, HeadObject, DeleteObject and
+//! DeleteObjects. Every other operation answers `501 NotImplemented`, naming it.
 
 use crate::web::{Front, RespBody};
 use bytes::Bytes;
@@ -119,6 +119,17 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
         Op::GetBucketLocation { bucket } => location(front, &bucket).await,
         Op::ListObjectsV2 { bucket } => list_objects(front, &bucket, &query, true).await,
         Op::ListObjects { bucket } => list_objects(front, &bucket, &query, false).await,
+        Op::GetObject { bucket, key } => {
+            get_object(front, &bucket, &key, &query, &parts.headers, false).await
+        }
+        Op::HeadObject { bucket, key } => {
+            get_object(front, &bucket, &key, &query, &parts.headers, true).await
+        }
+        Op::DeleteObject { bucket, key } => delete_object(front, &bucket, &key, &query).await,
+        Op::DeleteObjects { bucket } => {
+            let body = small_body(body, &verified).await?;
+            delete_objects(front, &bucket, &body).await
+        }
         other => Err(S3Error::new(
             Code::NotImplemented,
             format!("{} is not served yet", other.name()),
@@ -150,6 +161,8 @@ async fn small_body(body: Incoming, v: &Verified) -> Result<Bytes, (&'static str
 fn meta_error(e: MetaError) -> S3Error {
     match e {
         MetaError::NoSuchBucket => S3Error::new(Code::NoSuchBucket, "the bucket does not exist"),
+        MetaError::NoSuchKey => S3Error::new(Code::NoSuchKey, "the key does not exist"),
+        MetaError::NoSuchVersion => S3Error::new(Code::NoSuchVersion, "the version does not exist"),
         MetaError::BucketNotEmpty => S3Error::new(
             Code::BucketNotEmpty,
             "the bucket holds versions (delete markers count): delete them first",
@@ -449,5 +462,267 @@ async fn list_objects(front: &Front, bucket: &str, query: &str, v2: bool) -> Res
     }
     doc.push_str(&prefixes);
     doc.push_str("</ListBucketResult>");
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// A native API error (from the store's read path) in S3's terms.
+fn api_error(e: crate::web::ApiError) -> S3Error {
+    let code = match e.status.as_u16() {
+        404 => Code::NoSuchKey,
+        412 => Code::PreconditionFailed,
+        416 => Code::InvalidRange,
+        503 => Code::ServiceUnavailable,
+        400 => Code::InvalidRequest,
+        _ => Code::InternalError,
+    };
+    S3Error::new(code, e.message)
+}
+
+/// An S3 `versionId`: ostore's versions are numbers.
+fn version_id(query: &str) -> Result<Option<u64>, S3Error> {
+    for (k, v) in ostore_s3::sigv4::query_pairs(query) {
+        if k == b"versionId" {
+            let v = String::from_utf8_lossy(&v).into_owned();
+            return v.parse().map(Some).map_err(|_| {
+                S3Error::new(
+                    Code::InvalidArgument,
+                    format!("invalid version id {v:?} (ostore's version ids are numbers)"),
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// GetObject and HeadObject: a version (`versionId`), `Range`, the conditional headers, the
+/// `response-*` overrides.
+async fn get_object(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    query: &str,
+    headers: &http::HeaderMap,
+    head_only: bool,
+) -> Result<Resp, S3Error> {
+    use crate::web::{preconditions, Precondition};
+    use ostore_engine::range::{resolve, RangeDecision};
+    let version = version_id(query)?;
+    let mut overrides = Vec::new();
+    for (k, v) in ostore_s3::sigv4::query_pairs(query) {
+        let name = match k.as_slice() {
+            b"response-content-type" => header::CONTENT_TYPE,
+            b"response-content-disposition" => header::CONTENT_DISPOSITION,
+            b"response-content-encoding" => header::CONTENT_ENCODING,
+            b"response-content-language" => header::CONTENT_LANGUAGE,
+            b"response-cache-control" => header::CACHE_CONTROL,
+            b"response-expires" => header::EXPIRES,
+            b"partNumber" if v.as_slice() != b"1" => {
+                return Err(S3Error::new(
+                    Code::InvalidRange,
+                    "this object was not uploaded in parts: only partNumber=1 exists",
+                ))
+            }
+            _ => continue,
+        };
+        let v = HeaderValue::from_bytes(&v).map_err(|_| {
+            S3Error::new(
+                Code::InvalidArgument,
+                "a response-* override is not a header value",
+            )
+        })?;
+        overrides.push((name, v));
+    }
+    let resolved: ostore_control::meta::Resolved = front
+        .node
+        .meta
+        .ask(ask::Resolve {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            version,
+        })
+        .await
+        .map_err(meta_error)?;
+    let v = &resolved.version;
+    if resolved.content.damaged {
+        return Err(S3Error::new(
+            Code::ServiceUnavailable,
+            "the object is damaged: fewer than K of its shards are readable",
+        ));
+    }
+    let etag = etag_of(v);
+    let mut h = http::HeaderMap::new();
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
+    h.insert("x-amz-version-id", HeaderValue::from(v.version));
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&crate::time::http_date(v.created_ms)).expect("date"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("binary/octet-stream"),
+    );
+    let ignore_range = match preconditions(headers, &etag, v.created_ms) {
+        Precondition::Failed => {
+            return Err(S3Error::new(
+                Code::PreconditionFailed,
+                "at least one of the preconditions did not hold",
+            ))
+        }
+        Precondition::NotModified => {
+            let mut r = empty(StatusCode::NOT_MODIFIED);
+            *r.headers_mut() = h;
+            return Ok(r);
+        }
+        Precondition::Proceed { ignore_range } => ignore_range,
+    };
+    let size = v.size_bytes;
+    let range_header = (!ignore_range)
+        .then(|| headers.get(header::RANGE).and_then(|v| v.to_str().ok()))
+        .flatten();
+    let (status, range) = match resolve(range_header, size) {
+        RangeDecision::Full => (StatusCode::OK, 0..size),
+        RangeDecision::Partial(r) => {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1))
+                    .expect("range"),
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        RangeDecision::Unsatisfiable => {
+            return Err(S3Error::new(
+                Code::InvalidRange,
+                format!("the requested range is not satisfiable: the object has {size} bytes"),
+            ))
+        }
+    };
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(range.end - range.start),
+    );
+    for (n, v) in overrides {
+        h.insert(n, v);
+    }
+    let body = if head_only {
+        RespBody::Full(None)
+    } else {
+        crate::http::body_of(&front.node, &resolved.content, v.blake3, range, None)
+            .await
+            .map_err(api_error)?
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    Ok(r)
+}
+
+/// Deletes one key (a delete marker: the key reads as absent, its versions stay) or, with a
+/// version, that version. What is already absent deletes fine, as in S3.
+async fn delete_one(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    version: Option<u64>,
+) -> Result<Option<u64>, S3Error> {
+    let r = match version {
+        Some(v) => front
+            .node
+            .meta
+            .ask(ask::DeleteVersion {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version: v,
+            })
+            .await
+            .map(|()| None),
+        None => {
+            front
+                .node
+                .meta
+                .ask(ask::DeleteKey {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                })
+                .await
+        }
+    };
+    match r {
+        Ok(marker) => Ok(marker),
+        Err(MetaError::NoSuchKey) | Err(MetaError::NoSuchVersion) => Ok(None),
+        Err(e) => Err(meta_error(e)),
+    }
+}
+
+async fn delete_object(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    query: &str,
+) -> Result<Resp, S3Error> {
+    let version = version_id(query)?;
+    let marker = delete_one(front, bucket, key, version).await?;
+    let mut r = empty(StatusCode::NO_CONTENT);
+    if let Some(m) = marker {
+        r.headers_mut()
+            .insert("x-amz-delete-marker", HeaderValue::from_static("true"));
+        r.headers_mut()
+            .insert("x-amz-version-id", HeaderValue::from(m));
+    } else if let Some(v) = version {
+        r.headers_mut()
+            .insert("x-amz-version-id", HeaderValue::from(v));
+    }
+    Ok(r)
+}
+
+async fn delete_objects(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp, S3Error> {
+    let (objects, quiet) = xml::delete_objects(body)?;
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<DeleteResult xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\">");
+    for o in objects {
+        let version = match o.version_id.as_deref().map(str::parse::<u64>) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(_)) => Err(S3Error::new(
+                Code::InvalidArgument,
+                "invalid version id (ostore's version ids are numbers)",
+            )),
+        };
+        let r = match version {
+            Ok(v) => delete_one(front, bucket, &o.key, v).await.map(|m| (v, m)),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok((v, marker)) => {
+                if quiet {
+                    continue;
+                }
+                doc.push_str("<Deleted>");
+                xml::element(&mut doc, "Key", &o.key);
+                if let Some(v) = v {
+                    xml::element(&mut doc, "VersionId", &v.to_string());
+                }
+                if let Some(m) = marker {
+                    xml::element(&mut doc, "DeleteMarker", "true");
+                    xml::element(&mut doc, "DeleteMarkerVersionId", &m.to_string());
+                }
+                doc.push_str("</Deleted>");
+            }
+            Err(e) if e.code == Code::NoSuchBucket => return Err(e),
+            Err(e) => {
+                doc.push_str("<Error>");
+                xml::element(&mut doc, "Key", &o.key);
+                if let Some(v) = &o.version_id {
+                    xml::element(&mut doc, "VersionId", v);
+                }
+                xml::element(&mut doc, "Code", e.code.as_str());
+                xml::element(&mut doc, "Message", &e.message);
+                doc.push_str("</Error>");
+            }
+        }
+    }
+    doc.push_str("</DeleteResult>");
     Ok(xml_response(StatusCode::OK, doc))
 }

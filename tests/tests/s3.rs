@@ -142,6 +142,54 @@ fn boto3_lists_keys_written_through_the_native_api() {
 }
 
 #[test]
+fn boto3_reads_and_deletes_objects_written_through_the_native_api() {
+    let Some(py) = ostore_tests::python_with("boto3") else {
+        ostore_tests::missing_prerequisite(
+            "boto3_reads_and_deletes_objects_written_through_the_native_api",
+            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
+        );
+    };
+    let dev = Dev::start(&[]);
+    let r = s3_request(&dev, "PUT", "/objs", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let big = ostore_tests::random_bytes(5, 20 * 1024 * 1024 + 1);
+    let dir = tempfile::tempdir().unwrap();
+    let big_file = dir.path().join("big");
+    std::fs::write(&big_file, &big).unwrap();
+    for (key, body) in [
+        ("small", b"hello world".to_vec()),
+        ("big", big),
+        ("gone/1", b"1".to_vec()),
+        ("gone/2", b"2".to_vec()),
+    ] {
+        let r = dev
+            .req(reqwest::Method::PUT, &format!("/objects/{key}?bucket=objs"))
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{key}");
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_objects.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(format!("http://{}", dev.s3))
+        .arg(&dev.secret)
+        .arg("objs")
+        .arg(&big_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "boto3 object checks failed:\n{stdout}"
+    );
+    assert!(stdout.lines().count() >= 19, "{stdout}");
+    // What S3 deleted, the native API sees deleted.
+    assert_eq!(dev.get_bytes("small?bucket=objs").0, 404);
+}
+
+#[test]
 fn refused_signatures_are_403_with_s3_codes_and_change_nothing() {
     let dev = Dev::start(&[]);
     let t = now_s();
