@@ -4,7 +4,8 @@
 //!
 //! Served so far: SigV4 (header and presigned) with the root key (access key `root`, the root
 //! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty),
-//! GetBucketLocation, ListObjectsV2, ListObjects, GetObject, HeadObject, DeleteObject and
+//! GetBucketLocation, ListObjectsV2, ListObjects, PutObject (plain and `aws-chunked` bodies,
+//! the signed SHA-256 and `x-amz-checksum-*` verified), GetObject, HeadObject, DeleteObject and
 //! DeleteObjects. Every other operation answers `501 NotImplemented`, naming it.
 
 use crate::web::{Front, RespBody};
@@ -126,6 +127,9 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
             get_object(front, &bucket, &key, &query, &parts.headers, true).await
         }
         Op::DeleteObject { bucket, key } => delete_object(front, &bucket, &key, &query).await,
+        Op::PutObject { bucket, key } => {
+            put_object(front, &bucket, &key, &parts.headers, body, &verified).await
+        }
         Op::DeleteObjects { bucket } => {
             let body = small_body(body, &verified).await?;
             delete_objects(front, &bucket, &body).await
@@ -296,7 +300,11 @@ async fn location(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
 /// S3's multipart suffix (`-1`), which clients (the aws CLI, rclone, boto3's transfers) read
 /// as "not an MD5" and never check a download against.
 fn etag_of(v: &ostore_control::records::VersionRec) -> String {
-    format!("\"{}-1\"", hex::encode(&v.blake3[..16]))
+    etag_of_content(&v.blake3)
+}
+
+fn etag_of_content(blake3: &[u8; 32]) -> String {
+    format!("\"{}-1\"", hex::encode(&blake3[..16]))
 }
 
 fn owner(doc: &mut String) {
@@ -725,4 +733,248 @@ async fn delete_objects(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp
     }
     doc.push_str("</DeleteResult>");
     Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// A PutObject body as the store reads it: `aws-chunked` decoded when it is, every byte fed to
+/// the checks the request asked for; at its end the checks decide, so a body that fails them
+/// ends in an error before anything is committed (the S3 error kept for the answer).
+struct S3Body<'a> {
+    body: Incoming,
+    front: &'a Front,
+    decoder: Option<ostore_s3::chunked::Decoder>,
+    pending: Bytes,
+    check: Option<ostore_s3::checksum::BodyCheck>,
+    checked: Option<ostore_s3::checksum::Checked>,
+    failed: Option<S3Error>,
+    /// Bytes the request declared (Content-Length, or x-amz-decoded-content-length) and bytes
+    /// handed on so far.
+    declared: u64,
+    passed: u64,
+}
+
+impl S3Body<'_> {
+    fn fail(&mut self, e: S3Error) -> Option<Result<Bytes, crate::store::BodyFault>> {
+        let m = e.to_string();
+        self.failed = Some(e);
+        Some(Err(crate::store::BodyFault::Broken(m)))
+    }
+
+    fn finish(&mut self) -> Option<Result<Bytes, crate::store::BodyFault>> {
+        let check = self.check.take()?;
+        if self.passed != self.declared {
+            return self.fail(S3Error::new(
+                Code::IncompleteBody,
+                format!(
+                    "the body has {} bytes, not the {} declared",
+                    self.passed, self.declared
+                ),
+            ));
+        }
+        let trailers = self
+            .decoder
+            .as_ref()
+            .map(|d| d.trailers().to_vec())
+            .unwrap_or_default();
+        match check.finish(&trailers) {
+            Ok(c) => {
+                self.checked = Some(c);
+                None
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn pass(&mut self, b: Bytes) -> Option<Result<Bytes, crate::store::BodyFault>> {
+        if let Some(c) = &mut self.check {
+            c.update(&b);
+        }
+        self.passed = self.passed.saturating_add(b.len() as u64);
+        if self.passed > self.declared {
+            return self.fail(S3Error::new(
+                Code::IncompleteBody,
+                format!(
+                    "the body is longer than the {} bytes declared",
+                    self.declared
+                ),
+            ));
+        }
+        self.front
+            .node
+            .metrics
+            .bytes_in
+            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Some(Ok(b))
+    }
+}
+
+impl crate::store::BodySource for S3Body<'_> {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, crate::store::BodyFault>> {
+        use ostore_s3::chunked::Step;
+        loop {
+            self.check.as_ref()?;
+            if let Some(d) = &mut self.decoder {
+                match d.next(&mut self.pending) {
+                    Ok(Step::Data(b)) => return self.pass(b),
+                    Ok(Step::Done) => return self.finish(),
+                    Ok(Step::NeedMore) => {}
+                    Err(e) => return self.fail(e),
+                }
+            }
+            let idle = self.front.limits.body_idle;
+            let Some(frame) = ostore_server::conn::within(idle, self.body.frame()).await else {
+                return Some(Err(crate::store::BodyFault::Stalled(idle)));
+            };
+            match frame {
+                None if self.decoder.is_some() => {
+                    return self.fail(S3Error::new(
+                        Code::IncompleteBody,
+                        "the aws-chunked body ended before its last chunk",
+                    ))
+                }
+                None => return self.finish(),
+                Some(Err(e)) => {
+                    return Some(Err(crate::store::BodyFault::Broken(format!(
+                        "reading the request body: {e}"
+                    ))))
+                }
+                Some(Ok(f)) => {
+                    let Ok(d) = f.into_data() else { continue };
+                    if d.is_empty() {
+                        continue;
+                    }
+                    if self.decoder.is_some() {
+                        self.pending = d;
+                    } else {
+                        return self.pass(d);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn store_error(e: crate::store::StoreError, body: &S3Body<'_>) -> S3Error {
+    use crate::store::{BodyFault, StoreError};
+    if let Some(f) = &body.failed {
+        return f.clone();
+    }
+    match e {
+        StoreError::TooLarge => S3Error::new(Code::EntityTooLarge, e.to_string()),
+        StoreError::Body(BodyFault::Stalled(_)) => {
+            S3Error::new(Code::RequestTimeout, e.to_string())
+        }
+        StoreError::Body(BodyFault::Broken(m)) => S3Error::new(Code::IncompleteBody, m),
+        StoreError::Meta(MetaError::PreconditionFailed) => S3Error::new(
+            Code::PreconditionFailed,
+            "at least one of the preconditions did not hold",
+        ),
+        StoreError::Meta(m) => meta_error(m),
+        StoreError::InsufficientStorage(m) | StoreError::NotEnoughNodes(m) => {
+            S3Error::new(Code::ServiceUnavailable, m)
+        }
+        other => S3Error::new(Code::InternalError, other.to_string()),
+    }
+}
+
+fn header_u64(h: &http::HeaderMap, name: &str) -> Result<Option<u64>, S3Error> {
+    h.get(name)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    S3Error::new(Code::InvalidArgument, format!("{name} is not a number"))
+                })
+        })
+        .transpose()
+}
+
+/// PutObject: a plain or `aws-chunked` body, checked as it streams, stored as the native PUT
+/// stores it (erasure coded, deduplicated, compressed where it pays), committed only once the
+/// checks passed; `If-None-Match: *` and `If-Match` make it conditional.
+async fn put_object(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    v: &Verified,
+) -> Result<Resp, S3Error> {
+    ostore_control::keys::valid_object_key(key)
+        .then_some(())
+        .ok_or_else(|| {
+            S3Error::new(
+                Code::InvalidArgument,
+                "a key is 1 to 1024 bytes of UTF-8 without NUL",
+            )
+        })?;
+    let chunked = matches!(v.payload, ostore_s3::sigv4::Payload::Streaming { .. });
+    let length = if chunked {
+        header_u64(headers, "x-amz-decoded-content-length")?.ok_or_else(|| {
+            S3Error::new(
+                Code::MissingContentLength,
+                "an aws-chunked body needs x-amz-decoded-content-length",
+            )
+        })?
+    } else {
+        header_u64(headers, "content-length")?.ok_or_else(|| {
+            S3Error::new(
+                Code::MissingContentLength,
+                "PutObject needs a Content-Length",
+            )
+        })?
+    };
+    if length > 5 << 30 {
+        return Err(S3Error::new(
+            Code::EntityTooLarge,
+            "a single PUT is at most 5 GiB: upload larger objects in parts",
+        ));
+    }
+    let decoder = match v.payload {
+        ostore_s3::sigv4::Payload::Streaming { trailer, .. } => {
+            Some(ostore_s3::chunked::Decoder::new(v.chain.clone(), trailer))
+        }
+        _ => None,
+    };
+    let mut src = S3Body {
+        body,
+        front,
+        decoder,
+        pending: Bytes::new(),
+        check: Some(ostore_s3::checksum::BodyCheck::new(&v.payload, headers)?),
+        checked: None,
+        failed: None,
+        declared: length,
+        passed: 0,
+    };
+    let cond = crate::web::write_condition(headers);
+    let committed = match crate::store::put(
+        &front.node,
+        bucket,
+        key,
+        None,
+        Some(length),
+        &cond,
+        &mut src,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return Err(store_error(e, &src)),
+    };
+    let mut r = empty(StatusCode::OK);
+    r.headers_mut().insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag_of_content(&committed.blake3)).expect("hex"),
+    );
+    r.headers_mut().insert(
+        "x-amz-version-id",
+        HeaderValue::from(committed.outcome.version),
+    );
+    if let Some((a, value)) = src.checked.and_then(|c| c.checksum) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(a.header(), v);
+        }
+    }
+    Ok(r)
 }

@@ -64,6 +64,36 @@ pub struct Decoder {
     decoded_bytes: u64,
 }
 
+/// The signature of one chunk of a signed body: `prev` is the request's signature for the
+/// first chunk, else the previous chunk's.
+pub fn chunk_signature(chain: &Chain, prev: &[u8; 32], data: &[u8]) -> [u8; 32] {
+    payload_signature(chain, prev, &Sha256::digest(data).into())
+}
+
+fn payload_signature(chain: &Chain, prev: &[u8; 32], data_hash: &[u8; 32]) -> [u8; 32] {
+    let sts = format!(
+        "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{}\n{EMPTY_SHA256}\n{}",
+        chain.amz_date,
+        chain.scope,
+        hex::encode(prev),
+        hex::encode(data_hash)
+    );
+    crate::sigv4::signature(&chain.key, &sts)
+}
+
+/// The signature of a signed body's trailer (`trailer_text`: each `name:value\n`), after the
+/// last chunk's signature `prev`.
+pub fn trailer_signature(chain: &Chain, prev: &[u8; 32], trailer_text: &str) -> [u8; 32] {
+    let sts = format!(
+        "AWS4-HMAC-SHA256-TRAILER\n{}\n{}\n{}\n{}",
+        chain.amz_date,
+        chain.scope,
+        hex::encode(prev),
+        hex::encode(Sha256::digest(trailer_text.as_bytes()))
+    );
+    crate::sigv4::signature(&chain.key, &sts)
+}
+
 fn bad(m: impl Into<String>) -> S3Error {
     S3Error::new(Code::IncompleteBody, m)
 }
@@ -127,20 +157,15 @@ impl Decoder {
         let Some((chain, prev)) = &mut self.chain else {
             return Ok(());
         };
-        let data_hash = std::mem::replace(&mut self.hash, Sha256::new()).finalize();
+        let data_hash: [u8; 32] = std::mem::replace(&mut self.hash, Sha256::new())
+            .finalize()
+            .into();
         let Some(claimed) = self.claimed.take() else {
             return Err(mismatch(
                 "a chunk of a signed body carries no chunk-signature",
             ));
         };
-        let sts = format!(
-            "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{}\n{EMPTY_SHA256}\n{}",
-            chain.amz_date,
-            chain.scope,
-            hex::encode(*prev),
-            hex::encode(data_hash)
-        );
-        let expected = crate::sigv4::signature(&chain.key, &sts);
+        let expected = payload_signature(chain, prev, &data_hash);
         use subtle::ConstantTimeEq;
         if !bool::from(expected.ct_eq(&claimed)) {
             return Err(mismatch("a chunk's signature does not match its data"));
@@ -222,14 +247,7 @@ impl Decoder {
                         "the trailer of a signed body carries no signature",
                     ));
                 };
-                let sts = format!(
-                    "AWS4-HMAC-SHA256-TRAILER\n{}\n{}\n{}\n{}",
-                    chain.amz_date,
-                    chain.scope,
-                    hex::encode(prev),
-                    hex::encode(Sha256::digest(self.trailer_text.as_bytes()))
-                );
-                let expected = crate::sigv4::signature(&chain.key, &sts);
+                let expected = trailer_signature(chain, prev, &self.trailer_text);
                 use subtle::ConstantTimeEq;
                 if !bool::from(expected.ct_eq(&claimed)) {
                     return Err(mismatch("the trailer's signature does not match"));
@@ -367,6 +385,22 @@ mod tests {
             assert_eq!(out.len(), 66_560, "piece {piece}");
             assert!(out.iter().all(|&b| b == b'a'));
         }
+    }
+
+    #[test]
+    fn chunk_signature_makes_the_published_chain() {
+        let (chain, _) = example();
+        let first = chunk_signature(&chain, &chain.seed, &vec![b'a'; 65_536]);
+        assert_eq!(
+            hex::encode(first),
+            "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648"
+        );
+        let second = chunk_signature(&chain, &first, &[b'a'; 1024]);
+        let last = chunk_signature(&chain, &second, b"");
+        assert_eq!(
+            hex::encode(last),
+            "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9"
+        );
     }
 
     #[test]

@@ -6,12 +6,15 @@
 //! - [`chunked`]: the `aws-chunked` body decoder (signed chunks chained from the seed
 //!   signature, unsigned chunks, trailers with their checksum and signature), a state machine
 //!   fed bytes and answering with data;
+//! - [`checksum`]: a body's integrity as S3 checks it while it streams — the signed SHA-256,
+//!   and `x-amz-checksum-*` (CRC32, CRC32C, SHA-1, SHA-256) from a header or a trailer;
 //! - [`time`]: the two timestamp forms S3 uses, without a calendar crate;
 //! - [`error`]: S3's error codes and the HTTP statuses they go with.
 //!
 //! It knows nothing of sockets, runtimes or the store: the data plane's S3 front end hands it
 //! request heads and body bytes, and carries out what it decides.
 
+pub mod checksum;
 pub mod chunked;
 pub mod error;
 pub mod route;

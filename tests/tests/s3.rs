@@ -190,6 +190,164 @@ fn boto3_reads_and_deletes_objects_written_through_the_native_api() {
 }
 
 #[test]
+fn boto3_writes_with_its_default_checksums() {
+    let Some(py) = ostore_tests::python_with("boto3") else {
+        ostore_tests::missing_prerequisite(
+            "boto3_writes_with_its_default_checksums",
+            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
+        );
+    };
+    let dev = Dev::start(&[]);
+    let r = s3_request(&dev, "PUT", "/puts", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_put.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(format!("http://{}", dev.s3))
+        .arg(&dev.secret)
+        .arg("puts")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "boto3 PUT checks failed:\n{stdout}");
+    assert!(stdout.lines().count() >= 10, "{stdout}");
+    // What S3 wrote, the native API reads.
+    let (status, body) = dev.get_bytes("c?bucket=puts");
+    assert_eq!((status, body.as_slice()), (200, &b"second"[..]));
+}
+
+/// A PUT with a signed `aws-chunked` body (chunks of `piece` bytes; with `trailer`, a CRC32
+/// in a signed trailer), as the AWS SDKs send over TLS. `tamper` flips a byte of the data after
+/// signing.
+fn chunked_put(
+    dev: &Dev,
+    path: &str,
+    data: &[u8],
+    piece: usize,
+    trailer: bool,
+    tamper: bool,
+) -> reqwest::blocking::Response {
+    use ostore_s3::chunked::{chunk_signature, trailer_signature};
+    use ostore_s3::sigv4::{Chain, STREAMING_SIGNED, STREAMING_SIGNED_TRAILER};
+    let t = now_s();
+    let mut h = http::HeaderMap::new();
+    h.insert("host", http::HeaderValue::from_str(&dev.s3).unwrap());
+    h.insert(
+        "content-encoding",
+        http::HeaderValue::from_static("aws-chunked"),
+    );
+    h.insert(
+        "x-amz-decoded-content-length",
+        http::HeaderValue::from(data.len() as u64),
+    );
+    if trailer {
+        h.insert(
+            "x-amz-trailer",
+            http::HeaderValue::from_static("x-amz-checksum-crc32"),
+        );
+    }
+    let mode = if trailer {
+        STREAMING_SIGNED_TRAILER
+    } else {
+        STREAMING_SIGNED
+    };
+    let auth = sign(
+        "PUT",
+        path,
+        "",
+        &mut h,
+        mode,
+        &Signer {
+            access_key: "root",
+            secret: &dev.secret,
+            region: "us-east-1",
+            now_s: t,
+        },
+    );
+    let date = ostore_s3::time::amz_date(t);
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(auth.rsplit("Signature=").next().unwrap(), &mut seed).unwrap();
+    let chain = Chain {
+        key: ostore_s3::sigv4::signing_key(&dev.secret, &date[..8], "us-east-1", "s3"),
+        scope: format!("{}/us-east-1/s3/aws4_request", &date[..8]),
+        amz_date: date,
+        seed,
+    };
+    let mut body = Vec::new();
+    let mut prev = chain.seed;
+    for c in data.chunks(piece).chain(std::iter::once(&[][..])) {
+        let sig = chunk_signature(&chain, &prev, c);
+        body.extend_from_slice(
+            format!("{:x};chunk-signature={}\r\n", c.len(), hex::encode(sig)).as_bytes(),
+        );
+        let at = body.len();
+        body.extend_from_slice(c);
+        if tamper && !c.is_empty() {
+            body[at] ^= 1;
+        }
+        if !c.is_empty() {
+            body.extend_from_slice(b"\r\n");
+        }
+        prev = sig;
+    }
+    if trailer {
+        use base64::Engine as _;
+        let crc =
+            base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(data).to_be_bytes());
+        let text = format!("x-amz-checksum-crc32:{crc}\n");
+        let sig = trailer_signature(&chain, &prev, &text);
+        body.extend_from_slice(
+            format!(
+                "x-amz-checksum-crc32:{crc}\r\nx-amz-trailer-signature:{}\r\n",
+                hex::encode(sig)
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(b"\r\n");
+    let mut r = reqwest::blocking::Client::new()
+        .put(format!("http://{}{path}", dev.s3))
+        .header("authorization", auth)
+        .body(body);
+    for (n, v) in &h {
+        if n != "host" {
+            r = r.header(n, v);
+        }
+    }
+    r.send().unwrap()
+}
+
+#[test]
+fn signed_aws_chunked_bodies_are_checked_chunk_by_chunk() {
+    let dev = Dev::start(&[]);
+    let r = s3_request(&dev, "PUT", "/chunks", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200);
+    let data = ostore_tests::random_bytes(9, 300_000);
+    for (key, trailer) in [("plain", false), ("trailer", true)] {
+        let r = chunked_put(
+            &dev,
+            &format!("/chunks/{key}"),
+            &data,
+            65_536,
+            trailer,
+            false,
+        );
+        let checksum = r.headers().get("x-amz-checksum-crc32").cloned();
+        assert_eq!(r.status(), 200, "{key}: {}", r.text().unwrap());
+        assert_eq!(checksum.is_some(), trailer, "{key}");
+        let (status, got) = dev.get_bytes(&format!("{key}?bucket=chunks"));
+        assert_eq!(status, 200);
+        assert!(got == data, "{key}: the bytes read back differ");
+    }
+    // A byte changed after signing: refused, nothing written.
+    let r = chunked_put(&dev, "/chunks/tampered", &data, 65_536, true, true);
+    assert_eq!(r.status(), 403);
+    assert_eq!(code_of(&r.text().unwrap()), "SignatureDoesNotMatch");
+    assert_eq!(dev.get_bytes("tampered?bucket=chunks").0, 404);
+}
+
+#[test]
 fn refused_signatures_are_403_with_s3_codes_and_change_nothing() {
     let dev = Dev::start(&[]);
     let t = now_s();
