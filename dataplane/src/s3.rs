@@ -112,7 +112,7 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
     let r = match op {
         Op::ListBuckets => list_buckets(front).await,
         Op::CreateBucket { bucket } => {
-            let body = small_body(body, &verified).await?;
+            let body = small_body(body, &verified, &parts.headers).await?;
             create_bucket(front, &bucket, &body).await
         }
         Op::HeadBucket { bucket } => head_bucket(front, &bucket).await,
@@ -131,7 +131,7 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
             put_object(front, &bucket, &key, &parts.headers, body, &verified).await
         }
         Op::DeleteObjects { bucket } => {
-            let body = small_body(body, &verified).await?;
+            let body = small_body(body, &verified, &parts.headers).await?;
             delete_objects(front, &bucket, &body).await
         }
         other => Err(S3Error::new(
@@ -142,8 +142,24 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
     r.map(|r| (name, r)).map_err(|e| (name, e))
 }
 
-/// A small request body (an XML document), whole, checked against its signed hash.
-async fn small_body(body: Incoming, v: &Verified) -> Result<Bytes, (&'static str, S3Error)> {
+/// A small request body (an XML document), whole, checked as a PutObject body is (the signed
+/// SHA-256, `Content-MD5`, `x-amz-checksum-*`).
+async fn small_body(
+    body: Incoming,
+    v: &Verified,
+    headers: &http::HeaderMap,
+) -> Result<Bytes, (&'static str, S3Error)> {
+    if matches!(v.payload, ostore_s3::sigv4::Payload::Streaming { .. }) {
+        return Err((
+            "body",
+            S3Error::new(
+                Code::InvalidRequest,
+                "this request's body is a small document: send it whole, not aws-chunked",
+            ),
+        ));
+    }
+    let mut check =
+        ostore_s3::checksum::BodyCheck::new(&v.payload, headers).map_err(|e| ("body", e))?;
     let limited = http_body_util::Limited::new(body, XML_BODY_BYTES_MAX);
     let b = limited
         .collect()
@@ -158,7 +174,8 @@ async fn small_body(body: Incoming, v: &Verified) -> Result<Bytes, (&'static str
             )
         })?
         .to_bytes();
-    v.payload.check_whole(&b).map_err(|e| ("body", e))?;
+    check.update(&b);
+    check.finish(&[]).map_err(|e| ("body", e))?;
     Ok(b)
 }
 

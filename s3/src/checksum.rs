@@ -1,5 +1,6 @@
 //! A body's integrity as S3 checks it, while the body streams: the SHA-256 the request was
-//! signed with (`x-amz-content-sha256`), and the checksum the client chose
+//! signed with (`x-amz-content-sha256`), the MD5 of `Content-MD5`, and the checksum the client
+//! chose
 //! (`x-amz-checksum-crc32|crc32c|sha1|sha256`, in a header or, for `aws-chunked` bodies, in a
 //! trailer that `x-amz-trailer` announces). CRC64NVME is refused as not supported rather than
 //! accepted unchecked.
@@ -84,6 +85,7 @@ impl Hasher {
 /// The checks one body must pass, fed as it streams.
 pub struct BodyCheck {
     signed: Option<([u8; 32], sha2::Sha256)>,
+    md5: Option<([u8; 16], md5::Md5)>,
     checksum: Option<(Algorithm, Hasher, Option<String>)>,
 }
 
@@ -99,6 +101,29 @@ impl BodyCheck {
         let signed = match payload {
             Payload::Sha256(h) => Some((*h, sha2::Sha256::new())),
             _ => None,
+        };
+        let md5 = match headers.get("content-md5") {
+            None => None,
+            Some(v) => {
+                let mut want = [0u8; 16];
+                let ok = v
+                    .to_str()
+                    .ok()
+                    .and_then(|v| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(v.trim())
+                            .ok()
+                    })
+                    .filter(|d| d.len() == 16)
+                    .map(|d| want.copy_from_slice(&d));
+                if ok.is_none() {
+                    return Err(S3Error::new(
+                        Code::InvalidDigest,
+                        "Content-MD5 must be the base64 of 16 bytes",
+                    ));
+                }
+                Some((want, md5::Md5::new()))
+            }
         };
         let mut checksum = None;
         for (name, v) in headers {
@@ -137,11 +162,18 @@ impl BodyCheck {
                 }
             }
         }
-        Ok(BodyCheck { signed, checksum })
+        Ok(BodyCheck {
+            signed,
+            md5,
+            checksum,
+        })
     }
 
     pub fn update(&mut self, data: &[u8]) {
         if let Some((_, h)) = &mut self.signed {
+            h.update(data);
+        }
+        if let Some((_, h)) = &mut self.md5 {
             h.update(data);
         }
         if let Some((_, h, _)) = &mut self.checksum {
@@ -156,6 +188,14 @@ impl BodyCheck {
                 return Err(S3Error::new(
                     Code::XAmzContentSHA256Mismatch,
                     "the body's SHA-256 is not the x-amz-content-sha256 it was signed with",
+                ));
+            }
+        }
+        if let Some((want, h)) = self.md5 {
+            if <[u8; 16]>::from(h.finalize()) != want {
+                return Err(S3Error::new(
+                    Code::BadDigest,
+                    "the Content-MD5 you specified did not match what was received",
                 ));
             }
         }
@@ -258,6 +298,33 @@ mod tests {
             .unwrap_err()
             .code,
             Code::NotImplemented
+        );
+    }
+
+    #[test]
+    fn content_md5() {
+        // MD5("hello world") = 5eb63bbbe01eeed093cb22bb8f5acdc3.
+        check(
+            &[("content-md5", "XrY7u+Ae7tCTyyK7j1rNww==")],
+            Payload::Unsigned,
+            b"hello world",
+        )
+        .unwrap();
+        assert_eq!(
+            check(
+                &[("content-md5", "XrY7u+Ae7tCTyyK7j1rNww==")],
+                Payload::Unsigned,
+                b"hello"
+            )
+            .unwrap_err()
+            .code,
+            Code::BadDigest
+        );
+        assert_eq!(
+            check(&[("content-md5", "nope")], Payload::Unsigned, b"")
+                .unwrap_err()
+                .code,
+            Code::InvalidDigest
         );
     }
 

@@ -74,24 +74,6 @@ impl Payload {
     }
 }
 
-impl Payload {
-    /// Checks a whole body read into memory against the signed hash (small request bodies:
-    /// XML documents). Streaming bodies are the chunk decoder's to check.
-    pub fn check_whole(&self, body: &[u8]) -> Result<(), S3Error> {
-        match self {
-            Payload::Sha256(h) if <[u8; 32]>::from(Sha256::digest(body)) != *h => Err(denied(
-                Code::XAmzContentSHA256Mismatch,
-                "the body's SHA-256 is not the x-amz-content-sha256 it was signed with",
-            )),
-            Payload::Streaming { .. } => Err(denied(
-                Code::InvalidRequest,
-                "this request's body is a small document: send it whole, not aws-chunked",
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Where a signed `aws-chunked` body's chain of signatures starts: the request's signature,
 /// under the request's signing key and scope.
 #[derive(Debug, Clone, PartialEq, Eq)]

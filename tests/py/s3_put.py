@@ -52,6 +52,11 @@ check("If-None-Match: * on a new key writes", s3.put_object(Bucket=bucket, Key="
 f = io.BytesIO(os.urandom(3 * 1024 * 1024))
 s3.upload_fileobj(f, bucket, "uploaded")
 check("upload_fileobj (one PUT below the multipart threshold)", s3.head_object(Bucket=bucket, Key="uploaded")["ContentLength"] == 3 * 1024 * 1024)
+import base64
+md5 = base64.b64encode(hashlib.md5(b"md5 body").digest()).decode()
+check("a right Content-MD5", s3.put_object(Bucket=bucket, Key="md5", Body=b"md5 body", ContentMD5=md5)["ResponseMetadata"]["HTTPStatusCode"] == 200)
+check("a wrong Content-MD5: BadDigest",
+      code_of(lambda: s3.put_object(Bucket=bucket, Key="md5bad", Body=b"other body", ContentMD5=md5)) == "BadDigest")
 v1 = s3.head_object(Bucket=bucket, Key="c")["VersionId"]
 v2 = s3.put_object(Bucket=bucket, Key="c", Body=b"second")["VersionId"]
 check("an overwrite is a new version; the old one reads by its id",

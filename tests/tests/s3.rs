@@ -211,7 +211,7 @@ fn boto3_writes_with_its_default_checksums() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "boto3 PUT checks failed:\n{stdout}");
-    assert!(stdout.lines().count() >= 10, "{stdout}");
+    assert!(stdout.lines().count() >= 12, "{stdout}");
     // What S3 wrote, the native API reads.
     let (status, body) = dev.get_bytes("c?bucket=puts");
     assert_eq!((status, body.as_slice()), (200, &b"second"[..]));
