@@ -955,44 +955,38 @@ pub fn list_delimited(
             for (k, v) in chunk {
                 let key =
                     keys::key_of_head(bucket, &k).ok_or_else(|| RecordError("head key".into()))?;
+                let head: HeadRec = decode(&v)?;
+                let Some(newest) = head.newest.filter(|n| !n.delete_marker) else {
+                    // Deleted: it lists nothing and rolls up no prefix.
+                    begin = k;
+                    begin.push(0);
+                    continue;
+                };
                 let rolled = delimiter.and_then(|d| {
                     key.get(prefix.len()..)
                         .and_then(|rest| rest.find(d))
                         .map(|i| key[..prefix.len() + i + d.len()].to_string())
                 });
-                if let Some(cp) = rolled {
-                    // Every key under this prefix is behind it now.
-                    let (cp_begin, cp_end) = keys::heads_with_prefix(bucket, &cp);
-                    debug_assert!(cp_begin <= k);
-                    let listed = start_after.is_some_and(|sa| cp.as_str() <= sa);
-                    let head: HeadRec = decode(&v)?;
-                    let live = head.newest.is_some_and(|n| !n.delete_marker);
-                    if listed || !live {
-                        // Seen on an earlier page, or this key is deleted: a live key further
-                        // under the prefix still rolls it up (read on from the next key).
-                        if listed {
-                            begin = cp_end;
-                            continue 'scan;
-                        }
-                        begin = k;
-                        begin.push(0);
-                        continue;
-                    }
+                // Every key under a rolled-up prefix is behind it: the scan seeks past them.
+                let skip_to = rolled
+                    .as_ref()
+                    .map(|cp| keys::heads_with_prefix(bucket, cp).1);
+                let entry = match rolled {
+                    // A prefix up to `start_after` was listed on an earlier page.
+                    Some(cp) if start_after.is_some_and(|sa| cp.as_str() <= sa) => None,
+                    Some(cp) => Some(Listed::Prefix(cp)),
+                    None => Some(Listed::Object(key.to_string(), newest)),
+                };
+                if let Some(e) = entry {
                     if entries.len() == limit {
                         more = true;
                         break 'scan;
                     }
-                    entries.push(Listed::Prefix(cp));
-                    begin = cp_end;
-                    continue 'scan;
+                    entries.push(e);
                 }
-                let head: HeadRec = decode(&v)?;
-                if let Some(newest) = head.newest.filter(|n| !n.delete_marker) {
-                    if entries.len() == limit {
-                        more = true;
-                        break 'scan;
-                    }
-                    entries.push(Listed::Object(key.to_string(), newest));
+                if let Some(b) = skip_to {
+                    begin = b;
+                    continue 'scan;
                 }
                 begin = k;
                 begin.push(0);
@@ -1016,7 +1010,8 @@ pub fn list_delimited(
     })
 }
 
-/// Keys whose newest version is not a delete marker, in key byte order.
+/// Keys whose newest version is not a delete marker, in key byte order (a listing without a
+/// delimiter).
 pub fn list(
     kv: &dyn Kv,
     bucket: &str,
@@ -1024,48 +1019,17 @@ pub fn list(
     start_after: Option<&str>,
     limit: usize,
 ) -> Result<ListPage> {
-    let limit = limit.clamp(1, LIST_LIMIT_MAX);
-    run(kv, false, |tx| {
-        require_bucket(tx, bucket)?;
-        let (mut begin, end) = keys::heads_with_prefix(bucket, prefix);
-        if let Some(sa) = start_after {
-            let mut after = keys::head(bucket, sa);
-            after.push(0);
-            begin = begin.max(after);
-        }
-        let mut objects = Vec::new();
-        let mut more = false;
-        // Delete-marked keys are skipped, so read in chunks until the page is full.
-        'scan: loop {
-            let chunk = tx.get_range(&begin, &end, limit + 1, false)?;
-            let n = chunk.len();
-            for (k, v) in chunk {
-                let head: HeadRec = decode(&v)?;
-                let key =
-                    keys::key_of_head(bucket, &k).ok_or_else(|| RecordError("head key".into()))?;
-                if let Some(newest) = head.newest.filter(|n| !n.delete_marker) {
-                    if objects.len() == limit {
-                        more = true;
-                        break 'scan;
-                    }
-                    objects.push((key.to_string(), newest));
-                }
-                begin = k;
-                begin.push(0);
-            }
-            if n < limit + 1 {
-                break;
-            }
-        }
-        let next_start_after = if more {
-            objects.last().map(|o| o.0.clone())
-        } else {
-            None
-        };
-        Ok(ListPage {
-            objects,
-            next_start_after,
-        })
+    let page = list_delimited(kv, bucket, prefix, None, start_after, limit)?;
+    Ok(ListPage {
+        objects: page
+            .entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Listed::Object(k, v) => Some((k, v)),
+                Listed::Prefix(_) => None,
+            })
+            .collect(),
+        next_start_after: page.next_start_after,
     })
 }
 

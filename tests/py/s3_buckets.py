@@ -6,27 +6,17 @@ NONEMPTY_BUCKET names a bucket the caller created and put a version in (through 
 API), so DeleteBucket must refuse it.
 """
 import sys
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+from s3_common import check, client as s3_client, done
 
 endpoint, secret, nonempty = sys.argv[1], sys.argv[2], sys.argv[3]
-cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, signature_version="s3v4")
 
 
 def client(key="root", sec=secret):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
-                        aws_secret_access_key=sec, region_name="us-east-1", config=cfg)
+    return s3_client(endpoint, sec, key=key, signature_version="s3v4")
 
 
 s3 = client()
-failed = False
-
-
-def check(name, ok, why=""):
-    global failed
-    print(("ok " if ok else "FAIL ") + name + ("" if ok else ": " + why), flush=True)
-    failed |= not ok
 
 
 def error_of(f):
@@ -63,4 +53,4 @@ code = error_of(lambda: s3.create_multipart_upload(Bucket="photos", Key="k"))
 check("an operation not served yet says so: NotImplemented 501", code == ("NotImplemented", 501), str(code))
 check("delete_bucket: 204", s3.delete_bucket(Bucket="photos")["ResponseMetadata"]["HTTPStatusCode"] == 204)
 check("deleted: gone from the list", "photos" not in [b["Name"] for b in s3.list_buckets()["Buckets"]])
-sys.exit(1 if failed else 0)
+done()

@@ -5,20 +5,10 @@ The bucket holds: a.txt, photos/1.jpg, photos/2.jpg, photos/2024/x.jpg, "videos/
 Prints "ok NAME" or "FAIL NAME: why" per check; exits 1 if any failed.
 """
 import sys
-import boto3
-from botocore.config import Config
+from s3_common import check, client, code_of, done
 
 endpoint, secret, bucket = sys.argv[1:4]
-s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="root", aws_secret_access_key=secret,
-                  region_name="us-east-1",
-                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
-failed = False
-
-
-def check(name, ok, why=""):
-    global failed
-    print(("ok " if ok else "FAIL ") + name + ("" if ok else ": " + str(why)), flush=True)
-    failed |= not ok
+s3 = client(endpoint, secret)
 
 
 every = ["a.txt", "photos/1.jpg", "photos/2.jpg", "photos/2024/x.jpg", "videos/a b+c.mp4"]
@@ -57,4 +47,4 @@ try:
 except Exception as e:
     code = e.response["Error"]["Code"]
 check("listing a missing bucket: NoSuchBucket", code == "NoSuchBucket", code)
-sys.exit(1 if failed else 0)
+done()

@@ -5,31 +5,12 @@ The bucket holds: small ("hello world"), big (the bytes of BIG_FILE), gone/1 and
 Prints "ok NAME" or "FAIL NAME: why" per check; exits 1 if any failed.
 """
 import io
-import sys
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import ClientError
+import sys
+from s3_common import check, client, code_of, done
 
 endpoint, secret, bucket, big_file = sys.argv[1:5]
-s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="root", aws_secret_access_key=secret,
-                  region_name="us-east-1",
-                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
-failed = False
-
-
-def check(name, ok, why=""):
-    global failed
-    print(("ok " if ok else "FAIL ") + name + ("" if ok else ": " + str(why)), flush=True)
-    failed |= not ok
-
-
-def code_of(f):
-    try:
-        f()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
+s3 = client(endpoint, secret)
 
 
 r = s3.get_object(Bucket=bucket, Key="small")
@@ -66,4 +47,4 @@ check("delete_objects took the version", code_of(lambda: s3.get_object(Bucket=bu
 r = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "big"}], "Quiet": True})
 check("quiet delete_objects lists nothing", not r.get("Deleted") and not r.get("Errors"), r)
 check("everything is gone from the listing", s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0)
-sys.exit(1 if failed else 0)
+done()

@@ -8,29 +8,10 @@ import hashlib
 import io
 import os
 import sys
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
+from s3_common import check, client, code_of, done
 
 endpoint, secret, bucket = sys.argv[1:4]
-s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="root", aws_secret_access_key=secret,
-                  region_name="us-east-1",
-                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
-failed = False
-
-
-def check(name, ok, why=""):
-    global failed
-    print(("ok " if ok else "FAIL ") + name + ("" if ok else ": " + str(why)), flush=True)
-    failed |= not ok
-
-
-def code_of(f):
-    try:
-        f()
-    except ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
+s3 = client(endpoint, secret)
 
 
 for size in [0, 1, 5 * 1024 * 1024 + 1]:
@@ -61,4 +42,4 @@ v1 = s3.head_object(Bucket=bucket, Key="c")["VersionId"]
 v2 = s3.put_object(Bucket=bucket, Key="c", Body=b"second")["VersionId"]
 check("an overwrite is a new version; the old one reads by its id",
       v1 != v2 and s3.get_object(Bucket=bucket, Key="c", VersionId=v1)["Body"].read() == b"hello world", (v1, v2))
-sys.exit(1 if failed else 0)
+done()

@@ -5,6 +5,7 @@
 
 use ostore_s3::sigv4::{sign, Signer, UNSIGNED_PAYLOAD};
 use ostore_tests::Dev;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,6 +48,39 @@ fn s3_request(
     r.send().unwrap()
 }
 
+/// A Python with boto3; the test fails, saying what is missing, without one.
+fn boto3(test: &str) -> PathBuf {
+    ostore_tests::python_with("boto3").unwrap_or_else(|| {
+        ostore_tests::missing_prerequisite(
+            test,
+            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
+        )
+    })
+}
+
+/// Runs `tests/py/SCRIPT ENDPOINT SECRET ARGS…` (one "ok NAME" or "FAIL NAME: why" line per
+/// check): it must succeed, having made at least `checks` checks.
+fn run_boto3(py: &PathBuf, dev: &Dev, script: &str, args: &[&OsStr], checks: usize) {
+    let out = Command::new(py)
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("py")
+                .join(script),
+        )
+        .arg(format!("http://{}", dev.s3))
+        .arg(&dev.secret)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{script}: boto3 checks failed:\n{stdout}"
+    );
+    assert!(stdout.lines().count() >= checks, "{stdout}");
+}
+
 fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -64,12 +98,7 @@ fn code_of(body: &str) -> String {
 
 #[test]
 fn boto3_manages_buckets_and_sees_s3_errors() {
-    let Some(py) = ostore_tests::python_with("boto3") else {
-        ostore_tests::missing_prerequisite(
-            "boto3_manages_buckets_and_sees_s3_errors",
-            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
-        );
-    };
+    let py = boto3("boto3_manages_buckets_and_sees_s3_errors");
     let dev = Dev::start(&[]);
     // A bucket with a version in it, made through the S3 API and filled through the native
     // one: the same buckets.
@@ -81,28 +110,12 @@ fn boto3_manages_buckets_and_sees_s3_errors() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_buckets.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(format!("http://{}", dev.s3))
-        .arg(&dev.secret)
-        .arg("full")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "boto3 checks failed:\n{stdout}");
-    assert!(stdout.lines().count() >= 14, "{stdout}");
+    run_boto3(&py, &dev, "s3_buckets.py", &[OsStr::new("full")], 14);
 }
 
 #[test]
 fn boto3_lists_keys_written_through_the_native_api() {
-    let Some(py) = ostore_tests::python_with("boto3") else {
-        ostore_tests::missing_prerequisite(
-            "boto3_lists_keys_written_through_the_native_api",
-            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
-        );
-    };
+    let py = boto3("boto3_lists_keys_written_through_the_native_api");
     let dev = Dev::start(&[]);
     let r = s3_request(&dev, "PUT", "/listing", "", &dev.secret, now_s());
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
@@ -124,31 +137,12 @@ fn boto3_lists_keys_written_through_the_native_api() {
             .unwrap();
         assert_eq!(r.status(), 201, "{key}");
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_list.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(format!("http://{}", dev.s3))
-        .arg(&dev.secret)
-        .arg("listing")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "boto3 listing checks failed:\n{stdout}"
-    );
-    assert!(stdout.lines().count() >= 11, "{stdout}");
+    run_boto3(&py, &dev, "s3_list.py", &[OsStr::new("listing")], 11);
 }
 
 #[test]
 fn boto3_reads_and_deletes_objects_written_through_the_native_api() {
-    let Some(py) = ostore_tests::python_with("boto3") else {
-        ostore_tests::missing_prerequisite(
-            "boto3_reads_and_deletes_objects_written_through_the_native_api",
-            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
-        );
-    };
+    let py = boto3("boto3_reads_and_deletes_objects_written_through_the_native_api");
     let dev = Dev::start(&[]);
     let r = s3_request(&dev, "PUT", "/objs", "", &dev.secret, now_s());
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
@@ -169,49 +163,24 @@ fn boto3_reads_and_deletes_objects_written_through_the_native_api() {
             .unwrap();
         assert_eq!(r.status(), 201, "{key}");
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_objects.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(format!("http://{}", dev.s3))
-        .arg(&dev.secret)
-        .arg("objs")
-        .arg(&big_file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "boto3 object checks failed:\n{stdout}"
+    run_boto3(
+        &py,
+        &dev,
+        "s3_objects.py",
+        &[OsStr::new("objs"), big_file.as_os_str()],
+        19,
     );
-    assert!(stdout.lines().count() >= 19, "{stdout}");
     // What S3 deleted, the native API sees deleted.
     assert_eq!(dev.get_bytes("small?bucket=objs").0, 404);
 }
 
 #[test]
 fn boto3_writes_with_its_default_checksums() {
-    let Some(py) = ostore_tests::python_with("boto3") else {
-        ostore_tests::missing_prerequisite(
-            "boto3_writes_with_its_default_checksums",
-            "a Python with boto3 (OSTORE_TEST_PYTHON, or target/pyvenv as .ci/run makes it)",
-        );
-    };
+    let py = boto3("boto3_writes_with_its_default_checksums");
     let dev = Dev::start(&[]);
     let r = s3_request(&dev, "PUT", "/puts", "", &dev.secret, now_s());
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_put.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(format!("http://{}", dev.s3))
-        .arg(&dev.secret)
-        .arg("puts")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "boto3 PUT checks failed:\n{stdout}");
-    assert!(stdout.lines().count() >= 12, "{stdout}");
+    run_boto3(&py, &dev, "s3_put.py", &[OsStr::new("puts")], 12);
     // What S3 wrote, the native API reads.
     let (status, body) = dev.get_bytes("c?bucket=puts");
     assert_eq!((status, body.as_slice()), (200, &b"second"[..]));
