@@ -168,14 +168,14 @@ impl DrainProgress {
     }
 }
 
-fn get<T: serde::de::DeserializeOwned>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
+fn get<T: serde::de::DeserializeOwned + 'static>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
     match tx.get(k)? {
         Some(v) => Ok(Some(decode(&v)?)),
         None => Ok(None),
     }
 }
 
-fn put<T: Serialize>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
+fn put<T: Serialize + 'static>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
     Ok(tx.set(k, &encode(v))?)
 }
 

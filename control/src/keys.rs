@@ -171,6 +171,28 @@ pub fn bucket_versions(bucket: &str) -> (Vec<u8>, Vec<u8>) {
     (b, e)
 }
 
+/// Every version of the keys of `bucket` that start with `prefix`: `[begin, end)`.
+pub fn versions_with_prefix(bucket: &str, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut b = with_strs(tag::VERSION, &[bucket]);
+    b.extend_from_slice(prefix.as_bytes());
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+/// The object key and version inside a version key of `bucket`.
+pub fn key_of_version<'a>(bucket: &str, version_key: &'a [u8]) -> Option<(&'a str, u64)> {
+    let rest = version_key
+        .strip_prefix(&[tag::VERSION])?
+        .strip_prefix(bucket.as_bytes())?
+        .strip_prefix(&[0])?;
+    let (key, v) = rest.split_at_checked(rest.len().checked_sub(9)?)?;
+    let v = v.strip_prefix(&[0])?;
+    Some((
+        std::str::from_utf8(key).ok()?,
+        !u64::from_be_bytes(v.try_into().ok()?),
+    ))
+}
+
 /// All versions of one key, newest first in key order.
 pub fn versions(bucket: &str, key: &str) -> (Vec<u8>, Vec<u8>) {
     let b = with_strs(tag::VERSION, &[bucket, key]);
@@ -420,6 +442,12 @@ mod tests {
             version("default", "k", 1),
             b"\x21default\x00k\x00\xff\xff\xff\xff\xff\xff\xff\xfe".to_vec()
         );
+        assert_eq!(
+            key_of_version("default", &version("default", "a/b", 7)),
+            Some(("a/b", 7))
+        );
+        assert_eq!(key_of_version("other", &version("default", "k", 7)), None);
+        assert_eq!(key_of_version("default", b"\x21default\x00k"), None);
         let h = [0xABu8; 32];
         let mut c = vec![0x30];
         c.extend_from_slice(&h);

@@ -63,14 +63,14 @@ impl TxnError for MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
-fn get<T: serde::de::DeserializeOwned>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
+fn get<T: serde::de::DeserializeOwned + 'static>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
     match tx.get(k)? {
         Some(v) => Ok(Some(decode(&v)?)),
         None => Ok(None),
     }
 }
 
-fn put<T: serde::Serialize>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
+fn put<T: serde::Serialize + 'static>(tx: &mut dyn Tx, k: &[u8], v: &T) -> Result<()> {
     Ok(tx.set(k, &encode(v))?)
 }
 
@@ -524,6 +524,8 @@ pub fn intents(kv: &dyn Kv) -> Result<Vec<(u64, IntentRec)>> {
     })
 }
 
+// The parts of a version, each its own argument at every call site.
+#[allow(clippy::too_many_arguments)]
 fn append_version(
     tx: &mut dyn Tx,
     bucket: &str,
@@ -532,7 +534,13 @@ fn append_version(
     size_bytes: u64,
     blake3: [u8; 32],
     delete_marker: bool,
+    attrs: &ObjectAttrs,
 ) -> Result<VersionRec> {
+    if attrs.header_bytes() > ATTRS_BYTES_MAX {
+        return Err(MetaError::Refused(format!(
+            "a version keeps at most {ATTRS_BYTES_MAX} bytes of headers"
+        )));
+    }
     let hk = keys::head(bucket, key);
     let mut head: HeadRec = get(tx, &hk)?.unwrap_or(HeadRec {
         last_version: 0,
@@ -544,6 +552,7 @@ fn append_version(
         size_bytes,
         blake3,
         delete_marker,
+        attrs: attrs.clone(),
     };
     put(tx, &keys::version(bucket, key, v.version), &v)?;
     let was_live = head.newest.as_ref().is_some_and(|n| !n.delete_marker);
@@ -605,6 +614,11 @@ pub enum WriteCondition {
     IfMatch(Vec<[u8; 32]>),
     /// `If-None-Match: "e", ...`: only if the live version's content is none of these.
     IfNoneMatch(Vec<[u8; 32]>),
+    /// Only if the live version's [`VersionRec::tag`] is one of these (S3's `If-Match`, whose
+    /// ETags are MD5s).
+    IfTagMatch(Vec<[u8; 16]>),
+    /// Only if the live version's [`VersionRec::tag`] is none of these.
+    IfTagNoneMatch(Vec<[u8; 16]>),
 }
 
 impl WriteCondition {
@@ -613,18 +627,17 @@ impl WriteCondition {
             return Ok(());
         }
         let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
-        let live = head
-            .and_then(|h| h.newest)
-            .filter(|v| !v.delete_marker)
-            .map(|v| v.blake3);
+        let live = head.and_then(|h| h.newest).filter(|v| !v.delete_marker);
         let ok = match (self, live) {
             (WriteCondition::Always, _) => true,
             (WriteCondition::IfAbsent, l) => l.is_none(),
             (WriteCondition::IfPresent, l) => l.is_some(),
-            (WriteCondition::IfMatch(list), Some(h)) => list.contains(&h),
-            (WriteCondition::IfMatch(_), None) => false,
-            (WriteCondition::IfNoneMatch(list), Some(h)) => !list.contains(&h),
-            (WriteCondition::IfNoneMatch(_), None) => true,
+            (WriteCondition::IfMatch(list), Some(v)) => list.contains(&v.blake3),
+            (WriteCondition::IfNoneMatch(list), Some(v)) => !list.contains(&v.blake3),
+            (WriteCondition::IfTagMatch(list), Some(v)) => list.contains(&v.tag()),
+            (WriteCondition::IfTagNoneMatch(list), Some(v)) => !list.contains(&v.tag()),
+            (WriteCondition::IfMatch(_) | WriteCondition::IfTagMatch(_), None) => false,
+            (WriteCondition::IfNoneMatch(_) | WriteCondition::IfTagNoneMatch(_), None) => true,
         };
         if ok {
             Ok(())
@@ -654,6 +667,7 @@ pub struct NewContent {
 /// Commits a new version of `key`. With `intent`, the call is idempotent: a retry after an
 /// unknown commit result returns the first outcome. If the content already exists its
 /// reference count grows and the new shard files are not adopted.
+#[allow(clippy::too_many_arguments)]
 pub fn commit_put(
     kv: &dyn Kv,
     bucket: &str,
@@ -661,6 +675,7 @@ pub fn commit_put(
     intent: Option<u64>,
     content: &NewContent,
     cond: &WriteCondition,
+    attrs: &ObjectAttrs,
     now_ms: u64,
 ) -> Result<PutOutcome> {
     run(kv, true, |tx| {
@@ -744,6 +759,7 @@ pub fn commit_put(
             content.size_bytes,
             content.blake3,
             false,
+            attrs,
         )?;
         if let Some((id, mut rec)) = intent_rec {
             rec.state = IntentState::Committed {
@@ -770,6 +786,7 @@ pub fn put_existing(
     key: &str,
     blake3: &[u8; 32],
     cond: &WriteCondition,
+    attrs: &ObjectAttrs,
     now_ms: u64,
 ) -> Result<Option<PutOutcome>> {
     run(kv, true, |tx| {
@@ -783,7 +800,7 @@ pub fn put_existing(
         }
         cond.check(tx, bucket, key)?;
         add_ref(tx, blake3)?;
-        let v = append_version(tx, bucket, key, now_ms, c.size_bytes, *blake3, false)?;
+        let v = append_version(tx, bucket, key, now_ms, c.size_bytes, *blake3, false, attrs)?;
         Ok(Some(PutOutcome {
             version: v.version,
             created_ms: now_ms,
@@ -801,7 +818,16 @@ pub fn delete_key(kv: &dyn Kv, bucket: &str, key: &str, now_ms: u64) -> Result<O
         let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
         match head.and_then(|h| h.newest) {
             Some(n) if !n.delete_marker => {
-                let v = append_version(tx, bucket, key, now_ms, 0, [0; 32], true)?;
+                let v = append_version(
+                    tx,
+                    bucket,
+                    key,
+                    now_ms,
+                    0,
+                    [0; 32],
+                    true,
+                    &ObjectAttrs::default(),
+                )?;
                 Ok(Some(v.version))
             }
             _ => Ok(None),
@@ -921,6 +947,121 @@ pub struct DelimitedPage {
     pub entries: Vec<Listed>,
     /// Pass as `start_after` to continue (a key, or a rolled-up prefix); `None` at the end.
     pub next_start_after: Option<String>,
+}
+
+/// One entry of a version listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum VersionListed {
+    /// A version (or delete marker) of `key`; `latest` when it is the key's newest.
+    Version {
+        key: String,
+        version: VersionRec,
+        latest: bool,
+    },
+    /// Keys rolled up at the delimiter: the prefix, the delimiter included.
+    Prefix(String),
+}
+
+/// A page of a version listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VersionPage {
+    pub entries: Vec<VersionListed>,
+    /// Where the next page starts (a key marker and, inside that key, the version to list
+    /// after); `None` at the end.
+    pub next: Option<(String, Option<u64>)>,
+}
+
+/// Every version of the keys under `prefix`, delete markers included, in key byte order and
+/// newest first within a key, with keys that contain `delimiter` after the prefix rolled up
+/// (S3's ListObjectVersions). The listing starts after `key_marker`'s versions, or with
+/// `version_marker` inside `key_marker` after that version. Entries and prefixes both count
+/// towards `limit`.
+pub fn list_versions(
+    kv: &dyn Kv,
+    bucket: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+    key_marker: Option<&str>,
+    version_marker: Option<u64>,
+    limit: usize,
+) -> Result<VersionPage> {
+    let limit = limit.clamp(1, LIST_LIMIT_MAX);
+    let delimiter = delimiter.filter(|d| !d.is_empty());
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        let (mut begin, end) = keys::versions_with_prefix(bucket, prefix);
+        match (key_marker, version_marker) {
+            (Some(km), Some(vm)) => {
+                let mut after = keys::version(bucket, km, vm);
+                after.push(0);
+                begin = begin.max(after);
+            }
+            (Some(km), None) => begin = begin.max(keys::versions(bucket, km).1),
+            _ => {}
+        }
+        let mut entries: Vec<VersionListed> = Vec::new();
+        let mut more = false;
+        // The newest version of the key last looked at.
+        let mut newest: Option<(String, Option<u64>)> = None;
+        'scan: loop {
+            let chunk = tx.get_range(&begin, &end, limit + 1, false)?;
+            let n = chunk.len();
+            for (k, val) in chunk {
+                let (key, _) = keys::key_of_version(bucket, &k)
+                    .ok_or_else(|| RecordError("version key".into()))?;
+                let rolled = delimiter.and_then(|d| {
+                    key.get(prefix.len()..)
+                        .and_then(|rest| rest.find(d))
+                        .map(|i| key[..prefix.len() + i + d.len()].to_string())
+                });
+                let entry = match &rolled {
+                    // A prefix up to the marker was listed on an earlier page.
+                    Some(cp) if key_marker.is_some_and(|km| cp.as_str() <= km) => None,
+                    Some(cp) => Some(VersionListed::Prefix(cp.clone())),
+                    None => {
+                        let v: VersionRec = decode(&val)?;
+                        if newest.as_ref().is_none_or(|(k, _)| k != key) {
+                            let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
+                            let n = head.and_then(|h| h.newest).map(|n| n.version);
+                            newest = Some((key.to_string(), n));
+                        }
+                        let latest = newest.as_ref().is_some_and(|(_, n)| *n == Some(v.version));
+                        Some(VersionListed::Version {
+                            key: key.to_string(),
+                            version: v,
+                            latest,
+                        })
+                    }
+                };
+                if let Some(e) = entry {
+                    if entries.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    entries.push(e);
+                }
+                if let Some(cp) = rolled {
+                    // Every version under a rolled-up prefix is behind it: seek past them.
+                    begin = keys::versions_with_prefix(bucket, &cp).1;
+                    continue 'scan;
+                }
+                begin = k;
+                begin.push(0);
+            }
+            if n < limit + 1 {
+                break;
+            }
+        }
+        let next = if more {
+            entries.last().map(|e| match e {
+                VersionListed::Version { key, version, .. } => (key.clone(), Some(version.version)),
+                VersionListed::Prefix(p) => (p.clone(), None),
+            })
+        } else {
+            None
+        };
+        Ok(VersionPage { entries, next })
+    })
 }
 
 /// Keys under `prefix` whose newest version is not a delete marker, in key byte order, with
@@ -1601,6 +1742,7 @@ mod tests {
                 None,
                 &inline(k.as_bytes()),
                 &WriteCondition::Always,
+                &ObjectAttrs::default(),
                 1,
             )
             .unwrap();
@@ -1613,6 +1755,7 @@ mod tests {
             None,
             &inline(b"g"),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             1,
         )
         .unwrap();
@@ -1655,6 +1798,79 @@ mod tests {
     }
 
     #[test]
+    fn version_listings_show_every_version_and_marker_and_page_inside_a_key() {
+        let (_d, kv) = kv();
+        let put = |k: &str, b: &[u8], t| {
+            commit_put(
+                &kv,
+                "default",
+                k,
+                None,
+                &inline(b),
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                t,
+            )
+            .unwrap()
+        };
+        put("a", b"1", 1);
+        put("a", b"2", 2);
+        delete_key(&kv, "default", "a", 3).unwrap();
+        put("b", b"3", 4);
+        put("d/x", b"4", 5);
+        put("d/y", b"5", 6);
+        put("e", b"6", 7);
+        let names = |p: &VersionPage| -> Vec<String> {
+            p.entries
+                .iter()
+                .map(|e| match e {
+                    VersionListed::Version {
+                        key,
+                        version,
+                        latest,
+                    } => format!(
+                        "{key}@{}{}{}",
+                        version.version,
+                        if version.delete_marker { "x" } else { "" },
+                        if *latest { "!" } else { "" }
+                    ),
+                    VersionListed::Prefix(p) => format!("{p}*"),
+                })
+                .collect()
+        };
+        let all = list_versions(&kv, "default", "", Some("/"), None, None, 1000).unwrap();
+        assert_eq!(names(&all), ["a@3x!", "a@2", "a@1", "b@1!", "d/*", "e@1!"]);
+        assert_eq!(all.next, None);
+        let flat = list_versions(&kv, "default", "d/", None, None, None, 1000).unwrap();
+        assert_eq!(names(&flat), ["d/x@1!", "d/y@1!"]);
+        // Pages of two, continuing inside a key and after a prefix.
+        let mut seen = Vec::new();
+        let mut marker: Option<(String, Option<u64>)> = None;
+        loop {
+            let (km, vm) = match &marker {
+                Some((k, v)) => (Some(k.as_str()), *v),
+                None => (None, None),
+            };
+            let p = list_versions(&kv, "default", "", Some("/"), km, vm, 2).unwrap();
+            seen.extend(names(&p));
+            match p.next {
+                Some(n) => marker = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a@3x!", "a@2", "a@1", "b@1!", "d/*", "e@1!"]);
+        // A key marker alone starts after all of that key's versions.
+        let p = list_versions(&kv, "default", "", None, Some("a"), None, 1000).unwrap();
+        assert_eq!(names(&p)[0], "b@1!");
+        assert_eq!(
+            list_versions(&kv, "nope", "", None, None, None, 10)
+                .unwrap_err()
+                .to_string(),
+            MetaError::NoSuchBucket.to_string()
+        );
+    }
+
+    #[test]
     fn a_bucket_is_deleted_only_once_empty() {
         let (_d, kv) = kv();
         assert!(create_bucket(&kv, "photos", 5).unwrap());
@@ -1670,6 +1886,7 @@ mod tests {
             None,
             &inline(b"x"),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             10,
         )
         .unwrap();
@@ -1716,6 +1933,7 @@ mod tests {
             None,
             &inline(b"a"),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             10,
         )
         .unwrap();
@@ -1726,6 +1944,7 @@ mod tests {
             None,
             &inline(b"b"),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             11,
         )
         .unwrap();
@@ -1764,6 +1983,7 @@ mod tests {
             None,
             &inline(b"c"),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             14,
         )
         .unwrap();
@@ -1779,12 +1999,33 @@ mod tests {
     fn write_conditions_hold_atomically() {
         let (_d, kv) = kv();
         let a = inline(b"a");
-        let put = |c: WriteCondition| commit_put(&kv, "default", "k", None, &inline(b"z"), &c, 1);
+        let put = |c: WriteCondition| {
+            commit_put(
+                &kv,
+                "default",
+                "k",
+                None,
+                &inline(b"z"),
+                &c,
+                &ObjectAttrs::default(),
+                1,
+            )
+        };
         assert!(matches!(
             put(WriteCondition::IfPresent),
             Err(MetaError::PreconditionFailed)
         ));
-        commit_put(&kv, "default", "k", None, &a, &WriteCondition::IfAbsent, 1).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "k",
+            None,
+            &a,
+            &WriteCondition::IfAbsent,
+            &ObjectAttrs::default(),
+            1,
+        )
+        .unwrap();
         assert!(matches!(
             put(WriteCondition::IfAbsent),
             Err(MetaError::PreconditionFailed)
@@ -1804,7 +2045,17 @@ mod tests {
         );
         put(WriteCondition::IfMatch(vec![a.blake3])).unwrap();
         delete_key(&kv, "default", "k", 2).unwrap();
-        commit_put(&kv, "default", "k", None, &a, &WriteCondition::IfAbsent, 3).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "k",
+            None,
+            &a,
+            &WriteCondition::IfAbsent,
+            &ObjectAttrs::default(),
+            3,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -1846,15 +2097,22 @@ mod tests {
             None,
             &c(old.clone()),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             1,
         )
         .unwrap();
         set_damaged(&kv, &[6; 32], true).unwrap();
-        assert!(
-            put_existing(&kv, "default", "b", &[6; 32], &WriteCondition::Always, 2)
-                .unwrap()
-                .is_none()
-        );
+        assert!(put_existing(
+            &kv,
+            "default",
+            "b",
+            &[6; 32],
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            2
+        )
+        .unwrap()
+        .is_none());
         let new = locs(2, 2, 2);
         let o = commit_put(
             &kv,
@@ -1863,6 +2121,7 @@ mod tests {
             None,
             &c(new.clone()),
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             3,
         )
         .unwrap();
@@ -1895,25 +2154,55 @@ mod tests {
         let (_d, kv) = kv();
         let x = inline(b"x");
         assert!(
-            !commit_put(&kv, "default", "a", None, &x, &WriteCondition::Always, 1)
-                .unwrap()
-                .deduplicated
+            !commit_put(
+                &kv,
+                "default",
+                "a",
+                None,
+                &x,
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                1
+            )
+            .unwrap()
+            .deduplicated
         );
         assert!(
-            commit_put(&kv, "default", "b", None, &x, &WriteCondition::Always, 1)
-                .unwrap()
-                .deduplicated
+            commit_put(
+                &kv,
+                "default",
+                "b",
+                None,
+                &x,
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                1
+            )
+            .unwrap()
+            .deduplicated
         );
-        assert!(
-            put_existing(&kv, "default", "c", &x.blake3, &WriteCondition::Always, 1)
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            put_existing(&kv, "default", "d", &[9; 32], &WriteCondition::Always, 1)
-                .unwrap()
-                .is_none()
-        );
+        assert!(put_existing(
+            &kv,
+            "default",
+            "c",
+            &x.blake3,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            1
+        )
+        .unwrap()
+        .is_some());
+        assert!(put_existing(
+            &kv,
+            "default",
+            "d",
+            &[9; 32],
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            1
+        )
+        .unwrap()
+        .is_none());
         assert_eq!(content(&kv, &x.blake3).unwrap().unwrap().refs, 3);
         delete_version(&kv, "default", "a", 1, 5).unwrap();
         delete_version(&kv, "default", "b", 1, 5).unwrap();
@@ -1949,9 +2238,29 @@ mod tests {
     fn the_backlog_counts_queued_contents_and_the_shard_bytes_they_read() {
         let (_d, kv) = kv();
         let c = one_shard_content([3; 32]);
-        commit_put(&kv, "default", "k", None, &c, &WriteCondition::Always, 1).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "k",
+            None,
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            1,
+        )
+        .unwrap();
         let i = inline(b"tiny");
-        commit_put(&kv, "default", "i", None, &i, &WriteCondition::Always, 1).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "i",
+            None,
+            &i,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            1,
+        )
+        .unwrap();
         assert_eq!(
             work_backlog(&kv, WorkQueue::Repair, 10).unwrap(),
             Backlog::default()
@@ -1992,13 +2301,32 @@ mod tests {
         );
         let c = one_shard_content([4; 32]);
         assert!(matches!(
-            commit_put(&kv, "default", "k", Some(5), &c, &WriteCondition::Always, 2),
+            commit_put(
+                &kv,
+                "default",
+                "k",
+                Some(5),
+                &c,
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                2
+            ),
             Err(MetaError::NoSuchUpload)
         ));
         assert!(content(&kv, &[4; 32]).unwrap().is_none());
         // A committed intent stays committed.
         begin_intent(&kv, 6, &[loc], OWNER, 1).unwrap();
-        commit_put(&kv, "default", "k", Some(6), &c, &WriteCondition::Always, 3).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "k",
+            Some(6),
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            3,
+        )
+        .unwrap();
         abandon_intent(&kv, 6).unwrap();
         assert!(matches!(
             intent(&kv, 6).unwrap().unwrap().state,
@@ -2012,8 +2340,28 @@ mod tests {
         let loc = ONE_SHARD;
         begin_intent(&kv, 7, &[loc], OWNER, 1).unwrap();
         let c = one_shard_content([3; 32]);
-        let a = commit_put(&kv, "default", "k", Some(7), &c, &WriteCondition::Always, 2).unwrap();
-        let b = commit_put(&kv, "default", "k", Some(7), &c, &WriteCondition::Always, 3).unwrap();
+        let a = commit_put(
+            &kv,
+            "default",
+            "k",
+            Some(7),
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            2,
+        )
+        .unwrap();
+        let b = commit_put(
+            &kv,
+            "default",
+            "k",
+            Some(7),
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            3,
+        )
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(versions(&kv, "default", "k").unwrap().unwrap().len(), 1);
         assert_eq!(content(&kv, &[3; 32]).unwrap().unwrap().refs, 1);
@@ -2022,7 +2370,16 @@ mod tests {
             vec![([3; 32], 0)]
         );
         assert!(matches!(
-            commit_put(&kv, "default", "k", Some(8), &c, &WriteCondition::Always, 3),
+            commit_put(
+                &kv,
+                "default",
+                "k",
+                Some(8),
+                &c,
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                3
+            ),
             Err(MetaError::NoSuchUpload)
         ));
     }
@@ -2041,8 +2398,28 @@ mod tests {
                 shards: locs(3, 0, 1),
             },
         };
-        commit_put(&kv, "default", "a", None, &c, &WriteCondition::Always, 2).unwrap();
-        commit_put(&kv, "default", "b", None, &c, &WriteCondition::Always, 2).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "a",
+            None,
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            2,
+        )
+        .unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "b",
+            None,
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            2,
+        )
+        .unwrap();
         delete_key(&kv, "default", "b", 3).unwrap();
         // A content whose only version is removed: unreferenced since 5.
         let lone = NewContent {
@@ -2051,7 +2428,17 @@ mod tests {
             size_bytes: 10,
             encoding: Encoding::Identity,
         };
-        commit_put(&kv, "default", "c", None, &lone, &WriteCondition::Always, 4).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "c",
+            None,
+            &lone,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            4,
+        )
+        .unwrap();
         delete_version(&kv, "default", "c", 1, 5).unwrap();
         assert_eq!(
             gc_candidates(&kv, None, 10, 5).unwrap(),
@@ -2111,7 +2498,17 @@ mod tests {
                 shards: old.clone(),
             },
         };
-        commit_put(&kv, "default", "k", Some(1), &c, &WriteCondition::Always, 2).unwrap();
+        commit_put(
+            &kv,
+            "default",
+            "k",
+            Some(1),
+            &c,
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            2,
+        )
+        .unwrap();
         end_intent(&kv, 1).unwrap();
         let new = [ShardLoc {
             index: 1,
@@ -2164,6 +2561,7 @@ mod tests {
                 None,
                 &inline(k.as_bytes()),
                 &WriteCondition::Always,
+                &ObjectAttrs::default(),
                 1,
             )
             .unwrap();

@@ -7,20 +7,58 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Format byte leading every value.
 pub const RECORD_FORMAT: u8 = 1;
 
+/// Format byte of version and head records since [`VersionRec::attrs`] was appended; format 1
+/// (without it) still decodes, with empty attributes.
+pub const VERSION_FORMAT: u8 = 2;
+
 #[derive(Debug, thiserror::Error)]
 #[error("undecodable metadata record: {0}")]
 pub struct RecordError(pub String);
 
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_FORMAT];
+/// Whether `T` is a version or head record (written in [`VERSION_FORMAT`]).
+fn is_versioned<T: 'static>() -> bool {
+    use std::any::TypeId;
+    let t = TypeId::of::<T>();
+    t == TypeId::of::<VersionRec>() || t == TypeId::of::<HeadRec>()
+}
+
+pub fn encode<T: Serialize + 'static>(v: &T) -> Vec<u8> {
+    let format = if is_versioned::<T>() {
+        VERSION_FORMAT
+    } else {
+        RECORD_FORMAT
+    };
+    let mut out = vec![format];
     out.extend(postcard::to_stdvec(v).expect("records always serialize"));
     out
 }
 
-pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RecordError> {
+pub fn decode<T: DeserializeOwned + 'static>(b: &[u8]) -> Result<T, RecordError> {
+    let e = |e: postcard::Error| RecordError(e.to_string());
     match b.split_first() {
-        Some((&RECORD_FORMAT, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| RecordError(e.to_string()))
+        Some((&VERSION_FORMAT, rest)) if is_versioned::<T>() => {
+            postcard::from_bytes(rest).map_err(e)
+        }
+        // A version or head record written before attributes existed.
+        Some((&RECORD_FORMAT, rest)) if is_versioned::<T>() => {
+            let any: Box<dyn std::any::Any> =
+                if std::any::TypeId::of::<T>() == std::any::TypeId::of::<VersionRec>() {
+                    Box::new(
+                        postcard::from_bytes::<VersionRecV1>(rest)
+                            .map_err(e)?
+                            .upgrade(),
+                    )
+                } else {
+                    let h: HeadRecV1 = postcard::from_bytes(rest).map_err(e)?;
+                    Box::new(HeadRec {
+                        last_version: h.last_version,
+                        newest: h.newest.map(VersionRecV1::upgrade),
+                    })
+                };
+            Ok(*any.downcast::<T>().expect("the type was checked"))
+        }
+        Some((&RECORD_FORMAT, rest)) if !is_versioned::<T>() => {
+            postcard::from_bytes(rest).map_err(e)
         }
         Some((f, _)) => Err(RecordError(format!("unknown record format {f}"))),
         None => Err(RecordError("empty value".into())),
@@ -40,6 +78,75 @@ pub struct VersionRec {
     pub size_bytes: u64,
     pub blake3: [u8; 32],
     pub delete_marker: bool,
+    /// What the writer said of the object besides its bytes (appended in [`VERSION_FORMAT`]).
+    pub attrs: ObjectAttrs,
+}
+
+impl VersionRec {
+    /// Sixteen bytes that change with the object's bytes: its MD5 when the writer gave one,
+    /// else the first half of its BLAKE3 (S3's ETag is made of this).
+    pub fn tag(&self) -> [u8; 16] {
+        self.attrs.md5.unwrap_or_else(|| {
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&self.blake3[..16]);
+            t
+        })
+    }
+}
+
+/// What a writer said of an object besides its bytes, kept with its version and given back
+/// when it is read. The store does not interpret it; the front ends do (S3's ETag and
+/// metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectAttrs {
+    /// MD5 of the object's bytes, or, for an object assembled from `parts` parts, the MD5 of
+    /// the concatenated MD5s of its parts (S3's ETag).
+    pub md5: Option<[u8; 16]>,
+    /// Parts the object was assembled from; 0 when it was written whole.
+    pub parts: u32,
+    /// Headers given with the write and returned with the object (Content-Type,
+    /// Cache-Control, user metadata, a checksum...): lower-case names, in the order given.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ObjectAttrs {
+    /// Bytes of its headers, names and values (what [`ATTRS_BYTES_MAX`] limits).
+    pub fn header_bytes(&self) -> usize {
+        self.headers.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+}
+
+/// The most header bytes one version may keep.
+pub const ATTRS_BYTES_MAX: usize = 16 << 10;
+
+/// Version records as format 1 wrote them.
+#[derive(Deserialize)]
+struct VersionRecV1 {
+    version: u64,
+    created_ms: u64,
+    size_bytes: u64,
+    blake3: [u8; 32],
+    delete_marker: bool,
+}
+
+impl VersionRecV1 {
+    fn upgrade(self) -> VersionRec {
+        VersionRec {
+            version: self.version,
+            created_ms: self.created_ms,
+            size_bytes: self.size_bytes,
+            blake3: self.blake3,
+            delete_marker: self.delete_marker,
+            attrs: ObjectAttrs::default(),
+        }
+    }
+}
+
+/// Head records as format 1 wrote them.
+#[derive(Deserialize)]
+struct HeadRecV1 {
+    last_version: u64,
+    newest: Option<VersionRecV1>,
 }
 
 /// Per key: the highest version ever given (so versions stay strictly increasing even after the
@@ -255,14 +362,41 @@ mod tests {
             size_bytes: 5,
             blake3: [1; 32],
             delete_marker: false,
+            attrs: ObjectAttrs::default(),
         };
         let b = encode(&v);
-        let mut expect = vec![1, 3, 0xAC, 0x02, 5];
-        expect.extend_from_slice(&[1; 32]);
-        expect.push(0);
+        let mut v1 = vec![1, 3, 0xAC, 0x02, 5];
+        v1.extend_from_slice(&[1; 32]);
+        v1.push(0);
+        // Format 2 appends the attributes: no MD5, no parts, no headers.
+        let mut expect = vec![2];
+        expect.extend_from_slice(&v1[1..]);
+        expect.extend_from_slice(&[0, 0, 0]);
         assert_eq!(b, expect);
         assert_eq!(decode::<VersionRec>(&b).unwrap(), v);
         assert!(decode::<VersionRec>(&[9, 1]).is_err());
+        // Records of format 1 still decode, with empty attributes.
+        assert_eq!(decode::<VersionRec>(&v1).unwrap(), v);
+        let mut h1 = vec![1, 3, 1];
+        h1.extend_from_slice(&v1[1..]);
+        let h = HeadRec {
+            last_version: 3,
+            newest: Some(v.clone()),
+        };
+        assert_eq!(decode::<HeadRec>(&h1).unwrap(), h);
+        assert_eq!(decode::<HeadRec>(&encode(&h)).unwrap(), h);
+        assert_eq!(decode::<HeadRec>(&[1, 7, 0]).unwrap().last_version, 7);
+        // Other records are not taken for format 2.
+        assert!(decode::<BucketRec>(&[2, 1]).is_err());
+        let a = VersionRec {
+            attrs: ObjectAttrs {
+                md5: Some([7; 16]),
+                parts: 3,
+                headers: vec![("content-type".into(), "text/plain".into())],
+            },
+            ..v
+        };
+        assert_eq!(decode::<VersionRec>(&encode(&a)).unwrap(), a);
     }
 
     #[test]

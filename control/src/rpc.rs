@@ -13,7 +13,7 @@ use crate::keys;
 use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, PutOutcome, WriteCondition};
 use crate::records::{
-    ContentRec, DriveRec, IntentRec, Owner, RecordError, ShardLoc, Stored, VersionRec,
+    ContentRec, DriveRec, IntentRec, ObjectAttrs, Owner, RecordError, ShardLoc, Stored, VersionRec,
 };
 use crate::scrub;
 use crate::upload::{self, Progress, UploadRec};
@@ -164,6 +164,7 @@ requests! {
         key: String,
         blake3: [u8; 32],
         cond: WriteCondition,
+        attrs: ObjectAttrs,
     } -> Option<PutOutcome>,
     DeleteKey { bucket: String, key: String } -> Option<u64>,
     DeleteVersion {
@@ -177,6 +178,7 @@ requests! {
         intent: Option<u64>,
         content: NewContent,
         cond: WriteCondition,
+        attrs: ObjectAttrs,
     } -> PutOutcome,
     BeginIntent {
         id: u64,
@@ -308,6 +310,15 @@ requests! {
         start_after: Option<String>,
         limit: usize,
     } -> meta::DelimitedPage,
+    /// Every version under `prefix`, rolled up at `delimiter` (S3's ListObjectVersions).
+    ListVersions {
+        bucket: String,
+        prefix: String,
+        delimiter: Option<String>,
+        key_marker: Option<String>,
+        version_marker: Option<u64>,
+        limit: usize,
+    } -> meta::VersionPage,
 }
 
 impl Request {
@@ -343,6 +354,7 @@ impl Request {
                 | Request::WorkQueue { .. }
                 | Request::BucketList
                 | Request::ListDelimited { .. }
+                | Request::ListVersions { .. }
         )
     }
 }
@@ -550,6 +562,22 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             start_after.as_deref(),
             limit,
         )?),
+        ListVersions {
+            bucket,
+            prefix,
+            delimiter,
+            key_marker,
+            version_marker,
+            limit,
+        } => answer::<ask::ListVersions>(meta::list_versions(
+            kv,
+            &bucket,
+            &prefix,
+            delimiter.as_deref(),
+            key_marker.as_deref(),
+            version_marker,
+            limit,
+        )?),
         CreateBucket { bucket } => {
             answer::<ask::CreateBucket>(meta::create_bucket(kv, &bucket, now_ms)?)
         }
@@ -584,8 +612,9 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             key,
             blake3,
             cond,
+            attrs,
         } => answer::<ask::PutExisting>(meta::put_existing(
-            kv, &bucket, &key, &blake3, &cond, now_ms,
+            kv, &bucket, &key, &blake3, &cond, &attrs, now_ms,
         )?),
         DeleteKey { bucket, key } => {
             answer::<ask::DeleteKey>(meta::delete_key(kv, &bucket, &key, now_ms)?)
@@ -603,8 +632,9 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             intent,
             content,
             cond,
+            attrs,
         } => answer::<ask::CommitPut>(meta::commit_put(
-            kv, &bucket, &key, intent, &content, &cond, now_ms,
+            kv, &bucket, &key, intent, &content, &cond, &attrs, now_ms,
         )?),
         BeginIntent { id, shards, owner } => {
             answer::<ask::BeginIntent>(meta::begin_intent(kv, id, &shards, owner, now_ms)?)

@@ -16,7 +16,7 @@
 use crate::keys;
 use crate::kv::{run, Kv, Tx, TxKv};
 use crate::meta::{self, MetaError, NewContent, PutOutcome, Result, WriteCondition};
-use crate::records::{decode, encode, IntentRec, IntentState, ShardLoc};
+use crate::records::{decode, encode, IntentRec, IntentState, ObjectAttrs, ShardLoc};
 use serde::{Deserialize, Serialize};
 
 /// How long a PATCH holds an upload without renewing its lock.
@@ -301,6 +301,7 @@ pub fn commit(
             (!rec.shards.is_empty()).then_some(intent),
             content,
             &WriteCondition::Always,
+            &ObjectAttrs::default(),
             now_ms,
         )
     })

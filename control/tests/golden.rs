@@ -16,7 +16,8 @@ use ostore_control::cluster::{
 };
 use ostore_control::meta::{MetaError, NewContent, PutOutcome, WriteCondition};
 use ostore_control::records::{
-    self, BucketRec, ContentRec, DriveRec, HeadRec, IntentRec, RepairRec, ShardLoc, VersionRec,
+    self, BucketRec, ContentRec, DriveRec, HeadRec, IntentRec, ObjectAttrs, RepairRec, ShardLoc,
+    VersionRec,
 };
 use ostore_control::rpc::{self, Request, Token};
 use ostore_control::scrub::{PassRec, ScrubCursor, ScrubPolicy};
@@ -320,7 +321,10 @@ fn formats() -> BTreeMap<String, Vec<u8>> {
     assert!(e >= 10, "only {e} errors made");
     // Records, as stored (format byte, postcard): each variant of the record itself, and
     // rounds that take each variant of the enums inside it; distinct encodings only.
-    fn rec<T: Serialize + DeserializeOwned>(out: &mut BTreeMap<String, Vec<u8>>, name: &str) {
+    fn rec<T: Serialize + DeserializeOwned + 'static>(
+        out: &mut BTreeMap<String, Vec<u8>>,
+        name: &str,
+    ) {
         let mut seen: Vec<Vec<u8>> = Vec::new();
         for variant in 0..16 {
             for round in 0..4 {
@@ -340,6 +344,7 @@ fn formats() -> BTreeMap<String, Vec<u8>> {
     }
     rec::<BucketRec>(&mut out, "BucketRec");
     rec::<VersionRec>(&mut out, "VersionRec");
+    rec::<ObjectAttrs>(&mut out, "ObjectAttrs");
     rec::<HeadRec>(&mut out, "HeadRec");
     rec::<ShardLoc>(&mut out, "ShardLoc");
     rec::<DriveRec>(&mut out, "DriveRec");

@@ -16,7 +16,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ostore_control::meta::{ListPage, Resolved, WriteCondition, LIST_LIMIT_MAX};
-use ostore_control::records::{ContentRec, Encoding, Stored};
+use ostore_control::records::{ContentRec, Encoding, ObjectAttrs, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
@@ -186,6 +186,16 @@ async fn put(front: &Front, req: Request<ReqBody>, raw_key: &str) -> Result<Resp
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let cond = write_condition(req.headers());
+    // The one header the native API keeps with the object, and gives back when it is read.
+    let attrs = ObjectAttrs {
+        headers: req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| vec![("content-type".to_string(), v.to_string())])
+            .unwrap_or_default(),
+        ..ObjectAttrs::default()
+    };
     if cond != WriteCondition::Always {
         // Refuse early when the condition already fails; the commit checks it again atomically.
         if let Err(e) = node
@@ -216,6 +226,7 @@ async fn put(front: &Front, req: Request<ReqBody>, raw_key: &str) -> Result<Resp
                 key: key.clone(),
                 blake3: h,
                 cond: cond.clone(),
+                attrs: attrs.clone(),
             })
             .await?
         {
@@ -239,7 +250,8 @@ async fn put(front: &Front, req: Request<ReqBody>, raw_key: &str) -> Result<Resp
         body: req.into_body(),
         front,
     };
-    let committed = match store::put(node, &bucket, &key, digest, length, &cond, &mut src).await {
+    let put = store::put(node, &bucket, &key, digest, length, &cond, attrs, &mut src);
+    let committed = match put.await {
         Ok(c) => c,
         Err(e) => {
             // Most clients read the answer only after sending the whole body: swallow the rest
@@ -365,9 +377,15 @@ async fn get(
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
+    let content_type = v
+        .attrs
+        .headers
+        .iter()
+        .find(|(n, _)| n == "content-type")
+        .and_then(|(_, t)| HeaderValue::from_str(t).ok());
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
+        content_type.unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     let body = if head_only {
         RespBody::Full(None)

@@ -4,9 +4,12 @@
 //!
 //! Served so far: SigV4 (header and presigned) with the root key (access key `root`, the root
 //! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty),
-//! GetBucketLocation, ListObjectsV2, ListObjects, PutObject (plain and `aws-chunked` bodies,
-//! the signed SHA-256 and `x-amz-checksum-*` verified), GetObject, HeadObject, DeleteObject and
-//! DeleteObjects. Every other operation answers `501 NotImplemented`, naming it.
+//! GetBucketLocation, Get/PutBucketVersioning (always Enabled), ListObjectsV2, ListObjects,
+//! ListObjectVersions, PutObject (plain and `aws-chunked` bodies, the signed SHA-256,
+//! `Content-MD5` and `x-amz-checksum-*` verified; the MD5 kept as the ETag, with the kept
+//! headers and user metadata), GetObject, HeadObject, CopyObject (no byte copied),
+//! DeleteObject and DeleteObjects. Every other operation answers `501 NotImplemented`, naming
+//! it.
 
 use crate::web::{Front, RespBody};
 use bytes::Bytes;
@@ -15,6 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ostore_control::meta::MetaError;
+use ostore_control::records::{ObjectAttrs, VersionRec};
 use ostore_control::rpc::ask;
 use ostore_s3::route::Op;
 use ostore_s3::sigv4::{RequestHead, Verified};
@@ -130,6 +134,13 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
         Op::PutObject { bucket, key } => {
             put_object(front, &bucket, &key, &parts.headers, body, &verified).await
         }
+        Op::ListObjectVersions { bucket } => list_versions(front, &bucket, &query).await,
+        Op::GetBucketVersioning { bucket } => get_versioning(front, &bucket).await,
+        Op::PutBucketVersioning { bucket } => {
+            let body = small_body(body, &verified, &parts.headers).await?;
+            put_versioning(front, &bucket, &body).await
+        }
+        Op::CopyObject { bucket, key } => copy_object(front, &bucket, &key, &parts.headers).await,
         Op::DeleteObjects { bucket } => {
             let body = small_body(body, &verified, &parts.headers).await?;
             delete_objects(front, &bucket, &body).await
@@ -312,16 +323,80 @@ async fn location(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
     Ok(xml_response(StatusCode::OK, doc))
 }
 
-/// The ETag S3 clients see of a version. S3's is the body's MD5 for a single PUT, which the
-/// native API and tus do not compute: their objects get a tag made from the BLAKE3 name with
-/// S3's multipart suffix (`-1`), which clients (the aws CLI, rclone, boto3's transfers) read
-/// as "not an MD5" and never check a download against.
-fn etag_of(v: &ostore_control::records::VersionRec) -> String {
-    etag_of_content(&v.blake3)
+/// The ETag S3 clients see of a version: the body's MD5 for an object written whole, S3's
+/// `md5-of-part-md5s-N` for one assembled from N parts. The native API and tus do not compute
+/// MD5: their objects get a tag made from the BLAKE3 name with S3's multipart suffix (`-1`),
+/// which clients (the aws CLI, rclone, boto3's transfers) read as "not an MD5" and never check
+/// a download against.
+fn etag_of(v: &VersionRec) -> String {
+    match v.attrs.md5 {
+        Some(m) if v.attrs.parts > 0 => format!("\"{}-{}\"", hex::encode(m), v.attrs.parts),
+        Some(m) => format!("\"{}\"", hex::encode(m)),
+        None => format!("\"{}-1\"", hex::encode(&v.blake3[..16])),
+    }
 }
 
-fn etag_of_content(blake3: &[u8; 32]) -> String {
-    format!("\"{}-1\"", hex::encode(&blake3[..16]))
+/// Headers kept with an object when a write gives them, and returned when it is read.
+const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+];
+
+/// S3's limit on an object's user metadata (`x-amz-meta-*` names and values).
+const USER_METADATA_BYTES_MAX: usize = 2048;
+
+/// The attributes a write's headers give the object (PutObject, CopyObject with REPLACE,
+/// CreateMultipartUpload): the kept headers and the user metadata, as sent. The
+/// `aws-chunked` coding is the transfer's, not the object's, and is not kept.
+fn request_attrs(headers: &http::HeaderMap) -> Result<ObjectAttrs, S3Error> {
+    let mut attrs = ObjectAttrs::default();
+    let mut user = 0usize;
+    for (n, v) in headers {
+        let name = n.as_str();
+        let is_user = name.starts_with("x-amz-meta-");
+        if !is_user && !KEPT_HEADERS.contains(&name) {
+            continue;
+        }
+        let value = v.to_str().map_err(|_| {
+            S3Error::new(
+                Code::InvalidArgument,
+                format!("the value of {name} is not printable ASCII"),
+            )
+        })?;
+        let value = if name == "content-encoding" {
+            let rest: Vec<&str> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.eq_ignore_ascii_case("aws-chunked") && !c.is_empty())
+                .collect();
+            if rest.is_empty() {
+                continue;
+            }
+            rest.join(",")
+        } else {
+            value.to_string()
+        };
+        if is_user {
+            user += name.len() - "x-amz-meta-".len() + value.len();
+        }
+        attrs.headers.push((name.to_string(), value));
+    }
+    if user > USER_METADATA_BYTES_MAX {
+        return Err(S3Error::new(
+            Code::MetadataTooLarge,
+            format!("user metadata is {user} bytes; at most {USER_METADATA_BYTES_MAX} are kept"),
+        ));
+    }
+    Ok(attrs)
+}
+
+/// Whether a kept header is a checksum (returned only when the client asks for checksums).
+fn is_checksum(name: &str) -> bool {
+    name.starts_with("x-amz-checksum-")
 }
 
 fn owner(doc: &mut String) {
@@ -331,40 +406,101 @@ fn owner(doc: &mut String) {
     doc.push_str("</Owner>");
 }
 
+/// What every listing's query says: its parameters, the prefix, the delimiter, max-keys and
+/// whether names are URL-encoded.
+struct ListArgs {
+    args: std::collections::HashMap<String, String>,
+    prefix: String,
+    delimiter: Option<String>,
+    max_keys: usize,
+    url: bool,
+}
+
+impl ListArgs {
+    fn parse(query: &str) -> Result<ListArgs, S3Error> {
+        let mut args = std::collections::HashMap::new();
+        for (k, v) in ostore_s3::sigv4::query_pairs(query) {
+            let (k, v) = (String::from_utf8(k), String::from_utf8(v));
+            let (Ok(k), Ok(v)) = (k, v) else {
+                return Err(S3Error::new(
+                    Code::InvalidArgument,
+                    "query parameters must be UTF-8",
+                ));
+            };
+            args.insert(k, v);
+        }
+        let prefix = args.get("prefix").cloned().unwrap_or_default();
+        let delimiter = args.get("delimiter").cloned().filter(|d| !d.is_empty());
+        let max_keys: usize = match args.get("max-keys") {
+            None => 1000,
+            Some(v) => v
+                .parse::<u64>()
+                .map(|n| n.min(1000) as usize)
+                .map_err(|_| S3Error::new(Code::InvalidArgument, "max-keys must be a number"))?,
+        };
+        let url = match args.get("encoding-type").map(String::as_str) {
+            None => false,
+            Some("url") => true,
+            Some(other) => {
+                return Err(S3Error::new(
+                    Code::InvalidArgument,
+                    format!("encoding-type {other:?}: only url is known"),
+                ))
+            }
+        };
+        Ok(ListArgs {
+            args,
+            prefix,
+            delimiter,
+            max_keys,
+            url,
+        })
+    }
+
+    /// A name as the listing returns it (URL-encoded with `encoding-type=url`).
+    fn enc(&self, s: &str) -> String {
+        if self.url {
+            let mut out = String::new();
+            ostore_s3::sigv4::uri_encode(s.as_bytes(), true, &mut out);
+            out
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// The elements every listing starts with.
+    fn open(&self, doc: &mut String, root: &str, bucket: &str) {
+        doc.push_str(xml::DECLARATION);
+        doc.push('<');
+        doc.push_str(root);
+        doc.push_str(" xmlns=\"");
+        doc.push_str(xml::NAMESPACE);
+        doc.push_str("\">");
+        xml::element(doc, "Name", bucket);
+        xml::element(doc, "Prefix", &self.enc(&self.prefix));
+        if let Some(d) = &self.delimiter {
+            xml::element(doc, "Delimiter", &self.enc(d));
+        }
+        xml::element(doc, "MaxKeys", &self.max_keys.to_string());
+        if self.url {
+            xml::element(doc, "EncodingType", "url");
+        }
+    }
+}
+
 /// ListObjectsV2 (`v2`) or ListObjects: prefix, delimiter, max-keys, continuation-token or
 /// start-after (v2), marker (v1), encoding-type=url, fetch-owner (v2; v1 always has owners).
 async fn list_objects(front: &Front, bucket: &str, query: &str, v2: bool) -> Result<Resp, S3Error> {
     use base64::Engine as _;
-    let mut args: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for (k, v) in ostore_s3::sigv4::query_pairs(query) {
-        let (k, v) = (String::from_utf8(k), String::from_utf8(v));
-        let (Ok(k), Ok(v)) = (k, v) else {
-            return Err(S3Error::new(
-                Code::InvalidArgument,
-                "query parameters must be UTF-8",
-            ));
-        };
-        args.insert(k, v);
-    }
-    let prefix = args.get("prefix").cloned().unwrap_or_default();
-    let delimiter = args.get("delimiter").cloned().filter(|d| !d.is_empty());
-    let max_keys: usize = match args.get("max-keys") {
-        None => 1000,
-        Some(v) => v
-            .parse::<u64>()
-            .map(|n| n.min(1000) as usize)
-            .map_err(|_| S3Error::new(Code::InvalidArgument, "max-keys must be a number"))?,
-    };
-    let url = match args.get("encoding-type").map(String::as_str) {
-        None => false,
-        Some("url") => true,
-        Some(other) => {
-            return Err(S3Error::new(
-                Code::InvalidArgument,
-                format!("encoding-type {other:?}: only url is known"),
-            ))
-        }
-    };
+    let la = ListArgs::parse(query)?;
+    let ListArgs {
+        args,
+        prefix,
+        delimiter,
+        max_keys,
+        ..
+    } = &la;
+    let (prefix, delimiter, max_keys) = (prefix.clone(), delimiter.clone(), *max_keys);
     let token = args.get("continuation-token").cloned();
     let start_after = if v2 {
         match &token {
@@ -405,29 +541,10 @@ async fn list_objects(front: &Front, bucket: &str, query: &str, v2: bool) -> Res
             .await
             .map_err(meta_error)?
     };
-    let enc = |s: &str| -> String {
-        if url {
-            let mut out = String::new();
-            ostore_s3::sigv4::uri_encode(s.as_bytes(), true, &mut out);
-            out
-        } else {
-            s.to_string()
-        }
-    };
+    let enc = |s: &str| la.enc(s);
     let fetch_owner = !v2 || args.get("fetch-owner").is_some_and(|v| v == "true");
-    let mut doc = String::from(xml::DECLARATION);
-    doc.push_str("<ListBucketResult xmlns=\"");
-    doc.push_str(xml::NAMESPACE);
-    doc.push_str("\">");
-    xml::element(&mut doc, "Name", bucket);
-    xml::element(&mut doc, "Prefix", &enc(&prefix));
-    if let Some(d) = &delimiter {
-        xml::element(&mut doc, "Delimiter", &enc(d));
-    }
-    xml::element(&mut doc, "MaxKeys", &max_keys.to_string());
-    if url {
-        xml::element(&mut doc, "EncodingType", "url");
-    }
+    let mut doc = String::new();
+    la.open(&mut doc, "ListBucketResult", bucket);
     let truncated = page.next_start_after.is_some();
     if v2 {
         xml::element(&mut doc, "KeyCount", &page.entries.len().to_string());
@@ -507,13 +624,7 @@ fn api_error(e: crate::web::ApiError) -> S3Error {
 fn version_id(query: &str) -> Result<Option<u64>, S3Error> {
     for (k, v) in ostore_s3::sigv4::query_pairs(query) {
         if k == b"versionId" {
-            let v = String::from_utf8_lossy(&v).into_owned();
-            return v.parse().map(Some).map_err(|_| {
-                S3Error::new(
-                    Code::InvalidArgument,
-                    format!("invalid version id {v:?} (ostore's version ids are numbers)"),
-                )
-            });
+            return parse_version(&String::from_utf8_lossy(&v)).map(Some);
         }
     }
     Ok(None)
@@ -587,6 +698,20 @@ async fn get_object(
         header::CONTENT_TYPE,
         HeaderValue::from_static("binary/octet-stream"),
     );
+    let checksums = headers
+        .get("x-amz-checksum-mode")
+        .is_some_and(|m| m.as_bytes().eq_ignore_ascii_case(b"enabled"));
+    for (n, value) in &v.attrs.headers {
+        if is_checksum(n) && !checksums {
+            continue;
+        }
+        if let (Ok(n), Ok(value)) = (
+            http::HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, value);
+        }
+    }
     let ignore_range = match preconditions(headers, &etag, v.created_ms) {
         Precondition::Failed => {
             return Err(S3Error::new(
@@ -613,6 +738,15 @@ async fn get_object(
                 HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1))
                     .expect("range"),
             );
+            // A checksum is of the whole object, not of a range.
+            let sums: Vec<http::HeaderName> = h
+                .keys()
+                .filter(|n| is_checksum(n.as_str()))
+                .cloned()
+                .collect();
+            for n in sums {
+                h.remove(n);
+            }
             (StatusCode::PARTIAL_CONTENT, r)
         }
         RangeDecision::Unsatisfiable => {
@@ -825,6 +959,15 @@ impl S3Body<'_> {
 }
 
 impl crate::store::BodySource for S3Body<'_> {
+    fn complete(&mut self, attrs: &mut ObjectAttrs) {
+        if let Some(c) = &self.checked {
+            attrs.md5 = Some(c.md5);
+            if let Some((a, value)) = &c.checksum {
+                attrs.headers.push((a.header().to_string(), value.clone()));
+            }
+        }
+    }
+
     async fn next_chunk(&mut self) -> Option<Result<Bytes, crate::store::BodyFault>> {
         use ostore_s3::chunked::Step;
         loop {
@@ -964,26 +1107,29 @@ async fn put_object(
         declared: length,
         passed: 0,
     };
-    let cond = crate::web::write_condition(headers);
-    let committed = match crate::store::put(
+    let cond = crate::web::s3_write_condition(headers);
+    let attrs = request_attrs(headers)?;
+    let put = crate::store::put(
         &front.node,
         bucket,
         key,
         None,
         Some(length),
         &cond,
+        attrs,
         &mut src,
-    )
-    .await
-    {
+    );
+    let committed = match put.await {
         Ok(c) => c,
         Err(e) => return Err(store_error(e, &src)),
     };
     let mut r = empty(StatusCode::OK);
-    r.headers_mut().insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag_of_content(&committed.blake3)).expect("hex"),
-    );
+    if let Some(c) = &src.checked {
+        r.headers_mut().insert(
+            header::ETAG,
+            HeaderValue::from_str(&format!("\"{}\"", hex::encode(c.md5))).expect("hex"),
+        );
+    }
     r.headers_mut().insert(
         "x-amz-version-id",
         HeaderValue::from(committed.outcome.version),
@@ -994,4 +1140,319 @@ async fn put_object(
         }
     }
     Ok(r)
+}
+
+/// A version id from a request: ostore's versions are numbers.
+fn parse_version(v: &str) -> Result<u64, S3Error> {
+    v.parse().map_err(|_| {
+        S3Error::new(
+            Code::InvalidArgument,
+            format!("invalid version id {v:?} (ostore's version ids are numbers)"),
+        )
+    })
+}
+
+/// The conditions `x-amz-copy-source-if-*` put on the source of a copy, as `If-*` headers.
+fn copy_source_conditions(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for (from, to) in [
+        ("x-amz-copy-source-if-match", header::IF_MATCH),
+        ("x-amz-copy-source-if-none-match", header::IF_NONE_MATCH),
+        (
+            "x-amz-copy-source-if-modified-since",
+            header::IF_MODIFIED_SINCE,
+        ),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            header::IF_UNMODIFIED_SINCE,
+        ),
+    ] {
+        if let Some(v) = headers.get(from) {
+            out.insert(to, v.clone());
+        }
+    }
+    out
+}
+
+/// The version a copy reads from: `x-amz-copy-source` resolved, its `x-amz-copy-source-if-*`
+/// conditions checked (any that fails answers 412, as S3 does for copies).
+async fn copy_source(
+    front: &Front,
+    headers: &http::HeaderMap,
+) -> Result<ostore_control::meta::Resolved, S3Error> {
+    use crate::web::{preconditions, Precondition};
+    let value = headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| S3Error::new(Code::InvalidArgument, "x-amz-copy-source is not ASCII"))?;
+    let src = ostore_s3::route::copy_source(value)?;
+    let version = src.version_id.as_deref().map(parse_version).transpose()?;
+    let resolved: ostore_control::meta::Resolved = front
+        .node
+        .meta
+        .ask(ask::Resolve {
+            bucket: src.bucket,
+            key: src.key,
+            version,
+        })
+        .await
+        .map_err(meta_error)?;
+    if resolved.content.damaged {
+        return Err(S3Error::new(
+            Code::ServiceUnavailable,
+            "the source object is damaged: fewer than K of its shards are readable",
+        ));
+    }
+    let v = &resolved.version;
+    match preconditions(&copy_source_conditions(headers), &etag_of(v), v.created_ms) {
+        Precondition::Proceed { .. } => Ok(resolved),
+        Precondition::NotModified | Precondition::Failed => Err(S3Error::new(
+            Code::PreconditionFailed,
+            "at least one of the copy source's preconditions did not hold",
+        )),
+    }
+}
+
+/// CopyObject: a new version of `bucket/key` that refers to the source's content (no byte is
+/// read or written, whatever the size), with the source's attributes (`COPY`, the default) or
+/// the request's (`REPLACE`; the content's MD5 and checksum stay, being the same bytes'). The
+/// source's `x-amz-copy-source-if-*` and the destination's `If-Match`/`If-None-Match` hold.
+async fn copy_object(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    headers: &http::HeaderMap,
+) -> Result<Resp, S3Error> {
+    ostore_control::keys::valid_object_key(key)
+        .then_some(())
+        .ok_or_else(|| {
+            S3Error::new(
+                Code::InvalidArgument,
+                "a key is 1 to 1024 bytes of UTF-8 without NUL",
+            )
+        })?;
+    let replace = match headers
+        .get("x-amz-metadata-directive")
+        .map(|v| v.as_bytes())
+    {
+        None | Some(b"COPY") => false,
+        Some(b"REPLACE") => true,
+        Some(_) => {
+            return Err(S3Error::new(
+                Code::InvalidArgument,
+                "x-amz-metadata-directive is COPY or REPLACE",
+            ))
+        }
+    };
+    let value = headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let named = ostore_s3::route::copy_source(value)?;
+    if !replace && named.bucket == bucket && named.key == key && named.version_id.is_none() {
+        return Err(S3Error::new(
+            Code::InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself \
+             without changing the object's metadata",
+        ));
+    }
+    let src = copy_source(front, headers).await?;
+    let sv = &src.version;
+    let attrs = if replace {
+        let mut a = request_attrs(headers)?;
+        a.md5 = sv.attrs.md5;
+        a.parts = sv.attrs.parts;
+        a.headers.extend(
+            sv.attrs
+                .headers
+                .iter()
+                .filter(|(n, _)| is_checksum(n))
+                .cloned(),
+        );
+        a
+    } else {
+        sv.attrs.clone()
+    };
+    let outcome = front
+        .node
+        .meta
+        .ask(ask::PutExisting {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            blake3: sv.blake3,
+            cond: crate::web::s3_write_condition(headers),
+            attrs: attrs.clone(),
+        })
+        .await
+        .map_err(|e| match e {
+            MetaError::PreconditionFailed => S3Error::new(
+                Code::PreconditionFailed,
+                "at least one of the preconditions did not hold",
+            ),
+            e => meta_error(e),
+        })?
+        .ok_or_else(|| {
+            S3Error::new(
+                Code::ServiceUnavailable,
+                "the source's content was found damaged meanwhile: copy again later",
+            )
+        })?;
+    let copied = VersionRec {
+        version: outcome.version,
+        created_ms: outcome.created_ms,
+        size_bytes: sv.size_bytes,
+        blake3: sv.blake3,
+        delete_marker: false,
+        attrs,
+    };
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<CopyObjectResult xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\">");
+    xml::element(
+        &mut doc,
+        "LastModified",
+        &ostore_s3::time::iso8601_ms(copied.created_ms),
+    );
+    xml::element(&mut doc, "ETag", &etag_of(&copied));
+    doc.push_str("</CopyObjectResult>");
+    let mut r = xml_response(StatusCode::OK, doc);
+    r.headers_mut()
+        .insert("x-amz-version-id", HeaderValue::from(copied.version));
+    r.headers_mut().insert(
+        "x-amz-copy-source-version-id",
+        HeaderValue::from(sv.version),
+    );
+    Ok(r)
+}
+
+/// GetBucketVersioning: ostore keeps every version of every key (until a retention setting
+/// trims them), which is S3's `Enabled`.
+async fn get_versioning(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
+    require_bucket(front, bucket).await?;
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<VersioningConfiguration xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\"><Status>Enabled</Status></VersioningConfiguration>");
+    Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// PutBucketVersioning: `Enabled` is what every bucket is; `Suspended` (a `null` version that
+/// each write replaces) is refused, naming why.
+async fn put_versioning(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp, S3Error> {
+    let enabled = xml::versioning(body)?;
+    require_bucket(front, bucket).await?;
+    match enabled {
+        Some(true) | None => Ok(empty(StatusCode::OK)),
+        Some(false) => Err(S3Error::new(
+            Code::NotImplemented,
+            "ostore keeps every version: versioning cannot be suspended (null versions are not \
+             served); `osctl retention set N --bucket B` bounds how many are kept",
+        )),
+    }
+}
+
+/// ListObjectVersions: every version and delete marker under a prefix, rolled up at a
+/// delimiter, paged with key-marker and version-id-marker.
+async fn list_versions(front: &Front, bucket: &str, query: &str) -> Result<Resp, S3Error> {
+    let la = ListArgs::parse(query)?;
+    let key_marker = la.args.get("key-marker").cloned().filter(|k| !k.is_empty());
+    let version_marker = match la.args.get("version-id-marker").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(_) if key_marker.is_none() => {
+            return Err(S3Error::new(
+                Code::InvalidArgument,
+                "a version-id-marker needs a key-marker",
+            ))
+        }
+        Some(v) => Some(parse_version(v)?),
+    };
+    let page = if la.max_keys == 0 {
+        ostore_control::meta::VersionPage {
+            entries: Vec::new(),
+            next: None,
+        }
+    } else {
+        front
+            .node
+            .meta
+            .ask(ask::ListVersions {
+                bucket: bucket.to_string(),
+                prefix: la.prefix.clone(),
+                delimiter: la.delimiter.clone(),
+                key_marker: key_marker.clone(),
+                version_marker,
+                limit: la.max_keys,
+            })
+            .await
+            .map_err(meta_error)?
+    };
+    let mut doc = String::new();
+    la.open(&mut doc, "ListVersionsResult", bucket);
+    xml::element(
+        &mut doc,
+        "KeyMarker",
+        &la.enc(key_marker.as_deref().unwrap_or("")),
+    );
+    xml::element(
+        &mut doc,
+        "VersionIdMarker",
+        &version_marker.map(|v| v.to_string()).unwrap_or_default(),
+    );
+    if let Some((k, v)) = &page.next {
+        xml::element(&mut doc, "NextKeyMarker", &la.enc(k));
+        if let Some(v) = v {
+            xml::element(&mut doc, "NextVersionIdMarker", &v.to_string());
+        }
+    }
+    xml::element(
+        &mut doc,
+        "IsTruncated",
+        if page.next.is_some() { "true" } else { "false" },
+    );
+    let mut prefixes = String::new();
+    for e in &page.entries {
+        use ostore_control::meta::VersionListed;
+        match e {
+            VersionListed::Version {
+                key,
+                version,
+                latest,
+            } => {
+                let tag = if version.delete_marker {
+                    "DeleteMarker"
+                } else {
+                    "Version"
+                };
+                doc.push('<');
+                doc.push_str(tag);
+                doc.push('>');
+                xml::element(&mut doc, "Key", &la.enc(key));
+                xml::element(&mut doc, "VersionId", &version.version.to_string());
+                xml::element(&mut doc, "IsLatest", if *latest { "true" } else { "false" });
+                xml::element(
+                    &mut doc,
+                    "LastModified",
+                    &ostore_s3::time::iso8601_ms(version.created_ms),
+                );
+                if !version.delete_marker {
+                    xml::element(&mut doc, "ETag", &etag_of(version));
+                    xml::element(&mut doc, "Size", &version.size_bytes.to_string());
+                    xml::element(&mut doc, "StorageClass", "STANDARD");
+                }
+                owner(&mut doc);
+                doc.push_str("</");
+                doc.push_str(tag);
+                doc.push('>');
+            }
+            VersionListed::Prefix(p) => {
+                prefixes.push_str("<CommonPrefixes>");
+                xml::element(&mut prefixes, "Prefix", &la.enc(p));
+                prefixes.push_str("</CommonPrefixes>");
+            }
+        }
+    }
+    doc.push_str(&prefixes);
+    doc.push_str("</ListVersionsResult>");
+    Ok(xml_response(StatusCode::OK, doc))
 }

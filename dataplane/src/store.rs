@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, Encoding, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, ObjectAttrs, ShardLoc, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::compress;
@@ -151,6 +151,10 @@ pub enum BodyFault {
 pub trait BodySource {
     /// The next piece of the body; `None` at its end.
     async fn next_chunk(&mut self) -> Option<std::result::Result<Bytes, BodyFault>>;
+
+    /// Completes the version's attributes with what only the whole body tells (a digest taken
+    /// as it streamed); called once `next_chunk` returned `None`, before the commit.
+    fn complete(&mut self, _attrs: &mut ObjectAttrs) {}
 }
 
 pub use ostore_control::service::now_ms;
@@ -639,6 +643,7 @@ pub(crate) async fn probe_compressible(
 }
 
 /// Streams a body into a new version of `bucket/key`.
+#[allow(clippy::too_many_arguments)]
 pub async fn put(
     node: &Arc<Node>,
     bucket: &str,
@@ -646,6 +651,7 @@ pub async fn put(
     expected: Option<[u8; 32]>,
     length_hint: Option<u64>,
     cond: &WriteCondition,
+    mut attrs: ObjectAttrs,
     body: &mut impl BodySource,
 ) -> Result<Committed> {
     if length_hint.is_some_and(|l| l > OBJECT_BYTES_MAX) {
@@ -669,6 +675,7 @@ pub async fn put(
         if expected.is_some_and(|e| e != h) {
             return Err(StoreError::BadDigest);
         }
+        body.complete(&mut attrs);
         let content = NewContent {
             encoding: Encoding::Identity,
             blake3: h,
@@ -683,6 +690,7 @@ pub async fn put(
                 intent: None,
                 content: content.clone(),
                 cond: cond.clone(),
+                attrs,
             })
             .await?;
         return Ok(Committed {
@@ -762,6 +770,7 @@ pub async fn put(
     for &j in &lost {
         crate::peer::unresponsive(node, locs[j].drive);
     }
+    body.complete(&mut attrs);
     let content = NewContent {
         encoding,
         blake3: h,
@@ -778,6 +787,7 @@ pub async fn put(
         intent: Some(upload_id),
         content,
         cond: cond.clone(),
+        attrs,
     };
     let outcome = commit_write(node, &locs, upload_id, h, request).await?;
     if !outcome.deduplicated {

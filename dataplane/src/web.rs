@@ -418,16 +418,45 @@ pub fn parse_digest(h: &http::HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
     Ok(Some(out))
 }
 
-/// `If-Match` / `If-None-Match` on a PUT (RFC 9110 §13.1; If-Match compares strongly).
+/// `If-Match` / `If-None-Match` on a PUT (RFC 9110 §13.1; If-Match compares strongly), against
+/// the native ETags (the BLAKE3 in hex).
 pub fn write_condition(h: &http::HeaderMap) -> WriteCondition {
-    let list = |v: &str| -> Vec<[u8; 32]> {
+    condition(
+        h,
+        |t| {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(t, &mut h).ok()?;
+            Some(h)
+        },
+        WriteCondition::IfMatch,
+        WriteCondition::IfNoneMatch,
+    )
+}
+
+/// The same against S3's ETags (`md5`, or `md5-N` for an object made of N parts).
+pub fn s3_write_condition(h: &http::HeaderMap) -> WriteCondition {
+    condition(
+        h,
+        |t| {
+            let hex_part = t.split_once('-').map_or(t, |(m, _)| m);
+            let mut h = [0u8; 16];
+            hex::decode_to_slice(hex_part, &mut h).ok()?;
+            Some(h)
+        },
+        WriteCondition::IfTagMatch,
+        WriteCondition::IfTagNoneMatch,
+    )
+}
+
+fn condition<T>(
+    h: &http::HeaderMap,
+    tag: impl Fn(&str) -> Option<T>,
+    if_match: impl Fn(Vec<T>) -> WriteCondition,
+    if_none_match: impl Fn(Vec<T>) -> WriteCondition,
+) -> WriteCondition {
+    let list = |v: &str| -> Vec<T> {
         v.split(',')
-            .filter_map(|t| {
-                let t = t.trim().strip_prefix('"')?.strip_suffix('"')?;
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(t, &mut h).ok()?;
-                Some(h)
-            })
+            .filter_map(|t| tag(t.trim().strip_prefix('"')?.strip_suffix('"')?))
             .collect()
     };
     let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
@@ -435,7 +464,7 @@ pub fn write_condition(h: &http::HeaderMap) -> WriteCondition {
         return if v == "*" {
             WriteCondition::IfPresent
         } else {
-            WriteCondition::IfMatch(list(v))
+            if_match(list(v))
         };
     }
     if let Some(v) = text(header::IF_NONE_MATCH) {
@@ -443,7 +472,7 @@ pub fn write_condition(h: &http::HeaderMap) -> WriteCondition {
         return if v == "*" {
             WriteCondition::IfAbsent
         } else {
-            WriteCondition::IfNoneMatch(list(&weak_stripped))
+            if_none_match(list(&weak_stripped))
         };
     }
     WriteCondition::Always

@@ -233,6 +233,11 @@ fn seeds() {
             size_bytes: 12,
             blake3: [1; 32],
             delete_marker: false,
+            attrs: records::ObjectAttrs {
+                md5: Some([2; 16]),
+                parts: 0,
+                headers: vec![("content-type".into(), "text/plain".into())],
+            },
         }),
     );
     // seek_table: object size, stored size, the table's length in entries, table, a frame.

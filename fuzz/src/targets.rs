@@ -422,6 +422,9 @@ pub fn s3_sigv4(data: &[u8]) {
             assert!(!b.is_empty() && !b.contains('/'), "{b:?}");
         }
     }
+    if let Ok(c) = ostore_s3::route::copy_source(&path) {
+        assert!(!c.bucket.is_empty() && !c.key.is_empty(), "{c:?}");
+    }
 }
 
 /// An aws-chunked body (a flags byte: signed, trailer; a piece size), fed in pieces: the data

@@ -85,13 +85,16 @@ impl Hasher {
 /// The checks one body must pass, fed as it streams.
 pub struct BodyCheck {
     signed: Option<([u8; 32], sha2::Sha256)>,
-    md5: Option<([u8; 16], md5::Md5)>,
+    /// The body's MD5 (its ETag) and the `Content-MD5` it must match, if one was sent.
+    md5: (md5::Md5, Option<[u8; 16]>),
     checksum: Option<(Algorithm, Hasher, Option<String>)>,
 }
 
 /// What a body that passed its checks was checked with (to return to the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
+    /// The body's MD5: S3's ETag of an object written whole.
+    pub md5: [u8; 16],
     pub checksum: Option<(Algorithm, String)>,
 }
 
@@ -122,7 +125,7 @@ impl BodyCheck {
                         "Content-MD5 must be the base64 of 16 bytes",
                     ));
                 }
-                Some((want, md5::Md5::new()))
+                Some(want)
             }
         };
         let mut checksum = None;
@@ -164,7 +167,7 @@ impl BodyCheck {
         }
         Ok(BodyCheck {
             signed,
-            md5,
+            md5: (md5::Md5::new(), md5),
             checksum,
         })
     }
@@ -173,9 +176,7 @@ impl BodyCheck {
         if let Some((_, h)) = &mut self.signed {
             h.update(data);
         }
-        if let Some((_, h)) = &mut self.md5 {
-            h.update(data);
-        }
+        self.md5.0.update(data);
         if let Some((_, h, _)) = &mut self.checksum {
             h.update(data);
         }
@@ -191,16 +192,18 @@ impl BodyCheck {
                 ));
             }
         }
-        if let Some((want, h)) = self.md5 {
-            if <[u8; 16]>::from(h.finalize()) != want {
-                return Err(S3Error::new(
-                    Code::BadDigest,
-                    "the Content-MD5 you specified did not match what was received",
-                ));
-            }
+        let md5: [u8; 16] = self.md5.0.finalize().into();
+        if self.md5.1.is_some_and(|want| want != md5) {
+            return Err(S3Error::new(
+                Code::BadDigest,
+                "the Content-MD5 you specified did not match what was received",
+            ));
         }
         let Some((a, h, given)) = self.checksum else {
-            return Ok(Checked { checksum: None });
+            return Ok(Checked {
+                md5,
+                checksum: None,
+            });
         };
         let given = match given {
             Some(g) => g,
@@ -226,6 +229,7 @@ impl BodyCheck {
             ));
         }
         Ok(Checked {
+            md5,
             checksum: Some((a, got)),
         })
     }
@@ -304,12 +308,22 @@ mod tests {
     #[test]
     fn content_md5() {
         // MD5("hello world") = 5eb63bbbe01eeed093cb22bb8f5acdc3.
-        check(
+        let md5 = [
+            0x5e, 0xb6, 0x3b, 0xbb, 0xe0, 0x1e, 0xee, 0xd0, 0x93, 0xcb, 0x22, 0xbb, 0x8f, 0x5a,
+            0xcd, 0xc3,
+        ];
+        let c = check(
             &[("content-md5", "XrY7u+Ae7tCTyyK7j1rNww==")],
             Payload::Unsigned,
             b"hello world",
         )
         .unwrap();
+        assert_eq!(c.md5, md5);
+        // The MD5 (the ETag) is taken whether or not the client sent one.
+        assert_eq!(
+            check(&[], Payload::Unsigned, b"hello world").unwrap().md5,
+            md5
+        );
         assert_eq!(
             check(
                 &[("content-md5", "XrY7u+Ae7tCTyyK7j1rNww==")],

@@ -23,6 +23,7 @@ pub enum Code {
     InvalidRange,
     InvalidRequest,
     MalformedXML,
+    MetadataTooLarge,
     MethodNotAllowed,
     MissingContentLength,
     MissingSecurityHeader,
@@ -59,6 +60,7 @@ impl Code {
             | InvalidPartOrder
             | InvalidRequest
             | MalformedXML
+            | MetadataTooLarge
             | MissingSecurityHeader
             | XAmzContentSHA256Mismatch
             | RequestTimeout => 400,
@@ -96,6 +98,7 @@ impl Code {
             InvalidRange => "InvalidRange",
             InvalidRequest => "InvalidRequest",
             MalformedXML => "MalformedXML",
+            MetadataTooLarge => "MetadataTooLarge",
             MethodNotAllowed => "MethodNotAllowed",
             MissingContentLength => "MissingContentLength",
             MissingSecurityHeader => "MissingSecurityHeader",

@@ -241,6 +241,54 @@ pub fn route(method: &str, path: &str, query: &str, copy_source: bool) -> Result
     })
 }
 
+/// Where CopyObject and UploadPartCopy copy from: `x-amz-copy-source`, `bucket/key` with an
+/// optional leading `/` and `?versionId=`, the bucket and key percent-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    pub bucket: String,
+    pub key: String,
+    pub version_id: Option<String>,
+}
+
+pub fn copy_source(value: &str) -> Result<CopySource, S3Error> {
+    let bad = |m: &str| S3Error::new(Code::InvalidArgument, format!("x-amz-copy-source: {m}"));
+    let (path, query) = match value.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (value, None),
+    };
+    let version_id = match query {
+        None => None,
+        Some(q) => match q.strip_prefix("versionId=") {
+            Some(v) if !v.is_empty() && !v.contains('&') => Some(
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .map_err(|_| bad("the version id is not UTF-8"))?
+                    .into_owned(),
+            ),
+            _ => return Err(bad("the only query it may carry is versionId")),
+        },
+    };
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let (b, k) = path
+        .split_once('/')
+        .ok_or_else(|| bad("it must be bucket/key"))?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| bad("it is not UTF-8"))
+    };
+    let (bucket, key) = (decode(b)?, decode(k)?);
+    if bucket.is_empty() || key.is_empty() {
+        return Err(bad("it must name a bucket and a key"));
+    }
+    Ok(CopySource {
+        bucket,
+        key,
+        version_id,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +426,24 @@ mod tests {
             route("GET", &long, "", false).unwrap_err().code,
             Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn copy_sources() {
+        let c = copy_source("/b/dir/a%20b%3Fc?versionId=7").unwrap();
+        assert_eq!(
+            c,
+            CopySource {
+                bucket: "b".into(),
+                key: "dir/a b?c".into(),
+                version_id: Some("7".into()),
+            }
+        );
+        assert_eq!(copy_source("b/k").unwrap().key, "k");
+        assert_eq!(copy_source("b/k").unwrap().version_id, None);
+        for bad in ["", "b", "/b/", "b/k?x=1", "b/k?versionId=", "b/%ff", "/k"] {
+            let e = copy_source(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidArgument, "{bad}");
+        }
     }
 }

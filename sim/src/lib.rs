@@ -1502,6 +1502,7 @@ impl World {
                                 intent: Some(p.intent),
                                 content: self.sharded(p.content, &p.locs),
                                 cond: WriteCondition::Always,
+                                attrs: Default::default(),
                             },
                             true,
                         );

@@ -186,6 +186,41 @@ fn boto3_writes_with_its_default_checksums() {
     assert_eq!((status, body.as_slice()), (200, &b"second"[..]));
 }
 
+#[test]
+fn boto3_keeps_metadata_copies_without_bytes_and_lists_versions() {
+    let py = boto3("boto3_keeps_metadata_copies_without_bytes_and_lists_versions");
+    let dev = Dev::start(&[]);
+    for b in ["meta", "meta2"] {
+        let r = s3_request(&dev, "PUT", &format!("/{b}"), "", &dev.secret, now_s());
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    }
+    run_boto3(
+        &py,
+        &dev,
+        "s3_meta.py",
+        &[OsStr::new("meta"), OsStr::new("meta2")],
+        34,
+    );
+    // A copy is a new version of the same content: the native ETag (the BLAKE3) is the
+    // source's, and no content was added for it.
+    let tag = |key: &str| {
+        let r = dev.get(key);
+        assert_eq!(r.status(), 200, "{key}");
+        r.headers()["etag"].to_str().unwrap().to_string()
+    };
+    assert_eq!(tag("doc.txt?bucket=meta"), tag("copy.txt?bucket=meta"));
+    assert_eq!(
+        tag("doc.txt?bucket=meta"),
+        tag("dir/re%20placed?bucket=meta2")
+    );
+    // Five bodies were written (the fox, v0, v1, v2, o); the copies stored nothing.
+    let (_, j) = dev.json("/admin/status");
+    assert_eq!(j["contents"], 5, "{j}");
+    // The Content-Type S3 kept, the native API gives back.
+    let r = dev.get("copy.txt?bucket=meta");
+    assert_eq!(r.headers()["content-type"], "text/plain");
+}
+
 /// A PUT with a signed `aws-chunked` body (chunks of `piece` bytes; with `trailer`, a CRC32
 /// in a signed trailer), as the AWS SDKs send over TLS. `tamper` flips a byte of the data after
 /// signing.

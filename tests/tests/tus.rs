@@ -390,7 +390,12 @@ fn a_long_patch_cut_by_kill_9_keeps_its_checkpoints_and_resumes() {
     let r = patch(&dev, &at, resumed, body[resumed..].to_vec());
     assert_eq!(r.status(), 204, "{:?}", r.text());
     let (s, got) = dev.get_bytes("tus/long.jsonl");
-    assert_eq!(s, 200);
+    assert_eq!(
+        s,
+        200,
+        "{}",
+        String::from_utf8_lossy(&got[..got.len().min(2000)])
+    );
     assert!(got == body, "the resumed object differs");
     // It went through the same pipeline as a PUT: stored compressed, ranges decode.
     let (_, j) = dev.json(&format!("/locate/{}", blake3::hash(&body).to_hex()));
