@@ -26,6 +26,10 @@ pub mod tag {
     /// `[0x32] since_ms:u64be blake3:32` → empty: contents with no reference, by when they
     /// lost their last one (what GC looks at, without scanning every content)
     pub const UNREFERENCED: u8 = 0x32;
+    /// `[0x33] blake3:32 chunk:u32be` → `Vec<PartRef>`: the parts of a content assembled from
+    /// parts ([`crate::records::Stored::Parts`]), [`crate::multipart::PARTS_PER_CHUNK`] per
+    /// value, in order
+    pub const CONTENT_PARTS: u8 = 0x33;
     /// `[0x40] drive:u16be` → `DriveRec`
     pub const DRIVE: u8 = 0x40;
     /// `[0x41] drive:u16be` → i64 little-endian counter: shards the drive holds (its
@@ -39,6 +43,14 @@ pub mod tag {
     pub const UPLOAD: u8 = 0x52;
     /// `[0x53] upload:16 blob:u8 piece:u32be` → bytes: the upload's blobs, in pieces
     pub const UPLOAD_BLOB: u8 = 0x53;
+    /// `[0x54] id:16` → `MpuRec`: a multipart upload
+    pub const MPU: u8 = 0x54;
+    /// `[0x55] id:16 part:u16be` → `PartRec`: an uploaded part
+    pub const MPU_PART: u8 = 0x55;
+    /// `[0x56] bucket 0x00 key 0x00 id:16` → empty: multipart uploads by bucket and key
+    pub const MPU_BY_KEY: u8 = 0x56;
+    /// `[0x57] expires_ms:u64be id:16` → empty: multipart uploads by when they expire
+    pub const MPU_EXPIRY: u8 = 0x57;
     /// `[0x60] blake3:32` → `RepairRec`: content with shards to rebuild
     pub const REPAIR: u8 = 0x60;
     /// `[0x61] blake3:32` → `RepairRec`: content with good shards to move elsewhere (drain,
@@ -103,6 +115,90 @@ pub fn upload_blob_range(id: &[u8; 16], blob: u8) -> (Vec<u8>, Vec<u8>) {
     b.push(blob);
     let e = crate::kv::prefix_end(&b);
     (b, e)
+}
+
+/// One chunk of the part list of a content assembled from parts.
+pub fn content_parts(blake3: &[u8; 32], chunk: u32) -> Vec<u8> {
+    let mut k = vec![tag::CONTENT_PARTS];
+    k.extend_from_slice(blake3);
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// Every chunk of the part list of `blake3`: `[begin, end)`.
+pub fn content_parts_all(blake3: &[u8; 32]) -> (Vec<u8>, Vec<u8>) {
+    let mut b = vec![tag::CONTENT_PARTS];
+    b.extend_from_slice(blake3);
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+pub fn mpu(id: &[u8; 16]) -> Vec<u8> {
+    let mut k = vec![tag::MPU];
+    k.extend_from_slice(id);
+    k
+}
+
+pub fn mpu_part(id: &[u8; 16], part: u16) -> Vec<u8> {
+    let mut k = vec![tag::MPU_PART];
+    k.extend_from_slice(id);
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// Every part of one multipart upload, in part order: `[begin, end)`.
+pub fn mpu_parts(id: &[u8; 16]) -> (Vec<u8>, Vec<u8>) {
+    let mut b = vec![tag::MPU_PART];
+    b.extend_from_slice(id);
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+pub fn mpu_by_key(bucket: &str, key: &str, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = with_strs(tag::MPU_BY_KEY, &[bucket, key]);
+    k.extend_from_slice(id);
+    k
+}
+
+/// The multipart uploads of `bucket` whose key starts with `prefix`: `[begin, end)`.
+pub fn mpus_with_prefix(bucket: &str, prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut b = with_strs(tag::MPU_BY_KEY, &[bucket]);
+    b.extend_from_slice(prefix.as_bytes());
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
+}
+
+/// The object key and upload id inside an `MPU_BY_KEY` key of `bucket`.
+pub fn parse_mpu_by_key<'a>(bucket: &str, k: &'a [u8]) -> Option<(&'a str, [u8; 16])> {
+    let rest = k
+        .strip_prefix(&[tag::MPU_BY_KEY])?
+        .strip_prefix(bucket.as_bytes())?
+        .strip_prefix(&[0])?;
+    let (key, id) = rest.split_at_checked(rest.len().checked_sub(17)?)?;
+    let id = id.strip_prefix(&[0])?;
+    Some((std::str::from_utf8(key).ok()?, id.try_into().ok()?))
+}
+
+pub fn mpu_expiry(expires_ms: u64, id: &[u8; 16]) -> Vec<u8> {
+    let mut k = vec![tag::MPU_EXPIRY];
+    k.extend_from_slice(&expires_ms.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// Multipart uploads that expire up to `until_ms` (exclusive): `[begin, end)`.
+pub fn mpu_expiry_until(until_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut e = vec![tag::MPU_EXPIRY];
+    e.extend_from_slice(&until_ms.to_be_bytes());
+    (vec![tag::MPU_EXPIRY], e)
+}
+
+/// The upload id inside an `MPU_EXPIRY` key.
+pub fn parse_mpu_expiry(k: &[u8]) -> Option<[u8; 16]> {
+    k.strip_prefix(&[tag::MPU_EXPIRY])?
+        .get(8..)?
+        .try_into()
+        .ok()
 }
 
 pub fn format() -> Vec<u8> {
@@ -447,6 +543,15 @@ mod tests {
             Some(("a/b", 7))
         );
         assert_eq!(key_of_version("other", &version("default", "k", 7)), None);
+        let id = [7u8; 16];
+        assert_eq!(
+            parse_mpu_by_key("b", &mpu_by_key("b", "dir/k", &id)),
+            Some(("dir/k", id))
+        );
+        assert_eq!(parse_mpu_expiry(&mpu_expiry(5, &id)), Some(id));
+        let (lo, hi) = mpu_expiry_until(6);
+        assert!(lo.as_slice() <= mpu_expiry(5, &id).as_slice() && mpu_expiry(5, &id) < hi);
+        assert!(mpu_expiry(6, &id) >= hi);
         assert_eq!(key_of_version("default", b"\x21default\x00k"), None);
         let h = [0xABu8; 32];
         let mut c = vec![0x30];

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod kv;
 pub mod liveness;
 pub mod meta;
+pub mod multipart;
 pub mod records;
 pub mod redb_kv;
 pub mod rpc;

@@ -103,6 +103,10 @@ fn unindex_shard(tx: &mut dyn Tx, drive: u16, blake3: &[u8; 32], index: u8) -> R
 
 /// Counts a content record coming (`sign` 1) or going (-1).
 fn count_content(tx: &mut dyn Tx, c: &ContentRec, sign: i64) -> Result<()> {
+    // An assembled content stores nothing of its own: its parts are counted.
+    if matches!(c.stored, Stored::Parts { .. }) {
+        return Ok(());
+    }
     stat(tx, Stat::Contents, sign)?;
     stat(tx, Stat::ContentBytes, sign * c.size_bytes as i64)?;
     stat(tx, Stat::StoredBytes, sign * c.stored_bytes() as i64)
@@ -526,7 +530,7 @@ pub fn intents(kv: &dyn Kv) -> Result<Vec<(u64, IntentRec)>> {
 
 // The parts of a version, each its own argument at every call site.
 #[allow(clippy::too_many_arguments)]
-fn append_version(
+pub(crate) fn append_version(
     tx: &mut dyn Tx,
     bucket: &str,
     key: &str,
@@ -568,7 +572,7 @@ fn append_version(
     Ok(v)
 }
 
-fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
+pub(crate) fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
     let ck = keys::content(blake3);
     let Some(before) = get_content(tx, &ck)? else {
         return Ok(false);
@@ -580,7 +584,7 @@ fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
     Ok(true)
 }
 
-fn drop_ref(tx: &mut dyn Tx, blake3: &[u8; 32], now_ms: u64) -> Result<()> {
+pub(crate) fn drop_ref(tx: &mut dyn Tx, blake3: &[u8; 32], now_ms: u64) -> Result<()> {
     let ck = keys::content(blake3);
     if let Some(before) = get_content(tx, &ck)? {
         let mut c = before.clone();
@@ -647,6 +651,16 @@ impl WriteCondition {
     }
 }
 
+/// Checks a write condition inside a transaction that commits the write.
+pub(crate) fn check_condition_in(
+    tx: &mut dyn Tx,
+    bucket: &str,
+    key: &str,
+    cond: &WriteCondition,
+) -> Result<()> {
+    cond.check(tx, bucket, key)
+}
+
 /// Evaluates a write condition now, outside the commit (to refuse before receiving a body).
 pub fn check_condition(kv: &dyn Kv, bucket: &str, key: &str, cond: &WriteCondition) -> Result<()> {
     run(kv, false, |tx| {
@@ -662,6 +676,115 @@ pub struct NewContent {
     pub size_bytes: u64,
     pub stored: Stored,
     pub encoding: Encoding,
+}
+
+/// What the intent of a commit says before it is made: the commit landed already (its
+/// outcome, for a retry after an unknown result), or the intent to mark committed with it.
+pub(crate) enum Prior {
+    Done(PutOutcome),
+    Open(Option<(u64, IntentRec)>),
+}
+
+pub(crate) fn intent_prior(tx: &mut dyn Tx, intent: Option<u64>) -> Result<Prior> {
+    let Some(id) = intent else {
+        return Ok(Prior::Open(None));
+    };
+    let rec: IntentRec = get(tx, &keys::intent(id))?.ok_or(MetaError::NoSuchUpload)?;
+    // Given up (by the writer, or by the sweep for a writer taken as gone): its files are
+    // being deleted.
+    if rec.state == IntentState::Abandoned {
+        return Err(MetaError::NoSuchUpload);
+    }
+    if let IntentState::Committed {
+        version,
+        created_ms,
+        adopted,
+    } = rec.state
+    {
+        return Ok(Prior::Done(PutOutcome {
+            version,
+            created_ms,
+            deduplicated: !adopted,
+            // Unknown after the fact; start-up deletes the listed files in any case.
+            replaced_damaged: false,
+        }));
+    }
+    Ok(Prior::Open(Some((id, rec))))
+}
+
+/// Marks the intent of a commit committed, in the commit's transaction.
+pub(crate) fn finish_intent(
+    tx: &mut dyn Tx,
+    open: Option<(u64, IntentRec)>,
+    version: u64,
+    deduplicated: bool,
+    now_ms: u64,
+) -> Result<()> {
+    if let Some((id, mut rec)) = open {
+        rec.state = IntentState::Committed {
+            version,
+            created_ms: now_ms,
+            adopted: !deduplicated,
+        };
+        put(tx, &keys::intent(id), &rec)?;
+    }
+    Ok(())
+}
+
+/// Takes one reference to `content`: to the stored copy when there is one undamaged
+/// (deduplicated: the new shard files are not adopted), else to a new record of it, which
+/// replaces a damaged copy. Returns (deduplicated, replaced a damaged copy).
+pub(crate) fn store_content(
+    tx: &mut dyn Tx,
+    content: &NewContent,
+    now_ms: u64,
+) -> Result<(bool, bool)> {
+    let ck = keys::content(&content.blake3);
+    let existing = get_content(tx, &ck)?;
+    let deduplicated = existing.as_ref().is_some_and(|c| !c.damaged);
+    if deduplicated {
+        add_ref(tx, &content.blake3)?;
+        return Ok((true, false));
+    }
+    // New content, or a damaged copy that these fresh bytes replace.
+    let replaced_damaged = existing.is_some();
+    let refs = existing.as_ref().map_or(0, |c| c.refs);
+    if let Some(old) = &existing {
+        count_content(tx, old, -1)?;
+    }
+    if let Some(Stored::Sharded { shards, .. }) = existing.as_ref().map(|c| &c.stored) {
+        for s in shards {
+            unindex_shard(tx, s.drive, &content.blake3, s.index)?;
+        }
+        // The old files are garbage now: an intent makes sure they are deleted.
+        let rec = IntentRec {
+            created_ms: now_ms,
+            shards: shards.clone(),
+            state: IntentState::Committed {
+                version: 0,
+                created_ms: 0,
+                adopted: false,
+            },
+        };
+        put(tx, &keys::intent(replaced_intent(&content.blake3)), &rec)?;
+    }
+    let rec = ContentRec {
+        size_bytes: content.size_bytes,
+        refs: refs + 1,
+        created_ms: now_ms,
+        unreferenced_since_ms: None,
+        stored: content.stored.clone(),
+        damaged: false,
+        encoding: content.encoding,
+    };
+    put_content(tx, &content.blake3, existing.as_ref(), &rec)?;
+    count_content(tx, &rec, 1)?;
+    if let Stored::Sharded { shards, .. } = &content.stored {
+        for s in shards {
+            index_shard(tx, s.drive, &content.blake3, s.index)?;
+        }
+    }
+    Ok((false, replaced_damaged))
 }
 
 /// Commits a new version of `key`. With `intent`, the call is idempotent: a retry after an
@@ -680,77 +803,12 @@ pub fn commit_put(
 ) -> Result<PutOutcome> {
     run(kv, true, |tx| {
         require_bucket(tx, bucket)?;
-        let mut intent_rec = None;
-        if let Some(id) = intent {
-            let rec: IntentRec = get(tx, &keys::intent(id))?.ok_or(MetaError::NoSuchUpload)?;
-            // Given up (by the writer, or by the sweep for a writer taken as gone): its files
-            // are being deleted.
-            if rec.state == IntentState::Abandoned {
-                return Err(MetaError::NoSuchUpload);
-            }
-            if let IntentState::Committed {
-                version,
-                created_ms,
-                adopted,
-            } = rec.state
-            {
-                return Ok(PutOutcome {
-                    version,
-                    created_ms,
-                    deduplicated: !adopted,
-                    // Unknown after the fact; start-up deletes the listed files in any case.
-                    replaced_damaged: false,
-                });
-            }
-            intent_rec = Some((id, rec));
-        }
+        let open = match intent_prior(tx, intent)? {
+            Prior::Done(o) => return Ok(o),
+            Prior::Open(open) => open,
+        };
         cond.check(tx, bucket, key)?;
-        let ck = keys::content(&content.blake3);
-        let existing = get_content(tx, &ck)?;
-        let deduplicated = existing.as_ref().is_some_and(|c| !c.damaged);
-        let mut replaced_damaged = false;
-        if deduplicated {
-            add_ref(tx, &content.blake3)?;
-        } else {
-            // New content, or a damaged copy that these fresh bytes replace.
-            replaced_damaged = existing.is_some();
-            let refs = existing.as_ref().map_or(0, |c| c.refs);
-            if let Some(old) = &existing {
-                count_content(tx, old, -1)?;
-            }
-            if let Some(Stored::Sharded { shards, .. }) = existing.as_ref().map(|c| &c.stored) {
-                for s in shards {
-                    unindex_shard(tx, s.drive, &content.blake3, s.index)?;
-                }
-                // The old files are garbage now: an intent makes sure they are deleted.
-                let rec = IntentRec {
-                    created_ms: now_ms,
-                    shards: shards.clone(),
-                    state: IntentState::Committed {
-                        version: 0,
-                        created_ms: 0,
-                        adopted: false,
-                    },
-                };
-                put(tx, &keys::intent(replaced_intent(&content.blake3)), &rec)?;
-            }
-            let rec = ContentRec {
-                size_bytes: content.size_bytes,
-                refs: refs + 1,
-                created_ms: now_ms,
-                unreferenced_since_ms: None,
-                stored: content.stored.clone(),
-                damaged: false,
-                encoding: content.encoding,
-            };
-            put_content(tx, &content.blake3, existing.as_ref(), &rec)?;
-            count_content(tx, &rec, 1)?;
-            if let Stored::Sharded { shards, .. } = &content.stored {
-                for s in shards {
-                    index_shard(tx, s.drive, &content.blake3, s.index)?;
-                }
-            }
-        }
+        let (deduplicated, replaced_damaged) = store_content(tx, content, now_ms)?;
         let v = append_version(
             tx,
             bucket,
@@ -761,14 +819,7 @@ pub fn commit_put(
             false,
             attrs,
         )?;
-        if let Some((id, mut rec)) = intent_rec {
-            rec.state = IntentState::Committed {
-                version: v.version,
-                created_ms: now_ms,
-                adopted: !deduplicated,
-            };
-            put(tx, &keys::intent(id), &rec)?;
-        }
+        finish_intent(tx, open, v.version, deduplicated, now_ms)?;
         Ok(PutOutcome {
             version: v.version,
             created_ms: now_ms,
@@ -877,6 +928,8 @@ pub fn delete_version(
 pub struct Resolved {
     pub version: VersionRec,
     pub content: ContentRec,
+    /// The parts of a content assembled from parts, in order (empty otherwise).
+    pub parts: Vec<PartRef>,
 }
 
 /// Looks up the newest version (or `version`) of a key. A delete marker reads as missing.
@@ -901,9 +954,14 @@ pub fn resolve(kv: &dyn Kv, bucket: &str, key: &str, version: Option<u64>) -> Re
         let content = get_content(tx, &keys::content(&v.blake3))?.ok_or_else(|| {
             RecordError(format!("version {} refers to missing content", v.version))
         })?;
+        let parts = match content.stored {
+            Stored::Parts { .. } => crate::multipart::part_list(tx, &v.blake3)?,
+            _ => Vec::new(),
+        };
         Ok(Resolved {
             version: v,
             content,
+            parts,
         })
     })
 }
@@ -1408,6 +1466,14 @@ pub fn collect(
                 },
             };
             put(tx, &keys::intent(intent), &garbage)?;
+        }
+        if let Stored::Parts { .. } = &c.stored {
+            // Its parts lose the references it held; GC takes them in a later pass.
+            for p in crate::multipart::part_list(tx, blake3)? {
+                drop_ref(tx, &p.blake3, now_ms)?;
+            }
+            let (b, e) = keys::content_parts_all(blake3);
+            tx.clear_range(&b, &e)?;
         }
         Ok(Some(c))
     })

@@ -199,6 +199,17 @@ pub enum Stored {
         parity: u8,
         shards: Vec<ShardLoc>,
     },
+    /// Assembled from `parts` parts, each a content of its own that this one holds a reference
+    /// to; the list is under [`crate::keys::content_parts`]. Its name is not the BLAKE3 of its
+    /// bytes but of its part list ([`crate::multipart::assembled_name`]).
+    Parts { parts: u32 },
+}
+
+/// One part of a content assembled from parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRef {
+    pub blake3: [u8; 32],
+    pub size_bytes: u64,
 }
 
 /// One stored content, named by its BLAKE3; shared by every version with that content.

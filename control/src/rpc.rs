@@ -12,6 +12,7 @@ use crate::cluster::{self, ClusterView, Registration};
 use crate::keys;
 use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, PutOutcome, WriteCondition};
+use crate::multipart;
 use crate::records::{
     ContentRec, DriveRec, IntentRec, ObjectAttrs, Owner, RecordError, ShardLoc, Stored, VersionRec,
 };
@@ -319,6 +320,59 @@ requests! {
         version_marker: Option<u64>,
         limit: usize,
     } -> meta::VersionPage,
+    /// Starts a multipart upload under `id`.
+    MpuCreate {
+        id: [u8; 16],
+        bucket: String,
+        key: String,
+        attrs: ObjectAttrs,
+        expires_ms: u64,
+    } -> (),
+    MpuGet {
+        id: [u8; 16],
+        bucket: String,
+        key: String,
+    } -> multipart::MpuRec,
+    /// Commits a part's content (as `CommitPut` commits a version's).
+    CommitPart {
+        id: [u8; 16],
+        bucket: String,
+        key: String,
+        number: u16,
+        intent: Option<u64>,
+        content: NewContent,
+        attrs: ObjectAttrs,
+    } -> PutOutcome,
+    MpuParts {
+        id: [u8; 16],
+        bucket: String,
+        key: String,
+        after: u16,
+        limit: usize,
+    } -> Vec<(u16, multipart::PartRec)>,
+    MpuAbort {
+        id: [u8; 16],
+        bucket: String,
+        key: String,
+    } -> (),
+    MpuComplete {
+        id: [u8; 16],
+        bucket: String,
+        key: String,
+        named: Vec<multipart::Named>,
+        min_part_bytes: u64,
+        md5: [u8; 16],
+        cond: WriteCondition,
+    } -> Result<multipart::Completed, multipart::Refusal>,
+    MpuList {
+        bucket: String,
+        prefix: String,
+        key_marker: Option<String>,
+        id_marker: Option<[u8; 16]>,
+        limit: usize,
+    } -> (Vec<multipart::Listed>, bool),
+    /// Aborts up to `limit` expired multipart uploads; answers how many.
+    MpuExpire { limit: usize } -> usize,
 }
 
 impl Request {
@@ -355,6 +409,9 @@ impl Request {
                 | Request::BucketList
                 | Request::ListDelimited { .. }
                 | Request::ListVersions { .. }
+                | Request::MpuGet { .. }
+                | Request::MpuParts { .. }
+                | Request::MpuList { .. }
         )
     }
 }
@@ -578,6 +635,73 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             version_marker,
             limit,
         )?),
+        MpuCreate {
+            id,
+            bucket,
+            key,
+            attrs,
+            expires_ms,
+        } => answer::<ask::MpuCreate>(multipart::create(
+            kv, &id, &bucket, &key, &attrs, expires_ms, now_ms,
+        )?),
+        MpuGet { id, bucket, key } => {
+            answer::<ask::MpuGet>(multipart::get(kv, &bucket, &key, &id)?)
+        }
+        CommitPart {
+            id,
+            bucket,
+            key,
+            number,
+            intent,
+            content,
+            attrs,
+        } => answer::<ask::CommitPart>(multipart::commit_part(
+            kv, &bucket, &key, &id, number, intent, &content, &attrs, now_ms,
+        )?),
+        MpuParts {
+            id,
+            bucket,
+            key,
+            after,
+            limit,
+        } => answer::<ask::MpuParts>(multipart::parts(kv, &bucket, &key, &id, after, limit)?),
+        MpuAbort { id, bucket, key } => {
+            answer::<ask::MpuAbort>(multipart::abort(kv, &bucket, &key, &id, now_ms)?)
+        }
+        MpuComplete {
+            id,
+            bucket,
+            key,
+            named,
+            min_part_bytes,
+            md5,
+            cond,
+        } => answer::<ask::MpuComplete>(multipart::complete(
+            kv,
+            &bucket,
+            &key,
+            &id,
+            &named,
+            min_part_bytes,
+            md5,
+            &cond,
+            now_ms,
+        )?),
+        MpuList {
+            bucket,
+            prefix,
+            key_marker,
+            id_marker,
+            limit,
+        } => answer::<ask::MpuList>(multipart::list(
+            kv,
+            &bucket,
+            &prefix,
+            key_marker.as_deref(),
+            id_marker,
+            limit,
+        )?),
+        MpuExpire { limit } => answer::<ask::MpuExpire>(multipart::expire(kv, now_ms, limit)?),
         CreateBucket { bucket } => {
             answer::<ask::CreateBucket>(meta::create_bucket(kv, &bucket, now_ms)?)
         }

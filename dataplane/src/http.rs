@@ -16,7 +16,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ostore_control::meta::{ListPage, Resolved, WriteCondition, LIST_LIMIT_MAX};
-use ostore_control::records::{ContentRec, Encoding, ObjectAttrs, Stored};
+use ostore_control::records::{ContentRec, Encoding, ObjectAttrs, PartRef, Stored};
 use ostore_control::rpc::ask;
 use ostore_engine::range::{resolve, RangeDecision};
 use serde_json::json;
@@ -250,7 +250,10 @@ async fn put(front: &Front, req: Request<ReqBody>, raw_key: &str) -> Result<Resp
         body: req.into_body(),
         front,
     };
-    let put = store::put(node, &bucket, &key, digest, length, &cond, attrs, &mut src);
+    let commit = store::Commit::Version(cond.clone());
+    let put = store::put(
+        node, &bucket, &key, digest, length, &commit, attrs, &mut src,
+    );
     let committed = match put.await {
         Ok(c) => c,
         Err(e) => {
@@ -294,7 +297,13 @@ async fn get(
             "the object is damaged: fewer than K of its shards are readable",
         ));
     }
-    let etag = etag_of(&v.blake3);
+    // An object assembled from parts is named by its part list, not by the BLAKE3 of its
+    // bytes: its ETag says so (`-N`, as S3's multipart ETags), and a client does not check the
+    // body against it.
+    let etag = match resolved.content.stored {
+        Stored::Parts { parts } => format!("\"{}-{parts}\"", hex::encode(v.blake3)),
+        _ => etag_of(&v.blake3),
+    };
     let mut headers = http::HeaderMap::new();
     headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
     headers.insert("x-version", HeaderValue::from(v.version));
@@ -390,14 +399,7 @@ async fn get(
     let body = if head_only {
         RespBody::Full(None)
     } else {
-        body_of(
-            node,
-            &resolved.content,
-            v.blake3,
-            range,
-            coding.map(|c| c.0),
-        )
-        .await?
+        object_body(node, &resolved, range, coding.map(|c| c.0)).await?
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -460,9 +462,100 @@ async fn moved_since(node: &Arc<Node>, blake3: &[u8; 32], seen: &ContentRec) -> 
         .flatten()?;
     let shards = |c: &ContentRec| match &c.stored {
         Stored::Sharded { shards, .. } => Some(shards.clone()),
-        Stored::Inline(_) => None,
+        Stored::Inline(_) | Stored::Parts { .. } => None,
     };
     (shards(&now).is_some() && shards(&now) != shards(seen)).then_some(now)
+}
+
+/// The bytes `range` of an object (its content record, the parts of a content assembled from
+/// parts, and its name), read and verified as they are stored; with `coding`, the whole
+/// object's stored zstd stream (or that recoded to gzip).
+pub(crate) async fn object_body(
+    node: &Arc<Node>,
+    resolved: &Resolved,
+    range: std::ops::Range<u64>,
+    coding: Option<Coding>,
+) -> Result<RespBody, ApiError> {
+    match resolved.content.stored {
+        Stored::Parts { .. } => Ok(parts_body(node, &resolved.parts, range)),
+        _ => {
+            body_of(
+                node,
+                &resolved.content,
+                resolved.version.blake3,
+                range,
+                coding,
+            )
+            .await
+        }
+    }
+}
+
+/// The bytes `range` of an object assembled from `parts`: the overlap with each part, read
+/// and verified as a content of its own (its record asked for when the stream reaches it), one
+/// part after another.
+fn parts_body(node: &Arc<Node>, parts: &[PartRef], range: std::ops::Range<u64>) -> RespBody {
+    let len = range.end - range.start;
+    let mut pieces = Vec::new();
+    let mut at = 0u64;
+    for p in parts {
+        let (start, end) = (at, at.saturating_add(p.size_bytes));
+        at = end;
+        let (lo, hi) = (range.start.max(start), range.end.min(end));
+        if lo < hi {
+            pieces.push((p.blake3, lo - start..hi - start));
+        }
+    }
+    type Pieces = std::vec::IntoIter<([u8; 32], std::ops::Range<u64>)>;
+    let s = futures_util::stream::unfold(
+        (node.clone(), pieces.into_iter(), None::<ByteStream>),
+        |(node, mut rest, mut cur): (Arc<Node>, Pieces, Option<ByteStream>)| async move {
+            loop {
+                if let Some(s) = cur.as_mut() {
+                    if let Some(item) = s.next().await {
+                        return Some((item, (node, rest, cur)));
+                    }
+                }
+                let (h, r) = rest.next()?;
+                match part_stream(&node, h, r).await {
+                    Ok(s) => cur = Some(s),
+                    // The error ends the stream: nothing after it is sent.
+                    Err(e) => return Some((Err(e), (node, Vec::new().into_iter(), None))),
+                }
+            }
+        },
+    );
+    RespBody::Stream(Box::pin(s), Some(len))
+}
+
+/// One part's bytes `range`, as a stream.
+async fn part_stream(
+    node: &Arc<Node>,
+    blake3: [u8; 32],
+    range: std::ops::Range<u64>,
+) -> Result<ByteStream, StoreError> {
+    let c: ContentRec = node
+        .meta
+        .ask(ask::Content { blake3 })
+        .await?
+        .ok_or_else(|| {
+            StoreError::Meta(ostore_control::meta::MetaError::Record(
+                ostore_control::records::RecordError(format!(
+                    "part {} of an assembled object is missing",
+                    hex::encode(blake3)
+                )),
+            ))
+        })?;
+    if c.damaged {
+        return Err(StoreError::InsufficientShards { have: 0, need: 1 });
+    }
+    match body_of(node, &c, blake3, range, None).await {
+        Ok(RespBody::Full(b)) => Ok(Box::pin(futures_util::stream::iter(b.map(Ok)))),
+        Ok(RespBody::Stream(s, _)) => Ok(s),
+        Err(e) => Err(StoreError::Meta(
+            ostore_control::meta::MetaError::Unavailable(e.message),
+        )),
+    }
 }
 
 pub(crate) async fn body_of(
@@ -707,6 +800,10 @@ async fn locate(node: &Node, raw: &str) -> Result<Resp, ApiError> {
                 })
                 .collect();
             json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "stored_size": c.stored_bytes(), "encoding": encoding_name(&c.encoding), "inline": false, "ec": {"data": data, "parity": parity}, "shards": list})
+        }
+        // Its bytes are its parts': each is a content of its own, located by its own name.
+        Stored::Parts { parts } => {
+            json!({"blake3": raw.to_ascii_lowercase(), "size": c.size_bytes, "stored_size": 0, "encoding": "identity", "inline": false, "ec": null, "shards": [], "parts": parts})
         }
     };
     Ok(json_response(StatusCode::OK, body))

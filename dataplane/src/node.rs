@@ -780,12 +780,18 @@ async fn orphan_sweeper(node: Arc<Node>) {
     }
 }
 
-/// Deletes resumable uploads whose expiry passed, often enough for short test expiries.
+/// Deletes resumable (tus) and multipart (S3) uploads whose expiry passed, often enough for
+/// short test expiries; GC then reclaims what they held.
 async fn upload_expirer(node: Arc<Node>) {
     let every =
         (node.store.upload_expiry / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
     while sleep_unless_stopping(&node, every).await {
         crate::tus::expire(&node).await;
+        match node.meta.ask(ask::MpuExpire { limit: 100 }).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} multipart upload(s) expired"),
+            Err(e) => tracing::warn!("expiring multipart uploads: {e}"),
+        }
     }
 }
 

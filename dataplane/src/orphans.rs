@@ -149,6 +149,6 @@ async fn referenced(
         Stored::Sharded { shards, .. } => shards.iter().any(|l| {
             l.drive == drive && l.file_id == file_id && l.index == index && l.file_tag == h.file_tag
         }),
-        Stored::Inline(_) => false,
+        Stored::Inline(_) | Stored::Parts { .. } => false,
     })))
 }

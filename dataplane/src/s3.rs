@@ -11,6 +11,8 @@
 //! DeleteObject and DeleteObjects. Every other operation answers `501 NotImplemented`, naming
 //! it.
 
+mod multipart;
+
 use crate::web::{Front, RespBody};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -134,6 +136,32 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
         Op::PutObject { bucket, key } => {
             put_object(front, &bucket, &key, &parts.headers, body, &verified).await
         }
+        Op::CreateMultipartUpload { bucket, key } => {
+            multipart::create(front, &bucket, &key, &parts.headers).await
+        }
+        Op::UploadPart { bucket, key } => {
+            multipart::upload_part(
+                front,
+                &bucket,
+                &key,
+                &query,
+                &parts.headers,
+                body,
+                &verified,
+            )
+            .await
+        }
+        Op::CompleteMultipartUpload { bucket, key } => {
+            let body = small_body(body, &verified, &parts.headers).await?;
+            multipart::complete(front, &bucket, &key, &query, &parts.headers, &body).await
+        }
+        Op::AbortMultipartUpload { bucket, key } => {
+            multipart::abort(front, &bucket, &key, &query).await
+        }
+        Op::ListParts { bucket, key } => multipart::list_parts(front, &bucket, &key, &query).await,
+        Op::ListMultipartUploads { bucket } => {
+            multipart::list_uploads(front, &bucket, &query).await
+        }
         Op::ListObjectVersions { bucket } => list_versions(front, &bucket, &query).await,
         Op::GetBucketVersioning { bucket } => get_versioning(front, &bucket).await,
         Op::PutBucketVersioning { bucket } => {
@@ -195,6 +223,10 @@ fn meta_error(e: MetaError) -> S3Error {
         MetaError::NoSuchBucket => S3Error::new(Code::NoSuchBucket, "the bucket does not exist"),
         MetaError::NoSuchKey => S3Error::new(Code::NoSuchKey, "the key does not exist"),
         MetaError::NoSuchVersion => S3Error::new(Code::NoSuchVersion, "the version does not exist"),
+        MetaError::NoSuchUpload => S3Error::new(
+            Code::NoSuchUpload,
+            "the upload does not exist: it was completed, aborted or expired",
+        ),
         MetaError::BucketNotEmpty => S3Error::new(
             Code::BucketNotEmpty,
             "the bucket holds versions (delete markers count): delete them first",
@@ -644,6 +676,7 @@ async fn get_object(
     use ostore_engine::range::{resolve, RangeDecision};
     let version = version_id(query)?;
     let mut overrides = Vec::new();
+    let mut part_number: Option<u32> = None;
     for (k, v) in ostore_s3::sigv4::query_pairs(query) {
         let name = match k.as_slice() {
             b"response-content-type" => header::CONTENT_TYPE,
@@ -652,11 +685,17 @@ async fn get_object(
             b"response-content-language" => header::CONTENT_LANGUAGE,
             b"response-cache-control" => header::CACHE_CONTROL,
             b"response-expires" => header::EXPIRES,
-            b"partNumber" if v.as_slice() != b"1" => {
-                return Err(S3Error::new(
-                    Code::InvalidRange,
-                    "this object was not uploaded in parts: only partNumber=1 exists",
-                ))
+            b"partNumber" => {
+                part_number = Some(
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| {
+                            S3Error::new(Code::InvalidArgument, "partNumber is 1 to 10000")
+                        })?,
+                );
+                continue;
             }
             _ => continue,
         };
@@ -730,6 +769,44 @@ async fn get_object(
     let range_header = (!ignore_range)
         .then(|| headers.get(header::RANGE).and_then(|v| v.to_str().ok()))
         .flatten();
+    // `partNumber`: one part of an object assembled from parts (its bytes, as a range); an
+    // object written whole is its only part.
+    let part_range = match part_number {
+        None => None,
+        Some(n) if resolved.parts.is_empty() => {
+            if n != 1 {
+                return Err(S3Error::new(
+                    Code::InvalidPartNumber,
+                    "the object was not uploaded in parts: its only part is 1",
+                ));
+            }
+            None
+        }
+        Some(n) => {
+            let i = n as usize - 1;
+            let Some(p) = resolved.parts.get(i) else {
+                return Err(S3Error::new(
+                    Code::InvalidPartNumber,
+                    format!("the object has {} parts", resolved.parts.len()),
+                ));
+            };
+            let start: u64 = resolved.parts[..i].iter().map(|p| p.size_bytes).sum();
+            Some(format!("bytes={start}-{}", start + p.size_bytes - 1))
+        }
+    };
+    if part_number.is_some() && !resolved.parts.is_empty() {
+        h.insert(
+            "x-amz-mp-parts-count",
+            HeaderValue::from(resolved.parts.len()),
+        );
+        if range_header.is_some() {
+            return Err(S3Error::new(
+                Code::InvalidRequest,
+                "Range and partNumber cannot both be given",
+            ));
+        }
+    }
+    let range_header = part_range.as_deref().or(range_header);
     let (status, range) = match resolve(range_header, size) {
         RangeDecision::Full => (StatusCode::OK, 0..size),
         RangeDecision::Partial(r) => {
@@ -766,7 +843,7 @@ async fn get_object(
     let body = if head_only {
         RespBody::Full(None)
     } else {
-        crate::http::body_of(&front.node, &resolved.content, v.blake3, range, None)
+        crate::http::object_body(&front.node, &resolved, range, None)
             .await
             .map_err(api_error)?
     };
@@ -1049,17 +1126,21 @@ fn header_u64(h: &http::HeaderMap, name: &str) -> Result<Option<u64>, S3Error> {
         .transpose()
 }
 
-/// PutObject: a plain or `aws-chunked` body, checked as it streams, stored as the native PUT
-/// stores it (erasure coded, deduplicated, compressed where it pays), committed only once the
-/// checks passed; `If-None-Match: *` and `If-Match` make it conditional.
-async fn put_object(
+/// A request body (plain or `aws-chunked`), checked as it streams (the signed SHA-256,
+/// `Content-MD5`, `x-amz-checksum-*`, the declared length), stored as the native PUT stores it
+/// (erasure coded, deduplicated, compressed where it pays) and committed as `commit` says only
+/// once the checks passed. What the checks found comes back with the commit.
+#[allow(clippy::too_many_arguments)]
+async fn store_body(
     front: &Front,
     bucket: &str,
     key: &str,
     headers: &http::HeaderMap,
     body: Incoming,
     v: &Verified,
-) -> Result<Resp, S3Error> {
+    commit: &crate::store::Commit,
+    attrs: ObjectAttrs,
+) -> Result<(crate::store::Committed, ostore_s3::checksum::Checked), S3Error> {
     ostore_control::keys::valid_object_key(key)
         .then_some(())
         .ok_or_else(|| {
@@ -1078,16 +1159,13 @@ async fn put_object(
         })?
     } else {
         header_u64(headers, "content-length")?.ok_or_else(|| {
-            S3Error::new(
-                Code::MissingContentLength,
-                "PutObject needs a Content-Length",
-            )
+            S3Error::new(Code::MissingContentLength, "a body needs a Content-Length")
         })?
     };
     if length > 5 << 30 {
         return Err(S3Error::new(
             Code::EntityTooLarge,
-            "a single PUT is at most 5 GiB: upload larger objects in parts",
+            "a single PUT (or part) is at most 5 GiB: upload larger objects in parts",
         ));
     }
     let decoder = match v.payload {
@@ -1107,34 +1185,54 @@ async fn put_object(
         declared: length,
         passed: 0,
     };
-    let cond = crate::web::s3_write_condition(headers);
-    let attrs = request_attrs(headers)?;
     let put = crate::store::put(
         &front.node,
         bucket,
         key,
         None,
         Some(length),
-        &cond,
+        commit,
         attrs,
         &mut src,
     );
-    let committed = match put.await {
-        Ok(c) => c,
-        Err(e) => return Err(store_error(e, &src)),
-    };
-    let mut r = empty(StatusCode::OK);
-    if let Some(c) = &src.checked {
-        r.headers_mut().insert(
-            header::ETAG,
-            HeaderValue::from_str(&format!("\"{}\"", hex::encode(c.md5))).expect("hex"),
-        );
+    match put.await {
+        Ok(c) => match src.checked {
+            Some(checked) => Ok((c, checked)),
+            None => Err(S3Error::new(
+                Code::InternalError,
+                "the body was stored without its checks",
+            )),
+        },
+        Err(e) => Err(store_error(e, &src)),
     }
+}
+
+/// The ETag of a body written whole: its MD5.
+fn md5_etag(md5: &[u8; 16]) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", hex::encode(md5))).expect("hex")
+}
+
+/// PutObject: the body stored as a new version, with the attributes its headers give;
+/// `If-None-Match: *` and `If-Match` make it conditional.
+async fn put_object(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    v: &Verified,
+) -> Result<Resp, S3Error> {
+    let commit = crate::store::Commit::Version(crate::web::s3_write_condition(headers));
+    let attrs = request_attrs(headers)?;
+    let (committed, checked) =
+        store_body(front, bucket, key, headers, body, v, &commit, attrs).await?;
+    let mut r = empty(StatusCode::OK);
+    r.headers_mut().insert(header::ETAG, md5_etag(&checked.md5));
     r.headers_mut().insert(
         "x-amz-version-id",
         HeaderValue::from(committed.outcome.version),
     );
-    if let Some((a, value)) = src.checked.and_then(|c| c.checksum) {
+    if let Some((a, value)) = checked.checksum {
         if let Ok(v) = HeaderValue::from_str(&value) {
             r.headers_mut().insert(a.header(), v);
         }

@@ -642,7 +642,63 @@ pub(crate) async fn probe_compressible(
     Ok(compress::worth_compressing(&sample))
 }
 
-/// Streams a body into a new version of `bucket/key`.
+/// What a body's content is committed as.
+#[derive(Debug, Clone)]
+pub enum Commit {
+    /// A new version of the key, if the condition holds.
+    Version(WriteCondition),
+    /// Part `number` of the multipart upload `upload` of the key.
+    Part { upload: [u8; 16], number: u16 },
+}
+
+/// The control-plane request that commits a body's content.
+#[derive(Clone)]
+enum CommitRequest {
+    Version(ask::CommitPut),
+    Part(ask::CommitPart),
+}
+
+impl CommitRequest {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        commit: &Commit,
+        bucket: &str,
+        key: &str,
+        intent: Option<u64>,
+        content: NewContent,
+        attrs: ObjectAttrs,
+    ) -> CommitRequest {
+        match commit {
+            Commit::Version(cond) => CommitRequest::Version(ask::CommitPut {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                intent,
+                content,
+                cond: cond.clone(),
+                attrs,
+            }),
+            Commit::Part { upload, number } => CommitRequest::Part(ask::CommitPart {
+                id: *upload,
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                number: *number,
+                intent,
+                content,
+                attrs,
+            }),
+        }
+    }
+
+    async fn send(&self, node: &Node) -> std::result::Result<PutOutcome, MetaError> {
+        match self {
+            CommitRequest::Version(r) => node.meta.ask(r.clone()).await,
+            CommitRequest::Part(r) => node.meta.ask(r.clone()).await,
+        }
+    }
+}
+
+/// Streams a body into a new version of `bucket/key` (or a part of one of its multipart
+/// uploads).
 #[allow(clippy::too_many_arguments)]
 pub async fn put(
     node: &Arc<Node>,
@@ -650,7 +706,7 @@ pub async fn put(
     key: &str,
     expected: Option<[u8; 32]>,
     length_hint: Option<u64>,
-    cond: &WriteCondition,
+    commit: &Commit,
     mut attrs: ObjectAttrs,
     body: &mut impl BodySource,
 ) -> Result<Committed> {
@@ -682,16 +738,8 @@ pub async fn put(
             size_bytes: head.len() as u64,
             stored: Stored::Inline(head),
         };
-        let outcome = node
-            .meta
-            .ask(ask::CommitPut {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                intent: None,
-                content: content.clone(),
-                cond: cond.clone(),
-                attrs,
-            })
+        let outcome = CommitRequest::new(commit, bucket, key, None, content.clone(), attrs)
+            .send(node)
             .await?;
         return Ok(Committed {
             outcome,
@@ -781,14 +829,7 @@ pub async fn put(
             shards: locs.clone(),
         },
     };
-    let request = ask::CommitPut {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        intent: Some(upload_id),
-        content,
-        cond: cond.clone(),
-        attrs,
-    };
+    let request = CommitRequest::new(commit, bucket, key, Some(upload_id), content, attrs);
     let outcome = commit_write(node, &locs, upload_id, h, request).await?;
     if !outcome.deduplicated {
         if !lost.is_empty() {
@@ -851,7 +892,7 @@ async fn commit_write(
     locs: &[ShardLoc],
     intent: u64,
     blake3: [u8; 32],
-    request: ask::CommitPut,
+    request: CommitRequest,
 ) -> Result<PutOutcome> {
     let mut m = lifecycle::Commit::new();
     let mut todo: std::collections::VecDeque<lifecycle::Action> =
@@ -860,7 +901,7 @@ async fn commit_write(
     let mut replaced_damaged = false;
     while let Some(action) = todo.pop_front() {
         let event = match action {
-            lifecycle::Action::CommitVersion => match node.meta.ask(request.clone()).await {
+            lifecycle::Action::CommitVersion => match request.send(node).await {
                 Ok(o) => {
                     replaced_damaged = o.replaced_damaged;
                     o.event()

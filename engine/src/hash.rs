@@ -126,6 +126,19 @@ impl HashState {
     }
 }
 
+/// The name of a content assembled from parts (each given by its BLAKE3 and size, in order):
+/// the BLAKE3 of that list after a domain tag, not of the bytes, which are never hashed whole.
+/// It cannot be the name of any content written whole except by a BLAKE3 collision.
+pub fn assembled_name<'a>(parts: impl IntoIterator<Item = (&'a [u8; 32], u64)>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ostore assembled from parts v1\0");
+    for (hash, size) in parts {
+        h.update(hash);
+        h.update(&size.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

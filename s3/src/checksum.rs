@@ -235,6 +235,16 @@ impl BodyCheck {
     }
 }
 
+/// S3's ETag of an object completed from parts, without its `-N`: the MD5 of the parts' MD5s
+/// (their ETags' bytes) one after another.
+pub fn multipart_md5(parts: &[[u8; 16]]) -> [u8; 16] {
+    let mut h = md5::Md5::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +375,17 @@ mod tests {
         assert_eq!(got.checksum, Some((Algorithm::Crc32c, crc)));
         let c = BodyCheck::new(&Payload::Unsigned, &hm).unwrap();
         assert_eq!(c.finish(&[]).unwrap_err().code, Code::InvalidRequest);
+    }
+
+    #[test]
+    fn multipart_etags_are_the_md5_of_the_part_md5s() {
+        // Two parts "a" and "b": MD5(MD5("a") ‖ MD5("b")).
+        let a: [u8; 16] = md5::Md5::digest(b"a").into();
+        let b: [u8; 16] = md5::Md5::digest(b"b").into();
+        let mut both = a.to_vec();
+        both.extend_from_slice(&b);
+        let want: [u8; 16] = md5::Md5::digest(&both).into();
+        assert_eq!(multipart_md5(&[a, b]), want);
+        assert_ne!(multipart_md5(&[b, a]), want);
     }
 }

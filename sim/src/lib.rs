@@ -1713,7 +1713,8 @@ impl World {
                 // slots is what faults must leave K good shards of.
                 let mut after = match &r.rec.as_ref().expect("loaded").stored {
                     Stored::Sharded { shards, .. } => shards.clone(),
-                    Stored::Inline(_) => Vec::new(),
+                    // The simulator makes no assembled contents.
+                    Stored::Inline(_) | Stored::Parts { .. } => Vec::new(),
                 };
                 for n in &new {
                     if let Some(s) = after.iter_mut().find(|s| s.index == n.index) {
@@ -1745,7 +1746,8 @@ impl World {
                 // Rebuilt from any K good shards read now (a shard being moved is one of them).
                 let shards = match &r.rec.as_ref().expect("loaded").stored {
                     Stored::Sharded { shards, .. } => shards.clone(),
-                    Stored::Inline(_) => Vec::new(),
+                    // The simulator makes no assembled contents.
+                    Stored::Inline(_) | Stored::Parts { .. } => Vec::new(),
                 };
                 let sources = shards.iter().filter(|l| self.readable_shard(l, &h)).count();
                 let new = r.new.clone();
@@ -1890,6 +1892,7 @@ impl World {
                     .count(),
                 shards.len(),
             ),
+            Stored::Parts { .. } => unreachable!("the simulator makes no assembled contents"),
         }
     }
 
@@ -1951,7 +1954,7 @@ impl World {
             .into_iter()
             .filter_map(|(h, c)| match c.stored {
                 Stored::Sharded { shards, .. } => Some((h, shards)),
-                Stored::Inline(_) => None,
+                Stored::Inline(_) | Stored::Parts { .. } => None,
             })
             .collect();
         out.extend(self.pending.values().cloned());
@@ -2343,7 +2346,7 @@ impl World {
             .iter()
             .flat_map(|(_, c)| match &c.stored {
                 Stored::Sharded { shards, .. } => shards.iter().map(file_key).collect(),
-                Stored::Inline(_) => Vec::new(),
+                Stored::Inline(_) | Stored::Parts { .. } => Vec::new(),
             })
             .collect();
         let intents = meta::intents(&self.kv).map_err(|e| e.to_string())?;

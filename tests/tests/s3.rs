@@ -221,6 +221,113 @@ fn boto3_keeps_metadata_copies_without_bytes_and_lists_versions() {
     assert_eq!(r.headers()["content-type"], "text/plain");
 }
 
+#[test]
+fn boto3_uploads_in_parts_and_gc_reclaims_what_was_left_out() {
+    let py = boto3("boto3_uploads_in_parts_and_gc_reclaims_what_was_left_out");
+    let dev = Dev::start(&["--gc-grace", "0s"]);
+    let r = s3_request(&dev, "PUT", "/parts", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    run_boto3(&py, &dev, "s3_multipart.py", &[OsStr::new("parts")], 28);
+    // Through the native API: the same bytes (10 MiB + 1), with an ETag that names the part
+    // list (`-3`), which a client does not check the body against.
+    let r = dev.get("mp/obj?bucket=parts");
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.ends_with("-3\""), "{etag}");
+    assert_eq!(r.bytes().unwrap().len(), 10 * 1024 * 1024 + 1);
+    // Left out: the first upload of part 2, the aborted upload's part, the small upload's
+    // part 2. GC (every second here) takes those three and nothing else: what is left are the
+    // parts of mp/obj (3), mp/small (1) and mp/transfer (4); assembled objects store nothing
+    // of their own.
+    let contents = || dev.json("/admin/status").1["contents"].as_u64().unwrap();
+    assert!(
+        ostore_tests::eventually(std::time::Duration::from_secs(20), || contents() == 8),
+        "{} contents",
+        contents()
+    );
+    assert!(dev.get_bytes("mp/obj?bucket=parts").1.len() == 10 * 1024 * 1024 + 1);
+    // Once no version refers to the assembled object, GC takes it, and then its three parts.
+    for key in ["mp/obj", "mp/copy"] {
+        let r = dev
+            .req(
+                reqwest::Method::DELETE,
+                &format!("/objects/{key}?bucket=parts&version=1"),
+            )
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    assert!(
+        ostore_tests::eventually(std::time::Duration::from_secs(20), || contents() == 5),
+        "{} contents",
+        contents()
+    );
+    assert_eq!(dev.get_bytes("mp/small?bucket=parts").1, b"tiny");
+}
+
+/// `tests/py/s3_crash.py` STEP for `key`: its output.
+fn crash_step(py: &PathBuf, dev: &Dev, key: &str, step: &str, upload: &str) -> String {
+    let out = Command::new(py)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_crash.py"))
+        .arg(format!("http://{}", dev.s3))
+        .args([&dev.secret, "crash", key, step, upload])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{step}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn kill_9_during_a_multipart_upload_and_its_completion_loses_nothing_acknowledged() {
+    let py =
+        boto3("kill_9_during_a_multipart_upload_and_its_completion_loses_nothing_acknowledged");
+    let mut dev = Dev::start(&[]);
+    let r = s3_request(&dev, "PUT", "/crash", "", &dev.secret, now_s());
+    assert_eq!(r.status(), 200);
+    // Every part acknowledged, then kill -9: the upload and its parts are still there, and
+    // completing it gives the object.
+    let out = crash_step(&py, &dev, "a", "parts", "");
+    let upload = out.strip_prefix("upload ").expect(&out).to_string();
+    dev.restart();
+    assert_eq!(crash_step(&py, &dev, "a", "state", &upload), "upload 3");
+    assert_eq!(crash_step(&py, &dev, "a", "complete", &upload), "completed");
+    assert_eq!(crash_step(&py, &dev, "a", "state", &upload), "object");
+    // kill -9 while CompleteMultipartUpload runs, at a different moment each round: the
+    // object is whole, or the upload is still complete-able with all its parts; never half.
+    for (round, delay_ms) in [0u64, 15, 40, 80].into_iter().enumerate() {
+        let key = format!("b{round}");
+        let out = crash_step(&py, &dev, &key, "parts", "");
+        let upload = out.strip_prefix("upload ").expect(&out).to_string();
+        let mut child = Command::new(&py)
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/s3_crash.py"))
+            .arg(format!("http://{}", dev.s3))
+            .args([dev.secret.as_str(), "crash", &key, "complete", &upload])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300 + delay_ms));
+        dev.restart();
+        let _ = child.wait();
+        match crash_step(&py, &dev, &key, "state", &upload).as_str() {
+            "object" => {}
+            "upload 3" => {
+                assert_eq!(
+                    crash_step(&py, &dev, &key, "complete", &upload),
+                    "completed"
+                );
+                assert_eq!(crash_step(&py, &dev, &key, "state", &upload), "object");
+            }
+            other => panic!("round {round}: after kill -9 during completion: {other}"),
+        }
+    }
+}
+
 /// A PUT with a signed `aws-chunked` body (chunks of `piece` bytes; with `trailer`, a CRC32
 /// in a signed trailer), as the AWS SDKs send over TLS. `tamper` flips a byte of the data after
 /// signing.
