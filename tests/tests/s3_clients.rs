@@ -122,7 +122,12 @@ fn the_aws_cli_syncs_a_tree_both_ways_and_manages_objects() {
         run(&mut c)
     };
     let tree = work.path().join("tree");
-    let files = make_tree(&tree);
+    let mut files = make_tree(&tree);
+    // 64 MiB: the aws CLI sends it in parts (8 MiB each, several at once).
+    let big = ostore_tests::random_bytes(3, 64 * 1024 * 1024);
+    std::fs::create_dir_all(tree.join("big")).unwrap();
+    std::fs::write(tree.join("big/64mib"), &big).unwrap();
+    files.insert("big/64mib".to_string(), big);
     cli(&["s3", "mb", "s3://cli-bucket"]);
     cli(&[
         "s3",
@@ -200,6 +205,18 @@ fn the_aws_cli_syncs_a_tree_both_ways_and_manages_objects() {
         "single",
     ]);
     assert_eq!(versions.matches("\"VersionId\"").count(), 2, "{versions}");
+    let big_head = cli(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli-bucket",
+        "--key",
+        "tree/big/64mib",
+    ]);
+    assert!(
+        big_head.contains("-8\\\""),
+        "uploaded in 8 parts: {big_head}"
+    );
     let status = cli(&["s3api", "get-bucket-versioning", "--bucket", "cli-bucket"]);
     assert!(status.contains("Enabled"), "{status}");
     // Remove everything; the listing is empty.
@@ -238,9 +255,21 @@ fn rclone_copies_checks_by_md5_and_syncs_back() {
             .current_dir(work.path());
         run(&mut c)
     };
-    let files = make_tree(&work.path().join("tree"));
+    let mut files = make_tree(&work.path().join("tree"));
+    // 12 MiB, sent in 5 MiB parts (the cutoff is lowered from rclone's 200 MiB).
+    let big = ostore_tests::random_bytes(4, 12 * 1024 * 1024);
+    std::fs::write(work.path().join("tree/twelve"), &big).unwrap();
+    files.insert("twelve".to_string(), big);
     rc(&["mkdir", "os:rclone-bucket"]);
-    rc(&["copy", "tree", "os:rclone-bucket/tree"]);
+    rc(&[
+        "copy",
+        "tree",
+        "os:rclone-bucket/tree",
+        "--s3-upload-cutoff",
+        "5M",
+        "--s3-chunk-size",
+        "5M",
+    ]);
     // rclone compares sizes and the MD5 of every file with the ETag the server lists.
     let check = rc(&["check", "tree", "os:rclone-bucket/tree"]);
     assert!(check.contains("0 differences found"), "{check}");
@@ -316,6 +345,13 @@ fn s3cmd_puts_gets_syncs_and_copies() {
     s3(&["mb", "s3://s3cmd-bucket"]);
     // s3cmd compares the MD5 it computed with the ETag answered, and fails on a mismatch.
     s3(&["put", "tree/dir/five mib plus one", "s3://s3cmd-bucket/big"]);
+    // 20 MiB: s3cmd sends it in 15 MiB parts, and checks the multipart ETag it gets.
+    let twenty = ostore_tests::random_bytes(5, 20 * 1024 * 1024);
+    std::fs::write(work.path().join("twenty"), &twenty).unwrap();
+    s3(&["put", "twenty", "s3://s3cmd-bucket/twenty"]);
+    s3(&["get", "s3://s3cmd-bucket/twenty", "twenty.back"]);
+    assert!(std::fs::read(work.path().join("twenty.back")).unwrap() == twenty);
+    s3(&["del", "s3://s3cmd-bucket/twenty"]);
     s3(&["get", "s3://s3cmd-bucket/big", "big.back"]);
     assert!(std::fs::read(work.path().join("big.back")).unwrap() == files["dir/five mib plus one"]);
     s3(&["sync", "tree/", "s3://s3cmd-bucket/tree/"]);
