@@ -414,7 +414,7 @@ fn encoding_name(e: &Encoding) -> &'static str {
     }
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>;
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>>>>;
 
 /// Counts what a stream sends in the node's metrics.
 fn counted(node: &Arc<Node>, s: ByteStream) -> ByteStream {

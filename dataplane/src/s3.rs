@@ -151,6 +151,9 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
             )
             .await
         }
+        Op::UploadPartCopy { bucket, key } => {
+            multipart::upload_part_copy(front, &bucket, &key, &query, &parts.headers).await
+        }
         Op::CompleteMultipartUpload { bucket, key } => {
             let body = small_body(body, &verified, &parts.headers).await?;
             multipart::complete(front, &bucket, &key, &query, &parts.headers, &body).await
@@ -173,10 +176,6 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
             let body = small_body(body, &verified, &parts.headers).await?;
             delete_objects(front, &bucket, &body).await
         }
-        other => Err(S3Error::new(
-            Code::NotImplemented,
-            format!("{} is not served yet", other.name()),
-        )),
     };
     r.map(|r| (name, r)).map_err(|e| (name, e))
 }

@@ -101,5 +101,25 @@ check("upload_fileobj in four parts", h["ETag"].endswith('-4"') and h["ContentLe
 buf = io.BytesIO()
 s3.download_fileobj(bucket, "mp/transfer", buf, Config=cfg)
 check("download_fileobj reads it back", buf.getvalue() == body)
+
+# UploadPartCopy: parts made from other objects (a range of the assembled one, and all of a
+# small one), mixed with an uploaded part.
+cp = s3.create_multipart_upload(Bucket=bucket, Key="mp/copied")["UploadId"]
+r1 = s3.upload_part_copy(Bucket=bucket, Key="mp/copied", UploadId=cp, PartNumber=1,
+                         CopySource={"Bucket": bucket, "Key": "mp/obj"}, CopySourceRange="bytes=1-%d" % (6 * MIB))
+check("upload_part_copy of a range across parts: its MD5 ETag",
+      r1["CopyPartResult"]["ETag"] == '"%s"' % hashlib.md5(whole[1:6 * MIB + 1]).hexdigest(), r1)
+r2 = s3.upload_part(Bucket=bucket, Key="mp/copied", UploadId=cp, PartNumber=2, Body=b"-middle-" * (MIB // 8 * 5))
+r3 = s3.upload_part_copy(Bucket=bucket, Key="mp/copied", UploadId=cp, PartNumber=3,
+                         CopySource={"Bucket": bucket, "Key": "mp/small"})
+check("a source range past its end: InvalidRange",
+      code_of(lambda: s3.upload_part_copy(Bucket=bucket, Key="mp/copied", UploadId=cp, PartNumber=4,
+                                          CopySource={"Bucket": bucket, "Key": "mp/small"}, CopySourceRange="bytes=0-4")) == "InvalidRange")
+check("a copy source condition that fails: PreconditionFailed",
+      code_of(lambda: s3.upload_part_copy(Bucket=bucket, Key="mp/copied", UploadId=cp, PartNumber=4,
+                                          CopySource={"Bucket": bucket, "Key": "mp/small"}, CopySourceIfMatch='"00"')) == "PreconditionFailed")
+complete([(1, r1["CopyPartResult"]["ETag"]), (2, r2["ETag"]), (3, r3["CopyPartResult"]["ETag"])], key="mp/copied", upload=cp)
+want = whole[1:6 * MIB + 1] + b"-middle-" * (MIB // 8 * 5) + b"tiny"
+check("the object made of copied parts reads back", s3.get_object(Bucket=bucket, Key="mp/copied")["Body"].read() == want)
 check("no upload is left", not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"))
 done()

@@ -217,6 +217,35 @@ fn the_aws_cli_syncs_a_tree_both_ways_and_manages_objects() {
         big_head.contains("-8\\\""),
         "uploaded in 8 parts: {big_head}"
     );
+    // aws s3api multipart: an upload listed, then aborted.
+    let created = cli(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "cli-bucket",
+        "--key",
+        "pending",
+    ]);
+    let upload: String = created
+        .split("\"UploadId\": \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+    let listed = cli(&["s3api", "list-multipart-uploads", "--bucket", "cli-bucket"]);
+    assert!(listed.contains(&upload), "{listed}");
+    cli(&[
+        "s3api",
+        "abort-multipart-upload",
+        "--bucket",
+        "cli-bucket",
+        "--key",
+        "pending",
+        "--upload-id",
+        &upload,
+    ]);
+    let listed = cli(&["s3api", "list-multipart-uploads", "--bucket", "cli-bucket"]);
+    assert!(!listed.contains(&upload), "{listed}");
     let status = cli(&["s3api", "get-bucket-versioning", "--bucket", "cli-bucket"]);
     assert!(status.contains("Enabled"), "{status}");
     // Remove everything; the listing is empty.

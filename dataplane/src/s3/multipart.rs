@@ -3,15 +3,19 @@
 //! completing makes a version assembled from the parts named, without copying a byte.
 
 use super::{
-    empty, is_checksum, md5_etag, meta_error, owner, request_attrs, store_body, xml_response,
-    ListArgs, Resp,
+    copy_source, empty, is_checksum, md5_etag, meta_error, owner, request_attrs, store_body,
+    xml_response, ListArgs, Resp,
 };
+use crate::store::{BodyFault, BodySource};
 use crate::web::Front;
+use bytes::Bytes;
+use futures_lite::StreamExt;
 use http::header::HeaderValue;
 use http::StatusCode;
 use hyper::body::Incoming;
 use ostore_control::meta::MetaError;
 use ostore_control::multipart::{Named, Refusal, PARTS_MAX};
+use ostore_control::records::ObjectAttrs;
 use ostore_control::rpc::ask;
 use ostore_s3::sigv4::Verified;
 use ostore_s3::{xml, Code, S3Error};
@@ -416,4 +420,148 @@ pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Re
     }
     doc.push_str("</ListMultipartUploadsResult>");
     Ok(xml_response(StatusCode::OK, doc))
+}
+
+/// A part's body read from another object (UploadPartCopy), its MD5 taken as it passes.
+struct CopiedBody {
+    stream: crate::http::ByteStream,
+    check: Option<ostore_s3::checksum::BodyCheck>,
+    md5: Option<[u8; 16]>,
+}
+
+impl BodySource for CopiedBody {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, BodyFault>> {
+        match self.stream.next().await {
+            Some(Ok(b)) => {
+                if let Some(c) = &mut self.check {
+                    c.update(&b);
+                }
+                Some(Ok(b))
+            }
+            Some(Err(e)) => Some(Err(BodyFault::Broken(format!(
+                "reading the copy source: {e}"
+            )))),
+            None => {
+                let c = self.check.take()?.finish(&[]);
+                self.md5 = c.ok().map(|c| c.md5);
+                None
+            }
+        }
+    }
+
+    fn complete(&mut self, attrs: &mut ObjectAttrs) {
+        attrs.md5 = self.md5;
+    }
+}
+
+/// `x-amz-copy-source-range: bytes=first-last` of an object of `size` bytes.
+fn copy_range(headers: &http::HeaderMap, size: u64) -> Result<std::ops::Range<u64>, S3Error> {
+    let Some(v) = headers.get("x-amz-copy-source-range") else {
+        return Ok(0..size);
+    };
+    let bad = || {
+        S3Error::new(
+            Code::InvalidArgument,
+            "x-amz-copy-source-range is bytes=first-last",
+        )
+    };
+    let (a, b) = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a > b || b >= size {
+        return Err(S3Error::new(
+            Code::InvalidRange,
+            format!("the range {a}-{b} is not within the source's {size} bytes"),
+        ));
+    }
+    Ok(a..b + 1)
+}
+
+/// UploadPartCopy: a part made of another object's bytes (all of it, or
+/// `x-amz-copy-source-range`), read and verified as a GET reads them and stored as a part's
+/// body is; the source's `x-amz-copy-source-if-*` hold.
+pub async fn upload_part_copy(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    query: &str,
+    headers: &http::HeaderMap,
+) -> Result<Resp, S3Error> {
+    let id = upload_id(query)?;
+    let number = part_number(arg(query, "partNumber"))?;
+    front
+        .node
+        .meta
+        .ask(ask::MpuGet {
+            id,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+        .await
+        .map_err(meta_error)?;
+    let src = copy_source(front, headers).await?;
+    let range = copy_range(headers, src.version.size_bytes)?;
+    if range.end - range.start > 5 << 30 {
+        return Err(S3Error::new(
+            Code::EntityTooLarge,
+            "a part is at most 5 GiB: copy a range of the source",
+        ));
+    }
+    let len = range.end - range.start;
+    let stream: crate::http::ByteStream =
+        match crate::http::object_body(&front.node, &src, range, None).await {
+            Ok(crate::web::RespBody::Stream(s, _)) => s,
+            Ok(crate::web::RespBody::Full(b)) => Box::pin(futures_util::stream::iter(b.map(Ok))),
+            Err(e) => return Err(S3Error::new(Code::ServiceUnavailable, e.message)),
+        };
+    let mut body = CopiedBody {
+        stream,
+        check: Some(ostore_s3::checksum::BodyCheck::new(
+            &ostore_s3::sigv4::Payload::Unsigned,
+            &http::HeaderMap::new(),
+        )?),
+        md5: None,
+    };
+    let commit = crate::store::Commit::Part { upload: id, number };
+    let put = crate::store::put(
+        &front.node,
+        bucket,
+        key,
+        None,
+        Some(len),
+        &commit,
+        ObjectAttrs::default(),
+        &mut body,
+    );
+    let committed = put.await.map_err(|e| match e {
+        crate::store::StoreError::Meta(m) => meta_error(m),
+        e => S3Error::new(Code::InternalError, e.to_string()),
+    })?;
+    let md5 = body.md5.ok_or_else(|| {
+        S3Error::new(
+            Code::InternalError,
+            "the copied part was stored without its MD5",
+        )
+    })?;
+    let mut doc = String::from(xml::DECLARATION);
+    doc.push_str("<CopyPartResult xmlns=\"");
+    doc.push_str(xml::NAMESPACE);
+    doc.push_str("\">");
+    xml::element(
+        &mut doc,
+        "LastModified",
+        &ostore_s3::time::iso8601_ms(committed.outcome.created_ms),
+    );
+    xml::element(&mut doc, "ETag", &format!("\"{}\"", hex::encode(md5)));
+    doc.push_str("</CopyPartResult>");
+    let mut r = xml_response(StatusCode::OK, doc);
+    r.headers_mut().insert(
+        "x-amz-copy-source-version-id",
+        HeaderValue::from(src.version.version),
+    );
+    Ok(r)
 }
