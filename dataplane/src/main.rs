@@ -108,6 +108,10 @@ enum Cmd {
         /// S3 API address (path-style; the root key is `root` with the root secret).
         #[arg(long, default_value = "127.0.0.1:9000")]
         s3: SocketAddr,
+        /// Also serve S3 virtual-hosted style: `BUCKET.DOMAIN` in the Host header names the
+        /// bucket (path-style is always served).
+        #[arg(long)]
+        s3_domain: Option<String>,
         /// Number of drives.
         #[arg(long, default_value_t = 6)]
         drives: u16,
@@ -158,6 +162,10 @@ enum Cmd {
         /// S3 API address (path-style); not served without it.
         #[arg(long)]
         s3: Option<SocketAddr>,
+        /// Also serve S3 virtual-hosted style: `BUCKET.DOMAIN` in the Host header names the
+        /// bucket (path-style is always served).
+        #[arg(long)]
+        s3_domain: Option<String>,
         /// UDP address other nodes send shards to over QUIC.
         #[arg(long)]
         peer: SocketAddr,
@@ -220,6 +228,7 @@ fn main() {
             data,
             http,
             s3,
+            s3_domain,
             drives,
             ec,
             cores,
@@ -236,6 +245,7 @@ fn main() {
                 data,
                 http,
                 s3: Some(s3),
+                s3_domain,
                 tls: tls.files(),
                 drives,
                 ec,
@@ -266,6 +276,7 @@ fn main() {
             control,
             http,
             s3,
+            s3_domain,
             peer,
             drives,
             zone,
@@ -279,6 +290,7 @@ fn main() {
                 control,
                 http,
                 s3,
+                s3_domain,
                 tls: tls.files(),
                 peer,
                 drives,

@@ -29,6 +29,8 @@ pub struct DevOptions {
     pub http: SocketAddr,
     /// The S3 API's address (`None`: not served).
     pub s3: Option<SocketAddr>,
+    /// The domain under which S3 is also served virtual-hosted style (`BUCKET.DOMAIN`).
+    pub s3_domain: Option<String>,
     /// HTTP/3's certificate; without one, a self-signed one under `DIR/tls`.
     pub tls: crate::http3::TlsFiles,
     pub drives: u16,
@@ -530,6 +532,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
         node: node.clone(),
         creds: crate::web::Credentials::new(secret),
         limits: opts.limits,
+        s3_domain: opts.s3_domain.clone(),
     });
     let handles = start_executors(
         front,
@@ -818,6 +821,8 @@ pub struct NodeOptions {
     pub http: SocketAddr,
     /// The S3 API's address (`None`: not served).
     pub s3: Option<SocketAddr>,
+    /// The domain under which S3 is also served virtual-hosted style (`BUCKET.DOMAIN`).
+    pub s3_domain: Option<String>,
     /// HTTP/3's certificate; without one the node serves HTTP/1.1 only.
     pub tls: crate::http3::TlsFiles,
     pub peer: SocketAddr,
@@ -1047,6 +1052,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         node: node.clone(),
         creds: crate::web::Credentials::new(secret),
         limits: opts.limits,
+        s3_domain: opts.s3_domain.clone(),
     });
     let handles = start_executors(
         front,

@@ -96,9 +96,19 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
     };
     let verified = ostore_s3::sigv4::verify(&head, now_s, &|ak| front.creds.s3_secret(ak))
         .map_err(|e| ("auth", e))?;
+    // Virtual-hosted style: the bucket in the Host header goes in front of the path (the
+    // signature was checked on the path as sent).
+    let vhost = front.s3_domain.as_deref().and_then(|d| {
+        let host = parts.headers.get(header::HOST)?.to_str().ok()?;
+        ostore_s3::route::virtual_host_bucket(host, d)
+    });
+    let route_path = match vhost {
+        Some(b) => format!("/{b}{path}"),
+        None => path.clone(),
+    };
     let op = ostore_s3::route::route(
         parts.method.as_str(),
-        &path,
+        &route_path,
         &query,
         parts.headers.contains_key("x-amz-copy-source"),
     )

@@ -303,6 +303,8 @@ pub struct Front {
     pub creds: Credentials,
     /// What one client may hold: connections, and time between bytes.
     pub limits: ostore_server::conn::Limits,
+    /// The domain under which S3 is also served virtual-hosted style (`BUCKET.DOMAIN`).
+    pub s3_domain: Option<String>,
 }
 
 impl ostore_server::conn::Host for Front {

@@ -241,6 +241,27 @@ pub fn route(method: &str, path: &str, query: &str, copy_source: bool) -> Result
     })
 }
 
+/// The bucket a virtual-hosted-style request names in its `Host` (`BUCKET.DOMAIN[:port]`),
+/// if it is one under `domain`; `None` for the domain itself (path-style) or another host.
+pub fn virtual_host_bucket<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let domain = domain.trim_end_matches('.');
+    // A port, but not the colons of an IPv6 literal (which names no bucket).
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.');
+    let bucket = name
+        .len()
+        .checked_sub(domain.len() + 1)
+        .filter(|&n| n > 0)
+        .and_then(|n| {
+            let (b, rest) = name.split_at(n);
+            (rest.strip_prefix('.')?.eq_ignore_ascii_case(domain)).then_some(b)
+        })?;
+    Some(bucket)
+}
+
 /// Where CopyObject and UploadPartCopy copy from: `x-amz-copy-source`, `bucket/key` with an
 /// optional leading `/` and `?versionId=`, the bucket and key percent-encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,5 +466,20 @@ mod tests {
             let e = copy_source(bad).unwrap_err();
             assert_eq!(e.code, Code::InvalidArgument, "{bad}");
         }
+    }
+
+    #[test]
+    fn virtual_hosted_buckets() {
+        let v = |h| virtual_host_bucket(h, "s3.example.com");
+        assert_eq!(v("photos.s3.example.com"), Some("photos"));
+        assert_eq!(v("photos.s3.example.com:9000"), Some("photos"));
+        assert_eq!(v("my.photos.S3.Example.com."), Some("my.photos"));
+        assert_eq!(v("s3.example.com"), None);
+        assert_eq!(v("s3.example.com:9000"), None);
+        assert_eq!(v(".s3.example.com"), None);
+        assert_eq!(v("photos.other.com"), None);
+        assert_eq!(v("photoss3.example.com"), None);
+        assert_eq!(v("[::1]:9000"), None);
+        assert_eq!(v(""), None);
     }
 }

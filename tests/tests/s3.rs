@@ -17,8 +17,21 @@ fn s3_request(
     secret: &str,
     now_s: i64,
 ) -> reqwest::blocking::Response {
+    s3_request_to(dev, &dev.s3, method, path, query, secret, now_s)
+}
+
+/// [`s3_request`] with `host` in the Host header (signed), sent to the dev's S3 address.
+fn s3_request_to(
+    dev: &Dev,
+    host: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    secret: &str,
+    now_s: i64,
+) -> reqwest::blocking::Response {
     let mut h = http::HeaderMap::new();
-    h.insert("host", http::HeaderValue::from_str(&dev.s3).unwrap());
+    h.insert("host", http::HeaderValue::from_str(host).unwrap());
     let auth = sign(
         method,
         path,
@@ -41,7 +54,7 @@ fn s3_request(
         .request(method.parse().unwrap(), url)
         .header("authorization", auth);
     for (n, v) in &h {
-        if n != "host" {
+        if n != "host" || host != dev.s3 {
             r = r.header(n, v);
         }
     }
@@ -326,6 +339,42 @@ fn kill_9_during_a_multipart_upload_and_its_completion_loses_nothing_acknowledge
             other => panic!("round {round}: after kill -9 during completion: {other}"),
         }
     }
+}
+
+#[test]
+fn virtual_hosted_requests_name_the_bucket_in_the_host() {
+    let dev = Dev::start(&["--s3-domain", "s3.test"]);
+    let port = dev.s3.rsplit_once(':').unwrap().1.to_string();
+    let vhost = format!("vhosted.s3.test:{port}");
+    let at = |host: &str, method: &str, path: &str, query: &str| {
+        s3_request_to(&dev, host, method, path, query, &dev.secret, now_s())
+    };
+    let r = at(&vhost, "PUT", "/", "");
+    assert_eq!(r.status(), 200, "CreateBucket: {}", r.text().unwrap());
+    let r = dev
+        .req(reqwest::Method::PUT, "/objects/dir/key?bucket=vhosted")
+        .body("vhost")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = at(&vhost, "GET", "/", "list-type=2");
+    let listing = r.text().unwrap();
+    assert!(listing.contains("<Key>dir/key</Key>"), "{listing}");
+    let r = at(&vhost, "GET", "/dir/key", "");
+    assert_eq!(r.text().unwrap(), "vhost");
+    // The same object path-style.
+    assert_eq!(at(&dev.s3, "HEAD", "/vhosted/dir/key", "").status(), 200);
+    // The domain itself is path-style: GET / lists the buckets.
+    let r = at(&format!("s3.test:{port}"), "GET", "/", "");
+    assert!(r.text().unwrap().contains("<Name>vhosted</Name>"));
+    // A host under another domain is not taken for a bucket.
+    let r = at(
+        &format!("vhosted.elsewhere.test:{port}"),
+        "GET",
+        "/",
+        "list-type=2",
+    );
+    assert!(!r.text().unwrap().contains("<Key>dir/key</Key>"));
 }
 
 /// A PUT with a signed `aws-chunked` body (chunks of `piece` bytes; with `trailer`, a CRC32
