@@ -1,9 +1,8 @@
 //! A body's integrity as S3 checks it, while the body streams: the SHA-256 the request was
 //! signed with (`x-amz-content-sha256`), the MD5 of `Content-MD5`, and the checksum the client
 //! chose
-//! (`x-amz-checksum-crc32|crc32c|sha1|sha256`, in a header or, for `aws-chunked` bodies, in a
-//! trailer that `x-amz-trailer` announces). CRC64NVME is refused as not supported rather than
-//! accepted unchecked.
+//! (`x-amz-checksum-crc32|crc32c|crc64nvme|sha1|sha256`, in a header or, for `aws-chunked`
+//! bodies, in a trailer that `x-amz-trailer` announces).
 
 use crate::error::{Code, S3Error};
 use crate::sigv4::Payload;
@@ -16,6 +15,7 @@ use sha2::Digest;
 pub enum Algorithm {
     Crc32,
     Crc32c,
+    Crc64Nvme,
     Sha1,
     Sha256,
 }
@@ -26,6 +26,7 @@ impl Algorithm {
         match self {
             Algorithm::Crc32 => "x-amz-checksum-crc32",
             Algorithm::Crc32c => "x-amz-checksum-crc32c",
+            Algorithm::Crc64Nvme => "x-amz-checksum-crc64nvme",
             Algorithm::Sha1 => "x-amz-checksum-sha1",
             Algorithm::Sha256 => "x-amz-checksum-sha256",
         }
@@ -37,12 +38,7 @@ impl Algorithm {
             "x-amz-checksum-crc32c" => Algorithm::Crc32c,
             "x-amz-checksum-sha1" => Algorithm::Sha1,
             "x-amz-checksum-sha256" => Algorithm::Sha256,
-            "x-amz-checksum-crc64nvme" => {
-                return Some(Err(S3Error::new(
-                    Code::NotImplemented,
-                    "CRC64NVME checksums are not supported yet: use CRC32, CRC32C, SHA1 or SHA256",
-                )))
-            }
+            "x-amz-checksum-crc64nvme" => Algorithm::Crc64Nvme,
             _ => return None,
         }))
     }
@@ -51,6 +47,7 @@ impl Algorithm {
 enum Hasher {
     Crc32(crc32fast::Hasher),
     Crc32c(u32),
+    Crc64Nvme(crc64fast_nvme::Digest),
     Sha1(sha1::Sha1),
     Sha256(sha2::Sha256),
 }
@@ -60,6 +57,7 @@ impl Hasher {
         match a {
             Algorithm::Crc32 => Hasher::Crc32(crc32fast::Hasher::new()),
             Algorithm::Crc32c => Hasher::Crc32c(0),
+            Algorithm::Crc64Nvme => Hasher::Crc64Nvme(crc64fast_nvme::Digest::new()),
             Algorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
             Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
         }
@@ -68,6 +66,7 @@ impl Hasher {
         match self {
             Hasher::Crc32(h) => h.update(d),
             Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, d),
+            Hasher::Crc64Nvme(h) => h.write(d),
             Hasher::Sha1(h) => h.update(d),
             Hasher::Sha256(h) => h.update(d),
         }
@@ -76,6 +75,7 @@ impl Hasher {
         match self {
             Hasher::Crc32(h) => h.finalize().to_be_bytes().to_vec(),
             Hasher::Crc32c(c) => c.to_be_bytes().to_vec(),
+            Hasher::Crc64Nvme(h) => h.sum64().to_be_bytes().to_vec(),
             Hasher::Sha1(h) => h.finalize().to_vec(),
             Hasher::Sha256(h) => h.finalize().to_vec(),
         }
@@ -303,15 +303,26 @@ mod tests {
             b"",
         )
         .unwrap();
+        // CRC-64/NVME("123456789") = 0xae8b14860a799888 (its catalogue check value).
+        let c = check(
+            &[("x-amz-checksum-crc64nvme", "rosUhgp5mIg=")],
+            Payload::Unsigned,
+            b"123456789",
+        )
+        .unwrap();
+        assert_eq!(
+            c.checksum,
+            Some((Algorithm::Crc64Nvme, "rosUhgp5mIg=".to_string()))
+        );
         assert_eq!(
             check(
-                &[("x-amz-checksum-crc64nvme", "AAAAAAAAAAA=")],
+                &[("x-amz-checksum-crc64nvme", "rosUhgp5mIg=")],
                 Payload::Unsigned,
-                b""
+                b"123456780",
             )
             .unwrap_err()
             .code,
-            Code::NotImplemented
+            Code::BadDigest
         );
     }
 
