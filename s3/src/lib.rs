@@ -3,11 +3,17 @@
 //! - [`sigv4`]: AWS Signature Version 4 as S3 checks it — the `Authorization` header and
 //!   presigned URLs (canonical request, string to sign, signing key), the clock-skew and expiry
 //!   rules, constant-time comparison;
+//! - [`sigv2`]: SigV2 query authentication, the presigned URLs boto3's and the aws CLI's
+//!   presigners make by default;
+//! - [`route`]: which operation a request is (path-style, or virtual-hosted under a domain),
+//!   and where a copy reads from;
+//! - [`xml`]: the XML request bodies and the error document;
 //! - [`chunked`]: the `aws-chunked` body decoder (signed chunks chained from the seed
 //!   signature, unsigned chunks, trailers with their checksum and signature), a state machine
 //!   fed bytes and answering with data;
 //! - [`checksum`]: a body's integrity as S3 checks it while it streams — the signed SHA-256,
-//!   and `x-amz-checksum-*` (CRC32, CRC32C, SHA-1, SHA-256) from a header or a trailer;
+//!   and `x-amz-checksum-*` (CRC32, CRC32C, CRC64NVME, SHA-1, SHA-256) from a header or a
+//!   trailer, and the body's MD5 (S3's ETag);
 //! - [`time`]: the two timestamp forms S3 uses, without a calendar crate;
 //! - [`error`]: S3's error codes and the HTTP statuses they go with.
 //!
@@ -18,6 +24,7 @@ pub mod checksum;
 pub mod chunked;
 pub mod error;
 pub mod route;
+pub mod sigv2;
 pub mod sigv4;
 pub mod time;
 pub mod xml;
