@@ -15,6 +15,8 @@ pub mod tag {
     pub const SCRUB_POLICY: u8 = 0x05;
     /// `[0x10] bucket 0x00` → `BucketRec`
     pub const BUCKET: u8 = 0x10;
+    /// `[0x11] access_key` → `AccessKeyRec`: an S3 access key besides `root`
+    pub const ACCESS_KEY: u8 = 0x11;
     /// `[0x20] bucket 0x00 key 0x00` → `HeadRec`
     pub const HEAD: u8 = 0x20;
     /// `[0x21] bucket 0x00 key 0x00 !version:u64be` → `VersionRec` (newest first)
@@ -27,7 +29,7 @@ pub mod tag {
     /// lost their last one (what GC looks at, without scanning every content)
     pub const UNREFERENCED: u8 = 0x32;
     /// `[0x33] blake3:32 chunk:u32be` → `Vec<PartRef>`: the parts of a content assembled from
-    /// parts ([`crate::records::Stored::Parts`]), [`crate::multipart::PARTS_PER_CHUNK`] per
+    /// parts ([`crate::records::Stored::Parts`]), [`crate::meta::PARTS_PER_CHUNK`] per
     /// value, in order
     pub const CONTENT_PARTS: u8 = 0x33;
     /// `[0x40] drive:u16be` → `DriveRec`
@@ -199,6 +201,17 @@ pub fn parse_mpu_expiry(k: &[u8]) -> Option<[u8; 16]> {
         .get(8..)?
         .try_into()
         .ok()
+}
+
+pub fn access_key(id: &str) -> Vec<u8> {
+    let mut k = vec![tag::ACCESS_KEY];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Every access key: `[begin, end)`.
+pub fn access_keys() -> (Vec<u8>, Vec<u8>) {
+    subspace(tag::ACCESS_KEY)
 }
 
 pub fn format() -> Vec<u8> {

@@ -388,6 +388,58 @@ pub fn bucket_list(kv: &dyn Kv) -> Result<Vec<(String, u64)>> {
     })
 }
 
+/// Adds an S3 access key; refused if the id or the name is taken.
+pub fn key_create(kv: &dyn Kv, id: &str, rec: &AccessKeyRec) -> Result<()> {
+    run(kv, true, |tx| {
+        if tx.get(&keys::access_key(id))?.is_some() {
+            return Err(MetaError::Refused(format!("the access key {id} exists")));
+        }
+        let (b, e) = keys::access_keys();
+        for (_, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            let other: AccessKeyRec = decode(&v)?;
+            if other.name == rec.name {
+                return Err(MetaError::Refused(format!(
+                    "a key is named {:?} already",
+                    rec.name
+                )));
+            }
+        }
+        put(tx, &keys::access_key(id), rec)
+    })
+}
+
+pub fn key_get(kv: &dyn Kv, id: &str) -> Result<Option<AccessKeyRec>> {
+    run(kv, false, |tx| get(tx, &keys::access_key(id)))
+}
+
+/// Every S3 access key besides `root`, by id.
+pub fn key_list(kv: &dyn Kv) -> Result<Vec<(String, AccessKeyRec)>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::access_keys();
+        let mut out = Vec::new();
+        for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            let id = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.push((id, decode(&v)?));
+        }
+        Ok(out)
+    })
+}
+
+/// Removes the access key with this id or name; `false` if there is none.
+pub fn key_revoke(kv: &dyn Kv, id_or_name: &str) -> Result<bool> {
+    run(kv, true, |tx| {
+        let (b, e) = keys::access_keys();
+        for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            let rec: AccessKeyRec = decode(&v)?;
+            if k[1..] == *id_or_name.as_bytes() || rec.name == id_or_name {
+                tx.clear(&k)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+}
+
 /// Deletes a bucket that holds no version of any key (delete markers count, as in S3), with
 /// its retention override and the heads its keys left. A transaction of a bounded size: one
 /// range read of one key, two range clears. The `default` bucket, where the native API writes, stays.
@@ -923,6 +975,28 @@ pub fn delete_version(
     })
 }
 
+/// Part references per value of an assembled content's part list.
+pub const PARTS_PER_CHUNK: usize = 1_000;
+
+/// Writes the part list of the content assembled from parts `blake3`.
+pub(crate) fn put_part_list(tx: &mut dyn Tx, blake3: &[u8; 32], parts: &[PartRef]) -> Result<()> {
+    for (i, chunk) in parts.chunks(PARTS_PER_CHUNK).enumerate() {
+        put(tx, &keys::content_parts(blake3, i as u32), &chunk.to_vec())?;
+    }
+    Ok(())
+}
+
+/// The part list of the content assembled from parts `blake3`.
+pub fn part_list(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<Vec<PartRef>> {
+    let (b, e) = keys::content_parts_all(blake3);
+    let mut out = Vec::new();
+    for (_, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+        let chunk: Vec<PartRef> = decode(&v)?;
+        out.extend(chunk);
+    }
+    Ok(out)
+}
+
 /// A version and the content it refers to.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
@@ -955,7 +1029,7 @@ pub fn resolve(kv: &dyn Kv, bucket: &str, key: &str, version: Option<u64>) -> Re
             RecordError(format!("version {} refers to missing content", v.version))
         })?;
         let parts = match content.stored {
-            Stored::Parts { .. } => crate::multipart::part_list(tx, &v.blake3)?,
+            Stored::Parts { .. } => part_list(tx, &v.blake3)?,
             _ => Vec::new(),
         };
         Ok(Resolved {
@@ -1469,7 +1543,7 @@ pub fn collect(
         }
         if let Stored::Parts { .. } = &c.stored {
             // Its parts lose the references it held; GC takes them in a later pass.
-            for p in crate::multipart::part_list(tx, blake3)? {
+            for p in part_list(tx, blake3)? {
                 drop_ref(tx, &p.blake3, now_ms)?;
             }
             let (b, e) = keys::content_parts_all(blake3);

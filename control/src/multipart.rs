@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
 
 /// The most parts an upload may have (part numbers are 1 to this).
 pub const PARTS_MAX: u16 = 10_000;
-/// Part references per value of an assembled content's part list.
-pub const PARTS_PER_CHUNK: usize = 1_000;
 
 /// A multipart upload in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,12 +322,7 @@ pub fn complete(
                 encoding: Encoding::Identity,
             };
             tx.set(&ck, &encode_content(&rec))?;
-            for (i, chunk) in refs.chunks(PARTS_PER_CHUNK).enumerate() {
-                tx.set(
-                    &keys::content_parts(&name, i as u32),
-                    &encode(&chunk.to_vec()),
-                )?;
-            }
+            meta::put_part_list(tx, &name, &refs)?;
         }
         meta::add_ref(tx, &name)?;
         for (n, p) in remove(tx, id, &m)? {
@@ -354,17 +347,6 @@ pub fn complete(
             size_bytes: size,
         }))
     })
-}
-
-/// The part list of a content assembled from parts.
-pub fn part_list(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<Vec<PartRef>> {
-    let (b, e) = keys::content_parts_all(blake3);
-    let mut out = Vec::new();
-    for (_, v) in tx.get_range(&b, &e, usize::MAX, false)? {
-        let chunk: Vec<PartRef> = decode(&v)?;
-        out.extend(chunk);
-    }
-    Ok(out)
 }
 
 /// One upload in a listing.
@@ -559,7 +541,7 @@ mod tests {
     }
 
     fn part_list_of(kv: &RedbKv, h: &[u8; 32]) -> Vec<PartRef> {
-        run(kv, false, |tx| part_list(tx, h)).unwrap()
+        run(kv, false, |tx| meta::part_list(tx, h)).unwrap()
     }
 
     #[test]

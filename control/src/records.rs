@@ -70,6 +70,21 @@ pub struct BucketRec {
     pub created_ms: u64,
 }
 
+/// An S3 access key besides `root`. Its secret is not stored: it is derived from the root
+/// secret and `salt` (by the data plane, which holds the root secret), so the metadata alone
+/// gives no one a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyRec {
+    /// What the operator called it.
+    pub name: String,
+    pub salt: [u8; 16],
+    /// The buckets it may use; empty: every bucket.
+    pub buckets: Vec<String>,
+    /// Reads and listings only.
+    pub read_only: bool,
+    pub created_ms: u64,
+}
+
 /// One version of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRec {

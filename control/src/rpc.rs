@@ -14,7 +14,8 @@ use crate::kv::{run, Kv, TxKv};
 use crate::meta::{self, MetaError, NewContent, PutOutcome, WriteCondition};
 use crate::multipart;
 use crate::records::{
-    ContentRec, DriveRec, IntentRec, ObjectAttrs, Owner, RecordError, ShardLoc, Stored, VersionRec,
+    AccessKeyRec, ContentRec, DriveRec, IntentRec, ObjectAttrs, Owner, RecordError, ShardLoc,
+    Stored, VersionRec,
 };
 use crate::scrub;
 use crate::upload::{self, Progress, UploadRec};
@@ -373,6 +374,11 @@ requests! {
     } -> (Vec<multipart::Listed>, bool),
     /// Aborts up to `limit` expired multipart uploads; answers how many.
     MpuExpire { limit: usize } -> usize,
+    KeyCreate { id: String, rec: AccessKeyRec } -> (),
+    KeyGet { id: String } -> Option<AccessKeyRec>,
+    KeyList -> Vec<(String, AccessKeyRec)>,
+    /// Removes the key with this id or name; `false` if there is none.
+    KeyRevoke { id_or_name: String } -> bool,
 }
 
 impl Request {
@@ -412,6 +418,8 @@ impl Request {
                 | Request::MpuGet { .. }
                 | Request::MpuParts { .. }
                 | Request::MpuList { .. }
+                | Request::KeyGet { .. }
+                | Request::KeyList
         )
     }
 }
@@ -702,6 +710,10 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             limit,
         )?),
         MpuExpire { limit } => answer::<ask::MpuExpire>(multipart::expire(kv, now_ms, limit)?),
+        KeyCreate { id, rec } => answer::<ask::KeyCreate>(meta::key_create(kv, &id, &rec)?),
+        KeyGet { id } => answer::<ask::KeyGet>(meta::key_get(kv, &id)?),
+        KeyList => answer::<ask::KeyList>(meta::key_list(kv)?),
+        KeyRevoke { id_or_name } => answer::<ask::KeyRevoke>(meta::key_revoke(kv, &id_or_name)?),
         CreateBucket { bucket } => {
             answer::<ask::CreateBucket>(meta::create_bucket(kv, &bucket, now_ms)?)
         }

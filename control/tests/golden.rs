@@ -16,8 +16,8 @@ use ostore_control::cluster::{
 };
 use ostore_control::meta::{MetaError, NewContent, PutOutcome, WriteCondition};
 use ostore_control::records::{
-    self, BucketRec, ContentRec, DriveRec, HeadRec, IntentRec, ObjectAttrs, RepairRec, ShardLoc,
-    VersionRec,
+    self, AccessKeyRec, BucketRec, ContentRec, DriveRec, HeadRec, IntentRec, ObjectAttrs, PartRef,
+    RepairRec, ShardLoc, VersionRec,
 };
 use ostore_control::rpc::{self, Request, Token};
 use ostore_control::scrub::{PassRec, ScrubCursor, ScrubPolicy};
@@ -345,6 +345,11 @@ fn formats() -> BTreeMap<String, Vec<u8>> {
     rec::<BucketRec>(&mut out, "BucketRec");
     rec::<VersionRec>(&mut out, "VersionRec");
     rec::<ObjectAttrs>(&mut out, "ObjectAttrs");
+    rec::<AccessKeyRec>(&mut out, "AccessKeyRec");
+    rec::<PartRef>(&mut out, "PartRef");
+    rec::<ostore_control::multipart::MpuRec>(&mut out, "MpuRec");
+    rec::<ostore_control::multipart::PartRec>(&mut out, "PartRec");
+    rec::<Vec<PartRef>>(&mut out, "PartList");
     rec::<HeadRec>(&mut out, "HeadRec");
     rec::<ShardLoc>(&mut out, "ShardLoc");
     rec::<DriveRec>(&mut out, "DriveRec");

@@ -126,6 +126,93 @@ pub(crate) async fn retention(
     ))
 }
 
+/// S3 access keys besides `root` (never their secrets).
+pub(crate) async fn keys_list(node: &Arc<Node>) -> Result<Resp, ApiError> {
+    let keys = node.meta.ask(ask::KeyList {}).await?;
+    let list: Vec<_> = keys
+        .iter()
+        .map(|(id, k)| {
+            json!({"access_key": id, "name": k.name, "buckets": k.buckets,
+                "read_only": k.read_only, "created": crate::time::rfc3339_ms(k.created_ms)})
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, json!({ "keys": list })))
+}
+
+/// Creates an S3 access key: `name=N`, `buckets=A,B` (omitted: every bucket),
+/// `read_only=true`. The answer carries its secret, which is shown this once: it is derived
+/// from the root secret and never stored.
+pub(crate) async fn keys_create(
+    front: &crate::web::Front,
+    req: &Request<ReqBody>,
+) -> Result<Resp, ApiError> {
+    let q = query(req);
+    let bad = |m: &str| err(StatusCode::BAD_REQUEST, "InvalidArgument", m.to_string());
+    let name = q
+        .get("name")
+        .filter(|n| !n.is_empty() && n.len() <= 128)
+        .ok_or_else(|| bad("name=NAME (1 to 128 bytes) is required"))?
+        .clone();
+    let buckets: Vec<String> = q
+        .get("buckets")
+        .map(|b| {
+            b.split(',')
+                .filter(|b| !b.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(b) = buckets
+        .iter()
+        .find(|b| !ostore_control::keys::valid_bucket(b))
+    {
+        return Err(bad(&format!("{b:?} is not a valid bucket name")));
+    }
+    let read_only = match q.get("read_only").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(bad("read_only is true or false")),
+    };
+    let id = ostore_s3::keys::new_id(rand::random());
+    let rec = ostore_control::records::AccessKeyRec {
+        name,
+        salt: rand::random(),
+        buckets,
+        read_only,
+        created_ms: crate::store::now_ms(),
+    };
+    front
+        .node
+        .meta
+        .ask(ask::KeyCreate {
+            id: id.clone(),
+            rec: rec.clone(),
+        })
+        .await?;
+    let secret = front.creds.derived_s3_secret(&id, &rec.salt);
+    Ok(json_response(
+        StatusCode::CREATED,
+        json!({"access_key": id, "secret": secret, "name": rec.name, "buckets": rec.buckets,
+            "read_only": rec.read_only}),
+    ))
+}
+
+/// Revokes an S3 access key by its id or name: requests signed with it fail from now on.
+pub(crate) async fn keys_revoke(node: &Arc<Node>, id_or_name: &str) -> Result<Resp, ApiError> {
+    let id_or_name = percent_encoding::percent_decode_str(id_or_name)
+        .decode_utf8_lossy()
+        .into_owned();
+    if node.meta.ask(ask::KeyRevoke { id_or_name }).await? {
+        Ok(json_response(StatusCode::OK, json!({"revoked": true})))
+    } else {
+        Err(err(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "no access key has this id or name",
+        ))
+    }
+}
+
 /// Maintenance passes running in this process (started by `osctl`), for `osctl status`.
 static RUNNING: std::sync::Mutex<Vec<(u64, &'static str, u64)>> = std::sync::Mutex::new(Vec::new());
 

@@ -105,6 +105,9 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         (&Method::POST, "/admin/repair-rate") => "repair_rate_set",
         (&Method::GET, "/admin/retention") => "retention_get",
         (&Method::POST, "/admin/retention") => "retention_set",
+        (&Method::GET, "/admin/keys") => "keys_list",
+        (&Method::POST, "/admin/keys") => "keys_create",
+        (&Method::DELETE, p) if p.starts_with("/admin/keys/") => "keys_revoke",
         _ => "other",
     };
     front.creds.check(&req).map_err(|e| (op, e))?;
@@ -133,6 +136,9 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         "retention_get" | "retention_set" => {
             admin::retention(node, &req, op == "retention_set").await
         }
+        "keys_list" => admin::keys_list(node).await,
+        "keys_create" => admin::keys_create(front, &req).await,
+        "keys_revoke" => admin::keys_revoke(node, &path["/admin/keys/".len()..]).await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",

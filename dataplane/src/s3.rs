@@ -83,6 +83,49 @@ async fn handle(front: &Front, req: Request<Incoming>) -> Resp {
 
 type Routed = Result<(&'static str, Resp), (&'static str, S3Error)>;
 
+/// Checks a request's signature: with the root key's secret, or with the secret derived for
+/// another key (looked up in the metadata on each request, so a revoked key fails at once),
+/// which then limits what the request may do.
+async fn authenticate(
+    front: &Front,
+    head: &RequestHead<'_>,
+    now_s: i64,
+) -> Result<(Verified, Option<ostore_s3::keys::Scope>), S3Error> {
+    let asked: std::cell::RefCell<Option<String>> = Default::default();
+    let first = ostore_s3::auth::verify(head, now_s, &|ak| {
+        if ak != "root" {
+            *asked.borrow_mut() = Some(ak.to_string());
+        }
+        front.creds.s3_secret(ak)
+    });
+    let id = match (first, asked.take()) {
+        (Ok(v), _) => return Ok((v, None)),
+        (Err(e), Some(id)) if e.code == Code::InvalidAccessKeyId => id,
+        (Err(e), _) => return Err(e),
+    };
+    let rec = front
+        .node
+        .meta
+        .ask(ask::KeyGet { id: id.clone() })
+        .await
+        .map_err(meta_error)?
+        .ok_or_else(|| {
+            S3Error::new(
+                Code::InvalidAccessKeyId,
+                "the access key id does not exist (or was revoked)",
+            )
+        })?;
+    let secret = front.creds.derived_s3_secret(&id, &rec.salt);
+    let v = ostore_s3::auth::verify(head, now_s, &|ak| (ak == id).then(|| secret.clone()))?;
+    Ok((
+        v,
+        Some(ostore_s3::keys::Scope {
+            buckets: rec.buckets,
+            read_only: rec.read_only,
+        }),
+    ))
+}
+
 async fn route(front: &Front, req: Request<Incoming>) -> Routed {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -94,7 +137,8 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
         query: &query,
         headers: &parts.headers,
     };
-    let verified = ostore_s3::sigv4::verify(&head, now_s, &|ak| front.creds.s3_secret(ak))
+    let (verified, scope) = authenticate(front, &head, now_s)
+        .await
         .map_err(|e| ("auth", e))?;
     // Virtual-hosted style: the bucket in the Host header goes in front of the path (the
     // signature was checked on the path as sent).
@@ -125,8 +169,20 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
             ));
         }
     }
+    if let Some(scope) = &scope {
+        // Checked before anything is done: a refused request changes nothing.
+        let copy_from = parts
+            .headers
+            .get("x-amz-copy-source")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| ostore_s3::route::copy_source(v).ok())
+            .map(|c| c.bucket);
+        scope
+            .allows(&op, copy_from.as_deref())
+            .map_err(|e| (name, e))?;
+    }
     let r = match op {
-        Op::ListBuckets => list_buckets(front).await,
+        Op::ListBuckets => list_buckets(front, scope.as_ref()).await,
         Op::CreateBucket { bucket } => {
             let body = small_body(body, &verified, &parts.headers).await?;
             create_bucket(front, &bucket, &body).await
@@ -288,7 +344,11 @@ async fn require_bucket(front: &Front, bucket: &str) -> Result<(), S3Error> {
     }
 }
 
-async fn list_buckets(front: &Front) -> Result<Resp, S3Error> {
+/// ListBuckets: every bucket, or those a limited key may use.
+async fn list_buckets(
+    front: &Front,
+    scope: Option<&ostore_s3::keys::Scope>,
+) -> Result<Resp, S3Error> {
     let mut doc = String::from(xml::DECLARATION);
     doc.push_str("<ListAllMyBucketsResult xmlns=\"");
     doc.push_str(xml::NAMESPACE);
@@ -297,6 +357,9 @@ async fn list_buckets(front: &Front) -> Result<Resp, S3Error> {
     xml::element(&mut doc, "DisplayName", "root");
     doc.push_str("</Owner><Buckets>");
     for (name, created_ms) in bucket_list(front).await? {
+        if scope.is_some_and(|s| !s.has_bucket(&name)) {
+            continue;
+        }
         doc.push_str("<Bucket>");
         xml::element(&mut doc, "Name", &name);
         xml::element(

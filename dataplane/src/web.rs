@@ -334,6 +334,11 @@ impl Credentials {
         (access_key == "root").then(|| self.secret.clone())
     }
 
+    /// The secret of another S3 access key: derived from the root secret and its salt.
+    pub(crate) fn derived_s3_secret(&self, access_key: &str, salt: &[u8; 16]) -> String {
+        ostore_s3::keys::derive_secret(&self.secret, access_key, salt)
+    }
+
     /// Whether `req` carries valid credentials: 401 without any, 403 with wrong ones (the
     /// comparison takes the same time wherever they differ).
     pub(crate) fn check(&self, req: &Request<ReqBody>) -> Result<(), ApiError> {

@@ -319,6 +319,9 @@ pub fn records_values(data: &[u8]) {
         );
     }
     let _ = records::decode::<records::VersionRec>(data);
+    let _ = records::decode::<records::AccessKeyRec>(data);
+    let _ = records::decode::<ostore_control::multipart::MpuRec>(data);
+    let _ = records::decode::<ostore_control::multipart::PartRec>(data);
     let _ = records::decode::<records::HeadRec>(data);
     let _ = records::decode::<records::IntentRec>(data);
     let _ = records::decode::<records::DriveRec>(data);
@@ -399,7 +402,8 @@ pub const S3_FUZZ_NOW_S: i64 = 1_369_353_600;
 /// panic; a request that verifies names the one key there is, and routes to an operation on one
 /// bucket (a single path segment) or fails with an S3 error.
 pub fn s3_sigv4(data: &[u8]) {
-    use ostore_s3::sigv4::{verify, RequestHead};
+    use ostore_s3::auth::verify;
+    use ostore_s3::sigv4::RequestHead;
     let mut i = Input(data);
     let method = String::from_utf8_lossy(i.field()).into_owned();
     let path = String::from_utf8_lossy(i.field()).into_owned();

@@ -317,9 +317,6 @@ pub fn verify(
     if is_presigned(head.query) {
         return verify_presigned(head, now_s, secret_of);
     }
-    if crate::sigv2::is_presigned_v2(head.query) {
-        return crate::sigv2::verify_presigned(head, now_s, secret_of);
-    }
     let Some(auth) = head.headers.get(http::header::AUTHORIZATION) else {
         return Err(denied(
             Code::AccessDenied,

@@ -289,14 +289,19 @@ impl Dev {
 
     /// `osctl --json ARGS` against this server; panics unless it succeeds.
     pub fn osctl_json(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(binary("osctl"))
+        let out = self.osctl(args);
+        assert!(out.status.success(), "osctl {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("osctl JSON")
+    }
+
+    /// `osctl --json ARGS` against this server, whatever its outcome.
+    pub fn osctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary("osctl"))
             .args(["--endpoint", &format!("http://{}", self.http), "--json"])
             .args(args)
             .env("OSTORE_SECRET", &self.secret)
             .output()
-            .expect("run osctl");
-        assert!(out.status.success(), "osctl {args:?}: {out:?}");
-        serde_json::from_slice(&out.stdout).expect("osctl JSON")
+            .expect("run osctl")
     }
 
     pub fn json(&self, path: &str) -> (u16, serde_json::Value) {

@@ -377,6 +377,78 @@ fn virtual_hosted_requests_name_the_bucket_in_the_host() {
     assert!(!r.text().unwrap().contains("<Key>dir/key</Key>"));
 }
 
+#[test]
+fn access_keys_are_limited_to_their_buckets_or_to_reads_and_revoked_at_once() {
+    let py = boto3("access_keys_are_limited_to_their_buckets_or_to_reads_and_revoked_at_once");
+    let dev = Dev::start(&[]);
+    for b in ["allowed", "other"] {
+        assert_eq!(
+            s3_request(&dev, "PUT", &format!("/{b}"), "", &dev.secret, now_s()).status(),
+            200
+        );
+    }
+    let app = dev.osctl_json(&["keys", "create", "app", "--bucket", "allowed"]);
+    let reader = dev.osctl_json(&["keys", "create", "reader", "--read-only"]);
+    let (app_key, app_secret) = (
+        app["access_key"].as_str().unwrap().to_string(),
+        app["secret"].as_str().unwrap().to_string(),
+    );
+    let field = |v: &serde_json::Value, f: &str| v[f].as_str().unwrap().to_string();
+    let args = [
+        app_key.clone(),
+        app_secret.clone(),
+        field(&reader, "access_key"),
+        field(&reader, "secret"),
+    ];
+    let mut argv: Vec<&OsStr> = vec![OsStr::new("scoped")];
+    argv.extend(args.iter().map(OsStr::new));
+    run_boto3(&py, &dev, "s3_keys.py", &argv, 19);
+    // Listed without their secrets; a name is taken once.
+    let list = dev.osctl_json(&["keys", "list"]);
+    let keys = list["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{list}");
+    assert!(!list.to_string().contains(&app_secret), "{list}");
+    assert!(keys
+        .iter()
+        .any(|k| k["name"] == "app" && k["buckets"][0] == "allowed"));
+    assert!(keys
+        .iter()
+        .any(|k| k["name"] == "reader" && k["read_only"] == true));
+    let again = dev.osctl(&["keys", "create", "app"]);
+    assert!(!again.status.success(), "a second key named app was made");
+    // No secret is stored: not in the metadata's files.
+    let meta = dev.data().join("meta");
+    for f in std::fs::read_dir(&meta).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        assert!(
+            !bytes
+                .windows(app_secret.len())
+                .any(|w| w == app_secret.as_bytes()),
+            "the secret is in the metadata"
+        );
+    }
+    // Revoked by name: refused at once.
+    dev.osctl_json(&["keys", "revoke", "app"]);
+    run_boto3(
+        &py,
+        &dev,
+        "s3_keys.py",
+        &[
+            OsStr::new("revoked"),
+            OsStr::new(&app_key),
+            OsStr::new(&app_secret),
+        ],
+        1,
+    );
+    assert_eq!(
+        dev.osctl_json(&["keys", "list"])["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// A PUT with a signed `aws-chunked` body (chunks of `piece` bytes; with `trailer`, a CRC32
 /// in a signed trailer), as the AWS SDKs send over TLS. `tamper` flips a byte of the data after
 /// signing.

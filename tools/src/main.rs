@@ -105,6 +105,30 @@ enum Cmd {
         #[command(subcommand)]
         action: RetentionCmd,
     },
+    /// S3 access keys besides `root`.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// A new key; its secret is printed this once (it is derived from the root secret and
+    /// never stored).
+    Create {
+        name: String,
+        /// A bucket the key may use; repeat for more. Without any: every bucket.
+        #[arg(long = "bucket")]
+        buckets: Vec<String>,
+        /// Reads and listings only.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Every key (never their secrets).
+    List,
+    /// Revoke a key by its access key id or its name; requests signed with it fail at once.
+    Revoke { key: String },
 }
 
 #[derive(Subcommand)]
@@ -720,6 +744,77 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     Some(n) => println!("{scope}: keep the newest {n} version(s) per key"),
                     None => println!("{scope}: keep every version"),
                 }
+            }
+            Ok(())
+        }
+        Cmd::Keys { action } => {
+            // Percent-encoded (a space as %20, for the path too).
+            let enc = |s: &str| {
+                form_urlencoded::byte_serialize(s.as_bytes())
+                    .collect::<String>()
+                    .replace('+', "%20")
+            };
+            let r: serde_json::Value = match action {
+                KeysCmd::Create {
+                    name,
+                    buckets,
+                    read_only,
+                } => {
+                    let mut path = format!("/admin/keys?name={}", enc(name));
+                    if !buckets.is_empty() {
+                        path.push_str(&format!("&buckets={}", enc(&buckets.join(","))));
+                    }
+                    if *read_only {
+                        path.push_str("&read_only=true");
+                    }
+                    post(cli, &path)?.json()?
+                }
+                KeysCmd::List => get(cli, "/admin/keys")?.json()?,
+                KeysCmd::Revoke { key } => call(
+                    cli,
+                    http::Method::DELETE,
+                    &format!("/admin/keys/{}", enc(key)),
+                )?
+                .json()?,
+            };
+            if cli.json {
+                println!("{r}");
+                return Ok(());
+            }
+            let scope = |k: &serde_json::Value| {
+                let buckets: Vec<&str> = k["buckets"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|b| b.as_str()).collect())
+                    .unwrap_or_default();
+                let on = if buckets.is_empty() {
+                    "every bucket".to_string()
+                } else {
+                    format!("buckets {}", buckets.join(", "))
+                };
+                let how = if k["read_only"] == true {
+                    "read-only"
+                } else {
+                    "read-write"
+                };
+                format!("{how}, {on}")
+            };
+            match action {
+                KeysCmd::Create { .. } => {
+                    println!("access key: {}", r["access_key"].as_str().unwrap_or(""));
+                    println!("secret:     {}", r["secret"].as_str().unwrap_or(""));
+                    println!("({}; the secret is not shown again)", scope(&r));
+                }
+                KeysCmd::List => {
+                    for k in r["keys"].as_array().cloned().unwrap_or_default() {
+                        println!(
+                            "{:<26}  {:<20}  {}",
+                            k["access_key"].as_str().unwrap_or(""),
+                            k["name"].as_str().unwrap_or(""),
+                            scope(&k)
+                        );
+                    }
+                }
+                KeysCmd::Revoke { key } => println!("revoked {key}"),
             }
             Ok(())
         }

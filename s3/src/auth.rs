@@ -1,0 +1,18 @@
+//! A request's signature, whichever kind it carries: SigV4 (in the `Authorization` header or
+//! a presigned URL) or a SigV2 presigned URL.
+
+use crate::error::S3Error;
+use crate::sigv4::{RequestHead, Verified};
+
+/// Checks `head`'s signature at `now_s`; `secret_of` gives an access key's secret.
+/// Anonymous requests are refused.
+pub fn verify(
+    head: &RequestHead<'_>,
+    now_s: i64,
+    secret_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<Verified, S3Error> {
+    if crate::sigv2::is_presigned_v2(head.query) && !crate::sigv4::is_presigned(head.query) {
+        return crate::sigv2::verify_presigned(head, now_s, secret_of);
+    }
+    crate::sigv4::verify(head, now_s, secret_of)
+}
