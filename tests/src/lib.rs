@@ -459,6 +459,21 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Samples `pid`'s resident memory every 50 ms into `peak` (the highest seen) until `stop`.
+pub fn sample_rss(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
 /// Standard base64 (tus metadata and checksums), without an encoder crate.
 pub fn base64(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

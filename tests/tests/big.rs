@@ -1,7 +1,7 @@
 //! A multi-GiB object streams through `ostore dev` with the server's memory staying flat.
 //! `OSTORE_TEST_BIG_BYTES` sets the size (default 2 GiB).
 
-use ostore_tests::{rss_bytes, Dev, RandomReader};
+use ostore_tests::{rss_bytes, sample_rss, Dev, RandomReader};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,19 +9,6 @@ use std::time::Duration;
 
 /// Upper bound on the server's resident memory while moving the object; the object is 2 GiB.
 const RSS_BYTES_MAX: u64 = 256 << 20;
-
-fn sample_rss(
-    pid: u32,
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-}
 
 #[test]
 fn multi_gib_round_trip_with_flat_memory() {

@@ -2,12 +2,16 @@
 //! their default settings: the aws CLI (`aws s3` and `aws s3api`), rclone and s3cmd. Each test
 //! writes a tree of files (0 B, 1 B, 5 MiB + 1, names with spaces and non-ASCII), syncs it up
 //! and back down, and compares every byte; rclone and s3cmd also check each file against the
-//! MD5 ETag the server answered.
+//! MD5 ETag the server answered. A 2 GiB object (`OSTORE_TEST_BIG_BYTES`) goes up and down
+//! through the aws CLI in parts with the server's memory flat.
 
-use ostore_tests::Dev;
+use ostore_tests::{sample_rss, Dev, RandomReader};
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The first of `candidates` (paths, or names looked up on PATH) that runs with `--version`;
 /// the test fails, saying what is missing, without one.
@@ -90,17 +94,113 @@ fn assert_same_tree(want: &BTreeMap<String, Vec<u8>>, root: &Path) {
     }
 }
 
-#[test]
-fn the_aws_cli_syncs_a_tree_both_ways_and_manages_objects() {
-    let test = "the_aws_cli_syncs_a_tree_both_ways_and_manages_objects";
-    let aws = tool(
+/// The aws CLI (target/awsvenv as .ci/run makes it, or aws on PATH).
+fn aws_cli(test: &str) -> PathBuf {
+    tool(
         test,
         "the aws CLI (target/awsvenv as .ci/run makes it, or aws on PATH)",
         &[
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/awsvenv/bin/aws"),
             PathBuf::from("aws"),
         ],
+    )
+}
+
+/// `aws --endpoint-url` the dev's S3 API, with the root key and no configuration of the user's.
+fn aws_command(aws: &Path, dev: &Dev, work: &Path) -> Command {
+    let mut c = Command::new(aws);
+    c.args(["--endpoint-url", &format!("http://{}", dev.s3)])
+        .env("AWS_ACCESS_KEY_ID", "root")
+        .env("AWS_SECRET_ACCESS_KEY", &dev.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", work.join("no-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", work.join("no-credentials"))
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_CA_BUNDLE")
+        .current_dir(work);
+    c
+}
+
+/// Upper bound on the server's resident memory while a 2 GiB object goes up and down in parts.
+const RSS_BYTES_MAX: u64 = 256 << 20;
+
+#[test]
+fn the_aws_cli_streams_a_multi_gib_object_in_parts_with_flat_memory() {
+    let aws = aws_cli("the_aws_cli_streams_a_multi_gib_object_in_parts_with_flat_memory");
+    let size: u64 = std::env::var("OSTORE_TEST_BIG_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2 << 30);
+    let dev = Dev::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    run(aws_command(&aws, &dev, work.path()).args(["s3", "mb", "s3://big-parts"]));
+    let expect = {
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut RandomReader::new(7, size), &mut h).unwrap();
+        h.finalize()
+    };
+    let (stop, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
     );
+    let sampler = sample_rss(dev.pid(), stop.clone(), peak.clone());
+    // Up from a pipe (the CLI cuts it into 8 MiB parts and sends several at once)...
+    let mut up = aws_command(&aws, &dev, work.path())
+        .args(["s3", "cp", "-", "s3://big-parts/huge", "--expected-size"])
+        .arg(size.to_string())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = up.stdin.take().unwrap();
+        let mut src = RandomReader::new(7, size);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            stdin.write_all(&buf[..n]).unwrap();
+        }
+    }
+    assert!(up.wait().unwrap().success(), "aws s3 cp - failed");
+    let put_peak = peak.swap(0, Ordering::Relaxed);
+    // ...and down into a pipe, hashed as it comes.
+    let mut down = aws_command(&aws, &dev, work.path())
+        .args(["s3", "cp", "s3://big-parts/huge", "-"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut h = blake3::Hasher::new();
+    let n = std::io::copy(&mut down.stdout.take().unwrap(), &mut h).unwrap();
+    assert!(down.wait().unwrap().success(), "aws s3 cp to - failed");
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let get_peak = peak.load(Ordering::Relaxed);
+    assert_eq!(n, size);
+    assert_eq!(h.finalize(), expect, "the object came back different");
+    eprintln!(
+        "RSS: peak during the upload {} MiB, during the download {} MiB, object {} MiB",
+        put_peak >> 20,
+        get_peak >> 20,
+        size >> 20
+    );
+    assert!(
+        put_peak < RSS_BYTES_MAX,
+        "upload peak RSS {} MiB",
+        put_peak >> 20
+    );
+    assert!(
+        get_peak < RSS_BYTES_MAX,
+        "download peak RSS {} MiB",
+        get_peak >> 20
+    );
+}
+
+#[test]
+fn the_aws_cli_syncs_a_tree_both_ways_and_manages_objects() {
+    let test = "the_aws_cli_syncs_a_tree_both_ways_and_manages_objects";
+    let aws = aws_cli(test);
     let dev = Dev::start(&[]);
     let work = tempfile::tempdir().unwrap();
     let endpoint = format!("http://{}", dev.s3);
