@@ -5,7 +5,6 @@ use ostore_tests::{rss_bytes, sample_rss, Dev, RandomReader};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Upper bound on the server's resident memory while moving the object; the object is 2 GiB.
 const RSS_BYTES_MAX: u64 = 256 << 20;
