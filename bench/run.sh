@@ -201,5 +201,7 @@ print(f"64 MiB PUTs** (128 PUTs, {r64['mb_s']:.0f} MB/s, {r64['errors']} errors)
 print()
 print("Where the time goes (profiles of these rows) and the changes made from them, each as a")
 print("before/after ratio measured by `bench/ab.sh`: [PROFILE.md](PROFILE.md).")
+print()
+print("The S3 API against the native API on the same server (`bench/s3.sh`): [S3.md](S3.md).")
 PY
 cat bench/RESULTS.md

@@ -3,7 +3,8 @@
 //! — measured on one core with the very functions the store calls, over 64 MiB in stripes of
 //! K × 65,520 bytes. The second limit of the benchmark record: a server of C cores cannot PUT
 //! faster than C / (seconds per byte), nor GET faster than the CRC checks of the data blocks
-//! allow.
+//! allow. The S3 API's own per-byte work (the MD5 of the ETag, and a client's checksum) is
+//! measured the same way.
 
 use anyhow::Context as _;
 use ostore_engine::codec::Codec;
@@ -82,6 +83,31 @@ pub fn run(a: CpuArgs) -> anyhow::Result<()> {
         std::hint::black_box(&block);
     });
 
+    // What the S3 API adds to a PUT's bytes: the MD5 (its ETag) always, and the checksum a
+    // client sends (boto3's and the aws CLI's default: CRC32), through the very check the S3
+    // front end runs.
+    let s3_check = |trailer: Option<&str>| {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = trailer {
+            h.insert(
+                "x-amz-trailer",
+                http::HeaderValue::from_str(t).expect("ASCII"),
+            );
+        }
+        mb_s(size, || {
+            let mut c =
+                ostore_s3::checksum::BodyCheck::new(&ostore_s3::sigv4::Payload::Unsigned, &h)
+                    .expect("a check");
+            for piece in data.chunks(1 << 20) {
+                c.update(piece);
+            }
+            std::hint::black_box(c.finish(&[]).ok());
+        })
+    };
+    let md5 = s3_check(None);
+    let md5_crc32 = s3_check(Some("x-amz-checksum-crc32"));
+    let md5_crc64 = s3_check(Some("x-amz-checksum-crc64nvme"));
+
     // Seconds per object byte on one core: every byte hashed and encoded; (K+M)/K bytes sealed.
     let put_s_per_byte =
         1.0 / (blake3 * 1e6) + 1.0 / (rs * 1e6) + (k + m) as f64 / k as f64 / (crc * 1e6);
@@ -94,11 +120,15 @@ pub fn run(a: CpuArgs) -> anyhow::Result<()> {
     println!("  CRC32C block sealing        {crc:>9.0} MB/s (copy included)");
     println!("  PUT, all three, per core    {put_limit:>9.0} MB/s of object bytes");
     println!("  GET (CRC of data blocks)    {get_limit:>9.0} MB/s per core");
+    println!("  S3: MD5 (the ETag)          {md5:>9.0} MB/s");
+    println!("  S3: MD5 + CRC32             {md5_crc32:>9.0} MB/s");
+    println!("  S3: MD5 + CRC64NVME         {md5_crc64:>9.0} MB/s");
     if let Some(p) = &a.json {
         let j = serde_json::json!({
             "data": k, "parity": m, "bytes": size,
             "blake3_mb_s": blake3, "rs_encode_mb_s": rs, "crc32c_seal_mb_s": crc,
             "put_limit_mb_s_per_core": put_limit, "get_limit_mb_s_per_core": get_limit,
+            "s3_md5_mb_s": md5, "s3_md5_crc32_mb_s": md5_crc32, "s3_md5_crc64nvme_mb_s": md5_crc64,
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }

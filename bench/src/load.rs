@@ -21,9 +21,14 @@ pub struct LoadArgs {
     /// Server endpoint.
     #[arg(long, env = "OSTORE_ENDPOINT", default_value = "http://127.0.0.1:9080")]
     endpoint: String,
-    /// Protocol: http (HTTP/1.1) or h3 (HTTP/3); either way a connection per worker.
-    #[arg(long, default_value = "http", value_parser = ["http", "h3"])]
+    /// Protocol: http (HTTP/1.1) or h3 (HTTP/3), either way a connection per worker; or s3
+    /// (S3 over HTTP/1.1, every request SigV4-signed with the root key, bodies
+    /// `UNSIGNED-PAYLOAD`) against the S3 endpoint.
+    #[arg(long, default_value = "http", value_parser = ["http", "h3", "s3"])]
     protocol: String,
+    /// For s3: the bucket the objects go in (made if missing).
+    #[arg(long, default_value = "osbench")]
+    bucket: String,
     /// For h3: one QUIC connection per thread, carrying all of its workers' requests as
     /// concurrent streams.
     #[arg(long)]
@@ -186,6 +191,11 @@ impl Stats {
 #[derive(Clone)]
 enum Proto {
     Http1,
+    /// S3 over HTTP/1.1: requests signed with the root key.
+    S3 {
+        secret: String,
+        bucket: String,
+    },
     Http3 {
         endpoint: String,
         secret: String,
@@ -226,6 +236,68 @@ struct OpenLoop {
     ready: Arc<std::sync::atomic::AtomicUsize>,
     connections: usize,
     start: Arc<std::sync::OnceLock<Instant>>,
+}
+
+impl Plan {
+    /// The path of object `key`.
+    fn object_path(&self, key: &str) -> String {
+        match &self.proto {
+            Proto::S3 { bucket, .. } => format!("/{bucket}/{key}"),
+            _ => format!("/objects/{key}"),
+        }
+    }
+
+    /// A listing of the objects under the prefix, 1000 at most.
+    fn list_path(&self) -> String {
+        match &self.proto {
+            Proto::S3 { bucket, .. } => {
+                format!(
+                    "/{bucket}?list-type=2&max-keys=1000&prefix={}%2F",
+                    self.prefix
+                )
+            }
+            _ => format!("/objects?prefix={}/&limit=1000", self.prefix),
+        }
+    }
+
+    /// The status a successful PUT answers with.
+    fn put_ok(&self) -> u16 {
+        match self.proto {
+            Proto::S3 { .. } => 200,
+            _ => 201,
+        }
+    }
+}
+
+/// SigV4 `Authorization` (and the `x-amz-*` headers it signs) for an S3 request, signed now.
+fn sign_s3(secret: &str, host: &str, method: &http::Method, path: &str) -> http::HeaderMap {
+    let (p, q) = path.split_once('?').unwrap_or((path, ""));
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(host).expect("host"),
+    );
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let auth = ostore_s3::sigv4::sign(
+        method.as_str(),
+        p,
+        q,
+        &mut h,
+        ostore_s3::sigv4::UNSIGNED_PAYLOAD,
+        &ostore_s3::sigv4::Signer {
+            access_key: "root",
+            secret,
+            region: "us-east-1",
+            now_s,
+        },
+    );
+    h.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&auth).expect("ASCII"),
+    );
+    h
 }
 
 /// Request bodies: a few shared `Bytes` pieces sent without copying.
@@ -352,11 +424,19 @@ async fn request(
         .filter(|b| !b.is_empty())
         .map(|b| Ok(Frame::data(b)))
         .collect();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, &plan.host)
-        .header(http::header::AUTHORIZATION, &plan.auth);
+    let mut req = http::Request::builder().method(method.clone()).uri(path);
+    match &plan.proto {
+        Proto::S3 { secret, .. } => {
+            for (n, v) in &sign_s3(secret, &plan.host, &method, path) {
+                req = req.header(n, v);
+            }
+        }
+        _ => {
+            req = req
+                .header(http::header::HOST, &plan.host)
+                .header(http::header::AUTHORIZATION, &plan.auth);
+        }
+    }
     if len > 0 {
         req = req.header(http::header::CONTENT_LENGTH, len);
     }
@@ -449,12 +529,12 @@ async fn worker(
                     &mut send,
                     &plan,
                     http::Method::PUT,
-                    &format!("/objects/{key}"),
+                    &plan.object_path(&key),
                     body_for(&base, n, size),
                 )
                 .await;
                 (
-                    matches!(&r, Ok((s, _, _)) if s.as_u16() == 201),
+                    matches!(&r, Ok((s, _, _)) if s.as_u16() == plan.put_ok()),
                     size as u64,
                 )
             }
@@ -464,7 +544,7 @@ async fn worker(
                     &mut send,
                     &plan,
                     http::Method::GET,
-                    &format!("/objects/{}/{i}", plan.prefix),
+                    &plan.object_path(&format!("{}/{i}", plan.prefix)),
                     Vec::new(),
                 )
                 .await;
@@ -488,7 +568,7 @@ async fn worker(
                     &mut send,
                     &plan,
                     http::Method::DELETE,
-                    &format!("/objects/{}/{}", plan.prefix, n % plan.objects),
+                    &plan.object_path(&format!("{}/{}", plan.prefix, n % plan.objects)),
                     Vec::new(),
                 )
                 .await;
@@ -499,7 +579,7 @@ async fn worker(
                     &mut send,
                     &plan,
                     http::Method::GET,
-                    &format!("/objects?prefix={}/&limit=1000", plan.prefix),
+                    &plan.list_path(),
                     Vec::new(),
                 )
                 .await;
@@ -628,6 +708,15 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
             ca: a.tls_ca.clone(),
             multiplex: a.multiplex,
         },
+        "s3" => {
+            if a.verify {
+                bail!("--verify checks BLAKE3 ETags, which the S3 API does not answer with");
+            }
+            Proto::S3 {
+                secret: secret.clone(),
+                bucket: a.bucket.clone(),
+            }
+        }
         _ => Proto::Http1,
     };
     let host = a
@@ -658,6 +747,9 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     };
     let seq = Arc::new(AtomicU64::new(0));
     let auth = format!("Bearer {secret}");
+    if let Proto::S3 { secret, bucket } = &proto {
+        create_bucket(&host, secret, bucket)?;
+    }
     // Prepare objects for reads and deletes: keys PREFIX/0 .. PREFIX/{objects-1}.
     if !matches!(workload, Workload::Put) {
         let (h, au, pfx, sq) = (
@@ -772,6 +864,36 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         conc,
         process_cpu_s() - cpu_before,
     )
+}
+
+/// Makes the S3 bucket the run writes to (one that exists already is fine).
+fn create_bucket(host: &str, secret: &str, bucket: &str) -> anyhow::Result<()> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(async {
+        let mut send = connect(host).await?;
+        send.ready().await?;
+        let path = format!("/{bucket}");
+        let mut req = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(&path);
+        for (n, v) in &sign_s3(secret, host, &http::Method::PUT, &path) {
+            req = req.header(n, v);
+        }
+        let req = req.body(StreamBody::new(futures_util::stream::iter(Vec::new())))?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let owned = String::from_utf8_lossy(&body).contains("BucketAlreadyOwnedByYou");
+        if status.as_u16() != 200 && !owned {
+            bail!(
+                "creating the bucket {bucket}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    })
 }
 
 /// CPU time (user + system) this process has used, in seconds.

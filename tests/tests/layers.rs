@@ -158,7 +158,7 @@ fn crates_depend_only_downwards() {
         ),
         ("client", &[]),
         ("tools", &["client"]),
-        ("bench", &["client", "engine", "transport", "wire"]),
+        ("bench", &["client", "engine", "s3", "transport", "wire"]),
         (
             "tests",
             &["client", "transport", "engine", "wire", "control", "s3"],
