@@ -1213,14 +1213,7 @@ async fn store_body(
     commit: &crate::store::Commit,
     attrs: ObjectAttrs,
 ) -> Result<(crate::store::Committed, ostore_s3::checksum::Checked), S3Error> {
-    ostore_control::keys::valid_object_key(key)
-        .then_some(())
-        .ok_or_else(|| {
-            S3Error::new(
-                Code::InvalidArgument,
-                "a key is 1 to 1024 bytes of UTF-8 without NUL",
-            )
-        })?;
+    require_valid_key(key)?;
     let chunked = matches!(v.payload, ostore_s3::sigv4::Payload::Streaming { .. });
     let length = if chunked {
         header_u64(headers, "x-amz-decoded-content-length")?.ok_or_else(|| {
@@ -1312,6 +1305,18 @@ async fn put_object(
     Ok(r)
 }
 
+/// A key a write may name: 1 to 1024 bytes of UTF-8 without NUL.
+fn require_valid_key(key: &str) -> Result<(), S3Error> {
+    ostore_control::keys::valid_object_key(key)
+        .then_some(())
+        .ok_or_else(|| {
+            S3Error::new(
+                Code::InvalidArgument,
+                "a key is 1 to 1024 bytes of UTF-8 without NUL",
+            )
+        })
+}
+
 /// A version id from a request: ostore's versions are numbers.
 fn parse_version(v: &str) -> Result<u64, S3Error> {
     v.parse().map_err(|_| {
@@ -1393,14 +1398,7 @@ async fn copy_object(
     key: &str,
     headers: &http::HeaderMap,
 ) -> Result<Resp, S3Error> {
-    ostore_control::keys::valid_object_key(key)
-        .then_some(())
-        .ok_or_else(|| {
-            S3Error::new(
-                Code::InvalidArgument,
-                "a key is 1 to 1024 bytes of UTF-8 without NUL",
-            )
-        })?;
+    require_valid_key(key)?;
     let replace = match headers
         .get("x-amz-metadata-directive")
         .map(|v| v.as_bytes())

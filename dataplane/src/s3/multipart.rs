@@ -3,8 +3,8 @@
 //! completing makes a version assembled from the parts named, without copying a byte.
 
 use super::{
-    copy_source, empty, is_checksum, md5_etag, meta_error, owner, request_attrs, store_body,
-    xml_response, ListArgs, Resp,
+    copy_source, empty, is_checksum, md5_etag, meta_error, owner, request_attrs, require_valid_key,
+    store_body, xml_response, ListArgs, Resp,
 };
 use crate::store::{BodyFault, BodySource};
 use crate::web::Front;
@@ -52,6 +52,29 @@ fn part_number(v: Option<String>) -> Result<u16, S3Error> {
         })
 }
 
+/// The upload and part number an UploadPart or UploadPartCopy names; the upload is looked up,
+/// so a request for one that is not there is refused before its body is read.
+async fn part_target(
+    front: &Front,
+    bucket: &str,
+    key: &str,
+    query: &str,
+) -> Result<([u8; 16], u16), S3Error> {
+    let id = upload_id(query)?;
+    let number = part_number(arg(query, "partNumber"))?;
+    front
+        .node
+        .meta
+        .ask(ask::MpuGet {
+            id,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+        .await
+        .map_err(meta_error)?;
+    Ok((id, number))
+}
+
 /// CreateMultipartUpload: an upload id; the headers give the attributes the object will keep.
 pub async fn create(
     front: &Front,
@@ -59,14 +82,7 @@ pub async fn create(
     key: &str,
     headers: &http::HeaderMap,
 ) -> Result<Resp, S3Error> {
-    ostore_control::keys::valid_object_key(key)
-        .then_some(())
-        .ok_or_else(|| {
-            S3Error::new(
-                Code::InvalidArgument,
-                "a key is 1 to 1024 bytes of UTF-8 without NUL",
-            )
-        })?;
+    require_valid_key(key)?;
     let attrs = request_attrs(headers)?;
     let id: [u8; 16] = rand::random();
     let expires_ms =
@@ -110,19 +126,7 @@ pub async fn upload_part(
     body: Incoming,
     v: &Verified,
 ) -> Result<Resp, S3Error> {
-    let id = upload_id(query)?;
-    let number = part_number(arg(query, "partNumber"))?;
-    // Refused before the body is read when the upload is not there.
-    front
-        .node
-        .meta
-        .ask(ask::MpuGet {
-            id,
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-        })
-        .await
-        .map_err(meta_error)?;
+    let (id, number) = part_target(front, bucket, key, query).await?;
     let commit = crate::store::Commit::Part { upload: id, number };
     let attrs = ostore_control::records::ObjectAttrs::default();
     let (_, checked) = store_body(front, bucket, key, headers, body, v, &commit, attrs).await?;
@@ -491,18 +495,7 @@ pub async fn upload_part_copy(
     query: &str,
     headers: &http::HeaderMap,
 ) -> Result<Resp, S3Error> {
-    let id = upload_id(query)?;
-    let number = part_number(arg(query, "partNumber"))?;
-    front
-        .node
-        .meta
-        .ask(ask::MpuGet {
-            id,
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-        })
-        .await
-        .map_err(meta_error)?;
+    let (id, number) = part_target(front, bucket, key, query).await?;
     let src = copy_source(front, headers).await?;
     let range = copy_range(headers, src.version.size_bytes)?;
     if range.end - range.start > 5 << 30 {
