@@ -57,6 +57,9 @@ pub async fn serve(front: Arc<Front>, listener: glommio::net::TcpListener) {
 }
 
 async fn handle(front: &Front, req: Request<Incoming>) -> Resp {
+    // Every S3 request is a client's: it counts as serving, as the native API's data requests
+    // do (the scrub slows down for them).
+    let _serving = crate::foreground::begin();
     let started = Instant::now();
     let request_id = format!("{:016X}", rand::random::<u64>());
     let resource = req.uri().path().to_string();
