@@ -163,10 +163,10 @@ pub fn commit_part(
     })
 }
 
-fn all_parts(tx: &mut dyn Tx, id: &[u8; 16]) -> Result<Vec<(u16, PartRec)>> {
-    let (b, e) = keys::mpu_parts(id);
+/// Part records in `[b, e)`, at most `limit`, with their numbers.
+fn read_parts(tx: &mut dyn Tx, b: &[u8], e: &[u8], limit: usize) -> Result<Vec<(u16, PartRec)>> {
     let mut out = Vec::new();
-    for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+    for (k, v) in tx.get_range(b, e, limit, false)? {
         let n = k
             .get(k.len().saturating_sub(2)..)
             .and_then(|n| <[u8; 2]>::try_from(n).ok())
@@ -175,6 +175,11 @@ fn all_parts(tx: &mut dyn Tx, id: &[u8; 16]) -> Result<Vec<(u16, PartRec)>> {
         out.push((n, decode(&v)?));
     }
     Ok(out)
+}
+
+fn all_parts(tx: &mut dyn Tx, id: &[u8; 16]) -> Result<Vec<(u16, PartRec)>> {
+    let (b, e) = keys::mpu_parts(id);
+    read_parts(tx, &b, &e, usize::MAX)
 }
 
 /// Up to `limit` parts of upload `id` after part `after`, in part order.
@@ -188,17 +193,11 @@ pub fn parts(
 ) -> Result<Vec<(u16, PartRec)>> {
     run(kv, false, |tx| {
         require_mpu(tx, bucket, key, id)?;
-        let (_, e) = keys::mpu_parts(id);
-        let b = keys::mpu_part(id, after.saturating_add(1));
-        let mut out = Vec::new();
         if after == u16::MAX {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        for (k, v) in tx.get_range(&b, &e, limit, false)? {
-            let n = u16::from_be_bytes([k[k.len() - 2], k[k.len() - 1]]);
-            out.push((n, decode(&v)?));
-        }
-        Ok(out)
+        let (_, e) = keys::mpu_parts(id);
+        read_parts(tx, &keys::mpu_part(id, after + 1), &e, limit)
     })
 }
 

@@ -299,6 +299,10 @@ fn meta_error(e: MetaError) -> S3Error {
             Code::BucketNotEmpty,
             "the bucket holds versions (delete markers count): delete them first",
         ),
+        MetaError::PreconditionFailed => S3Error::new(
+            Code::PreconditionFailed,
+            "at least one of the preconditions did not hold",
+        ),
         MetaError::Refused(m) => S3Error::new(Code::InvalidRequest, m),
         MetaError::Unavailable(m) => S3Error::new(Code::ServiceUnavailable, m),
         other => S3Error::new(Code::InternalError, other.to_string()),
@@ -1176,10 +1180,6 @@ fn store_error(e: crate::store::StoreError, body: &S3Body<'_>) -> S3Error {
             S3Error::new(Code::RequestTimeout, e.to_string())
         }
         StoreError::Body(BodyFault::Broken(m)) => S3Error::new(Code::IncompleteBody, m),
-        StoreError::Meta(MetaError::PreconditionFailed) => S3Error::new(
-            Code::PreconditionFailed,
-            "at least one of the preconditions did not hold",
-        ),
         StoreError::Meta(m) => meta_error(m),
         StoreError::InsufficientStorage(m) | StoreError::NotEnoughNodes(m) => {
             S3Error::new(Code::ServiceUnavailable, m)
@@ -1455,13 +1455,7 @@ async fn copy_object(
             attrs: attrs.clone(),
         })
         .await
-        .map_err(|e| match e {
-            MetaError::PreconditionFailed => S3Error::new(
-                Code::PreconditionFailed,
-                "at least one of the preconditions did not hold",
-            ),
-            e => meta_error(e),
-        })?
+        .map_err(meta_error)?
         .ok_or_else(|| {
             S3Error::new(
                 Code::ServiceUnavailable,

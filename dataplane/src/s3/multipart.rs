@@ -13,7 +13,6 @@ use futures_lite::StreamExt;
 use http::header::HeaderValue;
 use http::StatusCode;
 use hyper::body::Incoming;
-use ostore_control::meta::MetaError;
 use ostore_control::multipart::{Named, Refusal, PARTS_MAX};
 use ostore_control::records::ObjectAttrs;
 use ostore_control::rpc::ask;
@@ -186,13 +185,7 @@ pub async fn complete(
             cond: crate::web::s3_write_condition(headers),
         })
         .await
-        .map_err(|e| match e {
-            MetaError::PreconditionFailed => S3Error::new(
-                Code::PreconditionFailed,
-                "at least one of the preconditions did not hold",
-            ),
-            e => meta_error(e),
-        })?;
+        .map_err(meta_error)?;
     let c = match done {
         Ok(c) => c,
         Err(Refusal::InvalidPart(n)) => {
