@@ -31,6 +31,20 @@ pub(crate) struct H3 {
 #[derive(Default)]
 struct State {
     live: Option<Live>,
+    /// The endpoints of connections given up for new requests (lost, or told to go away) whose
+    /// answers may still be read: `disconnect` closes them too, so a server finishing those
+    /// answers is told the client is gone instead of waiting out its idle timeout.
+    retired: Vec<quinn::Endpoint>,
+}
+
+impl State {
+    /// Stops giving out the live connection, keeping its endpoint to close later.
+    fn retire(&mut self) {
+        if let Some(l) = self.live.take() {
+            self.retired.retain(|e| e.open_connections() > 0);
+            self.retired.push(l.endpoint);
+        }
+    }
 }
 
 /// How long `disconnect` waits for a closed connection to drain.
@@ -137,13 +151,16 @@ impl H3 {
 
     pub(crate) async fn disconnect(&self) {
         let mut st = self.state.lock().await;
-        if let Some(l) = st.live.take() {
-            l.quic.close(0x100u32.into(), b"");
-            // Until the server has been told (the close sent, the draining period over), so a
-            // client that exits next does not leave the server waiting out its idle timeout
-            // for acknowledgements that will never come.
-            let _ = tokio::time::timeout(CLOSE_WAIT_MAX, l.endpoint.wait_idle()).await;
+        st.retire();
+        let endpoints = std::mem::take(&mut st.retired);
+        for e in &endpoints {
+            e.close(0x100u32.into(), b"");
         }
+        // Until the server has been told (the close sent, the draining period over), so a
+        // client that exits next does not leave the server waiting out its idle timeout for
+        // acknowledgements that will never come.
+        let idle = futures_util::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
+        let _ = tokio::time::timeout(CLOSE_WAIT_MAX, idle).await;
     }
 
     /// The shared connection, made (once, whoever asks first) if there is none usable.
@@ -154,7 +171,7 @@ impl H3 {
                 return Ok(l.clone());
             }
         }
-        st.live = None;
+        st.retire();
         let l = self.connect().await?;
         st.live = Some(l.clone());
         Ok(l)
@@ -167,7 +184,7 @@ impl H3 {
             .as_ref()
             .is_some_and(|x| x.quic.stable_id() == l.quic.stable_id())
         {
-            st.live = None;
+            st.retire();
         }
     }
 
