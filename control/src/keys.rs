@@ -17,10 +17,16 @@ pub mod tag {
     pub const BUCKET: u8 = 0x10;
     /// `[0x11] access_key` → `AccessKeyRec`: an S3 access key besides `root`
     pub const ACCESS_KEY: u8 = 0x11;
+    /// `[0x12] bucket 0x00` → one byte, 1: the bucket's versioning is suspended (new versions
+    /// replace the key's null version); absent: enabled (every version kept)
+    pub const BUCKET_VERSIONING: u8 = 0x12;
     /// `[0x20] bucket 0x00 key 0x00` → `HeadRec`
     pub const HEAD: u8 = 0x20;
     /// `[0x21] bucket 0x00 key 0x00 !version:u64be` → `VersionRec` (newest first)
     pub const VERSION: u8 = 0x21;
+    /// `[0x22] bucket 0x00 key 0x00` → u64 little-endian: the key's null version (S3's
+    /// `null`), the one a write in a suspended bucket made; absent: none
+    pub const NULL_VERSION: u8 = 0x22;
     /// `[0x30] blake3:32` → `ContentRec`
     pub const CONTENT: u8 = 0x30;
     /// `[0x31] drive:u16be blake3:32 shard:u8` → empty: which shards a drive holds
@@ -243,6 +249,23 @@ pub fn bucket(name: &str) -> Vec<u8> {
 
 pub fn buckets() -> (Vec<u8>, Vec<u8>) {
     (vec![tag::BUCKET], vec![tag::BUCKET + 1])
+}
+
+/// Whether `bucket`'s versioning is suspended.
+pub fn bucket_versioning(name: &str) -> Vec<u8> {
+    with_strs(tag::BUCKET_VERSIONING, &[name])
+}
+
+/// Which version of `key` is its null version.
+pub fn null_version(bucket: &str, key: &str) -> Vec<u8> {
+    with_strs(tag::NULL_VERSION, &[bucket, key])
+}
+
+/// Every null-version pointer of `bucket`: `[begin, end)`.
+pub fn bucket_null_versions(bucket: &str) -> (Vec<u8>, Vec<u8>) {
+    let b = with_strs(tag::NULL_VERSION, &[bucket]);
+    let e = crate::kv::prefix_end(&b);
+    (b, e)
 }
 
 pub fn head(bucket: &str, key: &str) -> Vec<u8> {
@@ -547,6 +570,11 @@ mod tests {
     fn golden_keys() {
         assert_eq!(bucket("default"), b"\x10default\x00");
         assert_eq!(head("default", "a/b"), b"\x20default\x00a/b\x00");
+        assert_eq!(bucket_versioning("b"), b"\x12b\x00");
+        assert_eq!(null_version("b", "a/b"), b"\x22b\x00a/b\x00");
+        let (lo, hi) = bucket_null_versions("b");
+        assert!(lo.as_slice() <= null_version("b", "k").as_slice() && null_version("b", "k") < hi);
+        assert!(null_version("bb", "k") >= hi);
         assert_eq!(
             version("default", "k", 1),
             b"\x21default\x00k\x00\xff\xff\xff\xff\xff\xff\xff\xfe".to_vec()

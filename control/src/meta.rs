@@ -151,6 +151,10 @@ pub struct PutOutcome {
     /// A damaged copy of the content was replaced; its files are listed under
     /// [`replaced_intent`] for deletion.
     pub replaced_damaged: bool,
+    /// The version is the key's null version (written while the bucket's versioning was
+    /// suspended). Not known (false) for a commit whose answer was lost and found again; the
+    /// version's number names it either way.
+    pub null: bool,
 }
 
 impl PutOutcome {
@@ -441,8 +445,8 @@ pub fn key_revoke(kv: &dyn Kv, id_or_name: &str) -> Result<bool> {
 }
 
 /// Deletes a bucket that holds no version of any key (delete markers count, as in S3), with
-/// its retention override and the heads its keys left. A transaction of a bounded size: one
-/// range read of one key, two range clears. The `default` bucket, where the native API writes, stays.
+/// its retention override, versioning setting, and the heads and null-version pointers its
+/// keys left. A transaction of a bounded size: one range read of one key, three range clears. The `default` bucket, where the native API writes, stays.
 pub fn delete_bucket(kv: &dyn Kv, bucket: &str) -> Result<()> {
     run(kv, true, |tx| {
         require_bucket(tx, bucket)?;
@@ -458,8 +462,11 @@ pub fn delete_bucket(kv: &dyn Kv, bucket: &str) -> Result<()> {
         // Heads of keys whose versions were all deleted keep only their last version number.
         let (b, e) = keys::heads_with_prefix(bucket, "");
         tx.clear_range(&b, &e)?;
+        let (b, e) = keys::bucket_null_versions(bucket);
+        tx.clear_range(&b, &e)?;
         tx.clear(&keys::bucket(bucket))?;
         tx.clear(&keys::retention(Some(bucket)))?;
+        tx.clear(&keys::bucket_versioning(bucket))?;
         Ok(())
     })
 }
@@ -591,7 +598,7 @@ pub(crate) fn append_version(
     blake3: [u8; 32],
     delete_marker: bool,
     attrs: &ObjectAttrs,
-) -> Result<VersionRec> {
+) -> Result<Appended> {
     if attrs.header_bytes() > ATTRS_BYTES_MAX {
         return Err(MetaError::Refused(format!(
             "a version keeps at most {ATTRS_BYTES_MAX} bytes of headers"
@@ -618,10 +625,92 @@ pub(crate) fn append_version(
         Stat::Objects,
         i64::from(!delete_marker) - i64::from(was_live),
     )?;
+    // Versioning suspended: the new version is the key's null version, and the one before it
+    // (if any) goes, as `delete_version` would remove it. It is never the new newest, so the
+    // head and the live count are already right.
+    let null = suspended(tx, bucket)?;
+    if null {
+        if let Some(old) = null_version(tx, bucket, key)? {
+            let ok = keys::version(bucket, key, old);
+            if let Some(o) = get::<VersionRec>(tx, &ok)? {
+                tx.clear(&ok)?;
+                stat(tx, Stat::Versions, -1)?;
+                if !o.delete_marker {
+                    drop_ref(tx, &o.blake3, now_ms)?;
+                }
+            }
+        }
+        tx.set(&keys::null_version(bucket, key), &v.version.to_le_bytes())?;
+    }
     head.last_version = v.version;
     head.newest = Some(v.clone());
     put(tx, &hk, &head)?;
-    Ok(v)
+    Ok(Appended {
+        version: v.version,
+        null,
+    })
+}
+
+/// A version just added: its number, and whether it is the key's null version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Appended {
+    pub version: u64,
+    pub null: bool,
+}
+
+/// The version number that names a key's null version (S3's `versionId=null`) wherever a
+/// version is asked for; real versions count up from 1 and never reach it.
+pub const NULL_VERSION: u64 = u64::MAX;
+
+/// Whether `bucket`'s versioning is suspended.
+fn suspended(tx: &mut dyn Tx, bucket: &str) -> Result<bool> {
+    Ok(tx
+        .get(&keys::bucket_versioning(bucket))?
+        .is_some_and(|v| v.first() == Some(&1)))
+}
+
+/// Which version of `key` its null-version pointer names (it may point at a version removed by
+/// retention's trimming since).
+fn null_version(tx: &mut dyn Tx, bucket: &str, key: &str) -> Result<Option<u64>> {
+    tx.get(&keys::null_version(bucket, key))?
+        .map(|v| {
+            v.as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| RecordError("a null-version pointer is a u64".into()).into())
+        })
+        .transpose()
+}
+
+/// The version `version` names: itself, or for [`NULL_VERSION`] the key's null version.
+fn named_version(tx: &mut dyn Tx, bucket: &str, key: &str, version: u64) -> Result<u64> {
+    if version != NULL_VERSION {
+        return Ok(version);
+    }
+    null_version(tx, bucket, key)?.ok_or(MetaError::NoSuchVersion)
+}
+
+/// Suspends (or enables again) `bucket`'s versioning. While suspended, each new version of a
+/// key replaces the key's null version; the versions written before are kept either way.
+pub fn set_versioning(kv: &dyn Kv, bucket: &str, suspend: bool) -> Result<()> {
+    run(kv, true, |tx| {
+        require_bucket(tx, bucket)?;
+        let k = keys::bucket_versioning(bucket);
+        if suspend {
+            tx.set(&k, &[1])?;
+        } else {
+            tx.clear(&k)?;
+        }
+        Ok(())
+    })
+}
+
+/// Whether `bucket`'s versioning is suspended.
+pub fn versioning_suspended(kv: &dyn Kv, bucket: &str) -> Result<bool> {
+    run(kv, false, |tx| {
+        require_bucket(tx, bucket)?;
+        suspended(tx, bucket)
+    })
 }
 
 pub(crate) fn add_ref(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<bool> {
@@ -759,6 +848,7 @@ pub(crate) fn intent_prior(tx: &mut dyn Tx, intent: Option<u64>) -> Result<Prior
             deduplicated: !adopted,
             // Unknown after the fact; start-up deletes the listed files in any case.
             replaced_damaged: false,
+            null: false,
         }));
     }
     Ok(Prior::Open(Some((id, rec))))
@@ -877,6 +967,7 @@ pub fn commit_put(
             created_ms: now_ms,
             deduplicated,
             replaced_damaged,
+            null: v.null,
         })
     })
 }
@@ -909,13 +1000,14 @@ pub fn put_existing(
             created_ms: now_ms,
             deduplicated: true,
             replaced_damaged: false,
+            null: v.null,
         }))
     })
 }
 
-/// Appends a delete marker. Returns its version, or `None` when the key has no live version
-/// (deleting what is not there changes nothing).
-pub fn delete_key(kv: &dyn Kv, bucket: &str, key: &str, now_ms: u64) -> Result<Option<u64>> {
+/// Appends a delete marker. Returns it, or `None` when the key has no live version (deleting
+/// what is not there changes nothing).
+pub fn delete_key(kv: &dyn Kv, bucket: &str, key: &str, now_ms: u64) -> Result<Option<Appended>> {
     run(kv, true, |tx| {
         require_bucket(tx, bucket)?;
         let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
@@ -931,14 +1023,15 @@ pub fn delete_key(kv: &dyn Kv, bucket: &str, key: &str, now_ms: u64) -> Result<O
                     true,
                     &ObjectAttrs::default(),
                 )?;
-                Ok(Some(v.version))
+                Ok(Some(v))
             }
             _ => Ok(None),
         }
     })
 }
 
-/// Removes one version for good, dropping its content reference.
+/// Removes one version for good (or the null version, [`NULL_VERSION`]), dropping its content
+/// reference.
 pub fn delete_version(
     kv: &dyn Kv,
     bucket: &str,
@@ -948,9 +1041,13 @@ pub fn delete_version(
 ) -> Result<()> {
     run(kv, true, |tx| {
         require_bucket(tx, bucket)?;
+        let version = named_version(tx, bucket, key, version)?;
         let vk = keys::version(bucket, key, version);
         let v: VersionRec = get(tx, &vk)?.ok_or(MetaError::NoSuchVersion)?;
         tx.clear(&vk)?;
+        if null_version(tx, bucket, key)? == Some(version) {
+            tx.clear(&keys::null_version(bucket, key))?;
+        }
         stat(tx, Stat::Versions, -1)?;
         if !v.delete_marker {
             drop_ref(tx, &v.blake3, now_ms)?;
@@ -1001,17 +1098,23 @@ pub fn part_list(tx: &mut dyn Tx, blake3: &[u8; 32]) -> Result<Vec<PartRef>> {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     pub version: VersionRec,
+    /// The version is the key's null version.
+    pub null: bool,
     pub content: ContentRec,
     /// The parts of a content assembled from parts, in order (empty otherwise).
     pub parts: Vec<PartRef>,
 }
 
-/// Looks up the newest version (or `version`) of a key. A delete marker reads as missing.
+/// Looks up the newest version (or `version`, [`NULL_VERSION`] for the null one) of a key. A
+/// delete marker reads as missing.
 pub fn resolve(kv: &dyn Kv, bucket: &str, key: &str, version: Option<u64>) -> Result<Resolved> {
     run(kv, false, |tx| {
         require_bucket(tx, bucket)?;
         let v: VersionRec = match version {
-            Some(n) => get(tx, &keys::version(bucket, key, n))?.ok_or(MetaError::NoSuchVersion)?,
+            Some(n) => {
+                let n = named_version(tx, bucket, key, n)?;
+                get(tx, &keys::version(bucket, key, n))?.ok_or(MetaError::NoSuchVersion)?
+            }
             None => {
                 let head: HeadRec =
                     get(tx, &keys::head(bucket, key))?.ok_or(MetaError::NoSuchKey)?;
@@ -1032,8 +1135,10 @@ pub fn resolve(kv: &dyn Kv, bucket: &str, key: &str, version: Option<u64>) -> Re
             Stored::Parts { .. } => part_list(tx, &v.blake3)?,
             _ => Vec::new(),
         };
+        let null = null_version(tx, bucket, key)? == Some(v.version);
         Ok(Resolved {
             version: v,
+            null,
             content,
             parts,
         })
@@ -1084,11 +1189,13 @@ pub struct DelimitedPage {
 /// One entry of a version listing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VersionListed {
-    /// A version (or delete marker) of `key`; `latest` when it is the key's newest.
+    /// A version (or delete marker) of `key`; `latest` when it is the key's newest, `null`
+    /// when it is the key's null version.
     Version {
         key: String,
         version: VersionRec,
         latest: bool,
+        null: bool,
     },
     /// Keys rolled up at the delimiter: the prefix, the delimiter included.
     Prefix(String),
@@ -1124,6 +1231,7 @@ pub fn list_versions(
         let (mut begin, end) = keys::versions_with_prefix(bucket, prefix);
         match (key_marker, version_marker) {
             (Some(km), Some(vm)) => {
+                let vm = named_version(tx, bucket, km, vm)?;
                 let mut after = keys::version(bucket, km, vm);
                 after.push(0);
                 begin = begin.max(after);
@@ -1133,8 +1241,8 @@ pub fn list_versions(
         }
         let mut entries: Vec<VersionListed> = Vec::new();
         let mut more = false;
-        // The newest version of the key last looked at.
-        let mut newest: Option<(String, Option<u64>)> = None;
+        // The newest and the null version of the key last looked at.
+        let mut newest: Option<(String, Option<u64>, Option<u64>)> = None;
         'scan: loop {
             let chunk = tx.get_range(&begin, &end, limit + 1, false)?;
             let n = chunk.len();
@@ -1152,16 +1260,19 @@ pub fn list_versions(
                     Some(cp) => Some(VersionListed::Prefix(cp.clone())),
                     None => {
                         let v: VersionRec = decode(&val)?;
-                        if newest.as_ref().is_none_or(|(k, _)| k != key) {
+                        if newest.as_ref().is_none_or(|(k, _, _)| k != key) {
                             let head: Option<HeadRec> = get(tx, &keys::head(bucket, key))?;
                             let n = head.and_then(|h| h.newest).map(|n| n.version);
-                            newest = Some((key.to_string(), n));
+                            newest = Some((key.to_string(), n, null_version(tx, bucket, key)?));
                         }
-                        let latest = newest.as_ref().is_some_and(|(_, n)| *n == Some(v.version));
+                        let (latest, null) = newest.as_ref().map_or((false, false), |(_, n, z)| {
+                            (*n == Some(v.version), *z == Some(v.version))
+                        });
                         Some(VersionListed::Version {
                             key: key.to_string(),
                             version: v,
                             latest,
+                            null,
                         })
                     }
                 };
@@ -1438,6 +1549,7 @@ pub fn trim_versions(
     for key in &keys_page {
         removed += run(kv, true, |tx| {
             let (b, e) = keys::versions(bucket, key);
+            let null = null_version(tx, bucket, key)?;
             let mut n: u64 = 0;
             for (k, v) in tx
                 .get_range(&b, &e, usize::MAX, false)?
@@ -1446,6 +1558,9 @@ pub fn trim_versions(
             {
                 let v: VersionRec = decode(&v)?;
                 tx.clear(&k)?;
+                if null == Some(v.version) {
+                    tx.clear(&keys::null_version(bucket, key))?;
+                }
                 if !v.delete_marker {
                     drop_ref(tx, &v.blake3, now_ms)?;
                 }
@@ -1968,6 +2083,7 @@ mod tests {
                         key,
                         version,
                         latest,
+                        ..
                     } => format!(
                         "{key}@{}{}{}",
                         version.version,
@@ -2093,7 +2209,13 @@ mod tests {
             resolve(&kv, "default", "k", None).unwrap().content.stored,
             Stored::Inline(b"b".to_vec())
         );
-        assert_eq!(delete_key(&kv, "default", "k", 12).unwrap(), Some(3));
+        assert_eq!(
+            delete_key(&kv, "default", "k", 12).unwrap(),
+            Some(Appended {
+                version: 3,
+                null: false
+            })
+        );
         assert!(matches!(
             resolve(&kv, "default", "k", None),
             Err(MetaError::NoSuchKey)
@@ -2133,6 +2255,120 @@ mod tests {
             Err(MetaError::NoSuchVersion)
         ));
         assert!(versions(&kv, "default", "never").unwrap().is_none());
+    }
+
+    #[test]
+    fn suspended_versioning_keeps_one_null_version_per_key() {
+        let (_d, kv) = kv();
+        create_bucket(&kv, "b", 1).unwrap();
+        let put = |body: &[u8], t: u64| {
+            commit_put(
+                &kv,
+                "b",
+                "k",
+                None,
+                &inline(body),
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                t,
+            )
+            .unwrap()
+        };
+        let refs = |body: &[u8]| content(&kv, blake3_stub(body)).unwrap().unwrap().refs;
+        let listed = || -> Vec<(u64, bool, bool)> {
+            list_versions(&kv, "b", "", None, None, None, 100)
+                .unwrap()
+                .entries
+                .into_iter()
+                .map(|e| match e {
+                    VersionListed::Version {
+                        version,
+                        latest,
+                        null,
+                        ..
+                    } => (version.version, latest, null),
+                    VersionListed::Prefix(p) => panic!("prefix {p}"),
+                })
+                .collect()
+        };
+        assert!(put(b"a", 10).version == 1 && !put(b"a", 10).null);
+        assert!(!versioning_suspended(&kv, "b").unwrap());
+        set_versioning(&kv, "b", true).unwrap();
+        assert!(versioning_suspended(&kv, "b").unwrap());
+        let x = put(b"x", 11);
+        assert!(x.null && x.version == 3);
+        assert_eq!(refs(b"x"), 1);
+        // The next write replaces the null version: its content loses its reference.
+        let y = put(b"y", 12);
+        assert!(y.null && y.version == 4);
+        assert_eq!(refs(b"x"), 0);
+        assert_eq!(
+            listed(),
+            vec![(4, true, true), (2, false, false), (1, false, false)]
+        );
+        let r = resolve(&kv, "b", "k", Some(NULL_VERSION)).unwrap();
+        assert!(r.null && r.version.version == 4);
+        assert!(resolve(&kv, "b", "k", None).unwrap().null);
+        assert!(!resolve(&kv, "b", "k", Some(2)).unwrap().null);
+        // A delete marker made while suspended is the null version too.
+        let m = delete_key(&kv, "b", "k", 13).unwrap().unwrap();
+        assert_eq!(
+            m,
+            Appended {
+                version: 5,
+                null: true
+            }
+        );
+        assert_eq!(refs(b"y"), 0);
+        assert_eq!(
+            listed(),
+            vec![(5, true, true), (2, false, false), (1, false, false)]
+        );
+        // Enabled again: new versions are kept, the null one stays until deleted by name.
+        set_versioning(&kv, "b", false).unwrap();
+        let z = put(b"z", 14);
+        assert!(!z.null && z.version == 6);
+        assert_eq!(listed()[1], (5, false, true));
+        // Listing after the null version by name.
+        let after = list_versions(&kv, "b", "", None, Some("k"), Some(NULL_VERSION), 100).unwrap();
+        assert_eq!(after.entries.len(), 2);
+        delete_version(&kv, "b", "k", NULL_VERSION, 15).unwrap();
+        assert!(matches!(
+            resolve(&kv, "b", "k", Some(NULL_VERSION)),
+            Err(MetaError::NoSuchVersion)
+        ));
+        assert!(matches!(
+            delete_version(&kv, "b", "k", NULL_VERSION, 15),
+            Err(MetaError::NoSuchVersion)
+        ));
+        assert_eq!(audit(&kv).unwrap(), Vec::<String>::new());
+        // Retention may trim the null version: its pointer then names nothing.
+        set_versioning(&kv, "b", true).unwrap();
+        put(b"n", 16);
+        set_versioning(&kv, "b", false).unwrap();
+        put(b"o", 17);
+        trim_versions(&kv, "b", None, 10, 1, 18).unwrap();
+        assert!(matches!(
+            resolve(&kv, "b", "k", Some(NULL_VERSION)),
+            Err(MetaError::NoSuchVersion)
+        ));
+        // A deleted bucket takes its setting and pointers with it.
+        set_versioning(&kv, "b", true).unwrap();
+        put(b"p", 19);
+        for v in versions(&kv, "b", "k").unwrap().unwrap() {
+            delete_version(&kv, "b", "k", v.version, 20).unwrap();
+        }
+        set_versioning(&kv, "b", true).unwrap();
+        delete_bucket(&kv, "b").unwrap();
+        create_bucket(&kv, "b", 21).unwrap();
+        assert!(!versioning_suspended(&kv, "b").unwrap());
+        run(&kv, false, |tx| {
+            let (lo, hi) = keys::bucket_null_versions("b");
+            assert!(tx.get_range(&lo, &hi, 1, false)?.is_empty());
+            Ok::<_, MetaError>(())
+        })
+        .unwrap();
+        assert_eq!(audit(&kv).unwrap(), Vec::<String>::new());
     }
 
     #[test]

@@ -159,6 +159,7 @@ pub fn commit_part(
             created_ms: now_ms,
             deduplicated,
             replaced_damaged,
+            null: false,
         })
     })
 }
@@ -341,6 +342,7 @@ pub fn complete(
                 created_ms: now_ms,
                 deduplicated: !new,
                 replaced_damaged: false,
+                null: v.null,
             },
             blake3: name,
             size_bytes: size,

@@ -168,7 +168,7 @@ requests! {
         cond: WriteCondition,
         attrs: ObjectAttrs,
     } -> Option<PutOutcome>,
-    DeleteKey { bucket: String, key: String } -> Option<u64>,
+    DeleteKey { bucket: String, key: String } -> Option<meta::Appended>,
     DeleteVersion {
         bucket: String,
         key: String,
@@ -379,6 +379,10 @@ requests! {
     KeyList -> Vec<(String, AccessKeyRec)>,
     /// Removes the key with this id or name; `false` if there is none.
     KeyRevoke { id_or_name: String } -> bool,
+    /// Whether `bucket`'s versioning is suspended.
+    VersioningSuspended { bucket: String } -> bool,
+    /// Suspends (or enables again) `bucket`'s versioning.
+    SetVersioning { bucket: String, suspend: bool } -> (),
 }
 
 impl Request {
@@ -401,6 +405,7 @@ impl Request {
                 | Request::UploadsExpired { .. }
                 | Request::GcCandidates { .. }
                 | Request::Retention { .. }
+                | Request::VersioningSuspended { .. }
                 | Request::Buckets
                 | Request::Contents { .. }
                 | Request::DrainProgress { .. }
@@ -874,6 +879,12 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         Buckets => answer::<ask::Buckets>(meta::buckets(kv)?),
         Contents { after, limit } => {
             answer::<ask::Contents>(meta::contents(kv, after, limit.min(10_000))?)
+        }
+        VersioningSuspended { bucket } => {
+            answer::<ask::VersioningSuspended>(meta::versioning_suspended(kv, &bucket)?)
+        }
+        SetVersioning { bucket, suspend } => {
+            answer::<ask::SetVersioning>(meta::set_versioning(kv, &bucket, suspend)?)
         }
         SetRetention { bucket, keep } => {
             answer::<ask::SetRetention>(meta::set_retention(kv, bucket.as_deref(), keep)?)

@@ -689,7 +689,8 @@ async fn delete(node: &Arc<Node>, req: &Request<ReqBody>, raw_key: &str) -> Resu
         }
         None => {
             if let Some(v) = node.meta.ask(ask::DeleteKey { bucket, key }).await? {
-                r.headers_mut().insert("x-version", HeaderValue::from(v));
+                r.headers_mut()
+                    .insert("x-version", HeaderValue::from(v.version));
             }
         }
     }

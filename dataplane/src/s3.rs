@@ -806,7 +806,7 @@ async fn get_object(
     let etag = etag_of(v);
     let mut h = http::HeaderMap::new();
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
-    h.insert("x-amz-version-id", HeaderValue::from(v.version));
+    h.insert("x-amz-version-id", version_header(v.version, resolved.null));
     h.insert(
         header::LAST_MODIFIED,
         HeaderValue::from_str(&crate::time::http_date(v.created_ms)).expect("date"),
@@ -939,7 +939,7 @@ async fn delete_one(
     bucket: &str,
     key: &str,
     version: Option<u64>,
-) -> Result<Option<u64>, S3Error> {
+) -> Result<Option<ostore_control::meta::Appended>, S3Error> {
     let r = match version {
         Some(v) => front
             .node
@@ -982,10 +982,10 @@ async fn delete_object(
         r.headers_mut()
             .insert("x-amz-delete-marker", HeaderValue::from_static("true"));
         r.headers_mut()
-            .insert("x-amz-version-id", HeaderValue::from(m));
+            .insert("x-amz-version-id", version_header(m.version, m.null));
     } else if let Some(v) = version {
         r.headers_mut()
-            .insert("x-amz-version-id", HeaderValue::from(v));
+            .insert("x-amz-version-id", version_header(v, false));
     }
     Ok(r)
 }
@@ -997,14 +997,7 @@ async fn delete_objects(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp
     doc.push_str(xml::NAMESPACE);
     doc.push_str("\">");
     for o in objects {
-        let version = match o.version_id.as_deref().map(str::parse::<u64>) {
-            None => Ok(None),
-            Some(Ok(v)) => Ok(Some(v)),
-            Some(Err(_)) => Err(S3Error::new(
-                Code::InvalidArgument,
-                "invalid version id (ostore's version ids are numbers)",
-            )),
-        };
+        let version = o.version_id.as_deref().map(parse_version).transpose();
         let r = match version {
             Ok(v) => delete_one(front, bucket, &o.key, v).await.map(|m| (v, m)),
             Err(e) => Err(e),
@@ -1017,11 +1010,15 @@ async fn delete_objects(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp
                 doc.push_str("<Deleted>");
                 xml::element(&mut doc, "Key", &o.key);
                 if let Some(v) = v {
-                    xml::element(&mut doc, "VersionId", &v.to_string());
+                    xml::element(&mut doc, "VersionId", &version_label(v, false));
                 }
                 if let Some(m) = marker {
                     xml::element(&mut doc, "DeleteMarker", "true");
-                    xml::element(&mut doc, "DeleteMarkerVersionId", &m.to_string());
+                    xml::element(
+                        &mut doc,
+                        "DeleteMarkerVersionId",
+                        &version_label(m.version, m.null),
+                    );
                 }
                 doc.push_str("</Deleted>");
             }
@@ -1298,7 +1295,7 @@ async fn put_object(
     r.headers_mut().insert(header::ETAG, md5_etag(&checked.md5));
     r.headers_mut().insert(
         "x-amz-version-id",
-        HeaderValue::from(committed.outcome.version),
+        version_header(committed.outcome.version, committed.outcome.null),
     );
     if let Some((a, value)) = checked.checksum {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -1320,14 +1317,33 @@ fn require_valid_key(key: &str) -> Result<(), S3Error> {
         })
 }
 
-/// A version id from a request: ostore's versions are numbers.
+/// A version id from a request: ostore's versions are numbers, and `null` names a key's null
+/// version (`meta::NULL_VERSION`).
 fn parse_version(v: &str) -> Result<u64, S3Error> {
-    v.parse().map_err(|_| {
-        S3Error::new(
+    if v == "null" {
+        return Ok(ostore_control::meta::NULL_VERSION);
+    }
+    match v.parse() {
+        Ok(n) if n != ostore_control::meta::NULL_VERSION => Ok(n),
+        _ => Err(S3Error::new(
             Code::InvalidArgument,
-            format!("invalid version id {v:?} (ostore's version ids are numbers)"),
-        )
-    })
+            format!("invalid version id {v:?} (ostore's version ids are numbers, or null)"),
+        )),
+    }
+}
+
+/// A version id as S3 shows it: `null` for a key's null version, else its number.
+fn version_label(version: u64, null: bool) -> String {
+    if null || version == ostore_control::meta::NULL_VERSION {
+        "null".to_string()
+    } else {
+        version.to_string()
+    }
+}
+
+/// `x-amz-version-id`'s value.
+fn version_header(version: u64, null: bool) -> HeaderValue {
+    HeaderValue::from_str(&version_label(version, null)).expect("digits or null")
 }
 
 /// The conditions `x-amz-copy-source-if-*` put on the source of a copy, as `If-*` headers.
@@ -1482,39 +1498,55 @@ async fn copy_object(
     xml::element(&mut doc, "ETag", &etag_of(&copied));
     doc.push_str("</CopyObjectResult>");
     let mut r = xml_response(StatusCode::OK, doc);
-    r.headers_mut()
-        .insert("x-amz-version-id", HeaderValue::from(copied.version));
+    r.headers_mut().insert(
+        "x-amz-version-id",
+        version_header(copied.version, outcome.null),
+    );
     r.headers_mut().insert(
         "x-amz-copy-source-version-id",
-        HeaderValue::from(sv.version),
+        version_header(sv.version, src.null),
     );
     Ok(r)
 }
 
-/// GetBucketVersioning: ostore keeps every version of every key (until a retention setting
-/// trims them), which is S3's `Enabled`.
+/// GetBucketVersioning: a bucket keeps every version of every key (until a retention setting
+/// trims them), which is S3's `Enabled`, unless its versioning was suspended.
 async fn get_versioning(front: &Front, bucket: &str) -> Result<Resp, S3Error> {
-    require_bucket(front, bucket).await?;
+    let suspended = front
+        .node
+        .meta
+        .ask(ask::VersioningSuspended {
+            bucket: bucket.to_string(),
+        })
+        .await
+        .map_err(meta_error)?;
     let mut doc = String::from(xml::DECLARATION);
     doc.push_str("<VersioningConfiguration xmlns=\"");
     doc.push_str(xml::NAMESPACE);
-    doc.push_str("\"><Status>Enabled</Status></VersioningConfiguration>");
+    doc.push_str("\"><Status>");
+    doc.push_str(if suspended { "Suspended" } else { "Enabled" });
+    doc.push_str("</Status></VersioningConfiguration>");
     Ok(xml_response(StatusCode::OK, doc))
 }
 
-/// PutBucketVersioning: `Enabled` is what every bucket is; `Suspended` (a `null` version that
-/// each write replaces) is refused, naming why.
+/// PutBucketVersioning: `Enabled` keeps every version (every bucket starts so); `Suspended`
+/// makes each new version of a key its `null` version, replacing the previous null one, while
+/// the versions written before stay. MFA delete is not offered.
 async fn put_versioning(front: &Front, bucket: &str, body: &[u8]) -> Result<Resp, S3Error> {
-    let enabled = xml::versioning(body)?;
-    require_bucket(front, bucket).await?;
-    match enabled {
-        Some(true) | None => Ok(empty(StatusCode::OK)),
-        Some(false) => Err(S3Error::new(
-            Code::NotImplemented,
-            "ostore keeps every version: versioning cannot be suspended (null versions are not \
-             served); `osctl retention set N --bucket B` bounds how many are kept",
-        )),
-    }
+    let Some(enabled) = xml::versioning(body)? else {
+        require_bucket(front, bucket).await?;
+        return Ok(empty(StatusCode::OK));
+    };
+    front
+        .node
+        .meta
+        .ask(ask::SetVersioning {
+            bucket: bucket.to_string(),
+            suspend: !enabled,
+        })
+        .await
+        .map_err(meta_error)?;
+    Ok(empty(StatusCode::OK))
 }
 
 /// ListObjectVersions: every version and delete marker under a prefix, rolled up at a
@@ -1583,6 +1615,7 @@ async fn list_versions(front: &Front, bucket: &str, query: &str) -> Result<Resp,
                 key,
                 version,
                 latest,
+                null,
             } => {
                 let tag = if version.delete_marker {
                     "DeleteMarker"
@@ -1593,7 +1626,11 @@ async fn list_versions(front: &Front, bucket: &str, query: &str) -> Result<Resp,
                 doc.push_str(tag);
                 doc.push('>');
                 xml::element(&mut doc, "Key", &la.enc(key));
-                xml::element(&mut doc, "VersionId", &version.version.to_string());
+                xml::element(
+                    &mut doc,
+                    "VersionId",
+                    &version_label(version.version, *null),
+                );
                 xml::element(&mut doc, "IsLatest", if *latest { "true" } else { "false" });
                 xml::element(
                     &mut doc,

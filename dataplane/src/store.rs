@@ -941,6 +941,8 @@ async fn commit_write(
                     created_ms,
                     deduplicated,
                     replaced_damaged,
+                    // Not known here; the number names the version either way.
+                    null: false,
                 });
             }
             lifecycle::Action::Answer(None) => {

@@ -1,6 +1,6 @@
 """boto3 on what S3 keeps with an object besides its bytes, and on what builds on it: MD5
 ETags, headers and user metadata, checksums on request, CopyObject, conditional writes on S3
-ETags, versioning and ListObjectVersions.
+ETags, versioning (suspended too, with null versions) and ListObjectVersions.
 
 Usage: s3_meta.py ENDPOINT SECRET BUCKET OTHER_BUCKET
 Prints "ok NAME" or "FAIL NAME: why" per check; exits 1 if any failed.
@@ -79,12 +79,12 @@ check("a copy of a missing key: NoSuchKey",
       code_of(lambda: s3.copy_object(Bucket=bucket, Key="c2", CopySource={"Bucket": bucket, "Key": "nothing"})) == "NoSuchKey")
 check("nothing was written by the refused copies", code_of(lambda: s3.head_object(Bucket=bucket, Key="c2")) == "404")
 
-# Versioning: always Enabled; every version and delete marker listed.
+# Versioning: Enabled from the start; every version and delete marker listed.
 check("versioning is Enabled", s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled")
 check("enabling it again is fine",
       s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})["ResponseMetadata"]["HTTPStatusCode"] == 200)
-check("suspending it: NotImplemented",
-      code_of(lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})) == "NotImplemented")
+check("a status that is neither: MalformedXML",
+      code_of(lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Off"})) == "MalformedXML")
 for i in range(3):
     s3.put_object(Bucket=bucket, Key="v/k", Body=b"v%d" % i)
 s3.delete_object(Bucket=bucket, Key="v/k")
@@ -110,4 +110,49 @@ check("copying an old version over a deleted key restores it",
       s3.get_object(Bucket=bucket, Key="v/k")["Body"].read() == b"v0")
 check("a version id that is not a number: InvalidArgument",
       code_of(lambda: s3.list_object_versions(Bucket=bucket, KeyMarker="v/k", VersionIdMarker="abc")) == "InvalidArgument")
+
+# Suspended: each write becomes the key's null version, replacing the previous null one; what
+# was written while enabled stays.
+first = s3.put_object(Bucket=bucket, Key="s/k", Body=b"kept")["VersionId"]
+s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+check("versioning reads Suspended", s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Suspended")
+r1 = s3.put_object(Bucket=bucket, Key="s/k", Body=b"null one")
+r2 = s3.put_object(Bucket=bucket, Key="s/k", Body=b"null two")
+check("a PUT while suspended is the null version", r1.get("VersionId") == "null" and r2.get("VersionId") == "null", (r1, r2))
+vs = s3.list_object_versions(Bucket=bucket, Prefix="s/")
+ids = [(v["VersionId"], v["IsLatest"], v["ETag"]) for v in vs.get("Versions", [])]
+check("one null version (the last write) and the enabled one before it",
+      ids == [("null", True, md5_tag(b"null two")), (first, False, md5_tag(b"kept"))], ids)
+g = s3.get_object(Bucket=bucket, Key="s/k", VersionId="null")
+check("GET versionId=null reads it", g["Body"].read() == b"null two" and g["VersionId"] == "null", g.get("VersionId"))
+check("HEAD names it null", s3.head_object(Bucket=bucket, Key="s/k")["VersionId"] == "null")
+c = s3.copy_object(Bucket=bucket, Key="s/copy", CopySource={"Bucket": bucket, "Key": "s/k", "VersionId": "null"})
+check("a copy from and into a suspended bucket: null on both sides",
+      c.get("VersionId") == "null" and c.get("CopySourceVersionId") == "null", c)
+d = s3.delete_object(Bucket=bucket, Key="s/k")
+check("a DELETE while suspended makes a null delete marker", d.get("DeleteMarker") and d.get("VersionId") == "null", d)
+vs = s3.list_object_versions(Bucket=bucket, Prefix="s/k")
+check("the marker replaced the null version",
+      [v["VersionId"] for v in vs.get("Versions", [])] == [first]
+      and [(m["VersionId"], m["IsLatest"]) for m in vs.get("DeleteMarkers", [])] == [("null", True)], vs)
+up = s3.create_multipart_upload(Bucket=bucket, Key="s/mp")["UploadId"]
+e = s3.upload_part(Bucket=bucket, Key="s/mp", UploadId=up, PartNumber=1, Body=b"part")["ETag"]
+m = s3.complete_multipart_upload(Bucket=bucket, Key="s/mp", UploadId=up,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
+check("a completed multipart upload while suspended is the null version", m.get("VersionId") == "null", m)
+# Enabled again: versions are kept once more; the null version stays until deleted by name.
+s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+n = s3.put_object(Bucket=bucket, Key="s/copy", Body=b"numbered")["VersionId"]
+check("enabled again: a numbered version", n != "null" and n.isdigit(), n)
+vs = s3.list_object_versions(Bucket=bucket, Prefix="s/copy", KeyMarker="s/copy", VersionIdMarker="null")
+check("version-id-marker=null lists what is older than the null version", vs.get("Versions", []) == [], vs)
+vs = s3.list_object_versions(Bucket=bucket, Prefix="s/copy")
+check("the null version stays", [v["VersionId"] for v in vs["Versions"]] == [n, "null"], vs)
+d = s3.delete_object(Bucket=bucket, Key="s/copy", VersionId="null")
+check("DELETE versionId=null removes it", d.get("VersionId") == "null", d)
+check("and it is gone", code_of(lambda: s3.get_object(Bucket=bucket, Key="s/copy", VersionId="null")) == "NoSuchVersion")
+r = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "s/mp", "VersionId": "null"}]})
+check("DeleteObjects takes versionId null", [x.get("VersionId") for x in r.get("Deleted", [])] == ["null"], r)
+check("a bucket that does not exist has no versioning",
+      code_of(lambda: s3.get_bucket_versioning(Bucket="no-such-bucket-here")) == "NoSuchBucket")
 done()

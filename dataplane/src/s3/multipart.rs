@@ -218,8 +218,10 @@ pub async fn complete(
     xml::element(&mut doc, "ETag", &etag);
     doc.push_str("</CompleteMultipartUploadResult>");
     let mut r = xml_response(StatusCode::OK, doc);
-    r.headers_mut()
-        .insert("x-amz-version-id", HeaderValue::from(c.outcome.version));
+    r.headers_mut().insert(
+        "x-amz-version-id",
+        super::version_header(c.outcome.version, c.outcome.null),
+    );
     Ok(r)
 }
 
