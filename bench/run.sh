@@ -202,6 +202,9 @@ print()
 print("Where the time goes (profiles of these rows) and the changes made from them, each as a")
 print("before/after ratio measured by `bench/ab.sh`: [PROFILE.md](PROFILE.md).")
 print()
-print("The S3 API against the native API on the same server (`bench/s3.sh`): [S3.md](S3.md).")
+print("The S3 API against the native API on the same server (`bench/s3.sh`): [S3.md](S3.md). ostore")
+print("against Ceph RGW on the same machine through the same S3 client (`bench/peer.sh`): below.")
 PY
+# The side-by-side against Ceph RGW, as bench/peer.sh last measured it.
+[ -f bench/PEER.md ] && { echo; cat bench/PEER.md; } >>bench/RESULTS.md
 cat bench/RESULTS.md

@@ -22,13 +22,17 @@ pub struct LoadArgs {
     #[arg(long, env = "OSTORE_ENDPOINT", default_value = "http://127.0.0.1:9080")]
     endpoint: String,
     /// Protocol: http (HTTP/1.1) or h3 (HTTP/3), either way a connection per worker; or s3
-    /// (S3 over HTTP/1.1, every request SigV4-signed with the root key, bodies
+    /// (S3 over HTTP/1.1, every request SigV4-signed, with the root key by default; bodies
     /// `UNSIGNED-PAYLOAD`) against the S3 endpoint.
     #[arg(long, default_value = "http", value_parser = ["http", "h3", "s3"])]
     protocol: String,
     /// For s3: the bucket the objects go in (made if missing).
     #[arg(long, default_value = "osbench")]
     bucket: String,
+    /// For s3: the access key to sign with (ostore's root key by default; another S3 server's
+    /// user for a side-by-side run), its secret being the secret below.
+    #[arg(long, env = "OSTORE_ACCESS_KEY", default_value = "root")]
+    access_key: String,
     /// For h3: one QUIC connection per thread, carrying all of its workers' requests as
     /// concurrent streams.
     #[arg(long)]
@@ -81,6 +85,11 @@ pub struct LoadArgs {
     /// Key prefix for the objects written.
     #[arg(long, default_value = "osbench")]
     prefix: String,
+    /// Processes of the server (on this machine) whose CPU time over the measured run, not
+    /// counting the preparation of objects, goes into the JSON as `server_cpu_s`, and whose
+    /// resident sets at its end as `server_rss_kib` (e.g. `--server-pid 812,813`).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Object contents: random (incompressible) or text (JSON lines, compresses several-fold).
     #[arg(long, default_value = "random", value_parser = ["random", "text"])]
     content: String,
@@ -191,8 +200,9 @@ impl Stats {
 #[derive(Clone)]
 enum Proto {
     Http1,
-    /// S3 over HTTP/1.1: requests signed with the root key.
+    /// S3 over HTTP/1.1: requests signed with `access_key`.
     S3 {
+        access_key: String,
         secret: String,
         bucket: String,
     },
@@ -270,7 +280,13 @@ impl Plan {
 }
 
 /// SigV4 `Authorization` (and the `x-amz-*` headers it signs) for an S3 request, signed now.
-fn sign_s3(secret: &str, host: &str, method: &http::Method, path: &str) -> http::HeaderMap {
+fn sign_s3(
+    access_key: &str,
+    secret: &str,
+    host: &str,
+    method: &http::Method,
+    path: &str,
+) -> http::HeaderMap {
     let (p, q) = path.split_once('?').unwrap_or((path, ""));
     let mut h = http::HeaderMap::new();
     h.insert(
@@ -287,7 +303,7 @@ fn sign_s3(secret: &str, host: &str, method: &http::Method, path: &str) -> http:
         &mut h,
         ostore_s3::sigv4::UNSIGNED_PAYLOAD,
         &ostore_s3::sigv4::Signer {
-            access_key: "root",
+            access_key,
             secret,
             region: "us-east-1",
             now_s,
@@ -426,8 +442,10 @@ async fn request(
         .collect();
     let mut req = http::Request::builder().method(method.clone()).uri(path);
     match &plan.proto {
-        Proto::S3 { secret, .. } => {
-            for (n, v) in &sign_s3(secret, &plan.host, &method, path) {
+        Proto::S3 {
+            access_key, secret, ..
+        } => {
+            for (n, v) in &sign_s3(access_key, secret, &plan.host, &method, path) {
                 req = req.header(n, v);
             }
         }
@@ -713,6 +731,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
                 bail!("--verify checks BLAKE3 ETags, which the S3 API does not answer with");
             }
             Proto::S3 {
+                access_key: a.access_key.clone(),
                 secret: secret.clone(),
                 bucket: a.bucket.clone(),
             }
@@ -747,8 +766,13 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     };
     let seq = Arc::new(AtomicU64::new(0));
     let auth = format!("Bearer {secret}");
-    if let Proto::S3 { secret, bucket } = &proto {
-        create_bucket(&host, secret, bucket)?;
+    if let Proto::S3 {
+        access_key,
+        secret,
+        bucket,
+    } = &proto
+    {
+        create_bucket(&host, access_key, secret, bucket)?;
     }
     // Prepare objects for reads and deletes: keys PREFIX/0 .. PREFIX/{objects-1}.
     if !matches!(workload, Workload::Put) {
@@ -809,6 +833,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
     let ops_left = Arc::new(AtomicU64::new(ops));
     let started = Instant::now();
     let cpu_before = process_cpu_s();
+    let server_before = servers_cpu_s(&a.server_pid)?;
     let (h, au, pfx) = (host.clone(), auth.clone(), a.prefix.clone());
     let (objects, verify) = (a.objects, a.verify);
     let ol = ops_left.clone();
@@ -856,18 +881,59 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         let _ = p.join();
     }
     let (stats, secs) = r?;
-    report(
-        &a,
-        &stats,
-        secs,
-        threads,
-        conc,
-        process_cpu_s() - cpu_before,
-    )
+    let cpu = process_cpu_s() - cpu_before;
+    let server = Server {
+        cpu_s: servers_cpu_s(&a.server_pid)? - server_before,
+        rss_kib: servers_rss_kib(&a.server_pid)?,
+    };
+    report(&a, &stats, secs, threads, conc, cpu, server)
+}
+
+/// What `--server-pid` measured.
+struct Server {
+    cpu_s: f64,
+    rss_kib: u64,
+}
+
+/// The CPU time (user + system, every thread) the processes `pids` have used, in seconds.
+fn servers_cpu_s(pids: &[u32]) -> anyhow::Result<f64> {
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("--server-pid {pid}"))?;
+        // The fields after the command name, which may hold spaces: state is field 3, utime
+        // and stime fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(14) + field(15);
+    }
+    Ok(ticks as f64 / hz)
+}
+
+/// The summed resident sets of the processes `pids`, in KiB.
+fn servers_rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut kib = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("--server-pid {pid}"))?;
+        kib += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(kib)
 }
 
 /// Makes the S3 bucket the run writes to (one that exists already is fine).
-fn create_bucket(host: &str, secret: &str, bucket: &str) -> anyhow::Result<()> {
+fn create_bucket(host: &str, access_key: &str, secret: &str, bucket: &str) -> anyhow::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;
@@ -878,7 +944,7 @@ fn create_bucket(host: &str, secret: &str, bucket: &str) -> anyhow::Result<()> {
         let mut req = http::Request::builder()
             .method(http::Method::PUT)
             .uri(&path);
-        for (n, v) in &sign_s3(secret, host, &http::Method::PUT, &path) {
+        for (n, v) in &sign_s3(access_key, secret, host, &http::Method::PUT, &path) {
             req = req.header(n, v);
         }
         let req = req.body(StreamBody::new(futures_util::stream::iter(Vec::new())))?;
@@ -943,6 +1009,7 @@ fn report(
     threads: usize,
     conc: usize,
     cpu_s: f64,
+    server: Server,
 ) -> anyhow::Result<()> {
     let total: u64 = stats.ops.values().map(|s| s.hist.len() + s.errors).sum();
     match a.rate {
@@ -1003,6 +1070,8 @@ fn report(
             "mode": if a.rate.is_some() { "open" } else { "closed" },
             "rate_target": a.rate, "rate_achieved": total as f64 / secs,
             "client_cpu_s": cpu_s,
+            "server_cpu_s": (!a.server_pid.is_empty()).then_some(server.cpu_s),
+            "server_rss_kib": (!a.server_pid.is_empty()).then_some(server.rss_kib),
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }

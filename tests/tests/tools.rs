@@ -63,7 +63,25 @@ fn osbench_runs_every_workload_through_s3_with_no_errors() {
         let r = run(args);
         assert_eq!(r["ops"][op]["errors"], 0, "{args:?}: {r}");
         assert!(r["ops"][op]["count"].as_u64().unwrap() > 0, "{args:?}");
+        assert!(r["server_cpu_s"].is_null(), "no --server-pid: {r}");
     }
+    // The server's CPU and memory over the measured run, as the side-by-side benchmarks take
+    // them: 100 MiB served costs it some CPU time, and it holds some memory.
+    let pid = dev.pid().to_string();
+    let r = run(&[
+        "--workload",
+        "get",
+        "--size",
+        "1MiB",
+        "--objects",
+        "4",
+        "--ops",
+        "100",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(r["server_cpu_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["server_rss_kib"].as_u64().unwrap() > 1024, "{r}");
     // The objects went through S3 into the bucket the native API sees.
     let (s, list) = dev.json("/objects?bucket=bench-s3&prefix=osbench/&limit=1000");
     assert_eq!(s, 200);
