@@ -358,17 +358,29 @@ pub struct Listed {
     pub created_ms: u64,
 }
 
+/// One entry of an upload listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListedUpload {
+    Upload(Listed),
+    /// Keys rolled up at the delimiter: the prefix, the delimiter included.
+    Prefix(String),
+}
+
 /// Up to `limit` uploads of `bucket` under `prefix`, by key then id, after (`key_marker`,
-/// `id_marker`); and whether there are more.
+/// `id_marker`), with keys that contain `delimiter` after the prefix rolled up into one entry
+/// each (S3's ListMultipartUploads; uploads and prefixes both count towards `limit`); and
+/// whether there are more.
 pub fn list(
     kv: &dyn Kv,
     bucket: &str,
     prefix: &str,
+    delimiter: Option<&str>,
     key_marker: Option<&str>,
     id_marker: Option<[u8; 16]>,
     limit: usize,
-) -> Result<(Vec<Listed>, bool)> {
+) -> Result<(Vec<ListedUpload>, bool)> {
     let limit = limit.clamp(1, meta::LIST_LIMIT_MAX);
+    let delimiter = delimiter.filter(|d| !d.is_empty());
     run(kv, false, |tx| {
         if tx.get(&keys::bucket(bucket))?.is_none() {
             return Err(MetaError::NoSuchBucket);
@@ -387,20 +399,46 @@ pub fn list(
             }
             _ => {}
         }
-        let rows = tx.get_range(&b, &e, limit + 1, false)?;
-        let more = rows.len() > limit;
         let mut out = Vec::new();
-        for (k, _) in rows.into_iter().take(limit) {
-            let (key, id) = keys::parse_mpu_by_key(bucket, &k)
-                .ok_or_else(|| RecordError("upload index key".into()))?;
-            let created_ms = get_mpu(tx, &id)?.map_or(0, |m| m.created_ms);
-            out.push(Listed {
-                key: key.to_string(),
-                id,
-                created_ms,
-            });
+        'scan: loop {
+            let rows = tx.get_range(&b, &e, limit + 1, false)?;
+            let n = rows.len();
+            for (k, _) in rows {
+                let (key, id) = keys::parse_mpu_by_key(bucket, &k)
+                    .ok_or_else(|| RecordError("upload index key".into()))?;
+                let rolled = delimiter.and_then(|d| {
+                    key.get(prefix.len()..)
+                        .and_then(|rest| rest.find(d))
+                        .map(|i| key[..prefix.len() + i + d.len()].to_string())
+                });
+                let entry = match &rolled {
+                    // A prefix up to the marker was listed on an earlier page.
+                    Some(cp) if key_marker.is_some_and(|km| cp.as_str() <= km) => None,
+                    Some(cp) => Some(ListedUpload::Prefix(cp.clone())),
+                    None => Some(ListedUpload::Upload(Listed {
+                        key: key.to_string(),
+                        id,
+                        created_ms: get_mpu(tx, &id)?.map_or(0, |m| m.created_ms),
+                    })),
+                };
+                if let Some(entry) = entry {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push(entry);
+                }
+                if let Some(cp) = rolled {
+                    // Every upload under a rolled-up prefix is behind it: seek past them.
+                    b = keys::mpus_with_prefix(bucket, &cp).1;
+                    continue 'scan;
+                }
+                b = k;
+                b.push(0);
+            }
+            if n < limit + 1 {
+                return Ok((out, false));
+            }
         }
-        Ok((out, more))
     })
 }
 
@@ -590,16 +628,13 @@ mod tests {
         commit_part(&kv, "default", "k", &a, 1, None, &p, &md5_attrs(7), 2).unwrap();
         commit_part(&kv, "default", "k2", &b, 1, None, &p, &md5_attrs(7), 2).unwrap();
         assert_eq!(refs(&kv, &p), 2);
-        let (l, more) = list(&kv, "default", "", None, None, 10).unwrap();
-        assert_eq!(
-            l.iter().map(|u| (u.key.as_str(), u.id)).collect::<Vec<_>>(),
-            [("k", a), ("k2", b)]
-        );
+        let (l, more) = list(&kv, "default", "", None, None, None, 10).unwrap();
+        assert_eq!(names(&l), ["k@1", "k2@2"]);
         assert!(!more);
-        let (l, more) = list(&kv, "default", "", None, None, 1).unwrap();
+        let (l, more) = list(&kv, "default", "", None, None, None, 1).unwrap();
         assert_eq!((l.len(), more), (1, true));
-        let (l, _) = list(&kv, "default", "", Some("k"), Some(a), 10).unwrap();
-        assert_eq!(l[0].id, b);
+        let (l, _) = list(&kv, "default", "", None, Some("k"), Some(a), 10).unwrap();
+        assert_eq!(names(&l), ["k2@2"]);
         assert!(matches!(
             abort(&kv, "default", "k2", &a, 3),
             Err(MetaError::NoSuchUpload)
@@ -609,9 +644,61 @@ mod tests {
         assert_eq!(expire(&kv, 200, 10).unwrap(), 0);
         assert_eq!(expire(&kv, 201, 10).unwrap(), 1);
         assert_eq!(refs(&kv, &p), 0);
-        assert!(list(&kv, "default", "", None, None, 10)
+        assert!(list(&kv, "default", "", None, None, None, 10)
             .unwrap()
             .0
             .is_empty());
+    }
+
+    /// An upload listing as `key@first id byte`, and `prefix*` for a rolled-up prefix.
+    fn names(l: &[ListedUpload]) -> Vec<String> {
+        l.iter()
+            .map(|e| match e {
+                ListedUpload::Upload(u) => format!("{}@{}", u.key, u.id[0]),
+                ListedUpload::Prefix(p) => format!("{p}*"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upload_listings_roll_up_at_a_delimiter_and_page_past_prefixes() {
+        let (_d, kv) = kv();
+        for (i, key) in ["a/1", "a/2", "a/b/3", "b", "c/4", "c/5", "d"]
+            .iter()
+            .enumerate()
+        {
+            let id = [i as u8 + 1; 16];
+            create(&kv, &id, "default", key, &ObjectAttrs::default(), 100, 1).unwrap();
+        }
+        let all = |prefix: &str, limit: usize| {
+            // Every page, following the markers S3 gives back.
+            let (mut km, mut im, mut pages) = (None::<String>, None, Vec::new());
+            loop {
+                let (l, more) =
+                    list(&kv, "default", prefix, Some("/"), km.as_deref(), im, limit).unwrap();
+                assert!(l.len() <= limit);
+                pages.push(names(&l));
+                if !more {
+                    return pages;
+                }
+                match l.last().unwrap() {
+                    ListedUpload::Upload(u) => (km, im) = (Some(u.key.clone()), Some(u.id)),
+                    ListedUpload::Prefix(p) => (km, im) = (Some(p.clone()), None),
+                }
+            }
+        };
+        assert_eq!(all("", 10), [vec!["a/*", "b@4", "c/*", "d@7"]]);
+        assert_eq!(
+            all("", 1),
+            [vec!["a/*"], vec!["b@4"], vec!["c/*"], vec!["d@7"]]
+        );
+        assert_eq!(all("a/", 10), [vec!["a/1@1", "a/2@2", "a/b/*"]]);
+        assert_eq!(all("a/", 2), [vec!["a/1@1", "a/2@2"], vec!["a/b/*"]]);
+        // Without a delimiter, every upload.
+        let (l, more) = list(&kv, "default", "c/", None, None, None, 10).unwrap();
+        assert_eq!(
+            (names(&l), more),
+            (vec!["c/4@5".into(), "c/5@6".into()], false)
+        );
     }
 }

@@ -368,10 +368,11 @@ requests! {
     MpuList {
         bucket: String,
         prefix: String,
+        delimiter: Option<String>,
         key_marker: Option<String>,
         id_marker: Option<[u8; 16]>,
         limit: usize,
-    } -> (Vec<multipart::Listed>, bool),
+    } -> (Vec<multipart::ListedUpload>, bool),
     /// Aborts up to `limit` expired multipart uploads; answers how many.
     MpuExpire { limit: usize } -> usize,
     KeyCreate { id: String, rec: AccessKeyRec } -> (),
@@ -703,6 +704,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         MpuList {
             bucket,
             prefix,
+            delimiter,
             key_marker,
             id_marker,
             limit,
@@ -710,6 +712,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             kv,
             &bucket,
             &prefix,
+            delimiter.as_deref(),
             key_marker.as_deref(),
             id_marker,
             limit,

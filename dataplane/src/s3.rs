@@ -2,14 +2,15 @@
 //! terms. `ostore-s3` checks signatures, routes and reads the XML; this module carries the
 //! operations out and answers in S3's XML.
 //!
-//! Served so far: SigV4 (header and presigned) with the root key (access key `root`, the root
-//! secret), ListBuckets, CreateBucket, HeadBucket, DeleteBucket (when empty),
-//! GetBucketLocation, Get/PutBucketVersioning (always Enabled), ListObjectsV2, ListObjects,
-//! ListObjectVersions, PutObject (plain and `aws-chunked` bodies, the signed SHA-256,
-//! `Content-MD5` and `x-amz-checksum-*` verified; the MD5 kept as the ETag, with the kept
-//! headers and user metadata), GetObject, HeadObject, CopyObject (no byte copied),
-//! DeleteObject and DeleteObjects. Every other operation answers `501 NotImplemented`, naming
-//! it.
+//! Served: SigV4 and SigV2 (header and presigned) with the root key (access key `root`, the
+//! root secret) or a key `osctl keys` made, ListBuckets, CreateBucket, HeadBucket,
+//! DeleteBucket (when empty), GetBucketLocation, Get/PutBucketVersioning (Enabled, or
+//! Suspended with null versions), ListObjectsV2, ListObjects, ListObjectVersions, PutObject
+//! (plain and `aws-chunked` bodies, the signed SHA-256, `Content-MD5` and `x-amz-checksum-*`
+//! verified; the MD5 kept as the ETag, with the kept headers and user metadata), GetObject,
+//! HeadObject, CopyObject (no byte copied), DeleteObject, DeleteObjects, and multipart uploads
+//! (`multipart`). The sub-resources `ostore_s3::route` lists as unserved (ACLs, policies,
+//! CORS, lifecycle, tagging, ...) answer `501 NotImplemented`, naming themselves.
 
 mod multipart;
 
@@ -92,10 +93,11 @@ type Routed = Result<(&'static str, Resp), (&'static str, S3Error)>;
 async fn authenticate(
     front: &Front,
     head: &RequestHead<'_>,
+    host_bucket: Option<&str>,
     now_s: i64,
 ) -> Result<(Verified, Option<ostore_s3::keys::Scope>), S3Error> {
     let asked: std::cell::RefCell<Option<String>> = Default::default();
-    let first = ostore_s3::auth::verify(head, now_s, &|ak| {
+    let first = ostore_s3::auth::verify(head, host_bucket, now_s, &|ak| {
         if ak != "root" {
             *asked.borrow_mut() = Some(ak.to_string());
         }
@@ -119,7 +121,9 @@ async fn authenticate(
             )
         })?;
     let secret = front.creds.derived_s3_secret(&id, &rec.salt);
-    let v = ostore_s3::auth::verify(head, now_s, &|ak| (ak == id).then(|| secret.clone()))?;
+    let v = ostore_s3::auth::verify(head, host_bucket, now_s, &|ak| {
+        (ak == id).then(|| secret.clone())
+    })?;
     Ok((
         v,
         Some(ostore_s3::keys::Scope {
@@ -140,15 +144,15 @@ async fn route(front: &Front, req: Request<Incoming>) -> Routed {
         query: &query,
         headers: &parts.headers,
     };
-    let (verified, scope) = authenticate(front, &head, now_s)
-        .await
-        .map_err(|e| ("auth", e))?;
-    // Virtual-hosted style: the bucket in the Host header goes in front of the path (the
-    // signature was checked on the path as sent).
+    // Virtual-hosted style: the bucket in the Host header goes in front of the path (SigV4
+    // signs the path as sent; SigV2 signs the bucket too).
     let vhost = front.s3_domain.as_deref().and_then(|d| {
         let host = parts.headers.get(header::HOST)?.to_str().ok()?;
         ostore_s3::route::virtual_host_bucket(host, d)
     });
+    let (verified, scope) = authenticate(front, &head, vhost, now_s)
+        .await
+        .map_err(|e| ("auth", e))?;
     let route_path = match vhost {
         Some(b) => format!("/{b}{path}"),
         None => path.clone(),

@@ -314,6 +314,37 @@ fn seeds() {
         3,
         b"GET\0/test.txt\0X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404\0\x10examplebucket.s3.amazonaws.com\0".to_vec(),
     );
+    // A SigV2 header-signed request, its time in x-amz-date.
+    {
+        let date = "Fri, 24 May 2013 00:00:00 GMT";
+        let mut h = http::HeaderMap::new();
+        h.insert("x-amz-date", http::HeaderValue::from_static(date));
+        let head = ostore_s3::sigv4::RequestHead {
+            method: "GET",
+            path: "/photos/a.jpg",
+            query: "",
+            headers: &h,
+        };
+        let sig = ostore_s3::sigv2::signature(
+            ostore_fuzz::targets::S3_FUZZ_SECRET,
+            &ostore_s3::sigv2::string_to_sign(&head, None, ""),
+        );
+        let mut v = b"GET\0/photos/a.jpg\0\0".to_vec();
+        for (name, value) in [
+            ("x-amz-date", date.to_string()),
+            ("authorization", format!("AWS root:{sig}")),
+        ] {
+            v.push(
+                ostore_fuzz::input::HEADER_NAMES
+                    .iter()
+                    .position(|x| *x == name)
+                    .unwrap() as u8,
+            );
+            v.extend_from_slice(value.as_bytes());
+            v.push(0);
+        }
+        put("s3_sigv4", 4, v);
+    }
     // s3_chunked: flags (1 signed, 2 trailer), piece size, body.
     put(
         "s3_chunked",

@@ -131,6 +131,8 @@ pub static ALL: &[Target] = &[
         run: s3_sigv4,
         dictionary: &[
             b"AWS4-HMAC-SHA256 ",
+            b"AWS root:",
+            b"Fri, 24 May 2013 00:00:00 GMT",
             b"Credential=",
             b", SignedHeaders=",
             b", Signature=",
@@ -398,7 +400,7 @@ pub const S3_FUZZ_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 /// The time (seconds) the `s3_sigv4` target checks requests at: its seeds' time.
 pub const S3_FUZZ_NOW_S: i64 = 1_369_353_600;
 
-/// A signed S3 request: method, path and query fields, then headers. Whatever the bytes, no
+/// A signed S3 request (SigV4 or SigV2): method, path and query fields, then headers. Whatever the bytes, no
 /// panic; a request that verifies names the one key there is, and routes to an operation on one
 /// bucket (a single path segment) or fails with an S3 error.
 pub fn s3_sigv4(data: &[u8]) {
@@ -416,8 +418,11 @@ pub fn s3_sigv4(data: &[u8]) {
         headers: &h,
     };
     let secret = |ak: &str| (ak == "root").then(|| S3_FUZZ_SECRET.to_string());
-    if let Ok(v) = verify(&head, S3_FUZZ_NOW_S, &secret) {
-        assert_eq!(v.access_key, "root");
+    // Path-style, and as a virtual-hosted request for a bucket (SigV2 signs the bucket).
+    for host_bucket in [None, Some("b")] {
+        if let Ok(v) = verify(&head, host_bucket, S3_FUZZ_NOW_S, &secret) {
+            assert_eq!(v.access_key, "root");
+        }
     }
     if let Ok(op) =
         ostore_s3::route::route(&method, &path, &query, h.contains_key("x-amz-copy-source"))

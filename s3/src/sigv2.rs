@@ -1,11 +1,14 @@
-//! SigV2 query authentication: the presigned URLs (`AWSAccessKeyId`, `Expires`, `Signature`)
-//! that boto3's and the aws CLI's presigners still make by default. The signature is the
-//! base64 of HMAC-SHA1 over the verb, `Content-MD5`, `Content-Type`, `Expires`, the `x-amz-*`
-//! headers and the resource (the path as sent, then the sub-resources S3 signs, sorted).
-//! SigV2 in an `Authorization` header is not accepted: clients that sign headers use SigV4.
+//! SigV2: the presigned URLs (`AWSAccessKeyId`, `Expires`, `Signature`) that boto3's and the
+//! aws CLI's presigners still make by default, and the `Authorization: AWS KEY:SIGNATURE`
+//! header older clients (and s3cmd's `--signature-v2`) sign with. The signature is the base64
+//! of HMAC-SHA1 over the verb, `Content-MD5`, `Content-Type`, `Expires` (a URL) or `Date` (a
+//! header; empty when `x-amz-date` is sent, which is then signed with the `x-amz-*` headers),
+//! the `x-amz-*` headers and the resource (the bucket of a virtual-hosted request, the path as
+//! sent, then the sub-resources S3 signs, sorted). SigV2 signs no body: a header-signed
+//! request's body is checked only by its `Content-MD5` and checksums, as S3 does.
 
 use crate::error::{Code, S3Error};
-use crate::sigv4::{query_pairs, RequestHead, Verified, PRESIGN_EXPIRES_S_MAX};
+use crate::sigv4::{query_pairs, RequestHead, Verified, PRESIGN_EXPIRES_S_MAX, SKEW_S_MAX};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 
@@ -45,8 +48,16 @@ pub fn is_presigned_v2(query: &str) -> bool {
     has("AWSAccessKeyId=") && has("Signature=")
 }
 
-/// What SigV2 signs for `head`, with `expires` (the URL's `Expires`).
-pub fn string_to_sign(head: &RequestHead<'_>, expires: &str) -> String {
+/// Whether the request is signed with SigV2 in its `Authorization` header.
+pub fn is_header_v2(head: &RequestHead<'_>) -> bool {
+    head.headers
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"AWS "))
+}
+
+/// What SigV2 signs for `head`, with `expires` (the URL's `Expires`, or the header-signed
+/// request's `Date`); `host_bucket` is the bucket a virtual-hosted request names in its host.
+pub fn string_to_sign(head: &RequestHead<'_>, host_bucket: Option<&str>, expires: &str) -> String {
     let header = |n: &str| {
         head.headers
             .get(n)
@@ -81,6 +92,10 @@ pub fn string_to_sign(head: &RequestHead<'_>, expires: &str) -> String {
         s.push_str(&v);
         s.push('\n');
     }
+    if let Some(b) = host_bucket {
+        s.push('/');
+        s.push_str(b);
+    }
     s.push_str(head.path);
     let mut subs: Vec<(String, Vec<u8>)> = query_pairs(head.query)
         .into_iter()
@@ -113,6 +128,7 @@ pub fn signature(secret: &str, string_to_sign: &str) -> String {
 /// time) and `Expires` (not passed, and at most [`PRESIGN_EXPIRES_S_MAX`] ahead).
 pub fn verify_presigned(
     head: &RequestHead<'_>,
+    host_bucket: Option<&str>,
     now_s: i64,
     secret_of: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Verified, S3Error> {
@@ -147,25 +163,98 @@ pub fn verify_presigned(
     let secret = secret_of(&access_key).ok_or_else(|| {
         S3Error::new(Code::InvalidAccessKeyId, "the access key id does not exist")
     })?;
-    let want = signature(&secret, &string_to_sign(head, &expires_s));
+    let want = signature(&secret, &string_to_sign(head, host_bucket, &expires_s));
     let given = base64::engine::general_purpose::STANDARD
         .decode(given.trim())
         .map_err(|_| bad("Signature is not base64"))?;
-    let want = base64::engine::general_purpose::STANDARD
-        .decode(want)
-        .expect("made here");
-    use subtle::ConstantTimeEq;
-    if !bool::from(want.as_slice().ct_eq(given.as_slice())) {
-        return Err(S3Error::new(
-            Code::SignatureDoesNotMatch,
-            "the request signature does not match: check the secret and how the request is signed",
-        ));
-    }
+    same_signature(&want, &given)?;
     Ok(Verified {
         access_key,
         payload: crate::sigv4::Payload::Unsigned,
         chain: None,
         presigned: true,
+        region: "us-east-1".to_string(),
+    })
+}
+
+/// Compares a signature made here (base64) with the one given (decoded), in constant time.
+fn same_signature(want: &str, given: &[u8]) -> Result<(), S3Error> {
+    use subtle::ConstantTimeEq;
+    let want = base64::engine::general_purpose::STANDARD
+        .decode(want)
+        .expect("made here");
+    if !bool::from(want.as_slice().ct_eq(given)) {
+        return Err(S3Error::new(
+            Code::SignatureDoesNotMatch,
+            "the request signature does not match: check the secret and how the request is signed",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a request signed with SigV2 in its `Authorization` header at `now_s`: the key, the
+/// signature (constant time) and the request's time (`x-amz-date`, else `Date`), which must be
+/// within [`SKEW_S_MAX`] of ours.
+pub fn verify_header(
+    head: &RequestHead<'_>,
+    host_bucket: Option<&str>,
+    now_s: i64,
+    secret_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<Verified, S3Error> {
+    let bad = |m: &str| S3Error::new(Code::AuthorizationHeaderMalformed, m);
+    let auth = head
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| bad("the Authorization header is not ASCII"))?;
+    let (access_key, given) = auth
+        .strip_prefix("AWS ")
+        .and_then(|c| c.rsplit_once(':'))
+        .ok_or_else(|| bad("SigV2's Authorization is `AWS KEY:SIGNATURE`"))?;
+    let header = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok());
+    // With x-amz-date, Date is not signed (the signed x-amz-* headers carry the time).
+    let (when, date_line) = match (header("x-amz-date"), header("date")) {
+        (Some(t), _) => (t, ""),
+        (None, Some(d)) => (d, d.trim()),
+        (None, None) => {
+            return Err(S3Error::new(
+                Code::AccessDenied,
+                "a SigV2 request needs a Date or x-amz-date header",
+            ))
+        }
+    };
+    // `+0000` for `GMT` is what some clients send (AWS's own examples do).
+    let when = when.trim();
+    let gmt = when.strip_suffix(" +0000").map(|d| format!("{d} GMT"));
+    let t = crate::time::parse_http_date(gmt.as_deref().unwrap_or(when))
+        .or_else(|| crate::time::parse_amz_date(when))
+        .ok_or_else(|| {
+            S3Error::new(Code::AccessDenied, "the request's date is not an HTTP date")
+        })?;
+    if (t - now_s).abs() > SKEW_S_MAX {
+        return Err(S3Error::new(
+            Code::RequestTimeTooSkewed,
+            format!(
+                "the difference between the request time and the server's time is more than {} minutes",
+                SKEW_S_MAX / 60
+            ),
+        ));
+    }
+    let given = base64::engine::general_purpose::STANDARD
+        .decode(given.trim())
+        .map_err(|_| bad("the signature is not base64"))?;
+    let secret = secret_of(access_key).ok_or_else(|| {
+        S3Error::new(Code::InvalidAccessKeyId, "the access key id does not exist")
+    })?;
+    same_signature(
+        &signature(&secret, &string_to_sign(head, host_bucket, date_line)),
+        &given,
+    )?;
+    Ok(Verified {
+        access_key: access_key.to_string(),
+        payload: crate::sigv4::Payload::Unsigned,
+        chain: None,
+        presigned: false,
         region: "us-east-1".to_string(),
     })
 }
@@ -188,9 +277,111 @@ mod tests {
             query,
             headers: &h,
         };
-        verify_presigned(&head, now_s, &|ak| {
+        verify_presigned(&head, None, now_s, &|ak| {
             (ak == "root").then(|| secret.to_string())
         })
+    }
+
+    /// AWS's own SigV2 example: a virtual-hosted GET, `Date` with `+0000`.
+    #[test]
+    fn aws_header_example_verifies_and_its_parts_are_signed() {
+        const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        const DATE: &str = "Tue, 27 Mar 2007 19:36:42 +0000";
+        let now = 1_175_024_202;
+        let head_with = |h: &HeaderMap, path: &'static str, bucket: Option<&str>, now_s: i64| {
+            let head = RequestHead {
+                method: "GET",
+                path,
+                query: "",
+                headers: h,
+            };
+            assert!(is_header_v2(&head));
+            verify_header(&head, bucket, now_s, &|ak| {
+                (ak == "AKIAIOSFODNN7EXAMPLE").then(|| SECRET.to_string())
+            })
+        };
+        let mut h = HeaderMap::new();
+        h.insert("date", DATE.parse().unwrap());
+        h.insert(
+            "authorization",
+            "AWS AKIAIOSFODNN7EXAMPLE:qgk2+6Sv9/oM7G3qLEjTH1a1l1g="
+                .parse()
+                .unwrap(),
+        );
+        let ok = head_with(&h, "/photos/puppy.jpg", Some("awsexamplebucket1"), now).unwrap();
+        assert!(!ok.presigned && ok.access_key == "AKIAIOSFODNN7EXAMPLE");
+        let code = |r: Result<Verified, S3Error>| r.unwrap_err().code;
+        // The same request path-style names the bucket in the path: the same resource.
+        assert!(head_with(&h, "/awsexamplebucket1/photos/puppy.jpg", None, now).is_ok());
+        assert_eq!(
+            code(head_with(
+                &h,
+                "/photos/kitten.jpg",
+                Some("awsexamplebucket1"),
+                now
+            )),
+            Code::SignatureDoesNotMatch
+        );
+        assert_eq!(
+            code(head_with(&h, "/photos/puppy.jpg", Some("other"), now)),
+            Code::SignatureDoesNotMatch
+        );
+        assert_eq!(
+            code(head_with(
+                &h,
+                "/photos/puppy.jpg",
+                Some("awsexamplebucket1"),
+                now + 16 * 60
+            )),
+            Code::RequestTimeTooSkewed
+        );
+        let mut other_date = h.clone();
+        other_date.insert("date", "Tue, 27 Mar 2007 19:36:43 +0000".parse().unwrap());
+        assert_eq!(
+            code(head_with(
+                &other_date,
+                "/photos/puppy.jpg",
+                Some("awsexamplebucket1"),
+                now
+            )),
+            Code::SignatureDoesNotMatch
+        );
+        let mut unknown = h.clone();
+        unknown.insert(
+            "authorization",
+            "AWS nobody:qgk2+6Sv9/oM7G3qLEjTH1a1l1g=".parse().unwrap(),
+        );
+        assert_eq!(
+            code(head_with(
+                &unknown,
+                "/photos/puppy.jpg",
+                Some("awsexamplebucket1"),
+                now
+            )),
+            Code::InvalidAccessKeyId
+        );
+        let mut undated = h.clone();
+        undated.remove("date");
+        assert_eq!(
+            code(head_with(
+                &undated,
+                "/photos/puppy.jpg",
+                Some("awsexamplebucket1"),
+                now
+            )),
+            Code::AccessDenied
+        );
+        let mut malformed = h.clone();
+        malformed.insert("authorization", "AWS no-colon".parse().unwrap());
+        assert_eq!(
+            code(head_with(
+                &malformed,
+                "/photos/puppy.jpg",
+                Some("awsexamplebucket1"),
+                now
+            )),
+            Code::AuthorizationHeaderMalformed
+        );
     }
 
     #[test]

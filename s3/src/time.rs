@@ -67,6 +67,35 @@ pub fn parse_scope_date(s: &str) -> Option<i64> {
     (civil_from_days(days) == (y as i64, m, d)).then_some(days)
 }
 
+/// Parses an HTTP date in its fixed form (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's
+/// IMF-fixdate, what `Date` and SigV2's `x-amz-date` carry) into seconds since the epoch;
+/// `None` unless exactly that form and a real date and time. The weekday is not checked.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let b = s.as_bytes();
+    if b.len() != 29 || &b[3..5] != b", " || b[7] != b' ' || b[11] != b' ' || b[16] != b' ' {
+        return None;
+    }
+    if b[19] != b':' || b[22] != b':' || &b[25..] != b" GMT" {
+        return None;
+    }
+    let m = MONTHS.iter().position(|n| n.as_bytes() == &b[8..11])? as u32 + 1;
+    let (d, y) = (digits(&b[5..7])?, digits(&b[12..16])?);
+    let (h, mi, se) = (
+        digits(&b[17..19])?,
+        digits(&b[20..22])?,
+        digits(&b[23..25])?,
+    );
+    if d == 0 || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let days = days_from_civil(y as i64, m, d);
+    (civil_from_days(days) == (y as i64, m, d))
+        .then_some(days * 86_400 + (h * 3600 + mi * 60 + se) as i64)
+}
+
 /// `YYYYMMDDTHHMMSSZ` of seconds since the epoch.
 pub fn amz_date(unix_s: i64) -> String {
     let (y, m, d) = civil_from_days(unix_s.div_euclid(86_400));
@@ -120,5 +149,35 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days);
         }
         assert_eq!(iso8601_ms(1_369_353_600_123), "2013-05-24T00:00:00.123Z");
+    }
+
+    #[test]
+    fn http_dates_parse_in_their_fixed_form_only() {
+        assert_eq!(
+            parse_http_date("Fri, 24 May 2013 00:00:00 GMT"),
+            Some(1_369_353_600)
+        );
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 23:59:59 GMT"),
+            Some(951_868_799)
+        );
+        for bad in [
+            "Fri, 24 May 2013 00:00:00 UTC",
+            "Friday, 24-May-13 00:00:00 GMT",
+            "Fri May 24 00:00:00 2013",
+            "Fri, 30 Feb 2013 00:00:00 GMT",
+            "Fri, 24 Mai 2013 00:00:00 GMT",
+            "Fri, 24 May 2013 24:00:00 GMT",
+            "Fri, 00 May 2013 00:00:00 GMT",
+            "Fri, 24 May 2013 00:00:00 GMTx",
+            "Fri, 24 May 2013 00:00:0é GMT",
+            "",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
     }
 }

@@ -122,4 +122,20 @@ complete([(1, r1["CopyPartResult"]["ETag"]), (2, r2["ETag"]), (3, r3["CopyPartRe
 want = whole[1:6 * MIB + 1] + b"-middle-" * (MIB // 8 * 5) + b"tiny"
 check("the object made of copied parts reads back", s3.get_object(Bucket=bucket, Key="mp/copied")["Body"].read() == want)
 check("no upload is left", not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"))
+
+# Listing uploads rolled up at a delimiter, paged across prefixes.
+ids = {k: s3.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"]
+       for k in ["d/a/1", "d/a/2", "d/b/3", "d/top", "d/z/4"]}
+r = s3.list_multipart_uploads(Bucket=bucket, Prefix="d/", Delimiter="/")
+check("a delimiter rolls uploads up into common prefixes",
+      [u["Key"] for u in r.get("Uploads", [])] == ["d/top"]
+      and [p["Prefix"] for p in r.get("CommonPrefixes", [])] == ["d/a/", "d/b/", "d/z/"]
+      and r.get("Delimiter") == "/", r)
+seen = []
+for page in s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix="d/", Delimiter="/", PaginationConfig={"PageSize": 2}):
+    seen += [u["Key"] for u in page.get("Uploads", [])] + [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+check("paged two at a time, each prefix and upload once", sorted(seen) == ["d/a/", "d/b/", "d/top", "d/z/"], seen)
+for k, u in ids.items():
+    s3.abort_multipart_upload(Bucket=bucket, Key=k, UploadId=u)
 done()

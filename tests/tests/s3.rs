@@ -247,7 +247,7 @@ fn boto3_uploads_in_parts_and_gc_reclaims_what_was_left_out() {
     let dev = Dev::start(&["--gc-grace", "0s"]);
     let r = s3_request(&dev, "PUT", "/parts", "", &dev.secret, now_s());
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    run_boto3(&py, &dev, "s3_multipart.py", &[OsStr::new("parts")], 32);
+    run_boto3(&py, &dev, "s3_multipart.py", &[OsStr::new("parts")], 34);
     // Through the native API: the same bytes (10 MiB + 1), with an ETag that names the part
     // list (`-3`), which a client does not check the body against.
     let r = dev.get("mp/obj?bucket=parts");
@@ -382,6 +382,53 @@ fn virtual_hosted_requests_name_the_bucket_in_the_host() {
         "list-type=2",
     );
     assert!(!r.text().unwrap().contains("<Key>dir/key</Key>"));
+    // SigV2 signs the bucket of a virtual-hosted request as part of the resource: in a header
+    // and in a presigned URL; a signature made without it does not verify.
+    let v2 = |signed_bucket: Option<&str>, presigned: bool| {
+        let mut h = http::HeaderMap::new();
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let expires = (now_s() + 300).to_string();
+        if !presigned {
+            h.insert("date", date.parse().unwrap());
+        }
+        let head = ostore_s3::sigv4::RequestHead {
+            method: "GET",
+            path: "/dir/key",
+            query: "",
+            headers: &h,
+        };
+        let when = if presigned { &expires } else { &date };
+        let sts = ostore_s3::sigv2::string_to_sign(&head, signed_bucket, when);
+        let sig = ostore_s3::sigv2::signature(&dev.secret, &sts);
+        let client = reqwest::blocking::Client::new();
+        if presigned {
+            let q = format!(
+                "AWSAccessKeyId=root&Expires={expires}&Signature={}",
+                percent_encoding::utf8_percent_encode(&sig, percent_encoding::NON_ALPHANUMERIC)
+            );
+            client
+                .get(format!("http://{}/dir/key?{q}", dev.s3))
+                .header("host", &vhost)
+                .send()
+                .unwrap()
+        } else {
+            client
+                .get(format!("http://{}/dir/key", dev.s3))
+                .header("host", &vhost)
+                .header("date", date)
+                .header("authorization", format!("AWS root:{sig}"))
+                .send()
+                .unwrap()
+        }
+    };
+    for presigned in [false, true] {
+        let r = v2(Some("vhosted"), presigned);
+        assert_eq!(r.status(), 200, "presigned {presigned}");
+        assert_eq!(r.text().unwrap(), "vhost");
+        let r = v2(None, presigned);
+        assert_eq!(r.status(), 403, "presigned {presigned}");
+        assert!(r.text().unwrap().contains("SignatureDoesNotMatch"));
+    }
 }
 
 #[test]

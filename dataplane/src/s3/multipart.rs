@@ -329,15 +329,10 @@ pub async fn list_parts(
 }
 
 /// ListMultipartUploads: uploads in progress under a prefix, by key and then id, after
-/// `key-marker` and `upload-id-marker`.
+/// `key-marker` and `upload-id-marker`, with keys rolled up at a delimiter.
 pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Resp, S3Error> {
+    use ostore_control::multipart::ListedUpload;
     let la = ListArgs::parse(query)?;
-    if la.delimiter.is_some() {
-        return Err(S3Error::new(
-            Code::NotImplemented,
-            "ListMultipartUploads with a delimiter is not served",
-        ));
-    }
     let max: usize = match la.args.get("max-uploads") {
         None => 1000,
         Some(v) => v
@@ -365,6 +360,7 @@ pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Re
         .ask(ask::MpuList {
             bucket: bucket.to_string(),
             prefix: la.prefix.clone(),
+            delimiter: la.delimiter.clone(),
             key_marker: key_marker.clone(),
             id_marker: id_marker.filter(|_| key_marker.is_some()),
             limit: max,
@@ -386,11 +382,22 @@ pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Re
         "UploadIdMarker",
         &id_marker.map(hex::encode).unwrap_or_default(),
     );
-    if let Some(last) = uploads.last().filter(|_| truncated) {
-        xml::element(&mut doc, "NextKeyMarker", &la.enc(&last.key));
-        xml::element(&mut doc, "NextUploadIdMarker", &hex::encode(last.id));
+    match uploads.last().filter(|_| truncated) {
+        Some(ListedUpload::Upload(last)) => {
+            xml::element(&mut doc, "NextKeyMarker", &la.enc(&last.key));
+            xml::element(&mut doc, "NextUploadIdMarker", &hex::encode(last.id));
+        }
+        // Past every upload under the prefix: no id marker.
+        Some(ListedUpload::Prefix(p)) => {
+            xml::element(&mut doc, "NextKeyMarker", &la.enc(p));
+            xml::element(&mut doc, "NextUploadIdMarker", "");
+        }
+        None => {}
     }
     xml::element(&mut doc, "Prefix", &la.enc(&la.prefix));
+    if let Some(d) = &la.delimiter {
+        xml::element(&mut doc, "Delimiter", &la.enc(d));
+    }
     xml::element(&mut doc, "MaxUploads", &max.to_string());
     xml::element(
         &mut doc,
@@ -400,7 +407,17 @@ pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Re
     if la.url {
         xml::element(&mut doc, "EncodingType", "url");
     }
+    let mut prefixes = String::new();
     for u in &uploads {
+        let u = match u {
+            ListedUpload::Upload(u) => u,
+            ListedUpload::Prefix(p) => {
+                prefixes.push_str("<CommonPrefixes>");
+                xml::element(&mut prefixes, "Prefix", &la.enc(p));
+                prefixes.push_str("</CommonPrefixes>");
+                continue;
+            }
+        };
         doc.push_str("<Upload>");
         xml::element(&mut doc, "Key", &la.enc(&u.key));
         xml::element(&mut doc, "UploadId", &hex::encode(u.id));
@@ -417,6 +434,7 @@ pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Re
         );
         doc.push_str("</Upload>");
     }
+    doc.push_str(&prefixes);
     doc.push_str("</ListMultipartUploadsResult>");
     Ok(xml_response(StatusCode::OK, doc))
 }
