@@ -384,6 +384,8 @@ requests! {
     VersioningSuspended { bucket: String } -> bool,
     /// Suspends (or enables again) `bucket`'s versioning.
     SetVersioning { bucket: String, suspend: bool } -> (),
+    /// Whether `bucket` exists (one key read, where the bucket list reads them all).
+    BucketExists { bucket: String } -> bool,
 }
 
 impl Request {
@@ -407,6 +409,7 @@ impl Request {
                 | Request::GcCandidates { .. }
                 | Request::Retention { .. }
                 | Request::VersioningSuspended { .. }
+                | Request::BucketExists { .. }
                 | Request::Buckets
                 | Request::Contents { .. }
                 | Request::DrainProgress { .. }
@@ -886,6 +889,7 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
         VersioningSuspended { bucket } => {
             answer::<ask::VersioningSuspended>(meta::versioning_suspended(kv, &bucket)?)
         }
+        BucketExists { bucket } => answer::<ask::BucketExists>(meta::bucket_exists(kv, &bucket)?),
         SetVersioning { bucket, suspend } => {
             answer::<ask::SetVersioning>(meta::set_versioning(kv, &bucket, suspend)?)
         }

@@ -348,7 +348,15 @@ async fn bucket_list(front: &Front) -> Result<Vec<(String, u64)>, S3Error> {
 }
 
 async fn require_bucket(front: &Front, bucket: &str) -> Result<(), S3Error> {
-    if bucket_list(front).await?.iter().any(|(b, _)| b == bucket) {
+    let exists = front
+        .node
+        .meta
+        .ask(ask::BucketExists {
+            bucket: bucket.to_string(),
+        })
+        .await
+        .map_err(meta_error)?;
+    if exists {
         Ok(())
     } else {
         Err(meta_error(MetaError::NoSuchBucket))
