@@ -1161,6 +1161,14 @@ pub fn versions(kv: &dyn Kv, bucket: &str, key: &str) -> Result<Option<Vec<Versi
     })
 }
 
+/// The prefix `key` rolls up into in a listing under `prefix` with `delimiter` (S3's common
+/// prefixes: up to and including the delimiter's first occurrence after the prefix), if any.
+pub(crate) fn rolled_up(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+    let d = delimiter?;
+    let i = key.get(prefix.len()..)?.find(d)?;
+    Some(key[..prefix.len() + i + d.len()].to_string())
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
@@ -1249,11 +1257,7 @@ pub fn list_versions(
             for (k, val) in chunk {
                 let (key, _) = keys::key_of_version(bucket, &k)
                     .ok_or_else(|| RecordError("version key".into()))?;
-                let rolled = delimiter.and_then(|d| {
-                    key.get(prefix.len()..)
-                        .and_then(|rest| rest.find(d))
-                        .map(|i| key[..prefix.len() + i + d.len()].to_string())
-                });
+                let rolled = rolled_up(key, prefix, delimiter);
                 let entry = match &rolled {
                     // A prefix up to the marker was listed on an earlier page.
                     Some(cp) if key_marker.is_some_and(|km| cp.as_str() <= km) => None,
@@ -1346,11 +1350,7 @@ pub fn list_delimited(
                     begin.push(0);
                     continue;
                 };
-                let rolled = delimiter.and_then(|d| {
-                    key.get(prefix.len()..)
-                        .and_then(|rest| rest.find(d))
-                        .map(|i| key[..prefix.len() + i + d.len()].to_string())
-                });
+                let rolled = rolled_up(key, prefix, delimiter);
                 // Every key under a rolled-up prefix is behind it: the scan seeks past them.
                 let skip_to = rolled
                     .as_ref()

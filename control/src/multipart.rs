@@ -406,11 +406,7 @@ pub fn list(
             for (k, _) in rows {
                 let (key, id) = keys::parse_mpu_by_key(bucket, &k)
                     .ok_or_else(|| RecordError("upload index key".into()))?;
-                let rolled = delimiter.and_then(|d| {
-                    key.get(prefix.len()..)
-                        .and_then(|rest| rest.find(d))
-                        .map(|i| key[..prefix.len() + i + d.len()].to_string())
-                });
+                let rolled = meta::rolled_up(key, prefix, delimiter);
                 let entry = match &rolled {
                     // A prefix up to the marker was listed on an earlier page.
                     Some(cp) if key_marker.is_some_and(|km| cp.as_str() <= km) => None,

@@ -450,26 +450,29 @@ fn s3cmd_puts_gets_syncs_and_copies() {
     );
     let dev = Dev::start(&[]);
     let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("s3cfg");
-    std::fs::write(
-        &config,
-        format!(
-            "[default]\naccess_key = root\nsecret_key = {}\nhost_base = {h}\nhost_bucket = {h}\n\
-             use_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n",
-            dev.secret,
-            h = dev.s3
-        ),
-    )
-    .unwrap();
-    let s3 = |args: &[&str]| {
+    // s3cmd with a configuration of its own: the secret, and whether it signs with SigV2.
+    let s3cmd_with = |secret: &str, v2: bool, args: &[&str]| {
+        let config = work.path().join(if v2 { "s3cfg-v2" } else { "s3cfg" });
+        std::fs::write(
+            &config,
+            format!(
+                "[default]\naccess_key = root\nsecret_key = {secret}\nhost_base = {h}\n\
+                 host_bucket = {h}\nuse_https = False\nsignature_v2 = {}\n\
+                 bucket_location = us-east-1\n",
+                if v2 { "True" } else { "False" },
+                h = dev.s3
+            ),
+        )
+        .unwrap();
         let mut c = Command::new(&s3cmd);
         c.arg("-c")
             .arg(&config)
             .args(args)
             .env_remove("AWS_CA_BUNDLE")
             .current_dir(work.path());
-        run(&mut c)
+        c
     };
+    let s3 = |args: &[&str]| run(&mut s3cmd_with(&dev.secret, false, args));
     let files = make_tree(&work.path().join("tree"));
     s3(&["mb", "s3://s3cmd-bucket"]);
     // s3cmd compares the MD5 it computed with the ETag answered, and fails on a mismatch.
@@ -503,26 +506,7 @@ fn s3cmd_puts_gets_syncs_and_copies() {
     assert_eq!(s3(&["ls", "-r", "s3://s3cmd-bucket"]).trim(), "");
     // The same client signing with SigV2 (`Authorization: AWS KEY:SIGNATURE`), multipart
     // included; and a wrong secret refused.
-    let v2 = |secret: &str, args: &[&str]| {
-        let config = work.path().join("s3cfg-v2");
-        std::fs::write(
-            &config,
-            format!(
-                "[default]\naccess_key = root\nsecret_key = {secret}\nhost_base = {h}\n\
-                 host_bucket = {h}\nuse_https = False\nsignature_v2 = True\n\
-                 bucket_location = us-east-1\n",
-                h = dev.s3
-            ),
-        )
-        .unwrap();
-        let mut c = Command::new(&s3cmd);
-        c.arg("-c")
-            .arg(&config)
-            .args(args)
-            .env_remove("AWS_CA_BUNDLE")
-            .current_dir(work.path());
-        c
-    };
+    let v2 = |secret: &str, args: &[&str]| s3cmd_with(secret, true, args);
     run(&mut v2(
         &dev.secret,
         &["put", "twenty", "s3://s3cmd-bucket/v2/twenty"],
