@@ -14,8 +14,6 @@
 #   bench/ceph.sh up DIR PORT ACCESS SECRET    start a fresh cluster in DIR (new or empty) and
 #                                              print `ceph ready rgw=127.0.0.1:PORT pids=...`
 #   bench/ceph.sh down DIR                     stop the recorded daemons and remove DIR
-#   bench/ceph.sh rss DIR                      summed VmRSS (KiB) of the recorded daemons
-#   bench/ceph.sh cpu DIR                      summed utime+stime (clock ticks) of the daemons
 #
 # Knobs (environment): CEPH_MON_PORT (msgr2 port of the mon, default 3300), CEPH_OSD_SIZE
 # (bytes of each sparse OSD file, default 12 GiB), CEPH_OSD_MEMORY (osd_memory_target, default
@@ -93,29 +91,6 @@ stop_all() {
     [ -n "$left" ] || return 0
     sleep 0.1
   done
-}
-
-# /proc/PID/stat with everything up to the command name (which is in parentheses) cut off, so
-# that field N of the man page is field N-2 here.
-stat_tail() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null; }
-
-cmd_rss() {
-  local dir=$1 pid kib total=0
-  for pid in $(live_pids "$dir"); do
-    kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || kib=0
-    total=$((total + ${kib:-0}))
-  done
-  echo "$total"
-}
-
-cmd_cpu() {
-  local dir=$1 pid ticks total=0
-  for pid in $(live_pids "$dir"); do
-    # Fields 14 (utime) and 15 (stime), in clock ticks (getconf CLK_TCK per second).
-    ticks=$(stat_tail "$pid" | awk '{print $12 + $13}') || ticks=0
-    total=$((total + ${ticks:-0}))
-  done
-  echo "$total"
 }
 
 cmd_down() {
@@ -428,7 +403,5 @@ case ${1:-} in
 install) [ $# -eq 1 ] || usage; cmd_install ;;
 up) [ $# -eq 5 ] || usage; cmd_up "$2" "$3" "$4" "$5" ;;
 down) [ $# -eq 2 ] || usage; cmd_down "$2" ;;
-rss) [ $# -eq 2 ] || usage; cmd_rss "$2" ;;
-cpu) [ $# -eq 2 ] || usage; cmd_cpu "$2" ;;
 *) usage ;;
 esac

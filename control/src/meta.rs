@@ -633,11 +633,8 @@ pub(crate) fn append_version(
         if let Some(old) = null_version(tx, bucket, key)? {
             let ok = keys::version(bucket, key, old);
             if let Some(o) = get::<VersionRec>(tx, &ok)? {
-                tx.clear(&ok)?;
-                stat(tx, Stat::Versions, -1)?;
-                if !o.delete_marker {
-                    drop_ref(tx, &o.blake3, now_ms)?;
-                }
+                // The pointer is set to the new version just below.
+                remove_version(tx, bucket, key, &ok, &o, None, now_ms)?;
             }
         }
         tx.set(&keys::null_version(bucket, key), &v.version.to_le_bytes())?;
@@ -649,6 +646,29 @@ pub(crate) fn append_version(
         version: v.version,
         null,
     })
+}
+
+/// Removes the record `v` of a version of `key` (stored under `vk`): it no longer counts, its
+/// content loses the reference, and the null-version pointer (`null`, its value) is cleared if
+/// it names `v`. The key's head is the caller's to update.
+fn remove_version(
+    tx: &mut dyn Tx,
+    bucket: &str,
+    key: &str,
+    vk: &[u8],
+    v: &VersionRec,
+    null: Option<u64>,
+    now_ms: u64,
+) -> Result<()> {
+    tx.clear(vk)?;
+    if null == Some(v.version) {
+        tx.clear(&keys::null_version(bucket, key))?;
+    }
+    stat(tx, Stat::Versions, -1)?;
+    if !v.delete_marker {
+        drop_ref(tx, &v.blake3, now_ms)?;
+    }
+    Ok(())
 }
 
 /// A version just added: its number, and whether it is the key's null version.
@@ -1041,17 +1061,14 @@ pub fn delete_version(
 ) -> Result<()> {
     run(kv, true, |tx| {
         require_bucket(tx, bucket)?;
-        let version = named_version(tx, bucket, key, version)?;
+        let null = null_version(tx, bucket, key)?;
+        let version = match version {
+            NULL_VERSION => null.ok_or(MetaError::NoSuchVersion)?,
+            n => n,
+        };
         let vk = keys::version(bucket, key, version);
         let v: VersionRec = get(tx, &vk)?.ok_or(MetaError::NoSuchVersion)?;
-        tx.clear(&vk)?;
-        if null_version(tx, bucket, key)? == Some(version) {
-            tx.clear(&keys::null_version(bucket, key))?;
-        }
-        stat(tx, Stat::Versions, -1)?;
-        if !v.delete_marker {
-            drop_ref(tx, &v.blake3, now_ms)?;
-        }
+        remove_version(tx, bucket, key, &vk, &v, null, now_ms)?;
         let hk = keys::head(bucket, key);
         let mut head: HeadRec = get(tx, &hk)?.ok_or(MetaError::NoSuchKey)?;
         let live = |h: &HeadRec| h.newest.as_ref().is_some_and(|n| !n.delete_marker);
@@ -1556,18 +1573,10 @@ pub fn trim_versions(
                 .into_iter()
                 .skip(keep)
             {
-                let v: VersionRec = decode(&v)?;
-                tx.clear(&k)?;
-                if null == Some(v.version) {
-                    tx.clear(&keys::null_version(bucket, key))?;
-                }
-                if !v.delete_marker {
-                    drop_ref(tx, &v.blake3, now_ms)?;
-                }
+                remove_version(tx, bucket, key, &k, &decode(&v)?, null, now_ms)?;
                 n += 1;
             }
             // The newest version always stays: the key's liveness does not change.
-            stat(tx, Stat::Versions, -(n as i64))?;
             Ok::<_, MetaError>(n)
         })?;
     }
@@ -2291,7 +2300,9 @@ mod tests {
                 })
                 .collect()
         };
-        assert!(put(b"a", 10).version == 1 && !put(b"a", 10).null);
+        let a = put(b"a", 10);
+        assert!(a.version == 1 && !a.null);
+        assert!(!put(b"b", 10).null);
         assert!(!versioning_suspended(&kv, "b").unwrap());
         set_versioning(&kv, "b", true).unwrap();
         assert!(versioning_suspended(&kv, "b").unwrap());

@@ -719,9 +719,7 @@ async fn list_objects(front: &Front, bucket: &str, query: &str, v2: bool) -> Res
                 doc.push_str("</Contents>");
             }
             ostore_control::meta::Listed::Prefix(p) => {
-                prefixes.push_str("<CommonPrefixes>");
-                xml::element(&mut prefixes, "Prefix", &enc(p));
-                prefixes.push_str("</CommonPrefixes>");
+                common_prefix(&mut prefixes, &enc(p));
             }
         }
     }
@@ -1317,6 +1315,13 @@ async fn put_object(
     Ok(r)
 }
 
+/// One `<CommonPrefixes>` entry of a listing, `prefix` encoded as the listing asked.
+fn common_prefix(out: &mut String, prefix: &str) {
+    out.push_str("<CommonPrefixes>");
+    xml::element(out, "Prefix", prefix);
+    out.push_str("</CommonPrefixes>");
+}
+
 /// A key a write may name: 1 to 1024 bytes of UTF-8 without NUL.
 fn require_valid_key(key: &str) -> Result<(), S3Error> {
     ostore_control::keys::valid_object_key(key)
@@ -1660,9 +1665,7 @@ async fn list_versions(front: &Front, bucket: &str, query: &str) -> Result<Resp,
                 doc.push('>');
             }
             VersionListed::Prefix(p) => {
-                prefixes.push_str("<CommonPrefixes>");
-                xml::element(&mut prefixes, "Prefix", &la.enc(p));
-                prefixes.push_str("</CommonPrefixes>");
+                common_prefix(&mut prefixes, &la.enc(p));
             }
         }
     }

@@ -8,7 +8,7 @@
 //! request's body is checked only by its `Content-MD5` and checksums, as S3 does.
 
 use crate::error::{Code, S3Error};
-use crate::sigv4::{query_pairs, RequestHead, Verified, PRESIGN_EXPIRES_S_MAX, SKEW_S_MAX};
+use crate::sigv4::{check, query_pairs, within_skew, RequestHead, Verified, PRESIGN_EXPIRES_S_MAX};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 
@@ -118,10 +118,15 @@ pub fn string_to_sign(head: &RequestHead<'_>, host_bucket: Option<&str>, expires
 
 /// The SigV2 signature of `string_to_sign` with `secret`, in base64.
 pub fn signature(secret: &str, string_to_sign: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(mac(secret, string_to_sign))
+}
+
+/// The HMAC-SHA1 a SigV2 signature is the base64 of.
+fn mac(secret: &str, string_to_sign: &str) -> [u8; 20] {
     let mut mac =
         Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(string_to_sign.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    mac.finalize().into_bytes().into()
 }
 
 /// Checks a SigV2 presigned request at `now_s`: the key, the signature (compared in constant
@@ -163,11 +168,13 @@ pub fn verify_presigned(
     let secret = secret_of(&access_key).ok_or_else(|| {
         S3Error::new(Code::InvalidAccessKeyId, "the access key id does not exist")
     })?;
-    let want = signature(&secret, &string_to_sign(head, host_bucket, &expires_s));
     let given = base64::engine::general_purpose::STANDARD
         .decode(given.trim())
         .map_err(|_| bad("Signature is not base64"))?;
-    same_signature(&want, &given)?;
+    check(
+        &mac(&secret, &string_to_sign(head, host_bucket, &expires_s)),
+        &given,
+    )?;
     Ok(Verified {
         access_key,
         payload: crate::sigv4::Payload::Unsigned,
@@ -177,24 +184,9 @@ pub fn verify_presigned(
     })
 }
 
-/// Compares a signature made here (base64) with the one given (decoded), in constant time.
-fn same_signature(want: &str, given: &[u8]) -> Result<(), S3Error> {
-    use subtle::ConstantTimeEq;
-    let want = base64::engine::general_purpose::STANDARD
-        .decode(want)
-        .expect("made here");
-    if !bool::from(want.as_slice().ct_eq(given)) {
-        return Err(S3Error::new(
-            Code::SignatureDoesNotMatch,
-            "the request signature does not match: check the secret and how the request is signed",
-        ));
-    }
-    Ok(())
-}
-
 /// Checks a request signed with SigV2 in its `Authorization` header at `now_s`: the key, the
 /// signature (constant time) and the request's time (`x-amz-date`, else `Date`), which must be
-/// within [`SKEW_S_MAX`] of ours.
+/// within [`SKEW_S_MAX`](crate::sigv4::SKEW_S_MAX) of ours.
 pub fn verify_header(
     head: &RequestHead<'_>,
     host_bucket: Option<&str>,
@@ -231,23 +223,15 @@ pub fn verify_header(
         .ok_or_else(|| {
             S3Error::new(Code::AccessDenied, "the request's date is not an HTTP date")
         })?;
-    if (t - now_s).abs() > SKEW_S_MAX {
-        return Err(S3Error::new(
-            Code::RequestTimeTooSkewed,
-            format!(
-                "the difference between the request time and the server's time is more than {} minutes",
-                SKEW_S_MAX / 60
-            ),
-        ));
-    }
+    within_skew(t, now_s, when)?;
     let given = base64::engine::general_purpose::STANDARD
         .decode(given.trim())
         .map_err(|_| bad("the signature is not base64"))?;
     let secret = secret_of(access_key).ok_or_else(|| {
         S3Error::new(Code::InvalidAccessKeyId, "the access key id does not exist")
     })?;
-    same_signature(
-        &signature(&secret, &string_to_sign(head, host_bucket, date_line)),
+    check(
+        &mac(&secret, &string_to_sign(head, host_bucket, date_line)),
         &given,
     )?;
     Ok(Verified {

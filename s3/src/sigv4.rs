@@ -371,16 +371,7 @@ pub fn verify(
             "the credential's date is not the date of x-amz-date",
         ));
     }
-    if (t - now_s).abs() > SKEW_S_MAX {
-        return Err(denied(
-            Code::RequestTimeTooSkewed,
-            format!(
-                "the request time {amz_date} is more than {} minutes from the server's {}",
-                SKEW_S_MAX / 60,
-                crate::time::amz_date(now_s)
-            ),
-        ));
-    }
+    within_skew(t, now_s, amz_date)?;
     let payload_hash = header_str(head.headers, "x-amz-content-sha256").ok_or_else(|| {
         denied(
             Code::InvalidRequest,
@@ -432,7 +423,24 @@ fn check_signature(
     Ok((key, scope))
 }
 
-fn check(expected: &[u8; 32], given: &[u8; 32]) -> Result<(), S3Error> {
+/// A request's time `t` (`shown` as the request wrote it) must be within [`SKEW_S_MAX`] of the
+/// server's.
+pub(crate) fn within_skew(t: i64, now_s: i64, shown: &str) -> Result<(), S3Error> {
+    if (t - now_s).abs() > SKEW_S_MAX {
+        return Err(denied(
+            Code::RequestTimeTooSkewed,
+            format!(
+                "the request time {shown} is more than {} minutes from the server's {}",
+                SKEW_S_MAX / 60,
+                crate::time::amz_date(now_s)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Compares a signature computed here with the one given, in constant time.
+pub(crate) fn check(expected: &[u8], given: &[u8]) -> Result<(), S3Error> {
     use subtle::ConstantTimeEq;
     if bool::from(expected.ct_eq(given)) {
         Ok(())

@@ -4,8 +4,13 @@ use ostore_tests::{binary, Dev};
 use std::process::Command;
 
 fn osbench(dev: &Dev, args: &[&str], json: &std::path::Path) -> serde_json::Value {
+    osbench_at(&dev.http, dev, args, json)
+}
+
+/// osbench against `addr` (the native API's, or the S3 API's with `--protocol s3`).
+fn osbench_at(addr: &str, dev: &Dev, args: &[&str], json: &std::path::Path) -> serde_json::Value {
     let out = Command::new(binary("osbench"))
-        .args(["--endpoint", &format!("http://{}", dev.http), "--json"])
+        .args(["--endpoint", &format!("http://{addr}"), "--json"])
         .arg(json)
         .arg("--tls-ca")
         .arg(dev.data().join("tls/cert.pem"))
@@ -28,25 +33,8 @@ fn osbench_runs_every_workload_through_s3_with_no_errors() {
     let dir = tempfile::tempdir().unwrap();
     let j = dir.path().join("out.json");
     let run = |args: &[&str]| {
-        let out = Command::new(binary("osbench"))
-            .args([
-                "--endpoint",
-                &format!("http://{}", dev.s3),
-                "--protocol",
-                "s3",
-            ])
-            .args(["--bucket", "bench-s3", "--json"])
-            .arg(&j)
-            .args(args)
-            .env("OSTORE_SECRET", &dev.secret)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "osbench {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&j).unwrap()).unwrap()
+        let s3 = ["--protocol", "s3", "--bucket", "bench-s3"];
+        osbench_at(&dev.s3, &dev, &[&s3[..], args].concat(), &j)
     };
     for (args, op) in [
         (&["--workload", "put", "--ops", "100"][..], "put"),

@@ -3,8 +3,8 @@
 //! completing makes a version assembled from the parts named, without copying a byte.
 
 use super::{
-    copy_source, empty, is_checksum, md5_etag, meta_error, owner, request_attrs, require_valid_key,
-    store_body, xml_response, ListArgs, Resp,
+    common_prefix, copy_source, empty, is_checksum, md5_etag, meta_error, owner, request_attrs,
+    require_valid_key, store_body, xml_response, ListArgs, Resp,
 };
 use crate::store::{BodyFault, BodySource};
 use crate::web::Front;
@@ -412,9 +412,7 @@ pub async fn list_uploads(front: &Front, bucket: &str, query: &str) -> Result<Re
         let u = match u {
             ListedUpload::Upload(u) => u,
             ListedUpload::Prefix(p) => {
-                prefixes.push_str("<CommonPrefixes>");
-                xml::element(&mut prefixes, "Prefix", &la.enc(p));
-                prefixes.push_str("</CommonPrefixes>");
+                common_prefix(&mut prefixes, &la.enc(p));
                 continue;
             }
         };
