@@ -24,13 +24,22 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// A port below the usual ephemeral range (32768+) that is free for both TCP and UDP now.
+/// A port below the usual ephemeral range (32768+) that is free for both TCP and UDP now, and
+/// never handed out before in this process. A port is free while the node holding it is
+/// killed and not yet restarted; handed to another cluster then, both nodes would listen on it
+/// (the executors bind with SO_REUSEPORT) and split its connections between two secrets.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
         let p: u16 = rand::random::<u16>() % 12_000 + 20_000;
+        if given.contains(&p) {
+            continue;
+        }
         let tcp = std::net::TcpListener::bind(("127.0.0.1", p));
         let udp = std::net::UdpSocket::bind(("127.0.0.1", p));
         if tcp.is_ok() && udp.is_ok() {
+            given.push(p);
             return p;
         }
     }
