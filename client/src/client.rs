@@ -102,7 +102,7 @@ impl ClientBuilder {
                         "HTTP/1.1 endpoints are http://, not {scheme}://"
                     )));
                 }
-                Transport::H1(http1::H1::new(&authority))
+                Transport::H1(Box::new(http1::H1::new(&authority)))
             }
             Protocol::Http3 => {
                 if scheme != "http" && scheme != "https" {
@@ -137,7 +137,7 @@ fn system_roots() -> Result<rustls::RootCertStore> {
 }
 
 pub(crate) enum Transport {
-    H1(http1::H1),
+    H1(Box<http1::H1>),
     H3(Box<http3::H3>),
 }
 

@@ -69,6 +69,8 @@ pub struct MembershipRec {
 pub struct LeaseRec {
     pub holder: u64,
     pub expires_ms: u64,
+    /// The term: bumped whenever the lease passes to another holder (see [`Fence`]).
+    pub epoch: u64,
 }
 
 /// A drive as a registering node finds it.
@@ -668,24 +670,66 @@ pub fn drive_rebuild_queued(kv: &dyn Kv, node: u32, drive: u16) -> Result<()> {
     })
 }
 
-/// Takes or renews the leader lease for `holder`; `true` while `holder` leads.
-pub fn take_lead(kv: &dyn Kv, holder: u64, now_ms: u64) -> Result<bool> {
+/// A leader's proof of office: who holds the lease, and the term it took it in. Every
+/// transaction a leader's decision makes runs [`fenced`]: inside the transaction, the lease must
+/// still be this holder's, in this term. A leader paused or cut off past its lease, whose place
+/// another process has taken meanwhile, finds on waking that none of its decisions applies,
+/// however late its clock or its messages are: the check is part of the commit, not a reading of
+/// the time. (The lease's expiry, by the wall clock, only decides when another process may take
+/// over.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: u64,
+    pub epoch: u64,
+}
+
+/// How a refusal by [`check_fence`] starts.
+pub const FENCED: &str = "fenced";
+
+/// Takes or renews the leader lease for `holder`; the fence of its term while `holder` leads.
+pub fn take_lead(kv: &dyn Kv, holder: u64, now_ms: u64) -> Result<Option<Fence>> {
     run(kv, true, |tx| {
-        let cur: Option<LeaseRec> = get(tx, &keys::leader())?;
-        match cur {
-            Some(l) if l.holder != holder && l.expires_ms > now_ms => Ok(false),
-            _ => {
-                put(
-                    tx,
-                    &keys::leader(),
-                    &LeaseRec {
-                        holder,
-                        expires_ms: now_ms + LEADER_LEASE_MS,
-                    },
-                )?;
-                Ok(true)
-            }
-        }
+        // A lease record this version cannot read (written before terms existed) is taken as
+        // expired: its holder checked no fences.
+        let cur: Option<LeaseRec> = tx.get(&keys::leader())?.and_then(|b| decode(&b).ok());
+        let epoch = match &cur {
+            Some(l) if l.holder != holder && l.expires_ms > now_ms => return Ok(None),
+            Some(l) if l.holder == holder => l.epoch,
+            Some(l) => l.epoch + 1,
+            None => 1,
+        };
+        put(
+            tx,
+            &keys::leader(),
+            &LeaseRec {
+                holder,
+                expires_ms: now_ms + LEADER_LEASE_MS,
+                epoch,
+            },
+        )?;
+        Ok(Some(Fence { holder, epoch }))
+    })
+}
+
+/// Refuses unless `fence` still holds the leader lease (see [`Fence`]). Reading the lease puts
+/// it in the transaction's read set, so a takeover committed before this transaction makes it
+/// conflict and see the new holder on its retry.
+pub fn check_fence(tx: &mut dyn Tx, fence: Fence) -> Result<()> {
+    let cur: Option<LeaseRec> = tx.get(&keys::leader())?.and_then(|b| decode(&b).ok());
+    match cur {
+        Some(l) if l.holder == fence.holder && l.epoch == fence.epoch => Ok(()),
+        _ => Err(MetaError::Refused(format!(
+            "{FENCED}: this control process no longer leads (its term {} ended)",
+            fence.epoch
+        ))),
+    }
+}
+
+/// Runs `f` — any code written against [`Kv`] — as one transaction that first checks `fence`.
+pub fn fenced<T>(kv: &dyn Kv, fence: Fence, f: impl Fn(&dyn Kv) -> Result<T>) -> Result<T> {
+    run(kv, true, |tx| {
+        check_fence(tx, fence)?;
+        f(&crate::kv::TxKv::new(tx))
     })
 }
 
@@ -825,10 +869,24 @@ mod tests {
     fn one_leader_at_a_time() {
         let d = tempfile::tempdir().unwrap();
         let kv = RedbKv::open(&d.path().join("m.redb")).unwrap();
-        assert!(take_lead(&kv, 1, 0).unwrap());
-        assert!(!take_lead(&kv, 2, 1000).unwrap());
-        assert!(take_lead(&kv, 1, 1000).unwrap());
-        assert!(take_lead(&kv, 2, 1000 + LEADER_LEASE_MS + 1).unwrap());
-        assert!(!take_lead(&kv, 1, 1000 + LEADER_LEASE_MS + 2).unwrap());
+        let first = take_lead(&kv, 1, 0).unwrap().unwrap();
+        assert_eq!(take_lead(&kv, 2, 1000).unwrap(), None);
+        assert_eq!(take_lead(&kv, 1, 1000).unwrap(), Some(first));
+        let second = take_lead(&kv, 2, 1000 + LEADER_LEASE_MS + 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.epoch, first.epoch + 1);
+        assert_eq!(take_lead(&kv, 1, 1000 + LEADER_LEASE_MS + 2).unwrap(), None);
+        // The first leader wakes up: whatever it decides is refused, inside the transaction.
+        let r = fenced(&kv, first, |kv| mark_down(kv, &[0], 9000));
+        assert!(matches!(r, Err(MetaError::Refused(_))), "{r:?}");
+        assert!(fenced(&kv, second, |kv| mark_down(kv, &[0], 9000)).is_ok());
+        // Even holding the lease again later, it is in a new term: the old fence stays dead.
+        let third = take_lead(&kv, 1, 1000 + 3 * LEADER_LEASE_MS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(third.epoch, second.epoch + 1);
+        assert!(fenced(&kv, first, |kv| mark_down(kv, &[0], 9000)).is_err());
+        assert!(fenced(&kv, third, |kv| mark_down(kv, &[0], 9000)).is_ok());
     }
 }

@@ -188,4 +188,8 @@ impl Kv for FdbKv {
     fn as_dyn(&self) -> &dyn Kv {
         self
     }
+
+    fn read_threads(&self) -> usize {
+        16
+    }
 }

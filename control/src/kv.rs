@@ -116,6 +116,14 @@ pub trait Kv {
     fn commit_outcome_known(&self) -> bool {
         false
     }
+
+    /// How many threads should run this store's read transactions: 0 (the default) when a
+    /// read is cheap enough to run on the caller's thread (an embedded store's snapshot), more
+    /// for a store where each read is a round trip over the network, which no executor should
+    /// wait on (see `service::Meta`).
+    fn read_threads(&self) -> usize {
+        0
+    }
 }
 
 /// A store whose every transaction is part of one enclosing transaction `tx`: code written

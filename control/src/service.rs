@@ -1,7 +1,9 @@
 //! Runs metadata writes on a dedicated thread so that the data plane's executors never block on
 //! a commit's fsync, and commits them in groups: every write queued while the previous commit
 //! was in flight goes into the next one (one fsync for many requests). Reads run on the
-//! caller's thread: they take a snapshot and never block.
+//! caller's thread when the store reads a local snapshot without blocking (redb), and on a
+//! pool of reader threads when each read is a network round trip (etcd, FoundationDB:
+//! [`Kv::read_threads`]).
 
 use crate::kv::{Kv, KvError};
 use crate::meta::MetaError;
@@ -12,12 +14,15 @@ pub const GROUP_COMMIT_WRITES_MAX: usize = 256;
 
 type Reply = Box<dyn FnOnce(Result<(), KvError>) + Send>;
 type Job = Box<dyn FnOnce(&dyn Kv) -> Reply + Send>;
+type ReadJob = Box<dyn FnOnce(&dyn Kv) + Send>;
 
 /// A cheap, cloneable handle to the metadata store.
 #[derive(Clone)]
 pub struct Meta {
     kv: Arc<dyn Kv + Send + Sync>,
     writes: flume::Sender<Job>,
+    /// The reader threads' queue, for a store whose reads block on the network.
+    reads: Option<flume::Sender<ReadJob>>,
 }
 
 fn writer(kv: Arc<dyn Kv + Send + Sync>, rx: flume::Receiver<Job>) {
@@ -57,10 +62,57 @@ impl Meta {
             .name("ostore-meta".into())
             .spawn(move || writer(worker, rx))
             .expect("spawn metadata writer thread");
-        Meta { kv, writes: tx }
+        let readers = kv.read_threads();
+        let reads = (readers > 0).then(|| {
+            let (tx, rx) = flume::unbounded::<ReadJob>();
+            for i in 0..readers {
+                let kv = kv.clone();
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("ostore-meta-r{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            job(&*kv);
+                        }
+                    })
+                    .expect("spawn metadata reader thread");
+            }
+            tx
+        });
+        Meta {
+            kv,
+            writes: tx,
+            reads,
+        }
     }
 
-    /// The store, for reads on the calling thread.
+    /// Runs `f` (read transactions): on the calling thread for a store that reads a local
+    /// snapshot, else on a reader thread, waiting without blocking the calling executor.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Kv) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        let Some(reads) = &self.reads else {
+            return f(self.kv());
+        };
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let job: ReadJob = Box::new(move |kv| {
+            let _ = tx.send(f(kv));
+        });
+        if reads.send(job).is_err() {
+            return Err(MetaError::Kv(KvError::Storage(
+                "the metadata readers have stopped".into(),
+            )));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(MetaError::Kv(KvError::Storage(
+                "the metadata readers dropped a read".into(),
+            )))
+        })
+    }
+
+    /// The store, for reads on the calling thread (which [`read`](Self::read) avoids where a
+    /// read blocks).
     pub fn kv(&self) -> &dyn Kv {
         &*self.kv
     }
@@ -91,8 +143,34 @@ impl Meta {
             self.write(move |kv| crate::rpc::execute_idempotent(kv, req, token, now_ms()))
                 .await
         } else {
-            crate::rpc::execute(self.kv(), req, now_ms())
+            self.read(move |kv| crate::rpc::execute(kv, req, now_ms()))
+                .await
         }
+    }
+
+    /// [`call`](Self::call) for a leader's decision: a write runs inside
+    /// [`crate::cluster::fenced`], so it applies only while `fence` still holds the leader
+    /// lease.
+    pub async fn call_fenced(
+        &self,
+        fence: crate::cluster::Fence,
+        req: crate::rpc::Request,
+    ) -> Result<Vec<u8>, MetaError> {
+        if !req.is_write() {
+            return self.call(req).await;
+        }
+        let known = self.kv.commit_outcome_known();
+        let token = crate::rpc::Token::new(rand::random(), now_ms());
+        self.write(move |kv| {
+            crate::cluster::fenced(kv, fence, |kv| {
+                if known {
+                    crate::rpc::execute(kv, req.clone(), now_ms())
+                } else {
+                    crate::rpc::execute_idempotent(kv, req.clone(), token, now_ms())
+                }
+            })
+        })
+        .await
     }
 
     /// Runs `f` (write transactions) on the writer thread and waits, without blocking the

@@ -13,16 +13,19 @@ use ostore_control::service::Meta;
 use ostore_server::compat::HyperIo;
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Idle connections kept per executor.
 const IDLE_CONNECTIONS_MAX: usize = 16;
-/// A control-plane call that takes longer than this fails (and the request with it).
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub enum MetaClient {
     Local(Meta),
+    /// In process, for the leader's jobs: every write is fenced by the leader's term
+    /// (`cluster::fenced`), so a deposed leader's decisions never apply.
+    Leader(Meta, ostore_control::cluster::Fence),
     Remote(RemoteMeta),
 }
 
@@ -35,9 +38,12 @@ impl MetaClient {
     /// Runs `req`; `T` is the return type named on the request's variant.
     async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
         let bytes = match self {
-            MetaClient::Local(m) => {
+            MetaClient::Local(m) | MetaClient::Leader(m, _) => {
                 let read = !req.is_write();
-                let r = m.call(req).await;
+                let r = match self {
+                    MetaClient::Leader(_, fence) => m.call_fenced(*fence, req).await,
+                    _ => m.call(req).await,
+                };
                 // A local read runs on this executor's thread without yielding: a loop of them
                 // (a GC or scrub pass paging through every content) would hold the executor,
                 // and every connection it serves, for the whole scan. Yield once the task's
@@ -138,12 +144,29 @@ impl MetaClient {
     }
 }
 
-/// The control plane at `addr`, called with the cluster secret.
+/// The control plane's processes (any of them serves every call), called with the cluster
+/// secret.
+///
+/// A call goes to the process that answered last; one that refuses the connection, fails, or
+/// has not answered within [`ATTEMPT_TIMEOUT`] (paused, partitioned, its store stuck) is left
+/// for the next, and the call is sent again **with the same token**, so a write whose answer
+/// was lost is not applied twice (`rpc::execute_idempotent`). A call that no process answered
+/// within [`CALL_BUDGET`] fails as [`MetaError::Unavailable`]: the client sees a 503 with
+/// `Retry-After`.
 #[derive(Clone)]
 pub struct RemoteMeta {
-    pub addr: SocketAddr,
-    pub secret: String,
+    addrs: Arc<[SocketAddr]>,
+    secret: String,
+    /// The process that answered last (an index into `addrs`), shared by every executor.
+    current: Arc<AtomicUsize>,
 }
+
+/// With several control processes, one that has not answered a call within this long is taken
+/// as failed for it and the next one is asked.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A control-plane call that no process answered within this long fails (and the request with
+/// it, with a 503).
+pub const CALL_BUDGET: Duration = Duration::from_secs(6);
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
@@ -161,10 +184,27 @@ fn unavailable(e: impl std::fmt::Display) -> MetaError {
 }
 
 impl RemoteMeta {
-    async fn connect(&self) -> Result<Sender, MetaError> {
-        let stream = glommio::net::TcpStream::connect(self.addr)
+    /// The control processes at `addrs` (at least one); calls start at a random one of them,
+    /// so the nodes of a cluster spread over them.
+    pub fn new(addrs: Vec<SocketAddr>, secret: String) -> Self {
+        assert!(!addrs.is_empty(), "at least one control-plane address");
+        let start = rand::random::<usize>() % addrs.len();
+        RemoteMeta {
+            addrs: addrs.into(),
+            secret,
+            current: Arc::new(AtomicUsize::new(start)),
+        }
+    }
+
+    /// The control process calls go to first now.
+    pub fn current(&self) -> SocketAddr {
+        self.addrs[self.current.load(Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<Sender, MetaError> {
+        let stream = glommio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| unavailable(format!("connecting to {}: {e}", self.addr)))?;
+            .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http1::handshake(HyperIo(stream))
             .await
@@ -176,10 +216,10 @@ impl RemoteMeta {
         Ok(sender)
     }
 
-    fn idle(&self) -> Option<Sender> {
+    fn idle(addr: SocketAddr) -> Option<Sender> {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
-            while let Some(i) = idle.iter().position(|(a, _, _)| *a == self.addr) {
+            while let Some(i) = idle.iter().position(|(a, _, _)| *a == addr) {
                 let (_, s, since) = idle.swap_remove(i);
                 if !s.is_closed() && since.elapsed() < IDLE_REUSE_MAX {
                     return Some(s);
@@ -189,58 +229,108 @@ impl RemoteMeta {
         })
     }
 
+    /// One try of a call at `addr`.
+    async fn attempt(&self, addr: SocketAddr, body: Bytes) -> Result<Bytes, MetaError> {
+        // An idle connection the control plane has closed fails before sending anything;
+        // then a fresh one is used.
+        let mut sender = match Self::idle(addr) {
+            Some(s) => s,
+            None => Self::connect(addr).await?,
+        };
+        if sender.ready().await.is_err() {
+            sender = Self::connect(addr).await?;
+            sender.ready().await.map_err(unavailable)?;
+        }
+        let request = http::Request::post("/v1/rpc")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.secret),
+            )
+            .header(http::header::CONTENT_TYPE, "application/x-ostore-rpc")
+            .body(Full::new(body))
+            .map_err(unavailable)?;
+        let resp = sender.send_request(request).await.map_err(unavailable)?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(unavailable)?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(unavailable(format!(
+                "control plane at {addr} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            if idle.len() < IDLE_CONNECTIONS_MAX {
+                idle.push((addr, sender, std::time::Instant::now()));
+            }
+        });
+        Ok(bytes)
+    }
+
     pub async fn call<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, MetaError> {
-        // A retry of this call (none yet) must carry the same token.
+        // Every try of this call carries the same token: a write whose answer was lost is
+        // answered from its marker, not applied again.
         let token = rpc::Token::new(rand::random(), ostore_control::service::now_ms());
         let body = Bytes::from(rpc::encode_request(&token, &req));
-        let attempt = async {
-            // An idle connection the control plane has closed fails before sending anything;
-            // then a fresh one is used.
-            let mut sender = match self.idle() {
-                Some(s) => s,
-                None => self.connect().await?,
-            };
-            if sender.ready().await.is_err() {
-                sender = self.connect().await?;
-                sender.ready().await.map_err(unavailable)?;
-            }
-            let request = http::Request::post("/v1/rpc")
-                .header(
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", self.secret),
-                )
-                .header(http::header::CONTENT_TYPE, "application/x-ostore-rpc")
-                .body(Full::new(body))
-                .map_err(unavailable)?;
-            let resp = sender.send_request(request).await.map_err(unavailable)?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(unavailable)?
-                .to_bytes();
-            if !status.is_success() {
-                return Err(unavailable(format!(
-                    "control plane answered {status}: {}",
-                    String::from_utf8_lossy(&bytes)
-                )));
-            }
-            IDLE.with(|idle| {
-                let mut idle = idle.borrow_mut();
-                if idle.len() < IDLE_CONNECTIONS_MAX {
-                    idle.push((self.addr, sender, std::time::Instant::now()));
+        let started = std::time::Instant::now();
+        let n = self.addrs.len();
+        // With one process there is no other to try: its answer is waited for as long as the
+        // budget allows.
+        let per_try = if n > 1 { ATTEMPT_TIMEOUT } else { CALL_BUDGET };
+        let mut first = self.current.load(Ordering::Relaxed) % n;
+        let mut last_error = None;
+        let mut round = 0u32;
+        loop {
+            for k in 0..n {
+                let i = (first + k) % n;
+                let addr = self.addrs[i];
+                let left = CALL_BUDGET.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(unavailable(format!(
+                        "no answer from the control plane ({}) in {CALL_BUDGET:?}: {}",
+                        self.list(),
+                        last_error.map_or_else(String::new, |e: MetaError| e.to_string())
+                    )));
                 }
-            });
-            rpc::decode_answer(&bytes)
-        };
-        futures_lite::future::or(attempt, async {
-            glommio::timer::sleep(CALL_TIMEOUT).await;
-            Err(unavailable(format!(
-                "no answer from the control plane at {} in {CALL_TIMEOUT:?}",
-                self.addr
-            )))
-        })
-        .await
+                let wait = per_try.min(left);
+                let r = futures_lite::future::or(self.attempt(addr, body.clone()), async {
+                    glommio::timer::sleep(wait).await;
+                    Err(unavailable(format!("no answer from {addr} in {wait:?}")))
+                })
+                .await;
+                match r {
+                    Ok(bytes) => {
+                        if self.current.swap(i, Ordering::Relaxed) % n != i {
+                            tracing::info!("control plane: now calling {addr}");
+                        }
+                        return rpc::decode_answer(&bytes);
+                    }
+                    Err(e) => {
+                        tracing::debug!("control plane at {addr}: {e}");
+                        last_error = Some(e);
+                    }
+                }
+            }
+            // Every process failed this round (refused, most likely: restarting). Pause a
+            // little before the next round, within the budget.
+            round += 1;
+            first = self.current.load(Ordering::Relaxed) % n;
+            let pause = Duration::from_millis(50u64 << round.min(4));
+            let left = CALL_BUDGET.saturating_sub(started.elapsed());
+            glommio::timer::sleep(pause.min(left)).await;
+        }
+    }
+
+    fn list(&self) -> String {
+        self.addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

@@ -35,7 +35,7 @@ const RPC_BODY_BYTES_MAX: usize = 64 << 20;
 
 pub struct ControlOptions {
     pub listen: SocketAddr,
-    /// `redb:PATH` or `fdb:CLUSTER_FILE`.
+    /// `redb:PATH`, `etcd:HOST:PORT,…[/PREFIX]` or `fdb:CLUSTER_FILE`.
     pub meta: String,
     pub ec: EcParams,
     /// A node down this long has its shards rebuilt elsewhere.
@@ -58,8 +58,8 @@ struct Control {
     liveness: std::sync::Mutex<ostore_control::liveness::Liveness>,
     /// When each node's heartbeat was last written to the metadata store.
     recorded: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
-    /// Whether this process holds the leader lease (as its last renewal found).
-    leading: AtomicBool,
+    /// The leader lease's fence while this process holds it (as its last renewal found).
+    leading: std::sync::Mutex<Option<cluster::Fence>>,
 }
 
 impl ostore_server::conn::Host for Control {
@@ -94,7 +94,15 @@ fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
         #[cfg(not(feature = "fdb"))]
         anyhow::bail!("this ostore was built without FoundationDB support (cargo feature `fdb`)");
     }
-    anyhow::bail!("--meta must be redb:PATH or fdb:CLUSTER_FILE, not {spec:?}")
+    if let Some(members) = spec.strip_prefix("etcd:") {
+        let kv = ostore_etcd::EtcdKv::open(members)
+            .with_context(|| format!("opening etcd {members}"))?;
+        return Ok(Arc::new(kv));
+    }
+    anyhow::bail!(
+        "--meta must be redb:PATH, etcd:HOST:PORT[,HOST:PORT…][/PREFIX] or fdb:CLUSTER_FILE, \
+         not {spec:?}"
+    )
 }
 
 /// Runs `ostore control` until SIGINT or SIGTERM.
@@ -138,7 +146,7 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         metrics: ostore_server::metrics::Metrics::default(),
         liveness: Default::default(),
         recorded: Default::default(),
-        leading: AtomicBool::new(false),
+        leading: std::sync::Mutex::new(None),
     });
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -187,7 +195,12 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 
 async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.uri().path() == "/health" {
-        return text(StatusCode::OK, "ok");
+        // Which role this process has now: operators and tests find the leader by it.
+        let role = match *c.leading.lock().expect("leading lock") {
+            Some(f) => format!("ok leader term {}", f.epoch),
+            None => "ok follower".to_string(),
+        };
+        return text(StatusCode::OK, &role);
     }
     if req.method() != Method::POST || req.uri().path() != "/v1/rpc" {
         return text(StatusCode::NOT_FOUND, "no such endpoint");
@@ -225,7 +238,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Err(e) => return text(StatusCode::BAD_REQUEST, &e),
     };
     if let Rq::Heartbeat { node, .. } = &request {
-        if let Some(answer) = beat_unrecorded(c, *node) {
+        if let Some(answer) = beat_unrecorded(c, *node).await {
             return rpc_response(&answer);
         }
     }
@@ -245,7 +258,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Feeds a heartbeat to the failure detector; answers it without writing the metadata store
 /// when the node is up and its heartbeat was written within [`cluster::HEARTBEAT_RECORD_MS`].
-fn beat_unrecorded(
+async fn beat_unrecorded(
     c: &Control,
     node: u32,
 ) -> Option<Result<Vec<u8>, ostore_control::meta::MetaError>> {
@@ -263,7 +276,11 @@ fn beat_unrecorded(
     if last.is_none_or(|t| now.saturating_sub(t) >= cluster::HEARTBEAT_RECORD_MS) {
         return None;
     }
-    match cluster::heartbeat_unrecorded(c.meta.kv(), node) {
+    match c
+        .meta
+        .read(move |kv| cluster::heartbeat_unrecorded(kv, node))
+        .await
+    {
         Ok(Some(beat)) => Some(Ok(rpc::beat_answer(beat))),
         Ok(None) => None,
         Err(e) => Some(Err(e)),
@@ -303,10 +320,10 @@ async fn detector(c: Arc<Control>) {
                 .expect("liveness lock")
                 .paused(late.as_millis() as u64);
         }
-        if !c.leading.load(Ordering::Relaxed) {
+        let Some(fence) = *c.leading.lock().expect("leading lock") else {
             continue;
-        }
-        let view = match cluster::view(c.meta.kv()) {
+        };
+        let view = match c.meta.read(cluster::view).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!("failure detection: reading the membership: {e}");
@@ -315,7 +332,12 @@ async fn detector(c: Arc<Control>) {
         };
         let now = now_ms();
         let judged: Vec<(u32, f64)> = {
-            let l = c.liveness.lock().expect("liveness lock");
+            let mut l = c.liveness.lock().expect("liveness lock");
+            // With several control processes, a node's heartbeats go to the one it calls; any
+            // of them records one a second in the store, which the leader hears from here.
+            for n in &view.nodes {
+                l.heartbeat(n.id, n.heartbeat_ms);
+            }
             view.nodes
                 .iter()
                 .filter(|n| n.up && l.down(n.id, now))
@@ -328,7 +350,7 @@ async fn detector(c: Arc<Control>) {
         let ids: Vec<u32> = judged.iter().map(|j| j.0).collect();
         match c
             .meta
-            .write(move |kv| cluster::mark_down(kv, &ids, now))
+            .write(move |kv| cluster::fenced(kv, fence, |kv| cluster::mark_down(kv, &ids, now)))
             .await
         {
             Ok(down) if !down.is_empty() => {
@@ -337,7 +359,7 @@ async fn detector(c: Arc<Control>) {
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::error!("marking nodes down: {e}"),
+            Err(e) => leader_error("marking nodes down", &e),
         }
     }
 }
@@ -358,54 +380,74 @@ async fn leader(c: Arc<Control>) {
             .meta
             .write(move |kv| cluster::take_lead(kv, holder, now_ms()))
             .await;
-        let leading = matches!(lead, Ok(true));
-        c.leading.store(leading, Ordering::Relaxed);
-        if !leading {
-            last_up = None;
-            continue;
+        let fence = match lead {
+            Ok(Some(fence)) => fence,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!("renewing the leader lease: {e}");
+                }
+                // Another process leads, or this one cannot tell: its jobs wait.
+                if c.leading.lock().expect("leading lock").take().is_some() {
+                    tracing::warn!("no longer leading the cluster");
+                }
+                last_up = None;
+                continue;
+            }
+        };
+        let was = c.leading.lock().expect("leading lock").replace(fence);
+        if was != Some(fence) {
+            tracing::info!("leading the cluster (term {})", fence.epoch);
         }
+        let client = MetaClient::Leader(c.meta.clone(), fence);
         match c
             .meta
-            .write(|kv| cluster::expire_leases(kv, now_ms()))
+            .write(move |kv| cluster::fenced(kv, fence, |kv| cluster::expire_leases(kv, now_ms())))
             .await
         {
             Ok(down) if !down.is_empty() => tracing::warn!("nodes down (lease expired): {down:?}"),
             Ok(_) => {}
-            Err(e) => tracing::error!("expiring leases: {e}"),
+            Err(e) => leader_error("expiring leases", &e),
         }
-        if let Err(e) = MetaClient::Local(c.meta.clone())
-            .ask(ask::ExpireDone {})
-            .await
-        {
-            tracing::error!("expiring request markers: {e}");
+        if let Err(e) = client.ask(ask::ExpireDone {}).await {
+            leader_error("expiring request markers", &e);
         }
-        if let Err(e) = rebuild_lost_drives(&c).await {
-            tracing::error!("scheduling rebuilds: {e}");
+        if let Err(e) = rebuild_lost_drives(&c, &client, fence).await {
+            leader_error("scheduling rebuilds", &e);
         }
         if tick.is_multiple_of(DRAIN_CHECK_TICKS) {
-            if let Err(e) = advance_drains(&c).await {
-                tracing::error!("draining: {e}");
+            if let Err(e) = advance_drains(&client).await {
+                leader_error("draining", &e);
             }
-            if let Err(e) = rebalance(&c, &mut rebalancer).await {
-                tracing::error!("rebalancing: {e}");
+            if let Err(e) = rebalance(&client, &mut rebalancer).await {
+                leader_error("rebalancing", &e);
             }
         }
         // Nodes came up: objects written while they were down may sit two to a node.
-        let view: Result<ClusterView, _> =
-            MetaClient::Local(c.meta.clone()).ask(ask::Cluster {}).await;
+        let view: Result<ClusterView, _> = client.ask(ask::Cluster {}).await;
         if let Ok(v) = view {
             let up = v.nodes.iter().filter(|n| n.up).count();
             if last_up.is_some_and(|l| up > l) {
-                match MetaClient::Local(c.meta.clone()).repair_scan().await {
+                match client.repair_scan().await {
                     Ok(n) if n > 0 => {
                         tracing::info!("nodes returned: {n} object(s) queued to spread out")
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::error!("repair scan: {e}"),
+                    Err(e) => leader_error("repair scan", &e),
                 }
             }
             last_up = Some(up);
         }
+    }
+}
+
+/// Logs a leader job's failure: as an error, unless this process was deposed meanwhile and the
+/// job's transaction was fenced, which is the fence doing its work.
+fn leader_error(what: &str, e: &dyn std::fmt::Display) {
+    let m = e.to_string();
+    if m.contains(cluster::FENCED) {
+        tracing::info!("{what}: {m}");
+    } else {
+        tracing::error!("{what}: {m}");
     }
 }
 
@@ -429,9 +471,8 @@ async fn moves_queued(client: &MetaClient) -> anyhow::Result<bool> {
 /// them for moving, each drive from a random point of its index (so that drives holding shards
 /// of the same objects offer different ones). The nodes then move one shard per content to the
 /// least loaded node that holds none of it (`placement::moves`).
-async fn rebalance(c: &Control, rebalancer: &mut Rebalancer) -> anyhow::Result<()> {
-    let client = MetaClient::Local(c.meta.clone());
-    if moves_queued(&client).await? {
+async fn rebalance(client: &MetaClient, rebalancer: &mut Rebalancer) -> anyhow::Result<()> {
+    if moves_queued(client).await? {
         return Ok(());
     }
     let view: ClusterView = client.ask(ask::Cluster {}).await?;
@@ -497,8 +538,7 @@ const DRAIN_BATCH: usize = 10_000;
 /// anything land on it again). While it holds shards, a batch of them is queued for moving
 /// whenever the move queue has run dry, so shards committed since — an upload that finished, a
 /// move that failed — are picked up too.
-async fn advance_drains(c: &Control) -> anyhow::Result<()> {
-    let client = MetaClient::Local(c.meta.clone());
+async fn advance_drains(client: &MetaClient) -> anyhow::Result<()> {
     let view: ClusterView = client.ask(ask::Cluster {}).await?;
     for (node, d) in &view.drains {
         let drives: Vec<u16> = view
@@ -521,7 +561,7 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
             moves_queued: false,
         };
         if left > 0 {
-            facts.moves_queued = moves_queued(&client).await?;
+            facts.moves_queued = moves_queued(client).await?;
         }
         let mut step = drain_step(facts);
         if step == DrainStep::CountExactly {
@@ -568,17 +608,24 @@ async fn advance_drains(c: &Control) -> anyhow::Result<()> {
 
 /// Queues every content with a shard on a drive flagged for refill or on a node down past the
 /// grace period.
-async fn rebuild_lost_drives(c: &Control) -> anyhow::Result<()> {
+async fn rebuild_lost_drives(
+    c: &Control,
+    client: &MetaClient,
+    fence: cluster::Fence,
+) -> anyhow::Result<()> {
     let grace = c.down_grace.as_millis() as u64;
     let drives = c
         .meta
-        .write(move |kv| cluster::drives_to_rebuild(kv, now_ms(), grace))
+        .read(move |kv| cluster::drives_to_rebuild(kv, now_ms(), grace))
         .await?;
-    let client = MetaClient::Local(c.meta.clone());
     for (node, drive) in drives {
         let queued = client.queue_drive_for_repair(drive).await?;
         c.meta
-            .write(move |kv| cluster::drive_rebuild_queued(kv, node, drive))
+            .write(move |kv| {
+                cluster::fenced(kv, fence, |kv| {
+                    cluster::drive_rebuild_queued(kv, node, drive)
+                })
+            })
             .await?;
         tracing::info!("drive {drive} of node {node}: {queued} shard(s) queued for rebuild");
     }

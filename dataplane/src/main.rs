@@ -133,7 +133,9 @@ enum Cmd {
         /// Address nodes reach the control-plane API on.
         #[arg(long)]
         listen: SocketAddr,
-        /// Metadata store: redb:PATH (embedded) or fdb:CLUSTER_FILE (feature `fdb`).
+        /// Metadata store: redb:PATH (embedded, one control process), etcd:HOST:PORT[,…][/PREFIX]
+        /// (several control processes over one etcd cluster), or fdb:CLUSTER_FILE (feature
+        /// `fdb`).
         #[arg(long)]
         meta: String,
         /// Erasure coding of a new cluster, K data + M parity shards.
@@ -153,9 +155,10 @@ enum Cmd {
     },
     /// A data node of a cluster (needs OSTORE_SECRET).
     Node {
-        /// Address of `ostore control`.
-        #[arg(long)]
-        control: SocketAddr,
+        /// Addresses of the cluster's `ostore control` processes, comma-separated: any of
+        /// them serves, and calls fail over from one that fails or stops answering.
+        #[arg(long, value_delimiter = ',', required = true)]
+        control: Vec<SocketAddr>,
         /// Native HTTP API address.
         #[arg(long)]
         http: SocketAddr,

@@ -817,7 +817,8 @@ async fn garbage_collector(node: Arc<Node>) {
 
 /// Options of `ostore node`.
 pub struct NodeOptions {
-    pub control: SocketAddr,
+    /// Every control process of the cluster (any serves; see `RemoteMeta`).
+    pub control: Vec<SocketAddr>,
     pub http: SocketAddr,
     /// The S3 API's address (`None`: not served).
     pub s3: Option<SocketAddr>,
@@ -995,10 +996,10 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
     let tls = ostore_transport::tls::credentials(&secret)?;
-    let meta = MetaClient::Remote(ostore_controlplane::client::RemoteMeta {
-        addr: opts.control,
-        secret: secret.clone(),
-    });
+    let meta = MetaClient::Remote(ostore_controlplane::client::RemoteMeta::new(
+        opts.control.clone(),
+        secret.clone(),
+    ));
     let (http_placeholder, http_addr) = reserve_port(opts.http)?;
     let s3 = opts.s3.map(reserve_port).transpose()?;
     let s3_addr = s3.as_ref().map(|(_, a)| *a);

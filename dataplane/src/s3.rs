@@ -332,10 +332,20 @@ fn empty(status: StatusCode) -> Resp {
 /// S3's error document (none for HEAD, whose answers have no body).
 fn error_response(e: &S3Error, resource: &str, request_id: &str, head_only: bool) -> Resp {
     let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if head_only {
-        return empty(status);
+    let mut r = if head_only {
+        empty(status)
+    } else {
+        xml_response(status, xml::error(e, resource, request_id))
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Unavailable for now (the control plane failing over, too few nodes): say when to
+        // come back, as the native API does.
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            http::HeaderValue::from_static(crate::web::RETRY_AFTER_S),
+        );
     }
-    xml_response(status, xml::error(e, resource, request_id))
+    r
 }
 
 async fn bucket_list(front: &Front) -> Result<Vec<(String, u64)>, S3Error> {

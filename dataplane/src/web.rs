@@ -114,6 +114,11 @@ pub(crate) fn err(status: StatusCode, code: &'static str, message: impl Into<Str
 /// How long a client should wait before retrying a write refused for too few nodes up: about
 /// what failure detection and a node's return take.
 const NODES_RETRY_AFTER_S: u32 = 5;
+/// `Retry-After` of a request the control plane did not answer in time: a failover ends
+/// within seconds.
+const META_RETRY_AFTER_S: u32 = 1;
+/// The same for S3's 503s, as a header value.
+pub const RETRY_AFTER_S: &str = "1";
 
 impl ApiError {
     pub(crate) fn into_response(self) -> Resp {
@@ -179,7 +184,10 @@ impl From<MetaError> for ApiError {
             MetaError::Refused(m) => err(StatusCode::CONFLICT, "Conflict", m),
             MetaError::Unavailable(m) => {
                 tracing::warn!("control plane: {m}");
-                err(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
+                ApiError {
+                    retry_after_s: Some(META_RETRY_AFTER_S),
+                    ..err(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m)
+                }
             }
             other => {
                 tracing::error!("metadata: {other}");

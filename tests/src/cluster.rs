@@ -1,5 +1,6 @@
-//! Harness for cluster tests: one `ostore control` and N `ostore node`s on loopback, each node
-//! with its own drive directories in one temporary directory.
+//! Harness for cluster tests: `ostore control` (one over redb, or several over a local etcd
+//! cluster) and N `ostore node`s on loopback, each node with its own drive directories in one
+//! temporary directory.
 
 use crate::binary;
 use std::path::PathBuf;
@@ -15,6 +16,18 @@ fn field(line: &str, name: &str) -> String {
         .find_map(|f| f.strip_prefix(&format!("{name}=")))
         .unwrap_or_else(|| panic!("{name}= missing from {line:?}"))
         .to_string()
+}
+
+/// Sends signal `sig` to the child process `pid` this harness started.
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child process this harness owns.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 fn kill(child: &mut Option<Child>) {
@@ -58,10 +71,21 @@ pub struct Node {
     pub drives: Vec<PathBuf>,
 }
 
+/// One `ostore control` process.
+pub struct ControlProc {
+    child: Option<Child>,
+    /// Its API address (fixed, so a restarted process is found where it was).
+    pub addr: String,
+}
+
 pub struct Cluster {
     dir: tempfile::TempDir,
-    control: Option<Child>,
-    pub control_addr: String,
+    pub controls: Vec<ControlProc>,
+    /// What every control process is started with after `--meta`.
+    meta: String,
+    control_args: Vec<String>,
+    /// The etcd cluster the control processes share, when there are several.
+    pub etcd: Option<ostore_etcd::local::LocalEtcd>,
     pub secret: String,
     pub nodes: Vec<Node>,
     client: reqwest::blocking::Client,
@@ -79,26 +103,48 @@ impl Cluster {
             .prefix("ostore-cluster-")
             .tempdir()
             .expect("tempdir");
+        let meta = format!("redb:{}", dir.path().join("meta/control.redb").display());
+        Self::start_over(dir, None, meta, 1, nodes, drives, control_args)
+    }
+
+    /// A highly available control plane: an etcd cluster of `etcd_members` on loopback
+    /// (Debian's `etcd-server`), `controls` control processes over it, and `nodes` nodes that
+    /// are given every control process.
+    pub fn start_ha(controls: usize, etcd_members: usize, nodes: usize, drives: usize) -> Cluster {
+        if ostore_etcd::local::etcd_binary().is_none() {
+            crate::missing_prerequisite(
+                "Cluster::start_ha",
+                "the etcd binary (Debian's etcd-server, or ETCD_BIN)",
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ostore-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let etcd_dir = dir.path().join("etcd");
+        std::fs::create_dir_all(&etcd_dir).expect("etcd dir");
+        let etcd = ostore_etcd::local::LocalEtcd::start(&etcd_dir, etcd_members, &mut free_port)
+            .unwrap_or_else(|e| panic!("starting etcd: {e}"));
+        let meta = format!("etcd:{}", etcd.spec());
+        Self::start_over(dir, Some(etcd), meta, controls, nodes, drives, &[])
+    }
+
+    fn start_over(
+        dir: tempfile::TempDir,
+        etcd: Option<ostore_etcd::local::LocalEtcd>,
+        meta: String,
+        controls: usize,
+        nodes: usize,
+        drives: usize,
+        control_args: &[&str],
+    ) -> Cluster {
         let secret = hex::encode(rand::random::<[u8; 16]>());
-        let mut control = Command::new(binary("ostore"))
-            .args(["control", "--listen", "127.0.0.1:0", "--meta"])
-            .arg(format!(
-                "redb:{}",
-                dir.path().join("meta/control.redb").display()
-            ))
-            .args(control_args)
-            .env("OSTORE_SECRET", &secret)
-            .env("OSTORE_LOG", log_level())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ostore control");
-        let line = ready_line(&mut control, "ostore control");
-        let control_addr = field(&line, "control");
         let mut c = Cluster {
             dir,
-            control: Some(control),
-            control_addr,
+            controls: Vec::new(),
+            meta,
+            control_args: control_args.iter().map(|a| a.to_string()).collect(),
+            etcd,
             secret,
             nodes: Vec::new(),
             client: reqwest::blocking::Client::builder()
@@ -106,6 +152,14 @@ impl Cluster {
                 .build()
                 .expect("http client"),
         };
+        for _ in 0..controls {
+            let mut p = ControlProc {
+                child: None,
+                addr: format!("127.0.0.1:{}", free_port()),
+            };
+            c.launch_control(&mut p);
+            c.controls.push(p);
+        }
         for i in 0..nodes {
             let drives = (0..drives)
                 .map(|d| c.dir.path().join(format!("node-{i}/drive-{d}")))
@@ -126,6 +180,77 @@ impl Cluster {
         c
     }
 
+    fn launch_control(&self, p: &mut ControlProc) {
+        let mut child = Command::new(binary("ostore"))
+            .args(["control", "--listen", &p.addr, "--meta", &self.meta])
+            .args(&self.control_args)
+            .env("OSTORE_SECRET", &self.secret)
+            .env("OSTORE_LOG", log_level())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ostore control");
+        let line = ready_line(&mut child, "ostore control");
+        p.addr = field(&line, "control");
+        p.child = Some(child);
+    }
+
+    /// The first control process's address.
+    pub fn control_addr(&self) -> &str {
+        &self.controls[0].addr
+    }
+
+    /// What control process `i` says of itself on `/health`: `Some(term)` while it leads,
+    /// `None` as a follower or when it does not answer within a second.
+    pub fn control_leads(&self, i: usize) -> Option<u64> {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .ok()?
+            .get(format!("http://{}/health", self.controls[i].addr))
+            .send()
+            .ok()?;
+        let body = r.text().ok()?;
+        body.strip_prefix("ok leader term ")?.trim().parse().ok()
+    }
+
+    /// The running control process that leads, with its term, if one says so.
+    pub fn leader(&self) -> Option<(usize, u64)> {
+        (0..self.controls.len())
+            .filter(|&i| self.controls[i].child.is_some())
+            .find_map(|i| self.control_leads(i).map(|t| (i, t)))
+    }
+
+    /// The PID of control process `i`.
+    pub fn control_pid(&self, i: usize) -> u32 {
+        self.controls[i]
+            .child
+            .as_ref()
+            .expect("control running")
+            .id()
+    }
+
+    /// SIGKILL of control process `i`.
+    pub fn kill9_control(&mut self, i: usize) {
+        kill(&mut self.controls[i].child);
+    }
+
+    /// Starts control process `i` again on its address.
+    pub fn restart_control(&mut self, i: usize) {
+        kill(&mut self.controls[i].child);
+        let mut p = ControlProc {
+            child: None,
+            addr: self.controls[i].addr.clone(),
+        };
+        self.launch_control(&mut p);
+        self.controls[i] = p;
+    }
+
+    /// Sends signal `sig` to control process `i`.
+    pub fn signal_control(&self, i: usize, sig: i32) {
+        signal(self.control_pid(i), sig);
+    }
+
     /// Waits until every running node's view lists every node up (views refresh each second).
     pub fn wait_all_see_all(&self) {
         let n = self.nodes.len();
@@ -143,10 +268,11 @@ impl Cluster {
 
     fn launch(&self, n: &mut Node) {
         let mut cmd = Command::new(binary("ostore"));
+        let controls: Vec<&str> = self.controls.iter().map(|c| c.addr.as_str()).collect();
         cmd.args([
             "node",
             "--control",
-            &self.control_addr,
+            &controls.join(","),
             "--http",
             &n.http,
             "--peer",
@@ -198,14 +324,9 @@ impl Cluster {
 
     /// Sends signal `sig` (`libc::SIGSTOP`, `libc::SIGCONT`, ...) to node `i`.
     pub fn signal(&self, i: usize, sig: i32) {
-        let pid = self.nodes[i].child.as_ref().expect("node running").id();
-        // SAFETY: kill(2) on a child process this cluster owns.
-        let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-        assert_eq!(
-            r,
-            0,
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
+        signal(
+            self.nodes[i].child.as_ref().expect("node running").id(),
+            sig,
         );
     }
 
@@ -237,6 +358,31 @@ impl Cluster {
             .body(body)
             .send()
             .expect("PUT")
+    }
+
+    /// A PUT that reports a failure to send instead of panicking (for load during faults).
+    pub fn try_put(&self, node: usize, key: &str, body: Vec<u8>) -> Result<u16, String> {
+        self.client
+            .put(self.url(node, &format!("/objects/{key}")))
+            .bearer_auth(&self.secret)
+            .timeout(Duration::from_secs(20))
+            .body(body)
+            .send()
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A GET that reports a failure instead of panicking.
+    pub fn try_get(&self, node: usize, key: &str) -> Result<(u16, Vec<u8>), String> {
+        let r = self
+            .client
+            .get(self.url(node, &format!("/objects/{key}")))
+            .bearer_auth(&self.secret)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .map_err(|e| e.to_string())?;
+        let s = r.status().as_u16();
+        Ok((s, r.bytes().map_err(|e| e.to_string())?.to_vec()))
     }
 
     pub fn get_bytes(&self, node: usize, key: &str) -> (u16, Vec<u8>) {
@@ -300,6 +446,10 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             kill(&mut n.child);
         }
-        kill(&mut self.control);
+        for c in &mut self.controls {
+            // SIGKILL ends a stopped (SIGSTOP) process too.
+            kill(&mut c.child);
+        }
+        // The etcd members (if any) go with `self.etcd`.
     }
 }

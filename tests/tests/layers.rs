@@ -136,6 +136,8 @@ fn crates_depend_only_downwards() {
         ("wire", &[]),
         ("engine", &["wire"]),
         ("control", &["engine", "wire"]),
+        // The etcd backend of the metadata store: the Kv interface over etcd's gRPC API.
+        ("etcd", &["control", "engine", "wire"]),
         ("transport", &["wire"]),
         // The S3 protocol (SigV4, aws-chunked, XML), sans-IO: it knows nothing of the store.
         ("s3", &[]),
@@ -143,13 +145,17 @@ fn crates_depend_only_downwards() {
         ("server", &[]),
         // The control-plane API's client and server, with the leader's jobs: below the data
         // plane, which only calls it.
-        ("controlplane", &["control", "engine", "server", "wire"]),
+        (
+            "controlplane",
+            &["control", "engine", "etcd", "server", "wire"],
+        ),
         (
             "dataplane",
             &[
                 "control",
                 "controlplane",
                 "engine",
+                "etcd",
                 "s3",
                 "server",
                 "transport",
@@ -161,7 +167,15 @@ fn crates_depend_only_downwards() {
         ("bench", &["client", "engine", "s3", "transport", "wire"]),
         (
             "tests",
-            &["client", "transport", "engine", "wire", "control", "s3"],
+            &[
+                "client",
+                "transport",
+                "engine",
+                "wire",
+                "control",
+                "etcd",
+                "s3",
+            ],
         ),
         (
             "fuzz",
@@ -171,6 +185,7 @@ fn crates_depend_only_downwards() {
                 "control",
                 "controlplane",
                 "dataplane",
+                "etcd",
                 "s3",
                 "server",
                 "transport",

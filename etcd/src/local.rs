@@ -1,0 +1,220 @@
+//! A local etcd cluster on loopback, started from the `etcd` binary (Debian's `etcd-server`,
+//! or `$ETCD_BIN`): what the tests run the etcd backend against, and a way to try a highly
+//! available control plane on one machine. Members are started, killed (SIGKILL), paused
+//! (SIGSTOP) and restarted by PID; dropping the cluster kills every member it started.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The settings ostore needs of every etcd member (see KEYS.md, "On etcd"): transactions of
+/// up to this many guards and writes.
+pub const MAX_TXN_OPS: u32 = 16_384;
+/// Requests up to this size (etcd's default is 1.5 MiB).
+pub const MAX_REQUEST_BYTES: u32 = 8 << 20;
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+pub struct LocalEtcd {
+    dir: PathBuf,
+    members: Vec<Member>,
+    token: String,
+}
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on the `PATH`.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ETCD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    })
+}
+
+impl LocalEtcd {
+    /// Starts `n` members under `dir` (their data and logs), on ports from `port`, and waits
+    /// until every one answers as healthy.
+    pub fn start(dir: &Path, n: usize, port: &mut dyn FnMut() -> u16) -> Result<Self, String> {
+        let members = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: port(),
+                peer: port(),
+                child: None,
+            })
+            .collect();
+        let mut etcd = LocalEtcd {
+            dir: dir.to_path_buf(),
+            members,
+            token: format!("ostore-{:016x}", rand::random::<u64>()),
+        };
+        for i in 0..n {
+            etcd.spawn(i)?;
+        }
+        for i in 0..n {
+            etcd.wait_healthy(i, Duration::from_secs(30))?;
+        }
+        Ok(etcd)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let bin = etcd_binary().ok_or(
+            "the etcd binary was not found: install Debian's etcd-server, or set ETCD_BIN",
+        )?;
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect();
+        let m = &self.members[i];
+        let data = self.dir.join(&m.name);
+        let log = self.dir.join(format!("{}.log", m.name));
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new(&bin)
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--max-txn-ops", &MAX_TXN_OPS.to_string()])
+            .args(["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()])
+            .args(["--auto-compaction-mode", "revision"])
+            .args(["--auto-compaction-retention", "10000"])
+            // Loopback: a leader is missed after 1 s, not the default 1 s of a WAN-tuned
+            // cluster's 100 ms heartbeats times ten (the same numbers, said explicitly).
+            .args(["--heartbeat-interval", "100"])
+            .args(["--election-timeout", "1000"])
+            .args(["--logger", "zap"])
+            .arg("--log-outputs")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until member `i` says it is healthy (it has a leader and serves reads).
+    pub fn wait_healthy(&mut self, i: usize, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.members[i].child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!(
+                        "etcd member {} exited ({status}); its log: {}",
+                        self.members[i].name,
+                        self.log_tail(i)
+                    ));
+                }
+            }
+            if health(self.members[i].client) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "etcd member {} not healthy within {within:?}; its log: {}",
+                    self.members[i].name,
+                    self.log_tail(i)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_tail(&self, i: usize) -> String {
+        let log = self.dir.join(format!("{}.log", self.members[i].name));
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        let start = s.len().saturating_sub(2000);
+        s.get(start..).unwrap_or_default().to_string()
+    }
+
+    /// `HOST:PORT,…` of every member: what `--meta etcd:` takes.
+    pub fn spec(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The members' client URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The PID of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after [`kill`](Self::kill)) and waits until it is
+    /// healthy.
+    pub fn restart(&mut self, i: usize) -> Result<(), String> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_healthy(i, Duration::from_secs(30))
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Whether the member with client port `port` answers `/health` with `"health":"true"`.
+fn health(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}
