@@ -179,9 +179,7 @@ impl Kv for FdbKv {
                     Err(map_err(err))
                 }
             },
-            Ok(()) => Ok(()),
-            Err(BodyError::Kv(e)) => Err(e),
-            Err(BodyError::Abort) => Err(KvError::Aborted),
+            other => crate::kv::body_result(other),
         }
     }
 

@@ -82,6 +82,16 @@ impl From<KvError> for BodyError {
     }
 }
 
+/// What a body's result means for its attempt: its store error, or [`KvError::Aborted`] for an
+/// application error (each store's `attempt` answers this way).
+pub fn body_result(r: Result<(), BodyError>) -> Result<(), KvError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(BodyError::Kv(e)) => Err(e),
+        Err(BodyError::Abort) => Err(KvError::Aborted),
+    }
+}
+
 /// A store: runs one attempt of a transaction body and commits it.
 pub trait Kv {
     /// Begins a transaction, runs `body`, and commits if it returned `Ok` (read-only
@@ -149,11 +159,7 @@ impl Kv for TxKv<'_, '_> {
         body: &mut dyn FnMut(&mut dyn Tx) -> Result<(), BodyError>,
     ) -> Result<(), KvError> {
         let mut tx = self.tx.borrow_mut();
-        match body(&mut **tx) {
-            Ok(()) => Ok(()),
-            Err(BodyError::Kv(e)) => Err(e),
-            Err(BodyError::Abort) => Err(KvError::Aborted),
-        }
+        body_result(body(&mut **tx))
     }
 
     fn as_dyn(&self) -> &dyn Kv {

@@ -4,7 +4,7 @@
 //! (`Durability::Immediate`, an fsync) before it returns, unless the caller asks for a lazy
 //! commit for bookkeeping that a restart can redo.
 
-use crate::kv::{BodyError, Kv, KvError, Pairs, Tx};
+use crate::kv::{body_result, BodyError, Kv, KvError, Pairs, Tx};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
@@ -155,14 +155,6 @@ impl Tx for ReadTx {
     }
     fn clear_range(&mut self, _: &[u8], _: &[u8]) -> Result<(), KvError> {
         Err(KvError::ReadOnly)
-    }
-}
-
-fn body_result(r: Result<(), BodyError>) -> Result<(), KvError> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(BodyError::Kv(e)) => Err(e),
-        Err(BodyError::Abort) => Err(KvError::Aborted),
     }
 }
 

@@ -485,36 +485,17 @@ fn live_foundationdb_runs_the_same_transactions() {
     assert_eq!(workload(&faulty, 11, 500, true), 0);
 }
 
-/// A port the kernel says is free now (for the etcd members this test starts).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// The same workload over etcd: a three-member cluster on loopback (Debian's `etcd-server`)
 /// started here, the injected faults on top of whatever etcd adds itself. Every commit is a real
 /// etcd `Txn` guarded by what its transaction read; an injected unknown result after a real
 /// commit must be caught by the request's marker, and one before it by the retry.
 #[test]
 fn etcd_runs_the_same_transactions() {
-    if ostore_etcd::local::etcd_binary().is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-        panic!(
-            "etcd_runs_the_same_transactions: prerequisite missing{}: the etcd binary \
-             (Debian's etcd-server, or ETCD_BIN); {}",
-            if ci { " under CI" } else { "" },
-            if ci {
-                ".ci/run must install it"
-            } else {
-                "install it, or leave this test out visibly: --skip etcd_runs_the_same_transactions"
-            }
-        );
-    }
+    ostore_etcd::local::require_etcd("etcd_runs_the_same_transactions");
     let d = tempfile::tempdir().unwrap();
-    let etcd = ostore_etcd::local::LocalEtcd::start(d.path(), 3, &mut free_port)
-        .unwrap_or_else(|e| panic!("starting etcd: {e}"));
+    let etcd =
+        ostore_etcd::local::LocalEtcd::start(d.path(), 3, &mut ostore_etcd::local::free_port)
+            .unwrap_or_else(|e| panic!("starting etcd: {e}"));
     let prefix = format!("ostore-test-{:016x}/", rand::random::<u64>()).into_bytes();
     let kv = ostore_etcd::EtcdKv::connect(etcd.endpoints(), prefix).unwrap();
     let faulty = faulty_over(Box::new(kv), 0.05, 11);

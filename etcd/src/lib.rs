@@ -31,7 +31,7 @@ use etcd_client::{
     Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, SortOrder, SortTarget,
     Txn, TxnOp,
 };
-use ostore_control::kv::{BodyError, Kv, KvError, Pairs, Tx};
+use ostore_control::kv::{body_result, BodyError, Kv, KvError, Pairs, Tx};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -581,9 +581,7 @@ impl Kv for EtcdKv {
                 }
                 r
             }
-            Ok(()) => Ok(()),
-            Err(BodyError::Kv(e)) => Err(e),
-            Err(BodyError::Abort) => Err(KvError::Aborted),
+            other => body_result(other),
         }
     }
 

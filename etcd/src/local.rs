@@ -39,6 +39,30 @@ pub fn etcd_binary() -> Option<PathBuf> {
     })
 }
 
+/// A port the kernel says is free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Fails the test `test` unless the etcd binary is there, saying what to install (and, under
+/// `CI`, that the CI script must install it).
+pub fn require_etcd(test: &str) {
+    if etcd_binary().is_some() {
+        return;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if ci {
+        panic!("{test}: prerequisite missing under CI: the etcd binary (Debian's etcd-server); .ci/run must install it");
+    }
+    panic!(
+        "{test}: prerequisite missing: the etcd binary (Debian's etcd-server, or ETCD_BIN). \
+         Install it, or leave this test out visibly: cargo test --workspace -- --skip {test}"
+    );
+}
+
 impl LocalEtcd {
     /// Starts `n` members under `dir` (their data and logs), on ports from `port`, and waits
     /// until every one answers as healthy.

@@ -23,28 +23,10 @@ impl TxnError for E {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn etcd(members: usize) -> (tempfile::TempDir, LocalEtcd, EtcdKv) {
-    if ostore_etcd::local::etcd_binary().is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-        panic!(
-            "prerequisite missing{}: the etcd binary (Debian's etcd-server, or ETCD_BIN); {}",
-            if ci { " under CI" } else { "" },
-            if ci {
-                ".ci/run must install it"
-            } else {
-                "install it, or leave these tests out visibly: --skip etcd"
-            }
-        );
-    }
+    ostore_etcd::local::require_etcd("etcd");
     let d = tempfile::tempdir().unwrap();
-    let etcd = LocalEtcd::start(d.path(), members, &mut free_port)
+    let etcd = LocalEtcd::start(d.path(), members, &mut ostore_etcd::local::free_port)
         .unwrap_or_else(|e| panic!("starting etcd: {e}"));
     let prefix = format!("t{:08x}/", rand::random::<u32>()).into_bytes();
     let kv = EtcdKv::connect(etcd.endpoints(), prefix).unwrap();
