@@ -170,6 +170,19 @@ pub const CALL_BUDGET: Duration = Duration::from_secs(6);
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// Why one try of a call failed: the process failed (ask the next), or it refused the call
+/// itself (every process would).
+enum Tried {
+    Failed(MetaError),
+    Refused(MetaError),
+}
+
+impl From<MetaError> for Tried {
+    fn from(e: MetaError) -> Self {
+        Tried::Failed(e)
+    }
+}
+
 thread_local! {
     static IDLE: RefCell<Vec<(SocketAddr, Sender, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
 }
@@ -230,7 +243,7 @@ impl RemoteMeta {
     }
 
     /// One try of a call at `addr`.
-    async fn attempt(&self, addr: SocketAddr, body: Bytes) -> Result<Bytes, MetaError> {
+    async fn attempt(&self, addr: SocketAddr, body: Bytes) -> Result<Bytes, Tried> {
         // An idle connection the control plane has closed fails before sending anything;
         // then a fresh one is used.
         let mut sender = match Self::idle(addr) {
@@ -258,10 +271,16 @@ impl RemoteMeta {
             .map_err(unavailable)?
             .to_bytes();
         if !status.is_success() {
-            return Err(unavailable(format!(
+            let e = unavailable(format!(
                 "control plane at {addr} answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
-            )));
+            ));
+            // A refusal of this node's credentials or request is the same at every process:
+            // no other is asked (a wrong secret is not an outage).
+            if status.is_client_error() && status != http::StatusCode::REQUEST_TIMEOUT {
+                return Err(Tried::Refused(e));
+            }
+            return Err(e.into());
         }
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
@@ -300,7 +319,7 @@ impl RemoteMeta {
                 let wait = per_try.min(left);
                 let r = futures_lite::future::or(self.attempt(addr, body.clone()), async {
                     glommio::timer::sleep(wait).await;
-                    Err(unavailable(format!("no answer from {addr} in {wait:?}")))
+                    Err(unavailable(format!("no answer from {addr} in {wait:?}")).into())
                 })
                 .await;
                 match r {
@@ -310,7 +329,8 @@ impl RemoteMeta {
                         }
                         return rpc::decode_answer(&bytes);
                     }
-                    Err(e) => {
+                    Err(Tried::Refused(e)) => return Err(e),
+                    Err(Tried::Failed(e)) => {
                         tracing::debug!("control plane at {addr}: {e}");
                         last_error = Some(e);
                     }

@@ -53,12 +53,19 @@ fn help_lists_the_modes_and_bad_invocations_fail_loudly() {
         );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
+        .args(["control", "--listen", "127.0.0.1:0", "--meta", "nosuch:x"])
+        .env("OSTORE_SECRET", "s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redb:PATH, etcd:HOST:PORT"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
         .args(["control", "--listen", "127.0.0.1:0", "--meta", "etcd:x"])
         .env("OSTORE_SECRET", "s")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("redb:PATH or fdb:CLUSTER_FILE"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOST:PORT"));
     let out = Command::new(env!("CARGO_BIN_EXE_ostore"))
         .args(["dev", "--ec", "4-2"])
         .output()

@@ -18,8 +18,8 @@
 //!   sent, or the answer took longer than [`REQUEST_TIMEOUT`]) is
 //!   [`KvError::CommitUnknownResult`]: ostore's writes carry idempotency markers
 //!   (`rpc::execute_idempotent`), so the retry finds the marker if the first commit happened.
-//! - **Limits:** etcd refuses a `Txn` of more operations than its `--max-txn-ops` (guards and
-//!   writes together; ostore needs it raised, see KEYS.md) or larger than its
+//! - **Limits:** etcd refuses a `Txn` of more guards, or more writes, than its `--max-txn-ops`
+//!   (each counted against it; ostore needs it raised, see KEYS.md) or larger than its
 //!   `--max-request-bytes`: [`KvError::TooLarge`].
 //!
 //! Every key lives under a prefix (`ostore/` unless the spec names another), so one etcd cluster
@@ -91,6 +91,8 @@ fn fault(e: etcd_client::Error) -> Fault {
                 | Code::Cancelled
                 | Code::Unknown
                 | Code::Aborted => Fault::Unavailable(msg),
+                // Overloaded: refused before anything was applied; try again.
+                _ if msg.contains("too many requests") => Fault::Unavailable(msg),
                 _ if msg.contains("too many operations")
                     || msg.contains("too large")
                     || s.code() == Code::ResourceExhausted && !msg.contains("space exceeded") =>
@@ -127,6 +129,16 @@ impl EtcdKv {
             .filter(|h| !h.is_empty())
             .map(|h| format!("http://{h}"))
             .collect();
+        for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let port_ok = h
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(KvError::Storage(format!(
+                    "etcd:{spec}: {h:?} is not a member's HOST:PORT"
+                )));
+            }
+        }
         if endpoints.is_empty() {
             return Err(KvError::Storage(format!(
                 "etcd:{spec}: name at least one member as HOST:PORT"
@@ -147,10 +159,12 @@ impl EtcdKv {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(REQUEST_TIMEOUT)
-            // A member that stops answering (paused, partitioned) is found out within about
-            // two seconds even while no request waits on it.
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-            .with_keep_alive_while_idle(true)
+            // A member that stops answering while requests wait on it is found out by their
+            // timeout; pings go no more often than etcd allows by default (every 5 s, and
+            // only while a request is open), which it would otherwise answer by closing the
+            // connection under the requests in flight.
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(2))
+            .with_keep_alive_while_idle(false)
             // A member cut off from the others answers "no leader" at once instead of waiting.
             .with_require_leader(true);
         let mut clients = Vec::new();
@@ -408,15 +422,27 @@ impl EtcdTx<'_> {
             Ok(Ok(resp)) if resp.succeeded() => Ok(()),
             Ok(Ok(_)) => Err(KvError::Conflict),
             Ok(Err(e)) => match fault(e) {
-                // Sent, and perhaps applied: the retry must find out (idempotency markers).
-                Fault::Unavailable(m) => {
+                // Refused by etcd before anything was applied: a definite answer.
+                Fault::TooLarge(m) if !m.contains("decoded message") => {
+                    Err(KvError::TooLarge(format!("etcd: {m}")))
+                }
+                Fault::Other(m) if m.contains("space exceeded") => {
+                    Err(KvError::Storage(format!("etcd: {m}")))
+                }
+                // Anything else (the connection failed, the member or the transport answered
+                // with an error of its own) may come after the Txn was proposed: the outcome
+                // is unknown, and the retry must find out (idempotency markers).
+                other => {
+                    let m = match other {
+                        Fault::Unavailable(m)
+                        | Fault::Revision(m)
+                        | Fault::TooLarge(m)
+                        | Fault::Other(m) => m,
+                    };
                     tracing::debug!("etcd commit outcome unknown: {m}");
                     self.kv.failed(member);
                     Err(KvError::CommitUnknownResult)
                 }
-                Fault::TooLarge(m) => Err(KvError::TooLarge(format!("etcd: {m}"))),
-                Fault::Revision(_) => Err(KvError::Conflict),
-                Fault::Other(m) => Err(KvError::Storage(format!("etcd: {m}"))),
             },
             Err(_) => {
                 self.kv.failed(member);
