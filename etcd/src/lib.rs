@@ -46,6 +46,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const UNAVAILABLE_MAX: Duration = Duration::from_secs(5);
 /// Pairs asked for per range request.
 const PAGE: usize = 1000;
+/// The largest answer accepted from etcd.
+const ANSWER_BYTES_MAX: usize = 256 << 20;
 /// Threads the control plane runs reads on (each blocks on a round trip to etcd).
 const READ_THREADS: usize = 16;
 /// The key prefix when the spec names none.
@@ -173,7 +175,13 @@ impl EtcdKv {
             let client = rt
                 .block_on(etcd_client::Client::connect([e], Some(options.clone())))
                 .map_err(|err| KvError::Storage(format!("connecting to etcd {e}: {err}")))?;
-            clients.push(client.kv_client());
+            // A page of values can exceed gRPC's 4 MiB default (1000 content records with
+            // inline bodies of up to 16 KiB each): accept larger answers.
+            clients.push(
+                client
+                    .kv_client()
+                    .max_decoding_message_size(ANSWER_BYTES_MAX),
+            );
         }
         let kv = EtcdKv {
             current: AtomicUsize::new(rand::random::<usize>() % clients.len()),
