@@ -161,16 +161,26 @@ impl Meta {
         }
         let known = self.kv.commit_outcome_known();
         let token = crate::rpc::Token::new(rand::random(), now_ms());
-        self.write(move |kv| {
-            crate::cluster::fenced(kv, fence, |kv| {
-                if known {
-                    crate::rpc::execute(kv, req.clone(), now_ms())
-                } else {
-                    crate::rpc::execute_idempotent(kv, req.clone(), token, now_ms())
-                }
-            })
+        self.write_fenced(fence, move |kv| {
+            if known {
+                crate::rpc::execute(kv, req.clone(), now_ms())
+            } else {
+                crate::rpc::execute_idempotent(kv, req.clone(), token, now_ms())
+            }
         })
         .await
+    }
+
+    /// [`write`](Self::write) of a leader's decision: `f` runs inside
+    /// [`crate::cluster::fenced`], as one transaction that applies only while `fence` still
+    /// holds the leader lease.
+    pub async fn write_fenced<T: Send + 'static>(
+        &self,
+        fence: crate::cluster::Fence,
+        f: impl Fn(&dyn Kv) -> Result<T, MetaError> + Send + 'static,
+    ) -> Result<T, MetaError> {
+        self.write(move |kv| crate::cluster::fenced(kv, fence, &f))
+            .await
     }
 
     /// Runs `f` (write transactions) on the writer thread and waits, without blocking the

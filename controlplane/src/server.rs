@@ -350,7 +350,7 @@ async fn detector(c: Arc<Control>) {
         let ids: Vec<u32> = judged.iter().map(|j| j.0).collect();
         match c
             .meta
-            .write(move |kv| cluster::fenced(kv, fence, |kv| cluster::mark_down(kv, &ids, now)))
+            .write_fenced(fence, move |kv| cluster::mark_down(kv, &ids, now))
             .await
         {
             Ok(down) if !down.is_empty() => {
@@ -401,7 +401,7 @@ async fn leader(c: Arc<Control>) {
         let client = MetaClient::Leader(c.meta.clone(), fence);
         match c
             .meta
-            .write(move |kv| cluster::fenced(kv, fence, |kv| cluster::expire_leases(kv, now_ms())))
+            .write_fenced(fence, |kv| cluster::expire_leases(kv, now_ms()))
             .await
         {
             Ok(down) if !down.is_empty() => tracing::warn!("nodes down (lease expired): {down:?}"),
@@ -621,10 +621,8 @@ async fn rebuild_lost_drives(
     for (node, drive) in drives {
         let queued = client.queue_drive_for_repair(drive).await?;
         c.meta
-            .write(move |kv| {
-                cluster::fenced(kv, fence, |kv| {
-                    cluster::drive_rebuild_queued(kv, node, drive)
-                })
+            .write_fenced(fence, move |kv| {
+                cluster::drive_rebuild_queued(kv, node, drive)
             })
             .await?;
         tracing::info!("drive {drive} of node {node}: {queued} shard(s) queued for rebuild");

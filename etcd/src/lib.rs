@@ -125,12 +125,7 @@ impl EtcdKv {
             Some((h, _)) => (h, DEFAULT_PREFIX.to_string()),
             None => (spec, DEFAULT_PREFIX.to_string()),
         };
-        let endpoints: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("http://{h}"))
-            .collect();
+        let mut endpoints = Vec::new();
         for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
             let port_ok = h
                 .rsplit_once(':')
@@ -140,6 +135,7 @@ impl EtcdKv {
                     "etcd:{spec}: {h:?} is not a member's HOST:PORT"
                 )));
             }
+            endpoints.push(format!("http://{h}"));
         }
         if endpoints.is_empty() {
             return Err(KvError::Storage(format!(
@@ -214,11 +210,6 @@ impl EtcdKv {
                 self.endpoints[next]
             );
         }
-    }
-
-    /// The members this store was given.
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
     }
 
     fn key(&self, k: &[u8]) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! A local etcd cluster on loopback, started from the `etcd` binary (Debian's `etcd-server`,
 //! or `$ETCD_BIN`): what the tests run the etcd backend against, and a way to try a highly
-//! available control plane on one machine. Members are started, killed (SIGKILL), paused
-//! (SIGSTOP) and restarted by PID; dropping the cluster kills every member it started.
+//! available control plane on one machine. Members are started and killed by PID; dropping
+//! the cluster kills every member it started.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -186,14 +186,6 @@ impl LocalEtcd {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// The PID of member `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].child.as_ref().map(Child::id)
@@ -205,14 +197,6 @@ impl LocalEtcd {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-
-    /// Starts member `i` again on its data (after [`kill`](Self::kill)) and waits until it is
-    /// healthy.
-    pub fn restart(&mut self, i: usize) -> Result<(), String> {
-        self.kill(i);
-        self.spawn(i)?;
-        self.wait_healthy(i, Duration::from_secs(30))
     }
 }
 

@@ -195,11 +195,6 @@ impl Cluster {
         p.child = Some(child);
     }
 
-    /// The first control process's address.
-    pub fn control_addr(&self) -> &str {
-        &self.controls[0].addr
-    }
-
     /// What control process `i` says of itself on `/health`: `Some(term)` while it leads,
     /// `None` as a follower or when it does not answer within a second.
     pub fn control_leads(&self, i: usize) -> Option<u64> {
@@ -228,22 +223,6 @@ impl Cluster {
             .as_ref()
             .expect("control running")
             .id()
-    }
-
-    /// SIGKILL of control process `i`.
-    pub fn kill9_control(&mut self, i: usize) {
-        kill(&mut self.controls[i].child);
-    }
-
-    /// Starts control process `i` again on its address.
-    pub fn restart_control(&mut self, i: usize) {
-        kill(&mut self.controls[i].child);
-        let mut p = ControlProc {
-            child: None,
-            addr: self.controls[i].addr.clone(),
-        };
-        self.launch_control(&mut p);
-        self.controls[i] = p;
     }
 
     /// Sends signal `sig` to control process `i`.

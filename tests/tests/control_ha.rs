@@ -112,7 +112,7 @@ fn control_plane_survives_leader_kill_etcd_member_kill_and_leader_pause() {
     // 1. SIGKILL of the leading control process.
     let (first, term1) = c.leader().expect("a leader");
     let f1 = now();
-    kill9_shared(&c, first);
+    c.signal_control(first, libc::SIGKILL);
     let took_over = eventually(Duration::from_secs(20), || {
         c.leader().is_some_and(|(i, t)| i != first && t > term1)
     });
@@ -237,13 +237,6 @@ fn control_plane_survives_leader_kill_etcd_member_kill_and_leader_pause() {
         assert_eq!(s, 200, "acknowledged {key} is gone");
         assert!(got == *body, "acknowledged {key} reads back wrong");
     }
-}
-
-/// SIGKILL of control process `i` while the load threads share the cluster.
-fn kill9_shared(c: &Cluster, i: usize) {
-    let pid = c.control_pid(i);
-    // SAFETY: kill(2) on a control process this test's cluster started.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
 fn kill_etcd_member(c: &Cluster, i: usize) {
