@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
-cargo build --release -q -p ostore-dataplane -p ostore-bench
+cargo build --release -q -p ostore-dataplane -p ostore-bench -p ostore-tools
 B=target/release
 work=$(mktemp -d /tmp/ostore-cluster-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 export OSTORE_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n') OSTORE_LOG=warn
+export OSTORE_CLUSTER_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n")
 
 . bench/lib.sh
 row() { # label endpoint workload size
@@ -41,6 +42,7 @@ $B/ostore control --listen 127.0.0.1:0 --meta "redb:$work/control.redb" > "$work
 pids+=($!)
 control=$(ready "$work/c.out" | field control)
 for i in 0 1 2 3 4 5; do
+  OSTORE_JOIN_TOKEN=$($B/osctl nodes token --ttl 10m) \
   $B/ostore node --control "$control" --http 127.0.0.1:0 --peer 127.0.0.1:0 \
     --drive "$work/n$i" --cores 1 > "$work/n$i.out" 2>&1 &
   pids+=($!)

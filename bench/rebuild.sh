@@ -17,6 +17,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 export OSTORE_SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n') OSTORE_LOG=warn
+export OSTORE_CLUSTER_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n")
 
 . bench/lib.sh
 now() { date +%s.%N; }
@@ -35,6 +36,7 @@ $B/ostore control --listen 127.0.0.1:0 --meta "redb:$work/control.redb" --down-g
 pids+=($!)
 control=$(ready "$work/c.out" | field control)
 for i in 0 1 2 3 4 5 6; do
+  OSTORE_JOIN_TOKEN=$($B/osctl nodes token --ttl 10m) \
   $B/ostore node --control "$control" --http 127.0.0.1:0 --peer 127.0.0.1:0 \
     --drive "$work/n$i" --cores 1 > "$work/n$i.out" 2>&1 &
   pids+=($!)

@@ -44,8 +44,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Trust the certificates in this PEM file for HTTP/3 (e.g. the one `ostore dev` prints),
-    /// instead of the system's roots.
+    /// Trust the certificates in this PEM file for HTTPS and HTTP/3 (e.g. the one `ostore dev`
+    /// prints), instead of the system's roots.
     pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
         use rustls::pki_types::pem::PemObject;
         let path = path.as_ref();
@@ -97,12 +97,19 @@ impl ClientBuilder {
         };
         let transport = match self.protocol {
             Protocol::Http1 => {
-                if scheme != "http" {
-                    return Err(Error::Invalid(format!(
-                        "HTTP/1.1 endpoints are http://, not {scheme}://"
-                    )));
-                }
-                Transport::H1(Box::new(http1::H1::new(&authority)))
+                let roots = match scheme {
+                    "http" => None,
+                    "https" => Some(match self.roots {
+                        Some(r) => r,
+                        None => system_roots()?,
+                    }),
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "HTTP/1.1 endpoints are http:// or https://, not {scheme}://"
+                        )))
+                    }
+                };
+                Transport::H1(Box::new(http1::H1::new(&authority, roots)?))
             }
             Protocol::Http3 => {
                 if scheme != "http" && scheme != "https" {

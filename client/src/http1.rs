@@ -1,4 +1,5 @@
-//! HTTP/1.1: hyper's pooled client over tokio TCP (keep-alive connections, `TCP_NODELAY`).
+//! HTTP/1.1: hyper's pooled client over tokio TCP (keep-alive connections, `TCP_NODELAY`), and
+//! over TLS (hyper-rustls) for `https://` endpoints.
 
 use crate::body::{Body, BodyKind};
 use crate::error::{Error, Result};
@@ -14,19 +15,37 @@ use std::io;
 type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
 
 pub(crate) struct H1 {
-    client: Client<HttpConnector, ReqBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>,
     base: String,
 }
 
 impl H1 {
-    pub(crate) fn new(authority: &http::uri::Authority) -> Self {
+    /// `roots` given: `https://` (TLS 1.3 or 1.2, the server checked against them); `None`:
+    /// `http://`.
+    pub(crate) fn new(
+        authority: &http::uri::Authority,
+        roots: Option<rustls::RootCertStore>,
+    ) -> Result<Self> {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
+        conn.enforce_http(false);
+        let scheme = if roots.is_some() { "https" } else { "http" };
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::Invalid(format!("TLS: {e}")))?
+            .with_root_certificates(roots.unwrap_or_else(rustls::RootCertStore::empty))
+            .with_no_client_auth();
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let client = Client::builder(TokioExecutor::new()).build(conn);
-        H1 {
+        Ok(H1 {
             client,
-            base: format!("http://{authority}"),
-        }
+            base: format!("{scheme}://{authority}"),
+        })
     }
 
     /// Sends `req`, and returns the answer with its body still to be read (see [`chunk`]).

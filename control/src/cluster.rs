@@ -118,6 +118,8 @@ pub struct ClusterView {
     /// Nodes that must be up for a write (0: the minimum, ceil((K+M)/M)); see
     /// `engine::placement::WriteRule`.
     pub write_quorum: u32,
+    /// Fingerprints of the revoked certificates (`crate::trust`): refused in every handshake.
+    pub revoked: Vec<[u8; 32]>,
 }
 
 impl ClusterView {
@@ -385,6 +387,7 @@ pub fn view(kv: &dyn Kv) -> Result<ClusterView> {
             nodes: all_nodes(tx)?,
             drains: all_drains(tx)?,
             write_quorum: write_quorum(tx)?,
+            revoked: crate::trust::revoked_in(tx)?,
         })
     })
 }

@@ -78,6 +78,15 @@ pub mod tag {
     /// Singleton → u64 little-endian: bytes per second each node's repairs may read (absent:
     /// `cluster::DEFAULT_REPAIR_BYTES_PER_S`; `u64::MAX`: no limit)
     pub const REPAIR_RATE: u8 = 0x75;
+    /// Singleton → `CaRec`: the cluster CA, its key sealed under the operator's cluster key
+    pub const CA: u8 = 0x76;
+    /// `[0x77] nonce:16` → u64 little-endian `expires_ms`: a join token already used
+    pub const JOIN_TOKEN: u8 = 0x77;
+    /// `[0x78] node:u32be fingerprint:32` → u64 little-endian `expires_ms`: a certificate the
+    /// node presented (revoked with the node)
+    pub const NODE_CERT: u8 = 0x78;
+    /// `[0x79] fingerprint:32` → `RevokedRec`: a revoked certificate
+    pub const REVOKED: u8 = 0x79;
     /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed
     /// (makes retries after `commit_unknown_result` idempotent; expired after an hour)
     pub const DONE: u8 = 0x80;
@@ -521,6 +530,39 @@ pub fn membership() -> Vec<u8> {
 
 pub fn leader() -> Vec<u8> {
     vec![tag::LEADER]
+}
+
+pub fn ca() -> Vec<u8> {
+    vec![tag::CA]
+}
+
+pub fn join_token(nonce: &[u8; 16]) -> Vec<u8> {
+    let mut k = vec![tag::JOIN_TOKEN];
+    k.extend_from_slice(nonce);
+    k
+}
+
+pub fn node_cert(node: u32, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![tag::NODE_CERT];
+    k.extend_from_slice(&node.to_be_bytes());
+    k.extend_from_slice(fingerprint);
+    k
+}
+
+/// The certificates one node presented: `[begin, end)`.
+pub fn node_certs(node: u32) -> (Vec<u8>, Vec<u8>) {
+    let mut b = vec![tag::NODE_CERT];
+    b.extend_from_slice(&node.to_be_bytes());
+    let mut e = b.clone();
+    e.push(0xff);
+    e.extend_from_slice(&[0xff; 32]);
+    (b, e)
+}
+
+pub fn revoked(fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![tag::REVOKED];
+    k.extend_from_slice(fingerprint);
+    k
 }
 
 pub fn write_quorum() -> Vec<u8> {

@@ -22,4 +22,5 @@ pub mod redb_kv;
 pub mod rpc;
 pub mod scrub;
 pub mod service;
+pub mod trust;
 pub mod upload;

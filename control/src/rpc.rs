@@ -386,6 +386,11 @@ requests! {
     SetVersioning { bucket: String, suspend: bool } -> (),
     /// Whether `bucket` exists (one key read, where the bucket list reads them all).
     BucketExists { bucket: String } -> bool,
+    /// Revokes every certificate `node` presented (it can no longer reach peers or the control
+    /// plane until it joins again with a new token); how many.
+    RevokeNode { node: u32 } -> u32,
+    /// Forgets used join tokens and revocations past their expiry.
+    ExpireTrust -> (),
 }
 
 impl Request {
@@ -890,6 +895,13 @@ pub fn execute(kv: &dyn Kv, req: Request, now_ms: u64) -> Result<Vec<u8>, MetaEr
             answer::<ask::VersioningSuspended>(meta::versioning_suspended(kv, &bucket)?)
         }
         BucketExists { bucket } => answer::<ask::BucketExists>(meta::bucket_exists(kv, &bucket)?),
+        RevokeNode { node } => {
+            answer::<ask::RevokeNode>(crate::trust::revoke_node(kv, node, now_ms)?)
+        }
+        ExpireTrust => {
+            crate::trust::expire(kv, now_ms)?;
+            answer::<ask::ExpireTrust>(())
+        }
         SetVersioning { bucket, suspend } => {
             answer::<ask::SetVersioning>(meta::set_versioning(kv, &bucket, suspend)?)
         }

@@ -369,6 +369,8 @@ fn formats() -> BTreeMap<String, Vec<u8>> {
     rec::<DrainProgress>(&mut out, "DrainProgress");
     rec::<Registration>(&mut out, "Registration");
     rec::<ClusterView>(&mut out, "ClusterView");
+    rec::<ostore_control::trust::CaRec>(&mut out, "CaRec");
+    rec::<ostore_control::trust::RevokedRec>(&mut out, "RevokedRec");
     rec::<NewContent>(&mut out, "NewContent");
     rec::<WriteCondition>(&mut out, "WriteCondition");
     // Content records carry their own format byte.

@@ -1,5 +1,6 @@
 //! How a data node reaches the control plane: in-process for `ostore dev` (the embedded store),
-//! or over HTTP to `ostore control` for a cluster node. Both run the same
+//! or over HTTP on mutual TLS to `ostore control` for a cluster node (its node certificate;
+//! [`join`] gets one with a join token). Both run the same
 //! [`ostore_control::rpc::Request`]s through the same `rpc::execute`.
 //!
 //! The remote client keeps a few idle keep-alive connections per executor (thread-local, since
@@ -10,7 +11,8 @@ use http_body_util::{BodyExt, Full};
 use ostore_control::meta::MetaError;
 use ostore_control::rpc::{self, ask, Ask, Request};
 use ostore_control::service::Meta;
-use ostore_server::compat::HyperIo;
+use ostore_server::compat::HyperStream;
+use ostore_transport::tls::{Identity, Revoked, CONTROL_NAME};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -144,8 +146,8 @@ impl MetaClient {
     }
 }
 
-/// The control plane's processes (any of them serves every call), called with the cluster
-/// secret.
+/// The control plane's processes (any of them serves every call), called over mutual TLS with
+/// this node's certificate.
 ///
 /// A call goes to the process that answered last; one that refuses the connection, fails, or
 /// has not answered within [`ATTEMPT_TIMEOUT`] (paused, partitioned, its store stuck) is left
@@ -156,7 +158,7 @@ impl MetaClient {
 #[derive(Clone)]
 pub struct RemoteMeta {
     addrs: Arc<[SocketAddr]>,
-    secret: String,
+    tls: futures_rustls::TlsConnector,
     /// The process that answered last (an index into `addrs`), shared by every executor.
     current: Arc<AtomicUsize>,
 }
@@ -199,14 +201,24 @@ fn unavailable(e: impl std::fmt::Display) -> MetaError {
 impl RemoteMeta {
     /// The control processes at `addrs` (at least one); calls start at a random one of them,
     /// so the nodes of a cluster spread over them.
-    pub fn new(addrs: Vec<SocketAddr>, secret: String) -> Self {
+    /// Servers are checked against `identity`'s CA (for [`CONTROL_NAME`]) and `revoked`.
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        identity: &Identity,
+        revoked: &Revoked,
+    ) -> anyhow::Result<Self> {
         assert!(!addrs.is_empty(), "at least one control-plane address");
         let start = rand::random::<usize>() % addrs.len();
-        RemoteMeta {
+        let cfg = ostore_transport::tls::client_config(
+            identity,
+            revoked,
+            ostore_transport::tls::CONTROL_ALPN,
+        )?;
+        Ok(RemoteMeta {
             addrs: addrs.into(),
-            secret,
+            tls: futures_rustls::TlsConnector::from(Arc::new(cfg)),
             current: Arc::new(AtomicUsize::new(start)),
-        }
+        })
     }
 
     /// The control process calls go to first now.
@@ -214,19 +226,8 @@ impl RemoteMeta {
         self.addrs[self.current.load(Ordering::Relaxed) % self.addrs.len()]
     }
 
-    async fn connect(addr: SocketAddr) -> Result<Sender, MetaError> {
-        let stream = glommio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(HyperIo(stream))
-            .await
-            .map_err(unavailable)?;
-        glommio::spawn_local(async move {
-            let _ = conn.await;
-        })
-        .detach();
-        Ok(sender)
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, MetaError> {
+        tls_connect(&self.tls, addr).await
     }
 
     fn idle(addr: SocketAddr) -> Option<Sender> {
@@ -248,17 +249,13 @@ impl RemoteMeta {
         // then a fresh one is used.
         let mut sender = match Self::idle(addr) {
             Some(s) => s,
-            None => Self::connect(addr).await?,
+            None => self.connect(addr).await?,
         };
         if sender.ready().await.is_err() {
-            sender = Self::connect(addr).await?;
+            sender = self.connect(addr).await?;
             sender.ready().await.map_err(unavailable)?;
         }
         let request = http::Request::post("/v1/rpc")
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.secret),
-            )
             .header(http::header::CONTENT_TYPE, "application/x-ostore-rpc")
             .body(Full::new(body))
             .map_err(unavailable)?;
@@ -276,7 +273,7 @@ impl RemoteMeta {
                 String::from_utf8_lossy(&bytes)
             ));
             // A refusal of this node's credentials or request is the same at every process:
-            // no other is asked (a wrong secret is not an outage).
+            // no other is asked (a revoked certificate is not an outage).
             if status.is_client_error() && status != http::StatusCode::REQUEST_TIMEOUT {
                 return Err(Tried::Refused(e));
             }
@@ -353,4 +350,129 @@ impl RemoteMeta {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// An HTTP/1.1 connection over TLS to the control process at `addr`.
+async fn tls_connect(
+    tls: &futures_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> Result<Sender, MetaError> {
+    let stream = glommio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| unavailable(format!("connecting to {addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(CONTROL_NAME).expect("a valid name");
+    let stream = tls
+        .connect(name, stream)
+        .await
+        .map_err(|e| unavailable(format!("TLS with the control plane at {addr}: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(HyperStream(stream))
+        .await
+        .map_err(unavailable)?;
+    glommio::spawn_local(async move {
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(sender)
+}
+
+/// How long one join call may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Joins the cluster with `token`: makes a key, has a control process at one of `addrs` sign
+/// it, and checks the answer's seal (`ostore_wire::join`) before trusting the CA it names.
+pub async fn join(addrs: &[SocketAddr], token: &str) -> anyhow::Result<Identity> {
+    use anyhow::Context as _;
+    let token = ostore_wire::join::Token::parse(token)?;
+    let now_s = ostore_control::service::now_ms() / 1000;
+    if token.expires_s <= now_s {
+        anyhow::bail!("the join token expired (make a new one with `osctl nodes token`)");
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+    let public: [u8; 32] = key
+        .public_key_raw()
+        .try_into()
+        .context("an Ed25519 public key is 32 bytes")?;
+    let body = serde_json::json!({
+        "expires": token.expires_s,
+        "nonce": hex::encode(token.nonce),
+        "public_key": hex::encode(public),
+        "proof": hex::encode(token.proof(&public)),
+    });
+    let tls = futures_rustls::TlsConnector::from(Arc::new(
+        ostore_transport::tls::anonymous_client(None)?,
+    ));
+    let mut errors = Vec::new();
+    for &addr in addrs {
+        let tried = futures_lite::future::or(
+            async {
+                let mut sender = tls_connect(&tls, addr).await?;
+                let request = http::Request::post("/v1/join")
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .map_err(unavailable)?;
+                let resp = sender.send_request(request).await.map_err(unavailable)?;
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(unavailable)?
+                    .to_bytes();
+                Ok::<_, MetaError>((status, bytes))
+            },
+            async {
+                glommio::timer::sleep(JOIN_TIMEOUT).await;
+                Err(unavailable(format!("no answer in {JOIN_TIMEOUT:?}")))
+            },
+        )
+        .await;
+        let (status, bytes) = match tried {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        if !status.is_success() {
+            // A refused token is refused by every process.
+            anyhow::bail!(
+                "the control plane at {addr} refused to let this node join ({status}): {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            ca: String,
+            certificate: String,
+            seal: String,
+        }
+        let a: Answer = serde_json::from_slice(&bytes).context("the join answer")?;
+        let ca = hex::decode(&a.ca).context("the join answer's CA")?;
+        let cert = hex::decode(&a.certificate).context("the join answer's certificate")?;
+        let seal: [u8; 32] = hex::decode(&a.seal)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .context("the join answer's seal")?;
+        if !token.answer_sealed(&ca, &cert, &seal) {
+            anyhow::bail!(
+                "the join answer from {addr} is not sealed with this token: it did not come \
+                 from this cluster's control plane"
+            );
+        }
+        let identity = Identity {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        };
+        // The certificate must chain to the CA it came with, for this key.
+        return Identity::from_pem(
+            identity.to_pem().as_bytes(),
+            ostore_transport::tls::NODE_NAME,
+        );
+    }
+    anyhow::bail!(
+        "no control process answered the join call: {}",
+        errors.join("; ")
+    )
 }

@@ -1,5 +1,6 @@
 //! `ostore control`: the control plane of a cluster. It serves the control-plane API
-//! (`POST /v1/rpc`, see `ostore_control::rpc`) to nodes over HTTP/1.1 with the cluster secret,
+//! (`POST /v1/rpc`, see `ostore_control::rpc`) to nodes over HTTP/1.1 on mutual TLS (node
+//! certificates signed by the cluster CA; `POST /v1/join` lets a node with a join token get one),
 //! runs every request through the same transactions as `ostore dev`, and — while it holds the
 //! leader lease — runs the background jobs: marking nodes down when their lease runs out, and
 //! queueing repairs for lost nodes, refilled drives and objects written while nodes were down.
@@ -20,10 +21,12 @@ use ostore_control::kv::Kv;
 use ostore_control::rpc::ask;
 use ostore_control::rpc::{self, Request as Rq};
 use ostore_control::service::{now_ms, Meta};
+use ostore_control::trust;
 use ostore_engine::placement::{
     drain_settled, drain_step, DrainFacts, DrainStep, NodeLoad, Rebalancer,
 };
 use ostore_engine::EcParams;
+use ostore_transport::tls::{self as ptls, ClusterCa, Revoked};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,7 +52,12 @@ pub struct ControlOptions {
 
 struct Control {
     meta: Meta,
-    secret: String,
+    /// The cluster CA (with its key, unsealed in memory only).
+    ca: ClusterCa,
+    /// The key join tokens are derived under (from the operator's cluster key).
+    token_key: [u8; 32],
+    /// The revoked certificates, refreshed from the metadata store every second.
+    revoked: Revoked,
     stopping: AtomicBool,
     down_grace: Duration,
     limits: ostore_server::conn::Limits,
@@ -107,10 +115,7 @@ fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
 
 /// Runs `ostore control` until SIGINT or SIGTERM.
 pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
-    let secret = std::env::var("OSTORE_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
+    let cluster_key = cluster_key()?;
     let kv = open_store(&opts.meta)?;
     let meta = Meta::start(kv);
     futures_lite::future::block_on(MetaClient::Local(meta.clone()).ask(ask::Init {}))?;
@@ -137,9 +142,21 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         rule.total,
         rule.quorum
     );
+    let ca = cluster_ca(&meta, &cluster_key)?;
+    let revoked = Revoked::default();
+    revoked.set(trust::revoked(meta.kv())?);
+    let identity = ca.control_identity(std::time::SystemTime::now())?;
+    let tls = Arc::new(ptls::server_config(
+        &identity,
+        &revoked,
+        true,
+        ptls::CONTROL_ALPN,
+    )?);
     let control = Arc::new(Control {
         meta,
-        secret,
+        ca,
+        token_key: ostore_wire::join::token_key(&cluster_key),
+        revoked,
         stopping: AtomicBool::new(false),
         down_grace: opts.down_grace,
         limits: opts.limits,
@@ -162,7 +179,8 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
                 unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
             glommio::spawn_local(leader(c2.clone())).detach();
             glommio::spawn_local(detector(c2.clone())).detach();
-            serve(c2, listener).await;
+            glommio::spawn_local(refresh_revoked(c2.clone())).detach();
+            serve(c2, listener, tls).await;
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
     let signals = ostore_server::process::stop_signals()?;
@@ -172,10 +190,66 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
     ostore_server::process::wait_for_signal_then_stop(&control.stopping, vec![handle], signals)
 }
 
-async fn serve(c: Arc<Control>, listener: glommio::net::TcpListener) {
+/// The operator's cluster key: `OSTORE_CLUSTER_KEY`, at least [`CLUSTER_KEY_MIN`] bytes.
+fn cluster_key() -> anyhow::Result<Vec<u8>> {
+    let key = std::env::var("OSTORE_CLUSTER_KEY").unwrap_or_default();
+    if key.len() < CLUSTER_KEY_MIN {
+        anyhow::bail!(
+            "the control plane needs the operator's cluster key in OSTORE_CLUSTER_KEY, at least \
+             {CLUSTER_KEY_MIN} characters (for example: `head -c 32 /dev/urandom | base64`); it \
+             seals the cluster CA's key and makes join tokens (`osctl nodes token`), and no \
+             client credential may be used for it"
+        );
+    }
+    Ok(key.into_bytes())
+}
+
+/// The shortest cluster key accepted.
+pub const CLUSTER_KEY_MIN: usize = 32;
+
+/// What the CA's sealed key is bound to besides the cluster key: its certificate.
+const CA_SEAL_CONTEXT: &[u8] = b"ostore cluster CA key";
+
+/// The cluster CA: made (with a random key, sealed under the cluster key) when the cluster is
+/// created, found and unsealed on every later start.
+fn cluster_ca(meta: &Meta, cluster_key: &[u8]) -> anyhow::Result<ClusterCa> {
+    let aad = |cert: &[u8]| [CA_SEAL_CONTEXT, cert].concat();
+    let rec = trust::ca(meta.kv(), &|| {
+        let ca = ClusterCa::generate(std::time::SystemTime::now())
+            .map_err(|e| ostore_control::meta::MetaError::Refused(e.to_string()))?;
+        Ok(trust::CaRec {
+            cert: ca.cert().to_vec(),
+            sealed_key: ptls::seal(cluster_key, &aad(ca.cert()), &ca.key_pkcs8()),
+            created_ms: now_ms(),
+        })
+    })?;
+    let key = ptls::unseal(cluster_key, &aad(&rec.cert), &rec.sealed_key).context(
+        "the cluster CA's key does not open with this OSTORE_CLUSTER_KEY (every control process \
+         of a cluster needs the key it was created with)",
+    )?;
+    ClusterCa::from_parts(rec.cert, &key)
+}
+
+/// Keeps the revocation set as the metadata store has it, once a second.
+async fn refresh_revoked(c: Arc<Control>) {
+    while !c.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        match c.meta.read(trust::revoked).await {
+            Ok(set) => c.revoked.set(set),
+            Err(e) => tracing::warn!("reading the revoked certificates: {e}"),
+        }
+    }
+}
+
+async fn serve(
+    c: Arc<Control>,
+    listener: glommio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
     ostore_server::conn::serve(
         c,
         listener,
+        Some(tls),
         |c: Arc<Control>, req: Request<Incoming>| async move { handle(&c, req).await },
         || {
             text(
@@ -202,36 +276,36 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         };
         return text(StatusCode::OK, &role);
     }
+    if req.method() == Method::POST && req.uri().path() == "/v1/join" {
+        let body = match read_body(c, req, JOIN_BODY_BYTES_MAX).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return join(c, &body).await;
+    }
     if req.method() != Method::POST || req.uri().path() != "/v1/rpc" {
         return text(StatusCode::NOT_FOUND, "no such endpoint");
     }
-    let auth = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| ostore_server::conn::bearer_token(v.as_bytes()));
-    match auth {
-        None => return text(StatusCode::UNAUTHORIZED, "credentials required"),
-        Some(s) if !bool::from(s.ct_eq(c.secret.as_bytes())) => {
-            return text(StatusCode::FORBIDDEN, "wrong credentials")
-        }
-        Some(_) => {}
-    }
-    // A node's request body is small and sent at once: all of it within the body time.
-    let idle = c.limits.body_idle;
-    let body = ostore_server::conn::within(
-        idle,
-        Limited::new(req.into_body(), RPC_BODY_BYTES_MAX).collect(),
-    )
-    .await;
-    let body = match body {
-        Some(Ok(b)) => b.to_bytes(),
-        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+    // Only nodes call: the handshake verified the certificate against the CA and the
+    // revocations then; a connection that outlives a revocation is refused from then on.
+    let cert = match req
+        .extensions()
+        .get::<ostore_server::conn::PeerCertificate>()
+    {
         None => {
             return text(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("the request body took longer than {idle:?}"),
+                StatusCode::UNAUTHORIZED,
+                "the control-plane API takes a node certificate (mutual TLS) and nothing else",
             )
         }
+        Some(c) => c.0.clone(),
+    };
+    if c.revoked.contains(&cert) {
+        return text(StatusCode::FORBIDDEN, "this node's certificate is revoked");
+    }
+    let body = match read_body(c, req, RPC_BODY_BYTES_MAX).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let (token, request) = match rpc::decode_request(&body) {
         Ok(r) => r,
@@ -246,7 +320,22 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Rq::Heartbeat { node, .. } => Some(*node),
         _ => None,
     };
+    let registers = matches!(request, Rq::Register { .. });
     let answer = c.meta.call_with(token, request).await;
+    if let (true, Ok(a)) = (registers, &answer) {
+        // The node's certificate is recorded with it, so that revoking the node revokes it.
+        if let Ok(rec) = rpc::decode_value::<cluster::NodeRec>(a) {
+            let fp = ptls::fingerprint(&cert);
+            let expires_ms = ptls::not_after_s(&cert).map_or(u64::MAX, |s| s.saturating_mul(1000));
+            if let Err(e) = c
+                .meta
+                .write(move |kv| trust::record_node_cert(kv, rec.id, &fp, expires_ms))
+                .await
+            {
+                return rpc_response(&Err(e));
+            }
+        }
+    }
     if let (Some(node), Ok(_)) = (record, &answer) {
         c.recorded
             .lock()
@@ -254,6 +343,121 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .insert(node, now_ms());
     }
     rpc_response(&answer)
+}
+
+/// The body of `req`, at most `max` bytes, all of it within the body time (a node's requests are
+/// small and sent at once); or the answer refusing it.
+async fn read_body(
+    c: &Control,
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    let idle = c.limits.body_idle;
+    let body =
+        ostore_server::conn::within(idle, Limited::new(req.into_body(), max).collect()).await;
+    match body {
+        Some(Ok(b)) => Ok(b.to_bytes()),
+        Some(Err(e)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            &format!("reading the body: {e}"),
+        )),
+        None => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body took longer than {idle:?}"),
+        )),
+    }
+}
+
+/// Largest join request read.
+const JOIN_BODY_BYTES_MAX: usize = 4096;
+
+/// A join request (`POST /v1/join`, JSON): the token's public parts, the node's Ed25519 public
+/// key and the proof that it holds the token (`ostore_wire::join`).
+#[derive(serde::Deserialize)]
+struct JoinRequest {
+    expires: u64,
+    nonce: String,
+    public_key: String,
+    proof: String,
+}
+
+/// The answer: the CA's certificate and the node's (DER, hex), sealed with the token.
+#[derive(serde::Serialize)]
+struct JoinAnswer {
+    ca: String,
+    certificate: String,
+    seal: String,
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let v = hex::decode(s).ok()?;
+    v.try_into().ok()
+}
+
+/// Signs a joining node's key if its token is valid, unexpired and unused.
+async fn join(c: &Control, body: &[u8]) -> Response<Full<Bytes>> {
+    let Ok(r) = serde_json::from_slice::<JoinRequest>(body) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a join request is JSON: expires, nonce, public_key, proof",
+        );
+    };
+    let (Some(nonce), Some(public_key), Some(proof)) = (
+        unhex::<16>(&r.nonce),
+        unhex::<32>(&r.public_key),
+        unhex::<32>(&r.proof),
+    ) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "nonce, public_key or proof is malformed",
+        );
+    };
+    let secret = ostore_wire::join::secret(&c.token_key, r.expires, &nonce);
+    let want = ostore_wire::join::request_proof(&secret, &public_key);
+    if !bool::from(want.ct_eq(&proof)) {
+        tracing::warn!("a join request with a token this cluster did not make was refused");
+        return text(
+            StatusCode::FORBIDDEN,
+            "the join token is not valid for this cluster",
+        );
+    }
+    let expires_ms = r.expires.saturating_mul(1000);
+    let used = c
+        .meta
+        .write(move |kv| trust::use_join_token(kv, &nonce, expires_ms, now_ms()))
+        .await;
+    if let Err(e) = used {
+        return match e {
+            ostore_control::meta::MetaError::Refused(m) => text(StatusCode::FORBIDDEN, &m),
+            e => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+    }
+    let cert = match c.ca.issue_node(
+        &public_key,
+        std::time::SystemTime::now(),
+        ptls::NODE_CERT_LIFETIME,
+    ) {
+        Ok(cert) => cert,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    tracing::info!(
+        "a node joined: certificate {}",
+        hex::encode(&ptls::fingerprint(&cert)[..8])
+    );
+    let seal = ostore_wire::join::answer_seal(&secret, c.ca.cert(), &cert);
+    let answer = JoinAnswer {
+        ca: hex::encode(c.ca.cert()),
+        certificate: hex::encode(&cert),
+        seal: hex::encode(seal),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&answer).expect("serializes"),
+    )));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Feeds a heartbeat to the failure detector; answers it without writing the metadata store
@@ -410,6 +614,9 @@ async fn leader(c: Arc<Control>) {
         }
         if let Err(e) = client.ask(ask::ExpireDone {}).await {
             leader_error("expiring request markers", &e);
+        }
+        if let Err(e) = client.ask(ask::ExpireTrust {}).await {
+            leader_error("expiring used join tokens and revocations", &e);
         }
         if let Err(e) = rebuild_lost_drives(&c, &client, fence).await {
             leader_error("scheduling rebuilds", &e);

@@ -709,6 +709,19 @@ pub(crate) async fn undrain(node: &Node, req: &Request<ReqBody>) -> Result<Resp,
     ))
 }
 
+/// `POST /admin/revoke?node=N`: revokes every certificate the node presented; within a second
+/// no peer, and no control process, accepts it (it must join again with a new token).
+pub(crate) async fn revoke(node: &Node, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
+    let id = named_node(node, req)?;
+    let n: u32 = node.meta.ask(ask::RevokeNode { node: id }).await?;
+    tracing::warn!("node {id}: {n} certificate(s) revoked");
+    node.refresh_view().await;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"node": id.to_string(), "certificates_revoked": n}),
+    ))
+}
+
 /// What `osctl status` shows beyond membership: the cluster-wide counters, degraded and missing
 /// shards, and the jobs running (drains, the repair queue, scrub passes in progress, passes
 /// started on this node).

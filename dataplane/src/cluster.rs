@@ -2,7 +2,7 @@
 //! the peer TLS, and the nodes it just failed to reach (suspects).
 
 use ostore_control::cluster::{ClusterView, NodeRec};
-use ostore_transport::tls::PeerTls;
+use ostore_transport::tls::{PeerTls, Revoked};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -17,6 +17,9 @@ pub struct Cluster {
     pub me: u32,
     pub view: RwLock<Arc<ClusterView>>,
     pub tls: PeerTls,
+    /// The certificates the cluster revoked, as the view last said: refused in every peer
+    /// handshake and on every stream of a connection made before.
+    pub revoked: Revoked,
     /// Nodes this node failed to reach, when (and when by the wall clock): placement keeps new
     /// shards off them for [`SUSPECT_FOR`], ahead of the control plane's verdict, or until the
     /// view shows them back up after that.
@@ -24,11 +27,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(me: u32, view: ClusterView, tls: PeerTls) -> Cluster {
+    pub fn new(me: u32, view: ClusterView, tls: PeerTls, revoked: Revoked) -> Cluster {
+        revoked.set(view.revoked.iter().copied());
         Cluster {
             me,
             view: RwLock::new(Arc::new(view)),
             tls,
+            revoked,
             suspects: Default::default(),
         }
     }
@@ -68,6 +73,7 @@ impl Cluster {
                     .any(|n| n.id == *id && n.up && n.since_ms > *wall_ms)
             });
         }
+        self.revoked.set(v.revoked.iter().copied());
         *self.view.write().expect("cluster view lock") = Arc::new(v);
     }
 

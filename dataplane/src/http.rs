@@ -28,9 +28,11 @@ use std::time::Instant;
 /// Serves the native API over HTTP/1.1 on this executor's share of the listener until the
 /// node stops (connections bounded as `conn` says).
 pub async fn serve(front: Arc<Front>, listener: glommio::net::TcpListener) {
+    let tls = front.https.clone();
     ostore_server::conn::serve(
         front,
         listener,
+        tls,
         move |front: Arc<Front>, req: Request<Incoming>| async move {
             let mut resp = handle(&front, req.map(ReqBody::H1)).await;
             if let Some(v) = crate::web::alt_svc() {
@@ -98,6 +100,7 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         (&Method::POST, "/admin/drain") => "drain_start",
         (&Method::GET, "/admin/drain") => "drain_status",
         (&Method::POST, "/admin/undrain") => "undrain",
+        (&Method::POST, "/admin/revoke") => "revoke",
         (&Method::POST, "/admin/scrub") => "scrub",
         (&Method::GET, "/admin/scrub") => "scrub_status",
         (&Method::POST, "/admin/scrub/schedule") => "scrub_schedule",
@@ -127,6 +130,7 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         "gc" => admin::gc(node, &req).await,
         "drain_start" | "drain_status" => admin::drain(node, &req, op == "drain_start").await,
         "undrain" => admin::undrain(node, &req).await,
+        "revoke" => admin::revoke(node, &req).await,
         "scrub" => admin::scrub(node, &req).await,
         "scrub_status" => admin::scrub_status(node).await,
         "scrub_schedule" => admin::scrub_schedule(node, &req).await,

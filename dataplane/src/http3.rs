@@ -286,11 +286,13 @@ async fn request(
         .await;
 }
 
-/// Where the HTTP/3 certificate and key come from (`--tls-cert`, `--tls-key`, PEM).
+/// Where the client APIs' certificate and key come from (`--tls-cert`, `--tls-key`, PEM), and
+/// whether plain HTTP off loopback was asked for (`--insecure-http`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
+    pub insecure_http: bool,
 }
 
 impl TlsFiles {
@@ -302,8 +304,76 @@ impl TlsFiles {
         Ok(TlsFiles {
             cert: abs(self.cert)?,
             key: abs(self.key)?,
+            insecure_http: self.insecure_http,
         })
     }
+
+    /// The TLS configuration of the HTTP/1.1 listeners (native API and S3) when a certificate
+    /// was given: TLS 1.3 and 1.2 (what S3 tools and curl speak), ALPN `http/1.1`. Without one,
+    /// `None` — refused unless every listener is on loopback or `--insecure-http` was given, so
+    /// that no credential crosses a network in the clear by accident.
+    pub fn https(
+        &self,
+        listeners: &[std::net::SocketAddr],
+    ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        use anyhow::Context as _;
+        let (cert, key) = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => {
+                let exposed: Vec<String> = listeners
+                    .iter()
+                    .filter(|a| !a.ip().is_loopback())
+                    .map(|a| a.to_string())
+                    .collect();
+                if !exposed.is_empty() && !self.insecure_http {
+                    anyhow::bail!(
+                        "{} is not a loopback address and there is no certificate: clients' \
+                         credentials would cross the network in the clear. Give \
+                         --tls-cert/--tls-key (the client APIs are then served over HTTPS), or \
+                         --insecure-http to serve plain HTTP anyway",
+                        exposed.join(", ")
+                    );
+                }
+                if !exposed.is_empty() {
+                    tracing::warn!(
+                        "--insecure-http: serving {} in the clear; credentials can be read off \
+                         the network",
+                        exposed.join(", ")
+                    );
+                }
+                return Ok(None);
+            }
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        let (chain, key_der) = read_pem(cert, key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .with_context(|| format!("the certificate {}", cert.display()))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(cfg)))
+    }
+}
+
+/// A certificate chain and its key, from PEM files.
+fn read_pem(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading the certificate {}", cert.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the key {}", key.display()))?;
+    Ok((chain, key_der))
 }
 
 /// The HTTP/3 server configuration and the certificate's path: from `--tls-cert`/`--tls-key`,
@@ -316,8 +386,6 @@ pub fn server_setup(
     http: std::net::SocketAddr,
 ) -> anyhow::Result<Option<(Arc<quinn_proto::ServerConfig>, std::path::PathBuf)>> {
     use anyhow::Context as _;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = match (&files.cert, &files.key, dev_dir) {
         (Some(c), Some(k), _) => (c.clone(), k.clone()),
         (Some(_), None, _) | (None, Some(_), _) => {
@@ -333,11 +401,7 @@ pub fn server_setup(
             (cert, key)
         }
     };
-    let chain = CertificateDer::pem_file_iter(&cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading the certificate {}", cert.display()))?;
-    let key_der = PrivateKeyDer::from_pem_file(&key)
-        .with_context(|| format!("reading the key {}", key.display()))?;
+    let (chain, key_der) = read_pem(&cert, &key)?;
     let config = ostore_transport::http3::server_config(chain, key_der)
         .with_context(|| format!("the certificate {}", cert.display()))?;
     Ok(Some((config, cert)))

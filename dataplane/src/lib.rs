@@ -15,6 +15,7 @@ mod faults;
 mod foreground;
 mod http;
 pub mod http3;
+pub mod identity;
 pub mod node;
 mod offload;
 mod orphans;

@@ -33,14 +33,18 @@ struct Storing {
 
 #[derive(clap::Args)]
 struct Tls {
-    /// PEM certificate chain for HTTP/3 (with --tls-key). `ostore dev` without one makes a
-    /// self-signed certificate under DIR/tls and prints its path; a node without one serves
-    /// HTTP/1.1 only.
+    /// PEM certificate chain of the client APIs (with --tls-key): HTTPS on --http and --s3,
+    /// and HTTP/3. `ostore dev` without one makes a self-signed certificate under DIR/tls for
+    /// HTTP/3 only and prints its path; a node without one serves no HTTP/3.
     #[arg(long)]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback without a certificate (refused
+    /// otherwise: credentials would cross the network in the clear).
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 impl Tls {
@@ -48,6 +52,7 @@ impl Tls {
         ostore_dataplane::http3::TlsFiles {
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
+            insecure_http: self.insecure_http,
         }
     }
 }
@@ -175,6 +180,10 @@ enum Cmd {
         /// A drive (a directory on its own disk); repeat for each.
         #[arg(long = "drive", required = true)]
         drives: Vec<PathBuf>,
+        /// A join token (`osctl nodes token`): how a new node gets its certificate. Needed only
+        /// when none of its drives holds one yet (a node keeps its identity on every drive).
+        #[arg(long, env = "OSTORE_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
         /// Failure domain (rack, room): shards of an object spread over zones first.
         #[arg(long, default_value = "default")]
         zone: String,
@@ -282,6 +291,7 @@ fn main() {
             s3_domain,
             peer,
             drives,
+            join_token,
             zone,
             cores,
             storing,
@@ -297,6 +307,7 @@ fn main() {
                 tls: tls.files(),
                 peer,
                 drives,
+                join_token,
                 zone,
                 cores,
                 store: storing.options(),

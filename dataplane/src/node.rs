@@ -406,20 +406,34 @@ async fn prime_iopoll_probe(node: &Node) {
     }
 }
 
+/// How long a port still held by a listener is waited for at start (see [`reserve_port`]).
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
 fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() != 0 {
         // The executors share the port through SO_REUSEPORT, which would also let a second
         // ostore on the same port silently take half the connections: check the port is free
         // with a plain socket first.
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        if let Err(e) = probe.bind(&addr.into()) {
+        // A process killed just now may still hold its listener for a moment: io_uring
+        // releases the sockets of a dead process's rings asynchronously, and they accept
+        // meanwhile. A live listener still there after PORT_RELEASE_WAIT is another process.
+        let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+        loop {
+            let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            probe.set_reuse_address(true)?;
+            let Err(e) = probe.bind(&addr.into()) else {
+                break;
+            };
             // Connections of a previous process on this port linger (TIME_WAIT, FIN_WAIT)
             // after it died; only a live listener makes the port unusable.
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
                 return Err(e).with_context(|| format!("{addr} is already in use"));
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -528,11 +542,18 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     let s3 = opts.s3.map(reserve_port).transpose()?;
     let s3_addr = s3.as_ref().map(|(_, a)| *a);
     let (h3, udp_placeholder) = http3_setup(&opts.tls, Some(&opts.data), http_addr)?;
+    let https = opts.tls.https(
+        &[Some(http_addr), s3_addr]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+    )?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
         creds: crate::web::Credentials::new(secret),
         limits: opts.limits,
         s3_domain: opts.s3_domain.clone(),
+        https,
     });
     let handles = start_executors(
         front,
@@ -828,6 +849,8 @@ pub struct NodeOptions {
     pub tls: crate::http3::TlsFiles,
     pub peer: SocketAddr,
     pub drives: Vec<PathBuf>,
+    /// A join token (`osctl nodes token`), needed when no drive holds the node's identity.
+    pub join_token: Option<String>,
     pub zone: String,
     pub cores: usize,
     pub store: StoreOptions,
@@ -982,6 +1005,41 @@ async fn reregister(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This node's identity: from its drives, or got by joining with `--join-token` (then written
+/// to every drive).
+fn node_identity(opts: &NodeOptions) -> anyhow::Result<ostore_transport::tls::Identity> {
+    let now_s = ostore_control::service::now_ms() / 1000;
+    let found = crate::identity::load(&opts.drives);
+    let identity = match (found, &opts.join_token) {
+        (Some(id), _) if id.expires_s().is_some_and(|e| e > now_s) => id,
+        (found, Some(token)) => {
+            if found.is_some() {
+                tracing::warn!("this node's certificate has expired: joining again");
+            }
+            let addrs = opts.control.clone();
+            let token = token.clone();
+            let id = LocalExecutorBuilder::new(Placement::Unbound)
+                .make()
+                .map_err(|e| anyhow::anyhow!("starting the join executor: {e}"))?
+                .run(async move { ostore_controlplane::client::join(&addrs, &token).await })?;
+            tracing::info!("joined the cluster");
+            id
+        }
+        (Some(_), None) => anyhow::bail!(
+            "this node's certificate has expired: give it a new join token (`osctl nodes \
+             token` on an operator's machine, then --join-token or OSTORE_JOIN_TOKEN)"
+        ),
+        (None, None) => anyhow::bail!(
+            "this node has no identity yet (none of its drives holds {}): give it a join token \
+             (`osctl nodes token` with the cluster key, then --join-token or \
+             OSTORE_JOIN_TOKEN)",
+            crate::identity::FILE
+        ),
+    };
+    crate::identity::store(&opts.drives, &identity)?;
+    Ok(identity)
+}
+
 /// Runs `ostore node` until SIGINT or SIGTERM.
 pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     // Every path is resolved once, here: the executors cannot open relative ones.
@@ -994,12 +1052,18 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     let secret = std::env::var("OSTORE_SECRET")
         .ok()
         .filter(|s| !s.is_empty())
-        .context("cluster mode needs the cluster secret in OSTORE_SECRET")?;
-    let tls = ostore_transport::tls::credentials(&secret)?;
+        .context(
+            "a node needs the root secret it checks clients with in OSTORE_SECRET (the client \
+             credential: it opens nothing between nodes or to the control plane)",
+        )?;
+    let identity = node_identity(&opts)?;
+    let revoked = ostore_transport::tls::Revoked::default();
+    let tls = ostore_transport::tls::peer_tls(&identity, &revoked)?;
     let meta = MetaClient::Remote(ostore_controlplane::client::RemoteMeta::new(
         opts.control.clone(),
-        secret.clone(),
-    ));
+        &identity,
+        &revoked,
+    )?);
     let (http_placeholder, http_addr) = reserve_port(opts.http)?;
     let s3 = opts.s3.map(reserve_port).transpose()?;
     let s3_addr = s3.as_ref().map(|(_, a)| *a);
@@ -1043,17 +1107,24 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
-        cluster: Some(crate::cluster::Cluster::new(rec.id, view, tls)),
+        cluster: Some(crate::cluster::Cluster::new(rec.id, view, tls, revoked)),
         repair_tx,
         repair_rx,
         repair_pace: Default::default(),
     });
     let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
+    let https = opts.tls.https(
+        &[Some(http_addr), s3_addr]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+    )?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
         creds: crate::web::Credentials::new(secret),
         limits: opts.limits,
         s3_domain: opts.s3_domain.clone(),
+        https,
     });
     let handles = start_executors(
         front,

@@ -111,7 +111,14 @@ pub fn peer_unresponsive(e: &io::Error) -> bool {
 
 async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connection> {
     if let Some(c) = CONNS.with(|m| m.borrow().get(&addr).cloned()) {
-        if !c.is_lost() {
+        let revoked = c
+            .peer_certificate()
+            .is_some_and(|cert| cluster.revoked.contains(&cert));
+        if revoked {
+            // Made before the peer's certificate was revoked: the handshake of a new one
+            // refuses it.
+            forget_connection(addr);
+        } else if !c.is_lost() {
             return Ok(c);
         }
     }

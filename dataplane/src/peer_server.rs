@@ -28,7 +28,21 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
             if conn.established().await.is_err() {
                 return;
             }
+            let cert = conn.peer_certificate().unwrap_or_default();
             while let Ok((send, recv)) = conn.accept_bi().await {
+                // Revoked after the handshake: nothing more is served on the connection.
+                if node
+                    .cluster
+                    .as_ref()
+                    .is_none_or(|c| c.revoked.contains(&cert))
+                {
+                    tracing::warn!(
+                        "closing a peer connection from {:?}: its certificate is revoked",
+                        conn.remote_address()
+                    );
+                    conn.close(b"certificate revoked");
+                    return;
+                }
                 if crate::faults::peer_stall() {
                     // Held unread while the fault lasts (see `faults`).
                     glommio::spawn_local(async move {

@@ -38,9 +38,11 @@ type Resp = Response<RespBody>;
 
 /// Serves S3 on this executor's share of the listener until the node stops.
 pub async fn serve(front: Arc<Front>, listener: glommio::net::TcpListener) {
+    let tls = front.https.clone();
     ostore_server::conn::serve(
         front,
         listener,
+        tls,
         |front: Arc<Front>, req: Request<Incoming>| async move { handle(&front, req).await },
         || {
             error_response(

@@ -313,6 +313,8 @@ pub struct Front {
     pub limits: ostore_server::conn::Limits,
     /// The domain under which S3 is also served virtual-hosted style (`BUCKET.DOMAIN`).
     pub s3_domain: Option<String>,
+    /// TLS of the HTTP/1.1 listeners (native API, S3): `None` serves plain HTTP.
+    pub https: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl ostore_server::conn::Host for Front {

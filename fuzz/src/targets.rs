@@ -184,6 +184,23 @@ pub static ALL: &[Target] = &[
         ],
         len_max: 4096,
     },
+    Target {
+        name: "trust",
+        run: trust,
+        dictionary: &[
+            b"osj1_",
+            b"_",
+            b"0123456789abcdef0123456789abcdef",
+            b"-----BEGIN CERTIFICATE-----\n",
+            b"-----END CERTIFICATE-----\n",
+            b"-----BEGIN PRIVATE KEY-----\n",
+            b"\x30\x82",
+            b"\x17\x0d",
+            b"\x18\x0f",
+            b"Z",
+        ],
+        len_max: 2048,
+    },
 ];
 
 /// `Range` against any object size: a partial answer lies inside the object and is not empty.
@@ -497,5 +514,27 @@ pub fn s3_xml(data: &[u8]) {
         _ => {
             let _ = xml::location_constraint(body);
         }
+    }
+}
+
+/// What a joining node and the control plane parse of each other, and what a node reads back
+/// from its drives: join tokens (text), certificates' expiry (DER, read by hand), identities
+/// (PEM). A token that parses prints back to the same token.
+pub fn trust(data: &[u8]) {
+    match data.first() {
+        Some(0) => {
+            if let Ok(s) = std::str::from_utf8(&data[1..]) {
+                if let Ok(t) = ostore_wire::join::Token::parse(s) {
+                    assert_eq!(ostore_wire::join::Token::parse(&t.to_string()), Ok(t));
+                }
+            }
+        }
+        Some(1) => {
+            let _ = ostore_transport::tls::not_after_s(&data[1..]);
+        }
+        Some(_) => {
+            let _ = ostore_transport::tls::Identity::from_pem(&data[1..], "ostore-node");
+        }
+        None => {}
     }
 }

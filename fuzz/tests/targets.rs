@@ -69,4 +69,5 @@ targets!(
     s3_sigv4,
     s3_chunked,
     s3_xml,
+    trust,
 );

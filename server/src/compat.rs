@@ -26,30 +26,78 @@ fn would_block(e: &io::Error) -> bool {
     )
 }
 
+/// Reads from `r` into hyper's buffer.
+fn read_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    mut buf: hyper::rt::ReadBufCursor<'_>,
+) -> Poll<io::Result<()>> {
+    // SAFETY: the slice is only written to before `advance` marks the written prefix as
+    // filled; it is zeroed first so `AsyncRead` sees initialized memory.
+    let slice = unsafe { buf.as_mut() };
+    for b in slice.iter_mut() {
+        b.write(0);
+    }
+    // SAFETY: every element was initialized just above.
+    let init: &mut [u8] = unsafe { &mut *(slice as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+    match Pin::new(r).poll_read(cx, init) {
+        Poll::Ready(Ok(n)) => {
+            // SAFETY: `n` bytes were written by the read.
+            unsafe { buf.advance(n) };
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        // SAFETY: the slice is only written to before `advance` marks the written prefix as
-        // filled; it is zeroed first so `AsyncRead` sees initialized memory.
-        let slice = unsafe { buf.as_mut() };
-        for b in slice.iter_mut() {
-            b.write(0);
-        }
-        // SAFETY: every element was initialized just above.
-        let init: &mut [u8] =
-            unsafe { &mut *(slice as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-        match Pin::new(&mut self.0).poll_read(cx, init) {
-            Poll::Ready(Ok(n)) => {
-                // SAFETY: `n` bytes were written by the read.
-                unsafe { buf.advance(n) };
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        read_into(&mut self.0, cx, buf)
+    }
+}
+
+/// Lets hyper drive any `futures-io` stream without a socket of its own underneath (TLS):
+/// writes go through the stream's own (vectored) writes.
+pub struct HyperStream<T>(pub T);
+
+impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        read_into(&mut self.0, cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperStream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
     }
 }
 

@@ -71,12 +71,19 @@ pub async fn stopping<H: Host + ?Sized>(host: &H) {
     }
 }
 
+/// The certificate a TLS client presented and its server verified (the end entity, DER), in
+/// each request's extensions on a TLS listener; absent without TLS or without a certificate.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Vec<u8>);
+
 /// Accepts connections until the host stops, serving each request with `handler` (a request
 /// that panics is answered with `failed()`); then waits for the connections to finish, at most
-/// [`DRAIN_S_MAX`].
+/// [`DRAIN_S_MAX`]. With `tls`, every connection is TLS first (the handshake within the
+/// header-read limit); a verified client certificate reaches the handler as [`PeerCertificate`].
 pub async fn serve<H, F, Fut, B>(
     host: Arc<H>,
     listener: glommio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handler: F,
     failed: fn() -> Response<B>,
 ) where
@@ -117,11 +124,12 @@ pub async fn serve<H, F, Fut, B>(
                 let _ = stream.set_nodelay(true);
                 active.set(active.get() + 1);
                 let (host, active, handler) = (host.clone(), active.clone(), handler.clone());
+                let tls = tls.clone();
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
                     crate::guard::caught(
                         || format!("HTTP/1.1 connection from {peer:?}"),
-                        connection(host, stream, handler, failed),
+                        connection(host, stream, tls, handler, failed),
                     )
                     .await;
                     active.set(active.get() - 1);
@@ -347,6 +355,7 @@ async fn watchdog(limits: Limits, activity: Rc<Activity>) -> &'static str {
 async fn connection<H, F, Fut, B>(
     host: Arc<H>,
     stream: glommio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handler: F,
     failed: fn() -> Response<B>,
 ) where
@@ -358,9 +367,83 @@ async fn connection<H, F, Fut, B>(
 {
     let activity = Rc::new(Activity::default());
     let limits = *host.limits();
-    let h2 = host.clone();
-    let a2 = activity.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let io = Watched {
+        stream,
+        activity: activity.clone(),
+    };
+    let Some(tls) = tls else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(
+                crate::compat::HyperIo(io),
+                service(host.clone(), activity.clone(), None, handler, failed),
+            );
+        return drive(host, activity, limits, conn).await;
+    };
+    // The handshake counts as reading headers: a client that stalls in it is closed.
+    activity.headers_since.set(Some(Instant::now()));
+    let accepted = within(
+        limits.header_read,
+        futures_rustls::TlsAcceptor::from(tls).accept(io),
+    )
+    .await;
+    let io = match accepted {
+        Some(Ok(io)) => io,
+        Some(Err(e)) => {
+            host.metrics()
+                .tls_handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake failed: {e}");
+            return;
+        }
+        None => {
+            host.metrics()
+                .connections_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let cert = io
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| PeerCertificate(c.to_vec()));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(
+            crate::compat::HyperStream(io),
+            service(host.clone(), activity.clone(), cert, handler, failed),
+        );
+    drive(host, activity, limits, conn).await
+}
+
+/// The service serving one connection's requests with `handler`.
+fn service<H, F, Fut, B>(
+    host: Arc<H>,
+    activity: Rc<Activity>,
+    cert: Option<PeerCertificate>,
+    handler: F,
+    failed: fn() -> Response<B>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Sending<B>>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Sending<B>>, std::convert::Infallible>>,
+>
+where
+    H: Host,
+    F: Fn(Arc<H>, Request<Incoming>) -> Fut + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let h2 = host;
+    let a2 = activity;
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
         let host = h2.clone();
         let handling = Busy::begin(&a2, Work::Handling);
         let a3 = a2.clone();
@@ -386,14 +469,23 @@ async fn connection<H, F, Fut, B>(
             drop(handling);
             Ok::<_, std::convert::Infallible>(resp)
         }
-    });
-    let io = Watched {
-        stream,
-        activity: activity.clone(),
-    };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(crate::compat::HyperIo(io), svc);
+    })
+}
+
+/// Runs one connection to its end: finished, the host stopping (gracefully), or a limit broken.
+async fn drive<H, I, S, B>(
+    host: Arc<H>,
+    activity: Rc<Activity>,
+    limits: Limits,
+    conn: hyper::server::conn::http1::Connection<I, S>,
+) where
+    H: Host,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Sending<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut conn = std::pin::pin!(conn);
     enum End {
         Finished,

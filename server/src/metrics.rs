@@ -39,6 +39,7 @@ pub struct Metrics {
     pub h3_early_deferred: AtomicU64,
     pub connections_refused: AtomicU64,
     pub connections_timed_out: AtomicU64,
+    pub tls_handshakes_failed: AtomicU64,
     pub bodies_timed_out: AtomicU64,
     pub peer_connections_replaced: AtomicU64,
 }
@@ -169,6 +170,11 @@ impl Metrics {
                 "ostore_connections_timed_out_total",
                 "HTTP/1.1 connections closed for sending headers too slowly or for idling.",
                 &self.connections_timed_out,
+            ),
+            (
+                "ostore_tls_handshakes_failed_total",
+                "TLS connections closed because their handshake failed (no or an untrusted certificate, a revoked one, no common protocol).",
+                &self.tls_handshakes_failed,
             ),
             (
                 "ostore_request_bodies_timed_out_total",

@@ -86,7 +86,10 @@ pub struct Cluster {
     control_args: Vec<String>,
     /// The etcd cluster the control processes share, when there are several.
     pub etcd: Option<ostore_etcd::local::LocalEtcd>,
+    /// The client root secret (nodes check client requests with it).
     pub secret: String,
+    /// The operator's cluster key (control processes and `osctl nodes token` only).
+    pub cluster_key: String,
     pub nodes: Vec<Node>,
     client: reqwest::blocking::Client,
 }
@@ -139,7 +142,9 @@ impl Cluster {
         control_args: &[&str],
     ) -> Cluster {
         let secret = hex::encode(rand::random::<[u8; 16]>());
+        let cluster_key = hex::encode(rand::random::<[u8; 24]>());
         let mut c = Cluster {
+            cluster_key,
             dir,
             controls: Vec::new(),
             meta,
@@ -184,7 +189,8 @@ impl Cluster {
         let mut child = Command::new(binary("ostore"))
             .args(["control", "--listen", &p.addr, "--meta", &self.meta])
             .args(&self.control_args)
-            .env("OSTORE_SECRET", &self.secret)
+            .env_remove("OSTORE_SECRET")
+            .env("OSTORE_CLUSTER_KEY", &self.cluster_key)
             .env("OSTORE_LOG", log_level())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -200,9 +206,11 @@ impl Cluster {
     pub fn control_leads(&self, i: usize) -> Option<u64> {
         let r = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(1))
+            // Its certificate is for the cluster CA's name; the role is all that is asked.
+            .danger_accept_invalid_certs(true)
             .build()
             .ok()?
-            .get(format!("http://{}/health", self.controls[i].addr))
+            .get(format!("https://{}/health", self.controls[i].addr))
             .send()
             .ok()?;
         let body = r.text().ok()?;
@@ -262,6 +270,16 @@ impl Cluster {
         for d in &n.drives {
             cmd.arg("--drive").arg(d);
         }
+        // A node that joined before (a restart) finds its identity on its drives and is given
+        // no token, as an operator would not.
+        if n.drives
+            .iter()
+            .any(|d| d.join("node-identity.pem").exists())
+        {
+            cmd.env_remove("OSTORE_JOIN_TOKEN");
+        } else {
+            cmd.env("OSTORE_JOIN_TOKEN", self.join_token("1h"));
+        }
         // Faults a test can switch on with SIGUSR1 (see the data plane's `faults`).
         let mut child = cmd
             .env("OSTORE_FAULTS", "1")
@@ -276,6 +294,21 @@ impl Cluster {
         n.http = field(&line, "http");
         n.peer = field(&line, "peer");
         n.child = Some(child);
+    }
+
+    /// A fresh join token from `osctl nodes token --ttl TTL` with the cluster key.
+    pub fn join_token(&self, ttl: &str) -> String {
+        let out = Command::new(binary("osctl"))
+            .args(["nodes", "token", "--ttl", ttl])
+            .env("OSTORE_CLUSTER_KEY", &self.cluster_key)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run osctl nodes token");
+        assert!(out.status.success(), "osctl nodes token failed");
+        String::from_utf8(out.stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_string()
     }
 
     /// Starts one more node with `drives` drives; returns its index.

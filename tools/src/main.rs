@@ -20,12 +20,67 @@ struct Cli {
     /// http (HTTP/1.1) or h3 (HTTP/3 on the endpoint's port over UDP).
     #[arg(long, global = true, default_value = "http", value_parser = ["http", "h3"])]
     protocol: String,
-    /// For h3: trust the certificate(s) in this PEM file (e.g. DIR/tls/cert.pem of
-    /// `ostore dev`) instead of the system's roots.
+    /// For https:// endpoints and h3: trust the certificate(s) in this PEM file (e.g.
+    /// DIR/tls/cert.pem of `ostore dev`) instead of the system's roots.
     #[arg(long, global = true, env = "OSTORE_TLS_CA")]
     tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Make a single-use join token for one new node (`ostore node --join-token`). Made here,
+    /// offline, from the operator's cluster key (OSTORE_CLUSTER_KEY or --cluster-key-file),
+    /// which client credentials never are.
+    Token {
+        /// How long the token is valid: 30s, 10m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// A file holding the cluster key (else OSTORE_CLUSTER_KEY).
+        #[arg(long)]
+        cluster_key_file: Option<PathBuf>,
+    },
+    /// Revoke every certificate a node (id or address) presented: within a second no other
+    /// node and no control process accepts it. It must join again with a new token.
+    Revoke { node: String },
+}
+
+/// A duration in seconds from `30s`, `10m`, `1h`, `2d` (or plain seconds).
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad duration {s:?} (use s, m, h or d)")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err(format!("{s:?} is not a usable lifetime")),
+        Some(v) => Ok(v),
+    }
+}
+
+/// The operator's cluster key, from `file` or OSTORE_CLUSTER_KEY (a trailing newline in the
+/// file is not part of it).
+fn cluster_key(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
+    let key = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var("OSTORE_CLUSTER_KEY").unwrap_or_default(),
+    };
+    if key.len() < 32 {
+        anyhow::bail!(
+            "join tokens are made with the operator's cluster key (the one the control plane \
+             runs with): set OSTORE_CLUSTER_KEY or give --cluster-key-file (32 characters or \
+             more)"
+        );
+    }
+    Ok(key.into_bytes())
 }
 
 #[derive(Subcommand)]
@@ -38,8 +93,12 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         bucket: String,
     },
-    /// Cluster membership: every node, its state, zone, addresses and drives.
-    Nodes,
+    /// Cluster membership: every node, its state, zone, addresses and drives; or make a join
+    /// token, or revoke a node's certificates.
+    Nodes {
+        #[command(subcommand)]
+        cmd: Option<NodesCmd>,
+    },
     /// Move every shard off a node (named by id or address) onto the others, keeping the
     /// placement rules; it then holds nothing and can be removed.
     Drain {
@@ -238,10 +297,19 @@ fn get(cli: &Cli, path: &str) -> anyhow::Result<Answer> {
 /// GET `path` from another node (`host:port`) with the same secret, over HTTP/1.1.
 fn get_from(cli: &Cli, http_addr: &str, path: &str) -> anyhow::Result<Answer> {
     let (rt, _) = api(cli)?;
-    let base = format!("http://{http_addr}");
-    let client = ostore_client::Client::builder(&base)
-        .secret(secret(cli)?)
-        .build()?;
+    // The other node speaks what the endpoint speaks (a cluster's nodes share a certificate
+    // set-up).
+    let scheme = if cli.endpoint.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{http_addr}");
+    let mut b = ostore_client::Client::builder(&base).secret(secret(cli)?);
+    if let Some(ca) = &cli.tls_ca {
+        b = b.tls_ca_file(ca)?;
+    }
+    let client = b.build()?;
     rt.block_on(send(&client, &base, http::Method::GET, path))
 }
 
@@ -270,6 +338,15 @@ fn limit_text(v: &serde_json::Value) -> String {
     match v.as_u64() {
         Some(r) => format!("{}/s", human(r as f64)),
         None => v.as_str().unwrap_or("?").to_string(),
+    }
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -623,7 +700,54 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Nodes => {
+        Cmd::Nodes {
+            cmd:
+                Some(NodesCmd::Token {
+                    ttl,
+                    cluster_key_file,
+                }),
+        } => {
+            let key = cluster_key(cluster_key_file.as_ref())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let expires = now.saturating_add(*ttl);
+            let token = ostore_wire::join::Token::new(
+                &ostore_wire::join::token_key(&key),
+                expires,
+                rand::random(),
+            );
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"token": token.to_string(), "expires": expires})
+                );
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "valid once, for {}: ostore node --join-token <token> (or OSTORE_JOIN_TOKEN)",
+                    human_secs(*ttl)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Nodes {
+            cmd: Some(NodesCmd::Revoke { node }),
+        } => {
+            let q = form_urlencoded::byte_serialize(node.as_bytes()).collect::<String>();
+            let r: serde_json::Value = post(cli, &format!("/admin/revoke?node={q}"))?.json()?;
+            if cli.json {
+                println!("{r}");
+            } else {
+                println!(
+                    "node {}: {} certificate(s) revoked",
+                    r["node"].as_str().unwrap_or(node),
+                    r["certificates_revoked"]
+                );
+            }
+            Ok(())
+        }
+        Cmd::Nodes { cmd: None } => {
             let cluster: serde_json::Value = get(cli, "/admin/cluster")?.json()?;
             if cli.json {
                 println!(

@@ -706,6 +706,17 @@ impl Connection {
         i.conn_mut(self.ch, self.serial).map(|c| c.conn.stats())
     }
 
+    /// The certificate the peer presented in the handshake (the end entity, DER), once known.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let i = self.ep.0.borrow();
+        let c = i.conn(self.ch, self.serial)?;
+        let any = c.conn.crypto_session().peer_identity()?;
+        let chain = any
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        chain.first().map(|c| c.to_vec())
+    }
+
     pub fn remote_address(&self) -> Option<SocketAddr> {
         let i = self.ep.0.borrow();
         i.conn(self.ch, self.serial)

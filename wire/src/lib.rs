@@ -4,5 +4,6 @@
 //! from the one before it, and golden-byte tests pin the encoding. This crate performs no I/O and
 //! knows nothing of runtimes, sockets or metadata stores.
 
+pub mod join;
 pub mod peer;
 pub mod shard;

@@ -1,0 +1,231 @@
+//! What the control plane keeps of the cluster's trust (see the README's security model): the
+//! cluster CA (its certificate, and its key sealed under the operator's cluster key — sealing
+//! is the caller's, this module stores bytes), the join tokens already used, the certificates
+//! each node presented, and the revoked ones. Certificates are named by the BLAKE3 fingerprint
+//! of their DER.
+
+use crate::keys;
+use crate::kv::{run, Kv, Tx};
+use crate::meta::{MetaError, Result};
+use crate::records::{decode, encode};
+use serde::{Deserialize, Serialize};
+
+/// The cluster CA as stored (`keys::tag::CA`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRec {
+    /// The CA certificate, DER.
+    pub cert: Vec<u8>,
+    /// Its private key (PKCS#8 DER), sealed (`ostore_transport::tls::seal`).
+    pub sealed_key: Vec<u8>,
+    pub created_ms: u64,
+}
+
+/// A revoked certificate (`keys::tag::REVOKED`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedRec {
+    /// The node it was recorded for, if any.
+    pub node: Option<u32>,
+    /// When the certificate expires anyway; the record may go then.
+    pub expires_ms: u64,
+    pub revoked_ms: u64,
+}
+
+/// The cluster CA, made by `make` and stored if there is none yet (the first control process of
+/// a cluster makes it; every later one, and every restart, finds it).
+pub fn ca(kv: &dyn Kv, make: &dyn Fn() -> Result<CaRec>) -> Result<CaRec> {
+    if let Some(rec) = run(kv, false, |tx| get::<CaRec>(tx, &keys::ca()))? {
+        return Ok(rec);
+    }
+    let made = make()?;
+    // Two processes starting at once: one commits, the other reads the winner's.
+    run(kv, true, |tx| match get::<CaRec>(tx, &keys::ca())? {
+        Some(rec) => Ok(rec),
+        None => {
+            tx.set(&keys::ca(), &encode(&made))?;
+            Ok(made.clone())
+        }
+    })
+}
+
+/// Accepts the join token (`nonce`, valid until `expires_ms`) once: refused when expired or
+/// already used. The record stays until the token would have expired.
+pub fn use_join_token(kv: &dyn Kv, nonce: &[u8; 16], expires_ms: u64, now_ms: u64) -> Result<()> {
+    if expires_ms <= now_ms {
+        return Err(MetaError::Refused("the join token has expired".into()));
+    }
+    run(kv, true, |tx| {
+        let k = keys::join_token(nonce);
+        if tx.get(&k)?.is_some() {
+            return Err(MetaError::Refused(
+                "the join token was already used (each token joins one node)".into(),
+            ));
+        }
+        tx.set(&k, &expires_ms.to_le_bytes())?;
+        Ok(())
+    })
+}
+
+/// Records that `node` presented the certificate `fingerprint` (valid until `expires_ms`), so
+/// that revoking the node revokes it.
+pub fn record_node_cert(
+    kv: &dyn Kv,
+    node: u32,
+    fingerprint: &[u8; 32],
+    expires_ms: u64,
+) -> Result<()> {
+    run(kv, true, |tx| {
+        let k = keys::node_cert(node, fingerprint);
+        if tx.get(&k)?.is_none() {
+            tx.set(&k, &expires_ms.to_le_bytes())?;
+        }
+        Ok(())
+    })
+}
+
+/// Revokes every certificate `node` presented; how many there were.
+pub fn revoke_node(kv: &dyn Kv, node: u32, now_ms: u64) -> Result<u32> {
+    run(kv, true, |tx| {
+        let (b, e) = keys::node_certs(node);
+        let mut n = 0u32;
+        for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            let Some(fp) = k.get(5..37).and_then(|f| <[u8; 32]>::try_from(f).ok()) else {
+                continue;
+            };
+            let expires_ms = le_u64(&v);
+            put_revoked(tx, &fp, Some(node), expires_ms, now_ms)?;
+            n += 1;
+        }
+        Ok(n)
+    })
+}
+
+/// Revokes one certificate by fingerprint.
+pub fn revoke(kv: &dyn Kv, fingerprint: &[u8; 32], expires_ms: u64, now_ms: u64) -> Result<()> {
+    run(kv, true, |tx| {
+        put_revoked(tx, fingerprint, None, expires_ms, now_ms)
+    })
+}
+
+fn put_revoked(
+    tx: &mut dyn Tx,
+    fp: &[u8; 32],
+    node: Option<u32>,
+    expires_ms: u64,
+    now_ms: u64,
+) -> Result<()> {
+    let rec = RevokedRec {
+        node,
+        expires_ms,
+        revoked_ms: now_ms,
+    };
+    Ok(tx.set(&keys::revoked(fp), &encode(&rec))?)
+}
+
+/// Every revoked certificate's fingerprint.
+pub fn revoked_in(tx: &mut dyn Tx) -> Result<Vec<[u8; 32]>> {
+    let (b, e) = keys::subspace(keys::tag::REVOKED);
+    Ok(tx
+        .get_range(&b, &e, usize::MAX, false)?
+        .into_iter()
+        .filter_map(|(k, _)| k.get(1..33).and_then(|f| f.try_into().ok()))
+        .collect())
+}
+
+pub fn revoked(kv: &dyn Kv) -> Result<Vec<[u8; 32]>> {
+    run(kv, false, revoked_in)
+}
+
+/// Forgets used join tokens, revocations and node certificates past their expiry (a
+/// certificate past its expiry is refused anyway).
+pub fn expire(kv: &dyn Kv, now_ms: u64) -> Result<usize> {
+    run(kv, true, |tx| {
+        let mut gone = 0;
+        for t in [keys::tag::JOIN_TOKEN, keys::tag::NODE_CERT] {
+            let (b, e) = keys::subspace(t);
+            for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+                if le_u64(&v) <= now_ms {
+                    tx.clear(&k)?;
+                    gone += 1;
+                }
+            }
+        }
+        let (b, e) = keys::subspace(keys::tag::REVOKED);
+        for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
+            // An unreadable record stays: it still names a revoked certificate.
+            if decode::<RevokedRec>(&v).is_ok_and(|r| r.expires_ms <= now_ms) {
+                tx.clear(&k)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    })
+}
+
+fn le_u64(v: &[u8]) -> u64 {
+    // A malformed value reads as "never expires": nothing is dropped early.
+    v.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX)
+}
+
+fn get<T: serde::de::DeserializeOwned + 'static>(tx: &mut dyn Tx, k: &[u8]) -> Result<Option<T>> {
+    match tx.get(k)? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv() -> (tempfile::TempDir, crate::redb_kv::RedbKv) {
+        let d = tempfile::tempdir().unwrap();
+        let kv = crate::redb_kv::RedbKv::open(&d.path().join("m.redb")).unwrap();
+        (d, kv)
+    }
+
+    #[test]
+    fn the_first_ca_made_is_the_one_kept() {
+        let (_d, kv) = kv();
+        let rec = |n: u8| CaRec {
+            cert: vec![n],
+            sealed_key: vec![n, n],
+            created_ms: u64::from(n),
+        };
+        assert_eq!(ca(&kv, &|| Ok(rec(1))).unwrap(), rec(1));
+        assert_eq!(ca(&kv, &|| Ok(rec(2))).unwrap(), rec(1));
+        assert_eq!(ca(&kv, &|| panic!("not made again")).unwrap(), rec(1));
+    }
+
+    #[test]
+    fn a_join_token_is_used_once_and_not_after_it_expires() {
+        let (_d, kv) = kv();
+        let n = [9u8; 16];
+        assert!(matches!(
+            use_join_token(&kv, &n, 100, 100),
+            Err(MetaError::Refused(_))
+        ));
+        use_join_token(&kv, &n, 200, 100).unwrap();
+        let again = use_join_token(&kv, &n, 200, 150).unwrap_err();
+        assert!(again.to_string().contains("already used"), "{again}");
+        use_join_token(&kv, &[8u8; 16], 200, 150).unwrap();
+        // Expired records go; the token is refused for its expiry then anyway.
+        assert_eq!(expire(&kv, 200).unwrap(), 2);
+        assert!(use_join_token(&kv, &n, 200, 200).is_err());
+    }
+
+    #[test]
+    fn revoking_a_node_revokes_every_certificate_it_presented() {
+        let (_d, kv) = kv();
+        record_node_cert(&kv, 3, &[1; 32], 1000).unwrap();
+        record_node_cert(&kv, 3, &[2; 32], 2000).unwrap();
+        record_node_cert(&kv, 4, &[3; 32], 1000).unwrap();
+        assert!(revoked(&kv).unwrap().is_empty());
+        assert_eq!(revoke_node(&kv, 3, 10).unwrap(), 2);
+        assert_eq!(revoked(&kv).unwrap(), vec![[1; 32], [2; 32]]);
+        revoke(&kv, &[7; 32], 5000, 10).unwrap();
+        assert_eq!(revoked(&kv).unwrap().len(), 3);
+        // Past their expiry the records go (the certificates are refused as expired then).
+        expire(&kv, 1000).unwrap();
+        assert_eq!(revoked(&kv).unwrap(), vec![[2; 32], [7; 32]]);
+    }
+}
