@@ -463,7 +463,7 @@ pub async fn join(addrs: &[SocketAddr], token: &str) -> anyhow::Result<Identity>
         let identity = Identity {
             ca: ca.into(),
             cert: cert.into(),
-            key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+            key: ostore_transport::tls::ed25519_pkcs8(&key),
         };
         // The certificate must chain to the CA it came with, for this key.
         return Identity::from_pem(

@@ -69,6 +69,8 @@ pub struct Node {
     pub http: String,
     pub peer: String,
     pub drives: Vec<PathBuf>,
+    /// The S3 API's address, on clusters started with [`Cluster::start_https`].
+    pub s3: Option<String>,
 }
 
 /// One `ostore control` process.
@@ -92,6 +94,38 @@ pub struct Cluster {
     pub cluster_key: String,
     pub nodes: Vec<Node>,
     client: reqwest::blocking::Client,
+    /// With [`Cluster::start_https`]: the CA (PEM file) that signed the nodes' certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// And the certificate and key every node serves the client APIs with.
+    tls_files: Option<(PathBuf, PathBuf)>,
+}
+
+/// A CA and a certificate for `127.0.0.1`/`localhost` it signed, as PEM files under `dir`:
+/// (ca.pem, cert.pem, key.pem).
+pub fn server_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name.push(DnType::CommonName, "test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut p =
+        CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).expect("params");
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("certificate");
+    std::fs::create_dir_all(dir).expect("dir");
+    let (a, b, c) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&a, ca_cert.pem()).expect("write");
+    std::fs::write(&b, cert.pem()).expect("write");
+    std::fs::write(&c, key.serialize_pem()).expect("write");
+    (a, b, c)
 }
 
 impl Cluster {
@@ -107,7 +141,18 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let meta = format!("redb:{}", dir.path().join("meta/control.redb").display());
-        Self::start_over(dir, None, meta, 1, nodes, drives, control_args)
+        Self::start_over(dir, None, meta, 1, nodes, drives, control_args, false)
+    }
+
+    /// As [`start`](Self::start), with every node serving the client APIs over HTTPS (a
+    /// certificate from a test CA, [`Cluster::tls_ca`]): TLS on every listener.
+    pub fn start_https(nodes: usize, drives: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("ostore-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let meta = format!("redb:{}", dir.path().join("meta/control.redb").display());
+        Self::start_over(dir, None, meta, 1, nodes, drives, &[], true)
     }
 
     /// A highly available control plane: an etcd cluster of `etcd_members` on loopback
@@ -129,9 +174,10 @@ impl Cluster {
         let etcd = ostore_etcd::local::LocalEtcd::start(&etcd_dir, etcd_members, &mut free_port)
             .unwrap_or_else(|e| panic!("starting etcd: {e}"));
         let meta = format!("etcd:{}", etcd.spec());
-        Self::start_over(dir, Some(etcd), meta, controls, nodes, drives, &[])
+        Self::start_over(dir, Some(etcd), meta, controls, nodes, drives, &[], false)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_over(
         dir: tempfile::TempDir,
         etcd: Option<ostore_etcd::local::LocalEtcd>,
@@ -140,11 +186,26 @@ impl Cluster {
         nodes: usize,
         drives: usize,
         control_args: &[&str],
+        https: bool,
     ) -> Cluster {
         let secret = hex::encode(rand::random::<[u8; 16]>());
         let cluster_key = hex::encode(rand::random::<[u8; 24]>());
+        let (mut client, mut tls_ca, mut tls_files) = (
+            reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)),
+            None,
+            None,
+        );
+        if https {
+            let (ca, cert, key) = server_certificate(&dir.path().join("tls"));
+            let pem = std::fs::read(&ca).expect("CA");
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"));
+            tls_ca = Some(ca);
+            tls_files = Some((cert, key));
+        }
         let mut c = Cluster {
             cluster_key,
+            tls_ca,
+            tls_files,
             dir,
             controls: Vec::new(),
             meta,
@@ -152,10 +213,7 @@ impl Cluster {
             etcd,
             secret,
             nodes: Vec::new(),
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("http client"),
+            client: client.build().expect("http client"),
         };
         for _ in 0..controls {
             let mut p = ControlProc {
@@ -177,6 +235,7 @@ impl Cluster {
                 http: format!("127.0.0.1:{}", free_port()),
                 peer: format!("127.0.0.1:{}", free_port()),
                 drives,
+                s3: https.then(|| format!("127.0.0.1:{}", free_port())),
             };
             c.launch(&mut n);
             c.nodes.push(n);
@@ -270,6 +329,12 @@ impl Cluster {
         for d in &n.drives {
             cmd.arg("--drive").arg(d);
         }
+        if let Some((cert, key)) = &self.tls_files {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        if let Some(s3) = &n.s3 {
+            cmd.args(["--s3", s3]);
+        }
         // A node that joined before (a restart) finds its identity on its drives and is given
         // no token, as an operator would not.
         if n.drives
@@ -293,6 +358,9 @@ impl Cluster {
         n.id = field(&line, "node");
         n.http = field(&line, "http");
         n.peer = field(&line, "peer");
+        if n.s3.is_some() {
+            n.s3 = Some(field(&line, "s3"));
+        }
         n.child = Some(child);
     }
 
@@ -322,6 +390,10 @@ impl Cluster {
             drives: (0..drives)
                 .map(|d| self.dir.path().join(format!("node-{i}/drive-{d}")))
                 .collect(),
+            s3: self
+                .tls_files
+                .is_some()
+                .then(|| format!("127.0.0.1:{}", free_port())),
         };
         self.launch(&mut n);
         self.nodes.push(n);
@@ -353,6 +425,7 @@ impl Cluster {
                 http: String::new(),
                 peer: String::new(),
                 drives: Vec::new(),
+                s3: None,
             },
         );
         self.launch(&mut n);
@@ -360,7 +433,16 @@ impl Cluster {
     }
 
     pub fn url(&self, node: usize, path: &str) -> String {
-        format!("http://{}{}", self.nodes[node].http, path)
+        format!("{}://{}{}", self.scheme(), self.nodes[node].http, path)
+    }
+
+    /// `https` when the nodes serve HTTPS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn put(&self, node: usize, key: &str, body: Vec<u8>) -> reqwest::blocking::Response {
@@ -443,9 +525,12 @@ impl Cluster {
 
     /// `osctl` against node `via`, with the cluster secret.
     pub fn osctl(&self, via: usize, args: &[&str]) -> std::process::Output {
-        Command::new(binary("osctl"))
-            .arg("--endpoint")
-            .arg(format!("http://{}", self.nodes[via].http))
+        let mut cmd = Command::new(binary("osctl"));
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls-ca").arg(ca);
+        }
+        cmd.arg("--endpoint")
+            .arg(format!("{}://{}", self.scheme(), self.nodes[via].http))
             .args(args)
             .env("OSTORE_SECRET", &self.secret)
             .output()

@@ -367,30 +367,6 @@ fn a_node_without_identity_or_token_does_not_start_and_a_restart_needs_no_token(
     assert!(err.contains("join token"), "{err}");
 }
 
-/// A CA and a server certificate for `127.0.0.1` and `localhost` it signed, as PEM files in
-/// `dir`: (ca.pem, cert.pem, key.pem).
-fn server_certificate(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    let path = |n: &str| dir.join(n).display().to_string();
-    std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
-    (path("ca.pem"), path("cert.pem"), path("key.pem"))
-}
-
 fn curl(args: &[&str], body: Option<&[u8]>) -> (bool, String) {
     use std::io::Write as _;
     let mut child = std::process::Command::new("curl")
@@ -421,7 +397,12 @@ fn curl(args: &[&str], body: Option<&[u8]>) -> (bool, String) {
 #[test]
 fn the_client_apis_speak_https_when_given_a_certificate() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = server_certificate(certs.path());
+    let (ca, cert, key) = ostore_tests::cluster::server_certificate(certs.path());
+    let (ca, cert, key) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
     let dev = ostore_tests::Dev::start(&["--tls-cert", &cert, "--tls-key", &key]);
     let auth = format!("authorization: Bearer {}", dev.secret);
     let url = format!("https://{}/objects/tls/k", dev.http);
@@ -542,4 +523,561 @@ fn plain_http_off_loopback_needs_to_be_asked_for() {
     // SAFETY: kill(2) on a child process this test owns.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
+
+/// A loopback capture (`tcpdump`) of a cluster with TLS on every listener, through joining,
+/// writes, reads and admin calls: none of its secrets, and none of the object's bytes or its
+/// key, crosses in the clear. The capture is shown to work by a marker sent in the clear
+/// alongside. (Other tests run at the same time on loopback with secrets of their own, some in
+/// the clear on purpose: only this cluster's are looked for.)
+#[test]
+fn a_capture_of_a_cluster_shows_nothing_secret() {
+    if std::process::Command::new("tcpdump")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        ostore_tests::missing_prerequisite(
+            "a_capture_of_a_cluster_shows_nothing_secret",
+            "tcpdump (Debian's tcpdump), run as root",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("lo.pcap");
+    let mut dump = std::process::Command::new("tcpdump")
+        // A large buffer: a burst of shards on loopback must not be dropped.
+        .args(["-i", "lo", "-U", "-s", "0", "-B", "131072", "-w"])
+        .arg(&pcap)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // tcpdump says "listening on lo" once it captures.
+    let stats = {
+        use std::io::Read as _;
+        let mut err = dump.stderr.take().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            let n = err.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "tcpdump did not start: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            rest
+        })
+    };
+    let c = Cluster::start_https(3, 2);
+    // An object of random bytes with markers: incompressible, so stored and sent as it is.
+    let marker = format!("OBJECT-BYTES-{}", hex::encode(rand::random::<[u8; 8]>()));
+    let mut body = ostore_tests::random_bytes(7, 3 << 20);
+    for at in (0..body.len() - 64).step_by(65536) {
+        body[at..at + marker.len()].copy_from_slice(marker.as_bytes());
+    }
+    let key = format!("secret/{marker}");
+    assert_eq!(c.put(0, &key, body.clone()).status(), 201);
+    for node in 0..3 {
+        assert_eq!(c.get_bytes(node, &key), (200, body.clone()));
+    }
+    let out = c.osctl(1, &["--json", "status"]);
+    assert!(out.status.success(), "osctl over HTTPS: {out:?}");
+    // The control experiment: a marker sent in the clear on loopback is in the capture.
+    let clear = format!("CLEAR-MARKER-{}", hex::encode(rand::random::<[u8; 8]>()));
+    {
+        use std::io::Write as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut r, _) = l.accept().unwrap();
+        s.write_all(clear.as_bytes()).unwrap();
+        let mut got = vec![0u8; clear.len()];
+        std::io::Read::read_exact(&mut r, &mut got).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on a child process this test owns; SIGINT makes tcpdump flush and end.
+    unsafe { libc::kill(dump.id() as libc::pid_t, libc::SIGINT) };
+    dump.wait().unwrap();
+    eprintln!("tcpdump: {}", stats.join().unwrap().trim());
+    let captured = std::fs::read(&pcap).unwrap();
+    let has = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(clear.as_bytes()),
+        "the capture missed the clear-text marker: it saw nothing"
+    );
+    eprintln!("captured {} bytes on loopback", captured.len());
+    for (what, needle) in [
+        ("the root secret", c.secret.as_bytes()),
+        ("the cluster key", c.cluster_key.as_bytes()),
+        ("the object's bytes", marker.as_bytes()),
+        ("the object's key", key.as_bytes()),
+    ] {
+        assert!(!has(needle), "{what} crossed loopback in the clear");
+    }
+}
+
+/// The credential kinds of the auth matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cred {
+    Nothing,
+    Wrong,
+    /// The root secret.
+    Root,
+    /// An S3 access key `osctl keys create` made.
+    AccessKey,
+    /// An access key revoked since (`osctl keys revoke`).
+    RevokedKey,
+    /// A node's certificate (from its drive).
+    NodeCert,
+    /// The certificate of a node revoked since (`osctl nodes revoke`).
+    RevokedNodeCert,
+    /// A certificate of a CA the cluster does not know.
+    OutsiderCert,
+}
+
+const CREDS: [Cred; 8] = [
+    Cred::Nothing,
+    Cred::Wrong,
+    Cred::Root,
+    Cred::AccessKey,
+    Cred::RevokedKey,
+    Cred::NodeCert,
+    Cred::RevokedNodeCert,
+    Cred::OutsiderCert,
+];
+
+/// What a request got: served (any answer but 401 and 403: the request reached the route), 401,
+/// 403, refused before any answer (the TLS handshake failed), or not applicable (the listener
+/// has no way to carry this kind of credential).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Got {
+    Served,
+    E401,
+    E403,
+    Refused,
+    NotApplicable,
+}
+
+fn got(r: Result<u16, String>) -> Got {
+    match r {
+        Err(_) => Got::Refused,
+        Ok(401) => Got::E401,
+        Ok(403) => Got::E403,
+        Ok(_) => Got::Served,
+    }
+}
+
+/// Everything the matrix's requests present.
+struct Keys {
+    root: String,
+    access: (String, String),
+    revoked: (String, String),
+    ca: String,
+    node_pem: String,
+    revoked_node_pem: String,
+    outsider_pem: String,
+    node: Identity,
+    revoked_node: Identity,
+    outsider: Identity,
+}
+
+/// An HTTPS request with curl presenting `cred` as a bearer or a client certificate.
+fn https_bearer(k: &Keys, cred: Cred, method: &str, url: &str) -> Result<u16, String> {
+    let mut args: Vec<String> = vec!["--cacert".into(), k.ca.clone()];
+    // HEAD is curl's -I (with -X HEAD it would wait for a body).
+    if method == "HEAD" {
+        args.push("-I".into());
+    } else {
+        args.extend(["-X".into(), method.into()]);
+    }
+    let bearer = |s: &str| vec!["-H".to_string(), format!("authorization: Bearer {s}")];
+    let cert = |pem: &str| vec!["--cert".to_string(), pem.to_string()];
+    args.extend(match cred {
+        Cred::Nothing => vec![],
+        Cred::Wrong => bearer("not-the-secret"),
+        Cred::Root => bearer(&k.root),
+        Cred::AccessKey => bearer(&k.access.1),
+        Cred::RevokedKey => bearer(&k.revoked.1),
+        Cred::NodeCert => cert(&k.node_pem),
+        Cred::RevokedNodeCert => cert(&k.revoked_node_pem),
+        Cred::OutsiderCert => cert(&k.outsider_pem),
+    });
+    curl_status(args, url)
+}
+
+/// An S3 request with curl, SigV4-signed with `cred`'s key (a certificate is presented
+/// instead, unsigned, for the certificate kinds).
+fn s3_signed(k: &Keys, cred: Cred, method: &str, url: &str) -> Result<u16, String> {
+    let mut args: Vec<String> = vec![
+        "--cacert".into(),
+        k.ca.clone(),
+        "-X".into(),
+        method.into(),
+        "-H".into(),
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD".into(),
+    ];
+    let sign = |id: &str, secret: &str| {
+        vec![
+            "--aws-sigv4".to_string(),
+            "aws:amz:us-east-1:s3".to_string(),
+            "--user".to_string(),
+            format!("{id}:{secret}"),
+        ]
+    };
+    let cert = |pem: &str| vec!["--cert".to_string(), pem.to_string()];
+    args.extend(match cred {
+        Cred::Nothing => vec![],
+        Cred::Wrong => sign("root", "not-the-secret"),
+        Cred::Root => sign("root", &k.root),
+        Cred::AccessKey => sign(&k.access.0, &k.access.1),
+        Cred::RevokedKey => sign(&k.revoked.0, &k.revoked.1),
+        Cred::NodeCert => cert(&k.node_pem),
+        Cred::RevokedNodeCert => cert(&k.revoked_node_pem),
+        Cred::OutsiderCert => cert(&k.outsider_pem),
+    });
+    curl_status(args, url)
+}
+
+fn curl_status(mut args: Vec<String>, url: &str) -> Result<u16, String> {
+    args.extend([
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+    ]);
+    args.push(url.to_string());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = curl(&argv, None);
+    if !ok {
+        return Err(out);
+    }
+    out.trim().parse().map_err(|_| out)
+}
+
+/// An HTTP/3 request with ostore-client (which presents no client certificate: the certificate
+/// kinds do not apply).
+fn h3_bearer(
+    k: &Keys,
+    cred: Cred,
+    method: &str,
+    endpoint: &str,
+    path: &str,
+) -> Option<Result<u16, String>> {
+    let secret = match cred {
+        Cred::Nothing => None,
+        Cred::Wrong => Some("not-the-secret".to_string()),
+        Cred::Root => Some(k.root.clone()),
+        Cred::AccessKey => Some(k.access.1.clone()),
+        Cred::RevokedKey => Some(k.revoked.1.clone()),
+        _ => return None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Some(rt.block_on(async {
+        let mut b = ostore_client::Client::builder(endpoint)
+            .protocol(ostore_client::Protocol::Http3)
+            .tls_ca_file(&k.ca)
+            .map_err(|e| e.to_string())?;
+        if let Some(s) = secret {
+            b = b.secret(s);
+        }
+        let c = b.build().map_err(|e| e.to_string())?;
+        let m = http::Method::from_bytes(method.as_bytes()).unwrap();
+        match c
+            .request(m, path, Default::default(), Default::default())
+            .await
+        {
+            Ok(r) => Ok(r.status.as_u16()),
+            Err(e) => e.status().ok_or_else(|| e.to_string()),
+        }
+    }))
+}
+
+fn write_pem(dir: &std::path::Path, name: &str, id: &Identity) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, id.to_pem()).unwrap();
+    p.display().to_string()
+}
+
+/// Every route of every listener of a cluster with TLS on, against every kind of credential.
+#[test]
+fn the_auth_matrix() {
+    let c = Cluster::start_https(2, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let make_key = |name: &str| {
+        let k = c.osctl_json(0, &["keys", "create", name]);
+        (
+            k["access_key"].as_str().unwrap().to_string(),
+            k["secret"].as_str().unwrap().to_string(),
+        )
+    };
+    let access = make_key("matrix-app");
+    let revoked = make_key("matrix-gone");
+    let out = c.osctl(0, &["keys", "revoke", &revoked.0]);
+    assert!(out.status.success(), "{out:?}");
+    let node = node_identity(&c, 0);
+    let revoked_node = node_identity(&c, 1);
+    let out = c.osctl(0, &["nodes", "revoke", &c.nodes[1].id]);
+    assert!(out.status.success(), "{out:?}");
+    let now = SystemTime::now();
+    let outsider = ClusterCa::generate(now)
+        .unwrap()
+        .node_identity(now)
+        .unwrap();
+    let k = Keys {
+        root: c.secret.clone(),
+        access,
+        revoked,
+        ca: c.tls_ca.as_ref().unwrap().display().to_string(),
+        node_pem: write_pem(dir.path(), "node.pem", &node),
+        revoked_node_pem: write_pem(dir.path(), "revoked.pem", &revoked_node),
+        outsider_pem: write_pem(dir.path(), "outsider.pem", &outsider),
+        node,
+        revoked_node,
+        outsider,
+    };
+    // Revocations reach node 0 and the control process within a second or two.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let http = format!("https://{}", c.nodes[0].http);
+    let s3 = format!("https://{}", c.nodes[0].s3.as_ref().unwrap());
+    let control: SocketAddr = c.controls[0].addr.parse().unwrap();
+    let peer: SocketAddr = c.nodes[0].peer.parse().unwrap();
+    let zeros = "0".repeat(64);
+    use Cred::*;
+    use Got::*;
+    // What the bearer-secret listeners answer: only the root secret is served; no credential
+    // (a client certificate is not one here) is 401, a wrong one 403.
+    let bearer_rule = |c: Cred| match c {
+        Root => Served,
+        Nothing | NodeCert | RevokedNodeCert | OutsiderCert => E401,
+        Wrong | AccessKey | RevokedKey => E403,
+    };
+    let open = |_: Cred| Served;
+    // S3: a signature by the root key or a live access key; anything else is 403 (anonymous
+    // requests too).
+    let s3_rule = |c: Cred| match c {
+        Root | AccessKey => Served,
+        _ => E403,
+    };
+    // The control API: node certificates only; a revoked or outsider certificate fails the
+    // handshake; a bearer secret is nothing to it.
+    let rpc_rule = |c: Cred| match c {
+        NodeCert => Served,
+        RevokedNodeCert | OutsiderCert => Refused,
+        _ => E401,
+    };
+    // /v1/join takes a join token's proof, which none of these is.
+    let join_rule = |c: Cred| match c {
+        RevokedNodeCert | OutsiderCert => Refused,
+        _ => E403,
+    };
+    let control_health_rule = |c: Cred| match c {
+        RevokedNodeCert | OutsiderCert => Refused,
+        _ => Served,
+    };
+    // The peer port: a live node certificate only.
+    let peer_rule = |c: Cred| match c {
+        NodeCert => Served,
+        _ => Refused,
+    };
+    let h3_rule = |c: Cred| match c {
+        NodeCert | RevokedNodeCert | OutsiderCert => NotApplicable,
+        c => bearer_rule(c),
+    };
+    let h3_open = |c: Cred| match c {
+        NodeCert | RevokedNodeCert | OutsiderCert => NotApplicable,
+        _ => Served,
+    };
+    type Call<'a> = Box<dyn Fn(Cred) -> Got + 'a>;
+    type Rule<'a> = &'a dyn Fn(Cred) -> Got;
+    let native = |m: &'static str, path: String| -> Call {
+        let url = format!("{http}{path}");
+        let k = &k;
+        Box::new(move |cred| got(https_bearer(k, cred, m, &url)))
+    };
+    let h3 = |m: &'static str, path: &'static str| -> Call {
+        let (k, http) = (&k, &http);
+        Box::new(move |cred| h3_bearer(k, cred, m, http, path).map_or(NotApplicable, got))
+    };
+    let s3_call = |m: &'static str, path: &'static str| -> Call {
+        let url = format!("{s3}{path}");
+        let k = &k;
+        Box::new(move |cred| got(s3_signed(k, cred, m, &url)))
+    };
+    let control_call_with = |path: &'static str, body: Vec<u8>| -> Call {
+        let k = &k;
+        Box::new(move |cred| {
+            let (cert, auth) = match cred {
+                NodeCert => (creds(&k.node), None),
+                RevokedNodeCert => (creds(&k.revoked_node), None),
+                OutsiderCert => (creds(&k.outsider), None),
+                Nothing => (None, None),
+                Wrong => (None, Some("Bearer not-the-secret".to_string())),
+                Root => (None, Some(format!("Bearer {}", k.root))),
+                AccessKey => (None, Some(format!("Bearer {}", k.access.1))),
+                RevokedKey => (None, Some(format!("Bearer {}", k.revoked.1))),
+            };
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            got(control_call(control, cert, path, &headers, &body))
+        })
+    };
+    let join_body = serde_json::json!({
+        "expires": u64::MAX / 2000, "nonce": "00".repeat(16),
+        "public_key": "00".repeat(32), "proof": "00".repeat(32),
+    })
+    .to_string()
+    .into_bytes();
+    let peer_call: Call = Box::new(|cred| {
+        let cert = match cred {
+            NodeCert => creds(&k.node),
+            RevokedNodeCert => creds(&k.revoked_node),
+            OutsiderCert => creds(&k.outsider),
+            _ => None,
+        };
+        // Any answer on a stream means the handshake let the request in.
+        got(peer_attempt(peer, cert).map(|_| 200))
+    });
+    let rows: Vec<(String, Call, Rule)> = vec![
+        (
+            "native PUT /objects/m".into(),
+            native("PUT", "/objects/m".into()),
+            &bearer_rule,
+        ),
+        (
+            "native GET /objects/m".into(),
+            native("GET", "/objects/m".into()),
+            &bearer_rule,
+        ),
+        (
+            "native HEAD /objects/m".into(),
+            native("HEAD", "/objects/m".into()),
+            &bearer_rule,
+        ),
+        (
+            "native DELETE /objects/m".into(),
+            native("DELETE", "/objects/m".into()),
+            &bearer_rule,
+        ),
+        (
+            "native GET /versions/m".into(),
+            native("GET", "/versions/m".into()),
+            &bearer_rule,
+        ),
+        (
+            "native GET /objects".into(),
+            native("GET", "/objects?limit=1".into()),
+            &bearer_rule,
+        ),
+        (
+            "native GET /locate".into(),
+            native("GET", format!("/locate/{zeros}")),
+            &bearer_rule,
+        ),
+        (
+            "native POST /uploads (tus)".into(),
+            native("POST", "/uploads".into()),
+            &bearer_rule,
+        ),
+        (
+            "native GET /health".into(),
+            native("GET", "/health".into()),
+            &open,
+        ),
+        (
+            "metrics GET /metrics".into(),
+            native("GET", "/metrics".into()),
+            &bearer_rule,
+        ),
+        (
+            "admin GET /admin/status".into(),
+            native("GET", "/admin/status".into()),
+            &bearer_rule,
+        ),
+        (
+            "admin GET /admin/cluster".into(),
+            native("GET", "/admin/cluster".into()),
+            &bearer_rule,
+        ),
+        (
+            "admin GET /admin/keys".into(),
+            native("GET", "/admin/keys".into()),
+            &bearer_rule,
+        ),
+        (
+            "admin POST /admin/gc".into(),
+            native("POST", "/admin/gc".into()),
+            &bearer_rule,
+        ),
+        (
+            "admin POST /admin/revoke".into(),
+            native("POST", "/admin/revoke?node=999".into()),
+            &bearer_rule,
+        ),
+        (
+            "HTTP/3 GET /objects/m".into(),
+            h3("GET", "/objects/m"),
+            &h3_rule,
+        ),
+        (
+            "HTTP/3 GET /admin/status".into(),
+            h3("GET", "/admin/status"),
+            &h3_rule,
+        ),
+        ("HTTP/3 GET /health".into(), h3("GET", "/health"), &h3_open),
+        ("S3 ListBuckets".into(), s3_call("GET", "/"), &s3_rule),
+        (
+            "S3 CreateBucket".into(),
+            s3_call("PUT", "/matrix"),
+            &s3_rule,
+        ),
+        ("S3 PutObject".into(), s3_call("PUT", "/matrix/o"), &s3_rule),
+        ("S3 GetObject".into(), s3_call("GET", "/matrix/o"), &s3_rule),
+        (
+            "S3 ListObjectsV2".into(),
+            s3_call("GET", "/matrix?list-type=2"),
+            &s3_rule,
+        ),
+        (
+            "control POST /v1/rpc".into(),
+            control_call_with("/v1/rpc", vec![1]),
+            &rpc_rule,
+        ),
+        (
+            "control POST /v1/join".into(),
+            control_call_with("/v1/join", join_body),
+            &join_rule,
+        ),
+        (
+            "control GET /health".into(),
+            control_call_with("/health", vec![]),
+            &control_health_rule,
+        ),
+        ("peer OPEN (QUIC)".into(), peer_call, &peer_rule),
+    ];
+    let mut table = format!("{:<30}", "listener route");
+    for cred in CREDS {
+        table.push_str(&format!(" {:<15}", format!("{cred:?}")));
+    }
+    let mut wrong = Vec::new();
+    for (name, call, rule) in &rows {
+        table.push_str(&format!("\n{name:<30}"));
+        for cred in CREDS {
+            let (have, want) = (call(cred), rule(cred));
+            let mark = if have == want { "" } else { "  <-- WRONG" };
+            table.push_str(&format!(" {:<15}", format!("{have:?}{mark}")));
+            if have != want {
+                wrong.push(format!("{name} with {cred:?}: {have:?}, expected {want:?}"));
+            }
+        }
+    }
+    eprintln!("{table}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

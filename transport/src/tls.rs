@@ -117,7 +117,7 @@ impl ClusterCa {
         params.not_after = at(now + Duration::from_secs(100 * 365 * 24 * 3600))?;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
         let cert = params.self_signed(&key).map_err(tls_err)?;
-        Self::from_parts(cert.der().to_vec(), &key.serialize_der())
+        Self::from_parts(cert.der().to_vec(), ed25519_pkcs8(&key).secret_pkcs8_der())
     }
 
     /// The CA from its certificate (DER) and its key (PKCS#8 DER).
@@ -151,7 +151,7 @@ impl ClusterCa {
 
     /// The private key, PKCS#8 DER (to be sealed before it is stored).
     pub fn key_pkcs8(&self) -> Vec<u8> {
-        self.key.serialize_der()
+        ed25519_pkcs8(&self.key).secret_pkcs8_der().to_vec()
     }
 
     /// A node certificate for the Ed25519 `public_key`, valid from now for `lifetime`.
@@ -194,7 +194,7 @@ impl ClusterCa {
         Ok(Identity {
             ca: self.cert.clone(),
             cert: self.issue_node(&public, now, NODE_CERT_LIFETIME)?,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            key: ed25519_pkcs8(&key),
         })
     }
 
@@ -232,8 +232,29 @@ impl ClusterCa {
         Ok(Identity {
             ca: self.cert.clone(),
             cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            key: ed25519_pkcs8(&key),
         })
+    }
+}
+
+/// An Ed25519 key as PKCS#8 v1 (RFC 8410: the 32-byte seed only). ring writes v2 (with the
+/// public key), which OpenSSL 3.0 cannot read; v1 is what every tool reads, so that operators
+/// can inspect a node's identity with `openssl` and present it with `curl`.
+pub fn ed25519_pkcs8(key: &rcgen::KeyPair) -> PrivatePkcs8KeyDer<'static> {
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = key.serialize_der();
+    // v2 from ring: SEQUENCE { INTEGER 1, AlgorithmIdentifier, OCTET STRING { OCTET STRING
+    // seed }, [1] public key }: the seed sits where it sits in v1.
+    match der.get(16..48) {
+        Some(seed) if der.get(7..12) == Some(&V1_PREFIX[7..12]) => {
+            let mut v1 = V1_PREFIX.to_vec();
+            v1.extend_from_slice(seed);
+            PrivatePkcs8KeyDer::from(v1)
+        }
+        _ => PrivatePkcs8KeyDer::from(der),
     }
 }
 
@@ -760,6 +781,17 @@ mod tests {
         let other = ClusterCa::generate(now).unwrap();
         assert!(ClusterCa::from_parts(ca.cert().to_vec(), &other.key_pkcs8()).is_err());
         assert!(verify_chain(other.cert(), &id.cert, NODE_NAME).is_err());
+    }
+
+    #[test]
+    fn keys_are_written_as_pkcs8_v1_that_openssl_reads() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let v1 = ed25519_pkcs8(&key);
+        assert_eq!(v1.secret_pkcs8_der().len(), 48);
+        // The same key: it signs what the public key verifies.
+        let again =
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&v1, &rcgen::PKCS_ED25519).unwrap();
+        assert_eq!(again.public_key_raw(), key.public_key_raw());
     }
 
     #[test]
