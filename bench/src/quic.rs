@@ -3,7 +3,7 @@
 //! loopback, with the same TLS (the cluster's mutual TLS 1.3) and the same transport settings.
 //! Each side is one sender thread and one receiver thread, pinned to different CPUs.
 
-use ostore_transport::tls::{peer_tls, ClusterCa, PeerTls, Revoked, NODE_NAME};
+use ostore_transport::tls::{peer_tls, ClusterCa, LiveIdentity, PeerTls, Revoked, NODE_NAME};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -202,7 +202,7 @@ fn theirs(tls: &PeerTls, bytes: u64, streams: usize) -> anyhow::Result<Duration>
 pub fn run(a: QuicArgs) -> anyhow::Result<()> {
     let ca = ClusterCa::generate(std::time::SystemTime::now())?;
     let tls = peer_tls(
-        &ca.node_identity(std::time::SystemTime::now())?,
+        &LiveIdentity::new(ca.node_identity(std::time::SystemTime::now())?)?,
         &Revoked::default(),
     )?;
     let mb_s = |d: Duration| a.bytes as f64 / d.as_secs_f64() / 1e6;

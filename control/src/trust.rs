@@ -82,6 +82,18 @@ pub fn record_node_cert(
     })
 }
 
+/// The node that presented the certificate `fingerprint`, if one did.
+pub fn node_of_cert(kv: &dyn Kv, fingerprint: &[u8; 32]) -> Result<Option<u32>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::subspace(keys::tag::NODE_CERT);
+        Ok(tx
+            .get_range(&b, &e, usize::MAX, false)?
+            .into_iter()
+            .find(|(k, _)| k.get(5..37) == Some(&fingerprint[..]))
+            .and_then(|(k, _)| Some(u32::from_be_bytes(k.get(1..5)?.try_into().ok()?))))
+    })
+}
+
 /// Revokes every certificate `node` presented; how many there were.
 pub fn revoke_node(kv: &dyn Kv, node: u32, now_ms: u64) -> Result<u32> {
     run(kv, true, |tx| {
@@ -219,6 +231,9 @@ mod tests {
         record_node_cert(&kv, 3, &[1; 32], 1000).unwrap();
         record_node_cert(&kv, 3, &[2; 32], 2000).unwrap();
         record_node_cert(&kv, 4, &[3; 32], 1000).unwrap();
+        assert_eq!(node_of_cert(&kv, &[2; 32]).unwrap(), Some(3));
+        assert_eq!(node_of_cert(&kv, &[3; 32]).unwrap(), Some(4));
+        assert_eq!(node_of_cert(&kv, &[9; 32]).unwrap(), None);
         assert!(revoked(&kv).unwrap().is_empty());
         assert_eq!(revoke_node(&kv, 3, 10).unwrap(), 2);
         assert_eq!(revoked(&kv).unwrap(), vec![[1; 32], [2; 32]]);

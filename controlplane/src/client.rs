@@ -12,7 +12,7 @@ use ostore_control::meta::MetaError;
 use ostore_control::rpc::{self, ask, Ask, Request};
 use ostore_control::service::Meta;
 use ostore_server::compat::HyperStream;
-use ostore_transport::tls::{Identity, Revoked, CONTROL_NAME};
+use ostore_transport::tls::{Identity, LiveIdentity, Revoked, CONTROL_NAME};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,7 +204,7 @@ impl RemoteMeta {
     /// Servers are checked against `identity`'s CA (for [`CONTROL_NAME`]) and `revoked`.
     pub fn new(
         addrs: Vec<SocketAddr>,
-        identity: &Identity,
+        identity: &LiveIdentity,
         revoked: &Revoked,
     ) -> anyhow::Result<Self> {
         assert!(!addrs.is_empty(), "at least one control-plane address");
@@ -244,7 +244,13 @@ impl RemoteMeta {
     }
 
     /// One try of a call at `addr`.
-    async fn attempt(&self, addr: SocketAddr, body: Bytes) -> Result<Bytes, Tried> {
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        path: &'static str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Bytes, Tried> {
         // An idle connection the control plane has closed fails before sending anything;
         // then a fresh one is used.
         let mut sender = match Self::idle(addr) {
@@ -255,18 +261,7 @@ impl RemoteMeta {
             sender = self.connect(addr).await?;
             sender.ready().await.map_err(unavailable)?;
         }
-        let request = http::Request::post("/v1/rpc")
-            .header(http::header::CONTENT_TYPE, "application/x-ostore-rpc")
-            .body(Full::new(body))
-            .map_err(unavailable)?;
-        let resp = sender.send_request(request).await.map_err(unavailable)?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(unavailable)?
-            .to_bytes();
+        let (status, bytes) = post(&mut sender, path, content_type, body).await?;
         if !status.is_success() {
             let e = unavailable(format!(
                 "control plane at {addr} answered {status}: {}",
@@ -293,6 +288,36 @@ impl RemoteMeta {
         // answered from its marker, not applied again.
         let token = rpc::Token::new(rand::random(), ostore_control::service::now_ms());
         let body = Bytes::from(rpc::encode_request(&token, &req));
+        let bytes = self
+            .send("/v1/rpc", "application/x-ostore-rpc", body)
+            .await?;
+        rpc::decode_answer(&bytes)
+    }
+
+    /// Has the control plane sign a certificate for the Ed25519 `public_key`, presenting this
+    /// node's current one (`POST /v1/renew`); the new certificate's DER.
+    pub async fn renew(&self, public_key: &[u8; 32]) -> Result<Vec<u8>, MetaError> {
+        let body = serde_json::json!({ "public_key": hex::encode(public_key) }).to_string();
+        let bytes = self
+            .send("/v1/renew", "application/json", Bytes::from(body))
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            certificate: String,
+        }
+        let a: Answer = serde_json::from_slice(&bytes)
+            .map_err(|e| unavailable(format!("the renewal answer: {e}")))?;
+        hex::decode(&a.certificate).map_err(|e| unavailable(format!("the renewal answer: {e}")))
+    }
+
+    /// Sends `body` to `path` at the process that answered last, failing over as [`call`]
+    /// says; the answer's body.
+    async fn send(
+        &self,
+        path: &'static str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Bytes, MetaError> {
         let started = std::time::Instant::now();
         let n = self.addrs.len();
         // With one process there is no other to try: its answer is waited for as long as the
@@ -314,17 +339,20 @@ impl RemoteMeta {
                     )));
                 }
                 let wait = per_try.min(left);
-                let r = futures_lite::future::or(self.attempt(addr, body.clone()), async {
-                    glommio::timer::sleep(wait).await;
-                    Err(unavailable(format!("no answer from {addr} in {wait:?}")).into())
-                })
+                let r = futures_lite::future::or(
+                    self.attempt(addr, path, content_type, body.clone()),
+                    async {
+                        glommio::timer::sleep(wait).await;
+                        Err(unavailable(format!("no answer from {addr} in {wait:?}")).into())
+                    },
+                )
                 .await;
                 match r {
                     Ok(bytes) => {
                         if self.current.swap(i, Ordering::Relaxed) % n != i {
                             tracing::info!("control plane: now calling {addr}");
                         }
-                        return rpc::decode_answer(&bytes);
+                        return Ok(bytes);
                     }
                     Err(Tried::Refused(e)) => return Err(e),
                     Err(Tried::Failed(e)) => {
@@ -350,6 +378,28 @@ impl RemoteMeta {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// `POST path` on `sender`: the answer's status and body.
+async fn post(
+    sender: &mut Sender,
+    path: &'static str,
+    content_type: &'static str,
+    body: Bytes,
+) -> Result<(http::StatusCode, Bytes), MetaError> {
+    let request = http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(body))
+        .map_err(unavailable)?;
+    let resp = sender.send_request(request).await.map_err(unavailable)?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(unavailable)?
+        .to_bytes();
+    Ok((status, bytes))
 }
 
 /// An HTTP/1.1 connection over TLS to the control process at `addr`.
@@ -407,19 +457,8 @@ pub async fn join(addrs: &[SocketAddr], token: &str) -> anyhow::Result<Identity>
         let tried = futures_lite::future::or(
             async {
                 let mut sender = tls_connect(&tls, addr).await?;
-                let request = http::Request::post("/v1/join")
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .map_err(unavailable)?;
-                let resp = sender.send_request(request).await.map_err(unavailable)?;
-                let status = resp.status();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(unavailable)?
-                    .to_bytes();
-                Ok::<_, MetaError>((status, bytes))
+                let body = Bytes::from(body.to_string());
+                post(&mut sender, "/v1/join", "application/json", body).await
             },
             async {
                 glommio::timer::sleep(JOIN_TIMEOUT).await;

@@ -48,6 +48,8 @@ pub struct ControlOptions {
     pub write_quorum: Option<u32>,
     /// What one client (node) may hold of the control plane.
     pub limits: ostore_server::conn::Limits,
+    /// How long the node certificates it signs are valid (renewed after two thirds).
+    pub node_cert_lifetime: Duration,
 }
 
 struct Control {
@@ -58,6 +60,9 @@ struct Control {
     token_key: [u8; 32],
     /// The revoked certificates, refreshed from the metadata store every second.
     revoked: Revoked,
+    /// This process's own certificate (renewed while it runs).
+    identity: ptls::LiveIdentity,
+    node_cert_lifetime: Duration,
     stopping: AtomicBool,
     down_grace: Duration,
     limits: ostore_server::conn::Limits,
@@ -145,7 +150,7 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
     let ca = cluster_ca(&meta, &cluster_key)?;
     let revoked = Revoked::default();
     revoked.set(trust::revoked(meta.kv())?);
-    let identity = ca.control_identity(std::time::SystemTime::now())?;
+    let identity = ptls::LiveIdentity::new(ca.control_identity(std::time::SystemTime::now())?)?;
     let tls = Arc::new(ptls::server_config(
         &identity,
         &revoked,
@@ -157,6 +162,8 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         ca,
         token_key: ostore_wire::join::token_key(&cluster_key),
         revoked,
+        identity,
+        node_cert_lifetime: opts.node_cert_lifetime,
         stopping: AtomicBool::new(false),
         down_grace: opts.down_grace,
         limits: opts.limits,
@@ -180,6 +187,7 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
             glommio::spawn_local(leader(c2.clone())).detach();
             glommio::spawn_local(detector(c2.clone())).detach();
             glommio::spawn_local(refresh_revoked(c2.clone())).detach();
+            glommio::spawn_local(renew_own_certificate(c2.clone())).detach();
             serve(c2, listener, tls).await;
         })
         .map_err(|e| anyhow::anyhow!("starting the control executor: {e}"))?;
@@ -228,6 +236,26 @@ fn cluster_ca(meta: &Meta, cluster_key: &[u8]) -> anyhow::Result<ClusterCa> {
          of a cluster needs the key it was created with)",
     )?;
     ClusterCa::from_parts(rec.cert, &key)
+}
+
+/// Signs this process a fresh certificate when two thirds of the current one's life have
+/// passed (checked every minute).
+async fn renew_own_certificate(c: Arc<Control>) {
+    while !c.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_secs(60)).await;
+        let due = ptls::renew_at_s(&c.identity.current().cert).unwrap_or(0);
+        if now_ms() / 1000 < due {
+            continue;
+        }
+        match c
+            .ca
+            .control_identity(std::time::SystemTime::now())
+            .and_then(|id| c.identity.set(id))
+        {
+            Ok(()) => tracing::info!("renewed this control process's certificate"),
+            Err(e) => tracing::warn!("renewing this control process's certificate: {e:#}"),
+        }
+    }
 }
 
 /// Keeps the revocation set as the metadata store has it, once a second.
@@ -283,7 +311,7 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         };
         return join(c, &body).await;
     }
-    if req.method() != Method::POST || req.uri().path() != "/v1/rpc" {
+    if req.method() != Method::POST || !matches!(req.uri().path(), "/v1/rpc" | "/v1/renew") {
         return text(StatusCode::NOT_FOUND, "no such endpoint");
     }
     // Only nodes call: the handshake verified the certificate against the CA and the
@@ -302,6 +330,13 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     if c.revoked.contains(&cert) {
         return text(StatusCode::FORBIDDEN, "this node's certificate is revoked");
+    }
+    if req.uri().path() == "/v1/renew" {
+        let body = match read_body(c, req, JOIN_BODY_BYTES_MAX).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return renew(c, &cert, &body).await;
     }
     let body = match read_body(c, req, RPC_BODY_BYTES_MAX).await {
         Ok(b) => b,
@@ -381,14 +416,6 @@ struct JoinRequest {
     proof: String,
 }
 
-/// The answer: the CA's certificate and the node's (DER, hex), sealed with the token.
-#[derive(serde::Serialize)]
-struct JoinAnswer {
-    ca: String,
-    certificate: String,
-    seal: String,
-}
-
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let v = hex::decode(s).ok()?;
     v.try_into().ok()
@@ -432,11 +459,7 @@ async fn join(c: &Control, body: &[u8]) -> Response<Full<Bytes>> {
             e => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         };
     }
-    let cert = match c.ca.issue_node(
-        &public_key,
-        std::time::SystemTime::now(),
-        ptls::NODE_CERT_LIFETIME,
-    ) {
+    let cert = match issue(c, &public_key) {
         Ok(cert) => cert,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -445,19 +468,75 @@ async fn join(c: &Control, body: &[u8]) -> Response<Full<Bytes>> {
         hex::encode(&ptls::fingerprint(&cert)[..8])
     );
     let seal = ostore_wire::join::answer_seal(&secret, c.ca.cert(), &cert);
-    let answer = JoinAnswer {
-        ca: hex::encode(c.ca.cert()),
-        certificate: hex::encode(&cert),
-        seal: hex::encode(seal),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(&answer).expect("serializes"),
-    )));
+    json(&serde_json::json!({
+        "ca": hex::encode(c.ca.cert()),
+        "certificate": hex::encode(&cert),
+        "seal": hex::encode(seal),
+    }))
+}
+
+/// A node certificate for `public_key`.
+fn issue(
+    c: &Control,
+    public_key: &[u8; 32],
+) -> anyhow::Result<rustls::pki_types::CertificateDer<'static>> {
+    c.ca.issue_node(
+        public_key,
+        std::time::SystemTime::now(),
+        c.node_cert_lifetime,
+    )
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// A renewal (`POST /v1/renew`, JSON `{"public_key"}`, by a node presenting its current,
+/// unrevoked certificate): a certificate for the new key, recorded for the same node so that
+/// revoking the node revokes it too. Answer: `{"certificate"}` (DER, hex).
+async fn renew(c: &Control, cert: &[u8], body: &[u8]) -> Response<Full<Bytes>> {
+    #[derive(serde::Deserialize)]
+    struct RenewRequest {
+        public_key: String,
+    }
+    let Some(public_key) = serde_json::from_slice::<RenewRequest>(body)
+        .ok()
+        .and_then(|r| unhex::<32>(&r.public_key))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a renewal is JSON: public_key (32 bytes, hex)",
+        );
+    };
+    let new = match issue(c, &public_key) {
+        Ok(cert) => cert,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let (old_fp, new_fp) = (ptls::fingerprint(cert), ptls::fingerprint(&new));
+    let expires_ms = ptls::not_after_s(&new).map_or(u64::MAX, |s| s.saturating_mul(1000));
+    let recorded = c
+        .meta
+        .write(move |kv| match trust::node_of_cert(kv, &old_fp)? {
+            Some(node) => {
+                trust::record_node_cert(kv, node, &new_fp, expires_ms).map(|_| Some(node))
+            }
+            None => Ok(None),
+        })
+        .await;
+    match recorded {
+        Ok(node) => tracing::info!(
+            "renewed the certificate of node {}: {}",
+            node.map_or("(not registered yet)".to_string(), |n| n.to_string()),
+            hex::encode(&new_fp[..8])
+        ),
+        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    json(&serde_json::json!({ "certificate": hex::encode(&new) }))
 }
 
 /// Feeds a heartbeat to the failure detector; answers it without writing the metadata store

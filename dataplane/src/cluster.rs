@@ -2,7 +2,7 @@
 //! the peer TLS, and the nodes it just failed to reach (suspects).
 
 use ostore_control::cluster::{ClusterView, NodeRec};
-use ostore_transport::tls::{PeerTls, Revoked};
+use ostore_transport::tls::{LiveIdentity, PeerTls, Revoked};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -20,6 +20,8 @@ pub struct Cluster {
     /// The certificates the cluster revoked, as the view last said: refused in every peer
     /// handshake and on every stream of a connection made before.
     pub revoked: Revoked,
+    /// This node's certificate, as every TLS configuration presents it (renewed in place).
+    pub identity: LiveIdentity,
     /// Nodes this node failed to reach, when (and when by the wall clock): placement keeps new
     /// shards off them for [`SUSPECT_FOR`], ahead of the control plane's verdict, or until the
     /// view shows them back up after that.
@@ -27,13 +29,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(me: u32, view: ClusterView, tls: PeerTls, revoked: Revoked) -> Cluster {
+    pub fn new(
+        me: u32,
+        view: ClusterView,
+        tls: PeerTls,
+        revoked: Revoked,
+        identity: LiveIdentity,
+    ) -> Cluster {
         revoked.set(view.revoked.iter().copied());
         Cluster {
             me,
             view: RwLock::new(Arc::new(view)),
             tls,
             revoked,
+            identity,
             suspects: Default::default(),
         }
     }

@@ -314,9 +314,11 @@ impl TlsFiles {
     /// that no credential crosses a network in the clear by accident.
     pub fn https(
         &self,
-        listeners: &[std::net::SocketAddr],
+        http: std::net::SocketAddr,
+        s3: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
         use anyhow::Context as _;
+        let listeners: Vec<std::net::SocketAddr> = std::iter::once(http).chain(s3).collect();
         let (cert, key) = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => (c, k),
             (None, None) => {

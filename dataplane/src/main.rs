@@ -155,6 +155,10 @@ enum Cmd {
         /// stays.
         #[arg(long)]
         write_quorum: Option<u32>,
+        /// How long the node certificates this control plane signs are valid (nodes renew
+        /// theirs when two thirds have passed). Default: a year.
+        #[arg(long, default_value = "365d", value_parser = parse_node_cert_lifetime)]
+        node_cert_lifetime: std::time::Duration,
         #[command(flatten)]
         serving: Serving,
     },
@@ -199,6 +203,15 @@ enum Cmd {
     },
 }
 
+/// At least a minute: a node renews with a third of it left, and checks every second.
+fn parse_node_cert_lifetime(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < std::time::Duration::from_secs(60) {
+        return Err(format!("{s:?}: a node certificate lives a minute at least"));
+    }
+    Ok(d)
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
@@ -207,7 +220,8 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
+        "d" => n * 86400,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
     };
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -272,6 +286,7 @@ fn main() {
             ec,
             down_grace,
             write_quorum,
+            node_cert_lifetime,
             serving,
         } => {
             ostore_controlplane::server::run_control(ostore_controlplane::server::ControlOptions {
@@ -282,6 +297,7 @@ fn main() {
                 write_quorum,
                 // One executor serves the control-plane API.
                 limits: serving.limits(1, open_files),
+                node_cert_lifetime,
             })
         }
         Cmd::Node {

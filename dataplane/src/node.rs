@@ -542,12 +542,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     let s3 = opts.s3.map(reserve_port).transpose()?;
     let s3_addr = s3.as_ref().map(|(_, a)| *a);
     let (h3, udp_placeholder) = http3_setup(&opts.tls, Some(&opts.data), http_addr)?;
-    let https = opts.tls.https(
-        &[Some(http_addr), s3_addr]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>(),
-    )?;
+    let https = opts.tls.https(http_addr, s3_addr)?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
         creds: crate::web::Credentials::new(secret),
@@ -926,7 +921,12 @@ async fn heartbeat(node: Arc<Node>) {
     let Some(cluster) = &node.cluster else { return };
     let period = Duration::from_millis(ostore_control::cluster::HEARTBEAT_MS);
     let mut fetched = std::time::Instant::now();
+    let mut renew_after = std::time::Instant::now();
     while sleep_unless_stopping(&node, period).await {
+        if std::time::Instant::now() >= renew_after && !renew_certificate(&node).await {
+            // Tried and failed (logged): again in a while.
+            renew_after = std::time::Instant::now() + RENEW_RETRY;
+        }
         let free: Vec<(u16, u64)> = node
             .drives
             .iter()
@@ -959,6 +959,57 @@ async fn heartbeat(node: Arc<Node>) {
         }
         node.refresh_view().await;
         fetched = std::time::Instant::now();
+    }
+}
+
+/// How long after a failed renewal of its certificate a node tries again.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+
+/// Renews this node's certificate once two thirds of its life have passed: a fresh key, signed
+/// by the control plane on the strength of the current certificate, written to every drive,
+/// then presented from the next handshake on (peers and the control API alike; connections
+/// open go on). `false` if a renewal was due and failed.
+async fn renew_certificate(node: &Node) -> bool {
+    let (Some(cluster), MetaClient::Remote(remote)) = (&node.cluster, &node.meta) else {
+        return true;
+    };
+    let current = cluster.identity.current();
+    let now_s = ostore_control::service::now_ms() / 1000;
+    if ostore_transport::tls::renew_at_s(&current.cert).is_some_and(|due| now_s < due) {
+        return true;
+    }
+    let renewed = async {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let public: [u8; 32] = key
+            .public_key_raw()
+            .try_into()
+            .context("an Ed25519 public key is 32 bytes")?;
+        let cert = remote.renew(&public).await?;
+        let fresh = ostore_transport::tls::Identity {
+            ca: current.ca.clone(),
+            cert: cert.into(),
+            key: ostore_transport::tls::ed25519_pkcs8(&key),
+        };
+        // It must chain to the cluster's CA, for this key.
+        let fresh = ostore_transport::tls::Identity::from_pem(
+            fresh.to_pem().as_bytes(),
+            ostore_transport::tls::NODE_NAME,
+        )?;
+        let drives: Vec<PathBuf> = node.drives.iter().map(|d| d.root.clone()).collect();
+        let stored = fresh.clone();
+        crate::offload::blocking(move || crate::identity::store(&drives, &stored)).await?;
+        cluster.identity.set(fresh)?;
+        Ok::<_, anyhow::Error>(())
+    };
+    match renewed.await {
+        Ok(()) => {
+            tracing::info!("renewed this node's certificate");
+            true
+        }
+        Err(e) => {
+            tracing::warn!("renewing this node's certificate: {e:#}");
+            false
+        }
     }
 }
 
@@ -1056,7 +1107,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
             "a node needs the root secret it checks clients with in OSTORE_SECRET (the client \
              credential: it opens nothing between nodes or to the control plane)",
         )?;
-    let identity = node_identity(&opts)?;
+    let identity = ostore_transport::tls::LiveIdentity::new(node_identity(&opts)?)?;
     let revoked = ostore_transport::tls::Revoked::default();
     let tls = ostore_transport::tls::peer_tls(&identity, &revoked)?;
     let meta = MetaClient::Remote(ostore_controlplane::client::RemoteMeta::new(
@@ -1107,18 +1158,15 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
         node_id: rec.id.to_string(),
         metrics: Metrics::default(),
         stopping: AtomicBool::new(false),
-        cluster: Some(crate::cluster::Cluster::new(rec.id, view, tls, revoked)),
+        cluster: Some(crate::cluster::Cluster::new(
+            rec.id, view, tls, revoked, identity,
+        )),
         repair_tx,
         repair_rx,
         repair_pace: Default::default(),
     });
     let (h3, h3_placeholder) = http3_setup(&opts.tls, None, http_addr)?;
-    let https = opts.tls.https(
-        &[Some(http_addr), s3_addr]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>(),
-    )?;
+    let https = opts.tls.https(http_addr, s3_addr)?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
         creds: crate::web::Credentials::new(secret),

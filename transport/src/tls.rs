@@ -19,6 +19,7 @@ use quinn_proto::{ClientConfig, IdleTimeout, ServerConfig, TransportConfig, VarI
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,8 +30,11 @@ pub const NODE_NAME: &str = "ostore-node";
 pub const CONTROL_NAME: &str = "ostore-control";
 /// How long a node certificate is valid.
 pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long a control process's own certificate is valid (it makes a fresh one at each start).
-const CONTROL_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far before its issue a certificate's validity starts (clocks a little behind).
+pub const BACKDATE: Duration = Duration::from_secs(300);
+/// How long a control process's own certificate is valid (it makes a fresh one at each start,
+/// and another when two thirds of this have passed).
+pub const CONTROL_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// ALPN of the control-plane API: HTTP/1.1.
 pub const CONTROL_ALPN: &[u8] = b"http/1.1";
 /// A peer that shows no sign of life for this long is disconnected (keep-alives every second).
@@ -211,7 +215,7 @@ impl ClusterCa {
         p.distinguished_name.push(DnType::CommonName, name);
         p.extended_key_usages = usages.to_vec();
         // A few minutes back, for clocks a little behind this one.
-        p.not_before = at(now - Duration::from_secs(300))?;
+        p.not_before = at(now - BACKDATE)?;
         p.not_after = at(now + lifetime)?;
         p.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
         Ok(p)
@@ -355,9 +359,15 @@ impl Identity {
     }
 }
 
-/// The `notAfter` of a DER certificate, read by hand: the validity is the fifth element of the
-/// TBS sequence (after an explicit version). `None` if the bytes are not such a certificate.
+/// The `notAfter` of a DER certificate (Unix seconds); see [`validity_s`].
 pub fn not_after_s(der: &[u8]) -> Option<u64> {
+    validity_s(der).map(|(_, after)| after)
+}
+
+/// The `notBefore` and `notAfter` of a DER certificate (Unix seconds), read by hand: the
+/// validity is the fifth element of the TBS sequence (after an explicit version). `None` if the
+/// bytes are not such a certificate.
+pub fn validity_s(der: &[u8]) -> Option<(u64, u64)> {
     fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let (&tag, rest) = b.split_first()?;
         let (&l0, rest) = rest.split_first()?;
@@ -389,8 +399,13 @@ pub fn not_after_s(der: &[u8]) -> Option<u64> {
         tbs = tlv(tbs)?.2;
     }
     let (_, validity, _) = tlv(tbs)?;
-    let (_, _, rest) = tlv(validity)?;
-    let (tag, t, _) = tlv(rest)?;
+    let (tag0, t0, rest) = tlv(validity)?;
+    let (tag1, t1, _) = tlv(rest)?;
+    Some((time_s(tag0, t0)?, time_s(tag1, t1)?))
+}
+
+/// A DER UTCTime (0x17) or GeneralizedTime (0x18) in UTC, as Unix seconds.
+fn time_s(tag: u8, t: &[u8]) -> Option<u64> {
     let t = std::str::from_utf8(t).ok()?;
     let digits = t.strip_suffix('Z')?;
     let full = match tag {
@@ -416,6 +431,85 @@ pub fn not_after_s(der: &[u8]) -> Option<u64> {
     )
     .ok()?;
     u64::try_from(date.with_time(t).assume_utc().unix_timestamp()).ok()
+}
+
+/// An identity that can be replaced while the configurations built with it are in use (a
+/// renewed certificate): their certificate resolvers hand out the current one at each handshake.
+#[derive(Clone)]
+pub struct LiveIdentity(Arc<RwLock<(Identity, Arc<CertifiedKey>)>>);
+
+impl std::fmt::Debug for LiveIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveIdentity")
+    }
+}
+
+fn certified(id: &Identity) -> anyhow::Result<Arc<CertifiedKey>> {
+    let provider = rustls::crypto::ring::default_provider();
+    let key = provider
+        .key_provider
+        .load_private_key(id.key_der())
+        .map_err(tls_err)?;
+    Ok(Arc::new(CertifiedKey::new(vec![id.cert.clone()], key)))
+}
+
+impl LiveIdentity {
+    pub fn new(id: Identity) -> anyhow::Result<LiveIdentity> {
+        let c = certified(&id)?;
+        Ok(LiveIdentity(Arc::new(RwLock::new((id, c)))))
+    }
+
+    /// Presents `id` from the next handshake on; it must be of the same CA.
+    pub fn set(&self, id: Identity) -> anyhow::Result<()> {
+        let c = certified(&id)?;
+        let mut cur = self.0.write().unwrap_or_else(|e| e.into_inner());
+        anyhow::ensure!(
+            cur.0.ca == id.ca,
+            "a renewed identity must be of the same CA"
+        );
+        *cur = (id, c);
+        Ok(())
+    }
+
+    pub fn current(&self) -> Identity {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    fn key(&self) -> Arc<CertifiedKey> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    fn ca(&self) -> CertificateDer<'static> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .ca
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveIdentity {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// When the certificate `der` should be replaced: once two thirds of the lifetime it was
+/// issued for have passed (its validity less [`BACKDATE`]). `None` if it cannot be read.
+pub fn renew_at_s(der: &[u8]) -> Option<u64> {
+    let (before, after) = validity_s(der)?;
+    let lifetime = after.saturating_sub(before.saturating_add(BACKDATE.as_secs()));
+    Some(after.saturating_sub(lifetime / 3))
 }
 
 /// The certificates the cluster has revoked, by fingerprint; shared by every configuration
@@ -450,6 +544,31 @@ fn revoked_error() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
 }
 
+/// The handshake-signature checks of a verifier wrapping another (`inner`): the wrapped one's.
+macro_rules! delegate_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
+}
+
 /// A client-certificate verifier: the CA's, then the revocation set.
 #[derive(Debug)]
 struct ClientCheck {
@@ -481,25 +600,7 @@ impl ClientCertVerifier for ClientCheck {
         }
         Ok(ok)
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signatures!();
 }
 
 /// A server-certificate verifier: the CA's (with the name), then the revocation set.
@@ -530,25 +631,7 @@ impl ServerCertVerifier for ServerCheck {
         }
         Ok(ok)
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    delegate_signatures!();
 }
 
 fn roots(ca: &CertificateDer<'static>) -> anyhow::Result<Arc<rustls::RootCertStore>> {
@@ -580,19 +663,18 @@ fn client_verifier(
 /// and `revoked`; `optional_client` lets clients without a certificate finish the handshake
 /// (the control API's join route; every other route checks for one).
 pub fn server_config(
-    identity: &Identity,
+    identity: &LiveIdentity,
     revoked: &Revoked,
     optional_client: bool,
     alpn: &[u8],
 ) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = client_verifier(&identity.ca, revoked, optional_client)?;
+    let verifier = client_verifier(&identity.ca(), revoked, optional_client)?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert.clone()], identity.key_der())
-        .map_err(tls_err)?;
+        .with_cert_resolver(Arc::new(identity.clone()));
     server.alpn_protocols = vec![alpn.to_vec()];
     Ok(server)
 }
@@ -600,13 +682,13 @@ pub fn server_config(
 /// A TLS 1.3 client configuration presenting `identity` and verifying servers against its CA
 /// and `revoked` (the name checked is the one connected to: [`NODE_NAME`], [`CONTROL_NAME`]).
 pub fn client_config(
-    identity: &Identity,
+    identity: &LiveIdentity,
     revoked: &Revoked,
     alpn: &[u8],
 ) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        roots(&identity.ca)?,
+        roots(&identity.ca())?,
         provider.clone(),
     )
     .build()
@@ -619,8 +701,7 @@ pub fn client_config(
             inner,
             revoked: revoked.clone(),
         }))
-        .with_client_auth_cert(vec![identity.cert.clone()], identity.key_der())
-        .map_err(tls_err)?;
+        .with_client_cert_resolver(Arc::new(identity.clone()));
     client.alpn_protocols = vec![alpn.to_vec()];
     Ok(client)
 }
@@ -749,7 +830,7 @@ pub fn unseal(cluster_key: &[u8], aad: &[u8], sealed: &[u8]) -> anyhow::Result<V
 
 /// Mutual-TLS configurations for the peer protocol: trusting only `identity`'s CA, refusing
 /// `revoked` certificates, presenting `identity`'s certificate.
-pub fn peer_tls(identity: &Identity, revoked: &Revoked) -> anyhow::Result<PeerTls> {
+pub fn peer_tls(identity: &LiveIdentity, revoked: &Revoked) -> anyhow::Result<PeerTls> {
     let server = server_config(identity, revoked, false, PEER_ALPN)?;
     let client = client_config(identity, revoked, PEER_ALPN)?;
     let qs = quinn_proto::crypto::rustls::QuicServerConfig::try_from(server).map_err(tls_err)?;
@@ -805,6 +886,11 @@ mod tests {
         assert_eq!(back.key.secret_pkcs8_der(), id.key.secret_pkcs8_der());
         let want = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + NODE_CERT_LIFETIME.as_secs();
         assert_eq!(id.expires_s(), Some(want));
+        // Renewed with a third of the year left.
+        assert_eq!(
+            renew_at_s(&id.cert),
+            Some(want - NODE_CERT_LIFETIME.as_secs() / 3)
+        );
         // A certificate of another cluster with this CA is refused.
         let other = ClusterCa::generate(now)
             .unwrap()
@@ -836,7 +922,13 @@ mod tests {
         let ca = ClusterCa::generate(now).unwrap();
         let a = ca.node_identity(now).unwrap();
         let revoked = Revoked::default();
-        server_config(&a, &revoked, false, PEER_ALPN).unwrap();
+        server_config(
+            &LiveIdentity::new(a.clone()).unwrap(),
+            &revoked,
+            false,
+            PEER_ALPN,
+        )
+        .unwrap();
         let v = client_verifier(&a.ca, &revoked, false).unwrap();
         let b = ca.node_identity(now).unwrap();
         assert!(v.verify_client_cert(&b.cert, &[], UnixTime::now()).is_ok());
