@@ -598,17 +598,23 @@ fn a_capture_of_a_cluster_shows_nothing_secret() {
         let mut got = vec![0u8; clear.len()];
         std::io::Read::read_exact(&mut r, &mut got).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // tcpdump writes packets in the order it took them (each at once, -U), but may be behind:
+    // once the marker, sent last, is in the file, so is everything before it. Stopping it
+    // earlier would leave what it had not written yet out of the capture.
+    let has = |captured: &[u8], needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    let written = eventually(Duration::from_secs(30), || {
+        has(&std::fs::read(&pcap).unwrap_or_default(), clear.as_bytes())
+    });
     // SAFETY: kill(2) on a child process this test owns; SIGINT makes tcpdump flush and end.
     unsafe { libc::kill(dump.id() as libc::pid_t, libc::SIGINT) };
     dump.wait().unwrap();
     eprintln!("tcpdump: {}", stats.join().unwrap().trim());
-    let captured = std::fs::read(&pcap).unwrap();
-    let has = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
     assert!(
-        has(clear.as_bytes()),
-        "the capture missed the clear-text marker: it saw nothing"
+        written,
+        "the capture missed the clear-text marker within 30 s: it saw nothing"
     );
+    let captured = std::fs::read(&pcap).unwrap();
+    let has = |needle: &[u8]| has(&captured, needle);
     eprintln!("captured {} bytes on loopback", captured.len());
     for (what, needle) in [
         ("the root secret", c.secret.as_bytes()),
