@@ -449,9 +449,7 @@ pub async fn join(addrs: &[SocketAddr], token: &str) -> anyhow::Result<Identity>
         "public_key": hex::encode(public),
         "proof": hex::encode(token.proof(&public)),
     });
-    let tls = futures_rustls::TlsConnector::from(Arc::new(
-        ostore_transport::tls::anonymous_client(None)?,
-    ));
+    let tls = futures_rustls::TlsConnector::from(Arc::new(ostore_transport::tls::join_client()?));
     let mut errors = Vec::new();
     for &addr in addrs {
         let tried = futures_lite::future::or(
@@ -499,16 +497,13 @@ pub async fn join(addrs: &[SocketAddr], token: &str) -> anyhow::Result<Identity>
                  from this cluster's control plane"
             );
         }
-        let identity = Identity {
+        // The certificate must chain to the CA it came with.
+        return Identity {
             ca: ca.into(),
             cert: cert.into(),
             key: ostore_transport::tls::ed25519_pkcs8(&key),
-        };
-        // The certificate must chain to the CA it came with, for this key.
-        return Identity::from_pem(
-            identity.to_pem().as_bytes(),
-            ostore_transport::tls::NODE_NAME,
-        );
+        }
+        .verified(ostore_transport::tls::NODE_NAME);
     }
     anyhow::bail!(
         "no control process answered the join call: {}",

@@ -694,8 +694,10 @@ async fn leader(c: Arc<Control>) {
         if let Err(e) = client.ask(ask::ExpireDone {}).await {
             leader_error("expiring request markers", &e);
         }
-        if let Err(e) = client.ask(ask::ExpireTrust {}).await {
-            leader_error("expiring used join tokens and revocations", &e);
+        if tick.is_multiple_of(TRUST_EXPIRY_TICKS) {
+            if let Err(e) = client.ask(ask::ExpireTrust {}).await {
+                leader_error("expiring used join tokens and revocations", &e);
+            }
         }
         if let Err(e) = rebuild_lost_drives(&c, &client, fence).await {
             leader_error("scheduling rebuilds", &e);
@@ -739,6 +741,9 @@ fn leader_error(what: &str, e: &dyn std::fmt::Display) {
 
 /// Drains are checked every this many leader ticks (seconds).
 const DRAIN_CHECK_TICKS: u64 = 3;
+/// Used join tokens and revocations are looked at every this many ticks: nothing waits on them
+/// going (an expired token or certificate is refused by its own date).
+const TRUST_EXPIRY_TICKS: u64 = 60;
 
 /// Whether any content waits in the move queue.
 async fn moves_queued(client: &MetaClient) -> anyhow::Result<bool> {

@@ -921,11 +921,11 @@ async fn heartbeat(node: Arc<Node>) {
     let Some(cluster) = &node.cluster else { return };
     let period = Duration::from_millis(ostore_control::cluster::HEARTBEAT_MS);
     let mut fetched = std::time::Instant::now();
-    let mut renew_after = std::time::Instant::now();
+    // When this node's certificate is next to be renewed (Unix seconds; 0: look now).
+    let mut renew_at_s = 0;
     while sleep_unless_stopping(&node, period).await {
-        if std::time::Instant::now() >= renew_after && !renew_certificate(&node).await {
-            // Tried and failed (logged): again in a while.
-            renew_after = std::time::Instant::now() + RENEW_RETRY;
+        if ostore_control::service::now_ms() / 1000 >= renew_at_s {
+            renew_at_s = renew_certificate(&node).await;
         }
         let free: Vec<(u16, u64)> = node
             .drives
@@ -963,20 +963,23 @@ async fn heartbeat(node: Arc<Node>) {
 }
 
 /// How long after a failed renewal of its certificate a node tries again.
-const RENEW_RETRY: Duration = Duration::from_secs(10);
+const RENEW_RETRY_S: u64 = 10;
 
 /// Renews this node's certificate once two thirds of its life have passed: a fresh key, signed
 /// by the control plane on the strength of the current certificate, written to every drive,
 /// then presented from the next handshake on (peers and the control API alike; connections
-/// open go on). `false` if a renewal was due and failed.
-async fn renew_certificate(node: &Node) -> bool {
+/// open go on). Returns when to look again (Unix seconds): the certificate's renewal time, or
+/// [`RENEW_RETRY_S`] from now after a failure (logged).
+async fn renew_certificate(node: &Node) -> u64 {
     let (Some(cluster), MetaClient::Remote(remote)) = (&node.cluster, &node.meta) else {
-        return true;
+        return u64::MAX;
     };
     let current = cluster.identity.current();
     let now_s = ostore_control::service::now_ms() / 1000;
-    if ostore_transport::tls::renew_at_s(&current.cert).is_some_and(|due| now_s < due) {
-        return true;
+    // A certificate whose validity cannot be read is renewed now.
+    let due = ostore_transport::tls::renew_at_s(&current.cert).unwrap_or(0);
+    if now_s < due {
+        return due;
     }
     let renewed = async {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
@@ -985,30 +988,29 @@ async fn renew_certificate(node: &Node) -> bool {
             .try_into()
             .context("an Ed25519 public key is 32 bytes")?;
         let cert = remote.renew(&public).await?;
+        // It must chain to the cluster's CA.
         let fresh = ostore_transport::tls::Identity {
             ca: current.ca.clone(),
             cert: cert.into(),
             key: ostore_transport::tls::ed25519_pkcs8(&key),
-        };
-        // It must chain to the cluster's CA, for this key.
-        let fresh = ostore_transport::tls::Identity::from_pem(
-            fresh.to_pem().as_bytes(),
-            ostore_transport::tls::NODE_NAME,
-        )?;
+        }
+        .verified(ostore_transport::tls::NODE_NAME)?;
+        let due = ostore_transport::tls::renew_at_s(&fresh.cert)
+            .context("the renewed certificate's validity")?;
         let drives: Vec<PathBuf> = node.drives.iter().map(|d| d.root.clone()).collect();
         let stored = fresh.clone();
         crate::offload::blocking(move || crate::identity::store(&drives, &stored)).await?;
         cluster.identity.set(fresh)?;
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(due)
     };
     match renewed.await {
-        Ok(()) => {
+        Ok(due) => {
             tracing::info!("renewed this node's certificate");
-            true
+            due
         }
         Err(e) => {
             tracing::warn!("renewing this node's certificate: {e:#}");
-            false
+            now_s + RENEW_RETRY_S
         }
     }
 }

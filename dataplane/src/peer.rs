@@ -31,7 +31,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(2);
 thread_local! {
     /// This executor's client endpoint and its connections, by peer address.
     static CLIENT: RefCell<Option<quic::Endpoint>> = const { RefCell::new(None) };
-    static CONNS: RefCell<HashMap<SocketAddr, Connection>> = RefCell::new(HashMap::new());
+    /// This executor's connections to other nodes, each with the fingerprint of the
+    /// certificate its peer presented (looked up in the revocations at every reuse).
+    static CONNS: RefCell<HashMap<SocketAddr, (Connection, [u8; 32])>> = RefCell::new(HashMap::new());
     /// When each peer last answered this executor (any request on any stream): a connection
     /// with operations past their deadline and no answer for [`STALLED_AFTER`] is replaced.
     static ANSWERED: RefCell<HashMap<SocketAddr, Instant>> = RefCell::new(HashMap::new());
@@ -110,11 +112,8 @@ pub fn peer_unresponsive(e: &io::Error) -> bool {
 }
 
 async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connection> {
-    if let Some(c) = CONNS.with(|m| m.borrow().get(&addr).cloned()) {
-        let revoked = c
-            .peer_certificate()
-            .is_some_and(|cert| cluster.revoked.contains(&cert));
-        if revoked {
+    if let Some((c, fingerprint)) = CONNS.with(|m| m.borrow().get(&addr).cloned()) {
+        if cluster.revoked.contains_fingerprint(&fingerprint) {
             // Made before the peer's certificate was revoked: the handshake of a new one
             // refuses it.
             forget_connection(addr);
@@ -146,14 +145,15 @@ async fn connection(cluster: &Cluster, addr: SocketAddr) -> io::Result<Connectio
         },
     )
     .await?;
-    CONNS.with(|m| m.borrow_mut().insert(addr, c.clone()));
+    let fingerprint = ostore_transport::tls::fingerprint(&c.peer_certificate().unwrap_or_default());
+    CONNS.with(|m| m.borrow_mut().insert(addr, (c.clone(), fingerprint)));
     Ok(c)
 }
 
 /// Drops this executor's connection to `addr` (closing it), so that the next operation makes
 /// a new one.
 fn forget_connection(addr: SocketAddr) {
-    if let Some(c) = CONNS.with(|m| m.borrow_mut().remove(&addr)) {
+    if let Some((c, _)) = CONNS.with(|m| m.borrow_mut().remove(&addr)) {
         c.close(b"no progress");
     }
 }

@@ -28,13 +28,15 @@ pub async fn serve(node: Arc<Node>, ep: quic::Endpoint) {
             if conn.established().await.is_err() {
                 return;
             }
-            let cert = conn.peer_certificate().unwrap_or_default();
+            // Hashed once: revocation is looked up for every stream.
+            let fingerprint =
+                ostore_transport::tls::fingerprint(&conn.peer_certificate().unwrap_or_default());
             while let Ok((send, recv)) = conn.accept_bi().await {
                 // Revoked after the handshake: nothing more is served on the connection.
                 if node
                     .cluster
                     .as_ref()
-                    .is_none_or(|c| c.revoked.contains(&cert))
+                    .is_none_or(|c| c.revoked.contains_fingerprint(&fingerprint))
                 {
                     tracing::warn!(
                         "closing a peer connection from {:?}: its certificate is revoked",

@@ -74,7 +74,7 @@ pub async fn stopping<H: Host + ?Sized>(host: &H) {
 /// The certificate a TLS client presented and its server verified (the end entity, DER), in
 /// each request's extensions on a TLS listener; absent without TLS or without a certificate.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Vec<u8>);
+pub struct PeerCertificate(pub Arc<[u8]>);
 
 /// Accepts connections until the host stops, serving each request with `handler` (a request
 /// that panics is answered with `failed()`); then waits for the connections to finish, at most
@@ -408,7 +408,7 @@ async fn connection<H, F, Fut, B>(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(|c| PeerCertificate(c.to_vec()));
+        .map(|c| PeerCertificate(Arc::from(c.as_ref())));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(

@@ -341,8 +341,13 @@ impl Identity {
         let [cert, ca] = <[CertificateDer<'static>; 2]>::try_from(certs)
             .map_err(|_| anyhow::anyhow!("an identity holds two certificates"))?;
         let key = PrivatePkcs8KeyDer::from_pem_slice(text).map_err(tls_err)?;
-        verify_chain(&ca, &cert, name)?;
-        Ok(Identity { ca, cert, key })
+        Identity { ca, cert, key }.verified(name)
+    }
+
+    /// The identity, if its certificate chains to its CA for `name` now.
+    pub fn verified(self, name: &str) -> anyhow::Result<Identity> {
+        verify_chain(&self.ca, &self.cert, name)?;
+        Ok(self)
     }
 
     pub fn fingerprint(&self) -> [u8; 32] {
@@ -524,19 +529,18 @@ impl Revoked {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
     }
 
+    /// Whether the certificate `cert` (DER) is revoked; hashed only when anything is.
     pub fn contains(&self, cert: &[u8]) -> bool {
+        let set = self.0.read().unwrap_or_else(|e| e.into_inner());
+        !set.is_empty() && set.contains(&fingerprint(cert))
+    }
+
+    /// Whether the certificate with this fingerprint is revoked.
+    pub fn contains_fingerprint(&self, fingerprint: &[u8; 32]) -> bool {
         self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&fingerprint(cert))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+            .contains(fingerprint)
     }
 }
 
@@ -706,26 +710,19 @@ pub fn client_config(
     Ok(client)
 }
 
-/// A TLS 1.3 client configuration that trusts only `ca` and presents nothing (a node joining,
-/// before it has a certificate).
-pub fn anonymous_client(
-    ca_for_name: Option<&CertificateDer<'static>>,
-) -> anyhow::Result<rustls::ClientConfig> {
+/// The TLS 1.3 client configuration of a node joining, before it has a certificate: it
+/// presents none and takes any server's. The join answer is checked by its seal
+/// (`ostore_wire::join`), not by the handshake: a node that joins does not know the CA yet.
+pub fn join_client() -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = rustls::ClientConfig::builder_with_provider(provider)
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?;
-    let mut c = match ca_for_name {
-        Some(ca) => b.with_root_certificates(roots(ca)?).with_no_client_auth(),
-        // The join answer is checked by its seal (`ostore_wire::join`), not by the handshake:
-        // a node that joins does not know the CA yet.
-        None => b
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer(
-                rustls::crypto::ring::default_provider(),
-            )))
-            .with_no_client_auth(),
-    };
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(
+            rustls::crypto::ring::default_provider(),
+        )))
+        .with_no_client_auth();
     c.alpn_protocols = vec![CONTROL_ALPN.to_vec()];
     Ok(c)
 }
