@@ -120,6 +120,9 @@ pub struct ClusterView {
     pub write_quorum: u32,
     /// Fingerprints of the revoked certificates (`crate::trust`): refused in every handshake.
     pub revoked: Vec<[u8; 32]>,
+    /// The root secret's version (`crate::trust::SecretRec`; 0: none yet): nodes fetch the
+    /// secrets again when it changes.
+    pub secret_version: u64,
 }
 
 impl ClusterView {
@@ -388,6 +391,7 @@ pub fn view(kv: &dyn Kv) -> Result<ClusterView> {
             drains: all_drains(tx)?,
             write_quorum: write_quorum(tx)?,
             revoked: crate::trust::revoked_in(tx)?,
+            secret_version: crate::trust::secret_version_in(tx)?,
         })
     })
 }

@@ -87,6 +87,9 @@ pub mod tag {
     pub const NODE_CERT: u8 = 0x78;
     /// `[0x79] fingerprint:32` → `RevokedRec`: a revoked certificate
     pub const REVOKED: u8 = 0x79;
+    /// Singleton → `SecretRec`: the client root secret (and the one it replaced, within its
+    /// grace), and the base access-key secrets derive from, all sealed under the cluster key
+    pub const ROOT_SECRET: u8 = 0x7a;
     /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed
     /// (makes retries after `commit_unknown_result` idempotent; expired after an hour)
     pub const DONE: u8 = 0x80;
@@ -534,6 +537,10 @@ pub fn leader() -> Vec<u8> {
 
 pub fn ca() -> Vec<u8> {
     vec![tag::CA]
+}
+
+pub fn root_secret() -> Vec<u8> {
+    vec![tag::ROOT_SECRET]
 }
 
 pub fn join_token(nonce: &[u8; 16]) -> Vec<u8> {

@@ -70,9 +70,9 @@ pub struct BucketRec {
     pub created_ms: u64,
 }
 
-/// An S3 access key besides `root`. Its secret is not stored: it is derived from the root
-/// secret and `salt` (by the data plane, which holds the root secret), so the metadata alone
-/// gives no one a key.
+/// An S3 access key besides `root`. Its secret is not stored: it is derived from the key base
+/// and `salt` (by the data plane, which holds the key base), so the metadata alone gives no
+/// one a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessKeyRec {
     /// What the operator called it.

@@ -30,6 +30,85 @@ pub struct RevokedRec {
     pub revoked_ms: u64,
 }
 
+/// The client root secret as the control plane holds it (`keys::tag::ROOT_SECRET`). Every
+/// secret in it is sealed under the cluster key by the caller; this module stores bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRec {
+    /// 1 for the first; one more at each rotation. Nodes see it in the cluster view and fetch
+    /// the secrets again when it changes.
+    pub version: u64,
+    /// The current root secret, sealed.
+    pub current: Vec<u8>,
+    /// The one it replaced, sealed, and until when (ms) it is still accepted.
+    pub previous: Option<(Vec<u8>, u64)>,
+    /// What S3 access-key secrets are derived from, sealed. Never rotated: rotating the root
+    /// secret leaves every access key as it was (revoke those one by one).
+    pub key_base: Vec<u8>,
+    pub rotated_ms: u64,
+    /// The id of the rotation that made `current` (zero for the first): a rotation retried
+    /// after its answer was lost is answered with what it made instead of rotating again.
+    pub rotation: [u8; 16],
+}
+
+/// The root secret record, if the cluster has one yet.
+pub fn secret(kv: &dyn Kv) -> Result<Option<SecretRec>> {
+    run(kv, false, |tx| get::<SecretRec>(tx, &keys::root_secret()))
+}
+
+/// The root secret record; `seed` is stored first if there is none yet (the first node to
+/// register brings the root secret it was started with).
+pub fn seed_secret(kv: &dyn Kv, seed: &dyn Fn() -> Result<SecretRec>) -> Result<SecretRec> {
+    if let Some(rec) = secret(kv)? {
+        return Ok(rec);
+    }
+    let made = seed()?;
+    run(kv, true, |tx| {
+        match get::<SecretRec>(tx, &keys::root_secret())? {
+            Some(rec) => Ok(rec),
+            None => {
+                tx.set(&keys::root_secret(), &encode(&made))?;
+                Ok(made.clone())
+            }
+        }
+    })
+}
+
+/// Replaces the root secret with `sealed` (rotation `id`); the current one stays valid until
+/// `grace_until_ms`. Refused before the cluster has one. The same `id` again changes nothing.
+pub fn rotate_secret(
+    kv: &dyn Kv,
+    id: [u8; 16],
+    sealed: &[u8],
+    grace_until_ms: u64,
+    now_ms: u64,
+) -> Result<SecretRec> {
+    run(kv, true, |tx| {
+        let old = get::<SecretRec>(tx, &keys::root_secret())?.ok_or_else(|| {
+            MetaError::Refused(
+                "the cluster has no root secret yet (the first node to register brings it)".into(),
+            )
+        })?;
+        if old.rotation == id {
+            return Ok(old);
+        }
+        let rec = SecretRec {
+            rotation: id,
+            version: old.version.saturating_add(1),
+            current: sealed.to_vec(),
+            previous: (grace_until_ms > now_ms).then(|| (old.current.clone(), grace_until_ms)),
+            key_base: old.key_base.clone(),
+            rotated_ms: now_ms,
+        };
+        tx.set(&keys::root_secret(), &encode(&rec))?;
+        Ok(rec)
+    })
+}
+
+/// The root secret's version (0: none yet), as the cluster view carries it.
+pub fn secret_version_in(tx: &mut dyn Tx) -> Result<u64> {
+    Ok(get::<SecretRec>(tx, &keys::root_secret())?.map_or(0, |r| r.version))
+}
+
 /// The cluster CA, made by `make` and stored if there is none yet (the first control process of
 /// a cluster makes it; every later one, and every restart, finds it).
 pub fn ca(kv: &dyn Kv, make: &dyn Fn() -> Result<CaRec>) -> Result<CaRec> {
@@ -206,6 +285,55 @@ mod tests {
         assert_eq!(ca(&kv, &|| Ok(rec(1))).unwrap(), rec(1));
         assert_eq!(ca(&kv, &|| Ok(rec(2))).unwrap(), rec(1));
         assert_eq!(ca(&kv, &|| panic!("not made again")).unwrap(), rec(1));
+    }
+
+    #[test]
+    fn the_root_secret_is_seeded_once_and_rotated_with_a_grace() {
+        let (_d, kv) = kv();
+        assert_eq!(secret(&kv).unwrap(), None);
+        assert!(matches!(
+            rotate_secret(&kv, [1; 16], b"x", 0, 1),
+            Err(MetaError::Refused(_))
+        ));
+        let seed = |s: &[u8]| SecretRec {
+            version: 1,
+            current: s.to_vec(),
+            previous: None,
+            key_base: b"base".to_vec(),
+            rotated_ms: 5,
+            rotation: [0; 16],
+        };
+        assert_eq!(
+            seed_secret(&kv, &|| Ok(seed(b"one"))).unwrap(),
+            seed(b"one")
+        );
+        // A second node's seed loses to the first's.
+        assert_eq!(
+            seed_secret(&kv, &|| Ok(seed(b"two"))).unwrap(),
+            seed(b"one")
+        );
+        let r = rotate_secret(&kv, [1; 16], b"two", 1500, 1000).unwrap();
+        assert_eq!(r.version, 2);
+        // The same rotation retried (its answer lost) rotates nothing more.
+        assert_eq!(
+            rotate_secret(&kv, [1; 16], b"again", 1600, 1100).unwrap(),
+            r
+        );
+        assert_eq!(r.current, b"two");
+        assert_eq!(r.previous, Some((b"one".to_vec(), 1500)));
+        assert_eq!(
+            r.key_base, b"base",
+            "the access keys' base is never rotated"
+        );
+        // Without a grace, the replaced secret is not kept.
+        let r = rotate_secret(&kv, [2; 16], b"three", 2000, 2000).unwrap();
+        assert_eq!((r.version, &r.previous), (3, &None));
+        assert_eq!(secret(&kv).unwrap(), Some(r));
+        assert_eq!(
+            run(&kv, false, secret_version_in).unwrap(),
+            3,
+            "the view carries the version"
+        );
     }
 
     #[test]

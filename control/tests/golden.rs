@@ -371,6 +371,7 @@ fn formats() -> BTreeMap<String, Vec<u8>> {
     rec::<ClusterView>(&mut out, "ClusterView");
     rec::<ostore_control::trust::CaRec>(&mut out, "CaRec");
     rec::<ostore_control::trust::RevokedRec>(&mut out, "RevokedRec");
+    rec::<ostore_control::trust::SecretRec>(&mut out, "SecretRec");
     rec::<NewContent>(&mut out, "NewContent");
     rec::<WriteCondition>(&mut out, "WriteCondition");
     // Content records carry their own format byte.

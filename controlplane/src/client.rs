@@ -310,6 +310,35 @@ impl RemoteMeta {
         hex::decode(&a.certificate).map_err(|e| unavailable(format!("the renewal answer: {e}")))
     }
 
+    /// The cluster's client root secret (`seed`: the one this node was started with, stored if
+    /// the cluster has none yet).
+    pub async fn root_secret(&self, seed: Option<&str>) -> Result<RootSecrets, MetaError> {
+        let body = serde_json::json!({ "seed": seed }).to_string();
+        let bytes = self
+            .send("/v1/secret", "application/json", Bytes::from(body))
+            .await?;
+        RootSecrets::parse(&bytes)
+    }
+
+    /// Replaces the cluster's root secret with a new random one; the current one stays valid
+    /// for `grace`. `id` names this rotation: sent again (a lost answer), it rotates nothing
+    /// more.
+    pub async fn rotate_secret(
+        &self,
+        id: [u8; 16],
+        grace: Duration,
+    ) -> Result<RootSecrets, MetaError> {
+        let body = serde_json::json!({
+            "id": hex::encode(id),
+            "grace_ms": u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        })
+        .to_string();
+        let bytes = self
+            .send("/v1/secret/rotate", "application/json", Bytes::from(body))
+            .await?;
+        RootSecrets::parse(&bytes)
+    }
+
     /// Sends `body` to `path` at the process that answered last, failing over as [`call`]
     /// says; the answer's body.
     async fn send(
@@ -377,6 +406,51 @@ impl RemoteMeta {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The client root secrets of a cluster, as the control plane hands them to nodes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RootSecrets {
+    /// One more at each rotation.
+    pub version: u64,
+    pub current: String,
+    /// The one `current` replaced, and how much longer it is valid (from when it was read).
+    pub previous: Option<(String, Duration)>,
+    /// What S3 access-key secrets are derived from (never rotated).
+    pub key_base: String,
+}
+
+impl std::fmt::Debug for RootSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets themselves: this may reach a log.
+        f.debug_struct("RootSecrets")
+            .field("version", &self.version)
+            .field("previous", &self.previous.as_ref().map(|p| p.1))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RootSecrets {
+    fn parse(bytes: &[u8]) -> Result<RootSecrets, MetaError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            version: u64,
+            current: String,
+            previous: Option<String>,
+            previous_ms: u64,
+            key_base: String,
+        }
+        let a: Answer = serde_json::from_slice(bytes)
+            .map_err(|e| unavailable(format!("the root-secret answer: {e}")))?;
+        Ok(RootSecrets {
+            version: a.version,
+            current: a.current,
+            previous: a
+                .previous
+                .map(|p| (p, Duration::from_millis(a.previous_ms))),
+            key_base: a.key_base,
+        })
     }
 }
 

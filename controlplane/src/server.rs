@@ -58,6 +58,11 @@ struct Control {
     ca: ClusterCa,
     /// The key join tokens are derived under (from the operator's cluster key).
     token_key: [u8; 32],
+    /// The operator's cluster key: it seals the root secret in the metadata store.
+    cluster_key: Vec<u8>,
+    /// Which node each certificate was recorded for (`trust::node_of_cert`; a binding never
+    /// changes, so what was found once is kept).
+    bound: std::sync::Mutex<std::collections::HashMap<[u8; 32], u32>>,
     /// The revoked certificates, refreshed from the metadata store every second.
     revoked: Revoked,
     /// This process's own certificate (renewed while it runs).
@@ -161,6 +166,8 @@ pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
         meta,
         ca,
         token_key: ostore_wire::join::token_key(&cluster_key),
+        cluster_key,
+        bound: Default::default(),
         revoked,
         identity,
         node_cert_lifetime: opts.node_cert_lifetime,
@@ -311,7 +318,12 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         };
         return join(c, &body).await;
     }
-    if req.method() != Method::POST || !matches!(req.uri().path(), "/v1/rpc" | "/v1/renew") {
+    if req.method() != Method::POST
+        || !matches!(
+            req.uri().path(),
+            "/v1/rpc" | "/v1/renew" | "/v1/secret" | "/v1/secret/rotate"
+        )
+    {
         return text(StatusCode::NOT_FOUND, "no such endpoint");
     }
     // Only nodes call: the handshake verified the certificate against the CA and the
@@ -338,6 +350,14 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         };
         return renew(c, &cert, &body).await;
     }
+    if req.uri().path().starts_with("/v1/secret") {
+        let rotate = req.uri().path() == "/v1/secret/rotate";
+        let body = match read_body(c, req, JOIN_BODY_BYTES_MAX).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return root_secret(c, rotate, &body).await;
+    }
     let body = match read_body(c, req, RPC_BODY_BYTES_MAX).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -346,6 +366,12 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e),
     };
+    // A node speaks for itself only: its heartbeats name the node its certificate was
+    // recorded for, and it registers at that node's address (or, a certificate just issued
+    // for a join, as a new node or in place of one).
+    if let Some(refused) = bound_to_caller(c, &cert, &request).await {
+        return refused;
+    }
     if let Rq::Heartbeat { node, .. } = &request {
         if let Some(answer) = beat_unrecorded(c, *node).await {
             return rpc_response(&answer);
@@ -537,6 +563,195 @@ async fn renew(c: &Control, cert: &[u8], body: &[u8]) -> Response<Full<Bytes>> {
         Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
     json(&serde_json::json!({ "certificate": hex::encode(&new) }))
+}
+
+/// The node the certificate `fp` was recorded for, if any.
+async fn bound_node(
+    c: &Control,
+    fp: [u8; 32],
+) -> Result<Option<u32>, ostore_control::meta::MetaError> {
+    if let Some(n) = c.bound.lock().expect("bound lock").get(&fp) {
+        return Ok(Some(*n));
+    }
+    let n = c.meta.read(move |kv| trust::node_of_cert(kv, &fp)).await?;
+    if let Some(n) = n {
+        c.bound.lock().expect("bound lock").insert(fp, n);
+    }
+    Ok(n)
+}
+
+/// The refusal of a heartbeat or a registration that `cert` may not make: a heartbeat for
+/// another node than the certificate's, or a registration at another node's peer address
+/// (or, for a certificate already bound to a node, at a new one). `None`: it may.
+async fn bound_to_caller(c: &Control, cert: &[u8], request: &Rq) -> Option<Response<Full<Bytes>>> {
+    let fp = ptls::fingerprint(cert);
+    let refuse = |m: String| Some(text(StatusCode::FORBIDDEN, &m));
+    match request {
+        Rq::Heartbeat { node, .. } => match bound_node(c, fp).await {
+            Ok(Some(n)) if n == *node => None,
+            Ok(Some(n)) => {
+                tracing::warn!("node {n}'s certificate sent a heartbeat for node {node}: refused");
+                refuse(format!(
+                    "this certificate is node {n}'s: it cannot send node {node}'s heartbeats"
+                ))
+            }
+            Ok(None) => refuse(format!(
+                "this certificate was not registered as node {node} (register first)"
+            )),
+            Err(e) => Some(rpc_response(&Err(e))),
+        },
+        Rq::Register { reg } => {
+            let peer = reg.peer.clone();
+            let at = c
+                .meta
+                .read(move |kv| {
+                    Ok(cluster::view(kv)?
+                        .nodes
+                        .into_iter()
+                        .find(|n| n.peer == peer)
+                        .map(|n| n.id))
+                })
+                .await;
+            match (bound_node(c, fp).await, at) {
+                (Err(e), _) | (_, Err(e)) => Some(rpc_response(&Err(e))),
+                (Ok(Some(b)), Ok(at)) if at != Some(b) => {
+                    tracing::warn!(
+                        "node {b}'s certificate tried to register at {}: refused",
+                        reg.peer
+                    );
+                    refuse(format!(
+                        "this certificate is node {b}'s, which is not at peer address {}: a \
+                         node keeps its peer address (to move one, revoke it with `osctl nodes \
+                         revoke` and join it again with a new token)",
+                        reg.peer
+                    ))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What the root secret is sealed with besides the cluster key.
+const SECRET_SEAL_CONTEXT: &[u8] = b"ostore root secret";
+/// What the access-key base is sealed with besides the cluster key.
+const KEY_BASE_SEAL_CONTEXT: &[u8] = b"ostore access key base";
+/// The longest a replaced root secret may stay valid.
+const SECRET_GRACE_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The client root secret, for nodes (they check clients with it): `POST /v1/secret`, JSON
+/// `{"seed"?}` (the first node brings the secret it was started with; a cluster that has one
+/// keeps it), or `POST /v1/secret/rotate`, JSON `{"id", "grace_ms"}` (a new random secret; the
+/// current one stays valid for `grace_ms`). Answer: `{"version", "current", "previous",
+/// "previous_ms"` (how much longer the previous one is valid), `"key_base"}`.
+async fn root_secret(c: &Control, rotate: bool, body: &[u8]) -> Response<Full<Bytes>> {
+    #[derive(serde::Deserialize)]
+    struct Ask {
+        seed: Option<String>,
+        id: Option<String>,
+        grace_ms: Option<u64>,
+    }
+    let Ok(ask) = serde_json::from_slice::<Ask>(body) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a root-secret request is JSON: seed, or id and grace_ms",
+        );
+    };
+    let key = c.cluster_key.clone();
+    let now = now_ms();
+    let rec = if rotate {
+        let (Some(id), Some(grace_ms)) = (ask.id.as_deref().and_then(unhex::<16>), ask.grace_ms)
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "a rotation names its id (16 bytes, hex) and grace_ms",
+            );
+        };
+        if grace_ms > SECRET_GRACE_MAX_MS {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the grace of a replaced root secret is at most 7 days",
+            );
+        }
+        let fresh = hex::encode(rand::random::<[u8; 32]>());
+        let sealed = ptls::seal(&key, SECRET_SEAL_CONTEXT, fresh.as_bytes());
+        let r = c
+            .meta
+            .write(move |kv| {
+                trust::rotate_secret(kv, id, &sealed, now.saturating_add(grace_ms), now)
+            })
+            .await;
+        if let Ok(r) = &r {
+            tracing::info!("the root secret was rotated: version {}", r.version);
+        }
+        r
+    } else {
+        match ask.seed.filter(|s| !s.is_empty()) {
+            None => c.meta.read(|kv| trust::secret(kv)).await.and_then(|r| {
+                r.ok_or_else(|| {
+                    ostore_control::meta::MetaError::Refused(
+                        "the cluster has no root secret yet".into(),
+                    )
+                })
+            }),
+            Some(seed) => {
+                c.meta
+                    .write(move |kv| {
+                        trust::seed_secret(kv, &|| {
+                            // Access keys made before the cluster held the secret were
+                            // derived from it and stay valid; otherwise their base is random.
+                            let base = if ostore_control::meta::key_list(kv)?.is_empty() {
+                                hex::encode(rand::random::<[u8; 32]>())
+                            } else {
+                                seed.clone()
+                            };
+                            Ok(trust::SecretRec {
+                                version: 1,
+                                current: ptls::seal(&key, SECRET_SEAL_CONTEXT, seed.as_bytes()),
+                                previous: None,
+                                key_base: ptls::seal(&key, KEY_BASE_SEAL_CONTEXT, base.as_bytes()),
+                                rotated_ms: now,
+                                rotation: [0; 16],
+                            })
+                        })
+                    })
+                    .await
+            }
+        }
+    };
+    let rec = match rec {
+        Ok(r) => r,
+        Err(ostore_control::meta::MetaError::Refused(m)) => return text(StatusCode::CONFLICT, &m),
+        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let open = |ctx: &[u8], sealed: &[u8]| {
+        ptls::unseal(&c.cluster_key, ctx, sealed)
+            .and_then(|p| String::from_utf8(p).map_err(anyhow::Error::from))
+    };
+    let previous = rec
+        .previous
+        .as_ref()
+        .filter(|(_, until)| *until > now)
+        .map(|(s, until)| open(SECRET_SEAL_CONTEXT, s).map(|s| (s, until - now)))
+        .transpose();
+    match (
+        open(SECRET_SEAL_CONTEXT, &rec.current),
+        previous,
+        open(KEY_BASE_SEAL_CONTEXT, &rec.key_base),
+    ) {
+        (Ok(current), Ok(previous), Ok(key_base)) => json(&serde_json::json!({
+            "version": rec.version,
+            "current": current,
+            "previous": previous.as_ref().map(|p| &p.0),
+            "previous_ms": previous.as_ref().map_or(0, |p| p.1),
+            "key_base": key_base,
+        })),
+        _ => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stored root secret does not open with this OSTORE_CLUSTER_KEY",
+        ),
+    }
 }
 
 /// Feeds a heartbeat to the failure detector; answers it without writing the metadata store

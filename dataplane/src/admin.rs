@@ -141,7 +141,7 @@ pub(crate) async fn keys_list(node: &Arc<Node>) -> Result<Resp, ApiError> {
 
 /// Creates an S3 access key: `name=N`, `buckets=A,B` (omitted: every bucket),
 /// `read_only=true`. The answer carries its secret, which is shown this once: it is derived
-/// from the root secret and never stored.
+/// from the key base (`web::Secrets`) and never stored.
 pub(crate) async fn keys_create(
     front: &crate::web::Front,
     req: &Request<ReqBody>,
@@ -808,5 +808,84 @@ pub(crate) async fn status(node: &Node) -> Result<Resp, ApiError> {
                 "node_bytes_per_s": node.repair_pace.bytes_per_s()},
             "intents": {"open": intents.len(), "abandoned": abandoned},
             "drives": per_drive, "jobs": jobs}),
+    ))
+}
+
+/// The longest a replaced root secret stays valid.
+const SECRET_GRACE_MAX_S: u64 = 7 * 24 * 3600;
+
+/// Rotates the client root secret (`grace=SECONDS`: how long the replaced one stays valid, 0
+/// by default, at most 7 days). In a cluster the control plane makes the new secret and every
+/// node follows within about a second; `ostore dev` rewrites `DIR/root.secret`. Access keys
+/// keep their secrets (they derive from the key base, which never rotates). The answer carries
+/// the new secret: it is shown this once.
+pub(crate) async fn secret_rotate(
+    front: &crate::web::Front,
+    req: &Request<ReqBody>,
+) -> Result<Resp, ApiError> {
+    let bad = |m: String| err(StatusCode::BAD_REQUEST, "InvalidArgument", m);
+    let grace_s = match query(req).get("grace") {
+        None => 0,
+        Some(g) => g
+            .parse::<u64>()
+            .ok()
+            .filter(|g| *g <= SECRET_GRACE_MAX_S)
+            .ok_or_else(|| {
+                bad(format!(
+                    "grace is whole seconds, at most {SECRET_GRACE_MAX_S}"
+                ))
+            })?,
+    };
+    let grace = std::time::Duration::from_secs(grace_s);
+    let creds = &front.creds;
+    let now = std::time::Instant::now();
+    let fresh = if let ostore_controlplane::client::MetaClient::Remote(remote) = &front.node.meta {
+        let s = remote.rotate_secret(rand::random(), grace).await?;
+        crate::web::cluster_secrets(s)
+    } else {
+        let Some(file) = &creds.file else {
+            return Err(err(
+                StatusCode::CONFLICT,
+                "SecretFromEnvironment",
+                "this server's root secret comes from OSTORE_SECRET: change it there (and \
+                 restart), or start without it to keep the secret in DIR/root.secret, which a \
+                 rotation rewrites",
+            ));
+        };
+        let old = creds.secrets();
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        let write = |path: &std::path::Path, s: &str| {
+            crate::web::write_secret_file(path, s).map_err(|e| {
+                err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("writing {}: {e}", path.display()),
+                )
+            })
+        };
+        // Access keys were derived from the first root secret: it is kept as their base
+        // before the root secret file changes, so a crash in between loses neither.
+        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+        let base = dir.join(crate::node::KEY_BASE_FILE);
+        if !base.exists() {
+            write(&base, &old.key_base)?;
+        }
+        write(file, &secret)?;
+        crate::web::Secrets {
+            version: old.version + 1,
+            current: secret,
+            previous: (!grace.is_zero()).then(|| (old.current.clone(), now + grace)),
+            key_base: old.key_base.clone(),
+        }
+    };
+    let (version, secret) = (fresh.version, fresh.current.clone());
+    creds.set(fresh);
+    tracing::warn!(
+        "the root secret was rotated (version {version}; the old one valid {grace_s} s more)"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"version": version, "secret": secret, "previous_valid_s": grace_s,
+            "file": creds.file.as_ref().map(|f| f.display().to_string())}),
     ))
 }

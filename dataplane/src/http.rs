@@ -111,6 +111,7 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         (&Method::GET, "/admin/keys") => "keys_list",
         (&Method::POST, "/admin/keys") => "keys_create",
         (&Method::DELETE, p) if p.starts_with("/admin/keys/") => "keys_revoke",
+        (&Method::POST, "/admin/secret/rotate") => "secret_rotate",
         _ => "other",
     };
     front.creds.check(&req).map_err(|e| (op, e))?;
@@ -143,6 +144,7 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         "keys_list" => admin::keys_list(node).await,
         "keys_create" => admin::keys_create(front, &req).await,
         "keys_revoke" => admin::keys_revoke(node, &path["/admin/keys/".len()..]).await,
+        "secret_rotate" => admin::secret_rotate(front, &req).await,
         _ => Err(err(
             StatusCode::NOT_FOUND,
             "NotFound",

@@ -40,34 +40,43 @@ pub struct DevOptions {
     pub limits: ostore_server::conn::Limits,
 }
 
-fn load_secret(data: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
-    if let Ok(s) = std::env::var("OSTORE_SECRET") {
-        if !s.is_empty() {
-            return Ok((s, None));
-        }
-    }
-    let path = data.join("root.secret");
-    match std::fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => Ok((s.trim().to_string(), Some(path))),
+/// `ostore dev`'s client secrets: the root secret from `OSTORE_SECRET`, else from
+/// `DIR/root.secret` (made on first start); the access-key base from
+/// `DIR/access-keys.secret` once a rotation wrote it there, else the root secret. Also where
+/// the root secret is kept, if in a file.
+fn load_secrets(data: &Path) -> anyhow::Result<(crate::web::Secrets, Option<PathBuf>)> {
+    let (current, file) = match std::env::var("OSTORE_SECRET") {
+        Ok(s) if !s.is_empty() => (s, None),
         _ => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let secret = hex::encode(rand::random::<[u8; 32]>());
-            let tmp = data.join("root.secret.tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            writeln!(f, "{secret}")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(data)?.sync_all()?;
-            Ok((secret, Some(path)))
+            let path = data.join("root.secret");
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => (s.trim().to_string(), Some(path)),
+                _ => {
+                    let secret = hex::encode(rand::random::<[u8; 32]>());
+                    crate::web::write_secret_file(&path, &secret)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    (secret, Some(path))
+                }
+            }
         }
-    }
+    };
+    let key_base = match std::fs::read_to_string(data.join(KEY_BASE_FILE)) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => current.clone(),
+    };
+    Ok((
+        crate::web::Secrets {
+            version: 0,
+            current,
+            previous: None,
+            key_base,
+        },
+        file,
+    ))
 }
+
+/// Where `ostore dev` keeps the access-key base once its root secret was rotated.
+pub(crate) const KEY_BASE_FILE: &str = "access-keys.secret";
 
 /// Removes what interrupted writes left behind: every intent still open at start-up, whose
 /// writers were all this process's earlier lives (`ostore dev` is the only writer).
@@ -482,7 +491,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data)
         .with_context(|| format!("creating {}", opts.data.display()))?;
     ostore_server::process::make_private_or_warn(&opts.data);
-    let (secret, secret_file) = load_secret(&opts.data)?;
+    let (secrets, secret_file) = load_secrets(&opts.data)?;
     let meta_dir = opts.data.join("meta");
     std::fs::create_dir_all(&meta_dir)?;
     let kv = RedbKv::open(&meta_dir.join("ostore.redb")).context("opening the metadata store")?;
@@ -545,7 +554,7 @@ pub fn run_dev(mut opts: DevOptions) -> anyhow::Result<()> {
     let https = opts.tls.https(http_addr, s3_addr)?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
-        creds: crate::web::Credentials::new(secret),
+        creds: crate::web::Credentials::new(secrets, secret_file.clone()),
         limits: opts.limits,
         s3_domain: opts.s3_domain.clone(),
         https,
@@ -675,6 +684,7 @@ fn start_executors(
                 let _ = bound_tx.send(Ok(()));
                 if core == 0 {
                     background(node.clone());
+                    glommio::spawn_local(crate::web::follow_root_secret(front.clone())).detach();
                 }
                 // Each executor scrubs the drives it owns.
                 for d in node
@@ -1123,13 +1133,31 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     let (udp_placeholder, peer_addr) = reserve_udp_port(opts.peer)?;
     let reg = registration(&opts, http_addr, peer_addr)?;
     // Registration runs on a short-lived executor of this thread: the client needs a reactor.
-    let (rec, view) = LocalExecutorBuilder::new(Placement::Unbound)
+    let (rec, view, secrets) = LocalExecutorBuilder::new(Placement::Unbound)
         .make()
         .map_err(|e| anyhow::anyhow!("starting the registration executor: {e}"))?
         .run(async {
             let rec = register(&meta, &reg).await?;
             let view: ClusterView = meta.ask(ask::Cluster {}).await?;
-            Ok::<_, anyhow::Error>((rec, view))
+            let MetaClient::Remote(remote) = &meta else {
+                unreachable!("a node's metadata is remote")
+            };
+            // The cluster keeps the root secret: the first node brings it, and a rotation
+            // since overrides what OSTORE_SECRET says.
+            let secrets = remote
+                .root_secret(Some(&secret))
+                .await
+                .context("reading the cluster's root secret")?;
+            if secrets.current != secret && secrets.previous.as_ref().is_none_or(|p| p.0 != secret)
+            {
+                tracing::warn!(
+                    "OSTORE_SECRET is not the cluster's root secret (version {}; it was \
+                     rotated, or another node brought it first): clients are checked against \
+                     the cluster's",
+                    secrets.version
+                );
+            }
+            Ok::<_, anyhow::Error>((rec, view, secrets))
         })?;
     let ec = EcParams::new(view.data, view.parity)
         .map_err(|e| anyhow::anyhow!("the cluster's erasure coding: {e}"))?;
@@ -1171,7 +1199,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
     let https = opts.tls.https(http_addr, s3_addr)?;
     let front = Arc::new(crate::web::Front {
         node: node.clone(),
-        creds: crate::web::Credentials::new(secret),
+        creds: crate::web::Credentials::new(crate::web::cluster_secrets(secrets), None),
         limits: opts.limits,
         s3_domain: opts.s3_domain.clone(),
         https,

@@ -108,6 +108,17 @@ async fn authenticate(
     let id = match (first, asked.take()) {
         (Ok(v), _) => return Ok((v, None)),
         (Err(e), Some(id)) if e.code == Code::InvalidAccessKeyId => id,
+        (Err(e), None) if e.code == Code::SignatureDoesNotMatch => {
+            // The root key signed with the secret a rotation replaced, within its grace.
+            let Some(previous) = front.creds.previous_s3_secret() else {
+                return Err(e);
+            };
+            return ostore_s3::auth::verify(head, host_bucket, now_s, &|ak| {
+                (ak == "root").then(|| previous.clone())
+            })
+            .map(|v| (v, None))
+            .map_err(|_| e);
+        }
         (Err(e), _) => return Err(e),
     };
     let rec = front

@@ -329,24 +329,68 @@ impl ostore_server::conn::Host for Front {
     }
 }
 
-/// What the front ends check a client's credentials against.
+/// The client root secrets a front end accepts, as of one moment.
+#[derive(Clone)]
+pub struct Secrets {
+    /// The cluster's version of them (0 in `ostore dev`): one more at each rotation.
+    pub version: u64,
+    pub current: String,
+    /// The secret `current` replaced, accepted until the instant.
+    pub previous: Option<(String, std::time::Instant)>,
+    /// What S3 access-key secrets are derived from: the first root secret in `ostore dev`
+    /// (kept in `DIR/access-keys.secret` once it was rotated); the cluster's own base in a
+    /// cluster. Never rotated.
+    pub key_base: String,
+}
+
+impl Secrets {
+    /// The replaced secret while it is still valid.
+    fn previous_valid(&self) -> Option<&str> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| std::time::Instant::now() < *until)
+            .map(|(p, _)| p.as_str())
+    }
+}
+
+/// What the front ends check a client's credentials against. A rotation replaces the secrets
+/// in place: requests from then on see the new ones.
 pub struct Credentials {
-    secret: String,
+    secrets: std::sync::RwLock<std::sync::Arc<Secrets>>,
+    /// Where `ostore dev` keeps its root secret, which a rotation rewrites (`None`: it came
+    /// from `OSTORE_SECRET`, or this is a cluster node).
+    pub(crate) file: Option<std::path::PathBuf>,
 }
 
 impl Credentials {
-    pub fn new(secret: String) -> Credentials {
-        Credentials { secret }
+    pub fn new(secrets: Secrets, file: Option<std::path::PathBuf>) -> Credentials {
+        Credentials {
+            secrets: std::sync::RwLock::new(std::sync::Arc::new(secrets)),
+            file,
+        }
+    }
+
+    pub fn secrets(&self) -> std::sync::Arc<Secrets> {
+        self.secrets.read().expect("secrets lock").clone()
+    }
+
+    pub fn set(&self, s: Secrets) {
+        *self.secrets.write().expect("secrets lock") = std::sync::Arc::new(s);
     }
 
     /// The secret of an S3 access key: the root key (`root`) signs with the root secret.
     pub(crate) fn s3_secret(&self, access_key: &str) -> Option<String> {
-        (access_key == "root").then(|| self.secret.clone())
+        (access_key == "root").then(|| self.secrets().current.clone())
     }
 
-    /// The secret of another S3 access key: derived from the root secret and its salt.
+    /// The root secret a rotation replaced, while it is still accepted.
+    pub(crate) fn previous_s3_secret(&self) -> Option<String> {
+        self.secrets().previous_valid().map(str::to_string)
+    }
+
+    /// The secret of another S3 access key: derived from the key base and its salt.
     pub(crate) fn derived_s3_secret(&self, access_key: &str, salt: &[u8; 16]) -> String {
-        ostore_s3::keys::derive_secret(&self.secret, access_key, salt)
+        ostore_s3::keys::derive_secret(&self.secrets().key_base, access_key, salt)
     }
 
     /// Whether `req` carries valid credentials: 401 without any, 403 with wrong ones (the
@@ -361,7 +405,12 @@ impl Credentials {
         };
         let given = ostore_server::conn::bearer_token(v.as_bytes()).unwrap_or(b"");
         use subtle::ConstantTimeEq;
-        if given.is_empty() || !bool::from(given.ct_eq(self.secret.as_bytes())) {
+        let s = self.secrets();
+        let current = given.ct_eq(s.current.as_bytes());
+        let previous = s
+            .previous_valid()
+            .map_or(subtle::Choice::from(0), |p| given.ct_eq(p.as_bytes()));
+        if given.is_empty() || !bool::from(current | previous) {
             return Err(err(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
@@ -370,6 +419,66 @@ impl Credentials {
         }
         Ok(())
     }
+}
+
+/// A cluster's root secrets as the front ends hold them.
+pub(crate) fn cluster_secrets(s: ostore_controlplane::client::RootSecrets) -> Secrets {
+    let now = std::time::Instant::now();
+    Secrets {
+        version: s.version,
+        current: s.current,
+        previous: s.previous.map(|(p, left)| (p, now + left)),
+        key_base: s.key_base,
+    }
+}
+
+/// Follows the cluster's root secret: fetches it again whenever the cluster view (refreshed
+/// every heartbeat) shows another version, so a rotation reaches every node within about a
+/// second.
+pub(crate) async fn follow_root_secret(front: std::sync::Arc<Front>) {
+    let (Some(cluster), ostore_controlplane::client::MetaClient::Remote(remote)) =
+        (&front.node.cluster, &front.node.meta)
+    else {
+        return;
+    };
+    while !front.node.stopping.load(Ordering::Relaxed) {
+        let seen = cluster.view().secret_version;
+        if seen > front.creds.secrets().version {
+            match remote.root_secret(None).await {
+                Ok(s) => {
+                    tracing::info!("the cluster's root secret is now version {}", s.version);
+                    front.creds.set(cluster_secrets(s));
+                }
+                Err(e) => {
+                    tracing::warn!("reading the cluster's root secret: {e}");
+                    glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes a secret to `path` (mode 0600) so that a crash leaves the old one or the new one.
+pub(crate) fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn empty(status: StatusCode) -> Resp {

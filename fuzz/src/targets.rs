@@ -348,6 +348,9 @@ pub fn records_values(data: &[u8]) {
     let _ = records::decode::<ostore_control::upload::UploadRec>(data);
     let _ = records::decode::<ostore_control::cluster::NodeRec>(data);
     let _ = records::decode::<ostore_control::scrub::ScrubCursor>(data);
+    let _ = records::decode::<ostore_control::trust::CaRec>(data);
+    let _ = records::decode::<ostore_control::trust::RevokedRec>(data);
+    let _ = records::decode::<ostore_control::trust::SecretRec>(data);
 }
 
 /// A seek table read back from a drive (CRC-checked, but never trusted for sizes), and a frame
@@ -531,6 +534,11 @@ pub fn trust(data: &[u8]) {
         }
         Some(1) => {
             let _ = ostore_transport::tls::not_after_s(&data[1..]);
+        }
+        Some(2) => {
+            // A sealed value as the metadata store may hand it back.
+            let _ =
+                ostore_transport::tls::unseal(b"a cluster key of 32 characters..", b"", &data[1..]);
         }
         Some(_) => {
             let _ = ostore_transport::tls::Identity::from_pem(&data[1..], "ostore-node");

@@ -1,5 +1,5 @@
-//! Access keys besides `root`: their ids, their secrets (derived from the root secret and a
-//! per-key salt, so no secret is ever stored), and what each may do (its buckets, read-only).
+//! Access keys besides `root`: their ids, their secrets (derived from the key base the data
+//! plane holds and a per-key salt, so no secret is ever stored), and what each may do (its buckets, read-only).
 
 use crate::error::{Code, S3Error};
 use crate::route::Op;
@@ -22,11 +22,13 @@ pub fn new_id(random: [u8; 15]) -> String {
 }
 
 /// The secret of access key `id` with `salt`: 40 characters of base64url of
-/// HMAC-SHA256(root secret, domain tag, id, salt). Anyone with the root secret can derive it;
-/// no one without it can, even holding the metadata.
-pub fn derive_secret(root_secret: &str, id: &str, salt: &[u8; 16]) -> String {
+/// HMAC-SHA256(key base, domain tag, id, salt). The key base is the first root secret in
+/// `ostore dev` and a random secret the control plane keeps in a new cluster; it never
+/// rotates. Anyone with the key base and the salt can derive it; no one without the base can,
+/// even holding the metadata.
+pub fn derive_secret(key_base: &str, id: &str, salt: &[u8; 16]) -> String {
     let mut mac =
-        Hmac::<sha2::Sha256>::new_from_slice(root_secret.as_bytes()).expect("HMAC takes any key");
+        Hmac::<sha2::Sha256>::new_from_slice(key_base.as_bytes()).expect("HMAC takes any key");
     mac.update(b"ostore s3 access key v1\0");
     mac.update(id.as_bytes());
     mac.update(&[0]);

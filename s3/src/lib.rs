@@ -15,7 +15,7 @@
 //! - [`checksum`]: a body's integrity as S3 checks it while it streams — the signed SHA-256,
 //!   and `x-amz-checksum-*` (CRC32, CRC32C, CRC64NVME, SHA-1, SHA-256) from a header or a
 //!   trailer, and the body's MD5 (S3's ETag);
-//! - [`keys`]: access keys besides `root` — ids, secrets derived from the root secret, and
+//! - [`keys`]: access keys besides `root` — ids, secrets derived from a key base, and
 //!   what each may do;
 //! - [`time`]: the two timestamp forms S3 uses, without a calendar crate;
 //! - [`error`]: S3's error codes and the HTTP statuses they go with.

@@ -1034,6 +1034,12 @@ fn the_auth_matrix() {
             &bearer_rule,
         ),
         (
+            // An invalid grace: served means refused by the route (400), so nothing rotates.
+            "admin POST /admin/secret/rotate".into(),
+            native("POST", "/admin/secret/rotate?grace=never".into()),
+            &bearer_rule,
+        ),
+        (
             "HTTP/3 GET /objects/m".into(),
             h3("GET", "/objects/m"),
             &h3_rule,
@@ -1143,4 +1149,264 @@ fn node_certificates_are_renewed_before_they_expire_without_a_restart() {
         refused,
         "revoking a node left its renewed certificate valid"
     );
+}
+
+/// curl's arguments to trust `ca` (none: plain HTTP).
+fn trusting(ca: Option<&std::path::Path>) -> Vec<String> {
+    ca.map(|ca| vec!["--cacert".to_string(), ca.display().to_string()])
+        .unwrap_or_default()
+}
+
+/// A native API listing at `base` with the bearer `secret`: its status.
+fn bearer_at(ca: Option<&std::path::Path>, base: &str, secret: &str) -> Result<u16, String> {
+    let mut args = trusting(ca);
+    args.extend(["-H".into(), format!("authorization: Bearer {secret}")]);
+    curl_status(args, &format!("{base}/objects?limit=1"))
+}
+
+/// An S3 ListBuckets at `base`, SigV4-signed as `id` with `secret`: its status.
+fn sigv4_at(
+    ca: Option<&std::path::Path>,
+    base: &str,
+    id: &str,
+    secret: &str,
+) -> Result<u16, String> {
+    let mut args = trusting(ca);
+    args.extend([
+        "-H".into(),
+        "x-amz-content-sha256: UNSIGNED-PAYLOAD".into(),
+        "--aws-sigv4".into(),
+        "aws:amz:us-east-1:s3".into(),
+        "--user".into(),
+        format!("{id}:{secret}"),
+    ]);
+    curl_status(args, &format!("{base}/"))
+}
+
+fn bearer_status(c: &Cluster, i: usize, secret: &str) -> Result<u16, String> {
+    bearer_at(c.tls_ca.as_deref(), &c.url(i, ""), secret)
+}
+
+fn s3_status(c: &Cluster, i: usize, id: &str, secret: &str) -> Result<u16, String> {
+    let base = format!("https://{}", c.nodes[i].s3.as_ref().unwrap());
+    sigv4_at(c.tls_ca.as_deref(), &base, id, secret)
+}
+
+#[test]
+fn the_root_secret_rotates_on_every_node_without_a_restart() {
+    let mut c = Cluster::start_https(3, 1);
+    let old = c.secret.clone();
+    let key = c.osctl_json(0, &["keys", "create", "app"]);
+    let (ak, sk) = (
+        key["access_key"].as_str().unwrap().to_string(),
+        key["secret"].as_str().unwrap().to_string(),
+    );
+    for i in 0..3 {
+        assert_eq!(bearer_status(&c, i, &old), Ok(200));
+        assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200));
+    }
+    // Rotated through node 1, with a grace for clients still holding the old secret.
+    let grace = Duration::from_secs(8);
+    let r = c.osctl_json(1, &["secret", "rotate", "--grace", "8s"]);
+    let rotated_at = std::time::Instant::now();
+    let new = r["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(r["version"], 2, "{r}");
+    // Every node takes the new secret within seconds (the window is printed).
+    let mut windows = Vec::new();
+    for i in 0..3 {
+        let ok = eventually(Duration::from_secs(5), || {
+            bearer_status(&c, i, &new) == Ok(200)
+        });
+        assert!(ok, "node {i} did not take the rotated secret within 5 s");
+        windows.push(rotated_at.elapsed().as_secs_f64());
+    }
+    eprintln!("rotation: every node served the new secret within {windows:.2?} s of `osctl secret rotate` returning");
+    // Within the grace, both work everywhere, natively and as S3's root key; access keys
+    // keep their secrets.
+    for i in 0..3 {
+        assert!(rotated_at.elapsed() < grace, "the test ran past the grace");
+        assert_eq!(bearer_status(&c, i, &old), Ok(200), "old secret, node {i}");
+        assert_eq!(
+            s3_status(&c, i, "root", &old),
+            Ok(200),
+            "old secret as S3 root, node {i}"
+        );
+        assert_eq!(
+            s3_status(&c, i, "root", &new),
+            Ok(200),
+            "new secret as S3 root, node {i}"
+        );
+        assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200), "access key, node {i}");
+    }
+    // After it, the old one is refused everywhere.
+    std::thread::sleep(grace.saturating_sub(rotated_at.elapsed()) + Duration::from_millis(200));
+    for i in 0..3 {
+        assert_eq!(
+            bearer_status(&c, i, &old),
+            Ok(403),
+            "old secret after the grace, node {i}"
+        );
+        assert_eq!(
+            s3_status(&c, i, "root", &old),
+            Ok(403),
+            "old S3 root after the grace, node {i}"
+        );
+        assert_eq!(bearer_status(&c, i, &new), Ok(200));
+        assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200));
+    }
+    // A node restarted with the OSTORE_SECRET it was first given checks clients against the
+    // cluster's secret, not that one.
+    c.restart(2);
+    assert_eq!(bearer_status(&c, 2, &old), Ok(403));
+    assert_eq!(bearer_status(&c, 2, &new), Ok(200));
+    assert_eq!(s3_status(&c, 2, &ak, &sk), Ok(200));
+    // A rotation without a grace ends the previous secret at once.
+    c.secret = new.clone();
+    let r = c.osctl_json(0, &["secret", "rotate"]);
+    let newest = r["secret"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        let ok = eventually(Duration::from_secs(5), || {
+            bearer_status(&c, i, &newest) == Ok(200) && bearer_status(&c, i, &new) == Ok(403)
+        });
+        assert!(
+            ok,
+            "node {i}: the third secret is not the only one accepted"
+        );
+    }
+    // The rotation is an admin route: an access key cannot call it.
+    let ca = c.tls_ca.as_ref().unwrap().display().to_string();
+    let by_key = curl_status(
+        vec![
+            "--cacert".into(),
+            ca,
+            "-X".into(),
+            "POST".into(),
+            "-H".into(),
+            format!("authorization: Bearer {sk}"),
+        ],
+        &c.url(0, "/admin/secret/rotate"),
+    );
+    assert_eq!(by_key, Ok(403));
+}
+
+#[test]
+fn a_node_certificate_speaks_for_its_own_node_only() {
+    let c = Cluster::start(2, 1);
+    let addr: SocketAddr = c.controls[0].addr.parse().unwrap();
+    let id1 = node_identity(&c, 1);
+    let (n0, n1): (u32, u32) = (
+        c.nodes[0].id.parse().unwrap(),
+        c.nodes[1].id.parse().unwrap(),
+    );
+    let rpc = |req: ostore_control::rpc::Request| {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let token = ostore_control::rpc::Token::new(rand::random(), now);
+        let body = ostore_control::rpc::encode_request(&token, &req);
+        control_call(addr, creds(&id1), "/v1/rpc", &[], &body)
+    };
+    let beat = |node| ostore_control::rpc::Request::Heartbeat {
+        node,
+        free: Vec::new(),
+    };
+    // The control experiment: node 1's own heartbeat.
+    assert_eq!(rpc(beat(n1)), Ok(200));
+    // Node 1's certificate cannot speak for node 0: neither its heartbeats (which would keep a
+    // dead node 0 up) nor a registration at node 0's address (which would move it).
+    assert_eq!(rpc(beat(n0)), Ok(403));
+    // Who is where (not their heartbeats' ages or free space, which change).
+    let members = || {
+        c.osctl_json(0, &["nodes"])["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].to_string(),
+                    n["peer"].to_string(),
+                    n["http"].to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let view = members();
+    let reg = ostore_control::cluster::Registration {
+        peer: c.nodes[0].peer.clone(),
+        http: "127.0.0.1:1".into(),
+        zone: String::new(),
+        drives: Vec::new(),
+    };
+    assert_eq!(
+        rpc(ostore_control::rpc::Request::Register { reg: reg.clone() }),
+        Ok(403)
+    );
+    // Nor at a new address (a certificate belongs to the node it registered as).
+    let elsewhere = ostore_control::cluster::Registration {
+        peer: "127.0.0.1:2".into(),
+        ..reg
+    };
+    assert_eq!(
+        rpc(ostore_control::rpc::Request::Register { reg: elsewhere }),
+        Ok(403)
+    );
+    // Nothing changed: node 0 is where it was.
+    assert_eq!(members(), view);
+    c.wait_all_see_all();
+}
+
+#[test]
+fn ostore_dev_rotates_its_root_secret_and_rewrites_its_file() {
+    let mut dev = ostore_tests::Dev::start(&[]);
+    let old = dev.secret.clone();
+    let key = dev.osctl_json(&["keys", "create", "app"]);
+    let (ak, sk) = (
+        key["access_key"].as_str().unwrap().to_string(),
+        key["secret"].as_str().unwrap().to_string(),
+    );
+    let native = |dev: &ostore_tests::Dev, secret: &str| bearer_at(None, &dev.url(""), secret);
+    let s3 = |dev: &ostore_tests::Dev, id: &str, secret: &str| {
+        sigv4_at(None, &format!("http://{}", dev.s3), id, secret)
+    };
+    let r = dev.osctl_json(&["secret", "rotate", "--grace", "3s"]);
+    let rotated_at = std::time::Instant::now();
+    let new = r["secret"].as_str().unwrap().to_string();
+    let file = dev.data().join("root.secret");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), new);
+    assert_eq!(r["file"].as_str(), Some(file.to_str().unwrap()));
+    assert_eq!(native(&dev, &new), Ok(200));
+    assert_eq!(native(&dev, &old), Ok(200), "within the grace");
+    assert_eq!(s3(&dev, "root", &new), Ok(200));
+    assert_eq!(
+        s3(&dev, &ak, &sk),
+        Ok(200),
+        "access keys keep their secrets"
+    );
+    assert!(rotated_at.elapsed() < Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(3200).saturating_sub(rotated_at.elapsed()));
+    assert_eq!(native(&dev, &old), Ok(403), "after the grace");
+    assert_eq!(s3(&dev, "root", &old), Ok(403));
+    // A restart reads the new secret from its file; access keys still work.
+    dev.restart();
+    assert_eq!(dev.secret, new);
+    assert_eq!(native(&dev, &old), Ok(403));
+    assert_eq!(native(&dev, &new), Ok(200));
+    assert_eq!(s3(&dev, &ak, &sk), Ok(200));
+    // A key made after the rotation works too, across another rotation.
+    let key2 = dev.osctl_json(&["keys", "create", "later"]);
+    dev.secret = new.clone();
+    let r = dev.osctl_json(&["secret", "rotate"]);
+    dev.secret = r["secret"].as_str().unwrap().to_string();
+    assert_eq!(native(&dev, &new), Ok(403), "no grace: refused at once");
+    assert_eq!(
+        s3(
+            &dev,
+            key2["access_key"].as_str().unwrap(),
+            key2["secret"].as_str().unwrap()
+        ),
+        Ok(200)
+    );
+    assert_eq!(s3(&dev, &ak, &sk), Ok(200));
 }

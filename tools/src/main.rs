@@ -169,12 +169,30 @@ enum Cmd {
         #[command(subcommand)]
         action: KeysCmd,
     },
+    /// The client root secret.
+    Secret {
+        #[command(subcommand)]
+        action: SecretCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Replace the root secret with a new random one, on every node within about a second and
+    /// without a restart; the new secret is printed this once (and `ostore dev` writes it to
+    /// its DIR/root.secret). Access keys keep their secrets.
+    Rotate {
+        /// How long the old secret stays valid, for clients still using it (0: not at all;
+        /// at most 7d).
+        #[arg(long, default_value = "0s")]
+        grace: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeysCmd {
-    /// A new key; its secret is printed this once (it is derived from the root secret and
-    /// never stored).
+    /// A new key; its secret is printed this once (it is derived, never stored, and unchanged
+    /// by `osctl secret rotate`).
     Create {
         name: String,
         /// A bucket the key may use; repeat for more. Without any: every bucket.
@@ -939,6 +957,29 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                     }
                 }
                 KeysCmd::Revoke { key } => println!("revoked {key}"),
+            }
+            Ok(())
+        }
+        Cmd::Secret {
+            action: SecretCmd::Rotate { grace },
+        } => {
+            let grace_ms = parse_duration_ms(grace)?;
+            let r: serde_json::Value = post(
+                cli,
+                &format!("/admin/secret/rotate?grace={}", grace_ms / 1000),
+            )?
+            .json()?;
+            if cli.json {
+                println!("{r}");
+                return Ok(());
+            }
+            println!("root secret: {}", r["secret"].as_str().unwrap_or(""));
+            println!(
+                "(version {}; the old secret is valid {} s more; the new one is not shown again)",
+                r["version"], r["previous_valid_s"]
+            );
+            if let Some(f) = r["file"].as_str() {
+                println!("the server wrote it to {f}");
             }
             Ok(())
         }

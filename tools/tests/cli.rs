@@ -16,6 +16,8 @@ fn help_and_missing_secret() {
         "repair",
         "versions",
         "retention",
+        "keys",
+        "secret",
     ] {
         assert!(text.contains(c), "--help lacks {c}");
     }
