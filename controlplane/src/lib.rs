@@ -7,3 +7,4 @@ pub mod client;
 pub mod server;
 
 pub use client::MetaClient;
+pub use ostore_etcd::EtcdTls;

@@ -50,6 +50,8 @@ pub struct ControlOptions {
     pub limits: ostore_server::conn::Limits,
     /// How long the node certificates it signs are valid (renewed after two thirds).
     pub node_cert_lifetime: Duration,
+    /// TLS to etcd's members (with `--meta etcd:…`).
+    pub etcd_tls: Option<ostore_etcd::EtcdTls>,
 }
 
 struct Control {
@@ -92,7 +94,13 @@ impl ostore_server::conn::Host for Control {
     }
 }
 
-fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
+fn open_store(
+    spec: &str,
+    etcd_tls: Option<&ostore_etcd::EtcdTls>,
+) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
+    if etcd_tls.is_some() && !spec.starts_with("etcd:") {
+        anyhow::bail!("--etcd-ca, --etcd-cert and --etcd-key go with --meta etcd:…");
+    }
     if let Some(path) = spec.strip_prefix("redb:") {
         let path = std::path::Path::new(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -113,7 +121,26 @@ fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
         anyhow::bail!("this ostore was built without FoundationDB support (cargo feature `fdb`)");
     }
     if let Some(members) = spec.strip_prefix("etcd:") {
-        let kv = ostore_etcd::EtcdKv::open(members)
+        if etcd_tls.is_none() {
+            let hosts = members.split('/').next().unwrap_or_default();
+            let off_loopback = hosts.split(',').any(|h| {
+                let host = h.trim().rsplit_once(':').map_or(h, |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host != "localhost"
+                    && !host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if off_loopback {
+                tracing::warn!(
+                    "etcd is reached over plain gRPC off loopback: the metadata (object keys, \
+                     bucket names, membership) crosses the network in the clear (the CA key \
+                     and the root secret are sealed); give --etcd-ca, --etcd-cert and \
+                     --etcd-key"
+                );
+            }
+        }
+        let kv = ostore_etcd::EtcdKv::open(members, etcd_tls)
             .with_context(|| format!("opening etcd {members}"))?;
         return Ok(Arc::new(kv));
     }
@@ -126,7 +153,7 @@ fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Kv + Send + Sync>> {
 /// Runs `ostore control` until SIGINT or SIGTERM.
 pub fn run_control(opts: ControlOptions) -> anyhow::Result<()> {
     let cluster_key = cluster_key()?;
-    let kv = open_store(&opts.meta)?;
+    let kv = open_store(&opts.meta, opts.etcd_tls.as_ref())?;
     let meta = Meta::start(kv);
     futures_lite::future::block_on(MetaClient::Local(meta.clone()).ask(ask::Init {}))?;
     let (data, parity) = futures_lite::future::block_on(

@@ -133,7 +133,7 @@ enum Cmd {
         #[command(flatten)]
         tls: Tls,
     },
-    /// The control plane of a cluster: metadata and membership (needs OSTORE_SECRET).
+    /// The control plane of a cluster: metadata and membership (needs OSTORE_CLUSTER_KEY).
     Control {
         /// Address nodes reach the control-plane API on.
         #[arg(long)]
@@ -159,6 +159,16 @@ enum Cmd {
         /// theirs when two thirds have passed). Default: a year.
         #[arg(long, default_value = "365d", value_parser = parse_node_cert_lifetime)]
         node_cert_lifetime: std::time::Duration,
+        /// With --meta etcd:…, reach the members over TLS: the CA (PEM) that signed their
+        /// certificates. Needs --etcd-cert and --etcd-key.
+        #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
+        etcd_ca: Option<std::path::PathBuf>,
+        /// This process's certificate (PEM) for etcd's --client-cert-auth.
+        #[arg(long, requires = "etcd_ca")]
+        etcd_cert: Option<std::path::PathBuf>,
+        /// Its key (PEM).
+        #[arg(long, requires = "etcd_ca")]
+        etcd_key: Option<std::path::PathBuf>,
         #[command(flatten)]
         serving: Serving,
     },
@@ -287,6 +297,9 @@ fn main() {
             down_grace,
             write_quorum,
             node_cert_lifetime,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
             serving,
         } => {
             ostore_controlplane::server::run_control(ostore_controlplane::server::ControlOptions {
@@ -298,6 +311,12 @@ fn main() {
                 // One executor serves the control-plane API.
                 limits: serving.limits(1, open_files),
                 node_cert_lifetime,
+                etcd_tls: match (etcd_ca, etcd_cert, etcd_key) {
+                    (Some(ca), Some(cert), Some(key)) => {
+                        Some(ostore_controlplane::EtcdTls { ca, cert, key })
+                    }
+                    _ => None,
+                },
             })
         }
         Cmd::Node {

@@ -22,6 +22,12 @@
 //!   (each counted against it; ostore needs it raised, see KEYS.md) or larger than its
 //!   `--max-request-bytes`: [`KvError::TooLarge`].
 //!
+//! **TLS:** given [`EtcdTls`] (`ostore control --etcd-ca --etcd-cert --etcd-key`), every member
+//! is reached over TLS (`https://`), the member's certificate checked against the CA and this
+//! client's certificate presented (etcd's `--client-cert-auth`); without it, plain gRPC, which
+//! only loopback or a private link should carry (the CA key and the root secret are sealed in
+//! the store either way, but object keys and bucket names are not).
+//!
 //! Every key lives under a prefix (`ostore/` unless the spec names another), so one etcd cluster
 //! can hold several ostore clusters. The gRPC client runs on a small tokio runtime of its own;
 //! [`Kv`] is synchronous, so each call blocks its calling thread (the control plane runs them on
@@ -52,6 +58,29 @@ const ANSWER_BYTES_MAX: usize = 256 << 20;
 const READ_THREADS: usize = 16;
 /// The key prefix when the spec names none.
 pub const DEFAULT_PREFIX: &str = "ostore/";
+
+/// TLS to the members: the CA (PEM) that signed their certificates, and this client's
+/// certificate and key (PEM).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl EtcdTls {
+    fn options(&self) -> Result<etcd_client::TlsOptions, KvError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| KvError::Storage(format!("reading {}: {e}", p.display())))
+        };
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.cert)?,
+                read(&self.key)?,
+            )))
+    }
+}
 
 /// An etcd cluster as a [`Kv`] store.
 pub struct EtcdKv {
@@ -116,8 +145,8 @@ fn fault(e: etcd_client::Error) -> Fault {
 impl EtcdKv {
     /// Connects to the cluster named by `spec`: `HOST:PORT[,HOST:PORT…][/PREFIX]` (the part of
     /// `--meta etcd:…` after `etcd:`). Requests go to one member while it answers, and to the
-    /// next once it fails.
-    pub fn open(spec: &str) -> Result<Self, KvError> {
+    /// next once it fails. With `tls`, over TLS.
+    pub fn open(spec: &str, tls: Option<&EtcdTls>) -> Result<Self, KvError> {
         let (hosts, prefix) = match spec.split_once('/') {
             Some((h, p)) if !p.trim_matches('/').is_empty() => {
                 (h, format!("{}/", p.trim_matches('/')))
@@ -135,19 +164,29 @@ impl EtcdKv {
                     "etcd:{spec}: {h:?} is not a member's HOST:PORT"
                 )));
             }
-            endpoints.push(format!("http://{h}"));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            endpoints.push(format!("{scheme}://{h}"));
         }
         if endpoints.is_empty() {
             return Err(KvError::Storage(format!(
                 "etcd:{spec}: name at least one member as HOST:PORT"
             )));
         }
-        Self::connect(endpoints, prefix.into_bytes())
+        Self::connect_with(endpoints, prefix.into_bytes(), tls)
     }
 
     /// Connects to `endpoints` (URLs such as `http://127.0.0.1:2379`), keeping every key under
     /// `prefix`.
     pub fn connect(endpoints: Vec<String>, prefix: Vec<u8>) -> Result<Self, KvError> {
+        Self::connect_with(endpoints, prefix, None)
+    }
+
+    /// As [`connect`](Self::connect), over TLS with `tls` (the endpoints are `https://`).
+    pub fn connect_with(
+        endpoints: Vec<String>,
+        prefix: Vec<u8>,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, KvError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ostore-etcd")
@@ -165,6 +204,10 @@ impl EtcdKv {
             .with_keep_alive_while_idle(false)
             // A member cut off from the others answers "no leader" at once instead of waiting.
             .with_require_leader(true);
+        let options = match tls {
+            Some(t) => options.with_tls(t.options()?),
+            None => options,
+        };
         let mut clients = Vec::new();
         for e in &endpoints {
             // Connections are made on first use: a member down now is no reason to fail.

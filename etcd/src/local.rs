@@ -18,6 +18,8 @@ struct Member {
     name: String,
     client: u16,
     peer: u16,
+    /// Plain HTTP `/health` and `/metrics` (`--listen-metrics-urls`), also with TLS on.
+    metrics: u16,
     child: Option<Child>,
 }
 
@@ -25,6 +27,11 @@ pub struct LocalEtcd {
     dir: PathBuf,
     members: Vec<Member>,
     token: String,
+    /// With TLS: the members' own files (the CA, their certificate and key), used for the
+    /// client port and between members, each side's certificate checked.
+    server: Option<crate::EtcdTls>,
+    /// And a client's: what `ostore control --etcd-ca --etcd-cert --etcd-key` takes.
+    client: Option<crate::EtcdTls>,
 }
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on the `PATH`.
@@ -67,18 +74,43 @@ impl LocalEtcd {
     /// Starts `n` members under `dir` (their data and logs), on ports from `port`, and waits
     /// until every one answers as healthy.
     pub fn start(dir: &Path, n: usize, port: &mut dyn FnMut() -> u16) -> Result<Self, String> {
+        Self::start_over(dir, n, port, false)
+    }
+
+    /// As [`start`](Self::start), with TLS on the client port and between members (mutual:
+    /// etcd's `--client-cert-auth` and `--peer-client-cert-auth`), from a CA made for the
+    /// cluster under `dir/tls`; [`client_tls`](Self::client_tls) is a client's certificate.
+    pub fn start_tls(dir: &Path, n: usize, port: &mut dyn FnMut() -> u16) -> Result<Self, String> {
+        Self::start_over(dir, n, port, true)
+    }
+
+    fn start_over(
+        dir: &Path,
+        n: usize,
+        port: &mut dyn FnMut() -> u16,
+        tls: bool,
+    ) -> Result<Self, String> {
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client: port(),
                 peer: port(),
+                metrics: port(),
                 child: None,
             })
             .collect();
+        let (server, client) = if tls {
+            let (s, c) = make_certificates(&dir.join("tls"))?;
+            (Some(s), Some(c))
+        } else {
+            (None, None)
+        };
         let mut etcd = LocalEtcd {
             dir: dir.to_path_buf(),
             members,
             token: format!("ostore-{:016x}", rand::random::<u64>()),
+            server,
+            client,
         };
         for i in 0..n {
             etcd.spawn(i)?;
@@ -93,17 +125,35 @@ impl LocalEtcd {
         let bin = etcd_binary().ok_or(
             "the etcd binary was not found: install Debian's etcd-server, or set ETCD_BIN",
         )?;
+        let scheme = self.scheme();
         let cluster: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}={scheme}://127.0.0.1:{}", m.name, m.peer))
             .collect();
         let m = &self.members[i];
         let data = self.dir.join(&m.name);
         let log = self.dir.join(format!("{}.log", m.name));
-        let client = format!("http://127.0.0.1:{}", m.client);
-        let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new(&bin)
+        let client = format!("{scheme}://127.0.0.1:{}", m.client);
+        let peer = format!("{scheme}://127.0.0.1:{}", m.peer);
+        let mut cmd = Command::new(&bin);
+        if let Some(t) = &self.server {
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--peer-client-cert-auth")
+                .arg("--peer-trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--peer-cert-file")
+                .arg(&t.cert)
+                .arg("--peer-key-file")
+                .arg(&t.key);
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -111,6 +161,10 @@ impl LocalEtcd {
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", m.metrics),
+            ])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
@@ -148,7 +202,7 @@ impl LocalEtcd {
                     ));
                 }
             }
-            if health(self.members[i].client) {
+            if health(self.members[i].metrics) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -182,8 +236,21 @@ impl LocalEtcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.server.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// With [`start_tls`](Self::start_tls): a client's CA, certificate and key files.
+    pub fn client_tls(&self) -> Option<&crate::EtcdTls> {
+        self.client.as_ref()
     }
 
     /// The PID of member `i`, while it runs.
@@ -208,7 +275,46 @@ impl Drop for LocalEtcd {
     }
 }
 
-/// Whether the member with client port `port` answers `/health` with `"health":"true"`.
+/// A CA under `dir`, a certificate it signed for the members (`127.0.0.1`, `localhost`; used
+/// as server and as client between members) and one for a client: the members' files and the
+/// client's.
+fn make_certificates(dir: &Path) -> Result<(crate::EtcdTls, crate::EtcdTls), String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let e = |e: rcgen::Error| format!("making etcd's test certificates: {e}");
+    let write = |p: &Path, text: String| {
+        std::fs::write(p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "local etcd CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let ca_path = dir.join("ca.pem");
+    write(&ca_path, ca_cert.pem())?;
+    let issue = |name: &str| -> Result<crate::EtcdTls, String> {
+        let key = KeyPair::generate().map_err(e)?;
+        let mut p =
+            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).map_err(e)?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(e)?;
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        write(&c, cert.pem())?;
+        write(&k, key.serialize_pem())?;
+        Ok(crate::EtcdTls {
+            ca: ca_path.clone(),
+            cert: c,
+            key: k,
+        })
+    };
+    Ok((issue("member")?, issue("client")?))
+}
+
+/// Whether the member with metrics port `port` answers `/health` with `"health":"true"`.
 fn health(port: u16) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),

@@ -156,9 +156,31 @@ impl Cluster {
     }
 
     /// A highly available control plane: an etcd cluster of `etcd_members` on loopback
-    /// (Debian's `etcd-server`), `controls` control processes over it, and `nodes` nodes that
-    /// are given every control process.
+    /// (Debian's `etcd-server`, TLS on between members and to the control processes, each
+    /// side's certificate checked), `controls` control processes over it, and `nodes` nodes
+    /// that are given every control process.
     pub fn start_ha(controls: usize, etcd_members: usize, nodes: usize, drives: usize) -> Cluster {
+        Self::start_ha_over(controls, etcd_members, nodes, drives, false)
+    }
+
+    /// As [`start_ha`](Self::start_ha), with the nodes serving the client APIs over HTTPS as
+    /// [`start_https`](Self::start_https) does: TLS on every link, etcd's included.
+    pub fn start_ha_https(
+        controls: usize,
+        etcd_members: usize,
+        nodes: usize,
+        drives: usize,
+    ) -> Cluster {
+        Self::start_ha_over(controls, etcd_members, nodes, drives, true)
+    }
+
+    fn start_ha_over(
+        controls: usize,
+        etcd_members: usize,
+        nodes: usize,
+        drives: usize,
+        https: bool,
+    ) -> Cluster {
         if ostore_etcd::local::etcd_binary().is_none() {
             crate::missing_prerequisite(
                 "Cluster::start_ha",
@@ -171,10 +193,11 @@ impl Cluster {
             .expect("tempdir");
         let etcd_dir = dir.path().join("etcd");
         std::fs::create_dir_all(&etcd_dir).expect("etcd dir");
-        let etcd = ostore_etcd::local::LocalEtcd::start(&etcd_dir, etcd_members, &mut free_port)
-            .unwrap_or_else(|e| panic!("starting etcd: {e}"));
+        let etcd =
+            ostore_etcd::local::LocalEtcd::start_tls(&etcd_dir, etcd_members, &mut free_port)
+                .unwrap_or_else(|e| panic!("starting etcd: {e}"));
         let meta = format!("etcd:{}", etcd.spec());
-        Self::start_over(dir, Some(etcd), meta, controls, nodes, drives, &[], false)
+        Self::start_over(dir, Some(etcd), meta, controls, nodes, drives, &[], https)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -245,8 +268,17 @@ impl Cluster {
     }
 
     fn launch_control(&self, p: &mut ControlProc) {
-        let mut child = Command::new(binary("ostore"))
-            .args(["control", "--listen", &p.addr, "--meta", &self.meta])
+        let mut cmd = Command::new(binary("ostore"));
+        cmd.args(["control", "--listen", &p.addr, "--meta", &self.meta]);
+        if let Some(t) = self.etcd.as_ref().and_then(|e| e.client_tls()) {
+            cmd.arg("--etcd-ca")
+                .arg(&t.ca)
+                .arg("--etcd-cert")
+                .arg(&t.cert)
+                .arg("--etcd-key")
+                .arg(&t.key);
+        }
+        let mut child = cmd
             .args(&self.control_args)
             .env_remove("OSTORE_SECRET")
             .env("OSTORE_CLUSTER_KEY", &self.cluster_key)
