@@ -37,10 +37,11 @@ pub struct SecretRec {
     /// 1 for the first; one more at each rotation. Nodes see it in the cluster view and fetch
     /// the secrets again when it changes.
     pub version: u64,
-    /// The current root secret, sealed.
+    /// The current root secret, sealed (bound to its version).
     pub current: Vec<u8>,
-    /// The one it replaced, sealed, and until when (ms) it is still accepted.
-    pub previous: Option<(Vec<u8>, u64)>,
+    /// Secrets it replaced whose grace still ran at the last rotation, oldest first (at most
+    /// [`PREVIOUS_SECRETS_MAX`]): each still accepted until its own end.
+    pub previous: Vec<PreviousSecret>,
     /// What S3 access-key secrets are derived from, sealed. Never rotated: rotating the root
     /// secret leaves every access key as it was (revoke those one by one).
     pub key_base: Vec<u8>,
@@ -49,6 +50,21 @@ pub struct SecretRec {
     /// after its answer was lost is answered with what it made instead of rotating again.
     pub rotation: [u8; 16],
 }
+
+/// A replaced root secret, within its grace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// The version it was current as (its seal is bound to it).
+    pub version: u64,
+    pub sealed: Vec<u8>,
+    /// Accepted until then (ms).
+    pub until_ms: u64,
+}
+
+/// Replaced secrets kept at most: a rotation run again within a grace keeps the secret the
+/// first one replaced valid (to the sooner of the two graces' ends), and so on, up to this
+/// many.
+pub const PREVIOUS_SECRETS_MAX: usize = 4;
 
 /// The root secret record, if the cluster has one yet.
 pub fn secret(kv: &dyn Kv) -> Result<Option<SecretRec>> {
@@ -73,12 +89,13 @@ pub fn seed_secret(kv: &dyn Kv, seed: &dyn Fn() -> Result<SecretRec>) -> Result<
     })
 }
 
-/// Replaces the root secret with `sealed` (rotation `id`); the current one stays valid until
-/// `grace_until_ms`. Refused before the cluster has one. The same `id` again changes nothing.
+/// Replaces the root secret with what `seal` makes of the next version (rotation `id`); the
+/// current one stays valid until `grace_until_ms`, and earlier ones whose grace still runs to
+/// the sooner of theirs and that. Refused before the cluster has one. The same `id` again changes nothing.
 pub fn rotate_secret(
     kv: &dyn Kv,
     id: [u8; 16],
-    sealed: &[u8],
+    seal: &dyn Fn(u64) -> Vec<u8>,
     grace_until_ms: u64,
     now_ms: u64,
 ) -> Result<SecretRec> {
@@ -91,11 +108,32 @@ pub fn rotate_secret(
         if old.rotation == id {
             return Ok(old);
         }
+        // The grace given now bounds every secret that is not current: a rotation without one
+        // (a leak) ends them all at once.
+        let mut previous: Vec<PreviousSecret> = old
+            .previous
+            .iter()
+            .map(|p| PreviousSecret {
+                until_ms: p.until_ms.min(grace_until_ms),
+                ..p.clone()
+            })
+            .filter(|p| p.until_ms > now_ms)
+            .collect();
+        if grace_until_ms > now_ms {
+            previous.push(PreviousSecret {
+                version: old.version,
+                sealed: old.current.clone(),
+                until_ms: grace_until_ms,
+            });
+        }
+        let excess = previous.len().saturating_sub(PREVIOUS_SECRETS_MAX);
+        previous.drain(..excess);
+        let version = old.version.saturating_add(1);
         let rec = SecretRec {
             rotation: id,
-            version: old.version.saturating_add(1),
-            current: sealed.to_vec(),
-            previous: (grace_until_ms > now_ms).then(|| (old.current.clone(), grace_until_ms)),
+            version,
+            current: seal(version),
+            previous,
             key_base: old.key_base.clone(),
             rotated_ms: now_ms,
         };
@@ -170,6 +208,18 @@ pub fn node_of_cert(kv: &dyn Kv, fingerprint: &[u8; 32]) -> Result<Option<u32>> 
             .into_iter()
             .find(|(k, _)| k.get(5..37) == Some(&fingerprint[..]))
             .and_then(|(k, _)| Some(u32::from_be_bytes(k.get(1..5)?.try_into().ok()?))))
+    })
+}
+
+/// The certificates recorded for `node`.
+pub fn certs_of(kv: &dyn Kv, node: u32) -> Result<Vec<[u8; 32]>> {
+    run(kv, false, |tx| {
+        let (b, e) = keys::node_certs(node);
+        Ok(tx
+            .get_range(&b, &e, usize::MAX, false)?
+            .into_iter()
+            .filter_map(|(k, _)| k.get(5..37).and_then(|f| f.try_into().ok()))
+            .collect())
     })
 }
 
@@ -292,13 +342,13 @@ mod tests {
         let (_d, kv) = kv();
         assert_eq!(secret(&kv).unwrap(), None);
         assert!(matches!(
-            rotate_secret(&kv, [1; 16], b"x", 0, 1),
+            rotate_secret(&kv, [1; 16], &|_| b"x".to_vec(), 0, 1),
             Err(MetaError::Refused(_))
         ));
         let seed = |s: &[u8]| SecretRec {
             version: 1,
             current: s.to_vec(),
-            previous: None,
+            previous: Vec::new(),
             key_base: b"base".to_vec(),
             rotated_ms: 5,
             rotation: [0; 16],
@@ -312,26 +362,54 @@ mod tests {
             seed_secret(&kv, &|| Ok(seed(b"two"))).unwrap(),
             seed(b"one")
         );
-        let r = rotate_secret(&kv, [1; 16], b"two", 1500, 1000).unwrap();
+        let sealed = |s: &'static [u8]| move |v: u64| [s, &v.to_le_bytes()].concat();
+        let r = rotate_secret(&kv, [1; 16], &sealed(b"two"), 1500, 1000).unwrap();
         assert_eq!(r.version, 2);
         // The same rotation retried (its answer lost) rotates nothing more.
         assert_eq!(
-            rotate_secret(&kv, [1; 16], b"again", 1600, 1100).unwrap(),
+            rotate_secret(&kv, [1; 16], &sealed(b"again"), 1600, 1100).unwrap(),
             r
         );
-        assert_eq!(r.current, b"two");
-        assert_eq!(r.previous, Some((b"one".to_vec(), 1500)));
+        assert_eq!(r.current, sealed(b"two")(2), "sealed for its version");
+        let one = PreviousSecret {
+            version: 1,
+            sealed: b"one".to_vec(),
+            until_ms: 1500,
+        };
+        assert_eq!(r.previous, vec![one.clone()]);
         assert_eq!(
             r.key_base, b"base",
             "the access keys' base is never rotated"
         );
-        // Without a grace, the replaced secret is not kept.
-        let r = rotate_secret(&kv, [2; 16], b"three", 2000, 2000).unwrap();
-        assert_eq!((r.version, &r.previous), (3, &None));
-        assert_eq!(secret(&kv).unwrap(), Some(r));
+        // Another rotation within the first grace keeps the first secret, to the sooner end.
+        let r = rotate_secret(&kv, [2; 16], &sealed(b"three"), 3000, 1200).unwrap();
+        assert_eq!(r.previous.len(), 2);
+        assert_eq!(r.previous[0], one);
+        assert_eq!((r.previous[1].version, r.previous[1].until_ms), (2, 3000));
+        let r = rotate_secret(&kv, [3; 16], &sealed(b"four"), 2500, 1300).unwrap();
+        assert_eq!(
+            r.previous
+                .iter()
+                .map(|p| (p.version, p.until_ms))
+                .collect::<Vec<_>>(),
+            [(1, 1500), (2, 2500), (3, 2500)],
+            "each grace ends by the newest one's end"
+        );
+        // Without a grace, every replaced secret ends at once.
+        let r = rotate_secret(&kv, [4; 16], &sealed(b"five"), 1400, 1400).unwrap();
+        assert_eq!(r.version, 5);
+        assert!(r.previous.is_empty(), "{:?}", r.previous);
+        // At most PREVIOUS_SECRETS_MAX are kept, the oldest dropped first.
+        let mut r = r;
+        for i in 0..6u8 {
+            r = rotate_secret(&kv, [10 + i; 16], &sealed(b"more"), 9000, 2001).unwrap();
+        }
+        assert_eq!(r.previous.len(), PREVIOUS_SECRETS_MAX);
+        assert_eq!(r.previous.last().unwrap().version, r.version - 1);
+        assert_eq!(secret(&kv).unwrap().as_ref(), Some(&r));
         assert_eq!(
             run(&kv, false, secret_version_in).unwrap(),
-            3,
+            r.version,
             "the view carries the version"
         );
     }

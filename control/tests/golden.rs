@@ -372,6 +372,7 @@ fn formats() -> BTreeMap<String, Vec<u8>> {
     rec::<ostore_control::trust::CaRec>(&mut out, "CaRec");
     rec::<ostore_control::trust::RevokedRec>(&mut out, "RevokedRec");
     rec::<ostore_control::trust::SecretRec>(&mut out, "SecretRec");
+    rec::<ostore_control::trust::PreviousSecret>(&mut out, "PreviousSecret");
     rec::<NewContent>(&mut out, "NewContent");
     rec::<WriteCondition>(&mut out, "WriteCondition");
     // Content records carry their own format byte.

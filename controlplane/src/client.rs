@@ -415,8 +415,9 @@ pub struct RootSecrets {
     /// One more at each rotation.
     pub version: u64,
     pub current: String,
-    /// The one `current` replaced, and how much longer it is valid (from when it was read).
-    pub previous: Option<(String, Duration)>,
+    /// The secrets `current` replaced that are still within their grace, and how much longer
+    /// each is valid (from when they were read).
+    pub previous: Vec<(String, Duration)>,
     /// What S3 access-key secrets are derived from (never rotated).
     pub key_base: String,
 }
@@ -426,7 +427,10 @@ impl std::fmt::Debug for RootSecrets {
         // Never the secrets themselves: this may reach a log.
         f.debug_struct("RootSecrets")
             .field("version", &self.version)
-            .field("previous", &self.previous.as_ref().map(|p| p.1))
+            .field(
+                "previous",
+                &self.previous.iter().map(|p| p.1).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -434,11 +438,15 @@ impl std::fmt::Debug for RootSecrets {
 impl RootSecrets {
     fn parse(bytes: &[u8]) -> Result<RootSecrets, MetaError> {
         #[derive(serde::Deserialize)]
+        struct Previous {
+            secret: String,
+            remaining_ms: u64,
+        }
+        #[derive(serde::Deserialize)]
         struct Answer {
             version: u64,
             current: String,
-            previous: Option<String>,
-            previous_ms: u64,
+            previous: Vec<Previous>,
             key_base: String,
         }
         let a: Answer = serde_json::from_slice(bytes)
@@ -448,7 +456,9 @@ impl RootSecrets {
             current: a.current,
             previous: a
                 .previous
-                .map(|p| (p, Duration::from_millis(a.previous_ms))),
+                .into_iter()
+                .map(|p| (p.secret, Duration::from_millis(p.remaining_ms)))
+                .collect(),
             key_base: a.key_base,
         })
     }

@@ -622,9 +622,12 @@ async fn bound_to_caller(c: &Control, cert: &[u8], request: &Rq) -> Option<Respo
                     "this certificate is node {n}'s: it cannot send node {node}'s heartbeats"
                 ))
             }
-            Ok(None) => refuse(format!(
-                "this certificate was not registered as node {node} (register first)"
-            )),
+            // Not bound (its record lost): "not known", so the node registers again, which
+            // binds it (or refuses it, by the rules below).
+            Ok(None) => Some(rpc_response(&Ok(rpc::encode_value(&cluster::Beat {
+                known: false,
+                epoch: 0,
+            })))),
             Err(e) => Some(rpc_response(&Err(e))),
         },
         Rq::Register { reg } => {
@@ -632,16 +635,20 @@ async fn bound_to_caller(c: &Control, cert: &[u8], request: &Rq) -> Option<Respo
             let at = c
                 .meta
                 .read(move |kv| {
-                    Ok(cluster::view(kv)?
+                    let Some(n) = cluster::view(kv)?
                         .nodes
                         .into_iter()
                         .find(|n| n.peer == peer)
-                        .map(|n| n.id))
+                    else {
+                        return Ok(None);
+                    };
+                    let certs = trust::certs_of(kv, n.id)?.len();
+                    Ok(Some((n.id, n.up, certs)))
                 })
                 .await;
             match (bound_node(c, fp).await, at) {
                 (Err(e), _) | (_, Err(e)) => Some(rpc_response(&Err(e))),
-                (Ok(Some(b)), Ok(at)) if at != Some(b) => {
+                (Ok(Some(b)), Ok(at)) if at.map(|a| a.0) != Some(b) => {
                     tracing::warn!(
                         "node {b}'s certificate tried to register at {}: refused",
                         reg.peer
@@ -653,6 +660,19 @@ async fn bound_to_caller(c: &Control, cert: &[u8], request: &Rq) -> Option<Respo
                         reg.peer
                     ))
                 }
+                // A certificate bound to no node takes an existing node's address only from a
+                // node that is down (a machine replaced after losing its disks) or that has no
+                // certificate recorded: never from a live node that has its own.
+                (Ok(None), Ok(Some((n, true, certs)))) if certs > 0 => {
+                    tracing::warn!(
+                        "a new certificate tried to register as node {n}, which is up: refused"
+                    );
+                    refuse(format!(
+                        "node {n} is registered at peer address {} and up: a newly joined node \
+                         cannot take its place (stop it first, or revoke it)",
+                        reg.peer
+                    ))
+                }
                 _ => None,
             }
         }
@@ -660,8 +680,11 @@ async fn bound_to_caller(c: &Control, cert: &[u8], request: &Rq) -> Option<Respo
     }
 }
 
-/// What the root secret is sealed with besides the cluster key.
-const SECRET_SEAL_CONTEXT: &[u8] = b"ostore root secret";
+/// What the root secret of `version` is sealed with besides the cluster key: its role and its
+/// version, so no sealed value can stand in for another.
+fn secret_seal_context(version: u64) -> Vec<u8> {
+    format!("ostore root secret v{version}").into_bytes()
+}
 /// What the access-key base is sealed with besides the cluster key.
 const KEY_BASE_SEAL_CONTEXT: &[u8] = b"ostore access key base";
 /// The longest a replaced root secret may stay valid.
@@ -670,8 +693,9 @@ const SECRET_GRACE_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
 /// The client root secret, for nodes (they check clients with it): `POST /v1/secret`, JSON
 /// `{"seed"?}` (the first node brings the secret it was started with; a cluster that has one
 /// keeps it), or `POST /v1/secret/rotate`, JSON `{"id", "grace_ms"}` (a new random secret; the
-/// current one stays valid for `grace_ms`). Answer: `{"version", "current", "previous",
-/// "previous_ms"` (how much longer the previous one is valid), `"key_base"}`.
+/// current one stays valid for `grace_ms`). Answer: `{"version", "current", "previous": [{"secret",
+/// "remaining_ms"}], "key_base"}` (the replaced secrets still within their grace, and for how
+/// much longer).
 async fn root_secret(c: &Control, rotate: bool, body: &[u8]) -> Response<Full<Bytes>> {
     #[derive(serde::Deserialize)]
     struct Ask {
@@ -702,11 +726,11 @@ async fn root_secret(c: &Control, rotate: bool, body: &[u8]) -> Response<Full<By
             );
         }
         let fresh = hex::encode(rand::random::<[u8; 32]>());
-        let sealed = ptls::seal(&key, SECRET_SEAL_CONTEXT, fresh.as_bytes());
         let r = c
             .meta
             .write(move |kv| {
-                trust::rotate_secret(kv, id, &sealed, now.saturating_add(grace_ms), now)
+                let seal = |v: u64| ptls::seal(&key, &secret_seal_context(v), fresh.as_bytes());
+                trust::rotate_secret(kv, id, &seal, now.saturating_add(grace_ms), now)
             })
             .await;
         if let Ok(r) = &r {
@@ -735,8 +759,8 @@ async fn root_secret(c: &Control, rotate: bool, body: &[u8]) -> Response<Full<By
                             };
                             Ok(trust::SecretRec {
                                 version: 1,
-                                current: ptls::seal(&key, SECRET_SEAL_CONTEXT, seed.as_bytes()),
-                                previous: None,
+                                current: ptls::seal(&key, &secret_seal_context(1), seed.as_bytes()),
+                                previous: Vec::new(),
                                 key_base: ptls::seal(&key, KEY_BASE_SEAL_CONTEXT, base.as_bytes()),
                                 rotated_ms: now,
                                 rotation: [0; 16],
@@ -756,22 +780,24 @@ async fn root_secret(c: &Control, rotate: bool, body: &[u8]) -> Response<Full<By
         ptls::unseal(&c.cluster_key, ctx, sealed)
             .and_then(|p| String::from_utf8(p).map_err(anyhow::Error::from))
     };
-    let previous = rec
+    let previous: anyhow::Result<Vec<serde_json::Value>> = rec
         .previous
-        .as_ref()
-        .filter(|(_, until)| *until > now)
-        .map(|(s, until)| open(SECRET_SEAL_CONTEXT, s).map(|s| (s, until - now)))
-        .transpose();
+        .iter()
+        .filter(|p| p.until_ms > now)
+        .map(|p| {
+            open(&secret_seal_context(p.version), &p.sealed)
+                .map(|s| serde_json::json!({ "secret": s, "remaining_ms": p.until_ms - now }))
+        })
+        .collect();
     match (
-        open(SECRET_SEAL_CONTEXT, &rec.current),
+        open(&secret_seal_context(rec.version), &rec.current),
         previous,
         open(KEY_BASE_SEAL_CONTEXT, &rec.key_base),
     ) {
         (Ok(current), Ok(previous), Ok(key_base)) => json(&serde_json::json!({
             "version": rec.version,
             "current": current,
-            "previous": previous.as_ref().map(|p| &p.0),
-            "previous_ms": previous.as_ref().map_or(0, |p| p.1),
+            "previous": previous,
             "key_base": key_base,
         })),
         _ => text(

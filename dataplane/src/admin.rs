@@ -837,10 +837,22 @@ pub(crate) async fn secret_rotate(
             })?,
     };
     let grace = std::time::Duration::from_secs(grace_s);
+    // The rotation's id (osctl sends one): the same id again rotates nothing more.
+    let id = match query(req).get("id") {
+        None => rand::random(),
+        Some(h) => hex::decode(h)
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .ok_or_else(|| bad("id is 16 bytes in hex".into()))?,
+    };
     let creds = &front.creds;
     let now = std::time::Instant::now();
+    // `ostore dev`: one rotation at a time, so the file and what the front ends hold agree.
+    static DEV_ROTATION: std::sync::Mutex<Option<([u8; 16], u64, String)>> =
+        std::sync::Mutex::new(None);
+    let mut dev_guard = None;
     let fresh = if let ostore_controlplane::client::MetaClient::Remote(remote) = &front.node.meta {
-        let s = remote.rotate_secret(rand::random(), grace).await?;
+        let s = remote.rotate_secret(id, grace).await?;
         crate::web::cluster_secrets(s)
     } else {
         let Some(file) = &creds.file else {
@@ -852,7 +864,13 @@ pub(crate) async fn secret_rotate(
                  rotation rewrites",
             ));
         };
+        let mut last = DEV_ROTATION.lock().unwrap_or_else(|p| p.into_inner());
         let old = creds.secrets();
+        if let Some((done, version, secret)) = last.as_ref() {
+            if *done == id {
+                return Ok(rotated(*version, secret, grace_s, creds));
+            }
+        }
         let secret = hex::encode(rand::random::<[u8; 32]>());
         let write = |path: &std::path::Path, s: &str| {
             crate::web::write_secret_file(path, s).map_err(|e| {
@@ -871,21 +889,44 @@ pub(crate) async fn secret_rotate(
             write(&base, &old.key_base)?;
         }
         write(file, &secret)?;
+        // As in a cluster (`trust::rotate_secret`): the grace given now bounds every earlier
+        // secret's.
+        let mut previous: Vec<_> = old
+            .previous
+            .iter()
+            .map(|(p, until)| (p.clone(), (*until).min(now + grace)))
+            .filter(|(_, until)| now < *until)
+            .collect();
+        if !grace.is_zero() {
+            previous.push((old.current.clone(), now + grace));
+        }
+        let excess = previous
+            .len()
+            .saturating_sub(ostore_control::trust::PREVIOUS_SECRETS_MAX);
+        previous.drain(..excess);
+        *last = Some((id, old.version + 1, secret.clone()));
+        dev_guard = Some(last);
         crate::web::Secrets {
             version: old.version + 1,
             current: secret,
-            previous: (!grace.is_zero()).then(|| (old.current.clone(), now + grace)),
+            previous,
             key_base: old.key_base.clone(),
         }
     };
     let (version, secret) = (fresh.version, fresh.current.clone());
     creds.set(fresh);
+    drop(dev_guard);
     tracing::warn!(
         "the root secret was rotated (version {version}; the old one valid {grace_s} s more)"
     );
-    Ok(json_response(
+    Ok(rotated(version, &secret, grace_s, creds))
+}
+
+/// The answer to a rotation: the new secret (shown this once).
+fn rotated(version: u64, secret: &str, grace_s: u64, creds: &crate::web::Credentials) -> Resp {
+    json_response(
         StatusCode::OK,
         json!({"version": version, "secret": secret, "previous_valid_s": grace_s,
             "file": creds.file.as_ref().map(|f| f.display().to_string())}),
-    ))
+    )
 }

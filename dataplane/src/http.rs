@@ -114,7 +114,10 @@ async fn route(front: &Front, req: Request<ReqBody>) -> Routed {
         (&Method::POST, "/admin/secret/rotate") => "secret_rotate",
         _ => "other",
     };
-    front.creds.check(&req).map_err(|e| (op, e))?;
+    front
+        .creds
+        .check(&req, path.starts_with("/admin/"))
+        .map_err(|e| (op, e))?;
     let r = match op {
         "tus" => Ok(crate::tus::route(front, req, &path).await),
         "metrics" => Ok(admin::metrics(node).await),

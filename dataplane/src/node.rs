@@ -45,13 +45,21 @@ pub struct DevOptions {
 /// `DIR/access-keys.secret` once a rotation wrote it there, else the root secret. Also where
 /// the root secret is kept, if in a file.
 fn load_secrets(data: &Path) -> anyhow::Result<(crate::web::Secrets, Option<PathBuf>)> {
+    // Only a file that is not there is made (or, for the key base, means "the root secret"):
+    // one that cannot be read is an error, never replaced.
+    let read = |path: &Path| match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+        Ok(_) => anyhow::bail!("{} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    };
     let (current, file) = match std::env::var("OSTORE_SECRET") {
         Ok(s) if !s.is_empty() => (s, None),
         _ => {
             let path = data.join("root.secret");
-            match std::fs::read_to_string(&path) {
-                Ok(s) if !s.trim().is_empty() => (s.trim().to_string(), Some(path)),
-                _ => {
+            match read(&path)? {
+                Some(s) => (s, Some(path)),
+                None => {
                     let secret = hex::encode(rand::random::<[u8; 32]>());
                     crate::web::write_secret_file(&path, &secret)
                         .with_context(|| format!("writing {}", path.display()))?;
@@ -60,15 +68,12 @@ fn load_secrets(data: &Path) -> anyhow::Result<(crate::web::Secrets, Option<Path
             }
         }
     };
-    let key_base = match std::fs::read_to_string(data.join(KEY_BASE_FILE)) {
-        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => current.clone(),
-    };
+    let key_base = read(&data.join(KEY_BASE_FILE))?.unwrap_or_else(|| current.clone());
     Ok((
         crate::web::Secrets {
             version: 0,
             current,
-            previous: None,
+            previous: Vec::new(),
             key_base,
         },
         file,
@@ -1148,8 +1153,7 @@ pub fn run_node(mut opts: NodeOptions) -> anyhow::Result<()> {
                 .root_secret(Some(&secret))
                 .await
                 .context("reading the cluster's root secret")?;
-            if secrets.current != secret && secrets.previous.as_ref().is_none_or(|p| p.0 != secret)
-            {
+            if secrets.current != secret && !secrets.previous.iter().any(|p| p.0 == secret) {
                 tracing::warn!(
                     "OSTORE_SECRET is not the cluster's root secret (version {}; it was \
                      rotated, or another node brought it first): clients are checked against \

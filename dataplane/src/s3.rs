@@ -109,15 +109,16 @@ async fn authenticate(
         (Ok(v), _) => return Ok((v, None)),
         (Err(e), Some(id)) if e.code == Code::InvalidAccessKeyId => id,
         (Err(e), None) if e.code == Code::SignatureDoesNotMatch => {
-            // The root key signed with the secret a rotation replaced, within its grace.
-            let Some(previous) = front.creds.previous_s3_secret() else {
-                return Err(e);
-            };
-            return ostore_s3::auth::verify(head, host_bucket, now_s, &|ak| {
-                (ak == "root").then(|| previous.clone())
-            })
-            .map(|v| (v, None))
-            .map_err(|_| e);
+            // The root key signed with a secret a rotation replaced, within its grace.
+            for previous in front.creds.previous_s3_secrets() {
+                let v = ostore_s3::auth::verify(head, host_bucket, now_s, &|ak| {
+                    (ak == "root").then(|| previous.clone())
+                });
+                if let Ok(v) = v {
+                    return Ok((v, None));
+                }
+            }
+            return Err(e);
         }
         (Err(e), _) => return Err(e),
     };

@@ -335,8 +335,9 @@ pub struct Secrets {
     /// The cluster's version of them (0 in `ostore dev`): one more at each rotation.
     pub version: u64,
     pub current: String,
-    /// The secret `current` replaced, accepted until the instant.
-    pub previous: Option<(String, std::time::Instant)>,
+    /// Secrets `current` replaced, each accepted until its instant (for the client APIs, not
+    /// for the admin routes).
+    pub previous: Vec<(String, std::time::Instant)>,
     /// What S3 access-key secrets are derived from: the first root secret in `ostore dev`
     /// (kept in `DIR/access-keys.secret` once it was rotated); the cluster's own base in a
     /// cluster. Never rotated.
@@ -344,11 +345,12 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    /// The replaced secret while it is still valid.
-    fn previous_valid(&self) -> Option<&str> {
+    /// The replaced secrets still within their grace.
+    fn previous_valid(&self) -> impl Iterator<Item = &str> {
+        let now = std::time::Instant::now();
         self.previous
-            .as_ref()
-            .filter(|(_, until)| std::time::Instant::now() < *until)
+            .iter()
+            .filter(move |(_, until)| now < *until)
             .map(|(p, _)| p.as_str())
     }
 }
@@ -374,8 +376,13 @@ impl Credentials {
         self.secrets.read().expect("secrets lock").clone()
     }
 
+    /// Takes `s` unless what is held is newer (a fetch that finished after a later rotation
+    /// was taken).
     pub fn set(&self, s: Secrets) {
-        *self.secrets.write().expect("secrets lock") = std::sync::Arc::new(s);
+        let mut held = self.secrets.write().expect("secrets lock");
+        if s.version >= held.version {
+            *held = std::sync::Arc::new(s);
+        }
     }
 
     /// The secret of an S3 access key: the root key (`root`) signs with the root secret.
@@ -383,9 +390,12 @@ impl Credentials {
         (access_key == "root").then(|| self.secrets().current.clone())
     }
 
-    /// The root secret a rotation replaced, while it is still accepted.
-    pub(crate) fn previous_s3_secret(&self) -> Option<String> {
-        self.secrets().previous_valid().map(str::to_string)
+    /// The root secrets rotations replaced, while they are still accepted.
+    pub(crate) fn previous_s3_secrets(&self) -> Vec<String> {
+        self.secrets()
+            .previous_valid()
+            .map(str::to_string)
+            .collect()
     }
 
     /// The secret of another S3 access key: derived from the key base and its salt.
@@ -394,8 +404,10 @@ impl Credentials {
     }
 
     /// Whether `req` carries valid credentials: 401 without any, 403 with wrong ones (the
-    /// comparison takes the same time wherever they differ).
-    pub(crate) fn check(&self, req: &Request<ReqBody>) -> Result<(), ApiError> {
+    /// comparison takes the same time wherever they differ). A secret a rotation replaced is
+    /// accepted within its grace, except by the `admin` routes: whoever still holds only the
+    /// old secret (a leaked one, most likely) can neither rotate again nor make access keys.
+    pub(crate) fn check(&self, req: &Request<ReqBody>, admin: bool) -> Result<(), ApiError> {
         let Some(v) = req.headers().get(http::header::AUTHORIZATION) else {
             return Err(err(
                 StatusCode::UNAUTHORIZED,
@@ -406,11 +418,13 @@ impl Credentials {
         let given = ostore_server::conn::bearer_token(v.as_bytes()).unwrap_or(b"");
         use subtle::ConstantTimeEq;
         let s = self.secrets();
-        let current = given.ct_eq(s.current.as_bytes());
-        let previous = s
-            .previous_valid()
-            .map_or(subtle::Choice::from(0), |p| given.ct_eq(p.as_bytes()));
-        if given.is_empty() || !bool::from(current | previous) {
+        let mut ok = given.ct_eq(s.current.as_bytes());
+        if !admin {
+            for p in s.previous_valid() {
+                ok |= given.ct_eq(p.as_bytes());
+            }
+        }
+        if given.is_empty() || !bool::from(ok) {
             return Err(err(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
@@ -427,7 +441,11 @@ pub(crate) fn cluster_secrets(s: ostore_controlplane::client::RootSecrets) -> Se
     Secrets {
         version: s.version,
         current: s.current,
-        previous: s.previous.map(|(p, left)| (p, now + left)),
+        previous: s
+            .previous
+            .into_iter()
+            .map(|(p, left)| (p, now + left))
+            .collect(),
         key_base: s.key_base,
     }
 }
@@ -464,12 +482,12 @@ pub(crate) fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    // A name of its own: two writers never share a temporary file.
+    tmp.push(format!(".{:016x}.tmp", rand::random::<u64>()));
     let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     writeln!(f, "{secret}")?;

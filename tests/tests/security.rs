@@ -169,6 +169,17 @@ fn control_call(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<u16, String> {
+    control_exchange(addr, cert, path, headers, body).map(|(status, _)| status)
+}
+
+/// As [`control_call`], with the answer's body.
+fn control_exchange(
+    addr: SocketAddr,
+    cert: Creds,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -198,10 +209,16 @@ fn control_call(
                 .await
                 .map_err(|e| format!("reading the answer: {e}"))?;
             let text = String::from_utf8_lossy(&out);
-            text.split_whitespace()
+            let status = text
+                .split_whitespace()
                 .nth(1)
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("no HTTP answer: {text:?}"))
+                .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+            let body = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(Vec::new(), |at| out[at + 4..].to_vec());
+            Ok((status, body))
         };
         tokio::time::timeout(Duration::from_secs(10), run)
             .await
@@ -1197,102 +1214,128 @@ fn s3_status(c: &Cluster, i: usize, id: &str, secret: &str) -> Result<u16, Strin
     sigv4_at(c.tls_ca.as_deref(), &base, id, secret)
 }
 
+/// A POST to an admin route of node `i` with the bearer `secret`: its status.
+fn admin_post(c: &Cluster, i: usize, path: &str, secret: &str) -> Result<u16, String> {
+    let mut args = trusting(c.tls_ca.as_deref());
+    args.extend([
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        format!("authorization: Bearer {secret}"),
+    ]);
+    curl_status(args, &c.url(i, path))
+}
+
+/// Rotates the root secret (with `current`, through node 0, with `grace`) and waits until
+/// every node serves the new one, which it returns.
+fn rotate_everywhere(c: &mut Cluster, current: &str, grace: &str) -> String {
+    c.secret = current.to_string();
+    let r = c.osctl_json(0, &["secret", "rotate", "--grace", grace]);
+    let new = r["secret"].as_str().unwrap().to_string();
+    for i in 0..c.nodes.len() {
+        let ok = eventually(Duration::from_secs(5), || {
+            bearer_status(c, i, &new) == Ok(200)
+        });
+        assert!(ok, "node {i} did not take the rotated secret within 5 s");
+    }
+    new
+}
+
 #[test]
 fn the_root_secret_rotates_on_every_node_without_a_restart() {
     let mut c = Cluster::start_https(3, 1);
-    let old = c.secret.clone();
+    let first = c.secret.clone();
     let key = c.osctl_json(0, &["keys", "create", "app"]);
     let (ak, sk) = (
         key["access_key"].as_str().unwrap().to_string(),
         key["secret"].as_str().unwrap().to_string(),
     );
     for i in 0..3 {
-        assert_eq!(bearer_status(&c, i, &old), Ok(200));
+        assert_eq!(bearer_status(&c, i, &first), Ok(200));
         assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200));
     }
-    // Rotated through node 1, with a grace for clients still holding the old secret.
-    let grace = Duration::from_secs(8);
-    let r = c.osctl_json(1, &["secret", "rotate", "--grace", "8s"]);
+    // Rotated through node 1, with a grace for clients still holding the first secret (long
+    // enough that the checks below run well within it).
+    let r = c.osctl_json(1, &["secret", "rotate", "--grace", "60s"]);
     let rotated_at = std::time::Instant::now();
-    let new = r["secret"].as_str().unwrap().to_string();
-    assert_ne!(new, old);
+    let second = r["secret"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
     assert_eq!(r["version"], 2, "{r}");
     // Every node takes the new secret within seconds (the window is printed).
     let mut windows = Vec::new();
     for i in 0..3 {
         let ok = eventually(Duration::from_secs(5), || {
-            bearer_status(&c, i, &new) == Ok(200)
+            bearer_status(&c, i, &second) == Ok(200)
         });
         assert!(ok, "node {i} did not take the rotated secret within 5 s");
         windows.push(rotated_at.elapsed().as_secs_f64());
     }
     eprintln!("rotation: every node served the new secret within {windows:.2?} s of `osctl secret rotate` returning");
     // Within the grace, both work everywhere, natively and as S3's root key; access keys
-    // keep their secrets.
+    // keep their secrets. The old secret opens no admin route: it can neither rotate again
+    // nor make an access key (a leaked secret being rotated out gains nothing).
     for i in 0..3 {
-        assert!(rotated_at.elapsed() < grace, "the test ran past the grace");
-        assert_eq!(bearer_status(&c, i, &old), Ok(200), "old secret, node {i}");
         assert_eq!(
-            s3_status(&c, i, "root", &old),
+            bearer_status(&c, i, &first),
+            Ok(200),
+            "old secret, node {i}"
+        );
+        assert_eq!(
+            s3_status(&c, i, "root", &first),
             Ok(200),
             "old secret as S3 root, node {i}"
         );
         assert_eq!(
-            s3_status(&c, i, "root", &new),
+            s3_status(&c, i, "root", &second),
             Ok(200),
             "new secret as S3 root, node {i}"
         );
         assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200), "access key, node {i}");
+        assert_eq!(admin_post(&c, i, "/admin/secret/rotate", &first), Ok(403));
+        assert_eq!(
+            admin_post(&c, i, "/admin/keys?name=stolen", &first),
+            Ok(403)
+        );
     }
-    // After it, the old one is refused everywhere.
-    std::thread::sleep(grace.saturating_sub(rotated_at.elapsed()) + Duration::from_millis(200));
+    // A second rotation within the first grace: the first secret stays valid too.
+    let third = rotate_everywhere(&mut c, &second, "30s");
     for i in 0..3 {
-        assert_eq!(
-            bearer_status(&c, i, &old),
-            Ok(403),
-            "old secret after the grace, node {i}"
-        );
-        assert_eq!(
-            s3_status(&c, i, "root", &old),
-            Ok(403),
-            "old S3 root after the grace, node {i}"
-        );
-        assert_eq!(bearer_status(&c, i, &new), Ok(200));
-        assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200));
+        for old in [&first, &second] {
+            assert_eq!(
+                bearer_status(&c, i, old),
+                Ok(200),
+                "within the graces, node {i}"
+            );
+        }
     }
     // A node restarted with the OSTORE_SECRET it was first given checks clients against the
-    // cluster's secret, not that one.
+    // cluster's secrets, not that one alone.
+    c.secret = first.clone();
     c.restart(2);
-    assert_eq!(bearer_status(&c, 2, &old), Ok(403));
-    assert_eq!(bearer_status(&c, 2, &new), Ok(200));
+    assert_eq!(bearer_status(&c, 2, &third), Ok(200));
+    assert_eq!(bearer_status(&c, 2, &second), Ok(200));
     assert_eq!(s3_status(&c, 2, &ak, &sk), Ok(200));
-    // A rotation without a grace ends the previous secret at once.
-    c.secret = new.clone();
-    let r = c.osctl_json(0, &["secret", "rotate"]);
-    let newest = r["secret"].as_str().unwrap().to_string();
+    // A rotation with a short grace ends every earlier secret's with it: after 2 s only the
+    // newest is accepted, natively and as S3's root key.
+    let fourth = rotate_everywhere(&mut c, &third, "2s");
     for i in 0..3 {
-        let ok = eventually(Duration::from_secs(5), || {
-            bearer_status(&c, i, &newest) == Ok(200) && bearer_status(&c, i, &new) == Ok(403)
+        let ok = eventually(Duration::from_secs(10), || {
+            [&first, &second, &third]
+                .iter()
+                .all(|old| bearer_status(&c, i, old) == Ok(403))
         });
-        assert!(
-            ok,
-            "node {i}: the third secret is not the only one accepted"
-        );
+        assert!(ok, "node {i}: earlier secrets outlived a 2 s grace");
+        assert_eq!(s3_status(&c, i, "root", &third), Ok(403));
+        assert_eq!(s3_status(&c, i, "root", &fourth), Ok(200));
+        assert_eq!(s3_status(&c, i, &ak, &sk), Ok(200), "access key, node {i}");
+    }
+    // A rotation without a grace ends the previous secret at once.
+    rotate_everywhere(&mut c, &fourth, "0s");
+    for i in 0..3 {
+        assert_eq!(bearer_status(&c, i, &fourth), Ok(403), "node {i}");
     }
     // The rotation is an admin route: an access key cannot call it.
-    let ca = c.tls_ca.as_ref().unwrap().display().to_string();
-    let by_key = curl_status(
-        vec![
-            "--cacert".into(),
-            ca,
-            "-X".into(),
-            "POST".into(),
-            "-H".into(),
-            format!("authorization: Bearer {sk}"),
-        ],
-        &c.url(0, "/admin/secret/rotate"),
-    );
-    assert_eq!(by_key, Ok(403));
+    assert_eq!(admin_post(&c, 0, "/admin/secret/rotate", &sk), Ok(403));
 }
 
 #[test]
@@ -1304,13 +1347,15 @@ fn a_node_certificate_speaks_for_its_own_node_only() {
         c.nodes[0].id.parse().unwrap(),
         c.nodes[1].id.parse().unwrap(),
     );
-    let rpc = |req: ostore_control::rpc::Request| {
+    let token = || {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let token = ostore_control::rpc::Token::new(rand::random(), now);
-        let body = ostore_control::rpc::encode_request(&token, &req);
+        ostore_control::rpc::Token::new(rand::random(), now)
+    };
+    let rpc = |req: ostore_control::rpc::Request| {
+        let body = ostore_control::rpc::encode_request(&token(), &req);
         control_call(addr, creds(&id1), "/v1/rpc", &[], &body)
     };
     let beat = |node| ostore_control::rpc::Request::Heartbeat {
@@ -1351,11 +1396,48 @@ fn a_node_certificate_speaks_for_its_own_node_only() {
     // Nor at a new address (a certificate belongs to the node it registered as).
     let elsewhere = ostore_control::cluster::Registration {
         peer: "127.0.0.1:2".into(),
-        ..reg
+        ..reg.clone()
     };
     assert_eq!(
         rpc(ostore_control::rpc::Request::Register { reg: elsewhere }),
         Ok(403)
+    );
+    // A certificate just joined (bound to no node yet) cannot take the address of a node that
+    // is up and has its own certificate.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let public: [u8; 32] = key.public_key_raw().try_into().unwrap();
+    let t = ostore_wire::join::Token::parse(&c.join_token("10m")).unwrap();
+    let join = serde_json::json!({
+        "expires": t.expires_s,
+        "nonce": hex::encode(t.nonce),
+        "public_key": hex::encode(public),
+        "proof": hex::encode(t.proof(&public)),
+    });
+    let (status, answer) =
+        control_exchange(addr, None, "/v1/join", &[], join.to_string().as_bytes()).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let cert = hex::decode(answer["certificate"].as_str().unwrap()).unwrap();
+    let fresh = || -> Creds {
+        Some((
+            vec![CertificateDer::from(cert.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        ))
+    };
+    let register = |reg: ostore_control::cluster::Registration| {
+        let req = ostore_control::rpc::Request::Register { reg };
+        control_call(
+            addr,
+            fresh(),
+            "/v1/rpc",
+            &[],
+            &ostore_control::rpc::encode_request(&token(), &req),
+        )
+    };
+    assert_eq!(
+        register(reg.clone()),
+        Ok(403),
+        "a new certificate took a live node's place"
     );
     // Nothing changed: node 0 is where it was.
     assert_eq!(members(), view);
@@ -1375,24 +1457,34 @@ fn ostore_dev_rotates_its_root_secret_and_rewrites_its_file() {
     let s3 = |dev: &ostore_tests::Dev, id: &str, secret: &str| {
         sigv4_at(None, &format!("http://{}", dev.s3), id, secret)
     };
-    let r = dev.osctl_json(&["secret", "rotate", "--grace", "3s"]);
-    let rotated_at = std::time::Instant::now();
+    let r = dev.osctl_json(&["secret", "rotate", "--grace", "60s"]);
     let new = r["secret"].as_str().unwrap().to_string();
     let file = dev.data().join("root.secret");
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), new);
     assert_eq!(r["file"].as_str(), Some(file.to_str().unwrap()));
     assert_eq!(native(&dev, &new), Ok(200));
     assert_eq!(native(&dev, &old), Ok(200), "within the grace");
+    assert_eq!(s3(&dev, "root", &old), Ok(200), "within the grace");
     assert_eq!(s3(&dev, "root", &new), Ok(200));
     assert_eq!(
         s3(&dev, &ak, &sk),
         Ok(200),
         "access keys keep their secrets"
     );
-    assert!(rotated_at.elapsed() < Duration::from_secs(3));
-    std::thread::sleep(Duration::from_millis(3200).saturating_sub(rotated_at.elapsed()));
-    assert_eq!(native(&dev, &old), Ok(403), "after the grace");
-    assert_eq!(s3(&dev, "root", &old), Ok(403));
+    // The old secret opens no admin route, even within its grace.
+    let admin = |secret: &str| {
+        curl_status(
+            vec![
+                "-X".into(),
+                "POST".into(),
+                "-H".into(),
+                format!("authorization: Bearer {secret}"),
+            ],
+            &dev.url("/admin/secret/rotate"),
+        )
+    };
+    assert_eq!(admin(&old), Ok(403));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), new);
     // A restart reads the new secret from its file; access keys still work.
     dev.restart();
     assert_eq!(dev.secret, new);

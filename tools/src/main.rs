@@ -481,7 +481,8 @@ fn parse_rate(s: &str) -> anyhow::Result<u64> {
         "gib" => 1 << 30,
         _ => bail!("bad rate {s:?}: use e.g. 32MiB, 500MB or off"),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .with_context(|| format!("rate {s:?} is too large"))
 }
 
 /// `90s`, `10m`, `1h`, `2d`, `0`.
@@ -498,7 +499,8 @@ fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
         "d" => 86_400_000,
         _ => bail!("bad duration {s:?}: use e.g. 90s, 10m, 1h"),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .with_context(|| format!("duration {s:?} is too long"))
 }
 
 fn rate_text(p: &serde_json::Value) -> String {
@@ -964,11 +966,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             action: SecretCmd::Rotate { grace },
         } => {
             let grace_ms = parse_duration_ms(grace)?;
-            let r: serde_json::Value = post(
-                cli,
-                &format!("/admin/secret/rotate?grace={}", grace_ms / 1000),
-            )?
-            .json()?;
+            if grace_ms % 1000 != 0 {
+                bail!("--grace is whole seconds (e.g. 90s, 10m, 1h), not {grace:?}");
+            }
+            // The rotation's id: a request sent again rotates once.
+            let id = format!("{:032x}", rand::random::<u128>());
+            let path = format!("/admin/secret/rotate?grace={}&id={id}", grace_ms / 1000);
+            let r: serde_json::Value = post(cli, &path)?.json()?;
             if cli.json {
                 println!("{r}");
                 return Ok(());
