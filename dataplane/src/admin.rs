@@ -884,7 +884,7 @@ pub(crate) async fn secret_rotate(
         // Access keys were derived from the first root secret: it is kept as their base
         // before the root secret file changes, so a crash in between loses neither.
         let dir = file.parent().unwrap_or(std::path::Path::new("."));
-        let base = dir.join(crate::node::KEY_BASE_FILE);
+        let base = dir.join(crate::web::KEY_BASE_FILE);
         if !base.exists() {
             write(&base, &old.key_base)?;
         }

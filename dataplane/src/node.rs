@@ -68,7 +68,7 @@ fn load_secrets(data: &Path) -> anyhow::Result<(crate::web::Secrets, Option<Path
             }
         }
     };
-    let key_base = read(&data.join(KEY_BASE_FILE))?.unwrap_or_else(|| current.clone());
+    let key_base = read(&data.join(crate::web::KEY_BASE_FILE))?.unwrap_or_else(|| current.clone());
     Ok((
         crate::web::Secrets {
             version: 0,
@@ -79,9 +79,6 @@ fn load_secrets(data: &Path) -> anyhow::Result<(crate::web::Secrets, Option<Path
         file,
     ))
 }
-
-/// Where `ostore dev` keeps the access-key base once its root secret was rotated.
-pub(crate) const KEY_BASE_FILE: &str = "access-keys.secret";
 
 /// Removes what interrupted writes left behind: every intent still open at start-up, whose
 /// writers were all this process's earlier lives (`ostore dev` is the only writer).

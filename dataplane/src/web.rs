@@ -477,6 +477,9 @@ pub(crate) async fn follow_root_secret(front: std::sync::Arc<Front>) {
     }
 }
 
+/// Where `ostore dev` keeps the access-key base once its root secret was rotated.
+pub(crate) const KEY_BASE_FILE: &str = "access-keys.secret";
+
 /// Writes a secret to `path` (mode 0600) so that a crash leaves the old one or the new one.
 pub(crate) fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
