@@ -74,17 +74,24 @@ pub fn secret(kv: &dyn Kv) -> Result<Option<SecretRec>> {
 /// The root secret record; `seed` is stored first if there is none yet (the first node to
 /// register brings the root secret it was started with).
 pub fn seed_secret(kv: &dyn Kv, seed: &dyn Fn() -> Result<SecretRec>) -> Result<SecretRec> {
-    if let Some(rec) = secret(kv)? {
+    made_once(kv, &keys::root_secret(), seed)
+}
+
+/// The record under the singleton key `k`, made by `make` and stored if there is none yet;
+/// when two processes make one at once, one commits and the other reads the winner's.
+fn made_once<T>(kv: &dyn Kv, k: &[u8], make: &dyn Fn() -> Result<T>) -> Result<T>
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + 'static,
+{
+    if let Some(rec) = run(kv, false, |tx| get::<T>(tx, k))? {
         return Ok(rec);
     }
-    let made = seed()?;
-    run(kv, true, |tx| {
-        match get::<SecretRec>(tx, &keys::root_secret())? {
-            Some(rec) => Ok(rec),
-            None => {
-                tx.set(&keys::root_secret(), &encode(&made))?;
-                Ok(made.clone())
-            }
+    let made = make()?;
+    run(kv, true, |tx| match get::<T>(tx, k)? {
+        Some(rec) => Ok(rec),
+        None => {
+            tx.set(k, &encode(&made))?;
+            Ok(made.clone())
         }
     })
 }
@@ -150,18 +157,7 @@ pub fn secret_version_in(tx: &mut dyn Tx) -> Result<u64> {
 /// The cluster CA, made by `make` and stored if there is none yet (the first control process of
 /// a cluster makes it; every later one, and every restart, finds it).
 pub fn ca(kv: &dyn Kv, make: &dyn Fn() -> Result<CaRec>) -> Result<CaRec> {
-    if let Some(rec) = run(kv, false, |tx| get::<CaRec>(tx, &keys::ca()))? {
-        return Ok(rec);
-    }
-    let made = make()?;
-    // Two processes starting at once: one commits, the other reads the winner's.
-    run(kv, true, |tx| match get::<CaRec>(tx, &keys::ca())? {
-        Some(rec) => Ok(rec),
-        None => {
-            tx.set(&keys::ca(), &encode(&made))?;
-            Ok(made.clone())
-        }
-    })
+    made_once(kv, &keys::ca(), make)
 }
 
 /// Accepts the join token (`nonce`, valid until `expires_ms`) once: refused when expired or
@@ -199,6 +195,12 @@ pub fn record_node_cert(
     })
 }
 
+/// The node and the fingerprint a `keys::node_cert` key names.
+fn node_cert_key(k: &[u8]) -> Option<(u32, [u8; 32])> {
+    let node = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?);
+    Some((node, k.get(5..37)?.try_into().ok()?))
+}
+
 /// The node that presented the certificate `fingerprint`, if one did.
 pub fn node_of_cert(kv: &dyn Kv, fingerprint: &[u8; 32]) -> Result<Option<u32>> {
     run(kv, false, |tx| {
@@ -206,8 +208,9 @@ pub fn node_of_cert(kv: &dyn Kv, fingerprint: &[u8; 32]) -> Result<Option<u32>> 
         Ok(tx
             .get_range(&b, &e, usize::MAX, false)?
             .into_iter()
-            .find(|(k, _)| k.get(5..37) == Some(&fingerprint[..]))
-            .and_then(|(k, _)| Some(u32::from_be_bytes(k.get(1..5)?.try_into().ok()?))))
+            .filter_map(|(k, _)| node_cert_key(&k))
+            .find(|(_, fp)| fp == fingerprint)
+            .map(|(node, _)| node))
     })
 }
 
@@ -218,7 +221,7 @@ pub fn certs_of(kv: &dyn Kv, node: u32) -> Result<Vec<[u8; 32]>> {
         Ok(tx
             .get_range(&b, &e, usize::MAX, false)?
             .into_iter()
-            .filter_map(|(k, _)| k.get(5..37).and_then(|f| f.try_into().ok()))
+            .filter_map(|(k, _)| node_cert_key(&k).map(|(_, fp)| fp))
             .collect())
     })
 }
@@ -229,7 +232,7 @@ pub fn revoke_node(kv: &dyn Kv, node: u32, now_ms: u64) -> Result<u32> {
         let (b, e) = keys::node_certs(node);
         let mut n = 0u32;
         for (k, v) in tx.get_range(&b, &e, usize::MAX, false)? {
-            let Some(fp) = k.get(5..37).and_then(|f| <[u8; 32]>::try_from(f).ok()) else {
+            let Some((_, fp)) = node_cert_key(&k) else {
                 continue;
             };
             let expires_ms = le_u64(&v);

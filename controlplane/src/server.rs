@@ -395,8 +395,11 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     // A node speaks for itself only: its heartbeats name the node its certificate was
     // recorded for, and it registers at that node's address (or, a certificate just issued
-    // for a join, as a new node or in place of one).
-    if let Some(refused) = bound_to_caller(c, &cert, &request).await {
+    // for a join, as a new node or in place of one). Only those two calls hash the
+    // certificate.
+    let fp = matches!(request, Rq::Heartbeat { .. } | Rq::Register { .. })
+        .then(|| ptls::fingerprint(&cert));
+    if let Some(refused) = bound_to_caller(c, fp, &request).await {
         return refused;
     }
     if let Rq::Heartbeat { node, .. } = &request {
@@ -410,10 +413,9 @@ async fn handle(c: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let registers = matches!(request, Rq::Register { .. });
     let answer = c.meta.call_with(token, request).await;
-    if let (true, Ok(a)) = (registers, &answer) {
+    if let (true, Some(fp), Ok(a)) = (registers, fp, &answer) {
         // The node's certificate is recorded with it, so that revoking the node revokes it.
         if let Ok(rec) = rpc::decode_value::<cluster::NodeRec>(a) {
-            let fp = ptls::fingerprint(&cert);
             let expires_ms = ptls::not_after_s(&cert).map_or(u64::MAX, |s| s.saturating_mul(1000));
             if let Err(e) = c
                 .meta
@@ -607,11 +609,16 @@ async fn bound_node(
     Ok(n)
 }
 
-/// The refusal of a heartbeat or a registration that `cert` may not make: a heartbeat for
-/// another node than the certificate's, or a registration at another node's peer address
-/// (or, for a certificate already bound to a node, at a new one). `None`: it may.
-async fn bound_to_caller(c: &Control, cert: &[u8], request: &Rq) -> Option<Response<Full<Bytes>>> {
-    let fp = ptls::fingerprint(cert);
+/// The refusal of a heartbeat or a registration that the certificate fingerprinted `fp` may
+/// not make: a heartbeat for another node than the certificate's, or a registration at another
+/// node's peer address (or, for a certificate already bound to a node, at a new one). `None`:
+/// it may (and any other call, which comes without a fingerprint).
+async fn bound_to_caller(
+    c: &Control,
+    fp: Option<[u8; 32]>,
+    request: &Rq,
+) -> Option<Response<Full<Bytes>>> {
+    let fp = fp?;
     let refuse = |m: String| Some(text(StatusCode::FORBIDDEN, &m));
     match request {
         Rq::Heartbeat { node, .. } => match bound_node(c, fp).await {

@@ -417,7 +417,8 @@ impl Credentials {
         };
         let given = ostore_server::conn::bearer_token(v.as_bytes()).unwrap_or(b"");
         use subtle::ConstantTimeEq;
-        let s = self.secrets();
+        // Compared under the lock: nothing is cloned per request.
+        let s = self.secrets.read().expect("secrets lock");
         let mut ok = given.ct_eq(s.current.as_bytes());
         if !admin {
             for p in s.previous_valid() {

@@ -438,15 +438,12 @@ where
     B: http_body::Body<Data = Bytes> + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let h2 = host;
-    let a2 = activity;
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
         if let Some(c) = &cert {
             req.extensions_mut().insert(c.clone());
         }
-        let host = h2.clone();
-        let handling = Busy::begin(&a2, Work::Handling);
-        let a3 = a2.clone();
+        let handling = Busy::begin(&activity, Work::Handling);
+        let a3 = activity.clone();
         // Named only if the handler panics: no formatting on every request.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let fut = handler(host.clone(), req);

@@ -279,9 +279,7 @@ fn verify_chain(
     name: &str,
 ) -> anyhow::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).map_err(tls_err)?;
-    let v = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+    let v = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider)
         .build()
         .map_err(tls_err)?;
     let name = ServerName::try_from(name.to_string()).map_err(tls_err)?;
