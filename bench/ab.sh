@@ -5,6 +5,8 @@
 # Usage: bench/ab.sh OSTORE_A OSTORE_B [rounds, default 2] [seconds per row, default 6]
 # Rows: ROWS="size:workload:concurrency:objects[:rate] ..." (default: 4 KiB, 1 MiB and 64 MiB
 # PUT/GET, closed loop); a rate makes the row open loop at that many operations per second.
+# A_ARGS / B_ARGS: further `ostore dev` arguments for one side (e.g. A_ARGS="--stripe-cache 0"
+# with the same binary on both sides compares a setting in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1 B=$2 ROUNDS=${3:-2} SECS=${4:-6} PROTOCOL=${PROTOCOL:-http}
@@ -17,8 +19,10 @@ trap cleanup EXIT
 . bench/lib.sh
 for r in $(seq "$ROUNDS"); do
   for which in A B; do
-    bin=$A; [ "$which" = B ] && bin=$B
-    start_dev "$bin"
+    bin=$A args=${A_ARGS:-}
+    [ "$which" = B ] && bin=$B args=${B_ARGS:-}
+    # shellcheck disable=SC2086  # the arguments are words
+    start_dev "$bin" $args
     for row in $ROWS; do
       IFS=: read -r size op conc objects rate <<<"$row"
       extra=()

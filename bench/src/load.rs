@@ -412,6 +412,47 @@ async fn request(
     path: &str,
     body: Vec<Bytes>,
 ) -> anyhow::Result<(http::StatusCode, http::HeaderMap, Bytes)> {
+    let mut parts = Vec::new();
+    let (status, headers) =
+        request_streamed(conn, plan, method, path, body, |b| parts.push(b)).await?;
+    let body = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => Bytes::from(parts.concat()),
+    };
+    Ok((status, headers, body))
+}
+
+/// A GET's answer, its body hashed as it arrives (`hash`) or only counted: a large body is
+/// never gathered in memory, so the client spends no copies and page faults on it.
+async fn get_digest(
+    conn: &mut Conn,
+    plan: &Plan,
+    path: &str,
+    hash: bool,
+) -> anyhow::Result<(http::StatusCode, http::HeaderMap, u64, Option<blake3::Hash>)> {
+    let mut hasher = hash.then(blake3::Hasher::new);
+    let mut len = 0u64;
+    let (status, headers) =
+        request_streamed(conn, plan, http::Method::GET, path, Vec::new(), |b| {
+            len += b.len() as u64;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&b);
+            }
+        })
+        .await?;
+    Ok((status, headers, len, hasher.map(|h| h.finalize())))
+}
+
+/// Sends a request and hands each piece of the answer's body to `piece` as it arrives.
+async fn request_streamed(
+    conn: &mut Conn,
+    plan: &Plan,
+    method: http::Method,
+    path: &str,
+    body: Vec<Bytes>,
+    mut piece: impl FnMut(Bytes),
+) -> anyhow::Result<(http::StatusCode, http::HeaderMap)> {
     let send = match conn {
         Conn::H1(s) => s,
         Conn::H3(c) => {
@@ -426,11 +467,14 @@ async fn request(
                     futures_util::stream::iter(pieces),
                 )
             };
-            let resp = c
+            let mut resp = c
                 .request(method, path, http::HeaderMap::new(), body)
                 .await?;
             let (status, headers) = (resp.status, resp.headers.clone());
-            return Ok((status, headers, resp.bytes().await?));
+            while let Some(b) = resp.chunk().await? {
+                piece(b);
+            }
+            return Ok((status, headers));
         }
     };
     send.ready().await?;
@@ -462,8 +506,13 @@ async fn request(
     let resp = send.send_request(req).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, headers, body))
+    let mut body = resp.into_body();
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f?.into_data() {
+            piece(d);
+        }
+    }
+    Ok((status, headers))
 }
 
 fn pick_size(plan: &Plan) -> u64 {
@@ -558,24 +607,23 @@ async fn worker(
             }
             "get" => {
                 let i = rand::random::<u64>() % plan.objects;
-                let r = request(
+                let r = get_digest(
                     &mut send,
                     &plan,
-                    http::Method::GET,
                     &plan.object_path(&format!("{}/{i}", plan.prefix)),
-                    Vec::new(),
+                    plan.verify,
                 )
                 .await;
                 match r {
-                    Ok((s, h, b)) if s.as_u16() == 200 => {
-                        let good = !plan.verify || {
+                    Ok((s, h, len, digest)) if s.as_u16() == 200 => {
+                        let good = digest.is_none_or(|d| {
                             let etag = h
                                 .get(http::header::ETAG)
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("");
-                            etag.trim_matches('"') == blake3::hash(&b).to_hex().as_str()
-                        };
-                        (good, b.len() as u64)
+                            etag.trim_matches('"') == d.to_hex().as_str()
+                        });
+                        (good, len)
                     }
                     _ => (false, 0),
                 }

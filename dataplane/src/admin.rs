@@ -521,12 +521,57 @@ pub(crate) async fn metrics(node: &Node) -> Resp {
         ),
     ]);
     text.push_str(&drive_metrics(node).await);
+    text.push_str(&stripe_cache_metrics(node));
     let mut r = Response::new(RespBody::Full(Some(Bytes::from(text))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
+}
+
+/// The stripe caches of this node's executors, together.
+fn stripe_cache_metrics(node: &Node) -> String {
+    use crate::stripecache::{ADMITTED, BYTES, HITS, MISSES};
+    let executors = node.store.stripe_cache_bytes;
+    let mut o = String::new();
+    for (name, help, kind, v) in [
+        (
+            "ostore_stripe_cache_bytes",
+            "Bytes of decoded stripes held in memory for client GETs.",
+            "gauge",
+            BYTES.load(Ordering::Relaxed),
+        ),
+        (
+            "ostore_stripe_cache_executor_budget_bytes",
+            "The most each executor's stripe cache holds (--stripe-cache over the executors).",
+            "gauge",
+            executors,
+        ),
+        (
+            "ostore_stripe_cache_hits_total",
+            "Stripes a client GET was served from memory.",
+            "counter",
+            HITS.load(Ordering::Relaxed),
+        ),
+        (
+            "ostore_stripe_cache_misses_total",
+            "Stripes a client GET looked up in memory and read from the drives.",
+            "counter",
+            MISSES.load(Ordering::Relaxed),
+        ),
+        (
+            "ostore_stripe_cache_admitted_total",
+            "Stripes admitted to memory (asked for often enough lately).",
+            "counter",
+            ADMITTED.load(Ordering::Relaxed),
+        ),
+    ] {
+        o.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
+    o
 }
 
 /// A gauge family: name, help, and a value per drive.

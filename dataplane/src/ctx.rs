@@ -149,6 +149,8 @@ pub struct StoreOptions {
     pub upload_expiry: Duration,
     /// How long unreferenced content stays before garbage collection deletes it.
     pub gc_grace: Duration,
+    /// Bytes of decoded stripes each executor may keep in memory for client GETs (0: none).
+    pub stripe_cache_bytes: u64,
 }
 
 pub(crate) async fn sleep_unless_stopping(node: &Node, d: Duration) -> bool {

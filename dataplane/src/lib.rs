@@ -26,6 +26,7 @@ mod s3;
 mod scrub;
 mod shardio;
 mod store;
+mod stripecache;
 mod time;
 pub mod tus;
 pub mod web;

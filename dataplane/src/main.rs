@@ -29,6 +29,12 @@ struct Storing {
     /// reads finish) before garbage collection deletes it (e.g. 1h, 0s).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     gc_grace: std::time::Duration,
+    /// Memory for decoded stripes of hot objects, shared among the executors (each keeps its
+    /// own part): `auto` (a sixteenth of the machine's memory, at most 4 GiB), `0` (off), or a
+    /// size such as 512MiB. A stripe enters once it was asked for twice recently, so a one-off
+    /// read of a large object passes through.
+    #[arg(long, default_value = "auto", value_parser = parse_cache_size)]
+    stripe_cache: CacheSize,
 }
 
 #[derive(clap::Args)]
@@ -91,11 +97,16 @@ impl Serving {
 }
 
 impl Storing {
-    fn options(&self) -> ostore_dataplane::ctx::StoreOptions {
+    fn options(&self, cores: usize) -> ostore_dataplane::ctx::StoreOptions {
+        let cache = match self.stripe_cache {
+            CacheSize::Auto => auto_stripe_cache_bytes(),
+            CacheSize::Bytes(b) => b,
+        };
         ostore_dataplane::ctx::StoreOptions {
             compress: self.compression == "auto",
             upload_expiry: self.upload_expiry,
             gc_grace: self.gc_grace,
+            stripe_cache_bytes: cache / cores.max(1) as u64,
         }
     }
 }
@@ -225,15 +236,57 @@ fn parse_node_cert_lifetime(s: &str) -> Result<std::time::Duration, String> {
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
+    let per = match unit {
         "ms" => return Ok(std::time::Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
     };
+    let secs = n
+        .checked_mul(per)
+        .ok_or_else(|| format!("duration {s:?} too long"))?;
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// A stripe cache size: `auto`, or bytes with an optional unit (`0` turns the cache off).
+#[derive(Clone, Copy, Debug)]
+enum CacheSize {
+    Auto,
+    Bytes(u64),
+}
+
+fn parse_cache_size(s: &str) -> Result<CacheSize, String> {
+    if s == "auto" {
+        return Ok(CacheSize::Auto);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let per: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        _ => return Err(format!("bad size unit in {s:?} (B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(per)
+        .map(CacheSize::Bytes)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+/// The stripe cache a node keeps when given `auto`: a sixteenth of the machine's memory, at
+/// most 4 GiB, so that a node beside other processes keeps to a small share of it.
+fn auto_stripe_cache_bytes() -> u64 {
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid out-pointer for sysinfo(2).
+    let total = if unsafe { libc::sysinfo(&mut info) } == 0 {
+        (info.totalram as u64).saturating_mul(u64::from(info.mem_unit))
+    } else {
+        0
+    };
+    (total / 16).min(4 << 30)
 }
 
 fn cores_or_all(cores: Option<usize>) -> usize {
@@ -286,7 +339,7 @@ fn main() {
                 drives,
                 ec,
                 cores,
-                store: storing.options(),
+                store: storing.options(cores),
                 limits: serving.limits(cores, open_files),
             })
         }
@@ -345,7 +398,7 @@ fn main() {
                 join_token,
                 zone,
                 cores,
-                store: storing.options(),
+                store: storing.options(cores),
                 limits: serving.limits(cores, open_files),
             })
         }

@@ -1240,6 +1240,10 @@ pub struct ShardReader {
     /// allows), and around shards that answer late (hedged reads); repair and scrub read and
     /// wait for every shard.
     around_suspects: bool,
+    /// This executor's stripe cache budget for a client's read (0: not cached, as for repair
+    /// and scrub, which must read the drives), and the stored instance keying its entries.
+    cache_bytes: u64,
+    instance: u128,
 }
 
 /// One piece of a range read: stripes `s0..s0+n`, per stripe the bytes wanted (within the
@@ -1451,6 +1455,7 @@ impl ShardReader {
         };
         let mut locs = shards.clone();
         locs.sort_by_key(|l| l.index);
+        let instance = crate::stripecache::instance(&blake3, content, &locs);
         Some(ShardReader {
             node,
             blake3,
@@ -1463,15 +1468,44 @@ impl ShardReader {
             cursor: 0..content.stored_bytes(),
             prefetch: None,
             around_suspects: false,
+            cache_bytes: 0,
+            instance,
         })
     }
 
     /// Makes this a client's read: shards on nodes this node just failed to reach are read
     /// around (from parity) while parity allows, instead of waited on, and so are shards that
     /// answer late.
+    /// Whole stripes it reads go through this executor's stripe cache.
     pub fn for_client(mut self) -> Self {
         self.around_suspects = true;
+        self.cache_bytes = self.node.store.stripe_cache_bytes;
         self
+    }
+
+    fn stripe_key(&self, stripe: u64) -> crate::stripecache::StripeKey {
+        crate::stripecache::StripeKey {
+            instance: self.instance,
+            stripe,
+        }
+    }
+
+    /// The rest of the range's first stripe, if the stripe is cached: served from memory.
+    fn cached_rest(&mut self, range: &Range<u64>) -> Option<Bytes> {
+        if self.cache_bytes == 0 {
+            return None;
+        }
+        let geo = self.geo;
+        let s = geo.stripe_of(range.start);
+        let bytes = crate::stripecache::get(self.cache_bytes, &self.stripe_key(s))?;
+        let so = geo.stripe_offset(s);
+        if bytes.len() != geo.stripe_bytes(s) {
+            return None;
+        }
+        let a = (range.start - so) as usize;
+        let b = (range.end.min(so + bytes.len() as u64) - so) as usize;
+        self.cursor.start += (b - a) as u64;
+        Some(bytes.slice(a..b))
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -1722,6 +1756,9 @@ impl ShardReader {
             self.close().await;
             return None;
         }
+        if let Some(hit) = self.cached_rest(&range) {
+            return Some(Ok(hit));
+        }
         let geo = self.geo;
         let PiecePlan {
             s0,
@@ -1738,13 +1775,23 @@ impl ShardReader {
         if next_start < range.end {
             let next = next_start..range.end;
             let p = self.plan(&next);
-            self.prefetch = Some(self.launch(p.s0, p.n, p.shards, self.around_suspects).await);
+            // A piece that starts with a cached stripe is served from memory, not read ahead.
+            let cached = self.cache_bytes > 0
+                && crate::stripecache::contains(self.cache_bytes, &self.stripe_key(p.s0));
+            if !cached {
+                self.prefetch = Some(self.launch(p.s0, p.n, p.shards, self.around_suspects).await);
+            }
         }
         let mut out =
             Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
         for (s, within, d) in spans {
+            let at = out.len();
+            let whole = within.start == 0 && within.end == geo.stripe_bytes(s);
             if let Some(payloads) = self.healthy_payloads(&batch, s, d.clone()) {
                 copy_piece(&geo, s, d, &payloads, within, &mut out);
+                if whole {
+                    self.offer_to_cache(s, s0, &out[at..]);
+                }
                 continue;
             }
             let chunks = match self.stripe_chunks(&mut batch, s, d.clone()).await {
@@ -1758,12 +1805,23 @@ impl ShardReader {
             };
             let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
             copy_piece(&geo, s, d, &chunks, within, &mut out);
+            if whole {
+                self.offer_to_cache(s, s0, &out[at..]);
+            }
         }
         self.cursor.start += out.len() as u64;
         if self.bad.iter().any(|b| *b) {
             self.report().await;
         }
         Some(Ok(Bytes::from(out)))
+    }
+
+    /// Offers a whole stripe a client's read verified to the stripe cache. The piece's first
+    /// stripe was looked up (and so counted) already; the others are counted now.
+    fn offer_to_cache(&self, s: u64, looked_up: u64, bytes: &[u8]) {
+        if self.cache_bytes > 0 {
+            crate::stripecache::offer(self.cache_bytes, self.stripe_key(s), bytes, s == looked_up);
+        }
     }
 
     /// Closes the shard files this reader opened.

@@ -4,6 +4,7 @@
 //! FoundationDB. It is handed bytes and buffers and answers with bytes and decisions, so every
 //! rule here can be driven deterministically from tests (and, later, a simulator).
 
+pub mod cache;
 pub mod codec;
 pub mod compress;
 pub mod geometry;

@@ -93,6 +93,7 @@ impl Dev {
             .pool_max_idle_per_host(4)
             .build()
             .expect("http client");
+        warn_if_disk_is_short(dir.path());
         let mut d = Dev {
             child: None,
             data_at,
@@ -523,4 +524,29 @@ pub fn missing_prerequisite(test: &str, what: &str) -> ! {
         "{test}: prerequisite missing: {what}. Install it (README, Tests), or leave this test \
          out visibly: cargo test --workspace -- --skip {test}"
     );
+}
+
+/// A node keeps up to 1 GiB of each drive's filesystem in reserve and answers 507 to writes
+/// that would eat into it: on a test machine whose disk is nearly full, tests that write
+/// objects over the inline size fail with 507. Says so up front (printed with the failing
+/// test's output), so such a failure names its cause.
+fn warn_if_disk_is_short(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if free < 2 << 30 {
+        eprintln!(
+            "WARNING: the filesystem of {} has only {} MiB free; a node keeps up to 1 GiB in \
+             reserve, so writes of objects over the inline size may be refused with 507",
+            dir.display(),
+            free >> 20
+        );
+    }
 }
