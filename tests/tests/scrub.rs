@@ -1,23 +1,12 @@
 //! Scrub against a real `ostore dev`: a flipped byte in a block or a header, and a missing
 //! shard file, are found by `osctl scrub --wait` and repaired; the next scrub is clean.
 
-use ostore_tests::{binary, random_bytes, shard_files, Dev};
+use ostore_tests::{random_bytes, shard_files, Dev};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::process::Command;
 
 /// `osctl --json scrub --wait` against `dev`.
 fn run_scrub(dev: &Dev) -> std::process::Output {
-    Command::new(binary("osctl"))
-        .args([
-            "--endpoint",
-            &format!("http://{}", dev.http),
-            "--json",
-            "scrub",
-            "--wait",
-        ])
-        .env("OSTORE_SECRET", &dev.secret)
-        .output()
-        .unwrap()
+    dev.osctl(&["scrub", "--wait"])
 }
 
 fn scrub(dev: &Dev) -> serde_json::Value {

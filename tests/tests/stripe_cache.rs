@@ -3,9 +3,8 @@
 //! reads and ranges are served from memory with the right bytes, and an overwrite, a delete or
 //! a repair is never answered with what was cached before it.
 
-use ostore_tests::{binary, random_bytes, shard_files, Dev};
+use ostore_tests::{random_bytes, shard_files, Dev};
 use reqwest::Method;
-use std::process::Command;
 
 /// Data bytes of a 4+2 stripe.
 const STRIPE: usize = 4 * (65536 - 16);
@@ -77,19 +76,7 @@ fn hot_objects_come_from_memory_and_never_outlive_their_bytes() {
         .collect();
     assert!(!files.is_empty());
     std::fs::remove_file(&files[0]).unwrap();
-    let out = Command::new(binary("osctl"))
-        .args([
-            "--endpoint",
-            &format!("http://{}", dev.http),
-            "--json",
-            "scrub",
-            "--wait",
-        ])
-        .env("OSTORE_SECRET", &dev.secret)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = dev.osctl_json(&["scrub", "--wait"]);
     assert_eq!(report["repaired"], 1, "{report}");
     let (_, misses_before, ..) = counters(&dev);
     let (_, got) = dev.get_bytes("hot");
