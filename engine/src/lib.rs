@@ -16,5 +16,6 @@ pub mod range;
 pub mod rate;
 pub mod read;
 pub mod stripe;
+pub mod tree;
 
 pub use geometry::{EcParams, Geometry};

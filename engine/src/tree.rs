@@ -1,0 +1,560 @@
+//! Verifying any byte range of a content against its BLAKE3: the chaining values of its
+//! subtrees, kept in a tree of fixed fan-out beside the content (an *outboard*, in Bao's
+//! terms), so a reader checks the groups it sends without reading the rest.
+//!
+//! BLAKE3 is itself a binary Merkle tree over 1 KiB chunks: every left subtree holds the
+//! largest power of two of chunks that is less than the whole, so each aligned run of 2^k
+//! chunks is a node, and so is the rest of the input after any such run. The outboard keeps
+//! the chaining values (CVs) of some of those nodes:
+//! - **level 0**: one CV per *group* of `group` bytes of the content (64 KiB in the store), in
+//!   order, the last group possibly shorter;
+//! - **level k+1**: one CV per run of `fanout` consecutive level-k entries (1024 in the store),
+//!   the merge of that run, the last run possibly shorter;
+//! - up to the first level with at most `fanout` entries, the *top*, which merges into the
+//!   content's BLAKE3 itself.
+//!
+//! A content of at most one group has no outboard: its BLAKE3 is checked directly.
+//!
+//! **Byte layout** (golden-tested below): the entries of level 0, then level 1, … then the top,
+//! each entry the 32-byte CV, nothing else. Level sizes follow from the content's length, so
+//! the outboard carries no header: with the store's parameters it is 32 bytes per 64 KiB of
+//! content and about a thousandth more (0.05 %).
+//!
+//! To verify groups `a..b`, a reader reads the top (at most `fanout` entries) and, below it, for
+//! each level only the runs holding the path to `a..b`: for a range within one run, one read of
+//! at most 32 KiB per level (two levels up to 64 GiB, three up to 64 TiB). [`Shape::plan`]
+//! names the entries; [`Shape::verify`] checks them against the BLAKE3 and the groups' data
+//! against them. Sans-IO: the caller reads.
+
+use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
+use std::ops::Range;
+
+/// A subtree's chaining value.
+pub type Cv = [u8; 32];
+
+/// The store's group: 64 KiB of content per level-0 entry.
+pub const GROUP_BYTES: u64 = 1 << 16;
+/// The store's fan-out: 1024 entries of a level per entry of the next.
+pub const FANOUT: u64 = 1024;
+const CV_BYTES: u64 = 32;
+
+/// Why a verification failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("the outboard does not match the content's BLAKE3")]
+    Outboard,
+    #[error("group {0} does not match its chaining value")]
+    Group(u64),
+    #[error("the data does not match the content's BLAKE3")]
+    Whole,
+    #[error("missing or misplaced {0}")]
+    Shape(&'static str),
+}
+
+/// The outboard's shape for a content of `len` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub len: u64,
+    pub group: u64,
+    pub fanout: u64,
+    /// Entries per level, level 0 first; empty for a content of at most one group.
+    pub levels: Vec<u64>,
+}
+
+impl Shape {
+    /// The store's shape (64 KiB groups, fan-out 1024).
+    pub fn new(len: u64) -> Shape {
+        Shape::with(len, GROUP_BYTES, FANOUT)
+    }
+
+    /// A shape with other parameters: `group` a power of two of at least 1 KiB, `fanout` a
+    /// power of two of at least 2 (tests use small ones to build deep trees from little data).
+    pub fn with(len: u64, group: u64, fanout: u64) -> Shape {
+        assert!(group.is_power_of_two() && group >= 1024, "bad group size");
+        assert!(fanout.is_power_of_two() && fanout >= 2, "bad fan-out");
+        let mut levels = Vec::new();
+        let groups = len.div_ceil(group);
+        if groups > 1 {
+            let mut n = groups;
+            levels.push(n);
+            while n > fanout {
+                n = n.div_ceil(fanout);
+                levels.push(n);
+            }
+        }
+        Shape {
+            len,
+            group,
+            fanout,
+            levels,
+        }
+    }
+
+    pub fn groups(&self) -> u64 {
+        self.len.div_ceil(self.group)
+    }
+
+    /// Bytes of the outboard.
+    pub fn outboard_bytes(&self) -> u64 {
+        self.levels.iter().sum::<u64>() * CV_BYTES
+    }
+
+    /// Where level `k`'s entries start in the outboard.
+    pub fn level_offset(&self, k: usize) -> u64 {
+        self.levels[..k].iter().sum::<u64>() * CV_BYTES
+    }
+
+    /// The content bytes of group `i`.
+    pub fn group_range(&self, i: u64) -> Range<u64> {
+        i * self.group..((i + 1) * self.group).min(self.len)
+    }
+
+    /// The groups holding content bytes `r` (non-empty, within the content).
+    pub fn groups_of(&self, r: &Range<u64>) -> Range<u64> {
+        r.start / self.group..r.end.div_ceil(self.group)
+    }
+
+    /// The entries a reader needs to verify groups `g` (non-empty), per level, level 0 first:
+    /// whole runs of `fanout` entries below the top, and the whole top.
+    pub fn plan(&self, g: Range<u64>) -> Vec<Range<u64>> {
+        let mut out = Vec::with_capacity(self.levels.len());
+        let (mut a, mut b) = (g.start, g.end);
+        for (k, &n) in self.levels.iter().enumerate() {
+            if k + 1 == self.levels.len() {
+                out.push(0..n);
+            } else {
+                let run_a = a / self.fanout * self.fanout;
+                let run_b = (b.div_ceil(self.fanout) * self.fanout).min(n);
+                out.push(run_a..run_b);
+            }
+            a /= self.fanout;
+            b = b.div_ceil(self.fanout);
+        }
+        out
+    }
+
+    /// Checks groups `g` of the content against its BLAKE3 `root`: `entries[k]` are the CVs of
+    /// level k named by [`Shape::plan`] for `g`, and `data` the groups' bytes, whole and in
+    /// order. For a content of at most one group, `entries` is empty and `data` the content.
+    pub fn verify(
+        &self,
+        root: &blake3::Hash,
+        g: Range<u64>,
+        entries: &[&[Cv]],
+        data: &[u8],
+    ) -> Result<(), TreeError> {
+        if self.levels.is_empty() {
+            return if blake3::hash(data) == *root {
+                Ok(())
+            } else {
+                Err(TreeError::Whole)
+            };
+        }
+        let plan = self.plan(g.clone());
+        if entries.len() != plan.len()
+            || entries
+                .iter()
+                .zip(&plan)
+                .any(|(e, p)| e.len() as u64 != p.end - p.start)
+        {
+            return Err(TreeError::Shape("outboard entries"));
+        }
+        let top = entries.len() - 1;
+        if root_of(entries[top]) != *root {
+            return Err(TreeError::Outboard);
+        }
+        // Each level's runs merge into the entries of the level above, which are verified.
+        for k in (0..top).rev() {
+            let (above, at) = (&plan[k + 1], &plan[k]);
+            for (j, run) in entries[k].chunks(self.fanout as usize).enumerate() {
+                let parent = at.start / self.fanout + j as u64;
+                let want = entries[k + 1][(parent - above.start) as usize];
+                if merge(run) != want {
+                    return Err(TreeError::Outboard);
+                }
+            }
+        }
+        // The data against level 0.
+        let want_len: u64 = g
+            .clone()
+            .map(|i| self.group_range(i).end - i * self.group)
+            .sum();
+        if data.len() as u64 != want_len {
+            return Err(TreeError::Shape("group data"));
+        }
+        let mut at = 0usize;
+        for i in g {
+            let n = (self.group_range(i).end - i * self.group) as usize;
+            let cv = group_cv(i * self.group, &data[at..at + n]);
+            if cv != entries[0][(i - plan[0].start) as usize] {
+                return Err(TreeError::Group(i));
+            }
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+/// The CV of the bytes `data` at content offset `offset` (a non-root subtree: a group).
+pub fn group_cv(offset: u64, data: &[u8]) -> Cv {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    h.update(data);
+    h.finalize_non_root()
+}
+
+/// The split of `n` subtrees of equal power-of-two size (the last possibly smaller) that BLAKE3
+/// makes: the largest power of two less than `n` on the left.
+fn split(n: usize) -> usize {
+    debug_assert!(n >= 2);
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// The CV of the subtree made of `cvs` (one or more consecutive subtrees, as above).
+pub fn merge(cvs: &[Cv]) -> Cv {
+    match cvs.len() {
+        0 => [0; 32],
+        1 => cvs[0],
+        n => {
+            let l = split(n);
+            merge_subtrees_non_root(&merge(&cvs[..l]), &merge(&cvs[l..]), Mode::Hash)
+        }
+    }
+}
+
+/// The BLAKE3 of a content whose top subtrees are `cvs` (at least two).
+pub fn root_of(cvs: &[Cv]) -> blake3::Hash {
+    if cvs.len() < 2 {
+        // A single subtree is never a root in an outboard: the content had more than one group.
+        return blake3::Hash::from([0; 32]);
+    }
+    let l = split(cvs.len());
+    merge_subtrees_root(&merge(&cvs[..l]), &merge(&cvs[l..]), Mode::Hash)
+}
+
+/// Builds the outboard as the content streams by, a group at a time: level 0 is handed out as
+/// it is made (to be stored as it goes), the levels above (a `fanout`-th as many) are kept and
+/// handed out at the end.
+pub struct Builder {
+    shape_group: u64,
+    fanout: u64,
+    /// Bytes of the group being filled, and the groups done.
+    hasher: blake3::Hasher,
+    in_group: u64,
+    groups: u64,
+    /// Per level above 0: entries done, and the open run of the level below.
+    upper: Vec<Vec<Cv>>,
+    runs: Vec<Vec<Cv>>,
+    /// Level-0 entries made since the last `take_level0`.
+    level0: Vec<Cv>,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::with(GROUP_BYTES, FANOUT)
+    }
+
+    pub fn with(group: u64, fanout: u64) -> Builder {
+        Builder {
+            shape_group: group,
+            fanout,
+            hasher: fresh(0),
+            in_group: 0,
+            groups: 0,
+            upper: Vec::new(),
+            runs: vec![Vec::new()],
+            level0: Vec::new(),
+        }
+    }
+
+    /// Feeds content bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = ((self.shape_group - self.in_group) as usize).min(data.len());
+            self.hasher.update(&data[..take]);
+            self.in_group += take as u64;
+            data = &data[take..];
+            if self.in_group == self.shape_group {
+                self.close_group();
+            }
+        }
+    }
+
+    fn close_group(&mut self) {
+        let cv = self.hasher.finalize_non_root();
+        self.groups += 1;
+        self.in_group = 0;
+        self.hasher = fresh(self.groups * self.shape_group);
+        self.level0.push(cv);
+        self.push(0, cv);
+    }
+
+    /// Adds an entry of level `k` to the run it closes into level `k + 1`.
+    fn push(&mut self, k: usize, cv: Cv) {
+        if self.runs.len() <= k {
+            self.runs.push(Vec::new());
+        }
+        self.runs[k].push(cv);
+        if self.runs[k].len() as u64 == self.fanout {
+            let run = std::mem::take(&mut self.runs[k]);
+            let parent = merge(&run);
+            if self.upper.len() <= k {
+                self.upper.push(Vec::new());
+            }
+            self.upper[k].push(parent);
+            self.push(k + 1, parent);
+        }
+    }
+
+    /// Level-0 entries made since the last call, to be stored as the content goes.
+    pub fn take_level0(&mut self) -> Vec<Cv> {
+        std::mem::take(&mut self.level0)
+    }
+
+    /// Ends the content of `len` bytes: returns the last level-0 entries and the bytes of the
+    /// levels above (in layout order), empty for a content of at most one group.
+    pub fn finish(mut self, len: u64) -> (Vec<Cv>, Vec<u8>) {
+        if self.in_group > 0 {
+            self.close_group();
+        }
+        let shape = Shape::with(len, self.shape_group, self.fanout);
+        if shape.levels.len() <= 1 {
+            return (std::mem::take(&mut self.level0), Vec::new());
+        }
+        // Close the open runs bottom up: level k+1's last entry is the merge of level k's
+        // open run, when it has one (a level whose count divides evenly has none).
+        let mut rest = Vec::new();
+        for k in 0..shape.levels.len() - 1 {
+            let open = std::mem::take(&mut self.runs[k]);
+            if !open.is_empty() {
+                let parent = merge(&open);
+                if self.upper.len() <= k {
+                    self.upper.push(Vec::new());
+                }
+                self.upper[k].push(parent);
+                if self.runs.len() <= k + 1 {
+                    self.runs.push(Vec::new());
+                }
+                self.runs[k + 1].push(parent);
+            }
+            let level = &self.upper[k];
+            debug_assert_eq!(level.len() as u64, shape.levels[k + 1]);
+            for cv in level {
+                rest.extend_from_slice(cv);
+            }
+        }
+        (std::mem::take(&mut self.level0), rest)
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+fn fresh(offset: u64) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    h
+}
+
+/// The whole outboard of `data` (tests, and contents already in memory).
+pub fn outboard(data: &[u8], group: u64, fanout: u64) -> Vec<u8> {
+    let mut b = Builder::with(group, fanout);
+    b.update(data);
+    let (level0, rest) = b.finish(data.len() as u64);
+    if Shape::with(data.len() as u64, group, fanout)
+        .levels
+        .is_empty()
+    {
+        return Vec::new();
+    }
+    let mut out: Vec<u8> = level0.iter().flatten().copied().collect();
+    out.extend_from_slice(&rest);
+    out
+}
+
+/// The entries of level `k` named by `r`, read out of a whole outboard.
+pub fn entries(outboard: &[u8], shape: &Shape, k: usize, r: Range<u64>) -> Vec<Cv> {
+    let at = shape.level_offset(k);
+    (r.start..r.end)
+        .map(|i| {
+            let o = (at + i * CV_BYTES) as usize;
+            outboard[o..o + 32].try_into().expect("32 bytes")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+            .collect()
+    }
+
+    /// Verifies groups `g` of `data` out of its outboard.
+    fn check(data: &[u8], ob: &[u8], shape: &Shape, g: Range<u64>) -> Result<(), TreeError> {
+        let root = blake3::hash(data);
+        if shape.levels.is_empty() {
+            return shape.verify(&root, 0..1, &[], data);
+        }
+        let plan = shape.plan(g.clone());
+        let lv: Vec<Vec<Cv>> = plan
+            .iter()
+            .enumerate()
+            .map(|(k, r)| entries(ob, shape, k, r.clone()))
+            .collect();
+        let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
+        let a = shape.group_range(g.start).start as usize;
+        let b = shape.group_range(g.end - 1).end as usize;
+        shape.verify(&root, g, &refs, &data[a..b])
+    }
+
+    #[test]
+    fn every_range_of_every_shape_verifies() {
+        // Small groups and fan-out build trees of one to four levels out of little data.
+        for &(group, fanout) in &[(1024u64, 2u64), (1024, 4), (2048, 8)] {
+            for len in [
+                0usize, 1, 1023, 1024, 1025, 2048, 4095, 4096, 4097, 9000, 16384, 16385, 40_000,
+                65_536, 70_001,
+            ] {
+                let data = bytes(len, 7);
+                let shape = Shape::with(len as u64, group, fanout);
+                let ob = outboard(&data, group, fanout);
+                assert_eq!(ob.len() as u64, shape.outboard_bytes(), "len {len}");
+                let n = shape.groups();
+                if n <= 1 {
+                    assert!(ob.is_empty());
+                    check(&data, &ob, &shape, 0..1).unwrap();
+                    continue;
+                }
+                for a in 0..n {
+                    for b in [a + 1, (a + 3).min(n), n] {
+                        check(&data, &ob, &shape, a..b).unwrap_or_else(|e| {
+                            panic!("len {len} group {group} fanout {fanout} {a}..{b}: {e}")
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_store_shape_matches_blake3_on_real_sizes() {
+        for len in [65_536usize, 65_537, 3 * 65_536 + 17, 1024 * 65_536 + 5] {
+            let data = bytes(len, 3);
+            let shape = Shape::new(len as u64);
+            let ob = outboard(&data, GROUP_BYTES, FANOUT);
+            assert_eq!(ob.len() as u64, shape.outboard_bytes());
+            let n = shape.groups();
+            for g in [0..1, n - 1..n, 0..n] {
+                check(&data, &ob, &shape, g).unwrap();
+            }
+        }
+        // 64 MiB + 5 bytes: 1025 groups, so two levels (1025 entries, then 2).
+        assert_eq!(Shape::new(1024 * 65_536 + 5).levels, vec![1025, 2]);
+        assert_eq!(Shape::new(64 << 30).levels, vec![1 << 20, 1 << 10]);
+    }
+
+    #[test]
+    fn a_changed_byte_a_changed_entry_or_a_wrong_root_fails() {
+        let (group, fanout) = (1024, 4);
+        let data = bytes(40_000, 9);
+        let shape = Shape::with(40_000, group, fanout);
+        let ob = outboard(&data, group, fanout);
+        let n = shape.groups();
+        // A byte of the content.
+        for at in [0usize, 1023, 1024, 20_000, 39_999] {
+            let mut bad = data.clone();
+            bad[at] ^= 1;
+            let g = (at as u64 / group)..(at as u64 / group + 1);
+            let root = blake3::hash(&data);
+            let plan = shape.plan(g.clone());
+            let lv: Vec<Vec<Cv>> = plan
+                .iter()
+                .enumerate()
+                .map(|(k, r)| entries(&ob, &shape, k, r.clone()))
+                .collect();
+            let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
+            let r = shape.group_range(g.start);
+            assert_eq!(
+                shape.verify(
+                    &root,
+                    g.clone(),
+                    &refs,
+                    &bad[r.start as usize..r.end as usize]
+                ),
+                Err(TreeError::Group(g.start))
+            );
+        }
+        // A byte of any outboard entry on the path of some range.
+        for at in 0..ob.len() {
+            let mut bad = ob.clone();
+            bad[at] ^= 0x80;
+            let caught = (0..n).any(|g| check(&data, &bad, &shape, g..g + 1).is_err());
+            assert!(caught, "a flipped outboard byte at {at} went unnoticed");
+        }
+        // Another content's BLAKE3.
+        let root = blake3::hash(b"something else");
+        let plan = shape.plan(0..1);
+        let lv: Vec<Vec<Cv>> = plan
+            .iter()
+            .enumerate()
+            .map(|(k, r)| entries(&ob, &shape, k, r.clone()))
+            .collect();
+        let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
+        assert_eq!(
+            shape.verify(&root, 0..1, &refs, &data[..1024]),
+            Err(TreeError::Outboard)
+        );
+    }
+
+    #[test]
+    fn streaming_in_any_pieces_builds_the_same_outboard() {
+        let data = bytes(70_001, 5);
+        let whole = outboard(&data, 1024, 4);
+        for piece in [1usize, 7, 1000, 1024, 5000] {
+            let mut b = Builder::with(1024, 4);
+            let mut level0 = Vec::new();
+            for c in data.chunks(piece) {
+                b.update(c);
+                level0.extend(b.take_level0());
+            }
+            let (last, rest) = b.finish(data.len() as u64);
+            level0.extend(last);
+            let mut got: Vec<u8> = level0.iter().flatten().copied().collect();
+            got.extend_from_slice(&rest);
+            assert_eq!(got, whole, "pieces of {piece}");
+        }
+    }
+
+    /// The byte layout, pinned: level 0 then the levels above, 32-byte CVs and nothing else.
+    #[test]
+    fn golden_layout() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let ob = outboard(&data, 1024, 2);
+        // 5 groups: levels of 5, 3 (runs 0-1, 2-3, 4) and 2 entries.
+        let shape = Shape::with(5000, 1024, 2);
+        assert_eq!(shape.levels, vec![5, 3, 2]);
+        assert_eq!(ob.len(), 10 * 32);
+        assert_eq!(&ob[..32], &group_cv(0, &data[..1024]));
+        assert_eq!(&ob[4 * 32..5 * 32], &group_cv(4096, &data[4096..]));
+        let l1_0 = merge(&[
+            group_cv(0, &data[..1024]),
+            group_cv(1024, &data[1024..2048]),
+        ]);
+        assert_eq!(&ob[5 * 32..6 * 32], &l1_0);
+        assert_eq!(
+            hex(&blake3::hash(&ob)),
+            "e2b2fc1d260389e81848f2d20ce863c16794fa1f05f9aa7c5b8292e24640ae74"
+        );
+    }
+
+    fn hex(h: &blake3::Hash) -> String {
+        h.to_hex().to_string()
+    }
+}
