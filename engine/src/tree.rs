@@ -114,8 +114,9 @@ impl Shape {
         r.start / self.group..r.end.div_ceil(self.group)
     }
 
-    /// The entries a reader needs to verify groups `g` (non-empty), per level, level 0 first:
-    /// whole runs of `fanout` entries below the top, and the whole top.
+    /// The entries a reader needs to verify groups `g` (non-empty, within the content's
+    /// groups), per level, level 0 first: whole runs of `fanout` entries below the top, and
+    /// the whole top.
     pub fn plan(&self, g: Range<u64>) -> Vec<Range<u64>> {
         let mut out = Vec::with_capacity(self.levels.len());
         let (mut a, mut b) = (g.start, g.end);
@@ -149,6 +150,9 @@ impl Shape {
             } else {
                 Err(TreeError::Whole)
             };
+        }
+        if g.start >= g.end || g.end > self.groups() {
+            return Err(TreeError::Shape("groups"));
         }
         let plan = self.plan(g.clone());
         if entries.len() != plan.len()

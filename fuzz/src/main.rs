@@ -253,6 +253,16 @@ fn seeds() {
     v.extend_from_slice(&table);
     v.extend_from_slice(&stored[..first_frame_len]);
     put("seek_table", 0, v);
+    // outboard: group and fan-out selectors, a group range, honest or not, then the content
+    // (its outboard is built by the target itself).
+    for (n, (head, len)) in [([0u8, 0, 0, 3, 0], 5000usize), ([1, 1, 1, 2, 1], 9000)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut v = head.to_vec();
+        v.extend((0..len).map(|i| (i * (2 * n + 1) % 251) as u8));
+        put("outboard", n, v);
+    }
     let mut st = ostore_engine::hash::HashState::new();
     st.update(&vec![1u8; 200_000]);
     put("hash_state", 0, postcard::to_stdvec(&st).unwrap());

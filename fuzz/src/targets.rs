@@ -115,6 +115,12 @@ pub static ALL: &[Target] = &[
         len_max: 1024,
     },
     Target {
+        name: "outboard",
+        run: outboard,
+        dictionary: &[],
+        len_max: 12 * 1024,
+    },
+    Target {
         name: "hash_state",
         run: hash_state,
         dictionary: &[],
@@ -544,5 +550,75 @@ pub fn trust(data: &[u8]) {
             let _ = ostore_transport::tls::Identity::from_pem(&data[1..], "ostore-node");
         }
         None => {}
+    }
+}
+
+/// The outboard check (`engine::tree`), whose entries come from the drives: any entries, data
+/// and group range are refused without a panic, and an honest outboard verifies every range.
+pub fn outboard(data: &[u8]) {
+    use ostore_engine::tree::{entries, outboard, Cv, Shape};
+    let mut i = Input(data);
+    let group = 1024u64 << (i.u8() % 2);
+    let fanout = 2u64 << (i.u8() % 3);
+    let (a, b) = (u64::from(i.u8()), u64::from(i.u8()));
+    let honest = i.u8() % 2 == 0;
+    let content = i.rest();
+    let shape = Shape::with(content.len() as u64, group, fanout);
+    let root = blake3::hash(content);
+    let n = shape.groups();
+    let g = a % (n + 2)..b % (n + 2);
+    let valid = g.start < g.end && g.end <= n;
+    if shape.levels.is_empty() {
+        assert!(shape.verify(&root, g, &[], content).is_ok());
+        return;
+    }
+    let data_of = |g: &std::ops::Range<u64>| -> &[u8] {
+        if !valid {
+            return content;
+        }
+        let s = shape.group_range(g.start).start as usize;
+        let e = shape.group_range(g.end - 1).end as usize;
+        &content[s..e]
+    };
+    if honest {
+        let ob = outboard(content, group, fanout);
+        if valid {
+            let lv: Vec<Vec<Cv>> = shape
+                .plan(g.clone())
+                .iter()
+                .enumerate()
+                .map(|(k, r)| entries(&ob, &shape, k, r.clone()))
+                .collect();
+            let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
+            assert!(
+                shape.verify(&root, g.clone(), &refs, data_of(&g)).is_ok(),
+                "an honest outboard failed"
+            );
+        } else {
+            assert!(shape.verify(&root, g.clone(), &[], content).is_err());
+        }
+    } else {
+        // Entries made of the content's own bytes, cut to whatever lengths the plan asks.
+        let cvs: Vec<Cv> = content
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32"))
+            .collect();
+        let lens: Vec<usize> = if valid {
+            shape
+                .plan(g.clone())
+                .iter()
+                .map(|r| (r.end - r.start) as usize)
+                .collect()
+        } else {
+            vec![cvs.len() / 2, cvs.len() - cvs.len() / 2]
+        };
+        let mut at = 0;
+        let mut refs: Vec<&[Cv]> = Vec::new();
+        for l in lens {
+            let e = (at + l).min(cvs.len());
+            refs.push(&cvs[at..e]);
+            at = e;
+        }
+        let _ = shape.verify(&root, g.clone(), &refs, data_of(&g));
     }
 }

@@ -64,6 +64,7 @@ targets!(
     rpc_envelope,
     records,
     seek_table,
+    outboard,
     hash_state,
     keys,
     s3_sigv4,
