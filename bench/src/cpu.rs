@@ -41,7 +41,7 @@ fn mb_s(bytes: usize, mut f: impl FnMut()) -> f64 {
 
 pub fn run(a: CpuArgs) -> anyhow::Result<()> {
     let ec = EcParams::new(a.data, a.parity).context("erasure coding")?;
-    let size = crate::units::parse_bytes(&a.size).map_err(anyhow::Error::msg)? as usize;
+    let size = ostore_engine::units::parse_bytes(&a.size).map_err(anyhow::Error::msg)? as usize;
     let (k, m) = (ec.k(), ec.m());
     let chunk = BLOCK_PAYLOAD_BYTES_MAX;
     let stripe = k * chunk;

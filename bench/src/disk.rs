@@ -18,7 +18,7 @@ pub struct DiskArgs {
     #[arg(long)]
     path: PathBuf,
     /// Bytes to write and read sequentially.
-    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_bytes)]
+    #[arg(long, default_value = "1GiB", value_parser = ostore_engine::units::parse_bytes)]
     size: u64,
     /// Requests in flight.
     #[arg(long, default_value_t = 16)]

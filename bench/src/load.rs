@@ -126,8 +126,8 @@ fn parse_size(s: &str) -> anyhow::Result<(u64, u64)> {
     match s.split_once("..") {
         Some((a, b)) => {
             let (a, b) = (
-                crate::units::parse_bytes(a).map_err(anyhow::Error::msg)?,
-                crate::units::parse_bytes(b).map_err(anyhow::Error::msg)?,
+                ostore_engine::units::parse_bytes(a).map_err(anyhow::Error::msg)?,
+                ostore_engine::units::parse_bytes(b).map_err(anyhow::Error::msg)?,
             );
             if a > b {
                 bail!("size range {s} is empty");
@@ -135,7 +135,7 @@ fn parse_size(s: &str) -> anyhow::Result<(u64, u64)> {
             Ok((a, b))
         }
         None => {
-            let n = crate::units::parse_bytes(s).map_err(anyhow::Error::msg)?;
+            let n = ostore_engine::units::parse_bytes(s).map_err(anyhow::Error::msg)?;
             Ok((n, n))
         }
     }

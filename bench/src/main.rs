@@ -8,7 +8,6 @@ mod cpu;
 mod disk;
 mod load;
 mod quic;
-mod units;
 
 use clap::{Parser, Subcommand};
 

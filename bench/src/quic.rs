@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args)]
 pub struct QuicArgs {
     /// Bytes to send, split over the streams.
-    #[arg(long, default_value = "1GiB", value_parser = crate::units::parse_bytes)]
+    #[arg(long, default_value = "1GiB", value_parser = ostore_engine::units::parse_bytes)]
     bytes: u64,
     /// Concurrent streams on one connection.
     #[arg(long, default_value_t = 4)]

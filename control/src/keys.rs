@@ -87,7 +87,7 @@ pub mod tag {
     pub const NODE_CERT: u8 = 0x78;
     /// `[0x79] fingerprint:32` → `RevokedRec`: a revoked certificate
     pub const REVOKED: u8 = 0x79;
-    /// Singleton → `SecretRec`: the client root secret (and the one it replaced, within its
+    /// Singleton → `SecretRec`: the client root secret (and those it replaced, within their
     /// grace), and the base access-key secrets derive from, all sealed under the cluster key
     pub const ROOT_SECRET: u8 = 0x7a;
     /// `[0x80] issued_ms:u64be token:16` → the answer of a write request already committed

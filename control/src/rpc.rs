@@ -537,12 +537,12 @@ pub fn decode_answer<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Meta
     }
 }
 
-/// Decodes the value [`execute`] returned.
 /// An answer's value as [`decode_value`] reads it.
 pub fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("answers always serialize")
 }
 
+/// Decodes the value [`execute`] returned.
 pub fn decode_value<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, MetaError> {
     postcard::from_bytes(v)
         .map_err(|e| MetaError::Unavailable(format!("undecodable answer value: {e}")))

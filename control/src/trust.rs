@@ -98,7 +98,8 @@ where
 
 /// Replaces the root secret with what `seal` makes of the next version (rotation `id`); the
 /// current one stays valid until `grace_until_ms`, and earlier ones whose grace still runs to
-/// the sooner of theirs and that. Refused before the cluster has one. The same `id` again changes nothing.
+/// the sooner of theirs and that ([`carry_over`]). Refused before the cluster has one. The
+/// same `id` again changes nothing.
 pub fn rotate_secret(
     kv: &dyn Kv,
     id: [u8; 16],
@@ -115,26 +116,21 @@ pub fn rotate_secret(
         if old.rotation == id {
             return Ok(old);
         }
-        // The grace given now bounds every secret that is not current: a rotation without one
-        // (a leak) ends them all at once.
-        let mut previous: Vec<PreviousSecret> = old
-            .previous
-            .iter()
-            .map(|p| PreviousSecret {
-                until_ms: p.until_ms.min(grace_until_ms),
-                ..p.clone()
-            })
-            .filter(|p| p.until_ms > now_ms)
-            .collect();
-        if grace_until_ms > now_ms {
-            previous.push(PreviousSecret {
-                version: old.version,
-                sealed: old.current.clone(),
-                until_ms: grace_until_ms,
-            });
-        }
-        let excess = previous.len().saturating_sub(PREVIOUS_SECRETS_MAX);
-        previous.drain(..excess);
+        let previous = carry_over(
+            old.previous
+                .iter()
+                .map(|p| ((p.version, p.sealed.clone()), p.until_ms)),
+            (old.version, old.current.clone()),
+            grace_until_ms,
+            now_ms,
+        )
+        .into_iter()
+        .map(|((version, sealed), until_ms)| PreviousSecret {
+            version,
+            sealed,
+            until_ms,
+        })
+        .collect();
         let version = old.version.saturating_add(1);
         let rec = SecretRec {
             rotation: id,
@@ -147,6 +143,30 @@ pub fn rotate_secret(
         tx.set(&keys::root_secret(), &encode(&rec))?;
         Ok(rec)
     })
+}
+
+/// The secrets still accepted after a rotation that replaces `current` with a grace ending at
+/// `grace_until`, given those replaced before (each with the end of its grace), oldest first:
+/// the grace given now bounds every earlier one (a rotation without one, after a leak, ends
+/// them all at once), what has ended is dropped, and at most [`PREVIOUS_SECRETS_MAX`] are kept,
+/// the newest. The rule of every rotation, the cluster's (ms) and `ostore dev`'s (instants).
+pub fn carry_over<T, U: Ord + Copy>(
+    previous: impl IntoIterator<Item = (T, U)>,
+    current: T,
+    grace_until: U,
+    now: U,
+) -> Vec<(T, U)> {
+    let mut kept: Vec<(T, U)> = previous
+        .into_iter()
+        .map(|(p, until)| (p, until.min(grace_until)))
+        .filter(|(_, until)| *until > now)
+        .collect();
+    if grace_until > now {
+        kept.push((current, grace_until));
+    }
+    let excess = kept.len().saturating_sub(PREVIOUS_SECRETS_MAX);
+    kept.drain(..excess);
+    kept
 }
 
 /// The root secret's version (0: none yet), as the cluster view carries it.

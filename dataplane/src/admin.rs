@@ -934,21 +934,13 @@ pub(crate) async fn secret_rotate(
             write(&base, &old.key_base)?;
         }
         write(file, &secret)?;
-        // As in a cluster (`trust::rotate_secret`): the grace given now bounds every earlier
-        // secret's.
-        let mut previous: Vec<_> = old
-            .previous
-            .iter()
-            .map(|(p, until)| (p.clone(), (*until).min(now + grace)))
-            .filter(|(_, until)| now < *until)
-            .collect();
-        if !grace.is_zero() {
-            previous.push((old.current.clone(), now + grace));
-        }
-        let excess = previous
-            .len()
-            .saturating_sub(ostore_control::trust::PREVIOUS_SECRETS_MAX);
-        previous.drain(..excess);
+        // The same rule as in a cluster (`trust::rotate_secret`).
+        let previous = ostore_control::trust::carry_over(
+            old.previous.iter().cloned(),
+            old.current.clone(),
+            now + grace,
+            now,
+        );
         *last = Some((id, old.version + 1, secret.clone()));
         dev_guard = Some(last);
         crate::web::Secrets {

@@ -261,19 +261,7 @@ fn parse_cache_size(s: &str) -> Result<CacheSize, String> {
     if s == "auto" {
         return Ok(CacheSize::Auto);
     }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let per: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        _ => return Err(format!("bad size unit in {s:?} (B, KiB, MiB, GiB, TiB)")),
-    };
-    n.checked_mul(per)
-        .map(CacheSize::Bytes)
-        .ok_or_else(|| format!("size {s:?} too large"))
+    ostore_engine::units::parse_bytes(s).map(CacheSize::Bytes)
 }
 
 /// The stripe cache a node keeps when given `auto`: a sixteenth of the machine's memory, at

@@ -135,19 +135,11 @@ impl<K: Hash + Eq + Clone, V> Cache<K, V> {
     }
 
     /// Removes `k`, returning its value.
-    pub fn remove(&mut self, k: &K) -> Option<V> {
+    fn remove(&mut self, k: &K) -> Option<V> {
         let e = self.entries.remove(k)?;
         self.order.remove(&e.tick);
         self.used -= e.weight;
         Some(e.value)
-    }
-
-    /// Removes every entry whose key `keep` refuses.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
-        let gone: Vec<K> = self.entries.keys().filter(|k| !keep(k)).cloned().collect();
-        for k in gone {
-            self.remove(&k);
-        }
     }
 
     /// Bytes of values held.
@@ -161,10 +153,6 @@ impl<K: Hash + Eq + Clone, V> Cache<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    pub fn capacity(&self) -> u64 {
-        self.capacity
     }
 }
 
@@ -377,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn remove_and_retain_free_their_bytes() {
+    fn remove_frees_its_bytes() {
         let mut c = Cache::new(10 * W, W, 6);
         for _ in 0..2 {
             for k in 0..6 {
@@ -386,9 +374,9 @@ mod tests {
         }
         assert_eq!(c.len(), 6);
         assert_eq!(c.remove(&0), Some(0));
-        c.retain(|k| k % 2 == 0);
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.used(), 2 * W);
-        assert_eq!(c.order.len(), 2);
+        assert_eq!(c.remove(&0), None);
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.used(), 5 * W);
+        assert_eq!(c.order.len(), 5);
     }
 }

@@ -17,5 +17,6 @@ pub mod rate;
 pub mod read;
 pub mod stripe;
 pub mod tree;
+pub mod units;
 
 pub use geometry::{EcParams, Geometry};

@@ -109,6 +109,11 @@ impl Shape {
         i * self.group..((i + 1) * self.group).min(self.len)
     }
 
+    /// The content bytes of groups `g` (non-empty, within the content's groups).
+    pub fn groups_bytes(&self, g: &Range<u64>) -> Range<u64> {
+        self.group_range(g.start).start..self.group_range(g.end - 1).end
+    }
+
     /// The groups holding content bytes `r` (non-empty, within the content).
     pub fn groups_of(&self, r: &Range<u64>) -> Range<u64> {
         r.start / self.group..r.end.div_ceil(self.group)
@@ -179,11 +184,8 @@ impl Shape {
             }
         }
         // The data against level 0.
-        let want_len: u64 = g
-            .clone()
-            .map(|i| self.group_range(i).end - i * self.group)
-            .sum();
-        if data.len() as u64 != want_len {
+        let want = self.groups_bytes(&g);
+        if data.len() as u64 != want.end - want.start {
             return Err(TreeError::Shape("group data"));
         }
         let mut at = 0usize;
@@ -196,6 +198,44 @@ impl Shape {
             at += n;
         }
         Ok(())
+    }
+
+    /// [`Shape::verify`] against a whole outboard held in memory (as [`outboard`] makes it):
+    /// the plan's entries are read out of it.
+    pub fn verify_in(
+        &self,
+        root: &blake3::Hash,
+        g: Range<u64>,
+        outboard: &[u8],
+        data: &[u8],
+    ) -> Result<(), TreeError> {
+        if self.levels.is_empty() {
+            return self.verify(root, g, &[], data);
+        }
+        if g.start >= g.end || g.end > self.groups() {
+            return Err(TreeError::Shape("groups"));
+        }
+        if outboard.len() as u64 != self.outboard_bytes() {
+            return Err(TreeError::Shape("outboard length"));
+        }
+        let levels: Vec<Vec<Cv>> = self
+            .plan(g.clone())
+            .into_iter()
+            .enumerate()
+            .map(|(k, r)| self.entries(outboard, k, r))
+            .collect();
+        let refs: Vec<&[Cv]> = levels.iter().map(Vec::as_slice).collect();
+        self.verify(root, g, &refs, data)
+    }
+
+    /// The entries of level `k` named by `r`, read out of a whole outboard.
+    fn entries(&self, outboard: &[u8], k: usize, r: Range<u64>) -> Vec<Cv> {
+        let at = self.level_offset(k);
+        r.map(|i| {
+            let o = (at + i * CV_BYTES) as usize;
+            outboard[o..o + 32].try_into().expect("32 bytes")
+        })
+        .collect()
     }
 }
 
@@ -379,17 +419,6 @@ pub fn outboard(data: &[u8], group: u64, fanout: u64) -> Vec<u8> {
     out
 }
 
-/// The entries of level `k` named by `r`, read out of a whole outboard.
-pub fn entries(outboard: &[u8], shape: &Shape, k: usize, r: Range<u64>) -> Vec<Cv> {
-    let at = shape.level_offset(k);
-    (r.start..r.end)
-        .map(|i| {
-            let o = (at + i * CV_BYTES) as usize;
-            outboard[o..o + 32].try_into().expect("32 bytes")
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,20 +431,27 @@ mod tests {
 
     /// Verifies groups `g` of `data` out of its outboard.
     fn check(data: &[u8], ob: &[u8], shape: &Shape, g: Range<u64>) -> Result<(), TreeError> {
-        let root = blake3::hash(data);
+        check_bytes(data, ob, shape, g.clone(), groups_of(data, shape, &g))
+    }
+
+    /// Verifies groups `g` of `data` with `bytes` standing for their content.
+    fn check_bytes(
+        data: &[u8],
+        ob: &[u8],
+        shape: &Shape,
+        g: Range<u64>,
+        bytes: &[u8],
+    ) -> Result<(), TreeError> {
+        shape.verify_in(&blake3::hash(data), g, ob, bytes)
+    }
+
+    /// The bytes of groups `g` of `data` (all of it for a content of one group).
+    fn groups_of<'d>(data: &'d [u8], shape: &Shape, g: &Range<u64>) -> &'d [u8] {
         if shape.levels.is_empty() {
-            return shape.verify(&root, 0..1, &[], data);
+            return data;
         }
-        let plan = shape.plan(g.clone());
-        let lv: Vec<Vec<Cv>> = plan
-            .iter()
-            .enumerate()
-            .map(|(k, r)| entries(ob, shape, k, r.clone()))
-            .collect();
-        let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
-        let a = shape.group_range(g.start).start as usize;
-        let b = shape.group_range(g.end - 1).end as usize;
-        shape.verify(&root, g, &refs, &data[a..b])
+        let r = shape.groups_bytes(g);
+        &data[r.start as usize..r.end as usize]
     }
 
     #[test]
@@ -476,22 +512,8 @@ mod tests {
             let mut bad = data.clone();
             bad[at] ^= 1;
             let g = (at as u64 / group)..(at as u64 / group + 1);
-            let root = blake3::hash(&data);
-            let plan = shape.plan(g.clone());
-            let lv: Vec<Vec<Cv>> = plan
-                .iter()
-                .enumerate()
-                .map(|(k, r)| entries(&ob, &shape, k, r.clone()))
-                .collect();
-            let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
-            let r = shape.group_range(g.start);
             assert_eq!(
-                shape.verify(
-                    &root,
-                    g.clone(),
-                    &refs,
-                    &bad[r.start as usize..r.end as usize]
-                ),
+                check_bytes(&data, &ob, &shape, g.clone(), groups_of(&bad, &shape, &g)),
                 Err(TreeError::Group(g.start))
             );
         }
@@ -503,16 +525,8 @@ mod tests {
             assert!(caught, "a flipped outboard byte at {at} went unnoticed");
         }
         // Another content's BLAKE3.
-        let root = blake3::hash(b"something else");
-        let plan = shape.plan(0..1);
-        let lv: Vec<Vec<Cv>> = plan
-            .iter()
-            .enumerate()
-            .map(|(k, r)| entries(&ob, &shape, k, r.clone()))
-            .collect();
-        let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
         assert_eq!(
-            shape.verify(&root, 0..1, &refs, &data[..1024]),
+            shape.verify_in(&blake3::hash(b"something else"), 0..1, &ob, &data[..1024]),
             Err(TreeError::Outboard)
         );
     }

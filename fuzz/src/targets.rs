@@ -556,7 +556,7 @@ pub fn trust(data: &[u8]) {
 /// The outboard check (`engine::tree`), whose entries come from the drives: any entries, data
 /// and group range are refused without a panic, and an honest outboard verifies every range.
 pub fn outboard(data: &[u8]) {
-    use ostore_engine::tree::{entries, outboard, Cv, Shape};
+    use ostore_engine::tree::{outboard, Cv, Shape};
     let mut i = Input(data);
     let group = 1024u64 << (i.u8() % 2);
     let fanout = 2u64 << (i.u8() % 3);
@@ -576,27 +576,17 @@ pub fn outboard(data: &[u8]) {
         if !valid {
             return content;
         }
-        let s = shape.group_range(g.start).start as usize;
-        let e = shape.group_range(g.end - 1).end as usize;
-        &content[s..e]
+        let r = shape.groups_bytes(g);
+        &content[r.start as usize..r.end as usize]
     };
     if honest {
         let ob = outboard(content, group, fanout);
-        if valid {
-            let lv: Vec<Vec<Cv>> = shape
-                .plan(g.clone())
-                .iter()
-                .enumerate()
-                .map(|(k, r)| entries(&ob, &shape, k, r.clone()))
-                .collect();
-            let refs: Vec<&[Cv]> = lv.iter().map(|v| v.as_slice()).collect();
-            assert!(
-                shape.verify(&root, g.clone(), &refs, data_of(&g)).is_ok(),
-                "an honest outboard failed"
-            );
-        } else {
-            assert!(shape.verify(&root, g.clone(), &[], content).is_err());
-        }
+        let r = shape.verify_in(&root, g.clone(), &ob, data_of(&g));
+        assert_eq!(
+            r.is_ok(),
+            valid,
+            "an honest outboard: {r:?} for groups {g:?} of {n}"
+        );
     } else {
         // Entries made of the content's own bytes, cut to whatever lengths the plan asks.
         let cvs: Vec<Cv> = content

@@ -1,5 +1,6 @@
 //! Access keys besides `root`: their ids, their secrets (derived from the key base the data
-//! plane holds and a per-key salt, so no secret is ever stored), and what each may do (its buckets, read-only).
+//! plane holds and a per-key salt, so no secret is ever stored), and what each may do (its
+//! buckets, read-only).
 
 use crate::error::{Code, S3Error};
 use crate::route::Op;
