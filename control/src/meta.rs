@@ -837,6 +837,7 @@ pub struct NewContent {
     pub size_bytes: u64,
     pub stored: Stored,
     pub encoding: Encoding,
+    pub tree: Tree,
 }
 
 /// What the intent of a commit says before it is made: the commit landed already (its
@@ -938,6 +939,7 @@ pub(crate) fn store_content(
         stored: content.stored.clone(),
         damaged: false,
         encoding: content.encoding,
+        tree: content.tree,
     };
     put_content(tx, &content.blake3, existing.as_ref(), &rec)?;
     count_content(tx, &rec, 1)?;
@@ -1926,6 +1928,7 @@ mod tests {
     fn inline(b: &[u8]) -> NewContent {
         NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3: *blake3_stub(b),
             size_bytes: b.len() as u64,
             stored: Stored::Inline(b.to_vec()),
@@ -2469,6 +2472,7 @@ mod tests {
         let old = locs(2, 0, 1);
         let c = |shards: Vec<ShardLoc>| NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3: [6; 32],
             size_bytes: 50_000,
             stored: Stored::Sharded {
@@ -2611,6 +2615,7 @@ mod tests {
     fn one_shard_content(blake3: [u8; 32]) -> NewContent {
         NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3,
             size_bytes: 100_000,
             stored: Stored::Sharded {
@@ -2777,6 +2782,7 @@ mod tests {
         init(&kv, 1).unwrap();
         let c = NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3: [6; 32],
             size_bytes: 100_000,
             stored: Stored::Sharded {
@@ -2814,6 +2820,7 @@ mod tests {
             stored: Stored::Inline(vec![1; 10]),
             size_bytes: 10,
             encoding: Encoding::Identity,
+            tree: Tree::None,
         };
         commit_put(
             &kv,
@@ -2877,6 +2884,7 @@ mod tests {
         begin_intent(&kv, 1, &old, OWNER, 1).unwrap();
         let c = NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3: [5; 32],
             size_bytes: 100_000,
             stored: Stored::Sharded {

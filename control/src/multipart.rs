@@ -11,7 +11,8 @@ use crate::keys;
 use crate::kv::{run, Kv, Tx};
 use crate::meta::{self, MetaError, NewContent, Prior, PutOutcome, Result, WriteCondition};
 use crate::records::{
-    decode, encode, encode_content, ContentRec, Encoding, ObjectAttrs, PartRef, RecordError, Stored,
+    decode, encode, encode_content, ContentRec, Encoding, ObjectAttrs, PartRef, RecordError,
+    Stored, Tree,
 };
 use serde::{Deserialize, Serialize};
 
@@ -320,6 +321,7 @@ pub fn complete(
                 },
                 damaged: false,
                 encoding: Encoding::Identity,
+                tree: Tree::None,
             };
             tx.set(&ck, &encode_content(&rec))?;
             meta::put_part_list(tx, &name, &refs)?;
@@ -455,6 +457,7 @@ mod tests {
         let b = vec![n; len];
         NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3: *blake3::hash(&b).as_bytes(),
             size_bytes: len as u64,
             stored: Stored::Inline(b),

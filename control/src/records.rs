@@ -242,6 +242,22 @@ pub struct ContentRec {
     pub damaged: bool,
     /// How the object's bytes are stored (added in content format 2).
     pub encoding: Encoding,
+    /// What the shard files hold after the stored bytes to verify any range of the object
+    /// against its BLAKE3 (added in content format 3).
+    pub tree: Tree,
+}
+
+/// What follows a content's stored bytes in its shard files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tree {
+    /// Nothing: a content written before trees, or one not stored in shard files (inline,
+    /// whose every read hashes it whole, or assembled from parts, each with its own tree).
+    #[default]
+    None,
+    /// The outboard of `ostore_engine::tree` for the object's `size_bytes`, in the store's
+    /// shape (`Shape::new`: groups of at least 64 KiB, at most 2^18 of them, fan-out 1024):
+    /// `Shape::new(size_bytes).outboard_bytes()` bytes after the stored bytes.
+    Outboard,
 }
 
 /// The stored form of an object's bytes. `size_bytes` is always the object's (logical) size;
@@ -263,11 +279,37 @@ impl ContentRec {
             Encoding::Zstd { stored_bytes, .. } => stored_bytes,
         }
     }
+
+    /// Bytes of the outboard after the stored bytes.
+    pub fn outboard_bytes(&self) -> u64 {
+        match self.tree {
+            Tree::None => 0,
+            Tree::Outboard => ostore_engine::tree::Shape::new(self.size_bytes).outboard_bytes(),
+        }
+    }
+
+    /// Bytes the shard files hold: the stored bytes, then the outboard. The shard files'
+    /// geometry (stripes, blocks, header's size) is that of this many bytes.
+    pub fn payload_bytes(&self) -> u64 {
+        self.stored_bytes() + self.outboard_bytes()
+    }
 }
 
-/// Format byte of content records: 2 since `encoding` was appended; format 1 (without it)
-/// still decodes, as `Identity`.
-pub const CONTENT_FORMAT: u8 = 2;
+/// Format byte of content records: 3 since `tree` was appended; format 2 (without it)
+/// decodes with `Tree::None`, and format 1 (without `encoding` either) as `Identity` too.
+pub const CONTENT_FORMAT: u8 = 3;
+
+/// Content records as format 2 wrote them.
+#[derive(Deserialize)]
+struct ContentRecV2 {
+    size_bytes: u64,
+    refs: u64,
+    created_ms: u64,
+    unreferenced_since_ms: Option<u64>,
+    stored: Stored,
+    damaged: bool,
+    encoding: Encoding,
+}
 
 /// Content records as format 1 wrote them.
 #[derive(Deserialize)]
@@ -290,6 +332,19 @@ pub fn decode_content(b: &[u8]) -> Result<ContentRec, RecordError> {
     let e = |e: postcard::Error| RecordError(e.to_string());
     match b.split_first() {
         Some((&CONTENT_FORMAT, rest)) => postcard::from_bytes(rest).map_err(e),
+        Some((&2, rest)) => {
+            let v: ContentRecV2 = postcard::from_bytes(rest).map_err(e)?;
+            Ok(ContentRec {
+                size_bytes: v.size_bytes,
+                refs: v.refs,
+                created_ms: v.created_ms,
+                unreferenced_since_ms: v.unreferenced_since_ms,
+                stored: v.stored,
+                damaged: v.damaged,
+                encoding: v.encoding,
+                tree: Tree::None,
+            })
+        }
         Some((&1, rest)) => {
             let v: ContentRecV1 = postcard::from_bytes(rest).map_err(e)?;
             Ok(ContentRec {
@@ -300,6 +355,7 @@ pub fn decode_content(b: &[u8]) -> Result<ContentRec, RecordError> {
                 stored: v.stored,
                 damaged: v.damaged,
                 encoding: Encoding::Identity,
+                tree: Tree::None,
             })
         }
         Some((f, _)) => Err(RecordError(format!("unknown content record format {f}"))),
@@ -435,13 +491,23 @@ mod tests {
             stored: Stored::Inline(b"hello".to_vec()),
             damaged: false,
             encoding: Encoding::Identity,
+            tree: Tree::None,
         };
         let v1 = [1, 5, 1, 2, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', 0];
         assert_eq!(decode_content(&v1).unwrap(), c);
         let mut v2 = vec![2];
         v2.extend_from_slice(&v1[1..]);
         v2.push(0);
-        assert_eq!(encode_content(&c), v2);
+        assert_eq!(decode_content(&v2).unwrap(), c);
+        let mut v3 = vec![3];
+        v3.extend_from_slice(&v2[1..]);
+        v3.push(0);
+        assert_eq!(encode_content(&c), v3);
+        let t = ContentRec {
+            tree: Tree::Outboard,
+            ..c.clone()
+        };
+        assert_eq!(decode_content(&encode_content(&t)).unwrap(), t);
         let z = ContentRec {
             encoding: Encoding::Zstd {
                 stored_bytes: 300,

@@ -34,9 +34,12 @@ pub enum Blob {
     Hash = 1,
     /// The zstd frame entries written so far (8 bytes each; appended to, never rewritten).
     Frames = 2,
+    /// Level 0 of the object's outboard so far: the chaining value of every whole group of
+    /// object bytes (32 bytes each; appended to, never rewritten).
+    Tree = 3,
 }
 
-const BLOBS: [Blob; 3] = [Blob::Tail, Blob::Hash, Blob::Frames];
+const BLOBS: [Blob; 4] = [Blob::Tail, Blob::Hash, Blob::Frames, Blob::Tree];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadLock {
@@ -82,6 +85,7 @@ pub struct UploadState {
     pub tail: Vec<u8>,
     pub hash: Vec<u8>,
     pub frames: Vec<u8>,
+    pub tree: Vec<u8>,
 }
 
 /// How far a PATCH got.
@@ -96,6 +100,8 @@ pub struct Progress {
     /// Frame entries closed since the last progress, appended to the frames blob (so an
     /// upload's metadata writes stay linear in its size however many PATCHes it takes).
     pub new_frames: Vec<u8>,
+    /// Level-0 entries of the outboard completed since the last progress, appended likewise.
+    pub new_tree: Vec<u8>,
     /// The upload expires this long after this progress.
     pub expiry_ms: u64,
 }
@@ -207,6 +213,7 @@ pub fn lock(
             tail: read_blob(tx, id, Blob::Tail)?,
             hash: read_blob(tx, id, Blob::Hash)?,
             frames: read_blob(tx, id, Blob::Frames)?,
+            tree: read_blob(tx, id, Blob::Tree)?,
             rec,
         })
     })
@@ -250,7 +257,8 @@ pub fn progress(
         put_rec(tx, id, &rec)?;
         write_blob(tx, id, Blob::Tail, &p.tail)?;
         write_blob(tx, id, Blob::Hash, &p.hash)?;
-        append_blob(tx, id, Blob::Frames, &p.new_frames)
+        append_blob(tx, id, Blob::Frames, &p.new_frames)?;
+        append_blob(tx, id, Blob::Tree, &p.new_tree)
     })
 }
 
@@ -395,7 +403,7 @@ pub fn expired(kv: &dyn Kv, now_ms: u64, limit: usize) -> Result<Vec<[u8; 16]>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Encoding, Stored};
+    use crate::records::{Encoding, Stored, Tree};
     use crate::redb_kv::RedbKv;
 
     fn rec(shards: Vec<ShardLoc>) -> UploadRec {
@@ -436,6 +444,7 @@ mod tests {
             tail,
             hash: vec![1, 2, 3],
             new_frames: vec![offset as u8; 70_000],
+            new_tree: Vec::new(),
             expiry_ms: 200,
         }
     }
@@ -502,6 +511,7 @@ mod tests {
             size_bytes: 2,
             stored: Stored::Inline(vec![1, 2]),
             encoding: Encoding::Identity,
+            tree: Tree::None,
         };
         assert!(
             commit(&kv, &id, 2, 99, &content, 20).is_err(),

@@ -5,7 +5,7 @@
 
 use ostore_control::kv::{BodyError, Kv, KvError, Tx};
 use ostore_control::meta::{NewContent, PutOutcome, WriteCondition};
-use ostore_control::records::{ContentRec, Encoding, ShardLoc, Stored, VersionRec};
+use ostore_control::records::{ContentRec, Encoding, ShardLoc, Stored, Tree, VersionRec};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, Request, Token};
 use rand::rngs::StdRng;
@@ -100,6 +100,7 @@ fn content(i: u8, sharded: bool) -> NewContent {
     let blake3 = *blake3::hash(&body).as_bytes();
     NewContent {
         encoding: Encoding::Identity,
+        tree: Tree::None,
         blake3,
         size_bytes: body.len() as u64,
         stored: if sharded {

@@ -597,6 +597,9 @@ pub(crate) async fn body_of(
     if len == 0 {
         return Ok(RespBody::Full(None));
     }
+    if store::verify::has_tree(content) {
+        return verified_body(node, content, blake3, range, coding).await;
+    }
     if !zstd_stored || coding == Some(Coding::Zstd) {
         // The stored bytes as they are: the object, or its zstd stream.
         let (range, size) = match coding {
@@ -647,6 +650,55 @@ pub(crate) async fn body_of(
         return Ok(RespBody::Stream(counted(node, s), Some(len)));
     }
     Ok(RespBody::Stream(counted(node, gzip(s)), None))
+}
+
+/// The body of a content with a tree: every byte verified before it is sent
+/// (`crate::verify`); the stored zstd frames as they are for a client that takes them.
+async fn verified_body(
+    node: &Arc<Node>,
+    content: &ContentRec,
+    blake3: [u8; 32],
+    range: std::ops::Range<u64>,
+    coding: Option<Coding>,
+) -> Result<RespBody, ApiError> {
+    let zstd_stored = matches!(content.encoding, Encoding::Zstd { .. });
+    let raw = zstd_stored && coding == Some(Coding::Zstd);
+    let len = if raw {
+        content.stored_bytes()
+    } else {
+        range.end - range.start
+    };
+    let open = |c: ContentRec| {
+        let (node, range) = (node.clone(), range.clone());
+        async move {
+            let mut v = store::verify::Verified::open(&node, blake3, &c, range, raw).await?;
+            let first = v.next().await;
+            Ok::<_, store::StoreError>((v, first))
+        }
+    };
+    let (mut v, mut first) = open(content.clone()).await?;
+    if let Some(Err(store::StoreError::InsufficientShards { .. })) = &first {
+        // The shards may have moved (a repair or a move swapped new files in and deleted the
+        // old ones) between reading the content's record and opening its files: read again
+        // from where the record says they are now.
+        if let Some(now) = moved_since(node, &blake3, content).await {
+            (v, first) = open(now).await?;
+        }
+    }
+    let first = match first {
+        Some(Err(e)) => return Err(e.into()),
+        other => other,
+    };
+    if v.degraded() {
+        node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
+    }
+    let s = stream_after(v, first, |mut v: store::verify::Verified| async move {
+        (v.next().await, v)
+    });
+    if coding == Some(Coding::Gzip) && zstd_stored {
+        return Ok(RespBody::Stream(counted(node, gzip(s)), None));
+    }
+    Ok(RespBody::Stream(counted(node, s), Some(len)))
 }
 
 /// Recodes a stream of object bytes as one gzip member.

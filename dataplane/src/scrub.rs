@@ -248,7 +248,7 @@ async fn check_shard(
             data: *data,
             parity: *parity,
         },
-        content.stored_bytes(),
+        content.payload_bytes(),
     );
     pacer.pay(HEADER_BYTES as u64, per_s).await;
     let f = match ShardFile::open_loc(node, &loc, OpenMode::Read).await {

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use ostore_control::meta::{
     self, MetaError, NewContent, PutOutcome, WriteCondition, INLINE_BYTES_MAX,
 };
-use ostore_control::records::{ContentRec, Encoding, ObjectAttrs, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, ObjectAttrs, ShardLoc, Stored, Tree};
 use ostore_control::rpc::ask;
 use ostore_engine::codec::{Codec, CodecError};
 use ostore_engine::compress;
@@ -20,10 +20,12 @@ use ostore_engine::lifecycle::{self, Event};
 use ostore_engine::placement::{self, DriveView};
 use ostore_engine::read::{next_action, BlockState, StripeAction};
 use ostore_engine::stripe::{copy_out, data_shards_for, Striper};
+use ostore_engine::tree;
 use ostore_engine::{EcParams, Geometry};
 use ostore_wire::peer::OpenMode;
 use ostore_wire::shard::{block_offset, open_block, ShardHeader, BLOCK_BYTES, HEADER_BYTES};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Stripes per write batch: each shard buffer holds this many 64 KiB blocks.
+pub mod verify;
+
 pub const WRITE_BATCH_STRIPES: usize = 4;
 /// Stripes per read batch on GET and repair.
 pub const READ_BATCH_STRIPES: u64 = 4;
@@ -62,6 +66,9 @@ pub enum StoreError {
     Meta(#[from] MetaError),
     #[error("erasure coding: {0}")]
     Codec(String),
+    /// Bytes read back do not match the content's BLAKE3, however they were read.
+    #[error("verification: {0}")]
+    Verification(String),
 }
 
 /// What was being done to a shard file.
@@ -570,6 +577,12 @@ fn drive_views(node: &Node) -> Vec<DriveView> {
     out
 }
 
+/// The bytes a new content of `len` object bytes puts in its shard files, stored as they are:
+/// the bytes, then their outboard (`ostore_engine::tree`).
+pub(crate) fn payload_for(len: u64) -> u64 {
+    len + tree::Shape::new(len).outboard_bytes()
+}
+
 /// Chooses the drives of a new object's K+M shard files (sized for `size_bytes` object bytes)
 /// and names the files `file_id`.
 pub async fn place_shards(
@@ -578,7 +591,7 @@ pub async fn place_shards(
     file_id: u64,
 ) -> Result<(Vec<ShardLoc>, crate::drives::Reservation)> {
     let ec = node.ec;
-    let per_shard = Geometry::new(ec, size_bytes).shard_file_bytes();
+    let per_shard = Geometry::new(ec, payload_for(size_bytes)).shard_file_bytes();
     let spread: u64 = rand::random();
     let rule = |node: &Node| {
         placement::WriteRule::new(
@@ -713,7 +726,6 @@ pub async fn put(
     if length_hint.is_some_and(|l| l > OBJECT_BYTES_MAX) {
         return Err(StoreError::TooLarge);
     }
-    let mut hasher = blake3::Hasher::new();
     let mut head = Vec::new();
     let mut overflow = None;
     while let Some(chunk) = body.next_chunk().await {
@@ -726,14 +738,14 @@ pub async fn put(
         }
     }
     let Some(overflow) = overflow else {
-        hasher.update(&head);
-        let h: [u8; 32] = *hasher.finalize().as_bytes();
+        let h: [u8; 32] = *blake3::hash(&head).as_bytes();
         if expected.is_some_and(|e| e != h) {
             return Err(StoreError::BadDigest);
         }
         body.complete(&mut attrs);
         let content = NewContent {
             encoding: Encoding::Identity,
+            tree: Tree::None,
             blake3: h,
             size_bytes: head.len() as u64,
             stored: Stored::Inline(head),
@@ -787,18 +799,7 @@ pub async fn put(
         }
     };
 
-    let result = put_sharded(
-        ec,
-        &locs,
-        writer,
-        shape,
-        &mut hasher,
-        already,
-        compress,
-        expected,
-        body,
-    )
-    .await;
+    let result = put_sharded(ec, &locs, writer, shape, already, compress, expected, body).await;
     let (size, h, encoding, lost) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -821,6 +822,7 @@ pub async fn put(
     body.complete(&mut attrs);
     let content = NewContent {
         encoding,
+        tree: Tree::Outboard,
         blake3: h,
         size_bytes: size,
         stored: Stored::Sharded {
@@ -1017,7 +1019,7 @@ struct WriteShape {
 impl WriteShape {
     fn new(ec: EcParams, compress: bool, length_hint: Option<u64>) -> WriteShape {
         // The stored size of an object that is compressed is known only at its end.
-        let length_hint = length_hint.filter(|_| !compress);
+        let length_hint = length_hint.filter(|_| !compress).map(payload_for);
         // An object whose length is known and fits in two batches is written as one batch.
         let stripes_hint = length_hint.map(|l| Geometry::new(ec, l).stripe_count() as usize);
         let batch = match stripes_hint {
@@ -1049,7 +1051,6 @@ async fn put_sharded(
     locs: &[ShardLoc],
     writer: ShardWriter,
     shape: WriteShape,
-    hasher: &mut blake3::Hasher,
     already: Vec<Bytes>,
     compress: bool,
     expected: Option<[u8; 32]>,
@@ -1067,6 +1068,8 @@ async fn put_sharded(
         None
     };
     let mut staged = Vec::new();
+    // The object's BLAKE3 and its outboard, in one pass.
+    let mut hasher = tree::ContentHasher::new();
     let r = async {
         // What was read before the object's form was decided comes first.
         let mut already = already.into_iter();
@@ -1107,10 +1110,12 @@ async fn put_sharded(
                 }
             }
         };
-        let h: [u8; 32] = *hasher.finalize().as_bytes();
+        let (h, outboard) = std::mem::take(&mut hasher).finish();
         if expected.is_some_and(|e| e != h) {
             return Err(StoreError::BadDigest);
         }
+        // The outboard follows the stored bytes.
+        out.feed(&outboard).await?;
         out.finish(ec, locs, h).await?;
         Ok((size, h, encoding, out.w.lost()))
     }
@@ -1244,6 +1249,23 @@ pub struct ShardReader {
     /// and scrub, which must read the drives), and the stored instance keying its entries.
     cache_bytes: u64,
     instance: u128,
+    /// The stored bytes (the outboard follows them): what of a stripe the cache holds.
+    stored: u64,
+    /// Whole stripes read from the drives, held back from the cache until the reader's caller
+    /// has verified them against the content's tree ([`ShardReader::verified_to`]); `None`
+    /// offers them as they are read (a content without a tree).
+    held_offers: Option<VecDeque<HeldOffer>>,
+    /// Whether the last piece [`ShardReader::next`] returned came from the stripe cache (and
+    /// so was verified when it was admitted).
+    last_cached: bool,
+}
+
+/// A stripe waiting for verification before it is offered to the cache.
+struct HeldOffer {
+    stripe: u64,
+    /// Whether a lookup of it was counted already.
+    recorded: bool,
+    bytes: Bytes,
 }
 
 /// One piece of a range read: stripes `s0..s0+n`, per stripe the bytes wanted (within the
@@ -1459,7 +1481,7 @@ impl ShardReader {
         Some(ShardReader {
             node,
             blake3,
-            geo: Geometry::new(ec, content.stored_bytes()),
+            geo: Geometry::new(ec, content.payload_bytes()),
             files: Rc::new(RefCell::new(vec![Slot::Unopened; locs.len()])),
             locs,
             codec: Codec::new(ec),
@@ -1470,7 +1492,78 @@ impl ShardReader {
             around_suspects: false,
             cache_bytes: 0,
             instance,
+            held_offers: None,
+            last_cached: false,
+            stored: content.stored_bytes(),
         })
+    }
+
+    /// Reads around shard `i` from now on, as if it had failed (it is reported as bad).
+    pub fn exclude(&mut self, i: usize) {
+        // A read-ahead may hold its bytes.
+        self.prefetch = None;
+        if i < self.bad.len() {
+            self.bad[i] = true;
+            self.files.borrow_mut()[i] = Slot::Failed;
+        }
+    }
+
+    /// Holds whole stripes read from the drives back from the cache until
+    /// [`ShardReader::verified_to`] passes them.
+    pub fn hold_offers(&mut self) {
+        self.held_offers = Some(VecDeque::new());
+    }
+
+    /// The caller verified the stored bytes before `offset`: the stripes held back that end
+    /// there or before are offered to the cache.
+    pub fn verified_to(&mut self, offset: u64) {
+        let Some(held) = self.held_offers.as_mut() else {
+            return;
+        };
+        while let Some(h) = held.front() {
+            if self.geo.stripe_offset(h.stripe) + h.bytes.len() as u64 > offset {
+                break;
+            }
+            let h = held.pop_front().expect("front");
+            if self.cache_bytes > 0 {
+                let key = crate::stripecache::StripeKey {
+                    instance: self.instance,
+                    stripe: h.stripe,
+                };
+                crate::stripecache::offer(self.cache_bytes, key, &h.bytes, h.recorded);
+            }
+        }
+    }
+
+    /// Whether the last piece returned came from the cache.
+    pub fn last_cached(&self) -> bool {
+        self.last_cached
+    }
+
+    /// Reads stored bytes `range` aside: the reader's place in its own range, its read-ahead
+    /// and the cache are left as they were.
+    pub async fn read_aside(&mut self, range: Range<u64>) -> Result<Vec<u8>> {
+        let cursor = std::mem::replace(&mut self.cursor, range.clone());
+        let prefetch = self.prefetch.take();
+        let cache = std::mem::take(&mut self.cache_bytes);
+        let held = self.held_offers.take();
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        let mut r = Ok(());
+        while !self.cursor.is_empty() {
+            match self.next().await {
+                Some(Ok(b)) => out.extend_from_slice(&b),
+                Some(Err(e)) => {
+                    r = Err(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.cursor = cursor;
+        self.prefetch = prefetch;
+        self.cache_bytes = cache;
+        self.held_offers = held;
+        r.map(|()| out)
     }
 
     /// Makes this a client's read: shards on nodes this node just failed to reach are read
@@ -1499,13 +1592,19 @@ impl ShardReader {
         let s = geo.stripe_of(range.start);
         let bytes = crate::stripecache::get(self.cache_bytes, &self.stripe_key(s))?;
         let so = geo.stripe_offset(s);
-        if bytes.len() != geo.stripe_bytes(s) {
+        if bytes.len() != self.cached_len(s) {
             return None;
         }
         let a = (range.start - so) as usize;
         let b = (range.end.min(so + bytes.len() as u64) - so) as usize;
         self.cursor.start += (b - a) as u64;
         Some(bytes.slice(a..b))
+    }
+
+    /// The bytes of stripe `s` the cache holds: its stored bytes, not the outboard's.
+    fn cached_len(&self, s: u64) -> usize {
+        let so = self.geo.stripe_offset(s);
+        (self.geo.stripe_bytes(s) as u64).min(self.stored.saturating_sub(so)) as usize
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -1757,8 +1856,10 @@ impl ShardReader {
             return None;
         }
         if let Some(hit) = self.cached_rest(&range) {
+            self.last_cached = true;
             return Some(Ok(hit));
         }
+        self.last_cached = false;
         let geo = self.geo;
         let PiecePlan {
             s0,
@@ -1784,13 +1885,14 @@ impl ShardReader {
         }
         let mut out =
             Vec::with_capacity((range.end - range.start).min(n * geo.stripe_data_bytes()) as usize);
+        let mut held = Vec::new();
         for (s, within, d) in spans {
             let at = out.len();
-            let whole = within.start == 0 && within.end == geo.stripe_bytes(s);
+            let whole = within.start == 0 && within.end == self.cached_len(s) && within.end > 0;
             if let Some(payloads) = self.healthy_payloads(&batch, s, d.clone()) {
                 copy_piece(&geo, s, d, &payloads, within, &mut out);
                 if whole {
-                    self.offer_to_cache(s, s0, &out[at..]);
+                    self.offer_to_cache(s, s0, &out, at, &mut held);
                 }
                 continue;
             }
@@ -1806,22 +1908,47 @@ impl ShardReader {
             let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
             copy_piece(&geo, s, d, &chunks, within, &mut out);
             if whole {
-                self.offer_to_cache(s, s0, &out[at..]);
+                self.offer_to_cache(s, s0, &out, at, &mut held);
             }
         }
         self.cursor.start += out.len() as u64;
         if self.bad.iter().any(|b| *b) {
             self.report().await;
         }
-        Some(Ok(Bytes::from(out)))
+        let out = Bytes::from(out);
+        if let Some(q) = self.held_offers.as_mut() {
+            for (stripe, recorded, r) in held {
+                q.push_back(HeldOffer {
+                    stripe,
+                    recorded,
+                    bytes: out.slice(r),
+                });
+            }
+        }
+        Some(Ok(out))
     }
 
-    /// Offers a whole stripe a client's read verified to the stripe cache. The piece's first
-    /// stripe was looked up (and so counted) already; the others are counted now.
-    fn offer_to_cache(&self, s: u64, looked_up: u64, bytes: &[u8]) {
-        if self.cache_bytes > 0 {
-            crate::stripecache::offer(self.cache_bytes, self.stripe_key(s), bytes, s == looked_up);
+    /// Offers a whole stripe a client's read checked (every block's CRC) to the stripe cache,
+    /// or holds it back (its place in the piece, in `held`) until its caller verified it. The
+    /// piece's first stripe was looked up (and so counted) already; the others are counted
+    /// now.
+    fn offer_to_cache(
+        &self,
+        s: u64,
+        looked_up: u64,
+        out: &[u8],
+        at: usize,
+        held: &mut Vec<(u64, bool, Range<usize>)>,
+    ) {
+        if self.cache_bytes == 0 {
+            return;
         }
+        if self.held_offers.is_some() {
+            held.push((s, s == looked_up, at..out.len()));
+            return;
+        }
+        let key = self.stripe_key(s);
+        crate::stripecache::offer(self.cache_bytes, key, &out[at..], s == looked_up);
     }
 
     /// Closes the shard files this reader opened.
@@ -1873,6 +2000,11 @@ pub struct Decoded {
     /// Object bytes to drop from the first frame, and still to return.
     skip: usize,
     remaining: u64,
+    /// For a client sent the stored frames as they are (`Content-Encoding: zstd`): each frame
+    /// decompressed, with the object offset where its bytes end, until its caller sends it.
+    raw: Option<VecDeque<(u64, Bytes)>>,
+    /// The seek table's bytes, as read.
+    table: Bytes,
 }
 
 fn codec_error(e: compress::CompressError) -> StoreError {
@@ -1887,14 +2019,23 @@ impl Decoded {
         content: &ContentRec,
         range: Range<u64>,
     ) -> Result<Decoded> {
+        let reader = ShardReader::new(node, blake3, content)
+            .ok_or_else(|| StoreError::Codec("zstd content must be sharded".into()))?
+            .for_client();
+        Decoded::with_reader(reader, content, range).await
+    }
+
+    /// As [`Decoded::open`], reading through `reader` (a reader of the content's shards).
+    pub async fn with_reader(
+        mut reader: ShardReader,
+        content: &ContentRec,
+        range: Range<u64>,
+    ) -> Result<Decoded> {
         let Encoding::Zstd { frames, .. } = content.encoding else {
             return Err(StoreError::Codec(
                 "the content is not stored as zstd".into(),
             ));
         };
-        let mut reader = ShardReader::new(node, blake3, content)
-            .ok_or_else(|| StoreError::Codec("zstd content must be sharded".into()))?
-            .for_client();
         let stored = content.stored_bytes();
         let table_len = compress::seek_table_bytes(frames);
         if table_len > stored {
@@ -1923,7 +2064,41 @@ impl Decoded {
             buf: Vec::new(),
             skip: (range.start - plan.object_start) as usize,
             remaining: range.end - range.start,
+            raw: None,
+            table: Bytes::from(table),
         })
+    }
+
+    /// Keeps each frame's stored bytes for [`Decoded::take_raw`] as well.
+    pub fn keep_raw(&mut self) {
+        self.raw = Some(VecDeque::new());
+    }
+
+    /// The stored frames whose object bytes all lie before `object_offset`, in order.
+    pub fn take_raw(&mut self, object_offset: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if let Some(q) = self.raw.as_mut() {
+            while q.front().is_some_and(|(end, _)| *end <= object_offset) {
+                out.push(q.pop_front().expect("front").1);
+            }
+        }
+        out
+    }
+
+    /// The seek table's bytes (they end the stored form).
+    pub fn table(&self) -> Bytes {
+        self.table.clone()
+    }
+
+    pub fn reader_mut(&mut self) -> &mut ShardReader {
+        &mut self.reader
+    }
+
+    /// The caller verified the object bytes before `object_offset`: the stored bytes of the
+    /// frames wholly before it may go to the stripe cache.
+    pub fn verified_to(&mut self, object_offset: u64) {
+        let stored = self.index.stored_before(object_offset);
+        self.reader.verified_to(stored);
     }
 
     /// Whether any shard was found bad so far.
@@ -1946,6 +2121,12 @@ impl Decoded {
             {
                 let len = self.index.stored_len(self.frame);
                 let frame = &self.buf[used..used + len];
+                if let Some(q) = self.raw.as_mut() {
+                    q.push_back((
+                        self.index.object_end(self.frame),
+                        Bytes::copy_from_slice(frame),
+                    ));
+                }
                 if let Err(e) = compress::decompress_frame(
                     &mut self.dctx,
                     &self.index,
@@ -2061,7 +2242,7 @@ pub async fn gc_pass(node: &Arc<Node>, share: bool) -> Result<GcReport> {
                     parity: *parity,
                 };
                 let bytes =
-                    Geometry::new(ec, c.stored_bytes()).shard_file_bytes() * shards.len() as u64;
+                    Geometry::new(ec, c.payload_bytes()).shard_file_bytes() * shards.len() as u64;
                 // Files that cannot be deleted now stay listed in the intent: the sweeper retries.
                 if remove_files(node, shards).await {
                     let _ = node.meta.ask(ask::EndIntent { id: intent }).await;
@@ -2186,6 +2367,25 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     }
     let views = drive_views(node);
     let broken: Vec<usize> = (0..total).filter(|&i| reader.bad[i]).collect();
+    if broken.is_empty() {
+        // Every block's CRC holds: the bytes against the content's BLAKE3 tree, which catches
+        // a block rewritten with its CRC (or a misdirected write of another valid block).
+        let suspects = verify::tree_suspects(node, blake3, &content).await?;
+        if !suspects.is_empty() {
+            tracing::warn!(
+                "content {}: shard(s) {suspects:?} hold blocks whose CRCs hold but whose bytes fail the BLAKE3 tree; rebuilding",
+                hex::encode(blake3)
+            );
+            for &i in &suspects {
+                reader.exclude(i);
+            }
+            let moves = shard_moves(node, &reader, &views, &suspects);
+            checked.bad = suspects.len() as u64;
+            checked.rebuilt =
+                rebuild_onto(node, &mut reader, &content, &views, &suspects, &moves).await?;
+            return Ok(checked);
+        }
+    }
     let moves = shard_moves(node, &reader, &views, &broken);
     checked.bad = broken.len() as u64;
     checked.rebuilt = rebuild_onto(node, &mut reader, &content, &views, &broken, &moves).await?;

@@ -23,7 +23,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use ostore_control::keys::{valid_bucket, valid_object_key};
 use ostore_control::meta::{NewContent, PutOutcome, INLINE_BYTES_MAX};
-use ostore_control::records::{Encoding, Stored};
+use ostore_control::records::{Encoding, Stored, Tree};
 use ostore_control::rpc::ask;
 use ostore_control::upload::{Progress, UploadRec, UploadState};
 use ostore_engine::codec::Codec;
@@ -31,6 +31,7 @@ use ostore_engine::compress::{self, FrameEntry, FrameWriter};
 use ostore_engine::hash::HashState;
 use ostore_engine::lifecycle;
 use ostore_engine::stripe::Striper;
+use ostore_engine::tree;
 use ostore_engine::{EcParams, Geometry};
 use ostore_wire::peer::OpenMode;
 use sha1::Digest as _;
@@ -283,6 +284,7 @@ async fn finish_empty(node: &Arc<Node>, id: [u8; 16]) -> Result<(PutOutcome, [u8
         size_bytes: 0,
         stored: Stored::Inline(Vec::new()),
         encoding: Encoding::Identity,
+        tree: Tree::None,
     };
     let out: PutOutcome = node
         .meta
@@ -579,7 +581,11 @@ struct PatchWriter {
     offset: u64,
     /// Object bytes taken by this PATCH beyond `offset`.
     taken: u64,
+    /// The BLAKE3 state, which also hands out the outboard's level-0 entries as groups end.
     hash: HashState,
+    /// Level-0 entries recorded by earlier PATCHes (read back for the commit), and how many
+    /// this PATCH has recorded since.
+    tree: Vec<u8>,
     /// For an upload stored inline: every byte so far.
     inline: Vec<u8>,
     /// For a sharded upload: the stripe pipeline (tail already fed).
@@ -600,14 +606,23 @@ impl PatchWriter {
         st: UploadState,
     ) -> Result<Self, StoreError> {
         let bad_state = |what: &str| StoreError::Codec(format!("upload state: {what}"));
-        let hash = if st.hash.is_empty() {
+        let mut hash: HashState = if st.hash.is_empty() {
             HashState::new()
         } else {
             postcard::from_bytes(&st.hash).map_err(|_| bad_state("hash"))?
         };
+        // The groups are those of the object's declared length, known from the start.
+        hash.set_group(tree::Shape::new(st.rec.length).group);
+        // Whole entries, one per whole group hashed before this PATCH, never more.
+        let groups_before = hash.groups_done();
+        if st.tree.len() as u64 != groups_before * 32 {
+            return Err(bad_state("tree"));
+        }
         let frames = FrameEntry::decode_all(&st.frames).ok_or_else(|| bad_state("frames"))?;
         let ec = EcParams::new(st.rec.data, st.rec.parity).map_err(|_| bad_state("ec"))?;
-        let UploadState { rec, tail, .. } = st;
+        let UploadState {
+            rec, tail, tree, ..
+        } = st;
         let sharded = !rec.shards.is_empty();
         Ok(PatchWriter {
             node: node.clone(),
@@ -616,6 +631,7 @@ impl PatchWriter {
             offset: rec.offset,
             taken: 0,
             hash,
+            tree,
             // Inline, the tail is the object so far; sharded, it is fed first to the stripes.
             inline: if sharded { Vec::new() } else { tail.clone() },
             staged: if sharded { tail } else { Vec::new() },
@@ -635,7 +651,7 @@ impl PatchWriter {
         let batch = store::WRITE_BATCH_STRIPES;
         let striper = Striper::resume(ec, batch, self.rec.stored_blocks);
         let file_bytes = (!compress && !self.rec.files_created)
-            .then(|| Geometry::new(ec, self.rec.length).shard_file_bytes());
+            .then(|| Geometry::new(ec, store::payload_for(self.rec.length)).shard_file_bytes());
         let mut w = ShardWriter::create(
             &self.node,
             &self.rec.shards,
@@ -774,6 +790,7 @@ impl PatchWriter {
         } else {
             tail.clone_from(&self.inline);
         }
+        let new_tree = self.hash.take_groups().concat();
         let progress = Progress {
             offset: self.offset + self.taken,
             stored_blocks: self.rec.stored_blocks,
@@ -782,6 +799,7 @@ impl PatchWriter {
             tail: tail.clone(),
             hash: postcard::to_stdvec(&self.hash).expect("serializes"),
             new_frames: FrameEntry::encode_all(&self.frames[self.frames_recorded..]),
+            new_tree: new_tree.clone(),
             expiry_ms: self.node.store.upload_expiry.as_millis() as u64,
         };
         self.node
@@ -794,6 +812,7 @@ impl PatchWriter {
             })
             .await?;
         self.frames_recorded = self.frames.len();
+        self.tree.extend_from_slice(&new_tree);
         self.offset += self.taken;
         self.taken = 0;
         self.last_renew = Instant::now();
@@ -814,10 +833,15 @@ impl PatchWriter {
             return Err(StoreError::BadDigest.into());
         }
         let length = self.rec.length;
-        let (stored, encoding) = match self.out.as_mut() {
+        let outboard = match self.out {
+            Some(_) => self.outboard(length)?,
+            None => Vec::new(),
+        };
+        let (stored, encoding, tree) = match self.out.as_mut() {
             None => (
                 Stored::Inline(std::mem::take(&mut self.inline)),
                 Encoding::Identity,
+                Tree::None,
             ),
             Some(out) => {
                 let encoding = match self.frame_writer.as_mut() {
@@ -834,6 +858,8 @@ impl PatchWriter {
                         }
                     }
                 };
+                // The outboard follows the stored bytes.
+                out.feed(&outboard).await?;
                 out.finish(self.ec, &self.rec.shards, h).await?;
                 (
                     Stored::Sharded {
@@ -842,6 +868,7 @@ impl PatchWriter {
                         shards: self.rec.shards.clone(),
                     },
                     encoding,
+                    Tree::Outboard,
                 )
             }
         };
@@ -851,6 +878,7 @@ impl PatchWriter {
             size_bytes: length,
             stored,
             encoding,
+            tree,
         };
         let out: PutOutcome = self
             .node
@@ -873,6 +901,30 @@ impl PatchWriter {
         self.offset = length;
         self.taken = 0;
         Ok(Done::Committed(out, h, length))
+    }
+
+    /// The object's outboard, from the level-0 entries recorded by every PATCH, this one's
+    /// and the last group's.
+    fn outboard(&mut self, length: u64) -> Result<Vec<u8>, StoreError> {
+        let shape = tree::Shape::new(length);
+        if shape.levels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut level0: Vec<tree::Cv> = self
+            .tree
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        level0.extend(self.hash.take_groups());
+        level0.extend(self.hash.open_group());
+        if level0.len() as u64 != shape.levels[0] {
+            return Err(StoreError::Codec(format!(
+                "upload state: {} outboard entries for {} groups",
+                level0.len(),
+                shape.levels[0]
+            )));
+        }
+        Ok(shape.outboard_from(&level0))
     }
 
     /// Gives the lock back after a failure (what was recorded stays).

@@ -288,6 +288,17 @@ impl FrameIndex {
         (self.object[i + 1] - self.object[i]) as usize
     }
 
+    /// Object offset where frame `i`'s bytes end.
+    pub fn object_end(&self, i: usize) -> u64 {
+        self.object[i + 1]
+    }
+
+    /// Stored offset where the frames wholly before object offset `object_offset` end.
+    pub fn stored_before(&self, object_offset: u64) -> u64 {
+        let done = self.object.partition_point(|&o| o <= object_offset) - 1;
+        self.stored[done]
+    }
+
     /// Stored bytes of frame `i`.
     pub fn stored_len(&self, i: usize) -> usize {
         (self.stored[i + 1] - self.stored[i]) as usize

@@ -22,6 +22,13 @@ pub struct HashState {
     hashed: u64,
     /// Bytes not yet in a subtree: never more than [`SUBTREE_BYTES`].
     open: Vec<u8>,
+    /// With a group size (a power of two of subtrees; 0 for none), the chaining value of every
+    /// group completed is kept for [`HashState::take_groups`]: the level 0 of the content's
+    /// outboard (`crate::tree`). Not stored: the writer sets it again after a restart.
+    #[serde(skip)]
+    group: u64,
+    #[serde(skip)]
+    groups: Vec<[u8; 32]>,
 }
 
 /// A [`HashState`] as it was read back, before its invariants are checked: the stored state
@@ -58,6 +65,8 @@ impl TryFrom<StoredHashState> for HashState {
             stack: s.stack,
             hashed: s.hashed,
             open: s.open,
+            group: 0,
+            groups: Vec::new(),
         })
     }
 }
@@ -76,15 +85,65 @@ impl HashState {
         self.len() == 0
     }
 
+    /// Keeps the chaining value of every group of `group` bytes completed from now on (a power
+    /// of two of at least [`SUBTREE_BYTES`]), and from the next group on for a larger size
+    /// (the groups kept so far then pair up into the larger ones: see `crate::tree`).
+    pub fn set_group(&mut self, group: u64) {
+        assert!(
+            group.is_power_of_two() && group >= SUBTREE_BYTES as u64,
+            "bad group size"
+        );
+        self.group = group;
+    }
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The chaining values of the groups completed since the last call, in order.
+    pub fn take_groups(&mut self) -> Vec<[u8; 32]> {
+        std::mem::take(&mut self.groups)
+    }
+
+    /// How many groups were completed so far, taken or not.
+    pub fn groups_done(&self) -> u64 {
+        self.hashed.checked_div(self.group).unwrap_or(0)
+    }
+
+    /// How many completed groups [`HashState::take_groups`] would return.
+    pub fn groups_pending(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The chaining value of the last group, not complete yet (the bytes after the last whole
+    /// group); `None` when the content so far ends on a group boundary.
+    pub fn open_group(&self) -> Option<[u8; 32]> {
+        let mut right = (!self.open.is_empty()).then(|| subtree_cv(self.hashed, &self.open));
+        for &(left, len) in self.stack.iter().rev() {
+            if len >= self.group {
+                break;
+            }
+            right = Some(match right {
+                None => left,
+                Some(r) => merge_subtrees_non_root(&left, &r, Mode::Hash),
+            });
+        }
+        right
+    }
+
     pub fn update(&mut self, mut input: &[u8]) {
         while !input.is_empty() {
             if self.open.len() == SUBTREE_BYTES {
                 // More input follows the open subtree, so it is not the root: close it.
-                let mut h = blake3::Hasher::new();
-                h.set_input_offset(self.hashed);
-                h.update(&self.open);
-                self.push(h.finalize_non_root(), SUBTREE_BYTES as u64);
+                self.push(subtree_cv(self.hashed, &self.open), SUBTREE_BYTES as u64);
                 self.open.clear();
+            }
+            if self.open.is_empty() && input.len() > SUBTREE_BYTES {
+                // A whole subtree with more after it, hashed where it lies.
+                let (sub, rest) = input.split_at(SUBTREE_BYTES);
+                self.push(subtree_cv(self.hashed, sub), SUBTREE_BYTES as u64);
+                input = rest;
+                continue;
             }
             let n = (SUBTREE_BYTES - self.open.len()).min(input.len());
             self.open.extend_from_slice(&input[..n]);
@@ -95,6 +154,9 @@ impl HashState {
     fn push(&mut self, cv: [u8; 32], len: u64) {
         self.stack.push((cv, len));
         self.hashed += len;
+        if len == self.group {
+            self.groups.push(cv);
+        }
         while self.stack.len() >= 2 {
             let n = self.stack.len();
             if self.stack[n - 1].1 != self.stack[n - 2].1 {
@@ -102,8 +164,11 @@ impl HashState {
             }
             let (right, len) = self.stack.pop().expect("two");
             let (left, _) = self.stack.pop().expect("two");
-            self.stack
-                .push((merge_subtrees_non_root(&left, &right, Mode::Hash), 2 * len));
+            let merged = merge_subtrees_non_root(&left, &right, Mode::Hash);
+            self.stack.push((merged, 2 * len));
+            if 2 * len == self.group {
+                self.groups.push(merged);
+            }
         }
     }
 
@@ -112,10 +177,7 @@ impl HashState {
         if self.stack.is_empty() {
             return *blake3::hash(&self.open).as_bytes();
         }
-        let mut h = blake3::Hasher::new();
-        h.set_input_offset(self.hashed);
-        h.update(&self.open);
-        let mut right = h.finalize_non_root();
+        let mut right = subtree_cv(self.hashed, &self.open);
         for (i, (left, _)) in self.stack.iter().enumerate().rev() {
             if i == 0 {
                 return *merge_subtrees_root(left, &right, Mode::Hash).as_bytes();
@@ -124,6 +186,14 @@ impl HashState {
         }
         unreachable!("the stack is not empty")
     }
+}
+
+/// The chaining value of `data` at content offset `offset`, as a subtree that is not the root.
+fn subtree_cv(offset: u64, data: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    h.update(data);
+    h.finalize_non_root()
 }
 
 /// The name of a content assembled from parts (each given by its BLAKE3 and size, in order):
@@ -184,6 +254,39 @@ mod tests {
             }
             assert_eq!(st.len(), len as u64);
             assert_eq!(st.finalize(), want, "pieces of {len}");
+        }
+    }
+
+    #[test]
+    fn groups_come_out_in_order_across_restarts() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let s = SUBTREE_BYTES;
+        let data: Vec<u8> = (0..9 * s + 333).map(|_| rng.gen()).collect();
+        for group in [s as u64, 2 * s as u64, 4 * s as u64] {
+            for len in [s + 1, 2 * s, 4 * s, 4 * s + 1, 9 * s, data.len()] {
+                let want: Vec<[u8; 32]> = data[..len]
+                    .chunks(group as usize)
+                    .enumerate()
+                    .map(|(i, c)| subtree_cv(i as u64 * group, c))
+                    .collect();
+                let mut st = HashState::new();
+                st.set_group(group);
+                let mut got = Vec::new();
+                let mut at = 0;
+                while at < len {
+                    let n = rng.gen_range(1..=(len - at).min(3 * s));
+                    st.update(&data[at..at + n]);
+                    at += n;
+                    got.extend(st.take_groups());
+                    let bytes = postcard::to_allocvec(&st).unwrap();
+                    st = postcard::from_bytes(&bytes).unwrap();
+                    st.set_group(group);
+                }
+                assert_eq!(st.groups_done(), got.len() as u64);
+                got.extend(st.open_group());
+                assert_eq!(got, want, "group {group} len {len}");
+                assert_eq!(st.finalize(), *blake3::hash(&data[..len]).as_bytes());
+            }
         }
     }
 

@@ -26,16 +26,36 @@
 //! names the entries; [`Shape::verify`] checks them against the BLAKE3 and the groups' data
 //! against them. Sans-IO: the caller reads.
 
+use crate::hash::HashState;
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
 use std::ops::Range;
 
 /// A subtree's chaining value.
 pub type Cv = [u8; 32];
 
-/// The store's group: 64 KiB of content per level-0 entry.
+/// The store's smallest group: 64 KiB of content per level-0 entry.
 pub const GROUP_BYTES: u64 = 1 << 16;
 /// The store's fan-out: 1024 entries of a level per entry of the next.
 pub const FANOUT: u64 = 1024;
+/// The most level-0 entries of a content in the store (8 MiB of them, the most a writer holds
+/// in memory): a content of more than `LEVEL0_MAX` × 64 KiB (16 GiB) has larger groups, the
+/// smallest power of two that keeps level 0 within this. So the store's trees have at most
+/// two levels.
+pub const LEVEL0_MAX: u64 = 1 << 18;
+
+/// The store's group size for a content of `len` bytes.
+pub fn group_for(len: u64) -> u64 {
+    group_within(len, LEVEL0_MAX)
+}
+
+/// The smallest group of at least [`GROUP_BYTES`] that keeps level 0 within `cap` entries.
+fn group_within(len: u64, cap: u64) -> u64 {
+    let mut g = GROUP_BYTES;
+    while len.div_ceil(g) > cap {
+        g *= 2;
+    }
+    g
+}
 const CV_BYTES: u64 = 32;
 
 /// Why a verification failed.
@@ -62,9 +82,9 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The store's shape (64 KiB groups, fan-out 1024).
+    /// The store's shape: groups of [`group_for`]`(len)`, fan-out 1024.
     pub fn new(len: u64) -> Shape {
-        Shape::with(len, GROUP_BYTES, FANOUT)
+        Shape::with(len, group_for(len), FANOUT)
     }
 
     /// A shape with other parameters: `group` a power of two of at least 1 KiB, `fanout` a
@@ -139,27 +159,33 @@ impl Shape {
         out
     }
 
-    /// Checks groups `g` of the content against its BLAKE3 `root`: `entries[k]` are the CVs of
-    /// level k named by [`Shape::plan`] for `g`, and `data` the groups' bytes, whole and in
-    /// order. For a content of at most one group, `entries` is empty and `data` the content.
-    pub fn verify(
+    /// The level-0 run (of `fanout` entries) holding group `i`: the groups one read of level 0
+    /// covers, and what a streaming reader verifies at a time.
+    pub fn window(&self, i: u64) -> Range<u64> {
+        let a = i / self.fanout * self.fanout;
+        a..(a + self.fanout).min(self.groups())
+    }
+
+    /// Checks the outboard entries a reader read for groups `g` against the content's BLAKE3
+    /// `root`: `entries[k]` are the CVs of level k named by [`Shape::plan`]`(g)`. Once they
+    /// pass, `entries[0]` are level 0's true entries for `plan(g)[0]`.
+    pub fn check_entries(
         &self,
         root: &blake3::Hash,
         g: Range<u64>,
         entries: &[&[Cv]],
-        data: &[u8],
     ) -> Result<(), TreeError> {
         if self.levels.is_empty() {
-            return if blake3::hash(data) == *root {
+            return if entries.is_empty() {
                 Ok(())
             } else {
-                Err(TreeError::Whole)
+                Err(TreeError::Shape("outboard entries"))
             };
         }
         if g.start >= g.end || g.end > self.groups() {
             return Err(TreeError::Shape("groups"));
         }
-        let plan = self.plan(g.clone());
+        let plan = self.plan(g);
         if entries.len() != plan.len()
             || entries
                 .iter()
@@ -183,6 +209,71 @@ impl Shape {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Whether `pieces`, in order, are group `i`'s bytes: against its level-0 entry `cv`
+    /// (checked already), or for a content of at most one group (`cv` unused) against the
+    /// content's BLAKE3 itself.
+    pub fn group_matches(&self, root: &blake3::Hash, i: u64, pieces: &[&[u8]], cv: &Cv) -> bool {
+        let want = self.group_range(i);
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        if len as u64 != want.end - want.start {
+            return false;
+        }
+        let mut h = blake3::Hasher::new();
+        if self.levels.is_empty() {
+            for p in pieces {
+                h.update(p);
+            }
+            return h.finalize() == *root;
+        }
+        h.set_input_offset(want.start);
+        for p in pieces {
+            h.update(p);
+        }
+        h.finalize_non_root() == *cv
+    }
+
+    /// The outboard's bytes from level 0's entries (`levels[0]` of them): level 0, then the
+    /// levels above, each entry the merge of a run of the level below.
+    pub fn outboard_from(&self, level0: &[Cv]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.outboard_bytes() as usize);
+        if self.levels.is_empty() {
+            return out;
+        }
+        debug_assert_eq!(level0.len() as u64, self.levels[0]);
+        let mut level: Vec<Cv> = level0.to_vec();
+        for k in 0..self.levels.len() {
+            for cv in &level {
+                out.extend_from_slice(cv);
+            }
+            if k + 1 < self.levels.len() {
+                level = level.chunks(self.fanout as usize).map(merge).collect();
+            }
+        }
+        out
+    }
+
+    /// Checks groups `g` of the content against its BLAKE3 `root`: `entries[k]` are the CVs of
+    /// level k named by [`Shape::plan`] for `g`, and `data` the groups' bytes, whole and in
+    /// order. For a content of at most one group, `entries` is empty and `data` the content.
+    pub fn verify(
+        &self,
+        root: &blake3::Hash,
+        g: Range<u64>,
+        entries: &[&[Cv]],
+        data: &[u8],
+    ) -> Result<(), TreeError> {
+        if self.levels.is_empty() {
+            return if blake3::hash(data) == *root {
+                Ok(())
+            } else {
+                Err(TreeError::Whole)
+            };
+        }
+        self.check_entries(root, g.clone(), entries)?;
+        let plan0 = self.plan(g.clone())[0].start;
         // The data against level 0.
         let want = self.groups_bytes(&g);
         if data.len() as u64 != want.end - want.start {
@@ -191,8 +282,12 @@ impl Shape {
         let mut at = 0usize;
         for i in g {
             let n = (self.group_range(i).end - i * self.group) as usize;
-            let cv = group_cv(i * self.group, &data[at..at + n]);
-            if cv != entries[0][(i - plan[0].start) as usize] {
+            if !self.group_matches(
+                root,
+                i,
+                &[&data[at..at + n]],
+                &entries[0][(i - plan0) as usize],
+            ) {
                 return Err(TreeError::Group(i));
             }
             at += n;
@@ -276,21 +371,16 @@ pub fn root_of(cvs: &[Cv]) -> blake3::Hash {
     merge_subtrees_root(&merge(&cvs[..l]), &merge(&cvs[l..]), Mode::Hash)
 }
 
-/// Builds the outboard as the content streams by, a group at a time: level 0 is handed out as
-/// it is made (to be stored as it goes), the levels above (a `fanout`-th as many) are kept and
-/// handed out at the end.
+/// Builds the outboard of a content as it streams by, with any group size and fan-out (tests
+/// and the fuzz target; the store's writers use [`ContentHasher`]).
 pub struct Builder {
-    shape_group: u64,
+    group: u64,
     fanout: u64,
-    /// Bytes of the group being filled, and the groups done.
     hasher: blake3::Hasher,
     in_group: u64,
-    groups: u64,
-    /// Per level above 0: entries done, and the open run of the level below.
-    upper: Vec<Vec<Cv>>,
-    runs: Vec<Vec<Cv>>,
-    /// Level-0 entries made since the last `take_level0`.
     level0: Vec<Cv>,
+    /// Level-0 entries handed out by `take_level0` so far.
+    taken: usize,
 }
 
 impl Builder {
@@ -300,100 +390,150 @@ impl Builder {
 
     pub fn with(group: u64, fanout: u64) -> Builder {
         Builder {
-            shape_group: group,
+            group,
             fanout,
             hasher: fresh(0),
             in_group: 0,
-            groups: 0,
-            upper: Vec::new(),
-            runs: vec![Vec::new()],
             level0: Vec::new(),
+            taken: 0,
         }
     }
 
     /// Feeds content bytes.
     pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let take = ((self.shape_group - self.in_group) as usize).min(data.len());
+            let take = ((self.group - self.in_group) as usize).min(data.len());
             self.hasher.update(&data[..take]);
             self.in_group += take as u64;
             data = &data[take..];
-            if self.in_group == self.shape_group {
+            if self.in_group == self.group {
                 self.close_group();
             }
         }
     }
 
     fn close_group(&mut self) {
-        let cv = self.hasher.finalize_non_root();
-        self.groups += 1;
+        self.level0.push(self.hasher.finalize_non_root());
         self.in_group = 0;
-        self.hasher = fresh(self.groups * self.shape_group);
-        self.level0.push(cv);
-        self.push(0, cv);
+        self.hasher = fresh(self.level0.len() as u64 * self.group);
     }
 
-    /// Adds an entry of level `k` to the run it closes into level `k + 1`.
-    fn push(&mut self, k: usize, cv: Cv) {
-        if self.runs.len() <= k {
-            self.runs.push(Vec::new());
-        }
-        self.runs[k].push(cv);
-        if self.runs[k].len() as u64 == self.fanout {
-            let run = std::mem::take(&mut self.runs[k]);
-            let parent = merge(&run);
-            if self.upper.len() <= k {
-                self.upper.push(Vec::new());
-            }
-            self.upper[k].push(parent);
-            self.push(k + 1, parent);
-        }
-    }
-
-    /// Level-0 entries made since the last call, to be stored as the content goes.
+    /// Level-0 entries made since the last call.
     pub fn take_level0(&mut self) -> Vec<Cv> {
-        std::mem::take(&mut self.level0)
+        let out = self.level0[self.taken..].to_vec();
+        self.taken = self.level0.len();
+        out
     }
 
-    /// Ends the content of `len` bytes: returns the last level-0 entries and the bytes of the
-    /// levels above (in layout order), empty for a content of at most one group.
+    /// Ends the content of `len` bytes: the last level-0 entries (after those taken) and the
+    /// bytes of the levels above, empty for a content of at most one group.
     pub fn finish(mut self, len: u64) -> (Vec<Cv>, Vec<u8>) {
         if self.in_group > 0 {
             self.close_group();
         }
-        let shape = Shape::with(len, self.shape_group, self.fanout);
-        if shape.levels.len() <= 1 {
-            return (std::mem::take(&mut self.level0), Vec::new());
+        let shape = Shape::with(len, self.group, self.fanout);
+        if shape.levels.is_empty() {
+            return (Vec::new(), Vec::new());
         }
-        // Close the open runs bottom up: level k+1's last entry is the merge of level k's
-        // open run, when it has one (a level whose count divides evenly has none).
-        let mut rest = Vec::new();
-        for k in 0..shape.levels.len() - 1 {
-            let open = std::mem::take(&mut self.runs[k]);
-            if !open.is_empty() {
-                let parent = merge(&open);
-                if self.upper.len() <= k {
-                    self.upper.push(Vec::new());
-                }
-                self.upper[k].push(parent);
-                if self.runs.len() <= k + 1 {
-                    self.runs.push(Vec::new());
-                }
-                self.runs[k + 1].push(parent);
-            }
-            let level = &self.upper[k];
-            debug_assert_eq!(level.len() as u64, shape.levels[k + 1]);
-            for cv in level {
-                rest.extend_from_slice(cv);
-            }
-        }
-        (std::mem::take(&mut self.level0), rest)
+        let whole = shape.outboard_from(&self.level0);
+        let level0_bytes = (shape.levels[0] * CV_BYTES) as usize;
+        (
+            self.level0[self.taken..].to_vec(),
+            whole[level0_bytes..].to_vec(),
+        )
     }
 }
 
 impl Default for Builder {
     fn default() -> Self {
         Builder::new()
+    }
+}
+
+/// The BLAKE3 of a content and its outboard, in one pass over its bytes: what a PUT hashes
+/// its body with. Groups start at [`GROUP_BYTES`] and double whenever level 0 would outgrow
+/// [`LEVEL0_MAX`] (each pair of entries merges into one), so the content's length need not be
+/// known before its end, and at most 8 MiB of level 0 is held.
+pub struct ContentHasher {
+    state: HashState,
+    level0: Vec<Cv>,
+    cap: u64,
+}
+
+impl ContentHasher {
+    pub fn new() -> ContentHasher {
+        ContentHasher::with_cap(LEVEL0_MAX)
+    }
+
+    /// With another bound on level 0 than the store's (tests reach the doubling with little
+    /// data); the outboard is then that of `Shape::with(len, group, FANOUT)` with the group
+    /// that bound gives.
+    pub fn with_cap(cap: u64) -> ContentHasher {
+        let mut state = HashState::new();
+        state.set_group(GROUP_BYTES);
+        ContentHasher {
+            state,
+            level0: Vec::new(),
+            cap,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.state.update(data);
+        if self.state.groups_pending() > 0 {
+            self.level0.extend(self.state.take_groups());
+            while self.level0.len() as u64 > self.cap {
+                self.double();
+            }
+        }
+    }
+
+    /// Doubles the group: pairs of entries merge, and an unpaired last one is dropped (it is
+    /// the left half of a group still open, which the state finishes at the new size).
+    fn double(&mut self) {
+        let pairs = self.level0.len() / 2;
+        for j in 0..pairs {
+            self.level0[j] = merge(&self.level0[2 * j..2 * j + 2]);
+        }
+        self.level0.truncate(pairs);
+        self.state.set_group(self.state.group() * 2);
+    }
+
+    /// Bytes taken so far.
+    pub fn len(&self) -> u64 {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// The content's BLAKE3 and its outboard (empty for a content of at most one group).
+    pub fn finish(mut self) -> ([u8; 32], Vec<u8>) {
+        let root = self.state.finalize();
+        let len = self.state.len();
+        let shape = Shape::with(len, group_within(len, self.cap), FANOUT);
+        if shape.levels.is_empty() {
+            return (root, Vec::new());
+        }
+        if let Some(last) = self.state.open_group() {
+            self.level0.push(last);
+        }
+        // The last group may take level 0 past its bound: one more doubling (of whole groups
+        // now, the last one possibly short).
+        while self.state.group() < shape.group {
+            let pairs: Vec<Cv> = self.level0.chunks(2).map(merge).collect();
+            self.level0 = pairs;
+            self.state.set_group(self.state.group() * 2);
+        }
+        debug_assert_eq!(self.level0.len() as u64, shape.levels[0]);
+        (root, shape.outboard_from(&self.level0))
+    }
+}
+
+impl Default for ContentHasher {
+    fn default() -> Self {
+        ContentHasher::new()
     }
 }
 
@@ -497,7 +637,12 @@ mod tests {
         }
         // 64 MiB + 5 bytes: 1025 groups, so two levels (1025 entries, then 2).
         assert_eq!(Shape::new(1024 * 65_536 + 5).levels, vec![1025, 2]);
-        assert_eq!(Shape::new(64 << 30).levels, vec![1 << 20, 1 << 10]);
+        // Level 0 stays within its bound: 64 GiB has 256 KiB groups, so two levels still.
+        assert_eq!(Shape::new(16 << 30).levels, vec![1 << 18, 1 << 8]);
+        assert_eq!(Shape::new((16 << 30) + 1).group, 2 * GROUP_BYTES);
+        assert_eq!(Shape::new(64 << 30).levels, vec![1 << 18, 1 << 8]);
+        assert_eq!(Shape::new(5 << 40).levels, vec![5 << 15, 160]);
+        assert_eq!(Shape::new(5 << 40).group, 32 << 20);
     }
 
     #[test]
@@ -547,6 +692,41 @@ mod tests {
             let mut got: Vec<u8> = level0.iter().flatten().copied().collect();
             got.extend_from_slice(&rest);
             assert_eq!(got, whole, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn the_content_hasher_gives_blake3_and_the_outboard_in_one_pass() {
+        let g = GROUP_BYTES as usize;
+        // A bound of 4 entries makes groups double at 4, 8, 16 … groups' worth of data.
+        for cap in [LEVEL0_MAX, 4, 5] {
+            for len in [
+                0usize,
+                1,
+                g,
+                g + 1,
+                2 * g,
+                4 * g,
+                4 * g + 1,
+                5 * g - 1,
+                8 * g,
+                9 * g + 3,
+                17 * g + 1000,
+                32 * g,
+            ] {
+                let data = bytes(len, 11);
+                let group = group_within(len as u64, cap);
+                let want = outboard(&data, group, FANOUT);
+                for piece in [1000usize, g, g + 1, 3 * g + 7, len.max(1)] {
+                    let mut h = ContentHasher::with_cap(cap);
+                    for c in data.chunks(piece) {
+                        h.update(c);
+                    }
+                    let (root, ob) = h.finish();
+                    assert_eq!(root, *blake3::hash(&data).as_bytes(), "cap {cap} len {len}");
+                    assert_eq!(ob, want, "cap {cap} len {len} pieces of {piece}");
+                }
+            }
         }
     }
 

@@ -70,7 +70,7 @@ fn main() {
 /// Valid inputs for each target, made with the real encoders, so mutation starts from bytes
 /// that pass the first checks.
 fn seeds() {
-    use ostore_control::records::{self, ContentRec, Encoding, ShardLoc, Stored, VersionRec};
+    use ostore_control::records::{self, ContentRec, Encoding, ShardLoc, Stored, Tree, VersionRec};
     let put = |target: &str, i: usize, bytes: Vec<u8>| {
         let dir = corpus_dir(target);
         std::fs::create_dir_all(&dir).expect("corpus dir");
@@ -217,6 +217,7 @@ fn seeds() {
         },
         damaged: false,
         encoding: Encoding::Identity,
+        tree: Tree::Outboard,
     };
     put(
         "rpc_envelope",

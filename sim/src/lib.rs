@@ -28,7 +28,7 @@
 //! cover yet.
 
 use ostore_control::meta::{self, NewContent, WriteCondition};
-use ostore_control::records::{ContentRec, Encoding, IntentState, Owner, ShardLoc, Stored};
+use ostore_control::records::{ContentRec, Encoding, IntentState, Owner, ShardLoc, Stored, Tree};
 use ostore_control::redb_kv::RedbKv;
 use ostore_control::rpc::{self, ask, Ask, Token};
 use ostore_control::upload::{self, Progress, UploadRec};
@@ -948,6 +948,7 @@ impl World {
                 shards: locs.to_vec(),
             },
             encoding: Encoding::Identity,
+            tree: Tree::None,
         }
     }
 
@@ -1241,6 +1242,7 @@ impl World {
                     tail: Vec::new(),
                     hash: Vec::new(),
                     new_frames: Vec::new(),
+                    new_tree: Vec::new(),
                     expiry_ms: UPLOAD_EXPIRY_MS,
                 };
                 let r = self.call(

@@ -1,0 +1,485 @@
+//! Every byte a GET sends, verified against the content's BLAKE3 before it leaves the node.
+//!
+//! A content written with a tree (`Tree::Outboard`) has, after its stored bytes, the outboard
+//! of `ostore_engine::tree`: one chaining value per group of object bytes (64 KiB, or more for
+//! contents over 16 GiB) under a tree of fan-out 1024 whose top merges into the content's
+//! BLAKE3. A read widens its range to whole groups, reads the outboard entries of each run of
+//! 1024 groups as it reaches it (one read per level, checked against the BLAKE3), and hands
+//! on a group's bytes only once they match their entry. Stripes read from the drives reach
+//! the stripe cache only once verified, so bytes served from the cache are not hashed again.
+//!
+//! A group that fails is read again around each shard in turn (rebuilt from the others, as a
+//! block with a bad CRC is) until one version matches: that shard is then read around for the
+//! rest of the request and reported, and the repair that follows finds it the same way
+//! (`store::check_and_repair`). The outboard's own entries are recovered alike. A block
+//! rewritten on a drive together with its CRC is caught here, where the CRC cannot catch it.
+//!
+//! A client that takes the stored zstd frames as they are (`Content-Encoding: zstd`) gets each
+//! frame once every group its bytes touch has verified; a failure there ends the response
+//! (nothing unverified was sent) and queues the repair, and the client's retry reads repaired
+//! or rebuilt bytes.
+
+use super::{Decoded, ShardReader, StoreError};
+use crate::ctx::Node;
+use bytes::Bytes;
+use ostore_control::records::{ContentRec, Encoding, Tree};
+use ostore_engine::tree::{Cv, Shape};
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a verified read's object bytes come from.
+enum Source {
+    Plain(ShardReader),
+    Zstd(Decoded),
+}
+
+impl Source {
+    /// Object bytes `range` of the content, read around the shards `exclude`. A client's
+    /// source goes through the stripe cache (holding its offers until verified).
+    async fn open(
+        node: &Arc<Node>,
+        blake3: [u8; 32],
+        content: &ContentRec,
+        range: Range<u64>,
+        exclude: &[usize],
+        client: bool,
+        raw: bool,
+    ) -> Result<Source> {
+        let mut r = ShardReader::new(node.clone(), blake3, content)
+            .ok_or_else(|| StoreError::Codec("the content is not stored in shard files".into()))?;
+        if client {
+            r = r.for_client();
+        }
+        for &i in exclude {
+            r.exclude(i);
+        }
+        match content.encoding {
+            Encoding::Identity => {
+                if client {
+                    r.hold_offers();
+                }
+                r.set_range(range);
+                Ok(Source::Plain(r))
+            }
+            Encoding::Zstd { .. } => {
+                let mut d = Decoded::with_reader(r, content, range).await?;
+                if client {
+                    d.reader_mut().hold_offers();
+                }
+                if raw {
+                    d.keep_raw();
+                }
+                Ok(Source::Zstd(d))
+            }
+        }
+    }
+
+    /// The next object bytes, and whether they came from the stripe cache (verified before).
+    async fn next(&mut self) -> Option<Result<(Bytes, bool)>> {
+        match self {
+            Source::Plain(r) => {
+                let b = r.next().await?;
+                Some(b.map(|b| (b, r.last_cached())))
+            }
+            Source::Zstd(d) => d.next().await.map(|b| b.map(|b| (b, false))),
+        }
+    }
+
+    fn reader(&mut self) -> &mut ShardReader {
+        match self {
+            Source::Plain(r) => r,
+            Source::Zstd(d) => d.reader_mut(),
+        }
+    }
+
+    fn verified_to(&mut self, offset: u64) {
+        match self {
+            Source::Plain(r) => r.verified_to(offset),
+            Source::Zstd(d) => d.verified_to(offset),
+        }
+    }
+
+    async fn close(&mut self) {
+        let r = self.reader();
+        r.report().await;
+        r.close().await;
+    }
+}
+
+/// A verified read of object bytes `want` of a content with a tree.
+pub struct Verified {
+    node: Arc<Node>,
+    blake3: [u8; 32],
+    content: ContentRec,
+    shape: Shape,
+    root: blake3::Hash,
+    want: Range<u64>,
+    /// The groups of the range; `group` is the one being assembled in `held`.
+    end_group: u64,
+    group: u64,
+    held: Vec<Bytes>,
+    held_len: u64,
+    held_cached: bool,
+    /// Level-0 entries, verified, of the groups `window`.
+    window: Range<u64>,
+    level0: Vec<Cv>,
+    source: Source,
+    /// Shards found to hold bytes that fail the tree, read around from then on.
+    excluded: Vec<usize>,
+    ready: VecDeque<Bytes>,
+    /// Sends the stored zstd frames rather than the object's bytes.
+    raw: bool,
+    /// A client's read (through the stripe cache, around nodes away), or a check's.
+    client: bool,
+    finished: bool,
+    degraded: bool,
+}
+
+/// Whether reads of `content` are verified by its tree.
+pub fn has_tree(content: &ContentRec) -> bool {
+    content.tree == Tree::Outboard && content.size_bytes > 0
+}
+
+impl Verified {
+    /// Opens a verified read of object bytes `want` (non-empty), or with `raw` of the whole
+    /// stored zstd form.
+    pub async fn open(
+        node: &Arc<Node>,
+        blake3: [u8; 32],
+        content: &ContentRec,
+        want: Range<u64>,
+        raw: bool,
+    ) -> Result<Verified> {
+        Verified::open_as(node, blake3, content, want, raw, true).await
+    }
+
+    async fn open_as(
+        node: &Arc<Node>,
+        blake3: [u8; 32],
+        content: &ContentRec,
+        want: Range<u64>,
+        raw: bool,
+        client: bool,
+    ) -> Result<Verified> {
+        let shape = Shape::new(content.size_bytes);
+        let want = if raw { 0..content.size_bytes } else { want };
+        let groups = shape.groups_of(&want);
+        let aligned = shape.groups_bytes(&groups);
+        let source = Source::open(node, blake3, content, aligned, &[], client, raw).await?;
+        Ok(Verified {
+            node: node.clone(),
+            blake3,
+            content: content.clone(),
+            root: blake3::Hash::from(blake3),
+            want,
+            end_group: groups.end,
+            group: groups.start,
+            held: Vec::new(),
+            held_len: 0,
+            held_cached: true,
+            window: 0..0,
+            level0: Vec::new(),
+            source,
+            excluded: Vec::new(),
+            ready: VecDeque::new(),
+            raw,
+            client,
+            finished: false,
+            degraded: false,
+            shape,
+        })
+    }
+
+    /// Whether any shard was read around so far (bad, missing, or failing the tree).
+    pub fn degraded(&mut self) -> bool {
+        self.degraded || self.source.reader().bad.iter().any(|b| *b)
+    }
+
+    /// The next verified bytes; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Some(Ok(b));
+            }
+            if self.finished {
+                return None;
+            }
+            if self.group == self.end_group {
+                self.finished = true;
+                // Lets the reader close its files and report bad shards.
+                let _ = self.source.next().await;
+                if self.raw {
+                    if let Source::Zstd(d) = &self.source {
+                        self.ready.push_back(d.table());
+                    }
+                    continue;
+                }
+                return None;
+            }
+            let r = match self.source.next().await {
+                Some(Ok((b, cached))) => self.take(b, cached).await,
+                Some(Err(e)) => Err(e),
+                None => Err(StoreError::Codec("the stored bytes ended early".into())),
+            };
+            if let Err(e) = r {
+                self.finished = true;
+                self.ready.clear();
+                self.source.close().await;
+                return Some(Err(e));
+            }
+        }
+    }
+
+    /// Takes object bytes in order, completing groups.
+    async fn take(&mut self, mut b: Bytes, cached: bool) -> Result<()> {
+        while !b.is_empty() {
+            let gr = self.shape.group_range(self.group);
+            let need = (gr.end - gr.start - self.held_len) as usize;
+            let piece = b.split_to(need.min(b.len()));
+            self.held_len += piece.len() as u64;
+            self.held.push(piece);
+            self.held_cached &= cached;
+            if self.held_len == gr.end - gr.start {
+                let replaced = self.complete().await?;
+                // A new source continues after a recovered group: the rest of this piece came
+                // through the bad shard.
+                if replaced || self.group == self.end_group {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the group in `held` (unless all of it came from the cache) and releases it.
+    /// Whether the source was replaced (the group was recovered around a bad shard).
+    async fn complete(&mut self) -> Result<bool> {
+        let i = self.group;
+        let gr = self.shape.group_range(i);
+        let mut replaced = false;
+        if !self.held_cached {
+            let cv = self.entry(i).await?;
+            let pieces: Vec<&[u8]> = self.held.iter().map(|b| &b[..]).collect();
+            if !self.shape.group_matches(&self.root, i, &pieces, &cv) {
+                self.recover(i, &cv).await?;
+                replaced = true;
+            }
+        }
+        if self.raw {
+            if let Source::Zstd(d) = &mut self.source {
+                self.ready.extend(d.take_raw(gr.end));
+            }
+            self.held.clear();
+        } else {
+            let mut at = gr.start;
+            for b in self.held.drain(..) {
+                let (a, e) = (at, at + b.len() as u64);
+                at = e;
+                let (lo, hi) = (self.want.start.max(a), self.want.end.min(e));
+                if lo < hi {
+                    self.ready
+                        .push_back(b.slice((lo - a) as usize..(hi - a) as usize));
+                }
+            }
+        }
+        self.source.verified_to(gr.end);
+        self.group += 1;
+        self.held_len = 0;
+        self.held_cached = true;
+        Ok(replaced)
+    }
+
+    /// Group `i`'s level-0 entry (for a content of one group, unused: its BLAKE3 is checked).
+    async fn entry(&mut self, i: u64) -> Result<Cv> {
+        if self.shape.levels.is_empty() {
+            return Ok([0; 32]);
+        }
+        if !self.window.contains(&i) {
+            self.load_window(i).await?;
+        }
+        Ok(self.level0[(i - self.window.start) as usize])
+    }
+
+    /// Reads and checks the outboard entries of the run of groups holding group `i`.
+    async fn load_window(&mut self, i: u64) -> Result<()> {
+        let w = self.shape.window(i);
+        let base = self.content.stored_bytes();
+        let ranges: Vec<Range<u64>> = self
+            .shape
+            .plan(w.clone())
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let o = base + self.shape.level_offset(k);
+                o + r.start * 32..o + r.end * 32
+            })
+            .collect();
+        let (shape, root) = (self.shape.clone(), self.root);
+        let check = |levels: &Vec<Vec<Cv>>| {
+            let refs: Vec<&[Cv]> = levels.iter().map(Vec::as_slice).collect();
+            shape.check_entries(&root, w.clone(), &refs).is_ok()
+        };
+        let mut found = match read_entries(self.source.reader(), &ranges).await {
+            Ok(levels) if check(&levels) => Some(levels),
+            _ => None,
+        };
+        if found.is_none() {
+            for c in self.candidates() {
+                let Some(mut r) = ShardReader::new(self.node.clone(), self.blake3, &self.content)
+                else {
+                    break;
+                };
+                for &x in self.excluded.iter().chain([&c]) {
+                    r.exclude(x);
+                }
+                let got = read_entries(&mut r, &ranges).await;
+                r.close().await;
+                if let Ok(levels) = got {
+                    if check(&levels) {
+                        found = Some(levels);
+                        self.mark_bad(c);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut levels = found.ok_or_else(|| self.failed("its outboard"))?;
+        self.window = w;
+        self.level0 = levels.swap_remove(0);
+        Ok(())
+    }
+
+    /// The shards not read around yet, to try as the bad one.
+    fn candidates(&mut self) -> Vec<usize> {
+        (0..self.source.reader().bad.len())
+            .filter(|c| !self.excluded.contains(c))
+            .collect()
+    }
+
+    fn mark_bad(&mut self, c: usize) {
+        tracing::warn!(
+            "content {}: shard {c} holds bytes that fail the content's BLAKE3 tree; reading around it",
+            hex::encode(self.blake3)
+        );
+        self.excluded.push(c);
+        self.degraded = true;
+        self.source.reader().exclude(c);
+    }
+
+    fn failed(&self, what: &str) -> StoreError {
+        StoreError::Verification(format!(
+            "content {}: {what} failed its BLAKE3 check with every shard read around in turn",
+            hex::encode(self.blake3)
+        ))
+    }
+
+    /// Group `i` failed: reads it again around each shard in turn until it verifies, then
+    /// continues after it around that shard.
+    async fn recover(&mut self, i: u64, cv: &Cv) -> Result<()> {
+        let gr = self.shape.group_range(i);
+        if self.raw {
+            // Frames of this group may be queued already: end the response, repair.
+            self.node.queue_repair(self.blake3).await;
+            return Err(self.failed(&format!("group {i}")));
+        }
+        for c in self.candidates() {
+            let mut ex = self.excluded.clone();
+            ex.push(c);
+            let Ok(mut src) = Source::open(
+                &self.node,
+                self.blake3,
+                &self.content,
+                gr.clone(),
+                &ex,
+                false,
+                false,
+            )
+            .await
+            else {
+                continue;
+            };
+            let mut pieces = Vec::new();
+            let mut ok = true;
+            while let Some(r) = src.next().await {
+                match r {
+                    Ok((b, _)) => pieces.push(b),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            src.reader().close().await;
+            let refs: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
+            if ok && self.shape.group_matches(&self.root, i, &refs, cv) {
+                self.held = pieces;
+                self.mark_bad(c);
+                // What the source read past this group came through the bad shard: continue
+                // after it with a source that reads around it (and reports it).
+                let end = self.shape.group_range(self.end_group - 1).end;
+                if gr.end < end {
+                    self.source.close().await;
+                    self.source = Source::open(
+                        &self.node,
+                        self.blake3,
+                        &self.content,
+                        gr.end..end,
+                        &self.excluded,
+                        self.client,
+                        false,
+                    )
+                    .await?;
+                }
+                return Ok(());
+            }
+        }
+        if self.client {
+            self.node.queue_repair(self.blake3).await;
+        }
+        Err(self.failed(&format!("group {i}")))
+    }
+}
+
+/// The shards whose bytes fail the content's tree (a repair's last check): every group of the
+/// content read from the drives and checked, each failing one read around each shard in turn.
+pub(super) async fn tree_suspects(
+    node: &Arc<Node>,
+    blake3: [u8; 32],
+    content: &ContentRec,
+) -> Result<Vec<usize>> {
+    if !has_tree(content) {
+        return Ok(Vec::new());
+    }
+    let mut v =
+        Verified::open_as(node, blake3, content, 0..content.size_bytes, false, false).await?;
+    let mut paced = 0u64;
+    while let Some(b) = v.next().await {
+        let b = b?;
+        paced += b.len() as u64;
+        if paced >= 1 << 20 {
+            node.repair_pace.take(paced).await;
+            paced = 0;
+        }
+    }
+    Ok(v.excluded)
+}
+
+/// Reads the outboard byte ranges `ranges` (one per level) as entries.
+async fn read_entries(r: &mut ShardReader, ranges: &[Range<u64>]) -> Result<Vec<Vec<Cv>>> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let b = r.read_aside(range.clone()).await?;
+        if b.len() as u64 != range.end - range.start {
+            return Err(StoreError::Codec("the outboard ended early".into()));
+        }
+        out.push(
+            b.chunks_exact(32)
+                .map(|c| c.try_into().expect("32 bytes"))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
