@@ -299,29 +299,6 @@ impl ContentRec {
 /// decodes with `Tree::None`, and format 1 (without `encoding` either) as `Identity` too.
 pub const CONTENT_FORMAT: u8 = 3;
 
-/// Content records as format 2 wrote them.
-#[derive(Deserialize)]
-struct ContentRecV2 {
-    size_bytes: u64,
-    refs: u64,
-    created_ms: u64,
-    unreferenced_since_ms: Option<u64>,
-    stored: Stored,
-    damaged: bool,
-    encoding: Encoding,
-}
-
-/// Content records as format 1 wrote them.
-#[derive(Deserialize)]
-struct ContentRecV1 {
-    size_bytes: u64,
-    refs: u64,
-    created_ms: u64,
-    unreferenced_since_ms: Option<u64>,
-    stored: Stored,
-    damaged: bool,
-}
-
 pub fn encode_content(c: &ContentRec) -> Vec<u8> {
     let mut out = vec![CONTENT_FORMAT];
     out.extend(postcard::to_stdvec(c).expect("records always serialize"));
@@ -332,32 +309,10 @@ pub fn decode_content(b: &[u8]) -> Result<ContentRec, RecordError> {
     let e = |e: postcard::Error| RecordError(e.to_string());
     match b.split_first() {
         Some((&CONTENT_FORMAT, rest)) => postcard::from_bytes(rest).map_err(e),
-        Some((&2, rest)) => {
-            let v: ContentRecV2 = postcard::from_bytes(rest).map_err(e)?;
-            Ok(ContentRec {
-                size_bytes: v.size_bytes,
-                refs: v.refs,
-                created_ms: v.created_ms,
-                unreferenced_since_ms: v.unreferenced_since_ms,
-                stored: v.stored,
-                damaged: v.damaged,
-                encoding: v.encoding,
-                tree: Tree::None,
-            })
-        }
-        Some((&1, rest)) => {
-            let v: ContentRecV1 = postcard::from_bytes(rest).map_err(e)?;
-            Ok(ContentRec {
-                size_bytes: v.size_bytes,
-                refs: v.refs,
-                created_ms: v.created_ms,
-                unreferenced_since_ms: v.unreferenced_since_ms,
-                stored: v.stored,
-                damaged: v.damaged,
-                encoding: Encoding::Identity,
-                tree: Tree::None,
-            })
-        }
+        // Each format appended one field, an enum whose first variant (index 0) is what
+        // records without it mean: an older record is a newer one without those last bytes.
+        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0]].concat()).map_err(e),
+        Some((&1, rest)) => postcard::from_bytes(&[rest, &[0, 0]].concat()).map_err(e),
         Some((f, _)) => Err(RecordError(format!("unknown content record format {f}"))),
         None => Err(RecordError("empty value".into())),
     }

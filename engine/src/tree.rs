@@ -6,7 +6,8 @@
 //! largest power of two of chunks that is less than the whole, so each aligned run of 2^k
 //! chunks is a node, and so is the rest of the input after any such run. The outboard keeps
 //! the chaining values (CVs) of some of those nodes:
-//! - **level 0**: one CV per *group* of `group` bytes of the content (64 KiB in the store), in
+//! - **level 0**: one CV per *group* of `group` bytes of the content (in the store 64 KiB, or
+//!   the smallest larger power of two that keeps level 0 within [`LEVEL0_MAX`] entries), in
 //!   order, the last group possibly shorter;
 //! - **level k+1**: one CV per run of `fanout` consecutive level-k entries (1024 in the store),
 //!   the merge of that run, the last run possibly shorter;
@@ -22,7 +23,7 @@
 //!
 //! To verify groups `a..b`, a reader reads the top (at most `fanout` entries) and, below it, for
 //! each level only the runs holding the path to `a..b`: for a range within one run, one read of
-//! at most 32 KiB per level (two levels up to 64 GiB, three up to 64 TiB). [`Shape::plan`]
+//! at most 32 KiB per level (in the store, at most two levels). [`Shape::plan`]
 //! names the entries; [`Shape::verify`] checks them against the BLAKE3 and the groups' data
 //! against them. Sans-IO: the caller reads.
 
@@ -637,7 +638,7 @@ mod tests {
         }
         // 64 MiB + 5 bytes: 1025 groups, so two levels (1025 entries, then 2).
         assert_eq!(Shape::new(1024 * 65_536 + 5).levels, vec![1025, 2]);
-        // Level 0 stays within its bound: 64 GiB has 256 KiB groups, so two levels still.
+        // Level 0 stays within its bound: past 16 GiB groups grow, so two levels still.
         assert_eq!(Shape::new(16 << 30).levels, vec![1 << 18, 1 << 8]);
         assert_eq!(Shape::new((16 << 30) + 1).group, 2 * GROUP_BYTES);
         assert_eq!(Shape::new(64 << 30).levels, vec![1 << 18, 1 << 8]);
