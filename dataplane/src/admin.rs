@@ -532,7 +532,7 @@ pub(crate) async fn metrics(node: &Node) -> Resp {
 
 /// The stripe caches of this node's executors, together.
 fn stripe_cache_metrics(node: &Node) -> String {
-    use crate::stripecache::{ADMITTED, BYTES, HITS, MISSES};
+    use crate::stripecache::{ADMITTED, BYTES, HITS, MISSES, TREE_HITS, TREE_MISSES};
     let executors = node.store.stripe_cache_bytes;
     let mut o = String::new();
     for (name, help, kind, v) in [
@@ -565,6 +565,18 @@ fn stripe_cache_metrics(node: &Node) -> String {
             "Stripes admitted to memory (asked for often enough lately).",
             "counter",
             ADMITTED.load(Ordering::Relaxed),
+        ),
+        (
+            "ostore_tree_cache_hits_total",
+            "Runs of verified BLAKE3 tree entries a verified read found in memory.",
+            "counter",
+            TREE_HITS.load(Ordering::Relaxed),
+        ),
+        (
+            "ostore_tree_cache_misses_total",
+            "Runs of BLAKE3 tree entries a verified read had to read from the shard files.",
+            "counter",
+            TREE_MISSES.load(Ordering::Relaxed),
         ),
     ] {
         o.push_str(&format!(

@@ -1258,6 +1258,10 @@ pub struct ShardReader {
     /// Whether the last piece [`ShardReader::next`] returned came from the stripe cache (and
     /// so was verified when it was admitted).
     last_cached: bool,
+    /// The caller checks every byte against the content's tree: a block read whole and in
+    /// place is taken without its CRC (its trailer's index, tag and length still checked); the
+    /// degraded path, which decides which blocks to rebuild from, checks CRCs as always.
+    trust_tree: bool,
 }
 
 /// A stripe waiting for verification before it is offered to the cache.
@@ -1495,6 +1499,7 @@ impl ShardReader {
             held_offers: None,
             last_cached: false,
             stored: content.stored_bytes(),
+            trust_tree: false,
         })
     }
 
@@ -1506,6 +1511,18 @@ impl ShardReader {
             self.bad[i] = true;
             self.files.borrow_mut()[i] = Slot::Failed;
         }
+    }
+
+    /// The caller verifies every byte it is given against the content's tree (and reads a
+    /// group that fails again, checking CRCs): blocks read in place skip their CRC.
+    pub fn trust_tree(&mut self) {
+        self.trust_tree = true;
+    }
+
+    /// Reports nothing: the caller decides what the bad shards it finds mean (a repair's own
+    /// check, a verified read's re-read of one group).
+    pub fn silence(&mut self) {
+        self.reported = true;
     }
 
     /// Holds whole stripes read from the drives back from the cache until
@@ -1664,6 +1681,19 @@ impl ShardReader {
         .ok()
     }
 
+    /// As [`ShardReader::verify`] without the CRC (a client read that checks the tree).
+    fn trailer_ok<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
+        let at = ((s - s0) as usize) * BLOCK_BYTES;
+        let blk = &r[at..at + self.geo.block_len(s)];
+        ostore_wire::shard::open_block_unchecked(
+            blk,
+            self.geo.chunk_bytes(s),
+            s as u32,
+            self.locs[i].file_tag,
+        )
+        .ok()
+    }
+
     /// Starts reading blocks `s0..s0+n` of `shards` (opening their files as needed) in a task
     /// of its own, so the reads proceed while the caller does other work. With `hedge` (a
     /// client's read), a shard that is late or fails is read around: reads of the other shards
@@ -1778,9 +1808,13 @@ impl ShardReader {
         want: Range<usize>,
     ) -> Option<Vec<&'b [u8]>> {
         want.map(|i| {
-            batch.reads[i]
-                .as_ref()
-                .and_then(|r| self.verify(r, i, batch.s0, s))
+            batch.reads[i].as_ref().and_then(|r| {
+                if self.trust_tree {
+                    self.trailer_ok(r, i, batch.s0, s)
+                } else {
+                    self.verify(r, i, batch.s0, s)
+                }
+            })
         })
         .collect()
     }

@@ -119,3 +119,50 @@ pub fn offer(capacity: u64, key: StripeKey, bytes: &[u8], recorded: bool) {
         ADMITTED.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Each executor's cache of verified outboard entries: level-0 runs (at most 32 KiB each) of
+/// contents read lately, keyed by the content's BLAKE3 and the run's first group. Entries are
+/// a function of the object's bytes alone (they were checked against its BLAKE3), so no
+/// overwrite, repair or move can make one wrong. A read of a content whose runs are held reads
+/// no outboard. Its budget is fixed and small, and it is kept even with `--stripe-cache 0`:
+/// it holds tree entries (32 bytes per 64 KiB read), not object bytes.
+pub const TREE_CACHE_BYTES: u64 = 4 << 20;
+
+/// Outboard entries looked up and found, looked up and not found.
+pub static TREE_HITS: AtomicU64 = AtomicU64::new(0);
+pub static TREE_MISSES: AtomicU64 = AtomicU64::new(0);
+
+type TreeKey = ([u8; 32], u64);
+type TreeCache = Cache<TreeKey, std::rc::Rc<[[u8; 32]]>>;
+
+thread_local! {
+    static TREES: RefCell<Option<TreeCache>> = const { RefCell::new(None) };
+}
+
+fn with_trees<R>(f: impl FnOnce(&mut TreeCache) -> R) -> R {
+    TREES.with(|c| {
+        let mut c = c.borrow_mut();
+        f(c.get_or_insert_with(|| Cache::new(TREE_CACHE_BYTES, 32 * 1024, rand::random())))
+    })
+}
+
+/// The verified level-0 run of content `blake3` that starts at group `first`, if held.
+pub fn tree_get(blake3: &[u8; 32], first: u64) -> Option<std::rc::Rc<[[u8; 32]]>> {
+    let hit = with_trees(|c| c.get(&(*blake3, first)).cloned());
+    let counter = if hit.is_some() {
+        &TREE_HITS
+    } else {
+        &TREE_MISSES
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    hit
+}
+
+/// Offers a verified level-0 run (looked up before, so its request was counted).
+pub fn tree_offer(blake3: &[u8; 32], first: u64, entries: &std::rc::Rc<[[u8; 32]]>) {
+    with_trees(|c| {
+        c.offer_with((*blake3, first), entries.len() as u64 * 32, || {
+            entries.clone()
+        })
+    });
+}

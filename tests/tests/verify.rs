@@ -126,6 +126,36 @@ fn a_block_rewritten_with_its_crc_is_caught_served_right_and_repaired() {
     let report = dev.osctl_json(&["scrub", "--wait"]);
     assert_eq!(report["corrupt_found"], 0, "{report}");
     assert!(get(&dev, "v/plain", &[]).1 == body);
+
+    // A byte flipped without its CRC (bit rot): a client read takes blocks in place without
+    // their CRC, as the tree checks every byte, so the tree catches it, the group is read again
+    // with CRCs, and the shard whose CRC fails is the one read around and rebuilt.
+    let body = random_bytes(23, 2 * STRIPE + 5);
+    assert_eq!(dev.put("v/rot", body.clone()).status(), 201);
+    let h = blake3_of(&dev, "v/rot");
+    let (path, _) = files_of(&dev, &h)
+        .into_iter()
+        .find(|(_, hd)| hd.shard_index == 2)
+        .expect("data shard 2");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let at = block_offset(1) + 4321;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0x01;
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&b).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let (st, got) = get(&dev, "v/rot", &[]);
+    assert_eq!(st, 200);
+    assert!(got == body, "bit rot was sent");
+    wait_gone(&path, "bit rot, after a GET");
+    assert!(get(&dev, "v/rot", &[]).1 == body);
 }
 
 #[test]

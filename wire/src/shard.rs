@@ -227,13 +227,30 @@ pub fn open_block(
     if block.len() < want_len {
         return Err(FormatError::Short(block.len()));
     }
-    let block = &block[..want_len];
     let t = want_len - TRAILER_BYTES;
     let stored = get_u32(block, t + T_CRC);
     let computed = crc32c::crc32c(&block[..t + T_CRC]);
     if stored != computed {
         return Err(FormatError::Checksum { stored, computed });
     }
+    open_block_unchecked(block, expected_payload_bytes, index, file_tag)
+}
+
+/// [`open_block`] without the CRC: the trailer's index, tag and length only. For a reader that
+/// checks the payload another way (against the content's BLAKE3 tree) and reads around a
+/// block that fails that check with [`open_block`].
+pub fn open_block_unchecked(
+    block: &[u8],
+    expected_payload_bytes: usize,
+    index: u32,
+    file_tag: u32,
+) -> Result<&[u8], FormatError> {
+    let want_len = block_len_on_disk(expected_payload_bytes);
+    if block.len() < want_len {
+        return Err(FormatError::Short(block.len()));
+    }
+    let block = &block[..want_len];
+    let t = want_len - TRAILER_BYTES;
     let found_index = get_u32(block, t + T_INDEX);
     if found_index != index {
         return Err(FormatError::WrongIndex {

@@ -26,9 +26,13 @@ use ostore_control::records::{ContentRec, Encoding, Tree};
 use ostore_engine::tree::{Cv, Shape};
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::Arc;
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// Outboard entries as read, one list per level, level 0 first.
+type Levels = Vec<Vec<Cv>>;
 
 /// Where a verified read's object bytes come from.
 enum Source {
@@ -52,6 +56,8 @@ impl Source {
             .ok_or_else(|| StoreError::Codec("the content is not stored in shard files".into()))?;
         if client {
             r = r.for_client();
+        } else {
+            r.silence();
         }
         for &i in exclude {
             r.exclude(i);
@@ -60,6 +66,9 @@ impl Source {
             Encoding::Identity => {
                 if client {
                     r.hold_offers();
+                    // Every byte is checked against the tree here, and a group that fails
+                    // is read again with CRCs: the CRC of blocks read in place is skipped.
+                    r.trust_tree();
                 }
                 r.set_range(range);
                 Ok(Source::Plain(r))
@@ -102,9 +111,13 @@ impl Source {
         }
     }
 
-    async fn close(&mut self) {
+    /// Closes the files; a client's source reports the bad shards it found (queues the
+    /// repair), a check's leaves that to the repair running it.
+    async fn close(&mut self, client: bool) {
         let r = self.reader();
-        r.report().await;
+        if client {
+            r.report().await;
+        }
         r.close().await;
     }
 }
@@ -125,11 +138,17 @@ pub struct Verified {
     held_cached: bool,
     /// Level-0 entries, verified, of the groups `window`.
     window: Range<u64>,
-    level0: Vec<Cv>,
+    level0: Rc<[Cv]>,
+    /// The first window's outboard entries, read while the first piece is read.
+    early: Option<(Range<u64>, glommio::Task<Result<Levels>>)>,
     source: Source,
     /// Shards found to hold bytes that fail the tree, read around from then on.
     excluded: Vec<usize>,
     ready: VecDeque<Bytes>,
+    /// The source's piece being taken, and the verified run of it not yet in `ready`: a
+    /// piece's groups go out as one slice of it, not one per group.
+    cur_piece: Bytes,
+    pending: Option<(Bytes, Range<usize>)>,
     /// Sends the stored zstd frames rather than the object's bytes.
     raw: bool,
     /// A client's read (through the stripe cache, around nodes away), or a check's.
@@ -169,6 +188,31 @@ impl Verified {
         let groups = shape.groups_of(&want);
         let aligned = shape.groups_bytes(&groups);
         let source = Source::open(node, blake3, content, aligned, &[], client, raw).await?;
+        // The first window's entries are read alongside the first piece, unless held.
+        let mut early = None;
+        let (mut window, mut level0) = (0..0, Rc::from(Vec::new()));
+        if client && !shape.levels.is_empty() {
+            let w = shape.window(groups.start);
+            if let Some(held) = crate::stripecache::tree_get(&blake3, w.start) {
+                (window, level0) = (w, held);
+            } else {
+                let ranges = outboard_ranges(&shape, content, &w);
+                let (node, content) = (node.clone(), content.clone());
+                let read = async move {
+                    let mut r = ShardReader::new(node, blake3, &content)
+                        .ok_or_else(|| StoreError::Codec("not stored in shard files".into()))?
+                        .for_client();
+                    let got = read_entries(&mut r, &ranges).await;
+                    r.close().await;
+                    got
+                };
+                let failed = || Err(StoreError::Codec("the outboard read panicked".into()));
+                early = Some((
+                    w,
+                    ostore_server::guard::spawn_subtask("an outboard read", read, failed),
+                ));
+            }
+        }
         Ok(Verified {
             node: node.clone(),
             blake3,
@@ -180,11 +224,14 @@ impl Verified {
             held: Vec::new(),
             held_len: 0,
             held_cached: true,
-            window: 0..0,
-            level0: Vec::new(),
+            window,
+            level0,
+            early,
             source,
             excluded: Vec::new(),
             ready: VecDeque::new(),
+            cur_piece: Bytes::new(),
+            pending: None,
             raw,
             client,
             finished: false,
@@ -227,7 +274,7 @@ impl Verified {
             if let Err(e) = r {
                 self.finished = true;
                 self.ready.clear();
-                self.source.close().await;
+                self.source.close(self.client).await;
                 return Some(Err(e));
             }
         }
@@ -235,6 +282,13 @@ impl Verified {
 
     /// Takes object bytes in order, completing groups.
     async fn take(&mut self, mut b: Bytes, cached: bool) -> Result<()> {
+        self.cur_piece = b.clone();
+        let r = self.take_groups(&mut b, cached).await;
+        self.flush();
+        r
+    }
+
+    async fn take_groups(&mut self, b: &mut Bytes, cached: bool) -> Result<()> {
         while !b.is_empty() {
             let gr = self.shape.group_range(self.group);
             let need = (gr.end - gr.start - self.held_len) as usize;
@@ -275,13 +329,13 @@ impl Verified {
             self.held.clear();
         } else {
             let mut at = gr.start;
-            for b in self.held.drain(..) {
+            let held = std::mem::take(&mut self.held);
+            for b in held {
                 let (a, e) = (at, at + b.len() as u64);
                 at = e;
                 let (lo, hi) = (self.want.start.max(a), self.want.end.min(e));
                 if lo < hi {
-                    self.ready
-                        .push_back(b.slice((lo - a) as usize..(hi - a) as usize));
+                    self.emit(b.slice((lo - a) as usize..(hi - a) as usize));
                 }
             }
         }
@@ -290,6 +344,34 @@ impl Verified {
         self.held_len = 0;
         self.held_cached = true;
         Ok(replaced)
+    }
+
+    /// Sends verified bytes: joined to the run pending when they continue it in the same
+    /// piece (so a piece goes out whole), else after it.
+    fn emit(&mut self, b: Bytes) {
+        let s = b.as_ptr() as usize;
+        if let Some((parent, r)) = self.pending.as_mut() {
+            let p = parent.as_ptr() as usize;
+            if s == p + r.end && r.end + b.len() <= parent.len() {
+                r.end += b.len();
+                return;
+            }
+        }
+        self.flush();
+        let p = self.cur_piece.as_ptr() as usize;
+        if s >= p && s + b.len() <= p + self.cur_piece.len() {
+            let at = s - p;
+            self.pending = Some((self.cur_piece.clone(), at..at + b.len()));
+        } else {
+            let n = b.len();
+            self.pending = Some((b, 0..n));
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((parent, r)) = self.pending.take() {
+            self.ready.push_back(parent.slice(r));
+        }
     }
 
     /// Group `i`'s level-0 entry (for a content of one group, unused: its BLAKE3 is checked).
@@ -303,26 +385,32 @@ impl Verified {
         Ok(self.level0[(i - self.window.start) as usize])
     }
 
-    /// Reads and checks the outboard entries of the run of groups holding group `i`.
+    /// Reads and checks the outboard entries of the run of groups holding group `i` (or
+    /// takes them from the executor's cache of verified entries).
     async fn load_window(&mut self, i: u64) -> Result<()> {
         let w = self.shape.window(i);
-        let base = self.content.stored_bytes();
-        let ranges: Vec<Range<u64>> = self
-            .shape
-            .plan(w.clone())
-            .iter()
-            .enumerate()
-            .map(|(k, r)| {
-                let o = base + self.shape.level_offset(k);
-                o + r.start * 32..o + r.end * 32
-            })
-            .collect();
+        let early = match self.early.take() {
+            Some((ew, task)) if ew == w => Some(task.await),
+            _ => None,
+        };
+        if early.is_none() && self.client {
+            if let Some(l0) = crate::stripecache::tree_get(&self.blake3, w.start) {
+                self.window = w;
+                self.level0 = l0;
+                return Ok(());
+            }
+        }
+        let ranges = outboard_ranges(&self.shape, &self.content, &w);
         let (shape, root) = (self.shape.clone(), self.root);
         let check = |levels: &Vec<Vec<Cv>>| {
             let refs: Vec<&[Cv]> = levels.iter().map(Vec::as_slice).collect();
             shape.check_entries(&root, w.clone(), &refs).is_ok()
         };
-        let mut found = match read_entries(self.source.reader(), &ranges).await {
+        let first = match early {
+            Some(r) => r,
+            None => read_entries(self.source.reader(), &ranges).await,
+        };
+        let mut found = match first {
             Ok(levels) if check(&levels) => Some(levels),
             _ => None,
         };
@@ -332,6 +420,7 @@ impl Verified {
                 else {
                     break;
                 };
+                r.silence();
                 for &x in self.excluded.iter().chain([&c]) {
                     r.exclude(x);
                 }
@@ -347,8 +436,11 @@ impl Verified {
             }
         }
         let mut levels = found.ok_or_else(|| self.failed("its outboard"))?;
+        self.level0 = Rc::from(levels.swap_remove(0));
+        if self.client {
+            crate::stripecache::tree_offer(&self.blake3, w.start, &self.level0);
+        }
         self.window = w;
-        self.level0 = levels.swap_remove(0);
         Ok(())
     }
 
@@ -385,9 +477,13 @@ impl Verified {
             self.node.queue_repair(self.blake3).await;
             return Err(self.failed(&format!("group {i}")));
         }
-        for c in self.candidates() {
+        // First with every CRC checked: a block that fails its CRC (a reader that trusts the
+        // tree took it unchecked) is read around, and its shard is the one to blame. Then
+        // around each shard in turn, for a block whose CRC holds.
+        let tries = std::iter::once(None).chain(self.candidates().into_iter().map(Some));
+        for c in tries {
             let mut ex = self.excluded.clone();
-            ex.push(c);
+            ex.extend(c);
             let Ok(mut src) = Source::open(
                 &self.node,
                 self.blake3,
@@ -412,16 +508,29 @@ impl Verified {
                     }
                 }
             }
+            let crc_bad: Vec<usize> = (0..src.reader().bad.len())
+                .filter(|&j| src.reader().bad[j] && !ex.contains(&j))
+                .collect();
             src.reader().close().await;
             let refs: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
             if ok && self.shape.group_matches(&self.root, i, &refs, cv) {
                 self.held = pieces;
-                self.mark_bad(c);
+                if c.is_none() && crc_bad.is_empty() {
+                    // Read again, the same bytes verify: what failed was the read, not a
+                    // shard (a block changed while in flight is the only way). Go on.
+                    tracing::warn!(
+                        "content {}: group {i} failed its check once and verified when read again",
+                        hex::encode(self.blake3)
+                    );
+                }
+                for j in c.into_iter().chain(crc_bad) {
+                    self.mark_bad(j);
+                }
                 // What the source read past this group came through the bad shard: continue
                 // after it with a source that reads around it (and reports it).
                 let end = self.shape.group_range(self.end_group - 1).end;
                 if gr.end < end {
-                    self.source.close().await;
+                    self.source.close(self.client).await;
                     self.source = Source::open(
                         &self.node,
                         self.blake3,
@@ -465,6 +574,21 @@ pub(super) async fn tree_suspects(
         }
     }
     Ok(v.excluded)
+}
+
+/// Where, in the stored bytes and outboard, the entries verifying groups `w` lie: one byte
+/// range per level, level 0 first.
+fn outboard_ranges(shape: &Shape, content: &ContentRec, w: &Range<u64>) -> Vec<Range<u64>> {
+    let base = content.stored_bytes();
+    shape
+        .plan(w.clone())
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let o = base + shape.level_offset(k);
+            o + r.start * 32..o + r.end * 32
+        })
+        .collect()
 }
 
 /// Reads the outboard byte ranges `ranges` (one per level) as entries.
