@@ -148,8 +148,8 @@ pub struct PutOutcome {
     pub created_ms: u64,
     /// The content was already stored; the new shard files (if any) are not needed.
     pub deduplicated: bool,
-    /// A damaged copy of the content was replaced; its files are listed under
-    /// [`replaced_intent`] for deletion.
+    /// An older copy of the content (damaged, or stored without a BLAKE3 tree) was replaced;
+    /// its files are listed under [`replaced_intent`] for deletion.
     pub replaced_damaged: bool,
     /// The version is the key's null version (written while the bucket's versioning was
     /// suspended). Not known (false) for a commit whose answer was lost and found again; the
@@ -894,9 +894,19 @@ pub(crate) fn finish_intent(
     Ok(())
 }
 
-/// Takes one reference to `content`: to the stored copy when there is one undamaged
-/// (deduplicated: the new shard files are not adopted), else to a new record of it, which
-/// replaces a damaged copy. Returns (deduplicated, replaced a damaged copy).
+/// Whether a stored copy is to be replaced by the same bytes written again rather than
+/// deduplicated against: it is damaged, or stored in shard files without the BLAKE3 tree its
+/// reads would verify (written before trees) while the new copy has one.
+fn superseded(old: &ContentRec, new_tree: Tree) -> bool {
+    old.damaged
+        || (old.tree == Tree::None
+            && new_tree == Tree::Outboard
+            && matches!(old.stored, Stored::Sharded { .. }))
+}
+
+/// Takes one reference to `content`: to the stored copy when there is one not
+/// [`superseded`] (deduplicated: the new shard files are not adopted), else to a new record
+/// of it, which replaces the old copy. Returns (deduplicated, replaced an older copy).
 pub(crate) fn store_content(
     tx: &mut dyn Tx,
     content: &NewContent,
@@ -904,12 +914,14 @@ pub(crate) fn store_content(
 ) -> Result<(bool, bool)> {
     let ck = keys::content(&content.blake3);
     let existing = get_content(tx, &ck)?;
-    let deduplicated = existing.as_ref().is_some_and(|c| !c.damaged);
+    let deduplicated = existing
+        .as_ref()
+        .is_some_and(|c| !superseded(c, content.tree));
     if deduplicated {
         add_ref(tx, &content.blake3)?;
         return Ok((true, false));
     }
-    // New content, or a damaged copy that these fresh bytes replace.
+    // New content, or a damaged or tree-less copy that these fresh bytes replace.
     let replaced_damaged = existing.is_some();
     let refs = existing.as_ref().map_or(0, |c| c.refs);
     if let Some(old) = &existing {
@@ -1010,8 +1022,8 @@ pub fn put_existing(
         let Some(c) = get_content(tx, &keys::content(blake3))? else {
             return Ok(None);
         };
-        if c.damaged {
-            // Ask for the body: it will replace the damaged copy.
+        if superseded(&c, Tree::Outboard) {
+            // Ask for the body: it will replace the damaged (or tree-less) copy.
             return Ok(None);
         }
         cond.check(tx, bucket, key)?;
@@ -2538,6 +2550,59 @@ mod tests {
             left[0].1.shards, old,
             "the damaged copy's files are listed for deletion"
         );
+    }
+
+    #[test]
+    fn a_copy_without_a_tree_is_replaced_by_the_next_upload_with_one() {
+        let (_d, kv) = kv();
+        let c = |shards: Vec<ShardLoc>, tree: Tree| NewContent {
+            encoding: Encoding::Identity,
+            tree,
+            blake3: [7; 32],
+            size_bytes: 50_000,
+            stored: Stored::Sharded {
+                data: 1,
+                parity: 1,
+                shards,
+            },
+        };
+        let put = |key: &str, content: &NewContent, now: u64| {
+            commit_put(
+                &kv,
+                "default",
+                key,
+                None,
+                content,
+                &WriteCondition::Always,
+                &ObjectAttrs::default(),
+                now,
+            )
+            .unwrap()
+        };
+        let old = locs(2, 0, 1);
+        put("a", &c(old.clone(), Tree::None), 1);
+        // A PUT that names the bytes without sending them is asked for them.
+        assert!(put_existing(
+            &kv,
+            "default",
+            "b",
+            &[7; 32],
+            &WriteCondition::Always,
+            &ObjectAttrs::default(),
+            2
+        )
+        .unwrap()
+        .is_none());
+        let new = locs(2, 2, 2);
+        let o = put("b", &c(new.clone(), Tree::Outboard), 3);
+        assert!(!o.deduplicated && o.replaced_damaged);
+        let rec = content(&kv, &[7; 32]).unwrap().unwrap();
+        assert_eq!((rec.refs, rec.tree), (2, Tree::Outboard));
+        let left = intents(&kv).unwrap();
+        assert_eq!(left[0].1.shards, old, "the old copy's files go");
+        // Written again, with a tree or without, the copy with the tree stays.
+        assert!(put("c", &c(locs(2, 4, 3), Tree::Outboard), 4).deduplicated);
+        assert!(put("d", &c(locs(2, 6, 4), Tree::None), 5).deduplicated);
     }
 
     #[test]

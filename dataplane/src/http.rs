@@ -606,23 +606,18 @@ pub(crate) async fn body_of(
             Some(_) => (0..content.stored_bytes(), content.stored_bytes()),
             None => (range, len),
         };
-        let mut reader = ShardReader::new(node.clone(), blake3, content)
-            .expect("sharded")
-            .for_client();
-        reader.set_range(range.clone());
-        let mut first = reader.next().await;
-        if let Some(Err(store::StoreError::InsufficientShards { .. })) = &first {
-            // The shards may have moved (a repair or a move swapped new files in and deleted
-            // the old ones) between reading the content's record and opening its files: read
-            // again from where the record says they are now.
-            if let Some(now) = moved_since(node, &blake3, content).await {
-                reader = ShardReader::new(node.clone(), blake3, &now)
+        let open = |c: ContentRec| {
+            let (node, range) = (node.clone(), range.clone());
+            async move {
+                let mut r = ShardReader::new(node, blake3, &c)
                     .expect("sharded")
                     .for_client();
-                reader.set_range(range);
-                first = reader.next().await;
+                r.set_range(range);
+                let first = r.next().await;
+                Ok::<_, store::StoreError>((r, first))
             }
-        }
+        };
+        let (reader, first) = first_piece(node, blake3, content, open).await?;
         let first = match first {
             Some(Err(e)) => return Err(e.into()),
             other => other,
@@ -652,6 +647,30 @@ pub(crate) async fn body_of(
     Ok(RespBody::Stream(counted(node, gzip(s)), None))
 }
 
+type Piece = Option<Result<Bytes, store::StoreError>>;
+
+/// Opens a read of `content` with `open` and takes its first piece. When the shards were not
+/// there, they may have moved (a repair or a move swapped new files in and deleted the old
+/// ones) between reading the content's record and opening its files: reads again from where
+/// the record says they are now.
+async fn first_piece<R, Fut>(
+    node: &Arc<Node>,
+    blake3: [u8; 32],
+    content: &ContentRec,
+    open: impl Fn(ContentRec) -> Fut,
+) -> Result<(R, Piece), store::StoreError>
+where
+    Fut: std::future::Future<Output = Result<(R, Piece), store::StoreError>>,
+{
+    let (r, first) = open(content.clone()).await?;
+    if let Some(Err(store::StoreError::InsufficientShards { .. })) = &first {
+        if let Some(now) = moved_since(node, &blake3, content).await {
+            return open(now).await;
+        }
+    }
+    Ok((r, first))
+}
+
 /// The body of a content with a tree: every byte verified before it is sent
 /// (`crate::verify`); the stored zstd frames as they are for a client that takes them.
 async fn verified_body(
@@ -676,15 +695,7 @@ async fn verified_body(
             Ok::<_, store::StoreError>((v, first))
         }
     };
-    let (mut v, mut first) = open(content.clone()).await?;
-    if let Some(Err(store::StoreError::InsufficientShards { .. })) = &first {
-        // The shards may have moved (a repair or a move swapped new files in and deleted the
-        // old ones) between reading the content's record and opening its files: read again
-        // from where the record says they are now.
-        if let Some(now) = moved_since(node, &blake3, content).await {
-            (v, first) = open(now).await?;
-        }
-    }
+    let (mut v, first) = first_piece(node, blake3, content, open).await?;
     let first = match first {
         Some(Err(e)) => return Err(e.into()),
         other => other,

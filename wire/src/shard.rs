@@ -216,6 +216,16 @@ pub fn seal_block(block: &mut [u8], payload_bytes: usize, index: u32, file_tag: 
     put_u32(block, t + T_CRC, crc);
 }
 
+/// The block's bytes on disk for a payload of `expected_payload_bytes`, and where its trailer
+/// starts.
+fn sized(block: &[u8], expected_payload_bytes: usize) -> Result<(&[u8], usize), FormatError> {
+    let want_len = block_len_on_disk(expected_payload_bytes);
+    if block.len() < want_len {
+        return Err(FormatError::Short(block.len()));
+    }
+    Ok((&block[..want_len], want_len - TRAILER_BYTES))
+}
+
 /// Verifies a block read back from disk and returns its payload.
 pub fn open_block(
     block: &[u8],
@@ -223,11 +233,7 @@ pub fn open_block(
     index: u32,
     file_tag: u32,
 ) -> Result<&[u8], FormatError> {
-    let want_len = block_len_on_disk(expected_payload_bytes);
-    if block.len() < want_len {
-        return Err(FormatError::Short(block.len()));
-    }
-    let t = want_len - TRAILER_BYTES;
+    let (block, t) = sized(block, expected_payload_bytes)?;
     let stored = get_u32(block, t + T_CRC);
     let computed = crc32c::crc32c(&block[..t + T_CRC]);
     if stored != computed {
@@ -245,12 +251,7 @@ pub fn open_block_unchecked(
     index: u32,
     file_tag: u32,
 ) -> Result<&[u8], FormatError> {
-    let want_len = block_len_on_disk(expected_payload_bytes);
-    if block.len() < want_len {
-        return Err(FormatError::Short(block.len()));
-    }
-    let block = &block[..want_len];
-    let t = want_len - TRAILER_BYTES;
+    let (block, t) = sized(block, expected_payload_bytes)?;
     let found_index = get_u32(block, t + T_INDEX);
     if found_index != index {
         return Err(FormatError::WrongIndex {
@@ -358,6 +359,20 @@ mod tests {
         assert!(matches!(
             open_block(&bad, 3, 7, 0x11223344),
             Err(FormatError::Checksum { .. })
+        ));
+        // Without the CRC: the changed payload is handed out (the caller checks it another
+        // way), and a block of another file or place still is not.
+        assert_eq!(
+            open_block_unchecked(&bad, 3, 7, 0x11223344).unwrap(),
+            b"acc"
+        );
+        assert!(matches!(
+            open_block_unchecked(&bad, 3, 8, 0x11223344),
+            Err(FormatError::WrongIndex { .. })
+        ));
+        assert!(matches!(
+            open_block_unchecked(&bad, 3, 7, 1),
+            Err(FormatError::WrongTag { .. })
         ));
     }
 }
