@@ -37,6 +37,17 @@ fn files_of(dev: &Dev, h: &str) -> Vec<(PathBuf, ShardHeader)> {
 /// Rewrites block `index` of a shard file with different bytes and a CRC that matches them:
 /// what a firmware bug, a misdirected write or someone with access to the drive leaves.
 fn rewrite_block(path: &std::path::Path, tag: u32, index: u64, payload: usize) {
+    rewrite_bytes(path, tag, index, payload, 100..200);
+}
+
+/// As [`rewrite_block`], changing the block's payload bytes `at`.
+fn rewrite_bytes(
+    path: &std::path::Path,
+    tag: u32,
+    index: u64,
+    payload: usize,
+    at: std::ops::Range<usize>,
+) {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -45,7 +56,7 @@ fn rewrite_block(path: &std::path::Path, tag: u32, index: u64, payload: usize) {
     let mut block = vec![0u8; BLOCK_BYTES];
     f.seek(SeekFrom::Start(block_offset(index))).unwrap();
     f.read_exact(&mut block).unwrap();
-    for b in &mut block[100..200] {
+    for b in &mut block[at] {
         *b ^= 0x5a;
     }
     seal_block(&mut block, payload, index as u32, tag);
@@ -156,6 +167,33 @@ fn a_block_rewritten_with_its_crc_is_caught_served_right_and_repaired() {
     assert!(got == body, "bit rot was sent");
     wait_gone(&path, "bit rot, after a GET");
     assert!(get(&dev, "v/rot", &[]).1 == body);
+
+    // Two shards rewritten with their CRCs inside the same group (the first 64 KiB of the
+    // object: data shard 0's first block and the first bytes of shard 1's): no single shard
+    // read around gives the group's bytes, a pair does, and both are rebuilt.
+    let body = random_bytes(24, 2 * STRIPE + 9);
+    assert_eq!(dev.put("v/two", body.clone()).status(), 201);
+    let h = blake3_of(&dev, "v/two");
+    let files = files_of(&dev, &h);
+    let mut damaged = Vec::new();
+    for (index, at) in [(0u8, 100..200), (1, 0..8)] {
+        let (path, hd) = files
+            .iter()
+            .find(|(_, hd)| hd.shard_index == index)
+            .expect("data shard")
+            .clone();
+        rewrite_bytes(&path, hd.file_tag, 0, 65536 - 16, at);
+        damaged.push(path);
+    }
+    let (st, got) = get(&dev, "v/two", &[]);
+    assert_eq!(st, 200);
+    assert!(got == body, "two rewritten blocks in one group were sent");
+    for path in &damaged {
+        wait_gone(path, "two bad shards, after a GET");
+    }
+    assert!(get(&dev, "v/two", &[]).1 == body);
+    let report = dev.osctl_json(&["scrub", "--wait"]);
+    assert_eq!(report["corrupt_found"], 0, "{report}");
 }
 
 #[test]

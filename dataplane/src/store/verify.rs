@@ -8,9 +8,10 @@
 //! on a group's bytes only once they match their entry. Stripes read from the drives reach
 //! the stripe cache only once verified, so bytes served from the cache are not hashed again.
 //!
-//! A group that fails is read again around each shard in turn (rebuilt from the others, as a
-//! block with a bad CRC is) until one version matches: that shard is then read around for the
-//! rest of the request and reported, and the repair that follows finds it the same way
+//! A group that fails is read again with CRCs checked, then around each shard in turn, then
+//! each pair, … as parity allows (rebuilt from the others, as a block with a bad CRC is), until
+//! one version matches: those shards are then read around for the rest of the request and
+//! reported, and the repair that follows finds them the same way
 //! (`store::check_and_repair`). The outboard's own entries are recovered alike. A block
 //! rewritten on a drive together with its CRC is caught here, where the CRC cannot catch it.
 //!
@@ -415,13 +416,13 @@ impl Verified {
             _ => None,
         };
         if found.is_none() {
-            for c in self.candidates() {
+            for set in self.suspect_sets() {
                 let Some(mut r) = ShardReader::new(self.node.clone(), self.blake3, &self.content)
                 else {
                     break;
                 };
                 r.silence();
-                for &x in self.excluded.iter().chain([&c]) {
+                for &x in self.excluded.iter().chain(&set) {
                     r.exclude(x);
                 }
                 let got = read_entries(&mut r, &ranges).await;
@@ -429,7 +430,9 @@ impl Verified {
                 if let Ok(levels) = got {
                     if check(&levels) {
                         found = Some(levels);
-                        self.mark_bad(c);
+                        for c in set {
+                            self.mark_bad(c);
+                        }
                         break;
                     }
                 }
@@ -444,11 +447,32 @@ impl Verified {
         Ok(())
     }
 
-    /// The shards not read around yet, to try as the bad one.
-    fn candidates(&mut self) -> Vec<usize> {
-        (0..self.source.reader().bad.len())
-            .filter(|c| !self.excluded.contains(c))
-            .collect()
+    /// The sets of shards not read around yet to try as the bad ones, smallest first: each
+    /// shard, then each pair, … up to what parity can still rebuild around.
+    fn suspect_sets(&mut self) -> Vec<Vec<usize>> {
+        let total = self.source.reader().bad.len();
+        let parity = match &self.content.stored {
+            ostore_control::records::Stored::Sharded { parity, .. } => *parity as usize,
+            _ => 0,
+        };
+        let left: Vec<usize> = (0..total).filter(|c| !self.excluded.contains(c)).collect();
+        let most = parity.saturating_sub(self.excluded.len());
+        let mut sets: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut out = Vec::new();
+        for _ in 0..most {
+            let mut next = Vec::new();
+            for set in &sets {
+                let from = set.last().map_or(0, |&l| l + 1);
+                for &c in left.iter().filter(|&&c| c >= from) {
+                    let mut s = set.clone();
+                    s.push(c);
+                    next.push(s);
+                }
+            }
+            out.extend(next.iter().cloned());
+            sets = next;
+        }
+        out
     }
 
     fn mark_bad(&mut self, c: usize) {
@@ -479,11 +503,12 @@ impl Verified {
         }
         // First with every CRC checked: a block that fails its CRC (a reader that trusts the
         // tree took it unchecked) is read around, and its shard is the one to blame. Then
-        // around each shard in turn, for a block whose CRC holds.
-        let tries = std::iter::once(None).chain(self.candidates().into_iter().map(Some));
-        for c in tries {
+        // around each shard in turn, then each pair (as parity allows), for blocks whose CRCs
+        // hold.
+        let tries = std::iter::once(Vec::new()).chain(self.suspect_sets());
+        for set in tries {
             let mut ex = self.excluded.clone();
-            ex.extend(c);
+            ex.extend(&set);
             let Ok(mut src) = Source::open(
                 &self.node,
                 self.blake3,
@@ -515,7 +540,7 @@ impl Verified {
             let refs: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
             if ok && self.shape.group_matches(&self.root, i, &refs, cv) {
                 self.held = pieces;
-                if c.is_none() && crc_bad.is_empty() {
+                if set.is_empty() && crc_bad.is_empty() {
                     // Read again, the same bytes verify: what failed was the read, not a
                     // shard (a block changed while in flight is the only way). Go on.
                     tracing::warn!(
@@ -523,7 +548,7 @@ impl Verified {
                         hex::encode(self.blake3)
                     );
                 }
-                for j in c.into_iter().chain(crc_bad) {
+                for j in set.into_iter().chain(crc_bad) {
                     self.mark_bad(j);
                 }
                 // What the source read past this group came through the bad shard: continue
