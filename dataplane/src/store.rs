@@ -1552,6 +1552,13 @@ impl ShardReader {
         }
     }
 
+    /// Drops the stripes held back for the cache: they came through a shard found bad.
+    pub fn forget_held(&mut self) {
+        if let Some(q) = self.held_offers.as_mut() {
+            q.clear();
+        }
+    }
+
     /// Whether the last piece returned came from the cache.
     pub fn last_cached(&self) -> bool {
         self.last_cached
@@ -2404,7 +2411,20 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
     if broken.is_empty() {
         // Every block's CRC holds: the bytes against the content's BLAKE3 tree, which catches
         // a block rewritten with its CRC (or a misdirected write of another valid block).
-        let suspects = verify::tree_suspects(node, blake3, &content).await?;
+        let suspects = match verify::tree_suspects(node, blake3, &content).await {
+            Ok(s) => s,
+            // No set of shards that parity can rebuild around gives the object's bytes: fewer
+            // than K good shards, as far as repair can tell (the content is marked damaged,
+            // and the next upload of its bytes replaces it).
+            Err(StoreError::Verification(m)) => {
+                tracing::error!("{m}");
+                return Err(StoreError::InsufficientShards {
+                    have: 0,
+                    need: geo.ec.k(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if !suspects.is_empty() {
             tracing::warn!(
                 "content {}: shard(s) {suspects:?} hold blocks whose CRCs hold but whose bytes fail the BLAKE3 tree; rebuilding",

@@ -586,6 +586,8 @@ struct PatchWriter {
     /// Level-0 entries recorded by earlier PATCHes (read back for the commit), and how many
     /// this PATCH has recorded since.
     tree: Vec<u8>,
+    /// Begun before trees were kept: committed without one.
+    no_tree: bool,
     /// For an upload stored inline: every byte so far.
     inline: Vec<u8>,
     /// For a sharded upload: the stripe pipeline (tail already fed).
@@ -613,9 +615,11 @@ impl PatchWriter {
         };
         // The groups are those of the object's declared length, known from the start.
         hash.set_group(tree::Shape::new(st.rec.length).group);
-        // Whole entries, one per whole group hashed before this PATCH, never more.
+        // Whole entries, one per whole group hashed before this PATCH, never more; none at
+        // all for an upload begun before trees were kept, which ends without one.
         let groups_before = hash.groups_done();
-        if st.tree.len() as u64 != groups_before * 32 {
+        let no_tree = st.tree.is_empty() && groups_before > 0;
+        if !no_tree && st.tree.len() as u64 != groups_before * 32 {
             return Err(bad_state("tree"));
         }
         let frames = FrameEntry::decode_all(&st.frames).ok_or_else(|| bad_state("frames"))?;
@@ -632,6 +636,7 @@ impl PatchWriter {
             taken: 0,
             hash,
             tree,
+            no_tree,
             // Inline, the tail is the object so far; sharded, it is fed first to the stripes.
             inline: if sharded { Vec::new() } else { tail.clone() },
             staged: if sharded { tail } else { Vec::new() },
@@ -790,7 +795,10 @@ impl PatchWriter {
         } else {
             tail.clone_from(&self.inline);
         }
-        let new_tree = self.hash.take_groups().concat();
+        let mut new_tree = self.hash.take_groups().concat();
+        if self.no_tree {
+            new_tree.clear();
+        }
         let progress = Progress {
             offset: self.offset + self.taken,
             stored_blocks: self.rec.stored_blocks,
@@ -834,8 +842,8 @@ impl PatchWriter {
         }
         let length = self.rec.length;
         let outboard = match self.out {
-            Some(_) => self.outboard(length)?,
-            None => Vec::new(),
+            Some(_) if !self.no_tree => self.outboard(length)?,
+            _ => Vec::new(),
         };
         let (stored, encoding, tree) = match self.out.as_mut() {
             None => (
@@ -868,7 +876,11 @@ impl PatchWriter {
                         shards: self.rec.shards.clone(),
                     },
                     encoding,
-                    Tree::Outboard,
+                    if self.no_tree {
+                        Tree::None
+                    } else {
+                        Tree::Outboard
+                    },
                 )
             }
         };

@@ -5,7 +5,7 @@
 //! own.
 
 use ostore_tests::{random_bytes, shard_files, Dev};
-use ostore_wire::shard::{block_offset, seal_block, ShardHeader, BLOCK_BYTES, HEADER_BYTES};
+use ostore_wire::shard::{block_len_on_disk, block_offset, seal_block, ShardHeader, HEADER_BYTES};
 use reqwest::Method;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -53,7 +53,7 @@ fn rewrite_bytes(
         .write(true)
         .open(path)
         .unwrap();
-    let mut block = vec![0u8; BLOCK_BYTES];
+    let mut block = vec![0u8; block_len_on_disk(payload)];
     f.seek(SeekFrom::Start(block_offset(index))).unwrap();
     f.read_exact(&mut block).unwrap();
     for b in &mut block[at] {
@@ -234,4 +234,33 @@ fn the_scrub_finds_a_block_rewritten_with_its_crc_and_zstd_reads_stay_right() {
     assert_eq!(st, 200);
     let decoded = zstd::stream::decode_all(&raw[..]).unwrap();
     assert!(decoded == text);
+}
+
+#[test]
+fn a_recovered_group_never_reaches_the_stripe_cache() {
+    let dev = Dev::start(&["--cores", "1", "--stripe-cache", "64MiB"]);
+    // The object's last group lies wholly in its last stripe, which the cache may hold.
+    let body = random_bytes(25, 300_000);
+    assert_eq!(dev.put("v/last", body.clone()).status(), 201);
+    let h = blake3_of(&dev, "v/last");
+    let (path, hd) = files_of(&dev, &h)
+        .into_iter()
+        .find(|(_, hd)| hd.shard_index == 0)
+        .expect("data shard 0");
+    // Stripe 1 holds bytes 262,080.. of the object and then its outboard (5 groups, 160
+    // bytes): 38,080 bytes, so chunks of 9,520. Byte 100 of shard 0's block 1 is the object's
+    // byte 262,180, in its last group (262,144..300,000).
+    rewrite_bytes(&path, hd.file_tag, 1, 9_520, 100..101);
+    for round in 0..4 {
+        let (st, got) = get(&dev, "v/last", &[]);
+        assert_eq!(st, 200);
+        assert!(got == body, "round {round}: a GET sent the rewritten byte");
+        let range = "bytes=270000-299999";
+        let (st, got) = get(&dev, "v/last", &[("Range", range)]);
+        assert_eq!(st, 206);
+        assert!(
+            got == body[270_000..],
+            "round {round}: a range sent the rewritten byte"
+        );
+    }
 }

@@ -188,7 +188,29 @@ impl Verified {
         let want = if raw { 0..content.size_bytes } else { want };
         let groups = shape.groups_of(&want);
         let aligned = shape.groups_bytes(&groups);
-        let source = Source::open(node, blake3, content, aligned, &[], client, raw).await?;
+        let mut excluded = Vec::new();
+        let source =
+            match Source::open(node, blake3, content, aligned.clone(), &[], client, raw).await {
+                Ok(s) => s,
+                // A zstd content's seek table that does not parse (rewritten with its CRC): read
+                // it around each shard in turn, each pair.
+                Err(StoreError::Codec(first)) => {
+                    let mut found = None;
+                    for set in suspect_sets(content, &[]) {
+                        let opened =
+                            Source::open(node, blake3, content, aligned.clone(), &set, client, raw)
+                                .await;
+                        if let Ok(s) = opened {
+                            found = Some((s, set));
+                            break;
+                        }
+                    }
+                    let (s, set) = found.ok_or(StoreError::Codec(first))?;
+                    excluded = set;
+                    s
+                }
+                Err(e) => return Err(e),
+            };
         // The first window's entries are read alongside the first piece, unless held.
         let mut early = None;
         let (mut window, mut level0) = (0..0, Rc::from(Vec::new()));
@@ -228,15 +250,15 @@ impl Verified {
             window,
             level0,
             early,
+            degraded: !excluded.is_empty(),
             source,
-            excluded: Vec::new(),
+            excluded,
             ready: VecDeque::new(),
             cur_piece: Bytes::new(),
             pending: None,
             raw,
             client,
             finished: false,
-            degraded: false,
             shape,
         })
     }
@@ -269,8 +291,10 @@ impl Verified {
             }
             let r = match self.source.next().await {
                 Some(Ok((b, cached))) => self.take(b, cached).await,
+                // Bytes that do not even decode (a zstd frame rewritten with its CRC) or end
+                // early: the group being assembled is recovered as a mismatch is.
+                Some(Err(StoreError::Codec(_))) | None => self.recover_current().await,
                 Some(Err(e)) => Err(e),
-                None => Err(StoreError::Codec("the stored bytes ended early".into())),
             };
             if let Err(e) = r {
                 self.finished = true;
@@ -309,11 +333,20 @@ impl Verified {
         Ok(())
     }
 
+    /// The source failed while group `self.group` was being assembled: recovers the group
+    /// from the drives and releases it.
+    async fn recover_current(&mut self) -> Result<()> {
+        let i = self.group;
+        let cv = self.entry(i).await?;
+        self.recover(i, &cv).await?;
+        self.release();
+        Ok(())
+    }
+
     /// Checks the group in `held` (unless all of it came from the cache) and releases it.
     /// Whether the source was replaced (the group was recovered around a bad shard).
     async fn complete(&mut self) -> Result<bool> {
         let i = self.group;
-        let gr = self.shape.group_range(i);
         let mut replaced = false;
         if !self.held_cached {
             let cv = self.entry(i).await?;
@@ -323,6 +356,13 @@ impl Verified {
                 replaced = true;
             }
         }
+        self.release();
+        Ok(replaced)
+    }
+
+    /// Sends the verified group in `held` and moves to the next.
+    fn release(&mut self) {
+        let gr = self.shape.group_range(self.group);
         if self.raw {
             if let Source::Zstd(d) = &mut self.source {
                 self.ready.extend(d.take_raw(gr.end));
@@ -344,7 +384,6 @@ impl Verified {
         self.group += 1;
         self.held_len = 0;
         self.held_cached = true;
-        Ok(replaced)
     }
 
     /// Sends verified bytes: joined to the run pending when they continue it in the same
@@ -416,7 +455,10 @@ impl Verified {
             _ => None,
         };
         if found.is_none() {
-            for set in self.suspect_sets() {
+            // With every CRC checked first (a block that fails it names its shard), then
+            // around each shard, each pair.
+            let tries = std::iter::once(Vec::new()).chain(self.suspect_sets());
+            for set in tries {
                 let Some(mut r) = ShardReader::new(self.node.clone(), self.blake3, &self.content)
                 else {
                     break;
@@ -426,11 +468,14 @@ impl Verified {
                     r.exclude(x);
                 }
                 let got = read_entries(&mut r, &ranges).await;
+                let crc_bad: Vec<usize> = (0..r.bad.len())
+                    .filter(|&j| r.bad[j] && !self.excluded.contains(&j) && !set.contains(&j))
+                    .collect();
                 r.close().await;
                 if let Ok(levels) = got {
                     if check(&levels) {
                         found = Some(levels);
-                        for c in set {
+                        for c in set.into_iter().chain(crc_bad) {
                             self.mark_bad(c);
                         }
                         break;
@@ -450,29 +495,7 @@ impl Verified {
     /// The sets of shards not read around yet to try as the bad ones, smallest first: each
     /// shard, then each pair, … up to what parity can still rebuild around.
     fn suspect_sets(&mut self) -> Vec<Vec<usize>> {
-        let total = self.source.reader().bad.len();
-        let parity = match &self.content.stored {
-            ostore_control::records::Stored::Sharded { parity, .. } => *parity as usize,
-            _ => 0,
-        };
-        let left: Vec<usize> = (0..total).filter(|c| !self.excluded.contains(c)).collect();
-        let most = parity.saturating_sub(self.excluded.len());
-        let mut sets: Vec<Vec<usize>> = vec![Vec::new()];
-        let mut out = Vec::new();
-        for _ in 0..most {
-            let mut next = Vec::new();
-            for set in &sets {
-                let from = set.last().map_or(0, |&l| l + 1);
-                for &c in left.iter().filter(|&&c| c >= from) {
-                    let mut s = set.clone();
-                    s.push(c);
-                    next.push(s);
-                }
-            }
-            out.extend(next.iter().cloned());
-            sets = next;
-        }
-        out
+        suspect_sets(&self.content, &self.excluded)
     }
 
     fn mark_bad(&mut self, c: usize) {
@@ -540,6 +563,9 @@ impl Verified {
             let refs: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
             if ok && self.shape.group_matches(&self.root, i, &refs, cv) {
                 self.held = pieces;
+                // Stripes the source read and holds for the cache came through the bad
+                // shard: none of them goes to the cache.
+                self.source.reader().forget_held();
                 if set.is_empty() && crc_bad.is_empty() {
                     // Read again, the same bytes verify: what failed was the read, not a
                     // shard (a block changed while in flight is the only way). Go on.
@@ -631,4 +657,34 @@ async fn read_entries(r: &mut ShardReader, ranges: &[Range<u64>]) -> Result<Vec<
         );
     }
     Ok(out)
+}
+
+/// The sets of `content`'s shards, beside `excluded`, to read around in turn: each shard, then
+/// each pair, as parity allows.
+fn suspect_sets(content: &ContentRec, excluded: &[usize]) -> Vec<Vec<usize>> {
+    let (total, parity) = match &content.stored {
+        ostore_control::records::Stored::Sharded { shards, parity, .. } => {
+            (shards.len(), *parity as usize)
+        }
+        _ => (0, 0),
+    };
+    let left: Vec<usize> = (0..total).filter(|c| !excluded.contains(c)).collect();
+    // At most pairs: with wide coding every larger set would be hundreds of reads.
+    let most = parity.saturating_sub(excluded.len()).min(2);
+    let mut sets: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut out = Vec::new();
+    for _ in 0..most {
+        let mut next = Vec::new();
+        for set in &sets {
+            let from = set.last().map_or(0, |&l| l + 1);
+            for &c in left.iter().filter(|&&c| c >= from) {
+                let mut s = set.clone();
+                s.push(c);
+                next.push(s);
+            }
+        }
+        out.extend(next.iter().cloned());
+        sets = next;
+    }
+    out
 }
