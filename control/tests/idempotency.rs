@@ -100,7 +100,7 @@ fn content(i: u8, sharded: bool) -> NewContent {
     let blake3 = *blake3::hash(&body).as_bytes();
     NewContent {
         encoding: Encoding::Identity,
-        tree: Tree::None,
+        tree: if sharded { Tree::Outboard } else { Tree::None },
         blake3,
         size_bytes: body.len() as u64,
         stored: if sharded {
