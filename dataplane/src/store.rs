@@ -2388,6 +2388,12 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
         }
         return Ok(checked);
     }
+    // With a tree to say whether the data is right, parity is checked too: re-encoded from
+    // the data read, it must be what the parity shards hold (a parity block rewritten with its
+    // CRC would otherwise wait, unnoticed, to corrupt a rebuild).
+    let check_parity = verify::has_tree(&content);
+    let k = geo.ec.k();
+    let mut parity_differs = vec![false; total];
     let mut s0 = 0;
     while s0 < stripes {
         let n = (stripes - s0).min(READ_BATCH_STRIPES);
@@ -2396,10 +2402,25 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
             .await;
         let batch = reader.read_batch(s0, n, 0..total, false).await;
         for s in s0..s0 + n {
-            for i in 0..total {
+            let mut good: Vec<Option<&[u8]>> = vec![None; total];
+            for (i, g) in good.iter_mut().enumerate() {
                 if let Some(r) = &batch.reads[i] {
-                    if reader.verify(r, i, s0, s).is_none() {
+                    *g = reader.verify(r, i, s0, s);
+                    if g.is_none() {
                         reader.bad[i] = true;
+                    }
+                }
+            }
+            if check_parity && good.iter().all(Option::is_some) {
+                let data: Vec<&[u8]> = good[..k].iter().map(|p| p.expect("good")).collect();
+                let c = geo.chunk_bytes(s);
+                let mut parity: Vec<Vec<u8>> = (k..total).map(|_| vec![0u8; c]).collect();
+                let mut refs: Vec<&mut [u8]> =
+                    parity.iter_mut().map(|v| v.as_mut_slice()).collect();
+                reader.codec.encode(&data, &mut refs)?;
+                for j in k..total {
+                    if parity[j - k][..] != *good[j].expect("good") {
+                        parity_differs[j] = true;
                     }
                 }
             }
@@ -2425,9 +2446,15 @@ pub async fn check_and_repair(node: &Arc<Node>, blake3: [u8; 32]) -> Result<Chec
             }
             Err(e) => return Err(e),
         };
+        // The data verified: parity that is not its encoding is what is wrong.
+        let suspects = if suspects.is_empty() {
+            (0..total).filter(|&j| parity_differs[j]).collect()
+        } else {
+            suspects
+        };
         if !suspects.is_empty() {
             tracing::warn!(
-                "content {}: shard(s) {suspects:?} hold blocks whose CRCs hold but whose bytes fail the BLAKE3 tree; rebuilding",
+                "content {}: shard(s) {suspects:?} hold blocks whose CRCs hold but whose bytes are wrong (against the BLAKE3 tree, or the parity of the verified data); rebuilding",
                 hex::encode(blake3)
             );
             for &i in &suspects {

@@ -81,13 +81,18 @@ fn blake3_of(dev: &Dev, key: &str) -> String {
 
 /// Damages block 0 of data shard 0 of `key`, returning that file.
 fn damage(dev: &Dev, key: &str) -> PathBuf {
+    damage_shard(dev, key, 0)
+}
+
+/// Damages block 0 of shard `index` of `key` (its CRC rewritten to match), returning that file.
+fn damage_shard(dev: &Dev, key: &str, index: u8) -> PathBuf {
     let h = blake3_of(dev, key);
     let files = files_of(dev, &h);
     assert_eq!(files.len(), 6, "six shard files of {key}");
     let (path, hd) = files
         .into_iter()
-        .find(|(_, hd)| hd.shard_index == 0)
-        .expect("data shard 0");
+        .find(|(_, hd)| hd.shard_index == index)
+        .expect("the shard");
     rewrite_block(&path, hd.file_tag, 0, 65536 - 16);
     path
 }
@@ -208,6 +213,17 @@ fn the_scrub_finds_a_block_rewritten_with_its_crc_and_zstd_reads_stay_right() {
     assert_eq!(report["repaired"], 1, "{report}");
     assert!(!path.exists(), "the damaged file was replaced");
     assert!(get(&dev, "v/scrubbed", &[]).1 == body);
+    let report = dev.osctl_json(&["scrub", "--wait"]);
+    assert_eq!(report["corrupt_found"], 0, "{report}");
+
+    // A parity block rewritten with its CRC: no read of the object uses it, the data verifies,
+    // and the scrub finds that the parity is not the data's encoding.
+    let path = damage_shard(&dev, "v/scrubbed", 4);
+    assert!(get(&dev, "v/scrubbed", &[]).1 == body);
+    let report = dev.osctl_json(&["scrub", "--wait"]);
+    assert_eq!(report["corrupt_found"], 1, "{report}");
+    assert_eq!(report["repaired"], 1, "{report}");
+    wait_gone(&path, "a parity shard, after a scrub");
     let report = dev.osctl_json(&["scrub", "--wait"]);
     assert_eq!(report["corrupt_found"], 0, "{report}");
 
