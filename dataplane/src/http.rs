@@ -672,7 +672,7 @@ where
 }
 
 /// The body of a content with a tree: every byte verified before it is sent
-/// (`crate::verify`); the stored zstd frames as they are for a client that takes them.
+/// (`store::verify`); the stored zstd frames as they are for a client that takes them.
 async fn verified_body(
     node: &Arc<Node>,
     content: &ContentRec,
@@ -706,7 +706,7 @@ async fn verified_body(
     let s = stream_after(v, first, |mut v: store::verify::Verified| async move {
         (v.next().await, v)
     });
-    if coding == Some(Coding::Gzip) && zstd_stored {
+    if coding == Some(Coding::Gzip) {
         return Ok(RespBody::Stream(counted(node, gzip(s)), None));
     }
     Ok(RespBody::Stream(counted(node, s), Some(len)))

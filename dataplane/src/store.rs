@@ -33,9 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Stripes per write batch: each shard buffer holds this many 64 KiB blocks.
 pub mod verify;
 
+/// Stripes per write batch: each shard buffer holds this many 64 KiB blocks.
 pub const WRITE_BATCH_STRIPES: usize = 4;
 /// Stripes per read batch on GET and repair.
 pub const READ_BATCH_STRIPES: u64 = 4;
@@ -1264,6 +1264,14 @@ pub struct ShardReader {
     trust_tree: bool,
 }
 
+/// `open_block` or `open_block_unchecked`.
+type OpenBlock = for<'b> fn(
+    &'b [u8],
+    usize,
+    u32,
+    u32,
+) -> std::result::Result<&'b [u8], ostore_wire::shard::FormatError>;
+
 /// A stripe waiting for verification before it is offered to the cache.
 struct HeldOffer {
     stripe: u64,
@@ -1534,19 +1542,18 @@ impl ShardReader {
     /// The caller verified the stored bytes before `offset`: the stripes held back that end
     /// there or before are offered to the cache.
     pub fn verified_to(&mut self, offset: u64) {
+        let geo = self.geo;
         let Some(held) = self.held_offers.as_mut() else {
             return;
         };
-        while let Some(h) = held.front() {
-            if self.geo.stripe_offset(h.stripe) + h.bytes.len() as u64 > offset {
-                break;
-            }
-            let h = held.pop_front().expect("front");
-            if self.cache_bytes > 0 {
-                let key = crate::stripecache::StripeKey {
-                    instance: self.instance,
-                    stripe: h.stripe,
-                };
+        let done = held
+            .iter()
+            .take_while(|h| geo.stripe_offset(h.stripe) + h.bytes.len() as u64 <= offset)
+            .count();
+        let done: Vec<HeldOffer> = held.drain(..done).collect();
+        if self.cache_bytes > 0 {
+            for h in done {
+                let key = self.stripe_key(h.stripe);
                 crate::stripecache::offer(self.cache_bytes, key, &h.bytes, h.recorded);
             }
         }
@@ -1677,22 +1684,26 @@ impl ShardReader {
     }
 
     fn verify<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
-        let at = ((s - s0) as usize) * BLOCK_BYTES;
-        let blk = &r[at..at + self.geo.block_len(s)];
-        open_block(
-            blk,
-            self.geo.chunk_bytes(s),
-            s as u32,
-            self.locs[i].file_tag,
-        )
-        .ok()
+        self.open_with(open_block, r, i, s0, s)
     }
 
     /// As [`ShardReader::verify`] without the CRC (a client read that checks the tree).
     fn trailer_ok<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
+        self.open_with(ostore_wire::shard::open_block_unchecked, r, i, s0, s)
+    }
+
+    /// The payload of block `s` of shard `i` in a read of blocks from `s0`, if `open` takes it.
+    fn open_with<'r>(
+        &self,
+        open: OpenBlock,
+        r: &'r ReadBuf,
+        i: usize,
+        s0: u64,
+        s: u64,
+    ) -> Option<&'r [u8]> {
         let at = ((s - s0) as usize) * BLOCK_BYTES;
         let blk = &r[at..at + self.geo.block_len(s)];
-        ostore_wire::shard::open_block_unchecked(
+        open(
             blk,
             self.geo.chunk_bytes(s),
             s as u32,

@@ -583,8 +583,8 @@ struct PatchWriter {
     taken: u64,
     /// The BLAKE3 state, which also hands out the outboard's level-0 entries as groups end.
     hash: HashState,
-    /// Level-0 entries recorded by earlier PATCHes (read back for the commit), and how many
-    /// this PATCH has recorded since.
+    /// Level-0 entries recorded so far (read back from the upload, then each checkpoint's
+    /// appended), for the commit.
     tree: Vec<u8>,
     /// Begun before trees were kept: committed without one.
     no_tree: bool,

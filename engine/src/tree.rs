@@ -372,85 +372,6 @@ pub fn root_of(cvs: &[Cv]) -> blake3::Hash {
     merge_subtrees_root(&merge(&cvs[..l]), &merge(&cvs[l..]), Mode::Hash)
 }
 
-/// Builds the outboard of a content as it streams by, with any group size and fan-out (tests
-/// and the fuzz target; the store's writers use [`ContentHasher`]).
-pub struct Builder {
-    group: u64,
-    fanout: u64,
-    hasher: blake3::Hasher,
-    in_group: u64,
-    level0: Vec<Cv>,
-    /// Level-0 entries handed out by `take_level0` so far.
-    taken: usize,
-}
-
-impl Builder {
-    pub fn new() -> Builder {
-        Builder::with(GROUP_BYTES, FANOUT)
-    }
-
-    pub fn with(group: u64, fanout: u64) -> Builder {
-        Builder {
-            group,
-            fanout,
-            hasher: fresh(0),
-            in_group: 0,
-            level0: Vec::new(),
-            taken: 0,
-        }
-    }
-
-    /// Feeds content bytes.
-    pub fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let take = ((self.group - self.in_group) as usize).min(data.len());
-            self.hasher.update(&data[..take]);
-            self.in_group += take as u64;
-            data = &data[take..];
-            if self.in_group == self.group {
-                self.close_group();
-            }
-        }
-    }
-
-    fn close_group(&mut self) {
-        self.level0.push(self.hasher.finalize_non_root());
-        self.in_group = 0;
-        self.hasher = fresh(self.level0.len() as u64 * self.group);
-    }
-
-    /// Level-0 entries made since the last call.
-    pub fn take_level0(&mut self) -> Vec<Cv> {
-        let out = self.level0[self.taken..].to_vec();
-        self.taken = self.level0.len();
-        out
-    }
-
-    /// Ends the content of `len` bytes: the last level-0 entries (after those taken) and the
-    /// bytes of the levels above, empty for a content of at most one group.
-    pub fn finish(mut self, len: u64) -> (Vec<Cv>, Vec<u8>) {
-        if self.in_group > 0 {
-            self.close_group();
-        }
-        let shape = Shape::with(len, self.group, self.fanout);
-        if shape.levels.is_empty() {
-            return (Vec::new(), Vec::new());
-        }
-        let whole = shape.outboard_from(&self.level0);
-        let level0_bytes = (shape.levels[0] * CV_BYTES) as usize;
-        (
-            self.level0[self.taken..].to_vec(),
-            whole[level0_bytes..].to_vec(),
-        )
-    }
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder::new()
-    }
-}
-
 /// The BLAKE3 of a content and its outboard, in one pass over its bytes: what a PUT hashes
 /// its body with. Groups start at [`GROUP_BYTES`] and double whenever level 0 would outgrow
 /// [`LEVEL0_MAX`] (each pair of entries merges into one), so the content's length need not be
@@ -538,26 +459,19 @@ impl Default for ContentHasher {
     }
 }
 
-fn fresh(offset: u64) -> blake3::Hasher {
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset(offset);
-    h
-}
-
-/// The whole outboard of `data` (tests, and contents already in memory).
+/// The whole outboard of `data`, with any group size and fan-out (tests and the fuzz target;
+/// the store's writers use [`ContentHasher`]).
 pub fn outboard(data: &[u8], group: u64, fanout: u64) -> Vec<u8> {
-    let mut b = Builder::with(group, fanout);
-    b.update(data);
-    let (level0, rest) = b.finish(data.len() as u64);
-    if Shape::with(data.len() as u64, group, fanout)
-        .levels
-        .is_empty()
-    {
+    let shape = Shape::with(data.len() as u64, group, fanout);
+    if shape.levels.is_empty() {
         return Vec::new();
     }
-    let mut out: Vec<u8> = level0.iter().flatten().copied().collect();
-    out.extend_from_slice(&rest);
-    out
+    let level0: Vec<Cv> = data
+        .chunks(group as usize)
+        .enumerate()
+        .map(|(i, c)| group_cv(i as u64 * group, c))
+        .collect();
+    shape.outboard_from(&level0)
 }
 
 #[cfg(test)]
@@ -675,25 +589,6 @@ mod tests {
             shape.verify_in(&blake3::hash(b"something else"), 0..1, &ob, &data[..1024]),
             Err(TreeError::Outboard)
         );
-    }
-
-    #[test]
-    fn streaming_in_any_pieces_builds_the_same_outboard() {
-        let data = bytes(70_001, 5);
-        let whole = outboard(&data, 1024, 4);
-        for piece in [1usize, 7, 1000, 1024, 5000] {
-            let mut b = Builder::with(1024, 4);
-            let mut level0 = Vec::new();
-            for c in data.chunks(piece) {
-                b.update(c);
-                level0.extend(b.take_level0());
-            }
-            let (last, rest) = b.finish(data.len() as u64);
-            level0.extend(last);
-            let mut got: Vec<u8> = level0.iter().flatten().copied().collect();
-            got.extend_from_slice(&rest);
-            assert_eq!(got, whole, "pieces of {piece}");
-        }
     }
 
     #[test]

@@ -53,16 +53,7 @@ impl Source {
         client: bool,
         raw: bool,
     ) -> Result<Source> {
-        let mut r = ShardReader::new(node.clone(), blake3, content)
-            .ok_or_else(|| StoreError::Codec("the content is not stored in shard files".into()))?;
-        if client {
-            r = r.for_client();
-        } else {
-            r.silence();
-        }
-        for &i in exclude {
-            r.exclude(i);
-        }
+        let mut r = reader(node, blake3, content, exclude, client)?;
         match content.encoding {
             Encoding::Identity => {
                 if client {
@@ -155,7 +146,6 @@ pub struct Verified {
     /// A client's read (through the stripe cache, around nodes away), or a check's.
     client: bool,
     finished: bool,
-    degraded: bool,
 }
 
 /// Whether reads of `content` are verified by its tree.
@@ -222,9 +212,7 @@ impl Verified {
                 let ranges = outboard_ranges(&shape, content, &w);
                 let (node, content) = (node.clone(), content.clone());
                 let read = async move {
-                    let mut r = ShardReader::new(node, blake3, &content)
-                        .ok_or_else(|| StoreError::Codec("not stored in shard files".into()))?
-                        .for_client();
+                    let mut r = reader(&node, blake3, &content, &[], true)?;
                     let got = read_entries(&mut r, &ranges).await;
                     r.close().await;
                     got
@@ -250,7 +238,6 @@ impl Verified {
             window,
             level0,
             early,
-            degraded: !excluded.is_empty(),
             source,
             excluded,
             ready: VecDeque::new(),
@@ -265,7 +252,7 @@ impl Verified {
 
     /// Whether any shard was read around so far (bad, missing, or failing the tree).
     pub fn degraded(&mut self) -> bool {
-        self.degraded || self.source.reader().bad.iter().any(|b| *b)
+        !self.excluded.is_empty() || self.source.reader().bad.iter().any(|b| *b)
     }
 
     /// The next verified bytes; `None` at the end.
@@ -442,7 +429,7 @@ impl Verified {
         }
         let ranges = outboard_ranges(&self.shape, &self.content, &w);
         let (shape, root) = (self.shape.clone(), self.root);
-        let check = |levels: &Vec<Vec<Cv>>| {
+        let check = |levels: &Levels| {
             let refs: Vec<&[Cv]> = levels.iter().map(Vec::as_slice).collect();
             shape.check_entries(&root, w.clone(), &refs).is_ok()
         };
@@ -459,14 +446,8 @@ impl Verified {
             // around each shard, each pair.
             let tries = std::iter::once(Vec::new()).chain(self.suspect_sets());
             for set in tries {
-                let Some(mut r) = ShardReader::new(self.node.clone(), self.blake3, &self.content)
-                else {
-                    break;
-                };
-                r.silence();
-                for &x in self.excluded.iter().chain(&set) {
-                    r.exclude(x);
-                }
+                let ex: Vec<usize> = self.excluded.iter().chain(&set).copied().collect();
+                let mut r = reader(&self.node, self.blake3, &self.content, &ex, false)?;
                 let got = read_entries(&mut r, &ranges).await;
                 let crc_bad: Vec<usize> = (0..r.bad.len())
                     .filter(|&j| r.bad[j] && !self.excluded.contains(&j) && !set.contains(&j))
@@ -504,7 +485,6 @@ impl Verified {
             hex::encode(self.blake3)
         );
         self.excluded.push(c);
-        self.degraded = true;
         self.source.reader().exclude(c);
     }
 
@@ -515,8 +495,8 @@ impl Verified {
         ))
     }
 
-    /// Group `i` failed: reads it again around each shard in turn until it verifies, then
-    /// continues after it around that shard.
+    /// Group `i` failed: reads it again with CRCs checked, then around each shard, each pair,
+    /// until it verifies, then continues after it around the shards found bad.
     async fn recover(&mut self, i: u64, cv: &Cv) -> Result<()> {
         let gr = self.shape.group_range(i);
         if self.raw {
@@ -627,6 +607,29 @@ pub(super) async fn tree_suspects(
     Ok(v.excluded)
 }
 
+/// A reader of the content's shards that reads around `exclude`: a client's (through the
+/// stripe cache, reporting the bad shards it finds), or a check's (reporting nothing: its
+/// caller decides what the bad shards mean).
+fn reader(
+    node: &Arc<Node>,
+    blake3: [u8; 32],
+    content: &ContentRec,
+    exclude: &[usize],
+    client: bool,
+) -> Result<ShardReader> {
+    let mut r = ShardReader::new(node.clone(), blake3, content)
+        .ok_or_else(|| StoreError::Codec("the content is not stored in shard files".into()))?;
+    if client {
+        r = r.for_client();
+    } else {
+        r.silence();
+    }
+    for &i in exclude {
+        r.exclude(i);
+    }
+    Ok(r)
+}
+
 /// Where, in the stored bytes and outboard, the entries verifying groups `w` lie: one byte
 /// range per level, level 0 first.
 fn outboard_ranges(shape: &Shape, content: &ContentRec, w: &Range<u64>) -> Vec<Range<u64>> {
@@ -643,7 +646,7 @@ fn outboard_ranges(shape: &Shape, content: &ContentRec, w: &Range<u64>) -> Vec<R
 }
 
 /// Reads the outboard byte ranges `ranges` (one per level) as entries.
-async fn read_entries(r: &mut ShardReader, ranges: &[Range<u64>]) -> Result<Vec<Vec<Cv>>> {
+async fn read_entries(r: &mut ShardReader, ranges: &[Range<u64>]) -> Result<Levels> {
     let mut out = Vec::with_capacity(ranges.len());
     for range in ranges {
         let b = r.read_aside(range.clone()).await?;
