@@ -381,6 +381,23 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Flips one bit of the byte at `at` in `path`, as bit rot on a drive would (no CRC rewritten).
+pub fn flip(path: &Path, at: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0x40;
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&b).unwrap();
+    f.sync_all().unwrap();
+}
+
 /// Shard files (under `shards/`) of every drive.
 pub fn shard_files(dev: &Dev, drives: usize) -> Vec<PathBuf> {
     (0..drives)

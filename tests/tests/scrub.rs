@@ -1,8 +1,7 @@
 //! Scrub against a real `ostore dev`: a flipped byte in a block or a header, and a missing
 //! shard file, are found by `osctl scrub --wait` and repaired; the next scrub is clean.
 
-use ostore_tests::{random_bytes, shard_files, Dev};
-use std::io::{Read, Seek, SeekFrom, Write};
+use ostore_tests::{flip, random_bytes, shard_files, Dev};
 
 /// `osctl --json scrub --wait` against `dev`.
 fn run_scrub(dev: &Dev) -> std::process::Output {
@@ -13,21 +12,6 @@ fn scrub(dev: &Dev) -> serde_json::Value {
     let out = run_scrub(dev);
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn flip(path: &std::path::Path, at: u64) {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.read_exact(&mut b).unwrap();
-    b[0] ^= 0x40;
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&b).unwrap();
-    f.sync_all().unwrap();
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! raw zstd included, and the shard is rebuilt; the on-demand scrub finds such a block on its
 //! own.
 
-use ostore_tests::{random_bytes, shard_files, Dev};
+use ostore_tests::{flip, random_bytes, shard_files, Dev};
 use ostore_wire::shard::{block_len_on_disk, block_offset, seal_block, ShardHeader, HEADER_BYTES};
 use reqwest::Method;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -153,20 +153,7 @@ fn a_block_rewritten_with_its_crc_is_caught_served_right_and_repaired() {
         .into_iter()
         .find(|(_, hd)| hd.shard_index == 2)
         .expect("data shard 2");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let at = block_offset(1) + 4321;
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.read_exact(&mut b).unwrap();
-    b[0] ^= 0x01;
-    f.seek(SeekFrom::Start(at)).unwrap();
-    f.write_all(&b).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    flip(&path, block_offset(1) + 4321);
     let (st, got) = get(&dev, "v/rot", &[]);
     assert_eq!(st, 200);
     assert!(got == body, "bit rot was sent");
