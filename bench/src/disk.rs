@@ -126,7 +126,7 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
         t.await?;
     }
     let rand_s = t.elapsed().as_secs_f64();
-    let sync = sync_latency(path.with_extension("sync"), a.syncs).await?;
+    let (sync, sync_per_s) = sync_latency(path.with_extension("sync"), a.syncs).await?;
     let bytes = blocks * SEQ_BYTES as u64;
     let mb = |b: u64, s: f64| b as f64 / s / 1e6;
     let write_mb_s = mb(bytes, write_s);
@@ -151,7 +151,7 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
     let q = |p: f64| sync.value_at_quantile(p) as f64 / 1000.0;
     let sync_max = sync.max() as f64 / 1000.0;
     println!(
-        "  4 KiB append + fdatasync:           p50 {:.2} ms, p99 {:.2} ms, max {sync_max:.2} ms ({} syncs)",
+        "  4 KiB append + fdatasync:           p50 {:.2} ms, p99 {:.2} ms, max {sync_max:.2} ms ({} syncs, {sync_per_s:.0}/s one after another)",
         q(0.5),
         q(0.99),
         sync.len()
@@ -165,6 +165,7 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
             "read_mb_s": read_mb_s,
             "rand_read_4k_iops": iops,
             "sync_4k_ms": {"count": sync.len(), "p50": q(0.5), "p99": q(0.99), "max": sync_max},
+            "sync_4k_per_s": sync_per_s,
         });
         std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
     }
@@ -173,8 +174,12 @@ async fn measure(a: &DiskArgs, path: &PathBuf) -> anyhow::Result<()> {
 
 /// The latency of a durable small write: `count` times, a 4 KiB write appended to a new file
 /// and an fdatasync (which then also makes the new size durable, as a metadata store's commit
-/// that grows its file must). Microseconds.
-async fn sync_latency(path: PathBuf, count: u64) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+/// that grows its file must). Microseconds, and the serial rate (syncs per second, one after
+/// another: what a store that waited for each commit's sync before the next would reach).
+async fn sync_latency(
+    path: PathBuf,
+    count: u64,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, f64)> {
     let mut h = hdrhistogram::Histogram::<u64>::new(3)?;
     let f = OpenOptions::new()
         .write(true)
@@ -184,6 +189,7 @@ async fn sync_latency(path: PathBuf, count: u64) -> anyhow::Result<hdrhistogram:
         .await
         .map_err(io)
         .with_context(|| format!("creating {}", path.display()))?;
+    let start = Instant::now();
     for i in 0..count {
         let mut buf = f.alloc_dma_buffer(RAND_BYTES);
         buf.as_bytes_mut().fill(i as u8);
@@ -192,7 +198,8 @@ async fn sync_latency(path: PathBuf, count: u64) -> anyhow::Result<hdrhistogram:
         f.fdatasync().await.map_err(io)?;
         h.record(t.elapsed().as_micros() as u64)?;
     }
+    let per_s = count as f64 / start.elapsed().as_secs_f64().max(1e-9);
     f.remove().await.map_err(io)?;
     f.close().await.map_err(io)?;
-    Ok(h)
+    Ok((h, per_s))
 }

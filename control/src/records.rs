@@ -207,7 +207,7 @@ impl ShardLoc {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stored {
     /// Small objects live in the metadata itself.
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Erasure coded into K+M shard files.
     Sharded {
         data: u8,
@@ -472,5 +472,27 @@ mod tests {
         };
         assert_eq!(decode_content(&encode_content(&z)).unwrap(), z);
         assert_eq!(z.stored_bytes(), 300);
+    }
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    /// Byte strings (`serde_bytes`) have exactly the encoding postcard gives a sequence of
+    /// `u8`, so records written before they were marked decode as before, and the reverse.
+    #[test]
+    fn byte_strings_encode_as_sequences_of_u8() {
+        for n in [0usize, 1, 127, 128, 300, 4096, 70_000] {
+            let v: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+            let as_seq = postcard::to_stdvec(&v).unwrap();
+            let as_bytes = postcard::to_stdvec(serde_bytes::Bytes::new(&v)).unwrap();
+            assert_eq!(as_seq, as_bytes, "{n} bytes");
+            let back: serde_bytes::ByteBuf = postcard::from_bytes(&as_seq).unwrap();
+            assert_eq!(back.as_slice(), v.as_slice());
+            let old: Vec<u8> = postcard::from_bytes(&as_bytes).unwrap();
+            assert_eq!(old, v);
+        }
+        let c = super::Stored::Inline(vec![9, 8, 7]);
+        let b = postcard::to_stdvec(&c).unwrap();
+        assert_eq!(b, [0, 3, 9, 8, 7], "variant 0, length, the bytes");
     }
 }

@@ -513,8 +513,8 @@ pub fn decode_request(b: &[u8]) -> Result<(Token, Request), String> {
 
 /// Encodes an answer body: the result of [`execute`].
 pub fn encode_answer(r: &Result<Vec<u8>, MetaError>) -> Vec<u8> {
-    let wire: Result<&[u8], WireError> = match r {
-        Ok(v) => Ok(v),
+    let wire: Result<&serde_bytes::Bytes, WireError> = match r {
+        Ok(v) => Ok(serde_bytes::Bytes::new(v)),
         Err(e) => Err(e.into()),
     };
     let mut out = vec![RPC_VERSION];
@@ -529,7 +529,7 @@ pub fn decode_answer<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Meta
         Some((&RPC_VERSION, rest)) => rest,
         _ => return Err(garbage("unknown version".into())),
     };
-    let wire: Result<Vec<u8>, WireError> =
+    let wire: Result<serde_bytes::ByteBuf, WireError> =
         postcard::from_bytes(rest).map_err(|e| garbage(e.to_string()))?;
     match wire {
         Ok(v) => decode_value(&v),

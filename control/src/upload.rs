@@ -82,9 +82,13 @@ pub struct UploadRec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadState {
     pub rec: UploadRec,
+    #[serde(with = "serde_bytes")]
     pub tail: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub hash: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub frames: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub tree: Vec<u8>,
 }
 
@@ -95,12 +99,16 @@ pub struct Progress {
     pub stored_blocks: u64,
     pub compress: Option<bool>,
     pub files_created: bool,
+    #[serde(with = "serde_bytes")]
     pub tail: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub hash: Vec<u8>,
     /// Frame entries closed since the last progress, appended to the frames blob (so an
     /// upload's metadata writes stay linear in its size however many PATCHes it takes).
+    #[serde(with = "serde_bytes")]
     pub new_frames: Vec<u8>,
     /// Level-0 entries of the outboard completed since the last progress, appended likewise.
+    #[serde(with = "serde_bytes")]
     pub new_tree: Vec<u8>,
     /// The upload expires this long after this progress.
     pub expiry_ms: u64,
