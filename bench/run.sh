@@ -160,7 +160,7 @@ print("was off the CPU and not runnable, in fdatasync), and on this shared disk 
 print("takes tens of ms now and then.")
 print()
 put4k = op("4k", "put")
-sync_rate = max(d.get("sync_4k_per_s", 0) for d in (d1, d2))
+sync_rate = max(d["sync_4k_per_s"] for d in (d1, d2))
 print(f"Small writes against the drive's serial commit rate: 4 KiB PUTs at 64 in flight moved {put4k['ops_s']:.0f}/s, the")
 print(f"drive's 4 KiB append + fdatasync one after another {sync_rate:.0f}/s (`osbench disk`, the better of two):")
 print(f"**{put4k['ops_s'] / sync_rate:.2f}x** that rate, at p99 {put4k['latency_ms']['p99']:.2f} ms.")

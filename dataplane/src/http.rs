@@ -613,62 +613,94 @@ pub(crate) async fn body_of(
                     .expect("sharded")
                     .for_client();
                 r.set_range(range);
-                let first = r.next().await;
-                Ok::<_, store::StoreError>((r, first))
+                Ok(r)
             }
         };
-        let (reader, first) = first_piece(node, blake3, content, open).await?;
-        let first = match first {
-            Some(Err(e)) => return Err(e.into()),
-            other => other,
-        };
-        if reader.bad.iter().any(|b| *b) {
-            node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
-        }
-        let s = stream_after(reader, first, |mut r: ShardReader| async move {
-            (r.next().await, r)
-        });
+        let s = read_stream(
+            node,
+            blake3,
+            content,
+            open,
+            |r: &mut ShardReader| r.bad.iter().any(|b| *b),
+            |mut r: ShardReader| async move { (r.next().await, r) },
+        )
+        .await?;
         return Ok(RespBody::Stream(counted(node, s), Some(size)));
     }
-    let mut decoded = store::Decoded::open(node.clone(), blake3, content, range).await?;
-    let first = match decoded.next().await {
-        Some(Err(e)) => return Err(e.into()),
-        other => other,
+    let open = |c: ContentRec| {
+        let (node, range) = (node.clone(), range.clone());
+        async move { store::Decoded::open(node, blake3, &c, range).await }
     };
-    if decoded.degraded() {
-        node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
+    let s = read_stream(
+        node,
+        blake3,
+        content,
+        open,
+        |d: &mut store::Decoded| d.degraded(),
+        |mut d: store::Decoded| async move { (d.next().await, d) },
+    )
+    .await?;
+    Ok(gzip_if(node, s, coding, len))
+}
+
+/// A body stream, gzip-coded when the client asked for that (its length then unknown).
+fn gzip_if(node: &Arc<Node>, s: ByteStream, coding: Option<Coding>, len: u64) -> RespBody {
+    match coding {
+        Some(Coding::Gzip) => RespBody::Stream(counted(node, gzip(s)), None),
+        _ => RespBody::Stream(counted(node, s), Some(len)),
     }
-    let s = stream_after(decoded, first, |mut d: store::Decoded| async move {
-        (d.next().await, d)
-    });
-    if coding != Some(Coding::Gzip) {
-        return Ok(RespBody::Stream(counted(node, s), Some(len)));
-    }
-    Ok(RespBody::Stream(counted(node, gzip(s)), None))
 }
 
 type Piece = Option<Result<Bytes, store::StoreError>>;
 
-/// Opens a read of `content` with `open` and takes its first piece. When the shards were not
-/// there, they may have moved (a repair or a move swapped new files in and deleted the old
-/// ones) between reading the content's record and opening its files: reads again from where
-/// the record says they are now.
-async fn first_piece<R, Fut>(
+/// Opens a read of `content` with `open`, takes its first piece with `next`, and streams the
+/// rest; a read that found a shard bad (`degraded`) is counted. When the shards were not there
+/// (at open, which may read a zstd seek table, or at the first piece), they may have moved (a
+/// repair or a move swapped new files in and deleted the old ones) between reading the
+/// content's record and opening its files: reads again from where the record says they are
+/// now.
+async fn read_stream<R: 'static, Fut, N, NFut>(
     node: &Arc<Node>,
     blake3: [u8; 32],
     content: &ContentRec,
     open: impl Fn(ContentRec) -> Fut,
-) -> Result<(R, Piece), store::StoreError>
+    degraded: impl Fn(&mut R) -> bool,
+    next: N,
+) -> Result<ByteStream, ApiError>
 where
-    Fut: std::future::Future<Output = Result<(R, Piece), store::StoreError>>,
+    Fut: std::future::Future<Output = Result<R, store::StoreError>>,
+    N: Fn(R) -> NFut + 'static + Copy,
+    NFut: std::future::Future<Output = (Piece, R)>,
 {
-    let (r, first) = open(content.clone()).await?;
-    if let Some(Err(store::StoreError::InsufficientShards { .. })) = &first {
+    let first = |c: ContentRec| {
+        let opened = open(c);
+        async move {
+            let (first, r) = next(opened.await?).await;
+            Ok::<_, store::StoreError>((r, first))
+        }
+    };
+    let missing = |r: &Result<(R, Piece), store::StoreError>| {
+        matches!(
+            r,
+            Err(store::StoreError::InsufficientShards { .. })
+                | Ok((_, Some(Err(store::StoreError::InsufficientShards { .. }))))
+        )
+    };
+    let mut opened = first(content.clone()).await;
+    if missing(&opened) {
         if let Some(now) = moved_since(node, &blake3, content).await {
-            return open(now).await;
+            opened = first(now).await;
         }
     }
-    Ok((r, first))
+    let (mut r, first) = opened?;
+    let first = match first {
+        Some(Err(e)) => return Err(e.into()),
+        other => other,
+    };
+    if degraded(&mut r) {
+        node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(stream_after(r, first, next))
 }
 
 /// The body of a content with a tree: every byte verified before it is sent
@@ -689,27 +721,18 @@ async fn verified_body(
     };
     let open = |c: ContentRec| {
         let (node, range) = (node.clone(), range.clone());
-        async move {
-            let mut v = store::verify::Verified::open(&node, blake3, &c, range, raw).await?;
-            let first = v.next().await;
-            Ok::<_, store::StoreError>((v, first))
-        }
+        async move { store::verify::Verified::open(&node, blake3, &c, range, raw).await }
     };
-    let (mut v, first) = first_piece(node, blake3, content, open).await?;
-    let first = match first {
-        Some(Err(e)) => return Err(e.into()),
-        other => other,
-    };
-    if v.degraded() {
-        node.metrics.degraded_reads.fetch_add(1, Ordering::Relaxed);
-    }
-    let s = stream_after(v, first, |mut v: store::verify::Verified| async move {
-        (v.next().await, v)
-    });
-    if coding == Some(Coding::Gzip) {
-        return Ok(RespBody::Stream(counted(node, gzip(s)), None));
-    }
-    Ok(RespBody::Stream(counted(node, s), Some(len)))
+    let s = read_stream(
+        node,
+        blake3,
+        content,
+        open,
+        |v: &mut store::verify::Verified| v.degraded(),
+        |mut v: store::verify::Verified| async move { (v.next().await, v) },
+    )
+    .await?;
+    Ok(gzip_if(node, s, coding, len))
 }
 
 /// Recodes a stream of object bytes as one gzip member.

@@ -1687,11 +1687,6 @@ impl ShardReader {
         self.open_with(open_block, r, i, s0, s)
     }
 
-    /// As [`ShardReader::verify`] without the CRC (a client read that checks the tree).
-    fn trailer_ok<'r>(&self, r: &'r ReadBuf, i: usize, s0: u64, s: u64) -> Option<&'r [u8]> {
-        self.open_with(ostore_wire::shard::open_block_unchecked, r, i, s0, s)
-    }
-
     /// The payload of block `s` of shard `i` in a read of blocks from `s0`, if `open` takes it.
     fn open_with<'r>(
         &self,
@@ -1825,14 +1820,16 @@ impl ShardReader {
         s: u64,
         want: Range<usize>,
     ) -> Option<Vec<&'b [u8]>> {
+        // A client read that checks the tree takes blocks without their CRC.
+        let open: OpenBlock = if self.trust_tree {
+            ostore_wire::shard::open_block_unchecked
+        } else {
+            open_block
+        };
         want.map(|i| {
-            batch.reads[i].as_ref().and_then(|r| {
-                if self.trust_tree {
-                    self.trailer_ok(r, i, batch.s0, s)
-                } else {
-                    self.verify(r, i, batch.s0, s)
-                }
-            })
+            batch.reads[i]
+                .as_ref()
+                .and_then(|r| self.open_with(open, r, i, batch.s0, s))
         })
         .collect()
     }
